@@ -1,0 +1,43 @@
+#!/bin/sh
+# Install the Debian packages chatd needs to build, run and test.
+# Idempotent: when everything is present it prints nothing and exits 0.
+# Usage: scripts/deps.sh [run|test]   (test adds the test-only packages)
+set -eu
+
+mode=${1:-test}
+
+pkgs="build-essential cmake pkg-config libuv1-dev libhttp-parser-dev libssl-dev \
+libjansson-dev libsqlite3-dev"
+if [ "$mode" = test ]; then
+    pkgs="$pkgs libcmocka-dev clang libclang-rt-dev python3 python3-websockets"
+fi
+
+missing=""
+# Node.js may come from another Debian-format source that bundles npm; only
+# ask for Debian's when no node/npm is on the machine at all.
+if [ "$mode" = test ] && ! command -v npm >/dev/null 2>&1; then
+    pkgs="$pkgs nodejs npm"
+fi
+for p in $pkgs; do
+    if ! dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed; then
+        missing="$missing $p"
+    fi
+done
+
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "deps: missing Debian packages:$missing (run as root, or install them)" >&2
+        exit 1
+    fi
+    echo "deps: installing$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+# Node's ws client for the interop tests lives under tests/interop.
+if [ "$mode" = test ] && [ ! -d tests/interop/node_modules/ws ]; then
+    echo "deps: installing npm ws for interop tests"
+    (cd tests/interop && npm install --no-audit --no-fund --silent >/dev/null)
+fi

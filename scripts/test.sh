@@ -1,0 +1,74 @@
+#!/bin/sh
+# Run the whole test suite three times (plain debug, ASan+UBSan, TSan), then
+# the fuzzers, and print one summary line: "N passed, N failed".
+# Each build has its own folder under build/. Any sanitizer report fails the
+# test that triggered it (halt_on_error, -fno-sanitize-recover=all).
+set -u
+cd "$(dirname "$0")/.."
+
+JOBS=$(nproc 2>/dev/null || echo 2)
+BUILD=${BUILD:-build}
+KINDS=${TEST_KINDS:-"debug asan tsan fuzz"}
+passed=0
+failed=0
+failed_names=""
+
+# TSan needs a memory layout that high ASLR entropy can break; running
+# without ASLR is the documented workaround and harmless for tests.
+norand=""
+if command -v setarch >/dev/null 2>&1 && setarch "$(uname -m)" -R true 2>/dev/null; then
+    norand="setarch $(uname -m) -R"
+fi
+
+run_kind() {
+    kind=$1
+    dir=$BUILD/test-$kind
+    case $kind in
+        debug) flags="-DCMAKE_BUILD_TYPE=Debug" ;;
+        asan) flags="-DCMAKE_BUILD_TYPE=Debug -DCHATD_SANITIZE=address" ;;
+        tsan) flags="-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCHATD_SANITIZE=thread" ;;
+        fuzz) flags="-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCHATD_FUZZ=ON -DCMAKE_C_COMPILER=clang" ;;
+    esac
+    echo "== $kind build ($dir)"
+    # shellcheck disable=SC2086
+    if ! cmake -S . -B "$dir" $flags >"$dir.configure.log" 2>&1 ||
+       ! cmake --build "$dir" -j "$JOBS" >"$dir.build.log" 2>&1; then
+        cat "$dir.configure.log" "$dir.build.log" 2>/dev/null | tail -40
+        echo "== $kind: BUILD FAILED"
+        failed=$((failed + 1))
+        failed_names="$failed_names $kind/build"
+        return
+    fi
+    echo "== $kind tests"
+    prefix=""
+    [ "$kind" = tsan ] && prefix=$norand
+    log=$dir.ctest.log
+    # shellcheck disable=SC2086
+    (cd "$dir" && $prefix ctest --output-on-failure -j "$JOBS" --timeout 600) >"$log" 2>&1
+    grep -E "^ *[0-9]+/[0-9]+ Test|tests passed|tests failed" "$log"
+    if grep -q "tests failed" "$log"; then
+        sed -n '/The following tests FAILED/,$p' "$log"
+        # Show the failing output in full for CI readers.
+        grep -E -A60 "\*\*\*Failed|\*\*\*Timeout|\*\*\*Exception" "$log" | head -300
+    fi
+    total=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\2/p' "$log")
+    bad=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\1/p' "$log")
+    if [ -z "$total" ]; then
+        echo "== $kind: ctest did not finish"
+        failed=$((failed + 1))
+        failed_names="$failed_names $kind/ctest"
+        return
+    fi
+    passed=$((passed + total - bad))
+    failed=$((failed + bad))
+    [ "$bad" -gt 0 ] && failed_names="$failed_names $kind"
+}
+
+mkdir -p "$BUILD"
+for k in $KINDS; do
+    run_kind "$k"
+done
+
+[ -n "$failed_names" ] && echo "failed in:$failed_names"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,768 @@
+/*
+ * DESIGN: JWT verification written against RFC 7515/7518/7519 with OpenSSL's
+ * EVP API and jansson, instead of libjwt (see docs: libjwt 1.10 lets the token
+ * choose the algorithm, accepts "none" and never checks exp/nbf/iss/aud).
+ *
+ * Order of work in jwt_verify, cheapest and least trusting first:
+ *   1. length cap, then exactly three dot-separated parts;
+ *   2. strict base64url of the header, header JSON (duplicates refused), "alg"
+ *      equal to the configured algorithm, no "crit";
+ *   3. signature over the ASCII bytes "header.payload" with the configured key;
+ *   4. only then the payload JSON and the claims.
+ * Every decoded part lives in one stack buffer of JWT_MAX_TOKEN bytes: a
+ * base64url text is always longer than what it decodes to, so the three
+ * decoded parts together never exceed the token's length.
+ *
+ * The verifier is read-only after jwt_verifier_new. Per-call OpenSSL state
+ * (MAC and digest contexts) is created on each call from objects fetched once,
+ * so concurrent callers share nothing mutable. OpenSSL errors left on the
+ * per-thread error queue by a refused signature are cleared so they cannot be
+ * mistaken later for the failure of an unrelated call on the same thread.
+ */
+#include "auth/jwt.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/decoder.h>
+#include <openssl/ec.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/objects.h>
+#include <openssl/params.h>
+#include <openssl/rsa.h>
+
+#define HS256_LEN 32       /* HMAC-SHA256 output */
+#define ES256_SIG_LEN 64   /* JWS ECDSA P-256 signature: r || s, 32 bytes each */
+#define MIN_SECRET_LEN 32  /* RFC 7518 3.2: key at least as long as the hash */
+#define MIN_RSA_BITS 2048  /* RFC 7518 3.3 */
+
+struct jwt_verifier {
+    /* private, all read-only after jwt_verifier_new */
+    enum jwt_alg _alg;
+    unsigned char *_secret; /* owned, HS256 only; wiped on free */
+    size_t _secret_len;
+    EVP_MAC *_hmac;         /* owned (fetched once), HS256 only */
+    EVP_PKEY *_pkey;        /* owned, RS256/ES256 only */
+    size_t _rsa_sig_len;    /* RS256: modulus size in bytes, the only valid signature length */
+    char *_issuer;          /* owned or NULL */
+    size_t _issuer_len;
+    char *_audience;        /* owned or NULL */
+    size_t _audience_len;
+    int _leeway_s;
+};
+
+static const char *const alg_names[] = {"HS256", "RS256", "ES256"};
+
+int jwt_alg_parse(const char *s)
+{
+    if (s == NULL)
+        return -1;
+    for (size_t i = 0; i < sizeof alg_names / sizeof alg_names[0]; i++)
+        if (strcmp(s, alg_names[i]) == 0)
+            return (int)i;
+    return -1;
+}
+
+const char *jwt_alg_name(enum jwt_alg alg)
+{
+    if ((unsigned)alg >= sizeof alg_names / sizeof alg_names[0])
+        return "?";
+    return alg_names[alg];
+}
+
+/* ---- base64url ------------------------------------------------------------ */
+
+static const char b64url_chars[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+static int b64url_value(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '-')
+        return 62;
+    if (c == '_')
+        return 63;
+    return -1;
+}
+
+ssize_t jwt_b64url_encode(const unsigned char *in, size_t n, char *out, size_t outlen)
+{
+    size_t need = JWT_B64URL_LEN(n);
+    if (outlen < need + 1)
+        return -ENOBUFS;
+    size_t o = 0, i = 0;
+    for (; i + 3 <= n; i += 3) {
+        uint32_t w = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        out[o++] = b64url_chars[w >> 18 & 63];
+        out[o++] = b64url_chars[w >> 12 & 63];
+        out[o++] = b64url_chars[w >> 6 & 63];
+        out[o++] = b64url_chars[w & 63];
+    }
+    if (n - i == 1) {
+        uint32_t w = (uint32_t)in[i] << 16;
+        out[o++] = b64url_chars[w >> 18 & 63];
+        out[o++] = b64url_chars[w >> 12 & 63];
+    } else if (n - i == 2) {
+        uint32_t w = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
+        out[o++] = b64url_chars[w >> 18 & 63];
+        out[o++] = b64url_chars[w >> 12 & 63];
+        out[o++] = b64url_chars[w >> 6 & 63];
+    }
+    out[o] = '\0';
+    return (ssize_t)o;
+}
+
+ssize_t jwt_b64url_decode(const char *in, size_t n, unsigned char *out, size_t outlen)
+{
+    /* One leftover character carries only 6 bits: no encoder produces it. */
+    if (n % 4 == 1)
+        return -EINVAL;
+    size_t need = n / 4 * 3 + (n % 4 ? n % 4 - 1 : 0);
+    if (need > outlen)
+        return -ENOBUFS;
+    uint32_t acc = 0;
+    unsigned bits = 0;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int d = b64url_value((unsigned char)in[i]);
+        if (d < 0)
+            return -EINVAL;
+        acc = acc << 6 | (uint32_t)d;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (unsigned char)(acc >> bits);
+            acc &= (1u << bits) - 1;
+        }
+    }
+    /* Unused trailing bits must be zero, so each byte string has exactly one
+     * accepted encoding and a token cannot be altered without breaking it. */
+    if (acc != 0)
+        return -EINVAL;
+    return (ssize_t)o;
+}
+
+/* ---- verifier --------------------------------------------------------------- */
+
+static int fail_cfg(char *err, size_t errlen, const char *msg, int rc)
+{
+    if (err != NULL && errlen > 0)
+        snprintf(err, errlen, "%s", msg);
+    return rc;
+}
+
+/* Read the first PEM public key in text (SubjectPublicKeyInfo "PUBLIC KEY",
+ * or PKCS#1 "RSA PUBLIC KEY"). NULL when nothing usable is found. */
+static EVP_PKEY *load_public_key(const char *pem, size_t len)
+{
+    EVP_PKEY *pkey = NULL;
+    OSSL_DECODER_CTX *dctx = OSSL_DECODER_CTX_new_for_pkey(&pkey, "PEM", NULL, NULL,
+                                                           EVP_PKEY_PUBLIC_KEY, NULL, NULL);
+    if (dctx == NULL)
+        return NULL;
+    const unsigned char *data = (const unsigned char *)pem;
+    size_t left = len;
+    if (OSSL_DECODER_from_data(dctx, &data, &left) != 1) {
+        EVP_PKEY_free(pkey);
+        pkey = NULL;
+    }
+    OSSL_DECODER_CTX_free(dctx);
+    return pkey;
+}
+
+static int is_p256(EVP_PKEY *pkey)
+{
+    char group[64];
+    size_t glen = 0;
+    if (!EVP_PKEY_is_a(pkey, "EC"))
+        return 0;
+    if (EVP_PKEY_get_group_name(pkey, group, sizeof group, &glen) != 1)
+        return 0;
+    int nid = OBJ_txt2nid(group);
+    if (nid == NID_undef)
+        nid = EC_curve_nist2nid(group);
+    return nid == NID_X9_62_prime256v1;
+}
+
+static char *dup_text(const char *s, size_t *len)
+{
+    *len = strlen(s);
+    char *d = malloc(*len + 1);
+    if (d != NULL)
+        memcpy(d, s, *len + 1);
+    return d;
+}
+
+int jwt_verifier_new(struct jwt_verifier **out, const struct jwt_config *cfg, char *err, size_t errlen)
+{
+    int rc;
+    const char *msg;
+
+    if (out == NULL || cfg == NULL)
+        return fail_cfg(err, errlen, "jwt: missing configuration", -EINVAL);
+    *out = NULL;
+    if ((unsigned)cfg->alg > JWT_ES256)
+        return fail_cfg(err, errlen, "unknown jwt algorithm", -EINVAL);
+    if (cfg->leeway_s < 0)
+        return fail_cfg(err, errlen, "jwt leeway must not be negative", -EINVAL);
+    if (cfg->alg == JWT_HS256 && (cfg->secret == NULL || cfg->secret_len < MIN_SECRET_LEN))
+        return fail_cfg(err, errlen, "jwt secret must be at least 32 bytes", -EINVAL);
+    if (cfg->alg != JWT_HS256 && (cfg->public_key_pem == NULL || cfg->public_key_len == 0))
+        return fail_cfg(err, errlen, "jwt public key (PEM) is required for RS256 and ES256", -EINVAL);
+
+    struct jwt_verifier *v = calloc(1, sizeof *v);
+    if (v == NULL)
+        return fail_cfg(err, errlen, "out of memory", -ENOMEM);
+    v->_alg = cfg->alg;
+    v->_leeway_s = cfg->leeway_s;
+
+    if (cfg->alg == JWT_HS256) {
+        v->_secret = malloc(cfg->secret_len);
+        if (v->_secret == NULL)
+            goto oom;
+        memcpy(v->_secret, cfg->secret, cfg->secret_len);
+        v->_secret_len = cfg->secret_len;
+        /* Fetch once: a fetch takes a global lock, a new MAC context does not. */
+        v->_hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+        if (v->_hmac == NULL) {
+            rc = -EINVAL;
+            msg = "OpenSSL has no HMAC implementation";
+            goto fail;
+        }
+    } else {
+        v->_pkey = load_public_key(cfg->public_key_pem, cfg->public_key_len);
+        if (v->_pkey == NULL) {
+            rc = -EINVAL;
+            msg = "jwt public key is not a readable PEM public key";
+            goto fail;
+        }
+        if (cfg->alg == JWT_RS256) {
+            if (!EVP_PKEY_is_a(v->_pkey, "RSA")) {
+                rc = -EINVAL;
+                msg = "RS256 needs an RSA public key";
+                goto fail;
+            }
+            if (EVP_PKEY_get_bits(v->_pkey) < MIN_RSA_BITS) {
+                rc = -EINVAL;
+                msg = "RS256 public key must be at least 2048 bits";
+                goto fail;
+            }
+            v->_rsa_sig_len = (size_t)EVP_PKEY_get_size(v->_pkey);
+        } else if (!is_p256(v->_pkey)) {
+            rc = -EINVAL;
+            msg = "ES256 needs an EC public key on P-256";
+            goto fail;
+        }
+    }
+    if (cfg->issuer != NULL && (v->_issuer = dup_text(cfg->issuer, &v->_issuer_len)) == NULL)
+        goto oom;
+    if (cfg->audience != NULL && (v->_audience = dup_text(cfg->audience, &v->_audience_len)) == NULL)
+        goto oom;
+    *out = v;
+    return 0;
+
+oom:
+    rc = -ENOMEM;
+    msg = "out of memory";
+fail:
+    ERR_clear_error();
+    jwt_verifier_free(v);
+    return fail_cfg(err, errlen, msg, rc);
+}
+
+void jwt_verifier_free(struct jwt_verifier *v)
+{
+    if (v == NULL)
+        return;
+    if (v->_secret != NULL) {
+        OPENSSL_cleanse(v->_secret, v->_secret_len);
+        free(v->_secret);
+    }
+    EVP_MAC_free(v->_hmac);
+    EVP_PKEY_free(v->_pkey);
+    free(v->_issuer);
+    free(v->_audience);
+    free(v);
+}
+
+enum jwt_alg jwt_verifier_alg(const struct jwt_verifier *v)
+{
+    return v->_alg;
+}
+
+/* ---- signatures ------------------------------------------------------------- */
+
+/* HMAC-SHA256 of data into mac[32]. 0 or -ENOMEM (any OpenSSL failure). */
+static int hmac_sha256(EVP_MAC *hmac, const unsigned char *key, size_t keylen,
+                       const void *data, size_t len, unsigned char mac[HS256_LEN])
+{
+    char digest[] = "SHA256";
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+        OSSL_PARAM_construct_end(),
+    };
+    size_t outl = 0;
+    int rc = -ENOMEM;
+    EVP_MAC_CTX *ctx = EVP_MAC_CTX_new(hmac);
+    if (ctx == NULL)
+        return -ENOMEM;
+    if (EVP_MAC_init(ctx, key, keylen, params) == 1 && EVP_MAC_update(ctx, data, len) == 1
+        && EVP_MAC_final(ctx, mac, &outl, HS256_LEN) == 1 && outl == HS256_LEN)
+        rc = 0;
+    EVP_MAC_CTX_free(ctx);
+    return rc;
+}
+
+/* EVP_DigestVerify with SHA-256: 0 when valid, -EACCES when not, -ENOMEM. */
+static int digest_verify(EVP_PKEY *pkey, int rsa, const unsigned char *sig, size_t siglen,
+                         const void *data, size_t len)
+{
+    EVP_PKEY_CTX *pctx = NULL;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (ctx == NULL)
+        return -ENOMEM;
+    int rc = -EACCES;
+    if (EVP_DigestVerifyInit_ex(ctx, &pctx, "SHA256", NULL, NULL, pkey, NULL) != 1) {
+        rc = -ENOMEM;
+        goto free_ctx;
+    }
+    /* PKCS#1 v1.5 is OpenSSL's default for RSA; say so rather than rely on it. */
+    if (rsa && EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) != 1) {
+        rc = -ENOMEM;
+        goto free_ctx;
+    }
+    if (EVP_DigestVerify(ctx, sig, siglen, data, len) == 1)
+        rc = 0;
+free_ctx:
+    EVP_MD_CTX_free(ctx);
+    return rc;
+}
+
+/* JWS carries ECDSA as fixed-size r || s (RFC 7518 3.4); OpenSSL verifies the
+ * DER ECDSA-Sig-Value, so rebuild that from the two halves. */
+static int es256_verify(EVP_PKEY *pkey, const unsigned char *sig, size_t siglen,
+                        const void *data, size_t len)
+{
+    if (siglen != ES256_SIG_LEN)
+        return -EACCES;
+    int rc = -ENOMEM;
+    unsigned char *der = NULL;
+    ECDSA_SIG *es = ECDSA_SIG_new();
+    BIGNUM *r = BN_bin2bn(sig, ES256_SIG_LEN / 2, NULL);
+    BIGNUM *s = BN_bin2bn(sig + ES256_SIG_LEN / 2, ES256_SIG_LEN / 2, NULL);
+    if (es == NULL || r == NULL || s == NULL)
+        goto free_parts;
+    ECDSA_SIG_set0(es, r, s); /* es owns r and s from here */
+    r = s = NULL;
+    int derlen = i2d_ECDSA_SIG(es, &der);
+    if (derlen <= 0)
+        goto free_parts;
+    rc = digest_verify(pkey, 0, der, (size_t)derlen, data, len);
+    OPENSSL_free(der);
+free_parts:
+    BN_free(r);
+    BN_free(s);
+    ECDSA_SIG_free(es);
+    return rc;
+}
+
+static int check_signature(const struct jwt_verifier *v, const unsigned char *sig, size_t siglen,
+                           const char *input, size_t inlen)
+{
+    unsigned char mac[HS256_LEN];
+    int rc;
+
+    switch (v->_alg) {
+    case JWT_HS256:
+        if (siglen != HS256_LEN)
+            return -EACCES;
+        rc = hmac_sha256(v->_hmac, v->_secret, v->_secret_len, input, inlen, mac);
+        if (rc == 0 && CRYPTO_memcmp(mac, sig, HS256_LEN) != 0)
+            rc = -EACCES;
+        OPENSSL_cleanse(mac, sizeof mac);
+        return rc;
+    case JWT_RS256:
+        if (siglen != v->_rsa_sig_len)
+            return -EACCES;
+        return digest_verify(v->_pkey, 1, sig, siglen, input, inlen);
+    case JWT_ES256:
+        return es256_verify(v->_pkey, sig, siglen, input, inlen);
+    }
+    return -EACCES;
+}
+
+/* ---- claims ----------------------------------------------------------------- */
+
+/* Is p[0..n) well-formed UTF-8 (RFC 3629: no overlongs, surrogates or code
+ * points above U+10FFFF) free of control characters (C0, DEL, C1)? Such
+ * characters in a user id or name would corrupt logs and UIs. */
+static int printable_utf8(const unsigned char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned char b = p[i];
+        size_t more;
+        unsigned char lo = 0x80, hi = 0xBF;
+        if (b < 0x80) {
+            if (b < 0x20 || b == 0x7F)
+                return 0;
+            i++;
+            continue;
+        }
+        if (b >= 0xC2 && b <= 0xDF) {
+            more = 1;
+            if (b == 0xC2)
+                lo = 0xA0; /* C2 80..C2 9F are the C1 controls U+0080..U+009F */
+        } else if (b >= 0xE0 && b <= 0xEF) {
+            more = 2;
+            if (b == 0xE0)
+                lo = 0xA0;
+            else if (b == 0xED)
+                hi = 0x9F;
+        } else if (b >= 0xF0 && b <= 0xF4) {
+            more = 3;
+            if (b == 0xF0)
+                lo = 0x90;
+            else if (b == 0xF4)
+                hi = 0x8F;
+        } else {
+            return 0;
+        }
+        if (n - i - 1 < more)
+            return 0;
+        if (p[i + 1] < lo || p[i + 1] > hi)
+            return 0;
+        for (size_t k = 2; k <= more; k++)
+            if (p[i + k] < 0x80 || p[i + k] > 0xBF)
+                return 0;
+        i += more + 1;
+    }
+    return 1;
+}
+
+static int string_equals(const json_t *j, const char *s, size_t len)
+{
+    return json_is_string(j) && json_string_length(j) == len
+           && memcmp(json_string_value(j), s, len) == 0;
+}
+
+/* Copy a JSON string of at most max bytes of printable UTF-8 into dst[max+1]. */
+static int copy_text(const json_t *j, size_t max, char *dst, size_t *dst_len)
+{
+    if (!json_is_string(j))
+        return -1;
+    size_t len = json_string_length(j);
+    const char *s = json_string_value(j);
+    if (len > max || !printable_utf8((const unsigned char *)s, len))
+        return -1;
+    memcpy(dst, s, len);
+    dst[len] = '\0';
+    if (dst_len != NULL)
+        *dst_len = len;
+    return 0;
+}
+
+/* Optional integer time claim: 0 absent, 1 present (value in *val), -1 not a
+ * JSON integer. Reals and strings are refused: RFC 7519 NumericDate allows
+ * fractions, but chatd's issuers mint integers and a lenient parse here is
+ * where verifiers have differed from each other before. */
+static int time_claim(const json_t *payload, const char *key, int64_t *val)
+{
+    const json_t *j = json_object_get(payload, key);
+    if (j == NULL)
+        return 0;
+    if (!json_is_integer(j))
+        return -1;
+    *val = (int64_t)json_integer_value(j);
+    return 1;
+}
+
+static int check_audience(const struct jwt_verifier *v, const json_t *aud)
+{
+    if (json_is_string(aud))
+        return string_equals(aud, v->_audience, v->_audience_len) ? 0 : -1;
+    if (!json_is_array(aud))
+        return -1;
+    size_t i;
+    const json_t *el;
+    int found = 0;
+    json_array_foreach(aud, i, el) {
+        if (!json_is_string(el))
+            return -1;
+        if (string_equals(el, v->_audience, v->_audience_len))
+            found = 1;
+    }
+    return found ? 0 : -1;
+}
+
+/* Check every claim of an already authenticated payload and fill c. */
+static int check_claims(const struct jwt_verifier *v, const json_t *p, int64_t now_s,
+                        struct jwt_claims *c, const char **reason)
+{
+    int64_t t;
+    int r;
+    /* now + leeway, saturated: leeway is never negative. */
+    int64_t later = now_s > INT64_MAX - v->_leeway_s ? INT64_MAX : now_s + v->_leeway_s;
+
+    r = time_claim(p, "exp", &c->exp);
+    if (r == 0) {
+        *reason = "missing exp";
+        return -EACCES;
+    }
+    if (r < 0) {
+        *reason = "exp is not an integer";
+        return -EACCES;
+    }
+    if (now_s >= c->exp) {
+        *reason = "token expired";
+        return -EACCES;
+    }
+    r = time_claim(p, "nbf", &t);
+    if (r < 0) {
+        *reason = "nbf is not an integer";
+        return -EACCES;
+    }
+    if (r > 0 && t > later) {
+        *reason = "token not yet valid";
+        return -EACCES;
+    }
+    r = time_claim(p, "iat", &t);
+    if (r < 0) {
+        *reason = "iat is not an integer";
+        return -EACCES;
+    }
+    if (r > 0 && t > later) {
+        *reason = "token issued in the future";
+        return -EACCES;
+    }
+
+    if (v->_issuer != NULL && !string_equals(json_object_get(p, "iss"), v->_issuer, v->_issuer_len)) {
+        *reason = "wrong issuer";
+        return -EACCES;
+    }
+    if (v->_audience != NULL) {
+        const json_t *aud = json_object_get(p, "aud");
+        if (aud == NULL || check_audience(v, aud) != 0) {
+            *reason = "wrong audience";
+            return -EACCES;
+        }
+    }
+
+    const json_t *j = json_object_get(p, "sub");
+    if (j == NULL) {
+        *reason = "missing sub";
+        return -EACCES;
+    }
+    if (copy_text(j, JWT_MAX_SUB, c->sub, &c->sub_len) != 0 || c->sub_len == 0) {
+        *reason = "bad sub";
+        return -EACCES;
+    }
+
+    j = json_object_get(p, "name");
+    if (j != NULL && copy_text(j, JWT_MAX_NAME, c->name, &c->name_len) != 0) {
+        *reason = "bad name";
+        return -EACCES;
+    }
+    /* An empty name would leave the user invisible in the UI: use sub. */
+    if (c->name_len == 0) {
+        memcpy(c->name, c->sub, c->sub_len + 1);
+        c->name_len = c->sub_len;
+    }
+
+    j = json_object_get(p, "roles");
+    if (j != NULL) {
+        if (!json_is_array(j)) {
+            *reason = "bad roles";
+            return -EACCES;
+        }
+        if (json_array_size(j) > JWT_MAX_ROLES) {
+            *reason = "too many roles";
+            return -EACCES;
+        }
+        size_t i;
+        const json_t *el;
+        json_array_foreach(j, i, el) {
+            size_t rl;
+            if (copy_text(el, JWT_MAX_ROLE, c->roles[i], &rl) != 0) {
+                *reason = "bad roles";
+                return -EACCES;
+            }
+            if (rl == 5 && memcmp(c->roles[i], "admin", 5) == 0)
+                c->is_admin = 1;
+        }
+        c->nroles = (unsigned)json_array_size(j);
+    }
+    return 0;
+}
+
+/* ---- verify ------------------------------------------------------------------ */
+
+/* Parse a decoded header or payload: a JSON object with no duplicate keys. */
+static int parse_object(const unsigned char *buf, size_t len, json_t **out, const char *bad,
+                        const char *dup, const char **reason)
+{
+    json_error_t jerr;
+    json_t *j = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (j == NULL) {
+        enum json_error_code code = json_error_code(&jerr);
+        if (code == json_error_out_of_memory) {
+            *reason = "out of memory";
+            return -ENOMEM;
+        }
+        *reason = code == json_error_duplicate_key ? dup : bad;
+        return -EACCES;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        *reason = bad;
+        return -EACCES;
+    }
+    *out = j;
+    return 0;
+}
+
+int jwt_verify(const struct jwt_verifier *v, const char *token, size_t len, int64_t now_s,
+               struct jwt_claims *out, const char **reason)
+{
+    const char *unused;
+    if (reason == NULL)
+        reason = &unused;
+    *reason = "invalid argument";
+    if (out != NULL)
+        memset(out, 0, sizeof *out);
+    if (v == NULL || token == NULL || out == NULL)
+        return -EINVAL;
+
+    /* Bound all work before looking at a single byte. */
+    if (len > JWT_MAX_TOKEN) {
+        *reason = "token too long";
+        return -EACCES;
+    }
+    const char *dot1 = memchr(token, '.', len);
+    const char *dot2 = dot1 ? memchr(dot1 + 1, '.', len - (size_t)(dot1 + 1 - token)) : NULL;
+    if (dot2 == NULL || memchr(dot2 + 1, '.', len - (size_t)(dot2 + 1 - token)) != NULL) {
+        *reason = "malformed token";
+        return -EACCES;
+    }
+    const char *hdr64 = token, *pay64 = dot1 + 1, *sig64 = dot2 + 1;
+    size_t hdr64_len = (size_t)(dot1 - token);
+    size_t pay64_len = (size_t)(dot2 - pay64);
+    size_t sig64_len = len - (size_t)(sig64 - token);
+
+    unsigned char buf[JWT_MAX_TOKEN];
+    size_t used = 0;
+    ssize_t n;
+    json_t *hdr = NULL, *payload = NULL;
+    struct jwt_claims c;
+    int rc;
+
+    /* Header: the algorithm is the configured one, or nothing. */
+    n = jwt_b64url_decode(hdr64, hdr64_len, buf, sizeof buf);
+    if (n < 0) {
+        *reason = "bad encoding";
+        return -EACCES;
+    }
+    rc = parse_object(buf, (size_t)n, &hdr, "bad header", "duplicate header parameter", reason);
+    if (rc != 0)
+        return rc;
+    const json_t *alg = json_object_get(hdr, "alg");
+    const char *want = jwt_alg_name(v->_alg);
+    if (!json_is_string(alg)) {
+        *reason = "bad header";
+        rc = -EACCES;
+        goto free_hdr;
+    }
+    if (!string_equals(alg, want, strlen(want))) {
+        *reason = "algorithm not allowed";
+        rc = -EACCES;
+        goto free_hdr;
+    }
+    /* RFC 7515 4.1.11: extensions listed in crit must be understood; chatd
+     * understands none, so any crit (even an empty or malformed one) is refused. */
+    if (json_object_get(hdr, "crit") != NULL) {
+        *reason = "unsupported critical header";
+        rc = -EACCES;
+        goto free_hdr;
+    }
+
+    /* Signature over the ASCII "header.payload", before the payload is read. */
+    n = jwt_b64url_decode(sig64, sig64_len, buf, sizeof buf);
+    if (n < 0) {
+        *reason = "bad encoding";
+        rc = -EACCES;
+        goto free_hdr;
+    }
+    used = (size_t)n;
+    rc = check_signature(v, buf, used, token, (size_t)(dot2 - token));
+    if (rc != 0) {
+        ERR_clear_error();
+        *reason = rc == -EACCES ? "bad signature" : "out of memory";
+        goto free_hdr;
+    }
+
+    n = jwt_b64url_decode(pay64, pay64_len, buf + used, sizeof buf - used);
+    if (n < 0) {
+        *reason = "bad encoding";
+        rc = -EACCES;
+        goto free_hdr;
+    }
+    rc = parse_object(buf + used, (size_t)n, &payload, "bad payload", "duplicate claim", reason);
+    if (rc != 0)
+        goto free_hdr;
+
+    memset(&c, 0, sizeof c);
+    rc = check_claims(v, payload, now_s, &c, reason);
+    if (rc == 0) {
+        *out = c;
+        *reason = "ok";
+    }
+    json_decref(payload);
+free_hdr:
+    json_decref(hdr);
+    return rc;
+}
+
+/* ---- signing (development and tests) ------------------------------------------- */
+
+char *jwt_sign_hs256(const unsigned char *secret, size_t secret_len, const char *payload_json, size_t payload_len)
+{
+    static const char header[] = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
+    const size_t hlen = sizeof header - 1;
+
+    if (secret == NULL || payload_json == NULL || payload_len > SIZE_MAX / 2)
+        return NULL;
+    size_t h64 = JWT_B64URL_LEN(hlen), p64 = JWT_B64URL_LEN(payload_len);
+    size_t total = h64 + 1 + p64 + 1 + JWT_B64URL_LEN(HS256_LEN);
+    char *tok = malloc(total + 1);
+    if (tok == NULL)
+        return NULL;
+    size_t o = 0;
+    o += (size_t)jwt_b64url_encode((const unsigned char *)header, hlen, tok + o, total + 1 - o);
+    tok[o++] = '.';
+    o += (size_t)jwt_b64url_encode((const unsigned char *)payload_json, payload_len, tok + o,
+                                   total + 1 - o);
+
+    unsigned char mac[HS256_LEN];
+    size_t maclen = 0;
+    if (EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, secret, secret_len, (const unsigned char *)tok, o, mac, sizeof mac,
+                  &maclen) == NULL || maclen != HS256_LEN) {
+        ERR_clear_error();
+        free(tok);
+        return NULL;
+    }
+    tok[o++] = '.';
+    jwt_b64url_encode(mac, sizeof mac, tok + o, total + 1 - o);
+    OPENSSL_cleanse(mac, sizeof mac);
+    return tok;
+}

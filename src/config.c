@@ -1,0 +1,437 @@
+/*
+ * DESIGN: one table describes every option (name, kind, default, help), and
+ * the same setter parses a default, a file line, an environment variable and
+ * a flag, so all four agree on what is valid. Sources are applied from the
+ * weakest to the strongest (default, file, environment, flags); cross-option
+ * rules are checked once at the end.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "util/log.h"
+
+enum opt_kind { K_UINT, K_U64, K_BOOL, K_STR, K_SPECIAL };
+
+struct opt {
+    const char *name;
+    enum opt_kind kind;
+    size_t off;           /* field in struct config */
+    uint64_t min, max;    /* K_UINT / K_U64 */
+    const char *def;      /* default, as text (NULL: unset) */
+    const char *arg;      /* argument name in --help */
+    const char *help;
+    int (*special)(struct config *cfg, const char *v, char *err, size_t errlen);
+};
+
+static int set_listen(struct config *cfg, const char *v, char *err, size_t errlen);
+static int set_prefix(struct config *cfg, const char *v, char *err, size_t errlen);
+static int set_log_level(struct config *cfg, const char *v, char *err, size_t errlen);
+static int set_workers(struct config *cfg, const char *v, char *err, size_t errlen);
+
+#define F(field) offsetof(struct config, field)
+
+static const struct opt options[] = {
+    {"listen", K_SPECIAL, 0, 0, 0, "127.0.0.1:8080", "HOST:PORT",
+     "address to serve HTTP and WebSocket on (port 0: any free port)", set_listen},
+    {"workers", K_SPECIAL, 0, 0, 0, "0", "N", "worker threads (0: one per core)", set_workers},
+    {"prefix", K_SPECIAL, 0, 0, 0, "", "PATH", "path prefix for every route, e.g. /chat",
+     set_prefix},
+    {"echo", K_BOOL, F(echo), 0, 0, "false", NULL,
+     "enable {prefix}/echo, a plain WebSocket echo for conformance suites and benchmarks", NULL},
+    {"max-message-bytes", K_U64, F(max_message_bytes), 1, (uint64_t)1 << 30, "1048576", "N",
+     "largest WebSocket message accepted (one byte more closes with 1009)", NULL},
+    {"max-connections", K_UINT, F(max_connections), 1, 10000000, "100000", "N",
+     "global cap on open WebSocket connections (then 503)", NULL},
+    {"send-queue-bytes", K_U64, F(send_queue_bytes), 0, (uint64_t)1 << 32, "0", "N",
+     "unsent bytes one connection may queue before it is closed with 1013 "
+     "(0: 2 x max-message-bytes + 64 KiB)",
+     NULL},
+    {"ping-interval", K_UINT, F(ping_interval_s), 1, 86400, "54", "S",
+     "seconds between keep-alive pings", NULL},
+    {"pong-timeout", K_UINT, F(pong_timeout_s), 1, 86400, "60", "S",
+     "seconds of silence after which a connection is dropped", NULL},
+    {"shutdown-timeout", K_UINT, F(shutdown_timeout_s), 0, 3600, "10", "S",
+     "seconds to drain connections on SIGTERM/SIGINT", NULL},
+    {"log-level", K_SPECIAL, 0, 0, 0, "info", "L", "debug, info, warn or error", set_log_level},
+    {"dev", K_BOOL, F(dev), 0, 0, "false", NULL,
+     "development mode: a random HS256 secret, a printed token and page URL", NULL},
+    {"config", K_STR, F(config_file), 0, 0, NULL, "FILE",
+     "read options from FILE (one 'name = value' per line, '#' comments)", NULL},
+};
+
+#define NOPTS (sizeof options / sizeof options[0])
+
+static int errf(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int errf(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -EINVAL;
+}
+
+static const struct opt *find_opt(const char *name, size_t len)
+{
+    for (size_t i = 0; i < NOPTS; i++) {
+        const char *o = options[i].name;
+        if (strlen(o) != len)
+            continue;
+        size_t j = 0;
+        /* '_' and '-' are the same in names (file and environment spelling). */
+        for (; j < len; j++) {
+            char c = name[j] == '_' ? '-' : (char)tolower((unsigned char)name[j]);
+            if (c != o[j])
+                break;
+        }
+        if (j == len)
+            return &options[i];
+    }
+    return NULL;
+}
+
+static int parse_u64(const char *v, uint64_t *out)
+{
+    if (!*v || !isdigit((unsigned char)*v))
+        return -EINVAL;
+    errno = 0;
+    char *end;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (errno || *end)
+        return -EINVAL;
+    *out = x;
+    return 0;
+}
+
+static int parse_bool(const char *v, bool *out)
+{
+    static const char *const yes[] = {"1", "true", "yes", "on"};
+    static const char *const no[] = {"0", "false", "no", "off"};
+    for (int i = 0; i < 4; i++) {
+        if (strcasecmp(v, yes[i]) == 0)
+            return *out = true, 0;
+        if (strcasecmp(v, no[i]) == 0)
+            return *out = false, 0;
+    }
+    return -EINVAL;
+}
+
+/* Apply one value; `where` says where it came from, for the message. */
+static int apply(struct config *cfg, const struct opt *o, const char *v, const char *where,
+                 char *err, size_t errlen)
+{
+    char *base = (char *)cfg;
+    switch (o->kind) {
+    case K_UINT:
+    case K_U64: {
+        uint64_t x;
+        if (parse_u64(v, &x) < 0 || x < o->min || x > o->max)
+            return errf(err, errlen, "%s%s: expected an integer from %" PRIu64 " to %" PRIu64
+                        ", got '%s'", where, o->name, o->min, o->max, v);
+        if (o->kind == K_UINT)
+            *(unsigned *)(base + o->off) = (unsigned)x;
+        else
+            *(uint64_t *)(base + o->off) = x;
+        return 0;
+    }
+    case K_BOOL: {
+        bool b;
+        if (parse_bool(v, &b) < 0)
+            return errf(err, errlen, "%s%s: expected true or false, got '%s'", where, o->name, v);
+        *(bool *)(base + o->off) = b;
+        return 0;
+    }
+    case K_STR: {
+        char **p = (char **)(base + o->off);
+        char *copy = strdup(v);
+        if (!copy)
+            return errf(err, errlen, "out of memory");
+        free(*p);
+        *p = copy;
+        return 0;
+    }
+    case K_SPECIAL: {
+        char why[256] = "";
+        if (o->special(cfg, v, why, sizeof why) < 0)
+            return errf(err, errlen, "%s%s: %s", where, o->name, why);
+        return 0;
+    }
+    }
+    return -EINVAL;
+}
+
+static int set_listen(struct config *cfg, const char *v, char *err, size_t errlen)
+{
+    const char *colon = strrchr(v, ':');
+    if (!colon || colon == v)
+        return errf(err, errlen, "expected HOST:PORT, got '%s'", v);
+    const char *host = v;
+    size_t hlen = (size_t)(colon - v);
+    if (host[0] == '[') {
+        if (hlen < 3 || host[hlen - 1] != ']')
+            return errf(err, errlen, "expected [IPV6]:PORT, got '%s'", v);
+        host++;
+        hlen -= 2;
+    }
+    if (hlen >= sizeof cfg->listen_host)
+        return errf(err, errlen, "host too long");
+    uint64_t port;
+    if (parse_u64(colon + 1, &port) < 0 || port > 65535)
+        return errf(err, errlen, "expected a port from 0 to 65535, got '%s'", colon + 1);
+    memcpy(cfg->listen_host, host, hlen);
+    cfg->listen_host[hlen] = '\0';
+    cfg->listen_port = (int)port;
+    return 0;
+}
+
+static int set_workers(struct config *cfg, const char *v, char *err, size_t errlen)
+{
+    uint64_t n;
+    if (parse_u64(v, &n) < 0 || n > 1024)
+        return errf(err, errlen, "expected an integer from 0 to 1024, got '%s'", v);
+    if (n == 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        n = cores > 0 ? (uint64_t)cores : 1;
+    }
+    cfg->workers = (unsigned)n;
+    return 0;
+}
+
+static int set_prefix(struct config *cfg, const char *v, char *err, size_t errlen)
+{
+    size_t n = strlen(v);
+    while (n > 0 && v[n - 1] == '/')
+        n--;
+    if (n > 0 && v[0] != '/')
+        return errf(err, errlen, "must start with '/', got '%s'", v);
+    if (n >= sizeof cfg->prefix)
+        return errf(err, errlen, "too long");
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if (c <= 0x20 || c >= 0x7f || c == '?' || c == '#' || c == '%')
+            return errf(err, errlen, "must be a plain URL path, got '%s'", v);
+    }
+    memcpy(cfg->prefix, v, n);
+    cfg->prefix[n] = '\0';
+    return 0;
+}
+
+static int set_log_level(struct config *cfg, const char *v, char *err, size_t errlen)
+{
+    int lvl = log_level_parse(v);
+    if (lvl < 0)
+        return errf(err, errlen, "expected debug, info, warn or error, got '%s'", v);
+    cfg->log_level = lvl;
+    return 0;
+}
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    size_t n = strlen(s);
+    while (n > 0 && isspace((unsigned char)s[n - 1]))
+        s[--n] = '\0';
+    return s;
+}
+
+static int load_file(struct config *cfg, const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return errf(err, errlen, "config: cannot read '%s': %s", path, strerror(errno));
+    char line[8192];
+    unsigned lineno = 0;
+    int rc = 0;
+    while (fgets(line, sizeof line, f)) {
+        lineno++;
+        char *s = trim(line);
+        if (!*s || *s == '#')
+            continue;
+        char *eq = strchr(s, '=');
+        char where[512];
+        if (!eq) {
+            rc = errf(err, errlen, "config %s:%u: expected 'name = value'", path, lineno);
+            break;
+        }
+        *eq = '\0';
+        char *name = trim(s);
+        char *value = trim(eq + 1);
+        /* Allow quoting a value that has spaces at its ends. */
+        size_t vl = strlen(value);
+        if (vl >= 2 && value[0] == '"' && value[vl - 1] == '"') {
+            value[vl - 1] = '\0';
+            value++;
+        }
+        const struct opt *o = find_opt(name, strlen(name));
+        if (!o || strcmp(o->name, "config") == 0) {
+            rc = errf(err, errlen, "config %s:%u: unknown option '%s'", path, lineno, name);
+            break;
+        }
+        snprintf(where, sizeof where, "config %s:%u: ", path, lineno);
+        if ((rc = apply(cfg, o, value, where, err, errlen)) < 0)
+            break;
+    }
+    fclose(f);
+    return rc;
+}
+
+static const char *env_lookup(char **envp, const struct opt *o)
+{
+    char key[128] = "CHATD_";
+    size_t k = 6;
+    for (const char *p = o->name; *p && k + 1 < sizeof key; p++)
+        key[k++] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
+    key[k] = '\0';
+    for (char **e = envp; e && *e; e++)
+        if (strncmp(*e, key, k) == 0 && (*e)[k] == '=')
+            return *e + k + 1;
+    return NULL;
+}
+
+static void print_version(FILE *out) { fprintf(out, "chatd %s\n", CHATD_VERSION); }
+
+void config_print_help(FILE *out)
+{
+    fprintf(out,
+            "Usage: chatd [options]\n"
+            "\n"
+            "chatd is a real-time chat server: WebSocket clients sign in with a JWT and\n"
+            "talk in durable sessions from several devices at once.\n"
+            "\n"
+            "Every option can also be set in the environment as CHATD_<NAME> (upper case,\n"
+            "'-' as '_') or in the --config file as 'name = value'. Flags win over the\n"
+            "environment, the environment over the file.\n"
+            "\n"
+            "Options:\n");
+    for (size_t i = 0; i < NOPTS; i++) {
+        const struct opt *o = &options[i];
+        char left[64];
+        snprintf(left, sizeof left, "--%s%s%s", o->name, o->arg ? " " : "", o->arg ? o->arg : "");
+        fprintf(out, "  %-26s %s", left, o->help);
+        if (o->def && *o->def && o->kind != K_BOOL)
+            fprintf(out, " [default: %s]", o->def);
+        fputc('\n', out);
+    }
+    fprintf(out, "  %-26s %s\n  %-26s %s\n", "--help", "show this help and exit", "--version",
+            "print the version and exit");
+}
+
+void config_release(struct config *cfg)
+{
+    free(cfg->jwt_secret);
+    free(cfg->jwt_secret_file);
+    free(cfg->jwt_public_key);
+    free(cfg->jwt_issuer);
+    free(cfg->jwt_audience);
+    free(cfg->allowed_origins);
+    free(cfg->db_path);
+    free(cfg->config_file);
+    memset(cfg, 0, sizeof *cfg);
+}
+
+/* Split "--name=value" / "--name value"; returns the index of the next arg. */
+static int flag_value(int argc, char **argv, int i, const struct opt *o, const char *eq,
+                      const char **value, char *err, size_t errlen)
+{
+    if (eq) {
+        *value = eq + 1;
+        return i + 1;
+    }
+    if (o->kind == K_BOOL) {
+        *value = "true";
+        return i + 1;
+    }
+    if (i + 1 >= argc)
+        return errf(err, errlen, "--%s: needs a value", o->name);
+    *value = argv[i + 1];
+    return i + 2;
+}
+
+int config_load(struct config *cfg, int argc, char **argv, char **envp, FILE *out, char *err,
+                size_t errlen)
+{
+    int rc;
+    memset(cfg, 0, sizeof *cfg);
+    for (size_t i = 0; i < NOPTS; i++)
+        if (options[i].def && (rc = apply(cfg, &options[i], options[i].def, "default ", err,
+                                          errlen)) < 0)
+            return rc;
+
+    /* First pass over argv: --help, --version, unknown flags, --config. */
+    const char *config_path = NULL;
+    config_path = env_lookup(envp, find_opt("config", 6));
+    for (int i = 1; i < argc;) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            config_print_help(out);
+            return CONFIG_EXIT_HELP;
+        }
+        if (strcmp(a, "--version") == 0) {
+            print_version(out);
+            return CONFIG_EXIT_VERSION;
+        }
+        if (strncmp(a, "--", 2) != 0)
+            return errf(err, errlen, "unexpected argument '%s' (options start with --)", a);
+        const char *name = a + 2;
+        const char *eq = strchr(name, '=');
+        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+        const struct opt *o = find_opt(name, nlen);
+        if (!o || memchr(name, '_', nlen))
+            return errf(err, errlen, "unknown option '--%.*s' (see --help)", (int)nlen, name);
+        const char *value = NULL;
+        int next = flag_value(argc, argv, i, o, eq, &value, err, errlen);
+        if (next < 0)
+            return next;
+        if (strcmp(o->name, "config") == 0)
+            config_path = value;
+        i = next;
+    }
+
+    if (config_path && (rc = apply(cfg, find_opt("config", 6), config_path, "", err, errlen)) < 0)
+        return rc;
+    if (cfg->config_file && (rc = load_file(cfg, cfg->config_file, err, errlen)) < 0)
+        return rc;
+
+    for (size_t i = 0; i < NOPTS; i++) {
+        const char *v = env_lookup(envp, &options[i]);
+        if (v && strcmp(options[i].name, "config") != 0) {
+            char where[160], key[128];
+            size_t k = 0;
+            for (const char *p = options[i].name; *p && k + 1 < sizeof key; p++)
+                key[k++] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
+            key[k] = '\0';
+            snprintf(where, sizeof where, "environment CHATD_%s for --", key);
+            if ((rc = apply(cfg, &options[i], v, where, err, errlen)) < 0)
+                return rc;
+        }
+    }
+
+    for (int i = 1; i < argc;) {
+        const char *name = argv[i] + 2;
+        const char *eq = strchr(name, '=');
+        const struct opt *o = find_opt(name, eq ? (size_t)(eq - name) : strlen(name));
+        const char *value = NULL;
+        int next = flag_value(argc, argv, i, o, eq, &value, err, errlen);
+        if (strcmp(o->name, "config") != 0 && (rc = apply(cfg, o, value, "--", err, errlen)) < 0)
+            return rc;
+        i = next;
+    }
+
+    /* Cross-option rules. */
+    if (cfg->send_queue_bytes == 0)
+        cfg->send_queue_bytes = 2 * cfg->max_message_bytes + 65536;
+    if (cfg->send_queue_bytes < cfg->max_message_bytes + 14)
+        return errf(err, errlen, "--send-queue-bytes: must be at least --max-message-bytes + 14");
+    return CONFIG_OK;
+}

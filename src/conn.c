@@ -1,0 +1,630 @@
+/*
+ * DESIGN: one file for the life of a connection, in the order bytes meet it:
+ * accept, HTTP heads (routing, upgrade), WebSocket frames (messages,
+ * control frames, closing), output (queue, flush), timers. Handlers above
+ * this layer see only whole messages and the conn_send/conn_ws_close API.
+ *
+ * Reading uses the worker's one read buffer; anything that must outlive the
+ * read callback (a partial request head, a message split across reads) is
+ * copied into the connection. Writing never happens inside a read: output is
+ * queued and the connection put on the worker's dirty list, which the check
+ * phase flushes with one gathered write per connection.
+ */
+#include "conn.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http/request.h"
+#include "http/response.h"
+#include "routes.h"
+#include "util/log.h"
+#include "ws/handshake.h"
+
+#define CONN_IOV_MAX 64
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void ws_feed(struct conn *c, uint8_t *p, size_t n);
+
+static int64_t now_ms(struct conn *c) { return (int64_t)uv_now(&c->w->loop); }
+
+/* ---- accept ------------------------------------------------------------ */
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct conn *c = (struct conn *)h;
+    (void)suggested;
+    /* The shared buffer is free again by the time the next read is made:
+     * on_read consumes or copies every byte before it returns. */
+    buf->base = (char *)c->w->read_buf;
+    buf->len = WORKER_READ_BUF;
+}
+
+void conn_accept(struct worker *w)
+{
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        log_error("accept_failed", "reason=out_of_memory");
+        return;
+    }
+    uv_tcp_init(&w->loop, &c->tcp);
+    if (uv_accept((uv_stream_t *)&w->listener, (uv_stream_t *)&c->tcp) != 0) {
+        uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+        return;
+    }
+    c->w = w;
+    c->id = ((uint64_t)w->index << 48) | ++w->next_conn_seq;
+    list_init(&c->dirty);
+    list_append(&w->conns, &c->node);
+    w->nconns++;
+    outq_init(&c->out);
+    c->state = CONN_HTTP;
+    c->last_rx_ms = now_ms(c);
+    c->deadline_ms = c->last_rx_ms + CONN_HEAD_TIMEOUT_MS;
+    uv_tcp_nodelay(&c->tcp, 1);
+    atomic_fetch_add(&w->srv->stats.conns_open, 1);
+    atomic_fetch_add(&w->srv->stats.conns_total, 1);
+    int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (rc != 0)
+        conn_close(c);
+}
+
+/* ---- closing ----------------------------------------------------------- */
+
+static void on_closed(uv_handle_t *h)
+{
+    struct conn *c = (struct conn *)h;
+    outq_release(&c->out);
+    free(c->in);
+    free(c->msg);
+    free(c->wreq);
+    free(c->sreq);
+    free(c);
+}
+
+void conn_close(struct conn *c)
+{
+    if (c->state == CONN_CLOSED)
+        return;
+    struct worker *w = c->w;
+    bool was_ws = c->state == CONN_WS;
+    c->state = CONN_CLOSED;
+    if (was_ws && c->handler && c->handler->on_close)
+        c->handler->on_close(c);
+    if (c->counted_ws)
+        atomic_fetch_sub(&w->srv->stats.ws_open, 1);
+    atomic_fetch_sub(&w->srv->stats.conns_open, 1);
+    if (list_linked(&c->dirty))
+        list_remove(&c->dirty);
+    list_remove(&c->node);
+    w->nconns--;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    uv_close((uv_handle_t *)&c->tcp, on_closed);
+}
+
+static void mark_dirty(struct conn *c)
+{
+    if (!list_linked(&c->dirty))
+        list_append(&c->w->dirty, &c->dirty);
+}
+
+/* ---- output ------------------------------------------------------------ */
+
+static void flush(struct conn *c);
+
+static void on_shutdown_done(uv_shutdown_t *req, int status)
+{
+    struct conn *c = req->data;
+    (void)status;
+    if (c->state != CONN_CLOSED && c->close_received)
+        conn_close(c);
+}
+
+/* Everything queued has been written. */
+static void drained(struct conn *c)
+{
+    if (c->close_after_flush) {
+        conn_close(c);
+        return;
+    }
+    if (!c->close_sent || c->shut_down)
+        return;
+    if (c->close_received) {
+        /* Handshake complete on both sides: the server closes TCP first. */
+        conn_close(c);
+        return;
+    }
+    c->sreq = malloc(sizeof *c->sreq);
+    if (!c->sreq || uv_shutdown(c->sreq, (uv_stream_t *)&c->tcp, on_shutdown_done) != 0) {
+        conn_close(c);
+        return;
+    }
+    c->sreq->data = c;
+    c->shut_down = true;
+}
+
+static void on_write_done(uv_write_t *req, int status)
+{
+    struct conn *c = req->data;
+    c->wreq = NULL;
+    free(req);
+    outq_consume(&c->out, c->wreq_bytes);
+    c->wreq_bytes = 0;
+    if (c->state == CONN_CLOSED)
+        return;
+    if (status < 0) {
+        log_debug("conn_write_failed", "conn=%llx error=%s", (unsigned long long)c->id,
+                  uv_err_name(status));
+        conn_close(c);
+        return;
+    }
+    flush(c);
+}
+
+/* Write what is queued: try at once, and leave the rest to a uv_write. */
+static void flush(struct conn *c)
+{
+    if (c->state == CONN_CLOSED || c->wreq)
+        return;
+    while (c->out.count > 0) {
+        uv_buf_t iov[CONN_IOV_MAX];
+        size_t total;
+        unsigned n = outq_iov(&c->out, (struct iovec *)iov, CONN_IOV_MAX, &total);
+        int r = uv_try_write((uv_stream_t *)&c->tcp, iov, n);
+        if (r == UV_EAGAIN || r == UV_ENOSYS)
+            r = 0;
+        if (r < 0) {
+            log_debug("conn_write_failed", "conn=%llx error=%s", (unsigned long long)c->id,
+                      uv_err_name(r));
+            conn_close(c);
+            return;
+        }
+        outq_consume(&c->out, (size_t)r);
+        if ((size_t)r == total)
+            continue;
+        /* The kernel buffer is full: hand the rest to libuv, which writes it
+         * when the socket is writable again. */
+        n = outq_iov(&c->out, (struct iovec *)iov, CONN_IOV_MAX, &total);
+        c->wreq = malloc(sizeof *c->wreq);
+        if (!c->wreq) {
+            conn_close(c);
+            return;
+        }
+        c->wreq->data = c;
+        c->wreq_bytes = total;
+        c->out.inflight = n;
+        if (uv_write(c->wreq, (uv_stream_t *)&c->tcp, iov, n, on_write_done) != 0) {
+            free(c->wreq);
+            c->wreq = NULL;
+            c->out.inflight = 0;
+            conn_close(c);
+        }
+        return;
+    }
+    drained(c);
+}
+
+void conn_flush_dirty(struct worker *w)
+{
+    while (!list_empty(&w->dirty)) {
+        struct conn *c = LIST_ENTRY(w->dirty.next, struct conn, dirty);
+        list_remove(&c->dirty);
+        flush(c);
+    }
+}
+
+/* The send queue passed its limit: the client is not reading. */
+static void overflow(struct conn *c)
+{
+    atomic_fetch_add(&c->w->srv->stats.send_queue_drops, 1);
+    log_warn("send_queue_full", "conn=%llx queued=%llu limit=%llu", (unsigned long long)c->id,
+             (unsigned long long)c->out.bytes,
+             (unsigned long long)c->w->srv->cfg->send_queue_bytes);
+    outq_drop_pending(&c->out);
+    conn_ws_close(c, WS_CLOSE_TRY_AGAIN, "send queue full");
+    c->discard_input = true;
+}
+
+/* Queue raw bytes (two pieces); checks the limit. */
+static int queue2(struct conn *c, const void *a, size_t alen, const void *b, size_t blen)
+{
+    if (c->state == CONN_CLOSED)
+        return -EPIPE;
+    if (outq_append2(&c->out, a, alen, b, blen) < 0) {
+        conn_close(c);
+        return -ENOMEM;
+    }
+    mark_dirty(c);
+    return 0;
+}
+
+static int queue_frame(struct conn *c, unsigned opcode, const void *data, size_t len)
+{
+    uint8_t hdr[WS_MAX_HEADER];
+    size_t hlen = ws_frame_header(hdr, opcode, true, len);
+    int rc = queue2(c, hdr, hlen, data, len);
+    if (rc == 0 && c->state == CONN_WS && !c->close_sent &&
+        c->out.bytes > c->w->srv->cfg->send_queue_bytes) {
+        overflow(c);
+        return -ENOBUFS;
+    }
+    return rc;
+}
+
+int conn_send(struct conn *c, unsigned opcode, const void *data, size_t len)
+{
+    if (c->state != CONN_WS || c->close_sent)
+        return -EPIPE;
+    atomic_fetch_add_explicit(&c->w->srv->stats.ws_messages_out, 1, memory_order_relaxed);
+    return queue_frame(c, opcode, data, len);
+}
+
+int conn_send_shared(struct conn *c, struct sbuf *frame, uint32_t off, uint32_t len)
+{
+    if (c->state != CONN_WS || c->close_sent)
+        return -EPIPE;
+    if (outq_push_ref(&c->out, frame, off, len) < 0) {
+        conn_close(c);
+        return -ENOMEM;
+    }
+    mark_dirty(c);
+    atomic_fetch_add_explicit(&c->w->srv->stats.ws_messages_out, 1, memory_order_relaxed);
+    if (c->out.bytes > c->w->srv->cfg->send_queue_bytes) {
+        overflow(c);
+        return -ENOBUFS;
+    }
+    return 0;
+}
+
+void conn_ws_close(struct conn *c, uint16_t code, const char *reason)
+{
+    if (c->state != CONN_WS || c->close_sent)
+        return;
+    uint8_t payload[WS_MAX_CONTROL];
+    size_t n = code == WS_CLOSE_NO_STATUS ? 0 : ws_close_payload(payload, code, reason);
+    /* Marked first: a close frame never counts against the queue limit. */
+    c->close_sent = true;
+    queue_frame(c, WS_OP_CLOSE, payload, n);
+    c->deadline_ms = now_ms(c) + CONN_LINGER_MS;
+    log_debug("ws_close_sent", "conn=%llx code=%u", (unsigned long long)c->id, code);
+}
+
+/* ---- HTTP -------------------------------------------------------------- */
+
+/* Queue a complete response. */
+static void respond(struct conn *c, int status, const char *content_type, const char *body,
+                    size_t body_len, bool keep_alive, const char *extra_headers, bool head_only)
+{
+    char head[1024];
+    size_t hlen = http_format_head(head, sizeof head, status, content_type, body_len, keep_alive,
+                                   extra_headers);
+    queue2(c, head, hlen, body, head_only ? 0 : body_len);
+    if (!keep_alive)
+        c->close_after_flush = true;
+}
+
+void conn_http_error(struct conn *c, int status, const char *code, const char *message,
+                     int64_t retry_after_ms, const char *extra_headers, bool keep_alive)
+{
+    char body[768];
+    size_t n = http_error_body(body, sizeof body, code, message, retry_after_ms);
+    respond(c, status, "application/json", body, n, keep_alive, extra_headers, false);
+}
+
+void conn_http_respond(struct conn *c, int status, const char *content_type, const char *body,
+                       size_t len, bool keep_alive, bool head_only)
+{
+    respond(c, status, content_type, body, len, keep_alive, NULL, head_only);
+}
+
+/* Answer an HTTP error and close: the rest of the stream cannot be trusted. */
+static void http_fail(struct conn *c, int status, const char *code, const char *message)
+{
+    conn_http_error(c, status, code, message, -1, NULL, false);
+    c->discard_input = true;
+    free(c->in);
+    c->in = NULL;
+    c->in_len = c->in_cap = 0;
+}
+
+int conn_upgrade(struct conn *c, const struct http_request *req,
+                 const struct conn_handler *handler, void *data)
+{
+    const struct config *cfg = c->w->srv->cfg;
+    const struct http_header *key = http_request_header(req, "sec-websocket-key");
+    char accept[WS_ACCEPT_LEN + 1];
+    if (!key || ws_accept_key(key->value, key->value_len, accept) < 0)
+        return -EINVAL; /* callers validated the request first */
+    char resp[256];
+    int n = snprintf(resp, sizeof resp,
+                     "HTTP/1.1 101 Switching Protocols\r\n"
+                     "Upgrade: websocket\r\n"
+                     "Connection: Upgrade\r\n"
+                     "Sec-WebSocket-Accept: %s\r\n"
+                     "\r\n",
+                     accept);
+    queue2(c, resp, (size_t)n, NULL, 0);
+    c->state = CONN_WS;
+    c->handler = handler;
+    c->data = data;
+    c->last_rx_ms = now_ms(c);
+    c->next_ping_ms = c->last_rx_ms + (int64_t)cfg->ping_interval_s * 1000;
+    c->ping_window_ms = c->last_rx_ms;
+    c->deadline_ms = 0;
+    ws_decoder_init(&c->dec, cfg->max_message_bytes, true);
+    return 0;
+}
+
+/* Parse and answer every complete head in c->in. */
+static void http_process(struct conn *c)
+{
+    while (c->state == CONN_HTTP && !c->discard_input) {
+        size_t end = http_head_end(c->in, c->in_len, c->in_scanned);
+        if (end == 0) {
+            if (c->in_len > HTTP_MAX_HEAD)
+                http_fail(c, 431, "bad_request", "request head larger than 16 KiB");
+            else
+                c->in_scanned = c->in_len > 3 ? c->in_len - 3 : 0;
+            return;
+        }
+        if (end > HTTP_MAX_HEAD) {
+            http_fail(c, 431, "bad_request", "request head larger than 16 KiB");
+            return;
+        }
+        struct http_request req;
+        int status = http_request_parse(&req, c->in, end);
+        if (status == 431) {
+            http_fail(c, 431, "bad_request", "more than 100 header lines");
+            return;
+        }
+        if (status != 0) {
+            http_fail(c, status, "bad_request", "malformed HTTP request");
+            return;
+        }
+        atomic_fetch_add_explicit(&c->w->srv->stats.http_requests, 1, memory_order_relaxed);
+        routes_dispatch(c, &req);
+        if (c->state == CONN_CLOSED)
+            return;
+        /* What follows the head: the next request, or WebSocket frames that
+         * came in the same segment as the upgrade. */
+        size_t rest = c->in_len - end;
+        if (c->state == CONN_WS) {
+            char *in = c->in;
+            c->in = NULL;
+            c->in_len = c->in_cap = c->in_scanned = 0;
+            if (rest)
+                ws_feed(c, (uint8_t *)in + end, rest);
+            free(in);
+            return;
+        }
+        if (req.has_body || c->close_after_flush) {
+            /* chatd takes no request bodies; answer and close. */
+            c->close_after_flush = true;
+            c->discard_input = true;
+            return;
+        }
+        memmove(c->in, c->in + end, rest);
+        c->in_len = (uint32_t)rest;
+        c->in_scanned = 0;
+        c->deadline_ms = now_ms(c) + CONN_HEAD_TIMEOUT_MS;
+        if (rest == 0) {
+            /* Idle keep-alive connections hold no buffer. */
+            free(c->in);
+            c->in = NULL;
+            c->in_cap = 0;
+        }
+    }
+}
+
+static void http_feed(struct conn *c, const char *p, size_t n)
+{
+    if (c->in_len + n > c->in_cap) {
+        size_t cap = c->in_cap ? c->in_cap : 1024;
+        while (cap < c->in_len + n)
+            cap *= 2;
+        char *in = realloc(c->in, cap);
+        if (!in) {
+            conn_close(c);
+            return;
+        }
+        c->in = in;
+        c->in_cap = (uint32_t)cap;
+    }
+    memcpy(c->in + c->in_len, p, n);
+    c->in_len += (uint32_t)n;
+    http_process(c);
+}
+
+/* ---- WebSocket --------------------------------------------------------- */
+
+static void ws_message(struct conn *c, unsigned opcode, uint8_t *data, size_t len)
+{
+    atomic_fetch_add_explicit(&c->w->srv->stats.ws_messages_in, 1, memory_order_relaxed);
+    if (c->handler && c->handler->on_message)
+        c->handler->on_message(c, opcode, data, len);
+}
+
+static void ws_data(struct conn *c, const struct ws_event *ev)
+{
+    if (c->close_sent)
+        return; /* after our close, data frames are read and dropped */
+    if (ev->first && ev->last) {
+        ws_message(c, ev->opcode, ev->data, ev->len);
+        return;
+    }
+    if (c->msg_len + ev->len > c->msg_cap) {
+        size_t cap = c->msg_cap ? c->msg_cap : 4096;
+        while (cap < c->msg_len + ev->len)
+            cap *= 2;
+        uint8_t *m = realloc(c->msg, cap);
+        if (!m) {
+            conn_close(c);
+            return;
+        }
+        c->msg = m;
+        c->msg_cap = cap;
+    }
+    memcpy(c->msg + c->msg_len, ev->data, ev->len);
+    c->msg_len += ev->len;
+    if (!ev->last)
+        return;
+    size_t len = c->msg_len;
+    c->msg_len = 0;
+    ws_message(c, ev->opcode, c->msg, len);
+    if (c->msg_cap > 65536) {
+        /* Do not keep a large buffer on a connection that may go idle. */
+        free(c->msg);
+        c->msg = NULL;
+        c->msg_cap = 0;
+    }
+}
+
+static void ws_control(struct conn *c, const struct ws_event *ev)
+{
+    switch (ev->opcode) {
+    case WS_OP_PING: {
+        int64_t now = now_ms(c);
+        if (now - c->ping_window_ms >= 1000) {
+            c->ping_window_ms = now;
+            c->pings_in_window = 0;
+        }
+        if (++c->pings_in_window > CONN_PING_FLOOD) {
+            log_warn("ws_ping_flood", "conn=%llx", (unsigned long long)c->id);
+            conn_ws_close(c, WS_CLOSE_POLICY, "too many pings");
+            c->discard_input = true;
+            return;
+        }
+        if (!c->close_sent)
+            queue_frame(c, WS_OP_PONG, ev->data, ev->len);
+        return;
+    }
+    case WS_OP_PONG:
+        return; /* any byte received already counts as liveness */
+    case WS_OP_CLOSE:
+        c->close_received = true;
+        if (!c->close_sent) {
+            /* Echo the peer's code, as RFC 6455 section 5.5.1 suggests. */
+            conn_ws_close(c, ev->close_code, NULL);
+        } else if (c->out.count == 0) {
+            conn_close(c);
+            return;
+        }
+        c->discard_input = true;
+        return;
+    }
+}
+
+static void ws_feed(struct conn *c, uint8_t *p, size_t n)
+{
+    while (c->state == CONN_WS && !c->discard_input) {
+        struct ws_event ev;
+        size_t used = ws_decode(&c->dec, p, n, &ev);
+        p += used;
+        n -= used;
+        switch (ev.type) {
+        case WS_EV_NONE:
+            return;
+        case WS_EV_DATA:
+            ws_data(c, &ev);
+            break;
+        case WS_EV_CONTROL:
+            ws_control(c, &ev);
+            break;
+        case WS_EV_ERROR:
+            log_info("ws_protocol_error", "conn=%llx code=%u reason=\"%s\"",
+                     (unsigned long long)c->id, ev.close_code, ev.reason);
+            conn_ws_close(c, ev.close_code, ev.reason);
+            c->discard_input = true;
+            return;
+        }
+    }
+}
+
+/* ---- reading ----------------------------------------------------------- */
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct conn *c = (struct conn *)s;
+    if (nread == 0 || c->state == CONN_CLOSED)
+        return;
+    if (nread < 0) {
+        if (nread != UV_EOF)
+            log_debug("conn_read_failed", "conn=%llx error=%s", (unsigned long long)c->id,
+                      uv_err_name((int)nread));
+        conn_close(c);
+        return;
+    }
+    c->last_rx_ms = now_ms(c);
+    if (c->discard_input)
+        return;
+    if (c->state == CONN_HTTP)
+        http_feed(c, buf->base, (size_t)nread);
+    else
+        ws_feed(c, (uint8_t *)buf->base, (size_t)nread);
+}
+
+/* ---- timers and shutdown ------------------------------------------------ */
+
+static void sweep_one(struct conn *c, int64_t now)
+{
+    const struct config *cfg = c->w->srv->cfg;
+    if (c->state == CONN_HTTP) {
+        if (now >= c->deadline_ms) {
+            log_debug("http_head_timeout", "conn=%llx", (unsigned long long)c->id);
+            conn_close(c);
+        }
+        return;
+    }
+    if (c->close_sent || c->discard_input) {
+        if (c->deadline_ms && now >= c->deadline_ms)
+            conn_close(c);
+        return;
+    }
+    if (now - c->last_rx_ms >= (int64_t)cfg->pong_timeout_s * 1000) {
+        log_info("ws_pong_timeout", "conn=%llx silent_ms=%lld", (unsigned long long)c->id,
+                 (long long)(now - c->last_rx_ms));
+        conn_close(c);
+        return;
+    }
+    if (now >= c->next_ping_ms) {
+        queue_frame(c, WS_OP_PING, NULL, 0);
+        c->next_ping_ms = now + (int64_t)cfg->ping_interval_s * 1000;
+    }
+    if (c->state == CONN_WS && c->handler && c->handler->on_tick)
+        c->handler->on_tick(c, now);
+}
+
+void conn_sweep(struct worker *w, int64_t now)
+{
+    struct list_node *n = w->conns.next;
+    while (n != &w->conns) {
+        struct conn *c = LIST_ENTRY(n, struct conn, node);
+        n = n->next; /* c may be unlinked below */
+        sweep_one(c, now);
+    }
+    conn_flush_dirty(w);
+}
+
+void conn_shutdown_all(struct worker *w)
+{
+    struct list_node *n = w->conns.next;
+    while (n != &w->conns) {
+        struct conn *c = LIST_ENTRY(n, struct conn, node);
+        n = n->next;
+        if (c->state == CONN_HTTP) {
+            conn_close(c);
+        } else if (c->state == CONN_WS) {
+            if (c->handler && c->handler->on_shutdown && !c->close_sent)
+                c->handler->on_shutdown(c);
+            conn_ws_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
+        }
+    }
+    conn_flush_dirty(w);
+}
+
+void conn_close_all(struct worker *w)
+{
+    while (!list_empty(&w->conns))
+        conn_close(LIST_ENTRY(w->conns.next, struct conn, node));
+}

@@ -1,0 +1,124 @@
+/*
+ * conn: one client connection, from its first HTTP byte to its close.
+ *
+ * A connection starts in the HTTP state: request heads are gathered (at most
+ * HTTP_MAX_HEAD bytes, within the head timeout), answered, and kept alive. A
+ * valid upgrade on a WebSocket route switches it to the WebSocket state,
+ * where the frame decoder runs over the worker's shared read buffer and whole
+ * messages go to the connection's handler. Output of every kind is appended
+ * to the connection's outq and written once per loop iteration (the worker's
+ * check phase), so a burst of messages costs one writev.
+ *
+ * Ownership and threads: a struct conn belongs to the worker that accepted
+ * it; only that worker's thread reads or writes any field. Other threads
+ * reach a connection only by posting to the worker's inbox with the
+ * connection's id. The memory is freed in the libuv close callback, never
+ * earlier, so a conn pointer stays valid for the rest of any callback that
+ * holds it even after conn_close().
+ *
+ * Closing. conn_ws_close() queues a close frame; once it is written the
+ * write side is shut down and the connection waits (at most CONN_LINGER_MS)
+ * for the peer's close frame or EOF, then closes the socket. conn_close()
+ * closes at once. Either way the handler's on_close runs exactly once.
+ */
+#ifndef CHATD_CONN_H
+#define CHATD_CONN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "server.h"
+#include "util/list.h"
+#include "util/outq.h"
+#include "ws/frame.h"
+
+#define CONN_HEAD_TIMEOUT_MS 10000 /* a request head must arrive within this */
+#define CONN_LINGER_MS 5000        /* wait for the peer's close after ours */
+#define CONN_PING_FLOOD 64         /* pings per second answered before 1008 */
+
+struct conn;
+struct http_request;
+
+/* What a WebSocket route does with its connections. All callbacks run on the
+ * connection's worker thread. */
+struct conn_handler {
+    const char *name; /* for logs: "echo", "chat" */
+    /* A whole message: opcode WS_OP_TEXT or WS_OP_BINARY; data is only valid
+     * during the call (it may lie in the shared read buffer). */
+    void (*on_message)(struct conn *c, unsigned opcode, uint8_t *data, size_t len);
+    /* The connection is gone or going (called exactly once). */
+    void (*on_close)(struct conn *c);
+    /* Server shutdown, before the 1001 close (may queue a last message). */
+    void (*on_shutdown)(struct conn *c);
+    /* Once a second while the WebSocket is open. */
+    void (*on_tick)(struct conn *c, int64_t now_ms);
+};
+
+enum conn_state { CONN_HTTP = 0, CONN_WS, CONN_CLOSED };
+
+struct conn {
+    uv_tcp_t tcp;               /* first member: handle pointers cast back to conn */
+    /* read-only after accept */
+    struct worker *w;           /* owning worker (borrowed) */
+    uint64_t id;                /* unique in the process: worker index << 48 | sequence */
+    /* private to the worker thread */
+    struct list_node node;      /* on w->conns */
+    struct list_node dirty;     /* on w->dirty while output waits to be flushed */
+    uint8_t state;              /* enum conn_state */
+    bool close_sent;            /* our close frame is queued */
+    bool close_received;        /* the peer's close frame arrived */
+    bool discard_input;         /* the stream is broken: read and drop */
+    bool shut_down;             /* write side shut down (FIN sent) */
+    bool close_after_flush;     /* HTTP: answered with Connection: close */
+    bool counted_ws;            /* holds a slot in stats.ws_open */
+    uint16_t pings_in_window;
+    int64_t deadline_ms;        /* HTTP: head deadline; closing: linger deadline */
+    int64_t last_rx_ms;         /* last byte received */
+    int64_t next_ping_ms;
+    int64_t ping_window_ms;     /* start of the current ping-flood window */
+    char *in;                   /* HTTP: bytes of the request head (owned) */
+    uint32_t in_len, in_cap, in_scanned;
+    uint8_t *msg;               /* WebSocket: a message being assembled (owned) */
+    size_t msg_len, msg_cap;
+    struct outq out;
+    uv_write_t *wreq;           /* pending write (owned), NULL when none */
+    size_t wreq_bytes;
+    uv_shutdown_t *sreq;        /* pending shutdown (owned) */
+    const struct conn_handler *handler; /* WebSocket route, NULL in HTTP */
+    void *data;                 /* the handler's per-connection state (handler-owned) */
+    struct ws_decoder dec;
+};
+
+/* Accept a pending connection on the worker's listener. Worker thread. */
+void conn_accept(struct worker *w);
+
+/* Queue a text or binary message as one frame (copied). 0 or -errno. */
+int conn_send(struct conn *c, unsigned opcode, const void *data, size_t len);
+/* Queue a slice of a shared, already framed buffer (a broadcast). */
+int conn_send_shared(struct conn *c, struct sbuf *frame, uint32_t off, uint32_t len);
+/* Start the closing handshake with code and a short reason. */
+void conn_ws_close(struct conn *c, uint16_t code, const char *reason);
+/* Close the socket now (on_close runs). */
+void conn_close(struct conn *c);
+
+/* For routes (HTTP state only). */
+/* Queue a JSON error response ({"error":{...}}); retry_after_ms < 0: none. */
+void conn_http_error(struct conn *c, int status, const char *code, const char *message,
+                     int64_t retry_after_ms, const char *extra_headers, bool keep_alive);
+/* Queue a response with a body (head_only: HEAD request, body left out). */
+void conn_http_respond(struct conn *c, int status, const char *content_type, const char *body,
+                       size_t len, bool keep_alive, bool head_only);
+/* Answer 101 and switch to the WebSocket state with this handler. The
+ * request must have passed routes_check_upgrade. 0 or -EINVAL. */
+int conn_upgrade(struct conn *c, const struct http_request *req,
+                 const struct conn_handler *handler, void *data);
+
+/* Worker-level hooks, called by server.c on the worker thread. */
+void conn_flush_dirty(struct worker *w);     /* write everything queued */
+void conn_sweep(struct worker *w, int64_t now_ms); /* timers, once a second */
+void conn_shutdown_all(struct worker *w);    /* graceful: 1001 to all */
+void conn_close_all(struct worker *w);       /* forced */
+
+#endif

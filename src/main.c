@@ -1,0 +1,132 @@
+/*
+ * chatd: start, signals, shutdown order.
+ *
+ * DESIGN: main() loads and validates the configuration (exit 2 on any bad
+ * option), raises the open-file limit, starts the workers and then runs a
+ * small loop of its own that only waits for SIGTERM/SIGINT. On a signal it
+ * asks every worker to drain, gives them --shutdown-timeout seconds, forces
+ * what is left, joins the threads and exits 0.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <uv.h>
+
+#include "config.h"
+#include "server.h"
+#include "util/log.h"
+
+extern char **environ;
+
+struct main_state {
+    struct server srv;
+    uv_signal_t sigterm, sigint;
+    uv_timer_t poll, deadline;
+    bool stopping;
+    bool forced;
+};
+
+static void on_poll(uv_timer_t *t)
+{
+    struct main_state *st = t->data;
+    if (atomic_load(&st->srv.workers_done) == st->srv.nworkers)
+        uv_stop(t->loop);
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    struct main_state *st = t->data;
+    log_warn("shutdown_timeout", "open_connections=%llu",
+             (unsigned long long)atomic_load(&st->srv.stats.conns_open));
+    st->forced = true;
+    server_force_close(&st->srv);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    struct main_state *st = s->data;
+    if (st->stopping) {
+        log_info("shutdown_forced", "signal=%d", signum);
+        server_force_close(&st->srv);
+        return;
+    }
+    st->stopping = true;
+    log_info("shutdown_begin", "signal=%s open_connections=%llu timeout_s=%u",
+             signum == SIGTERM ? "SIGTERM" : "SIGINT",
+             (unsigned long long)atomic_load(&st->srv.stats.conns_open),
+             st->srv.cfg->shutdown_timeout_s);
+    server_begin_shutdown(&st->srv);
+    uv_timer_start(&st->poll, on_poll, 20, 20);
+    uv_timer_start(&st->deadline, on_deadline, (uint64_t)st->srv.cfg->shutdown_timeout_s * 1000,
+                   0);
+}
+
+/* Use every descriptor the hard limit allows: each client holds one. */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static void close_cb_noop(uv_handle_t *h) { (void)h; }
+
+int main(int argc, char **argv)
+{
+    static struct config cfg;
+    char err[512];
+    int rc = config_load(&cfg, argc, argv, environ, stdout, err, sizeof err);
+    if (rc == CONFIG_EXIT_HELP || rc == CONFIG_EXIT_VERSION)
+        return 0;
+    if (rc < 0) {
+        fprintf(stderr, "chatd: %s\n", err);
+        return 2;
+    }
+    log_set_level(cfg.log_level);
+    signal(SIGPIPE, SIG_IGN);
+    raise_nofile();
+
+    static struct main_state st;
+    if (server_start(&st.srv, &cfg, err, sizeof err) != 0) {
+        log_error("start_failed", "error=\"%s\"", err);
+        fprintf(stderr, "chatd: %s\n", err);
+        return 1;
+    }
+    const char *h = cfg.listen_host;
+    bool v6 = strchr(h, ':') != NULL;
+    log_info("listening", "addr=%s%s%s:%d workers=%u echo=%s prefix=\"%s\" version=%s",
+             v6 ? "[" : "", h, v6 ? "]" : "", st.srv.port, cfg.workers,
+             cfg.echo ? "on" : "off", cfg.prefix, CHATD_VERSION);
+    if (cfg.dev) {
+        printf("chatd is running in development mode.\n"
+               "  health: http://%s%s%s:%d%s/healthz\n",
+               v6 ? "[" : "", h, v6 ? "]" : "", st.srv.port, cfg.prefix);
+        fflush(stdout);
+    }
+
+    uv_loop_t *loop = uv_default_loop();
+    uv_signal_init(loop, &st.sigterm);
+    uv_signal_init(loop, &st.sigint);
+    st.sigterm.data = st.sigint.data = &st;
+    uv_signal_start(&st.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&st.sigint, on_signal, SIGINT);
+    uv_timer_init(loop, &st.poll);
+    uv_timer_init(loop, &st.deadline);
+    st.poll.data = st.deadline.data = &st;
+    uv_run(loop, UV_RUN_DEFAULT);
+
+    server_join(&st.srv);
+    uv_close((uv_handle_t *)&st.sigterm, close_cb_noop);
+    uv_close((uv_handle_t *)&st.sigint, close_cb_noop);
+    uv_close((uv_handle_t *)&st.poll, close_cb_noop);
+    uv_close((uv_handle_t *)&st.deadline, close_cb_noop);
+    uv_run(loop, UV_RUN_DEFAULT);
+    uv_loop_close(loop);
+    log_info("shutdown_done", "forced=%s", st.forced ? "yes" : "no");
+    config_release(&cfg);
+    return 0;
+}

@@ -1,0 +1,305 @@
+/*
+ * DESIGN: the main thread binds every listening socket (so a port in use is
+ * reported before anything starts), then each worker opens its socket into
+ * its own loop. Shutdown is a message like any other: the main thread posts
+ * it to every inbox; a worker that has drained its connections closes its
+ * handles and lets its loop end; the forced variant closes what is left.
+ */
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "util/log.h"
+
+static _Thread_local struct worker *current_worker;
+
+struct worker *worker_current(void) { return current_worker; }
+
+static void drop_msgs(struct inbox_msg *m)
+{
+    while (m) {
+        struct inbox_msg *next = m->next;
+        if (m->drop)
+            m->drop(m);
+        else
+            free(m);
+        m = next;
+    }
+}
+
+void worker_post(struct worker *w, struct inbox_msg *m)
+{
+    m->next = NULL;
+    uv_mutex_lock(&w->inbox_lock);
+    if (w->inbox_closed) {
+        uv_mutex_unlock(&w->inbox_lock);
+        drop_msgs(m);
+        return;
+    }
+    if (w->inbox_tail)
+        w->inbox_tail->next = m;
+    else
+        w->inbox_head = m;
+    w->inbox_tail = m;
+    /* Sent under the lock: the worker closes the async handle only after
+     * marking the inbox closed under this same lock. */
+    uv_async_send(&w->wakeup);
+    uv_mutex_unlock(&w->inbox_lock);
+}
+
+static void worker_maybe_finish(struct worker *w);
+
+static void on_wakeup(uv_async_t *a)
+{
+    struct worker *w = a->data;
+    uv_mutex_lock(&w->inbox_lock);
+    struct inbox_msg *m = w->inbox_head;
+    w->inbox_head = w->inbox_tail = NULL;
+    uv_mutex_unlock(&w->inbox_lock);
+    while (m) {
+        struct inbox_msg *next = m->next;
+        m->run(w, m);
+        m = next;
+    }
+    worker_maybe_finish(w);
+}
+
+static void on_connection(uv_stream_t *l, int status)
+{
+    struct worker *w = l->data;
+    if (status < 0) {
+        log_warn("accept_failed", "worker=%u error=%s", w->index, uv_err_name(status));
+        return;
+    }
+    conn_accept(w);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    conn_sweep(w, (int64_t)uv_now(&w->loop));
+    worker_maybe_finish(w);
+}
+
+static void on_check(uv_check_t *h)
+{
+    struct worker *w = h->data;
+    conn_flush_dirty(w);
+}
+
+/* Once draining and no connection is left, close the loop's handles so
+ * uv_run returns. */
+static void worker_maybe_finish(struct worker *w)
+{
+    if (!w->draining || w->nconns > 0 || uv_is_closing((uv_handle_t *)&w->wakeup))
+        return;
+    uv_mutex_lock(&w->inbox_lock);
+    w->inbox_closed = true;
+    struct inbox_msg *left = w->inbox_head;
+    w->inbox_head = w->inbox_tail = NULL;
+    uv_mutex_unlock(&w->inbox_lock);
+    drop_msgs(left);
+    if (w->listening) {
+        uv_close((uv_handle_t *)&w->listener, NULL);
+        w->listening = false;
+    }
+    uv_close((uv_handle_t *)&w->wakeup, NULL);
+    uv_close((uv_handle_t *)&w->tick, NULL);
+    uv_close((uv_handle_t *)&w->flush, NULL);
+}
+
+static void msg_shutdown(struct worker *w, struct inbox_msg *m)
+{
+    free(m);
+    if (w->draining)
+        return;
+    w->draining = true;
+    if (w->listening) {
+        uv_close((uv_handle_t *)&w->listener, NULL);
+        w->listening = false;
+    }
+    conn_shutdown_all(w);
+}
+
+static void msg_force_close(struct worker *w, struct inbox_msg *m)
+{
+    free(m);
+    w->draining = true;
+    if (w->listening) {
+        uv_close((uv_handle_t *)&w->listener, NULL);
+        w->listening = false;
+    }
+    conn_close_all(w);
+}
+
+static void worker_main(void *arg)
+{
+    struct worker *w = arg;
+    current_worker = w;
+    int rc;
+    if ((rc = uv_tcp_init(&w->loop, &w->listener)) != 0 ||
+        (rc = uv_tcp_open(&w->listener, w->listen_fd)) != 0 ||
+        (rc = uv_listen((uv_stream_t *)&w->listener, 4096, on_connection)) != 0) {
+        log_error("listen_failed", "worker=%u error=%s", w->index, uv_err_name(rc));
+        exit(1);
+    }
+    w->listener.data = w;
+    w->listening = true;
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    /* Closing callbacks of the last handles ran inside uv_run. */
+    rc = uv_loop_close(&w->loop);
+    if (rc != 0)
+        log_error("loop_close_failed", "worker=%u error=%s", w->index, uv_err_name(rc));
+    atomic_fetch_add(&w->srv->workers_done, 1);
+}
+
+/* Create, configure and bind one listening socket. */
+static int bind_socket(const struct config *cfg, int port, int *out_fd, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    const char *host = cfg->listen_host;
+    if (strcmp(host, "localhost") == 0)
+        host = "127.0.0.1";
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
+        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0) {
+        snprintf(err, errlen, "--listen: '%s' is not a numeric IPv4 or IPv6 address", host);
+        return -EINVAL;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -errno;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+        int e = errno;
+        close(fd);
+        snprintf(err, errlen, "SO_REUSEPORT: %s", strerror(e));
+        return -e;
+    }
+    socklen_t len = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in)
+                                            : sizeof(struct sockaddr_in6);
+    if (bind(fd, (struct sockaddr *)&ss, len) != 0) {
+        int e = errno;
+        close(fd);
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->listen_host, port, strerror(e));
+        return -e;
+    }
+    *out_fd = fd;
+    return 0;
+}
+
+static int bound_port(int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
+        return -1;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+static int worker_init(struct server *srv, struct worker *w, unsigned index)
+{
+    memset(w, 0, sizeof *w);
+    w->srv = srv;
+    w->index = index;
+    w->listen_fd = -1;
+    list_init(&w->conns);
+    list_init(&w->dirty);
+    w->read_buf = malloc(WORKER_READ_BUF);
+    if (!w->read_buf)
+        return -ENOMEM;
+    int rc;
+    if ((rc = uv_loop_init(&w->loop)) != 0)
+        return rc;
+    uv_mutex_init(&w->inbox_lock);
+    uv_async_init(&w->loop, &w->wakeup, on_wakeup);
+    w->wakeup.data = w;
+    uv_timer_init(&w->loop, &w->tick);
+    w->tick.data = w;
+    uv_timer_start(&w->tick, on_tick, 1000, 1000);
+    uv_check_init(&w->loop, &w->flush);
+    w->flush.data = w;
+    uv_check_start(&w->flush, on_check);
+    return 0;
+}
+
+int server_start(struct server *srv, const struct config *cfg, char *err, size_t errlen)
+{
+    srv->cfg = cfg;
+    srv->nworkers = cfg->workers;
+    atomic_init(&srv->shutting_down, false);
+    atomic_init(&srv->workers_done, 0);
+    srv->workers = calloc(srv->nworkers, sizeof *srv->workers);
+    if (!srv->workers) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    int port = cfg->listen_port;
+    for (unsigned i = 0; i < srv->nworkers; i++) {
+        struct worker *w = &srv->workers[i];
+        int rc = worker_init(srv, w, i);
+        if (rc != 0) {
+            snprintf(err, errlen, "worker %u: %s", i, uv_strerror(rc));
+            return rc;
+        }
+        if ((rc = bind_socket(cfg, port, &w->listen_fd, err, errlen)) != 0)
+            return rc;
+        /* With port 0 the first socket picks the port, the others share it. */
+        if (port == 0)
+            port = bound_port(w->listen_fd);
+    }
+    srv->port = port;
+    for (unsigned i = 0; i < srv->nworkers; i++) {
+        int rc = uv_thread_create(&srv->workers[i].thread, worker_main, &srv->workers[i]);
+        if (rc != 0) {
+            snprintf(err, errlen, "cannot start worker thread: %s", uv_strerror(rc));
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static void post_all(struct server *srv, void (*run)(struct worker *, struct inbox_msg *))
+{
+    for (unsigned i = 0; i < srv->nworkers; i++) {
+        struct inbox_msg *m = malloc(sizeof *m);
+        if (!m)
+            abort(); /* a few bytes at shutdown: nothing sensible to do without them */
+        m->run = run;
+        m->drop = NULL;
+        worker_post(&srv->workers[i], m);
+    }
+}
+
+void server_begin_shutdown(struct server *srv)
+{
+    if (atomic_exchange(&srv->shutting_down, true))
+        return;
+    post_all(srv, msg_shutdown);
+}
+
+void server_force_close(struct server *srv) { post_all(srv, msg_force_close); }
+
+void server_join(struct server *srv)
+{
+    for (unsigned i = 0; i < srv->nworkers; i++) {
+        struct worker *w = &srv->workers[i];
+        uv_thread_join(&w->thread);
+        uv_mutex_destroy(&w->inbox_lock);
+        free(w->read_buf);
+    }
+    free(srv->workers);
+    srv->workers = NULL;
+}

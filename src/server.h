@@ -1,0 +1,120 @@
+/*
+ * server: the worker threads, their listeners and inboxes, and shutdown.
+ *
+ * Threads. The main thread builds a struct server, starts N workers and then
+ * only handles signals. Each worker thread owns one uv_loop_t, one listening
+ * socket on the shared port (SO_REUSEPORT: the kernel spreads connections),
+ * and every connection it accepted; a connection never moves. Nothing in a
+ * struct worker is touched by another thread except its inbox.
+ *
+ * Inbox. Other threads hand work to a worker with worker_post(): the message
+ * goes on a list under inbox_lock and uv_async_send wakes the loop, which
+ * drains the list in one batch and runs each message's callback on the
+ * worker's thread. Lock order: inbox_lock is a leaf (nothing is locked while
+ * holding it).
+ *
+ * Shared state in struct server: the config (read-only after start), the
+ * counters below (atomics), and `shutting_down` (atomic). Everything else is
+ * per worker.
+ */
+#ifndef CHATD_SERVER_H
+#define CHATD_SERVER_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "util/list.h"
+
+struct worker;
+struct server;
+
+/* A message for a worker's inbox. The callback runs on the worker's thread
+ * and owns the message (frees it). */
+struct inbox_msg {
+    struct inbox_msg *next;
+    void (*run)(struct worker *w, struct inbox_msg *m);
+    /* Dispose of a message that will never run (its worker has stopped);
+     * NULL means free(). Called on the posting thread or the worker's. */
+    void (*drop)(struct inbox_msg *m);
+};
+
+#define WORKER_READ_BUF (64 * 1024)
+
+struct worker {
+    /* read-only after start */
+    struct server *srv;
+    unsigned index;
+    uv_thread_t thread;
+    int listen_fd;              /* bound socket, opened into `listener` by the thread */
+
+    /* owned by the worker thread */
+    uv_loop_t loop;
+    uv_tcp_t listener;
+    uv_async_t wakeup;
+    uv_timer_t tick;            /* 1 s sweep: deadlines, pings, lingering closes */
+    uv_check_t flush;           /* after each I/O phase: write what was queued */
+    struct list_node conns;     /* every connection of this worker */
+    struct list_node dirty;     /* connections with output not yet flushed */
+    uint8_t *read_buf;          /* one read buffer shared by all connections */
+    bool read_buf_busy;
+    uint64_t next_conn_seq;
+    unsigned nconns;
+    bool listening;
+    bool draining;              /* shutdown started on this worker */
+
+    /* inbox: guarded by inbox_lock */
+    uv_mutex_t inbox_lock;
+    struct inbox_msg *inbox_head, *inbox_tail;
+    bool inbox_closed;          /* the worker stopped: posts are dropped */
+};
+
+struct server_stats {
+    atomic_uint_fast64_t ws_open;       /* open WebSocket connections, all workers */
+    atomic_uint_fast64_t conns_open;    /* open TCP connections */
+    atomic_uint_fast64_t conns_total;
+    atomic_uint_fast64_t http_requests;
+    atomic_uint_fast64_t ws_messages_in;
+    atomic_uint_fast64_t ws_messages_out;
+    atomic_uint_fast64_t send_queue_drops;
+};
+
+struct server {
+    /* read-only after server_start */
+    const struct config *cfg;
+    unsigned nworkers;
+    struct worker *workers;
+    int port;                   /* the bound port (useful with --listen :0) */
+    void *app;                  /* the chat layer, NULL when none (borrowed) */
+
+    atomic_bool shutting_down;
+    atomic_uint workers_done;
+    struct server_stats stats;
+};
+
+/*
+ * Bind the listening sockets (errors are reported here, before any thread
+ * starts) and start the workers. Returns 0 or a negative errno with a
+ * message in err.
+ */
+int server_start(struct server *srv, const struct config *cfg, char *err, size_t errlen);
+
+/* Begin a graceful shutdown: every worker stops accepting and closes its
+ * WebSockets with 1001. Any thread. */
+void server_begin_shutdown(struct server *srv);
+
+/* Close every remaining connection at once (the drain timed out). Any thread. */
+void server_force_close(struct server *srv);
+
+/* Wait for every worker thread to finish and free the workers. Main thread. */
+void server_join(struct server *srv);
+
+/* Post a message to a worker's inbox (takes ownership). Any thread. */
+void worker_post(struct worker *w, struct inbox_msg *m);
+
+/* The worker running the calling thread, or NULL outside the workers. */
+struct worker *worker_current(void);
+
+#endif

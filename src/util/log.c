@@ -1,0 +1,82 @@
+/*
+ * DESIGN: one stack buffer per call, one write(2) per line. The level is a
+ * plain int written once before threads start and only read afterwards, so it
+ * needs no lock. Lines longer than the buffer are cut and end with "...".
+ */
+#include "util/log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "util/clock.h"
+
+static int min_level = LOG_INFO;
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+int log_level_parse(const char *s)
+{
+    for (int i = 0; i < 4; i++)
+        if (strcmp(s, level_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+void log_set_level(enum log_level lvl) { min_level = (int)lvl; }
+
+int log_enabled(enum log_level lvl) { return (int)lvl >= min_level; }
+
+void log_event(enum log_level lvl, const char *event, const char *fmt, ...)
+{
+    if (!log_enabled(lvl))
+        return;
+    char line[1024];
+    char ts[32];
+    clock_format_rfc3339(ts, clock_wall_ms());
+    int n = snprintf(line, sizeof line, "ts=%s level=%s event=%s", ts, level_names[lvl], event);
+    if (n < 0)
+        return;
+    size_t len = (size_t)n;
+    if (fmt && *fmt && len + 1 < sizeof line) {
+        line[len++] = ' ';
+        va_list ap;
+        va_start(ap, fmt);
+        int m = vsnprintf(line + len, sizeof line - len, fmt, ap);
+        va_end(ap);
+        if (m > 0)
+            len += (size_t)m;
+    }
+    if (len >= sizeof line - 1) {
+        len = sizeof line - 1;
+        memcpy(line + len - 3, "...", 3);
+    }
+    line[len++] = '\n';
+    ssize_t w = write(STDERR_FILENO, line, len);
+    (void)w;
+}
+
+char *log_sanitize(char *out, size_t cap, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    if (cap == 0)
+        return out;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c > 0x20 && c < 0x7f && c != '"' && c != '\\') {
+            if (o + 1 >= cap)
+                break;
+            out[o++] = (char)c;
+        } else {
+            if (o + 4 >= cap)
+                break;
+            out[o++] = '\\';
+            out[o++] = 'x';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 15];
+        }
+    }
+    out[o] = '\0';
+    return out;
+}

@@ -1,0 +1,44 @@
+/*
+ * log: structured, leveled log lines on stderr.
+ *
+ * Every line is one event: `ts=<RFC 3339 UTC ms> level=<lvl> event=<name>`
+ * followed by the caller's `key=value` pairs. A line is assembled in a local
+ * buffer and written with a single write(2), so lines from different threads
+ * never interleave. Any thread may call these functions; the level is set once
+ * at start (log_set_level) before threads exist.
+ *
+ * Never pass a credential (token, secret, key) to these functions.
+ */
+#ifndef CHATD_UTIL_LOG_H
+#define CHATD_UTIL_LOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum log_level { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR };
+
+/* Parse "debug", "info", "warn", "error"; returns the level or -1. */
+int log_level_parse(const char *s);
+/* Set the lowest level written. Call before starting threads. */
+void log_set_level(enum log_level lvl);
+/* Is a line at this level written? Lets callers skip costly formatting. */
+int log_enabled(enum log_level lvl);
+
+/* Write one event line. fmt (may be NULL) formats the key=value pairs. */
+void log_event(enum log_level lvl, const char *event, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#define log_debug(ev, ...) \
+    do { if (log_enabled(LOG_DEBUG)) log_event(LOG_DEBUG, ev, __VA_ARGS__); } while (0)
+#define log_info(ev, ...) log_event(LOG_INFO, ev, __VA_ARGS__)
+#define log_warn(ev, ...) log_event(LOG_WARN, ev, __VA_ARGS__)
+#define log_error(ev, ...) log_event(LOG_ERROR, ev, __VA_ARGS__)
+
+/*
+ * Copy s (len bytes) into out as a log value: printable ASCII other than
+ * space, quote and backslash kept, everything else as \xNN; truncated to fit.
+ * Returns out. Use it for any value that came from the network.
+ */
+char *log_sanitize(char *out, size_t cap, const char *s, size_t len);
+
+#endif

@@ -1,0 +1,148 @@
+/*
+ * DESIGN: a ring of slices that grows by doubling. Appends go into the tail
+ * slice's buffer when that buffer is exclusively ours, not in flight, and the
+ * slice ends where the buffer's data ends; otherwise a new private buffer is
+ * started. Writes are gathered from the head (see outq_iov).
+ */
+#include "util/outq.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+static struct outq_ent *ent(const struct outq *q, uint32_t i)
+{
+    return &q->_ents[(q->_head + i) & (q->_cap - 1)];
+}
+
+static int grow(struct outq *q)
+{
+    if (q->count < q->_cap)
+        return 0;
+    uint32_t ncap = q->_cap ? q->_cap * 2 : 4;
+    struct outq_ent *n = malloc(sizeof *n * ncap);
+    if (!n)
+        return -ENOMEM;
+    for (uint32_t i = 0; i < q->count; i++)
+        n[i] = *ent(q, i);
+    free(q->_ents);
+    q->_ents = n;
+    q->_cap = ncap;
+    q->_head = 0;
+    return 0;
+}
+
+/* The tail slice, if more bytes may be copied onto its end. */
+static struct outq_ent *appendable_tail(struct outq *q, size_t len)
+{
+    if (q->count == 0 || q->count <= q->inflight)
+        return NULL;
+    struct outq_ent *t = ent(q, q->count - 1);
+    if (t->off + t->len != t->buf->len || t->buf->cap - t->buf->len < len)
+        return NULL;
+    if (!sbuf_exclusive(t->buf))
+        return NULL;
+    return t;
+}
+
+int outq_append2(struct outq *q, const void *a, size_t alen, const void *b, size_t blen)
+{
+    size_t len = alen + blen;
+    if (len == 0)
+        return 0;
+    if (len > UINT32_MAX - 64)
+        return -ENOMEM;
+    struct outq_ent *t = appendable_tail(q, len);
+    if (!t) {
+        if (grow(q) < 0)
+            return -ENOMEM;
+        uint32_t cap = len > OUTQ_CHUNK ? (uint32_t)len : OUTQ_CHUNK;
+        struct sbuf *nb = sbuf_new(cap);
+        if (!nb)
+            return -ENOMEM;
+        t = ent(q, q->count++);
+        t->buf = nb;
+        t->off = 0;
+        t->len = 0;
+    }
+    uint8_t *dst = t->buf->data + t->buf->len;
+    if (alen)
+        memcpy(dst, a, alen);
+    if (blen)
+        memcpy(dst + alen, b, blen);
+    t->buf->len += (uint32_t)len;
+    t->len += (uint32_t)len;
+    q->bytes += len;
+    return 0;
+}
+
+int outq_append(struct outq *q, const void *data, size_t len)
+{
+    return outq_append2(q, data, len, NULL, 0);
+}
+
+int outq_push_ref(struct outq *q, struct sbuf *b, uint32_t off, uint32_t len)
+{
+    if (len == 0)
+        return 0;
+    if (grow(q) < 0)
+        return -ENOMEM;
+    struct outq_ent *t = ent(q, q->count++);
+    t->buf = sbuf_ref(b);
+    t->off = off;
+    t->len = len;
+    q->bytes += len;
+    return 0;
+}
+
+unsigned outq_iov(const struct outq *q, struct iovec *iov, unsigned max, size_t *nbytes)
+{
+    unsigned n = 0;
+    size_t sum = 0;
+    for (; n < max && n < q->count; n++) {
+        const struct outq_ent *e = ent(q, n);
+        iov[n].iov_base = e->buf->data + e->off;
+        iov[n].iov_len = e->len;
+        sum += e->len;
+    }
+    if (nbytes)
+        *nbytes = sum;
+    return n;
+}
+
+void outq_consume(struct outq *q, size_t n)
+{
+    q->bytes -= n;
+    while (n > 0) {
+        struct outq_ent *e = ent(q, 0);
+        if (n < e->len) {
+            e->off += (uint32_t)n;
+            e->len -= (uint32_t)n;
+            return;
+        }
+        n -= e->len;
+        sbuf_unref(e->buf);
+        q->_head = (q->_head + 1) & (q->_cap - 1);
+        q->count--;
+        if (q->inflight)
+            q->inflight--;
+    }
+}
+
+void outq_drop_pending(struct outq *q)
+{
+    while (q->count > q->inflight) {
+        struct outq_ent *e = ent(q, q->count - 1);
+        q->bytes -= e->len;
+        sbuf_unref(e->buf);
+        q->count--;
+    }
+}
+
+void outq_release(struct outq *q)
+{
+    q->inflight = 0;
+    outq_drop_pending(q);
+    free(q->_ents);
+    outq_init(q);
+}
