@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "auth/jwt.h"
 #include "util/log.h"
 
 enum opt_kind { K_UINT, K_U64, K_BOOL, K_STR, K_SPECIAL };
@@ -35,6 +36,8 @@ static int set_listen(struct config *cfg, const char *v, char *err, size_t errle
 static int set_prefix(struct config *cfg, const char *v, char *err, size_t errlen);
 static int set_log_level(struct config *cfg, const char *v, char *err, size_t errlen);
 static int set_workers(struct config *cfg, const char *v, char *err, size_t errlen);
+static int set_device_policy(struct config *cfg, const char *v, char *err, size_t errlen);
+static int set_jwt_alg(struct config *cfg, const char *v, char *err, size_t errlen);
 
 #define F(field) offsetof(struct config, field)
 
@@ -50,6 +53,24 @@ static const struct opt options[] = {
      "largest WebSocket message accepted (one byte more closes with 1009)", NULL},
     {"max-connections", K_UINT, F(max_connections), 1, 10000000, "100000", "N",
      "global cap on open WebSocket connections (then 503)", NULL},
+    {"max-devices", K_UINT, F(max_devices), 1, 100000, "10", "N",
+     "open connections per user (the next one gets 429, or evicts the oldest)", NULL},
+    {"device-policy", K_SPECIAL, 0, 0, 0, "refuse", "P",
+     "at the device limit: 'refuse' the new device (429) or 'evict-oldest' (1008 to the oldest)",
+     set_device_policy},
+    {"jwt-alg", K_SPECIAL, 0, 0, 0, "HS256", "A", "token algorithm: HS256, RS256 or ES256",
+     set_jwt_alg},
+    {"jwt-secret", K_STR, F(jwt_secret), 0, 0, NULL, "S", "HS256 secret (at least 32 bytes)",
+     NULL},
+    {"jwt-secret-file", K_STR, F(jwt_secret_file), 0, 0, NULL, "F",
+     "file holding the HS256 secret (one trailing newline ignored)", NULL},
+    {"jwt-public-key", K_STR, F(jwt_public_key), 0, 0, NULL, "F",
+     "PEM public key file for RS256 (RSA) or ES256 (P-256)", NULL},
+    {"jwt-issuer", K_STR, F(jwt_issuer), 0, 0, NULL, "S", "required 'iss' claim", NULL},
+    {"jwt-audience", K_STR, F(jwt_audience), 0, 0, NULL, "S",
+     "required 'aud' claim (a string, or an array holding it)", NULL},
+    {"allowed-origins", K_STR, F(allowed_origins), 0, 0, NULL, "LIST",
+     "comma-separated Origin values allowed to open /ws (empty: any)", NULL},
     {"send-queue-bytes", K_U64, F(send_queue_bytes), 0, (uint64_t)1 << 32, "0", "N",
      "unsent bytes one connection may queue before it is closed with 1013 "
      "(0: 2 x max-message-bytes + 64 KiB)",
@@ -223,6 +244,26 @@ static int set_prefix(struct config *cfg, const char *v, char *err, size_t errle
     }
     memcpy(cfg->prefix, v, n);
     cfg->prefix[n] = '\0';
+    return 0;
+}
+
+static int set_device_policy(struct config *cfg, const char *v, char *err, size_t errlen)
+{
+    if (strcmp(v, "refuse") == 0)
+        cfg->device_policy = DEVICE_POLICY_REFUSE;
+    else if (strcmp(v, "evict-oldest") == 0)
+        cfg->device_policy = DEVICE_POLICY_EVICT_OLDEST;
+    else
+        return errf(err, errlen, "expected refuse or evict-oldest, got '%s'", v);
+    return 0;
+}
+
+static int set_jwt_alg(struct config *cfg, const char *v, char *err, size_t errlen)
+{
+    int alg = jwt_alg_parse(v);
+    if (alg < 0)
+        return errf(err, errlen, "expected HS256, RS256 or ES256, got '%s'", v);
+    cfg->jwt_alg = alg;
     return 0;
 }
 

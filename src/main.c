@@ -14,14 +14,20 @@
 #include <sys/resource.h>
 #include <uv.h>
 
+#include <openssl/rand.h>
+
+#include "auth/jwt.h"
 #include "config.h"
+#include "hub/hub.h"
 #include "server.h"
+#include "util/clock.h"
 #include "util/log.h"
 
 extern char **environ;
 
 struct main_state {
     struct server srv;
+    struct hub hub;
     uv_signal_t sigterm, sigint;
     uv_timer_t poll, deadline;
     bool stopping;
@@ -75,6 +81,45 @@ static void raise_nofile(void)
 
 static void close_cb_noop(uv_handle_t *h) { (void)h; }
 
+/* --dev: a random secret, unless one was configured. */
+static void dev_secret(char out[65])
+{
+    unsigned char raw[32];
+    if (RAND_bytes(raw, sizeof raw) != 1) {
+        fprintf(stderr, "chatd: cannot get random bytes for --dev\n");
+        exit(1);
+    }
+    for (int i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", raw[i]);
+}
+
+static void print_dev_banner(const struct config *cfg, int port, const char *secret)
+{
+    char payload[256];
+    int64_t now = clock_wall_ms() / 1000;
+    snprintf(payload, sizeof payload,
+             "{\"sub\":\"dev\",\"name\":\"Developer\",\"roles\":[\"user\",\"admin\"],"
+             "\"iat\":%lld,\"exp\":%lld}",
+             (long long)now, (long long)(now + 7 * 86400));
+    char *token = jwt_sign_hs256((const unsigned char *)secret, strlen(secret), payload,
+                                 strlen(payload));
+    const char *h = cfg->listen_host;
+    bool v6 = strchr(h, ':') != NULL;
+    char base[600];
+    snprintf(base, sizeof base, "%s%s%s:%d%s", v6 ? "[" : "", h, v6 ? "]" : "", port,
+             cfg->prefix);
+    printf("\nchatd %s is running in development mode.\n\n"
+           "  WebSocket:  ws://%s/ws?token=%s\n"
+           "  token:      %s\n"
+           "              (user 'dev', roles user+admin, valid 7 days; send it as\n"
+           "               'Authorization: Bearer <token>' or ?token=)\n"
+           "  health:     http://%s/healthz\n"
+           "  secret:     %s\n"
+           "              (mint more: chatd-token --secret <secret> --sub alice)\n\n",
+           CHATD_VERSION, base, token ? token : "?", token ? token : "?", base, secret);
+    fflush(stdout);
+    free(token);
+}
 int main(int argc, char **argv)
 {
     static struct config cfg;
@@ -91,21 +136,26 @@ int main(int argc, char **argv)
     raise_nofile();
 
     static struct main_state st;
+    char secret[65] = "";
+    bool have_key = cfg.jwt_secret || cfg.jwt_secret_file || cfg.jwt_public_key;
+    if (cfg.dev && !have_key)
+        dev_secret(secret);
+    if (hub_init(&st.hub, &cfg, &st.srv, secret[0] ? secret : NULL, err, sizeof err) != 0) {
+        fprintf(stderr, "chatd: %s\n", err);
+        return 2;
+    }
+    st.srv.app = &st.hub;
     if (server_start(&st.srv, &cfg, err, sizeof err) != 0) {
         log_error("start_failed", "error=\"%s\"", err);
         fprintf(stderr, "chatd: %s\n", err);
         return 1;
     }
-    const char *h = cfg.listen_host;
-    bool v6 = strchr(h, ':') != NULL;
-    log_info("listening", "addr=%s%s%s:%d workers=%u echo=%s prefix=\"%s\" version=%s",
-             v6 ? "[" : "", h, v6 ? "]" : "", st.srv.port, cfg.workers,
-             cfg.echo ? "on" : "off", cfg.prefix, CHATD_VERSION);
+    if (!hub_enabled(&st.hub))
+        log_warn("chat_disabled", "reason=\"no JWT key configured; only /echo is served\"");
     if (cfg.dev) {
-        printf("chatd is running in development mode.\n"
-               "  health: http://%s%s%s:%d%s/healthz\n",
-               v6 ? "[" : "", h, v6 ? "]" : "", st.srv.port, cfg.prefix);
-        fflush(stdout);
+        const char *sec = secret[0] ? secret : (cfg.jwt_secret ? cfg.jwt_secret : NULL);
+        if (sec)
+            print_dev_banner(&cfg, st.srv.port, sec);
     }
 
     uv_loop_t *loop = uv_default_loop();
@@ -117,6 +167,11 @@ int main(int argc, char **argv)
     uv_timer_init(loop, &st.poll);
     uv_timer_init(loop, &st.deadline);
     st.poll.data = st.deadline.data = &st;
+    const char *h = cfg.listen_host;
+    bool v6 = strchr(h, ':') != NULL;
+    log_info("listening", "addr=%s%s%s:%d workers=%u echo=%s prefix=\"%s\" version=%s",
+             v6 ? "[" : "", h, v6 ? "]" : "", st.srv.port, cfg.workers,
+             cfg.echo ? "on" : "off", cfg.prefix, CHATD_VERSION);
     uv_run(loop, UV_RUN_DEFAULT);
 
     server_join(&st.srv);
@@ -126,6 +181,7 @@ int main(int argc, char **argv)
     uv_close((uv_handle_t *)&st.deadline, close_cb_noop);
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
+    hub_release(&st.hub);
     log_info("shutdown_done", "forced=%s", st.forced ? "yes" : "no");
     config_release(&cfg);
     return 0;

@@ -9,6 +9,7 @@
 
 #include "conn.h"
 #include "http/request.h"
+#include "hub/hub.h"
 #include "util/log.h"
 #include "ws/handshake.h"
 
@@ -116,6 +117,13 @@ void routes_dispatch(struct conn *c, const struct http_request *req)
     const char *prefix = srv->cfg->prefix;
     bool get = http_request_is_get(req) || http_request_is_head(req);
 
+    struct hub *hub = srv->app;
+    if (hub && path_is(req, prefix, "/ws")) {
+        hub_route_ws(hub, c, req);
+        return;
+    }
+    if (hub && hub_route_api(hub, c, req))
+        return;
     if (srv->cfg->echo && path_is(req, prefix, "/echo")) {
         route_echo(c, req);
         return;

@@ -194,6 +194,15 @@ static int bind_socket(const struct config *cfg, int port, int *out_fd, char *er
         snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->listen_host, port, strerror(e));
         return -e;
     }
+    /* Listening from here on: connections queue in the backlog even before
+     * the worker's loop runs, so the "listening" log line is true when
+     * printed. */
+    if (listen(fd, 4096) != 0) {
+        int e = errno;
+        close(fd);
+        snprintf(err, errlen, "listen: %s", strerror(e));
+        return -e;
+    }
     *out_fd = fd;
     return 0;
 }
@@ -217,6 +226,7 @@ static int worker_init(struct server *srv, struct worker *w, unsigned index)
     w->listen_fd = -1;
     list_init(&w->conns);
     list_init(&w->dirty);
+    idmap_init(&w->by_id);
     w->read_buf = malloc(WORKER_READ_BUF);
     if (!w->read_buf)
         return -ENOMEM;
@@ -298,6 +308,7 @@ void server_join(struct server *srv)
         struct worker *w = &srv->workers[i];
         uv_thread_join(&w->thread);
         uv_mutex_destroy(&w->inbox_lock);
+        idmap_release(&w->by_id);
         free(w->read_buf);
     }
     free(srv->workers);

@@ -26,6 +26,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "util/idmap.h"
 #include "util/list.h"
 
 struct worker;
@@ -58,6 +59,7 @@ struct worker {
     uv_check_t flush;           /* after each I/O phase: write what was queued */
     struct list_node conns;     /* every connection of this worker */
     struct list_node dirty;     /* connections with output not yet flushed */
+    struct idmap by_id;         /* conn id -> struct conn *, chat connections */
     uint8_t *read_buf;          /* one read buffer shared by all connections */
     bool read_buf_busy;
     uint64_t next_conn_seq;

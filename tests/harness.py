@@ -30,8 +30,12 @@ TEST_SECRET = "test-secret-0123456789abcdefghijklmnop"
 class Chatd:
     """A chatd process. Use as a context manager or call start()/stop()."""
 
-    def __init__(self, *args, env=None, expect_exit=0):
+    def __init__(self, *args, env=None, expect_exit=0, secret=TEST_SECRET):
+        # A JWT secret by default, so that the chat endpoint is on; pass
+        # secret=None for a server started with no key at all.
         self.args = list(args)
+        if secret and not any(a.startswith("--jwt") or a == "--dev" for a in self.args):
+            self.args += ["--jwt-secret", secret]
         self.env = dict(os.environ)
         if env:
             self.env.update(env)

@@ -308,6 +308,7 @@ size_t ws_close_payload(uint8_t out[WS_MAX_CONTROL], uint16_t code, const char *
         while (n > 0 && ((uint8_t)reason[n] & 0xC0) == 0x80)
             n--;
     }
-    memcpy(out + 2, reason, n);
+    if (n)
+        memcpy(out + 2, reason, n);
     return n + 2;
 }

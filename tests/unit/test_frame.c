@@ -1254,7 +1254,12 @@ static void test_close_frames(void **state)
     assert_memory_equal(ev.reason, "why", 3);
     bytes_free(&b);
 
-    /* One-byte payload. */
+    /* One-byte payload, also right after a control frame that left a
+     * valid code's second byte in the decoder's buffer. */
+    add_frame(&b, WS_OP_CLOSE, true, "\x03", 1);
+    expect_error_at(&b, BIG, true, WS_CLOSE_PROTOCOL, b.len - 1);
+    bytes_free(&b);
+    add_str(&b, WS_OP_PING, true, "\x03\xE8");
     add_frame(&b, WS_OP_CLOSE, true, "\x03", 1);
     expect_error_at(&b, BIG, true, WS_CLOSE_PROTOCOL, b.len - 1);
     bytes_free(&b);

@@ -1,0 +1,83 @@
+#!/usr/bin/python3
+"""Write the seed corpus of fuzz_frame (fuzz/corpus/fuzz_frame/).
+
+Each seed is four settings bytes (see fuzz_frame.c) followed by a client
+byte stream. Run once from anywhere: /usr/bin/python3 fuzz/make_seeds.py
+"""
+import os
+import struct
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "fuzz_frame")
+
+TEXT, BINARY, CONT, CLOSE, PING, PONG = 1, 2, 0, 8, 9, 10
+MASK = b"\x37\xfa\x21\x3d"
+
+
+def settings(mode=0, require_mask=True, small_frags=False, max_message=4096, param=7):
+    b0 = mode | (4 if require_mask else 0) | (8 if small_frags else 0)
+    return bytes([b0, max_message & 0xFF, (max_message >> 8) & 0xFF, param])
+
+
+def frame(op, payload=b"", fin=True, masked=True, rsv=0, length=None):
+    n = len(payload) if length is None else length
+    b0 = (0x80 if fin else 0) | rsv | op
+    mbit = 0x80 if masked else 0
+    if n < 126:
+        hdr = bytes([b0, mbit | n])
+    elif n <= 0xFFFF:
+        hdr = bytes([b0, mbit | 126]) + struct.pack(">H", n)
+    else:
+        hdr = bytes([b0, mbit | 127]) + struct.pack(">Q", n)
+    if not masked:
+        return hdr + payload
+    return hdr + MASK + bytes(b ^ MASK[i % 4] for i, b in enumerate(payload))
+
+
+def close(code, reason=b""):
+    return frame(CLOSE, struct.pack(">H", code) + reason)
+
+
+SEEDS = {
+    "text_masked": settings(0) + frame(TEXT, "Hello, w\u00f6rld \U0001F600".encode()),
+    "fragmented_ping": settings(1, param=3)
+    + frame(TEXT, b"Hel", fin=False)
+    + frame(PING, b"ping")
+    + frame(CONT, "lo \u20ac".encode()[:5], fin=False)
+    + frame(PONG)
+    + frame(CONT, "lo \u20ac".encode()[5:]),
+    "close_reason": settings(2) + frame(TEXT, b"bye") + close(1000, b"going away"),
+    "close_empty": settings(3, param=128) + frame(PING) + frame(CLOSE),
+    "close_bad_code": settings(0, param=1) + close(1005),
+    "len16_binary": settings(1, param=200) + frame(BINARY, bytes(range(256)) + bytes(44)),
+    "len16_text_126": settings(3, max_message=126, param=5) + frame(TEXT, b"x" * 126),
+    "len64_too_big": settings(0, max_message=4096, param=9)
+    + frame(BINARY, b"", length=70000)
+    + b"\x00" * 16,
+    "len64_top_bit": settings(2) + bytes([0x82, 0xFF]) + b"\x80" + b"\x00" * 7 + MASK,
+    "bad_utf8": settings(0, param=2) + frame(TEXT, b"ok \xc0\x80 not ok"),
+    "utf8_split_fragments": settings(2)
+    + frame(TEXT, b"a\xf0\x9f", fin=False)
+    + frame(CONT, b"\x98", fin=False)
+    + frame(CONT, b"\x80b"),
+    "unmasked_server": settings(0, require_mask=False, param=4)
+    + frame(TEXT, b"server", masked=False)
+    + frame(BINARY, b"\x00\xff", fin=False, masked=False)
+    + frame(CONT, b"", masked=False),
+    "many_fragments": settings(1, small_frags=True, param=3)
+    + frame(BINARY, b"1", fin=False)
+    + b"".join(frame(CONT, b"x", fin=False) for _ in range(4))
+    + frame(CONT, b"end"),
+    "rsv_and_opcode": settings(0, param=20) + frame(TEXT, b"fine") + frame(3, b"?", rsv=0x40),
+}
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    for name, data in SEEDS.items():
+        with open(os.path.join(OUT, name), "wb") as f:
+            f.write(data)
+    print(f"wrote {len(SEEDS)} seeds to {OUT}")
+
+
+if __name__ == "__main__":
+    main()

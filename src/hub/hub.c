@@ -1,0 +1,735 @@
+/*
+ * DESIGN: the order of checks on an upgrade is cheapest-first and never
+ * leaks more than it must: a malformed upgrade (400/426) is refused before
+ * the origin (403), the origin before the token (401), the token before any
+ * shared state is touched (503 global cap, then 429 device limit). Only an
+ * authenticated user can learn about limits.
+ *
+ * Cross-worker sends carry the target connection id, never a pointer: the
+ * target worker looks the id up in its own map, and a connection that closed
+ * meanwhile is simply not found.
+ */
+#include "hub/hub.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "conn.h"
+#include "http/request.h"
+#include "routes.h"
+#include "server.h"
+#include "util/clock.h"
+#include "util/log.h"
+#include "ws/frame.h"
+
+#define LIMIT_RETRY_AFTER_MS 5000
+
+static const char *const chat_types[] = {
+    "user_message", "typing_indicator", "help_request", "model_select", "resume",
+    "read",         "admin_join",       "admin_leave",  "admin_message",
+};
+
+/* ---- setup --------------------------------------------------------------- */
+
+static int read_file(const char *path, char **out, size_t *len, char *err, size_t errlen,
+                     const char *what)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "%s: cannot read '%s': %s", what, path, strerror(errno));
+        return -EINVAL;
+    }
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap + 1);
+    for (;;) {
+        if (!buf) {
+            fclose(f);
+            snprintf(err, errlen, "out of memory");
+            return -ENOMEM;
+        }
+        n += fread(buf + n, 1, cap - n, f);
+        if (n < cap || cap >= (1u << 20))
+            break;
+        cap *= 2;
+        char *nb = realloc(buf, cap + 1);
+        if (!nb)
+            free(buf);
+        buf = nb;
+    }
+    bool failed = ferror(f);
+    fclose(f);
+    if (failed) {
+        free(buf);
+        snprintf(err, errlen, "%s: cannot read '%s'", what, path);
+        return -EINVAL;
+    }
+    buf[n] = '\0';
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+int hub_init(struct hub *h, const struct config *cfg, struct server *srv, const char *dev_secret,
+             char *err, size_t errlen)
+{
+    memset(h, 0, sizeof *h);
+    h->cfg = cfg;
+    h->srv = srv;
+    if (registry_init(&h->registry) != 0) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+
+    struct jwt_config jc = {.alg = (enum jwt_alg)cfg->jwt_alg,
+                            .issuer = cfg->jwt_issuer,
+                            .audience = cfg->jwt_audience,
+                            .leeway_s = 60};
+    char *file = NULL;
+    size_t file_len = 0;
+    int rc;
+    if (jc.alg == JWT_HS256) {
+        if (cfg->jwt_secret_file) {
+            if ((rc = read_file(cfg->jwt_secret_file, &file, &file_len, err, errlen,
+                                "--jwt-secret-file")) < 0)
+                return rc;
+            /* A file written by `echo` ends in a newline that is not part of
+             * the secret. */
+            if (file_len && file[file_len - 1] == '\n')
+                file_len--;
+            if (file_len && file[file_len - 1] == '\r')
+                file_len--;
+            jc.secret = (const unsigned char *)file;
+            jc.secret_len = file_len;
+        } else if (cfg->jwt_secret) {
+            jc.secret = (const unsigned char *)cfg->jwt_secret;
+            jc.secret_len = strlen(cfg->jwt_secret);
+        } else if (dev_secret) {
+            jc.secret = (const unsigned char *)dev_secret;
+            jc.secret_len = strlen(dev_secret);
+        }
+        if (!jc.secret && (cfg->echo))
+            return 0; /* echo-only server: chat disabled */
+        if (!jc.secret) {
+            snprintf(err, errlen, "no JWT key configured: set --jwt-secret, --jwt-secret-file or "
+                                  "--jwt-public-key (or use --dev)");
+            return -EINVAL;
+        }
+        if (jc.secret_len < 32) {
+            free(file);
+            snprintf(err, errlen, "%s: the HS256 secret must be at least 32 bytes (got %zu)",
+                     cfg->jwt_secret_file ? "--jwt-secret-file" : "--jwt-secret", jc.secret_len);
+            return -EINVAL;
+        }
+    } else {
+        if (!cfg->jwt_public_key) {
+            snprintf(err, errlen, "--jwt-alg %s needs --jwt-public-key",
+                     jwt_alg_name((enum jwt_alg)cfg->jwt_alg));
+            return -EINVAL;
+        }
+        if ((rc = read_file(cfg->jwt_public_key, &file, &file_len, err, errlen,
+                            "--jwt-public-key")) < 0)
+            return rc;
+        jc.public_key_pem = file;
+        jc.public_key_len = file_len;
+    }
+    char why[256] = "";
+    rc = jwt_verifier_new(&h->jwt, &jc, why, sizeof why);
+    if (file) {
+        memset(file, 0, file_len);
+        free(file);
+    }
+    if (rc != 0) {
+        snprintf(err, errlen, "%s: %s",
+                 jc.alg == JWT_HS256 ? "--jwt-secret" : "--jwt-public-key", why);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+void hub_release(struct hub *h)
+{
+    jwt_verifier_free(h->jwt);
+    registry_release(&h->registry);
+}
+
+bool hub_enabled(const struct hub *h) { return h->jwt != NULL; }
+
+/* ---- frames and sends ------------------------------------------------------ */
+
+struct sbuf *hub_frame_json(json_t *obj, uint32_t *off, uint32_t *len)
+{
+    size_t n = json_dumpb(obj, NULL, 0, JSON_COMPACT);
+    if (n == 0)
+        return NULL;
+    struct sbuf *b = sbuf_new((uint32_t)(n + WS_MAX_HEADER));
+    if (!b)
+        return NULL;
+    json_dumpb(obj, (char *)b->data + WS_MAX_HEADER, n, JSON_COMPACT);
+    uint8_t hdr[WS_MAX_HEADER];
+    size_t hl = ws_frame_header(hdr, WS_OP_TEXT, true, n);
+    /* The header goes right before the payload. */
+    memcpy(b->data + WS_MAX_HEADER - hl, hdr, hl);
+    b->len = (uint32_t)(n + WS_MAX_HEADER);
+    *off = (uint32_t)(WS_MAX_HEADER - hl);
+    *len = (uint32_t)(n + hl);
+    return b;
+}
+
+int client_send_json(struct client *cl, json_t *obj)
+{
+    char stack[2048];
+    size_t n = json_dumpb(obj, stack, sizeof stack, JSON_COMPACT);
+    if (n == 0)
+        return -EINVAL;
+    if (n <= sizeof stack)
+        return conn_send(cl->conn, WS_OP_TEXT, stack, n);
+    char *heap = malloc(n);
+    if (!heap)
+        return -ENOMEM;
+    json_dumpb(obj, heap, n, JSON_COMPACT);
+    int rc = conn_send(cl->conn, WS_OP_TEXT, heap, n);
+    free(heap);
+    return rc;
+}
+
+void client_send_error(struct client *cl, const char *code, const char *message, bool recoverable,
+                       int64_t retry_after_ms, const char *id)
+{
+    json_t *o = json_pack("{s:s, s:s, s:s, s:b}", "type", "error", "code", code, "message",
+                          message, "recoverable", recoverable);
+    if (!o)
+        return;
+    if (retry_after_ms >= 0)
+        json_object_set_new(o, "retry_after", json_integer(retry_after_ms));
+    if (id)
+        json_object_set_new(o, "id", json_string(id));
+    client_send_json(cl, o);
+    json_decref(o);
+}
+
+struct send_msg {
+    struct inbox_msg base;
+    uint64_t conn_id;
+    struct sbuf *frame;
+    uint32_t off, len;
+    uint16_t close_code;
+    char close_reason[64];
+};
+
+static void deliver(struct worker *w, uint64_t conn_id, struct sbuf *frame, uint32_t off,
+                    uint32_t len, uint16_t close_code, const char *reason)
+{
+    struct conn *c = idmap_get(&w->by_id, conn_id);
+    if (!c)
+        return; /* closed meanwhile */
+    if (frame)
+        conn_send_shared(c, frame, off, len);
+    if (close_code)
+        conn_ws_close(c, close_code, reason);
+}
+
+static void send_msg_run(struct worker *w, struct inbox_msg *m)
+{
+    struct send_msg *sm = (struct send_msg *)m;
+    deliver(w, sm->conn_id, sm->frame, sm->off, sm->len, sm->close_code, sm->close_reason);
+    if (sm->frame)
+        sbuf_unref(sm->frame);
+    free(sm);
+}
+
+static void send_msg_drop(struct inbox_msg *m)
+{
+    struct send_msg *sm = (struct send_msg *)m;
+    if (sm->frame)
+        sbuf_unref(sm->frame);
+    free(sm);
+}
+
+void hub_send_to_conn(struct hub *h, uint32_t worker, uint64_t conn_id, struct sbuf *frame,
+                      uint32_t off, uint32_t len, uint16_t close_code, const char *close_reason)
+{
+    struct worker *target = &h->srv->workers[worker];
+    if (worker_current() == target) {
+        deliver(target, conn_id, frame, off, len, close_code, close_reason);
+        return;
+    }
+    struct send_msg *sm = calloc(1, sizeof *sm);
+    if (!sm)
+        return;
+    sm->base.run = send_msg_run;
+    sm->base.drop = send_msg_drop;
+    sm->conn_id = conn_id;
+    sm->frame = frame ? sbuf_ref(frame) : NULL;
+    sm->off = off;
+    sm->len = len;
+    sm->close_code = close_code;
+    if (close_reason)
+        snprintf(sm->close_reason, sizeof sm->close_reason, "%s", close_reason);
+    worker_post(target, &sm->base);
+}
+
+void hub_send_to_user(struct hub *h, const char *user, size_t len, struct sbuf *frame,
+                      uint32_t off, uint32_t len_frame)
+{
+    struct reg_device devs[64];
+    unsigned n = registry_devices(&h->registry, user, len, devs, 64);
+    for (unsigned i = 0; i < n; i++)
+        hub_send_to_conn(h, devs[i].worker, devs[i].conn_id, frame, off, len_frame, 0, NULL);
+}
+
+static struct sbuf *notification(const char *code, const char *message, uint32_t *off,
+                                 uint32_t *len)
+{
+    json_t *o = json_pack("{s:s, s:s, s:s}", "type", "notification", "code", code, "message",
+                          message);
+    struct sbuf *b = o ? hub_frame_json(o, off, len) : NULL;
+    json_decref(o);
+    return b;
+}
+
+/* ---- the chat connection ---------------------------------------------------- */
+
+static void client_free(struct client *cl)
+{
+    free(cl->sub);
+    free(cl->name);
+    free(cl->roles_json);
+    free(cl);
+}
+
+static void chat_on_close(struct conn *c)
+{
+    struct client *cl = c->data;
+    struct hub *h = cl->hub;
+    if (h->router_ops && h->router_ops->client_closed)
+        h->router_ops->client_closed(h->router, cl);
+    if (cl->registered) {
+        registry_remove(&h->registry, cl->sub, cl->sub_len, cl->conn_id);
+        cl->registered = false;
+    }
+    idmap_del(&c->w->by_id, c->id);
+    log_info("ws_close", "conn=%llx user=%s", (unsigned long long)c->id, cl->sub);
+    c->data = NULL;
+    client_free(cl);
+}
+
+static void chat_on_shutdown(struct conn *c)
+{
+    struct client *cl = c->data;
+    json_t *o = json_pack("{s:s, s:s, s:s}", "type", "notification", "code", "shutdown",
+                          "message", "the server is shutting down; reconnect shortly");
+    if (o) {
+        client_send_json(cl, o);
+        json_decref(o);
+    }
+}
+
+static void chat_on_tick(struct conn *c, int64_t now_ms)
+{
+    (void)now_ms;
+    struct client *cl = c->data;
+    if (clock_wall_ms() / 1000 >= cl->exp) {
+        log_info("ws_token_expired", "conn=%llx user=%s", (unsigned long long)c->id, cl->sub);
+        conn_ws_close(c, WS_CLOSE_POLICY, "token expired");
+    }
+}
+
+static void handle_refresh(struct client *cl, json_t *msg, const char *id)
+{
+    const char *token = json_string_value(json_object_get(msg, "token"));
+    if (!token) {
+        client_send_error(cl, "invalid_field", "refresh needs a string 'token'", true, -1, id);
+        return;
+    }
+    struct jwt_claims claims;
+    const char *why = "refused";
+    int64_t now = clock_wall_ms() / 1000;
+    if (jwt_verify(cl->hub->jwt, token, strlen(token), now, &claims, &why) != 0) {
+        client_send_error(cl, "unauthorized", why, true, -1, id);
+        return;
+    }
+    if (claims.sub_len != cl->sub_len || memcmp(claims.sub, cl->sub, cl->sub_len) != 0) {
+        client_send_error(cl, "unauthorized", "the token is for another user", true, -1, id);
+        return;
+    }
+    cl->exp = claims.exp;
+    json_t *o = json_pack("{s:s, s:I}", "type", "refreshed", "exp", (json_int_t)claims.exp);
+    if (o && id)
+        json_object_set_new(o, "id", json_string(id));
+    if (o) {
+        client_send_json(cl, o);
+        json_decref(o);
+    }
+}
+
+static bool valid_id(json_t *v)
+{
+    if (!json_is_string(v))
+        return false;
+    size_t n = json_string_length(v);
+    return n >= 1 && n <= 64;
+}
+
+static void chat_on_message(struct conn *c, unsigned opcode, uint8_t *data, size_t len)
+{
+    struct client *cl = c->data;
+    struct hub *h = cl->hub;
+    if (opcode != WS_OP_TEXT) {
+        conn_ws_close(c, WS_CLOSE_UNSUPPORTED, "binary frames are not supported");
+        return;
+    }
+    json_error_t jerr;
+    json_t *msg = json_loadb((const char *)data, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!msg || !json_is_object(msg)) {
+        client_send_error(cl, "bad_json", msg ? "a message must be a JSON object" : jerr.text,
+                          true, -1, NULL);
+        json_decref(msg);
+        return;
+    }
+    json_t *idv = json_object_get(msg, "id");
+    const char *id = NULL;
+    if (idv) {
+        if (!valid_id(idv)) {
+            client_send_error(cl, "invalid_field", "'id' must be a string of 1 to 64 bytes",
+                              true, -1, NULL);
+            json_decref(msg);
+            return;
+        }
+        id = json_string_value(idv);
+    }
+    const char *type = json_string_value(json_object_get(msg, "type"));
+    if (!type) {
+        client_send_error(cl, "invalid_field", "missing string field 'type'", true, -1, id);
+        json_decref(msg);
+        return;
+    }
+    if (strcmp(type, "refresh") == 0) {
+        handle_refresh(cl, msg, id);
+        json_decref(msg);
+        return;
+    }
+    bool known = false;
+    for (size_t i = 0; i < sizeof chat_types / sizeof chat_types[0]; i++)
+        if (strcmp(type, chat_types[i]) == 0)
+            known = true;
+    if (!known) {
+        client_send_error(cl, "unknown_type", "unknown message type", true, -1, id);
+    } else if (!h->router_ops) {
+        client_send_error(cl, "unavailable", "chat is not available on this server", true, -1,
+                          id);
+    } else {
+        h->router_ops->handle(h->router, cl, type, msg);
+    }
+    json_decref(msg);
+}
+
+static const struct conn_handler chat_handler = {
+    .name = "chat",
+    .on_message = chat_on_message,
+    .on_close = chat_on_close,
+    .on_shutdown = chat_on_shutdown,
+    .on_tick = chat_on_tick,
+};
+
+/* ---- the upgrade ---------------------------------------------------------- */
+
+static bool origin_allowed(const struct config *cfg, const struct http_request *req)
+{
+    if (!cfg->allowed_origins || !*cfg->allowed_origins)
+        return true;
+    const struct http_header *o = http_request_header(req, "origin");
+    if (!o)
+        return true; /* not a browser: the Origin check protects browsers only */
+    const char *p = cfg->allowed_origins;
+    while (*p) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        const char *e = p;
+        while (*e && *e != ',')
+            e++;
+        const char *t = e;
+        while (t > p && t[-1] == ' ')
+            t--;
+        if ((size_t)(t - p) == o->value_len && strncasecmp(p, o->value, o->value_len) == 0)
+            return true;
+        p = e;
+    }
+    return false;
+}
+
+/* Find the token: Authorization: Bearer first, then ?token=. Returns its
+ * length, 0 when absent, -1 when unusable (*why set). */
+static int find_token(const struct http_request *req, char *buf, size_t cap, const char **tok,
+                      const char **why)
+{
+    const struct http_header *a = http_request_header(req, "authorization");
+    if (a) {
+        if (a->value_len < 7 || strncasecmp(a->value, "Bearer ", 7) != 0) {
+            *why = "the Authorization header must be 'Bearer <token>'";
+            return -1;
+        }
+        size_t off = 7;
+        while (off < a->value_len && a->value[off] == ' ')
+            off++;
+        if (a->value_len - off > JWT_MAX_TOKEN) {
+            *why = "token too long";
+            return -1;
+        }
+        *tok = a->value + off;
+        return (int)(a->value_len - off);
+    }
+    int n = http_query_param(req, "token", buf, cap);
+    if (n == -ENOENT)
+        return 0;
+    if (n < 0) {
+        *why = n == -ENOSPC ? "token too long" : "malformed token parameter";
+        return -1;
+    }
+    *tok = buf;
+    return n;
+}
+
+static char *roles_to_json(const struct jwt_claims *cl)
+{
+    json_t *arr = json_array();
+    if (cl->nroles == 0)
+        json_array_append_new(arr, json_string("user"));
+    for (unsigned i = 0; i < cl->nroles; i++)
+        json_array_append_new(arr, json_string(cl->roles[i]));
+    char *s = json_dumps(arr, JSON_COMPACT);
+    json_decref(arr);
+    return s;
+}
+
+static void send_connection_status(struct client *cl, unsigned devices)
+{
+    const struct config *cfg = cl->hub->cfg;
+    char id[32], ts[32];
+    snprintf(id, sizeof id, "c-%llx", (unsigned long long)cl->conn_id);
+    clock_format_rfc3339(ts, clock_wall_ms());
+    json_t *roles = json_loads(cl->roles_json, 0, NULL);
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:o, s:i, s:i, s:I, s:s, s:[]}", "type",
+                          "connection_status", "connection_id", id, "user_id", cl->sub, "name",
+                          cl->name, "roles", roles ? roles : json_array(), "devices", devices,
+                          "max_devices", cfg->max_devices, "max_message_bytes",
+                          (json_int_t)cfg->max_message_bytes, "server_time", ts, "models");
+    if (o) {
+        client_send_json(cl, o);
+        json_decref(o);
+    }
+}
+
+/* Tell every open device of a user that another one was refused. */
+static void notify_limit(struct hub *h, const struct reg_device *devs, unsigned n,
+                         const char *sub)
+{
+    char msg[256];
+    snprintf(msg, sizeof msg,
+             "a new device was refused: this account already has %u open connections, the "
+             "limit", h->cfg->max_devices);
+    uint32_t off, len;
+    struct sbuf *f = notification("connection_limit", msg, &off, &len);
+    if (!f)
+        return;
+    for (unsigned i = 0; i < n; i++)
+        hub_send_to_conn(h, devs[i].worker, devs[i].conn_id, f, off, len, 0, NULL);
+    sbuf_unref(f);
+    log_warn("device_limit", "user=%s devices=%u action=refused", sub, n);
+}
+
+static void evict(struct hub *h, const struct reg_device *dev, const char *sub)
+{
+    uint32_t off, len;
+    struct sbuf *f = notification("connection_limit",
+                                  "this device was closed because the account opened a new one "
+                                  "beyond its device limit",
+                                  &off, &len);
+    hub_send_to_conn(h, dev->worker, dev->conn_id, f, off, len, WS_CLOSE_POLICY,
+                     "device limit: oldest connection evicted");
+    if (f)
+        sbuf_unref(f);
+    log_info("device_limit", "user=%s action=evicted conn=%llx", sub,
+             (unsigned long long)dev->conn_id);
+}
+
+void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
+{
+    if (!routes_check_upgrade(c, req))
+        return;
+    if (!hub_enabled(h)) {
+        conn_http_error(c, 503, "unavailable", "chat is disabled: no JWT key is configured", -1,
+                        NULL, false);
+        return;
+    }
+    if (!origin_allowed(h->cfg, req)) {
+        conn_http_error(c, 403, "origin_not_allowed", "this Origin is not allowed", -1, NULL,
+                        false);
+        return;
+    }
+    if (atomic_load(&h->srv->shutting_down)) {
+        conn_http_error(c, 503, "unavailable", "server is shutting down", 1000, NULL, false);
+        return;
+    }
+    char qbuf[JWT_MAX_TOKEN + 1];
+    const char *tok = NULL, *why = "missing token";
+    int tlen = find_token(req, qbuf, sizeof qbuf, &tok, &why);
+    struct jwt_claims claims;
+    if (tlen > 0 && jwt_verify(h->jwt, tok, (size_t)tlen, clock_wall_ms() / 1000, &claims,
+                               &why) == 0) {
+        why = NULL;
+    } else if (tlen == 0) {
+        why = "missing token: send 'Authorization: Bearer <token>' or ?token=";
+    }
+    if (why) {
+        log_info("auth_refused", "conn=%llx reason=\"%s\"", (unsigned long long)c->id, why);
+        conn_http_error(c, 401, "unauthorized", why, -1, NULL, false);
+        return;
+    }
+    if (!routes_take_ws_slot(c))
+        return;
+
+    struct client *cl = calloc(1, sizeof *cl);
+    if (cl) {
+        cl->sub = strndup(claims.sub, claims.sub_len);
+        cl->name = strndup(claims.name, claims.name_len);
+        cl->roles_json = roles_to_json(&claims);
+    }
+    if (!cl || !cl->sub || !cl->name || !cl->roles_json) {
+        if (cl)
+            client_free(cl);
+        conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);
+        return;
+    }
+    cl->conn = c;
+    cl->hub = h;
+    cl->conn_id = c->id;
+    cl->sub_len = (uint8_t)claims.sub_len;
+    cl->name_len = (uint8_t)claims.name_len;
+    cl->admin = claims.is_admin;
+    cl->exp = claims.exp;
+    cl->opened_at_ms = clock_wall_ms();
+
+    struct reg_device dev = {.conn_id = c->id, .worker = c->w->index,
+                             .opened_at_ms = cl->opened_at_ms};
+    struct reg_device others[64], evicted;
+    unsigned count = 0, nothers = 0;
+    int r = registry_admit(&h->registry, cl->sub, cl->sub_len, &dev, h->cfg->max_devices,
+                           (enum device_policy)h->cfg->device_policy, &count, others, 64,
+                           &nothers, &evicted);
+    if (r < 0 || r == REG_REFUSED) {
+        if (r == REG_REFUSED) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "this account already has %u open connections (the limit)",
+                     count);
+            conn_http_error(c, 429, "connection_limit", msg, LIMIT_RETRY_AFTER_MS, NULL, false);
+            notify_limit(h, others, nothers, cl->sub);
+        } else {
+            conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);
+        }
+        /* Give the global slot back: this connection never became a WebSocket. */
+        atomic_fetch_sub(&h->srv->stats.ws_open, 1);
+        c->counted_ws = false;
+        client_free(cl);
+        return;
+    }
+    cl->registered = true;
+    if (idmap_put(&c->w->by_id, c->id, c) < 0 || conn_upgrade(c, req, &chat_handler, cl) < 0) {
+        registry_remove(&h->registry, cl->sub, cl->sub_len, c->id);
+        idmap_del(&c->w->by_id, c->id);
+        atomic_fetch_sub(&h->srv->stats.ws_open, 1);
+        c->counted_ws = false;
+        client_free(cl);
+        conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);
+        return;
+    }
+    log_info("ws_open", "conn=%llx user=%s devices=%u admin=%s", (unsigned long long)c->id,
+             cl->sub, count, cl->admin ? "yes" : "no");
+    send_connection_status(cl, count);
+    if (r == REG_EVICTED)
+        evict(h, &evicted, cl->sub);
+}
+
+/* ---- HTTP API -------------------------------------------------------------- */
+
+struct conn_list_ctx {
+    json_t *users;
+    uint64_t total;
+};
+
+static void add_user(void *arg, const char *user, size_t len, unsigned n)
+{
+    struct conn_list_ctx *ctx = arg;
+    json_t *u = json_object();
+    json_object_set_new(u, "user_id", json_stringn(user, len));
+    json_object_set_new(u, "devices", json_integer(n));
+    json_array_append_new(ctx->users, u);
+    ctx->total += n;
+}
+
+static void reply_json_obj(struct conn *c, const struct http_request *req, int status, json_t *o)
+{
+    char *s = json_dumps(o, JSON_COMPACT);
+    if (!s) {
+        conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);
+        return;
+    }
+    conn_http_respond(c, status, "application/json", s, strlen(s), req->keep_alive,
+                      http_request_is_head(req));
+    free(s);
+}
+
+/* Authenticate an API request by its Bearer token. */
+static bool api_auth(struct hub *h, struct conn *c, const struct http_request *req,
+                     struct jwt_claims *claims, bool need_admin)
+{
+    char qbuf[JWT_MAX_TOKEN + 1];
+    const char *tok = NULL, *why = "missing token";
+    int tlen = hub_enabled(h) ? find_token(req, qbuf, sizeof qbuf, &tok, &why) : 0;
+    if (!hub_enabled(h))
+        why = "chat is disabled: no JWT key is configured";
+    else if (tlen > 0 &&
+             jwt_verify(h->jwt, tok, (size_t)tlen, clock_wall_ms() / 1000, claims, &why) == 0)
+        why = NULL;
+    if (why) {
+        conn_http_error(c, 401, "unauthorized", why, -1, NULL, req->keep_alive);
+        return false;
+    }
+    if (need_admin && !claims->is_admin) {
+        conn_http_error(c, 403, "forbidden", "admin role required", -1, NULL, req->keep_alive);
+        return false;
+    }
+    return true;
+}
+
+bool hub_route_api(struct hub *h, struct conn *c, const struct http_request *req)
+{
+    const char *prefix = h->cfg->prefix;
+    size_t pl = strlen(prefix);
+    const char *path = req->path + pl;
+    size_t len = req->path_len - pl;
+    struct jwt_claims claims;
+
+#define IS(lit) (len == sizeof(lit) - 1 && memcmp(path, lit, len) == 0)
+    if (IS("/api/admin/connections")) {
+        if (!http_request_is_get(req) && !http_request_is_head(req)) {
+            conn_http_error(c, 405, "method_not_allowed", "use GET", -1, "Allow: GET, HEAD\r\n",
+                            false);
+            return true;
+        }
+        if (!api_auth(h, c, req, &claims, true))
+            return true;
+        struct conn_list_ctx ctx = {.users = json_array()};
+        registry_foreach(&h->registry, add_user, &ctx);
+        json_t *o = json_pack("{s:o, s:I, s:I}", "users", ctx.users, "total_devices",
+                              (json_int_t)ctx.total, "total_users",
+                              (json_int_t)json_array_size(ctx.users));
+        reply_json_obj(c, req, 200, o);
+        json_decref(o);
+        return true;
+    }
+#undef IS
+    return false;
+}

@@ -1,0 +1,118 @@
+/*
+ * hub: the chat layer's front door. Owns the JWT verifier, the registry of
+ * online users, and the per-connection client state; routes the `/ws`
+ * upgrade (authentication, origin check, device and connection limits) and
+ * the `/api` requests; parses every client message and hands it to the
+ * router by type.
+ *
+ * Threads: the struct hub is built by the main thread before the workers
+ * start and is read-only afterwards, except for the registry (its own striped
+ * locks) and the router's own state. Every callback below runs on the worker
+ * thread that owns the connection; a client (struct client) is owned by its
+ * connection's worker and touched by no other thread. To reach a connection
+ * on another worker, the hub posts to that worker's inbox with the
+ * connection id.
+ *
+ * Router seam: when no router is attached (hub->router == NULL), every chat
+ * message type is answered with `error` `unavailable` and the connection
+ * stays open, so the connection layer can be tested alone.
+ */
+#ifndef CHATD_HUB_HUB_H
+#define CHATD_HUB_HUB_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "auth/jwt.h"
+#include "config.h"
+#include "hub/registry.h"
+#include "util/sbuf.h"
+
+struct server;
+struct conn;
+struct http_request;
+struct hub;
+
+/* One chat connection's identity and state. Owned by its conn (conn->data)
+ * and its worker thread. */
+struct client {
+    struct conn *conn;      /* borrowed; valid while the client lives */
+    struct hub *hub;        /* borrowed */
+    uint64_t conn_id;
+    int64_t opened_at_ms;   /* wall clock */
+    int64_t exp;            /* token expiry, unix seconds */
+    bool admin;
+    bool registered;        /* holds a registry entry */
+    uint8_t sub_len;
+    uint8_t name_len;
+    char *sub;              /* owned, NUL-terminated */
+    char *name;             /* owned, NUL-terminated */
+    char *roles_json;       /* owned: the roles as a JSON array text */
+    void *router_state;     /* owned by the router */
+};
+
+/* What a router does with the messages of the types it knows. Called on the
+ * client's worker thread with the parsed message (borrowed). */
+struct router_ops {
+    void (*handle)(void *router, struct client *cl, const char *type, json_t *msg);
+    /* The client is closing (router_state must be released). */
+    void (*client_closed)(void *router, struct client *cl);
+};
+
+struct hub {
+    /* read-only after hub_init */
+    const struct config *cfg;
+    struct server *srv;
+    struct jwt_verifier *jwt;
+    const struct router_ops *router_ops; /* NULL: no router attached */
+    void *router;
+    /* shared, internally locked */
+    struct registry registry;
+};
+
+/*
+ * Build the hub from the configuration: reads the JWT key or secret file.
+ * Returns 0, or -EINVAL with a one-line message in err (short secret,
+ * unreadable key file, no key at all without --dev/--echo).
+ * dev_secret: a random secret to use in --dev mode when no key is set (or
+ * NULL).
+ */
+int hub_init(struct hub *h, const struct config *cfg, struct server *srv, const char *dev_secret,
+             char *err, size_t errlen);
+void hub_release(struct hub *h);
+
+/* Is chat available (a JWT key is configured)? */
+bool hub_enabled(const struct hub *h);
+
+/* {prefix}/ws: validate, authenticate, admit, upgrade. Worker thread. */
+void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req);
+/* {prefix}/api/...: path is the part after the prefix. Returns false when
+ * no API route matched (the caller answers 404). Worker thread. */
+bool hub_route_api(struct hub *h, struct conn *c, const struct http_request *req);
+
+/* Send a JSON object to a client (copied). Worker thread of the client. */
+int client_send_json(struct client *cl, json_t *obj);
+/* Send `{"type":"error",...}`; id may be NULL. */
+void client_send_error(struct client *cl, const char *code, const char *message, bool recoverable,
+                       int64_t retry_after_ms, const char *id);
+
+/*
+ * Frame a JSON object once as a WebSocket text frame in a shared buffer, for
+ * sending to many connections. Returns NULL on OOM; *off and *len give the frame
+ * inside the buffer. The caller owns the one reference.
+ */
+struct sbuf *hub_frame_json(json_t *obj, uint32_t *off, uint32_t *len);
+
+/* Send a shared frame to one connection anywhere (any worker). Takes a new
+ * reference. close_code != 0: close the connection with it afterwards.
+ * Any thread. */
+void hub_send_to_conn(struct hub *h, uint32_t worker, uint64_t conn_id, struct sbuf *frame,
+                      uint32_t off, uint32_t len, uint16_t close_code, const char *close_reason);
+
+/* Send a shared frame to every device of a user. Any thread. */
+void hub_send_to_user(struct hub *h, const char *user, size_t len, struct sbuf *frame,
+                      uint32_t off, uint32_t len_frame);
+
+#endif

@@ -1,0 +1,260 @@
+/*
+ * DESIGN: a striped hash table. A user's record holds a small array of
+ * devices kept in admission order, so the oldest device is always devs[0]
+ * (what evict-oldest removes). A user whose last device leaves is freed at
+ * once, so the table holds only who is online.
+ */
+#include "hub/registry.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct reg_user {
+    struct reg_user *next; /* bucket chain */
+    uint64_t hash;
+    unsigned ndevs, cap;
+    struct reg_device *devs; /* oldest first */
+    size_t len;
+    char id[];
+};
+
+static uint64_t hash_id(const char *s, size_t len)
+{
+    /* FNV-1a, then a final mix so the low bits pick both stripe and bucket. */
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ULL;
+    }
+    h ^= h >> 29;
+    h *= 0xbf58476d1ce4e5b9ULL;
+    h ^= h >> 32;
+    return h;
+}
+
+int registry_init(struct registry *r)
+{
+    memset(r, 0, sizeof *r);
+    for (int i = 0; i < REGISTRY_STRIPES; i++) {
+        struct registry_stripe *s = &r->stripes[i];
+        if (uv_mutex_init(&s->lock) != 0)
+            return -ENOMEM;
+        s->nbuckets = 16;
+        s->buckets = calloc(s->nbuckets, sizeof *s->buckets);
+        if (!s->buckets)
+            return -ENOMEM;
+    }
+    atomic_init(&r->devices, 0);
+    atomic_init(&r->users, 0);
+    return 0;
+}
+
+void registry_release(struct registry *r)
+{
+    for (int i = 0; i < REGISTRY_STRIPES; i++) {
+        struct registry_stripe *s = &r->stripes[i];
+        for (size_t b = 0; b < s->nbuckets; b++) {
+            struct reg_user *u = s->buckets[b];
+            while (u) {
+                struct reg_user *next = u->next;
+                free(u->devs);
+                free(u);
+                u = next;
+            }
+        }
+        free(s->buckets);
+        uv_mutex_destroy(&s->lock);
+    }
+}
+
+static struct registry_stripe *stripe_of(struct registry *r, uint64_t h)
+{
+    return &r->stripes[h % REGISTRY_STRIPES];
+}
+
+/* Bucket index inside a stripe: the stripe used the low bits, use higher. */
+static size_t bucket_of(const struct registry_stripe *s, uint64_t h)
+{
+    return (size_t)(h >> 8) & (s->nbuckets - 1);
+}
+
+static struct reg_user **find(struct registry_stripe *s, uint64_t h, const char *id, size_t len)
+{
+    struct reg_user **p = &s->buckets[bucket_of(s, h)];
+    for (; *p; p = &(*p)->next)
+        if ((*p)->hash == h && (*p)->len == len && memcmp((*p)->id, id, len) == 0)
+            return p;
+    return p;
+}
+
+static void maybe_grow(struct registry_stripe *s)
+{
+    if (s->nusers < s->nbuckets * 2)
+        return;
+    size_t n = s->nbuckets * 2;
+    struct reg_user **b = calloc(n, sizeof *b);
+    if (!b)
+        return; /* keep the longer chains; still correct */
+    for (size_t i = 0; i < s->nbuckets; i++) {
+        struct reg_user *u = s->buckets[i];
+        while (u) {
+            struct reg_user *next = u->next;
+            size_t j = (size_t)(u->hash >> 8) & (n - 1);
+            u->next = b[j];
+            b[j] = u;
+            u = next;
+        }
+    }
+    free(s->buckets);
+    s->buckets = b;
+    s->nbuckets = n;
+}
+
+static int push_device(struct reg_user *u, const struct reg_device *dev)
+{
+    if (u->ndevs == u->cap) {
+        unsigned cap = u->cap ? u->cap * 2 : 2;
+        struct reg_device *d = realloc(u->devs, cap * sizeof *d);
+        if (!d)
+            return -ENOMEM;
+        u->devs = d;
+        u->cap = cap;
+    }
+    u->devs[u->ndevs++] = *dev;
+    return 0;
+}
+
+int registry_admit(struct registry *r, const char *user, size_t len, const struct reg_device *dev,
+                   unsigned max, enum device_policy policy, unsigned *count,
+                   struct reg_device *others, unsigned max_others, unsigned *nothers,
+                   struct reg_device *evicted)
+{
+    uint64_t h = hash_id(user, len);
+    struct registry_stripe *s = stripe_of(r, h);
+    int result = REG_ADMITTED;
+    *nothers = 0;
+
+    uv_mutex_lock(&s->lock);
+    struct reg_user **slot = find(s, h, user, len);
+    struct reg_user *u = *slot;
+    if (!u) {
+        u = calloc(1, sizeof *u + len);
+        if (!u) {
+            uv_mutex_unlock(&s->lock);
+            return -ENOMEM;
+        }
+        u->hash = h;
+        u->len = len;
+        memcpy(u->id, user, len);
+        *slot = u;
+        s->nusers++;
+        atomic_fetch_add(&r->users, 1);
+    }
+    if (u->ndevs >= max) {
+        if (policy == DEVICE_POLICY_REFUSE || u->ndevs == 0) {
+            unsigned n = u->ndevs < max_others ? u->ndevs : max_others;
+            memcpy(others, u->devs, n * sizeof *others);
+            *nothers = n;
+            *count = u->ndevs;
+            uv_mutex_unlock(&s->lock);
+            return REG_REFUSED;
+        }
+        /* Evict the oldest: shift the rest down, keeping admission order. */
+        *evicted = u->devs[0];
+        memmove(u->devs, u->devs + 1, (u->ndevs - 1) * sizeof *u->devs);
+        u->ndevs--;
+        atomic_fetch_sub(&r->devices, 1);
+        result = REG_EVICTED;
+    }
+    if (push_device(u, dev) < 0) {
+        /* Only possible for a fresh user or a growing array; nothing evicted
+         * in that case since eviction frees a slot first. */
+        if (u->ndevs == 0) {
+            *slot = u->next;
+            s->nusers--;
+            atomic_fetch_sub(&r->users, 1);
+            free(u->devs);
+            free(u);
+        }
+        uv_mutex_unlock(&s->lock);
+        return -ENOMEM;
+    }
+    atomic_fetch_add(&r->devices, 1);
+    *count = u->ndevs;
+    maybe_grow(s);
+    uv_mutex_unlock(&s->lock);
+    return result;
+}
+
+int registry_remove(struct registry *r, const char *user, size_t len, uint64_t conn_id)
+{
+    uint64_t h = hash_id(user, len);
+    struct registry_stripe *s = stripe_of(r, h);
+    int rc = -ENOENT;
+    uv_mutex_lock(&s->lock);
+    struct reg_user **slot = find(s, h, user, len);
+    struct reg_user *u = *slot;
+    if (u) {
+        for (unsigned i = 0; i < u->ndevs; i++) {
+            if (u->devs[i].conn_id != conn_id)
+                continue;
+            memmove(u->devs + i, u->devs + i + 1, (u->ndevs - i - 1) * sizeof *u->devs);
+            u->ndevs--;
+            atomic_fetch_sub(&r->devices, 1);
+            rc = 0;
+            break;
+        }
+        if (u->ndevs == 0) {
+            *slot = u->next;
+            s->nusers--;
+            atomic_fetch_sub(&r->users, 1);
+            free(u->devs);
+            free(u);
+        }
+    }
+    uv_mutex_unlock(&s->lock);
+    return rc;
+}
+
+unsigned registry_count(struct registry *r, const char *user, size_t len)
+{
+    uint64_t h = hash_id(user, len);
+    struct registry_stripe *s = stripe_of(r, h);
+    uv_mutex_lock(&s->lock);
+    struct reg_user *u = *find(s, h, user, len);
+    unsigned n = u ? u->ndevs : 0;
+    uv_mutex_unlock(&s->lock);
+    return n;
+}
+
+unsigned registry_devices(struct registry *r, const char *user, size_t len, struct reg_device *out,
+                          unsigned cap)
+{
+    uint64_t h = hash_id(user, len);
+    struct registry_stripe *s = stripe_of(r, h);
+    uv_mutex_lock(&s->lock);
+    struct reg_user *u = *find(s, h, user, len);
+    unsigned n = 0;
+    if (u) {
+        n = u->ndevs < cap ? u->ndevs : cap;
+        memcpy(out, u->devs, n * sizeof *out);
+    }
+    uv_mutex_unlock(&s->lock);
+    return n;
+}
+
+void registry_foreach(struct registry *r,
+                      void (*fn)(void *arg, const char *user, size_t len, unsigned ndevices),
+                      void *arg)
+{
+    for (int i = 0; i < REGISTRY_STRIPES; i++) {
+        struct registry_stripe *s = &r->stripes[i];
+        uv_mutex_lock(&s->lock);
+        for (size_t b = 0; b < s->nbuckets; b++)
+            for (struct reg_user *u = s->buckets[b]; u; u = u->next)
+                if (u->ndevs)
+                    fn(arg, u->id, u->len, u->ndevs);
+        uv_mutex_unlock(&s->lock);
+    }
+}
