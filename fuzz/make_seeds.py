@@ -1,13 +1,14 @@
 #!/usr/bin/python3
-"""Write the seed corpus of fuzz_frame (fuzz/corpus/fuzz_frame/).
+"""Write the seed corpora of the fuzzers (fuzz/corpus/<fuzzer>/).
 
-Each seed is four settings bytes (see fuzz_frame.c) followed by a client
-byte stream. Run once from anywhere: /usr/bin/python3 fuzz/make_seeds.py
+fuzz_frame: four settings bytes (see fuzz_frame.c), then a client byte stream.
+fuzz_http: one settings byte (see fuzz_http.c), then a request head.
+Run once from anywhere: /usr/bin/python3 fuzz/make_seeds.py
 """
 import os
 import struct
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "fuzz_frame")
+CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 1, 2, 0, 8, 9, 10
 MASK = b"\x37\xfa\x21\x3d"
@@ -37,7 +38,7 @@ def close(code, reason=b""):
     return frame(CLOSE, struct.pack(">H", code) + reason)
 
 
-SEEDS = {
+FRAME_SEEDS = {
     "text_masked": settings(0) + frame(TEXT, "Hello, w\u00f6rld \U0001F600".encode()),
     "fragmented_ping": settings(1, param=3)
     + frame(TEXT, b"Hel", fin=False)
@@ -71,12 +72,43 @@ SEEDS = {
 }
 
 
-def main():
-    os.makedirs(OUT, exist_ok=True)
-    for name, data in SEEDS.items():
-        with open(os.path.join(OUT, name), "wb") as f:
+UPGRADE = (
+    b"GET /ws?token=abc.def%2Eghi&room=lobby+1 HTTP/1.1\r\n"
+    b"Host: localhost:8080\r\n"
+    b"Upgrade: websocket\r\n"
+    b"Connection: keep-alive, Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n"
+    b"\r\n"
+)
+
+HTTP_SEEDS = {
+    "upgrade": b"\x00" + UPGRADE,
+    "upgrade_split": b"\x5a" + UPGRADE,
+    "health": b"\x00GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+    "head_bare_lf": b"\x01HEAD /metrics?x HTTP/1.0\nUser-Agent: t\n",
+    "post_body": b"\x00POST /login HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+    "te_and_cl": b"\x00POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+    b"Content-Length: 3\r\n\r\n",
+    "http2": b"\x01GET / HTTP/2.0",
+    "bad_escape": b"\x01GET /ws?token=%zz&room=%4 HTTP/1.1",
+    "many_headers": b"\x01GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)),
+    "garbage": b"\x00\x16\x03\x01\x02\x00\x01\x00\x01\xfc\r\n\r\n",
+}
+
+
+def write(name, seeds):
+    out = os.path.join(CORPUS, name)
+    os.makedirs(out, exist_ok=True)
+    for seed, data in seeds.items():
+        with open(os.path.join(out, seed), "wb") as f:
             f.write(data)
-    print(f"wrote {len(SEEDS)} seeds to {OUT}")
+    print(f"wrote {len(seeds)} seeds to {out}")
+
+
+def main():
+    write("fuzz_frame", FRAME_SEEDS)
+    write("fuzz_http", HTTP_SEEDS)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ bool routes_check_upgrade(struct conn *c, const struct http_request *req)
     if (!upgrade || !http_token_list_has(upgrade->value, upgrade->value_len, "websocket")) {
         conn_http_error(c, 426, "upgrade_required",
                         "this endpoint speaks WebSocket: send an upgrade request", -1,
-                        "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n", !req->has_body);
+                        "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+                        req->keep_alive && !req->has_body);
         return false;
     }
     if (!http_request_is_get(req))

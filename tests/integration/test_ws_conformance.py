@@ -77,7 +77,7 @@ def expect_close_code(ws, code, timeout=10.0):
     ws.shut()
 
 
-def violation(d, data, code, settle=None):
+def violation(d, data, code):
     """Send raw bytes on a fresh echo connection, expect close `code`."""
     ws = WS(d.port)
     ws.send_raw(data)
@@ -480,8 +480,7 @@ def test_byte_by_byte_stream():
         ws = WS(d.port)
         nodelay(ws)
         stream = (mframe(OP_TEXT, "ab", fin=False) + mframe(OP_PING, b"z") +
-                  mframe(OP_CONT, "\u20ac".encode()) + mframe(OP_BINARY, os.urandom(130)[:0] +
-                                                              b"B" * 130))
+                  mframe(OP_CONT, "\u20ac".encode()) + mframe(OP_BINARY, b"B" * 130))
         for i in range(len(stream)):
             ws.send_raw(stream[i:i + 1])
             time.sleep(0.001)
@@ -594,9 +593,41 @@ def test_upgrade_wrong_version_426():
 
 def test_get_without_upgrade_426():
     with Chatd("--echo") as d:
-        status, headers, body = http_get(d.port, "/echo")
+        # Keep-alive request: 426, and the connection may stay open.
+        s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+        s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b"upgrade_required" not in data:
+            b = s.recv(4096)
+            assert b, data
+            data += b
+        status, headers, body = parse_response(data)
         assert status == 426, status
         assert json_error(body)["code"] == "upgrade_required"
+        s.close()
+        # With "Connection: close" the server must answer and close the
+        # connection (RFC 9112 section 9.6), not keep it open.
+        t0 = time.time()
+        s = socket.create_connection(("127.0.0.1", d.port), timeout=3)
+        s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data, eof = b"", False
+        try:
+            while True:
+                b = s.recv(4096)
+                if not b:
+                    eof = True
+                    break
+                data += b
+        except socket.timeout:
+            pass
+        s.close()
+        status, headers, body = parse_response(data)
+        assert status == 426, status
+        assert json_error(body)["code"] == "upgrade_required"
+        assert headers.get("connection", "").lower() != "keep-alive", \
+            "426 to a 'Connection: close' request announces keep-alive: %r" % headers
+        assert eof, "server kept the connection open %.1fs after answering a " \
+            "'Connection: close' request" % (time.time() - t0)
         assert_healthy(d)
 
 

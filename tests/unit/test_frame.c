@@ -8,10 +8,6 @@
  * same thing however it was split; a run fed one byte at a time also tells at
  * which byte an error was first reported, which is how the "fail at the
  * earliest byte" promises of frame.h are checked.
- *
- * Known codec bugs are documented by tests guarded with CHATD_TEST_KNOWN_BUGS
- * (see test_close_payload_null_reason); build with -DCHATD_TEST_KNOWN_BUGS to
- * run them.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -1533,28 +1529,15 @@ static void test_close_payload(void **state)
     assert_memory_equal(out, "\x03\xF3\xC3\xA9", 4);
 }
 
-/* KNOWN BUG (src/ws/frame.c, ws_close_payload): the code accepts a NULL
- * reason ("reason ? strlen(reason) : 0") but then calls
- * memcpy(out + 2, NULL, 0), which is undefined behaviour (memcpy's source is
- * declared nonnull). UBSan aborts on it:
- *   frame.c: runtime error: null pointer passed as argument 2, which is
- *   declared to never be null
- * Fix: guard the copy with "if (n)". Expected behaviour below: a bare code.
- * Skipped unless built with -DCHATD_TEST_KNOWN_BUGS, so that the sanitizer
- * build stays green until src/ is fixed; then drop the guard. */
+/* A close with a code and no reason (NULL) is just the two code bytes. */
 static void test_close_payload_null_reason(void **state)
 {
     (void)state;
-#ifdef CHATD_TEST_KNOWN_BUGS
     uint8_t out[WS_MAX_CONTROL];
     assert_int_equal(ws_close_payload(out, 1000, NULL), 2);
     assert_int_equal(out[0], 0x03);
     assert_int_equal(out[1], 0xE8);
-#else
-    skip();
-#endif
 }
-
 /* ---- masking ------------------------------------------------------------- */
 
 static void test_mask(void **state)

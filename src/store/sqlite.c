@@ -1,0 +1,849 @@
+/*
+ * DESIGN: SQLite in WAL mode. One writer thread owns the only write
+ * connection and its prepared statements; it drains the request queue into
+ * batches and runs each batch in one IMMEDIATE transaction, so N messages
+ * cost one commit (one fsync with synchronous=FULL). Any SQLite error inside
+ * a batch rolls the whole batch back and answers every request in it with
+ * STORE_UNAVAILABLE: nothing is acknowledged that was not committed, and no
+ * seq is consumed. Readers use their own read-only connections, which WAL
+ * lets run beside the writer.
+ *
+ * Schema versions live in PRAGMA user_version; migrations[i] moves a
+ * database from version i to i+1 inside a transaction.
+ */
+#include "store/store.h"
+
+#include <errno.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/clock.h"
+#include "util/log.h"
+
+const double store_commit_bounds_ms[12] = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000};
+const unsigned store_batch_bounds[8] = {1, 2, 4, 8, 16, 64, 256, 1024};
+
+static const char *const migrations[] = {
+    /* 0 -> 1 */
+    "CREATE TABLE sessions ("
+    "  id TEXT PRIMARY KEY,"
+    "  owner TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL,"
+    "  last_seq INTEGER NOT NULL DEFAULT 0,"
+    "  help INTEGER NOT NULL DEFAULT 0,"
+    "  model TEXT,"
+    "  origin_client_id TEXT"
+    ");"
+    "CREATE INDEX sessions_by_owner ON sessions(owner, updated_at DESC);"
+    "CREATE INDEX sessions_by_update ON sessions(updated_at DESC);"
+    "CREATE UNIQUE INDEX sessions_by_origin ON sessions(owner, origin_client_id)"
+    "  WHERE origin_client_id IS NOT NULL;"
+    "CREATE TABLE events ("
+    "  session_id TEXT NOT NULL,"
+    "  seq INTEGER NOT NULL,"
+    "  type TEXT NOT NULL,"
+    "  sender_type TEXT NOT NULL,"
+    "  sender_id TEXT NOT NULL,"
+    "  sender_name TEXT,"
+    "  client_id TEXT,"
+    "  content BLOB NOT NULL,"
+    "  metadata TEXT,"
+    "  enc INTEGER NOT NULL DEFAULT 0,"
+    "  created_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (session_id, seq)"
+    ") WITHOUT ROWID;"
+    "CREATE UNIQUE INDEX events_by_client ON events(session_id, sender_id, client_id)"
+    "  WHERE client_id IS NOT NULL;",
+};
+#define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
+
+enum {
+    S_SESSION_GET = 0,
+    S_SESSION_BY_ORIGIN,
+    S_SESSION_INSERT,
+    S_SESSION_BUMP,
+    S_SESSION_HELP,
+    S_SESSION_MODEL,
+    S_EVENT_BY_CLIENT,
+    S_EVENT_INSERT,
+    S_BEGIN,
+    S_COMMIT,
+    S_ROLLBACK,
+    S_COUNT
+};
+
+static const char *const stmt_sql[S_COUNT] = {
+    [S_SESSION_GET] = "SELECT owner, last_seq FROM sessions WHERE id = ?1",
+    [S_SESSION_BY_ORIGIN] = "SELECT id FROM sessions WHERE owner = ?1 AND origin_client_id = ?2",
+    [S_SESSION_INSERT] = "INSERT INTO sessions (id, owner, created_at, updated_at, origin_client_id)"
+                         " VALUES (?1, ?2, ?3, ?3, ?4)",
+    [S_SESSION_BUMP] = "UPDATE sessions SET last_seq = ?2, updated_at = ?3 WHERE id = ?1",
+    [S_SESSION_HELP] = "UPDATE sessions SET help = 1, updated_at = ?2 WHERE id = ?1",
+    [S_SESSION_MODEL] = "UPDATE sessions SET model = ?2 WHERE id = ?1",
+    [S_EVENT_BY_CLIENT] = "SELECT seq, created_at FROM events"
+                          " WHERE session_id = ?1 AND sender_id = ?2 AND client_id = ?3",
+    [S_EVENT_INSERT] = "INSERT INTO events (session_id, seq, type, sender_type, sender_id,"
+                       " sender_name, client_id, content, metadata, enc, created_at)"
+                       " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    [S_BEGIN] = "BEGIN IMMEDIATE",
+    [S_COMMIT] = "COMMIT",
+    [S_ROLLBACK] = "ROLLBACK",
+};
+
+struct read_conn {
+    struct read_conn *next;
+    sqlite3 *db;
+};
+
+struct store {
+    /* read-only after open */
+    char *path;
+    bool sync_full;
+    bool encrypt;
+    unsigned char key[32];
+    void (*on_batch)(void *arg, struct store_req **reqs, size_t n);
+    void *arg;
+    uv_thread_t thread;
+
+    /* writer thread only */
+    sqlite3 *db;
+    sqlite3_stmt *stmt[S_COUNT];
+
+    /* guarded by queue_lock */
+    uv_mutex_t queue_lock;
+    uv_cond_t queue_cond;
+    struct store_req *head, *tail;
+    size_t queued;
+    bool closing;
+
+    /* guarded by read_lock */
+    uv_mutex_t read_lock;
+    struct read_conn *idle;
+
+    /* statistics (atomics) */
+    atomic_bool healthy;
+    atomic_uint_fast64_t commits, failures, batched, commit_us_sum;
+    atomic_uint_fast64_t commit_hist[12], batch_hist[8];
+};
+
+/* ---- helpers ------------------------------------------------------------ */
+
+void store_new_session_id(char out[STORE_ID_LEN + 1])
+{
+    unsigned char raw[12];
+    if (RAND_bytes(raw, sizeof raw) != 1) {
+        /* Never expected; fall back to time-based bytes rather than fail. */
+        int64_t t = clock_mono_ms() ^ clock_wall_ms();
+        memcpy(raw, &t, 8);
+        memset(raw + 8, 0x5a, 4);
+    }
+    out[0] = 's';
+    out[1] = '_';
+    for (int i = 0; i < 12; i++)
+        snprintf(out + 2 + 2 * i, 3, "%02x", raw[i]);
+}
+
+void store_req_free(struct store_req *r)
+{
+    if (!r)
+        return;
+    free(r->sender_name);
+    free(r->content);
+    free(r->metadata);
+    free(r->arg);
+    free(r);
+}
+
+static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "%s", msg ? msg : sqlite3_errstr(rc));
+        sqlite3_free(msg);
+        return -EIO;
+    }
+    return 0;
+}
+
+/* AAD binds a ciphertext to its place: session id and seq. */
+static int seal(struct store *s, const char *sid, int64_t seq, const char *in, size_t n,
+                unsigned char **out, size_t *outlen)
+{
+    unsigned char *buf = malloc(12 + n + 16);
+    if (!buf)
+        return -ENOMEM;
+    RAND_bytes(buf, 12);
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    int len = 0, ok = ctx != NULL;
+    unsigned char aad[STORE_ID_LEN + 8];
+    size_t sl = strlen(sid);
+    memcpy(aad, sid, sl);
+    for (int i = 0; i < 8; i++)
+        aad[sl + i] = (unsigned char)(seq >> (56 - 8 * i));
+    ok = ok && EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, s->key, buf) == 1;
+    ok = ok && EVP_EncryptUpdate(ctx, NULL, &len, aad, (int)(sl + 8)) == 1;
+    ok = ok && EVP_EncryptUpdate(ctx, buf + 12, &len, (const unsigned char *)in, (int)n) == 1;
+    ok = ok && EVP_EncryptFinal_ex(ctx, buf + 12 + len, &len) == 1;
+    ok = ok && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, 16, buf + 12 + n) == 1;
+    EVP_CIPHER_CTX_free(ctx);
+    if (!ok) {
+        free(buf);
+        return -EIO;
+    }
+    *out = buf;
+    *outlen = 12 + n + 16;
+    return 0;
+}
+
+static int unseal(const struct store *s, const char *sid, int64_t seq, const unsigned char *in,
+                  size_t n, char **out, size_t *outlen)
+{
+    if (n < 28)
+        return -EIO;
+    size_t plen = n - 28;
+    char *buf = malloc(plen + 1);
+    if (!buf)
+        return -ENOMEM;
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    int len = 0, ok = ctx != NULL;
+    unsigned char aad[STORE_ID_LEN + 8];
+    size_t sl = strlen(sid);
+    memcpy(aad, sid, sl);
+    for (int i = 0; i < 8; i++)
+        aad[sl + i] = (unsigned char)(seq >> (56 - 8 * i));
+    ok = ok && EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, s->key, in) == 1;
+    ok = ok && EVP_DecryptUpdate(ctx, NULL, &len, aad, (int)(sl + 8)) == 1;
+    ok = ok && EVP_DecryptUpdate(ctx, (unsigned char *)buf, &len, in + 12, (int)plen) == 1;
+    ok = ok && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, 16, (void *)(in + 12 + plen)) == 1;
+    ok = ok && EVP_DecryptFinal_ex(ctx, (unsigned char *)buf + len, &len) == 1;
+    EVP_CIPHER_CTX_free(ctx);
+    if (!ok) {
+        free(buf);
+        return -EIO;
+    }
+    buf[plen] = '\0';
+    *out = buf;
+    *outlen = plen;
+    return 0;
+}
+
+/* ---- the writer ------------------------------------------------------------ */
+
+static int step_done(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : rc;
+}
+
+/* Load a session and check the requester may use it. 1 found+allowed,
+ * 0 not found/not allowed, <0 SQLite error. */
+static int load_session(struct store *s, struct store_req *r, int64_t *last_seq)
+{
+    sqlite3_stmt *st = s->stmt[S_SESSION_GET];
+    sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const char *owner = (const char *)sqlite3_column_text(st, 0);
+        snprintf(r->owner, sizeof r->owner, "%s", owner ? owner : "");
+        *last_seq = sqlite3_column_int64(st, 1);
+        sqlite3_reset(st);
+        if (!r->any_session && strcmp(r->owner, r->user) != 0)
+            return 0;
+        return 1;
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : -rc;
+}
+
+static int do_append(struct store *s, struct store_req *r, int64_t now)
+{
+    sqlite3_stmt *st;
+    int rc;
+    if (!r->session_id[0]) {
+        if (r->client_id[0]) {
+            /* A retry of a message that created a session finds that session. */
+            st = s->stmt[S_SESSION_BY_ORIGIN];
+            sqlite3_bind_text(st, 1, r->user, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 2, r->client_id, -1, SQLITE_STATIC);
+            rc = sqlite3_step(st);
+            if (rc == SQLITE_ROW)
+                snprintf(r->session_id, sizeof r->session_id, "%s",
+                         (const char *)sqlite3_column_text(st, 0));
+            sqlite3_reset(st);
+            if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+                return -rc;
+        }
+        if (!r->session_id[0]) {
+            store_new_session_id(r->session_id);
+            st = s->stmt[S_SESSION_INSERT];
+            sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 2, r->user, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 3, now);
+            if (r->client_id[0])
+                sqlite3_bind_text(st, 4, r->client_id, -1, SQLITE_STATIC);
+            else
+                sqlite3_bind_null(st, 4);
+            if ((rc = step_done(st)) != 0)
+                return -rc;
+            r->created = true;
+        }
+    }
+    int64_t last_seq;
+    rc = load_session(s, r, &last_seq);
+    if (rc <= 0) {
+        r->status = STORE_NOT_FOUND;
+        return rc;
+    }
+    const char *sender_id = r->user;
+    if (r->client_id[0]) {
+        st = s->stmt[S_EVENT_BY_CLIENT];
+        sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, sender_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, r->client_id, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            r->seq = sqlite3_column_int64(st, 0);
+            r->ts_ms = sqlite3_column_int64(st, 1);
+            r->duplicate = true;
+            r->created = false;
+            sqlite3_reset(st);
+            r->status = STORE_OK;
+            return 0;
+        }
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE)
+            return -rc;
+    }
+    int64_t seq = last_seq + 1;
+    unsigned char *sealed = NULL;
+    size_t sealed_len = 0;
+    if (s->encrypt && seal(s, r->session_id, seq, r->content, r->content_len, &sealed,
+                           &sealed_len) != 0)
+        return -SQLITE_IOERR;
+    st = s->stmt[S_EVENT_INSERT];
+    sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, seq);
+    sqlite3_bind_text(st, 3, strcmp(r->sender_type, "admin") == 0 ? "admin_message"
+                             : strcmp(r->sender_type, "ai") == 0  ? "ai_response"
+                                                                  : "user_message",
+                      -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, r->sender_type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, sender_id, -1, SQLITE_STATIC);
+    if (r->sender_name)
+        sqlite3_bind_text(st, 6, r->sender_name, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 6);
+    if (r->client_id[0])
+        sqlite3_bind_text(st, 7, r->client_id, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 7);
+    if (sealed)
+        sqlite3_bind_blob(st, 8, sealed, (int)sealed_len, SQLITE_STATIC);
+    else
+        sqlite3_bind_blob(st, 8, r->content, (int)r->content_len, SQLITE_STATIC);
+    if (r->metadata)
+        sqlite3_bind_text(st, 9, r->metadata, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 9);
+    sqlite3_bind_int(st, 10, sealed ? 1 : 0);
+    sqlite3_bind_int64(st, 11, now);
+    rc = step_done(st);
+    sqlite3_clear_bindings(st);
+    free(sealed);
+    if (rc != 0)
+        return -rc;
+    st = s->stmt[S_SESSION_BUMP];
+    sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, seq);
+    sqlite3_bind_int64(st, 3, now);
+    if ((rc = step_done(st)) != 0)
+        return -rc;
+    r->seq = seq;
+    r->ts_ms = now;
+    r->status = STORE_OK;
+    return 0;
+}
+
+static int do_request(struct store *s, struct store_req *r, int64_t now)
+{
+    r->status = STORE_OK;
+    r->ts_ms = now;
+    if (r->op == STORE_APPEND)
+        return do_append(s, r, now);
+    int64_t last_seq;
+    int rc = load_session(s, r, &last_seq);
+    if (rc <= 0) {
+        r->status = STORE_NOT_FOUND;
+        return rc;
+    }
+    r->seq = last_seq;
+    sqlite3_stmt *st;
+    switch (r->op) {
+    case STORE_HELP:
+        st = s->stmt[S_SESSION_HELP];
+        sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, now);
+        return (rc = step_done(st)) ? -rc : 0;
+    case STORE_MODEL:
+        st = s->stmt[S_SESSION_MODEL];
+        sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, r->arg ? r->arg : "", -1, SQLITE_STATIC);
+        return (rc = step_done(st)) ? -rc : 0;
+    default:
+        return 0;
+    }
+}
+
+static void record_commit(struct store *s, int64_t us, size_t n)
+{
+    atomic_fetch_add(&s->commits, 1);
+    atomic_fetch_add(&s->batched, n);
+    atomic_fetch_add(&s->commit_us_sum, (uint64_t)us);
+    for (int i = 0; i < 12; i++)
+        if ((double)us / 1000.0 <= store_commit_bounds_ms[i]) {
+            atomic_fetch_add(&s->commit_hist[i], 1);
+            break;
+        }
+    for (int i = 0; i < 8; i++)
+        if (n <= store_batch_bounds[i]) {
+            atomic_fetch_add(&s->batch_hist[i], 1);
+            break;
+        }
+}
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void run_batch(struct store *s, struct store_req **reqs, size_t n)
+{
+    int64_t t0 = now_us();
+    int64_t now = clock_wall_ms();
+    int rc = step_done(s->stmt[S_BEGIN]);
+    size_t i = 0;
+    if (rc == 0) {
+        for (; i < n; i++)
+            if ((rc = do_request(s, reqs[i], now)) != 0)
+                break;
+        if (rc == 0)
+            rc = step_done(s->stmt[S_COMMIT]);
+    }
+    if (rc != 0) {
+        int code = rc < 0 ? -rc : rc;
+        log_error("store_write_failed", "error=\"%s\" batch=%zu", sqlite3_errstr(code), n);
+        if (!sqlite3_get_autocommit(s->db))
+            step_done(s->stmt[S_ROLLBACK]);
+        for (size_t j = 0; j < n; j++) {
+            reqs[j]->status = STORE_UNAVAILABLE;
+            reqs[j]->created = false;
+            reqs[j]->duplicate = false;
+            reqs[j]->seq = 0;
+        }
+        if (atomic_exchange(&s->healthy, false))
+            log_warn("store_unhealthy", "path=%s", s->path);
+        atomic_fetch_add(&s->failures, 1);
+    } else {
+        if (!atomic_exchange(&s->healthy, true))
+            log_info("store_healthy", "path=%s", s->path);
+        record_commit(s, now_us() - t0, n);
+    }
+    s->on_batch(s->arg, reqs, n);
+}
+
+static void writer_main(void *arg)
+{
+    struct store *s = arg;
+    struct store_req *batch[STORE_BATCH_MAX];
+    for (;;) {
+        uv_mutex_lock(&s->queue_lock);
+        while (!s->head && !s->closing)
+            uv_cond_wait(&s->queue_cond, &s->queue_lock);
+        if (!s->head && s->closing) {
+            uv_mutex_unlock(&s->queue_lock);
+            break;
+        }
+        /* Group commit: everything that queued up meanwhile goes in one
+         * transaction, up to STORE_BATCH_MAX. */
+        size_t n = 0;
+        while (s->head && n < STORE_BATCH_MAX) {
+            batch[n++] = s->head;
+            s->head = s->head->next;
+        }
+        if (!s->head)
+            s->tail = NULL;
+        s->queued -= n;
+        uv_mutex_unlock(&s->queue_lock);
+        run_batch(s, batch, n);
+    }
+}
+
+int store_submit(struct store *s, struct store_req *r)
+{
+    r->next = NULL;
+    uv_mutex_lock(&s->queue_lock);
+    if (s->closing) {
+        uv_mutex_unlock(&s->queue_lock);
+        return -ESHUTDOWN;
+    }
+    if (s->tail)
+        s->tail->next = r;
+    else
+        s->head = r;
+    s->tail = r;
+    s->queued++;
+    uv_cond_signal(&s->queue_cond);
+    uv_mutex_unlock(&s->queue_lock);
+    return 0;
+}
+
+bool store_healthy(struct store *s) { return atomic_load(&s->healthy); }
+
+void store_get_stats(struct store *s, struct store_stats *out)
+{
+    out->commits = atomic_load(&s->commits);
+    out->commit_failures = atomic_load(&s->failures);
+    out->batched_requests = atomic_load(&s->batched);
+    out->commit_us_sum = atomic_load(&s->commit_us_sum);
+    for (int i = 0; i < 12; i++)
+        out->commit_us_bucket[i] = atomic_load(&s->commit_hist[i]);
+    for (int i = 0; i < 8; i++)
+        out->batch_bucket[i] = atomic_load(&s->batch_hist[i]);
+}
+
+/* ---- open / close ----------------------------------------------------------- */
+
+static int migrate(sqlite3 *db, char *err, size_t errlen)
+{
+    sqlite3_stmt *st;
+    int version = 0;
+    if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK) {
+        if (sqlite3_step(st) == SQLITE_ROW)
+            version = sqlite3_column_int(st, 0);
+        sqlite3_finalize(st);
+    }
+    if (version > SCHEMA_VERSION) {
+        snprintf(err, errlen, "database schema version %d is newer than this chatd (%d)",
+                 version, SCHEMA_VERSION);
+        return -EINVAL;
+    }
+    for (int v = version; v < SCHEMA_VERSION; v++) {
+        char sql[64];
+        snprintf(sql, sizeof sql, "PRAGMA user_version = %d", v + 1);
+        if (exec(db, "BEGIN IMMEDIATE", err, errlen) || exec(db, migrations[v], err, errlen) ||
+            exec(db, sql, err, errlen) || exec(db, "COMMIT", err, errlen)) {
+            exec(db, "ROLLBACK", err + strlen(err), 0);
+            return -EIO;
+        }
+        log_info("store_migrated", "version=%d", v + 1);
+    }
+    return 0;
+}
+
+int store_open(struct store **out, const struct store_options *opt, char *err, size_t errlen)
+{
+    struct store *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    s->path = strdup(opt->path);
+    s->sync_full = opt->sync_full;
+    s->on_batch = opt->on_batch;
+    s->arg = opt->arg;
+    if (opt->key) {
+        s->encrypt = true;
+        memcpy(s->key, opt->key, 32);
+    }
+    uv_mutex_init(&s->queue_lock);
+    uv_cond_init(&s->queue_cond);
+    uv_mutex_init(&s->read_lock);
+    atomic_init(&s->healthy, true);
+
+    int rc = sqlite3_open_v2(opt->path, &s->db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                             NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "--db: cannot open '%s': %s", opt->path,
+                 s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+        goto fail;
+    }
+    sqlite3_busy_timeout(s->db, 5000);
+    char e[256] = "";
+    if (exec(s->db, "PRAGMA journal_mode = WAL", e, sizeof e) ||
+        exec(s->db, s->sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL",
+             e, sizeof e) ||
+        exec(s->db, "PRAGMA foreign_keys = ON", e, sizeof e)) {
+        snprintf(err, errlen, "--db: '%s': %s", opt->path, e);
+        goto fail;
+    }
+    if (migrate(s->db, e, sizeof e) != 0) {
+        snprintf(err, errlen, "--db: '%s': %s", opt->path, e);
+        goto fail;
+    }
+    for (int i = 0; i < S_COUNT; i++) {
+        if (sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[i],
+                               NULL) != SQLITE_OK) {
+            snprintf(err, errlen, "--db: '%s': %s", opt->path, sqlite3_errmsg(s->db));
+            goto fail;
+        }
+    }
+    if (uv_thread_create(&s->thread, writer_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the storage thread");
+        goto fail;
+    }
+    *out = s;
+    return 0;
+fail:
+    for (int i = 0; i < S_COUNT; i++)
+        sqlite3_finalize(s->stmt[i]);
+    sqlite3_close(s->db);
+    free(s->path);
+    free(s);
+    return -EINVAL;
+}
+
+void store_close(struct store *s)
+{
+    uv_mutex_lock(&s->queue_lock);
+    s->closing = true;
+    uv_cond_signal(&s->queue_cond);
+    uv_mutex_unlock(&s->queue_lock);
+    uv_thread_join(&s->thread);
+    for (int i = 0; i < S_COUNT; i++)
+        sqlite3_finalize(s->stmt[i]);
+    sqlite3_close(s->db);
+    while (s->idle) {
+        struct read_conn *rc = s->idle;
+        s->idle = rc->next;
+        sqlite3_close(rc->db);
+        free(rc);
+    }
+    uv_mutex_destroy(&s->queue_lock);
+    uv_cond_destroy(&s->queue_cond);
+    uv_mutex_destroy(&s->read_lock);
+    OPENSSL_cleanse(s->key, sizeof s->key);
+    free(s->path);
+    free(s);
+}
+
+/* ---- reads ------------------------------------------------------------------ */
+
+static struct read_conn *read_get(struct store *s)
+{
+    uv_mutex_lock(&s->read_lock);
+    struct read_conn *rc = s->idle;
+    if (rc)
+        s->idle = rc->next;
+    uv_mutex_unlock(&s->read_lock);
+    if (rc)
+        return rc;
+    rc = calloc(1, sizeof *rc);
+    if (!rc)
+        return NULL;
+    if (sqlite3_open_v2(s->path, &rc->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        sqlite3_close(rc->db);
+        free(rc);
+        return NULL;
+    }
+    sqlite3_busy_timeout(rc->db, 5000);
+    return rc;
+}
+
+static void read_put(struct store *s, struct read_conn *rc)
+{
+    uv_mutex_lock(&s->read_lock);
+    rc->next = s->idle;
+    s->idle = rc;
+    uv_mutex_unlock(&s->read_lock);
+}
+
+static void fill_session(sqlite3_stmt *st, struct store_session *out)
+{
+    memset(out, 0, sizeof *out);
+    snprintf(out->id, sizeof out->id, "%s", (const char *)sqlite3_column_text(st, 0));
+    snprintf(out->owner, sizeof out->owner, "%s", (const char *)sqlite3_column_text(st, 1));
+    out->created_ms = sqlite3_column_int64(st, 2);
+    out->updated_ms = sqlite3_column_int64(st, 3);
+    out->last_seq = sqlite3_column_int64(st, 4);
+    out->help = sqlite3_column_int(st, 5) != 0;
+    const char *model = (const char *)sqlite3_column_text(st, 6);
+    snprintf(out->model, sizeof out->model, "%s", model ? model : "");
+}
+
+#define SESSION_COLS "id, owner, created_at, updated_at, last_seq, help, model"
+
+int store_get_session(struct store *s, const char *id, struct store_session *out)
+{
+    struct read_conn *rc = read_get(s);
+    if (!rc)
+        return -EIO;
+    sqlite3_stmt *st;
+    int ret = -EIO;
+    if (sqlite3_prepare_v2(rc->db, "SELECT " SESSION_COLS " FROM sessions WHERE id = ?1", -1,
+                           &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+        int r = sqlite3_step(st);
+        if (r == SQLITE_ROW) {
+            fill_session(st, out);
+            ret = 0;
+        } else if (r == SQLITE_DONE) {
+            ret = -ENOENT;
+        }
+        sqlite3_finalize(st);
+    }
+    read_put(s, rc);
+    return ret;
+}
+
+static char *col_strdup(sqlite3_stmt *st, int i)
+{
+    const char *v = (const char *)sqlite3_column_text(st, i);
+    return v ? strdup(v) : NULL;
+}
+
+void store_events_free(struct store_event *ev, int n)
+{
+    if (!ev)
+        return;
+    for (int i = 0; i < n; i++) {
+        free(ev[i].sender_id);
+        free(ev[i].sender_name);
+        free(ev[i].client_id);
+        free(ev[i].content);
+        free(ev[i].metadata);
+    }
+    free(ev);
+}
+
+int store_read_events(struct store *s, const char *id, int64_t after_seq, int64_t limit,
+                      struct store_event **out)
+{
+    struct read_conn *rc = read_get(s);
+    *out = NULL;
+    if (!rc)
+        return -EIO;
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(rc->db,
+                           "SELECT seq, created_at, type, sender_type, sender_id, sender_name,"
+                           " client_id, content, metadata, enc FROM events"
+                           " WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                           -1, &st, NULL) != SQLITE_OK) {
+        read_put(s, rc);
+        return -EIO;
+    }
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, after_seq);
+    sqlite3_bind_int64(st, 3, limit > 0 ? limit : -1);
+    struct store_event *ev = NULL;
+    int n = 0, cap = 0, r, ret = 0;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 32;
+            struct store_event *nev = realloc(ev, (size_t)cap * sizeof *ev);
+            if (!nev) {
+                ret = -ENOMEM;
+                break;
+            }
+            ev = nev;
+        }
+        struct store_event *e = &ev[n];
+        memset(e, 0, sizeof *e);
+        e->seq = sqlite3_column_int64(st, 0);
+        e->ts_ms = sqlite3_column_int64(st, 1);
+        snprintf(e->type, sizeof e->type, "%s", (const char *)sqlite3_column_text(st, 2));
+        snprintf(e->sender_type, sizeof e->sender_type, "%s",
+                 (const char *)sqlite3_column_text(st, 3));
+        e->sender_id = col_strdup(st, 4);
+        e->sender_name = col_strdup(st, 5);
+        e->client_id = col_strdup(st, 6);
+        e->metadata = col_strdup(st, 8);
+        const void *blob = sqlite3_column_blob(st, 7);
+        size_t blen = (size_t)sqlite3_column_bytes(st, 7);
+        n++;
+        if (sqlite3_column_int(st, 9)) {
+            if (!s->encrypt || unseal(s, id, e->seq, blob, blen, &e->content,
+                                      &e->content_len) != 0) {
+                log_error("store_decrypt_failed", "session=%s seq=%lld", id, (long long)e->seq);
+                ret = -EIO;
+                break;
+            }
+        } else {
+            e->content = malloc(blen + 1);
+            if (!e->content) {
+                ret = -ENOMEM;
+                break;
+            }
+            memcpy(e->content, blob, blen);
+            e->content[blen] = '\0';
+            e->content_len = blen;
+        }
+    }
+    if (ret == 0 && r != SQLITE_DONE)
+        ret = -EIO;
+    sqlite3_finalize(st);
+    read_put(s, rc);
+    if (ret < 0) {
+        store_events_free(ev, n);
+        return ret;
+    }
+    *out = ev;
+    return n;
+}
+
+int store_list_sessions(struct store *s, const char *owner, bool help_only, int limit,
+                        struct store_session **out)
+{
+    struct read_conn *rc = read_get(s);
+    *out = NULL;
+    if (!rc)
+        return -EIO;
+    const char *sql = owner ? "SELECT " SESSION_COLS " FROM sessions WHERE owner = ?1"
+                              " ORDER BY updated_at DESC LIMIT ?2"
+                    : help_only ? "SELECT " SESSION_COLS " FROM sessions WHERE help = 1"
+                                  " ORDER BY updated_at DESC LIMIT ?2"
+                                : "SELECT " SESSION_COLS " FROM sessions"
+                                  " ORDER BY updated_at DESC LIMIT ?2";
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(rc->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        read_put(s, rc);
+        return -EIO;
+    }
+    if (owner)
+        sqlite3_bind_text(st, 1, owner, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, limit);
+    struct store_session *v = NULL;
+    int n = 0, cap = 0, r, ret = 0;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            struct store_session *nv = realloc(v, (size_t)cap * sizeof *v);
+            if (!nv) {
+                ret = -ENOMEM;
+                break;
+            }
+            v = nv;
+        }
+        fill_session(st, &v[n++]);
+    }
+    if (ret == 0 && r != SQLITE_DONE)
+        ret = -EIO;
+    sqlite3_finalize(st);
+    read_put(s, rc);
+    if (ret < 0) {
+        free(v);
+        return ret;
+    }
+    *out = v;
+    return n;
+}

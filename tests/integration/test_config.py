@@ -1,0 +1,197 @@
+"""Command line, environment and --config file (PROTOCOL.md section 8)."""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from harness import (CHATD_BIN, OP_BINARY, OP_TEXT, SLOW, TEST_SECRET, WS, Chatd,  # noqa: E402
+                     http_get, run)
+
+FLAGS = ["--listen", "--workers", "--prefix", "--echo", "--max-message-bytes",
+         "--max-connections", "--ping-interval", "--pong-timeout", "--shutdown-timeout",
+         "--log-level", "--config"]
+TIMEOUT = 60 if SLOW else 15
+
+
+def clean_env(extra=None):
+    """The test's environment without any CHATD_* variable, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATD_")}
+    env.update(extra or {})
+    return env
+
+
+def chatd(args, env=None):
+    """Run chatd to completion; (exit status, stdout, stderr)."""
+    try:
+        p = subprocess.run([CHATD_BIN] + args, env=clean_env(env), capture_output=True,
+                           timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("chatd %s did not exit (it should have refused to start)" % args)
+    return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+
+
+def expect_usage_error(args, name, env=None):
+    """Exit status 2 and exactly one line on stderr that names the option."""
+    # A free port, so a chatd that wrongly starts cannot collide with anything,
+    # and a JWT key, so that the option under test is the only thing wrong.
+    if not any(a.startswith("--listen") for a in args):
+        args = ["--listen", "127.0.0.1:0"] + args
+    args = ["--jwt-secret", TEST_SECRET] + args
+    rc, out, err = chatd(args, env)
+    assert rc == 2, "chatd %s (env %s): exit %s, expected 2\nstderr: %s" % (args, env, rc, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), \
+        "chatd %s: expected one line on stderr, got %r" % (args, err)
+    assert name.lower() in lines[0].lower(), \
+        "chatd %s: error does not name %r: %r" % (args, name, lines[0])
+    return lines[0]
+
+
+def config_file(text):
+    fd, path = tempfile.mkstemp(prefix="chatd-test-", suffix=".conf")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
+
+
+# ---- --help, --version -------------------------------------------------------
+
+def test_help_lists_every_flag():
+    rc, out, err = chatd(["--help"])
+    assert rc == 0, (rc, err)
+    for flag in FLAGS:
+        assert re.search(re.escape(flag) + r"\b", out), "--help does not list %s:\n%s" % (flag,
+                                                                                          out)
+    assert "--help" in out and "--version" in out
+
+
+def test_version():
+    rc, out, err = chatd(["--version"])
+    assert rc == 0, (rc, err)
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, out
+    assert re.search(r"\d+\.\d+", lines[0]), out
+    assert "chatd" in lines[0], out
+
+
+# ---- refusals -----------------------------------------------------------------
+
+def test_unknown_flag_exit_2():
+    expect_usage_error(["--bogus-flag"], "bogus-flag")
+    expect_usage_error(["--echo", "--no-such-option", "1"], "no-such-option")
+    expect_usage_error(["stray"], "stray")
+
+
+def test_malformed_values_exit_2():
+    expect_usage_error(["--workers", "abc"], "workers")
+    expect_usage_error(["--workers", "-1"], "workers")
+    expect_usage_error(["--listen", "nope"], "listen")
+    expect_usage_error(["--listen", "127.0.0.1:99999"], "listen")
+    expect_usage_error(["--max-message-bytes", "12k"], "max-message-bytes")
+    expect_usage_error(["--max-connections", ""], "max-connections")
+    expect_usage_error(["--ping-interval", "1.5"], "ping-interval")
+    expect_usage_error(["--pong-timeout", "soon"], "pong-timeout")
+    expect_usage_error(["--shutdown-timeout", "x"], "shutdown-timeout")
+    expect_usage_error(["--log-level", "loud"], "log-level")
+    expect_usage_error(["--prefix", "no-slash"], "prefix")
+    expect_usage_error(["--workers"], "workers")  # value missing
+
+
+def test_config_file_errors_exit_2():
+    path = config_file("# a comment\necho = true\nbogus_key = 1\n")
+    try:
+        expect_usage_error(["--config", path], "bogus_key")
+    finally:
+        os.unlink(path)
+    path = config_file("workers = many\n")
+    try:
+        expect_usage_error(["--config", path], "workers")
+    finally:
+        os.unlink(path)
+    missing = os.path.join(tempfile.gettempdir(), "chatd-no-such-file-%d.conf" % os.getpid())
+    expect_usage_error(["--config", missing], "config")
+
+
+def test_bad_environment_exit_2():
+    expect_usage_error([], "workers", env={"CHATD_WORKERS": "abc"})
+    expect_usage_error([], "max-message-bytes",
+                       env={"CHATD_MAX_MESSAGE_BYTES": "big"})
+    expect_usage_error([], "ping-interval", env={"CHATD_PING_INTERVAL": "-3"})
+
+
+# ---- precedence: flag > environment > file -------------------------------------
+
+def serves_prefix(d, prefix):
+    return http_get(d.port, prefix + "/healthz")[0] == 200
+
+
+def test_prefix_precedence():
+    path = config_file("# chatd test config\n\n  prefix = /file  \n")
+    try:
+        with Chatd("--config", path, env=clean_env()) as d:
+            assert serves_prefix(d, "/file")
+            assert not serves_prefix(d, "")
+        with Chatd("--config", path, env=clean_env({"CHATD_PREFIX": "/env"})) as d:
+            assert serves_prefix(d, "/env"), "environment must win over the file"
+            assert not serves_prefix(d, "/file")
+        with Chatd("--config", path, "--prefix", "/flag",
+                   env=clean_env({"CHATD_PREFIX": "/env"})) as d:
+            assert serves_prefix(d, "/flag"), "a flag must win over environment and file"
+            assert not serves_prefix(d, "/env")
+            assert not serves_prefix(d, "/file")
+        # Flag before --config on the command line wins all the same.
+        with Chatd("--prefix", "/flag", "--config", path, env=clean_env()) as d:
+            assert serves_prefix(d, "/flag")
+            assert not serves_prefix(d, "/file")
+        # The config file may itself come from the environment.
+        with Chatd(env=clean_env({"CHATD_CONFIG": path})) as d:
+            assert serves_prefix(d, "/file")
+    finally:
+        os.unlink(path)
+
+
+def echo_size_accepted(d, n):
+    """True if an n-byte message is echoed, False if closed with 1009."""
+    ws = WS(d.port)
+    try:
+        ws.send(b"z" * n)
+        try:
+            return ws.recv() == (OP_BINARY, b"z" * n)
+        except Exception:
+            assert ws.close_code == 1009, ws.close_code
+            return False
+    finally:
+        ws.shut()
+
+
+def test_numeric_and_bool_precedence():
+    path = config_file("echo = true\nmax-message-bytes = 100\n")
+    try:
+        with Chatd("--config", path, env=clean_env()) as d:
+            assert echo_size_accepted(d, 100)
+            assert not echo_size_accepted(d, 101)
+        with Chatd("--config", path, env=clean_env({"CHATD_MAX_MESSAGE_BYTES": "200"})) as d:
+            assert echo_size_accepted(d, 200)
+            assert not echo_size_accepted(d, 201)
+        with Chatd("--config", path, "--max-message-bytes", "150",
+                   env=clean_env({"CHATD_MAX_MESSAGE_BYTES": "200"})) as d:
+            assert echo_size_accepted(d, 150)
+            assert not echo_size_accepted(d, 151)
+        # A boolean: the file turns echo on, the environment off, a flag on again.
+        with Chatd("--config", path, env=clean_env({"CHATD_ECHO": "false"})) as d:
+            assert http_get(d.port, "/echo")[0] == 404
+        with Chatd("--config", path, "--echo", env=clean_env({"CHATD_ECHO": "false"})) as d:
+            ws = WS(d.port)  # the upgrade succeeds
+            ws.send("on")
+            assert ws.recv() == (OP_TEXT, b"on")
+            ws.shut()
+    finally:
+        os.unlink(path)
+
+
+if __name__ == "__main__":
+    run([test_help_lists_every_flag, test_version, test_unknown_flag_exit_2,
+         test_malformed_values_exit_2, test_config_file_errors_exit_2,
+         test_bad_environment_exit_2, test_prefix_precedence, test_numeric_and_bool_precedence])
