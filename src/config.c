@@ -37,6 +37,7 @@ static int set_prefix(struct config *cfg, const char *v, char *err, size_t errle
 static int set_log_level(struct config *cfg, const char *v, char *err, size_t errlen);
 static int set_workers(struct config *cfg, const char *v, char *err, size_t errlen);
 static int set_device_policy(struct config *cfg, const char *v, char *err, size_t errlen);
+static int set_sync(struct config *cfg, const char *v, char *err, size_t errlen);
 static int set_jwt_alg(struct config *cfg, const char *v, char *err, size_t errlen);
 
 #define F(field) offsetof(struct config, field)
@@ -71,6 +72,20 @@ static const struct opt options[] = {
      "required 'aud' claim (a string, or an array holding it)", NULL},
     {"allowed-origins", K_STR, F(allowed_origins), 0, 0, NULL, "LIST",
      "comma-separated Origin values allowed to open /ws (empty: any)", NULL},
+    {"max-content-bytes", K_U64, F(max_content_bytes), 1, (uint64_t)1 << 30, "65536", "N",
+     "largest 'content' of a chat message (then error content_too_large)", NULL},
+    {"rate-limit", K_UINT, F(rate_limit), 1, 1000000, "100", "N",
+     "chat messages per user per minute (then error rate_limited)", NULL},
+    {"db", K_STR, F(db_path), 0, 0, "chatd.db", "PATH", "SQLite database file", NULL},
+    {"sync", K_SPECIAL, 0, 0, 0, "full", "M",
+     "'full': an acknowledged message survives power loss; 'normal': a process crash",
+     set_sync},
+    {"encryption-key-file", K_STR, F(encryption_key_file), 0, 0, NULL, "F",
+     "32-byte key (raw, or 64 hex digits): message content encrypted at rest with AES-256-GCM",
+     NULL},
+    {"models", K_STR, F(models), 0, 0, NULL, "LIST",
+     "assistant models offered to clients, 'id[:name],...' (model_select checks against it)",
+     NULL},
     {"send-queue-bytes", K_U64, F(send_queue_bytes), 0, (uint64_t)1 << 32, "0", "N",
      "unsent bytes one connection may queue before it is closed with 1013 "
      "(0: 2 x max-message-bytes + 64 KiB)",
@@ -258,6 +273,17 @@ static int set_device_policy(struct config *cfg, const char *v, char *err, size_
     return 0;
 }
 
+static int set_sync(struct config *cfg, const char *v, char *err, size_t errlen)
+{
+    if (strcmp(v, "full") == 0)
+        cfg->sync_full = true;
+    else if (strcmp(v, "normal") == 0)
+        cfg->sync_full = false;
+    else
+        return errf(err, errlen, "expected full or normal, got '%s'", v);
+    return 0;
+}
+
 static int set_jwt_alg(struct config *cfg, const char *v, char *err, size_t errlen)
 {
     int alg = jwt_alg_parse(v);
@@ -378,6 +404,8 @@ void config_release(struct config *cfg)
     free(cfg->allowed_origins);
     free(cfg->db_path);
     free(cfg->config_file);
+    free(cfg->encryption_key_file);
+    free(cfg->models);
     memset(cfg, 0, sizeof *cfg);
 }
 

@@ -45,6 +45,9 @@ struct config {
     char *jwt_audience;          /* owned, NULL when unset */
     char *allowed_origins;       /* owned; comma-separated, NULL: any origin */
     char *db_path;               /* owned */
+    bool sync_full;              /* --sync full (true) or normal */
+    char *encryption_key_file;   /* owned, NULL when unset */
+    char *models;                /* owned: "id[:name],..." or NULL */
     char *config_file;           /* owned, NULL when none */
 };
 

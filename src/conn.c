@@ -72,15 +72,30 @@ void conn_accept(struct worker *w)
 
 /* ---- closing ----------------------------------------------------------- */
 
-static void on_closed(uv_handle_t *h)
+static void conn_free(struct conn *c)
 {
-    struct conn *c = (struct conn *)h;
     outq_release(&c->out);
     free(c->in);
     free(c->msg);
     free(c->wreq);
     free(c->sreq);
     free(c);
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    struct conn *c = (struct conn *)h;
+    c->handle_closed = true;
+    if (c->holds == 0)
+        conn_free(c);
+}
+
+void conn_hold(struct conn *c) { c->holds++; }
+
+void conn_release(struct conn *c)
+{
+    if (--c->holds == 0 && c->handle_closed)
+        conn_free(c);
 }
 
 void conn_close(struct conn *c)
@@ -386,6 +401,19 @@ static void http_process(struct conn *c)
         routes_dispatch(c, &req);
         if (c->state == CONN_CLOSED)
             return;
+        if (c->http_busy) {
+            /* The answer comes later; keep what follows for then. */
+            if (req.has_body) {
+                c->close_after_flush = true;
+                c->discard_input = true;
+                return;
+            }
+            size_t left = c->in_len - end;
+            memmove(c->in, c->in + end, left);
+            c->in_len = (uint32_t)left;
+            c->in_scanned = 0;
+            return;
+        }
         /* What follows the head: the next request, or WebSocket frames that
          * came in the same segment as the upgrade. */
         size_t rest = c->in_len - end;
@@ -417,6 +445,23 @@ static void http_process(struct conn *c)
     }
 }
 
+void conn_http_async_begin(struct conn *c)
+{
+    c->http_busy = true;
+    conn_hold(c);
+}
+
+void conn_http_async_end(struct conn *c)
+{
+    c->http_busy = false;
+    if (c->state == CONN_HTTP && !c->discard_input) {
+        c->deadline_ms = now_ms(c) + CONN_HEAD_TIMEOUT_MS;
+        if (c->in_len)
+            http_process(c);
+    }
+    conn_release(c);
+}
+
 static void http_feed(struct conn *c, const char *p, size_t n)
 {
     if (c->in_len + n > c->in_cap) {
@@ -433,7 +478,10 @@ static void http_feed(struct conn *c, const char *p, size_t n)
     }
     memcpy(c->in + c->in_len, p, n);
     c->in_len += (uint32_t)n;
-    http_process(c);
+    if (!c->http_busy)
+        http_process(c);
+    else if (c->in_len > HTTP_MAX_HEAD * 2)
+        conn_close(c); /* a client pipelining without limit */
 }
 
 /* ---- WebSocket --------------------------------------------------------- */
@@ -465,8 +513,10 @@ static void ws_data(struct conn *c, const struct ws_event *ev)
         c->msg = m;
         c->msg_cap = cap;
     }
-    memcpy(c->msg + c->msg_len, ev->data, ev->len);
-    c->msg_len += ev->len;
+    if (ev->len) {
+        memcpy(c->msg + c->msg_len, ev->data, ev->len);
+        c->msg_len += ev->len;
+    }
     if (!ev->last)
         return;
     size_t len = c->msg_len;
@@ -570,7 +620,7 @@ static void sweep_one(struct conn *c, int64_t now)
 {
     const struct config *cfg = c->w->srv->cfg;
     if (c->state == CONN_HTTP) {
-        if (now >= c->deadline_ms) {
+        if (now >= c->deadline_ms && !c->http_busy) {
             log_debug("http_head_timeout", "conn=%llx", (unsigned long long)c->id);
             conn_close(c);
         }

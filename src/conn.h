@@ -73,7 +73,10 @@ struct conn {
     bool shut_down;             /* write side shut down (FIN sent) */
     bool close_after_flush;     /* HTTP: answered with Connection: close */
     bool counted_ws;            /* holds a slot in stats.ws_open */
+    bool http_busy;             /* an async HTTP answer is pending: hold later heads */
+    bool handle_closed;         /* the libuv close callback ran */
     uint16_t pings_in_window;
+    uint16_t holds;             /* async work that will come back to this conn */
     int64_t deadline_ms;        /* HTTP: head deadline; closing: linger deadline */
     int64_t last_rx_ms;         /* last byte received */
     int64_t next_ping_ms;
@@ -102,6 +105,11 @@ int conn_send_shared(struct conn *c, struct sbuf *frame, uint32_t off, uint32_t 
 void conn_ws_close(struct conn *c, uint16_t code, const char *reason);
 /* Close the socket now (on_close runs). */
 void conn_close(struct conn *c);
+/* Keep the struct alive across async work (thread pool jobs); the memory is
+ * freed once it is closed and every hold is released. Check
+ * c->state != CONN_CLOSED before using it after the work. Worker thread. */
+void conn_hold(struct conn *c);
+void conn_release(struct conn *c);
 
 /* For routes (HTTP state only). */
 /* Queue a JSON error response ({"error":{...}}); retry_after_ms < 0: none. */
@@ -114,6 +122,12 @@ void conn_http_respond(struct conn *c, int status, const char *content_type, con
  * request must have passed routes_check_upgrade. 0 or -EINVAL. */
 int conn_upgrade(struct conn *c, const struct http_request *req,
                  const struct conn_handler *handler, void *data);
+
+/* An HTTP answer will come later (thread-pool work): hold the connection
+ * and stop reading further pipelined requests until conn_http_async_end,
+ * which must be called once the answer is queued (or the conn closed). */
+void conn_http_async_begin(struct conn *c);
+void conn_http_async_end(struct conn *c);
 
 /* Worker-level hooks, called by server.c on the worker thread. */
 void conn_flush_dirty(struct worker *w);     /* write everything queued */

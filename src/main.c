@@ -14,11 +14,15 @@
 #include <sys/resource.h>
 #include <uv.h>
 
+#include <jansson.h>
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include "auth/jwt.h"
 #include "config.h"
+#include "hub/chat.h"
 #include "hub/hub.h"
+#include "store/store.h"
 #include "server.h"
 #include "util/clock.h"
 #include "util/log.h"
@@ -28,6 +32,8 @@ extern char **environ;
 struct main_state {
     struct server srv;
     struct hub hub;
+    struct chat *chat;
+    struct store *store;
     uv_signal_t sigterm, sigint;
     uv_timer_t poll, deadline;
     bool stopping;
@@ -93,6 +99,43 @@ static void dev_secret(char out[65])
         snprintf(out + 2 * i, 3, "%02x", raw[i]);
 }
 
+/* --encryption-key-file: 32 raw bytes, or 64 hex digits (newline allowed). */
+static int load_key(const char *path, unsigned char key[32], char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "--encryption-key-file: cannot read '%s'", path);
+        return -1;
+    }
+    unsigned char buf[130];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    if (n == 32) {
+        memcpy(key, buf, 32);
+        OPENSSL_cleanse(buf, sizeof buf);
+        return 0;
+    }
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        n--;
+    if (n == 64) {
+        for (int i = 0; i < 32; i++) {
+            unsigned v;
+            char hex[3] = {(char)buf[2 * i], (char)buf[2 * i + 1], 0};
+            if (sscanf(hex, "%2x", &v) != 1 || !strchr("0123456789abcdefABCDEF", hex[0]) ||
+                !strchr("0123456789abcdefABCDEF", hex[1]))
+                goto bad;
+            key[i] = (unsigned char)v;
+        }
+        OPENSSL_cleanse(buf, sizeof buf);
+        return 0;
+    }
+bad:
+    OPENSSL_cleanse(buf, sizeof buf);
+    snprintf(err, errlen,
+             "--encryption-key-file: '%s' must hold exactly 32 bytes or 64 hex digits", path);
+    return -1;
+}
+
 static void print_dev_banner(const struct config *cfg, int port, const char *secret)
 {
     char payload[256];
@@ -132,6 +175,7 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(cfg.log_level);
+    json_object_seed(0); /* before any thread builds JSON */
     signal(SIGPIPE, SIG_IGN);
     raise_nofile();
 
@@ -145,6 +189,31 @@ int main(int argc, char **argv)
         return 2;
     }
     st.srv.app = &st.hub;
+    if (hub_enabled(&st.hub)) {
+        unsigned char key[32];
+        if (cfg.encryption_key_file && load_key(cfg.encryption_key_file, key, err, sizeof err)) {
+            fprintf(stderr, "chatd: %s\n", err);
+            return 2;
+        }
+        if (chat_init(&st.chat, &st.hub, cfg.workers, err, sizeof err) != 0) {
+            fprintf(stderr, "chatd: %s\n", err);
+            return 1;
+        }
+        struct store_options so = {.path = cfg.db_path,
+                                   .sync_full = cfg.sync_full,
+                                   .key = cfg.encryption_key_file ? key : NULL,
+                                   .on_batch = chat_on_batch,
+                                   .arg = st.chat};
+        int src = store_open(&st.store, &so, err, sizeof err);
+        OPENSSL_cleanse(key, sizeof key);
+        if (src != 0) {
+            fprintf(stderr, "chatd: %s\n", err);
+            return 2;
+        }
+        chat_set_store(st.chat, st.store);
+        st.hub.router_ops = &chat_router_ops;
+        st.hub.router = st.chat;
+    }
     if (server_start(&st.srv, &cfg, err, sizeof err) != 0) {
         log_error("start_failed", "error=\"%s\"", err);
         fprintf(stderr, "chatd: %s\n", err);
@@ -169,12 +238,18 @@ int main(int argc, char **argv)
     st.poll.data = st.deadline.data = &st;
     const char *h = cfg.listen_host;
     bool v6 = strchr(h, ':') != NULL;
-    log_info("listening", "addr=%s%s%s:%d workers=%u echo=%s prefix=\"%s\" version=%s",
-             v6 ? "[" : "", h, v6 ? "]" : "", st.srv.port, cfg.workers,
-             cfg.echo ? "on" : "off", cfg.prefix, CHATD_VERSION);
+    log_info("listening",
+             "addr=%s%s%s:%d workers=%u echo=%s chat=%s prefix=\"%s\" db=%s sync=%s version=%s",
+             v6 ? "[" : "", h, v6 ? "]" : "", st.srv.port, cfg.workers, cfg.echo ? "on" : "off",
+             st.store ? "on" : "off", cfg.prefix, st.store ? cfg.db_path : "-",
+             cfg.sync_full ? "full" : "normal", CHATD_VERSION);
     uv_run(loop, UV_RUN_DEFAULT);
 
     server_join(&st.srv);
+    /* Workers are gone: finish the writes still queued, then close. */
+    if (st.store)
+        store_close(st.store);
+    chat_free(st.chat);
     uv_close((uv_handle_t *)&st.sigterm, close_cb_noop);
     uv_close((uv_handle_t *)&st.sigint, close_cb_noop);
     uv_close((uv_handle_t *)&st.poll, close_cb_noop);

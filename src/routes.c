@@ -9,7 +9,9 @@
 
 #include "conn.h"
 #include "http/request.h"
+#include "hub/chat.h"
 #include "hub/hub.h"
+#include "store/store.h"
 #include "util/log.h"
 #include "ws/handshake.h"
 
@@ -112,6 +114,100 @@ static void reply_json(struct conn *c, const struct http_request *req, int statu
                       http_request_is_head(req));
 }
 
+/* ---- /metrics ---------------------------------------------------------- */
+
+struct dev_hist {
+    uint64_t buckets[7]; /* devices per user: 1, 2, 3, 5, 10, 20, +Inf */
+    uint64_t sum, count;
+};
+
+static void dev_hist_add(void *arg, const char *user, size_t len, unsigned n)
+{
+    static const unsigned bounds[6] = {1, 2, 3, 5, 10, 20};
+    struct dev_hist *h = arg;
+    (void)user;
+    (void)len;
+    int i = 0;
+    while (i < 6 && n > bounds[i])
+        i++;
+    h->buckets[i]++;
+    h->sum += n;
+    h->count++;
+}
+
+static void metrics_respond(struct conn *c, const struct http_request *req)
+{
+    struct server *srv = c->w->srv;
+    struct hub *hub = srv->app;
+    struct server_stats *st = &srv->stats;
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    char head[2048];
+    int n = snprintf(
+        head, sizeof head,
+        "# HELP chatd_connections_open Open WebSocket connections.\n"
+        "# TYPE chatd_connections_open gauge\n"
+        "chatd_connections_open %llu\n"
+        "# HELP chatd_tcp_connections_open Open TCP connections (HTTP and WebSocket).\n"
+        "# TYPE chatd_tcp_connections_open gauge\n"
+        "chatd_tcp_connections_open %llu\n"
+        "# HELP chatd_tcp_connections_total Accepted TCP connections.\n"
+        "# TYPE chatd_tcp_connections_total counter\n"
+        "chatd_tcp_connections_total %llu\n"
+        "# HELP chatd_http_requests_total HTTP request heads parsed.\n"
+        "# TYPE chatd_http_requests_total counter\n"
+        "chatd_http_requests_total %llu\n"
+        "# HELP chatd_ws_messages_in_total WebSocket messages received.\n"
+        "# TYPE chatd_ws_messages_in_total counter\n"
+        "chatd_ws_messages_in_total %llu\n"
+        "# HELP chatd_ws_messages_out_total WebSocket messages queued for sending.\n"
+        "# TYPE chatd_ws_messages_out_total counter\n"
+        "chatd_ws_messages_out_total %llu\n"
+        "# HELP chatd_send_queue_drops_total Connections closed because they read too slowly.\n"
+        "# TYPE chatd_send_queue_drops_total counter\n"
+        "chatd_send_queue_drops_total %llu\n",
+        (unsigned long long)atomic_load(&st->ws_open),
+        (unsigned long long)atomic_load(&st->conns_open),
+        (unsigned long long)atomic_load(&st->conns_total),
+        (unsigned long long)atomic_load(&st->http_requests),
+        (unsigned long long)atomic_load(&st->ws_messages_in),
+        (unsigned long long)atomic_load(&st->ws_messages_out),
+        (unsigned long long)atomic_load(&st->send_queue_drops));
+    buf = malloc(65536);
+    if (!buf) {
+        conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);
+        return;
+    }
+    cap = 65536;
+    memcpy(buf, head, (size_t)n);
+    len = (size_t)n;
+    if (hub) {
+        struct dev_hist h = {{0}, 0, 0};
+        registry_foreach(&hub->registry, dev_hist_add, &h);
+        static const char *const le[7] = {"1", "2", "3", "5", "10", "20", "+Inf"};
+        uint64_t cum = 0;
+        n = snprintf(buf + len, cap - len,
+                     "# HELP chatd_user_devices Open devices per online user.\n"
+                     "# TYPE chatd_user_devices histogram\n");
+        len += (size_t)n;
+        for (int i = 0; i < 7; i++) {
+            cum += h.buckets[i];
+            n = snprintf(buf + len, cap - len, "chatd_user_devices_bucket{le=\"%s\"} %llu\n",
+                         le[i], (unsigned long long)cum);
+            len += (size_t)n;
+        }
+        n = snprintf(buf + len, cap - len,
+                     "chatd_user_devices_sum %llu\nchatd_user_devices_count %llu\n",
+                     (unsigned long long)h.sum, (unsigned long long)h.count);
+        len += (size_t)n;
+        if (hub->router)
+            chat_write_metrics(hub->router, &buf, &len, &cap);
+    }
+    conn_http_respond(c, 200, "text/plain; version=0.0.4", buf, len, req->keep_alive,
+                      http_request_is_head(req));
+    free(buf);
+}
+
 void routes_dispatch(struct conn *c, const struct http_request *req)
 {
     struct server *srv = c->w->srv;
@@ -125,6 +221,12 @@ void routes_dispatch(struct conn *c, const struct http_request *req)
     }
     if (hub && hub_route_api(hub, c, req))
         return;
+    if (hub && hub->router && chat_route_api(hub->router, c, req))
+        return;
+    if (path_is(req, prefix, "/metrics")) {
+        metrics_respond(c, req);
+        return;
+    }
     if (srv->cfg->echo && path_is(req, prefix, "/echo")) {
         route_echo(c, req);
         return;
@@ -137,10 +239,11 @@ void routes_dispatch(struct conn *c, const struct http_request *req)
         }
         if (path_is(req, prefix, "/healthz"))
             reply_json(c, req, 200, "{\"status\":\"ok\"}");
-        else if (atomic_load(&srv->shutting_down))
+        else if (atomic_load(&srv->shutting_down) ||
+                 (hub && hub->router && !store_healthy(chat_store(hub->router))))
             reply_json(c, req, 503,
                        "{\"status\":\"unavailable\",\"error\":{\"code\":\"unavailable\","
-                       "\"message\":\"server is shutting down\"}}");
+                       "\"message\":\"shutting down or storage unavailable\"}}");
         else
             reply_json(c, req, 200, "{\"status\":\"ready\"}");
         return;

@@ -36,6 +36,11 @@ class Chatd:
         self.args = list(args)
         if secret and not any(a.startswith("--jwt") or a == "--dev" for a in self.args):
             self.args += ["--jwt-secret", secret]
+        # Each server gets its own database in its own folder, unless the
+        # test names one (crash tests restart on the same file).
+        self.tmpdir = tempfile.mkdtemp(prefix="chatd-test-")
+        if "--db" not in self.args:
+            self.args += ["--db", os.path.join(self.tmpdir, "chatd.db")]
         self.env = dict(os.environ)
         if env:
             self.env.update(env)
@@ -104,6 +109,8 @@ class Chatd:
             sys.stderr.write("---- chatd log ----\n" + self.log()[-6000:] + "\n")
         if self.log_path and os.path.exists(self.log_path):
             os.unlink(self.log_path)
+        import shutil
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
         return False
 
 

@@ -82,6 +82,29 @@ int hub_init(struct hub *h, const struct config *cfg, struct server *srv, const 
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
+    h->models = json_array();
+    for (const char *p = cfg->models; p && *p;) {
+        while (*p == ',' || *p == ' ')
+            p++;
+        const char *e = p;
+        while (*e && *e != ',')
+            e++;
+        if (e > p) {
+            const char *colon = memchr(p, ':', (size_t)(e - p));
+            const char *id_end = colon ? colon : e;
+            size_t idlen = (size_t)(id_end - p);
+            if (idlen == 0 || idlen > 64) {
+                snprintf(err, errlen, "--models: a model id must be 1 to 64 bytes");
+                return -EINVAL;
+            }
+            json_t *m = json_object();
+            json_object_set_new(m, "id", json_stringn(p, idlen));
+            json_object_set_new(m, "name", colon ? json_stringn(colon + 1, (size_t)(e - colon - 1))
+                                                 : json_stringn(p, idlen));
+            json_array_append_new(h->models, m);
+        }
+        p = e;
+    }
 
     struct jwt_config jc = {.alg = (enum jwt_alg)cfg->jwt_alg,
                             .issuer = cfg->jwt_issuer,
@@ -149,8 +172,21 @@ int hub_init(struct hub *h, const struct config *cfg, struct server *srv, const 
     return 0;
 }
 
+bool hub_model_known(const struct hub *h, const char *model_id)
+{
+    size_t i;
+    json_t *m;
+    json_array_foreach(h->models, i, m)
+    {
+        if (strcmp(json_string_value(json_object_get(m, "id")), model_id) == 0)
+            return true;
+    }
+    return false;
+}
+
 void hub_release(struct hub *h)
 {
+    json_decref(h->models);
     jwt_verifier_free(h->jwt);
     registry_release(&h->registry);
 }
@@ -516,6 +552,8 @@ static void send_connection_status(struct client *cl, unsigned devices)
                           cl->name, "roles", roles ? roles : json_array(), "devices", devices,
                           "max_devices", cfg->max_devices, "max_message_bytes",
                           (json_int_t)cfg->max_message_bytes, "server_time", ts, "models");
+    if (o)
+        json_object_set_new(o, "models", json_deep_copy(cl->hub->models));
     if (o) {
         client_send_json(cl, o);
         json_decref(o);
@@ -648,6 +686,8 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
     log_info("ws_open", "conn=%llx user=%s devices=%u admin=%s", (unsigned long long)c->id,
              cl->sub, count, cl->admin ? "yes" : "no");
     send_connection_status(cl, count);
+    if (h->router_ops && h->router_ops->client_opened)
+        h->router_ops->client_opened(h->router, cl);
     if (r == REG_EVICTED)
         evict(h, &evicted, cl->sub);
 }
@@ -681,8 +721,7 @@ static void reply_json_obj(struct conn *c, const struct http_request *req, int s
     free(s);
 }
 
-/* Authenticate an API request by its Bearer token. */
-static bool api_auth(struct hub *h, struct conn *c, const struct http_request *req,
+bool hub_api_auth(struct hub *h, struct conn *c, const struct http_request *req,
                      struct jwt_claims *claims, bool need_admin)
 {
     char qbuf[JWT_MAX_TOKEN + 1];
@@ -719,7 +758,7 @@ bool hub_route_api(struct hub *h, struct conn *c, const struct http_request *req
                             false);
             return true;
         }
-        if (!api_auth(h, c, req, &claims, true))
+        if (!hub_api_auth(h, c, req, &claims, true))
             return true;
         struct conn_list_ctx ctx = {.users = json_array()};
         registry_foreach(&h->registry, add_user, &ctx);

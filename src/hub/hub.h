@@ -56,6 +56,8 @@ struct client {
 /* What a router does with the messages of the types it knows. Called on the
  * client's worker thread with the parsed message (borrowed). */
 struct router_ops {
+    /* A client finished its upgrade (after connection_status was queued). */
+    void (*client_opened)(void *router, struct client *cl);
     void (*handle)(void *router, struct client *cl, const char *type, json_t *msg);
     /* The client is closing (router_state must be released). */
     void (*client_closed)(void *router, struct client *cl);
@@ -68,9 +70,18 @@ struct hub {
     struct jwt_verifier *jwt;
     const struct router_ops *router_ops; /* NULL: no router attached */
     void *router;
+    json_t *models;                      /* [{"id":..,"name":..}] from --models */
     /* shared, internally locked */
     struct registry registry;
 };
+
+/* Authenticate an HTTP API request (Bearer token or ?token=); on failure the
+ * 401/403 answer is queued and false returned. Worker thread. */
+bool hub_api_auth(struct hub *h, struct conn *c, const struct http_request *req,
+                  struct jwt_claims *claims, bool need_admin);
+
+/* Is model_id one of the configured models? */
+bool hub_model_known(const struct hub *h, const char *model_id);
 
 /*
  * Build the hub from the configuration: reads the JWT key or secret file.

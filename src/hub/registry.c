@@ -15,6 +15,8 @@ struct reg_user {
     uint64_t hash;
     unsigned ndevs, cap;
     struct reg_device *devs; /* oldest first */
+    double tokens;           /* rate-limit bucket; < 0: not yet filled */
+    int64_t refill_ms;       /* when tokens was last brought up to date */
     size_t len;
     char id[];
 };
@@ -145,6 +147,7 @@ int registry_admit(struct registry *r, const char *user, size_t len, const struc
             return -ENOMEM;
         }
         u->hash = h;
+        u->tokens = -1;
         u->len = len;
         memcpy(u->id, user, len);
         *slot = u;
@@ -242,6 +245,33 @@ unsigned registry_devices(struct registry *r, const char *user, size_t len, stru
     }
     uv_mutex_unlock(&s->lock);
     return n;
+}
+
+int64_t registry_take_token(struct registry *r, const char *user, size_t len, unsigned per_minute,
+                            int64_t now_ms)
+{
+    uint64_t h = hash_id(user, len);
+    struct registry_stripe *s = stripe_of(r, h);
+    int64_t wait = 0;
+    uv_mutex_lock(&s->lock);
+    struct reg_user *u = *find(s, h, user, len);
+    if (u) {
+        double cap = per_minute, rate = per_minute / 60000.0; /* tokens per ms */
+        if (u->tokens < 0) {
+            u->tokens = cap;
+        } else if (now_ms > u->refill_ms) {
+            u->tokens += (double)(now_ms - u->refill_ms) * rate;
+            if (u->tokens > cap)
+                u->tokens = cap;
+        }
+        u->refill_ms = now_ms;
+        if (u->tokens >= 1.0)
+            u->tokens -= 1.0;
+        else
+            wait = (int64_t)((1.0 - u->tokens) / rate) + 1;
+    }
+    uv_mutex_unlock(&s->lock);
+    return wait;
 }
 
 void registry_foreach(struct registry *r,

@@ -82,6 +82,15 @@ unsigned registry_count(struct registry *r, const char *user, size_t len);
 unsigned registry_devices(struct registry *r, const char *user, size_t len, struct reg_device *out,
                           unsigned cap);
 
+/*
+ * Rate limit: take one token from the user's bucket (capacity per_minute,
+ * refilled at per_minute per 60 s; full when the user comes online). Returns
+ * 0 when allowed, or the milliseconds until a token is available. A user who
+ * is not online is allowed (nothing to charge).
+ */
+int64_t registry_take_token(struct registry *r, const char *user, size_t len, unsigned per_minute,
+                            int64_t now_ms);
+
 /* Call fn for every online user with their device count. The stripe lock is
  * held during fn: it must not call the registry. */
 void registry_foreach(struct registry *r,

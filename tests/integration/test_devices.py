@@ -18,7 +18,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from harness import (OP_BINARY, OP_CONT, OP_TEXT, SLOW, WS, Chatd, WSClosed, frame,  # noqa: E402
+from harness import (OP_BINARY, OP_CONT, OP_TEXT, SLOW, WS, Chatd, frame,  # noqa: E402
                      http_get, json_error, make_token, parse_response, run, upgrade_request)
 
 ADMIN = make_token("root-admin", ttl=7200, roles=["admin"])

@@ -3,13 +3,11 @@ accepting, and exit 0 within --shutdown-timeout."""
 import os
 import signal
 import socket
-import struct
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from harness import (OP_BINARY, OP_CLOSE, OP_TEXT, SLOW, WS, Chatd, WSClosed,  # noqa: E402
-                     frame, run, upgrade_request)
+from harness import OP_TEXT, SLOW, WS, Chatd, frame, run, upgrade_request  # noqa: E402
 
 
 def echo_ok(ws, text):

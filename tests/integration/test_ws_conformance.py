@@ -11,9 +11,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from harness import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, SLOW,  # noqa: E402
-                     WS, Chatd, WSClosed, accept_for, frame, http_get, http_raw, json_error,
-                     parse_response, run, upgrade_request, ws_key)
+from harness import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, WS,  # noqa: E402
+                     Chatd, accept_for, frame, http_raw, json_error, parse_response, run,
+                     upgrade_request, ws_key)
 
 MIB = 1 << 20
 
@@ -71,7 +71,6 @@ def expect_close_code(ws, code, timeout=10.0):
     """The server's next close frame carries `code`; then it closes TCP."""
     got = ws.expect_close(timeout)
     assert got == code, "expected close code %s, got %s (%r)" % (code, got, ws.close_reason)
-    # The close reason, if any, must itself be valid UTF-8.
     ws.close(code if code not in (1005, 1006) else 1000)
     ws.expect_eof(timeout)
     ws.shut()
@@ -259,6 +258,23 @@ def test_fragment_count_limit():
         parts += [mframe(OP_CONT, b"", fin=False) for _ in range(4096)]
         ws.send_raw(b"".join(parts))
         expect_close_code(ws, 1008)
+        assert_healthy(d)
+
+
+def test_empty_fragments():
+    with Chatd("--echo") as d:
+        # An empty first fragment on a fresh connection, then empty and
+        # non-empty continuations.
+        ws = WS(d.port)
+        ws.send_raw(mframe(OP_BINARY, b"", fin=False) + mframe(OP_CONT, b"", fin=False) +
+                    mframe(OP_CONT, b"x", fin=False) + mframe(OP_CONT, b""))
+        assert ws.recv() == (OP_BINARY, b"x")
+        # A whole message made of empty fragments is an empty message.
+        ws.send_raw(mframe(OP_TEXT, b"", fin=False) + mframe(OP_CONT, b""))
+        assert ws.recv() == (OP_TEXT, b"")
+        ws.send_raw(mframe(OP_TEXT, b""))
+        assert ws.recv() == (OP_TEXT, b"")
+        ws.shut()
         assert_healthy(d)
 
 
@@ -671,7 +687,8 @@ if __name__ == "__main__":
          test_continuation_without_message_1002,
          test_new_data_frame_inside_fragmented_message_1002, test_64bit_length_top_bit_1002,
          test_oversized_header_1009_without_payload, test_exact_limit_accepted,
-         test_fragment_sum_limit, test_fragment_count_limit, test_invalid_utf8_text_1007,
+         test_fragment_sum_limit, test_fragment_count_limit, test_empty_fragments,
+         test_invalid_utf8_text_1007,
          test_invalid_utf8_fails_fast, test_valid_utf8_split_across_fragments,
          test_close_one_byte_payload_1002, test_invalid_close_codes_1002,
          test_valid_close_codes_echoed, test_close_empty_payload_answered_empty,

@@ -1,7 +1,6 @@
 """WebSocket limits: message size, send queue, ping flood, keep-alive,
 fragment count and the global connection cap, through `chatd --echo`."""
 import os
-import select
 import socket
 import struct
 import sys
@@ -168,7 +167,6 @@ def test_send_queue_limit_closes_non_reader():
             _, code = wait_dropped(hog, 15.0 * SCALE)
             assert code in (None, 1013), "close code %s, expected 1013" % code
         hog.shut()
-        assert "send_queue_full" in d.log() or dropped, "no sign of the queue limit in the log"
         assert rss_mb(d.proc.pid) < limit_mb
         echo_ok(other, "after the flood")
         other.shut()

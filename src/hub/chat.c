@@ -1,0 +1,1078 @@
+/*
+ * DESIGN: see chat.h for the path of a message. Two details carry the
+ * delivery guarantees:
+ *
+ * Order. Only the writer thread produces session events, in commit order,
+ * and it posts one message per worker per batch; inboxes are FIFO. So every
+ * worker, and every connection on it, sees a session's events by rising seq.
+ *
+ * Resume without gap or duplicate. Each connection keeps, per session, the
+ * range [lo, hi] of seqs it has been sent. A live event is sent only if its
+ * seq is above hi. A replay (resume after_seq=A) reads the session from
+ * storage on the thread pool and sends every event above A outside [lo, hi],
+ * then widens the range to (A, max(hi, last replayed)]. Live events are
+ * contiguous from the moment the connection subscribed (it is subscribed
+ * before it can ask to resume), so the union stays one range: nothing is
+ * missed and nothing is sent twice, whatever arrives while the read runs.
+ */
+#include "hub/chat.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conn.h"
+#include "http/request.h"
+#include "server.h"
+#include "util/clock.h"
+#include "util/log.h"
+
+#define LOCAL_BUCKETS 1024
+#define METADATA_MAX 16384
+
+enum kind {
+    K_USER_MESSAGE = 0,
+    K_ADMIN_MESSAGE,
+    K_TYPING,
+    K_READ,
+    K_HELP,
+    K_MODEL,
+    K_JOIN,
+    K_LEAVE,
+    K_RESUME,
+    K_COUNT
+};
+
+static const char *const kind_names[K_COUNT] = {
+    "user_message", "admin_message", "typing_indicator", "read",  "help_request",
+    "model_select", "admin_join",    "admin_leave",      "resume",
+};
+
+enum error_code {
+    E_BAD_JSON = 0,
+    E_UNKNOWN_TYPE,
+    E_INVALID_FIELD,
+    E_CONTENT_TOO_LARGE,
+    E_RATE_LIMITED,
+    E_SESSION_NOT_FOUND,
+    E_FORBIDDEN,
+    E_UNAVAILABLE,
+    E_INTERNAL,
+    E_COUNT
+};
+
+static const char *const error_names[E_COUNT] = {
+    "bad_json",          "unknown_type", "invalid_field", "content_too_large", "rate_limited",
+    "session_not_found", "forbidden",    "unavailable",   "internal",
+};
+
+/* Per connection: what it has been sent, per session. */
+struct sess_state {
+    char id[STORE_ID_LEN + 1];
+    bool joined;  /* an admin subscribed with admin_join */
+    int64_t lo, hi;
+};
+
+struct client_state {
+    unsigned n, cap;
+    struct sess_state *v;
+};
+
+/* Worker-local indexes, owned by one worker thread. */
+struct local_list {
+    struct local_list *next;
+    char *key;
+    unsigned n, cap;
+    struct client **v;
+};
+
+struct chat_local {
+    struct local_list *users[LOCAL_BUCKETS]; /* owner sub -> its clients here */
+    struct local_list *joins[LOCAL_BUCKETS]; /* session id -> admins joined here */
+    struct local_list admins;                /* every admin client here (key unused) */
+};
+
+struct chat {
+    struct hub *hub;
+    struct store *store;
+    unsigned nworkers;
+    struct chat_local *locals; /* [nworkers], each owned by its worker */
+    atomic_uint_fast64_t in_by_kind[K_COUNT];
+    atomic_uint_fast64_t errors[E_COUNT];
+};
+
+/* ---- small helpers ---------------------------------------------------------- */
+
+static uint64_t hash_str(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    while (*s) {
+        h ^= (unsigned char)*s++;
+        h *= 1099511628211ULL;
+    }
+    return h ^ (h >> 31);
+}
+
+static struct local_list *list_find(struct local_list **tab, const char *key, bool create)
+{
+    struct local_list **p = &tab[hash_str(key) % LOCAL_BUCKETS];
+    for (; *p; p = &(*p)->next)
+        if (strcmp((*p)->key, key) == 0)
+            return *p;
+    if (!create)
+        return NULL;
+    struct local_list *l = calloc(1, sizeof *l);
+    if (!l || !(l->key = strdup(key))) {
+        free(l);
+        return NULL;
+    }
+    *p = l;
+    return l;
+}
+
+static int list_add(struct local_list *l, struct client *cl)
+{
+    if (l->n == l->cap) {
+        unsigned cap = l->cap ? l->cap * 2 : 4;
+        struct client **v = realloc(l->v, cap * sizeof *v);
+        if (!v)
+            return -ENOMEM;
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = cl;
+    return 0;
+}
+
+static void list_del(struct local_list **tab, struct local_list *l, struct client *cl)
+{
+    for (unsigned i = 0; i < l->n; i++) {
+        if (l->v[i] == cl) {
+            l->v[i] = l->v[--l->n];
+            break;
+        }
+    }
+    if (l->n || !tab)
+        return;
+    struct local_list **p = &tab[hash_str(l->key) % LOCAL_BUCKETS];
+    while (*p != l)
+        p = &(*p)->next;
+    *p = l->next;
+    free(l->key);
+    free(l->v);
+    free(l);
+}
+
+static struct sess_state *state_get(struct client *cl, const char *sid, bool create)
+{
+    struct client_state *cs = cl->router_state;
+    for (unsigned i = 0; i < cs->n; i++)
+        if (strcmp(cs->v[i].id, sid) == 0)
+            return &cs->v[i];
+    if (!create)
+        return NULL;
+    if (cs->n == cs->cap) {
+        unsigned cap = cs->cap ? cs->cap * 2 : 2;
+        struct sess_state *v = realloc(cs->v, cap * sizeof *v);
+        if (!v)
+            return NULL;
+        cs->v = v;
+        cs->cap = cap;
+    }
+    struct sess_state *st = &cs->v[cs->n++];
+    memset(st, 0, sizeof *st);
+    snprintf(st->id, sizeof st->id, "%s", sid);
+    return st;
+}
+
+static bool valid_session_id(const char *s)
+{
+    if (strlen(s) != STORE_ID_LEN || s[0] != 's' || s[1] != '_')
+        return false;
+    for (int i = 2; i < STORE_ID_LEN; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    return true;
+}
+
+static void send_error(struct chat *ch, struct client *cl, enum error_code code,
+                       const char *message, int64_t retry_after, const char *id)
+{
+    atomic_fetch_add_explicit(&ch->errors[code], 1, memory_order_relaxed);
+    client_send_error(cl, error_names[code], message, code != E_INTERNAL, retry_after, id);
+}
+
+static json_t *sender_json(const char *type, const char *id, const char *name)
+{
+    return json_pack("{s:s, s:s, s:s}", "type", type, "id", id, "name", name ? name : id);
+}
+
+/* The one JSON shape of a stored event, live or replayed. */
+static json_t *event_json(const char *type, const char *sid, int64_t seq, const char *client_id,
+                          const char *sender_type, const char *sender_id, const char *sender_name,
+                          const char *content, size_t content_len, const char *metadata,
+                          int64_t ts_ms)
+{
+    char ts[32];
+    clock_format_rfc3339(ts, ts_ms);
+    json_t *o = json_pack("{s:s, s:s, s:I, s:o, s:s%, s:s}", "type", type, "session_id", sid,
+                          "seq", (json_int_t)seq, "sender",
+                          sender_json(sender_type, sender_id, sender_name), "content", content,
+                          content_len, "timestamp", ts);
+    if (!o)
+        return NULL;
+    if (client_id && *client_id)
+        json_object_set_new(o, "id", json_string(client_id));
+    if (metadata) {
+        json_t *m = json_loads(metadata, 0, NULL);
+        if (m)
+            json_object_set_new(o, "metadata", m);
+    }
+    return o;
+}
+
+/* ---- worker side: messages from the writer ----------------------------------- */
+
+enum item_kind { IT_REPLY, IT_EVENT, IT_RELAY, IT_RELAY_OWNER, IT_ADMINS, IT_JOIN, IT_LEAVE };
+
+struct chat_item {
+    uint8_t kind;
+    uint64_t conn_id;     /* REPLY target; RELAY exclusion; JOIN/LEAVE subject */
+    struct sbuf *frame;   /* one reference, or NULL */
+    uint32_t off, len;
+    int64_t seq;
+    char session[STORE_ID_LEN + 1];
+    char owner[STORE_MAX_USER + 1];
+};
+
+struct chat_post {
+    struct inbox_msg base;
+    struct chat *ch;
+    size_t n, cap;
+    struct chat_item *items;
+};
+
+static void send_frame(struct client *cl, const struct chat_item *it)
+{
+    conn_send_shared(cl->conn, it->frame, it->off, it->len);
+}
+
+/* Send a stored event to one client unless it already has it. */
+static void send_event(struct client *cl, const struct chat_item *it)
+{
+    struct sess_state *st = state_get(cl, it->session, true);
+    if (!st)
+        return;
+    if (st->hi && it->seq <= st->hi)
+        return; /* already sent by a replay */
+    if (!st->hi)
+        st->lo = it->seq;
+    st->hi = it->seq;
+    send_frame(cl, it);
+}
+
+static void for_participants(struct chat_local *loc, const struct chat_item *it, bool stored,
+                             bool owner_only)
+{
+    struct local_list *owners = list_find(loc->users, it->owner, false);
+    for (unsigned i = 0; owners && i < owners->n; i++) {
+        struct client *cl = owners->v[i];
+        if (it->conn_id && cl->conn_id == it->conn_id && !stored)
+            continue;
+        stored ? send_event(cl, it) : send_frame(cl, it);
+    }
+    if (owner_only)
+        return;
+    struct local_list *admins = list_find(loc->joins, it->session, false);
+    for (unsigned i = 0; admins && i < admins->n; i++) {
+        struct client *cl = admins->v[i];
+        if (strcmp(cl->sub, it->owner) == 0)
+            continue; /* an owner's device got it above */
+        if (it->conn_id && cl->conn_id == it->conn_id && !stored)
+            continue;
+        stored ? send_event(cl, it) : send_frame(cl, it);
+    }
+}
+
+static void apply_item(struct chat *ch, struct worker *w, const struct chat_item *it)
+{
+    struct chat_local *loc = &ch->locals[w->index];
+    struct conn *c;
+    switch (it->kind) {
+    case IT_REPLY:
+        if ((c = idmap_get(&w->by_id, it->conn_id)))
+            conn_send_shared(c, it->frame, it->off, it->len);
+        break;
+    case IT_EVENT:
+        for_participants(loc, it, true, false);
+        break;
+    case IT_RELAY:
+        for_participants(loc, it, false, false);
+        break;
+    case IT_RELAY_OWNER:
+        for_participants(loc, it, false, true);
+        break;
+    case IT_ADMINS:
+        for (unsigned i = 0; i < loc->admins.n; i++)
+            send_frame(loc->admins.v[i], it);
+        break;
+    case IT_JOIN:
+    case IT_LEAVE: {
+        if (!(c = idmap_get(&w->by_id, it->conn_id)) || !c->data)
+            break;
+        struct client *cl = c->data;
+        struct sess_state *st = state_get(cl, it->session, it->kind == IT_JOIN);
+        if (!st)
+            break;
+        if (it->kind == IT_JOIN && !st->joined) {
+            struct local_list *l = list_find(loc->joins, it->session, true);
+            if (l && list_add(l, cl) == 0)
+                st->joined = true;
+        } else if (it->kind == IT_LEAVE && st->joined) {
+            struct local_list *l = list_find(loc->joins, it->session, false);
+            if (l)
+                list_del(loc->joins, l, cl);
+            st->joined = false;
+        }
+        break;
+    }
+    }
+}
+
+static void post_free(struct chat_post *p)
+{
+    for (size_t i = 0; i < p->n; i++)
+        if (p->items[i].frame)
+            sbuf_unref(p->items[i].frame);
+    free(p->items);
+    free(p);
+}
+
+static void post_run(struct worker *w, struct inbox_msg *m)
+{
+    struct chat_post *p = (struct chat_post *)m;
+    for (size_t i = 0; i < p->n; i++)
+        apply_item(p->ch, w, &p->items[i]);
+    post_free(p);
+}
+
+static void post_drop(struct inbox_msg *m) { post_free((struct chat_post *)m); }
+
+/* ---- writer side: turning a committed batch into posts ------------------------ */
+
+struct batch_out {
+    struct chat *ch;
+    struct chat_post **posts; /* [nworkers], created on demand */
+};
+
+static void add_item(struct batch_out *bo, unsigned worker, uint8_t kind, uint64_t conn_id,
+                     struct sbuf *frame, uint32_t off, uint32_t len, const struct store_req *r)
+{
+    struct chat_post *p = bo->posts[worker];
+    if (!p) {
+        p = calloc(1, sizeof *p);
+        if (!p)
+            return;
+        p->base.run = post_run;
+        p->base.drop = post_drop;
+        p->ch = bo->ch;
+        bo->posts[worker] = p;
+    }
+    if (p->n == p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 16;
+        struct chat_item *v = realloc(p->items, cap * sizeof *v);
+        if (!v)
+            return;
+        p->items = v;
+        p->cap = cap;
+    }
+    struct chat_item *it = &p->items[p->n++];
+    memset(it, 0, offsetof(struct chat_item, session));
+    it->kind = kind;
+    it->conn_id = conn_id;
+    it->frame = frame ? sbuf_ref(frame) : NULL;
+    it->off = off;
+    it->len = len;
+    it->seq = r->seq;
+    memcpy(it->session, r->session_id, sizeof it->session);
+    memcpy(it->owner, r->owner, sizeof it->owner);
+}
+
+static void add_everywhere(struct batch_out *bo, uint8_t kind, uint64_t conn_id, json_t *obj,
+                           const struct store_req *r)
+{
+    uint32_t off, len;
+    struct sbuf *f = obj ? hub_frame_json(obj, &off, &len) : NULL;
+    json_decref(obj);
+    if (!f)
+        return;
+    for (unsigned w = 0; w < bo->ch->nworkers; w++)
+        add_item(bo, w, kind, conn_id, f, off, len, r);
+    sbuf_unref(f);
+}
+
+static void add_reply(struct batch_out *bo, const struct store_req *r, json_t *obj)
+{
+    uint32_t off, len;
+    struct sbuf *f = obj ? hub_frame_json(obj, &off, &len) : NULL;
+    json_decref(obj);
+    if (!f)
+        return;
+    add_item(bo, r->worker, IT_REPLY, r->conn_id, f, off, len, r);
+    sbuf_unref(f);
+}
+
+static json_t *ack_json(const struct store_req *r, bool with_seq)
+{
+    char ts[32];
+    clock_format_rfc3339(ts, r->ts_ms);
+    json_t *o = json_pack("{s:s, s:s, s:s}", "type", "ack", "session_id", r->session_id,
+                          "timestamp", ts);
+    if (o && with_seq)
+        json_object_set_new(o, "seq", json_integer(r->seq));
+    if (o && r->client_id[0])
+        json_object_set_new(o, "id", json_string(r->client_id));
+    if (o && r->op == STORE_APPEND && r->duplicate)
+        json_object_set_new(o, "duplicate", json_true());
+    return o;
+}
+
+static json_t *error_json(struct chat *ch, const struct store_req *r, enum error_code code,
+                          const char *message, int64_t retry_after)
+{
+    atomic_fetch_add_explicit(&ch->errors[code], 1, memory_order_relaxed);
+    json_t *o = json_pack("{s:s, s:s, s:s, s:b}", "type", "error", "code", error_names[code],
+                          "message", message, "recoverable", code != E_INTERNAL);
+    if (o && retry_after >= 0)
+        json_object_set_new(o, "retry_after", json_integer(retry_after));
+    if (o && r->client_id[0])
+        json_object_set_new(o, "id", json_string(r->client_id));
+    return o;
+}
+
+static void batch_one(struct batch_out *bo, struct store_req *r)
+{
+    struct chat *ch = bo->ch;
+    if (r->status == STORE_UNAVAILABLE) {
+        add_reply(bo, r, error_json(ch, r, E_UNAVAILABLE,
+                                    "storage is unavailable; nothing was stored, retry later",
+                                    1000));
+        return;
+    }
+    if (r->status == STORE_NOT_FOUND) {
+        add_reply(bo, r, error_json(ch, r, E_SESSION_NOT_FOUND, "no such session", -1));
+        return;
+    }
+    /* Someone acting in a session they do not own is there as an admin. */
+    const char *stype = r->any_session && strcmp(r->owner, r->user) != 0 ? "admin" : "user";
+    switch (r->kind) {
+    case K_USER_MESSAGE:
+    case K_ADMIN_MESSAGE:
+        add_reply(bo, r, ack_json(r, true));
+        if (!r->duplicate)
+            add_everywhere(bo, IT_EVENT, r->conn_id,
+                           event_json(r->kind == K_ADMIN_MESSAGE ? "admin_message"
+                                                                 : "user_message",
+                                      r->session_id, r->seq, r->client_id, r->sender_type, r->user,
+                                      r->sender_name, r->content, r->content_len, r->metadata,
+                                      r->ts_ms),
+                           r);
+        break;
+    case K_TYPING: {
+        json_t *o = json_pack("{s:s, s:s, s:o, s:b}", "type", "typing_indicator", "session_id",
+                              r->session_id, "sender", sender_json(stype, r->user, r->sender_name),
+                              "typing", r->arg && strcmp(r->arg, "true") == 0);
+        add_everywhere(bo, IT_RELAY, r->conn_id, o, r);
+        break;
+    }
+    case K_READ: {
+        json_t *o = json_pack("{s:s, s:s, s:I}", "type", "read", "session_id", r->session_id,
+                              "seq", (json_int_t)strtoll(r->arg ? r->arg : "0", NULL, 10));
+        add_everywhere(bo, IT_RELAY_OWNER, r->conn_id, o, r);
+        break;
+    }
+    case K_HELP: {
+        add_reply(bo, r, ack_json(r, false));
+        json_t *o = json_pack("{s:s, s:s, s:o}", "type", "help_request", "session_id",
+                              r->session_id, "sender", sender_json(stype, r->user, r->sender_name));
+        add_everywhere(bo, IT_ADMINS, 0, o, r);
+        break;
+    }
+    case K_MODEL: {
+        json_t *a = ack_json(r, false);
+        if (a)
+            json_object_set_new(a, "model_id", json_string(r->arg ? r->arg : ""));
+        add_reply(bo, r, a);
+        break;
+    }
+    case K_JOIN:
+    case K_LEAVE: {
+        bool join = r->kind == K_JOIN;
+        /* The subscription changes on the admin's own worker first, in line
+         * with the events around it. */
+        add_item(bo, r->worker, join ? IT_JOIN : IT_LEAVE, r->conn_id, NULL, 0, 0, r);
+        json_t *o = json_pack("{s:s, s:s, s:o}", "type", join ? "admin_join" : "admin_leave",
+                              "session_id", r->session_id, "sender",
+                              sender_json("admin", r->user, r->sender_name));
+        add_everywhere(bo, IT_RELAY, r->conn_id, o, r);
+        add_reply(bo, r, ack_json(r, false));
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+void chat_on_batch(void *arg, struct store_req **reqs, size_t n)
+{
+    struct chat *ch = arg;
+    struct chat_post *posts[ch->nworkers];
+    memset(posts, 0, sizeof posts);
+    struct batch_out bo = {.ch = ch, .posts = posts};
+    for (size_t i = 0; i < n; i++) {
+        batch_one(&bo, reqs[i]);
+        store_req_free(reqs[i]);
+    }
+    for (unsigned w = 0; w < ch->nworkers; w++)
+        if (posts[w])
+            worker_post(&ch->hub->srv->workers[w], &posts[w]->base);
+}
+
+/* ---- worker side: client messages ------------------------------------------- */
+
+static struct store_req *new_req(struct client *cl, enum store_op op, enum kind kind,
+                                 const char *sid, const char *id)
+{
+    struct store_req *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->op = op;
+    r->kind = kind;
+    r->worker = cl->conn->w->index;
+    r->conn_id = cl->conn_id;
+    if (sid)
+        snprintf(r->session_id, sizeof r->session_id, "%s", sid);
+    snprintf(r->user, sizeof r->user, "%s", cl->sub);
+    snprintf(r->sender_type, sizeof r->sender_type, "%s", cl->admin ? "admin" : "user");
+    r->sender_name = strdup(cl->name);
+    if (id)
+        snprintf(r->client_id, sizeof r->client_id, "%s", id);
+    return r;
+}
+
+static void submit(struct chat *ch, struct client *cl, struct store_req *r, const char *id)
+{
+    if (!r || !r->sender_name) {
+        store_req_free(r);
+        send_error(ch, cl, E_INTERNAL, "out of memory", -1, id);
+        return;
+    }
+    if (store_submit(ch->store, r) != 0) {
+        store_req_free(r);
+        send_error(ch, cl, E_UNAVAILABLE, "the server is shutting down", 1000, id);
+    }
+}
+
+/* session_id: required or optional; returns false after answering. */
+static bool get_session(struct chat *ch, struct client *cl, json_t *msg, bool required,
+                        const char *id, const char **out)
+{
+    json_t *v = json_object_get(msg, "session_id");
+    *out = NULL;
+    if (!v || json_is_null(v)) {
+        if (required) {
+            send_error(ch, cl, E_INVALID_FIELD, "missing string field 'session_id'", -1, id);
+            return false;
+        }
+        return true;
+    }
+    if (!json_is_string(v)) {
+        send_error(ch, cl, E_INVALID_FIELD, "'session_id' must be a string", -1, id);
+        return false;
+    }
+    if (!valid_session_id(json_string_value(v))) {
+        /* Not even the shape of an id: it cannot exist. */
+        send_error(ch, cl, E_SESSION_NOT_FOUND, "no such session", -1, id);
+        return false;
+    }
+    *out = json_string_value(v);
+    return true;
+}
+
+static bool get_content(struct chat *ch, struct client *cl, json_t *msg, const char *id,
+                        const char **out, size_t *len)
+{
+    json_t *v = json_object_get(msg, "content");
+    if (!json_is_string(v)) {
+        send_error(ch, cl, E_INVALID_FIELD, "'content' must be a string", -1, id);
+        return false;
+    }
+    *len = json_string_length(v);
+    *out = json_string_value(v);
+    if (*len == 0) {
+        send_error(ch, cl, E_INVALID_FIELD, "'content' must not be empty", -1, id);
+        return false;
+    }
+    if (*len > ch->hub->cfg->max_content_bytes) {
+        char m[96];
+        snprintf(m, sizeof m, "'content' is larger than %llu bytes",
+                 (unsigned long long)ch->hub->cfg->max_content_bytes);
+        send_error(ch, cl, E_CONTENT_TOO_LARGE, m, -1, id);
+        return false;
+    }
+    return true;
+}
+
+static bool rate_ok(struct chat *ch, struct client *cl, const char *id)
+{
+    int64_t wait = registry_take_token(&ch->hub->registry, cl->sub, cl->sub_len,
+                                       ch->hub->cfg->rate_limit, clock_mono_ms());
+    if (wait == 0)
+        return true;
+    send_error(ch, cl, E_RATE_LIMITED, "too many messages; slow down", wait, id);
+    return false;
+}
+
+static void handle_message(struct chat *ch, struct client *cl, json_t *msg, const char *id,
+                           bool admin)
+{
+    const char *sid, *content;
+    size_t len;
+    if (admin && !cl->admin) {
+        send_error(ch, cl, E_FORBIDDEN, "admin role required", -1, id);
+        return;
+    }
+    if (!get_session(ch, cl, msg, admin, id, &sid) || !get_content(ch, cl, msg, id, &content, &len))
+        return;
+    if (admin) {
+        struct sess_state *st = state_get(cl, sid, false);
+        if (!st || !st->joined) {
+            send_error(ch, cl, E_FORBIDDEN, "join the session (admin_join) first", -1, id);
+            return;
+        }
+    }
+    json_t *meta = json_object_get(msg, "metadata");
+    char *meta_text = NULL;
+    if (meta && !json_is_null(meta)) {
+        const char *k;
+        json_t *v;
+        bool ok = json_is_object(meta);
+        if (ok)
+            json_object_foreach(meta, k, v) if (!json_is_string(v)) ok = false;
+        if (ok)
+            meta_text = json_dumps(meta, JSON_COMPACT);
+        if (!ok || !meta_text || strlen(meta_text) > METADATA_MAX) {
+            free(meta_text);
+            send_error(ch, cl, E_INVALID_FIELD,
+                       "'metadata' must be an object of string values, at most 16 KiB", -1, id);
+            return;
+        }
+    }
+    if (!rate_ok(ch, cl, id)) {
+        free(meta_text);
+        return;
+    }
+    struct store_req *r = new_req(cl, STORE_APPEND, admin ? K_ADMIN_MESSAGE : K_USER_MESSAGE,
+                                  sid, id);
+    if (r) {
+        r->any_session = admin;
+        snprintf(r->sender_type, sizeof r->sender_type, "%s", admin ? "admin" : "user");
+        r->content = malloc(len + 1);
+        if (r->content) {
+            memcpy(r->content, content, len + 1);
+            r->content_len = len;
+        }
+        r->metadata = meta_text;
+        meta_text = NULL;
+        if (!r->content) {
+            store_req_free(r);
+            r = NULL;
+        }
+    }
+    free(meta_text);
+    submit(ch, cl, r, id);
+}
+
+/* ---- resume ------------------------------------------------------------------- */
+
+struct resume_job {
+    uv_work_t req;
+    struct chat *ch;
+    struct conn *conn;
+    char session[STORE_ID_LEN + 1];
+    char user[STORE_MAX_USER + 1];
+    char id[65];
+    bool admin;
+    int64_t after;
+    /* results */
+    int rc;
+    struct store_session sess;
+    struct store_event *ev;
+    int n;
+};
+
+static void resume_work(uv_work_t *req)
+{
+    struct resume_job *j = req->data;
+    j->rc = store_get_session(j->ch->store, j->session, &j->sess);
+    if (j->rc == 0 && !j->admin && strcmp(j->sess.owner, j->user) != 0)
+        j->rc = -ENOENT;
+    if (j->rc == 0) {
+        j->n = store_read_events(j->ch->store, j->session, j->after, 0, &j->ev);
+        if (j->n < 0)
+            j->rc = j->n;
+    }
+}
+
+static void resume_done(uv_work_t *req, int status)
+{
+    struct resume_job *j = req->data;
+    struct conn *c = j->conn;
+    struct client *cl = c->state == CONN_WS ? c->data : NULL;
+    const char *id = j->id[0] ? j->id : NULL;
+    if (cl && status == 0) {
+        if (j->rc == -ENOENT) {
+            send_error(j->ch, cl, E_SESSION_NOT_FOUND, "no such session", -1, id);
+        } else if (j->rc < 0) {
+            send_error(j->ch, cl, E_UNAVAILABLE, "storage is unavailable; retry later", 1000, id);
+        } else {
+            struct sess_state *st = state_get(cl, j->session, true);
+            int64_t last = 0;
+            for (int i = 0; st && i < j->n; i++) {
+                struct store_event *e = &j->ev[i];
+                last = e->seq;
+                if (st->hi && e->seq >= st->lo && e->seq <= st->hi)
+                    continue;
+                json_t *o = event_json(e->type, j->session, e->seq, e->client_id,
+                                       e->sender_type, e->sender_id, e->sender_name, e->content,
+                                       e->content_len, e->metadata, e->ts_ms);
+                if (o) {
+                    client_send_json(cl, o);
+                    json_decref(o);
+                }
+            }
+            if (st && last) {
+                st->lo = st->hi ? (st->lo < j->after + 1 ? st->lo : j->after + 1) : j->after + 1;
+                if (last > st->hi)
+                    st->hi = last;
+            }
+            int64_t last_seq = j->sess.last_seq;
+            if (st && st->hi > last_seq)
+                last_seq = st->hi;
+            json_t *o = json_pack("{s:s, s:s, s:I}", "type", "resumed", "session_id", j->session,
+                                  "last_seq", (json_int_t)last_seq);
+            if (o && id)
+                json_object_set_new(o, "id", json_string(id));
+            if (o) {
+                client_send_json(cl, o);
+                json_decref(o);
+            }
+        }
+    }
+    store_events_free(j->ev, j->n > 0 ? j->n : 0);
+    conn_release(c);
+    free(j);
+}
+
+static void handle_resume(struct chat *ch, struct client *cl, json_t *msg, const char *id)
+{
+    const char *sid;
+    if (!get_session(ch, cl, msg, true, id, &sid))
+        return;
+    json_t *a = json_object_get(msg, "after_seq");
+    if (!json_is_integer(a) || json_integer_value(a) < 0) {
+        send_error(ch, cl, E_INVALID_FIELD, "'after_seq' must be an integer >= 0", -1, id);
+        return;
+    }
+    struct resume_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        send_error(ch, cl, E_INTERNAL, "out of memory", -1, id);
+        return;
+    }
+    j->req.data = j;
+    j->ch = ch;
+    j->conn = cl->conn;
+    snprintf(j->session, sizeof j->session, "%s", sid);
+    snprintf(j->user, sizeof j->user, "%s", cl->sub);
+    if (id)
+        snprintf(j->id, sizeof j->id, "%s", id);
+    j->admin = cl->admin;
+    j->after = json_integer_value(a);
+    conn_hold(cl->conn);
+    if (uv_queue_work(&cl->conn->w->loop, &j->req, resume_work, resume_done) != 0) {
+        conn_release(cl->conn);
+        free(j);
+        send_error(ch, cl, E_INTERNAL, "cannot schedule the read", -1, id);
+    }
+}
+
+/* ---- router entry points -------------------------------------------------------- */
+
+static void chat_client_opened(void *router, struct client *cl)
+{
+    struct chat *ch = router;
+    struct chat_local *loc = &ch->locals[cl->conn->w->index];
+    cl->router_state = calloc(1, sizeof(struct client_state));
+    struct local_list *l = list_find(loc->users, cl->sub, true);
+    if (l)
+        list_add(l, cl);
+    if (cl->admin)
+        list_add(&loc->admins, cl);
+}
+
+static void chat_client_closed(void *router, struct client *cl)
+{
+    struct chat *ch = router;
+    struct chat_local *loc = &ch->locals[cl->conn->w->index];
+    struct client_state *cs = cl->router_state;
+    struct local_list *l = list_find(loc->users, cl->sub, false);
+    if (l)
+        list_del(loc->users, l, cl);
+    if (cl->admin)
+        list_del(NULL, &loc->admins, cl);
+    for (unsigned i = 0; cs && i < cs->n; i++) {
+        if (!cs->v[i].joined)
+            continue;
+        struct local_list *j = list_find(loc->joins, cs->v[i].id, false);
+        if (j)
+            list_del(loc->joins, j, cl);
+    }
+    if (cs)
+        free(cs->v);
+    free(cs);
+    cl->router_state = NULL;
+}
+
+static void chat_handle(void *router, struct client *cl, const char *type, json_t *msg)
+{
+    struct chat *ch = router;
+    const char *id = json_string_value(json_object_get(msg, "id"));
+    const char *sid;
+    if (!cl->router_state) {
+        send_error(ch, cl, E_INTERNAL, "out of memory", -1, id);
+        return;
+    }
+    enum kind k = K_COUNT;
+    for (int i = 0; i < K_COUNT; i++)
+        if (strcmp(type, kind_names[i]) == 0)
+            k = (enum kind)i;
+    if (k == K_COUNT)
+        return;
+    atomic_fetch_add_explicit(&ch->in_by_kind[k], 1, memory_order_relaxed);
+
+    switch (k) {
+    case K_USER_MESSAGE:
+        handle_message(ch, cl, msg, id, false);
+        return;
+    case K_ADMIN_MESSAGE:
+        handle_message(ch, cl, msg, id, true);
+        return;
+    case K_RESUME:
+        handle_resume(ch, cl, msg, id);
+        return;
+    case K_TYPING: {
+        json_t *t = json_object_get(msg, "typing");
+        if (!get_session(ch, cl, msg, true, id, &sid))
+            return;
+        if (!json_is_boolean(t)) {
+            send_error(ch, cl, E_INVALID_FIELD, "'typing' must be true or false", -1, id);
+            return;
+        }
+        struct store_req *r = new_req(cl, STORE_CHECK, k, sid, id);
+        struct sess_state *st = state_get(cl, sid, false);
+        if (r) {
+            r->any_session = cl->admin && st && st->joined;
+            r->arg = strdup(json_is_true(t) ? "true" : "false");
+        }
+        submit(ch, cl, r, id);
+        return;
+    }
+    case K_READ: {
+        json_t *s = json_object_get(msg, "seq");
+        if (!get_session(ch, cl, msg, true, id, &sid))
+            return;
+        if (!json_is_integer(s) || json_integer_value(s) < 0) {
+            send_error(ch, cl, E_INVALID_FIELD, "'seq' must be an integer >= 0", -1, id);
+            return;
+        }
+        struct store_req *r = new_req(cl, STORE_CHECK, k, sid, id);
+        if (r) {
+            char buf[32];
+            snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(s));
+            r->arg = strdup(buf);
+        }
+        submit(ch, cl, r, id);
+        return;
+    }
+    case K_HELP:
+        if (get_session(ch, cl, msg, true, id, &sid))
+            submit(ch, cl, new_req(cl, STORE_HELP, k, sid, id), id);
+        return;
+    case K_MODEL: {
+        json_t *m = json_object_get(msg, "model_id");
+        if (!get_session(ch, cl, msg, true, id, &sid))
+            return;
+        if (!json_is_string(m) || !hub_model_known(ch->hub, json_string_value(m))) {
+            send_error(ch, cl, E_INVALID_FIELD, "'model_id' must be one of the offered models",
+                       -1, id);
+            return;
+        }
+        struct store_req *r = new_req(cl, STORE_MODEL, k, sid, id);
+        if (r)
+            r->arg = strdup(json_string_value(m));
+        submit(ch, cl, r, id);
+        return;
+    }
+    case K_JOIN:
+    case K_LEAVE: {
+        if (!cl->admin) {
+            send_error(ch, cl, E_FORBIDDEN, "admin role required", -1, id);
+            return;
+        }
+        if (!get_session(ch, cl, msg, true, id, &sid))
+            return;
+        struct store_req *r = new_req(cl, STORE_CHECK, k, sid, id);
+        if (r)
+            r->any_session = true;
+        submit(ch, cl, r, id);
+        return;
+    }
+    default:
+        return;
+    }
+}
+
+const struct router_ops chat_router_ops = {
+    .client_opened = chat_client_opened,
+    .handle = chat_handle,
+    .client_closed = chat_client_closed,
+};
+
+/* ---- setup -------------------------------------------------------------------------- */
+
+int chat_init(struct chat **out, struct hub *hub, unsigned nworkers, char *err, size_t errlen)
+{
+    struct chat *ch = calloc(1, sizeof *ch);
+    if (!ch || !(ch->locals = calloc(nworkers, sizeof *ch->locals))) {
+        free(ch);
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    ch->hub = hub;
+    ch->nworkers = nworkers;
+    *out = ch;
+    return 0;
+}
+
+void chat_set_store(struct chat *ch, struct store *st) { ch->store = st; }
+
+static void free_table(struct local_list **tab)
+{
+    for (int i = 0; i < LOCAL_BUCKETS; i++) {
+        struct local_list *l = tab[i];
+        while (l) {
+            struct local_list *next = l->next;
+            free(l->key);
+            free(l->v);
+            free(l);
+            l = next;
+        }
+    }
+}
+
+void chat_free(struct chat *ch)
+{
+    if (!ch)
+        return;
+    for (unsigned w = 0; w < ch->nworkers; w++) {
+        free_table(ch->locals[w].users);
+        free_table(ch->locals[w].joins);
+        free(ch->locals[w].admins.v);
+    }
+    free(ch->locals);
+    free(ch);
+}
+
+struct store *chat_store(struct chat *ch) { return ch->store; }
+struct hub *chat_hub(struct chat *ch) { return ch->hub; }
+
+/* ---- metrics ------------------------------------------------------------------------ */
+
+static void appendf(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void appendf(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(*buf ? *buf + *len : NULL, *buf ? *cap - *len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+            return;
+        if (*buf && *len + (size_t)n < *cap) {
+            *len += (size_t)n;
+            return;
+        }
+        size_t ncap = *cap ? *cap * 2 : 8192;
+        while (ncap < *len + (size_t)n + 1)
+            ncap *= 2;
+        char *nb = realloc(*buf, ncap);
+        if (!nb)
+            return;
+        *buf = nb;
+        *cap = ncap;
+    }
+}
+
+void chat_write_metrics(struct chat *ch, char **buf, size_t *len, size_t *cap)
+{
+    appendf(buf, len, cap, "# HELP chatd_messages_in_total Chat messages received, by type.\n"
+                           "# TYPE chatd_messages_in_total counter\n");
+    for (int i = 0; i < K_COUNT; i++)
+        appendf(buf, len, cap, "chatd_messages_in_total{type=\"%s\"} %llu\n", kind_names[i],
+                (unsigned long long)atomic_load(&ch->in_by_kind[i]));
+    appendf(buf, len, cap, "# HELP chatd_errors_total Error replies sent, by code.\n"
+                           "# TYPE chatd_errors_total counter\n");
+    for (int i = 0; i < E_COUNT; i++)
+        appendf(buf, len, cap, "chatd_errors_total{code=\"%s\"} %llu\n", error_names[i],
+                (unsigned long long)atomic_load(&ch->errors[i]));
+    if (!ch->store)
+        return;
+    struct store_stats ss;
+    store_get_stats(ch->store, &ss);
+    appendf(buf, len, cap,
+            "# HELP chatd_store_commit_seconds Time to commit one batch.\n"
+            "# TYPE chatd_store_commit_seconds histogram\n");
+    uint64_t cum = 0;
+    for (int i = 0; i < 12; i++) {
+        cum += ss.commit_us_bucket[i];
+        appendf(buf, len, cap, "chatd_store_commit_seconds_bucket{le=\"%g\"} %llu\n",
+                store_commit_bounds_ms[i] / 1000.0, (unsigned long long)cum);
+    }
+    appendf(buf, len, cap,
+            "chatd_store_commit_seconds_bucket{le=\"+Inf\"} %llu\n"
+            "chatd_store_commit_seconds_sum %.6f\n"
+            "chatd_store_commit_seconds_count %llu\n",
+            (unsigned long long)ss.commits, ss.commit_us_sum / 1e6,
+            (unsigned long long)ss.commits);
+    appendf(buf, len, cap, "# HELP chatd_store_batch_size Requests per committed batch.\n"
+                           "# TYPE chatd_store_batch_size histogram\n");
+    cum = 0;
+    for (int i = 0; i < 8; i++) {
+        cum += ss.batch_bucket[i];
+        appendf(buf, len, cap, "chatd_store_batch_size_bucket{le=\"%u\"} %llu\n",
+                store_batch_bounds[i], (unsigned long long)cum);
+    }
+    appendf(buf, len, cap,
+            "chatd_store_batch_size_bucket{le=\"+Inf\"} %llu\n"
+            "chatd_store_batch_size_sum %llu\n"
+            "chatd_store_batch_size_count %llu\n"
+            "# HELP chatd_store_commit_failures_total Batches rolled back by a storage error.\n"
+            "# TYPE chatd_store_commit_failures_total counter\n"
+            "chatd_store_commit_failures_total %llu\n",
+            (unsigned long long)ss.commits, (unsigned long long)ss.batched_requests,
+            (unsigned long long)ss.commits, (unsigned long long)ss.commit_failures);
+}

@@ -1,0 +1,52 @@
+/*
+ * chat: the router behind the hub. Turns client messages into storage
+ * requests and storage results into acknowledgements and deliveries.
+ *
+ * The path of a message:
+ *   1. a worker calls the router with a parsed message (chat_handle);
+ *   2. validation, rate limit, role checks happen there, on the worker;
+ *   3. anything that needs the session (ownership, seq, flags) is queued to
+ *      the store's writer thread;
+ *   4. the writer commits a batch and calls chat_on_batch on its own thread,
+ *      which frames each result once and posts, in commit order, one message
+ *      per worker holding that worker's acks and the batch's events;
+ *   5. each worker delivers the events to its own connections: the devices
+ *      of the session's owner and the admins that joined it.
+ * Because one thread (the writer) orders every event and each worker's inbox
+ * is FIFO, every connection sees a session's events in seq order.
+ *
+ * Per-worker state (struct chat_local: who is online on this worker, which
+ * admins joined which session) is owned by that worker's thread and touched
+ * by no other. struct chat itself is read-only after chat_init.
+ */
+#ifndef CHATD_HUB_CHAT_H
+#define CHATD_HUB_CHAT_H
+
+#include "hub/hub.h"
+#include "store/store.h"
+
+struct chat;
+
+/* Create the router for a hub and a store; attach with hub->router. */
+int chat_init(struct chat **out, struct hub *hub, unsigned nworkers, char *err, size_t errlen);
+void chat_free(struct chat *ch);
+/* Give the router its store (after store_open, which needs chat_on_batch). */
+void chat_set_store(struct chat *ch, struct store *st);
+
+/* The store's batch callback (writer thread). */
+void chat_on_batch(void *arg, struct store_req **reqs, size_t n);
+
+extern const struct router_ops chat_router_ops;
+
+/* HTTP API routes that need storage ({prefix}/api/sessions...). Returns
+ * false when the path is not one of them. Worker thread. */
+bool chat_route_api(struct chat *ch, struct conn *c, const struct http_request *req);
+
+/* Accessors for the HTTP API (api.c). */
+struct store *chat_store(struct chat *ch);
+struct hub *chat_hub(struct chat *ch);
+
+/* For /metrics: counters by message type and error code. */
+void chat_write_metrics(struct chat *ch, char **buf, size_t *len, size_t *cap);
+
+#endif
