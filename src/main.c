@@ -189,7 +189,10 @@ int main(int argc, char **argv)
         return 2;
     }
     st.srv.app = &st.hub;
-    if (hub_enabled(&st.hub)) {
+    /* --db none: sign-in and devices only, no router (chat messages are
+     * answered 'unavailable'): the gateway layer on its own. */
+    bool no_store = strcmp(cfg.db_path, "none") == 0;
+    if (hub_enabled(&st.hub) && !no_store) {
         unsigned char key[32];
         if (cfg.encryption_key_file && load_key(cfg.encryption_key_file, key, err, sizeof err)) {
             fprintf(stderr, "chatd: %s\n", err);

@@ -5,7 +5,8 @@ user, the per-user limit (429 + notification, or evict-oldest), the global cap
 (503), failures of one device not touching the others, fast reconnection,
 concurrent churn, message size limits, token expiry and refresh, and the
 Origin allow-list. No router is attached, so every chat message is answered
-with `unavailable`; bad JSON answered with `bad_json` proves a device works.
+with `unavailable` (chatd runs with `--db none`: sign-in and devices without
+the chat router, the layer tested alone); bad JSON answered with `bad_json` proves a device works.
 """
 import json
 import os
@@ -153,7 +154,7 @@ def check_limit_body(body, limit):
 # ---- tests --------------------------------------------------------------------
 
 def test_multiple_connections_per_user():
-    with Chatd("--max-devices", "3") as d:
+    with Chatd("--db", "none", "--max-devices", "3") as d:
         devs, ids = [], set()
         for i in range(3):
             ws, st = connect(d.port, "alice", name="Alice")
@@ -189,7 +190,7 @@ def test_multiple_connections_per_user():
 
 
 def test_connection_limit_per_user():
-    with Chatd() as d:
+    with Chatd("--db", "none") as d:
         devs = []
         for i in range(10):
             ws, st = connect(d.port, "carol")
@@ -207,7 +208,7 @@ def test_connection_limit_per_user():
 
 
 def test_graceful_handling_at_limit():
-    with Chatd() as d:
+    with Chatd("--db", "none") as d:
         devs = [connect(d.port, "dave")[0] for _ in range(10)]
         for _ in range(2):
             status, headers, body, raw = refused(d.port, token=make_token("dave"))
@@ -228,7 +229,7 @@ def test_graceful_handling_at_limit():
 
 
 def test_notify_on_limit():
-    with Chatd() as d:
+    with Chatd("--db", "none") as d:
         devs = [connect(d.port, "erin")[0] for _ in range(10)]
         other, _ = connect(d.port, "frank")
         status, _, body, _ = refused(d.port, token=make_token("erin"))
@@ -244,7 +245,7 @@ def test_notify_on_limit():
 
 
 def test_failure_isolation():
-    with Chatd() as d:
+    with Chatd("--db", "none") as d:
         devs = [connect(d.port, "gina")[0] for _ in range(3)]
         assert admin_connections(d.port)["total_devices"] == 3
         half = frame(OP_TEXT, json.dumps({"type": "user_message", "content": "x" * 100}))
@@ -270,7 +271,7 @@ def test_failure_isolation():
 
 def test_reconnection():
     rounds = 40 if SLOW else 200
-    with Chatd() as d:
+    with Chatd("--db", "none") as d:
         devs = [connect(d.port, "hank")[0] for _ in range(10)]
         for i in range(rounds):
             k = i % 10
@@ -295,7 +296,7 @@ def test_reconnection():
 
 
 def test_max_connections_enforcement():
-    with Chatd("--max-connections", "5") as d:
+    with Chatd("--db", "none", "--max-connections", "5") as d:
         devs = [connect(d.port, "user%d" % (i % 2))[0] for i in range(5)]
         for sub in ("user0", "newbie"):
             status, _, body, _ = refused(d.port, token=make_token(sub))
@@ -331,7 +332,7 @@ def padded_message(size, mid):
 
 
 def test_oversized_messages():
-    with Chatd("--max-message-bytes", "4096") as d:
+    with Chatd("--db", "none", "--max-message-bytes", "4096") as d:
         a, st = connect(d.port, "ivan")
         assert st["max_message_bytes"] == 4096, st
         b, _ = connect(d.port, "ivan")
@@ -372,7 +373,7 @@ def test_oversized_messages():
 
 
 def test_no_router_attached():
-    with Chatd() as d:
+    with Chatd("--db", "none") as d:
         ws, _ = connect(d.port, "jane")
         for i, t in enumerate(CHAT_TYPES):
             mid = "m-%d-%s" % (i, t)
@@ -400,7 +401,7 @@ def test_concurrent_access():
     lock = threading.Lock()
     errors = []
 
-    with Chatd("--max-devices", "4") as d:
+    with Chatd("--db", "none", "--max-devices", "4") as d:
         port = d.port
         deadline = time.time() + duration
 
@@ -479,7 +480,7 @@ def test_concurrent_access():
 
 
 def test_evict_oldest_policy():
-    with Chatd("--device-policy", "evict-oldest") as d:
+    with Chatd("--db", "none", "--device-policy", "evict-oldest") as d:
         devs = [connect(d.port, "kim")[0] for _ in range(10)]
         newest, st = connect(d.port, "kim")
         assert st["devices"] == 10, st
@@ -507,7 +508,7 @@ def test_evict_oldest_policy():
 
 
 def test_binary_frame_closes_1003():
-    with Chatd() as d:
+    with Chatd("--db", "none") as d:
         a, _ = connect(d.port, "lee")
         b, _ = connect(d.port, "lee")
         a.send(b"\x00\x01binary", OP_BINARY)
@@ -522,7 +523,7 @@ def test_binary_frame_closes_1003():
 
 
 def test_token_expiry_closes_1008():
-    with Chatd() as d:
+    with Chatd("--db", "none") as d:
         exp = int(time.time()) + 3
         ws, _ = connect(d.port, "mia", token=make_token("mia", exp=exp))
         keep, _ = connect(d.port, "mia")
@@ -543,7 +544,7 @@ def test_token_expiry_closes_1008():
 
 
 def test_refresh():
-    with Chatd() as d:
+    with Chatd("--db", "none") as d:
         exp = int(time.time()) + 3
         a, _ = connect(d.port, "nora", token=make_token("nora", exp=exp))
         b, _ = connect(d.port, "nora", token=make_token("nora", exp=exp))
@@ -580,7 +581,7 @@ def test_refresh():
 
 
 def test_origin_allowlist():
-    with Chatd("--allowed-origins", "https://a.example") as d:
+    with Chatd("--db", "none", "--allowed-origins", "https://a.example") as d:
         tok = make_token("olga")
         status, _, body, _ = refused(d.port, token=tok, extra=["Origin: https://b.example"])
         assert status == 403, (status, body)
