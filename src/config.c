@@ -99,7 +99,7 @@ static const struct opt options[] = {
      "seconds to drain connections on SIGTERM/SIGINT", NULL},
     {"log-level", K_SPECIAL, 0, 0, 0, "info", "L", "debug, info, warn or error", set_log_level},
     {"dev", K_BOOL, F(dev), 0, 0, "false", NULL,
-     "development mode: a random HS256 secret, a printed token and page URL", NULL},
+     "development mode: a random HS256 secret (unless one is set), a printed token and URLs", NULL},
     {"config", K_STR, F(config_file), 0, 0, NULL, "FILE",
      "read options from FILE (one 'name = value' per line, '#' comments)", NULL},
 };
