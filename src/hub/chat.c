@@ -68,6 +68,21 @@ static const char *const error_names[E_COUNT] = {
     "session_not_found", "forbidden",    "unavailable",   "internal",
 };
 
+/* Server-to-client message types counted in chatd_messages_out_total. */
+static const char *const out_names[] = {
+    "ack",        "user_message", "admin_message", "typing_indicator", "read",
+    "help_request", "admin_join", "admin_leave",   "resumed",          "error",
+};
+#define OUT_COUNT (sizeof out_names / sizeof out_names[0])
+
+static uint8_t out_index(const char *type)
+{
+    for (uint8_t i = 0; i < OUT_COUNT; i++)
+        if (strcmp(type, out_names[i]) == 0)
+            return i;
+    return OUT_COUNT - 1;
+}
+
 /* Per connection: what it has been sent, per session. */
 struct sess_state {
     char id[STORE_ID_LEN + 1];
@@ -92,6 +107,8 @@ struct chat_local {
     struct local_list *users[LOCAL_BUCKETS]; /* owner sub -> its clients here */
     struct local_list *joins[LOCAL_BUCKETS]; /* session id -> admins joined here */
     struct local_list admins;                /* every admin client here (key unused) */
+    /* written by this worker only; atomics so /metrics may read them */
+    atomic_uint_fast64_t out[OUT_COUNT];
 };
 
 struct chat {
@@ -239,6 +256,7 @@ enum item_kind { IT_REPLY, IT_EVENT, IT_RELAY, IT_RELAY_OWNER, IT_ADMINS, IT_JOI
 
 struct chat_item {
     uint8_t kind;
+    uint8_t out_type;     /* index in out_names */
     uint64_t conn_id;     /* REPLY target; RELAY exclusion; JOIN/LEAVE subject */
     struct sbuf *frame;   /* one reference, or NULL */
     uint32_t off, len;
@@ -254,9 +272,17 @@ struct chat_post {
     struct chat_item *items;
 };
 
+static void count_out(struct client *cl, uint8_t type)
+{
+    struct chat *ch = cl->hub->router;
+    atomic_fetch_add_explicit(&ch->locals[cl->conn->w->index].out[type], 1,
+                              memory_order_relaxed);
+}
+
 static void send_frame(struct client *cl, const struct chat_item *it)
 {
-    conn_send_shared(cl->conn, it->frame, it->off, it->len);
+    if (conn_send_shared(cl->conn, it->frame, it->off, it->len) == 0)
+        count_out(cl, it->out_type);
 }
 
 /* Send a stored event to one client unless it already has it. */
@@ -302,8 +328,8 @@ static void apply_item(struct chat *ch, struct worker *w, const struct chat_item
     struct conn *c;
     switch (it->kind) {
     case IT_REPLY:
-        if ((c = idmap_get(&w->by_id, it->conn_id)))
-            conn_send_shared(c, it->frame, it->off, it->len);
+        if ((c = idmap_get(&w->by_id, it->conn_id)) && c->data)
+            send_frame(c->data, it);
         break;
     case IT_EVENT:
         for_participants(loc, it, true, false);
@@ -400,27 +426,39 @@ static void add_item(struct batch_out *bo, unsigned worker, uint8_t kind, uint64
     memcpy(it->owner, r->owner, sizeof it->owner);
 }
 
+static void set_last_type(struct batch_out *bo, unsigned worker, uint8_t type)
+{
+    struct chat_post *p = bo->posts[worker];
+    if (p && p->n)
+        p->items[p->n - 1].out_type = type;
+}
+
 static void add_everywhere(struct batch_out *bo, uint8_t kind, uint64_t conn_id, json_t *obj,
                            const struct store_req *r)
 {
+    uint8_t type = obj ? out_index(json_string_value(json_object_get(obj, "type"))) : 0;
     uint32_t off, len;
     struct sbuf *f = obj ? hub_frame_json(obj, &off, &len) : NULL;
     json_decref(obj);
     if (!f)
         return;
-    for (unsigned w = 0; w < bo->ch->nworkers; w++)
+    for (unsigned w = 0; w < bo->ch->nworkers; w++) {
         add_item(bo, w, kind, conn_id, f, off, len, r);
+        set_last_type(bo, w, type);
+    }
     sbuf_unref(f);
 }
 
 static void add_reply(struct batch_out *bo, const struct store_req *r, json_t *obj)
 {
+    uint8_t type = obj ? out_index(json_string_value(json_object_get(obj, "type"))) : 0;
     uint32_t off, len;
     struct sbuf *f = obj ? hub_frame_json(obj, &off, &len) : NULL;
     json_decref(obj);
     if (!f)
         return;
     add_item(bo, r->worker, IT_REPLY, r->conn_id, f, off, len, r);
+    set_last_type(bo, r->worker, type);
     sbuf_unref(f);
 }
 
@@ -1034,6 +1072,16 @@ void chat_write_metrics(struct chat *ch, char **buf, size_t *len, size_t *cap)
     for (int i = 0; i < K_COUNT; i++)
         appendf(buf, len, cap, "chatd_messages_in_total{type=\"%s\"} %llu\n", kind_names[i],
                 (unsigned long long)atomic_load(&ch->in_by_kind[i]));
+    appendf(buf, len, cap,
+            "# HELP chatd_messages_out_total Chat messages sent to connections, by type.\n"
+            "# TYPE chatd_messages_out_total counter\n");
+    for (size_t i = 0; i < OUT_COUNT; i++) {
+        uint64_t sum = 0;
+        for (unsigned w = 0; w < ch->nworkers; w++)
+            sum += atomic_load(&ch->locals[w].out[i]);
+        appendf(buf, len, cap, "chatd_messages_out_total{type=\"%s\"} %llu\n", out_names[i],
+                (unsigned long long)sum);
+    }
     appendf(buf, len, cap, "# HELP chatd_errors_total Error replies sent, by code.\n"
                            "# TYPE chatd_errors_total counter\n");
     for (int i = 0; i < E_COUNT; i++)

@@ -505,7 +505,11 @@ def test_admin_join_leave_message():
                     mtype="admin_message")
         for ws in (a1, a2):
             assert ws.recv_json() == aev
-        quiet(bob)
+        # A retried admin_message is acknowledged again, not stored twice.
+        send_msg(adm, "Yes, how can I help?", sid, "am1", mtype="admin_message")
+        again = check_ack(adm.recv_json(), "am1", sid)
+        assert again["seq"] == 3 and again["duplicate"] is True, again
+        quiet(bob, a1, a2, adm)
 
         # History keeps it as an admin message.
         msgs = history(d.port, sid, token("alice"))["messages"]
@@ -585,6 +589,80 @@ def test_resume():
         close_all(a1, a2, a3, a4)
 
 
+def test_resume_exactly_once_during_live_traffic():
+    """Resume while the session is being written: every event after
+    after_seq arrives exactly once, live or replayed."""
+    n = 40 if SLOW else 150
+    with server() as d:
+        a1 = connect(d.port, "alice")
+        sid = post(a1, "start")[0]["session_id"]
+        subscribed = connect(d.port, "alice")  # receives the burst live
+        for i in range(n):
+            send_msg(a1, "burst %d" % i, sid, "b%d" % i)
+        # A device that connects mid-burst and resumes from 0.
+        late = None
+        got_a1 = 0
+        while got_a1 < 2 * n:
+            a1.recv_json()
+            got_a1 += 1
+            if got_a1 == n // 2:
+                late = connect(d.port, "alice")
+                late.send_json({"type": "resume", "session_id": sid, "after_seq": 0})
+                subscribed.send_json({"type": "resume", "session_id": sid, "after_seq": 0})
+        for ws in (late, subscribed):
+            seqs, resumed = [], None
+            while resumed is None or len(seqs) < n + 1:
+                m = ws.recv_json()
+                if m["type"] == "resumed":
+                    assert resumed is None, m
+                    resumed = m
+                    continue
+                assert m["type"] == "user_message" and m["session_id"] == sid, m
+                seqs.append(m["seq"])
+            assert sorted(seqs) == list(range(1, n + 2)), "missing or repeated: %r" % seqs
+            assert 1 <= resumed["last_seq"] <= n + 1, resumed
+            quiet(ws)
+        close_all(a1, late, subscribed)
+
+
+def test_resume_after_admin_rejoin_fills_the_hole():
+    """An admin that left misses the events meanwhile; after joining again,
+    resume from 0 must send every event this connection was not sent,
+    including those from while it was away."""
+    with server() as d:
+        alice = connect(d.port, "alice")
+        adm = connect(d.port, ROOT, admin=True)
+        sid = post(alice, "1 before join")[0]["session_id"]
+        adm.send_json({"type": "admin_join", "id": "j1", "session_id": sid})
+        check_ack(adm.recv_json(), "j1", sid, seq=False)
+        recv_type(alice, "admin_join")
+        post(alice, "2 while joined", sid)
+        assert recv_type(adm, "user_message")["seq"] == 2
+        adm.send_json({"type": "admin_leave", "id": "l1", "session_id": sid})
+        check_ack(adm.recv_json(), "l1", sid, seq=False)
+        recv_type(alice, "admin_leave")
+        post(alice, "3 while away", sid)
+        post(alice, "4 while away", sid)
+        quiet(adm)
+        adm.send_json({"type": "admin_join", "id": "j2", "session_id": sid})
+        check_ack(adm.recv_json(), "j2", sid, seq=False)
+        recv_type(alice, "admin_join")
+        post(alice, "5 joined again", sid)
+        assert recv_type(adm, "user_message")["seq"] == 5
+        adm.send_json({"type": "resume", "session_id": sid, "after_seq": 0})
+        seqs = []
+        while True:
+            m = adm.recv_json()
+            if m["type"] == "resumed":
+                break
+            seqs.append(m["seq"])
+        assert m["last_seq"] == 5, m
+        assert seqs == [1, 3, 4], \
+            "resume after_seq=0 on the admin connection (sent 2 and 5 live) sent %r, " \
+            "expected [1, 3, 4]" % seqs
+        close_all(alice, adm)
+
+
 # ---- authorization ----------------------------------------------------------------
 
 def test_authorization_between_users():
@@ -638,13 +716,25 @@ def test_authorization_between_users():
         assert len(history(d.port, sid, token(ROOT, admin=True))["messages"]) == 1
         status, _ = api(d.port, "/api/sessions/%s/messages" % sid, None)
         assert status == 401, status
-        close_all(a1, a2, bob)
+
+        # An admin that has not joined is not a participant, and admin
+        # rights do not make user_message write into another user's session.
+        adm = connect(d.port, ROOT, admin=True)
+        for i, msg in enumerate([
+                {"type": "typing_indicator", "session_id": sid, "typing": True},
+                {"type": "read", "session_id": sid, "seq": 1},
+                {"type": "user_message", "session_id": sid, "content": "as a user"}]):
+            adm.send_json(dict(msg, id="adm%d" % i))
+            expect_error(adm, "session_not_found", "adm%d" % i)
+        quiet(a1, a2)
+        assert history(d.port, sid, token("alice"))["last_seq"] == 1
+        close_all(a1, a2, bob, adm)
 
 
 # ---- rate limit ---------------------------------------------------------------------
 
 def test_rate_limit():
-    with Chatd("--rate-limit", "5") as d:
+    with Chatd("--models", MODELS, "--rate-limit", "5") as d:
         a1 = connect(d.port, "alice")
         a2 = connect(d.port, "alice")
         bob = connect(d.port, "bob")
@@ -675,7 +765,7 @@ def test_rate_limit():
 def test_rate_limit_survives_reconnect():
     """The limit is per user per minute: closing every device and opening a
     new one must not hand out a fresh burst."""
-    with Chatd("--rate-limit", "3") as d:
+    with Chatd("--models", MODELS, "--rate-limit", "3") as d:
         a1 = connect(d.port, "alice")
         sid = None
         for i in range(3):
@@ -745,6 +835,7 @@ def test_validation_of_every_field():
             (dict(um, content="x", metadata={"a": "b", "t": True}), "invalid_field", "v1"),
             (dict(um, content="x", metadata={"o": {"a": "b"}}), "invalid_field", "v1"),
             (dict(um, content="x", metadata={"z": None}), "invalid_field", "v1"),
+            (dict(um, content="x", metadata={"k": "x" * 17000}), "invalid_field", "v1"),
             # typing_indicator
             ({"type": "typing_indicator", "typing": True}, "invalid_field", "v1"),
             ({"type": "typing_indicator", "session_id": sid}, "invalid_field", "v1"),
@@ -860,6 +951,11 @@ def test_http_api():
         assert [s["id"] for s in ss] == [s1, s2] and ss[0]["last_seq"] == 5, ss
         assert ss[0]["updated_at"] >= ss[0]["created_at"], ss
         assert [s["id"] for s in sessions(d.port, tok_b)] == [s3]
+        status, doc = api(d.port, "/api/sessions?limit=1", tok_a)
+        assert status == 200 and [s["id"] for s in doc["sessions"]] == [s1], doc
+        # No name claim: the name is the user id.
+        bm = history(d.port, s3, tok_b)["messages"]
+        assert bm[0]["sender"] == {"type": "user", "id": "bob", "name": "bob"}, bm
 
         # History: seq order, paging, the live events' shape.
         doc = history(d.port, s1, tok_a)
@@ -887,6 +983,11 @@ def test_http_api():
         assert status == 401 and body["error"]["code"] == "unauthorized", (status, body)
         status, body = api(d.port, "/api/sessions", None)
         assert status == 401 and body["error"]["code"] == "unauthorized", (status, body)
+        # The token may also come as ?token= (like the WebSocket's).
+        status, doc = api(d.port, "/api/sessions?token=" + tok_b, None)
+        assert status == 200 and [s["id"] for s in doc["sessions"]] == [s3], (status, doc)
+        status, body = api(d.port, "/api/sessions", make_token("alice", secret="x" * 40))
+        assert status == 401 and body["error"]["code"] == "unauthorized", (status, body)
         status, doc = api(d.port, "/api/admin/sessions", tok_root)
         assert status == 200, (status, doc)
         assert [s["id"] for s in doc["sessions"]] == [s1, s3, s2], doc
@@ -909,6 +1010,19 @@ def test_http_api():
         status, body = api(d.port, "/api/sessions/%s/messages" % NO_SUCH, tok_root)
         assert status == 404 and body["error"]["code"] == "session_not_found", body
         close_all(alice, bob)
+
+
+def test_prefix_applies_to_chat_and_api():
+    with server("--prefix", "/chat") as d:
+        ws = WS(d.port, path="/chat/ws", token=token("alice"))
+        assert recv_type(ws, "connection_status")["user_id"] == "alice"
+        sid = post(ws, "hi")[0]["session_id"]
+        status, doc = api(d.port, "/chat/api/sessions", token("alice"))
+        assert status == 200 and [s["id"] for s in doc["sessions"]] == [sid], (status, doc)
+        status, doc = api(d.port, "/chat/api/sessions/%s/messages" % sid, token("alice"))
+        assert status == 200 and doc["last_seq"] == 1, (status, doc)
+        assert api(d.port, "/api/sessions", token("alice"))[0] == 404
+        close_all(ws)
 
 
 # ---- metrics --------------------------------------------------------------------------
@@ -1158,8 +1272,10 @@ if __name__ == "__main__":
          test_dedup_same_id, test_new_session_retry_finds_the_session,
          test_typing_relayed_not_echoed, test_read_relayed_to_other_devices_only,
          test_help_request_reaches_admins, test_model_select, test_admin_join_leave_message,
-         test_resume, test_authorization_between_users, test_rate_limit,
+         test_resume, test_resume_exactly_once_during_live_traffic,
+         test_resume_after_admin_rejoin_fills_the_hole, test_authorization_between_users, test_rate_limit,
          test_rate_limit_survives_reconnect, test_validation_of_every_field,
-         test_unavailable_without_storage, test_http_api, test_metrics_after_traffic,
+         test_unavailable_without_storage, test_http_api,
+         test_prefix_applies_to_chat_and_api, test_metrics_after_traffic,
          test_metrics_count_every_error_reply, test_encryption_at_rest,
          test_encryption_key_file_must_be_32_bytes])
