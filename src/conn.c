@@ -131,17 +131,22 @@ static void flush(struct conn *c);
 static void on_shutdown_done(uv_shutdown_t *req, int status)
 {
     struct conn *c = req->data;
-    (void)status;
-    if (c->state != CONN_CLOSED && c->close_received)
+    if (c->state != CONN_CLOSED && (c->close_received || status < 0))
         conn_close(c);
 }
 
 /* Everything queued has been written. */
 static void drained(struct conn *c)
 {
-    if (c->close_after_flush) {
-        conn_close(c);
-        return;
+    if (c->close_after_flush && c->state == CONN_HTTP) {
+        /* Half-close and read on for a moment rather than close at once: a
+         * client still sending (a refused body, a long head) would otherwise
+         * get a reset that can destroy the answer before it is read. */
+        if (c->shut_down)
+            return;
+        c->discard_input = true;
+        c->deadline_ms = now_ms(c) + 2000;
+        goto shut;
     }
     if (!c->close_sent || c->shut_down)
         return;
@@ -150,6 +155,7 @@ static void drained(struct conn *c)
         conn_close(c);
         return;
     }
+shut:
     c->sreq = malloc(sizeof *c->sreq);
     if (!c->sreq || uv_shutdown(c->sreq, (uv_stream_t *)&c->tcp, on_shutdown_done) != 0) {
         conn_close(c);

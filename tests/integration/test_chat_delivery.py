@@ -463,6 +463,7 @@ def test_storage_fault():
             b1 = ChatClient(d.port, "fault-b", label="B1")
             clients = [a1, a2, b1]
             try:
+                late_failures = []
                 acked = {}  # id -> (seq, content) in session SA
                 r = ack_ok(a1.request({"type": "user_message", "content": "a 0", "id": "ok-0"}))
                 sa = r["session_id"]
@@ -517,6 +518,22 @@ def test_storage_fault():
                 assert http_get(d.port, "/healthz")[0] == 200
                 assert http_get(d.port, "/metrics")[0] == 200
                 assert readyz(d.port) == 503
+                # Requests that write nothing (a typing indicator) do not make
+                # a full disk ready again: a chat message would still fail.
+                # Checked at the end, so that recovery is tested either way.
+                b1.send({"type": "typing_indicator", "session_id": sb, "typing": True})
+                time.sleep(0.3)
+                st = readyz(d.port)
+                if st != 503:
+                    late_failures.append(
+                        "readyz answered %d after a typing_indicator while the disk was still "
+                        "full (expected 503: the last chat write failed and the next one "
+                        "fails too)" % st)
+                r = a1.request({"type": "user_message", "session_id": sa, "id": "f-again",
+                                "content": "still full"})
+                assert r["type"] == "error" and r["code"] == "unavailable", r
+                failed["f-again"] = "still full"
+                assert readyz(d.port) == 503
                 st, _, _ = http_get(d.port, "/api/sessions/%s/messages" % sa,
                                     headers={"Authorization": "Bearer " + a1.token})
                 print("     history read while the disk is full: HTTP %d" % st)
@@ -549,6 +566,10 @@ def test_storage_fault():
                     assert r["seq"] == last_seq + 1, r
                     last_seq = r["seq"]
                     acked["after-%d" % i] = (r["seq"], "after %d" % i)
+                # A retry of an id stored before the fault: re-acknowledged, not stored again.
+                r = ack_ok(a1.request({"type": "user_message", "session_id": sa, "id": "ok-1",
+                                       "content": "a 1"}))
+                assert r["seq"] == acked["ok-1"][0] and r.get("duplicate") is True, r
                 r = ack_ok(b1.request({"type": "user_message", "session_id": sb, "id": "bf-1",
                                        "content": "b fault"}))
                 assert r["seq"] == 2, r
@@ -576,6 +597,7 @@ def test_storage_fault():
                     c.wait_count(sa, len(evs), 10 * SLACK)
                     assert c.seqs(sa) == list(range(1, len(evs) + 1)), (c.label, c.seqs(sa))
                     assert_reader_ok(c)
+                assert not late_failures, "; ".join(late_failures)
             finally:
                 close_all(clients)
     finally:
