@@ -74,7 +74,7 @@ static const struct opt options[] = {
      "comma-separated Origin values allowed to open /ws (empty: any)", NULL},
     {"max-content-bytes", K_U64, F(max_content_bytes), 1, (uint64_t)1 << 30, "65536", "N",
      "largest 'content' of a chat message (then error content_too_large)", NULL},
-    {"rate-limit", K_UINT, F(rate_limit), 1, 1000000, "100", "N",
+    {"rate-limit", K_UINT, F(rate_limit), 1, 1000000000, "100", "N",
      "chat messages per user per minute (then error rate_limited)", NULL},
     {"db", K_STR, F(db_path), 0, 0, "chatd.db", "PATH", "SQLite database file ('none': no storage; chat messages are answered 'unavailable')",
      NULL},

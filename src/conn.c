@@ -138,6 +138,11 @@ static void on_shutdown_done(uv_shutdown_t *req, int status)
 /* Everything queued has been written. */
 static void drained(struct conn *c)
 {
+    if (c->state == CONN_WS && !c->close_sent && c->handler && c->handler->on_drain) {
+        c->handler->on_drain(c);
+        if (c->out.count > 0 || c->state == CONN_CLOSED)
+            return; /* it queued more: flushed on the next pass */
+    }
     if (c->close_after_flush && c->state == CONN_HTTP) {
         /* Half-close and read on for a moment rather than close at once: a
          * client still sending (a refused body, a long head) would otherwise

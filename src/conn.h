@@ -52,6 +52,8 @@ struct conn_handler {
     void (*on_close)(struct conn *c);
     /* Server shutdown, before the 1001 close (may queue a last message). */
     void (*on_shutdown)(struct conn *c);
+    /* The send queue became empty (output all written). */
+    void (*on_drain)(struct conn *c);
     /* Once a second while the WebSocket is open. */
     void (*on_tick)(struct conn *c, int64_t now_ms);
 };

@@ -7,13 +7,12 @@
  * worker, and every connection on it, sees a session's events by rising seq.
  *
  * Resume without gap or duplicate. Each connection keeps, per session, the
- * range [lo, hi] of seqs it has been sent. A live event is sent only if its
- * seq is above hi. A replay (resume after_seq=A) reads the session from
- * storage on the thread pool and sends every event above A outside [lo, hi],
- * then widens the range to (A, max(hi, last replayed)]. Live events are
- * contiguous from the moment the connection subscribed (it is subscribed
- * before it can ask to resume), so the union stays one range: nothing is
- * missed and nothing is sent twice, whatever arrives while the read runs.
+ * set of seqs it has been sent, as sorted ranges (one range in the common
+ * case; more when an admin left and joined again). A live event is sent only
+ * if its seq is not in the set; a replay (resume after_seq=A) reads the
+ * session from storage on the thread pool and sends every event above A that
+ * is not in the set. Either way the seq is added to the set, so whatever
+ * arrives while the read runs, nothing is missed and nothing is sent twice.
  */
 #include "hub/chat.h"
 
@@ -84,15 +83,23 @@ static uint8_t out_index(const char *type)
 }
 
 /* Per connection: what it has been sent, per session. */
-struct sess_state {
-    char id[STORE_ID_LEN + 1];
-    bool joined;  /* an admin subscribed with admin_join */
+struct seq_range {
     int64_t lo, hi;
 };
+
+struct sess_state {
+    char id[STORE_ID_LEN + 1];
+    bool joined;            /* an admin subscribed with admin_join */
+    unsigned nr, cap;
+    struct seq_range *sent; /* seqs sent, sorted, merged (owned) */
+};
+
+struct resume_job;
 
 struct client_state {
     unsigned n, cap;
     struct sess_state *v;
+    struct resume_job *parked; /* replays waiting for the send queue to drain */
 };
 
 /* Worker-local indexes, owned by one worker thread. */
@@ -117,7 +124,6 @@ struct chat {
     unsigned nworkers;
     struct chat_local *locals; /* [nworkers], each owned by its worker */
     atomic_uint_fast64_t in_by_kind[K_COUNT];
-    atomic_uint_fast64_t errors[E_COUNT];
 };
 
 /* ---- small helpers ---------------------------------------------------------- */
@@ -204,6 +210,52 @@ static struct sess_state *state_get(struct client *cl, const char *sid, bool cre
     return st;
 }
 
+static bool sent_has(const struct sess_state *st, int64_t seq)
+{
+    for (unsigned i = st->nr; i-- > 0;)
+        if (seq >= st->sent[i].lo && seq <= st->sent[i].hi)
+            return true;
+    return false;
+}
+
+static int64_t sent_max(const struct sess_state *st)
+{
+    return st->nr ? st->sent[st->nr - 1].hi : 0;
+}
+
+/* Record seq as sent, keeping the ranges sorted and merged. */
+static void sent_add(struct sess_state *st, int64_t seq)
+{
+    unsigned i = st->nr;
+    while (i > 0 && st->sent[i - 1].lo > seq)
+        i--;
+    /* st->sent[i - 1].lo <= seq < st->sent[i].lo */
+    bool join_prev = i > 0 && st->sent[i - 1].hi + 1 >= seq;
+    bool join_next = i < st->nr && st->sent[i].lo - 1 == seq;
+    if (join_prev && join_next) {
+        st->sent[i - 1].hi = st->sent[i].hi;
+        memmove(&st->sent[i], &st->sent[i + 1], (st->nr - i - 1) * sizeof *st->sent);
+        st->nr--;
+    } else if (join_prev) {
+        if (st->sent[i - 1].hi < seq)
+            st->sent[i - 1].hi = seq;
+    } else if (join_next) {
+        st->sent[i].lo = seq;
+    } else {
+        if (st->nr == st->cap) {
+            unsigned cap = st->cap ? st->cap * 2 : 2;
+            struct seq_range *v = realloc(st->sent, cap * sizeof *v);
+            if (!v)
+                return; /* worst case: a later resume sends this seq again */
+            st->sent = v;
+            st->cap = cap;
+        }
+        memmove(&st->sent[i + 1], &st->sent[i], (st->nr - i) * sizeof *st->sent);
+        st->sent[i].lo = st->sent[i].hi = seq;
+        st->nr++;
+    }
+}
+
 static bool valid_session_id(const char *s)
 {
     if (strlen(s) != STORE_ID_LEN || s[0] != 's' || s[1] != '_')
@@ -217,7 +269,6 @@ static bool valid_session_id(const char *s)
 static void send_error(struct chat *ch, struct client *cl, enum error_code code,
                        const char *message, int64_t retry_after, const char *id)
 {
-    atomic_fetch_add_explicit(&ch->errors[code], 1, memory_order_relaxed);
     client_send_error(cl, error_names[code], message, code != E_INTERNAL, retry_after, id);
 }
 
@@ -289,13 +340,9 @@ static void send_frame(struct client *cl, const struct chat_item *it)
 static void send_event(struct client *cl, const struct chat_item *it)
 {
     struct sess_state *st = state_get(cl, it->session, true);
-    if (!st)
-        return;
-    if (st->hi && it->seq <= st->hi)
+    if (!st || sent_has(st, it->seq))
         return; /* already sent by a replay */
-    if (!st->hi)
-        st->lo = it->seq;
-    st->hi = it->seq;
+    sent_add(st, it->seq);
     send_frame(cl, it);
 }
 
@@ -480,7 +527,7 @@ static json_t *ack_json(const struct store_req *r, bool with_seq)
 static json_t *error_json(struct chat *ch, const struct store_req *r, enum error_code code,
                           const char *message, int64_t retry_after)
 {
-    atomic_fetch_add_explicit(&ch->errors[code], 1, memory_order_relaxed);
+    hub_count_error(ch->hub, error_names[code]);
     json_t *o = json_pack("{s:s, s:s, s:s, s:b}", "type", "error", "code", error_names[code],
                           "message", message, "recoverable", code != E_INTERNAL);
     if (o && retry_after >= 0)
@@ -735,20 +782,27 @@ static void handle_message(struct chat *ch, struct client *cl, json_t *msg, cons
 
 /* ---- resume ------------------------------------------------------------------- */
 
+#define RESUME_PAGE 256 /* events read from storage at a time */
+
+/* A replay in progress. It reads a page on the thread pool, then sends it on
+ * the worker while the connection's send queue stays under half its limit;
+ * when the queue is fuller it parks until the queue drains (on_drain), so a
+ * long history never overflows a connection that reads at a normal pace. */
 struct resume_job {
     uv_work_t req;
     struct chat *ch;
-    struct conn *conn;
+    struct conn *conn;          /* held (conn_hold) for the job's whole life */
+    struct resume_job *next;    /* on the client's parked list */
     char session[STORE_ID_LEN + 1];
     char user[STORE_MAX_USER + 1];
     char id[65];
     bool admin;
-    int64_t after;
-    /* results */
+    int64_t after;              /* the next read starts above this seq */
+    /* the current page */
     int rc;
     struct store_session sess;
     struct store_event *ev;
-    int n;
+    int n, next_ev;
 };
 
 static void resume_work(uv_work_t *req)
@@ -758,10 +812,77 @@ static void resume_work(uv_work_t *req)
     if (j->rc == 0 && !j->admin && strcmp(j->sess.owner, j->user) != 0)
         j->rc = -ENOENT;
     if (j->rc == 0) {
-        j->n = store_read_events(j->ch->store, j->session, j->after, 0, &j->ev);
+        j->n = store_read_events(j->ch->store, j->session, j->after, RESUME_PAGE, &j->ev);
         if (j->n < 0)
             j->rc = j->n;
     }
+    j->next_ev = 0;
+}
+
+static void resume_done(uv_work_t *req, int status);
+
+static void resume_finish(struct resume_job *j)
+{
+    store_events_free(j->ev, j->n > 0 ? j->n : 0);
+    conn_release(j->conn);
+    free(j);
+}
+
+/* Send what the page still holds; read the next page, park, or finish. */
+static void resume_pump(struct resume_job *j)
+{
+    struct conn *c = j->conn;
+    struct client *cl = c->state == CONN_WS && !c->close_sent ? c->data : NULL;
+    if (!cl || !cl->router_state) {
+        resume_finish(j);
+        return;
+    }
+    const char *id = j->id[0] ? j->id : NULL;
+    struct sess_state *st = state_get(cl, j->session, true);
+    uint64_t high_water = c->w->srv->cfg->send_queue_bytes / 2;
+    while (st && j->next_ev < j->n) {
+        if (c->out.bytes > high_water) {
+            struct client_state *cs = cl->router_state;
+            j->next = cs->parked;
+            cs->parked = j;
+            return;
+        }
+        struct store_event *e = &j->ev[j->next_ev++];
+        if (sent_has(st, e->seq))
+            continue;
+        sent_add(st, e->seq);
+        json_t *o = event_json(e->type, j->session, e->seq, e->client_id, e->sender_type,
+                               e->sender_id, e->sender_name, e->content, e->content_len,
+                               e->metadata, e->ts_ms);
+        if (o) {
+            client_send_json(cl, o);
+            json_decref(o);
+        }
+    }
+    if (j->n == RESUME_PAGE) {
+        /* More may follow: read the next page. */
+        j->after = j->ev[j->n - 1].seq;
+        store_events_free(j->ev, j->n);
+        j->ev = NULL;
+        j->n = 0;
+        if (uv_queue_work(&c->w->loop, &j->req, resume_work, resume_done) == 0)
+            return;
+        send_error(j->ch, cl, E_INTERNAL, "cannot schedule the read", -1, id);
+        resume_finish(j);
+        return;
+    }
+    int64_t last_seq = j->sess.last_seq;
+    if (st && sent_max(st) > last_seq)
+        last_seq = sent_max(st);
+    json_t *o = json_pack("{s:s, s:s, s:I}", "type", "resumed", "session_id", j->session,
+                          "last_seq", (json_int_t)last_seq);
+    if (o && id)
+        json_object_set_new(o, "id", json_string(id));
+    if (o) {
+        client_send_json(cl, o);
+        json_decref(o);
+    }
+    resume_finish(j);
 }
 
 static void resume_done(uv_work_t *req, int status)
@@ -770,48 +891,33 @@ static void resume_done(uv_work_t *req, int status)
     struct conn *c = j->conn;
     struct client *cl = c->state == CONN_WS ? c->data : NULL;
     const char *id = j->id[0] ? j->id : NULL;
-    if (cl && status == 0) {
-        if (j->rc == -ENOENT) {
-            send_error(j->ch, cl, E_SESSION_NOT_FOUND, "no such session", -1, id);
-        } else if (j->rc < 0) {
-            send_error(j->ch, cl, E_UNAVAILABLE, "storage is unavailable; retry later", 1000, id);
-        } else {
-            struct sess_state *st = state_get(cl, j->session, true);
-            int64_t last = 0;
-            for (int i = 0; st && i < j->n; i++) {
-                struct store_event *e = &j->ev[i];
-                last = e->seq;
-                if (st->hi && e->seq >= st->lo && e->seq <= st->hi)
-                    continue;
-                json_t *o = event_json(e->type, j->session, e->seq, e->client_id,
-                                       e->sender_type, e->sender_id, e->sender_name, e->content,
-                                       e->content_len, e->metadata, e->ts_ms);
-                if (o) {
-                    client_send_json(cl, o);
-                    json_decref(o);
-                }
-            }
-            if (st && last) {
-                st->lo = st->hi ? (st->lo < j->after + 1 ? st->lo : j->after + 1) : j->after + 1;
-                if (last > st->hi)
-                    st->hi = last;
-            }
-            int64_t last_seq = j->sess.last_seq;
-            if (st && st->hi > last_seq)
-                last_seq = st->hi;
-            json_t *o = json_pack("{s:s, s:s, s:I}", "type", "resumed", "session_id", j->session,
-                                  "last_seq", (json_int_t)last_seq);
-            if (o && id)
-                json_object_set_new(o, "id", json_string(id));
-            if (o) {
-                client_send_json(cl, o);
-                json_decref(o);
-            }
-        }
+    if (!cl || status != 0) {
+        resume_finish(j);
+    } else if (j->rc == -ENOENT) {
+        send_error(j->ch, cl, E_SESSION_NOT_FOUND, "no such session", -1, id);
+        resume_finish(j);
+    } else if (j->rc < 0) {
+        send_error(j->ch, cl, E_UNAVAILABLE, "storage is unavailable; retry later", 1000, id);
+        resume_finish(j);
+    } else {
+        resume_pump(j);
     }
-    store_events_free(j->ev, j->n > 0 ? j->n : 0);
-    conn_release(c);
-    free(j);
+}
+
+/* The connection's send queue emptied: continue parked replays. */
+static void chat_client_drained(void *router, struct client *cl)
+{
+    (void)router;
+    struct client_state *cs = cl->router_state;
+    if (!cs || !cs->parked)
+        return;
+    struct resume_job *j = cs->parked;
+    cs->parked = NULL;
+    while (j) {
+        struct resume_job *next = j->next;
+        resume_pump(j);
+        j = next;
+    }
 }
 
 static void handle_resume(struct chat *ch, struct client *cl, json_t *msg, const char *id)
@@ -877,6 +983,13 @@ static void chat_client_closed(void *router, struct client *cl)
         if (j)
             list_del(loc->joins, j, cl);
     }
+    while (cs && cs->parked) {
+        struct resume_job *j = cs->parked;
+        cs->parked = j->next;
+        resume_finish(j);
+    }
+    for (unsigned i = 0; cs && i < cs->n; i++)
+        free(cs->v[i].sent);
     if (cs)
         free(cs->v);
     free(cs);
@@ -984,6 +1097,7 @@ static void chat_handle(void *router, struct client *cl, const char *type, json_
 
 const struct router_ops chat_router_ops = {
     .client_opened = chat_client_opened,
+    .client_drained = chat_client_drained,
     .handle = chat_handle,
     .client_closed = chat_client_closed,
 };
@@ -1084,9 +1198,9 @@ void chat_write_metrics(struct chat *ch, char **buf, size_t *len, size_t *cap)
     }
     appendf(buf, len, cap, "# HELP chatd_errors_total Error replies sent, by code.\n"
                            "# TYPE chatd_errors_total counter\n");
-    for (int i = 0; i < E_COUNT; i++)
-        appendf(buf, len, cap, "chatd_errors_total{code=\"%s\"} %llu\n", error_names[i],
-                (unsigned long long)atomic_load(&ch->errors[i]));
+    for (unsigned i = 0; i < hub_error_count; i++)
+        appendf(buf, len, cap, "chatd_errors_total{code=\"%s\"} %llu\n", hub_error_codes[i],
+                (unsigned long long)atomic_load(&ch->hub->errors[i]));
     if (!ch->store)
         return;
     struct store_stats ss;

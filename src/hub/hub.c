@@ -32,6 +32,22 @@ static const char *const chat_types[] = {
     "read",         "admin_join",       "admin_leave",  "admin_message",
 };
 
+const char *const hub_error_codes[] = {
+    "bad_json",    "unknown_type",      "invalid_field",     "content_too_large",
+    "rate_limited", "session_not_found", "forbidden",         "unavailable",
+    "assistant_timeout", "assistant_error", "internal",       "unauthorized",
+};
+const unsigned hub_error_count = sizeof hub_error_codes / sizeof hub_error_codes[0];
+
+void hub_count_error(struct hub *h, const char *code)
+{
+    for (unsigned i = 0; i < hub_error_count; i++)
+        if (strcmp(code, hub_error_codes[i]) == 0) {
+            atomic_fetch_add_explicit(&h->errors[i], 1, memory_order_relaxed);
+            return;
+        }
+}
+
 /* ---- setup --------------------------------------------------------------- */
 
 static int read_file(const char *path, char **out, size_t *len, char *err, size_t errlen,
@@ -234,6 +250,7 @@ int client_send_json(struct client *cl, json_t *obj)
 void client_send_error(struct client *cl, const char *code, const char *message, bool recoverable,
                        int64_t retry_after_ms, const char *id)
 {
+    hub_count_error(cl->hub, code);
     json_t *o = json_pack("{s:s, s:s, s:s, s:b}", "type", "error", "code", code, "message",
                           message, "recoverable", recoverable);
     if (!o)
@@ -462,8 +479,17 @@ static void chat_on_message(struct conn *c, unsigned opcode, uint8_t *data, size
     json_decref(msg);
 }
 
+static void chat_on_drain(struct conn *c)
+{
+    struct client *cl = c->data;
+    struct hub *h = cl->hub;
+    if (h->router_ops && h->router_ops->client_drained)
+        h->router_ops->client_drained(h->router, cl);
+}
+
 static const struct conn_handler chat_handler = {
     .name = "chat",
+    .on_drain = chat_on_drain,
     .on_message = chat_on_message,
     .on_close = chat_on_close,
     .on_shutdown = chat_on_shutdown,

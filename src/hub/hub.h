@@ -59,6 +59,8 @@ struct router_ops {
     /* A client finished its upgrade (after connection_status was queued). */
     void (*client_opened)(void *router, struct client *cl);
     void (*handle)(void *router, struct client *cl, const char *type, json_t *msg);
+    /* The client's send queue became empty (may be NULL). */
+    void (*client_drained)(void *router, struct client *cl);
     /* The client is closing (router_state must be released). */
     void (*client_closed)(void *router, struct client *cl);
 };
@@ -71,6 +73,7 @@ struct hub {
     const struct router_ops *router_ops; /* NULL: no router attached */
     void *router;
     json_t *models;                      /* [{"id":..,"name":..}] from --models */
+    atomic_uint_fast64_t errors[16];     /* error replies by code (hub_error_codes) */
     /* shared, internally locked */
     struct registry registry;
 };
@@ -79,6 +82,12 @@ struct hub {
  * 401/403 answer is queued and false returned. Worker thread. */
 bool hub_api_auth(struct hub *h, struct conn *c, const struct http_request *req,
                   struct jwt_claims *claims, bool need_admin);
+
+/* Error codes of PROTOCOL.md section 4, in the order of hub->errors. */
+extern const char *const hub_error_codes[];
+extern const unsigned hub_error_count;
+/* Count one error reply with this code (any thread). */
+void hub_count_error(struct hub *h, const char *code);
 
 /* Is model_id one of the configured models? */
 bool hub_model_known(const struct hub *h, const char *model_id);

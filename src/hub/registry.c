@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/clock.h"
+
 struct reg_user {
     struct reg_user *next; /* bucket chain */
     uint64_t hash;
@@ -17,6 +19,7 @@ struct reg_user {
     struct reg_device *devs; /* oldest first */
     double tokens;           /* rate-limit bucket; < 0: not yet filled */
     int64_t refill_ms;       /* when tokens was last brought up to date */
+    int64_t full_at_ms;      /* when the bucket will be full again */
     size_t len;
     char id[];
 };
@@ -152,7 +155,6 @@ int registry_admit(struct registry *r, const char *user, size_t len, const struc
         memcpy(u->id, user, len);
         *slot = u;
         s->nusers++;
-        atomic_fetch_add(&r->users, 1);
     }
     if (u->ndevs >= max) {
         if (policy == DEVICE_POLICY_REFUSE || u->ndevs == 0) {
@@ -171,18 +173,13 @@ int registry_admit(struct registry *r, const char *user, size_t len, const struc
         result = REG_EVICTED;
     }
     if (push_device(u, dev) < 0) {
-        /* Only possible for a fresh user or a growing array; nothing evicted
-         * in that case since eviction frees a slot first. */
-        if (u->ndevs == 0) {
-            *slot = u->next;
-            s->nusers--;
-            atomic_fetch_sub(&r->users, 1);
-            free(u->devs);
-            free(u);
-        }
+        /* Only possible for a growing array; nothing was evicted then, since
+         * eviction frees a slot first. An empty record is left for gc. */
         uv_mutex_unlock(&s->lock);
         return -ENOMEM;
     }
+    if (u->ndevs == 1)
+        atomic_fetch_add(&r->users, 1);
     atomic_fetch_add(&r->devices, 1);
     *count = u->ndevs;
     maybe_grow(s);
@@ -208,16 +205,43 @@ int registry_remove(struct registry *r, const char *user, size_t len, uint64_t c
             rc = 0;
             break;
         }
-        if (u->ndevs == 0) {
-            *slot = u->next;
-            s->nusers--;
+        if (rc == 0 && u->ndevs == 0) {
             atomic_fetch_sub(&r->users, 1);
-            free(u->devs);
-            free(u);
+            /* Keep a user whose rate-limit bucket is not full yet, so that
+             * reconnecting does not refill it; registry_gc frees it later. */
+            if (u->tokens < 0 || clock_mono_ms() >= u->full_at_ms) {
+                *slot = u->next;
+                s->nusers--;
+                free(u->devs);
+                free(u);
+            }
         }
     }
     uv_mutex_unlock(&s->lock);
     return rc;
+}
+
+void registry_gc(struct registry *r, int64_t now_ms)
+{
+    for (int i = 0; i < REGISTRY_STRIPES; i++) {
+        struct registry_stripe *s = &r->stripes[i];
+        uv_mutex_lock(&s->lock);
+        for (size_t b = 0; b < s->nbuckets; b++) {
+            struct reg_user **p = &s->buckets[b];
+            while (*p) {
+                struct reg_user *u = *p;
+                if (u->ndevs == 0 && now_ms >= u->full_at_ms) {
+                    *p = u->next;
+                    s->nusers--;
+                    free(u->devs);
+                    free(u);
+                } else {
+                    p = &u->next;
+                }
+            }
+        }
+        uv_mutex_unlock(&s->lock);
+    }
 }
 
 unsigned registry_count(struct registry *r, const char *user, size_t len)
@@ -269,6 +293,7 @@ int64_t registry_take_token(struct registry *r, const char *user, size_t len, un
             u->tokens -= 1.0;
         else
             wait = (int64_t)((1.0 - u->tokens) / rate) + 1;
+        u->full_at_ms = now_ms + (int64_t)((cap - u->tokens) / rate) + 1;
     }
     uv_mutex_unlock(&s->lock);
     return wait;

@@ -84,12 +84,18 @@ unsigned registry_devices(struct registry *r, const char *user, size_t len, stru
 
 /*
  * Rate limit: take one token from the user's bucket (capacity per_minute,
- * refilled at per_minute per 60 s; full when the user comes online). Returns
+ * refilled at per_minute per 60 s; full the first time, and kept across
+ * reconnects until it is full again). now_ms is clock_mono_ms(). Returns
  * 0 when allowed, or the milliseconds until a token is available. A user who
  * is not online is allowed (nothing to charge).
  */
 int64_t registry_take_token(struct registry *r, const char *user, size_t len, unsigned per_minute,
                             int64_t now_ms);
+
+/* Free users with no device whose rate-limit bucket has refilled (they are
+ * kept meanwhile so that reconnecting does not reset the limit). Call now and
+ * then (now_ms: clock_mono_ms). */
+void registry_gc(struct registry *r, int64_t now_ms);
 
 /* Call fn for every online user with their device count. The stripe lock is
  * held during fn: it must not call the registry. */

@@ -453,7 +453,14 @@ static void run_batch(struct store *s, struct store_req **reqs, size_t n)
             log_warn("store_unhealthy", "path=%s", s->path);
         atomic_fetch_add(&s->failures, 1);
     } else {
-        if (!atomic_exchange(&s->healthy, true))
+        /* Only a batch that wrote proves the disk takes writes again: a
+         * read-only batch commits fine on a full disk. */
+        bool wrote = false;
+        for (size_t j = 0; j < n && !wrote; j++)
+            wrote = reqs[j]->status == STORE_OK &&
+                    ((reqs[j]->op == STORE_APPEND && !reqs[j]->duplicate) ||
+                     reqs[j]->op == STORE_HELP || reqs[j]->op == STORE_MODEL);
+        if (wrote && !atomic_exchange(&s->healthy, true))
             log_info("store_healthy", "path=%s", s->path);
         record_commit(s, now_us() - t0, n);
     }

@@ -16,7 +16,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from harness import (OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, WS, WSClosed,  # noqa: E402
+from harness import (OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, WS, WSClosed,  # noqa: E402
                      frame, http_get, make_token)
 
 EVENT_TYPES = ("user_message", "admin_message", "ai_response")

@@ -11,7 +11,6 @@ client ends with every event after `after_seq` exactly once; `seq` is 1, 2,
 nothing; /readyz is 503 while storage is failing.
 """
 import errno
-import json
 import os
 import shutil
 import subprocess
@@ -608,6 +607,31 @@ def test_storage_fault():
         os.rmdir(mnt)
 
 
+def test_resume_long_history_paced():
+    """A replay longer than the send queue is paced by the queue, not cut off:
+    a client reading at a normal pace gets every event, then `resumed`."""
+    n = 600 if SLOW else 3000
+    with Chatd("--workers", "2", "--rate-limit", "100000000", "--sync", "normal",
+               "--max-message-bytes", "65536", "--send-queue-bytes", "200000") as d:
+        writer = ChatClient(d.port, "longuser")
+        first = writer.request({"type": "user_message", "content": "x" * 300, "id": "m0"})
+        assert first["type"] == "ack", first
+        sid = first["session_id"]
+        msgs = [{"type": "user_message", "session_id": sid, "content": "%05d" % i + "y" * 295,
+                 "id": "m%d" % i} for i in range(1, n)]
+        replies = pipeline(writer, msgs, window=32, timeout=120)
+        assert len(replies) == n - 1 and all(r["type"] == "ack" for r in replies.values())
+        writer.close()
+        reader = ChatClient(d.port, "longuser", label="reader")
+        reader.send({"type": "resume", "session_id": sid, "after_seq": 0, "id": "r"})
+        done = reader.wait_message(lambda m: m.get("type") in ("resumed", "error"), timeout=120)
+        assert done["type"] == "resumed", done
+        assert done["last_seq"] == n, done
+        assert reader.seqs(sid) == list(range(1, n + 1)), "replay incomplete or out of order"
+        assert not reader.closed, reader.close_code
+        reader.close()
+
+
 if __name__ == "__main__":
     run([test_multi_device_fanout, test_resume_no_gap_no_duplicate, test_crash_safety,
-         test_storage_fault])
+         test_storage_fault, test_resume_long_history_paced])

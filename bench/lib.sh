@@ -1,0 +1,168 @@
+# shellcheck shell=bash
+# Helpers shared by bench/run.sh and bench/peers.sh (sourced, not run).
+#
+# Pinning: the server under test runs on core $SERVER_CPU (default 0) and
+# chatd-bench on core $GEN_CPU (default 1), so the server's CPU time per
+# operation is not blurred by the generator. On a one-core machine nothing is
+# pinned (and the figures say less).
+#
+# Environment knobs: BUILD (build folder, default build), DURATION and WARMUP
+# (seconds per scenario, default 10 and 2), SERVER_CPU, GEN_CPU.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD=${BUILD:-build}
+case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
+OUT=$BUILD/bench
+BENCH=$BUILD/release/chatd-bench
+CHATD=$BUILD/release/chatd
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+SECRET=${BENCH_SECRET:-chatd-bench-secret-0123456789abcdef}
+SERVER_CPU=${SERVER_CPU:-0}
+GEN_CPU=${GEN_CPU:-1}
+SRV_PID=
+SRV_PORT=
+
+mkdir -p "$OUT/logs"
+
+if [ "$(nproc 2>/dev/null || echo 1)" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
+    PIN_SERVER="taskset -c $SERVER_CPU"
+    PIN_GEN="taskset -c $GEN_CPU"
+else
+    echo "bench: fewer than 2 cores (or no taskset): nothing is pinned" >&2
+    PIN_SERVER=
+    PIN_GEN=
+fi
+
+# Every descriptor this shell may have: servers and generators inherit it.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+log() { printf '%s\n' "bench: $*" >&2; }
+
+build_release() {
+    log "building release (chatd, chatd-bench)"
+    cmake -S "$ROOT" -B "$BUILD/release" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+    cmake --build "$BUILD/release" -j "$(nproc 2>/dev/null || echo 2)" --target chatd chatd-bench >/dev/null
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null ||
+        echo $((20000 + RANDOM % 10000))
+}
+
+# start_server NAME PORT CMD...: start CMD pinned, wait until PORT accepts.
+start_server() {
+    local name=$1 port=$2
+    shift 2
+    # shellcheck disable=SC2086
+    $PIN_SERVER "$@" >>"$OUT/logs/$name.log" 2>&1 &
+    SRV_PID=$!
+    SRV_PORT=$port
+    local i
+    for i in $(seq 1 100); do
+        if ! kill -0 "$SRV_PID" 2>/dev/null; then
+            log "$name exited at start; see $OUT/logs/$name.log"
+            SRV_PID=
+            return 1
+        fi
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            sleep 0.2   # let it finish starting (storage, workers)
+            return 0
+        fi
+        sleep 0.1
+    done
+    log "$name did not listen on $port within 10 s"
+    stop_server
+    return 1
+}
+
+stop_server() {
+    if [ -n "$SRV_PID" ]; then
+        kill "$SRV_PID" 2>/dev/null || true
+        local i
+        for i in $(seq 1 100); do
+            kill -0 "$SRV_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$SRV_PID" 2>/dev/null || true
+        wait "$SRV_PID" 2>/dev/null || true
+        SRV_PID=
+    fi
+}
+
+# start_chatd NAME [chatd options]: a fresh chatd (new database) for one
+# group of scenarios, with limits raised for load: one worker (it has one
+# core), warn-level logs (no line per connection).
+start_chatd() {
+    local name=$1
+    shift
+    local port
+    port=$(free_port)
+    rm -f "$OUT/chatd.db" "$OUT/chatd.db-wal" "$OUT/chatd.db-shm"
+    start_server "$name" "$port" "$CHATD" --listen "127.0.0.1:$port" --echo --jwt-secret "$SECRET" \
+        --db "$OUT/chatd.db" --rate-limit 1000000 --max-devices 1000 --workers 1 --log-level warn "$@"
+}
+
+# bench_run RESULTS LABEL MODE [chatd-bench options]: one scenario against
+# the running server; appends its JSON line (or an error line) to RESULTS.
+bench_run() {
+    local results=$1 label=$2 mode=$3
+    shift 3
+    local line rc=0
+    log "$label: $mode $*"
+    # shellcheck disable=SC2086
+    line=$($PIN_GEN "$BENCH" "$mode" --port "$SRV_PORT" --server-pid "$SRV_PID" --label "$label" \
+        --duration "$DURATION" --warmup "$WARMUP" --json "$@" 2>>"$OUT/logs/generator.log") || rc=$?
+    if [ $rc -ne 0 ] || [ -z "$line" ]; then
+        log "$label $mode failed (exit $rc); see $OUT/logs/generator.log"
+        printf '{"mode":"%s","label":"%s","error":"generator exit %s"}\n' "$mode" "$label" "$rc" >>"$results"
+        return 0
+    fi
+    printf '%s\n' "$line" >>"$results"
+}
+
+# print_table RESULTS [REFERENCE_LABEL]: one row per JSON line; with a
+# reference label, a column with server CPU per operation divided by the
+# reference's for the same mode.
+print_table() {
+    python3 - "$@" <<'EOF' || cat "$1"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+ref = sys.argv[2] if len(sys.argv) > 2 else None
+refcost = {r["mode"]: r.get("server_cpu_us_per_op") for r in rows if r.get("label") == ref}
+hdr = ["server", "mode", "conns", "ops/s", "p50 us", "p99 us", "p999 us", "srv us/op", "srv cpu", "notes"]
+if ref:
+    hdr.insert(8, "x " + ref)
+out = [hdr]
+for r in rows:
+    if "error" in r or "skipped" in r:
+        out.append([r.get("label", ""), r["mode"]] + [""] * (len(hdr) - 3) + [r.get("error") or r.get("skipped")])
+        continue
+    notes = []
+    if r["mode"] == "idle" and "rss_bytes_per_conn" in r:
+        notes.append("rss %d B/conn (%d->%d kB)" % (r["rss_bytes_per_conn"], r["server_rss_kb_before"], r["server_rss_kb_after"]))
+    if r["mode"] == "chat":
+        notes.append("%.0f deliv/s, deliv p50/p99 %.0f/%.0f us" % (r["deliveries_per_s"], r["delivery_p50_us"], r["delivery_p99_us"]))
+    if r["mode"] == "fanout" and r.get("server_cpu_us_per_msg"):
+        notes.append("%d deliv/msg, %.0f us/msg" % (r["deliveries_per_msg"], r["server_cpu_us_per_msg"]))
+    bad = {k: r[k] for k in ("connect_errors", "http_errors", "closed", "protocol_errors", "server_errors") if r.get(k)}
+    if r["ready"] < r["connections"] and r["mode"] != "connect":
+        bad["not_ready"] = r["connections"] - r["ready"]
+    if bad:
+        notes.append(" ".join("%s=%s" % kv for kv in bad.items()))
+    cost = r.get("server_cpu_us_per_op")
+    row = [r.get("label", ""), r["mode"], str(r["connections"]), "%.0f" % r["ops_per_s"],
+           "%.0f" % r["latency_p50_us"], "%.0f" % r["latency_p99_us"], "%.0f" % r["latency_p999_us"],
+           "%.3f" % cost if cost is not None else "-",
+           "%.0f%%" % (100 * r["server_cpu_util"]) if "server_cpu_util" in r else "-", "; ".join(notes)]
+    if ref:
+        rc = refcost.get(r["mode"])
+        row.insert(8, "%.2f" % (cost / rc) if cost and rc else "-")
+    out.append(row)
+w = [max(len(row[i]) for row in out) for i in range(len(hdr))]
+for i, row in enumerate(out):
+    print("  ".join(c.ljust(w[j]) if j in (0, 1, len(hdr) - 1) else c.rjust(w[j]) for j, c in enumerate(row)).rstrip())
+    if i == 0:
+        print("  ".join("-" * x for x in w))
+EOF
+}

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# bench/peers.sh: chatd beside other WebSocket servers, same machine, same
+# run, same generator (chatd-bench), same pinning (server core 0, generator
+# core 1), one server at a time.
+#
+# Peers (installed here from Debian and npm, the only registries reachable):
+#   libwebsockets  bench/peers/lws_echo.c, built against Debian's
+#                  libwebsockets-dev (libwebsockets-test-server ships no echo
+#                  protocol): /echo and a ring-buffer /fanout
+#   gorilla        bench/peers/gorilla/main.go, Debian's golang-go +
+#                  golang-github-gorilla-websocket-dev, built offline
+#                  (GOPATH=/usr/share/gocode, GO111MODULE=off): /echo and a
+#                  PreparedMessage /fanout
+#   ws             bench/peers/ws_echo.js, npm ws: /echo and a /fanout room
+#   socket.io      bench/peers/socketio_fanout.js, npm socket.io: room
+#                  fan-out only, driven by chatd-bench --proto socketio
+#                  (Engine.IO v4 / Socket.IO v5 framing over WebSocket)
+#
+# Scenarios, as in bench/run.sh: echo = 100 connections x 8 in flight,
+# 64-byte text; fanout = 1,000 connections on one room/session, one sender,
+# 4 messages in flight (counted until every watcher has them). For the plain
+# peers fan-out means "relay each message to every connection"; chatd also
+# parses, stores (SQLite, --sync normal), acknowledges and routes it.
+#
+# Output: $BUILD/bench/peers.jsonl and a table whose "x lws" column is the
+# server CPU per operation divided by libwebsockets' for the same mode.
+# About 2-3 minutes with DURATION=10 WARMUP=2.
+set -euo pipefail
+
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+PEERS=$ROOT/bench/peers
+POUT=$OUT/peers
+RESULTS=$OUT/peers.jsonl
+mkdir -p "$POUT"
+: >"$RESULTS"
+: >"$OUT/logs/generator.log"
+trap stop_server EXIT
+trap 'stop_server; exit 130' INT TERM
+
+# ---- install ---------------------------------------------------------------
+need=""
+for p in libwebsockets-dev pkg-config golang-go golang-github-gorilla-websocket-dev; do
+    dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || need="$need $p"
+done
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need="$need nodejs npm"
+if [ -n "$need" ]; then
+    if [ "$(id -u)" != 0 ]; then
+        log "missing Debian packages:$need (run as root, or install them)"
+        exit 1
+    fi
+    log "installing$need"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $need >/dev/null
+fi
+if [ ! -d "$PEERS/node_modules/ws" ] || [ ! -d "$PEERS/node_modules/socket.io" ]; then
+    log "installing npm ws and socket.io under bench/peers"
+    (cd "$PEERS" && npm install --no-audit --no-fund --silent >/dev/null)
+fi
+
+# ---- build -----------------------------------------------------------------
+build_release
+log "building the libwebsockets peer"
+# shellcheck disable=SC2046
+cc -O2 -o "$POUT/lws-echo" "$PEERS/lws_echo.c" $(pkg-config --cflags --libs libwebsockets)
+log "building the gorilla peer (offline, from /usr/share/gocode)"
+(cd "$PEERS/gorilla" && env GOPATH=/usr/share/gocode GO111MODULE=off GOFLAGS= GOPROXY=off \
+    GOCACHE="$POUT/gocache" go build -o "$POUT/gorilla-peer" .)
+
+ECHO_ARGS=(--connections 100 --inflight 8 --size 64)
+FAN_ARGS=(--watchers 1000 --inflight 4 --size 64)
+
+# ---- chatd -----------------------------------------------------------------
+start_chatd peer-chatd --sync normal
+bench_run "$RESULTS" chatd echo "${ECHO_ARGS[@]}"
+bench_run "$RESULTS" chatd fanout "${FAN_ARGS[@]}" --secret "$SECRET" --max-devices 1000
+stop_server
+
+# ---- libwebsockets ---------------------------------------------------------
+port=$(free_port)
+if start_server peer-lws "$port" "$POUT/lws-echo" "$port"; then
+    bench_run "$RESULTS" lws echo "${ECHO_ARGS[@]}" --path /echo
+    bench_run "$RESULTS" lws fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
+    stop_server
+fi
+
+# ---- gorilla/websocket -----------------------------------------------------
+port=$(free_port)
+if start_server peer-gorilla "$port" "$POUT/gorilla-peer" -addr "127.0.0.1:$port"; then
+    bench_run "$RESULTS" gorilla echo "${ECHO_ARGS[@]}" --path /echo
+    bench_run "$RESULTS" gorilla fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
+    stop_server
+fi
+
+# ---- Node ws ---------------------------------------------------------------
+port=$(free_port)
+if start_server peer-ws "$port" node "$PEERS/ws_echo.js" "$port"; then
+    bench_run "$RESULTS" node-ws echo "${ECHO_ARGS[@]}" --path /echo
+    bench_run "$RESULTS" node-ws fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
+    stop_server
+fi
+
+# ---- Socket.IO -------------------------------------------------------------
+port=$(free_port)
+if start_server peer-socketio "$port" node "$PEERS/socketio_fanout.js" "$port"; then
+    bench_run "$RESULTS" socket.io fanout "${FAN_ARGS[@]}" --proto socketio
+    stop_server
+fi
+
+echo
+echo "chatd and peers ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, server on core $SERVER_CPU, generator on core $GEN_CPU)"
+echo "ops: echo = messages echoed, fanout = deliveries; 'x lws' = server CPU per op / libwebsockets'"
+print_table "$RESULTS" lws
+echo
+echo "JSON lines: $RESULTS"

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# bench/run.sh: chatd's standard benchmark (what `make bench` runs).
+#
+# Builds the release tree, then for each group of scenarios starts a fresh
+# chatd pinned to core 0 and drives it with chatd-bench pinned to core 1:
+#   echo      100 connections x 8 in flight, 64-byte text, on /echo
+#   fanout    one session watched by 1,000 connections (1 sender, 499 owner
+#             devices, 500 admins that admin_join), one sender
+#   connect   50 loops of authenticated handshakes (JWT verified each time)
+#   idle      10,000 and 19,000 authenticated connections held open, each on
+#             a fresh chatd: RSS growth per connection
+#   chat      50 users x 2 devices = 100 senders, 1 message in flight each,
+#             with --sync normal and with --sync full (fresh chatd each)
+# Every figure is server CPU time (utime+stime from /proc/PID/stat) per
+# operation beside the rate. One JSON line per run goes to
+# $BUILD/bench/results.jsonl, then a table is printed. About 2-3 minutes
+# with the defaults (DURATION=10 WARMUP=2 seconds per scenario).
+set -euo pipefail
+
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+RESULTS=$OUT/results.jsonl
+: >"$RESULTS"
+: >"$OUT/logs/generator.log"
+trap stop_server EXIT
+trap 'stop_server; exit 130' INT TERM
+
+build_release
+
+start_chatd chatd-main
+bench_run "$RESULTS" chatd echo --connections 100 --inflight 8 --size 64
+bench_run "$RESULTS" chatd fanout --secret "$SECRET" --watchers 1000 --max-devices 1000 --inflight 4
+bench_run "$RESULTS" chatd connect --secret "$SECRET" --connections 50
+stop_server
+
+# Idle connections: the server and the generator each hold one descriptor per
+# connection (plus a few), within this shell's hard limit.
+hard=$(ulimit -Hn)
+for n in 10000 19000; do
+    if [ "$hard" != unlimited ] && [ "$hard" -lt $((n + 200)) ]; then
+        log "idle $n: skipped, the open-file hard limit is $hard"
+        printf '{"mode":"idle","label":"chatd","connections":%d,"skipped":"open-file hard limit %s < %d"}\n' \
+            "$n" "$hard" $((n + 200)) >>"$RESULTS"
+        continue
+    fi
+    start_chatd "chatd-idle-$n"
+    bench_run "$RESULTS" chatd idle --secret "$SECRET" --connections "$n" --concurrency 256
+    stop_server
+done
+
+for sync in normal full; do
+    start_chatd "chatd-chat-$sync" --sync "$sync"
+    bench_run "$RESULTS" "chatd sync=$sync" chat --secret "$SECRET" --users 50 --devices 2 --inflight 1 --size 64
+    stop_server
+done
+
+echo
+echo "chatd benchmark ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, server on core $SERVER_CPU, generator on core $GEN_CPU)"
+echo "ops: echo = messages echoed, fanout = deliveries, connect = handshakes, idle = connections, chat = acknowledged messages"
+print_table "$RESULTS"
+echo
+echo "JSON lines: $RESULTS"
