@@ -35,7 +35,7 @@ struct main_state {
     struct chat *chat;
     struct store *store;
     uv_signal_t sigterm, sigint;
-    uv_timer_t poll, deadline;
+    uv_timer_t poll, deadline, gc;
     bool stopping;
     bool forced;
 };
@@ -45,6 +45,14 @@ static void on_poll(uv_timer_t *t)
     struct main_state *st = t->data;
     if (atomic_load(&st->srv.workers_done) == st->srv.nworkers)
         uv_stop(t->loop);
+}
+
+/* Users who left with a partly used rate-limit bucket are kept until it is
+ * full again; free them now and then. */
+static void on_gc(uv_timer_t *t)
+{
+    struct main_state *st = t->data;
+    registry_gc(&st->hub.registry, clock_mono_ms());
 }
 
 static void on_deadline(uv_timer_t *t)
@@ -65,6 +73,7 @@ static void on_signal(uv_signal_t *s, int signum)
         return;
     }
     st->stopping = true;
+    uv_timer_stop(&st->gc);
     log_info("shutdown_begin", "signal=%s open_connections=%llu timeout_s=%u",
              signum == SIGTERM ? "SIGTERM" : "SIGINT",
              (unsigned long long)atomic_load(&st->srv.stats.conns_open),
@@ -239,6 +248,9 @@ int main(int argc, char **argv)
     uv_timer_init(loop, &st.poll);
     uv_timer_init(loop, &st.deadline);
     st.poll.data = st.deadline.data = &st;
+    uv_timer_init(loop, &st.gc);
+    st.gc.data = &st;
+    uv_timer_start(&st.gc, on_gc, 10000, 10000);
     const char *h = cfg.listen_host;
     bool v6 = strchr(h, ':') != NULL;
     log_info("listening",
@@ -257,6 +269,7 @@ int main(int argc, char **argv)
     uv_close((uv_handle_t *)&st.sigint, close_cb_noop);
     uv_close((uv_handle_t *)&st.poll, close_cb_noop);
     uv_close((uv_handle_t *)&st.deadline, close_cb_noop);
+    uv_close((uv_handle_t *)&st.gc, close_cb_noop);
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
     hub_release(&st.hub);

@@ -10,8 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "util/clock.h"
-
 struct reg_user {
     struct reg_user *next; /* bucket chain */
     uint64_t hash;
@@ -209,7 +207,7 @@ int registry_remove(struct registry *r, const char *user, size_t len, uint64_t c
             atomic_fetch_sub(&r->users, 1);
             /* Keep a user whose rate-limit bucket is not full yet, so that
              * reconnecting does not refill it; registry_gc frees it later. */
-            if (u->tokens < 0 || clock_mono_ms() >= u->full_at_ms) {
+            if (u->tokens < 0) {
                 *slot = u->next;
                 s->nusers--;
                 free(u->devs);

@@ -129,6 +129,42 @@ static void test_many_users_grow_table(void **state)
     registry_release(&r);
 }
 
+static void test_rate_bucket_survives_reconnect(void **state)
+{
+    (void)state;
+    struct registry r;
+    assert_int_equal(registry_init(&r), 0);
+    unsigned count, nothers;
+    struct reg_device ev;
+    int64_t now = 1000000;
+    admit(&r, "ann", 1, 10, DEVICE_POLICY_REFUSE, &count, &ev, &nothers);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(registry_take_token(&r, "ann", 3, 3, now), 0);
+    int64_t wait = registry_take_token(&r, "ann", 3, 3, now);
+    assert_true(wait > 0 && wait <= 20001);
+    /* The last device leaves and comes back: the bucket is still empty. */
+    assert_int_equal(registry_remove(&r, "ann", 3, 1), 0);
+    assert_int_equal(atomic_load(&r.users), 0);
+    admit(&r, "ann", 2, 10, DEVICE_POLICY_REFUSE, &count, &ev, &nothers);
+    assert_int_equal(atomic_load(&r.users), 1);
+    assert_true(registry_take_token(&r, "ann", 3, 3, now) > 0);
+    /* A minute later it has refilled. */
+    assert_int_equal(registry_take_token(&r, "ann", 3, 3, now + 60000), 0);
+    assert_int_equal(registry_remove(&r, "ann", 3, 2), 0);
+    /* gc frees the empty record once its bucket is full again. */
+    registry_gc(&r, now + 60000);
+    unsigned total_users = 0;
+    for (int i = 0; i < REGISTRY_STRIPES; i++)
+        total_users += (unsigned)r.stripes[i].nusers;
+    assert_int_equal(total_users, 1); /* not yet full: 2 tokens short */
+    registry_gc(&r, now + 10 * 60000);
+    total_users = 0;
+    for (int i = 0; i < REGISTRY_STRIPES; i++)
+        total_users += (unsigned)r.stripes[i].nusers;
+    assert_int_equal(total_users, 0);
+    registry_release(&r);
+}
+
 /* ---- stress: 8 threads, 100k admissions and removals ---------------------- */
 
 #define THREADS 8
@@ -236,6 +272,7 @@ int main(void)
         cmocka_unit_test(test_evict_oldest_removes_first_admitted),
         cmocka_unit_test(test_remove_exactly_once),
         cmocka_unit_test(test_many_users_grow_table),
+        cmocka_unit_test(test_rate_bucket_survives_reconnect),
         cmocka_unit_test(test_stress_refuse),
         cmocka_unit_test(test_stress_evict),
     };
