@@ -452,6 +452,24 @@ static long proc_rss_kb(int pid)
     return kb;
 }
 
+/* Busy and total jiffies of the whole machine (first line of /proc/stat);
+ * 0 or -EIO. Busy counts steal: time the VM did not get is lost too. */
+static int proc_machine(uint64_t *busy, uint64_t *total)
+{
+    FILE *f = fopen("/proc/stat", "r");
+    if (f == NULL)
+        return -EIO;
+    unsigned long long v[8] = {0};
+    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+                   &v[6], &v[7]);
+    fclose(f);
+    if (n < 4)
+        return -EIO;
+    *busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    *total = *busy + v[3] + v[4];
+    return 0;
+}
+
 static uint64_t self_cpu_us(void)
 {
     struct rusage ru;
@@ -515,6 +533,7 @@ struct worker {
     uint32_t next_open;        /* setup pacing: next connection to open */
     uint32_t pending;          /* handshakes in progress */
     int phase_seen;
+    bool started;              /* traffic was kicked off */
     uint64_t rng;
     struct conn **dirty;       /* owned: connections with output to flush */
     uint32_t ndirty;
@@ -1274,9 +1293,12 @@ static void open_more(struct worker *w)
     }
 }
 
+/* Traffic starts at the first phase seen past SETUP (with --warmup 0 a
+ * worker may never see WARMUP itself). */
 static void on_phase(struct worker *w, int ph)
 {
-    if (ph == PH_WARMUP) {
+    if ((ph == PH_WARMUP || ph == PH_MEASURE) && !w->started) {
+        w->started = true;
         if (o.mode == M_CONNECT) {
             for (uint32_t i = 0; i < w->n; i++)
                 conn_open(&w->conns[i]);
@@ -1562,7 +1584,7 @@ static int plan(enum role *roles)
                 return -ENOMEM;
             user_of_tok = key;
         }
-        g_tokens[i] = user_tok;   /* shared by the user's devices; freed with the process */
+        g_tokens[i] = user_tok;   /* shared by the user's devices (adjacent indexes) */
     }
     return 0;
 }
@@ -1607,6 +1629,32 @@ static int raise_nofile(uint32_t need)
         return -EMFILE;
     }
     return 0;
+}
+
+/* Free what main and plan allocated (the workers have closed their sockets). */
+static void release_all(enum role *roles)
+{
+    for (unsigned t = 0; t < o.threads; t++) {
+        struct worker *w = &g_workers[t];
+        for (uint32_t k = 0; k < w->n; k++) {
+            free(w->conns[k].rbuf);
+            free(w->conns[k].wbuf);
+            free(w->conns[k].mbuf);
+        }
+        free(w->conns);
+        free(w->dirty);
+        free(w->scratch);
+        if (w->ep >= 0)
+            close(w->ep);
+    }
+    free(g_workers);
+    for (uint32_t i = 0; i < g_total; i++) {
+        if (g_tokens[i] != NULL && (i == 0 || g_tokens[i] != g_tokens[i - 1]))
+            free(g_tokens[i]);   /* a user's devices share one token, at adjacent indexes */
+    }
+    free(g_tokens);
+    free(roles);
+    free(g_pad);
 }
 
 static double r1(double v)
@@ -1722,6 +1770,8 @@ int main(int argc, char **argv)
     atomic_store_explicit(&g_phase, PH_WARMUP, memory_order_release);
     sleep_s(o.warmup);
     uint64_t self0 = self_cpu_us();
+    uint64_t mbusy0 = 0, mtotal0 = 0, mbusy1 = 0, mtotal1 = 0;
+    proc_machine(&mbusy0, &mtotal0);
     if (have_pid)
         proc_cpu_us(o.server_pid, &cpu0);
     uint64_t t0 = now_ns();
@@ -1733,6 +1783,7 @@ int main(int argc, char **argv)
         rss_after = proc_rss_kb(o.server_pid);
     }
     uint64_t self1 = self_cpu_us();
+    proc_machine(&mbusy1, &mtotal1);
     atomic_store_explicit(&g_phase, PH_DONE, memory_order_release);
     for (unsigned t = 0; t < o.threads; t++)
         pthread_join(g_workers[t].th, NULL);
@@ -1844,6 +1895,19 @@ int main(int argc, char **argv)
     }
     if (client_per_op > 0)
         json_object_set_new(j, "client_cpu_us_per_op", json_real(r3(client_per_op)));
+    /* Machine-wide busy cores over the measured interval: much more than
+     * server + generator means something else ran and the figures are noisy. */
+    double msecs = (double)(t1 - t0) / 1e9;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    if (mtotal1 > mtotal0 && msecs > 0 && ncpu > 0) {
+        double busy = (double)(mbusy1 - mbusy0) / (double)(mtotal1 - mtotal0) * (double)ncpu;
+        double mine = (double)(self1 - self0) / 1e6 / msecs;
+        json_object_set_new(j, "client_cpu_util", json_real(r3(mine)));
+        json_object_set_new(j, "machine_busy_cores", json_real(r3(busy)));
+        if (have_pid && o.mode != M_IDLE)
+            json_object_set_new(j, "other_busy_cores",
+                                json_real(r3(busy - mine - (double)(cpu1 - cpu0) / 1e6 / msecs)));
+    }
 
     FILE *human = o.json ? stderr : stdout;
     fprintf(human, "%s%s%s: %" PRIu64 " ops in %.2f s = %.1f/s", mode_names[o.mode], o.label ? " " : "",
@@ -1871,5 +1935,8 @@ int main(int argc, char **argv)
     }
     fflush(stdout);
     json_decref(j);
+    free(hm);
+    free(ha);
+    release_all(roles);
     return 0;
 }

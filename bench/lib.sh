@@ -150,6 +150,8 @@ for r in rows:
         bad["not_ready"] = r["connections"] - r["ready"]
     if bad:
         notes.append(" ".join("%s=%s" % kv for kv in bad.items()))
+    if r.get("other_busy_cores", 0) > 0.15:
+        notes.append("NOISY: other processes used %.2f cores" % r["other_busy_cores"])
     cost = r.get("server_cpu_us_per_op")
     row = [r.get("label", ""), r["mode"], str(r["connections"]), "%.0f" % r["ops_per_s"],
            "%.0f" % r["latency_p50_us"], "%.0f" % r["latency_p99_us"], "%.0f" % r["latency_p999_us"],

@@ -25,6 +25,7 @@
 #include "store/store.h"
 #include "server.h"
 #include "util/clock.h"
+#include "util/sbuf.h"
 #include "util/log.h"
 
 extern char **environ;
@@ -253,7 +254,7 @@ int main(int argc, char **argv)
     uv_timer_start(&st.gc, on_gc, 10000, 10000);
     const char *h = cfg.listen_host;
     bool v6 = strchr(h, ':') != NULL;
-    log_info("listening",
+    log_event_always(LOG_INFO, "listening",
              "addr=%s%s%s:%d workers=%u echo=%s chat=%s prefix=\"%s\" db=%s sync=%s version=%s",
              v6 ? "[" : "", h, v6 ? "]" : "", st.srv.port, cfg.workers, cfg.echo ? "on" : "off",
              st.store ? "on" : "off", cfg.prefix, st.store ? cfg.db_path : "-",
@@ -273,6 +274,7 @@ int main(int argc, char **argv)
     uv_run(loop, UV_RUN_DEFAULT);
     uv_loop_close(loop);
     hub_release(&st.hub);
+    sbuf_thread_cleanup();
     log_info("shutdown_done", "forced=%s", st.forced ? "yes" : "no");
     config_release(&cfg);
     return 0;

@@ -18,6 +18,8 @@
 
 #include "conn.h"
 #include "util/log.h"
+#include "util/outq.h"
+#include "util/sbuf.h"
 
 static _Thread_local struct worker *current_worker;
 
@@ -155,6 +157,8 @@ static void worker_main(void *arg)
     w->listening = true;
     uv_run(&w->loop, UV_RUN_DEFAULT);
     /* Closing callbacks of the last handles ran inside uv_run. */
+    sbuf_thread_cleanup();
+    outq_thread_cleanup();
     rc = uv_loop_close(&w->loop);
     if (rc != 0)
         log_error("loop_close_failed", "worker=%u error=%s", w->index, uv_err_name(rc));

@@ -188,9 +188,19 @@ static void list_del(struct local_list **tab, struct local_list *l, struct clien
     free(l);
 }
 
+/* The client's router state, made on first use (idle clients have none). */
+static struct client_state *cstate(struct client *cl)
+{
+    if (!cl->router_state)
+        cl->router_state = calloc(1, sizeof(struct client_state));
+    return cl->router_state;
+}
+
 static struct sess_state *state_get(struct client *cl, const char *sid, bool create)
 {
-    struct client_state *cs = cl->router_state;
+    struct client_state *cs = create ? cstate(cl) : cl->router_state;
+    if (!cs)
+        return NULL;
     for (unsigned i = 0; i < cs->n; i++)
         if (strcmp(cs->v[i].id, sid) == 0)
             return &cs->v[i];
@@ -958,7 +968,6 @@ static void chat_client_opened(void *router, struct client *cl)
 {
     struct chat *ch = router;
     struct chat_local *loc = &ch->locals[cl->conn->w->index];
-    cl->router_state = calloc(1, sizeof(struct client_state));
     struct local_list *l = list_find(loc->users, cl->sub, true);
     if (l)
         list_add(l, cl);
@@ -1001,7 +1010,7 @@ static void chat_handle(void *router, struct client *cl, const char *type, json_
     struct chat *ch = router;
     const char *id = json_string_value(json_object_get(msg, "id"));
     const char *sid;
-    if (!cl->router_state) {
+    if (!cstate(cl)) {
         send_error(ch, cl, E_INTERNAL, "out of memory", -1, id);
         return;
     }

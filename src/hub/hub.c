@@ -345,13 +345,40 @@ static struct sbuf *notification(const char *code, const char *message, uint32_t
 
 /* ---- the chat connection ---------------------------------------------------- */
 
-static void client_free(struct client *cl)
+static char *roles_to_json(const struct jwt_claims *cl)
 {
-    free(cl->sub);
-    free(cl->name);
-    free(cl->roles_json);
-    free(cl);
+    json_t *arr = json_array();
+    if (cl->nroles == 0)
+        json_array_append_new(arr, json_string("user"));
+    for (unsigned i = 0; i < cl->nroles; i++)
+        json_array_append_new(arr, json_string(cl->roles[i]));
+    char *s = json_dumps(arr, JSON_COMPACT);
+    json_decref(arr);
+    return s;
 }
+
+/* One allocation holds the client and its strings (idle memory matters:
+ * every open connection has one). */
+static struct client *client_new(const struct jwt_claims *claims)
+{
+    char *roles = roles_to_json(claims);
+    if (!roles)
+        return NULL;
+    size_t rl = strlen(roles);
+    struct client *cl = calloc(1, sizeof *cl + claims->sub_len + claims->name_len + rl + 3);
+    if (cl) {
+        char *p = (char *)(cl + 1);
+        cl->sub = memcpy(p, claims->sub, claims->sub_len);
+        p += claims->sub_len + 1;
+        cl->name = memcpy(p, claims->name, claims->name_len);
+        p += claims->name_len + 1;
+        cl->roles_json = memcpy(p, roles, rl);
+    }
+    free(roles);
+    return cl;
+}
+
+static void client_free(struct client *cl) { free(cl); }
 
 static void chat_on_close(struct conn *c)
 {
@@ -554,17 +581,6 @@ static int find_token(const struct http_request *req, char *buf, size_t cap, con
     return n;
 }
 
-static char *roles_to_json(const struct jwt_claims *cl)
-{
-    json_t *arr = json_array();
-    if (cl->nroles == 0)
-        json_array_append_new(arr, json_string("user"));
-    for (unsigned i = 0; i < cl->nroles; i++)
-        json_array_append_new(arr, json_string(cl->roles[i]));
-    char *s = json_dumps(arr, JSON_COMPACT);
-    json_decref(arr);
-    return s;
-}
 
 static void send_connection_status(struct client *cl, unsigned devices)
 {
@@ -655,15 +671,8 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
     if (!routes_take_ws_slot(c))
         return;
 
-    struct client *cl = calloc(1, sizeof *cl);
-    if (cl) {
-        cl->sub = strndup(claims.sub, claims.sub_len);
-        cl->name = strndup(claims.name, claims.name_len);
-        cl->roles_json = roles_to_json(&claims);
-    }
-    if (!cl || !cl->sub || !cl->name || !cl->roles_json) {
-        if (cl)
-            client_free(cl);
+    struct client *cl = client_new(&claims);
+    if (!cl) {
         conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);
         return;
     }

@@ -47,9 +47,9 @@ struct client {
     bool registered;        /* holds a registry entry */
     uint8_t sub_len;
     uint8_t name_len;
-    char *sub;              /* owned, NUL-terminated */
-    char *name;             /* owned, NUL-terminated */
-    char *roles_json;       /* owned: the roles as a JSON array text */
+    char *sub;              /* NUL-terminated, in the same allocation as the client */
+    char *name;             /* likewise */
+    char *roles_json;       /* likewise: the roles as a JSON array text */
     void *router_state;     /* owned by the router */
 };
 

@@ -23,6 +23,7 @@
 
 #include "util/clock.h"
 #include "util/log.h"
+#include "util/sbuf.h"
 
 const double store_commit_bounds_ms[12] = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000};
 const unsigned store_batch_bounds[8] = {1, 2, 4, 8, 16, 64, 256, 1024};
@@ -492,6 +493,7 @@ static void writer_main(void *arg)
         uv_mutex_unlock(&s->queue_lock);
         run_batch(s, batch, n);
     }
+    sbuf_thread_cleanup(); /* on_batch may have dropped frames here */
 }
 
 int store_submit(struct store *s, struct store_req *r)

@@ -27,10 +27,28 @@ void log_set_level(enum log_level lvl) { min_level = (int)lvl; }
 
 int log_enabled(enum log_level lvl) { return (int)lvl >= min_level; }
 
+static void log_write(enum log_level lvl, const char *event, const char *fmt, va_list ap);
+
 void log_event(enum log_level lvl, const char *event, const char *fmt, ...)
 {
     if (!log_enabled(lvl))
         return;
+    va_list ap;
+    va_start(ap, fmt);
+    log_write(lvl, event, fmt, ap);
+    va_end(ap);
+}
+
+void log_event_always(enum log_level lvl, const char *event, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    log_write(lvl, event, fmt, ap);
+    va_end(ap);
+}
+
+static void log_write(enum log_level lvl, const char *event, const char *fmt, va_list ap)
+{
     char line[1024];
     char ts[32];
     clock_format_rfc3339(ts, clock_wall_ms());
@@ -40,10 +58,7 @@ void log_event(enum log_level lvl, const char *event, const char *fmt, ...)
     size_t len = (size_t)n;
     if (fmt && *fmt && len + 1 < sizeof line) {
         line[len++] = ' ';
-        va_list ap;
-        va_start(ap, fmt);
         int m = vsnprintf(line + len, sizeof line - len, fmt, ap);
-        va_end(ap);
         if (m > 0)
             len += (size_t)m;
     }

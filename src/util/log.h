@@ -28,6 +28,11 @@ int log_enabled(enum log_level lvl);
 void log_event(enum log_level lvl, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* The same, written whatever the level: for the few lines an operator (or a
+ * test harness) always needs, such as the address chatd listens on. */
+void log_event_always(enum log_level lvl, const char *event, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 #define log_debug(ev, ...) \
     do { if (log_enabled(LOG_DEBUG)) log_event(LOG_DEBUG, ev, __VA_ARGS__); } while (0)
 #define log_info(ev, ...) log_event(LOG_INFO, ev, __VA_ARGS__)

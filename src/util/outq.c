@@ -15,17 +15,46 @@ static struct outq_ent *ent(const struct outq *q, uint32_t i)
     return &q->_ents[(q->_head + i) & (q->_cap - 1)];
 }
 
+/* Rings of the smallest size are recycled per thread, so an idle queue can
+ * hold none and a busy one still costs no malloc per message. Only the
+ * owning worker thread touches its cache. */
+#define RING_MIN 4
+#define RING_CACHE 256
+static _Thread_local struct outq_ent *ring_cache[RING_CACHE];
+static _Thread_local unsigned nring;
+
+static void ring_free(struct outq_ent *r, uint32_t cap)
+{
+    if (cap == RING_MIN && nring < RING_CACHE)
+        ring_cache[nring++] = r;
+    else
+        free(r);
+}
+
+void outq_thread_cleanup(void)
+{
+    while (nring > 0)
+        free(ring_cache[--nring]);
+}
+
 static int grow(struct outq *q)
 {
     if (q->count < q->_cap)
         return 0;
-    uint32_t ncap = q->_cap ? q->_cap * 2 : 4;
+    uint32_t ncap = q->_cap ? q->_cap * 2 : RING_MIN;
+    if (ncap == RING_MIN && nring > 0) {
+        q->_ents = ring_cache[--nring];
+        q->_cap = RING_MIN;
+        q->_head = 0;
+        return 0;
+    }
     struct outq_ent *n = malloc(sizeof *n * ncap);
     if (!n)
         return -ENOMEM;
     for (uint32_t i = 0; i < q->count; i++)
         n[i] = *ent(q, i);
-    free(q->_ents);
+    if (q->_ents)
+        ring_free(q->_ents, q->_cap);
     q->_ents = n;
     q->_cap = ncap;
     q->_head = 0;
@@ -127,6 +156,13 @@ void outq_consume(struct outq *q, size_t n)
         if (q->inflight)
             q->inflight--;
     }
+    if (q->count == 0) {
+        /* Idle queues hold no ring. */
+        ring_free(q->_ents, q->_cap);
+        q->_ents = NULL;
+        q->_cap = 0;
+        q->_head = 0;
+    }
 }
 
 void outq_drop_pending(struct outq *q)
@@ -143,6 +179,7 @@ void outq_release(struct outq *q)
 {
     q->inflight = 0;
     outq_drop_pending(q);
-    free(q->_ents);
+    if (q->_ents)
+        ring_free(q->_ents, q->_cap);
     outq_init(q);
 }

@@ -18,7 +18,7 @@
 
 #include "util/sbuf.h"
 
-#define OUTQ_CHUNK 16384 /* size of a fresh private tail buffer */
+#define OUTQ_CHUNK SBUF_CACHED_CAP /* size of a fresh private tail buffer */
 
 struct outq_ent {
     struct sbuf *buf; /* one reference held by the queue */
@@ -58,5 +58,7 @@ void outq_consume(struct outq *q, size_t n);
 void outq_drop_pending(struct outq *q);
 /* Drop everything and free the entry array. */
 void outq_release(struct outq *q);
+/* Free the calling thread's cache of entry rings (before the thread exits). */
+void outq_thread_cleanup(void);
 
 #endif

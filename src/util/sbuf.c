@@ -1,15 +1,30 @@
 /*
  * DESIGN: the last unref frees; acquire/release ordering on the count makes
  * every write a thread did to the bytes before dropping its reference visible
- * to the thread that frees them.
+ * to the thread that frees them. Buffers of exactly SBUF_CACHED_CAP bytes
+ * (the send queues' chunks) are kept on a small per-thread free list instead,
+ * so a busy connection does not cost a malloc and a free per write.
  */
 #include "util/sbuf.h"
 
 #include <stdlib.h>
 
+#define CACHE_MAX 32
+
+/* Per-thread cache: only the owning thread touches it. */
+static _Thread_local struct sbuf *cache[CACHE_MAX];
+static _Thread_local unsigned ncache;
+
 struct sbuf *sbuf_new(uint32_t cap)
 {
-    struct sbuf *b = malloc(sizeof *b + cap);
+    struct sbuf *b;
+    if (cap == SBUF_CACHED_CAP && ncache > 0) {
+        b = cache[--ncache];
+        atomic_init(&b->refs, 1);
+        b->len = 0;
+        return b;
+    }
+    b = malloc(sizeof *b + cap);
     if (!b)
         return NULL;
     atomic_init(&b->refs, 1);
@@ -20,6 +35,17 @@ struct sbuf *sbuf_new(uint32_t cap)
 
 void sbuf_unref(struct sbuf *b)
 {
-    if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1)
-        free(b);
+    if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    if (b->cap == SBUF_CACHED_CAP && ncache < CACHE_MAX) {
+        cache[ncache++] = b;
+        return;
+    }
+    free(b);
+}
+
+void sbuf_thread_cleanup(void)
+{
+    while (ncache > 0)
+        free(cache[--ncache]);
 }

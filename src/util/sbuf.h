@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define SBUF_CACHED_CAP 16384 /* chunk size recycled per thread (see sbuf.c) */
+
 struct sbuf {
     atomic_uint refs;
     uint32_t len; /* bytes used */
@@ -31,6 +33,8 @@ static inline struct sbuf *sbuf_ref(struct sbuf *b)
 }
 /* Drop a reference; the last one frees the buffer. */
 void sbuf_unref(struct sbuf *b);
+/* Free this thread's cached buffers (call before a thread exits). */
+void sbuf_thread_cleanup(void);
 /* True when the caller holds the only reference (it may then append). */
 static inline bool sbuf_exclusive(struct sbuf *b)
 {
