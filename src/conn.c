@@ -173,10 +173,11 @@ shut:
 static void on_write_done(uv_write_t *req, int status)
 {
     struct conn *c = req->data;
+    struct conn_write *cw = (struct conn_write *)req;
+    size_t bytes = cw->bytes;
     c->wreq = NULL;
-    free(req);
-    outq_consume(&c->out, c->wreq_bytes);
-    c->wreq_bytes = 0;
+    free(cw);
+    outq_consume(&c->out, bytes);
     if (c->state == CONN_CLOSED)
         return;
     if (status < 0) {
@@ -217,10 +218,10 @@ static void flush(struct conn *c)
             conn_close(c);
             return;
         }
-        c->wreq->data = c;
-        c->wreq_bytes = total;
+        c->wreq->req.data = c;
+        c->wreq->bytes = total;
         c->out.inflight = n;
-        if (uv_write(c->wreq, (uv_stream_t *)&c->tcp, iov, n, on_write_done) != 0) {
+        if (uv_write(&c->wreq->req, (uv_stream_t *)&c->tcp, iov, n, on_write_done) != 0) {
             free(c->wreq);
             c->wreq = NULL;
             c->out.inflight = 0;
@@ -382,78 +383,102 @@ int conn_upgrade(struct conn *c, const struct http_request *req,
     return 0;
 }
 
-/* Parse and answer every complete head in c->in. */
-static void http_process(struct conn *c)
+/*
+ * Parse and answer every complete head in buf[0..len) (the worker's read
+ * buffer, or c->in when a head came in pieces); scanned: bytes already
+ * searched for the end of the head. Returns how many bytes were used up;
+ * the caller keeps the rest in c->in.
+ */
+static size_t http_process(struct conn *c, const char *buf, size_t len, size_t scanned)
 {
-    while (c->state == CONN_HTTP && !c->discard_input) {
-        size_t end = http_head_end(c->in, c->in_len, c->in_scanned);
+    size_t used = 0;
+    while (c->state == CONN_HTTP && !c->discard_input && !c->http_busy) {
+        const char *p = buf + used;
+        size_t n = len - used;
+        size_t end = http_head_end(p, n, scanned);
         if (end == 0) {
-            if (c->in_len > HTTP_MAX_HEAD)
+            if (n > HTTP_MAX_HEAD)
                 http_fail(c, 431, "bad_request", "request head larger than 16 KiB");
-            else
-                c->in_scanned = c->in_len > 3 ? c->in_len - 3 : 0;
-            return;
+            return used;
         }
+        scanned = 0;
         if (end > HTTP_MAX_HEAD) {
             http_fail(c, 431, "bad_request", "request head larger than 16 KiB");
-            return;
+            return len;
         }
         struct http_request req;
-        int status = http_request_parse(&req, c->in, end);
+        int status = http_request_parse(&req, p, end);
         if (status == 431) {
             http_fail(c, 431, "bad_request", "more than 100 header lines");
-            return;
+            return len;
         }
         if (status != 0) {
             http_fail(c, status, "bad_request", "malformed HTTP request");
-            return;
+            return len;
         }
         atomic_fetch_add_explicit(&c->w->srv->stats.http_requests, 1, memory_order_relaxed);
         routes_dispatch(c, &req);
+        used += end;
         if (c->state == CONN_CLOSED)
-            return;
-        if (c->http_busy) {
-            /* The answer comes later; keep what follows for then. */
-            if (req.has_body) {
-                c->close_after_flush = true;
-                c->discard_input = true;
-                return;
-            }
-            size_t left = c->in_len - end;
-            memmove(c->in, c->in + end, left);
-            c->in_len = (uint32_t)left;
-            c->in_scanned = 0;
-            return;
-        }
-        /* What follows the head: the next request, or WebSocket frames that
-         * came in the same segment as the upgrade. */
-        size_t rest = c->in_len - end;
+            return len;
         if (c->state == CONN_WS) {
-            char *in = c->in;
-            c->in = NULL;
-            c->in_len = c->in_cap = c->in_scanned = 0;
-            if (rest)
-                ws_feed(c, (uint8_t *)in + end, rest);
-            free(in);
-            return;
+            /* Frames that came in the same segment as the upgrade. */
+            if (used < len)
+                ws_feed(c, (uint8_t *)buf + used, len - used);
+            return len;
         }
         if (req.has_body || c->close_after_flush) {
             /* chatd takes no request bodies; answer and close. */
             c->close_after_flush = true;
             c->discard_input = true;
-            return;
+            return len;
         }
-        memmove(c->in, c->in + end, rest);
-        c->in_len = (uint32_t)rest;
-        c->in_scanned = 0;
         c->deadline_ms = now_ms(c) + CONN_HEAD_TIMEOUT_MS;
-        if (rest == 0) {
-            /* Idle keep-alive connections hold no buffer. */
-            free(c->in);
-            c->in = NULL;
-            c->in_cap = 0;
-        }
     }
+    return used;
+}
+
+/* Keep buf[0..n) in c->in (replacing what was there). */
+static int http_keep(struct conn *c, const char *buf, size_t n)
+{
+    if (n == 0) {
+        /* Idle keep-alive connections hold no buffer. */
+        free(c->in);
+        c->in = NULL;
+        c->in_len = c->in_cap = c->in_scanned = 0;
+        return 0;
+    }
+    if (n > c->in_cap) {
+        size_t cap = c->in_cap ? c->in_cap : 1024;
+        while (cap < n)
+            cap *= 2;
+        char *in = realloc(c->in, cap);
+        if (!in)
+            return -ENOMEM;
+        c->in = in;
+        c->in_cap = (uint32_t)cap;
+    }
+    memmove(c->in, buf, n);
+    c->in_len = (uint32_t)n;
+    return 0;
+}
+
+/* Run http_process over c->in and keep what is left. */
+static void http_process_kept(struct conn *c)
+{
+    size_t used = http_process(c, c->in, c->in_len, c->in_scanned);
+    if (c->state != CONN_HTTP || c->discard_input) {
+        free(c->in);
+        c->in = NULL;
+        c->in_len = c->in_cap = c->in_scanned = 0;
+        return;
+    }
+    size_t left = c->in_len - used;
+    if (http_keep(c, c->in + used, left) < 0) {
+        conn_close(c);
+        return;
+    }
+    c->in_scanned = left > 3 && used == 0 ? (uint32_t)left - 3 : 0;
 }
 
 void conn_http_async_begin(struct conn *c)
@@ -468,13 +493,30 @@ void conn_http_async_end(struct conn *c)
     if (c->state == CONN_HTTP && !c->discard_input) {
         c->deadline_ms = now_ms(c) + CONN_HEAD_TIMEOUT_MS;
         if (c->in_len)
-            http_process(c);
+            http_process_kept(c);
     }
     conn_release(c);
 }
 
 static void http_feed(struct conn *c, const char *p, size_t n)
 {
+    if (c->in_len == 0 && !c->http_busy) {
+        /* The common case: whole heads in this read. Parse them where they
+         * lie and copy only an unfinished tail. */
+        size_t used = http_process(c, p, n, 0);
+        if (c->state != CONN_HTTP || c->discard_input || used == n)
+            return;
+        if (http_keep(c, p + used, n - used) < 0) {
+            conn_close(c);
+            return;
+        }
+        c->in_scanned = n - used > 3 ? (uint32_t)(n - used) - 3 : 0;
+        return;
+    }
+    if (c->in_len + n > HTTP_MAX_HEAD * 2 + WORKER_READ_BUF) {
+        conn_close(c); /* a client pipelining without limit */
+        return;
+    }
     if (c->in_len + n > c->in_cap) {
         size_t cap = c->in_cap ? c->in_cap : 1024;
         while (cap < c->in_len + n)
@@ -490,9 +532,7 @@ static void http_feed(struct conn *c, const char *p, size_t n)
     memcpy(c->in + c->in_len, p, n);
     c->in_len += (uint32_t)n;
     if (!c->http_busy)
-        http_process(c);
-    else if (c->in_len > HTTP_MAX_HEAD * 2)
-        conn_close(c); /* a client pipelining without limit */
+        http_process_kept(c);
 }
 
 /* ---- WebSocket --------------------------------------------------------- */
@@ -512,9 +552,9 @@ static void ws_data(struct conn *c, const struct ws_event *ev)
         ws_message(c, ev->opcode, ev->data, ev->len);
         return;
     }
-    if (c->msg_len + ev->len > c->msg_cap) {
+    if ((size_t)c->msg_len + ev->len > c->msg_cap) {
         size_t cap = c->msg_cap ? c->msg_cap : 4096;
-        while (cap < c->msg_len + ev->len)
+        while (cap < (size_t)c->msg_len + ev->len)
             cap *= 2;
         uint8_t *m = realloc(c->msg, cap);
         if (!m) {
@@ -522,11 +562,11 @@ static void ws_data(struct conn *c, const struct ws_event *ev)
             return;
         }
         c->msg = m;
-        c->msg_cap = cap;
+        c->msg_cap = (uint32_t)cap;
     }
     if (ev->len) {
         memcpy(c->msg + c->msg_len, ev->data, ev->len);
-        c->msg_len += ev->len;
+        c->msg_len += (uint32_t)ev->len;
     }
     if (!ev->last)
         return;

@@ -41,6 +41,12 @@
 struct conn;
 struct http_request;
 
+/* A pending write: the libuv request and how many queued bytes it covers. */
+struct conn_write {
+    uv_write_t req;
+    size_t bytes;
+};
+
 /* What a WebSocket route does with its connections. All callbacks run on the
  * connection's worker thread. */
 struct conn_handler {
@@ -86,10 +92,9 @@ struct conn {
     char *in;                   /* HTTP: bytes of the request head (owned) */
     uint32_t in_len, in_cap, in_scanned;
     uint8_t *msg;               /* WebSocket: a message being assembled (owned) */
-    size_t msg_len, msg_cap;
+    uint32_t msg_len, msg_cap;  /* messages are at most 1 GiB (config limit) */
     struct outq out;
-    uv_write_t *wreq;           /* pending write (owned), NULL when none */
-    size_t wreq_bytes;
+    struct conn_write *wreq;    /* pending write (owned), NULL when none */
     uv_shutdown_t *sreq;        /* pending shutdown (owned) */
     const struct conn_handler *handler; /* WebSocket route, NULL in HTTP */
     void *data;                 /* the handler's per-connection state (handler-owned) */

@@ -111,7 +111,6 @@ struct local_list {
 };
 
 struct chat_local {
-    struct local_list *users[LOCAL_BUCKETS]; /* owner sub -> its clients here */
     struct local_list *joins[LOCAL_BUCKETS]; /* session id -> admins joined here */
     struct local_list admins;                /* every admin client here (key unused) */
     /* written by this worker only; atomics so /metrics may read them */
@@ -122,6 +121,9 @@ struct chat {
     struct hub *hub;
     struct store *store;
     unsigned nworkers;
+    /* writer thread only: scratch for the owner's devices of one event */
+    struct reg_device *devs;
+    unsigned devs_cap;
     struct chat_local *locals; /* [nworkers], each owned by its worker */
     atomic_uint_fast64_t in_by_kind[K_COUNT];
 };
@@ -322,8 +324,8 @@ struct chat_item {
     struct sbuf *frame;   /* one reference, or NULL */
     uint32_t off, len;
     int64_t seq;
+    uint32_t ids_off, ids_n; /* the owner's devices on this worker, in post->ids */
     char session[STORE_ID_LEN + 1];
-    char owner[STORE_MAX_USER + 1];
 };
 
 struct chat_post {
@@ -331,6 +333,8 @@ struct chat_post {
     struct chat *ch;
     size_t n, cap;
     struct chat_item *items;
+    size_t nids, capids;
+    uint64_t *ids;           /* connection ids referenced by items */
 };
 
 static void count_out(struct client *cl, uint8_t type)
@@ -356,30 +360,37 @@ static void send_event(struct client *cl, const struct chat_item *it)
     send_frame(cl, it);
 }
 
-static void for_participants(struct chat_local *loc, const struct chat_item *it, bool stored,
+static void for_participants(struct worker *w, struct chat_local *loc,
+                             const struct chat_post *p, const struct chat_item *it, bool stored,
                              bool owner_only)
 {
-    struct local_list *owners = list_find(loc->users, it->owner, false);
-    for (unsigned i = 0; owners && i < owners->n; i++) {
-        struct client *cl = owners->v[i];
-        if (it->conn_id && cl->conn_id == it->conn_id && !stored)
+    const uint64_t *ids = p->ids + it->ids_off;
+    for (uint32_t i = 0; i < it->ids_n; i++) {
+        struct conn *c = idmap_get(&w->by_id, ids[i]);
+        if (!c || !c->data)
+            continue; /* closed meanwhile */
+        if (it->conn_id && ids[i] == it->conn_id && !stored)
             continue;
-        stored ? send_event(cl, it) : send_frame(cl, it);
+        stored ? send_event(c->data, it) : send_frame(c->data, it);
     }
     if (owner_only)
         return;
     struct local_list *admins = list_find(loc->joins, it->session, false);
     for (unsigned i = 0; admins && i < admins->n; i++) {
         struct client *cl = admins->v[i];
-        if (strcmp(cl->sub, it->owner) == 0)
-            continue; /* an owner's device got it above */
+        bool owner_device = false;
+        for (uint32_t k = 0; k < it->ids_n && !owner_device; k++)
+            owner_device = ids[k] == cl->conn_id;
+        if (owner_device)
+            continue; /* got it above */
         if (it->conn_id && cl->conn_id == it->conn_id && !stored)
             continue;
         stored ? send_event(cl, it) : send_frame(cl, it);
     }
 }
 
-static void apply_item(struct chat *ch, struct worker *w, const struct chat_item *it)
+static void apply_item(struct chat *ch, struct worker *w, const struct chat_post *p,
+                       const struct chat_item *it)
 {
     struct chat_local *loc = &ch->locals[w->index];
     struct conn *c;
@@ -389,13 +400,13 @@ static void apply_item(struct chat *ch, struct worker *w, const struct chat_item
             send_frame(c->data, it);
         break;
     case IT_EVENT:
-        for_participants(loc, it, true, false);
+        for_participants(w, loc, p, it, true, false);
         break;
     case IT_RELAY:
-        for_participants(loc, it, false, false);
+        for_participants(w, loc, p, it, false, false);
         break;
     case IT_RELAY_OWNER:
-        for_participants(loc, it, false, true);
+        for_participants(w, loc, p, it, false, true);
         break;
     case IT_ADMINS:
         for (unsigned i = 0; i < loc->admins.n; i++)
@@ -430,6 +441,7 @@ static void post_free(struct chat_post *p)
         if (p->items[i].frame)
             sbuf_unref(p->items[i].frame);
     free(p->items);
+    free(p->ids);
     free(p);
 }
 
@@ -437,7 +449,7 @@ static void post_run(struct worker *w, struct inbox_msg *m)
 {
     struct chat_post *p = (struct chat_post *)m;
     for (size_t i = 0; i < p->n; i++)
-        apply_item(p->ch, w, &p->items[i]);
+        apply_item(p->ch, w, p, &p->items[i]);
     post_free(p);
 }
 
@@ -480,7 +492,32 @@ static void add_item(struct batch_out *bo, unsigned worker, uint8_t kind, uint64
     it->len = len;
     it->seq = r->seq;
     memcpy(it->session, r->session_id, sizeof it->session);
-    memcpy(it->owner, r->owner, sizeof it->owner);
+}
+
+/* Attach the connection ids of the owner's devices on `worker` to the last
+ * item posted there. */
+static void set_last_ids(struct batch_out *bo, unsigned worker, const struct reg_device *devs,
+                         unsigned ndevs)
+{
+    struct chat_post *p = bo->posts[worker];
+    if (!p || !p->n)
+        return;
+    struct chat_item *it = &p->items[p->n - 1];
+    it->ids_off = (uint32_t)p->nids;
+    for (unsigned i = 0; i < ndevs; i++) {
+        if (devs[i].worker != worker)
+            continue;
+        if (p->nids == p->capids) {
+            size_t cap = p->capids ? p->capids * 2 : 16;
+            uint64_t *v = realloc(p->ids, cap * sizeof *v);
+            if (!v)
+                return;
+            p->ids = v;
+            p->capids = cap;
+        }
+        p->ids[p->nids++] = devs[i].conn_id;
+        it->ids_n++;
+    }
 }
 
 static void set_last_type(struct batch_out *bo, unsigned worker, uint8_t type)
@@ -490,18 +527,27 @@ static void set_last_type(struct batch_out *bo, unsigned worker, uint8_t type)
         p->items[p->n - 1].out_type = type;
 }
 
+/* Post a frame to every worker: each delivers it to the owner's devices it
+ * holds (looked up here, once, in the registry) and, unless the kind is for
+ * the owner alone, to the admins there that joined the session. */
 static void add_everywhere(struct batch_out *bo, uint8_t kind, uint64_t conn_id, json_t *obj,
                            const struct store_req *r)
 {
+    struct chat *ch = bo->ch;
     uint8_t type = obj ? out_index(json_string_value(json_object_get(obj, "type"))) : 0;
     uint32_t off, len;
     struct sbuf *f = obj ? hub_frame_json(obj, &off, &len) : NULL;
     json_decref(obj);
     if (!f)
         return;
-    for (unsigned w = 0; w < bo->ch->nworkers; w++) {
+    unsigned nd = 0;
+    if (kind != IT_ADMINS)
+        nd = registry_devices(&ch->hub->registry, r->owner, strlen(r->owner), ch->devs,
+                              ch->devs_cap);
+    for (unsigned w = 0; w < ch->nworkers; w++) {
         add_item(bo, w, kind, conn_id, f, off, len, r);
         set_last_type(bo, w, type);
+        set_last_ids(bo, w, ch->devs, nd);
     }
     sbuf_unref(f);
 }
@@ -968,9 +1014,6 @@ static void chat_client_opened(void *router, struct client *cl)
 {
     struct chat *ch = router;
     struct chat_local *loc = &ch->locals[cl->conn->w->index];
-    struct local_list *l = list_find(loc->users, cl->sub, true);
-    if (l)
-        list_add(l, cl);
     if (cl->admin)
         list_add(&loc->admins, cl);
 }
@@ -980,9 +1023,6 @@ static void chat_client_closed(void *router, struct client *cl)
     struct chat *ch = router;
     struct chat_local *loc = &ch->locals[cl->conn->w->index];
     struct client_state *cs = cl->router_state;
-    struct local_list *l = list_find(loc->users, cl->sub, false);
-    if (l)
-        list_del(loc->users, l, cl);
     if (cl->admin)
         list_del(NULL, &loc->admins, cl);
     for (unsigned i = 0; cs && i < cs->n; i++) {
@@ -1123,6 +1163,14 @@ int chat_init(struct chat **out, struct hub *hub, unsigned nworkers, char *err, 
     }
     ch->hub = hub;
     ch->nworkers = nworkers;
+    ch->devs_cap = hub->cfg->max_devices + 1;
+    ch->devs = calloc(ch->devs_cap, sizeof *ch->devs);
+    if (!ch->devs) {
+        free(ch->locals);
+        free(ch);
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
     *out = ch;
     return 0;
 }
@@ -1148,11 +1196,11 @@ void chat_free(struct chat *ch)
     if (!ch)
         return;
     for (unsigned w = 0; w < ch->nworkers; w++) {
-        free_table(ch->locals[w].users);
         free_table(ch->locals[w].joins);
         free(ch->locals[w].admins.v);
     }
     free(ch->locals);
+    free(ch->devs);
     free(ch);
 }
 

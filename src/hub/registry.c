@@ -14,7 +14,8 @@ struct reg_user {
     struct reg_user *next; /* bucket chain */
     uint64_t hash;
     unsigned ndevs, cap;
-    struct reg_device *devs; /* oldest first */
+    struct reg_device *devs; /* oldest first; &one until a second device comes */
+    struct reg_device one;   /* room for the first device: most users have one */
     double tokens;           /* rate-limit bucket; < 0: not yet filled */
     int64_t refill_ms;       /* when tokens was last brought up to date */
     int64_t full_at_ms;      /* when the bucket will be full again */
@@ -53,6 +54,13 @@ int registry_init(struct registry *r)
     return 0;
 }
 
+static void free_user(struct reg_user *u)
+{
+    if (u->devs != &u->one)
+        free(u->devs);
+    free(u);
+}
+
 void registry_release(struct registry *r)
 {
     for (int i = 0; i < REGISTRY_STRIPES; i++) {
@@ -61,8 +69,7 @@ void registry_release(struct registry *r)
             struct reg_user *u = s->buckets[b];
             while (u) {
                 struct reg_user *next = u->next;
-                free(u->devs);
-                free(u);
+                free_user(u);
                 u = next;
             }
         }
@@ -117,10 +124,13 @@ static void maybe_grow(struct registry_stripe *s)
 static int push_device(struct reg_user *u, const struct reg_device *dev)
 {
     if (u->ndevs == u->cap) {
-        unsigned cap = u->cap ? u->cap * 2 : 2;
-        struct reg_device *d = realloc(u->devs, cap * sizeof *d);
+        unsigned cap = u->cap * 2;
+        struct reg_device *d = malloc(cap * sizeof *d);
         if (!d)
             return -ENOMEM;
+        memcpy(d, u->devs, u->ndevs * sizeof *d);
+        if (u->devs != &u->one)
+            free(u->devs);
         u->devs = d;
         u->cap = cap;
     }
@@ -148,6 +158,8 @@ int registry_admit(struct registry *r, const char *user, size_t len, const struc
             return -ENOMEM;
         }
         u->hash = h;
+        u->devs = &u->one;
+        u->cap = 1;
         u->tokens = -1;
         u->len = len;
         memcpy(u->id, user, len);
@@ -210,8 +222,7 @@ int registry_remove(struct registry *r, const char *user, size_t len, uint64_t c
             if (u->tokens < 0) {
                 *slot = u->next;
                 s->nusers--;
-                free(u->devs);
-                free(u);
+                free_user(u);
             }
         }
     }
@@ -231,8 +242,7 @@ void registry_gc(struct registry *r, int64_t now_ms)
                 if (u->ndevs == 0 && now_ms >= u->full_at_ms) {
                     *p = u->next;
                     s->nusers--;
-                    free(u->devs);
-                    free(u);
+                    free_user(u);
                 } else {
                     p = &u->next;
                 }

@@ -1,5 +1,6 @@
 /*
- * DESIGN: linear probing at a load of at most 1/2, and deletion by shifting
+ * DESIGN: linear probing at a load of at most 3/4 (ids are mixed well, so
+ * probe runs stay short), and deletion by shifting
  * later entries of the same probe run back, so there are no tombstones and
  * lookups stay short however many connections come and go.
  */
@@ -41,7 +42,7 @@ static int resize(struct idmap *m, size_t cap)
 
 int idmap_put(struct idmap *m, uint64_t key, void *val)
 {
-    if (!m->slots || (m->count + 1) * 2 > m->mask + 1) {
+    if (!m->slots || (m->count + 1) * 4 > (m->mask + 1) * 3) {
         int rc = resize(m, m->slots ? (m->mask + 1) * 2 : 16);
         if (rc)
             return rc;
