@@ -244,7 +244,7 @@ void conn_flush_dirty(struct worker *w)
 /* The send queue passed its limit: the client is not reading. */
 static void overflow(struct conn *c)
 {
-    atomic_fetch_add(&c->w->srv->stats.send_queue_drops, 1);
+    stat_inc(&c->w->stats.send_queue_drops);
     log_warn("send_queue_full", "conn=%llx queued=%llu limit=%llu", (unsigned long long)c->id,
              (unsigned long long)c->out.bytes,
              (unsigned long long)c->w->srv->cfg->send_queue_bytes);
@@ -283,7 +283,7 @@ int conn_send(struct conn *c, unsigned opcode, const void *data, size_t len)
 {
     if (c->state != CONN_WS || c->close_sent)
         return -EPIPE;
-    atomic_fetch_add_explicit(&c->w->srv->stats.ws_messages_out, 1, memory_order_relaxed);
+    stat_inc(&c->w->stats.ws_messages_out);
     return queue_frame(c, opcode, data, len);
 }
 
@@ -296,7 +296,7 @@ int conn_send_shared(struct conn *c, struct sbuf *frame, uint32_t off, uint32_t 
         return -ENOMEM;
     }
     mark_dirty(c);
-    atomic_fetch_add_explicit(&c->w->srv->stats.ws_messages_out, 1, memory_order_relaxed);
+    stat_inc(&c->w->stats.ws_messages_out);
     if (c->out.bytes > c->w->srv->cfg->send_queue_bytes) {
         overflow(c);
         return -ENOBUFS;
@@ -416,7 +416,7 @@ static size_t http_process(struct conn *c, const char *buf, size_t len, size_t s
             http_fail(c, status, "bad_request", "malformed HTTP request");
             return len;
         }
-        atomic_fetch_add_explicit(&c->w->srv->stats.http_requests, 1, memory_order_relaxed);
+        stat_inc(&c->w->stats.http_requests);
         routes_dispatch(c, &req);
         used += end;
         if (c->state == CONN_CLOSED)
@@ -539,7 +539,7 @@ static void http_feed(struct conn *c, const char *p, size_t n)
 
 static void ws_message(struct conn *c, unsigned opcode, uint8_t *data, size_t len)
 {
-    atomic_fetch_add_explicit(&c->w->srv->stats.ws_messages_in, 1, memory_order_relaxed);
+    stat_inc(&c->w->stats.ws_messages_in);
     if (c->handler && c->handler->on_message)
         c->handler->on_message(c, opcode, data, len);
 }

@@ -140,6 +140,8 @@ static void metrics_respond(struct conn *c, const struct http_request *req)
     struct server *srv = c->w->srv;
     struct hub *hub = srv->app;
     struct server_stats *st = &srv->stats;
+    struct worker_stats ws;
+    server_sum_stats(srv, &ws);
     char *buf = NULL;
     size_t len = 0, cap = 0;
     char head[2048];
@@ -169,10 +171,10 @@ static void metrics_respond(struct conn *c, const struct http_request *req)
         (unsigned long long)atomic_load(&st->ws_open),
         (unsigned long long)atomic_load(&st->conns_open),
         (unsigned long long)atomic_load(&st->conns_total),
-        (unsigned long long)atomic_load(&st->http_requests),
-        (unsigned long long)atomic_load(&st->ws_messages_in),
-        (unsigned long long)atomic_load(&st->ws_messages_out),
-        (unsigned long long)atomic_load(&st->send_queue_drops));
+        (unsigned long long)atomic_load(&ws.http_requests),
+        (unsigned long long)atomic_load(&ws.ws_messages_in),
+        (unsigned long long)atomic_load(&ws.ws_messages_out),
+        (unsigned long long)atomic_load(&ws.send_queue_drops));
     buf = malloc(65536);
     if (!buf) {
         conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);

@@ -44,6 +44,21 @@ struct inbox_msg {
 
 #define WORKER_READ_BUF (64 * 1024)
 
+/* Counters one worker writes and /metrics reads: single writer, so a
+ * relaxed load and store (no locked instruction) is enough. */
+struct worker_stats {
+    atomic_uint_fast64_t http_requests;
+    atomic_uint_fast64_t ws_messages_in;
+    atomic_uint_fast64_t ws_messages_out;
+    atomic_uint_fast64_t send_queue_drops;
+};
+
+static inline void stat_inc(atomic_uint_fast64_t *c)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
 struct worker {
     /* read-only after start */
     struct server *srv;
@@ -66,6 +81,7 @@ struct worker {
     unsigned nconns;
     bool listening;
     bool draining;              /* shutdown started on this worker */
+    struct worker_stats stats;  /* written by this worker only */
 
     /* inbox: guarded by inbox_lock */
     uv_mutex_t inbox_lock;
@@ -77,11 +93,10 @@ struct server_stats {
     atomic_uint_fast64_t ws_open;       /* open WebSocket connections, all workers */
     atomic_uint_fast64_t conns_open;    /* open TCP connections */
     atomic_uint_fast64_t conns_total;
-    atomic_uint_fast64_t http_requests;
-    atomic_uint_fast64_t ws_messages_in;
-    atomic_uint_fast64_t ws_messages_out;
-    atomic_uint_fast64_t send_queue_drops;
 };
+
+/* Sum the per-worker counters (any thread). */
+void server_sum_stats(struct server *srv, struct worker_stats *out);
 
 struct server {
     /* read-only after server_start */
