@@ -55,11 +55,12 @@ start_server() {
     local name=$1 port=$2
     shift 2
     # shellcheck disable=SC2086
-    $PIN_SERVER "$@" >>"$OUT/logs/$name.log" 2>&1 &
+    $PIN_SERVER "$@" >"$OUT/logs/$name.log" 2>&1 &
     SRV_PID=$!
     SRV_PORT=$port
-    local i
-    for i in $(seq 1 100); do
+    local tries=100
+    while [ $tries -gt 0 ]; do
+        tries=$((tries - 1))
         if ! kill -0 "$SRV_PID" 2>/dev/null; then
             log "$name exited at start; see $OUT/logs/$name.log"
             SRV_PID=
@@ -79,10 +80,10 @@ start_server() {
 stop_server() {
     if [ -n "$SRV_PID" ]; then
         kill "$SRV_PID" 2>/dev/null || true
-        local i
-        for i in $(seq 1 100); do
-            kill -0 "$SRV_PID" 2>/dev/null || break
+        local tries=100
+        while [ $tries -gt 0 ] && kill -0 "$SRV_PID" 2>/dev/null; do
             sleep 0.1
+            tries=$((tries - 1))
         done
         kill -9 "$SRV_PID" 2>/dev/null || true
         wait "$SRV_PID" 2>/dev/null || true

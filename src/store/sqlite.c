@@ -40,8 +40,7 @@ static const char *const migrations[] = {
     "  model TEXT,"
     "  origin_client_id TEXT"
     ");"
-    "CREATE INDEX sessions_by_owner ON sessions(owner, updated_at DESC);"
-    "CREATE INDEX sessions_by_update ON sessions(updated_at DESC);"
+    "CREATE INDEX sessions_by_owner ON sessions(owner);"
     "CREATE UNIQUE INDEX sessions_by_origin ON sessions(owner, origin_client_id)"
     "  WHERE origin_client_id IS NOT NULL;"
     "CREATE TABLE events ("
@@ -121,6 +120,14 @@ struct store {
     struct store_req *head, *tail;
     size_t queued;
     bool closing;
+
+    /* checkpointer: guarded by ckpt_lock */
+    uv_thread_t ckpt_thread;
+    uv_mutex_t ckpt_lock;
+    uv_cond_t ckpt_cond;
+    bool ckpt_wanted;
+    bool ckpt_closing;
+    bool ckpt_started;
 
     /* guarded by read_lock */
     uv_mutex_t read_lock;
@@ -529,6 +536,60 @@ void store_get_stats(struct store *s, struct store_stats *out)
         out->batch_bucket[i] = atomic_load(&s->batch_hist[i]);
 }
 
+/* ---- checkpoints ----------------------------------------------------------
+ *
+ * The writer never checkpoints (that would stall commits for as long as the
+ * copy takes). After each commit SQLite reports the WAL's size through the
+ * WAL hook; past CKPT_PAGES the checkpointer thread is woken, and copies the
+ * WAL into the database with a PASSIVE checkpoint on its own connection,
+ * beside the writer. */
+
+#define CKPT_PAGES 4096
+
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    struct store *s = arg;
+    (void)db;
+    (void)name;
+    if (pages >= CKPT_PAGES) {
+        uv_mutex_lock(&s->ckpt_lock);
+        if (!s->ckpt_wanted) {
+            s->ckpt_wanted = true;
+            uv_cond_signal(&s->ckpt_cond);
+        }
+        uv_mutex_unlock(&s->ckpt_lock);
+    }
+    return SQLITE_OK;
+}
+
+static void checkpointer_main(void *arg)
+{
+    struct store *s = arg;
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        log_error("store_checkpointer_failed", "error=\"%s\"", db ? sqlite3_errmsg(db) : "?");
+        sqlite3_close(db);
+        return;
+    }
+    sqlite3_busy_timeout(db, 1000);
+    for (;;) {
+        uv_mutex_lock(&s->ckpt_lock);
+        while (!s->ckpt_wanted && !s->ckpt_closing)
+            uv_cond_wait(&s->ckpt_cond, &s->ckpt_lock);
+        bool closing = s->ckpt_closing;
+        s->ckpt_wanted = false;
+        uv_mutex_unlock(&s->ckpt_lock);
+        if (closing)
+            break;
+        int log_pages = 0, done = 0;
+        int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_pages, &done);
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+            log_warn("store_checkpoint_failed", "error=\"%s\"", sqlite3_errstr(rc));
+    }
+    sqlite3_close(db);
+}
+
 /* ---- open / close ----------------------------------------------------------- */
 
 static int migrate(sqlite3 *db, char *err, size_t errlen)
@@ -588,10 +649,12 @@ int store_open(struct store **out, const struct store_options *opt, char *err, s
     }
     sqlite3_busy_timeout(s->db, 5000);
     char e[256] = "";
-    if (exec(s->db, "PRAGMA journal_mode = WAL", e, sizeof e) ||
+    if (exec(s->db, "PRAGMA page_size = 1024", e, sizeof e) ||
+        exec(s->db, "PRAGMA journal_mode = WAL", e, sizeof e) ||
         exec(s->db, s->sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL",
              e, sizeof e) ||
-        exec(s->db, "PRAGMA foreign_keys = ON", e, sizeof e)) {
+        exec(s->db, "PRAGMA foreign_keys = ON", e, sizeof e) ||
+        exec(s->db, "PRAGMA wal_autocheckpoint = 0", e, sizeof e)) {
         snprintf(err, errlen, "--db: '%s': %s", opt->path, e);
         goto fail;
     }
@@ -606,6 +669,14 @@ int store_open(struct store **out, const struct store_options *opt, char *err, s
             goto fail;
         }
     }
+    uv_mutex_init(&s->ckpt_lock);
+    uv_cond_init(&s->ckpt_cond);
+    if (uv_thread_create(&s->ckpt_thread, checkpointer_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the checkpoint thread");
+        goto fail;
+    }
+    s->ckpt_started = true;
+    sqlite3_wal_hook(s->db, wal_hook, s);
     if (uv_thread_create(&s->thread, writer_main, s) != 0) {
         snprintf(err, errlen, "cannot start the storage thread");
         goto fail;
@@ -613,6 +684,13 @@ int store_open(struct store **out, const struct store_options *opt, char *err, s
     *out = s;
     return 0;
 fail:
+    if (s->ckpt_started) {
+        uv_mutex_lock(&s->ckpt_lock);
+        s->ckpt_closing = true;
+        uv_cond_signal(&s->ckpt_cond);
+        uv_mutex_unlock(&s->ckpt_lock);
+        uv_thread_join(&s->ckpt_thread);
+    }
     for (int i = 0; i < S_COUNT; i++)
         sqlite3_finalize(s->stmt[i]);
     sqlite3_close(s->db);
@@ -628,8 +706,16 @@ void store_close(struct store *s)
     uv_cond_signal(&s->queue_cond);
     uv_mutex_unlock(&s->queue_lock);
     uv_thread_join(&s->thread);
+    uv_mutex_lock(&s->ckpt_lock);
+    s->ckpt_closing = true;
+    uv_cond_signal(&s->ckpt_cond);
+    uv_mutex_unlock(&s->ckpt_lock);
+    uv_thread_join(&s->ckpt_thread);
+    uv_mutex_destroy(&s->ckpt_lock);
+    uv_cond_destroy(&s->ckpt_cond);
     for (int i = 0; i < S_COUNT; i++)
         sqlite3_finalize(s->stmt[i]);
+    /* The last connection to close checkpoints and removes the WAL. */
     sqlite3_close(s->db);
     while (s->idle) {
         struct read_conn *rc = s->idle;
