@@ -5,7 +5,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: run test build deps bench clean fuzz
+.PHONY: run test build deps bench bench-peers clean
 
 deps:
 	@./scripts/deps.sh run
@@ -20,6 +20,14 @@ run: build
 test:
 	@./scripts/deps.sh test
 	@./scripts/test.sh
+
+# Benchmarks (see docs/benchmarks.md): chatd alone, then chatd beside the
+# servers users would otherwise pick, measured in the same run.
+bench: deps
+	@./bench/run.sh
+
+bench-peers: deps
+	@./bench/peers.sh
 
 clean:
 	rm -rf $(BUILD)

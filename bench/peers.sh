@@ -77,6 +77,7 @@ FAN_ARGS=(--watchers 1000 --inflight 4 --size 64)
 start_chatd peer-chatd --sync normal
 bench_run "$RESULTS" chatd echo "${ECHO_ARGS[@]}"
 bench_run "$RESULTS" chatd fanout "${FAN_ARGS[@]}" --secret "$SECRET" --max-devices 1000
+bench_run "$RESULTS" chatd connect --secret "$SECRET" --connections 50
 stop_server
 
 # ---- libwebsockets ---------------------------------------------------------
@@ -84,6 +85,7 @@ port=$(free_port)
 if start_server peer-lws "$port" "$POUT/lws-echo" "$port"; then
     bench_run "$RESULTS" lws echo "${ECHO_ARGS[@]}" --path /echo
     bench_run "$RESULTS" lws fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
+    bench_run "$RESULTS" lws connect --proto plain --path /echo --connections 50
     stop_server
 fi
 
@@ -92,6 +94,7 @@ port=$(free_port)
 if start_server peer-gorilla "$port" "$POUT/gorilla-peer" -addr "127.0.0.1:$port"; then
     bench_run "$RESULTS" gorilla echo "${ECHO_ARGS[@]}" --path /echo
     bench_run "$RESULTS" gorilla fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
+    bench_run "$RESULTS" gorilla connect --proto plain --path /echo --connections 50
     stop_server
 fi
 
@@ -100,6 +103,7 @@ port=$(free_port)
 if start_server peer-ws "$port" node "$PEERS/ws_echo.js" "$port"; then
     bench_run "$RESULTS" node-ws echo "${ECHO_ARGS[@]}" --path /echo
     bench_run "$RESULTS" node-ws fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
+    bench_run "$RESULTS" node-ws connect --proto plain --path /echo --connections 50
     stop_server
 fi
 

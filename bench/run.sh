@@ -57,6 +57,7 @@ for sync in normal full; do
     # insert costs more, and fan-out's figure would carry that.
     bench_run "$RESULTS" "chatd sync=$sync" fanout --secret "$SECRET" --watchers 1000 --max-devices 1000 --inflight 4
     bench_run "$RESULTS" "chatd sync=$sync" chat --secret "$SECRET" --users 50 --devices 2 --inflight 1 --size 64
+    bench_run "$RESULTS" "chatd sync=$sync pipelined" chat --secret "$SECRET" --users 50 --devices 2 --inflight 16 --size 64
     stop_server
 done
 
