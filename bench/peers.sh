@@ -71,7 +71,7 @@ log "building the gorilla peer (offline, from /usr/share/gocode)"
     GOCACHE="$POUT/gocache" go build -o "$POUT/gorilla-peer" .)
 
 ECHO_ARGS=(--connections 100 --inflight 8 --size 64)
-FAN_ARGS=(--watchers 1000 --inflight 4 --size 64)
+FAN_ARGS=(--watchers 1000 --inflight 32 --size 64)
 
 # ---- chatd -----------------------------------------------------------------
 start_chatd peer-chatd --sync normal

@@ -7,9 +7,10 @@
 #   connect   50 loops of authenticated handshakes (JWT verified each time)
 #   idle      10,000 and 19,000 authenticated connections held open, each on
 #             a fresh chatd: RSS growth per connection
-#   chat      50 users x 2 devices = 100 senders, 1 message in flight each
+#   chat      50 users x 2 devices = 100 senders, 1 message in flight each,
+#             then the same with 16 in flight (throughput)
 #   fanout    one session watched by 1,000 connections (1 sender, 499 owner
-#             devices, 500 admins that admin_join), one sender, 4 messages
+#             devices, 500 admins that admin_join), one sender, 32 messages
 #             in flight; chat and fanout run with --sync normal and with
 #             --sync full (a fresh chatd each)
 # Every figure is server CPU time (utime+stime from /proc/PID/stat) per
@@ -55,7 +56,7 @@ for sync in normal full; do
     start_chatd "chatd-chat-$sync" --sync "$sync"
     # fan-out first: after the chat run's ~200,000 stored messages each
     # insert costs more, and fan-out's figure would carry that.
-    bench_run "$RESULTS" "chatd sync=$sync" fanout --secret "$SECRET" --watchers 1000 --max-devices 1000 --inflight 4
+    bench_run "$RESULTS" "chatd sync=$sync" fanout --secret "$SECRET" --watchers 1000 --max-devices 1000 --inflight 32
     bench_run "$RESULTS" "chatd sync=$sync" chat --secret "$SECRET" --users 50 --devices 2 --inflight 1 --size 64
     bench_run "$RESULTS" "chatd sync=$sync pipelined" chat --secret "$SECRET" --users 50 --devices 2 --inflight 16 --size 64
     stop_server

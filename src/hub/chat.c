@@ -325,6 +325,7 @@ struct chat_item {
     uint32_t off, len;
     int64_t seq;
     uint32_t ids_off, ids_n; /* the owner's devices on this worker, in post->ids */
+    uint64_t owner_hash;     /* hash_str(owner): admins that are the owner skip */
     char session[STORE_ID_LEN + 1];
 };
 
@@ -378,11 +379,14 @@ static void for_participants(struct worker *w, struct chat_local *loc,
     struct local_list *admins = list_find(loc->joins, it->session, false);
     for (unsigned i = 0; admins && i < admins->n; i++) {
         struct client *cl = admins->v[i];
-        bool owner_device = false;
-        for (uint32_t k = 0; k < it->ids_n && !owner_device; k++)
-            owner_device = ids[k] == cl->conn_id;
-        if (owner_device)
-            continue; /* got it above */
+        if (cl->sub_hash == it->owner_hash) {
+            /* Perhaps the owner's own device: then it got it above. */
+            bool owner_device = false;
+            for (uint32_t k = 0; k < it->ids_n && !owner_device; k++)
+                owner_device = ids[k] == cl->conn_id;
+            if (owner_device)
+                continue;
+        }
         if (it->conn_id && cl->conn_id == it->conn_id && !stored)
             continue;
         stored ? send_event(cl, it) : send_frame(cl, it);
@@ -492,6 +496,7 @@ static void add_item(struct batch_out *bo, unsigned worker, uint8_t kind, uint64
     it->len = len;
     it->seq = r->seq;
     memcpy(it->session, r->session_id, sizeof it->session);
+    it->owner_hash = hash_str(r->owner);
 }
 
 /* Attach the connection ids of the owner's devices on `worker` to the last
@@ -1013,6 +1018,7 @@ static void handle_resume(struct chat *ch, struct client *cl, json_t *msg, const
 static void chat_client_opened(void *router, struct client *cl)
 {
     struct chat *ch = router;
+    cl->sub_hash = hash_str(cl->sub);
     struct chat_local *loc = &ch->locals[cl->conn->w->index];
     if (cl->admin)
         list_add(&loc->admins, cl);

@@ -51,6 +51,7 @@ struct client {
     char *name;             /* likewise */
     char *roles_json;       /* likewise: the roles as a JSON array text */
     void *router_state;     /* owned by the router */
+    uint64_t sub_hash;      /* the router's hash of sub */
 };
 
 /* What a router does with the messages of the types it knows. Called on the

@@ -9,7 +9,7 @@
 
 #include <stdlib.h>
 
-#define CACHE_MAX 32
+#define CACHE_MAX 8
 
 /* Per-thread cache: only the owning thread touches it. */
 static _Thread_local struct sbuf *cache[CACHE_MAX];
