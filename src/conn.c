@@ -77,6 +77,7 @@ static void conn_free(struct conn *c)
     outq_release(&c->out);
     free(c->in);
     free(c->msg);
+    free(c->dec);
     free(c->wreq);
     free(c->sreq);
     free(c);
@@ -379,7 +380,7 @@ int conn_upgrade(struct conn *c, const struct http_request *req,
     c->next_ping_ms = c->last_rx_ms + (int64_t)cfg->ping_interval_s * 1000;
     c->ping_window_ms = c->last_rx_ms;
     c->deadline_ms = 0;
-    ws_decoder_init(&c->dec, cfg->max_message_bytes, true);
+    c->dec = NULL;
     return 0;
 }
 
@@ -616,11 +617,11 @@ static void ws_control(struct conn *c, const struct ws_event *ev)
     }
 }
 
-static void ws_feed(struct conn *c, uint8_t *p, size_t n)
+static void ws_run(struct conn *c, struct ws_decoder *d, uint8_t *p, size_t n)
 {
     while (c->state == CONN_WS && !c->discard_input) {
         struct ws_event ev;
-        size_t used = ws_decode(&c->dec, p, n, &ev);
+        size_t used = ws_decode(d, p, n, &ev);
         p += used;
         n -= used;
         switch (ev.type) {
@@ -639,6 +640,40 @@ static void ws_feed(struct conn *c, uint8_t *p, size_t n)
             c->discard_input = true;
             return;
         }
+    }
+}
+
+/*
+ * A connection between frames needs no decoder of its own: the worker's
+ * scratch decoder, freshly initialized, decodes its read. Only a read that
+ * ends inside a frame or a fragmented message leaves state worth keeping,
+ * and only then does the connection get (and later give back) a decoder.
+ * Idle connections, the vast majority, hold none.
+ */
+static void ws_feed(struct conn *c, uint8_t *p, size_t n)
+{
+    struct ws_decoder *d = c->dec;
+    if (!d) {
+        d = &c->w->scratch_dec;
+        ws_decoder_init(d, c->w->srv->cfg->max_message_bytes, true);
+    }
+    ws_run(c, d, p, n);
+    if (c->state != CONN_WS || c->discard_input) {
+        free(c->dec);
+        c->dec = NULL;
+        return;
+    }
+    bool rest = ws_decoder_at_rest(d);
+    if (d != c->dec && !rest) {
+        c->dec = malloc(sizeof *c->dec);
+        if (!c->dec) {
+            conn_close(c);
+            return;
+        }
+        *c->dec = *d;
+    } else if (d == c->dec && rest) {
+        free(c->dec);
+        c->dec = NULL;
     }
 }
 

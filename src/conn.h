@@ -98,7 +98,8 @@ struct conn {
     uv_shutdown_t *sreq;        /* pending shutdown (owned) */
     const struct conn_handler *handler; /* WebSocket route, NULL in HTTP */
     void *data;                 /* the handler's per-connection state (handler-owned) */
-    struct ws_decoder dec;
+    struct ws_decoder *dec;     /* owned; NULL while the stream is between frames (the
+                                 * worker's scratch decoder serves then) */
 };
 
 /* Accept a pending connection on the worker's listener. Worker thread. */

@@ -28,6 +28,7 @@
 #include "config.h"
 #include "util/idmap.h"
 #include "util/list.h"
+#include "ws/frame.h"
 
 struct worker;
 struct server;
@@ -76,6 +77,7 @@ struct worker {
     struct list_node dirty;     /* connections with output not yet flushed */
     struct idmap by_id;         /* conn id -> struct conn *, chat connections */
     uint8_t *read_buf;          /* one read buffer shared by all connections */
+    struct ws_decoder scratch_dec; /* decodes reads of connections at rest (conn.c) */
     bool read_buf_busy;
     uint64_t next_conn_seq;
     unsigned nconns;

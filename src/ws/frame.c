@@ -27,6 +27,11 @@ void ws_decoder_init(struct ws_decoder *d, uint64_t max_message, bool require_ma
     utf8_init(&d->_utf8);
 }
 
+bool ws_decoder_at_rest(const struct ws_decoder *d)
+{
+    return d->_state == ST_HEADER && d->_hdr_len == 0 && d->_msg_opcode == 0;
+}
+
 bool ws_close_code_valid(unsigned code)
 {
     if (code >= 1000 && code <= 1003)

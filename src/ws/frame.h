@@ -118,6 +118,11 @@ static inline bool ws_decoder_in_message(const struct ws_decoder *d)
     return d->_msg_opcode != 0;
 }
 
+/* True when the decoder holds no state a fresh decoder would not: between
+ * frames, outside any fragmented message, no error. A caller may then drop
+ * it and start again with ws_decoder_init (idle connections keep none). */
+bool ws_decoder_at_rest(const struct ws_decoder *d);
+
 /* Is this a close code a peer may send (1000-1003, 1007-1014, 3000-4999)? */
 bool ws_close_code_valid(unsigned code);
 

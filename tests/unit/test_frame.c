@@ -1529,6 +1529,33 @@ static void test_close_payload(void **state)
     assert_memory_equal(out, "\x03\xF3\xC3\xA9", 4);
 }
 
+/* at_rest: true only between frames and outside fragmented messages. */
+static void test_decoder_at_rest(void **state)
+{
+    (void)state;
+    struct ws_decoder d;
+    struct ws_event ev;
+    ws_decoder_init(&d, 1000, true);
+    assert_true(ws_decoder_at_rest(&d));
+    const uint8_t mask[4] = {1, 2, 3, 4};
+    uint8_t f[32];
+    size_t h = ws_frame_header_masked(f, WS_OP_TEXT, true, 3, mask);
+    memcpy(f + h, "abc", 3);
+    ws_mask(f + h, 3, mask, 0);
+    /* Half a header, then the rest. */
+    assert_int_equal(ws_decode(&d, f, 1, &ev), 1);
+    assert_false(ws_decoder_at_rest(&d));
+    size_t used = ws_decode(&d, f + 1, h + 3 - 1, &ev);
+    assert_int_equal(ev.type, WS_EV_DATA);
+    assert_true(ev.last);
+    assert_int_equal(ws_decode(&d, f + 1 + used, h + 3 - 1 - used, &ev), 0);
+    assert_true(ws_decoder_at_rest(&d));
+    /* Inside a fragmented message. */
+    h = ws_frame_header_masked(f, WS_OP_TEXT, false, 0, mask);
+    ws_decode(&d, f, h, &ev);
+    assert_false(ws_decoder_at_rest(&d));
+}
+
 /* A close with a code and no reason (NULL) is just the two code bytes. */
 static void test_close_payload_null_reason(void **state)
 {
@@ -1611,6 +1638,7 @@ int main(void)
         cmocka_unit_test(test_frame_header_decodes),
         cmocka_unit_test(test_close_payload),
         cmocka_unit_test(test_close_payload_null_reason),
+        cmocka_unit_test(test_decoder_at_rest),
         cmocka_unit_test(test_mask),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
