@@ -763,6 +763,18 @@ static void read_put(struct store *s, struct read_conn *rc)
     uv_mutex_unlock(&s->read_lock);
 }
 
+/* Double a result array (16 elements to start). 0 or -ENOMEM. */
+static int grow_array(void **v, int *cap, size_t elem)
+{
+    int ncap = *cap ? *cap * 2 : 16;
+    void *nv = realloc(*v, (size_t)ncap * elem);
+    if (!nv)
+        return -ENOMEM;
+    *v = nv;
+    *cap = ncap;
+    return 0;
+}
+
 static void fill_session(sqlite3_stmt *st, struct store_session *out)
 {
     memset(out, 0, sizeof *out);
@@ -843,14 +855,9 @@ int store_read_events(struct store *s, const char *id, int64_t after_seq, int64_
     struct store_event *ev = NULL;
     int n = 0, cap = 0, r, ret = 0;
     while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 32;
-            struct store_event *nev = realloc(ev, (size_t)cap * sizeof *ev);
-            if (!nev) {
-                ret = -ENOMEM;
-                break;
-            }
-            ev = nev;
+        if (n == cap && grow_array((void **)&ev, &cap, sizeof *ev) < 0) {
+            ret = -ENOMEM;
+            break;
         }
         struct store_event *e = &ev[n];
         memset(e, 0, sizeof *e);
@@ -920,14 +927,9 @@ int store_list_sessions(struct store *s, const char *owner, bool help_only, int 
     struct store_session *v = NULL;
     int n = 0, cap = 0, r, ret = 0;
     while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            struct store_session *nv = realloc(v, (size_t)cap * sizeof *v);
-            if (!nv) {
-                ret = -ENOMEM;
-                break;
-            }
-            v = nv;
+        if (n == cap && grow_array((void **)&v, &cap, sizeof *v) < 0) {
+            ret = -ENOMEM;
+            break;
         }
         fill_session(st, &v[n++]);
     }
