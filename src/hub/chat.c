@@ -26,7 +26,9 @@
 #include "http/request.h"
 #include "server.h"
 #include "util/clock.h"
+#include "util/jw.h"
 #include "util/log.h"
+#include "ws/frame.h"
 
 #define LOCAL_BUCKETS 1024
 #define METADATA_MAX 16384
@@ -289,28 +291,62 @@ static json_t *sender_json(const char *type, const char *id, const char *name)
     return json_pack("{s:s, s:s, s:s}", "type", type, "id", id, "name", name ? name : id);
 }
 
-/* The one JSON shape of a stored event, live or replayed. */
-static json_t *event_json(const char *type, const char *sid, int64_t seq, const char *client_id,
-                          const char *sender_type, const char *sender_id, const char *sender_name,
-                          const char *content, size_t content_len, const char *metadata,
-                          int64_t ts_ms)
+/* Frame a JSON text built with jw (WS_MAX_HEADER bytes reserved at its
+ * front) as one text frame in a new shared buffer. */
+static struct sbuf *frame_jw(struct jw *w, uint32_t *off, uint32_t *len)
+{
+    if (w->failed)
+        return NULL;
+    size_t n = w->len - WS_MAX_HEADER;
+    uint8_t hdr[WS_MAX_HEADER];
+    size_t hl = ws_frame_header(hdr, WS_OP_TEXT, true, n);
+    struct sbuf *b = sbuf_new((uint32_t)(n + hl));
+    if (!b)
+        return NULL;
+    memcpy(b->data, hdr, hl);
+    memcpy(b->data + hl, w->buf + WS_MAX_HEADER, n);
+    b->len = (uint32_t)(n + hl);
+    *off = 0;
+    *len = b->len;
+    return b;
+}
+
+/* The one shape of a stored event, live or replayed, framed once. This is
+ * the hot path of chat: written directly, not through a JSON tree. */
+static struct sbuf *event_frame(const char *type, const char *sid, int64_t seq,
+                                const char *client_id, const char *sender_type,
+                                const char *sender_id, const char *sender_name,
+                                const char *content, size_t content_len, const char *metadata,
+                                int64_t ts_ms, uint32_t *off, uint32_t *len)
 {
     char ts[32];
     clock_format_rfc3339(ts, ts_ms);
-    json_t *o = json_pack("{s:s, s:s, s:I, s:o, s:s%, s:s}", "type", type, "session_id", sid,
-                          "seq", (json_int_t)seq, "sender",
-                          sender_json(sender_type, sender_id, sender_name), "content", content,
-                          content_len, "timestamp", ts);
-    if (!o)
-        return NULL;
+    struct jw w;
+    jw_init(&w, 256 + content_len + (metadata ? strlen(metadata) : 0), WS_MAX_HEADER);
+    jw_open(&w);
+    jw_kstr(&w, "type", type);
+    jw_kstr(&w, "session_id", sid);
+    jw_kint(&w, "seq", seq);
+    jw_key(&w, "sender");
+    jw_open(&w);
+    jw_kstr(&w, "type", sender_type);
+    jw_kstr(&w, "id", sender_id);
+    jw_kstr(&w, "name", sender_name ? sender_name : sender_id);
+    jw_close(&w);
+    jw_key(&w, "content");
+    jw_str(&w, content, content_len);
+    jw_kstr(&w, "timestamp", ts);
     if (client_id && *client_id)
-        json_object_set_new(o, "id", json_string(client_id));
+        jw_kstr(&w, "id", client_id);
     if (metadata) {
-        json_t *m = json_loads(metadata, 0, NULL);
-        if (m)
-            json_object_set_new(o, "metadata", m);
+        /* Stored as the compact JSON object it was checked to be. */
+        jw_key(&w, "metadata");
+        jw_raw(&w, metadata, strlen(metadata));
     }
-    return o;
+    jw_close(&w);
+    struct sbuf *f = frame_jw(&w, off, len);
+    jw_release(&w);
+    return f;
 }
 
 /* ---- worker side: messages from the writer ----------------------------------- */
@@ -535,16 +571,11 @@ static void set_last_type(struct batch_out *bo, unsigned worker, uint8_t type)
 /* Post a frame to every worker: each delivers it to the owner's devices it
  * holds (looked up here, once, in the registry) and, unless the kind is for
  * the owner alone, to the admins there that joined the session. */
-static void add_everywhere(struct batch_out *bo, uint8_t kind, uint64_t conn_id, json_t *obj,
-                           const struct store_req *r)
+static void add_frame_everywhere(struct batch_out *bo, uint8_t kind, uint64_t conn_id,
+                                 struct sbuf *f, uint32_t off, uint32_t len, uint8_t type,
+                                 const struct store_req *r)
 {
     struct chat *ch = bo->ch;
-    uint8_t type = obj ? out_index(json_string_value(json_object_get(obj, "type"))) : 0;
-    uint32_t off, len;
-    struct sbuf *f = obj ? hub_frame_json(obj, &off, &len) : NULL;
-    json_decref(obj);
-    if (!f)
-        return;
     unsigned nd = 0;
     if (kind != IT_ADMINS)
         nd = registry_devices(&ch->hub->registry, r->owner, strlen(r->owner), ch->devs,
@@ -554,6 +585,18 @@ static void add_everywhere(struct batch_out *bo, uint8_t kind, uint64_t conn_id,
         set_last_type(bo, w, type);
         set_last_ids(bo, w, ch->devs, nd);
     }
+}
+
+static void add_everywhere(struct batch_out *bo, uint8_t kind, uint64_t conn_id, json_t *obj,
+                           const struct store_req *r)
+{
+    uint8_t type = obj ? out_index(json_string_value(json_object_get(obj, "type"))) : 0;
+    uint32_t off, len;
+    struct sbuf *f = obj ? hub_frame_json(obj, &off, &len) : NULL;
+    json_decref(obj);
+    if (!f)
+        return;
+    add_frame_everywhere(bo, kind, conn_id, f, off, len, type, r);
     sbuf_unref(f);
 }
 
@@ -570,19 +613,38 @@ static void add_reply(struct batch_out *bo, const struct store_req *r, json_t *o
     sbuf_unref(f);
 }
 
-static json_t *ack_json(const struct store_req *r, bool with_seq)
+/* Queue the ack of r for its connection; extra_key/extra_val add one
+ * string member (model_select echoes model_id). */
+static void add_ack(struct batch_out *bo, const struct store_req *r, bool with_seq,
+                    const char *extra_key, const char *extra_val)
 {
     char ts[32];
     clock_format_rfc3339(ts, r->ts_ms);
-    json_t *o = json_pack("{s:s, s:s, s:s}", "type", "ack", "session_id", r->session_id,
-                          "timestamp", ts);
-    if (o && with_seq)
-        json_object_set_new(o, "seq", json_integer(r->seq));
-    if (o && r->client_id[0])
-        json_object_set_new(o, "id", json_string(r->client_id));
-    if (o && r->op == STORE_APPEND && r->duplicate)
-        json_object_set_new(o, "duplicate", json_true());
-    return o;
+    struct jw w;
+    jw_init(&w, 256, WS_MAX_HEADER);
+    jw_open(&w);
+    jw_kstr(&w, "type", "ack");
+    jw_kstr(&w, "session_id", r->session_id);
+    if (with_seq)
+        jw_kint(&w, "seq", r->seq);
+    jw_kstr(&w, "timestamp", ts);
+    if (r->client_id[0])
+        jw_kstr(&w, "id", r->client_id);
+    if (r->op == STORE_APPEND && r->duplicate) {
+        jw_key(&w, "duplicate");
+        jw_bool(&w, true);
+    }
+    if (extra_key)
+        jw_kstr(&w, extra_key, extra_val ? extra_val : "");
+    jw_close(&w);
+    uint32_t off, len;
+    struct sbuf *f = frame_jw(&w, &off, &len);
+    jw_release(&w);
+    if (!f)
+        return;
+    add_item(bo, r->worker, IT_REPLY, r->conn_id, f, off, len, r);
+    set_last_type(bo, r->worker, out_index("ack"));
+    sbuf_unref(f);
 }
 
 static json_t *error_json(struct chat *ch, const struct store_req *r, enum error_code code,
@@ -616,15 +678,18 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
     switch (r->kind) {
     case K_USER_MESSAGE:
     case K_ADMIN_MESSAGE:
-        add_reply(bo, r, ack_json(r, true));
-        if (!r->duplicate)
-            add_everywhere(bo, IT_EVENT, r->conn_id,
-                           event_json(r->kind == K_ADMIN_MESSAGE ? "admin_message"
-                                                                 : "user_message",
-                                      r->session_id, r->seq, r->client_id, r->sender_type, r->user,
-                                      r->sender_name, r->content, r->content_len, r->metadata,
-                                      r->ts_ms),
-                           r);
+        add_ack(bo, r, true, NULL, NULL);
+        if (!r->duplicate) {
+            const char *type = r->kind == K_ADMIN_MESSAGE ? "admin_message" : "user_message";
+            uint32_t off, len;
+            struct sbuf *f = event_frame(type, r->session_id, r->seq, r->client_id,
+                                         r->sender_type, r->user, r->sender_name, r->content,
+                                         r->content_len, r->metadata, r->ts_ms, &off, &len);
+            if (f) {
+                add_frame_everywhere(bo, IT_EVENT, r->conn_id, f, off, len, out_index(type), r);
+                sbuf_unref(f);
+            }
+        }
         break;
     case K_TYPING: {
         json_t *o = json_pack("{s:s, s:s, s:o, s:b}", "type", "typing_indicator", "session_id",
@@ -640,17 +705,14 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
         break;
     }
     case K_HELP: {
-        add_reply(bo, r, ack_json(r, false));
+        add_ack(bo, r, false, NULL, NULL);
         json_t *o = json_pack("{s:s, s:s, s:o}", "type", "help_request", "session_id",
                               r->session_id, "sender", sender_json(stype, r->user, r->sender_name));
         add_everywhere(bo, IT_ADMINS, 0, o, r);
         break;
     }
     case K_MODEL: {
-        json_t *a = ack_json(r, false);
-        if (a)
-            json_object_set_new(a, "model_id", json_string(r->arg ? r->arg : ""));
-        add_reply(bo, r, a);
+        add_ack(bo, r, false, "model_id", r->arg);
         break;
     }
     case K_JOIN:
@@ -663,7 +725,7 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
                               "session_id", r->session_id, "sender",
                               sender_json("admin", r->user, r->sender_name));
         add_everywhere(bo, IT_RELAY, r->conn_id, o, r);
-        add_reply(bo, r, ack_json(r, false));
+        add_ack(bo, r, false, NULL, NULL);
         break;
     }
     default:
@@ -912,12 +974,13 @@ static void resume_pump(struct resume_job *j)
         if (sent_has(st, e->seq))
             continue;
         sent_add(st, e->seq);
-        json_t *o = event_json(e->type, j->session, e->seq, e->client_id, e->sender_type,
-                               e->sender_id, e->sender_name, e->content, e->content_len,
-                               e->metadata, e->ts_ms);
-        if (o) {
-            client_send_json(cl, o);
-            json_decref(o);
+        uint32_t off, len;
+        struct sbuf *f = event_frame(e->type, j->session, e->seq, e->client_id,
+                                     e->sender_type, e->sender_id, e->sender_name, e->content,
+                                     e->content_len, e->metadata, e->ts_ms, &off, &len);
+        if (f) {
+            conn_send_shared(c, f, off, len);
+            sbuf_unref(f);
         }
     }
     if (j->n == RESUME_PAGE) {

@@ -213,13 +213,24 @@ bool hub_enabled(const struct hub *h) { return h->jwt != NULL; }
 
 struct sbuf *hub_frame_json(json_t *obj, uint32_t *off, uint32_t *len)
 {
-    size_t n = json_dumpb(obj, NULL, 0, JSON_COMPACT);
-    if (n == 0)
-        return NULL;
-    struct sbuf *b = sbuf_new((uint32_t)(n + WS_MAX_HEADER));
+    /* Serialize once into a guess-sized buffer; only a large object is
+     * serialized a second time, into a buffer of its exact size. */
+    size_t guess = 1024;
+    struct sbuf *b = sbuf_new((uint32_t)(guess + WS_MAX_HEADER));
     if (!b)
         return NULL;
-    json_dumpb(obj, (char *)b->data + WS_MAX_HEADER, n, JSON_COMPACT);
+    size_t n = json_dumpb(obj, (char *)b->data + WS_MAX_HEADER, guess, JSON_COMPACT);
+    if (n == 0) {
+        sbuf_unref(b);
+        return NULL;
+    }
+    if (n > guess) {
+        sbuf_unref(b);
+        b = sbuf_new((uint32_t)(n + WS_MAX_HEADER));
+        if (!b)
+            return NULL;
+        json_dumpb(obj, (char *)b->data + WS_MAX_HEADER, n, JSON_COMPACT);
+    }
     uint8_t hdr[WS_MAX_HEADER];
     size_t hl = ws_frame_header(hdr, WS_OP_TEXT, true, n);
     /* The header goes right before the payload. */

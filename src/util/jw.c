@@ -1,0 +1,137 @@
+/*
+ * DESIGN: append-only into one buffer that doubles as needed; an allocation
+ * failure sets `failed` and turns every later call into a no-op, so callers
+ * check once at the end. Escaping handles the two characters JSON requires
+ * (quote, backslash) and every control character, with the short forms for
+ * the common ones.
+ */
+#include "util/jw.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void jw_init(struct jw *w, size_t cap, size_t reserve)
+{
+    if (cap < reserve + 64)
+        cap = reserve + 64;
+    w->buf = malloc(cap);
+    w->cap = w->buf ? cap : 0;
+    w->len = reserve;
+    w->first = true;
+    w->failed = w->buf == NULL;
+}
+
+void jw_release(struct jw *w)
+{
+    free(w->buf);
+    w->buf = NULL;
+    w->len = w->cap = 0;
+}
+
+static bool room(struct jw *w, size_t n)
+{
+    if (w->failed)
+        return false;
+    if (w->len + n <= w->cap)
+        return true;
+    size_t cap = w->cap * 2;
+    while (cap < w->len + n)
+        cap *= 2;
+    char *b = realloc(w->buf, cap);
+    if (!b) {
+        w->failed = true;
+        return false;
+    }
+    w->buf = b;
+    w->cap = cap;
+    return true;
+}
+
+static void put(struct jw *w, const char *s, size_t n)
+{
+    if (room(w, n)) {
+        memcpy(w->buf + w->len, s, n);
+        w->len += n;
+    }
+}
+
+void jw_open(struct jw *w)
+{
+    put(w, "{", 1);
+    w->first = true;
+}
+
+void jw_close(struct jw *w)
+{
+    put(w, "}", 1);
+    w->first = false;
+}
+
+void jw_key(struct jw *w, const char *key)
+{
+    if (!w->first)
+        put(w, ",", 1);
+    w->first = false;
+    put(w, "\"", 1);
+    put(w, key, strlen(key));
+    put(w, "\":", 2);
+}
+
+void jw_str(struct jw *w, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    /* Worst case every byte becomes \u00XX. */
+    if (!room(w, n * 6 + 2))
+        return;
+    char *o = w->buf + w->len;
+    *o++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *o++ = (char)c;
+            continue;
+        }
+        *o++ = '\\';
+        switch (c) {
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '\n': *o++ = 'n'; break;
+        case '\r': *o++ = 'r'; break;
+        case '\t': *o++ = 't'; break;
+        case '\b': *o++ = 'b'; break;
+        case '\f': *o++ = 'f'; break;
+        default:
+            *o++ = 'u';
+            *o++ = '0';
+            *o++ = '0';
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
+        }
+    }
+    *o++ = '"';
+    w->len = (size_t)(o - w->buf);
+}
+
+void jw_int(struct jw *w, int64_t v)
+{
+    char b[24];
+    int n = snprintf(b, sizeof b, "%lld", (long long)v);
+    put(w, b, (size_t)n);
+}
+
+void jw_bool(struct jw *w, bool v) { put(w, v ? "true" : "false", v ? 4 : 5); }
+
+void jw_raw(struct jw *w, const char *s, size_t n) { put(w, s, n); }
+
+void jw_kstr(struct jw *w, const char *key, const char *s)
+{
+    jw_key(w, key);
+    jw_str(w, s, strlen(s));
+}
+
+void jw_kint(struct jw *w, const char *key, int64_t v)
+{
+    jw_key(w, key);
+    jw_int(w, v);
+}

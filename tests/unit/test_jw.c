@@ -1,0 +1,89 @@
+/*
+ * JSON writer tests: every output parses back (with jansson) to exactly what
+ * was written, whatever bytes the strings hold.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "util/jw.h"
+
+static json_t *parse(struct jw *w, size_t reserve)
+{
+    assert_false(w->failed);
+    json_error_t err;
+    json_t *o = json_loadb(w->buf + reserve, w->len - reserve, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &err);
+    if (!o)
+        fail_msg("not JSON: %s in %.*s", err.text, (int)(w->len - reserve), w->buf + reserve);
+    return o;
+}
+
+static void test_object_with_nesting(void **state)
+{
+    (void)state;
+    struct jw w;
+    jw_init(&w, 8, 14); /* tiny on purpose: growth is exercised */
+    jw_open(&w);
+    jw_kstr(&w, "type", "ack");
+    jw_kint(&w, "seq", 9007199254740993LL);
+    jw_kint(&w, "neg", -5);
+    jw_key(&w, "sender");
+    jw_open(&w);
+    jw_kstr(&w, "id", "u1");
+    jw_close(&w);
+    jw_key(&w, "ok");
+    jw_bool(&w, true);
+    jw_key(&w, "meta");
+    jw_raw(&w, "{\"a\":\"b\"}", 9);
+    jw_close(&w);
+    json_t *o = parse(&w, 14);
+    assert_string_equal(json_string_value(json_object_get(o, "type")), "ack");
+    assert_int_equal(json_integer_value(json_object_get(o, "seq")), 9007199254740993LL);
+    assert_int_equal(json_integer_value(json_object_get(o, "neg")), -5);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(o, "sender"), "id")),
+                        "u1");
+    assert_true(json_is_true(json_object_get(o, "ok")));
+    assert_string_equal(json_string_value(json_object_get(json_object_get(o, "meta"), "a")), "b");
+    json_decref(o);
+    jw_release(&w);
+}
+
+static void test_string_escaping_round_trips(void **state)
+{
+    (void)state;
+    char s[256];
+    /* Every byte below 0x80 (including NUL and all control characters),
+     * then multi-byte UTF-8. */
+    for (int i = 0; i < 128; i++)
+        s[i] = (char)i;
+    const char *utf8 = "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"; /* é € 😀 */
+    size_t ul = strlen(utf8);
+    memcpy(s + 128, utf8, ul);
+    size_t n = 128 + ul;
+    struct jw w;
+    jw_init(&w, 16, 0);
+    jw_open(&w);
+    jw_key(&w, "s");
+    jw_str(&w, s, n);
+    jw_close(&w);
+    json_t *o = parse(&w, 0);
+    json_t *v = json_object_get(o, "s");
+    assert_int_equal(json_string_length(v), n);
+    assert_memory_equal(json_string_value(v), s, n);
+    json_decref(o);
+    jw_release(&w);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_object_with_nesting),
+        cmocka_unit_test(test_string_escaping_round_trips),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
