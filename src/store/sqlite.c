@@ -475,10 +475,25 @@ static void run_batch(struct store *s, struct store_req **reqs, size_t n)
     s->on_batch(s->arg, reqs, n);
 }
 
+/* Move up to max - n queued requests into batch. Called with queue_lock. */
+static size_t take(struct store *s, struct store_req **batch, size_t n, size_t max)
+{
+    size_t start = n;
+    while (s->head && n < max) {
+        batch[n++] = s->head;
+        s->head = s->head->next;
+    }
+    if (!s->head)
+        s->tail = NULL;
+    s->queued -= n - start;
+    return n;
+}
+
 static void writer_main(void *arg)
 {
     struct store *s = arg;
     struct store_req *batch[STORE_BATCH_MAX];
+    int64_t last_end_us = 0;
     for (;;) {
         uv_mutex_lock(&s->queue_lock);
         while (!s->head && !s->closing)
@@ -488,17 +503,20 @@ static void writer_main(void *arg)
             break;
         }
         /* Group commit: everything that queued up meanwhile goes in one
-         * transaction, up to STORE_BATCH_MAX. */
-        size_t n = 0;
-        while (s->head && n < STORE_BATCH_MAX) {
-            batch[n++] = s->head;
-            s->head = s->head->next;
+         * transaction, up to STORE_BATCH_MAX. Under steady load (the last
+         * commit ended moments ago) a small batch waits up to
+         * STORE_LINGER_US for company: the batch closes by size or by that
+         * short deadline, so many messages share one commit and their
+         * events reach each connection in one write. An idle server
+         * commits at once. */
+        size_t n = take(s, batch, 0, STORE_BATCH_MAX);
+        if (n < STORE_BATCH_MAX / 4 && !s->closing && now_us() - last_end_us < 2000) {
+            uv_cond_timedwait(&s->queue_cond, &s->queue_lock, (uint64_t)STORE_LINGER_US * 1000);
+            n = take(s, batch, n, STORE_BATCH_MAX);
         }
-        if (!s->head)
-            s->tail = NULL;
-        s->queued -= n;
         uv_mutex_unlock(&s->queue_lock);
         run_batch(s, batch, n);
+        last_end_us = now_us();
     }
     sbuf_thread_cleanup(); /* on_batch may have dropped frames here */
 }

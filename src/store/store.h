@@ -29,6 +29,7 @@
 #include <uv.h>
 
 #define STORE_BATCH_MAX 1024
+#define STORE_LINGER_US 300   /* under load, a small batch waits this long for more */
 #define STORE_ID_LEN 26       /* "s_" + 24 hex digits */
 #define STORE_MAX_USER 128
 
