@@ -179,7 +179,17 @@ static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
     return 0;
 }
 
-/* AAD binds a ciphertext to its place: session id and seq. */
+/* AAD binds a ciphertext to its place: session id and seq (big-endian).
+ * Returns the length of the id part (the AAD is 8 bytes longer). */
+static size_t make_aad(unsigned char aad[STORE_ID_LEN + 8], const char *sid, int64_t seq)
+{
+    size_t sl = strlen(sid);
+    memcpy(aad, sid, sl);
+    for (int i = 0; i < 8; i++)
+        aad[sl + i] = (unsigned char)(seq >> (56 - 8 * i));
+    return sl;
+}
+
 static int seal(struct store *s, const char *sid, int64_t seq, const char *in, size_t n,
                 unsigned char **out, size_t *outlen)
 {
@@ -190,10 +200,7 @@ static int seal(struct store *s, const char *sid, int64_t seq, const char *in, s
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     int len = 0, ok = ctx != NULL;
     unsigned char aad[STORE_ID_LEN + 8];
-    size_t sl = strlen(sid);
-    memcpy(aad, sid, sl);
-    for (int i = 0; i < 8; i++)
-        aad[sl + i] = (unsigned char)(seq >> (56 - 8 * i));
+    size_t sl = make_aad(aad, sid, seq);
     ok = ok && EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, s->key, buf) == 1;
     ok = ok && EVP_EncryptUpdate(ctx, NULL, &len, aad, (int)(sl + 8)) == 1;
     ok = ok && EVP_EncryptUpdate(ctx, buf + 12, &len, (const unsigned char *)in, (int)n) == 1;
@@ -221,10 +228,7 @@ static int unseal(const struct store *s, const char *sid, int64_t seq, const uns
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     int len = 0, ok = ctx != NULL;
     unsigned char aad[STORE_ID_LEN + 8];
-    size_t sl = strlen(sid);
-    memcpy(aad, sid, sl);
-    for (int i = 0; i < 8; i++)
-        aad[sl + i] = (unsigned char)(seq >> (56 - 8 * i));
+    size_t sl = make_aad(aad, sid, seq);
     ok = ok && EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, s->key, in) == 1;
     ok = ok && EVP_DecryptUpdate(ctx, NULL, &len, aad, (int)(sl + 8)) == 1;
     ok = ok && EVP_DecryptUpdate(ctx, (unsigned char *)buf, &len, in + 12, (int)plen) == 1;
