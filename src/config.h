@@ -38,7 +38,6 @@ struct config {
     int log_level;               /* enum log_level */
     int jwt_alg;                 /* enum jwt_alg */
     char *jwt_secret;            /* owned; HS256 secret bytes (NUL-terminated) */
-    size_t jwt_secret_len;
     char *jwt_secret_file;       /* owned */
     char *jwt_public_key;        /* owned; path of the PEM file */
     char *jwt_issuer;            /* owned, NULL when unset */

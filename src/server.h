@@ -78,7 +78,6 @@ struct worker {
     struct idmap by_id;         /* conn id -> struct conn *, chat connections */
     uint8_t *read_buf;          /* one read buffer shared by all connections */
     struct ws_decoder scratch_dec; /* decodes reads of connections at rest (conn.c) */
-    bool read_buf_busy;
     uint64_t next_conn_seq;
     unsigned nconns;
     bool listening;

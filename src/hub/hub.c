@@ -335,15 +335,6 @@ void hub_send_to_conn(struct hub *h, uint32_t worker, uint64_t conn_id, struct s
     worker_post(target, &sm->base);
 }
 
-void hub_send_to_user(struct hub *h, const char *user, size_t len, struct sbuf *frame,
-                      uint32_t off, uint32_t len_frame)
-{
-    struct reg_device devs[64];
-    unsigned n = registry_devices(&h->registry, user, len, devs, 64);
-    for (unsigned i = 0; i < n; i++)
-        hub_send_to_conn(h, devs[i].worker, devs[i].conn_id, frame, off, len_frame, 0, NULL);
-}
-
 static struct sbuf *notification(const char *code, const char *message, uint32_t *off,
                                  uint32_t *len)
 {

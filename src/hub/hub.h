@@ -132,8 +132,4 @@ struct sbuf *hub_frame_json(json_t *obj, uint32_t *off, uint32_t *len);
 void hub_send_to_conn(struct hub *h, uint32_t worker, uint64_t conn_id, struct sbuf *frame,
                       uint32_t off, uint32_t len, uint16_t close_code, const char *close_reason);
 
-/* Send a shared frame to every device of a user. Any thread. */
-void hub_send_to_user(struct hub *h, const char *user, size_t len, struct sbuf *frame,
-                      uint32_t off, uint32_t len_frame);
-
 #endif

@@ -118,7 +118,6 @@ struct store {
     uv_mutex_t queue_lock;
     uv_cond_t queue_cond;
     struct store_req *head, *tail;
-    size_t queued;
     bool closing;
 
     /* checkpointer: guarded by ckpt_lock */
@@ -482,14 +481,12 @@ static void run_batch(struct store *s, struct store_req **reqs, size_t n)
 /* Move up to max - n queued requests into batch. Called with queue_lock. */
 static size_t take(struct store *s, struct store_req **batch, size_t n, size_t max)
 {
-    size_t start = n;
     while (s->head && n < max) {
         batch[n++] = s->head;
         s->head = s->head->next;
     }
     if (!s->head)
         s->tail = NULL;
-    s->queued -= n - start;
     return n;
 }
 
@@ -538,7 +535,6 @@ int store_submit(struct store *s, struct store_req *r)
     else
         s->head = r;
     s->tail = r;
-    s->queued++;
     uv_cond_signal(&s->queue_cond);
     uv_mutex_unlock(&s->queue_lock);
     return 0;

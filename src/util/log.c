@@ -70,28 +70,3 @@ static void log_write(enum log_level lvl, const char *event, const char *fmt, va
     ssize_t w = write(STDERR_FILENO, line, len);
     (void)w;
 }
-
-char *log_sanitize(char *out, size_t cap, const char *s, size_t len)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t o = 0;
-    if (cap == 0)
-        return out;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c > 0x20 && c < 0x7f && c != '"' && c != '\\') {
-            if (o + 1 >= cap)
-                break;
-            out[o++] = (char)c;
-        } else {
-            if (o + 4 >= cap)
-                break;
-            out[o++] = '\\';
-            out[o++] = 'x';
-            out[o++] = hex[c >> 4];
-            out[o++] = hex[c & 15];
-        }
-    }
-    out[o] = '\0';
-    return out;
-}

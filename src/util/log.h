@@ -39,11 +39,4 @@ void log_event_always(enum log_level lvl, const char *event, const char *fmt, ..
 #define log_warn(ev, ...) log_event(LOG_WARN, ev, __VA_ARGS__)
 #define log_error(ev, ...) log_event(LOG_ERROR, ev, __VA_ARGS__)
 
-/*
- * Copy s (len bytes) into out as a log value: printable ASCII other than
- * space, quote and backslash kept, everything else as \xNN; truncated to fit.
- * Returns out. Use it for any value that came from the network.
- */
-char *log_sanitize(char *out, size_t cap, const char *s, size_t len);
-
 #endif
