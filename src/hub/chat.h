@@ -15,9 +15,14 @@
  * Because one thread (the writer) orders every event and each worker's inbox
  * is FIFO, every connection sees a session's events in seq order.
  *
- * Per-worker state (struct chat_local: who is online on this worker, which
- * admins joined which session) is owned by that worker's thread and touched
- * by no other. struct chat itself is read-only after chat_init.
+ * Per-worker state (struct chat_local: the admins online on this worker and
+ * which sessions they joined) is owned by that worker's thread and touched by
+ * no other, except its `out` counters: atomics written by that worker only
+ * and read by /metrics from any thread. Per-client state (router_state) is
+ * owned by the client's worker. In struct chat, everything is read-only after
+ * chat_init except the `devs` scratch array, which only the storage writer
+ * thread uses (inside chat_on_batch). No lock is taken here; the registry
+ * lookups in chat_on_batch take the registry's own stripe locks.
  */
 #ifndef CHATD_HUB_CHAT_H
 #define CHATD_HUB_CHAT_H

@@ -74,8 +74,9 @@ struct hub {
     const struct router_ops *router_ops; /* NULL: no router attached */
     void *router;
     json_t *models;                      /* [{"id":..,"name":..}] from --models */
+    /* shared: atomics, any thread adds (hub_count_error), /metrics reads */
     atomic_uint_fast64_t errors[16];     /* error replies by code (hub_error_codes) */
-    /* shared, internally locked */
+    /* shared, internally locked (stripe locks, see registry.h) */
     struct registry registry;
 };
 

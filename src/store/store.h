@@ -15,9 +15,15 @@
  * connections (guarded by `read_lock`), so reads never wait for the writer
  * and never run on a worker's loop.
  *
- * Locks: `queue_lock` guards the request queue (leaf); `read_lock` guards the
- * pool of read connections (leaf). The writer's connection and statements
- * are touched only by the writer thread.
+ * Threads: the writer; a checkpointer that copies the WAL into the database
+ * (PASSIVE checkpoints, its own connection) when the writer's WAL hook says
+ * the WAL has grown; the callers of the read functions.
+ *
+ * Locks, all leaves: `queue_lock` (+ `queue_cond`) guards the request queue;
+ * `ckpt_lock` (+ `ckpt_cond`) guards the checkpoint request flag; `read_lock`
+ * guards the pool of read connections. The writer's connection and
+ * statements are touched only by the writer thread. Statistics and the
+ * health flag are atomics.
  */
 #ifndef CHATD_STORE_STORE_H
 #define CHATD_STORE_STORE_H
