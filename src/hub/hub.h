@@ -8,9 +8,9 @@
  * Threads: the struct hub is built by the main thread before the workers
  * start and is read-only afterwards, except for the registry (its own striped
  * locks), the error counters (atomics) and the router's own state. Every
- * callback below runs on the worker
- * thread that owns the connection; a client (struct client) is owned by its
- * connection's worker and touched by no other thread. To reach a connection
+ * callback below runs on the worker thread that owns the connection; a
+ * client (struct client) is owned by its connection's worker and touched by
+ * no other thread. To reach a connection
  * on another worker, the hub posts to that worker's inbox with the
  * connection id.
  *
