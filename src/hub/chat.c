@@ -33,46 +33,10 @@
 #define LOCAL_BUCKETS 1024
 #define METADATA_MAX 16384
 
-enum kind {
-    K_USER_MESSAGE = 0,
-    K_ADMIN_MESSAGE,
-    K_TYPING,
-    K_READ,
-    K_HELP,
-    K_MODEL,
-    K_JOIN,
-    K_LEAVE,
-    K_RESUME,
-    K_COUNT
-};
-
-static const char *const kind_names[K_COUNT] = {
-    "user_message", "admin_message", "typing_indicator", "read",  "help_request",
-    "model_select", "admin_join",    "admin_leave",      "resume",
-};
-
-enum error_code {
-    E_BAD_JSON = 0,
-    E_UNKNOWN_TYPE,
-    E_INVALID_FIELD,
-    E_CONTENT_TOO_LARGE,
-    E_RATE_LIMITED,
-    E_SESSION_NOT_FOUND,
-    E_FORBIDDEN,
-    E_UNAVAILABLE,
-    E_INTERNAL,
-    E_COUNT
-};
-
-static const char *const error_names[E_COUNT] = {
-    "bad_json",          "unknown_type", "invalid_field", "content_too_large", "rate_limited",
-    "session_not_found", "forbidden",    "unavailable",   "internal",
-};
-
 /* Server-to-client message types counted in chatd_messages_out_total. */
 static const char *const out_names[] = {
-    "ack",        "user_message", "admin_message", "typing_indicator", "read",
-    "help_request", "admin_join", "admin_leave",   "resumed",          "error",
+    "ack",          "user_message", "admin_message", "typing_indicator", "read",
+    "help_request", "admin_join",   "admin_leave",   "resumed",          "error",
 };
 #define OUT_COUNT (sizeof out_names / sizeof out_names[0])
 
@@ -91,7 +55,7 @@ struct seq_range {
 
 struct sess_state {
     char id[STORE_ID_LEN + 1];
-    bool joined;            /* an admin subscribed with admin_join */
+    bool joined; /* an admin subscribed with admin_join */
     unsigned nr, cap;
     struct seq_range *sent; /* seqs sent, sorted, merged (owned) */
 };
@@ -127,7 +91,7 @@ struct chat {
     struct reg_device *devs;
     unsigned devs_cap;
     struct chat_local *locals; /* [nworkers], each owned by its worker */
-    atomic_uint_fast64_t in_by_kind[K_COUNT];
+    atomic_uint_fast64_t in_by_kind[CHAT_TYPE_COUNT];
 };
 
 /* ---- small helpers ---------------------------------------------------------- */
@@ -280,12 +244,6 @@ static bool valid_session_id(const char *s)
     return true;
 }
 
-static void send_error(struct chat *ch, struct client *cl, enum error_code code,
-                       const char *message, int64_t retry_after, const char *id)
-{
-    client_send_error(cl, error_names[code], message, code != E_INTERNAL, retry_after, id);
-}
-
 static json_t *sender_json(const char *type, const char *id, const char *name)
 {
     return json_pack("{s:s, s:s, s:s}", "type", type, "id", id, "name", name ? name : id);
@@ -315,9 +273,9 @@ static struct sbuf *frame_jw(struct jw *w, uint32_t *off, uint32_t *len)
  * the hot path of chat: written directly, not through a JSON tree. */
 static struct sbuf *event_frame(const char *type, const char *sid, int64_t seq,
                                 const char *client_id, const char *sender_type,
-                                const char *sender_id, const char *sender_name,
-                                const char *content, size_t content_len, const char *metadata,
-                                int64_t ts_ms, uint32_t *off, uint32_t *len)
+                                const char *sender_id, const char *sender_name, const char *content,
+                                size_t content_len, const char *metadata, int64_t ts_ms,
+                                uint32_t *off, uint32_t *len)
 {
     char ts[32];
     clock_format_rfc3339(ts, ts_ms);
@@ -355,9 +313,9 @@ enum item_kind { IT_REPLY, IT_EVENT, IT_RELAY, IT_RELAY_OWNER, IT_ADMINS, IT_JOI
 
 struct chat_item {
     uint8_t kind;
-    uint8_t out_type;     /* index in out_names */
-    uint64_t conn_id;     /* REPLY target; RELAY exclusion; JOIN/LEAVE subject */
-    struct sbuf *frame;   /* one reference, or NULL */
+    uint8_t out_type;   /* index in out_names */
+    uint64_t conn_id;   /* REPLY target; RELAY exclusion; JOIN/LEAVE subject */
+    struct sbuf *frame; /* one reference, or NULL */
     uint32_t off, len;
     int64_t seq;
     uint32_t ids_off, ids_n; /* the owner's devices on this worker, in post->ids */
@@ -371,14 +329,13 @@ struct chat_post {
     size_t n, cap;
     struct chat_item *items;
     size_t nids, capids;
-    uint64_t *ids;           /* connection ids referenced by items */
+    uint64_t *ids; /* connection ids referenced by items */
 };
 
 static void count_out(struct client *cl, uint8_t type)
 {
     struct chat *ch = cl->hub->router;
-    atomic_fetch_add_explicit(&ch->locals[cl->conn->w->index].out[type], 1,
-                              memory_order_relaxed);
+    atomic_fetch_add_explicit(&ch->locals[cl->conn->w->index].out[type], 1, memory_order_relaxed);
 }
 
 static void send_frame(struct client *cl, const struct chat_item *it)
@@ -397,9 +354,8 @@ static void send_event(struct client *cl, const struct chat_item *it)
     send_frame(cl, it);
 }
 
-static void for_participants(struct worker *w, struct chat_local *loc,
-                             const struct chat_post *p, const struct chat_item *it, bool stored,
-                             bool owner_only)
+static void for_participants(struct worker *w, struct chat_local *loc, const struct chat_post *p,
+                             const struct chat_item *it, bool stored, bool owner_only)
 {
     const uint64_t *ids = p->ids + it->ids_off;
     for (uint32_t i = 0; i < it->ids_n; i++) {
@@ -493,7 +449,10 @@ static void post_run(struct worker *w, struct inbox_msg *m)
     post_free(p);
 }
 
-static void post_drop(struct inbox_msg *m) { post_free((struct chat_post *)m); }
+static void post_drop(struct inbox_msg *m)
+{
+    post_free((struct chat_post *)m);
+}
 
 /* ---- writer side: turning a committed batch into posts ------------------------ */
 
@@ -647,12 +606,12 @@ static void add_ack(struct batch_out *bo, const struct store_req *r, bool with_s
     sbuf_unref(f);
 }
 
-static json_t *error_json(struct chat *ch, const struct store_req *r, enum error_code code,
+static json_t *error_json(struct chat *ch, const struct store_req *r, enum chat_error code,
                           const char *message, int64_t retry_after)
 {
-    hub_count_error(ch->hub, error_names[code]);
-    json_t *o = json_pack("{s:s, s:s, s:s, s:b}", "type", "error", "code", error_names[code],
-                          "message", message, "recoverable", code != E_INTERNAL);
+    hub_count_error(ch->hub, code);
+    json_t *o = json_pack("{s:s, s:s, s:s, s:b}", "type", "error", "code", hub_error_codes[code],
+                          "message", message, "recoverable", code != ERR_INTERNAL);
     if (o && retry_after >= 0)
         json_object_set_new(o, "retry_after", json_integer(retry_after));
     if (o && r->client_id[0])
@@ -664,66 +623,66 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
 {
     struct chat *ch = bo->ch;
     if (r->status == STORE_UNAVAILABLE) {
-        add_reply(bo, r, error_json(ch, r, E_UNAVAILABLE,
-                                    "storage is unavailable; nothing was stored, retry later",
-                                    1000));
+        add_reply(bo, r,
+                  error_json(ch, r, ERR_UNAVAILABLE,
+                             "storage is unavailable; nothing was stored, retry later", 1000));
         return;
     }
     if (r->status == STORE_NOT_FOUND) {
-        add_reply(bo, r, error_json(ch, r, E_SESSION_NOT_FOUND, "no such session", -1));
+        add_reply(bo, r, error_json(ch, r, ERR_SESSION_NOT_FOUND, "no such session", -1));
         return;
     }
     /* Someone acting in a session they do not own is there as an admin. */
     const char *stype = r->any_session && strcmp(r->owner, r->user) != 0 ? "admin" : "user";
     switch (r->kind) {
-    case K_USER_MESSAGE:
-    case K_ADMIN_MESSAGE:
+    case CHAT_USER_MESSAGE:
+    case CHAT_ADMIN_MESSAGE:
         add_ack(bo, r, true, NULL, NULL);
         if (!r->duplicate) {
-            const char *type = r->kind == K_ADMIN_MESSAGE ? "admin_message" : "user_message";
+            const char *type = r->kind == CHAT_ADMIN_MESSAGE ? "admin_message" : "user_message";
             uint32_t off, len;
-            struct sbuf *f = event_frame(type, r->session_id, r->seq, r->client_id,
-                                         r->sender_type, r->user, r->sender_name, r->content,
-                                         r->content_len, r->metadata, r->ts_ms, &off, &len);
+            struct sbuf *f = event_frame(type, r->session_id, r->seq, r->client_id, r->sender_type,
+                                         r->user, r->sender_name, r->content, r->content_len,
+                                         r->metadata, r->ts_ms, &off, &len);
             if (f) {
                 add_frame_everywhere(bo, IT_EVENT, r->conn_id, f, off, len, out_index(type), r);
                 sbuf_unref(f);
             }
         }
         break;
-    case K_TYPING: {
+    case CHAT_TYPING: {
         json_t *o = json_pack("{s:s, s:s, s:o, s:b}", "type", "typing_indicator", "session_id",
                               r->session_id, "sender", sender_json(stype, r->user, r->sender_name),
                               "typing", r->arg && strcmp(r->arg, "true") == 0);
         add_everywhere(bo, IT_RELAY, r->conn_id, o, r);
         break;
     }
-    case K_READ: {
-        json_t *o = json_pack("{s:s, s:s, s:I}", "type", "read", "session_id", r->session_id,
-                              "seq", (json_int_t)strtoll(r->arg ? r->arg : "0", NULL, 10));
+    case CHAT_READ: {
+        json_t *o = json_pack("{s:s, s:s, s:I}", "type", "read", "session_id", r->session_id, "seq",
+                              (json_int_t)strtoll(r->arg ? r->arg : "0", NULL, 10));
         add_everywhere(bo, IT_RELAY_OWNER, r->conn_id, o, r);
         break;
     }
-    case K_HELP: {
+    case CHAT_HELP: {
         add_ack(bo, r, false, NULL, NULL);
         json_t *o = json_pack("{s:s, s:s, s:o}", "type", "help_request", "session_id",
                               r->session_id, "sender", sender_json(stype, r->user, r->sender_name));
         add_everywhere(bo, IT_ADMINS, 0, o, r);
         break;
     }
-    case K_MODEL: {
+    case CHAT_MODEL: {
         add_ack(bo, r, false, "model_id", r->arg);
         break;
     }
-    case K_JOIN:
-    case K_LEAVE: {
-        bool join = r->kind == K_JOIN;
+    case CHAT_JOIN:
+    case CHAT_LEAVE: {
+        bool join = r->kind == CHAT_JOIN;
         /* The subscription changes on the admin's own worker first, in line
          * with the events around it. */
         add_item(bo, r->worker, join ? IT_JOIN : IT_LEAVE, r->conn_id, NULL, 0, 0, r);
-        json_t *o = json_pack("{s:s, s:s, s:o}", "type", join ? "admin_join" : "admin_leave",
-                              "session_id", r->session_id, "sender",
-                              sender_json("admin", r->user, r->sender_name));
+        json_t *o =
+            json_pack("{s:s, s:s, s:o}", "type", join ? "admin_join" : "admin_leave", "session_id",
+                      r->session_id, "sender", sender_json("admin", r->user, r->sender_name));
         add_everywhere(bo, IT_RELAY, r->conn_id, o, r);
         add_ack(bo, r, false, NULL, NULL);
         break;
@@ -750,7 +709,7 @@ void chat_on_batch(void *arg, struct store_req **reqs, size_t n)
 
 /* ---- worker side: client messages ------------------------------------------- */
 
-static struct store_req *new_req(struct client *cl, enum store_op op, enum kind kind,
+static struct store_req *new_req(struct client *cl, enum store_op op, enum chat_type kind,
                                  const char *sid, const char *id)
 {
     struct store_req *r = calloc(1, sizeof *r);
@@ -774,12 +733,12 @@ static void submit(struct chat *ch, struct client *cl, struct store_req *r, cons
 {
     if (!r || !r->sender_name) {
         store_req_free(r);
-        send_error(ch, cl, E_INTERNAL, "out of memory", -1, id);
+        client_send_error(cl, ERR_INTERNAL, "out of memory", -1, id);
         return;
     }
     if (store_submit(ch->store, r) != 0) {
         store_req_free(r);
-        send_error(ch, cl, E_UNAVAILABLE, "the server is shutting down", 1000, id);
+        client_send_error(cl, ERR_UNAVAILABLE, "the server is shutting down", 1000, id);
     }
 }
 
@@ -791,18 +750,18 @@ static bool get_session(struct chat *ch, struct client *cl, json_t *msg, bool re
     *out = NULL;
     if (!v || json_is_null(v)) {
         if (required) {
-            send_error(ch, cl, E_INVALID_FIELD, "missing string field 'session_id'", -1, id);
+            client_send_error(cl, ERR_INVALID_FIELD, "missing string field 'session_id'", -1, id);
             return false;
         }
         return true;
     }
     if (!json_is_string(v)) {
-        send_error(ch, cl, E_INVALID_FIELD, "'session_id' must be a string", -1, id);
+        client_send_error(cl, ERR_INVALID_FIELD, "'session_id' must be a string", -1, id);
         return false;
     }
     if (!valid_session_id(json_string_value(v))) {
         /* Not even the shape of an id: it cannot exist. */
-        send_error(ch, cl, E_SESSION_NOT_FOUND, "no such session", -1, id);
+        client_send_error(cl, ERR_SESSION_NOT_FOUND, "no such session", -1, id);
         return false;
     }
     *out = json_string_value(v);
@@ -814,20 +773,20 @@ static bool get_content(struct chat *ch, struct client *cl, json_t *msg, const c
 {
     json_t *v = json_object_get(msg, "content");
     if (!json_is_string(v)) {
-        send_error(ch, cl, E_INVALID_FIELD, "'content' must be a string", -1, id);
+        client_send_error(cl, ERR_INVALID_FIELD, "'content' must be a string", -1, id);
         return false;
     }
     *len = json_string_length(v);
     *out = json_string_value(v);
     if (*len == 0) {
-        send_error(ch, cl, E_INVALID_FIELD, "'content' must not be empty", -1, id);
+        client_send_error(cl, ERR_INVALID_FIELD, "'content' must not be empty", -1, id);
         return false;
     }
     if (*len > ch->hub->cfg->max_content_bytes) {
         char m[96];
         snprintf(m, sizeof m, "'content' is larger than %llu bytes",
                  (unsigned long long)ch->hub->cfg->max_content_bytes);
-        send_error(ch, cl, E_CONTENT_TOO_LARGE, m, -1, id);
+        client_send_error(cl, ERR_CONTENT_TOO_LARGE, m, -1, id);
         return false;
     }
     return true;
@@ -839,7 +798,7 @@ static bool rate_ok(struct chat *ch, struct client *cl, const char *id)
                                        ch->hub->cfg->rate_limit, clock_mono_ms());
     if (wait == 0)
         return true;
-    send_error(ch, cl, E_RATE_LIMITED, "too many messages; slow down", wait, id);
+    client_send_error(cl, ERR_RATE_LIMITED, "too many messages; slow down", wait, id);
     return false;
 }
 
@@ -849,7 +808,7 @@ static void handle_message(struct chat *ch, struct client *cl, json_t *msg, cons
     const char *sid, *content;
     size_t len;
     if (admin && !cl->admin) {
-        send_error(ch, cl, E_FORBIDDEN, "admin role required", -1, id);
+        client_send_error(cl, ERR_FORBIDDEN, "admin role required", -1, id);
         return;
     }
     if (!get_session(ch, cl, msg, admin, id, &sid) || !get_content(ch, cl, msg, id, &content, &len))
@@ -857,7 +816,7 @@ static void handle_message(struct chat *ch, struct client *cl, json_t *msg, cons
     if (admin) {
         struct sess_state *st = state_get(cl, sid, false);
         if (!st || !st->joined) {
-            send_error(ch, cl, E_FORBIDDEN, "join the session (admin_join) first", -1, id);
+            client_send_error(cl, ERR_FORBIDDEN, "join the session (admin_join) first", -1, id);
             return;
         }
     }
@@ -873,8 +832,9 @@ static void handle_message(struct chat *ch, struct client *cl, json_t *msg, cons
             meta_text = json_dumps(meta, JSON_COMPACT);
         if (!ok || !meta_text || strlen(meta_text) > METADATA_MAX) {
             free(meta_text);
-            send_error(ch, cl, E_INVALID_FIELD,
-                       "'metadata' must be an object of string values, at most 16 KiB", -1, id);
+            client_send_error(cl, ERR_INVALID_FIELD,
+                              "'metadata' must be an object of string values, at most 16 KiB", -1,
+                              id);
             return;
         }
     }
@@ -882,8 +842,8 @@ static void handle_message(struct chat *ch, struct client *cl, json_t *msg, cons
         free(meta_text);
         return;
     }
-    struct store_req *r = new_req(cl, STORE_APPEND, admin ? K_ADMIN_MESSAGE : K_USER_MESSAGE,
-                                  sid, id);
+    struct store_req *r =
+        new_req(cl, STORE_APPEND, admin ? CHAT_ADMIN_MESSAGE : CHAT_USER_MESSAGE, sid, id);
     if (r) {
         r->any_session = admin;
         snprintf(r->sender_type, sizeof r->sender_type, "%s", admin ? "admin" : "user");
@@ -914,13 +874,13 @@ static void handle_message(struct chat *ch, struct client *cl, json_t *msg, cons
 struct resume_job {
     uv_work_t req;
     struct chat *ch;
-    struct conn *conn;          /* held (conn_hold) for the job's whole life */
-    struct resume_job *next;    /* on the client's parked list */
+    struct conn *conn;       /* held (conn_hold) for the job's whole life */
+    struct resume_job *next; /* on the client's parked list */
     char session[STORE_ID_LEN + 1];
     char user[STORE_MAX_USER + 1];
     char id[65];
     bool admin;
-    int64_t after;              /* the next read starts above this seq */
+    int64_t after; /* the next read starts above this seq */
     /* the current page */
     int rc;
     struct store_session sess;
@@ -975,9 +935,9 @@ static void resume_pump(struct resume_job *j)
             continue;
         sent_add(st, e->seq);
         uint32_t off, len;
-        struct sbuf *f = event_frame(e->type, j->session, e->seq, e->client_id,
-                                     e->sender_type, e->sender_id, e->sender_name, e->content,
-                                     e->content_len, e->metadata, e->ts_ms, &off, &len);
+        struct sbuf *f = event_frame(e->type, j->session, e->seq, e->client_id, e->sender_type,
+                                     e->sender_id, e->sender_name, e->content, e->content_len,
+                                     e->metadata, e->ts_ms, &off, &len);
         if (f) {
             conn_send_shared(c, f, off, len);
             sbuf_unref(f);
@@ -991,7 +951,7 @@ static void resume_pump(struct resume_job *j)
         j->n = 0;
         if (uv_queue_work(&c->w->loop, &j->req, resume_work, resume_done) == 0)
             return;
-        send_error(j->ch, cl, E_INTERNAL, "cannot schedule the read", -1, id);
+        client_send_error(cl, ERR_INTERNAL, "cannot schedule the read", -1, id);
         resume_finish(j);
         return;
     }
@@ -1018,10 +978,10 @@ static void resume_done(uv_work_t *req, int status)
     if (!cl || status != 0) {
         resume_finish(j);
     } else if (j->rc == -ENOENT) {
-        send_error(j->ch, cl, E_SESSION_NOT_FOUND, "no such session", -1, id);
+        client_send_error(cl, ERR_SESSION_NOT_FOUND, "no such session", -1, id);
         resume_finish(j);
     } else if (j->rc < 0) {
-        send_error(j->ch, cl, E_UNAVAILABLE, "storage is unavailable; retry later", 1000, id);
+        client_send_error(cl, ERR_UNAVAILABLE, "storage is unavailable; retry later", 1000, id);
         resume_finish(j);
     } else {
         resume_pump(j);
@@ -1051,12 +1011,12 @@ static void handle_resume(struct chat *ch, struct client *cl, json_t *msg, const
         return;
     json_t *a = json_object_get(msg, "after_seq");
     if (!json_is_integer(a) || json_integer_value(a) < 0) {
-        send_error(ch, cl, E_INVALID_FIELD, "'after_seq' must be an integer >= 0", -1, id);
+        client_send_error(cl, ERR_INVALID_FIELD, "'after_seq' must be an integer >= 0", -1, id);
         return;
     }
     struct resume_job *j = calloc(1, sizeof *j);
     if (!j) {
-        send_error(ch, cl, E_INTERNAL, "out of memory", -1, id);
+        client_send_error(cl, ERR_INTERNAL, "out of memory", -1, id);
         return;
     }
     j->req.data = j;
@@ -1072,7 +1032,7 @@ static void handle_resume(struct chat *ch, struct client *cl, json_t *msg, const
     if (uv_queue_work(&cl->conn->w->loop, &j->req, resume_work, resume_done) != 0) {
         conn_release(cl->conn);
         free(j);
-        send_error(ch, cl, E_INTERNAL, "cannot schedule the read", -1, id);
+        client_send_error(cl, ERR_INTERNAL, "cannot schedule the read", -1, id);
     }
 }
 
@@ -1114,39 +1074,33 @@ static void chat_client_closed(void *router, struct client *cl)
     cl->router_state = NULL;
 }
 
-static void chat_handle(void *router, struct client *cl, const char *type, json_t *msg)
+static void chat_handle(void *router, struct client *cl, enum chat_type k, const char *id,
+                        json_t *msg)
 {
     struct chat *ch = router;
-    const char *id = json_string_value(json_object_get(msg, "id"));
     const char *sid;
     if (!cstate(cl)) {
-        send_error(ch, cl, E_INTERNAL, "out of memory", -1, id);
+        client_send_error(cl, ERR_INTERNAL, "out of memory", -1, id);
         return;
     }
-    enum kind k = K_COUNT;
-    for (int i = 0; i < K_COUNT; i++)
-        if (strcmp(type, kind_names[i]) == 0)
-            k = (enum kind)i;
-    if (k == K_COUNT)
-        return;
     atomic_fetch_add_explicit(&ch->in_by_kind[k], 1, memory_order_relaxed);
 
     switch (k) {
-    case K_USER_MESSAGE:
+    case CHAT_USER_MESSAGE:
         handle_message(ch, cl, msg, id, false);
         return;
-    case K_ADMIN_MESSAGE:
+    case CHAT_ADMIN_MESSAGE:
         handle_message(ch, cl, msg, id, true);
         return;
-    case K_RESUME:
+    case CHAT_RESUME:
         handle_resume(ch, cl, msg, id);
         return;
-    case K_TYPING: {
+    case CHAT_TYPING: {
         json_t *t = json_object_get(msg, "typing");
         if (!get_session(ch, cl, msg, true, id, &sid))
             return;
         if (!json_is_boolean(t)) {
-            send_error(ch, cl, E_INVALID_FIELD, "'typing' must be true or false", -1, id);
+            client_send_error(cl, ERR_INVALID_FIELD, "'typing' must be true or false", -1, id);
             return;
         }
         struct store_req *r = new_req(cl, STORE_CHECK, k, sid, id);
@@ -1158,12 +1112,12 @@ static void chat_handle(void *router, struct client *cl, const char *type, json_
         submit(ch, cl, r, id);
         return;
     }
-    case K_READ: {
+    case CHAT_READ: {
         json_t *s = json_object_get(msg, "seq");
         if (!get_session(ch, cl, msg, true, id, &sid))
             return;
         if (!json_is_integer(s) || json_integer_value(s) < 0) {
-            send_error(ch, cl, E_INVALID_FIELD, "'seq' must be an integer >= 0", -1, id);
+            client_send_error(cl, ERR_INVALID_FIELD, "'seq' must be an integer >= 0", -1, id);
             return;
         }
         struct store_req *r = new_req(cl, STORE_CHECK, k, sid, id);
@@ -1175,17 +1129,17 @@ static void chat_handle(void *router, struct client *cl, const char *type, json_
         submit(ch, cl, r, id);
         return;
     }
-    case K_HELP:
+    case CHAT_HELP:
         if (get_session(ch, cl, msg, true, id, &sid))
             submit(ch, cl, new_req(cl, STORE_HELP, k, sid, id), id);
         return;
-    case K_MODEL: {
+    case CHAT_MODEL: {
         json_t *m = json_object_get(msg, "model_id");
         if (!get_session(ch, cl, msg, true, id, &sid))
             return;
         if (!json_is_string(m) || !hub_model_known(ch->hub, json_string_value(m))) {
-            send_error(ch, cl, E_INVALID_FIELD, "'model_id' must be one of the offered models",
-                       -1, id);
+            client_send_error(cl, ERR_INVALID_FIELD, "'model_id' must be one of the offered models",
+                              -1, id);
             return;
         }
         struct store_req *r = new_req(cl, STORE_MODEL, k, sid, id);
@@ -1194,10 +1148,10 @@ static void chat_handle(void *router, struct client *cl, const char *type, json_
         submit(ch, cl, r, id);
         return;
     }
-    case K_JOIN:
-    case K_LEAVE: {
+    case CHAT_JOIN:
+    case CHAT_LEAVE: {
         if (!cl->admin) {
-            send_error(ch, cl, E_FORBIDDEN, "admin role required", -1, id);
+            client_send_error(cl, ERR_FORBIDDEN, "admin role required", -1, id);
             return;
         }
         if (!get_session(ch, cl, msg, true, id, &sid))
@@ -1244,7 +1198,10 @@ int chat_init(struct chat **out, struct hub *hub, unsigned nworkers, char *err, 
     return 0;
 }
 
-void chat_set_store(struct chat *ch, struct store *st) { ch->store = st; }
+void chat_set_store(struct chat *ch, struct store *st)
+{
+    ch->store = st;
+}
 
 static void free_table(struct local_list **tab)
 {
@@ -1273,8 +1230,14 @@ void chat_free(struct chat *ch)
     free(ch);
 }
 
-struct store *chat_store(struct chat *ch) { return ch->store; }
-struct hub *chat_hub(struct chat *ch) { return ch->hub; }
+struct store *chat_store(struct chat *ch)
+{
+    return ch->store;
+}
+struct hub *chat_hub(struct chat *ch)
+{
+    return ch->hub;
+}
 
 /* ---- metrics ------------------------------------------------------------------------ */
 
@@ -1307,10 +1270,11 @@ static void appendf(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
 
 void chat_write_metrics(struct chat *ch, char **buf, size_t *len, size_t *cap)
 {
-    appendf(buf, len, cap, "# HELP chatd_messages_in_total Chat messages received, by type.\n"
-                           "# TYPE chatd_messages_in_total counter\n");
-    for (int i = 0; i < K_COUNT; i++)
-        appendf(buf, len, cap, "chatd_messages_in_total{type=\"%s\"} %llu\n", kind_names[i],
+    appendf(buf, len, cap,
+            "# HELP chatd_messages_in_total Chat messages received, by type.\n"
+            "# TYPE chatd_messages_in_total counter\n");
+    for (int i = 0; i < CHAT_TYPE_COUNT; i++)
+        appendf(buf, len, cap, "chatd_messages_in_total{type=\"%s\"} %llu\n", hub_chat_types[i],
                 (unsigned long long)atomic_load(&ch->in_by_kind[i]));
     appendf(buf, len, cap,
             "# HELP chatd_messages_out_total Chat messages sent to connections, by type.\n"
@@ -1322,9 +1286,10 @@ void chat_write_metrics(struct chat *ch, char **buf, size_t *len, size_t *cap)
         appendf(buf, len, cap, "chatd_messages_out_total{type=\"%s\"} %llu\n", out_names[i],
                 (unsigned long long)sum);
     }
-    appendf(buf, len, cap, "# HELP chatd_errors_total Error replies sent, by code.\n"
-                           "# TYPE chatd_errors_total counter\n");
-    for (unsigned i = 0; i < hub_error_count; i++)
+    appendf(buf, len, cap,
+            "# HELP chatd_errors_total Error replies sent, by code.\n"
+            "# TYPE chatd_errors_total counter\n");
+    for (unsigned i = 0; i < ERR_COUNT; i++)
         appendf(buf, len, cap, "chatd_errors_total{code=\"%s\"} %llu\n", hub_error_codes[i],
                 (unsigned long long)atomic_load(&ch->hub->errors[i]));
     if (!ch->store)
@@ -1344,10 +1309,10 @@ void chat_write_metrics(struct chat *ch, char **buf, size_t *len, size_t *cap)
             "chatd_store_commit_seconds_bucket{le=\"+Inf\"} %llu\n"
             "chatd_store_commit_seconds_sum %.6f\n"
             "chatd_store_commit_seconds_count %llu\n",
-            (unsigned long long)ss.commits, ss.commit_us_sum / 1e6,
-            (unsigned long long)ss.commits);
-    appendf(buf, len, cap, "# HELP chatd_store_batch_size Requests per committed batch.\n"
-                           "# TYPE chatd_store_batch_size histogram\n");
+            (unsigned long long)ss.commits, ss.commit_us_sum / 1e6, (unsigned long long)ss.commits);
+    appendf(buf, len, cap,
+            "# HELP chatd_store_batch_size Requests per committed batch.\n"
+            "# TYPE chatd_store_batch_size histogram\n");
     cum = 0;
     for (int i = 0; i < 8; i++) {
         cum += ss.batch_bucket[i];

@@ -27,26 +27,32 @@
 
 #define LIMIT_RETRY_AFTER_MS 5000
 
-static const char *const chat_types[] = {
-    "user_message", "typing_indicator", "help_request", "model_select", "resume",
-    "read",         "admin_join",       "admin_leave",  "admin_message",
+const char *const hub_chat_types[CHAT_TYPE_COUNT] = {
+    [CHAT_USER_MESSAGE] = "user_message",
+    [CHAT_ADMIN_MESSAGE] = "admin_message",
+    [CHAT_TYPING] = "typing_indicator",
+    [CHAT_READ] = "read",
+    [CHAT_HELP] = "help_request",
+    [CHAT_MODEL] = "model_select",
+    [CHAT_JOIN] = "admin_join",
+    [CHAT_LEAVE] = "admin_leave",
+    [CHAT_RESUME] = "resume",
 };
 
-const char *const hub_error_codes[] = {
-    "bad_json",    "unknown_type",      "invalid_field",     "content_too_large",
-    "rate_limited", "session_not_found", "forbidden",         "unavailable",
-    "assistant_timeout", "assistant_error", "internal",       "unauthorized",
+const char *const hub_error_codes[ERR_COUNT] = {
+    [ERR_BAD_JSON] = "bad_json",
+    [ERR_UNKNOWN_TYPE] = "unknown_type",
+    [ERR_INVALID_FIELD] = "invalid_field",
+    [ERR_CONTENT_TOO_LARGE] = "content_too_large",
+    [ERR_RATE_LIMITED] = "rate_limited",
+    [ERR_SESSION_NOT_FOUND] = "session_not_found",
+    [ERR_FORBIDDEN] = "forbidden",
+    [ERR_UNAVAILABLE] = "unavailable",
+    [ERR_ASSISTANT_TIMEOUT] = "assistant_timeout",
+    [ERR_ASSISTANT_ERROR] = "assistant_error",
+    [ERR_INTERNAL] = "internal",
+    [ERR_UNAUTHORIZED] = "unauthorized",
 };
-const unsigned hub_error_count = sizeof hub_error_codes / sizeof hub_error_codes[0];
-
-void hub_count_error(struct hub *h, const char *code)
-{
-    for (unsigned i = 0; i < hub_error_count; i++)
-        if (strcmp(code, hub_error_codes[i]) == 0) {
-            atomic_fetch_add_explicit(&h->errors[i], 1, memory_order_relaxed);
-            return;
-        }
-}
 
 /* ---- setup --------------------------------------------------------------- */
 
@@ -115,8 +121,9 @@ int hub_init(struct hub *h, const struct config *cfg, struct server *srv, const 
             }
             json_t *m = json_object();
             json_object_set_new(m, "id", json_stringn(p, idlen));
-            json_object_set_new(m, "name", colon ? json_stringn(colon + 1, (size_t)(e - colon - 1))
-                                                 : json_stringn(p, idlen));
+            json_object_set_new(m, "name",
+                                colon ? json_stringn(colon + 1, (size_t)(e - colon - 1))
+                                      : json_stringn(p, idlen));
             json_array_append_new(h->models, m);
         }
         p = e;
@@ -152,8 +159,9 @@ int hub_init(struct hub *h, const struct config *cfg, struct server *srv, const 
         if (!jc.secret && (cfg->echo))
             return 0; /* echo-only server: chat disabled */
         if (!jc.secret) {
-            snprintf(err, errlen, "no JWT key configured: set --jwt-secret, --jwt-secret-file or "
-                                  "--jwt-public-key (or use --dev)");
+            snprintf(err, errlen,
+                     "no JWT key configured: set --jwt-secret, --jwt-secret-file or "
+                     "--jwt-public-key (or use --dev)");
             return -EINVAL;
         }
         if (jc.secret_len < 32) {
@@ -181,8 +189,8 @@ int hub_init(struct hub *h, const struct config *cfg, struct server *srv, const 
         free(file);
     }
     if (rc != 0) {
-        snprintf(err, errlen, "%s: %s",
-                 jc.alg == JWT_HS256 ? "--jwt-secret" : "--jwt-public-key", why);
+        snprintf(err, errlen, "%s: %s", jc.alg == JWT_HS256 ? "--jwt-secret" : "--jwt-public-key",
+                 why);
         return -EINVAL;
     }
     return 0;
@@ -207,7 +215,10 @@ void hub_release(struct hub *h)
     registry_release(&h->registry);
 }
 
-bool hub_enabled(const struct hub *h) { return h->jwt != NULL; }
+bool hub_enabled(const struct hub *h)
+{
+    return h->jwt != NULL;
+}
 
 /* ---- frames and sends ------------------------------------------------------ */
 
@@ -258,12 +269,12 @@ int client_send_json(struct client *cl, json_t *obj)
     return rc;
 }
 
-void client_send_error(struct client *cl, const char *code, const char *message, bool recoverable,
+void client_send_error(struct client *cl, enum chat_error code, const char *message,
                        int64_t retry_after_ms, const char *id)
 {
     hub_count_error(cl->hub, code);
-    json_t *o = json_pack("{s:s, s:s, s:s, s:b}", "type", "error", "code", code, "message",
-                          message, "recoverable", recoverable);
+    json_t *o = json_pack("{s:s, s:s, s:s, s:b}", "type", "error", "code", hub_error_codes[code],
+                          "message", message, "recoverable", code != ERR_INTERNAL);
     if (!o)
         return;
     if (retry_after_ms >= 0)
@@ -338,8 +349,8 @@ void hub_send_to_conn(struct hub *h, uint32_t worker, uint64_t conn_id, struct s
 static struct sbuf *notification(const char *code, const char *message, uint32_t *off,
                                  uint32_t *len)
 {
-    json_t *o = json_pack("{s:s, s:s, s:s}", "type", "notification", "code", code, "message",
-                          message);
+    json_t *o =
+        json_pack("{s:s, s:s, s:s}", "type", "notification", "code", code, "message", message);
     struct sbuf *b = o ? hub_frame_json(o, off, len) : NULL;
     json_decref(o);
     return b;
@@ -380,7 +391,10 @@ static struct client *client_new(const struct jwt_claims *claims)
     return cl;
 }
 
-static void client_free(struct client *cl) { free(cl); }
+static void client_free(struct client *cl)
+{
+    free(cl);
+}
 
 static void chat_on_close(struct conn *c)
 {
@@ -401,8 +415,8 @@ static void chat_on_close(struct conn *c)
 static void chat_on_shutdown(struct conn *c)
 {
     struct client *cl = c->data;
-    json_t *o = json_pack("{s:s, s:s, s:s}", "type", "notification", "code", "shutdown",
-                          "message", "the server is shutting down; reconnect shortly");
+    json_t *o = json_pack("{s:s, s:s, s:s}", "type", "notification", "code", "shutdown", "message",
+                          "the server is shutting down; reconnect shortly");
     if (o) {
         client_send_json(cl, o);
         json_decref(o);
@@ -423,18 +437,18 @@ static void handle_refresh(struct client *cl, json_t *msg, const char *id)
 {
     const char *token = json_string_value(json_object_get(msg, "token"));
     if (!token) {
-        client_send_error(cl, "invalid_field", "refresh needs a string 'token'", true, -1, id);
+        client_send_error(cl, ERR_INVALID_FIELD, "refresh needs a string 'token'", -1, id);
         return;
     }
     struct jwt_claims claims;
     const char *why = "refused";
     int64_t now = clock_wall_ms() / 1000;
     if (jwt_verify(cl->hub->jwt, token, strlen(token), now, &claims, &why) != 0) {
-        client_send_error(cl, "unauthorized", why, true, -1, id);
+        client_send_error(cl, ERR_UNAUTHORIZED, why, -1, id);
         return;
     }
     if (claims.sub_len != cl->sub_len || memcmp(claims.sub, cl->sub, cl->sub_len) != 0) {
-        client_send_error(cl, "unauthorized", "the token is for another user", true, -1, id);
+        client_send_error(cl, ERR_UNAUTHORIZED, "the token is for another user", -1, id);
         return;
     }
     cl->exp = claims.exp;
@@ -466,8 +480,8 @@ static void chat_on_message(struct conn *c, unsigned opcode, uint8_t *data, size
     json_error_t jerr;
     json_t *msg = json_loadb((const char *)data, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!msg || !json_is_object(msg)) {
-        client_send_error(cl, "bad_json", msg ? "a message must be a JSON object" : jerr.text,
-                          true, -1, NULL);
+        client_send_error(cl, ERR_BAD_JSON, msg ? "a message must be a JSON object" : jerr.text, -1,
+                          NULL);
         json_decref(msg);
         return;
     }
@@ -475,8 +489,8 @@ static void chat_on_message(struct conn *c, unsigned opcode, uint8_t *data, size
     const char *id = NULL;
     if (idv) {
         if (!valid_id(idv)) {
-            client_send_error(cl, "invalid_field", "'id' must be a string of 1 to 64 bytes",
-                              true, -1, NULL);
+            client_send_error(cl, ERR_INVALID_FIELD, "'id' must be a string of 1 to 64 bytes", -1,
+                              NULL);
             json_decref(msg);
             return;
         }
@@ -484,7 +498,7 @@ static void chat_on_message(struct conn *c, unsigned opcode, uint8_t *data, size
     }
     const char *type = json_string_value(json_object_get(msg, "type"));
     if (!type) {
-        client_send_error(cl, "invalid_field", "missing string field 'type'", true, -1, id);
+        client_send_error(cl, ERR_INVALID_FIELD, "missing string field 'type'", -1, id);
         json_decref(msg);
         return;
     }
@@ -493,17 +507,15 @@ static void chat_on_message(struct conn *c, unsigned opcode, uint8_t *data, size
         json_decref(msg);
         return;
     }
-    bool known = false;
-    for (size_t i = 0; i < sizeof chat_types / sizeof chat_types[0]; i++)
-        if (strcmp(type, chat_types[i]) == 0)
-            known = true;
-    if (!known) {
-        client_send_error(cl, "unknown_type", "unknown message type", true, -1, id);
+    unsigned t = 0;
+    while (t < CHAT_TYPE_COUNT && strcmp(type, hub_chat_types[t]) != 0)
+        t++;
+    if (t == CHAT_TYPE_COUNT) {
+        client_send_error(cl, ERR_UNKNOWN_TYPE, "unknown message type", -1, id);
     } else if (!h->router_ops) {
-        client_send_error(cl, "unavailable", "chat is not available on this server", true, -1,
-                          id);
+        client_send_error(cl, ERR_UNAVAILABLE, "chat is not available on this server", -1, id);
     } else {
-        h->router_ops->handle(h->router, cl, type, msg);
+        h->router_ops->handle(h->router, cl, (enum chat_type)t, id, msg);
     }
     json_decref(msg);
 }
@@ -583,7 +595,6 @@ static int find_token(const struct http_request *req, char *buf, size_t cap, con
     return n;
 }
 
-
 static void send_connection_status(struct client *cl, unsigned devices)
 {
     const struct config *cfg = cl->hub->cfg;
@@ -605,13 +616,13 @@ static void send_connection_status(struct client *cl, unsigned devices)
 }
 
 /* Tell every open device of a user that another one was refused. */
-static void notify_limit(struct hub *h, const struct reg_device *devs, unsigned n,
-                         const char *sub)
+static void notify_limit(struct hub *h, const struct reg_device *devs, unsigned n, const char *sub)
 {
     char msg[256];
     snprintf(msg, sizeof msg,
              "a new device was refused: this account already has %u open connections, the "
-             "limit", h->cfg->max_devices);
+             "limit",
+             h->cfg->max_devices);
     uint32_t off, len;
     struct sbuf *f = notification("connection_limit", msg, &off, &len);
     if (!f)
@@ -659,8 +670,8 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
     const char *tok = NULL, *why = "missing token";
     int tlen = find_token(req, qbuf, sizeof qbuf, &tok, &why);
     struct jwt_claims claims;
-    if (tlen > 0 && jwt_verify(h->jwt, tok, (size_t)tlen, clock_wall_ms() / 1000, &claims,
-                               &why) == 0) {
+    if (tlen > 0 &&
+        jwt_verify(h->jwt, tok, (size_t)tlen, clock_wall_ms() / 1000, &claims, &why) == 0) {
         why = NULL;
     } else if (tlen == 0) {
         why = "missing token: send 'Authorization: Bearer <token>' or ?token=";
@@ -687,13 +698,13 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
     cl->exp = claims.exp;
     cl->opened_at_ms = clock_wall_ms();
 
-    struct reg_device dev = {.conn_id = c->id, .worker = c->w->index,
-                             .opened_at_ms = cl->opened_at_ms};
+    struct reg_device dev = {
+        .conn_id = c->id, .worker = c->w->index, .opened_at_ms = cl->opened_at_ms};
     struct reg_device others[64], evicted;
     unsigned count = 0, nothers = 0;
     int r = registry_admit(&h->registry, cl->sub, cl->sub_len, &dev, h->cfg->max_devices,
-                           (enum device_policy)h->cfg->device_policy, &count, others, 64,
-                           &nothers, &evicted);
+                           (enum device_policy)h->cfg->device_policy, &count, others, 64, &nothers,
+                           &evicted);
     if (r < 0 || r == REG_REFUSED) {
         if (r == REG_REFUSED) {
             char msg[160];
@@ -720,8 +731,8 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
         conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);
         return;
     }
-    log_info("ws_open", "conn=%llx user=%s devices=%u admin=%s", (unsigned long long)c->id,
-             cl->sub, count, cl->admin ? "yes" : "no");
+    log_info("ws_open", "conn=%llx user=%s devices=%u admin=%s", (unsigned long long)c->id, cl->sub,
+             count, cl->admin ? "yes" : "no");
     send_connection_status(cl, count);
     if (h->router_ops && h->router_ops->client_opened)
         h->router_ops->client_opened(h->router, cl);
@@ -759,7 +770,7 @@ static void reply_json_obj(struct conn *c, const struct http_request *req, int s
 }
 
 bool hub_api_auth(struct hub *h, struct conn *c, const struct http_request *req,
-                     struct jwt_claims *claims, bool need_admin)
+                  struct jwt_claims *claims, bool need_admin)
 {
     char qbuf[JWT_MAX_TOKEN + 1];
     const char *tok = NULL, *why = "missing token";
@@ -799,9 +810,9 @@ bool hub_route_api(struct hub *h, struct conn *c, const struct http_request *req
             return true;
         struct conn_list_ctx ctx = {.users = json_array()};
         registry_foreach(&h->registry, add_user, &ctx);
-        json_t *o = json_pack("{s:o, s:I, s:I}", "users", ctx.users, "total_devices",
-                              (json_int_t)ctx.total, "total_users",
-                              (json_int_t)json_array_size(ctx.users));
+        json_t *o =
+            json_pack("{s:o, s:I, s:I}", "users", ctx.users, "total_devices", (json_int_t)ctx.total,
+                      "total_users", (json_int_t)json_array_size(ctx.users));
         reply_json_obj(c, req, 200, o);
         json_decref(o);
         return true;

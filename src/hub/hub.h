@@ -33,26 +33,61 @@
 
 struct server;
 struct conn;
+
+/* The chat message types a router handles (PROTOCOL.md section 3; the hub
+ * answers `refresh` itself). hub_chat_types[] holds their wire names. */
+enum chat_type {
+    CHAT_USER_MESSAGE = 0,
+    CHAT_ADMIN_MESSAGE,
+    CHAT_TYPING,
+    CHAT_READ,
+    CHAT_HELP,
+    CHAT_MODEL,
+    CHAT_JOIN,
+    CHAT_LEAVE,
+    CHAT_RESUME,
+    CHAT_TYPE_COUNT
+};
+extern const char *const hub_chat_types[CHAT_TYPE_COUNT];
+
+/* The error codes of PROTOCOL.md section 4 (and `unauthorized` for a
+ * refused refresh); hub_error_codes[] holds their wire names. */
+enum chat_error {
+    ERR_BAD_JSON = 0,
+    ERR_UNKNOWN_TYPE,
+    ERR_INVALID_FIELD,
+    ERR_CONTENT_TOO_LARGE,
+    ERR_RATE_LIMITED,
+    ERR_SESSION_NOT_FOUND,
+    ERR_FORBIDDEN,
+    ERR_UNAVAILABLE,
+    ERR_ASSISTANT_TIMEOUT,
+    ERR_ASSISTANT_ERROR,
+    ERR_INTERNAL,
+    ERR_UNAUTHORIZED,
+    ERR_COUNT
+};
+extern const char *const hub_error_codes[ERR_COUNT];
 struct http_request;
 struct hub;
 
 /* One chat connection's identity and state. Owned by its conn (conn->data)
  * and its worker thread. */
 struct client {
-    struct conn *conn;      /* borrowed; valid while the client lives */
-    struct hub *hub;        /* borrowed */
+    struct conn *conn; /* borrowed; valid while the client lives */
+    struct hub *hub;   /* borrowed */
     uint64_t conn_id;
-    int64_t opened_at_ms;   /* wall clock */
-    int64_t exp;            /* token expiry, unix seconds */
+    int64_t opened_at_ms; /* wall clock */
+    int64_t exp;          /* token expiry, unix seconds */
     bool admin;
-    bool registered;        /* holds a registry entry */
+    bool registered; /* holds a registry entry */
     uint8_t sub_len;
     uint8_t name_len;
-    char *sub;              /* NUL-terminated, in the same allocation as the client */
-    char *name;             /* likewise */
-    char *roles_json;       /* likewise: the roles as a JSON array text */
-    void *router_state;     /* owned by the router */
-    uint64_t sub_hash;      /* the router's hash of sub */
+    char *sub;          /* NUL-terminated, in the same allocation as the client */
+    char *name;         /* likewise */
+    char *roles_json;   /* likewise: the roles as a JSON array text */
+    void *router_state; /* owned by the router */
+    uint64_t sub_hash;  /* the router's hash of sub */
 };
 
 /* What a router does with the messages of the types it knows. Called on the
@@ -60,7 +95,9 @@ struct client {
 struct router_ops {
     /* A client finished its upgrade (after connection_status was queued). */
     void (*client_opened)(void *router, struct client *cl);
-    void (*handle)(void *router, struct client *cl, const char *type, json_t *msg);
+    /* A message of a chat type; id is its validated "id" or NULL. */
+    void (*handle)(void *router, struct client *cl, enum chat_type type, const char *id,
+                   json_t *msg);
     /* The client's send queue became empty (may be NULL). */
     void (*client_drained)(void *router, struct client *cl);
     /* The client is closing (router_state must be released). */
@@ -74,9 +111,9 @@ struct hub {
     struct jwt_verifier *jwt;
     const struct router_ops *router_ops; /* NULL: no router attached */
     void *router;
-    json_t *models;                      /* [{"id":..,"name":..}] from --models */
+    json_t *models; /* [{"id":..,"name":..}] from --models */
     /* shared: atomics, any thread adds (hub_count_error), /metrics reads */
-    atomic_uint_fast64_t errors[16];     /* error replies by code (hub_error_codes) */
+    atomic_uint_fast64_t errors[ERR_COUNT]; /* error replies by code */
     /* shared, internally locked (stripe locks, see registry.h) */
     struct registry registry;
 };
@@ -86,11 +123,11 @@ struct hub {
 bool hub_api_auth(struct hub *h, struct conn *c, const struct http_request *req,
                   struct jwt_claims *claims, bool need_admin);
 
-/* Error codes of PROTOCOL.md section 4, in the order of hub->errors. */
-extern const char *const hub_error_codes[];
-extern const unsigned hub_error_count;
 /* Count one error reply with this code (any thread). */
-void hub_count_error(struct hub *h, const char *code);
+static inline void hub_count_error(struct hub *h, enum chat_error code)
+{
+    atomic_fetch_add_explicit(&h->errors[code], 1, memory_order_relaxed);
+}
 
 /* Is model_id one of the configured models? */
 bool hub_model_known(const struct hub *h, const char *model_id);
@@ -117,8 +154,9 @@ bool hub_route_api(struct hub *h, struct conn *c, const struct http_request *req
 
 /* Send a JSON object to a client (copied). Worker thread of the client. */
 int client_send_json(struct client *cl, json_t *obj);
-/* Send `{"type":"error",...}`; id may be NULL. */
-void client_send_error(struct client *cl, const char *code, const char *message, bool recoverable,
+/* Send `{"type":"error",...}` (recoverable unless ERR_INTERNAL) and count
+ * it; retry_after_ms < 0: none; id may be NULL. */
+void client_send_error(struct client *cl, enum chat_error code, const char *message,
                        int64_t retry_after_ms, const char *id);
 
 /*
