@@ -25,6 +25,7 @@
 #include "store/store.h"
 #include "server.h"
 #include "util/clock.h"
+#include "util/file.h"
 #include "util/sbuf.h"
 #include "util/log.h"
 
@@ -109,41 +110,50 @@ static void dev_secret(char out[65])
         snprintf(out + 2 * i, 3, "%02x", raw[i]);
 }
 
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 /* --encryption-key-file: 32 raw bytes, or 64 hex digits (newline allowed). */
 static int load_key(const char *path, unsigned char key[32], char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "--encryption-key-file: cannot read '%s'", path);
+    char *buf;
+    size_t n;
+    int rc = file_read_small(path, 4096, &buf, &n);
+    if (rc < 0) {
+        snprintf(err, errlen, "--encryption-key-file: cannot read '%s': %s", path,
+                 strerror(-rc));
         return -1;
     }
-    unsigned char buf[130];
-    size_t n = fread(buf, 1, sizeof buf, f);
-    fclose(f);
-    if (n == 32) {
+    size_t len = n;
+    rc = 0;
+    if (len == 32) {
         memcpy(key, buf, 32);
-        OPENSSL_cleanse(buf, sizeof buf);
-        return 0;
-    }
-    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
-        n--;
-    if (n == 64) {
-        for (int i = 0; i < 32; i++) {
-            unsigned v;
-            char hex[3] = {(char)buf[2 * i], (char)buf[2 * i + 1], 0};
-            if (sscanf(hex, "%2x", &v) != 1 || !strchr("0123456789abcdefABCDEF", hex[0]) ||
-                !strchr("0123456789abcdefABCDEF", hex[1]))
-                goto bad;
-            key[i] = (unsigned char)v;
+    } else {
+        while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
+            len--;
+        for (size_t i = 0; i < 32 && len == 64; i++) {
+            int hi = hex_digit(buf[2 * i]), lo = hex_digit(buf[2 * i + 1]);
+            if (hi < 0 || lo < 0)
+                len = 0;
+            else
+                key[i] = (unsigned char)(hi << 4 | lo);
         }
-        OPENSSL_cleanse(buf, sizeof buf);
-        return 0;
+        if (len != 64)
+            rc = -1;
     }
-bad:
-    OPENSSL_cleanse(buf, sizeof buf);
-    snprintf(err, errlen,
-             "--encryption-key-file: '%s' must hold exactly 32 bytes or 64 hex digits", path);
-    return -1;
+    file_free_secret(buf, n);
+    if (rc < 0)
+        snprintf(err, errlen,
+                 "--encryption-key-file: '%s' must hold exactly 32 bytes or 64 hex digits", path);
+    return rc;
 }
 
 static void print_dev_banner(const struct config *cfg, int port, const char *secret)

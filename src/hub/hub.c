@@ -22,6 +22,7 @@
 #include "routes.h"
 #include "server.h"
 #include "util/clock.h"
+#include "util/file.h"
 #include "util/log.h"
 #include "ws/frame.h"
 
@@ -56,41 +57,15 @@ const char *const hub_error_codes[ERR_COUNT] = {
 
 /* ---- setup --------------------------------------------------------------- */
 
-static int read_file(const char *path, char **out, size_t *len, char *err, size_t errlen,
-                     const char *what)
+/* Read a key or secret file named by option `what`. */
+static int read_key_file(const char *path, const char *what, char **out, size_t *len, char *err,
+                         size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "%s: cannot read '%s': %s", what, path, strerror(errno));
+    int rc = file_read_small(path, 1u << 20, out, len);
+    if (rc < 0) {
+        snprintf(err, errlen, "%s: cannot read '%s': %s", what, path, strerror(-rc));
         return -EINVAL;
     }
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap + 1);
-    for (;;) {
-        if (!buf) {
-            fclose(f);
-            snprintf(err, errlen, "out of memory");
-            return -ENOMEM;
-        }
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap || cap >= (1u << 20))
-            break;
-        cap *= 2;
-        char *nb = realloc(buf, cap + 1);
-        if (!nb)
-            free(buf);
-        buf = nb;
-    }
-    bool failed = ferror(f);
-    fclose(f);
-    if (failed) {
-        free(buf);
-        snprintf(err, errlen, "%s: cannot read '%s'", what, path);
-        return -EINVAL;
-    }
-    buf[n] = '\0';
-    *out = buf;
-    *len = n;
     return 0;
 }
 
@@ -138,8 +113,8 @@ int hub_init(struct hub *h, const struct config *cfg, struct server *srv, const 
     int rc;
     if (jc.alg == JWT_HS256) {
         if (cfg->jwt_secret_file) {
-            if ((rc = read_file(cfg->jwt_secret_file, &file, &file_len, err, errlen,
-                                "--jwt-secret-file")) < 0)
+            if ((rc = read_key_file(cfg->jwt_secret_file, "--jwt-secret-file", &file,
+                                    &file_len, err, errlen)) < 0)
                 return rc;
             /* A file written by `echo` ends in a newline that is not part of
              * the secret. */
@@ -165,7 +140,7 @@ int hub_init(struct hub *h, const struct config *cfg, struct server *srv, const 
             return -EINVAL;
         }
         if (jc.secret_len < 32) {
-            free(file);
+            file_free_secret(file, file_len);
             snprintf(err, errlen, "%s: the HS256 secret must be at least 32 bytes (got %zu)",
                      cfg->jwt_secret_file ? "--jwt-secret-file" : "--jwt-secret", jc.secret_len);
             return -EINVAL;
@@ -176,18 +151,15 @@ int hub_init(struct hub *h, const struct config *cfg, struct server *srv, const 
                      jwt_alg_name((enum jwt_alg)cfg->jwt_alg));
             return -EINVAL;
         }
-        if ((rc = read_file(cfg->jwt_public_key, &file, &file_len, err, errlen,
-                            "--jwt-public-key")) < 0)
+        if ((rc = read_key_file(cfg->jwt_public_key, "--jwt-public-key", &file, &file_len,
+                                err, errlen)) < 0)
             return rc;
         jc.public_key_pem = file;
         jc.public_key_len = file_len;
     }
     char why[256] = "";
     rc = jwt_verifier_new(&h->jwt, &jc, why, sizeof why);
-    if (file) {
-        memset(file, 0, file_len);
-        free(file);
-    }
+    file_free_secret(file, file_len);
     if (rc != 0) {
         snprintf(err, errlen, "%s: %s", jc.alg == JWT_HS256 ? "--jwt-secret" : "--jwt-public-key",
                  why);
