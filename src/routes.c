@@ -46,8 +46,8 @@ bool routes_check_upgrade(struct conn *c, const struct http_request *req)
         why = "a WebSocket upgrade must not have a body";
     else if (!http_request_header(req, "host"))
         why = "missing Host header";
-    else if (!connection || !http_token_list_has(connection->value, connection->value_len,
-                                                 "upgrade"))
+    else if (!connection ||
+             !http_token_list_has(connection->value, connection->value_len, "upgrade"))
         why = "missing 'Connection: Upgrade'";
     else if (!key || http_request_header_count(req, "sec-websocket-key") != 1 ||
              !ws_key_valid(key->value, key->value_len))
@@ -80,6 +80,14 @@ bool routes_take_ws_slot(struct conn *c)
     return true;
 }
 
+void routes_give_ws_slot(struct conn *c)
+{
+    if (c->counted_ws) {
+        atomic_fetch_sub(&c->w->srv->stats.ws_open, 1);
+        c->counted_ws = false;
+    }
+}
+
 /* ---- echo -------------------------------------------------------------- */
 
 static void echo_message(struct conn *c, unsigned opcode, uint8_t *data, size_t len)
@@ -107,8 +115,7 @@ static void route_echo(struct conn *c, const struct http_request *req)
 
 /* ---- plain HTTP -------------------------------------------------------- */
 
-static void reply_json(struct conn *c, const struct http_request *req, int status,
-                       const char *body)
+static void reply_json(struct conn *c, const struct http_request *req, int status, const char *body)
 {
     conn_http_respond(c, status, "application/json", body, strlen(body), req->keep_alive,
                       http_request_is_head(req));
@@ -194,8 +201,8 @@ static void metrics_respond(struct conn *c, const struct http_request *req)
         len += (size_t)n;
         for (int i = 0; i < 7; i++) {
             cum += h.buckets[i];
-            n = snprintf(buf + len, cap - len, "chatd_user_devices_bucket{le=\"%s\"} %llu\n",
-                         le[i], (unsigned long long)cum);
+            n = snprintf(buf + len, cap - len, "chatd_user_devices_bucket{le=\"%s\"} %llu\n", le[i],
+                         (unsigned long long)cum);
             len += (size_t)n;
         }
         n = snprintf(buf + len, cap - len,

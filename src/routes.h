@@ -25,5 +25,7 @@ bool routes_check_upgrade(struct conn *c, const struct http_request *req);
 
 /* The global connection cap: take a slot (true) or answer 503 (false). */
 bool routes_take_ws_slot(struct conn *c);
+/* Give a slot back when the upgrade fails after routes_take_ws_slot. */
+void routes_give_ws_slot(struct conn *c);
 
 #endif

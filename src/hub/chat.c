@@ -375,11 +375,11 @@ static void for_participants(struct worker *w, struct chat_local *loc, const str
             /* Perhaps the owner's own device: then it got it above. */
             bool owner_device = false;
             for (uint32_t k = 0; k < it->ids_n && !owner_device; k++)
-                owner_device = ids[k] == cl->conn_id;
+                owner_device = ids[k] == cl->conn->id;
             if (owner_device)
                 continue;
         }
-        if (it->conn_id && cl->conn_id == it->conn_id && !stored)
+        if (it->conn_id && cl->conn->id == it->conn_id && !stored)
             continue;
         stored ? send_event(cl, it) : send_frame(cl, it);
     }
@@ -718,7 +718,7 @@ static struct store_req *new_req(struct client *cl, enum store_op op, enum chat_
     r->op = op;
     r->kind = kind;
     r->worker = cl->conn->w->index;
-    r->conn_id = cl->conn_id;
+    r->conn_id = cl->conn->id;
     if (sid)
         snprintf(r->session_id, sizeof r->session_id, "%s", sid);
     snprintf(r->user, sizeof r->user, "%s", cl->sub);

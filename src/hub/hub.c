@@ -113,8 +113,8 @@ int hub_init(struct hub *h, const struct config *cfg, struct server *srv, const 
     int rc;
     if (jc.alg == JWT_HS256) {
         if (cfg->jwt_secret_file) {
-            if ((rc = read_key_file(cfg->jwt_secret_file, "--jwt-secret-file", &file,
-                                    &file_len, err, errlen)) < 0)
+            if ((rc = read_key_file(cfg->jwt_secret_file, "--jwt-secret-file", &file, &file_len,
+                                    err, errlen)) < 0)
                 return rc;
             /* A file written by `echo` ends in a newline that is not part of
              * the secret. */
@@ -151,8 +151,8 @@ int hub_init(struct hub *h, const struct config *cfg, struct server *srv, const 
                      jwt_alg_name((enum jwt_alg)cfg->jwt_alg));
             return -EINVAL;
         }
-        if ((rc = read_key_file(cfg->jwt_public_key, "--jwt-public-key", &file, &file_len,
-                                err, errlen)) < 0)
+        if ((rc = read_key_file(cfg->jwt_public_key, "--jwt-public-key", &file, &file_len, err,
+                                errlen)) < 0)
             return rc;
         jc.public_key_pem = file;
         jc.public_key_len = file_len;
@@ -344,7 +344,7 @@ static char *roles_to_json(const struct jwt_claims *cl)
 
 /* One allocation holds the client and its strings (idle memory matters:
  * every open connection has one). */
-static struct client *client_new(const struct jwt_claims *claims)
+static struct client *client_new(const struct jwt_claims *claims, struct hub *h, struct conn *c)
 {
     char *roles = roles_to_json(claims);
     if (!roles)
@@ -358,6 +358,11 @@ static struct client *client_new(const struct jwt_claims *claims)
         cl->name = memcpy(p, claims->name, claims->name_len);
         p += claims->name_len + 1;
         cl->roles_json = memcpy(p, roles, rl);
+        cl->sub_len = (uint8_t)claims->sub_len;
+        cl->admin = claims->is_admin;
+        cl->exp = claims->exp;
+        cl->hub = h;
+        cl->conn = c;
     }
     free(roles);
     return cl;
@@ -375,7 +380,7 @@ static void chat_on_close(struct conn *c)
     if (h->router_ops && h->router_ops->client_closed)
         h->router_ops->client_closed(h->router, cl);
     if (cl->registered) {
-        registry_remove(&h->registry, cl->sub, cl->sub_len, cl->conn_id);
+        registry_remove(&h->registry, cl->sub, cl->sub_len, cl->conn->id);
         cl->registered = false;
     }
     idmap_del(&c->w->by_id, c->id);
@@ -571,7 +576,7 @@ static void send_connection_status(struct client *cl, unsigned devices)
 {
     const struct config *cfg = cl->hub->cfg;
     char id[32], ts[32];
-    snprintf(id, sizeof id, "c-%llx", (unsigned long long)cl->conn_id);
+    snprintf(id, sizeof id, "c-%llx", (unsigned long long)cl->conn->id);
     clock_format_rfc3339(ts, clock_wall_ms());
     json_t *roles = json_loads(cl->roles_json, 0, NULL);
     json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:o, s:i, s:i, s:I, s:s, s:[]}", "type",
@@ -620,6 +625,23 @@ static void evict(struct hub *h, const struct reg_device *dev, const char *sub)
              (unsigned long long)dev->conn_id);
 }
 
+/* Find and verify the request's token. NULL and *claims filled when it is
+ * valid; otherwise why it was refused. */
+static const char *authenticate(struct hub *h, const struct http_request *req,
+                                struct jwt_claims *claims)
+{
+    char qbuf[JWT_MAX_TOKEN + 1];
+    const char *tok = NULL, *why = NULL;
+    int tlen = find_token(req, qbuf, sizeof qbuf, &tok, &why);
+    if (tlen < 0)
+        return why;
+    if (tlen == 0)
+        return "missing token: send 'Authorization: Bearer <token>' or ?token=";
+    if (jwt_verify(h->jwt, tok, (size_t)tlen, clock_wall_ms() / 1000, claims, &why) != 0)
+        return why;
+    return NULL;
+}
+
 void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
 {
     if (!routes_check_upgrade(c, req))
@@ -638,16 +660,8 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
         conn_http_error(c, 503, "unavailable", "server is shutting down", 1000, NULL, false);
         return;
     }
-    char qbuf[JWT_MAX_TOKEN + 1];
-    const char *tok = NULL, *why = "missing token";
-    int tlen = find_token(req, qbuf, sizeof qbuf, &tok, &why);
     struct jwt_claims claims;
-    if (tlen > 0 &&
-        jwt_verify(h->jwt, tok, (size_t)tlen, clock_wall_ms() / 1000, &claims, &why) == 0) {
-        why = NULL;
-    } else if (tlen == 0) {
-        why = "missing token: send 'Authorization: Bearer <token>' or ?token=";
-    }
+    const char *why = authenticate(h, req, &claims);
     if (why) {
         log_info("auth_refused", "conn=%llx reason=\"%s\"", (unsigned long long)c->id, why);
         conn_http_error(c, 401, "unauthorized", why, -1, NULL, false);
@@ -656,22 +670,14 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
     if (!routes_take_ws_slot(c))
         return;
 
-    struct client *cl = client_new(&claims);
+    struct client *cl = client_new(&claims, h, c);
     if (!cl) {
+        routes_give_ws_slot(c);
         conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);
         return;
     }
-    cl->conn = c;
-    cl->hub = h;
-    cl->conn_id = c->id;
-    cl->sub_len = (uint8_t)claims.sub_len;
-    cl->name_len = (uint8_t)claims.name_len;
-    cl->admin = claims.is_admin;
-    cl->exp = claims.exp;
-    cl->opened_at_ms = clock_wall_ms();
-
     struct reg_device dev = {
-        .conn_id = c->id, .worker = c->w->index, .opened_at_ms = cl->opened_at_ms};
+        .conn_id = c->id, .worker = c->w->index, .opened_at_ms = clock_wall_ms()};
     struct reg_device others[64], evicted;
     unsigned count = 0, nothers = 0;
     int r = registry_admit(&h->registry, cl->sub, cl->sub_len, &dev, h->cfg->max_devices,
@@ -687,9 +693,8 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
         } else {
             conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);
         }
-        /* Give the global slot back: this connection never became a WebSocket. */
-        atomic_fetch_sub(&h->srv->stats.ws_open, 1);
-        c->counted_ws = false;
+        /* This connection never became a WebSocket. */
+        routes_give_ws_slot(c);
         client_free(cl);
         return;
     }
@@ -697,8 +702,7 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
     if (idmap_put(&c->w->by_id, c->id, c) < 0 || conn_upgrade(c, req, &chat_handler, cl) < 0) {
         registry_remove(&h->registry, cl->sub, cl->sub_len, c->id);
         idmap_del(&c->w->by_id, c->id);
-        atomic_fetch_sub(&h->srv->stats.ws_open, 1);
-        c->counted_ws = false;
+        routes_give_ws_slot(c);
         client_free(cl);
         conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);
         return;
@@ -744,14 +748,8 @@ static void reply_json_obj(struct conn *c, const struct http_request *req, int s
 bool hub_api_auth(struct hub *h, struct conn *c, const struct http_request *req,
                   struct jwt_claims *claims, bool need_admin)
 {
-    char qbuf[JWT_MAX_TOKEN + 1];
-    const char *tok = NULL, *why = "missing token";
-    int tlen = hub_enabled(h) ? find_token(req, qbuf, sizeof qbuf, &tok, &why) : 0;
-    if (!hub_enabled(h))
-        why = "chat is disabled: no JWT key is configured";
-    else if (tlen > 0 &&
-             jwt_verify(h->jwt, tok, (size_t)tlen, clock_wall_ms() / 1000, claims, &why) == 0)
-        why = NULL;
+    const char *why = hub_enabled(h) ? authenticate(h, req, claims)
+                                     : "chat is disabled: no JWT key is configured";
     if (why) {
         conn_http_error(c, 401, "unauthorized", why, -1, NULL, req->keep_alive);
         return false;

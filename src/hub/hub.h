@@ -76,13 +76,10 @@ struct hub;
 struct client {
     struct conn *conn; /* borrowed; valid while the client lives */
     struct hub *hub;   /* borrowed */
-    uint64_t conn_id;
-    int64_t opened_at_ms; /* wall clock */
-    int64_t exp;          /* token expiry, unix seconds */
+    int64_t exp;       /* token expiry, unix seconds */
     bool admin;
     bool registered; /* holds a registry entry */
     uint8_t sub_len;
-    uint8_t name_len;
     char *sub;          /* NUL-terminated, in the same allocation as the client */
     char *name;         /* likewise */
     char *roles_json;   /* likewise: the roles as a JSON array text */
