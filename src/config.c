@@ -354,13 +354,21 @@ static int load_file(struct config *cfg, const char *path, char *err, size_t err
     return rc;
 }
 
-static const char *env_lookup(char **envp, const struct opt *o)
+/* The environment name of an option: "max-devices" -> "CHATD_MAX_DEVICES". */
+static size_t env_name(const struct opt *o, char key[128])
 {
-    char key[128] = "CHATD_";
     size_t k = 6;
-    for (const char *p = o->name; *p && k + 1 < sizeof key; p++)
+    memcpy(key, "CHATD_", 6);
+    for (const char *p = o->name; *p && k + 1 < 128; p++)
         key[k++] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
     key[k] = '\0';
+    return k;
+}
+
+static const char *env_lookup(char **envp, const struct opt *o)
+{
+    char key[128];
+    size_t k = env_name(o, key);
     for (char **e = envp; e && *e; e++)
         if (strncmp(*e, key, k) == 0 && (*e)[k] == '=')
             return *e + k + 1;
@@ -477,11 +485,8 @@ int config_load(struct config *cfg, int argc, char **argv, char **envp, FILE *ou
         const char *v = env_lookup(envp, &options[i]);
         if (v && strcmp(options[i].name, "config") != 0) {
             char where[160], key[128];
-            size_t k = 0;
-            for (const char *p = options[i].name; *p && k + 1 < sizeof key; p++)
-                key[k++] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
-            key[k] = '\0';
-            snprintf(where, sizeof where, "environment CHATD_%s for --", key);
+            env_name(&options[i], key);
+            snprintf(where, sizeof where, "environment %s for --", key);
             if ((rc = apply(cfg, &options[i], v, where, err, errlen)) < 0)
                 return rc;
         }

@@ -267,17 +267,24 @@ static int queue2(struct conn *c, const void *a, size_t alen, const void *b, siz
     return 0;
 }
 
+/* Cut off a WebSocket whose unsent output passed the limit. A close frame
+ * (close_sent already set) never counts against it. */
+static int check_limit(struct conn *c)
+{
+    if (c->state == CONN_WS && !c->close_sent &&
+        c->out.bytes > c->w->srv->cfg->send_queue_bytes) {
+        overflow(c);
+        return -ENOBUFS;
+    }
+    return 0;
+}
+
 static int queue_frame(struct conn *c, unsigned opcode, const void *data, size_t len)
 {
     uint8_t hdr[WS_MAX_HEADER];
     size_t hlen = ws_frame_header(hdr, opcode, true, len);
     int rc = queue2(c, hdr, hlen, data, len);
-    if (rc == 0 && c->state == CONN_WS && !c->close_sent &&
-        c->out.bytes > c->w->srv->cfg->send_queue_bytes) {
-        overflow(c);
-        return -ENOBUFS;
-    }
-    return rc;
+    return rc == 0 ? check_limit(c) : rc;
 }
 
 int conn_send(struct conn *c, unsigned opcode, const void *data, size_t len)
@@ -298,11 +305,7 @@ int conn_send_shared(struct conn *c, struct sbuf *frame, uint32_t off, uint32_t 
     }
     mark_dirty(c);
     stat_inc(&c->w->stats.ws_messages_out);
-    if (c->out.bytes > c->w->srv->cfg->send_queue_bytes) {
-        overflow(c);
-        return -ENOBUFS;
-    }
-    return 0;
+    return check_limit(c);
 }
 
 void conn_ws_close(struct conn *c, uint16_t code, const char *reason)
@@ -351,9 +354,6 @@ static void http_fail(struct conn *c, int status, const char *code, const char *
 {
     conn_http_error(c, status, code, message, -1, NULL, false);
     c->discard_input = true;
-    free(c->in);
-    c->in = NULL;
-    c->in_len = c->in_cap = 0;
 }
 
 int conn_upgrade(struct conn *c, const struct http_request *req,

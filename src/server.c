@@ -59,6 +59,14 @@ void worker_post(struct worker *w, struct inbox_msg *m)
 
 static void worker_maybe_finish(struct worker *w);
 
+static void stop_listening(struct worker *w)
+{
+    if (w->listening) {
+        uv_close((uv_handle_t *)&w->listener, NULL);
+        w->listening = false;
+    }
+}
+
 static void on_wakeup(uv_async_t *a)
 {
     struct worker *w = a->data;
@@ -109,10 +117,7 @@ static void worker_maybe_finish(struct worker *w)
     w->inbox_head = w->inbox_tail = NULL;
     uv_mutex_unlock(&w->inbox_lock);
     drop_msgs(left);
-    if (w->listening) {
-        uv_close((uv_handle_t *)&w->listener, NULL);
-        w->listening = false;
-    }
+    stop_listening(w);
     uv_close((uv_handle_t *)&w->wakeup, NULL);
     uv_close((uv_handle_t *)&w->tick, NULL);
     uv_close((uv_handle_t *)&w->flush, NULL);
@@ -124,10 +129,7 @@ static void msg_shutdown(struct worker *w, struct inbox_msg *m)
     if (w->draining)
         return;
     w->draining = true;
-    if (w->listening) {
-        uv_close((uv_handle_t *)&w->listener, NULL);
-        w->listening = false;
-    }
+    stop_listening(w);
     conn_shutdown_all(w);
 }
 
@@ -135,10 +137,7 @@ static void msg_force_close(struct worker *w, struct inbox_msg *m)
 {
     free(m);
     w->draining = true;
-    if (w->listening) {
-        uv_close((uv_handle_t *)&w->listener, NULL);
-        w->listening = false;
-    }
+    stop_listening(w);
     conn_close_all(w);
 }
 
