@@ -149,11 +149,9 @@ static void metrics_respond(struct conn *c, const struct http_request *req)
     struct server_stats *st = &srv->stats;
     struct worker_stats ws;
     server_sum_stats(srv, &ws);
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    char head[2048];
-    int n = snprintf(
-        head, sizeof head,
+    struct text t = TEXT_INIT;
+    text_printf(
+        &t,
         "# HELP chatd_connections_open Open WebSocket connections.\n"
         "# TYPE chatd_connections_open gauge\n"
         "chatd_connections_open %llu\n"
@@ -182,39 +180,29 @@ static void metrics_respond(struct conn *c, const struct http_request *req)
         (unsigned long long)atomic_load(&ws.ws_messages_in),
         (unsigned long long)atomic_load(&ws.ws_messages_out),
         (unsigned long long)atomic_load(&ws.send_queue_drops));
-    buf = malloc(65536);
-    if (!buf) {
-        conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);
-        return;
-    }
-    cap = 65536;
-    memcpy(buf, head, (size_t)n);
-    len = (size_t)n;
     if (hub) {
         struct dev_hist h = {{0}, 0, 0};
         registry_foreach(&hub->registry, dev_hist_add, &h);
         static const char *const le[7] = {"1", "2", "3", "5", "10", "20", "+Inf"};
         uint64_t cum = 0;
-        n = snprintf(buf + len, cap - len,
-                     "# HELP chatd_user_devices Open devices per online user.\n"
-                     "# TYPE chatd_user_devices histogram\n");
-        len += (size_t)n;
+        text_printf(&t, "# HELP chatd_user_devices Open devices per online user.\n"
+                        "# TYPE chatd_user_devices histogram\n");
         for (int i = 0; i < 7; i++) {
             cum += h.buckets[i];
-            n = snprintf(buf + len, cap - len, "chatd_user_devices_bucket{le=\"%s\"} %llu\n", le[i],
-                         (unsigned long long)cum);
-            len += (size_t)n;
+            text_printf(&t, "chatd_user_devices_bucket{le=\"%s\"} %llu\n", le[i],
+                        (unsigned long long)cum);
         }
-        n = snprintf(buf + len, cap - len,
-                     "chatd_user_devices_sum %llu\nchatd_user_devices_count %llu\n",
-                     (unsigned long long)h.sum, (unsigned long long)h.count);
-        len += (size_t)n;
+        text_printf(&t, "chatd_user_devices_sum %llu\nchatd_user_devices_count %llu\n",
+                    (unsigned long long)h.sum, (unsigned long long)h.count);
         if (hub->router)
-            chat_write_metrics(hub->router, &buf, &len, &cap);
+            chat_write_metrics(hub->router, &t);
     }
-    conn_http_respond(c, 200, "text/plain; version=0.0.4", buf, len, req->keep_alive,
-                      http_request_is_head(req));
-    free(buf);
+    if (t.failed)
+        conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);
+    else
+        conn_http_respond(c, 200, "text/plain; version=0.0.4", t.buf, t.len, req->keep_alive,
+                          http_request_is_head(req));
+    text_release(&t);
 }
 
 void routes_dispatch(struct conn *c, const struct http_request *req)

@@ -17,7 +17,6 @@
 #include "hub/chat.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +26,7 @@
 #include "server.h"
 #include "util/clock.h"
 #include "util/jw.h"
+#include "util/text.h"
 #include "util/log.h"
 #include "ws/frame.h"
 
@@ -1241,85 +1241,58 @@ struct hub *chat_hub(struct chat *ch)
 
 /* ---- metrics ------------------------------------------------------------------------ */
 
-static void appendf(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static void appendf(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
+void chat_write_metrics(struct chat *ch, struct text *t)
 {
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(*buf ? *buf + *len : NULL, *buf ? *cap - *len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0)
-            return;
-        if (*buf && *len + (size_t)n < *cap) {
-            *len += (size_t)n;
-            return;
-        }
-        size_t ncap = *cap ? *cap * 2 : 8192;
-        while (ncap < *len + (size_t)n + 1)
-            ncap *= 2;
-        char *nb = realloc(*buf, ncap);
-        if (!nb)
-            return;
-        *buf = nb;
-        *cap = ncap;
-    }
-}
-
-void chat_write_metrics(struct chat *ch, char **buf, size_t *len, size_t *cap)
-{
-    appendf(buf, len, cap,
+    text_printf(t,
             "# HELP chatd_messages_in_total Chat messages received, by type.\n"
             "# TYPE chatd_messages_in_total counter\n");
     for (int i = 0; i < CHAT_TYPE_COUNT; i++)
-        appendf(buf, len, cap, "chatd_messages_in_total{type=\"%s\"} %llu\n", hub_chat_types[i],
+        text_printf(t, "chatd_messages_in_total{type=\"%s\"} %llu\n", hub_chat_types[i],
                 (unsigned long long)atomic_load(&ch->in_by_kind[i]));
-    appendf(buf, len, cap,
+    text_printf(t,
             "# HELP chatd_messages_out_total Chat messages sent to connections, by type.\n"
             "# TYPE chatd_messages_out_total counter\n");
     for (size_t i = 0; i < OUT_COUNT; i++) {
         uint64_t sum = 0;
         for (unsigned w = 0; w < ch->nworkers; w++)
             sum += atomic_load(&ch->locals[w].out[i]);
-        appendf(buf, len, cap, "chatd_messages_out_total{type=\"%s\"} %llu\n", out_names[i],
+        text_printf(t, "chatd_messages_out_total{type=\"%s\"} %llu\n", out_names[i],
                 (unsigned long long)sum);
     }
-    appendf(buf, len, cap,
+    text_printf(t,
             "# HELP chatd_errors_total Error replies sent, by code.\n"
             "# TYPE chatd_errors_total counter\n");
     for (unsigned i = 0; i < ERR_COUNT; i++)
-        appendf(buf, len, cap, "chatd_errors_total{code=\"%s\"} %llu\n", hub_error_codes[i],
+        text_printf(t, "chatd_errors_total{code=\"%s\"} %llu\n", hub_error_codes[i],
                 (unsigned long long)atomic_load(&ch->hub->errors[i]));
     if (!ch->store)
         return;
     struct store_stats ss;
     store_get_stats(ch->store, &ss);
-    appendf(buf, len, cap,
+    text_printf(t,
             "# HELP chatd_store_commit_seconds Time to commit one batch.\n"
             "# TYPE chatd_store_commit_seconds histogram\n");
     uint64_t cum = 0;
     for (int i = 0; i < 12; i++) {
         cum += ss.commit_us_bucket[i];
-        appendf(buf, len, cap, "chatd_store_commit_seconds_bucket{le=\"%g\"} %llu\n",
+        text_printf(t, "chatd_store_commit_seconds_bucket{le=\"%g\"} %llu\n",
                 store_commit_bounds_ms[i] / 1000.0, (unsigned long long)cum);
     }
-    appendf(buf, len, cap,
+    text_printf(t,
             "chatd_store_commit_seconds_bucket{le=\"+Inf\"} %llu\n"
             "chatd_store_commit_seconds_sum %.6f\n"
             "chatd_store_commit_seconds_count %llu\n",
             (unsigned long long)ss.commits, ss.commit_us_sum / 1e6, (unsigned long long)ss.commits);
-    appendf(buf, len, cap,
+    text_printf(t,
             "# HELP chatd_store_batch_size Requests per committed batch.\n"
             "# TYPE chatd_store_batch_size histogram\n");
     cum = 0;
     for (int i = 0; i < 8; i++) {
         cum += ss.batch_bucket[i];
-        appendf(buf, len, cap, "chatd_store_batch_size_bucket{le=\"%u\"} %llu\n",
+        text_printf(t, "chatd_store_batch_size_bucket{le=\"%u\"} %llu\n",
                 store_batch_bounds[i], (unsigned long long)cum);
     }
-    appendf(buf, len, cap,
+    text_printf(t,
             "chatd_store_batch_size_bucket{le=\"+Inf\"} %llu\n"
             "chatd_store_batch_size_sum %llu\n"
             "chatd_store_batch_size_count %llu\n"

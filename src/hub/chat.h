@@ -29,6 +29,7 @@
 
 #include "hub/hub.h"
 #include "store/store.h"
+#include "util/text.h"
 
 struct chat;
 
@@ -52,6 +53,6 @@ struct store *chat_store(struct chat *ch);
 struct hub *chat_hub(struct chat *ch);
 
 /* For /metrics: counters by message type and error code. */
-void chat_write_metrics(struct chat *ch, char **buf, size_t *len, size_t *cap);
+void chat_write_metrics(struct chat *ch, struct text *t);
 
 #endif
