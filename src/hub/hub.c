@@ -689,7 +689,18 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
             snprintf(msg, sizeof msg, "this account already has %u open connections (the limit)",
                      count);
             conn_http_error(c, 429, "connection_limit", msg, LIMIT_RETRY_AFTER_MS, NULL, false);
-            notify_limit(h, others, nothers, cl->sub);
+            if (nothers < count) {
+                /* More devices than the stack buffer holds (--max-devices
+                 * over 64): look them all up so every one is told. */
+                struct reg_device *all = malloc(count * sizeof *all);
+                if (all) {
+                    unsigned n = registry_devices(&h->registry, cl->sub, cl->sub_len, all, count);
+                    notify_limit(h, all, n, cl->sub);
+                    free(all);
+                }
+            } else {
+                notify_limit(h, others, nothers, cl->sub);
+            }
         } else {
             conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);
         }
