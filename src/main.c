@@ -26,6 +26,7 @@
 #include "server.h"
 #include "util/clock.h"
 #include "util/file.h"
+#include "util/hex.h"
 #include "util/sbuf.h"
 #include "util/log.h"
 
@@ -110,17 +111,6 @@ static void dev_secret(char out[65])
         snprintf(out + 2 * i, 3, "%02x", raw[i]);
 }
 
-static int hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* --encryption-key-file: 32 raw bytes, or 64 hex digits (newline allowed). */
 static int load_key(const char *path, unsigned char key[32], char *err, size_t errlen)
 {
@@ -140,7 +130,7 @@ static int load_key(const char *path, unsigned char key[32], char *err, size_t e
         while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
             len--;
         for (size_t i = 0; i < 32 && len == 64; i++) {
-            int hi = hex_digit(buf[2 * i]), lo = hex_digit(buf[2 * i + 1]);
+            int hi = hex_value(buf[2 * i]), lo = hex_value(buf[2 * i + 1]);
             if (hi < 0 || lo < 0)
                 len = 0;
             else

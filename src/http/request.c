@@ -12,6 +12,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "util/hex.h"
+
 size_t http_head_end(const char *buf, size_t len, size_t from)
 {
     for (size_t i = from; i < len; i++) {
@@ -182,17 +184,6 @@ bool http_token_list_has(const char *value, size_t len, const char *token)
     return false;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 int http_query_param(const struct http_request *req, const char *name, char *out, size_t cap)
 {
     if (!req->query)
@@ -212,7 +203,7 @@ int http_query_param(const struct http_request *req, const char *name, char *out
                 if (c == '%') {
                     if (pe - v < 2)
                         return -EINVAL;
-                    int hi = hexval(v[0]), lo = hexval(v[1]);
+                    int hi = hex_value(v[0]), lo = hex_value(v[1]);
                     if (hi < 0 || lo < 0)
                         return -EINVAL;
                     c = (char)(hi << 4 | lo);

@@ -461,14 +461,17 @@ struct batch_out {
     struct chat_post **posts; /* [nworkers], created on demand */
 };
 
-static void add_item(struct batch_out *bo, unsigned worker, uint8_t kind, uint64_t conn_id,
-                     struct sbuf *frame, uint32_t off, uint32_t len, const struct store_req *r)
+/* Append an item to the worker's post; returns it, or NULL when out of
+ * memory (the item is then lost, never confused with another). */
+static struct chat_item *add_item(struct batch_out *bo, unsigned worker, uint8_t kind,
+                                  uint8_t type, uint64_t conn_id, struct sbuf *frame,
+                                  uint32_t off, uint32_t len, const struct store_req *r)
 {
     struct chat_post *p = bo->posts[worker];
     if (!p) {
         p = calloc(1, sizeof *p);
         if (!p)
-            return;
+            return NULL;
         p->base.run = post_run;
         p->base.drop = post_drop;
         p->ch = bo->ch;
@@ -478,13 +481,14 @@ static void add_item(struct batch_out *bo, unsigned worker, uint8_t kind, uint64
         size_t cap = p->cap ? p->cap * 2 : 16;
         struct chat_item *v = realloc(p->items, cap * sizeof *v);
         if (!v)
-            return;
+            return NULL;
         p->items = v;
         p->cap = cap;
     }
     struct chat_item *it = &p->items[p->n++];
     memset(it, 0, offsetof(struct chat_item, session));
     it->kind = kind;
+    it->out_type = type;
     it->conn_id = conn_id;
     it->frame = frame ? sbuf_ref(frame) : NULL;
     it->off = off;
@@ -492,17 +496,15 @@ static void add_item(struct batch_out *bo, unsigned worker, uint8_t kind, uint64
     it->seq = r->seq;
     memcpy(it->session, r->session_id, sizeof it->session);
     it->owner_hash = hash_str(r->owner);
+    return it;
 }
 
-/* Attach the connection ids of the owner's devices on `worker` to the last
- * item posted there. */
-static void set_last_ids(struct batch_out *bo, unsigned worker, const struct reg_device *devs,
-                         unsigned ndevs)
+/* Attach the connection ids of the owner's devices on `worker` to item it
+ * (just added to that worker's post). */
+static void set_ids(struct batch_out *bo, unsigned worker, struct chat_item *it,
+                    const struct reg_device *devs, unsigned ndevs)
 {
     struct chat_post *p = bo->posts[worker];
-    if (!p || !p->n)
-        return;
-    struct chat_item *it = &p->items[p->n - 1];
     it->ids_off = (uint32_t)p->nids;
     for (unsigned i = 0; i < ndevs; i++) {
         if (devs[i].worker != worker)
@@ -520,13 +522,6 @@ static void set_last_ids(struct batch_out *bo, unsigned worker, const struct reg
     }
 }
 
-static void set_last_type(struct batch_out *bo, unsigned worker, uint8_t type)
-{
-    struct chat_post *p = bo->posts[worker];
-    if (p && p->n)
-        p->items[p->n - 1].out_type = type;
-}
-
 /* Post a frame to every worker: each delivers it to the owner's devices it
  * holds (looked up here, once, in the registry) and, unless the kind is for
  * the owner alone, to the admins there that joined the session. */
@@ -540,36 +535,51 @@ static void add_frame_everywhere(struct batch_out *bo, uint8_t kind, uint64_t co
         nd = registry_devices(&ch->hub->registry, r->owner, strlen(r->owner), ch->devs,
                               ch->devs_cap);
     for (unsigned w = 0; w < ch->nworkers; w++) {
-        add_item(bo, w, kind, conn_id, f, off, len, r);
-        set_last_type(bo, w, type);
-        set_last_ids(bo, w, ch->devs, nd);
+        struct chat_item *it = add_item(bo, w, kind, type, conn_id, f, off, len, r);
+        if (it)
+            set_ids(bo, w, it, ch->devs, nd);
     }
+}
+
+/* Frame a JSON object (taking it) and tell its message type; NULL on OOM. */
+static struct sbuf *frame_obj(json_t *obj, uint8_t *type, uint32_t *off, uint32_t *len)
+{
+    if (!obj)
+        return NULL;
+    *type = out_index(json_string_value(json_object_get(obj, "type")));
+    struct sbuf *f = hub_frame_json(obj, off, len);
+    json_decref(obj);
+    return f;
 }
 
 static void add_everywhere(struct batch_out *bo, uint8_t kind, uint64_t conn_id, json_t *obj,
                            const struct store_req *r)
 {
-    uint8_t type = obj ? out_index(json_string_value(json_object_get(obj, "type"))) : 0;
+    uint8_t type;
     uint32_t off, len;
-    struct sbuf *f = obj ? hub_frame_json(obj, &off, &len) : NULL;
-    json_decref(obj);
+    struct sbuf *f = frame_obj(obj, &type, &off, &len);
+    if (f) {
+        add_frame_everywhere(bo, kind, conn_id, f, off, len, type, r);
+        sbuf_unref(f);
+    }
+}
+
+/* Queue a framed answer (taking the frame) for r's connection. */
+static void add_reply_frame(struct batch_out *bo, const struct store_req *r, struct sbuf *f,
+                            uint32_t off, uint32_t len, uint8_t type)
+{
     if (!f)
         return;
-    add_frame_everywhere(bo, kind, conn_id, f, off, len, type, r);
+    add_item(bo, r->worker, IT_REPLY, type, r->conn_id, f, off, len, r);
     sbuf_unref(f);
 }
 
 static void add_reply(struct batch_out *bo, const struct store_req *r, json_t *obj)
 {
-    uint8_t type = obj ? out_index(json_string_value(json_object_get(obj, "type"))) : 0;
+    uint8_t type;
     uint32_t off, len;
-    struct sbuf *f = obj ? hub_frame_json(obj, &off, &len) : NULL;
-    json_decref(obj);
-    if (!f)
-        return;
-    add_item(bo, r->worker, IT_REPLY, r->conn_id, f, off, len, r);
-    set_last_type(bo, r->worker, type);
-    sbuf_unref(f);
+    struct sbuf *f = frame_obj(obj, &type, &off, &len);
+    add_reply_frame(bo, r, f, off, len, type);
 }
 
 /* Queue the ack of r for its connection; extra_key/extra_val add one
@@ -599,11 +609,7 @@ static void add_ack(struct batch_out *bo, const struct store_req *r, bool with_s
     uint32_t off, len;
     struct sbuf *f = frame_jw(&w, &off, &len);
     jw_release(&w);
-    if (!f)
-        return;
-    add_item(bo, r->worker, IT_REPLY, r->conn_id, f, off, len, r);
-    set_last_type(bo, r->worker, out_index("ack"));
-    sbuf_unref(f);
+    add_reply_frame(bo, r, f, off, len, out_index("ack"));
 }
 
 static json_t *error_json(struct chat *ch, const struct store_req *r, enum chat_error code,
@@ -679,7 +685,7 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
         bool join = r->kind == CHAT_JOIN;
         /* The subscription changes on the admin's own worker first, in line
          * with the events around it. */
-        add_item(bo, r->worker, join ? IT_JOIN : IT_LEAVE, r->conn_id, NULL, 0, 0, r);
+        add_item(bo, r->worker, join ? IT_JOIN : IT_LEAVE, 0, r->conn_id, NULL, 0, 0, r);
         json_t *o =
             json_pack("{s:s, s:s, s:o}", "type", join ? "admin_join" : "admin_leave", "session_id",
                       r->session_id, "sender", sender_json("admin", r->user, r->sender_name));
