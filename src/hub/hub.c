@@ -391,12 +391,12 @@ static void chat_on_close(struct conn *c)
 
 static void chat_on_shutdown(struct conn *c)
 {
-    struct client *cl = c->data;
-    json_t *o = json_pack("{s:s, s:s, s:s}", "type", "notification", "code", "shutdown", "message",
-                          "the server is shutting down; reconnect shortly");
-    if (o) {
-        client_send_json(cl, o);
-        json_decref(o);
+    uint32_t off, len;
+    struct sbuf *f =
+        notification("shutdown", "the server is shutting down; reconnect shortly", &off, &len);
+    if (f) {
+        conn_send_shared(c, f, off, len);
+        sbuf_unref(f);
     }
 }
 

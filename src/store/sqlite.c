@@ -608,6 +608,15 @@ static void checkpointer_main(void *arg)
     sqlite3_close(db);
 }
 
+static void stop_checkpointer(struct store *s)
+{
+    uv_mutex_lock(&s->ckpt_lock);
+    s->ckpt_closing = true;
+    uv_cond_signal(&s->ckpt_cond);
+    uv_mutex_unlock(&s->ckpt_lock);
+    uv_thread_join(&s->ckpt_thread);
+}
+
 /* ---- open / close ----------------------------------------------------------- */
 
 static int migrate(sqlite3 *db, char *err, size_t errlen)
@@ -702,13 +711,8 @@ int store_open(struct store **out, const struct store_options *opt, char *err, s
     *out = s;
     return 0;
 fail:
-    if (s->ckpt_started) {
-        uv_mutex_lock(&s->ckpt_lock);
-        s->ckpt_closing = true;
-        uv_cond_signal(&s->ckpt_cond);
-        uv_mutex_unlock(&s->ckpt_lock);
-        uv_thread_join(&s->ckpt_thread);
-    }
+    if (s->ckpt_started)
+        stop_checkpointer(s);
     for (int i = 0; i < S_COUNT; i++)
         sqlite3_finalize(s->stmt[i]);
     sqlite3_close(s->db);
@@ -724,11 +728,7 @@ void store_close(struct store *s)
     uv_cond_signal(&s->queue_cond);
     uv_mutex_unlock(&s->queue_lock);
     uv_thread_join(&s->thread);
-    uv_mutex_lock(&s->ckpt_lock);
-    s->ckpt_closing = true;
-    uv_cond_signal(&s->ckpt_cond);
-    uv_mutex_unlock(&s->ckpt_lock);
-    uv_thread_join(&s->ckpt_thread);
+    stop_checkpointer(s);
     uv_mutex_destroy(&s->ckpt_lock);
     uv_cond_destroy(&s->ckpt_cond);
     for (int i = 0; i < S_COUNT; i++)
