@@ -60,8 +60,7 @@ void conn_accept(struct worker *w)
     w->nconns++;
     outq_init(&c->out);
     c->state = CONN_HTTP;
-    c->last_rx_ms = now_ms(c);
-    c->deadline_ms = c->last_rx_ms + CONN_HEAD_TIMEOUT_MS;
+    c->deadline_ms = now_ms(c) + CONN_HEAD_TIMEOUT_MS;
     uv_tcp_nodelay(&c->tcp, 1);
     atomic_fetch_add(&w->srv->stats.conns_open, 1);
     atomic_fetch_add(&w->srv->stats.conns_total, 1);
@@ -376,9 +375,10 @@ int conn_upgrade(struct conn *c, const struct http_request *req,
     c->state = CONN_WS;
     c->handler = handler;
     c->data = data;
-    c->last_rx_ms = now_ms(c);
-    c->next_ping_ms = c->last_rx_ms + (int64_t)cfg->ping_interval_s * 1000;
-    c->ping_window_ms = c->last_rx_ms;
+    int64_t now = now_ms(c);
+    c->ping_wait_ms = 0;
+    c->next_ping_ms = now + (int64_t)cfg->ping_interval_s * 1000;
+    c->ping_window_ms = now;
     c->deadline_ms = 0;
     c->dec = NULL;
     return 0;
@@ -691,7 +691,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn_close(c);
         return;
     }
-    c->last_rx_ms = now_ms(c);
+    c->ping_wait_ms = 0; /* any byte from the peer answers our pings */
     if (c->discard_input)
         return;
     if (c->state == CONN_HTTP)
@@ -717,14 +717,20 @@ static void sweep_one(struct conn *c, int64_t now)
             conn_close(c);
         return;
     }
-    if (now - c->last_rx_ms >= (int64_t)cfg->pong_timeout_s * 1000) {
-        log_info("ws_pong_timeout", "conn=%llx silent_ms=%lld", (unsigned long long)c->id,
-                 (long long)(now - c->last_rx_ms));
+    /* The deadline runs from the first unanswered ping, so however late the
+     * once-a-second sweep sends it, the peer has the whole pong timeout. */
+    if (c->ping_wait_ms && now - c->ping_wait_ms >= (int64_t)cfg->pong_timeout_s * 1000) {
+        log_info("ws_pong_timeout", "conn=%llx waited_ms=%lld", (unsigned long long)c->id,
+                 (long long)(now - c->ping_wait_ms));
         conn_close(c);
         return;
     }
-    if (now >= c->next_ping_ms) {
+    /* Pings go out on the sweep nearest their due time (half a tick early
+     * at most), so they are at most half a second off either way. */
+    if (now + CONN_SWEEP_MS / 2 >= c->next_ping_ms) {
         queue_frame(c, WS_OP_PING, NULL, 0);
+        if (!c->ping_wait_ms)
+            c->ping_wait_ms = now;
         c->next_ping_ms = now + (int64_t)cfg->ping_interval_s * 1000;
     }
     if (c->state == CONN_WS && c->handler && c->handler->on_tick)

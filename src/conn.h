@@ -37,6 +37,7 @@
 #define CONN_HEAD_TIMEOUT_MS 10000 /* a request head must arrive within this */
 #define CONN_LINGER_MS 5000        /* wait for the peer's close after ours */
 #define CONN_PING_FLOOD 64         /* pings per second answered before 1008 */
+#define CONN_SWEEP_MS 1000         /* period of conn_sweep (the worker's tick) */
 
 struct conn;
 struct http_request;
@@ -86,7 +87,7 @@ struct conn {
     uint16_t pings_in_window;
     uint16_t holds;             /* async work that will come back to this conn */
     int64_t deadline_ms;        /* HTTP: head deadline; closing: linger deadline */
-    int64_t last_rx_ms;         /* last byte received */
+    int64_t ping_wait_ms;       /* when the oldest unanswered ping went out, 0: none */
     int64_t next_ping_ms;
     int64_t ping_window_ms;     /* start of the current ping-flood window */
     char *in;                   /* HTTP: bytes of the request head (owned) */

@@ -241,7 +241,7 @@ static int worker_init(struct server *srv, struct worker *w, unsigned index)
     w->wakeup.data = w;
     uv_timer_init(&w->loop, &w->tick);
     w->tick.data = w;
-    uv_timer_start(&w->tick, on_tick, 1000, 1000);
+    uv_timer_start(&w->tick, on_tick, CONN_SWEEP_MS, CONN_SWEEP_MS);
     uv_check_init(&w->loop, &w->flush);
     w->flush.data = w;
     uv_check_start(&w->flush, on_check);
