@@ -15,7 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SBUF_CACHED_CAP 16384 /* chunk size recycled per thread (see sbuf.c) */
+#define SBUF_CACHED_CAP 4096  /* chunk size recycled per thread (see sbuf.c) */
 
 struct sbuf {
     atomic_uint refs;
