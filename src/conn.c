@@ -13,6 +13,7 @@
 #include "conn.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -232,13 +233,14 @@ static void flush(struct conn *c)
     drained(c);
 }
 
-void conn_flush_dirty(struct worker *w)
+bool conn_flush_dirty(struct worker *w, unsigned max)
 {
-    while (!list_empty(&w->dirty)) {
+    while (!list_empty(&w->dirty) && max-- > 0) {
         struct conn *c = LIST_ENTRY(w->dirty.next, struct conn, dirty);
         list_remove(&c->dirty);
         flush(c);
     }
+    return list_empty(&w->dirty);
 }
 
 /* The send queue passed its limit: the client is not reading. */
@@ -745,7 +747,7 @@ void conn_sweep(struct worker *w, int64_t now)
         n = n->next; /* c may be unlinked below */
         sweep_one(c, now);
     }
-    conn_flush_dirty(w);
+    conn_flush_dirty(w, UINT_MAX);
 }
 
 void conn_shutdown_all(struct worker *w)
@@ -762,7 +764,7 @@ void conn_shutdown_all(struct worker *w)
             conn_ws_close(c, WS_CLOSE_GOING_AWAY, "server shutting down");
         }
     }
-    conn_flush_dirty(w);
+    conn_flush_dirty(w, UINT_MAX);
 }
 
 void conn_close_all(struct worker *w)

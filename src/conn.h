@@ -139,7 +139,9 @@ void conn_http_async_begin(struct conn *c);
 void conn_http_async_end(struct conn *c);
 
 /* Worker-level hooks, called by server.c on the worker thread. */
-void conn_flush_dirty(struct worker *w);     /* write everything queued */
+/* Write what is queued for at most max connections, oldest first; true when
+ * none is left waiting. */
+bool conn_flush_dirty(struct worker *w, unsigned max);
 void conn_sweep(struct worker *w, int64_t now_ms); /* timers, once a second */
 void conn_shutdown_all(struct worker *w);    /* graceful: 1001 to all */
 void conn_close_all(struct worker *w);       /* forced */

@@ -99,10 +99,23 @@ static void on_tick(uv_timer_t *t)
     worker_maybe_finish(w);
 }
 
+static void on_more(uv_idle_t *h)
+{
+    (void)h; /* runs only so that the next poll does not block */
+}
+
+/* After each poll: write what was queued, at most FLUSH_PASS connections per
+ * pass. A large fan-out (a thousand watchers of one session) is written over
+ * several passes with a poll between them, so input keeps being read and
+ * events committed meanwhile join the queues of watchers not yet written:
+ * each watcher's write then carries more frames. */
 static void on_check(uv_check_t *h)
 {
     struct worker *w = h->data;
-    conn_flush_dirty(w);
+    if (conn_flush_dirty(w, FLUSH_PASS))
+        uv_idle_stop(&w->more);
+    else
+        uv_idle_start(&w->more, on_more);
 }
 
 /* Once draining and no connection is left, close the loop's handles so
@@ -121,6 +134,7 @@ static void worker_maybe_finish(struct worker *w)
     uv_close((uv_handle_t *)&w->wakeup, NULL);
     uv_close((uv_handle_t *)&w->tick, NULL);
     uv_close((uv_handle_t *)&w->flush, NULL);
+    uv_close((uv_handle_t *)&w->more, NULL);
 }
 
 static void msg_shutdown(struct worker *w, struct inbox_msg *m)
@@ -245,6 +259,8 @@ static int worker_init(struct server *srv, struct worker *w, unsigned index)
     uv_check_init(&w->loop, &w->flush);
     w->flush.data = w;
     uv_check_start(&w->flush, on_check);
+    uv_idle_init(&w->loop, &w->more);
+    w->more.data = w;
     return 0;
 }
 

@@ -44,6 +44,7 @@ struct inbox_msg {
 };
 
 #define WORKER_READ_BUF (64 * 1024)
+#define FLUSH_PASS 128          /* connections written per flush pass (server.c) */
 
 /* Counters one worker writes and /metrics reads: single writer, so a
  * relaxed load and store (no locked instruction) is enough. */
@@ -73,6 +74,7 @@ struct worker {
     uv_async_t wakeup;
     uv_timer_t tick;            /* 1 s sweep: deadlines, pings, lingering closes */
     uv_check_t flush;           /* after each I/O phase: write what was queued */
+    uv_idle_t more;             /* active while queued output waits for a pass */
     struct list_node conns;     /* every connection of this worker */
     struct list_node dirty;     /* connections with output not yet flushed */
     struct idmap by_id;         /* conn id -> struct conn *, chat connections */
