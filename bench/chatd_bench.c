@@ -65,6 +65,7 @@
 #define EXIT_USAGE 2
 #define MAX_FRAME (64u << 20)      /* a server frame larger than this is a protocol error */
 #define RBUF_INIT 4096u
+#define RBUF_MAX (256u * 1024)
 #define MAX_EVENTS 256
 #define RETRY_NS 10000000ull       /* connect mode: pause after a failed attempt */
 
@@ -307,12 +308,19 @@ static size_t skip_ws(const char *p, size_t n, size_t i)
  * or n + 1 when it does not close. */
 static size_t skip_string(const char *p, size_t n, size_t i)
 {
-    while (i < n && p[i] != '"') {
-        if (p[i] == '\\')
-            i++;
-        i++;
+    size_t from = i;
+    while (i < n) {
+        const char *q = memchr(p + i, '"', n - i);
+        if (q == NULL)
+            break;
+        size_t j = (size_t)(q - p), bs = 0;
+        while (j - bs > from && p[j - bs - 1] == '\\')
+            bs++;
+        if (bs % 2 == 0)
+            return j + 1; /* not escaped */
+        i = j + 1;
     }
-    return i < n ? i + 1 : n + 1;
+    return n + 1;
 }
 
 /* Scan the top level of one JSON object and pick the string members type,
@@ -1219,8 +1227,13 @@ static void parse_http(struct conn *c)
 
 static void conn_read(struct conn *c)
 {
-    for (int round = 0; round < 4; round++) {
-        if (c->rcap - c->rlen < 1024 && buf_reserve(&c->rbuf, &c->rcap, c->rcap * 2) != 0) {
+    /* Up to 16 reads per readiness, the buffer doubling (to 256 KiB) each
+     * time a read fills it: a connection that receives much more than the
+     * others (the fan-out sender gets its acks and its own events) must not
+     * fall behind for good by being read a little per loop iteration. */
+    for (int round = 0; round < 16; round++) {
+        bool grow = c->rcap - c->rlen < 1024 || (round > 0 && c->rcap < RBUF_MAX);
+        if (grow && buf_reserve(&c->rbuf, &c->rcap, c->rcap * 2) != 0) {
             conn_fail(c, ENOMEM);
             return;
         }
