@@ -15,6 +15,7 @@ case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
 OUT=$BUILD/bench
 BENCH=$BUILD/release/chatd-bench
 CHATD=$BUILD/release/chatd
+CHATD_FLOOR=$BUILD/release/chatd-floor
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 SECRET=${BENCH_SECRET:-chatd-bench-secret-0123456789abcdef}
@@ -40,9 +41,9 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 log() { printf '%s\n' "bench: $*" >&2; }
 
 build_release() {
-    log "building release (chatd, chatd-bench)"
+    log "building release (chatd, chatd-bench, chatd-floor)"
     cmake -S "$ROOT" -B "$BUILD/release" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-    cmake --build "$BUILD/release" -j "$(nproc 2>/dev/null || echo 2)" --target chatd chatd-bench >/dev/null
+    cmake --build "$BUILD/release" -j "$(nproc 2>/dev/null || echo 2)" --target chatd chatd-bench chatd-floor >/dev/null
 }
 
 free_port() {

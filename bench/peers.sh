@@ -15,10 +15,18 @@
 #   socket.io      bench/peers/socketio_fanout.js, npm socket.io: room
 #                  fan-out only, driven by chatd-bench --proto socketio
 #                  (Engine.IO v4 / Socket.IO v5 framing over WebSocket)
+# and a floor under them all:
+#   floor          bench/chatd_floor.c (chatd-floor): one thread of raw epoll
+#                  that unmasks and echoes or broadcasts frames and writes
+#                  each connection once per loop iteration, nothing else (no
+#                  checks, no storage). Its figure is what the kernel charges
+#                  for the scenario on this machine: no server can go much
+#                  below it, so its "x lws" is the most any server can reach.
 #
 # Scenarios, as in bench/run.sh: echo = 100 connections x 8 in flight,
-# 64-byte text; fanout = 1,000 connections on one room/session, one sender,
-# 4 messages in flight (counted until every watcher has them). For the plain
+# 64-byte text; fanout = 1,000 connections on one room/session, one sender
+# that runs at most 32 messages ahead of the deliveries (averaged over the
+# watchers). For the plain
 # peers fan-out means "relay each message to every connection"; chatd also
 # parses, stores (SQLite, --sync normal), acknowledges and routes it.
 #
@@ -111,6 +119,14 @@ fi
 port=$(free_port)
 if start_server peer-socketio "$port" node "$PEERS/socketio_fanout.js" "$port"; then
     bench_run "$RESULTS" socket.io fanout "${FAN_ARGS[@]}" --proto socketio
+    stop_server
+fi
+
+# ---- the floor: bare epoll ---------------------------------------------------
+port=$(free_port)
+if start_server floor "$port" "$CHATD_FLOOR" "$port"; then
+    bench_run "$RESULTS" floor echo "${ECHO_ARGS[@]}" --path /echo
+    bench_run "$RESULTS" floor fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
     stop_server
 fi
 
