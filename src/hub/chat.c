@@ -250,22 +250,20 @@ static json_t *sender_json(const char *type, const char *id, const char *name)
 }
 
 /* Frame a JSON text built with jw (WS_MAX_HEADER bytes reserved at its
- * front) as one text frame in a new shared buffer. */
+ * front) as one text frame, taking the writer's buffer; NULL on OOM. */
 static struct sbuf *frame_jw(struct jw *w, uint32_t *off, uint32_t *len)
 {
-    if (w->failed)
-        return NULL;
+    /* The text was written after WS_MAX_HEADER free bytes: the header goes
+     * right before it and the frame is queued from there, uncopied. */
     size_t n = w->len - WS_MAX_HEADER;
-    uint8_t hdr[WS_MAX_HEADER];
-    size_t hl = ws_frame_header(hdr, WS_OP_TEXT, true, n);
-    struct sbuf *b = sbuf_new((uint32_t)(n + hl));
+    struct sbuf *b = jw_take(w);
     if (!b)
         return NULL;
-    memcpy(b->data, hdr, hl);
-    memcpy(b->data + hl, w->buf + WS_MAX_HEADER, n);
-    b->len = (uint32_t)(n + hl);
-    *off = 0;
-    *len = b->len;
+    uint8_t hdr[WS_MAX_HEADER];
+    size_t hl = ws_frame_header(hdr, WS_OP_TEXT, true, n);
+    memcpy(b->data + WS_MAX_HEADER - hl, hdr, hl);
+    *off = (uint32_t)(WS_MAX_HEADER - hl);
+    *len = (uint32_t)(hl + n);
     return b;
 }
 
@@ -302,9 +300,7 @@ static struct sbuf *event_frame(const char *type, const char *sid, int64_t seq,
         jw_raw(&w, metadata, strlen(metadata));
     }
     jw_close(&w);
-    struct sbuf *f = frame_jw(&w, off, len);
-    jw_release(&w);
-    return f;
+    return frame_jw(&w, off, len);
 }
 
 /* ---- worker side: messages from the writer ----------------------------------- */
@@ -608,7 +604,6 @@ static void add_ack(struct batch_out *bo, const struct store_req *r, bool with_s
     jw_close(&w);
     uint32_t off, len;
     struct sbuf *f = frame_jw(&w, &off, &len);
-    jw_release(&w);
     add_reply_frame(bo, r, f, off, len, out_index("ack"));
 }
 

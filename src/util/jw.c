@@ -1,5 +1,6 @@
 /*
- * DESIGN: append-only into one buffer that doubles as needed; an allocation
+ * DESIGN: append-only into one sbuf that doubles as needed (the writer holds
+ * its only reference, so growing it by realloc is safe); an allocation
  * failure sets `failed` and turns every later call into a no-op, so callers
  * check once at the end. Escaping handles the two characters JSON requires
  * (quote, backslash) and every control character, with the short forms for
@@ -11,20 +12,38 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/sbuf.h"
+
 void jw_init(struct jw *w, size_t cap, size_t reserve)
 {
     if (cap < reserve + 64)
         cap = reserve + 64;
-    w->buf = malloc(cap);
-    w->cap = w->buf ? cap : 0;
+    w->sb = cap <= UINT32_MAX ? sbuf_new((uint32_t)cap) : NULL;
+    w->buf = w->sb ? (char *)w->sb->data : NULL;
+    w->cap = w->sb ? cap : 0;
     w->len = reserve;
     w->first = true;
-    w->failed = w->buf == NULL;
+    w->failed = w->sb == NULL;
+}
+
+struct sbuf *jw_take(struct jw *w)
+{
+    struct sbuf *b = w->failed ? NULL : w->sb;
+    if (b)
+        b->len = (uint32_t)w->len;
+    else
+        jw_release(w);
+    w->sb = NULL;
+    w->buf = NULL;
+    w->len = w->cap = 0;
+    return b;
 }
 
 void jw_release(struct jw *w)
 {
-    free(w->buf);
+    if (w->sb)
+        sbuf_unref(w->sb);
+    w->sb = NULL;
     w->buf = NULL;
     w->len = w->cap = 0;
 }
@@ -38,12 +57,14 @@ static bool room(struct jw *w, size_t n)
     size_t cap = w->cap * 2;
     while (cap < w->len + n)
         cap *= 2;
-    char *b = realloc(w->buf, cap);
+    struct sbuf *b = cap <= UINT32_MAX ? realloc(w->sb, sizeof *b + cap) : NULL;
     if (!b) {
         w->failed = true;
         return false;
     }
-    w->buf = b;
+    b->cap = (uint32_t)cap;
+    w->sb = b;
+    w->buf = (char *)b->data;
     w->cap = cap;
     return true;
 }

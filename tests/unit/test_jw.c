@@ -12,6 +12,7 @@
 #include <jansson.h>
 
 #include "util/jw.h"
+#include "util/sbuf.h"
 
 static json_t *parse(struct jw *w, size_t reserve)
 {
@@ -79,11 +80,43 @@ static void test_string_escaping_round_trips(void **state)
     jw_release(&w);
 }
 
+/* jw_take hands over the text as a shared buffer: reserve bytes first, the
+ * text after them, one reference, and it survives growth far past the
+ * initial size. */
+static void test_take_as_shared_buffer(void **state)
+{
+    (void)state;
+    char big[5000];
+    memset(big, 'q', sizeof big);
+    struct jw w;
+    jw_init(&w, 16, 10);
+    jw_open(&w);
+    jw_key(&w, "content");
+    jw_str(&w, big, sizeof big);
+    jw_close(&w);
+    size_t len = w.len;
+    struct sbuf *b = jw_take(&w);
+    assert_non_null(b);
+    assert_null(w.buf);
+    assert_int_equal(b->len, len);
+    assert_true(b->cap >= b->len);
+    assert_true(sbuf_exclusive(b));
+    json_error_t err;
+    json_t *o = json_loadb((const char *)b->data + 10, b->len - 10, 0, &err);
+    assert_non_null(o);
+    assert_int_equal(json_string_length(json_object_get(o, "content")), sizeof big);
+    json_decref(o);
+    sbuf_unref(b);
+    jw_release(&w); /* harmless after a take */
+    sbuf_thread_cleanup();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_object_with_nesting),
         cmocka_unit_test(test_string_escaping_round_trips),
+        cmocka_unit_test(test_take_as_shared_buffer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
