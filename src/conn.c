@@ -20,6 +20,7 @@
 #include "http/request.h"
 #include "http/response.h"
 #include "routes.h"
+#include "util/clock.h"
 #include "util/log.h"
 #include "ws/handshake.h"
 
@@ -704,7 +705,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 /* ---- timers and shutdown ------------------------------------------------ */
 
-static void sweep_one(struct conn *c, int64_t now)
+static void sweep_one(struct conn *c, int64_t now, int64_t wall)
 {
     const struct config *cfg = c->w->srv->cfg;
     if (c->state == CONN_HTTP) {
@@ -736,16 +737,17 @@ static void sweep_one(struct conn *c, int64_t now)
         c->next_ping_ms = now + (int64_t)cfg->ping_interval_s * 1000;
     }
     if (c->state == CONN_WS && c->handler && c->handler->on_tick)
-        c->handler->on_tick(c, now);
+        c->handler->on_tick(c, now, wall);
 }
 
 void conn_sweep(struct worker *w, int64_t now)
 {
+    int64_t wall = clock_wall_ms();
     struct list_node *n = w->conns.next;
     while (n != &w->conns) {
         struct conn *c = LIST_ENTRY(n, struct conn, node);
         n = n->next; /* c may be unlinked below */
-        sweep_one(c, now);
+        sweep_one(c, now, wall);
     }
     conn_flush_dirty(w, UINT_MAX);
 }

@@ -61,8 +61,9 @@ struct conn_handler {
     void (*on_shutdown)(struct conn *c);
     /* The send queue became empty (output all written). */
     void (*on_drain)(struct conn *c);
-    /* Once a second while the WebSocket is open. */
-    void (*on_tick)(struct conn *c, int64_t now_ms);
+    /* Once a second while the WebSocket is open: the loop's monotonic time
+     * and the wall clock (Unix ms), both read once per sweep. */
+    void (*on_tick)(struct conn *c, int64_t now_ms, int64_t wall_ms);
 };
 
 enum conn_state { CONN_HTTP = 0, CONN_WS, CONN_CLOSED };

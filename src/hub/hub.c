@@ -400,11 +400,11 @@ static void chat_on_shutdown(struct conn *c)
     }
 }
 
-static void chat_on_tick(struct conn *c, int64_t now_ms)
+static void chat_on_tick(struct conn *c, int64_t now_ms, int64_t wall_ms)
 {
     (void)now_ms;
     struct client *cl = c->data;
-    if (clock_wall_ms() / 1000 >= cl->exp) {
+    if (wall_ms / 1000 >= cl->exp) {
         log_info("ws_token_expired", "conn=%llx user=%s", (unsigned long long)c->id, cl->sub);
         conn_ws_close(c, WS_CLOSE_POLICY, "token expired");
     }
