@@ -10,7 +10,6 @@ import hmac
 import json
 import os
 import re
-import select
 import signal
 import socket
 import struct
@@ -188,8 +187,18 @@ def accept_for(key):
                                          .encode()).digest()).decode()
 
 
-def frame(opcode, payload=b"", fin=True, mask=True, rsv=0, length=None):
-    """Build one client frame; length overrides the announced payload length."""
+def mask_bytes(payload, key):
+    """XOR payload with the 4-byte key, fast enough for megabytes."""
+    n = len(payload)
+    if n == 0:
+        return b""
+    k = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(k, "big")).to_bytes(n, "big")
+
+
+def frame(opcode, payload=b"", fin=True, mask=True, rsv=0, length=None, key=None):
+    """Build one client frame; length overrides the announced payload length,
+    key the (otherwise random) masking key."""
     if isinstance(payload, str):
         payload = payload.encode()
     n = len(payload) if length is None else length
@@ -203,8 +212,8 @@ def frame(opcode, payload=b"", fin=True, mask=True, rsv=0, length=None):
         hdr = struct.pack("!BBQ", b0, mbit | 127, n)
     if not mask:
         return hdr + payload
-    key = os.urandom(4)
-    return hdr + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    key = key if key is not None else os.urandom(4)
+    return hdr + key + mask_bytes(payload, key)
 
 
 class WSClosed(Exception):
@@ -345,6 +354,38 @@ class WS:
 
 
 # ---- tokens -------------------------------------------------------------------
+
+def echo_ok(ws, payload, opcode=None):
+    """payload sent on an echo connection comes back whole, same opcode."""
+    if opcode is None:
+        opcode = OP_TEXT if isinstance(payload, str) else OP_BINARY
+    data = payload.encode() if isinstance(payload, str) else payload
+    ws.send_raw(frame(opcode, data))
+    op, got = ws.recv()
+    assert op == opcode, (op, opcode)
+    assert got == data, "echo differs: sent %d bytes, got %d" % (len(data), len(got))
+
+
+def assert_healthy(d):
+    """A fresh echo connection works: the server survived whatever came before."""
+    assert d.alive(), "chatd died:\n" + d.log()[-3000:]
+    ws = WS(d.port)
+    echo_ok(ws, "still alive")
+    echo_ok(ws, b"\x00\x01\x02")
+    ws.close(1000)
+    assert ws.expect_close() == 1000
+    ws.expect_eof()
+    ws.shut()
+
+
+def expect_close_code(ws, code, timeout=10.0):
+    """The server's next close frame carries `code`; then it closes TCP."""
+    got = ws.expect_close(timeout)
+    assert got == code, "expected close code %s, got %s (%r)" % (code, got, ws.close_reason)
+    ws.close(code if code not in (1005, 1006) else 1000)
+    ws.expect_eof(timeout)
+    ws.shut()
+
 
 def b64url(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

@@ -12,69 +12,13 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from harness import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, WS,  # noqa: E402
-                     Chatd, accept_for, frame, http_raw, json_error, parse_response, run,
-                     upgrade_request, ws_key)
+                     Chatd, accept_for, assert_healthy, echo_ok, expect_close_code, frame,
+                     http_raw, json_error, parse_response, run, upgrade_request, ws_key)
 
 MIB = 1 << 20
 
 
 # ---- helpers ----------------------------------------------------------------
-
-def mask_bytes(payload, key):
-    """XOR payload with the 4-byte key, fast enough for megabytes."""
-    n = len(payload)
-    if n == 0:
-        return b""
-    k = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(k, "big")).to_bytes(n, "big")
-
-
-def mframe(opcode, payload=b"", fin=True, rsv=0, length=None, key=None):
-    """Like harness.frame (always masked) but fast for large payloads."""
-    if isinstance(payload, str):
-        payload = payload.encode()
-    n = len(payload) if length is None else length
-    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
-    if n < 126:
-        hdr = struct.pack("!BB", b0, 0x80 | n)
-    elif n < 65536:
-        hdr = struct.pack("!BBH", b0, 0x80 | 126, n)
-    else:
-        hdr = struct.pack("!BBQ", b0, 0x80 | 127, n)
-    key = key if key is not None else os.urandom(4)
-    return hdr + key + mask_bytes(payload, key)
-
-
-def echo_ok(ws, payload, opcode=None):
-    if opcode is None:
-        opcode = OP_TEXT if isinstance(payload, str) else OP_BINARY
-    data = payload.encode() if isinstance(payload, str) else payload
-    ws.send_raw(mframe(opcode, data))
-    op, got = ws.recv()
-    assert op == opcode, (op, opcode)
-    assert got == data, "echo differs: sent %d bytes, got %d" % (len(data), len(got))
-
-
-def assert_healthy(d):
-    """A fresh echo connection works: the server survived whatever came before."""
-    assert d.alive(), "chatd died:\n" + d.log()[-3000:]
-    ws = WS(d.port)
-    echo_ok(ws, "still alive")
-    echo_ok(ws, b"\x00\x01\x02")
-    ws.close(1000)
-    assert ws.expect_close() == 1000
-    ws.expect_eof()
-    ws.shut()
-
-
-def expect_close_code(ws, code, timeout=10.0):
-    """The server's next close frame carries `code`; then it closes TCP."""
-    got = ws.expect_close(timeout)
-    assert got == code, "expected close code %s, got %s (%r)" % (code, got, ws.close_reason)
-    ws.close(code if code not in (1005, 1006) else 1000)
-    ws.expect_eof(timeout)
-    ws.shut()
-
 
 def violation(d, data, code):
     """Send raw bytes on a fresh echo connection, expect close `code`."""
@@ -106,12 +50,12 @@ def upgrade_lines(method="GET", path="/echo", key=None, version="13", extra=None
 def test_rsv_bits_1002():
     with Chatd("--echo") as d:
         for rsv in (1, 2, 4, 7):
-            violation(d, mframe(OP_TEXT, "hi", rsv=rsv), 1002)
+            violation(d, frame(OP_TEXT, "hi", rsv=rsv), 1002)
         # On a control frame too, and after a good message on the same connection.
-        violation(d, mframe(OP_PING, b"x", rsv=4), 1002)
+        violation(d, frame(OP_PING, b"x", rsv=4), 1002)
         ws = WS(d.port)
         echo_ok(ws, "first")
-        ws.send_raw(mframe(OP_BINARY, b"x", rsv=2))
+        ws.send_raw(frame(OP_BINARY, b"x", rsv=2))
         expect_close_code(ws, 1002)
         assert_healthy(d)
 
@@ -119,9 +63,9 @@ def test_rsv_bits_1002():
 def test_reserved_opcodes_1002():
     with Chatd("--echo") as d:
         for op in (3, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF):
-            violation(d, mframe(op, b"abc"), 1002)
+            violation(d, frame(op, b"abc"), 1002)
         # Reserved opcode inside a fragmented message.
-        violation(d, mframe(OP_TEXT, "a", fin=False) + mframe(5, b"b"), 1002)
+        violation(d, frame(OP_TEXT, "a", fin=False) + frame(5, b"b"), 1002)
         assert_healthy(d)
 
 
@@ -136,26 +80,26 @@ def test_unmasked_client_frame_1002():
 
 def test_fragmented_control_frame_1002():
     with Chatd("--echo") as d:
-        violation(d, mframe(OP_PING, b"p", fin=False), 1002)
-        violation(d, mframe(OP_PONG, b"p", fin=False), 1002)
-        violation(d, mframe(OP_CLOSE, struct.pack("!H", 1000), fin=False), 1002)
+        violation(d, frame(OP_PING, b"p", fin=False), 1002)
+        violation(d, frame(OP_PONG, b"p", fin=False), 1002)
+        violation(d, frame(OP_CLOSE, struct.pack("!H", 1000), fin=False), 1002)
         # Also in the middle of a fragmented data message.
-        violation(d, mframe(OP_TEXT, "a", fin=False) + mframe(OP_PING, b"p", fin=False), 1002)
+        violation(d, frame(OP_TEXT, "a", fin=False) + frame(OP_PING, b"p", fin=False), 1002)
         assert_healthy(d)
 
 
 def test_control_payload_over_125_1002():
     with Chatd("--echo") as d:
-        violation(d, mframe(OP_PING, b"p" * 126), 1002)
-        violation(d, mframe(OP_PONG, b"p" * 126), 1002)
-        violation(d, mframe(OP_CLOSE, struct.pack("!H", 1000) + b"r" * 124), 1002)
+        violation(d, frame(OP_PING, b"p" * 126), 1002)
+        violation(d, frame(OP_PONG, b"p" * 126), 1002)
+        violation(d, frame(OP_CLOSE, struct.pack("!H", 1000) + b"r" * 124), 1002)
         # The 126 announced in the 16-bit length, header only: fails on the header.
         ws = WS(d.port)
         ws.send_raw(struct.pack("!BBH", 0x80 | OP_PING, 0x80 | 126, 126) + os.urandom(4))
         expect_close_code(ws, 1002)
         # 125 is fine.
         ws = WS(d.port)
-        ws.send_raw(mframe(OP_PING, b"q" * 125))
+        ws.send_raw(frame(OP_PING, b"q" * 125))
         assert ws.recv_frame() == (True, OP_PONG, b"q" * 125)
         ws.shut()
         assert_healthy(d)
@@ -163,22 +107,22 @@ def test_control_payload_over_125_1002():
 
 def test_continuation_without_message_1002():
     with Chatd("--echo") as d:
-        violation(d, mframe(OP_CONT, "x"), 1002)
-        violation(d, mframe(OP_CONT, "x", fin=False), 1002)
+        violation(d, frame(OP_CONT, "x"), 1002)
+        violation(d, frame(OP_CONT, "x", fin=False), 1002)
         # After a complete message, a continuation has nothing to continue.
         ws = WS(d.port)
         echo_ok(ws, "done")
-        ws.send_raw(mframe(OP_CONT, "late"))
+        ws.send_raw(frame(OP_CONT, "late"))
         expect_close_code(ws, 1002)
         assert_healthy(d)
 
 
 def test_new_data_frame_inside_fragmented_message_1002():
     with Chatd("--echo") as d:
-        violation(d, mframe(OP_TEXT, "a", fin=False) + mframe(OP_TEXT, "b"), 1002)
-        violation(d, mframe(OP_TEXT, "a", fin=False) + mframe(OP_BINARY, b"b"), 1002)
-        violation(d, mframe(OP_BINARY, b"a", fin=False) + mframe(OP_CONT, b"b", fin=False) +
-                  mframe(OP_BINARY, b"c", fin=False), 1002)
+        violation(d, frame(OP_TEXT, "a", fin=False) + frame(OP_TEXT, "b"), 1002)
+        violation(d, frame(OP_TEXT, "a", fin=False) + frame(OP_BINARY, b"b"), 1002)
+        violation(d, frame(OP_BINARY, b"a", fin=False) + frame(OP_CONT, b"b", fin=False) +
+                  frame(OP_BINARY, b"c", fin=False), 1002)
         assert_healthy(d)
 
 
@@ -197,11 +141,11 @@ def test_oversized_header_1009_without_payload():
         for op, n in ((OP_BINARY, MIB + 1), (OP_TEXT, MIB + 1), (OP_BINARY, 1 << 40),
                       (OP_BINARY, (1 << 63) - 1)):
             ws = WS(d.port)
-            ws.send_raw(mframe(op, b"", length=n))  # header + mask key, no payload
+            ws.send_raw(frame(op, b"", length=n))  # header + mask key, no payload
             expect_close_code(ws, 1009)
         # Fragmented: a first fragment over the limit is refused on its header.
         ws = WS(d.port)
-        ws.send_raw(mframe(OP_BINARY, b"", fin=False, length=MIB + 1))
+        ws.send_raw(frame(OP_BINARY, b"", fin=False, length=MIB + 1))
         expect_close_code(ws, 1009)
         assert_healthy(d)
 
@@ -221,18 +165,18 @@ def test_fragment_sum_limit():
         # Exactly the limit as the sum of three fragments: accepted.
         ws = WS(d.port, timeout=30)
         a, b, c = os.urandom(half), os.urandom(half - 10), os.urandom(10)
-        ws.send_raw(mframe(OP_BINARY, a, fin=False) + mframe(OP_CONT, b, fin=False) +
-                    mframe(OP_CONT, c))
+        ws.send_raw(frame(OP_BINARY, a, fin=False) + frame(OP_CONT, b, fin=False) +
+                    frame(OP_CONT, c))
         assert ws.recv() == (OP_BINARY, a + b + c)
         # One byte over, announced by the header of the last fragment: 1009 before
         # any of its payload is sent.
-        ws.send_raw(mframe(OP_BINARY, a, fin=False) + mframe(OP_CONT, b, fin=False))
-        ws.send_raw(mframe(OP_CONT, b"", length=11))
+        ws.send_raw(frame(OP_BINARY, a, fin=False) + frame(OP_CONT, b, fin=False))
+        ws.send_raw(frame(OP_CONT, b"", length=11))
         expect_close_code(ws, 1009, timeout=30)
         # Text fragments, over by one.
         ws = WS(d.port, timeout=30)
-        ws.send_raw(mframe(OP_TEXT, "a" * half, fin=False) +
-                    mframe(OP_CONT, b"", fin=True, length=half + 1))
+        ws.send_raw(frame(OP_TEXT, "a" * half, fin=False) +
+                    frame(OP_CONT, b"", fin=True, length=half + 1))
         expect_close_code(ws, 1009, timeout=30)
         assert_healthy(d)
 
@@ -241,21 +185,21 @@ def test_fragment_count_limit():
     with Chatd("--echo") as d:
         # 4096 fragments are fine.
         ws = WS(d.port)
-        parts = [mframe(OP_TEXT, "a", fin=False)]
-        parts += [mframe(OP_CONT, "b", fin=False) for _ in range(4094)]
-        parts.append(mframe(OP_CONT, "c"))
+        parts = [frame(OP_TEXT, "a", fin=False)]
+        parts += [frame(OP_CONT, "b", fin=False) for _ in range(4094)]
+        parts.append(frame(OP_CONT, "c"))
         ws.send_raw(b"".join(parts))
         assert ws.recv() == (OP_TEXT, b"a" + b"b" * 4094 + b"c")
         # The 4097th fragment closes with 1008, decided on its header.
-        parts = [mframe(OP_BINARY, b"a", fin=False)]
-        parts += [mframe(OP_CONT, b"b", fin=False) for _ in range(4095)]
+        parts = [frame(OP_BINARY, b"a", fin=False)]
+        parts += [frame(OP_CONT, b"b", fin=False) for _ in range(4095)]
         ws.send_raw(b"".join(parts))
-        ws.send_raw(mframe(OP_CONT, b"", length=1))  # header of fragment 4097
+        ws.send_raw(frame(OP_CONT, b"", length=1))  # header of fragment 4097
         expect_close_code(ws, 1008)
         # Empty fragments count too.
         ws = WS(d.port)
-        parts = [mframe(OP_BINARY, b"", fin=False) for _ in range(1)]
-        parts += [mframe(OP_CONT, b"", fin=False) for _ in range(4096)]
+        parts = [frame(OP_BINARY, b"", fin=False) for _ in range(1)]
+        parts += [frame(OP_CONT, b"", fin=False) for _ in range(4096)]
         ws.send_raw(b"".join(parts))
         expect_close_code(ws, 1008)
         assert_healthy(d)
@@ -266,13 +210,13 @@ def test_empty_fragments():
         # An empty first fragment on a fresh connection, then empty and
         # non-empty continuations.
         ws = WS(d.port)
-        ws.send_raw(mframe(OP_BINARY, b"", fin=False) + mframe(OP_CONT, b"", fin=False) +
-                    mframe(OP_CONT, b"x", fin=False) + mframe(OP_CONT, b""))
+        ws.send_raw(frame(OP_BINARY, b"", fin=False) + frame(OP_CONT, b"", fin=False) +
+                    frame(OP_CONT, b"x", fin=False) + frame(OP_CONT, b""))
         assert ws.recv() == (OP_BINARY, b"x")
         # A whole message made of empty fragments is an empty message.
-        ws.send_raw(mframe(OP_TEXT, b"", fin=False) + mframe(OP_CONT, b""))
+        ws.send_raw(frame(OP_TEXT, b"", fin=False) + frame(OP_CONT, b""))
         assert ws.recv() == (OP_TEXT, b"")
-        ws.send_raw(mframe(OP_TEXT, b""))
+        ws.send_raw(frame(OP_TEXT, b""))
         assert ws.recv() == (OP_TEXT, b"")
         ws.shut()
         assert_healthy(d)
@@ -288,10 +232,10 @@ BAD_UTF8 = [
 def test_invalid_utf8_text_1007():
     with Chatd("--echo") as d:
         for bad in BAD_UTF8:
-            violation(d, mframe(OP_TEXT, b"ok " + bad), 1007)
+            violation(d, frame(OP_TEXT, b"ok " + bad), 1007)
         # Split over fragments, whole message invalid at its end.
-        violation(d, mframe(OP_TEXT, b"\xe2\x82", fin=False) + mframe(OP_CONT, b""), 1007)
-        violation(d, mframe(OP_TEXT, b"abc", fin=False) + mframe(OP_CONT, b"\xce"), 1007)
+        violation(d, frame(OP_TEXT, b"\xe2\x82", fin=False) + frame(OP_CONT, b""), 1007)
+        violation(d, frame(OP_TEXT, b"abc", fin=False) + frame(OP_CONT, b"\xce"), 1007)
         # Binary messages are not UTF-8 checked.
         ws = WS(d.port)
         echo_ok(ws, b"\xff\xfe\xc0\x80")
@@ -303,14 +247,14 @@ def test_invalid_utf8_fails_fast():
     with Chatd("--echo") as d:
         # A first fragment with bad UTF-8 and FIN=0: 1007 without sending more.
         for bad in (b"ab\xff", b"\xc0", b"\xed\xa0", b"\xf4\x90", b"\xe0\x80", b"\xf5"):
-            violation(d, mframe(OP_TEXT, bad, fin=False), 1007)
+            violation(d, frame(OP_TEXT, bad, fin=False), 1007)
         # Bad UTF-8 in a later fragment, message still open.
-        violation(d, mframe(OP_TEXT, "good", fin=False) + mframe(OP_CONT, b"\xff", fin=False),
+        violation(d, frame(OP_TEXT, "good", fin=False) + frame(OP_CONT, b"\xff", fin=False),
                   1007)
         # Inside one frame whose payload has not fully arrived.
         ws = WS(d.port)
         key = os.urandom(4)
-        whole = mframe(OP_TEXT, b"a\xff" + b"b" * 98, key=key)
+        whole = frame(OP_TEXT, b"a\xff" + b"b" * 98, key=key)
         ws.send_raw(whole[:2 + 4 + 2])  # header, key and the first two payload bytes
         expect_close_code(ws, 1007)
         assert_healthy(d)
@@ -322,15 +266,15 @@ def test_valid_utf8_split_across_fragments():
         text = "h\u00e9llo \u20ac \U0001f600 \u4e2d"
         data = text.encode()
         # Cut inside every multi-byte character: one byte per fragment.
-        parts = [mframe(OP_TEXT, data[:1], fin=False)]
-        parts += [mframe(OP_CONT, data[i:i + 1], fin=False) for i in range(1, len(data) - 1)]
-        parts.append(mframe(OP_CONT, data[-1:]))
+        parts = [frame(OP_TEXT, data[:1], fin=False)]
+        parts += [frame(OP_CONT, data[i:i + 1], fin=False) for i in range(1, len(data) - 1)]
+        parts.append(frame(OP_CONT, data[-1:]))
         ws.send_raw(b"".join(parts))
         assert ws.recv() == (OP_TEXT, data)
         # Incomplete character at the end of a non-final fragment is not an error.
-        ws.send_raw(mframe(OP_TEXT, b"\xe2\x82", fin=False))
+        ws.send_raw(frame(OP_TEXT, b"\xe2\x82", fin=False))
         time.sleep(0.2)
-        ws.send_raw(mframe(OP_CONT, b"\xac"))
+        ws.send_raw(frame(OP_CONT, b"\xac"))
         assert ws.recv() == (OP_TEXT, "\u20ac".encode())
         ws.shut()
         assert_healthy(d)
@@ -340,14 +284,14 @@ def test_valid_utf8_split_across_fragments():
 
 def test_close_one_byte_payload_1002():
     with Chatd("--echo") as d:
-        violation(d, mframe(OP_CLOSE, b"\x03"), 1002)
+        violation(d, frame(OP_CLOSE, b"\x03"), 1002)
         assert_healthy(d)
 
 
 def test_invalid_close_codes_1002():
     with Chatd("--echo") as d:
         for code in (0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535):
-            violation(d, mframe(OP_CLOSE, struct.pack("!H", code)), 1002)
+            violation(d, frame(OP_CLOSE, struct.pack("!H", code)), 1002)
         assert_healthy(d)
 
 
@@ -356,7 +300,7 @@ def test_valid_close_codes_echoed():
         for code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 4000, 4999):
             ws = WS(d.port)
             echo_ok(ws, "before close")
-            ws.send_raw(mframe(OP_CLOSE, struct.pack("!H", code) + b"bye"))
+            ws.send_raw(frame(OP_CLOSE, struct.pack("!H", code) + b"bye"))
             assert ws.expect_close() == code, (code, ws.close_code)
             # Handshake complete: the server closes TCP without further prompting.
             ws.expect_eof()
@@ -367,7 +311,7 @@ def test_valid_close_codes_echoed():
 def test_close_empty_payload_answered_empty():
     with Chatd("--echo") as d:
         ws = WS(d.port)
-        ws.send_raw(mframe(OP_CLOSE, b""))
+        ws.send_raw(frame(OP_CLOSE, b""))
         fin, op, payload = ws.recv_frame()
         assert (fin, op, payload) == (True, OP_CLOSE, b""), (fin, op, payload)
         ws.expect_eof()
@@ -377,13 +321,13 @@ def test_close_empty_payload_answered_empty():
 
 def test_close_reason_utf8():
     with Chatd("--echo") as d:
-        violation(d, mframe(OP_CLOSE, struct.pack("!H", 1000) + b"bad \xff"), 1007)
-        violation(d, mframe(OP_CLOSE, struct.pack("!H", 1000) + b"\xe2\x82"), 1007)
+        violation(d, frame(OP_CLOSE, struct.pack("!H", 1000) + b"bad \xff"), 1007)
+        violation(d, frame(OP_CLOSE, struct.pack("!H", 1000) + b"\xe2\x82"), 1007)
         # A valid reason of the largest size (123 bytes, multi-byte characters).
         reason = ("\u20ac" * 41).encode()
         assert len(reason) == 123
         ws = WS(d.port)
-        ws.send_raw(mframe(OP_CLOSE, struct.pack("!H", 4001) + reason))
+        ws.send_raw(frame(OP_CLOSE, struct.pack("!H", 4001) + reason))
         assert ws.expect_close() == 4001
         ws.expect_eof()
         ws.shut()
@@ -393,7 +337,7 @@ def test_close_reason_utf8():
 def test_data_after_close_is_ignored():
     with Chatd("--echo") as d:
         ws = WS(d.port)
-        ws.send_raw(mframe(OP_CLOSE, struct.pack("!H", 1000)) + mframe(OP_TEXT, "after"))
+        ws.send_raw(frame(OP_CLOSE, struct.pack("!H", 1000)) + frame(OP_TEXT, "after"))
         fin, op, payload = ws.recv_frame()
         assert op == OP_CLOSE and payload[:2] == struct.pack("!H", 1000), (op, payload)
         ws.expect_eof()  # no echo of "after" in between
@@ -408,10 +352,10 @@ def test_ping_answered_with_same_payload():
     with Chatd("--echo") as d:
         ws = WS(d.port)
         for payload in (b"", b"x", os.urandom(64), os.urandom(125)):
-            ws.send_raw(mframe(OP_PING, payload))
+            ws.send_raw(frame(OP_PING, payload))
             assert ws.recv_frame() == (True, OP_PONG, payload)
         # An unsolicited pong is ignored.
-        ws.send_raw(mframe(OP_PONG, b"unsolicited"))
+        ws.send_raw(frame(OP_PONG, b"unsolicited"))
         echo_ok(ws, "after pong")
         ws.shut()
         assert_healthy(d)
@@ -420,16 +364,16 @@ def test_ping_answered_with_same_payload():
 def test_ping_interleaved_in_fragmented_message():
     with Chatd("--echo") as d:
         ws = WS(d.port)
-        ws.send_raw(mframe(OP_TEXT, "Hel", fin=False) + mframe(OP_PING, b"mid") +
-                    mframe(OP_CONT, "lo", fin=False) + mframe(OP_PONG, b"x") +
-                    mframe(OP_CONT, " world"))
+        ws.send_raw(frame(OP_TEXT, "Hel", fin=False) + frame(OP_PING, b"mid") +
+                    frame(OP_CONT, "lo", fin=False) + frame(OP_PONG, b"x") +
+                    frame(OP_CONT, " world"))
         assert ws.recv_frame() == (True, OP_PONG, b"mid")
         assert ws.recv_frame() == (True, OP_TEXT, b"Hello world")
         # The same, with each frame in its own TCP write.
         nodelay(ws)
-        for f in (mframe(OP_BINARY, b"\x01", fin=False), mframe(OP_PING, b"p1"),
-                  mframe(OP_CONT, b"\x02", fin=False), mframe(OP_PING, b"p2"),
-                  mframe(OP_CONT, b"\x03")):
+        for f in (frame(OP_BINARY, b"\x01", fin=False), frame(OP_PING, b"p1"),
+                  frame(OP_CONT, b"\x02", fin=False), frame(OP_PING, b"p2"),
+                  frame(OP_CONT, b"\x03")):
             ws.send_raw(f)
             time.sleep(0.01)
         assert ws.recv_frame() == (True, OP_PONG, b"p1")
@@ -478,7 +422,7 @@ def test_every_split_of_one_frame():
                     opcode, data = OP_BINARY, payload
                 else:
                     opcode, data = OP_TEXT, bytes(0x41 + b % 26 for b in payload)
-                f = mframe(opcode, data)
+                f = frame(opcode, data)
                 assert len(f) == hdr + n
                 ws.send_raw(f[:cut])
                 time.sleep(pause)
@@ -495,8 +439,8 @@ def test_byte_by_byte_stream():
     with Chatd("--echo") as d:
         ws = WS(d.port)
         nodelay(ws)
-        stream = (mframe(OP_TEXT, "ab", fin=False) + mframe(OP_PING, b"z") +
-                  mframe(OP_CONT, "\u20ac".encode()) + mframe(OP_BINARY, b"B" * 130))
+        stream = (frame(OP_TEXT, "ab", fin=False) + frame(OP_PING, b"z") +
+                  frame(OP_CONT, "\u20ac".encode()) + frame(OP_BINARY, b"B" * 130))
         for i in range(len(stream)):
             ws.send_raw(stream[i:i + 1])
             time.sleep(0.001)
@@ -511,7 +455,7 @@ def test_many_frames_in_one_write():
     with Chatd("--echo") as d:
         ws = WS(d.port)
         msgs = [os.urandom(i * 37 % 300) for i in range(200)]
-        ws.send_raw(b"".join(mframe(OP_BINARY, m) for m in msgs))
+        ws.send_raw(b"".join(frame(OP_BINARY, m) for m in msgs))
         for m in msgs:
             assert ws.recv() == (OP_BINARY, m)
         ws.shut()
@@ -651,8 +595,8 @@ def test_frames_in_same_segment_as_upgrade():
     with Chatd("--echo") as d:
         req, key = upgrade_request("/echo")
         ws = WS(d.port, connect=False)
-        ws.send_raw(req + mframe(OP_TEXT, "early bird") + mframe(OP_PING, b"pp") +
-                    mframe(OP_BINARY, b"\x00" * 300))
+        ws.send_raw(req + frame(OP_TEXT, "early bird") + frame(OP_PING, b"pp") +
+                    frame(OP_BINARY, b"\x00" * 300))
         status, headers = ws.read_head()
         assert status == 101, status
         assert headers["sec-websocket-accept"] == accept_for(key)
@@ -665,7 +609,7 @@ def test_frames_in_same_segment_as_upgrade():
         ws = WS(d.port, connect=False)
         nodelay(ws)
         big = os.urandom(100000)
-        f = mframe(OP_BINARY, big)
+        f = frame(OP_BINARY, big)
         ws.send_raw(req + f[:5000])
         time.sleep(0.05)
         ws.send_raw(f[5000:])
@@ -675,7 +619,7 @@ def test_frames_in_same_segment_as_upgrade():
         # A protocol error in the same segment as the upgrade still gets a close.
         req, key = upgrade_request("/echo")
         ws = WS(d.port, connect=False)
-        ws.send_raw(req + mframe(OP_TEXT, "x", rsv=1))
+        ws.send_raw(req + frame(OP_TEXT, "x", rsv=1))
         assert ws.read_head()[0] == 101
         expect_close_code(ws, 1002)
         assert_healthy(d)

@@ -8,63 +8,13 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from harness import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, SLOW,  # noqa: E402
-                     WS, Chatd, WSClosed, http_get, http_raw, json_error, parse_response, run,
-                     upgrade_request)
+                     WS, Chatd, WSClosed, assert_healthy, echo_ok, expect_close_code, frame,
+                     http_get, http_raw, json_error, parse_response, run, upgrade_request)
 
 SCALE = 4 if SLOW else 1
 
 
 # ---- helpers ----------------------------------------------------------------
-
-def mask_bytes(payload, key):
-    n = len(payload)
-    if n == 0:
-        return b""
-    k = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(k, "big")).to_bytes(n, "big")
-
-
-def mframe(opcode, payload=b"", fin=True, length=None):
-    """A masked client frame (fast for large payloads)."""
-    if isinstance(payload, str):
-        payload = payload.encode()
-    n = len(payload) if length is None else length
-    b0 = (0x80 if fin else 0) | opcode
-    if n < 126:
-        hdr = struct.pack("!BB", b0, 0x80 | n)
-    elif n < 65536:
-        hdr = struct.pack("!BBH", b0, 0x80 | 126, n)
-    else:
-        hdr = struct.pack("!BBQ", b0, 0x80 | 127, n)
-    key = os.urandom(4)
-    return hdr + key + mask_bytes(payload, key)
-
-
-def echo_ok(ws, payload):
-    opcode = OP_TEXT if isinstance(payload, str) else OP_BINARY
-    data = payload.encode() if isinstance(payload, str) else payload
-    ws.send_raw(mframe(opcode, data))
-    got = ws.recv()
-    assert got == (opcode, data), "echo differs (%d bytes sent)" % len(data)
-
-
-def assert_healthy(d):
-    assert d.alive(), "chatd died:\n" + d.log()[-3000:]
-    ws = WS(d.port)
-    echo_ok(ws, "still alive")
-    ws.close(1000)
-    assert ws.expect_close() == 1000
-    ws.expect_eof()
-    ws.shut()
-
-
-def expect_close_code(ws, code, timeout=10.0):
-    got = ws.expect_close(timeout)
-    assert got == code, "expected close code %s, got %s (%r)" % (code, got, ws.close_reason)
-    ws.close(1000)
-    ws.expect_eof(timeout)
-    ws.shut()
-
 
 def rss_mb(pid):
     with open("/proc/%d/status" % pid) as f:
@@ -107,20 +57,20 @@ def test_max_message_exact_and_one_over():
         ws = WS(d.port)
         echo_ok(ws, "a" * 1000)
         echo_ok(ws, os.urandom(1000))
-        ws.send_raw(mframe(OP_BINARY, os.urandom(1001)))
+        ws.send_raw(frame(OP_BINARY, os.urandom(1001)))
         expect_close_code(ws, 1009)
         # Only that connection was closed.
         echo_ok(other, "still here")
         echo_ok(other, os.urandom(1000))
         # Header only, announcing one byte over: 1009 without the payload.
         ws = WS(d.port)
-        ws.send_raw(mframe(OP_TEXT, b"", length=1001))
+        ws.send_raw(frame(OP_TEXT, b"", length=1001))
         expect_close_code(ws, 1009)
         # The limit applies to the sum of the fragments.
         ws = WS(d.port)
-        ws.send_raw(mframe(OP_TEXT, "x" * 600, fin=False) + mframe(OP_CONT, "y" * 400))
+        ws.send_raw(frame(OP_TEXT, "x" * 600, fin=False) + frame(OP_CONT, "y" * 400))
         assert ws.recv() == (OP_TEXT, b"x" * 600 + b"y" * 400)
-        ws.send_raw(mframe(OP_TEXT, "x" * 600, fin=False) + mframe(OP_CONT, b"", length=401))
+        ws.send_raw(frame(OP_TEXT, "x" * 600, fin=False) + frame(OP_CONT, b"", length=401))
         expect_close_code(ws, 1009)
         echo_ok(other, "still here after fragments")
         other.shut()
@@ -137,7 +87,7 @@ def test_send_queue_limit_closes_non_reader():
         base = rss_mb(d.proc.pid)
         hog = WS(d.port, timeout=2.0)
         hog.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        msg = mframe(OP_BINARY, os.urandom(60 * 1024))
+        msg = frame(OP_BINARY, os.urandom(60 * 1024))
         sent = 0
         peak = base
         cap = 300 << 20  # an unbounded server would hold most of this
@@ -179,14 +129,14 @@ def test_ping_flood_1008():
     with Chatd("--echo") as d:
         # 64 pings in one burst are answered.
         ws = WS(d.port)
-        ws.send_raw(b"".join(mframe(OP_PING, b"%d" % i) for i in range(64)))
+        ws.send_raw(b"".join(frame(OP_PING, b"%d" % i) for i in range(64)))
         for i in range(64):
             assert ws.recv_frame() == (True, OP_PONG, b"%d" % i)
         echo_ok(ws, "fine")
         ws.shut()
         # Hundreds in a burst: close 1008.
         ws = WS(d.port)
-        ws.send_raw(b"".join(mframe(OP_PING, b"flood") for _ in range(300)))
+        ws.send_raw(b"".join(frame(OP_PING, b"flood") for _ in range(300)))
         pongs = 0
         ws.sock.settimeout(10)
         while True:
@@ -231,7 +181,7 @@ def test_client_answering_pings_stays_connected():
                 continue
             assert op == OP_PING, "unexpected frame %s %r" % (op, payload)
             pings += 1
-            ws.send_raw(mframe(OP_PONG, payload))
+            ws.send_raw(frame(OP_PONG, payload))
         assert pings >= 3, pings
         ws.sock.settimeout(10)
         echo_ok(ws, "still connected after 5 s")
@@ -273,9 +223,9 @@ def test_server_pings_every_interval():
 
 def test_ten_thousand_fragments_1008_and_cheap():
     with Chatd("--echo") as d:
-        parts = [mframe(OP_TEXT, "a", fin=False)]
-        parts += [mframe(OP_CONT, "a", fin=False) for _ in range(9998)]
-        parts.append(mframe(OP_CONT, "a"))
+        parts = [frame(OP_TEXT, "a", fin=False)]
+        parts += [frame(OP_CONT, "a", fin=False) for _ in range(9998)]
+        parts.append(frame(OP_CONT, "a"))
         data = b"".join(parts)
         ws = WS(d.port)
         t0 = time.time()
