@@ -325,14 +325,19 @@ void conn_ws_close(struct conn *c, uint16_t code, const char *reason)
 
 /* ---- HTTP -------------------------------------------------------------- */
 
-/* Queue a complete response. */
-static void respond(struct conn *c, int status, const char *content_type, const char *body,
-                    size_t body_len, bool keep_alive, const char *extra_headers, bool head_only)
+void conn_http_send(struct conn *c, int status, const char *content_type, const void *body,
+                    size_t len, bool keep_alive, bool head_only, const char *cache_control,
+                    const char *extra_headers)
 {
-    char head[1024];
-    size_t hlen = http_format_head(head, sizeof head, status, content_type, body_len, keep_alive,
-                                   extra_headers);
-    queue2(c, head, hlen, body, head_only ? 0 : body_len);
+    char head[2048];
+    size_t hlen = http_format_head(head, sizeof head, status, content_type, len, keep_alive,
+                                   cache_control, extra_headers);
+    if (hlen == 0) { /* extra headers too long: a bug in the caller */
+        log_error("http_head_too_long", "conn=%llx status=%d", (unsigned long long)c->id, status);
+        conn_close(c);
+        return;
+    }
+    queue2(c, head, hlen, body, head_only ? 0 : len);
     if (!keep_alive)
         c->close_after_flush = true;
 }
@@ -342,13 +347,13 @@ void conn_http_error(struct conn *c, int status, const char *code, const char *m
 {
     char body[768];
     size_t n = http_error_body(body, sizeof body, code, message, retry_after_ms);
-    respond(c, status, "application/json", body, n, keep_alive, extra_headers, false);
+    conn_http_send(c, status, "application/json", body, n, keep_alive, false, NULL, extra_headers);
 }
 
 void conn_http_respond(struct conn *c, int status, const char *content_type, const char *body,
                        size_t len, bool keep_alive, bool head_only)
 {
-    respond(c, status, content_type, body, len, keep_alive, NULL, head_only);
+    conn_http_send(c, status, content_type, body, len, keep_alive, head_only, NULL, NULL);
 }
 
 /* Answer an HTTP error and close: the rest of the stream cannot be trusted. */

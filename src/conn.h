@@ -125,6 +125,11 @@ void conn_release(struct conn *c);
 /* Queue a JSON error response ({"error":{...}}); retry_after_ms < 0: none. */
 void conn_http_error(struct conn *c, int status, const char *code, const char *message,
                      int64_t retry_after_ms, const char *extra_headers, bool keep_alive);
+/* Queue a response: cache_control NULL means no-store; extra_headers NULL or
+ * whole "Name: value\r\n" lines; head_only (HEAD) leaves the body out. */
+void conn_http_send(struct conn *c, int status, const char *content_type, const void *body,
+                    size_t len, bool keep_alive, bool head_only, const char *cache_control,
+                    const char *extra_headers);
 /* Queue a response with a body (head_only: HEAD request, body left out). */
 void conn_http_respond(struct conn *c, int status, const char *content_type, const char *body,
                        size_t len, bool keep_alive, bool head_only);

@@ -157,11 +157,19 @@ static void print_dev_banner(const struct config *cfg, int port, const char *sec
     char *token = jwt_sign_hs256((const unsigned char *)secret, strlen(secret), payload,
                                  strlen(payload));
     const char *h = cfg->listen_host;
+    /* A wildcard address is where chatd listens, not where to point a
+     * browser: show the loopback address of the same family. */
+    if (strcmp(h, "0.0.0.0") == 0 || h[0] == '\0')
+        h = "127.0.0.1";
+    else if (strcmp(h, "::") == 0)
+        h = "::1";
     bool v6 = strchr(h, ':') != NULL;
     char base[600];
     snprintf(base, sizeof base, "%s%s%s:%d%s", v6 ? "[" : "", h, v6 ? "]" : "", port,
              cfg->prefix);
     printf("\nchatd %s is running in development mode.\n\n"
+           "  chat page:  http://%s/#token=%s\n"
+           "  admin page: http://%s/admin#token=%s\n"
            "  WebSocket:  ws://%s/ws?token=%s\n"
            "  token:      %s\n"
            "              (user 'dev', roles user+admin, valid 7 days; send it as\n"
@@ -169,7 +177,8 @@ static void print_dev_banner(const struct config *cfg, int port, const char *sec
            "  health:     http://%s/healthz\n"
            "  secret:     %s\n"
            "              (mint more: chatd-token --secret <secret> --sub alice)\n\n",
-           CHATD_VERSION, base, token ? token : "?", token ? token : "?", base, secret);
+           CHATD_VERSION, base, token ? token : "?", base, token ? token : "?", base,
+           token ? token : "?", token ? token : "?", base, secret);
     fflush(stdout);
     free(token);
 }

@@ -13,6 +13,7 @@
 #include "hub/hub.h"
 #include "store/store.h"
 #include "util/log.h"
+#include "web.h"
 #include "ws/handshake.h"
 
 /* Does the request path equal prefix + route? */
@@ -245,6 +246,8 @@ void routes_dispatch(struct conn *c, const struct http_request *req)
             reply_json(c, req, 200, "{\"status\":\"ready\"}");
         return;
     }
+    if (web_route(c, req, prefix))
+        return;
     conn_http_error(c, 404, "not_found", "no such route", -1, NULL,
                     req->keep_alive && !req->has_body);
 }

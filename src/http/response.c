@@ -15,6 +15,8 @@ const char *http_status_text(int status)
     case 101: return "Switching Protocols";
     case 200: return "OK";
     case 204: return "No Content";
+    case 304: return "Not Modified";
+    case 308: return "Permanent Redirect";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 403: return "Forbidden";
@@ -33,7 +35,8 @@ const char *http_status_text(int status)
 }
 
 size_t http_format_head(char *out, size_t cap, int status, const char *content_type,
-                        size_t content_length, bool keep_alive, const char *extra_headers)
+                        size_t content_length, bool keep_alive, const char *cache_control,
+                        const char *extra_headers)
 {
     int n = snprintf(out, cap,
                      "HTTP/1.1 %d %s\r\n"
@@ -41,10 +44,11 @@ size_t http_format_head(char *out, size_t cap, int status, const char *content_t
                      "Content-Type: %s\r\n"
                      "Content-Length: %zu\r\n"
                      "Connection: %s\r\n"
-                     "Cache-Control: no-store\r\n"
+                     "Cache-Control: %s\r\n"
                      "%s\r\n",
                      status, http_status_text(status), content_type, content_length,
-                     keep_alive ? "keep-alive" : "close", extra_headers ? extra_headers : "");
+                     keep_alive ? "keep-alive" : "close", cache_control ? cache_control : "no-store",
+                     extra_headers ? extra_headers : "");
     if (n < 0 || (size_t)n >= cap)
         return 0;
     return (size_t)n;

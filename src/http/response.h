@@ -17,12 +17,14 @@
 const char *http_status_text(int status);
 
 /*
- * Write a response head into out (cap bytes). extra_headers is NULL or
- * complete "Name: value\r\n" lines. Returns the length, or 0 if it does not
- * fit.
+ * Write a response head into out (cap bytes). cache_control is the value of
+ * Cache-Control (NULL: "no-store", right for every API answer). extra_headers
+ * is NULL or complete "Name: value\r\n" lines. Returns the length, or 0 if it
+ * does not fit.
  */
 size_t http_format_head(char *out, size_t cap, int status, const char *content_type,
-                        size_t content_length, bool keep_alive, const char *extra_headers);
+                        size_t content_length, bool keep_alive, const char *cache_control,
+                        const char *extra_headers);
 
 /*
  * Write the JSON error body into out. retry_after_ms < 0 leaves it out.
