@@ -1,0 +1,838 @@
+/*
+ * chat.js: the chat page (chat.html). The user's conversations in a side
+ * list, the selected one's messages (history over the HTTP API, then live
+ * events over the shared Chatd.Client), the composer, typing indicators,
+ * read markers, "talk to a human" and the model selector.
+ *
+ * Each conversation is an object S (see newSession) keyed by session id.
+ * The conversation being written before it exists ("new conversation") is
+ * the draft: its first message is sent without session_id, and the ack of
+ * that message names the session; later draft messages wait for it so that
+ * one conversation is not split in two.
+ */
+'use strict';
+
+(function () {
+  const C = window.Chatd;
+  const $ = (id) => document.getElementById(id);
+
+  const HISTORY_PAGE = 200;
+  const TYPING_IDLE_MS = 3000;
+  const TYPING_SHOW_MS = 8000;
+  const READ_KEY = 'chatd.read.';
+  const SELECTED_KEY = 'chatd.selected';
+  const narrow = window.matchMedia('(max-width: 760px)');
+
+  const ui = {
+    body: document.body,
+    list: $('session-list'),
+    listEmpty: $('sessions-empty'),
+    listError: $('sessions-error'),
+    newConv: $('new-conversation'),
+    back: $('back'),
+    title: $('conv-title'),
+    sub: $('conv-sub'),
+    help: $('help'),
+    modelField: $('model-field'),
+    model: $('model-select'),
+    scroll: $('message-scroll'),
+    earlier: $('load-earlier'),
+    empty: $('conv-empty'),
+    messages: $('messages'),
+    typing: $('typing'),
+    composer: $('composer'),
+    input: $('composer-input'),
+  };
+
+  let token = null;
+  let client = null;
+  let me = null; /* {user_id, name, selfType: 'user', models} */
+  let sessions = new Map();
+  let selected = null; /* a session id, or null: the draft */
+  let draft = null;
+  let view = new C.OrderedList(ui.messages);
+  let listItems = new Map(); /* session id -> <li> */
+  let counter = 0; /* minor keys of system lines, pending and streams */
+  let firstList = true;
+  let unseen = 0; /* messages from others that arrived while hidden */
+  let readStore = {};
+  let readSaveTimer = null;
+  let listTimer = null;
+
+  function newDraft() {
+    return { pending: new Map(), creator: null, model: '' };
+  }
+
+  function newSession(id, info) {
+    return {
+      id,
+      info: Object.assign({ id, owner: me ? me.user_id : '', created_at: '', updated_at: '',
+        last_seq: 0, help_requested: false, model: null }, info || {}),
+      tl: new C.Timeline(),
+      loading: null,
+      loadError: null,
+      system: [], /* {key, text, kind} */
+      streams: new Map(), /* stream_id -> {key, sender, buf, len, timestamp} */
+      pending: new Map(), /* client id -> pending message */
+      typing: new Map(), /* sender key -> {label, timer} */
+      admins: new Map(), /* admins that joined: id -> name */
+      read: null, /* highest seq read on any of this user's devices, as known here */
+      sentRead: 0,
+      aiBusy: false,
+    };
+  }
+
+  function ensureSession(id, info) {
+    let S = sessions.get(id);
+    if (!S) {
+      S = newSession(id, info);
+      S.read = readStore[id] !== undefined ? readStore[id] : 0;
+      sessions.set(id, S);
+    }
+    return S;
+  }
+
+  // ---- read markers (kept per user in localStorage) ---------------------------
+
+  function loadReadStore() {
+    readStore = {};
+    try {
+      const raw = localStorage.getItem(READ_KEY + me.user_id);
+      if (raw) readStore = JSON.parse(raw) || {};
+    } catch (e) {
+      readStore = {};
+    }
+  }
+
+  function setRead(S, seq) {
+    if (S.read !== null && seq <= S.read) return false;
+    S.read = seq;
+    readStore[S.id] = seq;
+    clearTimeout(readSaveTimer);
+    readSaveTimer = setTimeout(() => {
+      try {
+        localStorage.setItem(READ_KEY + me.user_id, JSON.stringify(readStore));
+      } catch (e) {
+        /* storage full or off: markers live for this page only */
+      }
+    }, 300);
+    scheduleList();
+    return true;
+  }
+
+  function unreadCount(S) {
+    const last = Math.max(S.info.last_seq || 0, S.tl.last);
+    return S.read === null ? 0 : Math.max(0, last - S.read);
+  }
+
+  // Tell the other devices how far this one has shown the conversation:
+  // when it is on screen, the page visible and the view at its end.
+  function markReadIfSeen() {
+    const S = current();
+    if (!S || !S.tl.last || document.visibilityState !== 'visible' || !atBottom()) return;
+    const seq = S.tl.last;
+    setRead(S, seq);
+    if (seq > S.sentRead && client && client.send({ type: 'read', session_id: S.id, seq })) {
+      S.sentRead = seq;
+    }
+  }
+
+  // ---- the side list ------------------------------------------------------------
+
+  function current() {
+    return selected ? sessions.get(selected) || null : null;
+  }
+
+  function scheduleList() {
+    if (listTimer) return;
+    listTimer = setTimeout(() => {
+      listTimer = null;
+      renderList();
+    }, 0);
+  }
+
+  function snippet(text, n) {
+    const t = String(text || '').replace(/\s+/g, ' ').trim();
+    return t.length > n ? t.slice(0, n - 1) + '…' : t;
+  }
+
+  function sessionTitle(S) {
+    const first = S.tl.get(1);
+    if (first) return snippet(first.content, 60);
+    return 'Conversation' + (S.info.created_at ? ' of ' + C.formatTime(S.info.created_at) : '');
+  }
+
+  function renderList() {
+    const order = Array.from(sessions.values()).sort((a, b) =>
+      (b.info.updated_at || '').localeCompare(a.info.updated_at || '') || (a.id < b.id ? 1 : -1));
+    const focusedId = document.activeElement && document.activeElement.dataset
+      ? document.activeElement.dataset.sessionId : null;
+    const keep = new Set();
+    let prev = null;
+    for (const S of order) {
+      keep.add(S.id);
+      const li = listItem(S);
+      const nextSibling = prev ? prev.nextSibling : ui.list.firstChild;
+      if (li !== nextSibling) ui.list.insertBefore(li, nextSibling);
+      prev = li;
+    }
+    for (const [id, li] of listItems) {
+      if (!keep.has(id)) {
+        li.remove();
+        listItems.delete(id);
+      }
+    }
+    ui.listEmpty.hidden = sessions.size > 0;
+    if (focusedId && listItems.has(focusedId)) {
+      const b = listItems.get(focusedId).querySelector('button');
+      if (document.activeElement !== b) b.focus();
+    }
+  }
+
+  function listItem(S) {
+    let li = listItems.get(S.id);
+    if (!li) {
+      const btn = C.el('button', { type: 'button', class: 'session', dataset: { sessionId: S.id } });
+      btn.addEventListener('click', () => select(S.id, true));
+      li = C.el('li', { class: 'session-list__item' }, btn);
+      listItems.set(S.id, li);
+    }
+    const btn = li.firstChild;
+    const unread = unreadCount(S);
+    const last = S.tl.get(S.tl.last);
+    const preview = last
+      ? C.senderLabel(last.sender, me) + ': ' + snippet(last.content, 80)
+      : (S.info.last_seq || 0) + ' message' + (S.info.last_seq === 1 ? '' : 's');
+    const badges = C.el('span', { class: 'session__badges' });
+    if (unread) badges.append(C.el('span', { class: 'badge badge--unread' }, unread + ' new'));
+    if (S.info.help_requested) badges.append(C.el('span', { class: 'badge badge--help' }, 'Help requested'));
+    if (S.admins.size) badges.append(C.el('span', { class: 'badge badge--support' }, 'Support here'));
+    btn.replaceChildren(
+      C.el('span', { class: 'session__title' }, sessionTitle(S)),
+      C.el('time', { class: 'session__time', datetime: S.info.updated_at || '' },
+        S.info.updated_at ? C.formatTime(S.info.updated_at) : ''),
+      C.el('span', { class: 'session__preview' }, preview),
+      badges);
+    if (selected === S.id) btn.setAttribute('aria-current', 'true');
+    else btn.removeAttribute('aria-current');
+    li.classList.toggle('is-unread', unread > 0);
+    btn.dataset.unread = String(unread);
+    return li;
+  }
+
+  async function loadSessions() {
+    const t = token;
+    let body;
+    try {
+      body = await C.api('api/sessions', t);
+    } catch (err) {
+      if (t !== token) return;
+      ui.listError.textContent = 'The conversations could not be loaded: ' + err.message;
+      ui.listError.hidden = false;
+      return;
+    }
+    if (t !== token) return;
+    ui.listError.hidden = true;
+    for (const s of body.sessions || []) {
+      const known = sessions.has(s.id);
+      const S = ensureSession(s.id, s);
+      if (known) {
+        const lastSeq = Math.max(S.info.last_seq || 0, s.last_seq || 0);
+        const updated = (S.info.updated_at || '') > (s.updated_at || '') ? S.info.updated_at : s.updated_at;
+        Object.assign(S.info, s, { last_seq: lastSeq, updated_at: updated });
+      }
+      // A conversation never read on this browser starts as read: the
+      // badge counts what arrives from now on (or what other devices have
+      // not yet marked read).
+      if (S.read === 0 && readStore[s.id] === undefined) S.read = s.last_seq || 0;
+    }
+    renderList();
+    if (firstList) {
+      firstList = false;
+      let pick = null;
+      try {
+        pick = sessionStorage.getItem(SELECTED_KEY);
+      } catch (e) {
+        pick = null;
+      }
+      if (!pick || !sessions.has(pick)) {
+        const newest = ui.list.querySelector('button.session');
+        pick = newest ? newest.dataset.sessionId : null;
+      }
+      select(pick, false);
+      if (narrow.matches && sessions.size) ui.body.dataset.view = 'list';
+    } else if (current()) {
+      renderHeader();
+    }
+  }
+
+  // ---- the conversation -----------------------------------------------------------
+
+  function atBottom() {
+    const s = ui.scroll;
+    return s.scrollHeight - s.scrollTop - s.clientHeight < 48;
+  }
+
+  function scrollToEnd() {
+    ui.scroll.scrollTop = ui.scroll.scrollHeight;
+  }
+
+  function select(id, byUser) {
+    stopTyping();
+    if (id !== null && !sessions.has(id)) id = null;
+    selected = id;
+    try {
+      if (id) sessionStorage.setItem(SELECTED_KEY, id);
+      else sessionStorage.removeItem(SELECTED_KEY);
+    } catch (e) {
+      /* no storage */
+    }
+    ui.body.dataset.view = 'conversation';
+    renderConversation();
+    renderList();
+    const S = current();
+    if (S) ensureHistory(S);
+    if (byUser) ui.input.focus();
+  }
+
+  function ensureHistory(S) {
+    if (S.tl.loaded || S.loading) return;
+    const after = Math.max(0, (S.info.last_seq || 0) - HISTORY_PAGE);
+    S.loadError = null;
+    const t = token;
+    ui.scroll.setAttribute('aria-busy', 'true');
+    S.loading = C.loadHistory(t, S.id, after, S.tl).then((lastSeq) => {
+      if (t !== token) return;
+      S.loading = null;
+      S.info.last_seq = Math.max(S.info.last_seq || 0, lastSeq);
+      // Whatever was written between the read and now (if the socket was
+      // down meanwhile) comes back with resume; live events are deduplicated.
+      if (client) client.resume(S.id, S.tl.high);
+      if (selected === S.id) {
+        renderConversation();
+        scrollToEnd();
+        markReadIfSeen();
+      }
+      scheduleList();
+    }, (err) => {
+      if (t !== token) return;
+      S.loading = null;
+      S.loadError = err.message;
+      if (selected === S.id) renderConversation();
+    }).finally(() => ui.scroll.removeAttribute('aria-busy'));
+  }
+
+  function renderHeader() {
+    const S = current();
+    if (!S) {
+      ui.title.textContent = 'New conversation';
+      ui.sub.textContent = 'Your first message starts it.';
+    } else {
+      ui.title.textContent = sessionTitle(S);
+      const parts = [];
+      if (S.info.created_at) parts.push('Started ' + C.formatTime(S.info.created_at));
+      if (S.info.help_requested) parts.push('support has been asked to help');
+      if (S.admins.size) parts.push(Array.from(S.admins.values()).join(', ') + ' from support is here');
+      ui.sub.textContent = parts.join(' · ');
+    }
+    ui.help.disabled = !S;
+    ui.help.textContent = S && S.info.help_requested ? 'Ask a human again' : 'Talk to a human';
+    renderModel();
+  }
+
+  function renderModel() {
+    const models = (me && me.models) || [];
+    ui.modelField.hidden = models.length === 0;
+    if (!models.length) return;
+    const S = current();
+    const value = S ? S.info.model || '' : draft.model;
+    const opts = [C.el('option', { value: '', disabled: !!value }, 'Default')];
+    for (const m of models) opts.push(C.el('option', { value: m.id }, m.name || m.id));
+    ui.model.replaceChildren(...opts);
+    ui.model.value = value;
+  }
+
+  function renderConversation() {
+    const S = current();
+    view.clear();
+    renderHeader();
+    if (!S) {
+      for (const p of draft.pending.values()) putPending(null, p);
+      ui.earlier.hidden = true;
+      ui.empty.hidden = draft.pending.size > 0;
+      ui.empty.textContent = 'Write a message to start a conversation.';
+      renderTyping();
+      return;
+    }
+    for (const ev of S.tl.list()) view.put([ev.seq, 0], C.messageNode({ ev }, me));
+    for (const s of S.system) view.put(s.key, C.systemNode(s.text, s.kind));
+    for (const st of S.streams.values()) putStream(S, st);
+    for (const p of S.pending.values()) putPending(S, p);
+    ui.earlier.hidden = !(S.tl.loaded && S.tl.from > 0);
+    const nothing = !S.tl.size && !S.pending.size && !S.streams.size;
+    ui.empty.hidden = !nothing && !S.loadError;
+    if (S.loadError) {
+      ui.empty.textContent = 'The messages could not be loaded: ' + S.loadError;
+    } else if (S.loading || !S.tl.loaded) {
+      ui.empty.textContent = 'Loading messages…';
+    } else {
+      ui.empty.textContent = 'No messages yet.';
+    }
+    renderTyping();
+    scrollToEnd();
+  }
+
+  function putPending(S, p) {
+    const actions = [
+      { label: 'Retry', onClick: () => sendPending(S ? sessions.get(S.id) : null, p) },
+      { label: 'Discard', onClick: () => discard(S, p) },
+    ];
+    view.put(p.key, C.messageNode({ pending: p, actions }, me));
+  }
+
+  function refreshPending(S, p) {
+    const shown = S ? selected === S.id : selected === null;
+    if (shown) putPending(S, p);
+  }
+
+  // A stored event arrived (live, replayed, or built from our own ack).
+  function addEvent(S, ev, live) {
+    if (ev.id && S.pending.has(ev.id)) {
+      S.pending.delete(ev.id);
+      if (selected === S.id) view.remove(pendingKeyOf(ev.id));
+    }
+    if (ev.type === 'ai_response') {
+      S.aiBusy = false;
+      if (ev.stream_id && S.streams.has(ev.stream_id)) {
+        const st = S.streams.get(ev.stream_id);
+        S.streams.delete(ev.stream_id);
+        if (selected === S.id) view.remove(st.key);
+      }
+    }
+    if (!S.tl.add(ev)) return;
+    S.info.last_seq = Math.max(S.info.last_seq || 0, ev.seq);
+    if (ev.timestamp && ev.timestamp > (S.info.updated_at || '')) S.info.updated_at = ev.timestamp;
+    const fromOther = !(ev.sender && ev.sender.id === me.user_id && ev.sender.type === 'user');
+    if (selected === S.id) {
+      const stick = atBottom();
+      view.put([ev.seq, 0], C.messageNode({ ev }, me));
+      ui.empty.hidden = true;
+      if (stick || !fromOther) scrollToEnd();
+      if (ev.seq === 1) renderHeader();
+      markReadIfSeen();
+    }
+    if (live && fromOther && document.visibilityState !== 'visible') {
+      unseen++;
+      document.title = '(' + unseen + ') chatd';
+    }
+    if (S.typing.size && ev.sender) {
+      const k = ev.sender.type + ':' + ev.sender.id;
+      if (S.typing.has(k)) {
+        clearTimeout(S.typing.get(k).timer);
+        S.typing.delete(k);
+        if (selected === S.id) renderTyping();
+      }
+    }
+    scheduleList();
+  }
+
+  const pendingKeys = new Map(); /* client id -> key */
+  function pendingKeyOf(id) {
+    return pendingKeys.get(id) || [Infinity, -1];
+  }
+
+  function addSystem(S, text, kind) {
+    const s = { key: [S.tl.last, ++counter], text, kind };
+    S.system.push(s);
+    if (selected === S.id) {
+      const stick = atBottom();
+      view.put(s.key, C.systemNode(text, kind));
+      ui.empty.hidden = true;
+      if (stick) scrollToEnd();
+    }
+  }
+
+  // ---- sending --------------------------------------------------------------------
+
+  function sendMessage(text) {
+    const S = current();
+    const p = {
+      id: C.newId(),
+      content: text,
+      state: 'pending',
+      key: [Infinity, ++counter],
+      timestamp: new Date().toISOString(),
+      sender: { type: 'user', id: me.user_id, name: me.name },
+    };
+    pendingKeys.set(p.id, p.key);
+    if (!S) {
+      draft.pending.set(p.id, p);
+      putPending(null, p);
+      ui.empty.hidden = true;
+      if (!draft.creator) {
+        draft.creator = p.id;
+        sendPending(null, p);
+      }
+    } else {
+      S.pending.set(p.id, p);
+      putPending(S, p);
+      ui.empty.hidden = true;
+      sendPending(S, p);
+    }
+    scrollToEnd();
+  }
+
+  function sendPending(S, p) {
+    const msg = { type: 'user_message', id: p.id, content: p.content };
+    if (S) msg.session_id = S.id;
+    p.state = 'pending';
+    p.error = null;
+    refreshPending(S, p);
+    client.request(msg, {
+      onRetry: (err, delay) => {
+        p.state = 'retrying';
+        p.note = (err.code === 'rate_limited' ? 'Sending too fast' : 'Server busy') +
+          ', retrying in ' + Math.ceil(delay / 1000) + ' s';
+        refreshPending(S, p);
+        if (err.code === 'rate_limited') {
+          C.notify(C.describeError(err), { kind: 'warn', code: err.code });
+        }
+      },
+      onSent: () => {
+        if (p.state === 'retrying') {
+          p.state = 'pending';
+          refreshPending(S, p);
+        }
+      },
+    }).then((ack) => onAck(S, p, ack), (err) => {
+      if (err.code === 'stopped') return;
+      p.state = 'failed';
+      p.error = err.message;
+      // Pending messages of the draft live there until the session exists.
+      const owner = S ? sessions.get(S.id) : null;
+      refreshPending(owner, p);
+    });
+  }
+
+  function onAck(S, p, ack) {
+    if (!ack.session_id) return;
+    let target = S;
+    if (!target) {
+      // The first message of the draft: the conversation now exists.
+      target = ensureSession(ack.session_id, {
+        created_at: ack.timestamp, updated_at: ack.timestamp, last_seq: ack.seq,
+      });
+      if (!target.tl.loaded) target.tl.markLoaded(0);
+      const showing = selected === null;
+      for (const [id, q] of draft.pending) target.pending.set(id, q);
+      const queued = Array.from(draft.pending.values()).filter((q) => q !== p);
+      const model = draft.model;
+      draft = newDraft();
+      if (showing) select(target.id, false);
+      for (const q of queued) sendPending(target, q);
+      if (model) chooseModel(target, model);
+    }
+    target.pending.delete(p.id);
+    if (selected === target.id) view.remove(p.key);
+    addEvent(target, {
+      type: 'user_message', session_id: target.id, seq: ack.seq, id: p.id,
+      sender: p.sender, content: p.content, timestamp: ack.timestamp,
+    }, false);
+    setRead(target, Math.max(target.read || 0, ack.seq));
+  }
+
+  function discard(S, p) {
+    client.cancel(p.id);
+    if (S) {
+      const T = sessions.get(S.id);
+      if (T) T.pending.delete(p.id);
+    } else {
+      draft.pending.delete(p.id);
+      if (draft.creator === p.id) {
+        // The next waiting message starts the conversation instead.
+        draft.creator = null;
+        const next = draft.pending.values().next().value;
+        if (next) {
+          draft.creator = next.id;
+          sendPending(null, next);
+        }
+      }
+    }
+    view.remove(p.key);
+  }
+
+  function chooseModel(S, modelId) {
+    client.request({ type: 'model_select', session_id: S.id, model_id: modelId }).then((ack) => {
+      S.info.model = ack.model_id || modelId;
+      if (selected === S.id) renderModel();
+      const m = me.models.find((x) => x.id === S.info.model);
+      C.notify('Model set to ' + (m ? m.name || m.id : S.info.model) + '.', { timeout: 4000 });
+    }, (err) => {
+      if (err.code === 'stopped') return;
+      C.notify('The model could not be changed: ' + err.message, { kind: 'error' });
+      if (selected === S.id) renderModel();
+    });
+  }
+
+  // ---- typing ------------------------------------------------------------------
+
+  const typingOut = new C.TypingSender(() => client, TYPING_IDLE_MS);
+
+  function stopTyping() {
+    typingOut.stop();
+  }
+
+  function onTyping(ev) {
+    const S = sessions.get(ev.session_id);
+    if (!S || !ev.sender) return;
+    const k = ev.sender.type + ':' + ev.sender.id;
+    const old = S.typing.get(k);
+    if (old) clearTimeout(old.timer);
+    if (ev.typing) {
+      const label = ev.sender.id === me.user_id && ev.sender.type === 'user'
+        ? 'You (on another device)' : C.senderLabel(ev.sender, me);
+      // A device that vanished never says false: forget it after a while.
+      const timer = setTimeout(() => {
+        S.typing.delete(k);
+        if (selected === S.id) renderTyping();
+      }, TYPING_SHOW_MS);
+      S.typing.set(k, { label, timer });
+    } else {
+      S.typing.delete(k);
+    }
+    if (selected === S.id) renderTyping();
+  }
+
+  function renderTyping() {
+    const S = current();
+    let text = '';
+    if (S) {
+      text = C.typingText(Array.from(S.typing.values(), (t) => t.label));
+      if (S.aiBusy) text = (text ? text + ' ' : '') + 'The assistant is working…';
+    }
+    if (ui.typing.textContent !== text) ui.typing.textContent = text;
+  }
+
+  // ---- streaming answers (ai_response with done:false) ------------------------------
+
+  function onStream(ev) {
+    const S = ensureSession(ev.session_id);
+    S.aiBusy = false;
+    let st = S.streams.get(ev.stream_id);
+    if (!st) {
+      st = { key: [Number.MAX_SAFE_INTEGER, ++counter], sender: ev.sender || { type: 'ai', id: 'ai' },
+        buf: new Uint8Array(256), len: 0, timestamp: ev.timestamp };
+      S.streams.set(ev.stream_id, st);
+    }
+    // offset is the byte offset of delta in the answer: place it there (an
+    // answer already partly held is overwritten, never repeated).
+    const bytes = new TextEncoder().encode(ev.delta || '');
+    const off = Number(ev.offset) || 0;
+    if (off > st.len) return; /* a gap: the protocol says it cannot happen */
+    const need = off + bytes.length;
+    if (need > st.buf.length) {
+      const grown = new Uint8Array(Math.max(need, st.buf.length * 2));
+      grown.set(st.buf.subarray(0, st.len));
+      st.buf = grown;
+    }
+    st.buf.set(bytes, off);
+    st.len = Math.max(st.len, need);
+    if (selected === S.id) {
+      const stick = atBottom();
+      putStream(S, st);
+      ui.empty.hidden = true;
+      if (stick) scrollToEnd();
+      renderTyping();
+    }
+  }
+
+  function putStream(S, st) {
+    const text = new TextDecoder().decode(st.buf.subarray(0, st.len));
+    view.put(st.key, C.messageNode({ stream: { sender: st.sender, content: text, timestamp: st.timestamp } }, me));
+  }
+
+  // ---- events from the server --------------------------------------------------------
+
+  function onEvent(ev) {
+    switch (ev.type) {
+      case 'user_message':
+      case 'admin_message':
+      case 'ai_response':
+        if (!ev.session_id) return;
+        if (ev.type === 'ai_response' && ev.done === false) {
+          onStream(ev);
+          return;
+        }
+        addEvent(ensureSession(ev.session_id, {
+          created_at: ev.timestamp, updated_at: ev.timestamp, last_seq: ev.seq,
+        }), ev, true);
+        break;
+      case 'typing_indicator':
+        onTyping(ev);
+        break;
+      case 'read': {
+        const S = sessions.get(ev.session_id);
+        if (S && Number.isSafeInteger(ev.seq)) setRead(S, ev.seq);
+        break;
+      }
+      case 'admin_join':
+      case 'admin_leave': {
+        const S = sessions.get(ev.session_id);
+        if (!S || !ev.sender) return;
+        const name = ev.sender.name || ev.sender.id;
+        if (ev.type === 'admin_join') {
+          if (S.admins.has(ev.sender.id)) return; /* the same admin, reconnected */
+          S.admins.set(ev.sender.id, name);
+          addSystem(S, name + ' from support joined the conversation.', 'join');
+        } else {
+          if (!S.admins.delete(ev.sender.id)) return;
+          addSystem(S, name + ' from support left the conversation.', 'leave');
+        }
+        if (selected === S.id) renderHeader();
+        scheduleList();
+        break;
+      }
+      case 'loading': {
+        const S = sessions.get(ev.session_id);
+        if (!S) return;
+        S.aiBusy = true;
+        if (selected === S.id) renderTyping();
+        break;
+      }
+      case 'resumed': {
+        const S = sessions.get(ev.session_id);
+        if (S && Number.isSafeInteger(ev.last_seq)) {
+          S.info.last_seq = Math.max(S.info.last_seq || 0, ev.last_seq);
+        }
+        break;
+      }
+      default:
+        break; /* help_request and anything newer: not for this page */
+    }
+  }
+
+  function onConnected(status, reconnect) {
+    me = { user_id: status.user_id, name: status.name, selfType: 'user',
+      models: Array.isArray(status.models) ? status.models : [] };
+    renderModel();
+    // Every event after the last one held, for each conversation held.
+    for (const S of sessions.values()) {
+      if (S.tl.loaded) client.resume(S.id, S.tl.high);
+      S.sentRead = 0;
+    }
+    if (reconnect) loadSessions();
+    markReadIfSeen();
+  }
+
+  // ---- page start / stop -------------------------------------------------------------
+
+  function start(tok, claims) {
+    token = tok;
+    me = { user_id: (claims && claims.sub) || '', name: (claims && (claims.name || claims.sub)) || '',
+      selfType: 'user', models: [] };
+    loadReadStore();
+    sessions = new Map();
+    selected = null;
+    draft = newDraft();
+    firstList = true;
+    client = new C.Client({ token, onConnected });
+    client.on('event', onEvent);
+    client.on('error', (msg) => C.notify(C.describeError(msg), { kind: 'error', code: msg.code }));
+    client.on('state', (s) => {
+      ui.body.dataset.conn = s.state;
+      if (s.state !== 'open' && s.state !== 'preparing') stopTyping();
+    });
+    renderConversation();
+    loadSessions();
+    return client;
+  }
+
+  function stop() {
+    stopTyping();
+    client = null;
+    token = null;
+    for (const S of sessions.values()) {
+      for (const t of S.typing.values()) clearTimeout(t.timer);
+    }
+    sessions = new Map();
+    listItems = new Map();
+    ui.list.replaceChildren();
+    view.clear();
+    draft = newDraft();
+    selected = null;
+  }
+
+  // ---- wiring ------------------------------------------------------------------------
+
+  ui.composer.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const text = ui.input.value.replace(/^\s*\n/, '').replace(/\s+$/, '');
+    if (!text || !client) return;
+    ui.input.value = '';
+    stopTyping();
+    sendMessage(text);
+    ui.input.focus();
+  });
+  ui.input.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && !e.altKey && !e.ctrlKey && !e.metaKey) {
+      e.preventDefault();
+      ui.composer.requestSubmit();
+    }
+  });
+  ui.input.addEventListener('input', () => typingOut.update(selected, !!ui.input.value.trim()));
+  ui.newConv.addEventListener('click', () => select(null, true));
+  ui.back.addEventListener('click', () => {
+    ui.body.dataset.view = 'list';
+    const b = selected && listItems.get(selected);
+    if (b) b.querySelector('button').focus();
+  });
+  ui.help.addEventListener('click', () => {
+    const S = current();
+    if (!S || !client) return;
+    ui.help.disabled = true;
+    client.request({ type: 'help_request', session_id: S.id }).then(() => {
+      S.info.help_requested = true;
+      addSystem(S, 'You asked for a person from support. They have been told and will join here.', 'help');
+      if (selected === S.id) renderHeader();
+      scheduleList();
+    }, (err) => {
+      if (err.code !== 'stopped') C.notify('Support could not be asked: ' + err.message, { kind: 'error' });
+      if (selected === S.id) renderHeader();
+    });
+  });
+  ui.model.addEventListener('change', () => {
+    const S = current();
+    if (!ui.model.value) return;
+    if (!S) {
+      draft.model = ui.model.value;
+      return;
+    }
+    chooseModel(S, ui.model.value);
+  });
+  ui.earlier.addEventListener('click', () => {
+    const S = current();
+    if (!S) return;
+    ui.earlier.disabled = true;
+    const before = ui.scroll.scrollHeight - ui.scroll.scrollTop;
+    C.loadEarlier(token, S.id, S.tl, HISTORY_PAGE).then(() => {
+      if (selected !== S.id) return;
+      renderConversation();
+      ui.scroll.scrollTop = ui.scroll.scrollHeight - before;
+    }, (err) => C.notify('Earlier messages could not be loaded: ' + err.message, { kind: 'error' }))
+      .finally(() => {
+        ui.earlier.disabled = false;
+      });
+  });
+  ui.scroll.addEventListener('scroll', () => {
+    if (atBottom()) markReadIfSeen();
+  }, { passive: true });
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'visible') {
+      unseen = 0;
+      document.title = 'chatd';
+      markReadIfSeen();
+    }
+  });
+
+  C.bootPage({ start, stop });
+})();

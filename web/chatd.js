@@ -1,0 +1,1069 @@
+/*
+ * chatd.js: the shared client of the chatd web pages (chat.html, admin.html).
+ *
+ * One copy of what both pages need to talk to chatd (see PROTOCOL.md):
+ *  - the token: taken from #token= on load, kept in sessionStorage
+ *    ("chatd.token"), removed from the address bar; the sign-in form;
+ *  - Chatd.Client: the WebSocket connection, reconnect with exponential
+ *    backoff and jitter, the outbox of messages waiting for their ack (resent
+ *    with the same id after a reconnect, so the server drops duplicates);
+ *  - Chatd.Timeline: the stored events of one session placed by seq,
+ *    duplicates dropped (replayed events may come after later live ones);
+ *  - Chatd.OrderedList: a DOM list kept in key order (events, system lines,
+ *    pending messages);
+ *  - small DOM, formatting and notice helpers.
+ *
+ * Plain browser JavaScript, no build step. The page is served under a strict
+ * Content-Security-Policy: no inline script or style, so nothing here sets
+ * style attributes; looks are classes in chatd.css.
+ */
+'use strict';
+
+(function (global) {
+  const TOKEN_KEY = 'chatd.token';
+  const BACKOFF_BASE_MS = 500;
+  const BACKOFF_CAP_MS = 30000;
+  /* A connection that lived this long resets the backoff; one that the
+   * server closes sooner keeps backing off, so a refusal loop stays slow. */
+  const STABLE_MS = 10000;
+  const MAX_AUTO_RETRIES = 8;
+
+  // ---- storage and tokens ---------------------------------------------------
+
+  function storageGet(store, key) {
+    try {
+      return store.getItem(key);
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function storageSet(store, key, value) {
+    try {
+      if (value === null || value === undefined) store.removeItem(key);
+      else store.setItem(key, value);
+    } catch (e) {
+      /* storage disabled: the page still works for this load */
+    }
+  }
+
+  // A token from what a person pasted: a bare JWT, or a whole page URL
+  // with #token=... (what `chatd --dev` prints). null when it is neither.
+  function parseTokenInput(text) {
+    let t = String(text || '').trim();
+    const m = /[#?&]token=([^&#\s]+)/.exec(t);
+    if (m) {
+      try {
+        t = decodeURIComponent(m[1]);
+      } catch (e) {
+        return null;
+      }
+    }
+    t = t.replace(/^Bearer\s+/i, '');
+    return /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(t) ? t : null;
+  }
+
+  // Take #token= from the address (then drop it from the address bar and
+  // history entry), else the token this tab already holds.
+  function takeToken() {
+    const hash = location.hash.replace(/^#/, '');
+    if (hash) {
+      const params = new URLSearchParams(hash);
+      if (params.has('token')) {
+        const tok = parseTokenInput(params.get('token'));
+        params.delete('token');
+        const rest = params.toString();
+        history.replaceState(history.state, '',
+          location.pathname + location.search + (rest ? '#' + rest : ''));
+        if (tok) storageSet(sessionStorage, TOKEN_KEY, tok);
+      }
+    }
+    return storageGet(sessionStorage, TOKEN_KEY);
+  }
+
+  function saveToken(token) {
+    storageSet(sessionStorage, TOKEN_KEY, token);
+  }
+
+  // The claims of a JWT, unverified (the server verifies): for display and
+  // early checks only. null when the token cannot be read.
+  function decodeClaims(token) {
+    try {
+      const part = String(token).split('.')[1];
+      const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+      const bin = atob(b64 + '==='.slice((b64.length + 3) % 4));
+      const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
+      const claims = JSON.parse(new TextDecoder().decode(bytes));
+      return claims && typeof claims === 'object' ? claims : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function isExpired(claims) {
+    return !!claims && typeof claims.exp === 'number' && claims.exp * 1000 <= Date.now();
+  }
+
+  // A client message id: unique, 1..64 bytes. crypto.getRandomValues works
+  // on plain http too (randomUUID needs a secure context).
+  function newId() {
+    const b = new Uint8Array(12);
+    crypto.getRandomValues(b);
+    return 'w' + Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+  }
+
+  // ---- HTTP API -------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, code, message, retryAfter) {
+      super(message);
+      this.status = status;
+      this.code = code;
+      this.retryAfter = retryAfter;
+    }
+  }
+
+  // GET an API path relative to the page (so a --prefix works), with the
+  // token as a bearer header. Resolves with the JSON body; rejects with an
+  // ApiError carrying the error body's code and message.
+  async function api(path, token) {
+    let res;
+    try {
+      res = await fetch(new URL(path, location.href), {
+        headers: { Authorization: 'Bearer ' + token },
+        cache: 'no-store',
+      });
+    } catch (e) {
+      throw new ApiError(0, 'network', 'The server cannot be reached.');
+    }
+    let body = null;
+    try {
+      body = await res.json();
+    } catch (e) {
+      body = null;
+    }
+    if (!res.ok) {
+      const err = (body && body.error) || {};
+      throw new ApiError(res.status, err.code || 'http_' + res.status,
+        err.message || res.statusText || 'request failed', err.retry_after);
+    }
+    return body;
+  }
+
+  // ---- the connection -------------------------------------------------------
+
+  class ChatdError extends Error {
+    constructor(msg) {
+      super(msg.message || msg.code || 'error');
+      this.code = msg.code;
+      this.retryAfter = msg.retry_after;
+      this.frame = msg;
+    }
+  }
+
+  /*
+   * Client: one WebSocket to {page base}/ws and everything around it.
+   *
+   * States (emitted as 'state' with {state, ...}):
+   *   connecting  socket opening
+   *   preparing   connection_status received; the page's onConnected
+   *               (resumes, admin re-joins) runs before the outbox is resent
+   *   open        ready
+   *   waiting     closed; a reconnect is scheduled ({delay, retryAt})
+   *   auth        the token was refused or expired: a new one is needed
+   *   evicted     closed because the user opened more devices than allowed
+   *               (evict-oldest); reconnecting would evict another device,
+   *               so only reconnectNow() does
+   *   stopped     stop() was called
+   * Events: 'status' (connection_status), 'event' (any chat event),
+   * 'notification', 'error' (errors not answering an outbox message),
+   * 'ack', 'auth' ({reason}), 'state'.
+   */
+  class Client {
+    constructor(opts) {
+      this.token = opts.token;
+      this.onConnected = opts.onConnected || null;
+      this.handlers = new Map();
+      this.ws = null;
+      this.gen = 0;
+      this.state = 'idle';
+      this.status = null;
+      this.attempt = 0;
+      this.timer = null;
+      this.openedAt = 0;
+      this.everConnected = false;
+      this.stopped = false;
+      /* id -> {msg, resolve, reject, onRetry, tries, sentGen, timer, prelude} */
+      this.outbox = new Map();
+      this._wake = this._wake.bind(this);
+      global.addEventListener('online', this._wake);
+      document.addEventListener('visibilitychange', () => {
+        if (document.visibilityState === 'visible') this._wake();
+      });
+    }
+
+    on(type, fn) {
+      if (!this.handlers.has(type)) this.handlers.set(type, []);
+      this.handlers.get(type).push(fn);
+      return this;
+    }
+
+    emit(type, data) {
+      for (const fn of this.handlers.get(type) || []) {
+        try {
+          fn(data);
+        } catch (e) {
+          console.error('chatd: ' + type + ' handler failed', e);
+        }
+      }
+    }
+
+    _setState(state, extra) {
+      this.state = state;
+      this.emit('state', Object.assign({ state }, extra || {}));
+    }
+
+    get isOpen() {
+      return this.state === 'open';
+    }
+
+    start() {
+      this.stopped = false;
+      this._connect();
+    }
+
+    // Close for good (sign-out). Messages still waiting are dropped.
+    stop() {
+      this.stopped = true;
+      clearTimeout(this.timer);
+      this.timer = null;
+      this.gen++;
+      if (this.ws) {
+        try {
+          this.ws.close(1000, 'signed out');
+        } catch (e) {
+          /* already closing */
+        }
+        this.ws = null;
+      }
+      for (const o of this.outbox.values()) {
+        clearTimeout(o.timer);
+        o.reject(new ChatdError({ code: 'stopped', message: 'signed out' }));
+      }
+      this.outbox.clear();
+      global.removeEventListener('online', this._wake);
+      this._setState('stopped');
+    }
+
+    // A new token (after 'auth', or a refreshed one): reconnect with it.
+    setToken(token) {
+      this.token = token;
+      this.reconnectNow();
+    }
+
+    reconnectNow() {
+      if (this.stopped) return;
+      this.attempt = 0;
+      this._connect();
+    }
+
+    _wake() {
+      if (this.state === 'waiting') this._connect();
+    }
+
+    _connect() {
+      clearTimeout(this.timer);
+      this.timer = null;
+      if (this.ws) {
+        const old = this.ws;
+        this.ws = null;
+        try {
+          old.close(1000, 'reconnecting');
+        } catch (e) {
+          /* ignore */
+        }
+      }
+      const gen = ++this.gen;
+      const u = new URL('ws', location.href);
+      u.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
+      u.hash = '';
+      u.searchParams.set('token', this.token);
+      let ws;
+      try {
+        ws = new WebSocket(u.href);
+      } catch (e) {
+        this._scheduleRetry({ reason: String(e.message || e) });
+        return;
+      }
+      this.ws = ws;
+      let opened = false;
+      this._setState('connecting', { attempt: this.attempt });
+      ws.onopen = () => {
+        opened = true;
+        this.openedAt = Date.now();
+      };
+      ws.onmessage = (e) => {
+        if (gen === this.gen) this._onFrame(e.data, gen);
+      };
+      ws.onclose = (e) => {
+        if (gen !== this.gen) return;
+        this.ws = null;
+        this._onClose(e, opened);
+      };
+    }
+
+    _onClose(e, opened) {
+      if (this.stopped) return;
+      const code = e.code;
+      const reason = e.reason || '';
+      if (opened && Date.now() - this.openedAt >= STABLE_MS) this.attempt = 0;
+      if (code === 1008 && /token/i.test(reason)) {
+        this._authFailed(reason);
+      } else if (code === 1008 && /device limit|evict/i.test(reason)) {
+        this._setState('evicted', { code, reason });
+      } else if (!opened) {
+        this._probe();
+      } else {
+        this._scheduleRetry({ code, reason });
+      }
+    }
+
+    /* The upgrade was refused or the server is unreachable; a browser does
+     * not say which. The HTTP API authenticates the same way, so ask it:
+     * a 401 means the token is bad, anything else means try again later. */
+    _probe() {
+      const gen = this.gen;
+      this._setState('waiting', { delay: null });
+      api('api/sessions?limit=1', this.token).then(
+        () => {
+          if (gen === this.gen && !this.stopped) this._scheduleRetry({});
+        },
+        (err) => {
+          if (gen !== this.gen || this.stopped) return;
+          if (err.status === 401) this._authFailed(err.message);
+          else this._scheduleRetry({ reason: err.status ? err.message : '' });
+        });
+    }
+
+    _authFailed(reason) {
+      this._setState('auth', { reason });
+      this.emit('auth', { reason });
+    }
+
+    _scheduleRetry(info) {
+      clearTimeout(this.timer);
+      const exp = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * Math.pow(2, this.attempt));
+      const delay = Math.round(exp / 2 + Math.random() * (exp / 2));
+      this.attempt = Math.min(this.attempt + 1, 16);
+      const retryAt = Date.now() + delay;
+      this._setState('waiting', Object.assign({ delay, retryAt }, info));
+      this.timer = setTimeout(() => this._connect(), delay);
+    }
+
+    _onFrame(data, gen) {
+      let msg;
+      try {
+        msg = JSON.parse(data);
+      } catch (e) {
+        console.warn('chatd: a frame that is not JSON', e);
+        return;
+      }
+      if (!msg || typeof msg !== 'object') return;
+      switch (msg.type) {
+        case 'connection_status': {
+          this.status = msg;
+          const reconnect = this.everConnected;
+          this.everConnected = true;
+          this._setState('preparing');
+          this.emit('status', msg);
+          let prelude;
+          try {
+            prelude = this.onConnected ? this.onConnected(msg, reconnect) : null;
+          } catch (e) {
+            console.error('chatd: onConnected failed', e);
+          }
+          Promise.resolve(prelude).catch(() => {}).then(() => {
+            if (gen !== this.gen || this.state !== 'preparing') return;
+            this._setState('open');
+            this._flush();
+          });
+          break;
+        }
+        case 'ack': {
+          const o = msg.id ? this.outbox.get(msg.id) : null;
+          if (o) {
+            this.outbox.delete(msg.id);
+            clearTimeout(o.timer);
+            o.resolve(msg);
+          }
+          this.emit('ack', msg);
+          break;
+        }
+        case 'error': {
+          const o = msg.id ? this.outbox.get(msg.id) : null;
+          if (o) this._outboxError(o, msg);
+          else this.emit('error', msg);
+          break;
+        }
+        case 'notification':
+          this.emit('notification', msg);
+          break;
+        default:
+          this.emit('event', msg);
+      }
+    }
+
+    /* rate_limited and unavailable say when to try again: the message is
+     * resent then, with its id, a few times. Other errors are final. */
+    _outboxError(o, err) {
+      const id = o.msg.id;
+      const again = (err.code === 'rate_limited' || err.code === 'unavailable') &&
+        o.tries < MAX_AUTO_RETRIES;
+      if (!again) {
+        this.outbox.delete(id);
+        o.reject(new ChatdError(err));
+        return;
+      }
+      const delay = Math.max(250, Number(err.retry_after) || 1000);
+      o.tries++;
+      o.sentGen = 0;
+      if (o.onRetry) {
+        try {
+          o.onRetry(err, delay);
+        } catch (e) {
+          console.error(e);
+        }
+      }
+      o.timer = setTimeout(() => {
+        o.timer = null;
+        if (this.state === 'open' && this.outbox.get(id) === o) this._sendEntry(o);
+      }, delay);
+    }
+
+    _sendEntry(o) {
+      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return;
+      this.ws.send(JSON.stringify(o.msg));
+      o.sentGen = this.gen;
+      if (o.onSent) o.onSent();
+    }
+
+    // Resend, in the order they were made, the messages not yet sent on
+    // this connection (the server acknowledges a duplicate id again with
+    // the original seq, without storing or delivering it twice).
+    _flush() {
+      for (const o of this.outbox.values()) {
+        if (o.sentGen !== this.gen && !o.timer) this._sendEntry(o);
+      }
+    }
+
+    /*
+     * Send a message that the server acknowledges (user_message,
+     * admin_message, help_request, model_select, admin_join, admin_leave).
+     * msg.id is set when missing. Resolves with the ack; rejects with a
+     * ChatdError (code, message). Kept until answered, across reconnects.
+     * opts.onRetry(err, delayMs): a rate limit or outage is being waited out.
+     * opts.prelude: may be sent while the connection is 'preparing'.
+     */
+    request(msg, opts) {
+      opts = opts || {};
+      if (!msg.id) msg.id = newId();
+      const limit = this.status && this.status.max_message_bytes;
+      if (limit && new TextEncoder().encode(JSON.stringify(msg)).length > limit) {
+        return Promise.reject(new ChatdError({
+          code: 'content_too_large',
+          message: 'This message is larger than the server accepts (' + limit + ' bytes).',
+        }));
+      }
+      return new Promise((resolve, reject) => {
+        const o = {
+          msg, resolve, reject, onRetry: opts.onRetry, onSent: opts.onSent,
+          tries: 0, sentGen: 0, timer: null,
+        };
+        this.outbox.set(msg.id, o);
+        if (this.state === 'open' || (opts.prelude && this.state === 'preparing')) {
+          this._sendEntry(o);
+        }
+      });
+    }
+
+    // Forget a message still waiting (the person discarded it).
+    cancel(id) {
+      const o = this.outbox.get(id);
+      if (!o) return;
+      clearTimeout(o.timer);
+      this.outbox.delete(id);
+    }
+
+    // Send a message that is not acknowledged (typing_indicator, read,
+    // resume). Dropped when not connected: these only make sense live.
+    send(msg) {
+      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+      if (this.state !== 'open' && this.state !== 'preparing') return false;
+      if (!msg.id) msg.id = newId();
+      this.ws.send(JSON.stringify(msg));
+      return true;
+    }
+
+    // Ask for every event of a session after afterSeq (the answer is the
+    // events, then 'resumed').
+    resume(sessionId, afterSeq) {
+      return this.send({ type: 'resume', session_id: sessionId, after_seq: afterSeq });
+    }
+  }
+
+  // ---- typing ---------------------------------------------------------------
+
+  /*
+   * TypingSender: tells a session that this person is typing. update() on
+   * every edit of the message box: "typing: true" once when text appears,
+   * "typing: false" after idleMs without an edit, when the box is emptied,
+   * and on stop() (message sent, session changed, connection lost).
+   */
+  class TypingSender {
+    constructor(getClient, idleMs) {
+      this.getClient = getClient;
+      this.idleMs = idleMs || 3000;
+      this.sid = null;
+      this.timer = null;
+    }
+
+    update(sessionId, hasText) {
+      if (!sessionId || !hasText) {
+        this.stop();
+        return;
+      }
+      if (this.sid !== sessionId) {
+        this.stop();
+        const c = this.getClient();
+        if (!c || !c.send({ type: 'typing_indicator', session_id: sessionId, typing: true })) return;
+        this.sid = sessionId;
+      }
+      clearTimeout(this.timer);
+      this.timer = setTimeout(() => this.stop(), this.idleMs);
+    }
+
+    stop() {
+      clearTimeout(this.timer);
+      this.timer = null;
+      if (!this.sid) return;
+      const c = this.getClient();
+      if (c) c.send({ type: 'typing_indicator', session_id: this.sid, typing: false });
+      this.sid = null;
+    }
+  }
+
+  // "Ann is typing…", "Ann and Bob are typing…" from labels; '' for none.
+  function typingText(labels) {
+    if (!labels.length) return '';
+    const verb = labels.length > 1 || labels[0].startsWith('You') ? ' are typing…' : ' is typing…';
+    if (labels.length === 1) return labels[0] + verb;
+    return labels.slice(0, -1).join(', ') + ' and ' + labels[labels.length - 1] + verb;
+  }
+
+  // ---- ordering -------------------------------------------------------------
+
+  function isSeq(v) {
+    return Number.isSafeInteger(v) && v > 0;
+  }
+
+  /*
+   * Timeline: the stored events of one session by seq. Live events arrive
+   * in seq order, but events replayed by resume fill gaps and may arrive
+   * after later ones: add() places each by seq and drops one already held.
+   * `from` is the after_seq the held history starts from (null until history
+   * was loaded); `high` the highest seq such that every event from `from`+1
+   * to it is held: the after_seq to resume from.
+   */
+  class Timeline {
+    constructor() {
+      this.events = new Map();
+      this.seqs = [];
+      this.from = null;
+      this.high = 0;
+    }
+
+    has(seq) {
+      return this.events.has(seq);
+    }
+
+    get(seq) {
+      return this.events.get(seq);
+    }
+
+    get last() {
+      return this.seqs.length ? this.seqs[this.seqs.length - 1] : 0;
+    }
+
+    get first() {
+      return this.seqs.length ? this.seqs[0] : 0;
+    }
+
+    get size() {
+      return this.seqs.length;
+    }
+
+    get loaded() {
+      return this.from !== null;
+    }
+
+    // Returns true when ev is new (and now held), false for a duplicate or
+    // an event without a seq.
+    add(ev) {
+      if (!ev || !isSeq(ev.seq) || this.events.has(ev.seq)) return false;
+      this.events.set(ev.seq, ev);
+      const s = this.seqs;
+      if (!s.length || s[s.length - 1] < ev.seq) {
+        s.push(ev.seq);
+      } else {
+        let lo = 0;
+        let hi = s.length;
+        while (lo < hi) {
+          const mid = (lo + hi) >> 1;
+          if (s[mid] < ev.seq) lo = mid + 1;
+          else hi = mid;
+        }
+        s.splice(lo, 0, ev.seq);
+      }
+      this._advance();
+      return true;
+    }
+
+    // History after `from` is now held (an API read of it completed).
+    markLoaded(from) {
+      if (this.from === null || from < this.from) {
+        this.from = from;
+        this.high = from;
+      }
+      this._advance();
+    }
+
+    _advance() {
+      if (this.from === null) return;
+      while (this.events.has(this.high + 1)) this.high++;
+    }
+
+    // Events in seq order.
+    list() {
+      return this.seqs.map((q) => this.events.get(q));
+    }
+  }
+
+  // Load a session's stored events after `after` through the HTTP API, page
+  // by page, into tl; marks tl loaded from `after`. Returns the answer's
+  // last_seq. Events that arrive live meanwhile are kept: tl drops the
+  // copies.
+  async function loadHistory(token, sessionId, after, tl) {
+    const LIMIT = 1000;
+    let from = after;
+    let lastSeq = 0;
+    for (;;) {
+      const body = await api('api/sessions/' + encodeURIComponent(sessionId) +
+        '/messages?after_seq=' + from + '&limit=' + LIMIT, token);
+      const msgs = Array.isArray(body.messages) ? body.messages : [];
+      for (const m of msgs) tl.add(m);
+      lastSeq = Number(body.last_seq) || 0;
+      const got = msgs.length ? msgs[msgs.length - 1].seq : from;
+      if (msgs.length < LIMIT || got >= lastSeq) break;
+      from = got;
+    }
+    tl.markLoaded(after);
+    return lastSeq;
+  }
+
+  // Load the `count` events before the held history (seq from-count+1 ..
+  // from): seqs have no gaps, so one read of `count` events covers them.
+  async function loadEarlier(token, sessionId, tl, count) {
+    if (!tl.loaded || tl.from <= 0) return;
+    const after = Math.max(0, tl.from - count);
+    const body = await api('api/sessions/' + encodeURIComponent(sessionId) +
+      '/messages?after_seq=' + after + '&limit=' + Math.min(1000, tl.from - after), token);
+    for (const m of Array.isArray(body.messages) ? body.messages : []) tl.add(m);
+    tl.markLoaded(after);
+  }
+
+  /*
+   * OrderedList: children of a container kept sorted by a key [major, minor]
+   * (numbers; Infinity allowed). Events use [seq, 0], system lines [seq of the
+   * event before them, n], pending messages [Infinity, n].
+   */
+  class OrderedList {
+    constructor(container) {
+      this.el = container;
+      this.keys = [];
+      this.nodes = new Map();
+    }
+
+    static cmp(a, b) {
+      if (a[0] !== b[0]) return a[0] < b[0] ? -1 : 1;
+      if (a[1] !== b[1]) return a[1] < b[1] ? -1 : 1;
+      return 0;
+    }
+
+    _index(key) {
+      let lo = 0;
+      let hi = this.keys.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (OrderedList.cmp(this.keys[mid], key) < 0) lo = mid + 1;
+        else hi = mid;
+      }
+      return lo;
+    }
+
+    has(key) {
+      return this.nodes.has(key.join(':'));
+    }
+
+    put(key, node) {
+      const k = key.join(':');
+      const old = this.nodes.get(k);
+      if (old) {
+        if (old !== node) this.el.replaceChild(node, old);
+        this.nodes.set(k, node);
+        return;
+      }
+      const i = this._index(key);
+      const next = i < this.keys.length ? this.nodes.get(this.keys[i].join(':')) : null;
+      this.el.insertBefore(node, next);
+      this.keys.splice(i, 0, key);
+      this.nodes.set(k, node);
+    }
+
+    remove(key) {
+      const k = key.join(':');
+      const node = this.nodes.get(k);
+      if (!node) return;
+      node.remove();
+      this.nodes.delete(k);
+      const i = this._index(key);
+      if (i < this.keys.length && OrderedList.cmp(this.keys[i], key) === 0) this.keys.splice(i, 1);
+    }
+
+    clear() {
+      this.keys = [];
+      this.nodes.clear();
+      this.el.replaceChildren();
+    }
+  }
+
+  // ---- DOM helpers ----------------------------------------------------------
+
+  // el('li', {class: 'x', 'aria-label': 'y', dataset: {seq: 3}}, child, ...)
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === 'dataset') Object.assign(node.dataset, v);
+      else if (k === 'text') node.textContent = v;
+      else if (k === 'style') throw new Error('no inline styles (CSP)');
+      else node.setAttribute(k, v === true ? '' : String(v));
+    }
+    for (const c of children) {
+      if (c === null || c === undefined || c === false) continue;
+      node.append(c instanceof Node ? c : String(c));
+    }
+    return node;
+  }
+
+  function pad2(n) {
+    return String(n).padStart(2, '0');
+  }
+
+  // "14:05" today, "26 Nov 14:05" another day (local time).
+  function formatTime(iso) {
+    const d = new Date(iso);
+    if (isNaN(d)) return '';
+    const hm = pad2(d.getHours()) + ':' + pad2(d.getMinutes());
+    const now = new Date();
+    if (d.toDateString() === now.toDateString()) return hm;
+    const opts = { day: 'numeric', month: 'short' };
+    if (d.getFullYear() !== now.getFullYear()) opts.year = 'numeric';
+    return d.toLocaleDateString(undefined, opts) + ' ' + hm;
+  }
+
+  function formatFull(iso) {
+    const d = new Date(iso);
+    return isNaN(d) ? '' : d.toLocaleString();
+  }
+
+  // Who sent an event, as the reader of `me` (connection_status) sees it.
+  function senderLabel(sender, me) {
+    if (!sender) return '';
+    const name = sender.name || sender.id || '';
+    if (sender.type === 'ai') return name ? 'Assistant (' + name + ')' : 'Assistant';
+    if (sender.type === 'system') return 'System';
+    if (me && sender.id === me.user_id && sender.type === me.selfType) return 'You';
+    if (sender.type === 'admin') return name + ' (support)';
+    return name;
+  }
+
+  /*
+   * One message as an <li>: an event ({ev}), a pending message ({pending}),
+   * or a streaming answer ({stream}). data-state: sent, pending, retrying,
+   * failed, streaming. actions: [{label, onClick}] shown under a message
+   * that failed.
+   */
+  function messageNode(item, me) {
+    const ev = item.ev || item.pending || item.stream;
+    const sender = ev.sender || { type: me ? me.selfType : 'user', id: me && me.user_id };
+    const own = !!me && sender.id === me.user_id && sender.type === me.selfType;
+    const state = item.ev ? 'sent' : item.stream ? 'streaming' : item.pending.state;
+    const cls = ['msg', 'msg--' + (sender.type || 'user')];
+    if (own) cls.push('msg--own');
+    if (state !== 'sent') cls.push('msg--' + state);
+    const meta = el('div', { class: 'msg__meta' },
+      el('span', { class: 'msg__from' }, senderLabel(sender, me)));
+    if (ev.timestamp) {
+      meta.append(' ', el('time', { datetime: ev.timestamp, title: formatFull(ev.timestamp) },
+        formatTime(ev.timestamp)));
+    }
+    let stateText = '';
+    if (state === 'sent' && own) stateText = 'Sent';
+    else if (state === 'pending') stateText = 'Sending…';
+    else if (state === 'retrying') stateText = item.pending.note || 'Waiting to retry…';
+    else if (state === 'failed') stateText = 'Not sent: ' + (item.pending.error || 'error');
+    else if (state === 'streaming') stateText = 'Writing…';
+    if (stateText) meta.append(' ', el('span', { class: 'msg__state' }, stateText));
+    const li = el('li', {
+      class: cls.join(' '),
+      dataset: { state },
+    }, meta, el('div', { class: 'msg__body' }, ev.content || ''));
+    if (item.ev) li.dataset.seq = String(ev.seq);
+    if (ev.id) li.dataset.id = ev.id;
+    if (state === 'failed' && item.actions) {
+      const bar = el('div', { class: 'msg__actions' });
+      for (const a of item.actions) {
+        const b = el('button', { type: 'button', class: 'btn btn--small' }, a.label);
+        b.addEventListener('click', a.onClick);
+        bar.append(b);
+      }
+      li.append(bar);
+    }
+    return li;
+  }
+
+  function systemNode(text, kind) {
+    return el('li', { class: 'sysline' + (kind ? ' sysline--' + kind : ''), dataset: { state: 'system' } },
+      el('span', {}, text));
+  }
+
+  // ---- notices --------------------------------------------------------------
+
+  // A short message in the page's #notices region (aria-live), removed after
+  // `timeout` ms (0: stays until dismissed).
+  function notify(text, opts) {
+    opts = opts || {};
+    const box = document.getElementById('notices');
+    if (!box) return null;
+    const kind = opts.kind || 'info';
+    const close = el('button', { type: 'button', class: 'notice__close', 'aria-label': 'Dismiss' }, '×');
+    const n = el('div', { class: 'notice notice--' + kind, role: kind === 'error' ? 'alert' : 'status' },
+      el('span', { class: 'notice__text' }, text));
+    if (opts.code) n.dataset.code = opts.code;
+    if (opts.action) {
+      const b = el('button', { type: 'button', class: 'btn btn--small' }, opts.action.label);
+      b.addEventListener('click', () => {
+        n.remove();
+        opts.action.onClick();
+      });
+      n.append(b);
+    }
+    n.append(close);
+    close.addEventListener('click', () => n.remove());
+    box.append(n);
+    while (box.children.length > 5) box.firstElementChild.remove();
+    const timeout = opts.timeout === undefined ? 8000 : opts.timeout;
+    if (timeout) setTimeout(() => n.remove(), timeout);
+    return n;
+  }
+
+  // Notices for what the server says outside of any one message.
+  function describeError(msg) {
+    let text = msg.message || msg.code || 'error';
+    if (msg.code === 'rate_limited' && msg.retry_after) {
+      text = 'You are sending too fast. Try again in ' + Math.ceil(msg.retry_after / 1000) + ' s.';
+    }
+    return text;
+  }
+
+  // ---- page frame: sign-in, status line, sign-out ----------------------------
+
+  /*
+   * Shared page start. The page has #signin (form #signin-form, input
+   * #token-input, #signin-message), #app, #conn-state, #conn-retry, #who and
+   * #sign-out. page.start(token, claims) returns a started Client or null;
+   * page.stop() tears the page down on sign-out.
+   */
+  function bootPage(page) {
+    const $ = (id) => document.getElementById(id);
+    const signin = $('signin');
+    const app = $('app');
+    const form = $('signin-form');
+    const input = $('token-input');
+    const message = $('signin-message');
+    const stateEl = $('conn-state');
+    const retryBtn = $('conn-retry');
+    const who = $('who');
+    const signOut = $('sign-out');
+    const live = $('conn-live');
+    let client = null;
+    let countdown = null;
+    let shutdownNotice = null;
+
+    function showSignin(text) {
+      if (client) {
+        client.stop();
+        client = null;
+      }
+      page.stop();
+      app.hidden = true;
+      signOut.hidden = true;
+      who.textContent = '';
+      setState('Signed out', 'off');
+      signin.hidden = false;
+      message.textContent = text || '';
+      message.hidden = !text;
+      input.value = '';
+      input.focus();
+    }
+
+    // The visible state line counts down each second; the live region
+    // (#conn-live) only speaks when the state itself changes.
+    function setState(text, kind) {
+      stateEl.textContent = text;
+      if (stateEl.dataset.state !== kind && live) live.textContent = text;
+      stateEl.dataset.state = kind;
+    }
+
+    function onState(s) {
+      clearInterval(countdown);
+      countdown = null;
+      retryBtn.hidden = true;
+      switch (s.state) {
+        case 'connecting':
+          setState(s.attempt ? 'Reconnecting…' : 'Connecting…', 'connecting');
+          break;
+        case 'preparing':
+        case 'open':
+          setState('Connected', 'open');
+          if (shutdownNotice) shutdownNotice.remove();
+          shutdownNotice = null;
+          break;
+        case 'waiting': {
+          retryBtn.hidden = false;
+          if (!s.retryAt) {
+            setState('Offline', 'waiting');
+            break;
+          }
+          const tick = () => {
+            const left = Math.max(0, Math.ceil((s.retryAt - Date.now()) / 1000));
+            setState('Offline, reconnecting in ' + left + ' s', 'waiting');
+          };
+          tick();
+          countdown = setInterval(tick, 1000);
+          break;
+        }
+        case 'evicted':
+          retryBtn.hidden = false;
+          setState('Disconnected: too many devices', 'off');
+          break;
+        case 'auth':
+          break;
+        default:
+          setState('Disconnected', 'off');
+      }
+    }
+
+    function begin(token) {
+      const claims = decodeClaims(token);
+      if (isExpired(claims)) {
+        saveToken(null);
+        showSignin('This token has expired. Paste a new one.');
+        return;
+      }
+      saveToken(token);
+      signin.hidden = true;
+      app.hidden = false;
+      signOut.hidden = false;
+      who.textContent = claims ? (claims.name || claims.sub || '') : '';
+      client = page.start(token, claims);
+      if (!client) {
+        setState('Not connected', 'off');
+        return;
+      }
+      client.on('state', onState);
+      client.on('status', (st) => {
+        const devices = st.devices === 1 ? '1 device' : st.devices + ' devices';
+        who.textContent = st.name + (st.name !== st.user_id ? ' (' + st.user_id + ')' : '') +
+          ' · ' + devices;
+        who.title = 'Signed in as ' + st.user_id + '; ' + devices + ' connected (of ' +
+          st.max_devices + ' allowed)';
+      });
+      client.on('auth', (a) => {
+        saveToken(null);
+        showSignin('The server refused this token' + (a.reason ? ' (' + a.reason + ')' : '') +
+          '. Paste a new one to continue.');
+      });
+      client.on('notification', (n) => {
+        if (n.code === 'shutdown') {
+          // Stays until the page is connected again.
+          if (shutdownNotice) shutdownNotice.remove();
+          shutdownNotice = notify('The server is restarting. This page reconnects by itself.',
+            { code: n.code, timeout: 0 });
+        } else {
+          notify(n.message || n.code, { kind: 'warn', code: n.code, timeout: 15000 });
+        }
+      });
+      client.start();
+    }
+
+    form.addEventListener('submit', (e) => {
+      e.preventDefault();
+      const tok = parseTokenInput(input.value);
+      if (!tok) {
+        message.textContent = 'That does not look like a token (three parts separated by dots).';
+        message.hidden = false;
+        input.focus();
+        return;
+      }
+      begin(tok);
+    });
+    retryBtn.addEventListener('click', () => client && client.reconnectNow());
+    signOut.addEventListener('click', () => {
+      saveToken(null);
+      showSignin('');
+    });
+
+    const token = takeToken();
+    if (token) begin(token);
+    else showSignin('');
+  }
+
+  global.Chatd = {
+    Client,
+    ChatdError,
+    ApiError,
+    Timeline,
+    OrderedList,
+    TypingSender,
+    typingText,
+    api,
+    loadHistory,
+    loadEarlier,
+    takeToken,
+    saveToken,
+    parseTokenInput,
+    decodeClaims,
+    isExpired,
+    newId,
+    el,
+    formatTime,
+    formatFull,
+    senderLabel,
+    messageNode,
+    systemNode,
+    notify,
+    describeError,
+    bootPage,
+  };
+})(window);
