@@ -56,6 +56,13 @@ struct seq_range {
 struct sess_state {
     char id[STORE_ID_LEN + 1];
     bool joined; /* an admin subscribed with admin_join */
+    /* The admin's latest admin_join (true) or admin_leave (false) and how
+     * many of those are still with the writer: a message sent right after
+     * admin_join is judged by what the client asked, as the writer will
+     * have applied the join before it (one connection's requests are
+     * processed in order). */
+    bool intent_joined;
+    uint32_t intent_pending;
     unsigned nr, cap;
     struct seq_range *sent; /* seqs sent, sorted, merged (owned) */
 };
@@ -188,6 +195,12 @@ static struct sess_state *state_get(struct client *cl, const char *sid, bool cre
     return st;
 }
 
+/* Is the admin in the session, as far as its next message is concerned? */
+static bool admin_in(const struct sess_state *st)
+{
+    return st && (st->intent_pending ? st->intent_joined : st->joined);
+}
+
 static bool sent_has(const struct sess_state *st, int64_t seq)
 {
     for (unsigned i = st->nr; i-- > 0;)
@@ -310,6 +323,7 @@ enum item_kind { IT_REPLY, IT_EVENT, IT_RELAY, IT_RELAY_OWNER, IT_ADMINS, IT_JOI
 struct chat_item {
     uint8_t kind;
     uint8_t out_type;   /* index in out_names */
+    bool failed;        /* JOIN/LEAVE: refused by the writer, only settles intent */
     uint64_t conn_id;   /* REPLY target; RELAY exclusion; JOIN/LEAVE subject */
     struct sbuf *frame; /* one reference, or NULL */
     uint32_t off, len;
@@ -409,8 +423,12 @@ static void apply_item(struct chat *ch, struct worker *w, const struct chat_post
         if (!(c = idmap_get(&w->by_id, it->conn_id)) || !c->data)
             break;
         struct client *cl = c->data;
-        struct sess_state *st = state_get(cl, it->session, it->kind == IT_JOIN);
+        struct sess_state *st = state_get(cl, it->session, it->kind == IT_JOIN && !it->failed);
         if (!st)
+            break;
+        if (st->intent_pending > 0)
+            st->intent_pending--;
+        if (it->failed)
             break;
         if (it->kind == IT_JOIN && !st->joined) {
             struct local_list *l = list_find(loc->joins, it->session, true);
@@ -620,6 +638,18 @@ static json_t *error_json(struct chat *ch, const struct store_req *r, enum chat_
     return o;
 }
 
+/* A refused admin_join/admin_leave still settles the intent its worker
+ * recorded (see struct sess_state). */
+static void settle_refused(struct batch_out *bo, const struct store_req *r)
+{
+    if (r->kind != CHAT_JOIN && r->kind != CHAT_LEAVE)
+        return;
+    struct chat_item *it = add_item(bo, r->worker, r->kind == CHAT_JOIN ? IT_JOIN : IT_LEAVE, 0,
+                                    r->conn_id, NULL, 0, 0, r);
+    if (it)
+        it->failed = true;
+}
+
 static void batch_one(struct batch_out *bo, struct store_req *r)
 {
     struct chat *ch = bo->ch;
@@ -627,10 +657,12 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
         add_reply(bo, r,
                   error_json(ch, r, ERR_UNAVAILABLE,
                              "storage is unavailable; nothing was stored, retry later", 1000));
+        settle_refused(bo, r);
         return;
     }
     if (r->status == STORE_NOT_FOUND) {
         add_reply(bo, r, error_json(ch, r, ERR_SESSION_NOT_FOUND, "no such session", -1));
+        settle_refused(bo, r);
         return;
     }
     /* Someone acting in a session they do not own is there as an admin. */
@@ -730,17 +762,20 @@ static struct store_req *new_req(struct client *cl, enum store_op op, enum chat_
     return r;
 }
 
-static void submit(struct chat *ch, struct client *cl, struct store_req *r, const char *id)
+/* Hand r to the writer; true when it took it (false: answered already). */
+static bool submit(struct chat *ch, struct client *cl, struct store_req *r, const char *id)
 {
     if (!r || !r->sender_name) {
         store_req_free(r);
         client_send_error(cl, ERR_INTERNAL, "out of memory", -1, id);
-        return;
+        return false;
     }
     if (store_submit(ch->store, r) != 0) {
         store_req_free(r);
         client_send_error(cl, ERR_UNAVAILABLE, "the server is shutting down", 1000, id);
+        return false;
     }
+    return true;
 }
 
 /* session_id: required or optional; returns false after answering. */
@@ -815,8 +850,7 @@ static void handle_message(struct chat *ch, struct client *cl, json_t *msg, cons
     if (!get_session(ch, cl, msg, admin, id, &sid) || !get_content(ch, cl, msg, id, &content, &len))
         return;
     if (admin) {
-        struct sess_state *st = state_get(cl, sid, false);
-        if (!st || !st->joined) {
+        if (!admin_in(state_get(cl, sid, false))) {
             client_send_error(cl, ERR_FORBIDDEN, "join the session (admin_join) first", -1, id);
             return;
         }
@@ -1107,7 +1141,7 @@ static void chat_handle(void *router, struct client *cl, enum chat_type k, const
         struct store_req *r = new_req(cl, STORE_CHECK, k, sid, id);
         struct sess_state *st = state_get(cl, sid, false);
         if (r) {
-            r->any_session = cl->admin && st && st->joined;
+            r->any_session = cl->admin && admin_in(st);
             r->arg = strdup(json_is_true(t) ? "true" : "false");
         }
         submit(ch, cl, r, id);
@@ -1157,10 +1191,16 @@ static void chat_handle(void *router, struct client *cl, enum chat_type k, const
         }
         if (!get_session(ch, cl, msg, true, id, &sid))
             return;
+        /* Recorded before the writer sees it, so that the next message
+         * is judged by it; settled when the writer's answer comes back. */
+        struct sess_state *st = state_get(cl, sid, true);
         struct store_req *r = new_req(cl, STORE_CHECK, k, sid, id);
         if (r)
             r->any_session = true;
-        submit(ch, cl, r, id);
+        if (submit(ch, cl, r, id) && st) {
+            st->intent_joined = k == CHAT_JOIN;
+            st->intent_pending++;
+        }
         return;
     }
     default:

@@ -24,8 +24,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from harness import (CHATD_BIN, SANITIZER_MARKERS, SLOW, TEST_SECRET, WS, Chatd,  # noqa: E402
-                     http_get, json_error, make_token, run)
+from harness import (CHATD_BIN, OP_TEXT, SANITIZER_MARKERS, SLOW, TEST_SECRET, WS,  # noqa: E402
+                     Chatd, frame, http_get, json_error, make_token, run)
 
 SLACK = 4.0 if SLOW else 1.0
 MODELS = "m1:Model One,m2"
@@ -531,6 +531,60 @@ def test_admin_join_leave_message():
         quiet(a1, a2)
         assert history(d.port, sid, token("alice"))["last_seq"] == 4
         close_all(a1, a2, adm, bob)
+
+
+def test_admin_requests_in_order_without_waiting():
+    # A client may send admin_join and its first admin_message back to back:
+    # one connection's requests are handled in order, so the message is the
+    # joined admin's, not refused. Likewise admin_leave then a message is
+    # refused, and a join that fails leaves the admin outside. Each pair goes
+    # in one TCP segment, so chatd reads both before the writer can answer
+    # the first.
+    def together(ws, *msgs):
+        ws.send_raw(b"".join(frame(OP_TEXT, json.dumps(m)) for m in msgs))
+
+    def admin_msg(content, session, mid):
+        return {"type": "admin_message", "content": content, "session_id": session, "id": mid}
+
+    with server() as d:
+        a1 = connect(d.port, "alice", name="Alice")
+        adm = connect(d.port, ROOT, admin=True, name="Root")
+        ack, _ = post(a1, "anyone?")
+        sid = ack["session_id"]
+
+        together(adm, {"type": "admin_join", "id": "pj1", "session_id": sid},
+                 admin_msg("right here", sid, "pm1"))
+        check_ack(adm.recv_json(), "pj1", sid, seq=False)
+        pack = check_ack(adm.recv_json(), "pm1", sid)
+        assert pack["seq"] == 2, pack
+        pev = recv_type(adm, "admin_message")
+        assert recv_type(a1, "admin_join")["session_id"] == sid
+        assert a1.recv_json() == pev
+
+        together(adm, {"type": "admin_leave", "id": "pl1", "session_id": sid},
+                 admin_msg("too late", sid, "pm2"))
+        replies = [adm.recv_json(), adm.recv_json()]
+        by_id = {m.get("id"): m for m in replies}
+        assert by_id["pm2"]["type"] == "error" and by_id["pm2"]["code"] == "forbidden", replies
+        check_ack(by_id["pl1"], "pl1", sid, seq=False)
+        recv_type(a1, "admin_leave")
+
+        # Joining a session that does not exist, then writing to it: the join
+        # is session_not_found; the message too, or forbidden when the failed
+        # join was settled before the message was read. Nothing is stored,
+        # and afterwards the admin is still outside.
+        together(adm, {"type": "admin_join", "id": "pj2", "session_id": NO_SUCH},
+                 admin_msg("hello?", NO_SUCH, "pm3"))
+        expect_error(adm, "session_not_found", "pj2")
+        m = adm.recv_json()
+        assert m["type"] == "error" and m["id"] == "pm3", m
+        assert m["code"] in ("session_not_found", "forbidden"), m
+        send_msg(adm, "still outside", sid, "pm4", mtype="admin_message")
+        expect_error(adm, "forbidden", "pm4")
+        quiet(a1, adm)
+        msgs = history(d.port, sid, token("alice"))["messages"]
+        assert [m["content"] for m in msgs] == ["anyone?", "right here"], msgs
+        close_all(a1, adm)
 
 
 def test_resume():
@@ -1272,6 +1326,7 @@ if __name__ == "__main__":
          test_dedup_same_id, test_new_session_retry_finds_the_session,
          test_typing_relayed_not_echoed, test_read_relayed_to_other_devices_only,
          test_help_request_reaches_admins, test_model_select, test_admin_join_leave_message,
+         test_admin_requests_in_order_without_waiting,
          test_resume, test_resume_exactly_once_during_live_traffic,
          test_resume_after_admin_rejoin_fills_the_hole, test_authorization_between_users,
          test_rate_limit, test_rate_limit_survives_reconnect, test_validation_of_every_field,
