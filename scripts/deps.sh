@@ -10,6 +10,9 @@ pkgs="build-essential cmake pkg-config libuv1-dev libhttp-parser-dev libssl-dev 
 libjansson-dev libsqlite3-dev"
 if [ "$mode" = test ]; then
     pkgs="$pkgs libcmocka-dev clang libclang-rt-dev python3 python3-websockets openssl util-linux"
+    # The web pages' browser test (tests/interop/test_web.js) drives Debian's
+    # Chromium through the npm playwright-core, which downloads no browser.
+    pkgs="$pkgs chromium"
 fi
 
 missing=""
@@ -36,8 +39,9 @@ if [ -n "$missing" ]; then
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
-# Node's ws client for the interop tests lives under tests/interop.
-if [ "$mode" = test ] && [ ! -d tests/interop/node_modules/ws ]; then
-    echo "deps: installing npm ws for interop tests"
+# The interop tests' npm packages (ws, playwright-core) live under tests/interop.
+if [ "$mode" = test ] && { [ ! -d tests/interop/node_modules/ws ] ||
+    [ ! -d tests/interop/node_modules/playwright-core ]; }; then
+    echo "deps: installing npm packages for interop tests"
     (cd tests/interop && npm install --no-audit --no-fund --silent >/dev/null)
 fi

@@ -1,0 +1,823 @@
+'use strict';
+// The web pages (web/) in a real browser: Debian's Chromium driven by
+// playwright-core, against chatd itself (CHATD_BIN), which serves the pages.
+// Users on the pages talk to each other and to Node `ws` clients acting as
+// the same user's other devices; chatd is restarted under a page to check that
+// it reconnects and resumes. Prints one line per test and "N passed, N failed";
+// exits 1 on any failure. Every chatd must exit 0 on SIGTERM with no sanitizer
+// report, and no page may throw or hit a Content-Security-Policy refusal.
+
+const crypto = require('crypto');
+const fs = require('fs');
+const net = require('net');
+const os = require('os');
+const path = require('path');
+const { spawn } = require('child_process');
+const WebSocket = require(path.join(__dirname, 'node_modules', 'ws'));
+const { chromium } = require(path.join(__dirname, 'node_modules', 'playwright-core'));
+
+const CHATD_BIN = process.env.CHATD_BIN ||
+  path.join(__dirname, '..', '..', 'build', 'debug', 'chatd');
+const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+const SLOW = ['address', 'thread'].includes(process.env.CHATD_BUILD_KIND || '');
+const T = SLOW ? 60000 : 15000; // ms, per wait
+const SANITIZER_MARKERS = ['Sanitizer', 'runtime error:'];
+const SECRET = 'web-test-' + crypto.randomBytes(24).toString('hex');
+const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'chatd-web-'));
+
+// ---- tokens --------------------------------------------------------------------
+
+function b64url(data) {
+  return Buffer.from(data).toString('base64url');
+}
+
+// An HS256 JWT as chatd-token makes them.
+function mint(sub, opts) {
+  opts = opts || {};
+  const now = Math.floor(Date.now() / 1000);
+  const claims = { sub, name: opts.name || sub, iat: now, exp: opts.exp || now + 3600 };
+  if (opts.roles) claims.roles = opts.roles;
+  const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' })) + '.' +
+    b64url(JSON.stringify(claims));
+  const sig = crypto.createHmac('sha256', opts.secret || SECRET).update(head).digest('base64url');
+  return head + '.' + sig;
+}
+
+// ---- chatd process -------------------------------------------------------------------
+
+async function startChatd(extraArgs, opts) {
+  opts = opts || {};
+  const args = ['--listen', `127.0.0.1:${opts.port || 0}`, '--jwt-secret', SECRET,
+    '--db', opts.db || path.join(TMP, `chatd-${Date.now()}-${Math.random()}.db`),
+    '--workers', '2', ...(extraArgs || [])];
+  const d = await new Promise((resolve, reject) => {
+    const proc = spawn(CHATD_BIN, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    const d = { proc, stderr: '', port: null, exit: null, args };
+    d.exited = new Promise((res) => proc.on('exit', (code, signal) => {
+      d.exit = { code, signal };
+      res(d.exit);
+    }));
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Error('chatd did not start:\n' + d.stderr));
+    }, T);
+    proc.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    proc.stderr.setEncoding('utf8');
+    proc.stderr.on('data', (chunk) => {
+      d.stderr += chunk;
+      if (d.port === null) {
+        const m = /event=listening addr=127\.0\.0\.1:(\d+)/.exec(d.stderr);
+        if (m) {
+          d.port = Number(m[1]);
+          clearTimeout(timer);
+          resolve(d);
+        }
+      }
+    });
+    d.exited.then((e) => {
+      if (d.port === null) {
+        clearTimeout(timer);
+        reject(new Error(`chatd exited at start (${e.code}/${e.signal}):\n${d.stderr}`));
+      }
+    });
+  });
+  await waitAccepting(d);
+  return d;
+}
+
+// chatd logs its listening line before every worker has called listen().
+async function waitAccepting(d) {
+  const deadline = Date.now() + T;
+  for (;;) {
+    const err = await new Promise((res) => {
+      const s = net.connect(d.port, '127.0.0.1');
+      s.once('connect', () => {
+        s.destroy();
+        res(null);
+      });
+      s.once('error', res);
+    });
+    if (!err) return;
+    if (Date.now() > deadline || d.exit !== null) {
+      d.proc.kill('SIGKILL');
+      throw new Error(`chatd not accepting on port ${d.port}: ${err.code}\n${d.stderr}`);
+    }
+    await new Promise((res) => setTimeout(res, 20));
+  }
+}
+
+async function stopChatd(d) {
+  if (d.exit === null) d.proc.kill('SIGTERM');
+  const e = await withTimeout(d.exited, 30000 + T, 'chatd exit after SIGTERM')
+    .catch((err) => {
+      d.proc.kill('SIGKILL');
+      throw err;
+    });
+  await new Promise((res) => (d.proc.stderr.readableEnded ? res() : d.proc.stderr.on('end', res)));
+  for (const marker of SANITIZER_MARKERS) {
+    if (d.stderr.includes(marker)) {
+      throw new Error(`sanitizer report ("${marker}") in chatd stderr:\n` + d.stderr.slice(-8000));
+    }
+  }
+  if (e.code !== 0) {
+    throw new Error(`chatd exit code ${e.code} signal ${e.signal}, expected 0:\n` +
+      d.stderr.slice(-4000));
+  }
+}
+
+// A port nobody listens on now, for a chatd that must come back on the same one.
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+// ---- helpers -----------------------------------------------------------------------
+
+function withTimeout(promise, ms, what) {
+  let timer;
+  return Promise.race([
+    promise,
+    new Promise((_, rej) => {
+      timer = setTimeout(() => rej(new Error('timeout: ' + what)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+function assert(cond, msg) {
+  if (!cond) throw new Error('assertion failed: ' + msg);
+}
+
+function eq(a, b, msg) {
+  const ja = JSON.stringify(a);
+  const jb = JSON.stringify(b);
+  if (ja !== jb) throw new Error(`assertion failed: ${msg}: got ${ja}, expected ${jb}`);
+}
+
+/*
+ * A `ws` client acting as one more device of a user. Keeps every message it
+ * receives; waitFor(pred) resolves with the first one matching, already
+ * received or to come.
+ */
+function device(port, token, prefix) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}${prefix || ''}/ws`, {
+      headers: { Authorization: 'Bearer ' + token }, handshakeTimeout: T,
+    });
+    const c = { ws, log: [], waiters: [], closed: null };
+    ws.on('message', (data) => {
+      const m = JSON.parse(data.toString());
+      c.log.push(m);
+      for (const w of c.waiters.slice()) {
+        if (w.pred(m)) {
+          c.waiters.splice(c.waiters.indexOf(w), 1);
+          w.resolve(m);
+        }
+      }
+    });
+    c.closedP = new Promise((res) => ws.on('close', (code) => {
+      c.closed = code;
+      res(code);
+    }));
+    ws.on('error', (e) => {
+      if (ws.readyState !== WebSocket.OPEN) reject(e);
+    });
+    c.waitFor = (pred, what) => {
+      const m = c.log.find(pred);
+      if (m) return Promise.resolve(m);
+      return withTimeout(new Promise((res) => c.waiters.push({ pred, resolve: res })), T,
+        'device message: ' + what);
+    };
+    c.send = (msg) => ws.send(JSON.stringify(msg));
+    // Send a message and wait for its ack (an error fails).
+    c.request = async (msg) => {
+      msg.id = msg.id || 'n' + crypto.randomBytes(8).toString('hex');
+      c.send(msg);
+      const r = await c.waitFor((m) => (m.type === 'ack' || m.type === 'error') && m.id === msg.id,
+        `answer to ${msg.type}`);
+      if (r.type === 'error') throw new Error(`${msg.type} failed: ${JSON.stringify(r)}`);
+      return r;
+    };
+    c.close = () => {
+      if (c.closed === null) ws.close(1000);
+      return withTimeout(c.closedP, T, 'device close');
+    };
+    c.waitFor((m) => m.type === 'connection_status', 'connection_status').then(() => resolve(c), reject);
+  });
+}
+
+// ---- the browser ----------------------------------------------------------------------
+
+let browser = null;
+
+/*
+ * A test's scope: the browser contexts and devices it opens, closed at its
+ * end, and the problems its pages reported (uncaught exceptions, CSP
+ * refusals), which fail the test.
+ */
+function scope() {
+  const s = { contexts: [], devices: [], problems: [] };
+  s.page = async (url, opts) => {
+    const ctx = await browser.newContext({ viewport: (opts && opts.viewport) || { width: 1100, height: 760 } });
+    s.contexts.push(ctx);
+    const page = await ctx.newPage();
+    page.setDefaultTimeout(T);
+    const label = url ? url.replace(/#.*/, '') : 'page';
+    page.on('pageerror', (e) => s.problems.push(`${label}: uncaught ${e.stack || e}`));
+    page.on('console', (m) => {
+      if (/Content.Security.Policy|Refused to/i.test(m.text())) {
+        s.problems.push(`${label}: ${m.text()}`);
+      }
+    });
+    page.sockets = [];
+    page.sent = [];
+    page.on('websocket', (ws) => {
+      page.sockets.push(ws.url());
+      ws.on('framesent', (f) => {
+        try {
+          page.sent.push(JSON.parse(f.payload));
+        } catch (e) {
+          page.sent.push({ raw: String(f.payload) });
+        }
+      });
+    });
+    if (url) page.response = await page.goto(url);
+    return page;
+  };
+  s.device = async (...args) => {
+    const d = await device(...args);
+    s.devices.push(d);
+    return d;
+  };
+  s.close = async () => {
+    for (const d of s.devices) await d.close().catch(() => {});
+    for (const c of s.contexts) await c.close().catch(() => {});
+    assert(s.problems.length === 0, 'page problems:\n  ' + s.problems.join('\n  '));
+  };
+  return s;
+}
+
+async function connected(page) {
+  await page.waitForSelector('#conn-state[data-state="open"]');
+}
+
+// The messages a page shows, in page order.
+function shown(page) {
+  return page.$$eval('#messages .msg', (els) => els.map((e) => ({
+    seq: e.dataset.seq ? Number(e.dataset.seq) : null,
+    state: e.dataset.state,
+    text: e.querySelector('.msg__body').textContent,
+    own: e.classList.contains('msg--own'),
+    admin: e.classList.contains('msg--admin'),
+  })));
+}
+
+async function send(page, text) {
+  await page.fill('#composer-input', text);
+  await page.press('#composer-input', 'Enter');
+}
+
+async function waitSent(page, seq, text, timeout) {
+  const sel = `#messages .msg[data-seq="${seq}"][data-state="sent"]`;
+  await page.waitForSelector(sel, { timeout: timeout || T });
+  if (text !== undefined) {
+    const got = await page.textContent(sel + ' .msg__body');
+    eq(got, text, `message ${seq} text`);
+  }
+}
+
+async function selectedSession(page) {
+  return page.getAttribute('#session-list button[aria-current="true"]', 'data-session-id');
+}
+
+function seqsOf(list) {
+  return list.map((m) => m.seq);
+}
+
+// ---- tests: one chatd --------------------------------------------------------------------
+
+const world = {};
+
+async function testTokenFromHash(d) {
+  const s = scope();
+  try {
+    const base = `http://127.0.0.1:${d.port}`;
+    const tok = mint('ann', { name: 'Ann' });
+    const page = await s.page(`${base}/#token=${tok}`);
+    await connected(page);
+    assert(page.response.headers()['content-security-policy'], 'the page has no CSP header');
+    eq(page.url(), base + '/', 'the token is still in the address');
+    eq(await page.evaluate(() => sessionStorage.getItem('chatd.token')), tok, 'stored token');
+    const who = await page.textContent('#who');
+    assert(/Ann/.test(who) && /1 device/.test(who), `who line: ${who}`);
+    // The stylesheet and both scripts loaded under the page's CSP.
+    eq(await page.evaluate(() => getComputedStyle(document.body).display), 'grid', 'body layout');
+    assert(await page.isHidden('#signin'), 'sign-in form shown with a token');
+    eq(await page.getAttribute('#messages', 'role'), 'log', 'message list role');
+  } finally {
+    await s.close();
+  }
+}
+
+async function testSignInForm(d) {
+  const s = scope();
+  try {
+    const base = `http://127.0.0.1:${d.port}`;
+    // A token signed with another secret: refused, the form asks for a new one.
+    const bad = mint('ann', { secret: 'another-secret-of-at-least-32-bytes!!' });
+    const page = await s.page(`${base}/#token=${bad}`);
+    await page.waitForSelector('#signin:not([hidden])');
+    const msg = await page.textContent('#signin-message');
+    assert(/refused/i.test(msg), `sign-in message after a bad token: ${msg}`);
+    eq(await page.evaluate(() => sessionStorage.getItem('chatd.token')), null, 'bad token kept');
+    assert(await page.isHidden('#app'), 'the app is shown without a token');
+    eq(await page.evaluate(() => document.activeElement.id), 'token-input', 'focus on the token field');
+
+    await page.fill('#token-input', 'not a token');
+    await page.press('#token-input', 'Enter');
+    assert(/does not look like a token/.test(await page.textContent('#signin-message')),
+      'garbage accepted');
+    // Pasting the whole page URL that --dev prints works.
+    await page.fill('#token-input', `${base}/#token=${mint('ann', { name: 'Ann' })}`);
+    await page.click('#signin-form button[type="submit"]');
+    await connected(page);
+    assert(await page.isVisible('#app'), 'app hidden after signing in');
+    // Sign out: back to the form, token forgotten, socket closed.
+    await page.click('#sign-out');
+    await page.waitForSelector('#signin:not([hidden])');
+    eq(await page.evaluate(() => sessionStorage.getItem('chatd.token')), null, 'token after sign-out');
+    eq(await page.getAttribute('#conn-state', 'data-state'), 'off', 'state after sign-out');
+  } finally {
+    await s.close();
+  }
+}
+
+async function testSendPendingSentOtherDevice(d) {
+  const s = scope();
+  try {
+    world.ann = await sendPendingSentOtherDevice(d, s);
+  } catch (e) {
+    await s.close().catch(() => {});
+    throw e;
+  }
+}
+
+async function sendPendingSentOtherDevice(d, s) {
+  const base = `http://127.0.0.1:${d.port}`;
+  const tok = mint('ann', { name: 'Ann' });
+  const phone = await s.device(d.port, tok);
+  const page = await s.page(`${base}/#token=${tok}`);
+  await connected(page);
+  // Record every message element as it is inserted: the first state of the
+  // message must be pending, without a seq.
+  await page.evaluate(() => {
+    window.inserted = [];
+    new MutationObserver((muts) => {
+      for (const m of muts) {
+        for (const n of m.addedNodes) {
+          if (n.classList && n.classList.contains('msg')) {
+            window.inserted.push({ state: n.dataset.state, seq: n.dataset.seq || null });
+          }
+        }
+      }
+    }).observe(document.getElementById('messages'), { childList: true });
+  });
+  // Shift+Enter is a new line, Enter sends.
+  await page.click('#composer-input');
+  await page.keyboard.type('Hello from the browser');
+  await page.keyboard.press('Shift+Enter');
+  await page.keyboard.type('second line');
+  await page.keyboard.press('Enter');
+  const text = 'Hello from the browser\nsecond line';
+  await waitSent(page, 1, text);
+  eq(await page.inputValue('#composer-input'), '', 'composer after sending');
+  const inserted = await page.evaluate(() => window.inserted);
+  eq(inserted[0], { state: 'pending', seq: null }, 'first state of a sent message');
+  eq(inserted[inserted.length - 1], { state: 'sent', seq: '1' }, 'last state');
+
+  // The other device got it, in the session the page now shows.
+  const got = await phone.waitFor((m) => m.type === 'user_message' && m.content === text, 'page message');
+  eq(got.seq, 1, 'seq on the other device');
+  const sid = await selectedSession(page);
+  eq(got.session_id, sid, 'session on the other device');
+  assert(/^w[0-9a-f]{24}$/.test(got.id), `message id ${got.id}`);
+
+  // The page tells the other devices it has shown seq 1.
+  await phone.waitFor((m) => m.type === 'read' && m.session_id === sid && m.seq === 1, 'read 1');
+
+  // A message from the other device appears live, and is marked read.
+  const ack = await phone.request({ type: 'user_message', session_id: sid, content: 'from my phone' });
+  eq(ack.seq, 2, 'phone message seq');
+  await waitSent(page, 2, 'from my phone');
+  await phone.waitFor((m) => m.type === 'read' && m.session_id === sid && m.seq === 2, 'read 2');
+
+  // Typing, both ways.
+  await page.fill('#composer-input', 'typing something');
+  await phone.waitFor((m) => m.type === 'typing_indicator' && m.typing === true && m.session_id === sid,
+    'typing true');
+  await page.press('#composer-input', 'Enter');
+  await phone.waitFor((m) => m.type === 'typing_indicator' && m.typing === false && m.session_id === sid,
+    'typing false');
+  await waitSent(page, 3, 'typing something');
+  phone.send({ type: 'typing_indicator', session_id: sid, typing: true });
+  await page.waitForFunction(() => /another device/.test(document.getElementById('typing').textContent));
+  phone.send({ type: 'typing_indicator', session_id: sid, typing: false });
+  await page.waitForFunction(() => document.getElementById('typing').textContent === '');
+
+  const list = await shown(page);
+  eq(seqsOf(list), [1, 2, 3], 'seqs shown');
+  assert(list.every((m) => m.own && m.state === 'sent'), 'all three are own and sent');
+  return { tok, sid, page, scope: s };
+}
+
+async function testReloadShowsHistory() {
+  assert(world.ann, 'needs message_pending_then_sent_other_device');
+  const { page, sid } = world.ann;
+  await page.reload();
+  await connected(page);
+  eq(page.url().includes('token'), false, 'token back in the address');
+  await waitSent(page, 3);
+  eq(await selectedSession(page), sid, 'session selected after reload');
+  const list = await shown(page);
+  eq(list.map((m) => [m.seq, m.text]),
+    [[1, 'Hello from the browser\nsecond line'], [2, 'from my phone'], [3, 'typing something']],
+    'history after reload');
+  eq(await page.$$eval('#session-list button.session', (b) => b.length), 1, 'sessions listed');
+}
+
+// A conversation held only partly: a live event (seq 4) arrives before the
+// history (1..3) is loaded; the history must go before it, each once.
+async function testPlacedBySeq(d) {
+  assert(world.ann, 'needs message_pending_then_sent_other_device');
+  const { page, sid, tok } = world.ann;
+  const base = `http://127.0.0.1:${d.port}`;
+  // Started on another device while this tab shows another site.
+  await page.goto('about:blank');
+  const phone = await world.ann.scope.device(d.port, tok);
+  const first = await phone.request({ type: 'user_message', content: 'c1' });
+  const cid = first.session_id;
+  for (const c of ['c2', 'c3']) await phone.request({ type: 'user_message', session_id: cid, content: c });
+  await page.goto(base + '/');
+  await connected(page);
+  eq(await selectedSession(page), sid, 'the tab keeps its session');
+  const row = `#session-list button[data-session-id="${cid}"]`;
+  await page.waitForSelector(row);
+  await phone.request({ type: 'user_message', session_id: cid, content: 'c4' });
+  await page.waitForSelector(`${row}[data-unread="1"]`);
+  await page.click(row);
+  await waitSent(page, 1, 'c1');
+  eq((await shown(page)).map((m) => [m.seq, m.text]), [[1, 'c1'], [2, 'c2'], [3, 'c3'], [4, 'c4']],
+    'history placed before the live event');
+  await page.waitForSelector(`${row}[data-unread="0"]`);
+  await page.click(`#session-list button[data-session-id="${sid}"]`);
+  await waitSent(page, 3);
+}
+
+async function testSecondPageLive(d) {
+  assert(world.ann, 'needs message_pending_then_sent_other_device');
+  const { page, sid, tok } = world.ann;
+  const s = world.ann.scope;
+  const base = `http://127.0.0.1:${d.port}`;
+  try {
+    const second = await s.page(`${base}/#token=${tok}`);
+    await connected(second);
+    await second.click(`#session-list button[data-session-id="${sid}"]`);
+    await waitSent(second, 3);
+    await send(page, 'seen on the second page');
+    await waitSent(second, 4, 'seen on the second page');
+    await send(second, 'and back');
+    await waitSent(page, 5, 'and back');
+    for (const p of [page, second]) {
+      const list = await shown(p);
+      eq(seqsOf(list), [1, 2, 3, 4, 5], 'seqs on each page');
+    }
+    // The new conversation action: a second session, listed first on both.
+    await second.click('#new-conversation');
+    await send(second, 'another topic');
+    await waitSent(second, 1, 'another topic');
+    const sid2 = await selectedSession(second);
+    assert(sid2 && sid2 !== sid, 'new conversation has a new session');
+    await page.waitForSelector(`#session-list li:first-child button[data-session-id="${sid2}"]`);
+    eq(await page.$$eval('#session-list button.session', (b) => b.length), 3, 'sessions on the first page');
+    eq(await selectedSession(page), sid, 'first page stays on its session');
+  } finally {
+    await s.close();
+  }
+}
+
+async function testAdminFlow(d) {
+  const s = scope();
+  try {
+    const base = `http://127.0.0.1:${d.port}`;
+    const user = await s.page(`${base}/#token=${mint('bob', { name: 'Bob' })}`);
+    await connected(user);
+    await send(user, 'I need a hand with my invoice');
+    await waitSent(user, 1);
+    const sid = await selectedSession(user);
+
+    const admin = await s.page(`${base}/admin#token=${mint('sam', { name: 'Sam', roles: ['admin'] })}`);
+    await connected(admin);
+    eq(admin.url(), base + '/admin', 'token still in the admin page address');
+    const btn = `button[data-session-id="${sid}"]`;
+    const row = `#admin-sessions ${btn}`;
+    await admin.waitForSelector(row);
+    await admin.click('#refresh-online');
+    await admin.waitForFunction(() => /bob/.test(document.getElementById('online-list').textContent));
+
+    // Help request: highlighted live, with a notice.
+    await user.click('#help');
+    await user.waitForFunction(() => /asked for a person/.test(document.getElementById('messages').textContent));
+    await admin.waitForSelector(`#admin-sessions li.is-help-live ${btn}`);
+    await admin.waitForSelector('.notice[data-code="help_request"]');
+    // Filter "needs help only": this session, not Ann's.
+    await admin.check('#help-only');
+    await admin.waitForFunction(() => /needing help/.test(document.getElementById('sessions-status').textContent));
+    const helpIds = await admin.$$eval('#admin-sessions button.session', (b) => b.map((x) => x.dataset.sessionId));
+    eq(helpIds, [sid], 'sessions needing help');
+    await admin.uncheck('#help-only');
+    await admin.waitForFunction(() => !/needing help/.test(document.getElementById('sessions-status').textContent) &&
+      /session/.test(document.getElementById('sessions-status').textContent));
+
+    // Open: history, read only until joined.
+    await admin.click(row);
+    await waitSent(admin, 1, 'I need a hand with my invoice');
+    assert(await admin.isDisabled('#composer-input'), 'composer enabled before joining');
+    await admin.click('#join');
+    await admin.waitForSelector('#leave:not([hidden])');
+    assert(await admin.isEnabled('#composer-input'), 'composer disabled after joining');
+    await user.waitForFunction(() => /Sam from support joined/.test(document.getElementById('messages').textContent));
+    await admin.waitForSelector(`#admin-sessions li:not(.is-help-live) ${btn}`);
+
+    // Replies both ways, live; typing shown to support.
+    await send(admin, 'Hello Bob, Sam from support here.');
+    await waitSent(admin, 2);
+    await waitSent(user, 2, 'Hello Bob, Sam from support here.');
+    const fromSupport = (await shown(user)).find((m) => m.seq === 2);
+    assert(fromSupport.admin && !fromSupport.own, 'support reply not shown as support');
+    await user.fill('#composer-input', 'Thanks');
+    await admin.waitForFunction(() => /Bob is typing/.test(document.getElementById('typing').textContent));
+    await user.press('#composer-input', 'Enter');
+    await waitSent(admin, 3, 'Thanks');
+    await admin.waitForFunction(() => document.getElementById('typing').textContent === '');
+
+    await admin.click('#leave');
+    await admin.waitForSelector('#join:not([hidden])');
+    await user.waitForFunction(() => /Sam from support left/.test(document.getElementById('messages').textContent));
+    eq(seqsOf(await shown(user)), [1, 2, 3], 'user seqs');
+    eq(seqsOf(await shown(admin)), [1, 2, 3], 'admin seqs');
+  } finally {
+    await s.close();
+  }
+}
+
+async function testAdminRefusesUser(d) {
+  const s = scope();
+  try {
+    const base = `http://127.0.0.1:${d.port}`;
+    const page = await s.page(`${base}/admin#token=${mint('ann', { name: 'Ann' })}`);
+    await page.waitForSelector('#not-admin:not([hidden])');
+    const text = await page.textContent('#not-admin');
+    assert(/support staff/.test(text) && /admin role/.test(text) && /ann/.test(text),
+      `not-admin message: ${text}`);
+    assert(await page.isHidden('#app'), 'admin app shown to a user');
+    eq(page.sockets.length, 0, 'a user token opened a socket on the admin page');
+    // "Use another token" leads to the sign-in form.
+    await page.click('#not-admin-switch');
+    await page.waitForSelector('#signin:not([hidden])');
+  } finally {
+    await s.close();
+  }
+}
+
+async function testExpiredTokenAsksForNew(d) {
+  const s = scope();
+  try {
+    const base = `http://127.0.0.1:${d.port}`;
+    const ttl = SLOW ? 12 : 4;
+    const tok = mint('eve', { exp: Math.floor(Date.now() / 1000) + ttl });
+    const page = await s.page(`${base}/#token=${tok}`);
+    await connected(page);
+    // chatd closes with 1008 "token expired" within a second of exp.
+    await page.waitForSelector('#signin:not([hidden])', { timeout: ttl * 1000 + T });
+    const msg = await page.textContent('#signin-message');
+    assert(/expired/.test(msg), `message after expiry: ${msg}`);
+    eq(page.sockets.length, 1, 'the page reconnected with an expired token');
+  } finally {
+    await s.close();
+  }
+}
+
+// ---- test: chatd restarts under the pages ---------------------------------------------------
+
+async function testRestartResume() {
+  const s = scope();
+  const port = await freePort();
+  const db = path.join(TMP, 'restart.db');
+  const base = `http://127.0.0.1:${port}`;
+  const tok = mint('rex', { name: 'Rex' });
+  let d = await startChatd([], { port, db });
+  try {
+    const user = await s.page(`${base}/#token=${tok}`);
+    await connected(user);
+    await send(user, 'before the restart');
+    await waitSent(user, 1);
+    const sid = await selectedSession(user);
+    const admin = await s.page(`${base}/admin#token=${mint('sue', { name: 'Sue', roles: ['admin'] })}`);
+    await connected(admin);
+    await admin.click(`#admin-sessions button[data-session-id="${sid}"]`);
+    await admin.click('#join');
+    await admin.waitForSelector('#leave:not([hidden])');
+    await user.waitForFunction(() => /Sue from support joined/.test(document.getElementById('messages').textContent));
+
+    // Down: the page says so and waits to reconnect.
+    await stopChatd(d);
+    await user.waitForSelector('.notice[data-code="shutdown"]');
+    await user.waitForSelector('#conn-state[data-state="waiting"]');
+
+    // Up again, but refusing browsers (their Origin is not allowed): another
+    // device of the user writes while the pages cannot connect.
+    d = await startChatd(['--allowed-origins', 'http://elsewhere.invalid'], { port, db });
+    const phone = await device(port, tok);
+    eq((await phone.request({ type: 'user_message', session_id: sid, content: 'gap one' })).seq, 2, 'gap seq');
+    eq((await phone.request({ type: 'user_message', session_id: sid, content: 'gap two' })).seq, 3, 'gap seq');
+    await phone.close();
+    // Written while disconnected: stays pending.
+    await send(user, 'written while offline');
+    await user.waitForSelector('#messages .msg[data-state="pending"]');
+    assert((await user.getAttribute('#conn-state', 'data-state')) !== 'open', 'page connected through the refusal');
+    await stopChatd(d);
+
+    // Up for everyone: both pages reconnect by themselves, resume after seq 1,
+    // and the pending message is sent once.
+    const sentBefore = user.sent.length;
+    d = await startChatd([], { port, db });
+    const backoff = 30000 + T; // the reconnect delay is capped at 30 s
+    await waitSent(user, 4, 'written while offline', backoff);
+    const resumes = user.sent.slice(sentBefore).filter((m) => m.type === 'resume' && m.session_id === sid);
+    assert(resumes.length >= 1 && resumes[0].after_seq === 1, 'resume sent: ' + JSON.stringify(resumes));
+    const expect = [[1, 'before the restart'], [2, 'gap one'], [3, 'gap two'], [4, 'written while offline']];
+    eq((await shown(user)).map((m) => [m.seq, m.text]), expect, 'user page after the restart');
+    await waitSent(admin, 4, 'written while offline', backoff);
+    eq((await shown(admin)).map((m) => [m.seq, m.text]), expect, 'admin page after the restart');
+
+    // Live again on both; the admin's rejoin is not announced twice.
+    const phone2 = await s.device(port, tok);
+    await phone2.request({ type: 'user_message', session_id: sid, content: 'after the restart' });
+    await waitSent(user, 5, 'after the restart');
+    await waitSent(admin, 5, 'after the restart');
+    eq(seqsOf(await shown(user)), [1, 2, 3, 4, 5], 'user seqs at the end');
+    const joins = await user.$$eval('#messages .sysline', (els) =>
+      els.filter((e) => /joined/.test(e.textContent)).length);
+    eq(joins, 1, '"joined" lines on the user page');
+    // Stored once each, whatever was resent.
+    const res = await fetch(`${base}/api/sessions/${sid}/messages?after_seq=0`,
+      { headers: { Authorization: 'Bearer ' + tok } });
+    const stored = (await res.json()).messages.map((m) => [m.seq, m.content]);
+    eq(stored, [...expect, [5, 'after the restart']], 'stored messages');
+  } finally {
+    await s.close().finally(() => stopChatd(d));
+  }
+}
+
+// ---- tests: chatd under a prefix, with small limits ------------------------------------------------
+
+async function testPrefix(d) {
+  const s = scope();
+  try {
+    const base = `http://127.0.0.1:${d.port}/chat`;
+    const page = await s.page(`${base}/#token=${mint('pat', { name: 'Pat' })}`);
+    await connected(page);
+    eq(page.url(), base + '/', 'address after taking the token');
+    eq(await page.evaluate(() => getComputedStyle(document.body).display), 'grid', 'stylesheet under the prefix');
+    await send(page, 'under a prefix');
+    await waitSent(page, 1, 'under a prefix');
+    await page.reload();
+    await waitSent(page, 1, 'under a prefix');
+    assert(page.sockets.length === 2 &&
+      page.sockets.every((u) => u.startsWith(`ws://127.0.0.1:${d.port}/chat/ws?token=`)),
+      'socket URLs: ' + page.sockets.join(' '));
+    const sid = await selectedSession(page);
+    const admin = await s.page(`${base}/admin#token=${mint('sal', { roles: ['admin'] })}`);
+    await connected(admin);
+    await admin.waitForSelector(`#admin-sessions button[data-session-id="${sid}"]`);
+  } finally {
+    await s.close();
+  }
+}
+
+async function testRateLimited(d) {
+  // chatd runs with --rate-limit 12: a burst of 12, then one every 5 s.
+  const s = scope();
+  try {
+    const page = await s.page(`http://127.0.0.1:${d.port}/chat/#token=${mint('rita')}`);
+    await connected(page);
+    const n = 13;
+    for (let i = 1; i <= n; i++) await send(page, 'burst ' + i);
+    await page.waitForSelector('.notice[data-code="rate_limited"]');
+    await page.waitForSelector('#messages .msg[data-state="retrying"]');
+    const note = await page.textContent('#messages .msg[data-state="retrying"] .msg__state');
+    assert(/retrying in \d+ s/.test(note), `retrying note: ${note}`);
+    // Sent by itself once the limit allows, with the next seq.
+    await waitSent(page, n, 'burst ' + n);
+    const list = await shown(page);
+    eq(list.map((m) => [m.seq, m.state]), Array.from({ length: n }, (_, i) => [i + 1, 'sent']),
+      'all sent, once each, in order');
+  } finally {
+    await s.close();
+  }
+}
+
+async function testConnectionLimitNotice(d) {
+  // chatd runs with --max-devices 2.
+  const s = scope();
+  try {
+    const tok = mint('dee');
+    const page = await s.page(`http://127.0.0.1:${d.port}/chat/#token=${tok}`);
+    await connected(page);
+    await s.device(d.port, tok, '/chat');
+    const refused = await device(d.port, tok, '/chat').then(() => null, (e) => e);
+    assert(refused && /429/.test(refused.message), 'third device not refused: ' + refused);
+    await page.waitForSelector('.notice[data-code="connection_limit"]');
+    eq(await page.getAttribute('#conn-state', 'data-state'), 'open', 'the page stays connected');
+  } finally {
+    await s.close();
+  }
+}
+
+// ---- runner -----------------------------------------------------------------------------------
+
+async function main() {
+  let passed = 0;
+  let failed = 0;
+  const runTest = async (name, fn) => {
+    const t0 = Date.now();
+    try {
+      await withTimeout(Promise.resolve().then(fn), 4 * T + 45000, name);
+      passed++;
+      console.log(`ok   ${name} (${((Date.now() - t0) / 1000).toFixed(2)}s)`);
+    } catch (e) {
+      failed++;
+      console.log(`FAIL ${name}: ${e && e.stack ? e.stack : e}`);
+    }
+  };
+
+  try {
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
+  } catch (e) {
+    console.log(`FAIL launch chromium (${CHROMIUM}): ${e.stack || e}`);
+    console.log('0 passed, 1 failed');
+    process.exit(1);
+  }
+
+  const groups = [
+    [[], [
+      ['chat_page_takes_token_from_hash', testTokenFromHash],
+      ['sign_in_form_bad_token_sign_out', testSignInForm],
+      ['message_pending_then_sent_other_device', testSendPendingSentOtherDevice],
+      ['reload_shows_history', testReloadShowsHistory],
+      ['history_and_live_placed_by_seq', testPlacedBySeq],
+      ['second_page_live_and_new_conversation', testSecondPageLive],
+      ['admin_help_join_reply_leave', testAdminFlow],
+      ['admin_page_refuses_user_token', testAdminRefusesUser],
+      ['expired_token_asks_for_new_one', testExpiredTokenAsksForNew],
+    ]],
+    [['--prefix', '/chat', '--rate-limit', '12', '--max-devices', '2'], [
+      ['prefix_pages_api_and_ws', testPrefix],
+      ['rate_limited_message_retried', testRateLimited],
+      ['connection_limit_notice', testConnectionLimitNotice],
+    ]],
+  ];
+  for (const [args, tests] of groups) {
+    let d;
+    try {
+      d = await startChatd(args);
+    } catch (e) {
+      failed += tests.length + 1;
+      console.log(`FAIL start chatd ${args.join(' ')}: ${e.stack || e}`);
+      continue;
+    }
+    for (const [name, fn] of tests) await runTest(name, () => fn(d));
+    const label = args.length ? `sigterm_exit_0 (${args.join(' ')})` : 'sigterm_exit_0';
+    await runTest(label, () => stopChatd(d));
+  }
+  await runTest('restart_reconnect_resume_no_gap_no_duplicate', testRestartResume);
+
+  await browser.close().catch(() => {});
+  fs.rmSync(TMP, { recursive: true, force: true });
+  console.log(`${passed} passed, ${failed} failed`);
+  process.exit(failed ? 1 : 0);
+}
+
+main().catch((e) => {
+  console.log('FAIL runner: ' + (e && e.stack ? e.stack : e));
+  console.log('0 passed, 1 failed');
+  process.exit(1);
+});
