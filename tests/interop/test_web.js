@@ -322,6 +322,7 @@ async function testTokenFromHash(d) {
     eq(await page.evaluate(() => getComputedStyle(document.body).display), 'grid', 'body layout');
     assert(await page.isHidden('#signin'), 'sign-in form shown with a token');
     eq(await page.getAttribute('#messages', 'role'), 'log', 'message list role');
+    assert(await page.isHidden('#model-field'), 'model selector shown with no models offered');
   } finally {
     await s.close();
   }
@@ -568,11 +569,34 @@ async function testAdminFlow(d) {
     await waitSent(admin, 3, 'Thanks');
     await admin.waitForFunction(() => document.getElementById('typing').textContent === '');
 
+    // A second conversation joined at the same time: its news is counted
+    // while support looks at the first one.
+    await user.click('#new-conversation');
+    await send(user, 'and another question');
+    await waitSent(user, 1, 'and another question');
+    const sid2 = await selectedSession(user);
+    await admin.click('#refresh-sessions');
+    await admin.click(`#admin-sessions button[data-session-id="${sid2}"]`);
+    await waitSent(admin, 1, 'and another question');
+    await admin.click('#join');
+    await admin.waitForSelector('#leave:not([hidden])');
+    eq(await admin.$$eval('#joined-list button', (b) => b.length), 2, 'joined sessions');
+    await admin.click('#joined-list li:first-child button');
+    await waitSent(admin, 3, 'Thanks');
+    await send(user, 'still there?');
+    await admin.waitForFunction(() => /1/.test(document.querySelector('#joined-list li:last-child .badge') ?
+      document.querySelector('#joined-list li:last-child .badge').textContent : ''));
+    await admin.click('#joined-list li:last-child button');
+    await waitSent(admin, 2, 'still there?');
+
+    await admin.click('#joined-list li:first-child button');
     await admin.click('#leave');
     await admin.waitForSelector('#join:not([hidden])');
+    await user.click(`#session-list button[data-session-id="${sid}"]`);
     await user.waitForFunction(() => /Sam from support left/.test(document.getElementById('messages').textContent));
     eq(seqsOf(await shown(user)), [1, 2, 3], 'user seqs');
     eq(seqsOf(await shown(admin)), [1, 2, 3], 'admin seqs');
+    eq(await admin.$$eval('#joined-list button', (b) => b.length), 1, 'joined sessions after leaving one');
   } finally {
     await s.close();
   }
@@ -705,9 +729,16 @@ async function testPrefix(d) {
       page.sockets.every((u) => u.startsWith(`ws://127.0.0.1:${d.port}/chat/ws?token=`)),
       'socket URLs: ' + page.sockets.join(' '));
     const sid = await selectedSession(page);
+    // chatd offers models here: the selector is shown and sets the session's.
+    await page.waitForSelector('#model-field:not([hidden])');
+    eq(await page.$$eval('#model-select option', (o) => o.map((x) => x.value + '=' + x.textContent)),
+      ['=Default', 'm1=Fast', 'm2=Smart'], 'model options');
+    await page.selectOption('#model-select', 'm2');
+    await page.waitForFunction(() => /Model set to Smart/.test(document.getElementById('notices').textContent));
     const admin = await s.page(`${base}/admin#token=${mint('sal', { roles: ['admin'] })}`);
     await connected(admin);
-    await admin.waitForSelector(`#admin-sessions button[data-session-id="${sid}"]`);
+    await admin.click(`#admin-sessions button[data-session-id="${sid}"]`);
+    await admin.waitForFunction(() => /model m2/.test(document.getElementById('conv-sub').textContent));
   } finally {
     await s.close();
   }
@@ -789,7 +820,7 @@ async function main() {
       ['admin_page_refuses_user_token', testAdminRefusesUser],
       ['expired_token_asks_for_new_one', testExpiredTokenAsksForNew],
     ]],
-    [['--prefix', '/chat', '--rate-limit', '12', '--max-devices', '2'], [
+    [['--prefix', '/chat', '--rate-limit', '12', '--max-devices', '2', '--models', 'm1:Fast,m2:Smart'], [
       ['prefix_pages_api_and_ws', testPrefix],
       ['rate_limited_message_retried', testRateLimited],
       ['connection_limit_notice', testConnectionLimitNotice],
@@ -805,7 +836,7 @@ async function main() {
       continue;
     }
     for (const [name, fn] of tests) await runTest(name, () => fn(d));
-    const label = args.length ? `sigterm_exit_0 (${args.join(' ')})` : 'sigterm_exit_0';
+    const label = args.length ? `sigterm_exit_0 (${args.slice(0, 2).join(' ')} ...)` : 'sigterm_exit_0';
     await runTest(label, () => stopChatd(d));
   }
   await runTest('restart_reconnect_resume_no_gap_no_duplicate', testRestartResume);
