@@ -12,16 +12,11 @@ const fs = require('fs');
 const net = require('net');
 const os = require('os');
 const path = require('path');
-const { spawn } = require('child_process');
 const WebSocket = require(path.join(__dirname, 'node_modules', 'ws'));
 const { chromium } = require(path.join(__dirname, 'node_modules', 'playwright-core'));
+const { SLOW, T, withTimeout, spawnChatd, waitAccepting, stopChatd } = require('./chatd_process');
 
-const CHATD_BIN = process.env.CHATD_BIN ||
-  path.join(__dirname, '..', '..', 'build', 'debug', 'chatd');
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
-const SLOW = ['address', 'thread'].includes(process.env.CHATD_BUILD_KIND || '');
-const T = SLOW ? 60000 : 15000; // ms, per wait
-const SANITIZER_MARKERS = ['Sanitizer', 'runtime error:'];
 const SECRET = 'web-test-' + crypto.randomBytes(24).toString('hex');
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'chatd-web-'));
 
@@ -45,87 +40,15 @@ function mint(sub, opts) {
 
 // ---- chatd process -------------------------------------------------------------------
 
+// chatd with this test's secret, two workers, a new database unless opts.db,
+// on opts.port (0: any free one), accepting connections.
 async function startChatd(extraArgs, opts) {
   opts = opts || {};
-  const args = ['--listen', `127.0.0.1:${opts.port || 0}`, '--jwt-secret', SECRET,
+  const d = await spawnChatd(['--listen', `127.0.0.1:${opts.port || 0}`, '--jwt-secret', SECRET,
     '--db', opts.db || path.join(TMP, `chatd-${Date.now()}-${Math.random()}.db`),
-    '--workers', '2', ...(extraArgs || [])];
-  const d = await new Promise((resolve, reject) => {
-    const proc = spawn(CHATD_BIN, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    const d = { proc, stderr: '', port: null, exit: null, args };
-    d.exited = new Promise((res) => proc.on('exit', (code, signal) => {
-      d.exit = { code, signal };
-      res(d.exit);
-    }));
-    const timer = setTimeout(() => {
-      proc.kill('SIGKILL');
-      reject(new Error('chatd did not start:\n' + d.stderr));
-    }, T);
-    proc.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    proc.stderr.setEncoding('utf8');
-    proc.stderr.on('data', (chunk) => {
-      d.stderr += chunk;
-      if (d.port === null) {
-        const m = /event=listening addr=127\.0\.0\.1:(\d+)/.exec(d.stderr);
-        if (m) {
-          d.port = Number(m[1]);
-          clearTimeout(timer);
-          resolve(d);
-        }
-      }
-    });
-    d.exited.then((e) => {
-      if (d.port === null) {
-        clearTimeout(timer);
-        reject(new Error(`chatd exited at start (${e.code}/${e.signal}):\n${d.stderr}`));
-      }
-    });
-  });
+    '--workers', '2', ...(extraArgs || [])]);
   await waitAccepting(d);
   return d;
-}
-
-// chatd logs its listening line before every worker has called listen().
-async function waitAccepting(d) {
-  const deadline = Date.now() + T;
-  for (;;) {
-    const err = await new Promise((res) => {
-      const s = net.connect(d.port, '127.0.0.1');
-      s.once('connect', () => {
-        s.destroy();
-        res(null);
-      });
-      s.once('error', res);
-    });
-    if (!err) return;
-    if (Date.now() > deadline || d.exit !== null) {
-      d.proc.kill('SIGKILL');
-      throw new Error(`chatd not accepting on port ${d.port}: ${err.code}\n${d.stderr}`);
-    }
-    await new Promise((res) => setTimeout(res, 20));
-  }
-}
-
-async function stopChatd(d) {
-  if (d.exit === null) d.proc.kill('SIGTERM');
-  const e = await withTimeout(d.exited, 30000 + T, 'chatd exit after SIGTERM')
-    .catch((err) => {
-      d.proc.kill('SIGKILL');
-      throw err;
-    });
-  await new Promise((res) => (d.proc.stderr.readableEnded ? res() : d.proc.stderr.on('end', res)));
-  for (const marker of SANITIZER_MARKERS) {
-    if (d.stderr.includes(marker)) {
-      throw new Error(`sanitizer report ("${marker}") in chatd stderr:\n` + d.stderr.slice(-8000));
-    }
-  }
-  if (e.code !== 0) {
-    throw new Error(`chatd exit code ${e.code} signal ${e.signal}, expected 0:\n` +
-      d.stderr.slice(-4000));
-  }
 }
 
 // A port nobody listens on now, for a chatd that must come back on the same one.
@@ -141,16 +64,6 @@ function freePort() {
 }
 
 // ---- helpers -----------------------------------------------------------------------
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  return Promise.race([
-    promise,
-    new Promise((_, rej) => {
-      timer = setTimeout(() => rej(new Error('timeout: ' + what)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
-}
 
 function assert(cond, msg) {
   if (!cond) throw new Error('assertion failed: ' + msg);

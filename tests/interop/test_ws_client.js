@@ -6,15 +6,10 @@
 
 const net = require('net');
 const path = require('path');
-const { spawn } = require('child_process');
 const WebSocket = require(path.join(__dirname, 'node_modules', 'ws'));
+const { T, withTimeout, spawnChatd, waitAccepting, stopChatd } = require('./chatd_process');
 
-const CHATD_BIN = process.env.CHATD_BIN ||
-  path.join(__dirname, '..', '..', 'build', 'debug', 'chatd');
-const SLOW = ['address', 'thread'].includes(process.env.CHATD_BUILD_KIND || '');
-const T = SLOW ? 60000 : 15000; // ms, per wait
 const SIZES = [0, 1, 125, 126, 65535, 65536, 100 * 1024, 1 << 20];
-const SANITIZER_MARKERS = ['Sanitizer', 'runtime error:'];
 
 // ---- chatd process ---------------------------------------------------------------
 
@@ -23,89 +18,12 @@ const SANITIZER_MARKERS = ['Sanitizer', 'runtime error:'];
 // workers call listen() (see testReadyWhenListeningLogged, which checks that
 // race on its own), and the other tests should not fail for that reason.
 async function startChatd(extraArgs, raw) {
-  const d = await spawnChatd(extraArgs);
+  const d = await spawnChatd(['--echo', '--listen', '127.0.0.1:0', ...(extraArgs || [])]);
   if (!raw) await waitAccepting(d);
   return d;
 }
 
-async function waitAccepting(d) {
-  const deadline = Date.now() + T;
-  for (;;) {
-    const err = await new Promise((res) => {
-      const s = net.connect(d.port, '127.0.0.1');
-      s.once('connect', () => { s.destroy(); res(null); });
-      s.once('error', res);
-    });
-    if (!err) return;
-    if (Date.now() > deadline || d.exit !== null) {
-      d.proc.kill('SIGKILL');
-      throw new Error(`chatd not accepting on port ${d.port}: ${err.code}\n${d.stderr}`);
-    }
-    await new Promise((res) => setTimeout(res, 20));
-  }
-}
-
-function spawnChatd(extraArgs) {
-  return new Promise((resolve, reject) => {
-    const args = ['--echo', '--listen', '127.0.0.1:0', ...(extraArgs || [])];
-    const proc = spawn(CHATD_BIN, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    const d = { proc, stderr: '', port: null, exit: null };
-    d.exited = new Promise((res) => proc.on('exit', (code, signal) => {
-      d.exit = { code, signal };
-      res(d.exit);
-    }));
-    const timer = setTimeout(() => {
-      proc.kill('SIGKILL');
-      reject(new Error('chatd did not start:\n' + d.stderr));
-    }, T);
-    proc.on('error', (e) => { clearTimeout(timer); reject(e); });
-    proc.stderr.setEncoding('utf8');
-    proc.stderr.on('data', (chunk) => {
-      d.stderr += chunk;
-      if (d.port === null) {
-        const m = /event=listening addr=127\.0\.0\.1:(\d+)/.exec(d.stderr);
-        if (m) {
-          d.port = Number(m[1]);
-          clearTimeout(timer);
-          resolve(d);
-        }
-      }
-    });
-    d.exited.then((e) => {
-      if (d.port === null) {
-        clearTimeout(timer);
-        reject(new Error(`chatd exited at start (${e.code}/${e.signal}):\n${d.stderr}`));
-      }
-    });
-  });
-}
-
-async function stopChatd(d) {
-  if (d.exit === null) d.proc.kill('SIGTERM');
-  const e = await withTimeout(d.exited, 30000 + T, 'chatd exit after SIGTERM')
-    .catch((err) => { d.proc.kill('SIGKILL'); throw err; });
-  // Let the stderr pipe drain fully.
-  await new Promise((res) => (d.proc.stderr.readableEnded ? res() : d.proc.stderr.on('end', res)));
-  for (const marker of SANITIZER_MARKERS) {
-    if (d.stderr.includes(marker)) {
-      throw new Error(`sanitizer report ("${marker}") in chatd stderr:\n` + d.stderr.slice(-8000));
-    }
-  }
-  if (e.code !== 0) {
-    throw new Error(`chatd exit code ${e.code} signal ${e.signal}, expected 0:\n` +
-      d.stderr.slice(-4000));
-  }
-}
-
 // ---- helpers -------------------------------------------------------------------
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  return Promise.race([
-    promise,
-    new Promise((_, rej) => { timer = setTimeout(() => rej(new Error('timeout: ' + what)), ms); }),
-  ]).finally(() => clearTimeout(timer));
-}
 
 function assert(cond, msg) {
   if (!cond) throw new Error('assertion failed: ' + msg);
