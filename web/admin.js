@@ -13,8 +13,6 @@
   const C = window.Chatd;
   const $ = (id) => document.getElementById(id);
 
-  const HISTORY_PAGE = 200;
-  const TYPING_SHOW_MS = 8000;
   const SESSIONS_REFRESH_MS = 20000;
   const ONLINE_REFRESH_MS = 15000;
   const REJOIN_WAIT_MS = 15000;
@@ -41,11 +39,6 @@
     sub: $('conv-sub'),
     join: $('join'),
     leave: $('leave'),
-    scroll: $('message-scroll'),
-    earlier: $('load-earlier'),
-    empty: $('conv-empty'),
-    messages: $('messages'),
-    typing: $('typing'),
     composer: $('composer'),
     input: $('composer-input'),
     send: $('send'),
@@ -59,7 +52,9 @@
   let views = new Map(); /* session id -> V (sessions opened on this page) */
   let helpLive = new Map(); /* session id -> name of who asked, since this page opened */
   let selected = null;
-  let view = new C.OrderedList(ui.messages);
+  const pane = new C.ConversationPane({
+    current, token: () => token, me: () => me, render: renderConversation, renderTyping, putPending,
+  });
   let counter = 0;
   let timers = [];
   let unseen = 0;
@@ -206,15 +201,6 @@
     return selected ? views.get(selected) : null;
   }
 
-  function atBottom() {
-    const s = ui.scroll;
-    return s.scrollHeight - s.scrollTop - s.clientHeight < 48;
-  }
-
-  function scrollToEnd() {
-    ui.scroll.scrollTop = ui.scroll.scrollHeight;
-  }
-
   function select(id, byUser) {
     typingOut.stop();
     selected = id;
@@ -232,24 +218,12 @@
   }
 
   function ensureHistory(V) {
-    if (V.tl.loaded || V.loading) return;
-    const after = Math.max(0, (info(V.id).last_seq || 0) - HISTORY_PAGE);
-    const t = token;
-    V.loadError = null;
-    ui.scroll.setAttribute('aria-busy', 'true');
-    V.loading = C.loadHistory(t, V.id, after, V.tl).then((lastSeq) => {
-      if (t !== token) return;
-      V.loading = null;
+    pane.loadHistory(V, info(V.id).last_seq, (lastSeq) => {
       const s = infos.get(V.id);
       if (s) s.last_seq = Math.max(s.last_seq || 0, lastSeq);
       if (V.joined && client) client.resume(V.id, V.tl.high);
       if (selected === V.id) renderConversation();
-    }, (err) => {
-      if (t !== token) return;
-      V.loading = null;
-      V.loadError = err.message;
-      if (selected === V.id) renderConversation();
-    }).finally(() => ui.scroll.removeAttribute('aria-busy'));
+    });
   }
 
   function renderHeader() {
@@ -287,31 +261,22 @@
 
   function renderConversation() {
     const V = current();
-    view.clear();
+    pane.list.clear();
     renderHeader();
     if (!V) {
-      ui.earlier.hidden = true;
-      ui.empty.hidden = false;
+      pane.earlier.hidden = true;
+      pane.empty.hidden = false;
       renderTyping();
       return;
     }
-    for (const ev of V.tl.list()) view.put([ev.seq, 0], C.messageNode({ ev }, me));
-    for (const s of V.system) view.put(s.key, C.systemNode(s.text, s.kind));
-    for (const p of V.pending.values()) putPending(V, p);
-    ui.earlier.hidden = !(V.tl.loaded && V.tl.from > 0);
-    ui.empty.hidden = (V.tl.size > 0 || V.pending.size > 0) && !V.loadError;
-    if (V.loadError) ui.empty.textContent = 'The messages could not be loaded: ' + V.loadError;
-    else if (!V.tl.loaded) ui.empty.textContent = 'Loading messages…';
-    else ui.empty.textContent = 'No messages yet.';
-    renderTyping();
-    scrollToEnd();
+    pane.show(V);
   }
 
   function addEvent(V, ev, live) {
     if (ev.id && V.pending.has(ev.id)) {
       const p = V.pending.get(ev.id);
       V.pending.delete(ev.id);
-      if (selected === V.id) view.remove(p.key);
+      if (selected === V.id) pane.list.remove(p.key);
     }
     if (!V.tl.add(ev)) return;
     const s = infos.get(V.id);
@@ -321,31 +286,19 @@
     }
     const mine = ev.sender && ev.sender.id === me.user_id && ev.sender.type === 'admin';
     if (selected === V.id) {
-      const stick = atBottom();
-      view.put([ev.seq, 0], C.messageNode({ ev }, me));
-      ui.empty.hidden = true;
-      if (stick || mine) scrollToEnd();
+      pane.add([ev.seq, 0], C.messageNode({ ev }, me), mine);
     } else if (live && !mine) {
       V.unread++;
     }
     if (live && !mine && document.visibilityState !== 'visible') bumpTitle();
-    if (ev.sender && V.typing.has(ev.sender.type + ':' + ev.sender.id)) {
-      const k = ev.sender.type + ':' + ev.sender.id;
-      clearTimeout(V.typing.get(k).timer);
-      V.typing.delete(k);
-      if (selected === V.id) renderTyping();
-    }
+    pane.typingDone(V, ev.sender);
     renderList();
   }
 
   function addSystem(V, text, kind) {
     const s = { key: [V.tl.last, ++counter], text, kind };
     V.system.push(s);
-    if (selected === V.id) {
-      view.put(s.key, C.systemNode(text, kind));
-      ui.empty.hidden = true;
-      scrollToEnd();
-    }
+    if (selected === V.id) pane.add(s.key, C.systemNode(text, kind), true);
   }
 
   function bumpTitle() {
@@ -410,11 +363,11 @@
         onClick: () => {
           client.cancel(p.id);
           V.pending.delete(p.id);
-          view.remove(p.key);
+          pane.list.remove(p.key);
         },
       },
     ];
-    view.put(p.key, C.messageNode({ pending: p, actions }, me));
+    pane.list.put(p.key, C.messageNode({ pending: p, actions }, me));
   }
 
   function sendReply(V, text) {
@@ -425,8 +378,8 @@
     };
     V.pending.set(p.id, p);
     putPending(V, p);
-    ui.empty.hidden = true;
-    scrollToEnd();
+    pane.empty.hidden = true;
+    pane.scrollToEnd();
     sendPending(V, p);
   }
 
@@ -437,13 +390,12 @@
     client.request({ type: 'admin_message', id: p.id, session_id: V.id, content: p.content }, {
       onRetry: (err, delay) => {
         p.state = 'retrying';
-        p.note = (err.code === 'rate_limited' ? 'Sending too fast' : 'Server busy') +
-          ', retrying in ' + Math.ceil(delay / 1000) + ' s';
+        p.note = C.retryNote(err, delay);
         if (selected === V.id) putPending(V, p);
       },
     }).then((ack) => {
       V.pending.delete(p.id);
-      if (selected === V.id) view.remove(p.key);
+      if (selected === V.id) pane.list.remove(p.key);
       addEvent(V, {
         type: 'admin_message', session_id: V.id, seq: ack.seq, id: p.id, sender: p.sender,
         content: p.content, timestamp: ack.timestamp,
@@ -461,25 +413,11 @@
   function onTyping(ev) {
     const V = views.get(ev.session_id);
     if (!V || !ev.sender) return;
-    const k = ev.sender.type + ':' + ev.sender.id;
-    const old = V.typing.get(k);
-    if (old) clearTimeout(old.timer);
-    if (ev.typing) {
-      const timer = setTimeout(() => {
-        V.typing.delete(k);
-        if (selected === V.id) renderTyping();
-      }, TYPING_SHOW_MS);
-      V.typing.set(k, { label: C.senderLabel(ev.sender, me), timer });
-    } else {
-      V.typing.delete(k);
-    }
-    if (selected === V.id) renderTyping();
+    pane.typingEvent(V, ev, C.senderLabel(ev.sender, me));
   }
 
   function renderTyping() {
-    const V = current();
-    const text = V ? C.typingText(Array.from(V.typing.values(), (t) => t.label)) : '';
-    if (ui.typing.textContent !== text) ui.typing.textContent = text;
+    pane.showTyping(current());
   }
 
   // ---- events --------------------------------------------------------------------------
@@ -603,13 +541,7 @@
       return null;
     }
     ui.notAdmin.hidden = true;
-    client = new C.Client({ token, onConnected });
-    client.on('event', onEvent);
-    client.on('error', (msg) => C.notify(C.describeError(msg), { kind: 'error', code: msg.code }));
-    client.on('state', (s) => {
-      ui.body.dataset.conn = s.state;
-      if (s.state !== 'open' && s.state !== 'preparing') typingOut.stop();
-    });
+    client = C.pageClient(token, onConnected, onEvent, () => typingOut.stop());
     renderConversation();
     loadSessions();
     loadOnline();
@@ -640,7 +572,7 @@
     ui.online.replaceChildren();
     ui.onlineSummary.textContent = '';
     ui.listStatus.textContent = '';
-    view.clear();
+    pane.list.clear();
   }
 
   // ---- wiring ----------------------------------------------------------------------------
@@ -669,32 +601,13 @@
     sendReply(V, text);
     ui.input.focus();
   });
-  ui.input.addEventListener('keydown', (e) => {
-    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && !e.altKey && !e.ctrlKey && !e.metaKey) {
-      e.preventDefault();
-      ui.composer.requestSubmit();
-    }
-  });
+  C.submitOnEnter(ui.input, ui.composer);
   ui.input.addEventListener('input', () => {
     const V = current();
     typingOut.update(V && V.joined ? V.id : null, !!ui.input.value.trim());
   });
   ui.back.addEventListener('click', () => {
     ui.body.dataset.view = 'list';
-  });
-  ui.earlier.addEventListener('click', () => {
-    const V = current();
-    if (!V) return;
-    ui.earlier.disabled = true;
-    const before = ui.scroll.scrollHeight - ui.scroll.scrollTop;
-    C.loadEarlier(token, V.id, V.tl, HISTORY_PAGE).then(() => {
-      if (selected !== V.id) return;
-      renderConversation();
-      ui.scroll.scrollTop = ui.scroll.scrollHeight - before;
-    }, (err) => C.notify('Earlier messages could not be loaded: ' + err.message, { kind: 'error' }))
-      .finally(() => {
-        ui.earlier.disabled = false;
-      });
   });
   ui.notAdminSwitch.addEventListener('click', () => ui.signOut.click());
   document.addEventListener('visibilitychange', () => {

@@ -16,9 +16,7 @@
   const C = window.Chatd;
   const $ = (id) => document.getElementById(id);
 
-  const HISTORY_PAGE = 200;
   const TYPING_IDLE_MS = 3000;
-  const TYPING_SHOW_MS = 8000;
   const READ_KEY = 'chatd.read.';
   const SELECTED_KEY = 'chatd.selected';
   const narrow = window.matchMedia('(max-width: 760px)');
@@ -35,11 +33,6 @@
     help: $('help'),
     modelField: $('model-field'),
     model: $('model-select'),
-    scroll: $('message-scroll'),
-    earlier: $('load-earlier'),
-    empty: $('conv-empty'),
-    messages: $('messages'),
-    typing: $('typing'),
     composer: $('composer'),
     input: $('composer-input'),
   };
@@ -50,7 +43,10 @@
   let sessions = new Map();
   let selected = null; /* a session id, or null: the draft */
   let draft = null;
-  let view = new C.OrderedList(ui.messages);
+  const pane = new C.ConversationPane({
+    current, token: () => token, me: () => me, render: renderConversation, renderTyping,
+    putPending, putStream,
+  });
   let listItems = new Map(); /* session id -> <li> */
   let counter = 0; /* minor keys of system lines, pending and streams */
   let firstList = true;
@@ -129,7 +125,7 @@
   // when it is on screen, the page visible and the view at its end.
   function markReadIfSeen() {
     const S = current();
-    if (!S || !S.tl.last || document.visibilityState !== 'visible' || !atBottom()) return;
+    if (!S || !S.tl.last || document.visibilityState !== 'visible' || !pane.atBottom()) return;
     const seq = S.tl.last;
     setRead(S, seq);
     if (seq > S.sentRead && client && client.send({ type: 'read', session_id: S.id, seq })) {
@@ -268,15 +264,6 @@
 
   // ---- the conversation -----------------------------------------------------------
 
-  function atBottom() {
-    const s = ui.scroll;
-    return s.scrollHeight - s.scrollTop - s.clientHeight < 48;
-  }
-
-  function scrollToEnd() {
-    ui.scroll.scrollTop = ui.scroll.scrollHeight;
-  }
-
   function select(id, byUser) {
     stopTyping();
     if (id !== null && !sessions.has(id)) id = null;
@@ -296,30 +283,18 @@
   }
 
   function ensureHistory(S) {
-    if (S.tl.loaded || S.loading) return;
-    const after = Math.max(0, (S.info.last_seq || 0) - HISTORY_PAGE);
-    S.loadError = null;
-    const t = token;
-    ui.scroll.setAttribute('aria-busy', 'true');
-    S.loading = C.loadHistory(t, S.id, after, S.tl).then((lastSeq) => {
-      if (t !== token) return;
-      S.loading = null;
+    pane.loadHistory(S, S.info.last_seq, (lastSeq) => {
       S.info.last_seq = Math.max(S.info.last_seq || 0, lastSeq);
       // Whatever was written between the read and now (if the socket was
       // down meanwhile) comes back with resume; live events are deduplicated.
       if (client) client.resume(S.id, S.tl.high);
       if (selected === S.id) {
         renderConversation();
-        scrollToEnd();
+        pane.scrollToEnd();
         markReadIfSeen();
       }
       scheduleList();
-    }, (err) => {
-      if (t !== token) return;
-      S.loading = null;
-      S.loadError = err.message;
-      if (selected === S.id) renderConversation();
-    }).finally(() => ui.scroll.removeAttribute('aria-busy'));
+    });
   }
 
   function renderHeader() {
@@ -354,32 +329,17 @@
 
   function renderConversation() {
     const S = current();
-    view.clear();
+    pane.list.clear();
     renderHeader();
     if (!S) {
       for (const p of draft.pending.values()) putPending(null, p);
-      ui.earlier.hidden = true;
-      ui.empty.hidden = draft.pending.size > 0;
-      ui.empty.textContent = 'Write a message to start a conversation.';
+      pane.earlier.hidden = true;
+      pane.empty.hidden = draft.pending.size > 0;
+      pane.empty.textContent = 'Write a message to start a conversation.';
       renderTyping();
       return;
     }
-    for (const ev of S.tl.list()) view.put([ev.seq, 0], C.messageNode({ ev }, me));
-    for (const s of S.system) view.put(s.key, C.systemNode(s.text, s.kind));
-    for (const st of S.streams.values()) putStream(S, st);
-    for (const p of S.pending.values()) putPending(S, p);
-    ui.earlier.hidden = !(S.tl.loaded && S.tl.from > 0);
-    const nothing = !S.tl.size && !S.pending.size && !S.streams.size;
-    ui.empty.hidden = !nothing && !S.loadError;
-    if (S.loadError) {
-      ui.empty.textContent = 'The messages could not be loaded: ' + S.loadError;
-    } else if (S.loading || !S.tl.loaded) {
-      ui.empty.textContent = 'Loading messages…';
-    } else {
-      ui.empty.textContent = 'No messages yet.';
-    }
-    renderTyping();
-    scrollToEnd();
+    pane.show(S);
   }
 
   function putPending(S, p) {
@@ -387,7 +347,7 @@
       { label: 'Retry', onClick: () => sendPending(S ? sessions.get(S.id) : null, p) },
       { label: 'Discard', onClick: () => discard(S, p) },
     ];
-    view.put(p.key, C.messageNode({ pending: p, actions }, me));
+    pane.list.put(p.key, C.messageNode({ pending: p, actions }, me));
   }
 
   function refreshPending(S, p) {
@@ -399,14 +359,14 @@
   function addEvent(S, ev, live) {
     if (ev.id && S.pending.has(ev.id)) {
       S.pending.delete(ev.id);
-      if (selected === S.id) view.remove(pendingKeyOf(ev.id));
+      if (selected === S.id) pane.list.remove(pendingKeyOf(ev.id));
     }
     if (ev.type === 'ai_response') {
       S.aiBusy = false;
       if (ev.stream_id && S.streams.has(ev.stream_id)) {
         const st = S.streams.get(ev.stream_id);
         S.streams.delete(ev.stream_id);
-        if (selected === S.id) view.remove(st.key);
+        if (selected === S.id) pane.list.remove(st.key);
       }
     }
     if (!S.tl.add(ev)) return;
@@ -414,10 +374,7 @@
     if (ev.timestamp && ev.timestamp > (S.info.updated_at || '')) S.info.updated_at = ev.timestamp;
     const fromOther = !(ev.sender && ev.sender.id === me.user_id && ev.sender.type === 'user');
     if (selected === S.id) {
-      const stick = atBottom();
-      view.put([ev.seq, 0], C.messageNode({ ev }, me));
-      ui.empty.hidden = true;
-      if (stick || !fromOther) scrollToEnd();
+      pane.add([ev.seq, 0], C.messageNode({ ev }, me), !fromOther);
       if (ev.seq === 1) renderHeader();
       markReadIfSeen();
     }
@@ -425,14 +382,7 @@
       unseen++;
       document.title = '(' + unseen + ') chatd';
     }
-    if (S.typing.size && ev.sender) {
-      const k = ev.sender.type + ':' + ev.sender.id;
-      if (S.typing.has(k)) {
-        clearTimeout(S.typing.get(k).timer);
-        S.typing.delete(k);
-        if (selected === S.id) renderTyping();
-      }
-    }
+    pane.typingDone(S, ev.sender);
     scheduleList();
   }
 
@@ -444,12 +394,7 @@
   function addSystem(S, text, kind) {
     const s = { key: [S.tl.last, ++counter], text, kind };
     S.system.push(s);
-    if (selected === S.id) {
-      const stick = atBottom();
-      view.put(s.key, C.systemNode(text, kind));
-      ui.empty.hidden = true;
-      if (stick) scrollToEnd();
-    }
+    if (selected === S.id) pane.add(s.key, C.systemNode(text, kind), false);
   }
 
   // ---- sending --------------------------------------------------------------------
@@ -468,7 +413,7 @@
     if (!S) {
       draft.pending.set(p.id, p);
       putPending(null, p);
-      ui.empty.hidden = true;
+      pane.empty.hidden = true;
       if (!draft.creator) {
         draft.creator = p.id;
         sendPending(null, p);
@@ -476,10 +421,10 @@
     } else {
       S.pending.set(p.id, p);
       putPending(S, p);
-      ui.empty.hidden = true;
+      pane.empty.hidden = true;
       sendPending(S, p);
     }
-    scrollToEnd();
+    pane.scrollToEnd();
   }
 
   function sendPending(S, p) {
@@ -491,8 +436,7 @@
     client.request(msg, {
       onRetry: (err, delay) => {
         p.state = 'retrying';
-        p.note = (err.code === 'rate_limited' ? 'Sending too fast' : 'Server busy') +
-          ', retrying in ' + Math.ceil(delay / 1000) + ' s';
+        p.note = C.retryNote(err, delay);
         refreshPending(S, p);
         if (err.code === 'rate_limited') {
           C.notify(C.describeError(err), { kind: 'warn', code: err.code });
@@ -533,7 +477,7 @@
       if (model) chooseModel(target, model);
     }
     target.pending.delete(p.id);
-    if (selected === target.id) view.remove(p.key);
+    if (selected === target.id) pane.list.remove(p.key);
     addEvent(target, {
       type: 'user_message', session_id: target.id, seq: ack.seq, id: p.id,
       sender: p.sender, content: p.content, timestamp: ack.timestamp,
@@ -558,7 +502,7 @@
         }
       }
     }
-    view.remove(p.key);
+    pane.list.remove(p.key);
   }
 
   function chooseModel(S, modelId) {
@@ -585,32 +529,14 @@
   function onTyping(ev) {
     const S = sessions.get(ev.session_id);
     if (!S || !ev.sender) return;
-    const k = ev.sender.type + ':' + ev.sender.id;
-    const old = S.typing.get(k);
-    if (old) clearTimeout(old.timer);
-    if (ev.typing) {
-      const label = ev.sender.id === me.user_id && ev.sender.type === 'user'
-        ? 'You (on another device)' : C.senderLabel(ev.sender, me);
-      // A device that vanished never says false: forget it after a while.
-      const timer = setTimeout(() => {
-        S.typing.delete(k);
-        if (selected === S.id) renderTyping();
-      }, TYPING_SHOW_MS);
-      S.typing.set(k, { label, timer });
-    } else {
-      S.typing.delete(k);
-    }
-    if (selected === S.id) renderTyping();
+    const label = ev.sender.id === me.user_id && ev.sender.type === 'user'
+      ? 'You (on another device)' : C.senderLabel(ev.sender, me);
+    pane.typingEvent(S, ev, label);
   }
 
   function renderTyping() {
     const S = current();
-    let text = '';
-    if (S) {
-      text = C.typingText(Array.from(S.typing.values(), (t) => t.label));
-      if (S.aiBusy) text = (text ? text + ' ' : '') + 'The assistant is working…';
-    }
-    if (ui.typing.textContent !== text) ui.typing.textContent = text;
+    pane.showTyping(S, S && S.aiBusy ? 'The assistant is working…' : '');
   }
 
   // ---- streaming answers (ai_response with done:false) ------------------------------
@@ -638,17 +564,18 @@
     st.buf.set(bytes, off);
     st.len = Math.max(st.len, need);
     if (selected === S.id) {
-      const stick = atBottom();
-      putStream(S, st);
-      ui.empty.hidden = true;
-      if (stick) scrollToEnd();
+      pane.add(st.key, streamNode(st), false);
       renderTyping();
     }
   }
 
-  function putStream(S, st) {
+  function streamNode(st) {
     const text = new TextDecoder().decode(st.buf.subarray(0, st.len));
-    view.put(st.key, C.messageNode({ stream: { sender: st.sender, content: text, timestamp: st.timestamp } }, me));
+    return C.messageNode({ stream: { sender: st.sender, content: text, timestamp: st.timestamp } }, me);
+  }
+
+  function putStream(S, st) {
+    pane.list.put(st.key, streamNode(st));
   }
 
   // ---- events from the server --------------------------------------------------------
@@ -735,13 +662,7 @@
     selected = null;
     draft = newDraft();
     firstList = true;
-    client = new C.Client({ token, onConnected });
-    client.on('event', onEvent);
-    client.on('error', (msg) => C.notify(C.describeError(msg), { kind: 'error', code: msg.code }));
-    client.on('state', (s) => {
-      ui.body.dataset.conn = s.state;
-      if (s.state !== 'open' && s.state !== 'preparing') stopTyping();
-    });
+    client = C.pageClient(token, onConnected, onEvent, stopTyping);
     renderConversation();
     loadSessions();
     return client;
@@ -757,7 +678,7 @@
     sessions = new Map();
     listItems = new Map();
     ui.list.replaceChildren();
-    view.clear();
+    pane.list.clear();
     draft = newDraft();
     selected = null;
   }
@@ -773,12 +694,7 @@
     sendMessage(text);
     ui.input.focus();
   });
-  ui.input.addEventListener('keydown', (e) => {
-    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && !e.altKey && !e.ctrlKey && !e.metaKey) {
-      e.preventDefault();
-      ui.composer.requestSubmit();
-    }
-  });
+  C.submitOnEnter(ui.input, ui.composer);
   ui.input.addEventListener('input', () => typingOut.update(selected, !!ui.input.value.trim()));
   ui.newConv.addEventListener('click', () => select(null, true));
   ui.back.addEventListener('click', () => {
@@ -809,22 +725,8 @@
     }
     chooseModel(S, ui.model.value);
   });
-  ui.earlier.addEventListener('click', () => {
-    const S = current();
-    if (!S) return;
-    ui.earlier.disabled = true;
-    const before = ui.scroll.scrollHeight - ui.scroll.scrollTop;
-    C.loadEarlier(token, S.id, S.tl, HISTORY_PAGE).then(() => {
-      if (selected !== S.id) return;
-      renderConversation();
-      ui.scroll.scrollTop = ui.scroll.scrollHeight - before;
-    }, (err) => C.notify('Earlier messages could not be loaded: ' + err.message, { kind: 'error' }))
-      .finally(() => {
-        ui.earlier.disabled = false;
-      });
-  });
-  ui.scroll.addEventListener('scroll', () => {
-    if (atBottom()) markReadIfSeen();
+  pane.scroll.addEventListener('scroll', () => {
+    if (pane.atBottom()) markReadIfSeen();
   }, { passive: true });
   document.addEventListener('visibilitychange', () => {
     if (document.visibilityState === 'visible') {

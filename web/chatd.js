@@ -11,6 +11,8 @@
  *    duplicates dropped (replayed events may come after later live ones);
  *  - Chatd.OrderedList: a DOM list kept in key order (events, system lines,
  *    pending messages);
+ *  - Chatd.ConversationPane: the pane both pages show one conversation in
+ *    (history loading, the message list, "load earlier", typing line);
  *  - small DOM, formatting and notice helpers.
  *
  * Plain browser JavaScript, no build step. The page is served under a strict
@@ -886,7 +888,202 @@
     return text;
   }
 
+  // What a message waiting out a rate limit or an outage says (the onRetry
+  // of Client.request).
+  function retryNote(err, delay) {
+    return (err.code === 'rate_limited' ? 'Sending too fast' : 'Server busy') +
+      ', retrying in ' + Math.ceil(delay / 1000) + ' s';
+  }
+
+  // ---- the conversation pane --------------------------------------------------
+
+  const HISTORY_PAGE = 200; /* events read on opening, and per "load earlier" */
+  const TYPING_SHOW_MS = 8000;
+
+  /*
+   * ConversationPane: what both pages show one conversation in:
+   * #message-scroll (holding #load-earlier, #conv-empty and the #messages
+   * list, kept in .list as an OrderedList) and the #typing line. The page
+   * keeps its conversations, each an object X with
+   *   id, tl (Timeline), loading (promise or null), loadError (text or null),
+   *   system ([{key, text, kind}]), pending (Map: client id -> message being
+   *   sent), typing (Map: sender key -> {label, timer}), and optionally
+   *   streams (Map: stream id -> streaming answer),
+   * and gives the pane hooks:
+   *   current()         the conversation shown, or null
+   *   token()           the page's token now (another one after a sign-out)
+   *   me()              the reader, as messageNode takes it
+   *   render()          redraw the conversation shown (the page's own, which
+   *                     clears .list, draws its header and calls show())
+   *   renderTyping()    redraw the typing line (the page's own, which calls
+   *                     showTyping())
+   *   putPending(X, p)  draw a pending message (its actions are the page's)
+   *   putStream(X, st)  draw a streaming answer (only with X.streams)
+   * The "load earlier messages" button is handled here.
+   */
+  class ConversationPane {
+    constructor(hooks) {
+      const $ = (id) => document.getElementById(id);
+      this.hooks = hooks;
+      this.scroll = $('message-scroll');
+      this.earlier = $('load-earlier');
+      this.empty = $('conv-empty');
+      this.typing = $('typing');
+      this.list = new OrderedList($('messages'));
+      this.earlier.addEventListener('click', () => this._loadEarlier());
+    }
+
+    shows(X) {
+      const cur = this.hooks.current();
+      return !!cur && cur.id === X.id;
+    }
+
+    atBottom() {
+      const s = this.scroll;
+      return s.scrollHeight - s.scrollTop - s.clientHeight < 48;
+    }
+
+    scrollToEnd() {
+      this.scroll.scrollTop = this.scroll.scrollHeight;
+    }
+
+    // Read the last HISTORY_PAGE events of X (up to lastSeq, the last the
+    // page knows of) unless they are held or on their way, then call
+    // onLoaded(the answer's last_seq). A failure is kept in X.loadError and
+    // shown. Answers read with a token the page no longer has are dropped.
+    loadHistory(X, lastSeq, onLoaded) {
+      if (X.tl.loaded || X.loading) return;
+      const after = Math.max(0, (lastSeq || 0) - HISTORY_PAGE);
+      const t = this.hooks.token();
+      X.loadError = null;
+      this.scroll.setAttribute('aria-busy', 'true');
+      X.loading = loadHistory(t, X.id, after, X.tl).then((last) => {
+        if (t !== this.hooks.token()) return;
+        X.loading = null;
+        onLoaded(last);
+      }, (err) => {
+        if (t !== this.hooks.token()) return;
+        X.loading = null;
+        X.loadError = err.message;
+        if (this.shows(X)) this.hooks.render();
+      }).finally(() => this.scroll.removeAttribute('aria-busy'));
+    }
+
+    // Fill the cleared list with X: events, system lines, streams and
+    // pending messages; "load earlier" when older events exist; the empty
+    // line when there is nothing to show or the history failed. Then the
+    // typing line, and the view at its end.
+    show(X) {
+      const me = this.hooks.me();
+      for (const ev of X.tl.list()) this.list.put([ev.seq, 0], messageNode({ ev }, me));
+      for (const s of X.system) this.list.put(s.key, systemNode(s.text, s.kind));
+      if (X.streams) for (const st of X.streams.values()) this.hooks.putStream(X, st);
+      for (const p of X.pending.values()) this.hooks.putPending(X, p);
+      this.earlier.hidden = !(X.tl.loaded && X.tl.from > 0);
+      const nothing = !X.tl.size && !X.pending.size && !(X.streams && X.streams.size);
+      this.empty.hidden = !nothing && !X.loadError;
+      if (X.loadError) {
+        this.empty.textContent = 'The messages could not be loaded: ' + X.loadError;
+      } else if (X.loading || !X.tl.loaded) {
+        this.empty.textContent = 'Loading messages…';
+      } else {
+        this.empty.textContent = 'No messages yet.';
+      }
+      this.hooks.renderTyping();
+      this.scrollToEnd();
+    }
+
+    // Add a node to the list of the conversation shown. The view follows it
+    // when it was at the end already, or when `follow`.
+    add(key, node, follow) {
+      const stick = this.atBottom();
+      this.list.put(key, node);
+      this.empty.hidden = true;
+      if (stick || follow) this.scrollToEnd();
+    }
+
+    // A typing_indicator event of X, shown under `label` until its sender
+    // says false, or for TYPING_SHOW_MS: a device that vanished never says
+    // false.
+    typingEvent(X, ev, label) {
+      const k = ev.sender.type + ':' + ev.sender.id;
+      const old = X.typing.get(k);
+      if (old) clearTimeout(old.timer);
+      if (ev.typing) {
+        const timer = setTimeout(() => {
+          X.typing.delete(k);
+          if (this.shows(X)) this.hooks.renderTyping();
+        }, TYPING_SHOW_MS);
+        X.typing.set(k, { label, timer });
+      } else {
+        X.typing.delete(k);
+      }
+      if (this.shows(X)) this.hooks.renderTyping();
+    }
+
+    // A message from `sender` arrived in X: it no longer types.
+    typingDone(X, sender) {
+      if (!sender || !X.typing.size) return;
+      const k = sender.type + ':' + sender.id;
+      const t = X.typing.get(k);
+      if (!t) return;
+      clearTimeout(t.timer);
+      X.typing.delete(k);
+      if (this.shows(X)) this.hooks.renderTyping();
+    }
+
+    // The typing line of X (null: none), `extra` after it when given.
+    showTyping(X, extra) {
+      let text = X ? typingText(Array.from(X.typing.values(), (t) => t.label)) : '';
+      if (X && extra) text = (text ? text + ' ' : '') + extra;
+      if (this.typing.textContent !== text) this.typing.textContent = text;
+    }
+
+    _loadEarlier() {
+      const X = this.hooks.current();
+      if (!X) return;
+      this.earlier.disabled = true;
+      const before = this.scroll.scrollHeight - this.scroll.scrollTop;
+      loadEarlier(this.hooks.token(), X.id, X.tl, HISTORY_PAGE).then(() => {
+        if (!this.shows(X)) return;
+        this.hooks.render();
+        this.scroll.scrollTop = this.scroll.scrollHeight - before;
+      }, (err) => notify('Earlier messages could not be loaded: ' + err.message, { kind: 'error' }))
+        .finally(() => {
+          this.earlier.disabled = false;
+        });
+    }
+  }
+
+  // Enter in a message box submits its form; Shift+Enter adds a line, and
+  // so does Enter with Alt, Ctrl or Meta or while an input method composes.
+  function submitOnEnter(input, form) {
+    input.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' && !e.shiftKey && !e.isComposing && !e.altKey && !e.ctrlKey && !e.metaKey) {
+        e.preventDefault();
+        form.requestSubmit();
+      }
+    });
+  }
+
   // ---- page frame: sign-in, status line, sign-out ----------------------------
+
+  /*
+   * The Client a page's start() makes: chat events go to onEvent, errors
+   * that answer none of the page's messages become notices, the state is
+   * kept on <body data-conn>, and onOffline() runs whenever the connection
+   * is neither open nor preparing.
+   */
+  function pageClient(token, onConnected, onEvent, onOffline) {
+    const client = new Client({ token, onConnected });
+    client.on('event', onEvent);
+    client.on('error', (msg) => notify(describeError(msg), { kind: 'error', code: msg.code }));
+    client.on('state', (s) => {
+      document.body.dataset.conn = s.state;
+      if (s.state !== 'open' && s.state !== 'preparing') onOffline();
+    });
+    return client;
+  }
 
   /*
    * Shared page start. The page has #signin (form #signin-form, input
@@ -1045,6 +1242,7 @@
     ApiError,
     Timeline,
     OrderedList,
+    ConversationPane,
     TypingSender,
     typingText,
     api,
@@ -1064,6 +1262,9 @@
     systemNode,
     notify,
     describeError,
+    retryNote,
+    submitOnEnter,
+    pageClient,
     bootPage,
   };
 })(window);
