@@ -30,10 +30,15 @@
 # peers fan-out means "relay each message to every connection"; chatd also
 # parses, stores (SQLite, --sync normal), acknowledges and routes it.
 #
-# Output: $BUILD/bench/peers.jsonl and a table whose "x lws" column is the
-# server CPU per operation divided by libwebsockets' for the same mode.
-# About 2-3 minutes with DURATION=10 WARMUP=2.
+# Output: $BUILD/bench/peers.jsonl (one line per run, with its round) and a
+# table of medians over ROUNDS interleaved rounds (default 3, each scenario
+# DURATION=6 seconds after WARMUP=2) whose "x lws" column is the server CPU
+# per operation divided by libwebsockets' for the same mode. About 8 minutes
+# with the defaults; ROUNDS=1 DURATION=10 gives one longer pass.
 set -euo pipefail
+
+: "${ROUNDS:=3}"
+: "${DURATION:=6}"
 
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -81,54 +86,66 @@ log "building the gorilla peer (offline, from /usr/share/gocode)"
 ECHO_ARGS=(--connections 100 --inflight 8 --size 64)
 FAN_ARGS=(--watchers 1000 --inflight 32 --size 64)
 
-# ---- chatd -----------------------------------------------------------------
-start_chatd peer-chatd --sync normal
-bench_run "$RESULTS" chatd echo "${ECHO_ARGS[@]}"
-bench_run "$RESULTS" chatd fanout "${FAN_ARGS[@]}" --secret "$SECRET" --max-devices 1000
-bench_run "$RESULTS" chatd connect --secret "$SECRET" --connections 50
-stop_server
-
-# ---- libwebsockets ---------------------------------------------------------
-port=$(free_port)
-if start_server peer-lws "$port" "$POUT/lws-echo" "$port"; then
-    bench_run "$RESULTS" lws echo "${ECHO_ARGS[@]}" --path /echo
-    bench_run "$RESULTS" lws fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
-    bench_run "$RESULTS" lws connect --proto plain --path /echo --connections 50
+# One round: every server in turn, each scenario once. Rounds are
+# interleaved (chatd, lws, ..., floor, then again) so that a slow spell of
+# the shared machine lands on all servers alike; the table reports the
+# median of the rounds.
+one_round() {
+    # ---- chatd -----------------------------------------------------------------
+    start_chatd peer-chatd --sync normal
+    bench_run "$RESULTS" chatd echo "${ECHO_ARGS[@]}"
+    bench_run "$RESULTS" chatd fanout "${FAN_ARGS[@]}" --secret "$SECRET" --max-devices 1000
+    bench_run "$RESULTS" chatd connect --secret "$SECRET" --connections 50
     stop_server
-fi
 
-# ---- gorilla/websocket -----------------------------------------------------
-port=$(free_port)
-if start_server peer-gorilla "$port" "$POUT/gorilla-peer" -addr "127.0.0.1:$port"; then
-    bench_run "$RESULTS" gorilla echo "${ECHO_ARGS[@]}" --path /echo
-    bench_run "$RESULTS" gorilla fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
-    bench_run "$RESULTS" gorilla connect --proto plain --path /echo --connections 50
-    stop_server
-fi
+    # ---- libwebsockets ---------------------------------------------------------
+    port=$(free_port)
+    if start_server peer-lws "$port" "$POUT/lws-echo" "$port"; then
+        bench_run "$RESULTS" lws echo "${ECHO_ARGS[@]}" --path /echo
+        bench_run "$RESULTS" lws fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
+        bench_run "$RESULTS" lws connect --proto plain --path /echo --connections 50
+        stop_server
+    fi
 
-# ---- Node ws ---------------------------------------------------------------
-port=$(free_port)
-if start_server peer-ws "$port" node "$PEERS/ws_echo.js" "$port"; then
-    bench_run "$RESULTS" node-ws echo "${ECHO_ARGS[@]}" --path /echo
-    bench_run "$RESULTS" node-ws fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
-    bench_run "$RESULTS" node-ws connect --proto plain --path /echo --connections 50
-    stop_server
-fi
+    # ---- gorilla/websocket -----------------------------------------------------
+    port=$(free_port)
+    if start_server peer-gorilla "$port" "$POUT/gorilla-peer" -addr "127.0.0.1:$port"; then
+        bench_run "$RESULTS" gorilla echo "${ECHO_ARGS[@]}" --path /echo
+        bench_run "$RESULTS" gorilla fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
+        bench_run "$RESULTS" gorilla connect --proto plain --path /echo --connections 50
+        stop_server
+    fi
 
-# ---- Socket.IO -------------------------------------------------------------
-port=$(free_port)
-if start_server peer-socketio "$port" node "$PEERS/socketio_fanout.js" "$port"; then
-    bench_run "$RESULTS" socket.io fanout "${FAN_ARGS[@]}" --proto socketio
-    stop_server
-fi
+    # ---- Node ws ---------------------------------------------------------------
+    port=$(free_port)
+    if start_server peer-ws "$port" node "$PEERS/ws_echo.js" "$port"; then
+        bench_run "$RESULTS" node-ws echo "${ECHO_ARGS[@]}" --path /echo
+        bench_run "$RESULTS" node-ws fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
+        bench_run "$RESULTS" node-ws connect --proto plain --path /echo --connections 50
+        stop_server
+    fi
 
-# ---- the floor: bare epoll ---------------------------------------------------
-port=$(free_port)
-if start_server floor "$port" "$CHATD_FLOOR" "$port"; then
-    bench_run "$RESULTS" floor echo "${ECHO_ARGS[@]}" --path /echo
-    bench_run "$RESULTS" floor fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
-    stop_server
-fi
+    # ---- Socket.IO -------------------------------------------------------------
+    port=$(free_port)
+    if start_server peer-socketio "$port" node "$PEERS/socketio_fanout.js" "$port"; then
+        bench_run "$RESULTS" socket.io fanout "${FAN_ARGS[@]}" --proto socketio
+        stop_server
+    fi
+
+    # ---- the floor: bare epoll ---------------------------------------------------
+    port=$(free_port)
+    if start_server floor "$port" "$CHATD_FLOOR" "$port"; then
+        bench_run "$RESULTS" floor echo "${ECHO_ARGS[@]}" --path /echo
+        bench_run "$RESULTS" floor fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
+        stop_server
+    fi
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+    log "round $round of $ROUNDS"
+    BENCH_ROUND=$round
+    one_round
+done
 
 echo
 echo "chatd and peers ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, server on core $SERVER_CPU, generator on core $GEN_CPU)"
