@@ -502,10 +502,10 @@
       return null;
     }
     const rejoins = Array.from(views.values()).filter((V) => V.joined).map((V) => join(V, true));
-    if (reconnect) {
-      loadSessions();
-      loadOnline();
-    }
+    if (reconnect) loadSessions();
+    /* Also on the first connection: the list read at start could not
+     * count this page's own socket yet. */
+    loadOnline();
     let timer;
     const cap = new Promise((res) => {
       timer = setTimeout(res, REJOIN_WAIT_MS);
