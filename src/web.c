@@ -93,8 +93,11 @@ bool web_route(struct conn *c, const struct http_request *req, const char *prefi
     size_t nl = 0;
     if (rl == 0 && pl > 0) {
         /* The pages load their assets relative to {prefix}/. */
-        char loc[600];
-        snprintf(loc, sizeof loc, "Location: %s/\r\n", prefix);
+        char loc[1024];
+        int n = snprintf(loc, sizeof loc, "Location: %s/%s%.*s\r\n", prefix, req->query ? "?" : "",
+                         req->query ? (int)req->query_len : 0, req->query ? req->query : "");
+        if (n < 0 || (size_t)n >= sizeof loc)
+            snprintf(loc, sizeof loc, "Location: %s/\r\n", prefix); /* query too long: drop it */
         conn_http_send(c, 308, "text/plain; charset=utf-8", NULL, 0,
                        req->keep_alive && !req->has_body, true, NULL, loc);
         return true;

@@ -115,6 +115,8 @@ def test_pages_under_a_prefix():
     with Chatd("--prefix", "/support") as d:
         status, h, _ = http_get(d.port, "/support")
         assert status == 308 and h["location"] == "/support/", (status, h)
+        status, h, _ = http_get(d.port, "/support?lang=fr")
+        assert status == 308 and h["location"] == "/support/?lang=fr", (status, h)
         check_page(d.port, "/support/", "chat.html")
         check_page(d.port, "/support/admin", "admin.html")
         name = [n for n in assets() if n.endswith(".js")][0]
