@@ -1,0 +1,209 @@
+/*
+ * Send queue tests: every byte queued comes out of outq_iov in order, once,
+ * whatever mix of copies, shared references, partial writes and in-flight
+ * entries produced it; shared buffers are never written into; references are
+ * dropped exactly when their bytes are consumed (ASan checks the rest).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "util/outq.h"
+#include "util/sbuf.h"
+
+/* Everything the queue would write now, concatenated; returns its length. */
+static size_t gather(const struct outq *q, uint8_t *out, size_t cap)
+{
+    struct iovec iov[256];
+    size_t total;
+    unsigned n = outq_iov(q, iov, 256, &total);
+    assert_int_equal(n, q->count); /* the tests stay under 256 entries */
+    size_t off = 0;
+    for (unsigned i = 0; i < n; i++) {
+        assert_true(off + iov[i].iov_len <= cap);
+        memcpy(out + off, iov[i].iov_base, iov[i].iov_len);
+        off += iov[i].iov_len;
+    }
+    assert_int_equal(off, total);
+    return off;
+}
+
+static unsigned refs(struct sbuf *b)
+{
+    return atomic_load(&b->refs);
+}
+
+static void cleanup(struct outq *q)
+{
+    outq_release(q);
+    outq_thread_cleanup();
+    sbuf_thread_cleanup();
+}
+
+static void test_small_appends_coalesce(void **state)
+{
+    (void)state;
+    struct outq q;
+    outq_init(&q);
+    char want[4000];
+    size_t len = 0;
+    for (int i = 0; i < 400; i++) {
+        char piece[10];
+        memset(piece, 'a' + i % 26, sizeof piece);
+        assert_int_equal(outq_append2(&q, piece, 3, piece + 3, 7), 0);
+        memcpy(want + len, piece, 10);
+        len += 10;
+    }
+    assert_int_equal(q.bytes, len);
+    assert_true(q.count <= 2); /* one 4 KiB chunk, maybe a second */
+    uint8_t got[4000];
+    assert_int_equal(gather(&q, got, sizeof got), len);
+    assert_memory_equal(got, want, len);
+    cleanup(&q);
+}
+
+static void test_shared_buffer_is_referenced_never_written(void **state)
+{
+    (void)state;
+    struct sbuf *shared = sbuf_new(64);
+    memcpy(shared->data, "0123456789", 10);
+    shared->len = 10;
+    struct outq a, b;
+    outq_init(&a);
+    outq_init(&b);
+    assert_int_equal(outq_append(&a, "<", 1), 0);
+    assert_int_equal(outq_push_ref(&a, shared, 2, 5), 0);
+    assert_int_equal(outq_push_ref(&b, shared, 0, 10), 0);
+    assert_int_equal(refs(shared), 3);
+    /* Appending after a shared slice starts a private buffer: the shared
+     * one (room left, slice at its end for b) must not change. */
+    assert_int_equal(outq_append(&a, ">", 1), 0);
+    assert_int_equal(outq_append(&b, "!", 1), 0);
+    assert_int_equal(shared->len, 10);
+    assert_memory_equal(shared->data, "0123456789", 10);
+    uint8_t got[64];
+    size_t n = gather(&a, got, sizeof got);
+    assert_int_equal(n, 7);
+    assert_memory_equal(got, "<23456>", 7);
+    n = gather(&b, got, sizeof got);
+    assert_int_equal(n, 11);
+    assert_memory_equal(got, "0123456789!", 11);
+    /* Consuming drops each queue's reference once. */
+    outq_consume(&a, 7);
+    assert_int_equal(refs(shared), 2);
+    assert_int_equal(a.count, 0);
+    cleanup(&a);
+    outq_release(&b);
+    assert_int_equal(refs(shared), 1);
+    sbuf_unref(shared);
+    cleanup(&b);
+}
+
+static void test_partial_writes_resume_mid_entry(void **state)
+{
+    (void)state;
+    struct sbuf *f = sbuf_new(32);
+    memcpy(f->data, "FRAME", 5);
+    f->len = 5;
+    struct outq q;
+    outq_init(&q);
+    assert_int_equal(outq_append(&q, "head-", 5), 0);
+    assert_int_equal(outq_push_ref(&q, f, 0, 5), 0);
+    assert_int_equal(outq_append(&q, "-tail", 5), 0);
+    uint8_t got[64];
+    /* The kernel took 3 bytes, then 4 (across an entry), then the rest. */
+    outq_consume(&q, 3);
+    assert_int_equal(gather(&q, got, sizeof got), 12);
+    assert_memory_equal(got, "d-FRAME-tail", 12);
+    outq_consume(&q, 4);
+    assert_int_equal(q.bytes, 8);
+    assert_int_equal(gather(&q, got, sizeof got), 8);
+    assert_memory_equal(got, "AME-tail", 8);
+    outq_consume(&q, 8);
+    assert_int_equal(q.bytes, 0);
+    assert_int_equal(q.count, 0);
+    assert_int_equal(refs(f), 1);
+    sbuf_unref(f);
+    cleanup(&q);
+}
+
+static void test_in_flight_entries_stay_unchanged(void **state)
+{
+    (void)state;
+    struct outq q;
+    outq_init(&q);
+    assert_int_equal(outq_append(&q, "abc", 3), 0);
+    struct iovec iov[8];
+    size_t total;
+    unsigned n = outq_iov(&q, iov, 8, &total);
+    q.inflight = n; /* handed to a pending write, as conn.c does */
+    const uint8_t *was = iov[0].iov_base;
+    assert_int_equal(outq_append(&q, "def", 3), 0);
+    /* The in-flight slice is exactly what was handed over. */
+    assert_int_equal(q.count, 2);
+    assert_memory_equal(was, "abc", 3);
+    n = outq_iov(&q, iov, 8, &total);
+    assert_int_equal(iov[0].iov_len, 3);
+    /* A slow reader cut off: pending entries go, in-flight ones stay. */
+    outq_drop_pending(&q);
+    assert_int_equal(q.count, 1);
+    assert_int_equal(q.bytes, 3);
+    outq_consume(&q, 3);
+    assert_int_equal(q.inflight, 0);
+    assert_int_equal(q.count, 0);
+    cleanup(&q);
+}
+
+static void test_large_append_and_ring_wraparound(void **state)
+{
+    (void)state;
+    static uint8_t big[20000];
+    for (size_t i = 0; i < sizeof big; i++)
+        big[i] = (uint8_t)(i * 7);
+    struct sbuf *f = sbuf_new(8);
+    memcpy(f->data, "12345678", 8);
+    f->len = 8;
+    struct outq q;
+    outq_init(&q);
+    /* Larger than a chunk: one entry of exactly its size. */
+    assert_int_equal(outq_append(&q, big, sizeof big), 0);
+    assert_int_equal(q.count, 1);
+    static uint8_t got[30000];
+    assert_int_equal(gather(&q, got, sizeof got), sizeof big);
+    assert_memory_equal(got, big, sizeof big);
+    outq_consume(&q, sizeof big);
+    /* References one byte each: the ring grows past its first size and its
+     * head wraps while entries come and go; order holds throughout. */
+    unsigned next_in = 0, next_out = 0;
+    for (int round = 0; round < 50; round++) {
+        for (int k = 0; k < 5; k++, next_in++)
+            assert_int_equal(outq_push_ref(&q, f, next_in % 8, 1), 0);
+        size_t n = gather(&q, got, sizeof got);
+        assert_int_equal(n, next_in - next_out);
+        for (size_t i = 0; i < n; i++)
+            assert_int_equal(got[i], "12345678"[(next_out + i) % 8]);
+        outq_consume(&q, 3);
+        next_out += 3;
+    }
+    assert_int_equal(refs(f), 1 + (next_in - next_out));
+    outq_release(&q);
+    assert_int_equal(refs(f), 1);
+    sbuf_unref(f);
+    cleanup(&q);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_small_appends_coalesce),
+        cmocka_unit_test(test_shared_buffer_is_referenced_never_written),
+        cmocka_unit_test(test_partial_writes_resume_mid_entry),
+        cmocka_unit_test(test_in_flight_entries_stay_unchanged),
+        cmocka_unit_test(test_large_append_and_ring_wraparound),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
