@@ -138,8 +138,9 @@ ref = sys.argv[2] if len(sys.argv) > 2 else None
 # server CPU per operation and note the spread.
 groups = {}
 for r in rows:
-    groups.setdefault((r.get("label"), r["mode"]), []).append(r)
-if any(len(g) > 1 for g in groups.values()):
+    key = (r.get("label"), r["mode"], r.get("connections"), r.get("inflight"))
+    groups.setdefault(key, []).append(r)
+if any("round" in r for r in rows):
     merged = []
     for g in groups.values():
         ok = sorted((r for r in g if r.get("server_cpu_us_per_op") is not None),
