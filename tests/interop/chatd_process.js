@@ -7,6 +7,9 @@
 //   waitAccepting(d)  resolves once a TCP connect to d.port succeeds
 //   stopChatd(d)      SIGTERM; rejects unless chatd exits 0 with no sanitizer
 //                     report on stderr
+//   new Runner(ms)    runs named tests (each at most ms), prints one line per
+//                     test and "N passed, N failed"; runGroups() starts one
+//                     chatd per group of tests and checks its clean exit
 // T is the time allowed per wait, longer for sanitizer builds
 // (CHATD_BUILD_KIND address or thread).
 
@@ -110,4 +113,48 @@ async function stopChatd(d) {
   }
 }
 
-module.exports = { SLOW, T, withTimeout, spawnChatd, waitAccepting, stopChatd };
+class Runner {
+  constructor(perTestMs) {
+    this.perTestMs = perTestMs;
+    this.passed = 0;
+    this.failed = 0;
+  }
+
+  async test(name, fn) {
+    const t0 = Date.now();
+    try {
+      await withTimeout(Promise.resolve().then(fn), this.perTestMs, name);
+      this.passed++;
+      console.log(`ok   ${name} (${((Date.now() - t0) / 1000).toFixed(2)}s)`);
+    } catch (e) {
+      this.failed++;
+      console.log(`FAIL ${name}: ${e && e.stack ? e.stack : e}`);
+    }
+  }
+
+  // groups: [[chatd args, [[test name, fn(d)], ...]], ...]. Each group gets
+  // its own chatd from start(args); after its tests, a SIGTERM must end it
+  // cleanly (a test of its own, named with describe(args)).
+  async runGroups(groups, start, describe) {
+    for (const [args, tests] of groups) {
+      let d;
+      try {
+        d = await start(args);
+      } catch (e) {
+        this.failed += tests.length + 1;
+        console.log(`FAIL start chatd ${args.join(' ')}: ${e.stack || e}`);
+        continue;
+      }
+      for (const [name, fn] of tests) await this.test(name, () => fn(d));
+      const label = args.length ? `sigterm_exit_0 (${describe(args)})` : 'sigterm_exit_0';
+      await this.test(label, () => stopChatd(d));
+    }
+  }
+
+  finish() {
+    console.log(`${this.passed} passed, ${this.failed} failed`);
+    process.exit(this.failed ? 1 : 0);
+  }
+}
+
+module.exports = { SLOW, T, withTimeout, spawnChatd, waitAccepting, stopChatd, Runner };

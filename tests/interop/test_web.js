@@ -14,7 +14,7 @@ const os = require('os');
 const path = require('path');
 const WebSocket = require(path.join(__dirname, 'node_modules', 'ws'));
 const { chromium } = require(path.join(__dirname, 'node_modules', 'playwright-core'));
-const { SLOW, T, withTimeout, spawnChatd, waitAccepting, stopChatd } = require('./chatd_process');
+const { SLOW, T, withTimeout, spawnChatd, waitAccepting, stopChatd, Runner } = require('./chatd_process');
 
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const SECRET = 'web-test-' + crypto.randomBytes(24).toString('hex');
@@ -699,19 +699,7 @@ async function testConnectionLimitNotice(d) {
 // ---- runner -----------------------------------------------------------------------------------
 
 async function main() {
-  let passed = 0;
-  let failed = 0;
-  const runTest = async (name, fn) => {
-    const t0 = Date.now();
-    try {
-      await withTimeout(Promise.resolve().then(fn), 4 * T + 45000, name);
-      passed++;
-      console.log(`ok   ${name} (${((Date.now() - t0) / 1000).toFixed(2)}s)`);
-    } catch (e) {
-      failed++;
-      console.log(`FAIL ${name}: ${e && e.stack ? e.stack : e}`);
-    }
-  };
+  const run = new Runner(4 * T + 45000);
 
   try {
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] });
@@ -739,25 +727,12 @@ async function main() {
       ['connection_limit_notice', testConnectionLimitNotice],
     ]],
   ];
-  for (const [args, tests] of groups) {
-    let d;
-    try {
-      d = await startChatd(args);
-    } catch (e) {
-      failed += tests.length + 1;
-      console.log(`FAIL start chatd ${args.join(' ')}: ${e.stack || e}`);
-      continue;
-    }
-    for (const [name, fn] of tests) await runTest(name, () => fn(d));
-    const label = args.length ? `sigterm_exit_0 (${args.slice(0, 2).join(' ')} ...)` : 'sigterm_exit_0';
-    await runTest(label, () => stopChatd(d));
-  }
-  await runTest('restart_reconnect_resume_no_gap_no_duplicate', testRestartResume);
+  await run.runGroups(groups, startChatd, (args) => `${args.slice(0, 2).join(' ')} ...`);
+  await run.test('restart_reconnect_resume_no_gap_no_duplicate', testRestartResume);
 
   await browser.close().catch(() => {});
   fs.rmSync(TMP, { recursive: true, force: true });
-  console.log(`${passed} passed, ${failed} failed`);
-  process.exit(failed ? 1 : 0);
+  run.finish();
 }
 
 main().catch((e) => {

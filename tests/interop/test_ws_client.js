@@ -7,7 +7,7 @@
 const net = require('net');
 const path = require('path');
 const WebSocket = require(path.join(__dirname, 'node_modules', 'ws'));
-const { T, withTimeout, spawnChatd, waitAccepting, stopChatd } = require('./chatd_process');
+const { T, withTimeout, spawnChatd, waitAccepting, stopChatd, Runner } = require('./chatd_process');
 
 const SIZES = [0, 1, 125, 126, 65535, 65536, 100 * 1024, 1 << 20];
 
@@ -271,19 +271,7 @@ async function testReadyWhenListeningLogged() {
 // ---- runner ----------------------------------------------------------------------
 
 async function main() {
-  let passed = 0;
-  let failed = 0;
-  const runTest = async (name, fn) => {
-    const t0 = Date.now();
-    try {
-      await withTimeout(Promise.resolve().then(fn), 4 * T + 30000, name);
-      passed++;
-      console.log(`ok   ${name} (${((Date.now() - t0) / 1000).toFixed(2)}s)`);
-    } catch (e) {
-      failed++;
-      console.log(`FAIL ${name}: ${e && e.stack ? e.stack : e}`);
-    }
-  };
+  const run = new Runner(4 * T + 30000);
 
   const groups = [
     [[], [
@@ -300,22 +288,9 @@ async function main() {
       ['max_message_bytes_1009', testMaxMessageBytes],
     ]],
   ];
-  for (const [args, tests] of groups) {
-    let d;
-    try {
-      d = await startChatd(args);
-    } catch (e) {
-      failed += tests.length + 1;
-      console.log(`FAIL start chatd ${args.join(' ')}: ${e.stack || e}`);
-      continue;
-    }
-    for (const [name, fn] of tests) await runTest(name, () => fn(d));
-    const label = args.length ? `sigterm_exit_0 (${args.join(' ')})` : 'sigterm_exit_0';
-    await runTest(label, () => stopChatd(d));
-  }
-  await runTest('ready_when_listening_logged', testReadyWhenListeningLogged);
-  console.log(`${passed} passed, ${failed} failed`);
-  process.exit(failed ? 1 : 0);
+  await run.runGroups(groups, startChatd, (args) => args.join(' '));
+  await run.test('ready_when_listening_logged', testReadyWhenListeningLogged);
+  run.finish();
 }
 
 main().catch((e) => {
