@@ -189,6 +189,18 @@ def sessions(port, tok):
     return doc["sessions"]
 
 
+def alice_session(d, first):
+    """Alice on two devices, a session she started with `first` (both
+    devices past its event), an admin and bob online, nobody joined."""
+    a1 = connect(d.port, "alice", name="Alice")
+    a2 = connect(d.port, "alice", name="Alice")
+    adm = connect(d.port, ROOT, admin=True, name="Root")
+    bob = connect(d.port, "bob")
+    ack, _ = post(a1, first)
+    a2.recv_json()
+    return a1, a2, adm, bob, ack["session_id"]
+
+
 def close_all(*conns):
     for ws in conns:
         ws.close(1000)
@@ -344,13 +356,7 @@ def test_new_session_retry_finds_the_session():
 
 def test_typing_relayed_not_echoed():
     with server() as d:
-        a1 = connect(d.port, "alice", name="Alice")
-        a2 = connect(d.port, "alice", name="Alice")
-        adm = connect(d.port, ROOT, admin=True, name="Root")
-        bob = connect(d.port, "bob")
-        ack, _ = post(a1, "hi")
-        sid = ack["session_id"]
-        a2.recv_json()
+        a1, a2, adm, bob, sid = alice_session(d, "hi")
         adm.send_json({"type": "admin_join", "id": "j", "session_id": sid})
         check_ack(adm.recv_json(), "j", sid, seq=False)
         recv_type(a1, "admin_join")
@@ -458,13 +464,7 @@ def test_model_select():
 
 def test_admin_join_leave_message():
     with server() as d:
-        a1 = connect(d.port, "alice", name="Alice")
-        a2 = connect(d.port, "alice", name="Alice")
-        adm = connect(d.port, ROOT, admin=True, name="Root")
-        bob = connect(d.port, "bob")
-        ack, _ = post(a1, "hello?")
-        sid = ack["session_id"]
-        a2.recv_json()
+        a1, a2, adm, bob, sid = alice_session(d, "hello?")
 
         # Not an admin: forbidden, whatever the session.
         for t in ("admin_join", "admin_leave"):

@@ -48,28 +48,25 @@ def with_chatd(coro_fn, *args):
 
 # ---- tests ------------------------------------------------------------------------
 
-def test_text_sizes():
+def echo_every_size(payload, kind, unit):
+    """Each of SIZES, made by payload(n), comes back whole and of its type."""
     async def main(d):
         async with connect(d) as ws:
             for n in SIZES:
-                msg = text_payload(n)
+                msg = payload(n)
                 await ws.send(msg)
                 got = await asyncio.wait_for(ws.recv(), T)
-                assert isinstance(got, str), ("text %d came back as %s" % (n, type(got)))
-                assert got == msg, "text %d: echoed %d chars, differs" % (n, len(got))
+                assert isinstance(got, type(msg)), ("%s %d came back as %s" % (kind, n, type(got)))
+                assert got == msg, "%s %d: echoed %d %s, differs" % (kind, n, len(got), unit)
     with_chatd(main, "--echo")
+
+
+def test_text_sizes():
+    echo_every_size(text_payload, "text", "chars")
 
 
 def test_binary_sizes():
-    async def main(d):
-        async with connect(d) as ws:
-            for n in SIZES:
-                msg = binary_payload(n)
-                await ws.send(msg)
-                got = await asyncio.wait_for(ws.recv(), T)
-                assert isinstance(got, bytes), ("binary %d came back as %s" % (n, type(got)))
-                assert got == msg, "binary %d: echoed %d bytes, differs" % (n, len(got))
-    with_chatd(main, "--echo")
+    echo_every_size(binary_payload, "binary", "bytes")
 
 
 def test_utf8_text():
