@@ -156,6 +156,7 @@ static void print_dev_banner(const struct config *cfg, int port, const char *sec
              (long long)now, (long long)(now + 7 * 86400));
     char *token = jwt_sign_hs256((const unsigned char *)secret, strlen(secret), payload,
                                  strlen(payload));
+    const char *tok = token ? token : "?";
     const char *h = cfg->listen_host;
     /* A wildcard address is where chatd listens, not where to point a
      * browser: show the loopback address of the same family. */
@@ -177,8 +178,7 @@ static void print_dev_banner(const struct config *cfg, int port, const char *sec
            "  health:     http://%s/healthz\n"
            "  secret:     %s\n"
            "              (mint more: chatd-token --secret <secret> --sub alice)\n\n",
-           CHATD_VERSION, base, token ? token : "?", base, token ? token : "?", base,
-           token ? token : "?", token ? token : "?", base, secret);
+           CHATD_VERSION, base, tok, base, tok, base, tok, tok, base, secret);
     fflush(stdout);
     free(token);
 }

@@ -20,7 +20,8 @@
     "img-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none'; "                  \
     "base-uri 'none'; form-action 'none'\r\n"
 
-const struct web_asset *web_find(const char *name, size_t len)
+/* The asset called name (len bytes), or NULL. */
+static const struct web_asset *web_find(const char *name, size_t len)
 {
     for (const struct web_asset *a = web_assets; a->name; a++)
         if (strlen(a->name) == len && memcmp(a->name, name, len) == 0)

@@ -22,10 +22,8 @@ struct web_asset {
     const char *etag; /* quoted, from the content's SHA-256 */
 };
 
+/* Generated into the build folder from web/ (cmake/embed_web.cmake). */
 extern const struct web_asset web_assets[];
-
-/* The asset called name (len bytes), or NULL. */
-const struct web_asset *web_find(const char *name, size_t len);
 
 /* Answer the request if its path is one of the web routes under prefix;
  * false when it is not (the caller goes on matching). */

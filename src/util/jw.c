@@ -29,13 +29,11 @@ void jw_init(struct jw *w, size_t cap, size_t reserve)
 struct sbuf *jw_take(struct jw *w)
 {
     struct sbuf *b = w->failed ? NULL : w->sb;
-    if (b)
+    if (b) {
         b->len = (uint32_t)w->len;
-    else
-        jw_release(w);
-    w->sb = NULL;
-    w->buf = NULL;
-    w->len = w->cap = 0;
+        w->sb = NULL; /* now the caller's */
+    }
+    jw_release(w);
     return b;
 }
 
