@@ -48,7 +48,8 @@ static uint8_t out_index(const char *type)
     return OUT_COUNT - 1;
 }
 
-/* Per connection: what it has been sent, per session. */
+/* Per connection, per session: what it has been sent and whether it is
+ * joined. Owned by the connection's worker thread (client->router_state). */
 struct seq_range {
     int64_t lo, hi;
 };
