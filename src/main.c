@@ -237,7 +237,8 @@ int main(int argc, char **argv)
         st.hub.router = st.chat;
     }
     if (server_start(&st.srv, &cfg, err, sizeof err) != 0) {
-        log_error("start_failed", "error=\"%s\"", err);
+        struct log_quoted qe;
+        log_error("start_failed", "error=%s", log_quotes(&qe, err));
         fprintf(stderr, "chatd: %s\n", err);
         return 1;
     }
@@ -263,17 +264,22 @@ int main(int argc, char **argv)
     uv_timer_start(&st.gc, on_gc, 10000, 10000);
     const char *h = cfg.listen_host;
     bool v6 = strchr(h, ':') != NULL;
+    struct log_quoted qpre, qdb;
     log_event_always(LOG_INFO, "listening",
-             "addr=%s%s%s:%d workers=%u echo=%s chat=%s prefix=\"%s\" db=%s sync=%s version=%s",
+             "addr=%s%s%s:%d workers=%u echo=%s chat=%s prefix=%s db=%s sync=%s version=%s",
              v6 ? "[" : "", h, v6 ? "]" : "", st.srv.port, cfg.workers, cfg.echo ? "on" : "off",
-             st.store ? "on" : "off", cfg.prefix, st.store ? cfg.db_path : "-",
+             st.store ? "on" : "off", log_quotes(&qpre, cfg.prefix),
+             log_quotes(&qdb, st.store ? cfg.db_path : "-"),
              cfg.sync_full ? "full" : "normal", CHATD_VERSION);
     uv_run(loop, UV_RUN_DEFAULT);
 
     server_join(&st.srv);
-    /* Workers are gone: finish the writes still queued, then close. */
+    /* The worker threads are gone but their inboxes still exist: the writer
+     * finishes the requests still queued and posts their answers there,
+     * where they are dropped. Only then may the workers be freed. */
     if (st.store)
         store_close(st.store);
+    server_release(&st.srv);
     chat_free(st.chat);
     uv_close((uv_handle_t *)&st.sigterm, close_cb_noop);
     uv_close((uv_handle_t *)&st.sigint, close_cb_noop);

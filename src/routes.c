@@ -16,12 +16,11 @@
 #include "web.h"
 #include "ws/handshake.h"
 
-/* Does the request path equal prefix + route? */
-static bool path_is(const struct http_request *req, const char *prefix, const char *route)
+/* Is the path after the prefix exactly this route? */
+static bool path_is(const char *path, size_t len, const char *route)
 {
-    size_t pl = strlen(prefix), rl = strlen(route);
-    return req->path_len == pl + rl && memcmp(req->path, prefix, pl) == 0 &&
-           memcmp(req->path + pl, route, rl) == 0;
+    size_t rl = strlen(route);
+    return len == rl && memcmp(path, route, rl) == 0;
 }
 
 bool routes_check_upgrade(struct conn *c, const struct http_request *req)
@@ -210,32 +209,43 @@ void routes_dispatch(struct conn *c, const struct http_request *req)
 {
     struct server *srv = c->w->srv;
     const char *prefix = srv->cfg->prefix;
+    size_t pl = strlen(prefix);
     bool get = http_request_is_get(req) || http_request_is_head(req);
 
+    /* The one place where the prefix is matched: every route below sees
+     * only the path after it. */
+    if (req->path_len < pl || memcmp(req->path, prefix, pl) != 0) {
+        conn_http_error(c, 404, "not_found", "no such route", -1, NULL,
+                        req->keep_alive && !req->has_body);
+        return;
+    }
+    const char *path = req->path + pl;
+    size_t len = req->path_len - pl;
+
     struct hub *hub = srv->app;
-    if (hub && path_is(req, prefix, "/ws")) {
+    if (hub && path_is(path, len, "/ws")) {
         hub_route_ws(hub, c, req);
         return;
     }
-    if (hub && hub_route_api(hub, c, req))
+    if (hub && hub_route_api(hub, c, req, path, len))
         return;
-    if (hub && hub->router && chat_route_api(hub->router, c, req))
+    if (hub && hub->router && chat_route_api(hub->router, c, req, path, len))
         return;
-    if (path_is(req, prefix, "/metrics")) {
+    if (path_is(path, len, "/metrics")) {
         metrics_respond(c, req);
         return;
     }
-    if (srv->cfg->echo && path_is(req, prefix, "/echo")) {
+    if (srv->cfg->echo && path_is(path, len, "/echo")) {
         route_echo(c, req);
         return;
     }
-    if (path_is(req, prefix, "/healthz") || path_is(req, prefix, "/readyz")) {
+    if (path_is(path, len, "/healthz") || path_is(path, len, "/readyz")) {
         if (!get) {
             conn_http_error(c, 405, "method_not_allowed", "use GET", -1, "Allow: GET, HEAD\r\n",
                             req->keep_alive && !req->has_body);
             return;
         }
-        if (path_is(req, prefix, "/healthz"))
+        if (path_is(path, len, "/healthz"))
             reply_json(c, req, 200, "{\"status\":\"ok\"}");
         else if (atomic_load(&srv->shutting_down) ||
                  (hub && hub->router && !store_healthy(chat_store(hub->router))))
@@ -246,7 +256,7 @@ void routes_dispatch(struct conn *c, const struct http_request *req)
             reply_json(c, req, 200, "{\"status\":\"ready\"}");
         return;
     }
-    if (web_route(c, req, prefix))
+    if (web_route(c, req, prefix, path, len))
         return;
     conn_http_error(c, 404, "not_found", "no such route", -1, NULL,
                     req->keep_alive && !req->has_body);

@@ -8,6 +8,7 @@
 #include "server.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -339,9 +340,17 @@ void server_force_close(struct server *srv) { post_all(srv, msg_force_close); }
 
 void server_join(struct server *srv)
 {
+    for (unsigned i = 0; i < srv->nworkers; i++)
+        uv_thread_join(&srv->workers[i].thread);
+}
+
+void server_release(struct server *srv)
+{
     for (unsigned i = 0; i < srv->nworkers; i++) {
         struct worker *w = &srv->workers[i];
-        uv_thread_join(&w->thread);
+        /* A worker closes its inbox before its loop ends; posts made after
+         * that were dropped on the posting thread. */
+        assert(w->inbox_closed && !w->inbox_head);
         uv_mutex_destroy(&w->inbox_lock);
         idmap_release(&w->by_id);
         free(w->read_buf);

@@ -128,8 +128,14 @@ void server_begin_shutdown(struct server *srv);
 /* Close every remaining connection at once (the drain timed out). Any thread. */
 void server_force_close(struct server *srv);
 
-/* Wait for every worker thread to finish and free the workers. Main thread. */
+/* Wait for every worker thread to finish. The workers' memory stays: other
+ * threads (the storage writer draining its queue) may still post to them,
+ * and such posts are dropped (their `drop` runs). Main thread. */
 void server_join(struct server *srv);
+/* Free the workers, once nothing can post to them any more (after
+ * server_join and after every other thread that posts has stopped). Main
+ * thread. */
+void server_release(struct server *srv);
 
 /* Post a message to a worker's inbox (takes ownership). Any thread. */
 void worker_post(struct worker *w, struct inbox_msg *m);

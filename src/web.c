@@ -83,13 +83,10 @@ static void serve(struct conn *c, const struct http_request *req, const struct w
                        http_request_is_head(req), "no-cache", extra);
 }
 
-bool web_route(struct conn *c, const struct http_request *req, const char *prefix)
+bool web_route(struct conn *c, const struct http_request *req, const char *prefix,
+               const char *rest, size_t rl)
 {
     size_t pl = strlen(prefix);
-    if (req->path_len < pl || memcmp(req->path, prefix, pl) != 0)
-        return false;
-    const char *rest = req->path + pl;
-    size_t rl = req->path_len - pl;
     const char *name = NULL;
     size_t nl = 0;
     if (rl == 0 && pl > 0) {

@@ -25,8 +25,10 @@ struct web_asset {
 /* Generated into the build folder from web/ (cmake/embed_web.cmake). */
 extern const struct web_asset web_assets[];
 
-/* Answer the request if its path is one of the web routes under prefix;
- * false when it is not (the caller goes on matching). */
-bool web_route(struct conn *c, const struct http_request *req, const char *prefix);
+/* Answer the request if rest (the path after the prefix, which the caller
+ * matched) is one of the web routes; false when it is not (the caller goes
+ * on matching). prefix is used for the bare-prefix redirect. */
+bool web_route(struct conn *c, const struct http_request *req, const char *prefix,
+               const char *rest, size_t rest_len);
 
 #endif

@@ -161,12 +161,10 @@ static bool path_eq(const char *p, size_t n, const char *lit)
     return n == strlen(lit) && memcmp(p, lit, n) == 0;
 }
 
-bool chat_route_api(struct chat *ch, struct conn *c, const struct http_request *req)
+bool chat_route_api(struct chat *ch, struct conn *c, const struct http_request *req,
+                    const char *path, size_t len)
 {
     struct hub *h = chat_hub(ch);
-    size_t pl = strlen(h->cfg->prefix);
-    const char *path = req->path + pl;
-    size_t len = req->path_len - pl;
     enum api_kind kind;
     char sid[STORE_ID_LEN + 1] = "";
 

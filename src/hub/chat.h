@@ -44,9 +44,11 @@ void chat_on_batch(void *arg, struct store_req **reqs, size_t n);
 
 extern const struct router_ops chat_router_ops;
 
-/* HTTP API routes that need storage ({prefix}/api/sessions...). Returns
- * false when the path is not one of them. Worker thread. */
-bool chat_route_api(struct chat *ch, struct conn *c, const struct http_request *req);
+/* HTTP API routes that need storage ({prefix}/api/sessions...); path/len is
+ * the request path after the prefix. Returns false when the path is not one
+ * of them. Worker thread. */
+bool chat_route_api(struct chat *ch, struct conn *c, const struct http_request *req,
+                    const char *path, size_t len);
 
 /* Accessors for the HTTP API (api.c). */
 struct store *chat_store(struct chat *ch);

@@ -384,7 +384,9 @@ static void chat_on_close(struct conn *c)
         cl->registered = false;
     }
     idmap_del(&c->w->by_id, c->id);
-    log_info("ws_close", "conn=%llx user=%s", (unsigned long long)c->id, cl->sub);
+    struct log_quoted qu;
+    log_info("ws_close", "conn=%llx user=%s", (unsigned long long)c->id,
+             log_quote(&qu, cl->sub, cl->sub_len));
     c->data = NULL;
     client_free(cl);
 }
@@ -405,7 +407,9 @@ static void chat_on_tick(struct conn *c, int64_t now_ms, int64_t wall_ms)
     (void)now_ms;
     struct client *cl = c->data;
     if (wall_ms / 1000 >= cl->exp) {
-        log_info("ws_token_expired", "conn=%llx user=%s", (unsigned long long)c->id, cl->sub);
+        struct log_quoted qu;
+        log_info("ws_token_expired", "conn=%llx user=%s", (unsigned long long)c->id,
+                 log_quote(&qu, cl->sub, cl->sub_len));
         conn_ws_close(c, WS_CLOSE_POLICY, "token expired");
     }
 }
@@ -607,7 +611,8 @@ static void notify_limit(struct hub *h, const struct reg_device *devs, unsigned 
     for (unsigned i = 0; i < n; i++)
         hub_send_to_conn(h, devs[i].worker, devs[i].conn_id, f, off, len, 0, NULL);
     sbuf_unref(f);
-    log_warn("device_limit", "user=%s devices=%u action=refused", sub, n);
+    struct log_quoted qu;
+    log_warn("device_limit", "user=%s devices=%u action=refused", log_quotes(&qu, sub), n);
 }
 
 static void evict(struct hub *h, const struct reg_device *dev, const char *sub)
@@ -621,7 +626,8 @@ static void evict(struct hub *h, const struct reg_device *dev, const char *sub)
                      "device limit: oldest connection evicted");
     if (f)
         sbuf_unref(f);
-    log_info("device_limit", "user=%s action=evicted conn=%llx", sub,
+    struct log_quoted qu;
+    log_info("device_limit", "user=%s action=evicted conn=%llx", log_quotes(&qu, sub),
              (unsigned long long)dev->conn_id);
 }
 
@@ -663,7 +669,9 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
     struct jwt_claims claims;
     const char *why = authenticate(h, req, &claims);
     if (why) {
-        log_info("auth_refused", "conn=%llx reason=\"%s\"", (unsigned long long)c->id, why);
+        struct log_quoted qr;
+        log_info("auth_refused", "conn=%llx reason=%s", (unsigned long long)c->id,
+                 log_quotes(&qr, why));
         conn_http_error(c, 401, "unauthorized", why, -1, NULL, false);
         return;
     }
@@ -718,7 +726,9 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
         conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);
         return;
     }
-    log_info("ws_open", "conn=%llx user=%s devices=%u admin=%s", (unsigned long long)c->id, cl->sub,
+    struct log_quoted qu;
+    log_info("ws_open", "conn=%llx user=%s devices=%u admin=%s", (unsigned long long)c->id,
+             log_quote(&qu, cl->sub, cl->sub_len),
              count, cl->admin ? "yes" : "no");
     send_connection_status(cl, count);
     if (h->router_ops && h->router_ops->client_opened)
@@ -772,12 +782,9 @@ bool hub_api_auth(struct hub *h, struct conn *c, const struct http_request *req,
     return true;
 }
 
-bool hub_route_api(struct hub *h, struct conn *c, const struct http_request *req)
+bool hub_route_api(struct hub *h, struct conn *c, const struct http_request *req,
+                   const char *path, size_t len)
 {
-    const char *prefix = h->cfg->prefix;
-    size_t pl = strlen(prefix);
-    const char *path = req->path + pl;
-    size_t len = req->path_len - pl;
     struct jwt_claims claims;
 
 #define IS(lit) (len == sizeof(lit) - 1 && memcmp(path, lit, len) == 0)

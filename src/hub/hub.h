@@ -145,9 +145,11 @@ bool hub_enabled(const struct hub *h);
 
 /* {prefix}/ws: validate, authenticate, admit, upgrade. Worker thread. */
 void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req);
-/* {prefix}/api/...: path is the part after the prefix. Returns false when
- * no API route matched (the caller answers 404). Worker thread. */
-bool hub_route_api(struct hub *h, struct conn *c, const struct http_request *req);
+/* {prefix}/api/...: path/len is the request path after the prefix (the
+ * router matched the prefix). Returns false when no API route matched (the
+ * caller answers 404). Worker thread. */
+bool hub_route_api(struct hub *h, struct conn *c, const struct http_request *req,
+                   const char *path, size_t len);
 
 /* Send a JSON object to a client (copied). Worker thread of the client. */
 int client_send_json(struct client *cl, json_t *obj);

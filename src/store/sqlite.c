@@ -438,6 +438,7 @@ static int64_t now_us(void)
 
 static void run_batch(struct store *s, struct store_req **reqs, size_t n)
 {
+    struct log_quoted qp;
     int64_t t0 = now_us();
     int64_t now = clock_wall_ms();
     int rc = step_done(s->stmt[S_BEGIN]);
@@ -461,7 +462,7 @@ static void run_batch(struct store *s, struct store_req **reqs, size_t n)
             reqs[j]->seq = 0;
         }
         if (atomic_exchange(&s->healthy, false))
-            log_warn("store_unhealthy", "path=%s", s->path);
+            log_warn("store_unhealthy", "path=%s", log_quotes(&qp, s->path));
         atomic_fetch_add(&s->failures, 1);
     } else {
         /* Only a batch that wrote proves the disk takes writes again: a
@@ -472,7 +473,7 @@ static void run_batch(struct store *s, struct store_req **reqs, size_t n)
                     ((reqs[j]->op == STORE_APPEND && !reqs[j]->duplicate) ||
                      reqs[j]->op == STORE_HELP || reqs[j]->op == STORE_MODEL);
         if (wrote && !atomic_exchange(&s->healthy, true))
-            log_info("store_healthy", "path=%s", s->path);
+            log_info("store_healthy", "path=%s", log_quotes(&qp, s->path));
         record_commit(s, now_us() - t0, n);
     }
     s->on_batch(s->arg, reqs, n);
@@ -894,7 +895,9 @@ int store_read_events(struct store *s, const char *id, int64_t after_seq, int64_
         if (sqlite3_column_int(st, 9)) {
             if (!s->encrypt || unseal(s, id, e->seq, blob, blen, &e->content,
                                       &e->content_len) != 0) {
-                log_error("store_decrypt_failed", "session=%s seq=%lld", id, (long long)e->seq);
+                struct log_quoted qs;
+                log_error("store_decrypt_failed", "session=%s seq=%lld", log_quotes(&qs, id),
+                          (long long)e->seq);
                 ret = -EIO;
                 break;
             }

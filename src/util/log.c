@@ -5,7 +5,9 @@
  */
 #include "util/log.h"
 
+#include <assert.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -28,6 +30,49 @@ void log_set_level(enum log_level lvl) { min_level = (int)lvl; }
 int log_enabled(enum log_level lvl) { return (int)lvl >= min_level; }
 
 static void log_write(enum log_level lvl, const char *event, const char *fmt, va_list ap);
+
+const char *log_quote(struct log_quoted *q, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    char *o = q->s;
+    bool cut = n > LOG_QUOTE_MAX;
+    if (cut)
+        n = LOG_QUOTE_MAX;
+    *o++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '"' || ch == '\\') {
+            *o++ = '\\';
+            *o++ = (char)ch;
+        } else if (ch == '\n') {
+            *o++ = '\\';
+            *o++ = 'n';
+        } else if (ch == '\t') {
+            *o++ = '\\';
+            *o++ = 't';
+        } else if (ch < 0x20 || ch == 0x7f) {
+            *o++ = '\\';
+            *o++ = 'x';
+            *o++ = hex[ch >> 4];
+            *o++ = hex[ch & 15];
+        } else {
+            *o++ = (char)ch;
+        }
+    }
+    if (cut) {
+        memcpy(o, "...", 3);
+        o += 3;
+    }
+    *o++ = '"';
+    *o = '\0';
+    assert((size_t)(o - q->s) < sizeof q->s);
+    return q->s;
+}
+
+const char *log_quotes(struct log_quoted *q, const char *s)
+{
+    return log_quote(q, s ? s : "", s ? strlen(s) : 0);
+}
 
 void log_event(enum log_level lvl, const char *event, const char *fmt, ...)
 {

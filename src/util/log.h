@@ -33,6 +33,22 @@ void log_event(enum log_level lvl, const char *event, const char *fmt, ...)
 void log_event_always(enum log_level lvl, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/*
+ * Quote a value for a log line: the result is `"..."` with `"`, `\` and
+ * every control byte escaped (\n, \t, \xNN), so a value cannot end its
+ * field or start another one or a new line. Every value that comes from a
+ * peer (user ids, names, origins, paths) or from a file goes through this.
+ * Values longer than LOG_QUOTE_MAX bytes are cut and end in `...`. Returns
+ * q->s. Any thread (the buffer is the caller's).
+ */
+#define LOG_QUOTE_MAX 200
+struct log_quoted {
+    char s[LOG_QUOTE_MAX * 4 + 8];
+};
+const char *log_quote(struct log_quoted *q, const char *s, size_t n);
+/* The same for a NUL-terminated string (NULL quotes as ""). */
+const char *log_quotes(struct log_quoted *q, const char *s);
+
 #define log_debug(ev, ...) \
     do { if (log_enabled(LOG_DEBUG)) log_event(LOG_DEBUG, ev, __VA_ARGS__); } while (0)
 #define log_info(ev, ...) log_event(LOG_INFO, ev, __VA_ARGS__)

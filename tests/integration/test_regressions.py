@@ -1,0 +1,120 @@
+"""Defects found by driving chatd from outside, each pinned by a test.
+
+Each test reproduces one reported defect through real parts (the binary, its
+sockets, its SQLite file) and asserts the behaviour chatd now promises:
+shutdown while the writer is blocked, roles taken from a refreshed token,
+bounded resume, a budget for every message type, a per-connection input
+budget, prefix matching, quoted log values, fail-stop storage.
+"""
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from harness import (SANITIZER_MARKERS, SLOW, WS, Chatd, WSClosed, http_get,  # noqa: E402
+                     make_token, run)
+from test_chat_protocol import (NO_SUCH, ROOT, SLACK, barrier, close_all, connect,  # noqa: E402
+                                expect_error, next_id, post, recv_type, server, token)
+
+
+def db_path(d):
+    return d.args[d.args.index("--db") + 1]
+
+
+# ---- 1. shutdown while the writer still has work ---------------------------------
+
+def test_shutdown_while_writer_blocked():
+    """Another connection holds the write lock, a message is queued, SIGTERM
+    arrives: chatd drains the writer while the workers' inboxes still exist,
+    then exits 0 (the old order freed the workers first and crashed)."""
+    d = server().start()
+    ws = connect(d.port, "alice")
+    post(ws, "before the lock")
+    lock = sqlite3.connect(db_path(d), timeout=10, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    for i in range(20):
+        ws.send_json({"type": "user_message", "id": next_id("blk"), "content": "queued %d" % i})
+    time.sleep(0.3)
+    d.proc.send_signal(signal.SIGTERM)
+    # Keep the lock until the workers are gone, then let the writer go on.
+    time.sleep(1.5)
+    lock.execute("ROLLBACK")
+    lock.close()
+    rc = d.proc.wait(30 * SLACK)
+    log = d.log()
+    for marker in SANITIZER_MARKERS:
+        assert marker not in log, log[-4000:]
+    assert rc == 0, "exit status %s:\n%s" % (rc, log[-3000:])
+    assert "event=shutdown_done" in log, log[-2000:]
+    ws.shut()
+
+
+# ---- 6. the prefix is matched, not skipped -----------------------------------------
+
+def test_api_routes_match_the_prefix():
+    with server("--prefix", "/chat") as d:
+        adm = token(ROOT, admin=True)
+        auth = {"Authorization": "Bearer " + adm}
+        assert http_get(d.port, "/chat/api/admin/connections", auth)[0] == 200
+        assert http_get(d.port, "/chat/api/sessions", auth)[0] == 200
+        for path in ("/XXXX/api/admin/connections", "/abcd/api/sessions", "/api/sessions",
+                     "/chat", "/c", "/", "/cha/api/sessions/" + NO_SUCH + "/messages",
+                     "/XXXX/ws", "/XXXX/healthz", "/xhat/metrics"):
+            status, _, body = http_get(d.port, path, auth)
+            if path == "/chat":
+                assert status == 308, (path, status)  # to {prefix}/
+                continue
+            assert status == 404, (path, status, body)
+            assert json.loads(body)["error"]["code"] == "not_found", (path, body)
+        assert http_get(d.port, "/chat/healthz")[0] == 200
+
+
+# ---- 8. values from clients cannot forge log fields -----------------------------------
+
+def logfmt(line):
+    """Parse one key=value log line; quoted values may hold spaces and \\"."""
+    out = []
+    for m in re.finditer(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)', line):
+        v = m.group(2)
+        if v.startswith('"'):
+            v = json.loads(v)
+        out.append((m.group(1), v))
+    return out
+
+
+def test_log_values_are_quoted():
+    # A sub must be printable (a newline is refused at sign-in), but spaces,
+    # '=', quotes and backslashes are allowed.
+    sub = 'x admin=yes devices=99 user=root ts=forged "q" \\'
+    with server() as d:
+        ws = WS(d.port, path="/ws", token=make_token(sub, name="N y=z"))
+        st = ws.recv_json()
+        assert st["user_id"] == sub, st
+        ws.close(1000)
+        ws.expect_close()
+        ws.shut()
+        deadline = time.time() + 5 * SLACK
+        while "event=ws_close" not in d.log() and time.time() < deadline:
+            time.sleep(0.05)
+        lines = d.log().splitlines()
+        opens = [logfmt(line) for line in lines if "event=ws_open" in line]
+        assert len(opens) == 1, lines
+        fields = opens[0]
+        keys = [k for k, _ in fields]
+        assert keys.count("user") == 1 and keys.count("admin") == 1, fields
+        assert keys.count("devices") == 1, fields
+        assert dict(fields)["user"] == sub, fields
+        assert dict(fields)["admin"] == "no", fields
+        closes = [logfmt(line) for line in lines if "event=ws_close" in line]
+        assert closes and dict(closes[0])["user"] == sub, lines
+
+
+if __name__ == "__main__":
+    run([test_shutdown_while_writer_blocked, test_api_routes_match_the_prefix,
+         test_log_values_are_quoted])
