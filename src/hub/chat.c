@@ -16,6 +16,7 @@
  */
 #include "hub/chat.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +32,9 @@
 #include "ws/frame.h"
 
 #define LOCAL_BUCKETS 1024
+/* store_req.kind of the admin_leave that a lost admin role makes (not a
+ * client message: no ack is sent for it). */
+#define KIND_LEAVE_REVOKED ((uint32_t)CHAT_TYPE_COUNT + 1)
 #define METADATA_MAX 16384
 
 /* Server-to-client message types counted in chatd_messages_out_total. */
@@ -431,7 +435,7 @@ static void apply_item(struct chat *ch, struct worker *w, const struct chat_post
             st->intent_pending--;
         if (it->failed)
             break;
-        if (it->kind == IT_JOIN && !st->joined) {
+        if (it->kind == IT_JOIN && !st->joined && cl->admin) {
             struct local_list *l = list_find(loc->joins, it->session, true);
             if (l && list_add(l, cl) == 0)
                 st->joined = true;
@@ -643,7 +647,7 @@ static json_t *error_json(struct chat *ch, const struct store_req *r, enum chat_
  * recorded (see struct sess_state). */
 static void settle_refused(struct batch_out *bo, const struct store_req *r)
 {
-    if (r->kind != CHAT_JOIN && r->kind != CHAT_LEAVE)
+    if (r->kind != CHAT_JOIN && r->kind != CHAT_LEAVE && r->kind != KIND_LEAVE_REVOKED)
         return;
     struct chat_item *it = add_item(bo, r->worker, r->kind == CHAT_JOIN ? IT_JOIN : IT_LEAVE, 0,
                                     r->conn_id, NULL, 0, 0, r);
@@ -709,7 +713,8 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
         break;
     }
     case CHAT_JOIN:
-    case CHAT_LEAVE: {
+    case CHAT_LEAVE:
+    case KIND_LEAVE_REVOKED: {
         bool join = r->kind == CHAT_JOIN;
         /* The subscription changes on the admin's own worker first, in line
          * with the events around it. */
@@ -718,7 +723,8 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
             json_pack("{s:s, s:s, s:o}", "type", join ? "admin_join" : "admin_leave", "session_id",
                       r->session_id, "sender", sender_json("admin", r->user, r->sender_name));
         add_everywhere(bo, IT_RELAY, r->conn_id, o, r);
-        add_ack(bo, r, false, NULL, NULL);
+        if (r->kind != KIND_LEAVE_REVOKED)
+            add_ack(bo, r, false, NULL, NULL);
         break;
     }
     default:
@@ -957,6 +963,12 @@ static void resume_pump(struct resume_job *j)
         return;
     }
     const char *id = j->id[0] ? j->id : NULL;
+    if (j->admin && !cl->admin && strcmp(j->sess.owner, cl->sub) != 0) {
+        /* A refresh took the admin role away while this replay ran. */
+        client_send_error(cl, ERR_SESSION_NOT_FOUND, "no such session", -1, id);
+        resume_finish(j);
+        return;
+    }
     struct sess_state *st = state_get(cl, j->session, true);
     uint64_t high_water = c->w->srv->cfg->send_queue_bytes / 2;
     while (st && j->next_ev < j->n) {
@@ -1110,6 +1122,61 @@ static void chat_client_closed(void *router, struct client *cl)
     cl->router_state = NULL;
 }
 
+/* Hand r to the writer; true when it took it (false: answered already). */
+static bool submit(struct chat *ch, struct client *cl, struct store_req *r, const char *id);
+static struct store_req *new_req(struct client *cl, enum store_op op, enum chat_type kind,
+                                 const char *sid, const char *id);
+
+/* A refresh changed the client's admin role. Gaining it makes the client
+ * one of this worker's admins (help requests reach it). Losing it ends
+ * every join at once, here on the worker, so no further event of another
+ * user's session reaches it; each join also gets its admin_leave through
+ * the writer, like one the client sent, so the others see it leave; and
+ * the client is told which sessions it left. */
+static void chat_client_roles_changed(void *router, struct client *cl, bool was_admin)
+{
+    struct chat *ch = router;
+    struct chat_local *loc = &ch->locals[cl->conn->w->index];
+    assert(worker_current() == cl->conn->w);
+    if (!was_admin) {
+        list_add(&loc->admins, cl);
+        return;
+    }
+    list_del(NULL, &loc->admins, cl);
+    struct client_state *cs = cl->router_state;
+    json_t *left = json_array();
+    for (unsigned i = 0; cs && i < cs->n; i++) {
+        struct sess_state *st = &cs->v[i];
+        bool in = st->joined || (st->intent_pending && st->intent_joined);
+        if (st->joined) {
+            struct local_list *l = list_find(loc->joins, st->id, false);
+            if (l)
+                list_del(loc->joins, l, cl);
+            st->joined = false;
+        }
+        if (!in)
+            continue;
+        json_array_append_new(left, json_string(st->id));
+        struct store_req *r = new_req(cl, STORE_CHECK, CHAT_LEAVE, st->id, NULL);
+        if (r) {
+            r->kind = KIND_LEAVE_REVOKED;
+            r->any_session = true;
+        }
+        if (submit(ch, cl, r, NULL)) {
+            st->intent_joined = false;
+            st->intent_pending++;
+        }
+    }
+    json_t *o = json_pack("{s:s, s:s, s:s, s:o}", "type", "notification", "code",
+                          "roles_changed", "message",
+                          "the refreshed token has no admin role: every joined session was left",
+                          "sessions", left);
+    if (o) {
+        client_send_json(cl, o);
+        json_decref(o);
+    }
+}
+
 static void chat_handle(void *router, struct client *cl, enum chat_type k, const char *id,
                         json_t *msg)
 {
@@ -1214,6 +1281,7 @@ const struct router_ops chat_router_ops = {
     .client_drained = chat_client_drained,
     .handle = chat_handle,
     .client_closed = chat_client_closed,
+    .client_roles_changed = chat_client_roles_changed,
 };
 
 /* ---- setup -------------------------------------------------------------------------- */

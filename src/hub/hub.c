@@ -370,7 +370,31 @@ static struct client *client_new(const struct jwt_claims *claims, struct hub *h,
 
 static void client_free(struct client *cl)
 {
+    free(cl->refreshed);
     free(cl);
+}
+
+/* Take name and roles from a refreshed token (sub is unchanged). */
+static int client_rename(struct client *cl, const struct jwt_claims *claims)
+{
+    char *roles = roles_to_json(claims);
+    if (!roles)
+        return -ENOMEM;
+    size_t rl = strlen(roles);
+    char *p = malloc(claims->name_len + rl + 2);
+    if (!p) {
+        free(roles);
+        return -ENOMEM;
+    }
+    memcpy(p, claims->name, claims->name_len);
+    p[claims->name_len] = '\0';
+    memcpy(p + claims->name_len + 1, roles, rl + 1);
+    free(roles);
+    free(cl->refreshed);
+    cl->refreshed = p;
+    cl->name = p;
+    cl->roles_json = p + claims->name_len + 1;
+    return 0;
 }
 
 static void chat_on_close(struct conn *c)
@@ -432,14 +456,27 @@ static void handle_refresh(struct client *cl, json_t *msg, const char *id)
         client_send_error(cl, ERR_UNAUTHORIZED, "the token is for another user", -1, id);
         return;
     }
+    /* The new token speaks for the connection from now on: its expiry, its
+     * name and its roles. */
+    if (client_rename(cl, &claims) != 0) {
+        client_send_error(cl, ERR_INTERNAL, "out of memory", -1, id);
+        return;
+    }
+    bool was_admin = cl->admin;
     cl->exp = claims.exp;
-    json_t *o = json_pack("{s:s, s:I}", "type", "refreshed", "exp", (json_int_t)claims.exp);
+    cl->admin = claims.is_admin;
+    json_t *o = json_pack("{s:s, s:I, s:s, s:o}", "type", "refreshed", "exp",
+                          (json_int_t)claims.exp, "name", cl->name, "roles",
+                          json_loads(cl->roles_json, 0, NULL));
     if (o && id)
         json_object_set_new(o, "id", json_string(id));
     if (o) {
         client_send_json(cl, o);
         json_decref(o);
     }
+    struct hub *h = cl->hub;
+    if (was_admin != cl->admin && h->router_ops && h->router_ops->client_roles_changed)
+        h->router_ops->client_roles_changed(h->router, cl, was_admin);
 }
 
 static bool valid_id(json_t *v)

@@ -81,8 +81,9 @@ struct client {
     bool registered; /* holds a registry entry */
     uint8_t sub_len;
     char *sub;          /* NUL-terminated, in the same allocation as the client */
-    char *name;         /* likewise */
+    char *name;         /* likewise, or in `refreshed` after a refresh */
     char *roles_json;   /* likewise: the roles as a JSON array text */
+    char *refreshed;    /* owned: name and roles taken from a refreshed token */
     void *router_state; /* owned by the router */
     uint64_t sub_hash;  /* the router's hash of sub */
 };
@@ -99,6 +100,9 @@ struct router_ops {
     void (*client_drained)(void *router, struct client *cl);
     /* The client is closing (router_state must be released). */
     void (*client_closed)(void *router, struct client *cl);
+    /* A refresh changed cl->admin (was_admin is the old value): a client
+     * that lost the role leaves every session it joined. */
+    void (*client_roles_changed)(void *router, struct client *cl, bool was_admin);
 };
 
 struct hub {

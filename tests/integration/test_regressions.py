@@ -55,6 +55,57 @@ def test_shutdown_while_writer_blocked():
     ws.shut()
 
 
+# ---- 2. a refresh takes roles and name from the new token ----------------------------
+
+def test_refresh_without_admin_role_leaves_and_loses_rights():
+    with server() as d:
+        a1 = connect(d.port, "alice", name="Alice")
+        a2 = connect(d.port, "alice", name="Alice")
+        ack, _ = post(a1, "private words")
+        a2.recv_json()
+        sid = ack["session_id"]
+        # An admin whose token lasts 4 s joins Alice's session.
+        adm = WS(d.port, path="/ws", token=make_token("sam", ttl=4, roles=["admin"], name="Sam"))
+        assert adm.recv_json()["roles"] == ["admin"]
+        adm.send_json({"type": "admin_join", "id": "j1", "session_id": sid})
+        got = barrier(adm)
+        assert any(m["type"] == "ack" and m.get("id") == "j1" for m in got), got
+        assert recv_type(a1, "admin_join")["session_id"] == sid
+        recv_type(a2, "admin_join")
+        # A refresh with a plain user token (longer-lived, other name).
+        fresh = make_token("sam", ttl=3600, roles=["user"], name="Sam Plain")
+        adm.send_json({"type": "refresh", "id": "r1", "token": fresh})
+        m = recv_type(adm, "refreshed")
+        assert m["id"] == "r1" and m["roles"] == ["user"] and m["name"] == "Sam Plain", m
+        n = recv_type(adm, "notification")
+        assert n["code"] == "roles_changed" and n["sessions"] == [sid], n
+        # Alice's devices see the admin leave.
+        assert recv_type(a1, "admin_leave")["session_id"] == sid
+        recv_type(a2, "admin_leave")
+        assert barrier(adm) == [], "no ack or event for the leave chatd made"
+        # Wait past the admin token's expiry: the connection lives on with
+        # the new token, without any admin right.
+        time.sleep(4.5)
+        post(a1, "more private words", sid=sid)
+        a2.recv_json()
+        assert barrier(adm) == [], "an event of Alice's session reached the former admin"
+        adm.send_json({"type": "admin_join", "id": "j2", "session_id": sid})
+        expect_error(adm, "forbidden", "j2")
+        adm.send_json({"type": "resume", "id": "r2", "session_id": sid, "after_seq": 0})
+        expect_error(adm, "session_not_found", "r2")
+        adm.send_json({"type": "admin_message", "id": "m2", "session_id": sid, "content": "x"})
+        expect_error(adm, "forbidden", "m2")
+        # And the other way: a refresh that grants admin makes help requests
+        # reach the connection.
+        adm.send_json({"type": "refresh", "id": "r3",
+                       "token": make_token("sam", ttl=3600, roles=["admin"])})
+        assert recv_type(adm, "refreshed")["roles"] == ["admin"]
+        a1.send_json({"type": "help_request", "id": "h1", "session_id": sid})
+        got = barrier(adm)
+        assert [m["type"] for m in got] == ["help_request"], got
+        close_all(a1, a2, adm)
+
+
 # ---- 6. the prefix is matched, not skipped -----------------------------------------
 
 def test_api_routes_match_the_prefix():
@@ -116,5 +167,6 @@ def test_log_values_are_quoted():
 
 
 if __name__ == "__main__":
-    run([test_shutdown_while_writer_blocked, test_api_routes_match_the_prefix,
+    run([test_shutdown_while_writer_blocked,
+         test_refresh_without_admin_role_leaves_and_loses_rights, test_api_routes_match_the_prefix,
          test_log_values_are_quoted])
