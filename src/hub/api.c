@@ -70,7 +70,7 @@ static void api_work(uv_work_t *req)
             return;
         }
         struct store_event *ev = NULL;
-        int n = rc == 0 ? store_read_events(st, j->session, j->after, j->limit, &ev) : rc;
+        int n = rc == 0 ? store_read_events(st, j->session, j->after, j->limit, 0, &ev) : rc;
         if (n < 0) {
             j->status = 503;
             j->body = error_body("unavailable", "storage is unavailable");

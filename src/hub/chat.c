@@ -77,7 +77,8 @@ struct resume_job;
 struct client_state {
     unsigned n, cap;
     struct sess_state *v;
-    struct resume_job *parked; /* replays waiting for the send queue to drain */
+    struct resume_job *jobs; /* replays running (see struct resume_job) */
+    unsigned njobs;
 };
 
 /* Worker-local indexes, owned by one worker thread. */
@@ -907,24 +908,36 @@ static void handle_message(struct chat *ch, struct client *cl, json_t *msg, cons
 
 /* ---- resume ------------------------------------------------------------------- */
 
-#define RESUME_PAGE 256 /* events read from storage at a time */
+#define RESUME_PAGE 256             /* events read from storage at a time */
+#define RESUME_PAGE_BYTES (1 << 20) /* ... or about this much content */
+#define RESUME_MAX_PER_CONN 4       /* replays running at once on one connection */
 
 /* A replay in progress. It reads a page on the thread pool, then sends it on
- * the worker while the connection's send queue stays under half its limit;
- * when the queue is fuller it parks until the queue drains (on_drain), so a
- * long history never overflows a connection that reads at a normal pace. */
+ * the worker while the connection's send queue stays under half its limit.
+ * When the queue is fuller it parks until the queue drains (on_drain). A
+ * parked replay keeps only its cursor: the rest of the page is freed and
+ * read again when it goes on, so a client that does not read holds at most
+ * its send queue, not pages of history.
+ *
+ * Bounds: one replay per connection and session, RESUME_MAX_PER_CONN per
+ * connection; others are refused with rate_limited. Owned by the client's
+ * worker; listed on the client's `jobs` until it finishes or the client
+ * closes (a job on the thread pool then finds the connection closed). */
 struct resume_job {
     uv_work_t req;
     struct chat *ch;
     struct conn *conn;       /* held (conn_hold) for the job's whole life */
-    struct resume_job *next; /* on the client's parked list */
+    struct resume_job *next; /* on the client's jobs list */
     char session[STORE_ID_LEN + 1];
     char user[STORE_MAX_USER + 1];
     char id[65];
     bool admin;
-    int64_t after; /* the next read starts above this seq */
+    bool parked;   /* waiting for the send queue to drain */
+    bool listed;   /* on the client's jobs list */
+    int64_t after; /* cursor: the next read starts above this seq */
     /* the current page */
     int rc;
+    bool more; /* the page was cut: more may follow */
     struct store_session sess;
     struct store_event *ev;
     int n, next_ev;
@@ -933,24 +946,55 @@ struct resume_job {
 static void resume_work(uv_work_t *req)
 {
     struct resume_job *j = req->data;
+    assert(worker_current() == NULL); /* storage reads never run on a worker loop */
     j->rc = store_get_session(j->ch->store, j->session, &j->sess);
     if (j->rc == 0 && !j->admin && strcmp(j->sess.owner, j->user) != 0)
         j->rc = -ENOENT;
+    j->more = false;
     if (j->rc == 0) {
-        j->n = store_read_events(j->ch->store, j->session, j->after, RESUME_PAGE, &j->ev);
+        j->n = store_read_events(j->ch->store, j->session, j->after, RESUME_PAGE,
+                                 RESUME_PAGE_BYTES, &j->ev);
         if (j->n < 0)
             j->rc = j->n;
+        size_t bytes = 0;
+        for (int i = 0; i < j->n; i++)
+            bytes += j->ev[i].content_len;
+        j->more = j->n == RESUME_PAGE || bytes >= RESUME_PAGE_BYTES;
     }
     j->next_ev = 0;
 }
 
 static void resume_done(uv_work_t *req, int status);
 
-static void resume_finish(struct resume_job *j)
+static void drop_page(struct resume_job *j)
 {
     store_events_free(j->ev, j->n > 0 ? j->n : 0);
+    j->ev = NULL;
+    j->n = 0;
+    j->next_ev = 0;
+}
+
+static void resume_finish(struct resume_job *j)
+{
+    struct client *cl = j->conn->data;
+    if (j->listed && cl && cl->router_state) {
+        struct client_state *cs = cl->router_state;
+        struct resume_job **p = &cs->jobs;
+        while (*p != j)
+            p = &(*p)->next;
+        *p = j->next;
+        cs->njobs--;
+    }
+    drop_page(j);
     conn_release(j->conn);
     free(j);
+}
+
+/* Read the page above the cursor on the thread pool. */
+static bool resume_read(struct resume_job *j)
+{
+    drop_page(j);
+    return uv_queue_work(&j->conn->w->loop, &j->req, resume_work, resume_done) == 0;
 }
 
 /* Send what the page still holds; read the next page, park, or finish. */
@@ -962,6 +1006,7 @@ static void resume_pump(struct resume_job *j)
         resume_finish(j);
         return;
     }
+    assert(worker_current() == c->w);
     const char *id = j->id[0] ? j->id : NULL;
     if (j->admin && !cl->admin && strcmp(j->sess.owner, cl->sub) != 0) {
         /* A refresh took the admin role away while this replay ran. */
@@ -973,12 +1018,15 @@ static void resume_pump(struct resume_job *j)
     uint64_t high_water = c->w->srv->cfg->send_queue_bytes / 2;
     while (st && j->next_ev < j->n) {
         if (c->out.bytes > high_water) {
-            struct client_state *cs = cl->router_state;
-            j->next = cs->parked;
-            cs->parked = j;
+            /* Park with the cursor only: what is left of the page is read
+             * again when the queue has drained. */
+            j->more = true;
+            drop_page(j);
+            j->parked = true;
             return;
         }
         struct store_event *e = &j->ev[j->next_ev++];
+        j->after = e->seq;
         if (sent_has(st, e->seq))
             continue;
         sent_add(st, e->seq);
@@ -991,13 +1039,8 @@ static void resume_pump(struct resume_job *j)
             sbuf_unref(f);
         }
     }
-    if (j->n == RESUME_PAGE) {
-        /* More may follow: read the next page. */
-        j->after = j->ev[j->n - 1].seq;
-        store_events_free(j->ev, j->n);
-        j->ev = NULL;
-        j->n = 0;
-        if (uv_queue_work(&c->w->loop, &j->req, resume_work, resume_done) == 0)
+    if (j->more) {
+        if (resume_read(j))
             return;
         client_send_error(cl, ERR_INTERNAL, "cannot schedule the read", -1, id);
         resume_finish(j);
@@ -1036,19 +1079,21 @@ static void resume_done(uv_work_t *req, int status)
     }
 }
 
-/* The connection's send queue emptied: continue parked replays. */
+/* The connection's send queue emptied: parked replays read on. */
 static void chat_client_drained(void *router, struct client *cl)
 {
     (void)router;
     struct client_state *cs = cl->router_state;
-    if (!cs || !cs->parked)
-        return;
-    struct resume_job *j = cs->parked;
-    cs->parked = NULL;
-    while (j) {
-        struct resume_job *next = j->next;
-        resume_pump(j);
-        j = next;
+    for (struct resume_job *j = cs ? cs->jobs : NULL, *next; j; j = next) {
+        next = j->next;
+        if (!j->parked)
+            continue;
+        j->parked = false;
+        if (!resume_read(j)) {
+            client_send_error(cl, ERR_INTERNAL, "cannot schedule the read", -1,
+                              j->id[0] ? j->id : NULL);
+            resume_finish(j);
+        }
     }
 }
 
@@ -1060,6 +1105,21 @@ static void handle_resume(struct chat *ch, struct client *cl, json_t *msg, const
     json_t *a = json_object_get(msg, "after_seq");
     if (!json_is_integer(a) || json_integer_value(a) < 0) {
         client_send_error(cl, ERR_INVALID_FIELD, "'after_seq' must be an integer >= 0", -1, id);
+        return;
+    }
+    struct client_state *cs = cl->router_state;
+    for (struct resume_job *r = cs->jobs; r; r = r->next) {
+        if (strcmp(r->session, sid) == 0) {
+            client_send_error(cl, ERR_RATE_LIMITED,
+                              "a resume of this session is still running on this connection; "
+                              "wait for its 'resumed'",
+                              1000, id);
+            return;
+        }
+    }
+    if (cs->njobs >= RESUME_MAX_PER_CONN) {
+        client_send_error(cl, ERR_RATE_LIMITED, "too many resumes running on this connection",
+                          1000, id);
         return;
     }
     struct resume_job *j = calloc(1, sizeof *j);
@@ -1081,7 +1141,12 @@ static void handle_resume(struct chat *ch, struct client *cl, json_t *msg, const
         conn_release(cl->conn);
         free(j);
         client_send_error(cl, ERR_INTERNAL, "cannot schedule the read", -1, id);
+        return;
     }
+    j->listed = true;
+    j->next = cs->jobs;
+    cs->jobs = j;
+    cs->njobs++;
 }
 
 /* ---- router entry points -------------------------------------------------------- */
@@ -1109,10 +1174,15 @@ static void chat_client_closed(void *router, struct client *cl)
         if (j)
             list_del(loc->joins, j, cl);
     }
-    while (cs && cs->parked) {
-        struct resume_job *j = cs->parked;
-        cs->parked = j->next;
-        resume_finish(j);
+    /* Parked replays end here; one on the thread pool ends when it comes
+     * back and finds the connection closed. Either way it leaves the list
+     * that is freed below. */
+    while (cs && cs->jobs) {
+        struct resume_job *j = cs->jobs;
+        cs->jobs = j->next;
+        j->listed = false;
+        if (j->parked)
+            resume_finish(j);
     }
     for (unsigned i = 0; cs && i < cs->n; i++)
         free(cs->v[i].sent);

@@ -853,7 +853,7 @@ void store_events_free(struct store_event *ev, int n)
 }
 
 int store_read_events(struct store *s, const char *id, int64_t after_seq, int64_t limit,
-                      struct store_event **out)
+                      size_t max_bytes, struct store_event **out)
 {
     struct read_conn *rc = read_get(s);
     *out = NULL;
@@ -872,8 +872,9 @@ int store_read_events(struct store *s, const char *id, int64_t after_seq, int64_
     sqlite3_bind_int64(st, 2, after_seq);
     sqlite3_bind_int64(st, 3, limit > 0 ? limit : -1);
     struct store_event *ev = NULL;
-    int n = 0, cap = 0, r, ret = 0;
-    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+    int n = 0, cap = 0, r = SQLITE_DONE, ret = 0;
+    size_t bytes = 0;
+    while ((!max_bytes || bytes < max_bytes) && (r = sqlite3_step(st)) == SQLITE_ROW) {
         if (n == cap && grow_array((void **)&ev, &cap, sizeof *ev) < 0) {
             ret = -ENOMEM;
             break;
@@ -911,8 +912,9 @@ int store_read_events(struct store *s, const char *id, int64_t after_seq, int64_
             e->content[blen] = '\0';
             e->content_len = blen;
         }
+        bytes += e->content_len;
     }
-    if (ret == 0 && r != SQLITE_DONE)
+    if (ret == 0 && r != SQLITE_DONE && r != SQLITE_ROW)
         ret = -EIO;
     sqlite3_finalize(st);
     read_put(s, rc);

@@ -142,11 +142,13 @@ extern const unsigned store_batch_bounds[8];
 
 /* The session, if it exists. 0, -ENOENT, or -EIO. */
 int store_get_session(struct store *s, const char *id, struct store_session *out);
-/* Events with seq > after_seq in order, at most limit (0: no limit). Returns
- * the count (>= 0) with *out a malloc'd array (free with
+/* Events with seq > after_seq in order, at most limit (0: no limit), and
+ * no more once their contents reach max_bytes (0: no limit; the event that
+ * crosses it is included, so a page is never empty while events remain).
+ * Returns the count (>= 0) with *out a malloc'd array (free with
  * store_events_free), or -EIO. */
 int store_read_events(struct store *s, const char *id, int64_t after_seq, int64_t limit,
-                      struct store_event **out);
+                      size_t max_bytes, struct store_event **out);
 void store_events_free(struct store_event *ev, int n);
 /* Sessions of one owner (owner != NULL) or all (help_only filters),
  * newest first, at most limit. Count or -EIO; free *out with free(). */

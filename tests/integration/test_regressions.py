@@ -106,6 +106,76 @@ def test_refresh_without_admin_role_leaves_and_loses_rights():
         close_all(a1, a2, adm)
 
 
+# ---- 3. resume is bounded per connection and session ---------------------------------
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_resume_is_bounded():
+    """256 messages of 64 KiB; a second device sends 60 resumes from 0 and
+    reads nothing. One replay runs, the others are refused, and the server
+    holds no pages for the parked replay."""
+    with server() as d:
+        a1 = connect(d.port, "alice")
+        big = "x" * 65536
+        ack, _ = post(a1, big)
+        sid = ack["session_id"]
+        a1.sock.settimeout(30 * SLACK)
+        for k in range(0, 255, 5):  # a few at a time: a1 reads its own events too
+            n = min(5, 255 - k)
+            for i in range(k, k + n):
+                a1.send_json({"type": "user_message", "id": "b%d" % i, "session_id": sid,
+                              "content": big})
+            seen = 0
+            while seen < 2 * n:
+                if a1.recv_json()["type"] in ("ack", "user_message"):
+                    seen += 1
+        a2 = connect(d.port, "alice")
+        time.sleep(0.5)
+        before = rss_kib(d.proc.pid)
+        for i in range(60):
+            a2.send_json({"type": "resume", "id": "r%d" % i, "session_id": sid, "after_seq": 0})
+        time.sleep(2.0 * SLACK)
+        grown = rss_kib(d.proc.pid) - before
+        if not SLOW:  # sanitizers keep freed memory in quarantine
+            assert grown < 48 * 1024, "RSS grew by %d KiB" % grown
+        # Now read: exactly one full replay, 59 refusals, nothing twice.
+        a2.sock.settimeout(30 * SLACK)
+        seqs, refused, resumed = [], [], []
+        while not resumed or len(refused) < 59:
+            m = a2.recv_json()
+            if m["type"] == "user_message":
+                seqs.append(m["seq"])
+            elif m["type"] == "error":
+                assert m["code"] == "rate_limited" and m["retry_after"] > 0, m
+                refused.append(m["id"])
+            elif m["type"] == "resumed":
+                resumed.append(m)
+            elif m["type"] == "ack":
+                pass
+            else:
+                raise AssertionError(m)
+        assert len(resumed) == 1 and resumed[0]["id"] == "r0", resumed
+        assert resumed[0]["last_seq"] == 256, resumed
+        assert seqs == list(range(1, 257)), seqs[:5]
+        assert sorted(refused) == sorted("r%d" % i for i in range(1, 60)), refused
+        # The replay is over: a new one may start.
+        a2.send_json({"type": "resume", "id": "again", "session_id": sid, "after_seq": 250})
+        got = []
+        while True:
+            m = a2.recv_json()
+            got.append(m)
+            if m["type"] == "resumed":
+                break
+        assert got[-1]["id"] == "again" and len(got) == 1, got  # all were sent already
+        close_all(a1, a2)
+
+
 # ---- 6. the prefix is matched, not skipped -----------------------------------------
 
 def test_api_routes_match_the_prefix():
@@ -168,5 +238,6 @@ def test_log_values_are_quoted():
 
 if __name__ == "__main__":
     run([test_shutdown_while_writer_blocked,
-         test_refresh_without_admin_role_leaves_and_loses_rights, test_api_routes_match_the_prefix,
+         test_refresh_without_admin_role_leaves_and_loses_rights, test_resume_is_bounded,
+         test_api_routes_match_the_prefix,
          test_log_values_are_quoted])
