@@ -5,7 +5,8 @@
  * byte stream:
  *   byte 0  bits 0-1 split mode (fixed-size chunks, pseudo-random chunk sizes
  *           including empty writes, one byte at a time, two halves),
- *           bit 2 require_mask, bit 3 a small max_fragments (1..8);
+ *           bit 2 require_mask, bit 3 a small fragment_allowance (1..8), so
+ *           that the fragment rule's payload credit decides;
  *   byte 1-2  max_message = (b1 | b2 << 8) % 4097, small so limits are hit;
  *   byte 3  split parameter (chunk size, seed or cut point).
  * The stream is decoded twice, fed whole and fed in chunks, each write copied
@@ -68,12 +69,12 @@ static void fold_item(struct fz_run *r, uint8_t kind, uint8_t op, uint16_t code,
 }
 
 static void run_init(struct fz_run *r, uint64_t max_message, bool require_mask,
-                     uint32_t max_fragments)
+                     uint32_t allowance)
 {
     memset(r, 0, sizeof *r);
     ws_decoder_init(&r->d, max_message, require_mask);
-    if (max_fragments)
-        r->d.max_fragments = max_fragments;
+    if (allowance)
+        r->d.fragment_allowance = allowance;
     r->digest = 0xcbf29ce484222325ULL;
 }
 
@@ -190,16 +191,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     unsigned mode = data[0] & 3;
     bool require_mask = data[0] & 4;
-    uint32_t max_fragments = (data[0] & 8) ? 1 + (data[3] & 7) : 0;
+    uint32_t allowance = (data[0] & 8) ? 1 + (data[3] & 7) : 0;
     uint64_t max_message = (uint64_t)(data[1] | (data[2] << 8)) % (MAX_MSG + 1);
     unsigned param = data[3];
     const uint8_t *s = data + 4;
     size_t n = size - 4;
 
-    run_init(&whole, max_message, require_mask, max_fragments);
+    run_init(&whole, max_message, require_mask, allowance);
     run_feed(&whole, s, n);
 
-    run_init(&chunked, max_message, require_mask, max_fragments);
+    run_init(&chunked, max_message, require_mask, allowance);
     size_t pos = 0;
     uint32_t seed = param * 2654435761u + 1;
     switch (mode) {

@@ -68,6 +68,14 @@ FRAME_SEEDS = {
     + frame(BINARY, b"1", fin=False)
     + b"".join(frame(CONT, b"x", fin=False) for _ in range(4))
     + frame(CONT, b"end"),
+    # Allowance 1: each 16 payload bytes pay for one more frame, so the
+    # 16-byte fragments pass, the first empty one too, the second does not.
+    "paid_fragments": settings(0, small_frags=True, param=0)
+    + frame(TEXT, b"0123456789abcdef", fin=False)
+    + b"".join(frame(CONT, b"0123456789abcdef", fin=False) for _ in range(5))
+    + frame(CONT, b"", fin=False)
+    + frame(CONT, b"", fin=False)
+    + frame(CONT, b"end"),
     "rsv_and_opcode": settings(0, param=20) + frame(TEXT, b"fine") + frame(3, b"?", rsv=0x40),
 }
 

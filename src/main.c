@@ -2,11 +2,13 @@
  * chatd: start, signals, shutdown order.
  *
  * DESIGN: main() loads and validates the configuration (exit 2 on any bad
- * option), raises the open-file limit, starts the workers and then runs a
- * small loop of its own that only waits for SIGTERM/SIGINT. On a signal it
- * asks every worker to drain, gives them --shutdown-timeout seconds, forces
- * what is left, joins the threads and exits 0.
+ * option, or when another process listens on the address), raises the
+ * open-file limit, binds, starts the workers and then runs a small loop of
+ * its own that only waits for SIGTERM/SIGINT. On a signal it asks every
+ * worker to drain, gives them --shutdown-timeout seconds, forces what is
+ * left, joins the threads and exits 0.
  */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -208,6 +210,12 @@ int main(int argc, char **argv)
         return 2;
     }
     st.srv.app = &st.hub;
+    /* Before the database is opened: a second chatd pointed at a busy
+     * address must not touch the first one's database either. */
+    if ((rc = server_listen(&st.srv, &cfg, err, sizeof err)) != 0) {
+        fprintf(stderr, "chatd: %s\n", err);
+        return rc == -EADDRINUSE ? 2 : 1;
+    }
     /* --db none: sign-in and devices only, no router (chat messages are
      * answered 'unavailable'): the gateway layer on its own. */
     bool no_store = strcmp(cfg.db_path, "none") == 0;
@@ -236,7 +244,7 @@ int main(int argc, char **argv)
         st.hub.router_ops = &chat_router_ops;
         st.hub.router = st.chat;
     }
-    if (server_start(&st.srv, &cfg, err, sizeof err) != 0) {
+    if (server_start(&st.srv, err, sizeof err) != 0) {
         struct log_quoted qe;
         log_error("start_failed", "error=%s", log_quotes(&qe, err));
         fprintf(stderr, "chatd: %s\n", err);

@@ -1,9 +1,11 @@
 /*
  * DESIGN: the main thread binds every listening socket (so a port in use is
- * reported before anything starts), then each worker opens its socket into
- * its own loop. Shutdown is a message like any other: the main thread posts
- * it to every inbox; a worker that has drained its connections closes its
- * handles and lets its loop end; the forced variant closes what is left.
+ * reported before anything starts), the first one alone on the address
+ * before the others join it (open_listener), then each worker opens its
+ * socket into its own loop. Shutdown is a message like any other: the main
+ * thread posts it to every inbox; a worker that has drained its connections
+ * closes its handles and lets its loop end; the forced variant closes what
+ * is left.
  */
 #include "server.h"
 
@@ -179,46 +181,84 @@ static void worker_main(void *arg)
     atomic_fetch_add(&w->srv->workers_done, 1);
 }
 
-/* Create, configure and bind one listening socket. */
-static int bind_socket(const struct config *cfg, int port, int *out_fd, char *err, size_t errlen)
+/* The configured address with this port, or -EINVAL with a message. */
+static int listen_addr(const struct config *cfg, int port, struct sockaddr_storage *ss,
+                       socklen_t *len, char *err, size_t errlen)
 {
-    struct sockaddr_storage ss;
     const char *host = cfg->listen_host;
     if (strcmp(host, "localhost") == 0)
         host = "127.0.0.1";
-    if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ss) != 0 &&
-        uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss) != 0) {
-        snprintf(err, errlen, "--listen: '%s' is not a numeric IPv4 or IPv6 address", host);
-        return -EINVAL;
+    memset(ss, 0, sizeof *ss);
+    if (uv_ip4_addr(host, port, (struct sockaddr_in *)ss) == 0) {
+        *len = sizeof(struct sockaddr_in);
+        return 0;
     }
+    if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss) == 0) {
+        *len = sizeof(struct sockaddr_in6);
+        return 0;
+    }
+    snprintf(err, errlen, "--listen: '%s' is not a numeric IPv4 or IPv6 address", host);
+    return -EINVAL;
+}
+
+/* Report a failed bind or listen, naming the address. */
+static int listen_error(const struct config *cfg, int port, int e, char *err, size_t errlen)
+{
+    const char *h = cfg->listen_host;
+    bool v6 = strchr(h, ':') != NULL;
+    /* The words are fixed (not strerror) so that scripts can match them. */
+    snprintf(err, errlen, "cannot listen on %s%s%s:%d: %s", v6 ? "[" : "", h, v6 ? "]" : "",
+             port, e == EADDRINUSE ? "address already in use" : strerror(e));
+    return -e;
+}
+
+/*
+ * Create, bind and listen on one socket; every socket of this process shares
+ * the port with SO_REUSEPORT. The first socket (`first`) also proves that the
+ * address is ours alone: it is bound and put to listen WITHOUT SO_REUSEPORT,
+ * which the kernel refuses (EADDRINUSE) while any other socket listens on
+ * the address, with or without SO_REUSEPORT, and refuses to any other socket
+ * that tries to listen there meanwhile. Only once it listens is SO_REUSEPORT
+ * turned on, so that the other workers' sockets can join it. Two chatd
+ * started at the same moment therefore cannot both get past this: the
+ * second listen() fails, with no window between a probe and the real bind.
+ * SO_REUSEADDR on every socket lets chatd restart while connections of a
+ * previous run are in TIME_WAIT.
+ */
+static int open_listener(const struct config *cfg, int port, bool first, int *out_fd,
+                         char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int rc = listen_addr(cfg, port, &ss, &len, err, errlen);
+    if (rc != 0)
+        return rc;
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        snprintf(err, errlen, "socket: %s", strerror(errno));
-        return -errno;
+        int e = errno;
+        snprintf(err, errlen, "socket: %s", strerror(e));
+        return -e;
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+    if (!first && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
         int e = errno;
         close(fd);
         snprintf(err, errlen, "SO_REUSEPORT: %s", strerror(e));
         return -e;
     }
-    socklen_t len = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in)
-                                            : sizeof(struct sockaddr_in6);
-    if (bind(fd, (struct sockaddr *)&ss, len) != 0) {
-        int e = errno;
-        close(fd);
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", cfg->listen_host, port, strerror(e));
-        return -e;
-    }
     /* Listening from here on: connections queue in the backlog even before
      * the worker's loop runs, so the "listening" log line is true when
      * printed. */
-    if (listen(fd, 4096) != 0) {
+    if (bind(fd, (struct sockaddr *)&ss, len) != 0 || listen(fd, 4096) != 0) {
         int e = errno;
         close(fd);
-        snprintf(err, errlen, "listen: %s", strerror(e));
+        return listen_error(cfg, port, e, err, errlen);
+    }
+    if (first && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+        int e = errno;
+        close(fd);
+        snprintf(err, errlen, "SO_REUSEPORT: %s", strerror(e));
         return -e;
     }
     *out_fd = fd;
@@ -236,12 +276,15 @@ static int bound_port(int fd)
     return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
 }
 
+/* Set up a worker's loop and handles; its listen_fd (from server_listen) is
+ * kept. */
 static int worker_init(struct server *srv, struct worker *w, unsigned index)
 {
+    int fd = w->listen_fd;
     memset(w, 0, sizeof *w);
     w->srv = srv;
     w->index = index;
-    w->listen_fd = -1;
+    w->listen_fd = fd;
     list_init(&w->conns);
     list_init(&w->dirty);
     idmap_init(&w->by_id);
@@ -265,18 +308,45 @@ static int worker_init(struct server *srv, struct worker *w, unsigned index)
     return 0;
 }
 
-int server_start(struct server *srv, const struct config *cfg, char *err, size_t errlen)
+int server_listen(struct server *srv, const struct config *cfg, char *err, size_t errlen)
 {
     srv->cfg = cfg;
     srv->nworkers = cfg->workers;
-    atomic_init(&srv->shutting_down, false);
-    atomic_init(&srv->workers_done, 0);
     srv->workers = calloc(srv->nworkers, sizeof *srv->workers);
     if (!srv->workers) {
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
+    for (unsigned i = 0; i < srv->nworkers; i++)
+        srv->workers[i].listen_fd = -1;
     int port = cfg->listen_port;
+    int rc = 0;
+    for (unsigned i = 0; i < srv->nworkers; i++) {
+        if ((rc = open_listener(cfg, port, i == 0, &srv->workers[i].listen_fd, err, errlen)) != 0)
+            goto close_fds;
+        /* With port 0 the first socket picks the port, the others share it. */
+        if (port == 0 && (port = bound_port(srv->workers[i].listen_fd)) <= 0) {
+            snprintf(err, errlen, "getsockname: %s", strerror(errno));
+            rc = -EIO;
+            goto close_fds;
+        }
+    }
+    srv->port = port;
+    return 0;
+
+close_fds:
+    for (unsigned i = 0; i < srv->nworkers; i++)
+        if (srv->workers[i].listen_fd >= 0)
+            close(srv->workers[i].listen_fd);
+    free(srv->workers);
+    srv->workers = NULL;
+    return rc;
+}
+
+int server_start(struct server *srv, char *err, size_t errlen)
+{
+    atomic_init(&srv->shutting_down, false);
+    atomic_init(&srv->workers_done, 0);
     for (unsigned i = 0; i < srv->nworkers; i++) {
         struct worker *w = &srv->workers[i];
         int rc = worker_init(srv, w, i);
@@ -284,13 +354,7 @@ int server_start(struct server *srv, const struct config *cfg, char *err, size_t
             snprintf(err, errlen, "worker %u: %s", i, uv_strerror(rc));
             return rc;
         }
-        if ((rc = bind_socket(cfg, port, &w->listen_fd, err, errlen)) != 0)
-            return rc;
-        /* With port 0 the first socket picks the port, the others share it. */
-        if (port == 0)
-            port = bound_port(w->listen_fd);
     }
-    srv->port = port;
     for (unsigned i = 0; i < srv->nworkers; i++) {
         int rc = uv_thread_create(&srv->workers[i].thread, worker_main, &srv->workers[i]);
         if (rc != 0) {

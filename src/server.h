@@ -102,7 +102,7 @@ struct server_stats {
 void server_sum_stats(struct server *srv, struct worker_stats *out);
 
 struct server {
-    /* read-only after server_start */
+    /* read-only after server_listen */
     const struct config *cfg;
     unsigned nworkers;
     struct worker *workers;
@@ -115,11 +115,19 @@ struct server {
 };
 
 /*
- * Bind the listening sockets (errors are reported here, before any thread
- * starts) and start the workers. Returns 0 or a negative errno with a
- * message in err.
+ * Bind and listen on one socket per worker (no thread starts here). The
+ * address must be free: when any other socket already listens on it, even
+ * one of the same user with SO_REUSEPORT, this fails with -EADDRINUSE and
+ * the message "cannot listen on HOST:PORT: address already in use"; on
+ * success no other process can join the port, except one of the same user
+ * that sets SO_REUSEPORT on purpose. Returns 0 or a negative errno with a
+ * message in err; on failure nothing is left open. Main thread, once.
  */
-int server_start(struct server *srv, const struct config *cfg, char *err, size_t errlen);
+int server_listen(struct server *srv, const struct config *cfg, char *err, size_t errlen);
+
+/* Start the workers on the sockets of server_listen. Returns 0 or a
+ * negative errno with a message in err. Main thread, once. */
+int server_start(struct server *srv, char *err, size_t errlen);
 
 /* Begin a graceful shutdown: every worker stops accepting and closes its
  * WebSockets with 1001. Any thread. */

@@ -8,8 +8,8 @@
  * payloads are at most 125 bytes and are gathered into the decoder so their
  * events always carry the whole frame. Every limit is checked at the earliest
  * byte that reveals it: reserved bits and opcodes on byte 0, the control
- * length on byte 1, the message size and fragment count once the header is
- * complete, UTF-8 on each chunk.
+ * length on byte 1, the message size and the fragment rule once the header
+ * is complete, UTF-8 on each chunk.
  */
 #include "ws/frame.h"
 
@@ -21,7 +21,7 @@ void ws_decoder_init(struct ws_decoder *d, uint64_t max_message, bool require_ma
 {
     memset(d, 0, sizeof *d);
     d->max_message = max_message;
-    d->max_fragments = WS_DEFAULT_MAX_FRAGMENTS;
+    d->fragment_allowance = WS_FRAGMENT_ALLOWANCE;
     d->require_mask = require_mask;
     d->_hdr_need = 2;
     utf8_init(&d->_utf8);
@@ -141,12 +141,14 @@ static int header_done(struct ws_decoder *d, struct ws_event *ev)
         d->_emitted = false;
         utf8_init(&d->_utf8);
     }
-    if (++d->_frags > d->max_fragments)
-        return fail(d, ev, WS_CLOSE_POLICY, "too many fragments", 0), -1;
     /* Checked against the announced length, before any payload is read. */
     if (len > d->max_message || d->_msg_len + len > d->max_message)
         return fail(d, ev, WS_CLOSE_TOO_BIG, "message too big", 0), -1;
     d->_msg_len += len;
+    /* The fragment rule (frame.h): this frame's own payload counts, so a
+     * large fragment is never refused for the small ones before it. */
+    if (++d->_frags > d->fragment_allowance + d->_msg_len / WS_FRAGMENT_COST)
+        return fail(d, ev, WS_CLOSE_POLICY, "too many fragments", 0), -1;
     return 0;
 }
 

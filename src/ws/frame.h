@@ -18,9 +18,25 @@
  * top bit must be 0, continuation only inside a message and a new message
  * never inside one, a message's total size is checked against max_message as
  * soon as each frame header announces its length (before any payload is
- * read), the fragment count per message is capped, text is validated as
- * UTF-8 chunk by chunk (failing at the first bad byte), close frames carry
- * either nothing or a valid code plus UTF-8 reason.
+ * read), a message's frames must carry enough payload for their number (the
+ * fragment rule below), text is validated as UTF-8 chunk by chunk (failing
+ * at the first bad byte), close frames carry either nothing or a valid code
+ * plus UTF-8 reason.
+ *
+ * Fragment rule. Each frame costs the server a fixed amount of work (an
+ * event, a copy) whatever its size, so a message may not be cut finer than
+ * its payload pays for: it may have fragment_allowance frames (default
+ * WS_FRAGMENT_ALLOWANCE, 4096) whatever their size, plus one more frame for
+ * every WS_FRAGMENT_COST (16) bytes of its payload. The n-th data frame of a
+ * message is refused with 1008 ("too many fragments") on its header when
+ * n > fragment_allowance + L / 16, L being the payload announced so far
+ * including that frame's (after the max_message check, so an oversized
+ * frame gets 1009). Fragments of 16 bytes or more on average are therefore
+ * always accepted (a 1 MiB message in 64-byte fragments: 16,384 frames),
+ * while a stream of empty fragments is stopped at frame 4097 and one of
+ * 1-byte fragments at frame 4370; in all, a message of at most
+ * max_message bytes never has more than 4096 + max_message / 16 frames.
+ * Control frames in between do not count.
  *
  * Encoder. ws_frame_header writes a server (unmasked) frame header, so one
  * payload can be framed once and the same bytes sent to many sockets.
@@ -61,7 +77,8 @@ enum ws_close_code {
 
 #define WS_MAX_HEADER 14        /* 2 + 8 length + 4 mask */
 #define WS_MAX_CONTROL 125
-#define WS_DEFAULT_MAX_FRAGMENTS 4096
+#define WS_FRAGMENT_ALLOWANCE 4096 /* frames any message may have (fragment rule) */
+#define WS_FRAGMENT_COST 16         /* payload bytes that pay for one more frame */
 
 enum ws_event_type { WS_EV_NONE = 0, WS_EV_DATA, WS_EV_CONTROL, WS_EV_ERROR };
 
@@ -80,7 +97,7 @@ struct ws_event {
 struct ws_decoder {
     /* public: set by ws_decoder_init, may be changed between calls */
     uint64_t max_message;   /* largest message (sum of its frames) accepted */
-    uint32_t max_fragments; /* most frames one message may be split into */
+    uint32_t fragment_allowance; /* frames any message may have (fragment rule above) */
     bool require_mask;      /* refuse unmasked frames (server side) */
 
     /* private */
@@ -96,7 +113,7 @@ struct ws_decoder {
     uint8_t _ctrl_len;
     uint8_t _mask[4];
     uint8_t _hdr[WS_MAX_HEADER];
-    uint32_t _frags;
+    uint64_t _frags;         /* data frames of the message in progress */
     uint64_t _remaining;     /* payload bytes of the current frame not yet seen */
     uint64_t _msg_len;       /* bytes of the message in progress announced so far */
     struct utf8_state _utf8;

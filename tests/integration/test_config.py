@@ -1,13 +1,16 @@
 """Command line, environment and --config file (PROTOCOL.md section 8)."""
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from harness import (CHATD_BIN, OP_BINARY, OP_TEXT, SLOW, TEST_SECRET, WS, Chatd,  # noqa: E402
-                     http_get, run)
+from harness import (CHATD_BIN, OP_BINARY, OP_TEXT, SANITIZER_MARKERS, SLOW,  # noqa: E402
+                     TEST_SECRET, WS, Chatd, http_get, run)
 
 FLAGS = ["--listen", "--workers", "--prefix", "--echo", "--max-message-bytes",
          "--max-connections", "--ping-interval", "--pong-timeout", "--shutdown-timeout",
@@ -121,6 +124,84 @@ def test_bad_environment_exit_2():
     expect_usage_error([], "ping-interval", env={"CHATD_PING_INTERVAL": "-3"})
 
 
+# ---- one chatd per address ---------------------------------------------------
+
+def expect_address_in_use(port, host, args):
+    """chatd on an address another chatd listens on: exit 2 within a few
+    seconds, one line on stderr naming the address."""
+    addr = "%s:%d" % ("[%s]" % host if ":" in host else host, port)
+    db = tempfile.mkdtemp(prefix="chatd-test-")
+    try:
+        rc, out, err = chatd(["--listen", addr, "--db", os.path.join(db, "b.db")] + args)
+    finally:
+        shutil.rmtree(db, ignore_errors=True)
+    assert rc == 2, "second chatd on %s: exit %s, expected 2\nstderr: %s" % (addr, rc, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, "expected one line on stderr, got %r" % err
+    assert "address already in use" in lines[0], lines[0]
+    assert addr in lines[0], "error does not name the address: %r" % lines[0]
+    assert "event=listening" not in err and "running in development mode" not in out, (out, err)
+
+
+def test_address_in_use_exit_2():
+    with Chatd("--echo") as a:
+        # Several workers, so that the shared (SO_REUSEPORT) sockets are
+        # there too; the same address, the wildcard covering it, and a
+        # --dev server (what a developer starts twice by mistake).
+        for args in (["--echo"], ["--echo", "--workers", "3"], ["--dev"],
+                     ["--jwt-secret", TEST_SECRET]):
+            expect_address_in_use(a.port, "127.0.0.1", args)
+        expect_address_in_use(a.port, "0.0.0.0", ["--echo"])
+        # A still serves, alone: every connection reaches it.
+        for _ in range(20):
+            assert http_get(a.port, "/healthz")[0] == 200
+        ws = WS(a.port)
+        ws.send(b"still here")
+        assert ws.recv() == (OP_BINARY, b"still here")
+        ws.shut()
+        assert a.alive()
+        port = a.port
+    # A stopped (the server closed the /healthz connections first, so some
+    # of them wait in TIME_WAIT on that port): the port can be used again.
+    with Chatd("--echo", "--listen", "127.0.0.1:%d" % port) as b:
+        assert b.port == port
+        assert http_get(port, "/healthz")[0] == 200
+
+
+def test_address_in_use_ipv6():
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        s.bind(("::1", 0))
+        s.close()
+    except OSError:
+        print("skip: no IPv6 loopback", flush=True)
+        return
+    log = tempfile.TemporaryFile()
+    a = subprocess.Popen([CHATD_BIN, "--echo", "--listen", "[::1]:0", "--db", "none"],
+                         env=clean_env(), stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        port, deadline = None, time.time() + TIMEOUT
+        while port is None and time.time() < deadline and a.poll() is None:
+            time.sleep(0.02)
+            log.seek(0)
+            m = re.search(rb"event=listening addr=\[::1\]:(\d+)", log.read())
+            port = m and int(m.group(1))
+        assert port, "chatd on [::1]:0 did not start"
+        expect_address_in_use(port, "::1", ["--echo"])
+        expect_address_in_use(port, "::", ["--echo"])
+        c = socket.create_connection(("::1", port), timeout=5)
+        c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert c.recv(64).startswith(b"HTTP/1.1 200"), "chatd on [::1] does not serve"
+        c.close()
+    finally:
+        a.terminate()
+        assert a.wait(TIMEOUT) == 0
+        log.seek(0)
+        text = log.read().decode(errors="replace")
+        log.close()
+    assert not any(m in text for m in SANITIZER_MARKERS), text
+
+
 # ---- precedence: flag > environment > file -------------------------------------
 
 def serves_prefix(d, prefix):
@@ -194,4 +275,5 @@ def test_numeric_and_bool_precedence():
 if __name__ == "__main__":
     run([test_help_lists_every_flag, test_version, test_unknown_flag_exit_2,
          test_malformed_values_exit_2, test_config_file_errors_exit_2,
-         test_bad_environment_exit_2, test_prefix_precedence, test_numeric_and_bool_precedence])
+         test_bad_environment_exit_2, test_address_in_use_exit_2, test_address_in_use_ipv6,
+         test_prefix_precedence, test_numeric_and_bool_precedence])

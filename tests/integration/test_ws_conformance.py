@@ -11,8 +11,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from harness import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, WS,  # noqa: E402
-                     Chatd, accept_for, assert_healthy, echo_ok, expect_close_code, frame,
+from harness import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, SLOW,  # noqa: E402
+                     WS, Chatd, accept_for, assert_healthy, echo_ok, expect_close_code, frame,
                      http_raw, json_error, parse_response, run, upgrade_request, ws_key)
 
 MIB = 1 << 20
@@ -181,27 +181,63 @@ def test_fragment_sum_limit():
         assert_healthy(d)
 
 
-def test_fragment_count_limit():
+def fragmented(opcode, data, size):
+    """data as one message in fragments of `size` bytes (the last shorter)."""
+    cuts = range(0, len(data), size)
+    return b"".join(frame(opcode if i == 0 else OP_CONT, data[at:at + size],
+                          fin=at + size >= len(data))
+                    for i, at in enumerate(cuts))
+
+
+def test_large_messages_in_small_fragments():
+    # Autobahn 9.3.1 and 9.4.1 at chatd's limit: 1 MiB in 64-byte fragments,
+    # 16,384 frames, text and binary; and in 16-byte fragments (65,536
+    # frames), the finest cut the fragment rule always accepts.
+    # Two- to four-byte characters, so that fragments cut through them.
+    unit = "h\u00e9llo \u20ac \U0001f600 \u4e2d! ".encode()
+    text = unit * (MIB // len(unit)) + b"x" * (MIB % len(unit))
+    assert len(text) == MIB
+    binary = os.urandom(MIB)
     with Chatd("--echo") as d:
-        # 4096 fragments are fine.
+        ws = WS(d.port, timeout=120 if SLOW else 30)
+        for opcode, data, size in ((OP_TEXT, text, 64), (OP_BINARY, binary, 64),
+                                   (OP_BINARY, binary, 16)):
+            ws.send_raw(fragmented(opcode, data, size))
+            got = ws.recv()
+            assert got[0] == opcode, (got[0], opcode)
+            assert got[1] == data, "%d bytes in %d-byte fragments: echo differs (%d bytes)" % (
+                len(data), size, len(got[1]))
+        ws.shut()
+        assert_healthy(d)
+
+
+def test_fragment_flood_1008():
+    with Chatd("--echo") as d:
+        # 4096 fragments of any size are fine.
         ws = WS(d.port)
         parts = [frame(OP_TEXT, "a", fin=False)]
         parts += [frame(OP_CONT, "b", fin=False) for _ in range(4094)]
         parts.append(frame(OP_CONT, "c"))
         ws.send_raw(b"".join(parts))
         assert ws.recv() == (OP_TEXT, b"a" + b"b" * 4094 + b"c")
-        # The 4097th fragment closes with 1008, decided on its header.
-        parts = [frame(OP_BINARY, b"a", fin=False)]
-        parts += [frame(OP_CONT, b"b", fin=False) for _ in range(4095)]
+        # An empty fragment 4097 closes with 1008, decided on its header.
+        parts = [frame(OP_BINARY, b"", fin=False)]
+        parts += [frame(OP_CONT, b"", fin=False) for _ in range(4095)]
         ws.send_raw(b"".join(parts))
-        ws.send_raw(frame(OP_CONT, b"", length=1))  # header of fragment 4097
+        ws.send_raw(frame(OP_CONT, b"", length=1))  # header of fragment 4097 only
         expect_close_code(ws, 1008)
-        # Empty fragments count too.
-        ws = WS(d.port)
-        parts = [frame(OP_BINARY, b"", fin=False) for _ in range(1)]
-        parts += [frame(OP_CONT, b"", fin=False) for _ in range(4096)]
-        ws.send_raw(b"".join(parts))
-        expect_close_code(ws, 1008)
+        # Floods of empty and of 1-byte fragments are closed: empty ones
+        # after 4096 fragments, 1-byte ones after 4369 (4096 plus one per 16
+        # bytes of payload).
+        for payload, allowed in ((b"", 4096), (b"z", 4369)):
+            ws = WS(d.port)
+            ws.send_raw(frame(OP_BINARY, payload, fin=False) +
+                        frame(OP_CONT, payload, fin=False) * (allowed - 1))
+            # Not closed yet: a ping in the middle of the message is answered.
+            ws.send_raw(frame(OP_PING, b"alive"))
+            assert ws.recv_frame() == (True, OP_PONG, b"alive")
+            ws.send_raw(frame(OP_CONT, payload, fin=False) * 1000)
+            expect_close_code(ws, 1008)
         assert_healthy(d)
 
 
@@ -631,7 +667,8 @@ if __name__ == "__main__":
          test_continuation_without_message_1002,
          test_new_data_frame_inside_fragmented_message_1002, test_64bit_length_top_bit_1002,
          test_oversized_header_1009_without_payload, test_exact_limit_accepted,
-         test_fragment_sum_limit, test_fragment_count_limit, test_empty_fragments,
+         test_fragment_sum_limit, test_large_messages_in_small_fragments,
+         test_fragment_flood_1008, test_empty_fragments,
          test_invalid_utf8_text_1007,
          test_invalid_utf8_fails_fast, test_valid_utf8_split_across_fragments,
          test_close_one_byte_payload_1002, test_invalid_close_codes_1002,

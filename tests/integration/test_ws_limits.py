@@ -1,5 +1,5 @@
 """WebSocket limits: message size, send queue, ping flood, keep-alive,
-fragment count and the global connection cap, through `chatd --echo`."""
+the fragment rule and the global connection cap, through `chatd --echo`."""
 import os
 import socket
 import struct

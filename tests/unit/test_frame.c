@@ -1021,16 +1021,18 @@ static void fragments_stream(struct bytes *b, unsigned frames)
         add_frame(b, i == 0 ? WS_OP_TEXT : WS_OP_CONT, i + 1 == frames, "f", 1);
 }
 
-static void test_max_fragments(void **state)
+/* The fragment rule with a small allowance set after init, as frame.h
+ * allows: n frames are fine while n <= allowance + payload / 16. */
+static void test_fragment_rule(void **state)
 {
     (void)state;
     struct bytes b = {0};
     struct run r;
 
-    /* Small cap set after init, as frame.h allows. */
+    /* Four 1-byte frames: within an allowance of 4. */
     fragments_stream(&b, 4);
     run_init(&r, BIG, true);
-    r.d.max_fragments = 4;
+    r.d.fragment_allowance = 4;
     run_feed(&r, b.p, b.len);
     assert_no_error(&r);
     assert_msg(&r, 0, WS_OP_TEXT, "ffff");
@@ -1041,9 +1043,10 @@ static void test_max_fragments(void **state)
     run_free(&r);
     bytes_free(&b);
 
+    /* A fifth: 5 > 4 + 5 / 16, refused with 1008 on its header. */
     fragments_stream(&b, 5);
     run_init(&r, BIG, true);
-    r.d.max_fragments = 4;
+    r.d.fragment_allowance = 4;
     run_bytewise(&r, b.p, b.len);
     assert_error(&r, WS_CLOSE_POLICY);
     assert_int_equal(r.err_feed, 4 * 7 + 5); /* last byte of the fifth header */
@@ -1051,35 +1054,218 @@ static void test_max_fragments(void **state)
     run_free(&r);
     bytes_free(&b);
 
+    /* Every 16 payload bytes pay for one more frame: with an allowance of
+     * 1, any number of 16-byte fragments. */
+    uint8_t p16[16];
+    fill_binary(p16, sizeof p16, 9);
+    for (unsigned i = 0; i < 200; i++)
+        add_frame(&b, i == 0 ? WS_OP_BINARY : WS_OP_CONT, i == 199, p16, sizeof p16);
+    run_init(&r, BIG, true);
+    r.d.fragment_allowance = 1;
+    run_feed(&r, b.p, b.len);
+    assert_no_error(&r);
+    assert_int_equal(r.n, 1);
+    assert_int_equal(r.rec[0].len, 200 * 16);
+    run_free(&r);
+    bytes_free(&b);
+
+    /* 32 bytes pay for two frames beyond the allowance of 1: two empty
+     * fragments after them are fine (3 <= 1 + 2), the third is not. */
+    uint8_t p32[32];
+    fill_binary(p32, sizeof p32, 10);
+    add_frame(&b, WS_OP_BINARY, false, p32, sizeof p32);
+    add_frame(&b, WS_OP_CONT, false, "", 0);
+    add_frame(&b, WS_OP_CONT, false, "", 0);
+    size_t at = add_frame(&b, WS_OP_CONT, true, "", 0);
+    run_init(&r, BIG, true);
+    r.d.fragment_allowance = 1;
+    run_bytewise(&r, b.p, b.len);
+    assert_error(&r, WS_CLOSE_POLICY);
+    assert_int_equal(r.err_feed, (long)at + 5); /* last byte of the fourth header */
+    run_free(&r);
+    bytes_free(&b);
+
+    /* A frame's own payload counts: after two 1-byte frames (allowance 2),
+     * a third frame of 14 bytes is paid for (3 <= 2 + 16 / 16), one of 13
+     * is not (3 > 2 + 15 / 16). */
+    for (size_t third = 13; third <= 14; third++) {
+        uint8_t p[14];
+        fill_binary(p, sizeof p, 11);
+        add_frame(&b, WS_OP_BINARY, false, "a", 1);
+        add_frame(&b, WS_OP_CONT, false, "b", 1);
+        add_frame(&b, WS_OP_CONT, true, p, third);
+        run_init(&r, BIG, true);
+        r.d.fragment_allowance = 2;
+        run_feed(&r, b.p, b.len);
+        if (third == 14) {
+            assert_no_error(&r);
+            assert_int_equal(r.rec[0].len, 16);
+        } else {
+            assert_error(&r, WS_CLOSE_POLICY);
+        }
+        run_free(&r);
+        bytes_free(&b);
+    }
+
     /* Interleaved control frames do not count as fragments. */
     add_str(&b, WS_OP_BINARY, false, "a");
     add_str(&b, WS_OP_PING, true, "");
     add_str(&b, WS_OP_PING, true, "");
     add_str(&b, WS_OP_CONT, true, "b");
     run_init(&r, BIG, true);
-    r.d.max_fragments = 2;
+    r.d.fragment_allowance = 2;
     run_feed(&r, b.p, b.len);
     assert_no_error(&r);
     assert_msg(&r, 2, WS_OP_BINARY, "ab");
     run_free(&r);
     bytes_free(&b);
 
-    /* The default cap. */
-    fragments_stream(&b, WS_DEFAULT_MAX_FRAGMENTS);
+    /* The default allowance. */
     run_init(&r, BIG, true);
-    assert_int_equal(r.d.max_fragments, WS_DEFAULT_MAX_FRAGMENTS);
-    run_feed(&r, b.p, b.len);
-    assert_no_error(&r);
-    assert_int_equal(r.n, 1);
-    assert_int_equal(r.rec[0].len, WS_DEFAULT_MAX_FRAGMENTS);
+    assert_int_equal(r.d.fragment_allowance, WS_FRAGMENT_ALLOWANCE);
     run_free(&r);
-    bytes_free(&b);
-    fragments_stream(&b, WS_DEFAULT_MAX_FRAGMENTS + 1);
-    run_init(&r, BIG, true);
+}
+
+/* A message of `total` bytes of opcode op in fragments of `size` bytes
+ * (the last one shorter), masked. The payload is left in *payload (owned). */
+static void fragmented_message(struct bytes *b, unsigned op, size_t total, size_t size,
+                               uint8_t **payload)
+{
+    uint8_t *p = malloc(total ? total : 1);
+    assert_non_null(p);
+    if (op == WS_OP_TEXT)
+        fill_text(p, total, 5);
+    else
+        fill_binary(p, total, 5);
+    size_t off = 0;
+    do {
+        size_t n = total - off < size ? total - off : size;
+        add_frame(b, off == 0 ? op : WS_OP_CONT, off + n == total, p + off, n);
+        off += n;
+    } while (off < total);
+    *payload = p;
+}
+
+/* Feed a stream in writes of an odd size, as reads of a socket cut it. */
+static void run_chunked(struct run *r, const uint8_t *s, size_t n, size_t chunk)
+{
+    for (size_t off = 0; off < n; off += chunk)
+        run_feed(r, s + off, n - off < chunk ? n - off : chunk);
+}
+
+/* The Autobahn cases 9.3.1 and 9.4.1 at chatd's default limit: 1 MiB of
+ * text and of binary in 64-byte fragments (16,384 frames) are accepted;
+ * one byte more is refused as too big, not for its fragments. */
+static void test_fragment_rule_large_messages(void **state)
+{
+    (void)state;
+    const size_t mib = 1 << 20;
+    static const unsigned ops[] = {WS_OP_TEXT, WS_OP_BINARY};
+    for (size_t i = 0; i < ARRAY_LEN(ops); i++) {
+        /* 64-byte fragments, and 16-byte ones: the smallest average the
+         * rule always pays for (65,536 frames). */
+        static const size_t frag_sizes[] = {64, 16};
+        for (size_t k = 0; k < ARRAY_LEN(frag_sizes); k++) {
+            struct bytes b = {0};
+            uint8_t *payload;
+            fragmented_message(&b, ops[i], mib, frag_sizes[k], &payload);
+            assert_int_equal(b.frames, mib / frag_sizes[k]);
+            struct run r;
+            run_init(&r, mib, true);
+            run_feed(&r, b.p, b.len);
+            assert_no_error(&r);
+            assert_int_equal(r.n, 1);
+            assert_rec(&r, 0, R_MSG, (uint8_t)ops[i], payload, mib);
+            run_free(&r);
+            /* Cut by reads at points that fall anywhere in the frames. */
+            run_init(&r, mib, true);
+            run_chunked(&r, b.p, b.len, 4093);
+            assert_no_error(&r);
+            assert_int_equal(r.n, 1);
+            assert_rec(&r, 0, R_MSG, (uint8_t)ops[i], payload, mib);
+            run_free(&r);
+            free(payload);
+            bytes_free(&b);
+        }
+
+        /* 1 MiB + 1 in 64-byte fragments: 1009 on the last header. */
+        struct bytes b = {0};
+        uint8_t *payload;
+        fragmented_message(&b, ops[i], mib + 1, 64, &payload);
+        struct run r;
+        run_init(&r, mib, true);
+        run_feed(&r, b.p, b.len);
+        assert_error(&r, WS_CLOSE_TOO_BIG);
+        assert_int_equal(r.chunks, mib / 64);
+        run_free(&r);
+        free(payload);
+        bytes_free(&b);
+
+        /* 1 MiB in 15-byte fragments (69,906 frames) is cut too fine:
+         * 1008 once the frames outrun 4096 + payload / 16. */
+        fragmented_message(&b, ops[i], mib, 15, &payload);
+        run_init(&r, mib, true);
+        run_feed(&r, b.p, b.len);
+        assert_error(&r, WS_CLOSE_POLICY);
+        assert_true(r.chunks < b.frames);
+        assert_true(r.chunks <= WS_FRAGMENT_ALLOWANCE + mib / WS_FRAGMENT_COST);
+        run_free(&r);
+        free(payload);
+        bytes_free(&b);
+    }
+}
+
+/* Floods of empty and 1-byte continuation frames are refused after a
+ * bounded number of frames, whatever max_message allows. */
+static void test_fragment_flood(void **state)
+{
+    (void)state;
+    const size_t mib = 1 << 20;
+    const uint8_t byte = 'x';
+    for (size_t len = 0; len <= 1; len++) {
+        /* Frame n is refused when n > 4096 + n * len / 16: empty frames at
+         * 4097, 1-byte frames at 4370 (4369 <= 4096 + 273). */
+        size_t limit = len == 0 ? 4096 : 4369;
+        struct bytes b = {0};
+        add_frame(&b, WS_OP_BINARY, false, &byte, len);
+        for (size_t i = 1; i < limit + 1000; i++)
+            add_frame(&b, WS_OP_CONT, false, &byte, len);
+        struct run r;
+        run_init(&r, mib, true);
+        run_feed(&r, b.p, b.len);
+        assert_error(&r, WS_CLOSE_POLICY);
+        assert_int_equal(r.chunks, limit);
+        run_free(&r);
+        /* Exactly `limit` frames make a message. */
+        bytes_free(&b);
+        for (size_t i = 0; i < limit; i++)
+            add_frame(&b, i == 0 ? WS_OP_TEXT : WS_OP_CONT, i + 1 == limit, &byte, len);
+        run_init(&r, mib, true);
+        run_chunked(&r, b.p, b.len, 1000);
+        assert_no_error(&r);
+        assert_int_equal(r.n, 1);
+        assert_int_equal(r.rec[0].len, limit * len);
+        run_free(&r);
+        bytes_free(&b);
+    }
+
+    /* A first fragment of the whole max_message pays for 65,536 more
+     * frames, and no more: the flood after it still ends. */
+    struct bytes b = {0};
+    uint8_t *big = calloc(1, mib);
+    assert_non_null(big);
+    add_frame(&b, WS_OP_BINARY, false, big, mib);
+    size_t cap = WS_FRAGMENT_ALLOWANCE + mib / WS_FRAGMENT_COST;
+    for (size_t i = 1; i < cap + 10; i++)
+        add_frame(&b, WS_OP_CONT, false, "", 0);
+    struct run r;
+    run_init(&r, mib, true);
     run_feed(&r, b.p, b.len);
     assert_error(&r, WS_CLOSE_POLICY);
+    assert_int_equal(r.chunks, cap);
     run_free(&r);
     bytes_free(&b);
+    free(big);
 }
 
 /* ---- UTF-8 ----------------------------------------------------------------- */
@@ -1361,7 +1547,7 @@ static void test_errors_sticky(void **state)
     uint16_t codes[3] = {WS_CLOSE_BAD_DATA, WS_CLOSE_TOO_BIG, WS_CLOSE_POLICY};
     for (int k = 0; k < 3; k++) {
         ws_decoder_init(&d, 5, true);
-        d.max_fragments = 2;
+        d.fragment_allowance = 2;
         memcpy(buf, kinds[k].p, kinds[k].len);
         size_t off = 0;
         do {
@@ -1626,7 +1812,9 @@ int main(void)
         cmocka_unit_test(test_length_top_bit),
         cmocka_unit_test(test_max_message_single),
         cmocka_unit_test(test_max_message_fragments),
-        cmocka_unit_test(test_max_fragments),
+        cmocka_unit_test(test_fragment_rule),
+        cmocka_unit_test(test_fragment_rule_large_messages),
+        cmocka_unit_test(test_fragment_flood),
         cmocka_unit_test(test_invalid_utf8),
         cmocka_unit_test(test_utf8_fail_fast),
         cmocka_unit_test(test_utf8_split_across_fragments),
