@@ -1,4 +1,4 @@
-"""Command line, environment and --config file (PROTOCOL.md section 8)."""
+"""Command line, environment and --config file (docs/protocol.md section 8)."""
 import os
 import re
 import subprocess
