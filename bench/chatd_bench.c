@@ -1468,7 +1468,15 @@ static int parse_args(int argc, char **argv)
                 rc = -EINVAL;
             o.subprotocol = a;
             break;
-        case OPT_SECRET: o.secret = a; break;
+        case OPT_SECRET:
+            /* Keep a copy and overwrite the flag's value in argv, which
+             * other local users can read as /proc/PID/cmdline (ps). */
+            free((char *)o.secret);
+            if ((o.secret = strdup(a)) == NULL)
+                rc = -ENOMEM;
+            else
+                memset(optarg, 'x', strlen(optarg));
+            break;
         case OPT_CONNS: rc = parse_uint(a, 1, 1000000, &o.connections); break;
         case OPT_INFLIGHT: rc = parse_uint(a, 1, 100000, &o.inflight); break;
         case OPT_SIZE: rc = parse_uint(a, 1, 16u << 20, &o.size); break;

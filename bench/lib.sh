@@ -42,7 +42,7 @@ log() { printf '%s\n' "bench: $*" >&2; }
 
 build_release() {
     log "building release (chatd, chatd-bench, chatd-floor)"
-    cmake -S "$ROOT" -B "$BUILD/release" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+    cmake -S "$ROOT" -B "$BUILD/release" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCHATD_TESTS=OFF >/dev/null
     cmake --build "$BUILD/release" -j "$(nproc 2>/dev/null || echo 2)" --target chatd chatd-bench chatd-floor >/dev/null
 }
 

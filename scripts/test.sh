@@ -29,6 +29,8 @@ run_kind() {
         tsan) flags="-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCHATD_SANITIZE=thread" ;;
         fuzz) flags="-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCHATD_FUZZ=ON -DCMAKE_C_COMPILER=clang" ;;
     esac
+    # Warnings are errors in the test builds (a user's build only warns).
+    flags="$flags -DCHATD_WERROR=ON"
     echo "== $kind build ($dir)"
     # shellcheck disable=SC2086
     if ! cmake -S . -B "$dir" $flags >"$dir.configure.log" 2>&1 ||

@@ -61,10 +61,13 @@ static const struct opt options[] = {
      set_device_policy},
     {"jwt-alg", K_SPECIAL, 0, 0, 0, "HS256", "A", "token algorithm: HS256, RS256 or ES256",
      set_jwt_alg},
-    {"jwt-secret", K_STR, F(jwt_secret), 0, 0, NULL, "S", "HS256 secret (at least 32 bytes)",
+    {"jwt-secret", K_STR, F(jwt_secret), 0, 0, NULL, "S",
+     "HS256 secret, at least 32 bytes (other local users can see a flag in ps: "
+     "prefer --jwt-secret-file)",
      NULL},
     {"jwt-secret-file", K_STR, F(jwt_secret_file), 0, 0, NULL, "F",
-     "file holding the HS256 secret (one trailing newline ignored)", NULL},
+     "file holding the HS256 secret, the preferred form (one trailing newline ignored)",
+     NULL},
     {"jwt-public-key", K_STR, F(jwt_public_key), 0, 0, NULL, "F",
      "PEM public key file for RS256 (RSA) or ES256 (P-256)", NULL},
     {"jwt-issuer", K_STR, F(jwt_issuer), 0, 0, NULL, "S", "required 'iss' claim", NULL},
@@ -106,6 +109,12 @@ static const struct opt options[] = {
 };
 
 #define NOPTS (sizeof options / sizeof options[0])
+
+/* Options whose value is a key: hidden from argv once read (hide_secret). */
+static bool is_secret(const struct opt *o)
+{
+    return strcmp(o->name, "jwt-secret") == 0;
+}
 
 static int errf(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -419,6 +428,16 @@ void config_release(struct config *cfg)
     memset(cfg, 0, sizeof *cfg);
 }
 
+/* Overwrite a secret's value in argv with 'x' bytes, in place, once it has
+ * been copied. The kernel shows a process's own argument memory as
+ * /proc/PID/cmdline, so after this `ps` no longer shows the secret to other
+ * local users; it did for the moment between exec and here, which is why
+ * --help steers to the file form. */
+static void hide_secret(const char *value)
+{
+    memset((char *)value, 'x', strlen(value));
+}
+
 /* Split "--name=value" / "--name value"; returns the index of the next arg. */
 static int flag_value(int argc, char **argv, int i, const struct opt *o, const char *eq,
                       const char **value, char *err, size_t errlen)
@@ -501,6 +520,8 @@ int config_load(struct config *cfg, int argc, char **argv, char **envp, FILE *ou
         int next = flag_value(argc, argv, i, o, eq, &value, err, errlen);
         if (strcmp(o->name, "config") != 0 && (rc = apply(cfg, o, value, "--", err, errlen)) < 0)
             return rc;
+        if (is_secret(o))
+            hide_secret(value); /* value points into argv[i] or argv[i + 1] */
         i = next;
     }
 

@@ -59,7 +59,9 @@ enum config_result {
 /*
  * Fill cfg from defaults, the --config file, the environment (envp) and
  * argv. Returns a config_result, or -EINVAL with a one-line message (naming
- * the option) in err. --help and --version print to out.
+ * the option) in err. --help and --version print to out. The value of a
+ * secret flag (--jwt-secret) is overwritten with 'x' in argv once copied, so
+ * that other users cannot read it in the process list: argv is written to.
  */
 int config_load(struct config *cfg, int argc, char **argv, char **envp, FILE *out, char *err,
                 size_t errlen);

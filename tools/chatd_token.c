@@ -22,12 +22,14 @@
 #define MAX_SECRET_FILE (64 * 1024)
 
 static const char usage[] =
-    "usage: chatd-token --secret S --sub USER [options]\n"
+    "usage: chatd-token --secret-file F --sub USER [options]\n"
     "Print one HS256 JWT for chatd on stdout.\n"
     "\n"
-    "  --secret S         HS256 shared secret, at least 32 bytes (same as chatd --jwt-secret)\n"
-    "  --secret-file F    read the secret from file F instead; one trailing newline\n"
-    "                     (\\n or \\r\\n) is stripped (same as chatd --jwt-secret-file)\n"
+    "  --secret-file F    read the HS256 secret (at least 32 bytes) from file F; one\n"
+    "                     trailing newline (\\n or \\r\\n) is stripped (same as chatd\n"
+    "                     --jwt-secret-file)\n"
+    "  --secret S         the secret itself (same as chatd --jwt-secret); other local\n"
+    "                     users can see a flag in ps: prefer --secret-file\n"
     "  --sub USER         the sub claim: the user id (required)\n"
     "  --name N           the name claim: display name (chatd defaults it to sub)\n"
     "  --roles LIST       comma-separated roles claim, e.g. admin,user\n"
@@ -194,6 +196,9 @@ int main(int argc, char **argv)
             return 1;
         }
         memcpy(key, secret, key_len);
+        /* Copied: overwrite it in argv, which other local users can read
+         * as /proc/PID/cmdline (ps). */
+        memset((char *)secret, 'x', key_len);
     }
 
     int status = EXIT_USAGE;

@@ -1,7 +1,7 @@
 /*
  * chatd.js: the shared client of the chatd web pages (chat.html, admin.html).
  *
- * One copy of what both pages need to talk to chatd (see PROTOCOL.md):
+ * One copy of what both pages need to talk to chatd (see docs/protocol.md):
  *  - the token: taken from #token= on load, kept in sessionStorage
  *    ("chatd.token"), removed from the address bar; the sign-in form;
  *  - Chatd.Client: the WebSocket connection, reconnect with exponential

@@ -4,7 +4,7 @@
  *
  * Every error chatd answers over HTTP has the body
  *   {"error":{"code":"...","message":"...","retry_after":ms}}
- * (retry_after only when known), as PROTOCOL.md section 1 fixes.
+ * (retry_after only when known), as docs/protocol.md section 1 fixes.
  */
 #ifndef CHATD_HTTP_RESPONSE_H
 #define CHATD_HTTP_RESPONSE_H

@@ -34,7 +34,7 @@
 struct server;
 struct conn;
 
-/* The chat message types a router handles (PROTOCOL.md section 3; the hub
+/* The chat message types a router handles (docs/protocol.md section 3; the hub
  * answers `refresh` itself). hub_chat_types[] holds their wire names. */
 enum chat_type {
     CHAT_USER_MESSAGE = 0,
@@ -50,7 +50,7 @@ enum chat_type {
 };
 extern const char *const hub_chat_types[CHAT_TYPE_COUNT];
 
-/* The error codes of PROTOCOL.md section 4 (and `unauthorized` for a
+/* The error codes of docs/protocol.md section 4 (and `unauthorized` for a
  * refused refresh); hub_error_codes[] holds their wire names. */
 enum chat_error {
     ERR_BAD_JSON = 0,

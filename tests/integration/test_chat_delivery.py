@@ -2,7 +2,7 @@
 resume without gap or duplicate, crash safety of acknowledged messages, and
 behaviour on a full disk.
 
-Contract (PROTOCOL.md sections 3-5, 7): an `ack` is sent only once the
+Contract (docs/protocol.md sections 3-5, 7): an `ack` is sent only once the
 message is durably stored; the event goes to every connection of the
 session's owner and every admin connection that joined; live events reach a
 connection in seq order, none twice; `resume` fills the gap so that the

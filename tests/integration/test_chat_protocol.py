@@ -1,6 +1,6 @@
 """The chat protocol on /ws and the storage-backed HTTP API, end to end.
 
-Every client message type and every error code of PROTOCOL.md sections 3-5
+Every client message type and every error code of docs/protocol.md sections 3-5
 and 7, through real sockets against the real binary: acknowledgements and
 their order, delivery to every device of the owner and to joined admins,
 duplicates, typing/read relays, help requests, model selection, admin

@@ -1,4 +1,4 @@
-"""Command line, environment and --config file (PROTOCOL.md section 8)."""
+"""Command line, environment and --config file (docs/protocol.md section 8)."""
 import os
 import re
 import shutil
@@ -10,7 +10,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from harness import (CHATD_BIN, OP_BINARY, OP_TEXT, SANITIZER_MARKERS, SLOW,  # noqa: E402
-                     TEST_SECRET, WS, Chatd, http_get, run)
+                     TEST_SECRET, WS, Chatd, http_get, make_token, run)
 
 FLAGS = ["--listen", "--workers", "--prefix", "--echo", "--max-message-bytes",
          "--max-connections", "--ping-interval", "--pong-timeout", "--shutdown-timeout",
@@ -77,6 +77,37 @@ def test_version():
     assert len(lines) == 1, out
     assert re.search(r"\d+\.\d+", lines[0]), out
     assert "chatd" in lines[0], out
+
+
+# ---- a secret on the command line ----------------------------------------------
+
+def test_help_prefers_secret_file():
+    rc, out, err = chatd(["--help"])
+    assert rc == 0, (rc, err)
+    line = [l for l in out.splitlines() if l.strip().startswith("--jwt-secret ")]
+    assert len(line) == 1, out
+    assert "--jwt-secret-file" in line[0] and "prefer" in line[0], \
+        "--help must steer --jwt-secret to --jwt-secret-file: %r" % line[0]
+    assert re.search(r"ps\b|other local users", line[0]), \
+        "--help must say why the flag form is unsafe: %r" % line[0]
+
+
+def test_secret_flag_hidden_from_process_list():
+    """Every local user can read /proc/PID/cmdline (ps): once chatd has read
+    --jwt-secret, the value there must be gone, in both flag spellings, and
+    the secret must still be the one tokens are checked against."""
+    for args in (["--jwt-secret", TEST_SECRET], ["--jwt-secret=" + TEST_SECRET]):
+        with Chatd(*args, env=clean_env()) as d:
+            with open("/proc/%d/cmdline" % d.proc.pid, "rb") as f:
+                cmdline = f.read()
+            assert b"--jwt-secret" in cmdline, cmdline  # the flag form was used
+            assert TEST_SECRET.encode() not in cmdline, \
+                "the secret is visible in /proc/%d/cmdline: %r" % (d.proc.pid, cmdline)
+            assert TEST_SECRET[:8].encode() not in cmdline, cmdline
+            ws = WS(d.port, path="/ws", token=make_token("alice"))
+            hello = ws.recv_json()
+            assert hello["type"] == "connection_status", hello
+            ws.shut()
 
 
 # ---- refusals -----------------------------------------------------------------
@@ -273,7 +304,8 @@ def test_numeric_and_bool_precedence():
 
 
 if __name__ == "__main__":
-    run([test_help_lists_every_flag, test_version, test_unknown_flag_exit_2,
+    run([test_help_lists_every_flag, test_version, test_help_prefers_secret_file,
+         test_secret_flag_hidden_from_process_list, test_unknown_flag_exit_2,
          test_malformed_values_exit_2, test_config_file_errors_exit_2,
          test_bad_environment_exit_2, test_address_in_use_exit_2, test_address_in_use_ipv6,
          test_prefix_precedence, test_numeric_and_bool_precedence])

@@ -1,4 +1,4 @@
-"""The web pages chatd serves (PROTOCOL.md section 7): {prefix}/ the chat page,
+"""The web pages chatd serves (docs/protocol.md sections 7 and 9): {prefix}/ the chat page,
 {prefix}/admin the admin page, {prefix}/assets/NAME the rest of web/. Every
 answer is compared byte for byte with the file in the source tree, so what
 the binary embeds is what web/ holds. (The pages' behaviour in a real browser
