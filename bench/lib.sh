@@ -102,7 +102,7 @@ start_chatd() {
     port=$(free_port)
     rm -f "$OUT/chatd.db" "$OUT/chatd.db-wal" "$OUT/chatd.db-shm"
     start_server "$name" "$port" "$CHATD" --listen "127.0.0.1:$port" --echo --jwt-secret "$SECRET" \
-        --db "$OUT/chatd.db" --rate-limit 1000000 --max-devices 1000 --workers 1 --log-level warn "$@"
+        --db "$OUT/chatd.db" --rate-limit 1000000 --input-rate 100000000 --input-byte-rate 100000000000 --max-devices 1000 --workers 1 --log-level warn "$@"
 }
 
 # bench_run RESULTS LABEL MODE [chatd-bench options]: one scenario against

@@ -79,6 +79,14 @@ static const struct opt options[] = {
      "largest 'content' of a chat message (then error content_too_large)", NULL},
     {"rate-limit", K_UINT, F(rate_limit), 1, 1000000000, "100", "N",
      "chat messages per user per minute (then error rate_limited)", NULL},
+    {"input-rate", K_UINT, F(input_rate), 1, 1000000000, "50", "N",
+     "messages per second one chat connection may send, bad and refused ones included "
+     "(bursts of 4 x N); past it the connection is closed with 1008",
+     NULL},
+    {"input-byte-rate", K_U64, F(input_byte_rate), 1024, (uint64_t)1 << 40, "262144", "N",
+     "bytes per second one chat connection may send (bursts of 2 x max-message-bytes + N); "
+     "past it the connection is closed with 1008",
+     NULL},
     {"db", K_STR, F(db_path), 0, 0, "chatd.db", "PATH", "SQLite database file ('none': no storage; chat messages are answered 'unavailable')",
      NULL},
     {"sync", K_SPECIAL, 0, 0, 0, "full", "M",

@@ -35,6 +35,8 @@ struct config {
     unsigned pong_timeout_s;
     unsigned shutdown_timeout_s;
     unsigned rate_limit;         /* chat messages per user per minute */
+    unsigned input_rate;         /* WebSocket messages per connection per second */
+    uint64_t input_byte_rate;    /* bytes read per WebSocket connection per second */
     int log_level;               /* enum log_level */
     int jwt_alg;                 /* enum jwt_alg */
     char *jwt_secret;            /* owned; HS256 secret bytes (NUL-terminated) */

@@ -546,9 +546,27 @@ static void http_feed(struct conn *c, const char *p, size_t n)
 
 /* ---- WebSocket --------------------------------------------------------- */
 
+/* Past its input budget a connection is closed: one client must not be
+ * able to keep its worker busy at the others' expense. */
+static void over_budget(struct conn *c, const char *what)
+{
+    log_warn("input_budget_exceeded", "conn=%llx budget=%s", (unsigned long long)c->id, what);
+    stat_inc(&c->w->stats.input_budget_closes);
+    conn_ws_close(c, WS_CLOSE_POLICY, "input rate exceeded");
+    c->discard_input = true;
+}
+
 static void ws_message(struct conn *c, unsigned opcode, uint8_t *data, size_t len)
 {
     stat_inc(&c->w->stats.ws_messages_in);
+    if (c->handler && c->handler->metered) {
+        const struct config *cfg = c->w->srv->cfg;
+        if (!rate_charge(&c->in_msgs, now_ms(c), (uint64_t)cfg->input_rate * 60,
+                         (uint64_t)cfg->input_rate * 4, 1)) {
+            over_budget(c, "messages");
+            return;
+        }
+    }
     if (c->handler && c->handler->on_message)
         c->handler->on_message(c, opcode, data, len);
 }
@@ -702,10 +720,19 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     c->ping_wait_ms = 0; /* any byte from the peer answers our pings */
     if (c->discard_input)
         return;
-    if (c->state == CONN_HTTP)
+    if (c->state == CONN_HTTP) {
         http_feed(c, buf->base, (size_t)nread);
-    else
-        ws_feed(c, (uint8_t *)buf->base, (size_t)nread);
+        return;
+    }
+    if (c->handler && c->handler->metered && !c->close_sent) {
+        const struct config *cfg = c->w->srv->cfg;
+        if (!rate_charge(&c->in_bytes, now_ms(c), cfg->input_byte_rate * 60,
+                         2 * cfg->max_message_bytes + cfg->input_byte_rate, (uint64_t)nread)) {
+            over_budget(c, "bytes");
+            return;
+        }
+    }
+    ws_feed(c, (uint8_t *)buf->base, (size_t)nread);
 }
 
 /* ---- timers and shutdown ------------------------------------------------ */

@@ -32,6 +32,7 @@
 #include "server.h"
 #include "util/list.h"
 #include "util/outq.h"
+#include "util/rate.h"
 #include "ws/frame.h"
 
 #define CONN_HEAD_TIMEOUT_MS 10000 /* a request head must arrive within this */
@@ -52,6 +53,11 @@ struct conn_write {
  * connection's worker thread. */
 struct conn_handler {
     const char *name; /* for logs: "echo", "chat" */
+    /* Meter the input (--input-rate, --input-byte-rate): every message and
+     * every byte read counts, whatever becomes of it; past the budget the
+     * connection is closed with 1008. Off for the echo route, which exists
+     * for conformance suites and benchmarks. */
+    bool metered;
     /* A whole message: opcode WS_OP_TEXT or WS_OP_BINARY; data is only valid
      * during the call (it may lie in the shared read buffer). */
     void (*on_message)(struct conn *c, unsigned opcode, uint8_t *data, size_t len);
@@ -102,6 +108,8 @@ struct conn {
     void *data;                 /* the handler's per-connection state (handler-owned) */
     struct ws_decoder *dec;     /* owned; NULL while the stream is between frames (the
                                  * worker's scratch decoder serves then) */
+    struct rate_bucket in_msgs;  /* input budget (metered handlers): messages */
+    struct rate_bucket in_bytes; /* ... and bytes */
 };
 
 /* Accept a pending connection on the worker's listener. Worker thread. */

@@ -172,14 +172,19 @@ static void metrics_respond(struct conn *c, const struct http_request *req)
         "chatd_ws_messages_out_total %llu\n"
         "# HELP chatd_send_queue_drops_total Connections closed because they read too slowly.\n"
         "# TYPE chatd_send_queue_drops_total counter\n"
-        "chatd_send_queue_drops_total %llu\n",
+        "chatd_send_queue_drops_total %llu\n"
+        "# HELP chatd_input_budget_closes_total Connections closed for sending past their input "
+        "budget.\n"
+        "# TYPE chatd_input_budget_closes_total counter\n"
+        "chatd_input_budget_closes_total %llu\n",
         (unsigned long long)atomic_load(&st->ws_open),
         (unsigned long long)atomic_load(&st->conns_open),
         (unsigned long long)atomic_load(&st->conns_total),
         (unsigned long long)atomic_load(&ws.http_requests),
         (unsigned long long)atomic_load(&ws.ws_messages_in),
         (unsigned long long)atomic_load(&ws.ws_messages_out),
-        (unsigned long long)atomic_load(&ws.send_queue_drops));
+        (unsigned long long)atomic_load(&ws.send_queue_drops),
+        (unsigned long long)atomic_load(&ws.input_budget_closes));
     if (hub) {
         struct dev_hist h = {{0}, 0, 0};
         registry_foreach(&hub->registry, dev_hist_add, &h);

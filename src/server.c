@@ -386,18 +386,20 @@ void server_begin_shutdown(struct server *srv)
 
 void server_sum_stats(struct server *srv, struct worker_stats *out)
 {
-    uint64_t v[4] = {0, 0, 0, 0};
+    uint64_t v[5] = {0, 0, 0, 0, 0};
     for (unsigned i = 0; i < srv->nworkers; i++) {
         struct worker_stats *s = &srv->workers[i].stats;
         v[0] += atomic_load_explicit(&s->http_requests, memory_order_relaxed);
         v[1] += atomic_load_explicit(&s->ws_messages_in, memory_order_relaxed);
         v[2] += atomic_load_explicit(&s->ws_messages_out, memory_order_relaxed);
         v[3] += atomic_load_explicit(&s->send_queue_drops, memory_order_relaxed);
+        v[4] += atomic_load_explicit(&s->input_budget_closes, memory_order_relaxed);
     }
     atomic_init(&out->http_requests, v[0]);
     atomic_init(&out->ws_messages_in, v[1]);
     atomic_init(&out->ws_messages_out, v[2]);
     atomic_init(&out->send_queue_drops, v[3]);
+    atomic_init(&out->input_budget_closes, v[4]);
 }
 
 void server_force_close(struct server *srv) { post_all(srv, msg_force_close); }

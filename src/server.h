@@ -53,6 +53,7 @@ struct worker_stats {
     atomic_uint_fast64_t ws_messages_in;
     atomic_uint_fast64_t ws_messages_out;
     atomic_uint_fast64_t send_queue_drops;
+    atomic_uint_fast64_t input_budget_closes;
 };
 
 static inline void stat_inc(atomic_uint_fast64_t *c)

@@ -29,6 +29,7 @@
 #include "util/jw.h"
 #include "util/text.h"
 #include "util/log.h"
+#include "util/rate.h"
 #include "ws/frame.h"
 
 #define LOCAL_BUCKETS 1024
@@ -77,8 +78,29 @@ struct resume_job;
 struct client_state {
     unsigned n, cap;
     struct sess_state *v;
-    struct resume_job *jobs; /* replays running (see struct resume_job) */
-    unsigned njobs;
+    struct resume_job *jobs; /* replays running or waiting (see struct resume_job) */
+    unsigned njobs;          /* on jobs */
+    unsigned nrunning;       /* on jobs and not waiting for a slot */
+    struct rate_bucket budget[CHAT_TYPE_COUNT]; /* see type_budget */
+};
+
+/*
+ * What one connection may send of each type, beside the connection's input
+ * budget (conn.c) and, for chat messages, the user's --rate-limit (which
+ * all their devices share and which is the only budget of those two types).
+ * Over it the message is answered rate_limited with retry_after and has no
+ * other effect. Tokens a minute and burst.
+ */
+static const struct {
+    uint32_t per_min, burst;
+} type_budget[CHAT_TYPE_COUNT] = {
+    [CHAT_TYPING] = {300, 20},  /* 5 a second: start/stop while typing */
+    [CHAT_READ] = {600, 60},    /* 10 a second */
+    [CHAT_HELP] = {30, 10},     /* also coalesced per session by the writer */
+    [CHAT_MODEL] = {60, 10},
+    [CHAT_JOIN] = {600, 200},   /* an admin page joins its open views again */
+    [CHAT_LEAVE] = {600, 200},
+    [CHAT_RESUME] = {600, 200}, /* a page resumes each of its sessions */
 };
 
 /* Worker-local indexes, owned by one worker thread. */
@@ -619,7 +641,7 @@ static void add_ack(struct batch_out *bo, const struct store_req *r, bool with_s
     jw_kstr(&w, "timestamp", ts);
     if (r->client_id[0])
         jw_kstr(&w, "id", r->client_id);
-    if (r->op == STORE_APPEND && r->duplicate) {
+    if ((r->op == STORE_APPEND || r->op == STORE_HELP) && r->duplicate) {
         jw_key(&w, "duplicate");
         jw_bool(&w, true);
     }
@@ -704,6 +726,8 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
     }
     case CHAT_HELP: {
         add_ack(bo, r, false, NULL, NULL);
+        if (r->duplicate)
+            break; /* already waiting for a person: the admins know */
         json_t *o = json_pack("{s:s, s:s, s:o}", "type", "help_request", "session_id",
                               r->session_id, "sender", sender_json(stype, r->user, r->sender_name));
         add_everywhere(bo, IT_ADMINS, 0, o, r);
@@ -910,7 +934,8 @@ static void handle_message(struct chat *ch, struct client *cl, json_t *msg, cons
 
 #define RESUME_PAGE 256             /* events read from storage at a time */
 #define RESUME_PAGE_BYTES (1 << 20) /* ... or about this much content */
-#define RESUME_MAX_PER_CONN 4       /* replays running at once on one connection */
+#define RESUME_RUNNING 4            /* replays running at once on one connection */
+#define RESUME_QUEUED 64            /* ... and running or waiting for a slot */
 
 /* A replay in progress. It reads a page on the thread pool, then sends it on
  * the worker while the connection's send queue stays under half its limit.
@@ -919,10 +944,12 @@ static void handle_message(struct chat *ch, struct client *cl, json_t *msg, cons
  * read again when it goes on, so a client that does not read holds at most
  * its send queue, not pages of history.
  *
- * Bounds: one replay per connection and session, RESUME_MAX_PER_CONN per
- * connection; others are refused with rate_limited. Owned by the client's
- * worker; listed on the client's `jobs` until it finishes or the client
- * closes (a job on the thread pool then finds the connection closed). */
+ * Bounds: one replay per connection and session; RESUME_RUNNING run at once
+ * on one connection and the next ones wait for a slot (holding only their
+ * cursor), RESUME_QUEUED in all; others are refused with rate_limited.
+ * Owned by the client's worker; listed on the client's `jobs` until it
+ * finishes or the client closes (a job on the thread pool then finds the
+ * connection closed). */
 struct resume_job {
     uv_work_t req;
     struct chat *ch;
@@ -933,6 +960,7 @@ struct resume_job {
     char id[65];
     bool admin;
     bool parked;   /* waiting for the send queue to drain */
+    bool waiting;  /* waiting for a running slot (never read yet) */
     bool listed;   /* on the client's jobs list */
     int64_t after; /* cursor: the next read starts above this seq */
     /* the current page */
@@ -974,20 +1002,46 @@ static void drop_page(struct resume_job *j)
     j->next_ev = 0;
 }
 
+static bool resume_read(struct resume_job *j);
+
 static void resume_finish(struct resume_job *j)
 {
     struct client *cl = j->conn->data;
-    if (j->listed && cl && cl->router_state) {
-        struct client_state *cs = cl->router_state;
+    struct client_state *cs = cl ? cl->router_state : NULL;
+    bool freed_slot = false;
+    if (j->listed && cs) {
         struct resume_job **p = &cs->jobs;
         while (*p != j)
             p = &(*p)->next;
         *p = j->next;
+        assert(cs->njobs > 0);
         cs->njobs--;
+        if (!j->waiting) {
+            assert(cs->nrunning > 0);
+            cs->nrunning--;
+            freed_slot = true;
+        }
     }
     drop_page(j);
     conn_release(j->conn);
     free(j);
+    if (!freed_slot)
+        return;
+    /* A slot is free: the oldest waiting replay starts (the list is newest
+     * first, so it is the last waiting one). */
+    struct resume_job *next = NULL;
+    for (struct resume_job *w = cs->jobs; w; w = w->next)
+        if (w->waiting)
+            next = w;
+    if (!next)
+        return;
+    next->waiting = false;
+    cs->nrunning++;
+    if (!resume_read(next)) {
+        client_send_error(cl, ERR_INTERNAL, "cannot schedule the read", -1,
+                          next->id[0] ? next->id : NULL);
+        resume_finish(next);
+    }
 }
 
 /* Read the page above the cursor on the thread pool. */
@@ -1117,8 +1171,8 @@ static void handle_resume(struct chat *ch, struct client *cl, json_t *msg, const
             return;
         }
     }
-    if (cs->njobs >= RESUME_MAX_PER_CONN) {
-        client_send_error(cl, ERR_RATE_LIMITED, "too many resumes running on this connection",
+    if (cs->njobs >= RESUME_QUEUED) {
+        client_send_error(cl, ERR_RATE_LIMITED, "too many resumes waiting on this connection",
                           1000, id);
         return;
     }
@@ -1136,8 +1190,10 @@ static void handle_resume(struct chat *ch, struct client *cl, json_t *msg, const
         snprintf(j->id, sizeof j->id, "%s", id);
     j->admin = cl->admin;
     j->after = json_integer_value(a);
+    j->waiting = cs->nrunning >= RESUME_RUNNING;
     conn_hold(cl->conn);
-    if (uv_queue_work(&cl->conn->w->loop, &j->req, resume_work, resume_done) != 0) {
+    if (!j->waiting &&
+        uv_queue_work(&cl->conn->w->loop, &j->req, resume_work, resume_done) != 0) {
         conn_release(cl->conn);
         free(j);
         client_send_error(cl, ERR_INTERNAL, "cannot schedule the read", -1, id);
@@ -1147,6 +1203,8 @@ static void handle_resume(struct chat *ch, struct client *cl, json_t *msg, const
     j->next = cs->jobs;
     cs->jobs = j;
     cs->njobs++;
+    if (!j->waiting)
+        cs->nrunning++;
 }
 
 /* ---- router entry points -------------------------------------------------------- */
@@ -1181,7 +1239,7 @@ static void chat_client_closed(void *router, struct client *cl)
         struct resume_job *j = cs->jobs;
         cs->jobs = j->next;
         j->listed = false;
-        if (j->parked)
+        if (j->parked || j->waiting)
             resume_finish(j);
     }
     for (unsigned i = 0; cs && i < cs->n; i++)
@@ -1257,6 +1315,17 @@ static void chat_handle(void *router, struct client *cl, enum chat_type k, const
         return;
     }
     atomic_fetch_add_explicit(&ch->in_by_kind[k], 1, memory_order_relaxed);
+    if (type_budget[k].per_min) {
+        struct client_state *cs = cl->router_state;
+        int64_t wait = rate_take(&cs->budget[k], clock_mono_ms(), type_budget[k].per_min,
+                                 type_budget[k].burst, 1);
+        if (wait) {
+            char m[96];
+            snprintf(m, sizeof m, "too many '%s' messages; slow down", hub_chat_types[k]);
+            client_send_error(cl, ERR_RATE_LIMITED, m, wait, id);
+            return;
+        }
+    }
 
     switch (k) {
     case CHAT_USER_MESSAGE:

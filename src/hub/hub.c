@@ -548,6 +548,7 @@ static void chat_on_drain(struct conn *c)
 
 static const struct conn_handler chat_handler = {
     .name = "chat",
+    .metered = true,
     .on_drain = chat_on_drain,
     .on_message = chat_on_message,
     .on_close = chat_on_close,

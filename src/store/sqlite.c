@@ -83,7 +83,7 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_SESSION_INSERT] = "INSERT INTO sessions (id, owner, created_at, updated_at, origin_client_id)"
                          " VALUES (?1, ?2, ?3, ?3, ?4)",
     [S_SESSION_BUMP] = "UPDATE sessions SET last_seq = ?2, updated_at = ?3 WHERE id = ?1",
-    [S_SESSION_HELP] = "UPDATE sessions SET help = 1, updated_at = ?2 WHERE id = ?1",
+    [S_SESSION_HELP] = "UPDATE sessions SET help = 1, updated_at = ?2 WHERE id = ?1 AND help = 0",
     [S_SESSION_MODEL] = "UPDATE sessions SET model = ?2 WHERE id = ?1",
     [S_EVENT_BY_CLIENT] = "SELECT seq, created_at FROM events"
                           " WHERE session_id = ?1 AND sender_id = ?2 AND client_id = ?3",
@@ -398,10 +398,15 @@ static int do_request(struct store *s, struct store_req *r, int64_t now)
     sqlite3_stmt *st;
     switch (r->op) {
     case STORE_HELP:
+        /* A session that already asked for help is not asked again: the
+         * request is coalesced (r->duplicate) and nothing is written. */
         st = s->stmt[S_SESSION_HELP];
         sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, now);
-        return (rc = step_done(st)) ? -rc : 0;
+        if ((rc = step_done(st)) != 0)
+            return -rc;
+        r->duplicate = sqlite3_changes(s->db) == 0;
+        return 0;
     case STORE_MODEL:
         st = s->stmt[S_SESSION_MODEL];
         sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
@@ -471,7 +476,8 @@ static void run_batch(struct store *s, struct store_req **reqs, size_t n)
         for (size_t j = 0; j < n && !wrote; j++)
             wrote = reqs[j]->status == STORE_OK &&
                     ((reqs[j]->op == STORE_APPEND && !reqs[j]->duplicate) ||
-                     reqs[j]->op == STORE_HELP || reqs[j]->op == STORE_MODEL);
+                     (reqs[j]->op == STORE_HELP && !reqs[j]->duplicate) ||
+                     reqs[j]->op == STORE_MODEL);
         if (wrote && !atomic_exchange(&s->healthy, true))
             log_info("store_healthy", "path=%s", log_quotes(&qp, s->path));
         record_commit(s, now_us() - t0, n);

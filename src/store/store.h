@@ -75,7 +75,8 @@ struct store_req {
     /* result */
     enum store_status status;
     bool created;                   /* APPEND made a new session */
-    bool duplicate;                 /* APPEND matched an earlier client id */
+    bool duplicate;                 /* APPEND matched an earlier client id; HELP: the
+                                     * session already asked (nothing written) */
     int64_t seq;
     int64_t ts_ms;
     char owner[STORE_MAX_USER + 1]; /* the session's owner */

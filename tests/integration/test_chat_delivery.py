@@ -26,7 +26,8 @@ from chatload import (ChatClient, check_gapless, first_anomaly, history, pipelin
                       sessions_of)
 
 SLACK = 4.0 if SLOW else 1.0
-LOAD_ARGS = ("--workers", "2", "--rate-limit", "1000000")
+LOAD_ARGS = ("--workers", "2", "--rate-limit", "1000000", "--input-rate", "1000000",
+             "--input-byte-rate", "1000000000")
 
 
 def ack_ok(reply, what=""):
@@ -612,6 +613,7 @@ def test_resume_long_history_paced():
     a client reading at a normal pace gets every event, then `resumed`."""
     n = 600 if SLOW else 3000
     with Chatd("--workers", "2", "--rate-limit", "100000000", "--sync", "normal",
+               "--input-rate", "1000000", "--input-byte-rate", "1000000000",
                "--max-message-bytes", "65536", "--send-queue-bytes", "200000") as d:
         writer = ChatClient(d.port, "longuser")
         first = writer.request({"type": "user_message", "content": "x" * 300, "id": "m0"})

@@ -30,7 +30,9 @@ from harness import (CHATD_BIN, OP_TEXT, SANITIZER_MARKERS, SLOW, TEST_SECRET, W
 SLACK = 4.0 if SLOW else 1.0
 MODELS = "m1:Model One,m2"
 # A generous rate limit everywhere except where the limit is the subject.
-BASE = ("--models", MODELS, "--rate-limit", "100000")
+# ... and a generous input budget: these tests send in bursts.
+BASE = ("--models", MODELS, "--rate-limit", "100000", "--input-rate", "100000",
+        "--input-byte-rate", "1000000000")
 TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 SID_RE = re.compile(r"^s_[0-9a-f]{24}$")
 NO_SUCH = "s_" + "0" * 24  # well-formed, never created

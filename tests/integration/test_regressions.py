@@ -17,8 +17,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from harness import (SANITIZER_MARKERS, SLOW, WS, Chatd, WSClosed, http_get,  # noqa: E402
-                     make_token, run)
+from harness import (SANITIZER_MARKERS, SLOW, WS, Chatd, WSClosed, frame,  # noqa: E402
+                     http_get, make_token, run)
 from test_chat_protocol import (NO_SUCH, ROOT, SLACK, barrier, close_all, connect,  # noqa: E402
                                 expect_error, next_id, post, recv_type, server, token)
 
@@ -101,6 +101,7 @@ def test_refresh_without_admin_role_leaves_and_loses_rights():
                        "token": make_token("sam", ttl=3600, roles=["admin"])})
         assert recv_type(adm, "refreshed")["roles"] == ["admin"]
         a1.send_json({"type": "help_request", "id": "h1", "session_id": sid})
+        assert recv_type(a1, "ack")["id"] == "h1"
         got = barrier(adm)
         assert [m["type"] for m in got] == ["help_request"], got
         close_all(a1, a2, adm)
@@ -176,6 +177,132 @@ def test_resume_is_bounded():
         close_all(a1, a2)
 
 
+# ---- 4. every message type has a budget --------------------------------------------
+
+def metric(port, name):
+    status, _, body = http_get(port, "/metrics")
+    assert status == 200
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError("no metric " + name)
+
+
+def test_every_type_has_a_budget():
+    # The connection's own input budget is raised so that the per-type
+    # budgets are what is measured here.
+    with Chatd("--rate-limit", "3", "--input-rate", "1000000", "--models", "m1") as d:
+        alice = connect(d.port, "alice")
+        adm = connect(d.port, ROOT, admin=True)
+        ack, _ = post(alice, "one")
+        sid = ack["session_id"]
+        post(alice, "two", sid=sid)
+        post(alice, "three", sid=sid)
+        alice.send_json({"type": "user_message", "id": "over", "session_id": sid,
+                         "content": "four"})
+        expect_error(alice, "rate_limited", "over")
+        commits = metric(d.port, "chatd_store_commit_seconds_count")
+        n = 3000
+        burst = b"".join(frame(
+            1, json.dumps({"type": "help_request", "id": "h%d" % i, "session_id": sid}).encode())
+            for i in range(n))
+        alice.send_raw(burst)
+        acks, limited, dup = 0, 0, 0
+        for _ in range(n):
+            m = alice.recv_json()
+            if m["type"] == "ack":
+                acks += 1
+                dup += m.get("duplicate", False)
+            else:
+                assert m["type"] == "error" and m["code"] == "rate_limited", m
+                assert m["retry_after"] > 0, m
+                limited += 1
+        assert acks <= 12 and acks + limited == n, (acks, limited)
+        assert dup == acks - 1, "repeated help requests are coalesced: %d of %d" % (dup, acks)
+        # The admin heard of it once.
+        got = barrier(adm)
+        assert [m["type"] for m in got] == ["help_request"], got
+        assert metric(d.port, "chatd_store_commit_seconds_count") - commits <= 13
+        # Typing indicators, read markers, model selections, resumes.
+        for mtype, extra in (("typing_indicator", {"typing": True}), ("read", {"seq": 1}),
+                             ("resume", {"after_seq": 3}), ("model_select", {"model_id": "m1"})):
+            data = b"".join(frame(1, json.dumps(
+                dict({"type": mtype, "id": "t%d" % i, "session_id": sid}, **extra)).encode())
+                for i in range(n))
+            alice.send_raw(data)
+            if mtype == "model_select":
+                time.sleep(1.2)  # the barrier below is a model_select too
+            limited = sum(1 for m in barrier(alice)
+                          if m["type"] == "error" and m["code"] == "rate_limited")
+            assert limited >= n - 300, (mtype, limited)
+        close_all(alice, adm)
+
+
+# ---- 5. one connection cannot monopolise its worker ------------------------------------
+
+def test_input_budget_closes_a_flooding_connection():
+    with Chatd("--workers", "1", "--rate-limit", "100000") as d:
+        victim = connect(d.port, "victim")
+        hog = connect(d.port, "hog")
+        keys = ",".join('"k%05d":"%s"' % (i, "v" * 4) for i in range(60000))
+        blob = ("{" + keys + "}").encode()
+        assert len(blob) > 700 * 1024
+        frame_bytes = frame(1, blob)
+        sent, errors = 0, 0
+        stop = threading.Event()
+
+        def flood():
+            nonlocal sent
+            try:
+                while not stop.is_set() and sent < 200:
+                    hog.send_raw(frame_bytes)
+                    sent += 1
+            except OSError:
+                pass
+        t = threading.Thread(target=flood)
+        t.start()
+        # The victim keeps being answered meanwhile.
+        ack, _ = post(victim, "hello")
+        for i in range(20):
+            post(victim, "msg %d" % i, sid=ack["session_id"])
+        code = None
+        hog.sock.settimeout(30 * SLACK)
+        try:
+            while True:
+                m = hog.recv_json()
+                assert m["type"] == "error" and m["code"] == "invalid_field", m
+                errors += 1
+        except WSClosed:
+            code = hog.close_code
+        stop.set()
+        t.join()
+        assert code == 1008 and "input" in hog.close_reason, (code, hog.close_reason)
+        # At most the burst (2 x 1 MiB + 256 KiB a second) was parsed.
+        assert errors <= 6, errors
+        assert metric(d.port, "chatd_input_budget_closes_total") == 1
+        assert "event=input_budget_exceeded" in d.log()
+        post(victim, "after", sid=ack["session_id"])
+        close_all(victim)
+
+
+def test_input_budget_counts_small_messages():
+    with Chatd("--input-rate", "20") as d:
+        ws = connect(d.port, "eve")
+        data = b"".join(frame(1, b"not json") for _ in range(500))
+        ws.send_raw(data)
+        errors = 0
+        try:
+            while True:
+                m = ws.recv_json()
+                assert m["code"] == "bad_json", m
+                errors += 1
+        except WSClosed:
+            pass
+        assert ws.close_code == 1008, ws.close_code
+        assert 80 <= errors <= 90, errors  # the burst is 4 x 20 (plus what refilled)
+        close_all(ws)
+
+
 # ---- 6. the prefix is matched, not skipped -----------------------------------------
 
 def test_api_routes_match_the_prefix():
@@ -239,5 +366,6 @@ def test_log_values_are_quoted():
 if __name__ == "__main__":
     run([test_shutdown_while_writer_blocked,
          test_refresh_without_admin_role_leaves_and_loses_rights, test_resume_is_bounded,
-         test_api_routes_match_the_prefix,
+         test_every_type_has_a_budget, test_input_budget_closes_a_flooding_connection,
+         test_input_budget_counts_small_messages, test_api_routes_match_the_prefix,
          test_log_values_are_quoted])
