@@ -29,7 +29,7 @@ TEST_SECRET = "test-secret-0123456789abcdefghijklmnop"
 class Chatd:
     """A chatd process. Use as a context manager or call start()/stop()."""
 
-    def __init__(self, *args, env=None, expect_exit=0, secret=TEST_SECRET):
+    def __init__(self, *args, env=None, expect_exit=0, secret=TEST_SECRET, wrap=None):
         # A JWT secret by default, so that the chat endpoint is on; pass
         # secret=None for a server started with no key at all.
         self.args = list(args)
@@ -44,6 +44,7 @@ class Chatd:
         if env:
             self.env.update(env)
         self.expect_exit = expect_exit
+        self.wrap = list(wrap or [])  # a command chatd runs under (strace, setpriv)
         self.proc = None
         self.port = None
         self.log_path = None
@@ -51,7 +52,7 @@ class Chatd:
     def start(self, timeout=20):
         fd, self.log_path = tempfile.mkstemp(prefix="chatd-", suffix=".log")
         self.log_file = os.fdopen(fd, "w+")
-        argv = [CHATD_BIN, "--listen", "127.0.0.1:0"] + self.args
+        argv = self.wrap + [CHATD_BIN, "--listen", "127.0.0.1:0"] + self.args
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self.log_file,
                                      env=self.env)
         deadline = time.time() + timeout

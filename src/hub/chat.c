@@ -688,6 +688,18 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
         settle_refused(bo, r);
         return;
     }
+    if (r->status == STORE_UNKNOWN) {
+        /* Never claim "nothing was stored" when that is not known: the
+         * client's retry with the same id is answered from what is on
+         * disk, once chatd runs again. */
+        add_reply(bo, r,
+                  error_json(ch, r, ERR_UNAVAILABLE,
+                             "storage failed while committing: this may have been stored; "
+                             "retry later with the same id",
+                             5000));
+        settle_refused(bo, r);
+        return;
+    }
     if (r->status == STORE_NOT_FOUND) {
         add_reply(bo, r, error_json(ch, r, ERR_SESSION_NOT_FOUND, "no such session", -1));
         settle_refused(bo, r);

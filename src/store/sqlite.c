@@ -14,12 +14,15 @@
 #include "store/store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "util/clock.h"
 #include "util/log.h"
@@ -61,6 +64,8 @@ static const char *const migrations[] = {
     "  WHERE client_id IS NOT NULL;",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
+#define SCHEMA_VERSION_TEXT "1" /* the same, for SQL text */
+_Static_assert(sizeof migrations / sizeof migrations[0] == 1, "update SCHEMA_VERSION_TEXT");
 
 enum {
     S_SESSION_GET = 0,
@@ -132,8 +137,14 @@ struct store {
     uv_mutex_t read_lock;
     struct read_conn *idle;
 
+    /* writer thread only: the files as opened, to notice them removed or
+     * replaced (-1: not open yet) */
+    int db_fd, wal_fd;
+    struct stat db_st, wal_st;
+
     /* statistics (atomics) */
     atomic_bool healthy;
+    atomic_bool failed; /* fail-stop: set once, never cleared */
     atomic_uint_fast64_t commits, failures, batched, commit_us_sum;
     atomic_uint_fast64_t commit_hist[12], batch_hist[8];
 };
@@ -441,33 +452,130 @@ static int64_t now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/* Is the file behind fd (opened as path) still the one at path, and linked?
+ * NULL, or why not. */
+static const char *file_gone(int fd, const struct stat *was, const char *path)
+{
+    struct stat now;
+    if (fd < 0)
+        return NULL;
+    if (fstat(fd, &now) == 0 && now.st_nlink == 0)
+        return "removed";
+    if (stat(path, &now) != 0)
+        return errno == ENOENT ? "removed" : NULL;
+    if (now.st_dev != was->st_dev || now.st_ino != was->st_ino)
+        return "replaced";
+    return NULL;
+}
+
+/* Open the WAL file once it exists (WAL mode creates it on first use). */
+static void watch_wal(struct store *s)
+{
+    if (s->wal_fd >= 0)
+        return;
+    char wal[4096];
+    snprintf(wal, sizeof wal, "%s-wal", s->path);
+    s->wal_fd = open(wal, O_RDONLY | O_CLOEXEC);
+    if (s->wal_fd >= 0 && fstat(s->wal_fd, &s->wal_st) != 0) {
+        close(s->wal_fd);
+        s->wal_fd = -1;
+    }
+}
+
+/* Are the database and its WAL still the files chatd opened? NULL or why
+ * not ("database removed", ...). Writer thread. */
+static const char *files_gone(struct store *s)
+{
+    char wal[4096];
+    const char *why = file_gone(s->db_fd, &s->db_st, s->path);
+    if (why)
+        return strcmp(why, "removed") == 0 ? "database file removed" : "database file replaced";
+    snprintf(wal, sizeof wal, "%s-wal", s->path);
+    why = file_gone(s->wal_fd, &s->wal_st, wal);
+    if (why)
+        return strcmp(why, "removed") == 0 ? "WAL file removed" : "WAL file replaced";
+    return NULL;
+}
+
+/* Fail-stop: from now on nothing is acknowledged (see store_failed). */
+static void fail_stop(struct store *s, const char *why)
+{
+    struct log_quoted qp, qw;
+    if (!atomic_exchange(&s->failed, true))
+        log_error("store_failed", "path=%s reason=%s action=\"refusing every write; restart "
+                  "chatd once the storage is sound\"",
+                  log_quotes(&qp, s->path), log_quotes(&qw, why));
+    atomic_store(&s->healthy, false);
+}
+
+/* Answer every request of a batch that was not (or may not have been)
+ * stored. */
+static void batch_refused(struct store_req **reqs, size_t n, enum store_status status)
+{
+    for (size_t j = 0; j < n; j++) {
+        reqs[j]->status = status;
+        reqs[j]->created = false;
+        reqs[j]->duplicate = false;
+        reqs[j]->seq = 0;
+    }
+}
+
+/* A failed commit: was it on disk? SQLITE_FULL (a write refused) and BUSY
+ * leave the transaction uncommitted; any other failure of COMMIT (an I/O
+ * error, most of all a failed fsync) leaves it unknown. */
+static bool commit_outcome_unknown(int rc)
+{
+    int primary = rc & 0xff;
+    return primary != SQLITE_FULL && primary != SQLITE_BUSY && primary != SQLITE_NOMEM;
+}
+
 static void run_batch(struct store *s, struct store_req **reqs, size_t n)
 {
     struct log_quoted qp;
     int64_t t0 = now_us();
     int64_t now = clock_wall_ms();
+    const char *gone = atomic_load(&s->failed) ? "the store has failed" : files_gone(s);
+    if (gone) {
+        /* Nothing of this batch was written. */
+        fail_stop(s, gone);
+        batch_refused(reqs, n, STORE_UNAVAILABLE);
+        atomic_fetch_add(&s->failures, 1);
+        s->on_batch(s->arg, reqs, n);
+        return;
+    }
     int rc = step_done(s->stmt[S_BEGIN]);
+    bool at_commit = false;
     size_t i = 0;
     if (rc == 0) {
         for (; i < n; i++)
             if ((rc = do_request(s, reqs[i], now)) != 0)
                 break;
-        if (rc == 0)
+        if (rc == 0) {
+            at_commit = true;
             rc = step_done(s->stmt[S_COMMIT]);
+        }
     }
-    if (rc != 0) {
+    if (rc == 0 && (gone = files_gone(s)) != NULL) {
+        /* Committed into a file that is no longer the database: it will
+         * not be there after a restart. */
+        fail_stop(s, gone);
+        batch_refused(reqs, n, STORE_UNKNOWN);
+        atomic_fetch_add(&s->failures, 1);
+    } else if (rc != 0) {
         int code = rc < 0 ? -rc : rc;
-        log_error("store_write_failed", "error=\"%s\" batch=%zu", sqlite3_errstr(code), n);
+        bool unknown = at_commit && commit_outcome_unknown(code);
+        log_error("store_write_failed", "error=\"%s\" code=%d batch=%zu at=%s",
+                  sqlite3_errstr(code), code, n, at_commit ? "commit" : "write");
         if (!sqlite3_get_autocommit(s->db))
             step_done(s->stmt[S_ROLLBACK]);
-        for (size_t j = 0; j < n; j++) {
-            reqs[j]->status = STORE_UNAVAILABLE;
-            reqs[j]->created = false;
-            reqs[j]->duplicate = false;
-            reqs[j]->seq = 0;
-        }
-        if (atomic_exchange(&s->healthy, false))
+        batch_refused(reqs, n, unknown ? STORE_UNKNOWN : STORE_UNAVAILABLE);
+        if (unknown || (code & 0xff) == SQLITE_IOERR || (code & 0xff) == SQLITE_CORRUPT ||
+            (code & 0xff) == SQLITE_NOTADB) {
+            /* After an I/O error the file's state is unknown: stop. */
+            fail_stop(s, sqlite3_errstr(code));
+        } else if (atomic_exchange(&s->healthy, false)) {
             log_warn("store_unhealthy", "path=%s", log_quotes(&qp, s->path));
+        }
         atomic_fetch_add(&s->failures, 1);
     } else {
         /* Only a batch that wrote proves the disk takes writes again: a
@@ -481,6 +589,7 @@ static void run_batch(struct store *s, struct store_req **reqs, size_t n)
         if (wrote && !atomic_exchange(&s->healthy, true))
             log_info("store_healthy", "path=%s", log_quotes(&qp, s->path));
         record_commit(s, now_us() - t0, n);
+        watch_wal(s);
     }
     s->on_batch(s->arg, reqs, n);
 }
@@ -547,7 +656,12 @@ int store_submit(struct store *s, struct store_req *r)
     return 0;
 }
 
-bool store_healthy(struct store *s) { return atomic_load(&s->healthy); }
+bool store_healthy(struct store *s)
+{
+    return atomic_load(&s->healthy) && !atomic_load(&s->failed);
+}
+
+bool store_failed(struct store *s) { return atomic_load(&s->failed); }
 
 void store_get_stats(struct store *s, struct store_stats *out)
 {
@@ -672,6 +786,8 @@ int store_open(struct store **out, const struct store_options *opt, char *err, s
     uv_cond_init(&s->queue_cond);
     uv_mutex_init(&s->read_lock);
     atomic_init(&s->healthy, true);
+    atomic_init(&s->failed, false);
+    s->db_fd = s->wal_fd = -1;
 
     int rc = sqlite3_open_v2(opt->path, &s->db,
                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
@@ -682,6 +798,15 @@ int store_open(struct store **out, const struct store_options *opt, char *err, s
         goto fail;
     }
     sqlite3_busy_timeout(s->db, 5000);
+    sqlite3_extended_result_codes(s->db, 1);
+    /* A database chatd cannot write must stop it at start, not at the
+     * first message (SQLite falls back to read-only without a word). */
+    if (sqlite3_db_readonly(s->db, "main") == 1) {
+        snprintf(err, errlen,
+                 "--db: '%s' cannot be written (read-only file or folder; check its permissions)",
+                 opt->path);
+        goto fail;
+    }
     char e[256] = "";
     if (exec(s->db, "PRAGMA page_size = 1024", e, sizeof e) ||
         exec(s->db, "PRAGMA journal_mode = WAL", e, sizeof e) ||
@@ -696,6 +821,23 @@ int store_open(struct store **out, const struct store_options *opt, char *err, s
         snprintf(err, errlen, "--db: '%s': %s", opt->path, e);
         goto fail;
     }
+    /* Prove that a write goes through (a folder that is not writable, a
+     * file that is read-only for this user), then keep the files open to
+     * notice them removed or replaced later. */
+    if (exec(s->db, "BEGIN IMMEDIATE", e, sizeof e) ||
+        exec(s->db, "PRAGMA user_version = " SCHEMA_VERSION_TEXT, e, sizeof e) ||
+        exec(s->db, "COMMIT", e, sizeof e)) {
+        snprintf(err, errlen, "--db: '%s' cannot be written: %s", opt->path, e);
+        goto fail;
+    }
+    s->db_fd = strcmp(opt->path, ":memory:") == 0 ? -2 : open(opt->path, O_RDONLY | O_CLOEXEC);
+    if (s->db_fd == -2) {
+        s->db_fd = -1; /* an in-memory database has no file to watch */
+    } else if (s->db_fd < 0 || fstat(s->db_fd, &s->db_st) != 0) {
+        snprintf(err, errlen, "--db: '%s': %s", opt->path, strerror(errno));
+        goto fail;
+    }
+    watch_wal(s);
     for (int i = 0; i < S_COUNT; i++) {
         if (sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[i],
                                NULL) != SQLITE_OK) {
@@ -720,6 +862,10 @@ int store_open(struct store **out, const struct store_options *opt, char *err, s
 fail:
     if (s->ckpt_started)
         stop_checkpointer(s);
+    if (s->db_fd >= 0)
+        close(s->db_fd);
+    if (s->wal_fd >= 0)
+        close(s->wal_fd);
     for (int i = 0; i < S_COUNT; i++)
         sqlite3_finalize(s->stmt[i]);
     sqlite3_close(s->db);
@@ -748,6 +894,10 @@ void store_close(struct store *s)
         sqlite3_close(rc->db);
         free(rc);
     }
+    if (s->db_fd >= 0)
+        close(s->db_fd);
+    if (s->wal_fd >= 0)
+        close(s->wal_fd);
     uv_mutex_destroy(&s->queue_lock);
     uv_cond_destroy(&s->queue_cond);
     uv_mutex_destroy(&s->read_lock);

@@ -49,7 +49,11 @@ enum store_op {
 enum store_status {
     STORE_OK = 0,
     STORE_NOT_FOUND,   /* no such session, or not the requester's */
-    STORE_UNAVAILABLE, /* the database refused the write (disk full, read-only, I/O) */
+    STORE_UNAVAILABLE, /* not stored: the database refused the write (disk full, busy), or
+                        * the store has failed (see store_failed) */
+    STORE_UNKNOWN,     /* the commit failed in a way that leaves unknown whether it is on
+                        * disk (a failed fsync): the store has failed; a retry with the
+                        * same client id after a restart is safe (dedup) */
 };
 
 /* One request, allocated by the caller, owned by the store from submit
@@ -126,8 +130,18 @@ int store_submit(struct store *s, struct store_req *r);
 /* Free a request and what it owns. */
 void store_req_free(struct store_req *r);
 
-/* Did the last write attempt succeed (for /readyz)? Any thread. */
+/* Is the store taking writes (for /readyz)? False after a failed write
+ * attempt until one succeeds, and for good once it has failed. Any thread. */
 bool store_healthy(struct store *s);
+/*
+ * Has the store failed for good (fail-stop)? It fails when it can no longer
+ * tell whether a commit is on disk: a commit whose sync reported an I/O
+ * error, or a database or WAL file that was removed or replaced while open
+ * (checked before and after every batch). From then on every write is
+ * answered STORE_UNAVAILABLE and nothing more is acknowledged; a restart
+ * recovers from what is on disk. Any thread.
+ */
+bool store_failed(struct store *s);
 /* Statistics for /metrics. Any thread. */
 struct store_stats {
     uint64_t commits, commit_failures, batched_requests;

@@ -42,8 +42,13 @@ def test_shutdown_while_writer_blocked():
         ws.send_json({"type": "user_message", "id": next_id("blk"), "content": "queued %d" % i})
     time.sleep(0.3)
     d.proc.send_signal(signal.SIGTERM)
-    # Keep the lock until the workers are gone, then let the writer go on.
-    time.sleep(1.5)
+    # The client goes away at once, so the workers end quickly; the lock is
+    # kept until they are gone, then the writer goes on.
+    ws.shut()
+    deadline = time.time() + 10 * SLACK
+    while "event=shutdown_begin" not in d.log() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0 * SLACK)
     lock.execute("ROLLBACK")
     lock.close()
     rc = d.proc.wait(30 * SLACK)
@@ -52,7 +57,6 @@ def test_shutdown_while_writer_blocked():
         assert marker not in log, log[-4000:]
     assert rc == 0, "exit status %s:\n%s" % (rc, log[-3000:])
     assert "event=shutdown_done" in log, log[-2000:]
-    ws.shut()
 
 
 # ---- 2. a refresh takes roles and name from the new token ----------------------------
@@ -363,9 +367,157 @@ def test_log_values_are_quoted():
         assert closes and dict(closes[0])["user"] == sub, lines
 
 
+# ---- 10-12. storage faults: fail-stop ---------------------------------------------------
+
+def readyz(port):
+    return http_get(port, "/readyz")[0]
+
+
+def test_failed_fsync_is_fail_stop():
+    """One fsync of a commit fails with EIO: that batch is answered 'may have
+    been stored', nothing later is acknowledged, /readyz is 503; after a
+    SIGKILL and a restart, the retry with the same id finds the message
+    exactly once."""
+    import shutil
+    tmp = __import__("tempfile").mkdtemp(prefix="chatd-fsync-")
+    db = os.path.join(tmp, "chat.db")
+    try:
+        with server("--db", db) as d:  # the database exists before the fault
+            ws = connect(d.port, "alice")
+            ack, _ = post(ws, "first")
+            sid = ack["session_id"]
+            close_all(ws)
+        # strace attaches to the running chatd (every thread), so the first
+        # sync it sees is a commit's, not one of the start's.
+        d = server("--db", db)
+        d.expect_exit = None
+        d.start()
+        slog = os.path.join(tmp, "strace.log")
+        tracer = subprocess.Popen(["strace", "-f", "-qq", "-p", str(d.proc.pid), "-o", slog,
+                                   "-e", "trace=fsync,fdatasync",
+                                   "-e", "inject=fsync,fdatasync:error=EIO:when=1"])
+        try:
+            deadline = time.time() + 10
+            while len(os.listdir("/proc/%d/task" % d.proc.pid)) > 0 and time.time() < deadline:
+                # attached once every thread shows the tracer
+                tids = os.listdir("/proc/%d/task" % d.proc.pid)
+                traced = 0
+                for tid in tids:
+                    with open("/proc/%d/task/%s/status" % (d.proc.pid, tid)) as f:
+                        traced += any(line.startswith("TracerPid:") and line.split()[1] != "0"
+                                      for line in f)
+                if traced == len(tids):
+                    break
+                time.sleep(0.05)
+            ws = connect(d.port, "alice")
+            ws.send_json({"type": "user_message", "id": "m1", "session_id": sid,
+                          "content": "during the fault"})
+            e = expect_error(ws, "unavailable", "m1")
+            assert "may have been stored" in e["message"], e
+            assert "nothing was stored" not in e["message"], e
+            # The next fsync would succeed, but nothing more is acknowledged.
+            ws.send_json({"type": "user_message", "id": "m2", "session_id": sid,
+                          "content": "after the fault"})
+            expect_error(ws, "unavailable", "m2")
+            assert readyz(d.port) == 503
+            assert "event=store_failed" in d.log(), d.log()[-2000:]
+            d.proc.kill()
+            d.proc.wait(30)
+            tracer.wait(30)
+            with open(slog) as f:
+                assert "EIO (Input/output error) (INJECTED)" in f.read()
+            ws.shut()
+        finally:
+            if d.proc.poll() is None:
+                d.proc.kill()
+            if tracer.poll() is None:
+                tracer.kill()
+            d.check_log()
+        with server("--db", db) as d:
+            ws = connect(d.port, "alice")
+            ws.send_json({"type": "user_message", "id": "m1", "session_id": sid,
+                          "content": "during the fault"})
+            ack = recv_type(ws, "ack")
+            assert ack["id"] == "m1", ack
+            status, _, body = http_get(d.port, "/api/sessions/%s/messages" % sid,
+                                       {"Authorization": "Bearer " + token("alice")})
+            msgs = json.loads(body)["messages"]
+            contents = [m["content"] for m in msgs]
+            assert contents.count("during the fault") == 1, contents
+            assert "after the fault" not in contents, contents
+            assert [m["seq"] for m in msgs] == list(range(1, len(msgs) + 1)), msgs
+            close_all(ws)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_removed_database_is_fail_stop():
+    with server() as d:
+        ws = connect(d.port, "alice")
+        ack, _ = post(ws, "before")
+        db = db_path(d)
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(db + suffix):
+                os.unlink(db + suffix)
+        for i in range(5):
+            ws.send_json({"type": "user_message", "id": "gone%d" % i,
+                          "session_id": ack["session_id"], "content": "after %d" % i})
+            e = expect_error(ws, "unavailable", "gone%d" % i)
+            assert "retry" in e["message"], e
+        assert readyz(d.port) == 503
+        assert "database file removed" in d.log(), d.log()[-2000:]
+        close_all(ws)
+
+
+def test_replaced_wal_is_fail_stop():
+    with server() as d:
+        ws = connect(d.port, "alice")
+        ack, _ = post(ws, "before")
+        db = db_path(d)
+        os.unlink(db + "-wal")
+        ws.send_json({"type": "user_message", "id": "w1", "session_id": ack["session_id"],
+                      "content": "after"})
+        expect_error(ws, "unavailable", "w1")
+        assert readyz(d.port) == 503
+        assert "WAL file removed" in d.log(), d.log()[-2000:]
+        close_all(ws)
+
+
+def test_read_only_database_refused_at_start():
+    """As a user who cannot write the database, chatd stops at start with one
+    line naming the file and exit status 2."""
+    import shutil
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="chatd-ro-")
+    try:
+        os.chmod(tmp, 0o755)
+        db = os.path.join(tmp, "chat.db")
+        with server("--db", db) as d:
+            post(connect(d.port, "alice"), "hello")
+        # A copy of the binary that user 'nobody' can run wherever the build is.
+        from harness import CHATD_BIN
+        binary = os.path.join(tmp, "chatd")
+        shutil.copy(CHATD_BIN, binary)
+        os.chmod(binary, 0o755)
+        for mode in (0o644, 0o444):
+            os.chmod(db, mode)
+            p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                binary, "--listen", "127.0.0.1:0", "--db", db,
+                                "--jwt-secret", "x" * 40],
+                               capture_output=True, text=True, timeout=60)
+            assert p.returncode == 2, (p.returncode, p.stderr)
+            lines = [x for x in p.stderr.splitlines() if x.startswith("chatd:")]
+            assert len(lines) == 1 and db in lines[0], p.stderr
+            assert "event=listening" not in p.stderr, p.stderr
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 if __name__ == "__main__":
     run([test_shutdown_while_writer_blocked,
          test_refresh_without_admin_role_leaves_and_loses_rights, test_resume_is_bounded,
          test_every_type_has_a_budget, test_input_budget_closes_a_flooding_connection,
          test_input_budget_counts_small_messages, test_api_routes_match_the_prefix,
-         test_log_values_are_quoted])
+         test_log_values_are_quoted, test_failed_fsync_is_fail_stop,
+         test_removed_database_is_fail_stop, test_replaced_wal_is_fail_stop,
+         test_read_only_database_refused_at_start])
