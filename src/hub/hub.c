@@ -27,6 +27,9 @@
 #include "ws/frame.h"
 
 #define LIMIT_RETRY_AFTER_MS 5000
+/* refresh verifies a signature (costly with RS256): 5, then 6 a minute. */
+#define REFRESH_PER_MIN 6
+#define REFRESH_BURST 5
 
 const char *const hub_chat_types[CHAT_TYPE_COUNT] = {
     [CHAT_USER_MESSAGE] = "user_message",
@@ -440,6 +443,13 @@ static void chat_on_tick(struct conn *c, int64_t now_ms, int64_t wall_ms)
 
 static void handle_refresh(struct client *cl, json_t *msg, const char *id)
 {
+    int64_t wait =
+        rate_take(&cl->refresh_budget, clock_mono_ms(), REFRESH_PER_MIN, REFRESH_BURST, 1);
+    if (wait) {
+        client_send_error(cl, ERR_RATE_LIMITED, "too many 'refresh' messages; slow down", wait,
+                          id);
+        return;
+    }
     const char *token = json_string_value(json_object_get(msg, "token"));
     if (!token) {
         client_send_error(cl, ERR_INVALID_FIELD, "refresh needs a string 'token'", -1, id);

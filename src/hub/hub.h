@@ -29,6 +29,7 @@
 #include "auth/jwt.h"
 #include "config.h"
 #include "hub/registry.h"
+#include "util/rate.h"
 #include "util/sbuf.h"
 
 struct server;
@@ -84,6 +85,7 @@ struct client {
     char *name;         /* likewise, or in `refreshed` after a refresh */
     char *roles_json;   /* likewise: the roles as a JSON array text */
     char *refreshed;    /* owned: name and roles taken from a refreshed token */
+    struct rate_bucket refresh_budget; /* REFRESH_PER_MIN, REFRESH_BURST */
     void *router_state; /* owned by the router */
     uint64_t sub_hash;  /* the router's hash of sub */
 };

@@ -239,6 +239,13 @@ def test_every_type_has_a_budget():
             limited = sum(1 for m in barrier(alice)
                           if m["type"] == "error" and m["code"] == "rate_limited")
             assert limited >= n - 300, (mtype, limited)
+        # refresh verifies a signature: 5, then 6 a minute.
+        fresh = token("alice")
+        for i in range(20):
+            alice.send_json({"type": "refresh", "id": "f%d" % i, "token": fresh})
+        answers = [alice.recv_json() for _ in range(20)]
+        assert [m["type"] for m in answers].count("refreshed") == 5, answers
+        assert all(m["code"] == "rate_limited" for m in answers if m["type"] == "error"), answers
         close_all(alice, adm)
 
 
