@@ -27,6 +27,6 @@ foreach(name ${files})
 endforeach()
 file(WRITE "${OUT}"
   "/* Generated from web/ by cmake/embed_web.cmake at build time: do not edit. */\n"
-  "#include \"web.h\"\n\n"
+  "#include \"hub/web.h\"\n\n"
   "${arrays}\n"
   "const struct web_asset web_assets[] = {\n${table}    {0, 0, 0, 0},\n};\n")

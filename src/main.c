@@ -21,11 +21,12 @@
 #include <openssl/rand.h>
 
 #include "auth/jwt.h"
-#include "config.h"
+#include "conf/config.h"
 #include "hub/chat.h"
 #include "hub/hub.h"
+#include "hub/routes.h"
 #include "store/store.h"
-#include "server.h"
+#include "net/server.h"
 #include "util/clock.h"
 #include "util/file.h"
 #include "util/hex.h"
@@ -209,6 +210,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "chatd: %s\n", err);
         return 2;
     }
+    st.srv.ops = &routes_net_ops;
     st.srv.app = &st.hub;
     /* Before the database is opened: a second chatd pointed at a busy
      * address must not touch the first one's database either. */

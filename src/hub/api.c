@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "conn.h"
+#include "net/conn.h"
 #include "http/request.h"
 #include "hub/chat.h"
 #include "util/clock.h"

@@ -22,9 +22,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "conn.h"
+#include "net/conn.h"
 #include "http/request.h"
-#include "server.h"
+#include "net/server.h"
 #include "util/clock.h"
 #include "util/jw.h"
 #include "util/text.h"

@@ -17,10 +17,10 @@
 #include <string.h>
 #include <strings.h>
 
-#include "conn.h"
+#include "net/conn.h"
 #include "http/request.h"
-#include "routes.h"
-#include "server.h"
+#include "net/upgrade.h"
+#include "net/server.h"
 #include "util/clock.h"
 #include "util/file.h"
 #include "util/log.h"
@@ -107,7 +107,9 @@ int hub_init(struct hub *h, const struct config *cfg, struct server *srv, const 
         p = e;
     }
 
-    struct jwt_config jc = {.alg = (enum jwt_alg)cfg->jwt_alg,
+    static const enum jwt_alg algs[] = {
+        [CONF_JWT_HS256] = JWT_HS256, [CONF_JWT_RS256] = JWT_RS256, [CONF_JWT_ES256] = JWT_ES256};
+    struct jwt_config jc = {.alg = algs[cfg->jwt_alg],
                             .issuer = cfg->jwt_issuer,
                             .audience = cfg->jwt_audience,
                             .leeway_s = 60};
@@ -151,7 +153,7 @@ int hub_init(struct hub *h, const struct config *cfg, struct server *srv, const 
     } else {
         if (!cfg->jwt_public_key) {
             snprintf(err, errlen, "--jwt-alg %s needs --jwt-public-key",
-                     jwt_alg_name((enum jwt_alg)cfg->jwt_alg));
+                     conf_jwt_alg_names[cfg->jwt_alg]);
             return -EINVAL;
         }
         if ((rc = read_key_file(cfg->jwt_public_key, "--jwt-public-key", &file, &file_len, err,
@@ -698,7 +700,7 @@ static const char *authenticate(struct hub *h, const struct http_request *req,
 
 void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
 {
-    if (!routes_check_upgrade(c, req))
+    if (!net_check_upgrade(c, req))
         return;
     if (!hub_enabled(h)) {
         conn_http_error(c, 503, "unavailable", "chat is disabled: no JWT key is configured", -1,
@@ -723,12 +725,12 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
         conn_http_error(c, 401, "unauthorized", why, -1, NULL, false);
         return;
     }
-    if (!routes_take_ws_slot(c))
+    if (!net_take_ws_slot(c))
         return;
 
     struct client *cl = client_new(&claims, h, c);
     if (!cl) {
-        routes_give_ws_slot(c);
+        net_give_ws_slot(c);
         conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);
         return;
     }
@@ -761,7 +763,7 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
             conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);
         }
         /* This connection never became a WebSocket. */
-        routes_give_ws_slot(c);
+        net_give_ws_slot(c);
         client_free(cl);
         return;
     }
@@ -769,7 +771,7 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
     if (idmap_put(&c->w->by_id, c->id, c) < 0 || conn_upgrade(c, req, &chat_handler, cl) < 0) {
         registry_remove(&h->registry, cl->sub, cl->sub_len, c->id);
         idmap_del(&c->w->by_id, c->id);
-        routes_give_ws_slot(c);
+        net_give_ws_slot(c);
         client_free(cl);
         conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);
         return;

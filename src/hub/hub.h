@@ -27,7 +27,7 @@
 #include <stdint.h>
 
 #include "auth/jwt.h"
-#include "config.h"
+#include "conf/config.h"
 #include "hub/registry.h"
 #include "util/rate.h"
 #include "util/sbuf.h"

@@ -24,7 +24,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "config.h"
+#include "conf/config.h"
 
 #define REGISTRY_STRIPES 64
 

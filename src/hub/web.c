@@ -7,12 +7,12 @@
  * WebSocket: a message that smuggled markup into the page could not run
  * code or send the token anywhere else.
  */
-#include "web.h"
+#include "hub/web.h"
 
 #include <stdio.h>
 #include <string.h>
 
-#include "conn.h"
+#include "net/conn.h"
 #include "http/request.h"
 
 #define CSP                                                                                        \

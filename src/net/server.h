@@ -25,7 +25,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "config.h"
+#include "conf/config.h"
 #include "util/idmap.h"
 #include "util/list.h"
 #include "ws/frame.h"
@@ -102,13 +102,25 @@ struct server_stats {
 /* Sum the per-worker counters (any thread). */
 void server_sum_stats(struct server *srv, struct worker_stats *out);
 
+struct conn;
+struct http_request;
+
+/* How net calls up: the layer above registers this table (and its own
+ * pointer, `app`) before server_start; net includes nothing above it. */
+struct net_ops {
+    /* A complete HTTP request head on a connection: answer it (conn_http_*)
+     * or upgrade it (conn_upgrade). Worker thread of the connection. */
+    void (*on_request)(void *app, struct conn *c, const struct http_request *req);
+};
+
 struct server {
     /* read-only after server_listen */
     const struct config *cfg;
     unsigned nworkers;
     struct worker *workers;
     int port;                   /* the bound port (useful with --listen :0) */
-    void *app;                  /* the chat layer, NULL when none (borrowed) */
+    const struct net_ops *ops;  /* set by the layer above before server_start */
+    void *app;                  /* its first argument (borrowed) */
 
     atomic_bool shutting_down;
     atomic_uint workers_done;

@@ -1,91 +1,26 @@
 /*
  * DESIGN: a flat match on the path after the prefix. WebSocket routes share
- * one validation (routes_check_upgrade) so every endpoint refuses a broken
+ * one validation (net_check_upgrade) so every endpoint refuses a broken
  * upgrade the same way, before any authentication work is done.
  */
-#include "routes.h"
+#include "hub/routes.h"
 
 #include <string.h>
 
-#include "conn.h"
+#include "net/conn.h"
 #include "http/request.h"
 #include "hub/chat.h"
 #include "hub/hub.h"
 #include "store/store.h"
 #include "util/log.h"
-#include "web.h"
-#include "ws/handshake.h"
+#include "hub/web.h"
+#include "net/upgrade.h"
 
 /* Is the path after the prefix exactly this route? */
 static bool path_is(const char *path, size_t len, const char *route)
 {
     size_t rl = strlen(route);
     return len == rl && memcmp(path, route, rl) == 0;
-}
-
-bool routes_check_upgrade(struct conn *c, const struct http_request *req)
-{
-    const struct http_header *upgrade = http_request_header(req, "upgrade");
-    const struct http_header *connection = http_request_header(req, "connection");
-    const struct http_header *version = http_request_header(req, "sec-websocket-version");
-    const struct http_header *key = http_request_header(req, "sec-websocket-key");
-    const char *why = NULL;
-
-    if (!upgrade || !http_token_list_has(upgrade->value, upgrade->value_len, "websocket")) {
-        conn_http_error(c, 426, "upgrade_required",
-                        "this endpoint speaks WebSocket: send an upgrade request", -1,
-                        "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
-                        req->keep_alive && !req->has_body);
-        return false;
-    }
-    if (!http_request_is_get(req))
-        why = "a WebSocket upgrade must use GET";
-    else if (req->minor < 1)
-        why = "a WebSocket upgrade needs HTTP/1.1";
-    else if (req->has_body)
-        why = "a WebSocket upgrade must not have a body";
-    else if (!http_request_header(req, "host"))
-        why = "missing Host header";
-    else if (!connection ||
-             !http_token_list_has(connection->value, connection->value_len, "upgrade"))
-        why = "missing 'Connection: Upgrade'";
-    else if (!key || http_request_header_count(req, "sec-websocket-key") != 1 ||
-             !ws_key_valid(key->value, key->value_len))
-        why = "missing or invalid Sec-WebSocket-Key";
-    if (why) {
-        conn_http_error(c, 400, "bad_request", why, -1, NULL, false);
-        return false;
-    }
-    if (!version || version->value_len != 2 || memcmp(version->value, "13", 2) != 0) {
-        conn_http_error(c, 426, "upgrade_required", "Sec-WebSocket-Version must be 13", -1,
-                        "Sec-WebSocket-Version: 13\r\n", false);
-        return false;
-    }
-    return true;
-}
-
-bool routes_take_ws_slot(struct conn *c)
-{
-    struct server *srv = c->w->srv;
-    uint64_t n = atomic_fetch_add(&srv->stats.ws_open, 1) + 1;
-    if (n > srv->cfg->max_connections) {
-        atomic_fetch_sub(&srv->stats.ws_open, 1);
-        log_warn("connection_refused", "reason=max_connections limit=%u",
-                 srv->cfg->max_connections);
-        conn_http_error(c, 503, "unavailable", "server is at its connection limit", 1000, NULL,
-                        false);
-        return false;
-    }
-    c->counted_ws = true;
-    return true;
-}
-
-void routes_give_ws_slot(struct conn *c)
-{
-    if (c->counted_ws) {
-        atomic_fetch_sub(&c->w->srv->stats.ws_open, 1);
-        c->counted_ws = false;
-    }
 }
 
 /* ---- echo -------------------------------------------------------------- */
@@ -102,13 +37,13 @@ static const struct conn_handler echo_handler = {
 
 static void route_echo(struct conn *c, const struct http_request *req)
 {
-    if (!routes_check_upgrade(c, req))
+    if (!net_check_upgrade(c, req))
         return;
     if (atomic_load(&c->w->srv->shutting_down)) {
         conn_http_error(c, 503, "unavailable", "server is shutting down", -1, NULL, false);
         return;
     }
-    if (!routes_take_ws_slot(c))
+    if (!net_take_ws_slot(c))
         return;
     conn_upgrade(c, req, &echo_handler, NULL);
 }
@@ -210,7 +145,7 @@ static void metrics_respond(struct conn *c, const struct http_request *req)
     text_release(&t);
 }
 
-void routes_dispatch(struct conn *c, const struct http_request *req)
+static void routes_dispatch(void *app, struct conn *c, const struct http_request *req)
 {
     struct server *srv = c->w->srv;
     const char *prefix = srv->cfg->prefix;
@@ -227,7 +162,7 @@ void routes_dispatch(struct conn *c, const struct http_request *req)
     const char *path = req->path + pl;
     size_t len = req->path_len - pl;
 
-    struct hub *hub = srv->app;
+    struct hub *hub = app;
     if (hub && path_is(path, len, "/ws")) {
         hub_route_ws(hub, c, req);
         return;
@@ -266,3 +201,7 @@ void routes_dispatch(struct conn *c, const struct http_request *req)
     conn_http_error(c, 404, "not_found", "no such route", -1, NULL,
                     req->keep_alive && !req->has_body);
 }
+
+const struct net_ops routes_net_ops = {
+    .on_request = routes_dispatch,
+};

@@ -29,7 +29,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "server.h"
+#include "net/server.h"
 #include "util/list.h"
 #include "util/outq.h"
 #include "util/rate.h"
@@ -142,7 +142,7 @@ void conn_http_send(struct conn *c, int status, const char *content_type, const 
 void conn_http_respond(struct conn *c, int status, const char *content_type, const char *body,
                        size_t len, bool keep_alive, bool head_only);
 /* Answer 101 and switch to the WebSocket state with this handler. The
- * request must have passed routes_check_upgrade. 0 or -EINVAL. */
+ * request must have passed net_check_upgrade. 0 or -EINVAL. */
 int conn_upgrade(struct conn *c, const struct http_request *req,
                  const struct conn_handler *handler, void *data);
 

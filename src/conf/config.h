@@ -18,6 +18,10 @@
 
 enum device_policy { DEVICE_POLICY_REFUSE = 0, DEVICE_POLICY_EVICT_OLDEST };
 
+/* The token algorithms (--jwt-alg); the hub maps them to its verifier's. */
+enum conf_jwt_alg { CONF_JWT_HS256 = 0, CONF_JWT_RS256, CONF_JWT_ES256 };
+extern const char *const conf_jwt_alg_names[3];
+
 struct config {
     char listen_host[256];       /* numeric IPv4/IPv6 address or "localhost" */
     int listen_port;             /* 0: any free port (the chosen one is logged) */
@@ -38,7 +42,7 @@ struct config {
     unsigned input_rate;         /* WebSocket messages per connection per second */
     uint64_t input_byte_rate;    /* bytes read per WebSocket connection per second */
     int log_level;               /* enum log_level */
-    int jwt_alg;                 /* enum jwt_alg */
+    int jwt_alg;                 /* enum conf_jwt_alg */
     char *jwt_secret;            /* owned; HS256 secret bytes (NUL-terminated) */
     char *jwt_secret_file;       /* owned */
     char *jwt_public_key;        /* owned; path of the PEM file */

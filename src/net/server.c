@@ -7,7 +7,7 @@
  * closes its handles and lets its loop end; the forced variant closes what
  * is left.
  */
-#include "server.h"
+#include "net/server.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -19,7 +19,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "conn.h"
+#include "net/conn.h"
 #include "util/log.h"
 #include "util/outq.h"
 #include "util/sbuf.h"

@@ -10,7 +10,7 @@
  * queued and the connection put on the worker's dirty list, which the check
  * phase flushes with one gathered write per connection.
  */
-#include "conn.h"
+#include "net/conn.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -19,7 +19,6 @@
 
 #include "http/request.h"
 #include "http/response.h"
-#include "routes.h"
 #include "util/clock.h"
 #include "util/log.h"
 #include "ws/handshake.h"
@@ -426,7 +425,7 @@ static size_t http_process(struct conn *c, const char *buf, size_t len, size_t s
             return len;
         }
         stat_inc(&c->w->stats.http_requests);
-        routes_dispatch(c, &req);
+        c->w->srv->ops->on_request(c->w->srv->app, c, &req);
         used += end;
         if (c->state == CONN_CLOSED)
             return len;
