@@ -14,7 +14,9 @@
 #include "net/conn.h"
 #include "http/request.h"
 #include "hub/chat.h"
+#include "hub/wire.h"
 #include "util/clock.h"
+#include "util/jw.h"
 
 enum api_kind { API_SESSIONS, API_MESSAGES, API_ADMIN_SESSIONS };
 
@@ -28,10 +30,19 @@ struct api_job {
     bool admin, help_only;
     char session[STORE_ID_LEN + 1];
     int64_t after, limit;
-    /* results */
+    /* results: a body (200), or an error answer with this code */
     int status;
-    char *body; /* JSON text */
+    const char *err_code, *err_message; /* static strings */
+    char *body; /* JSON text (owned) */
+    size_t body_len;
 };
+
+static void fail(struct api_job *j, int status, const char *code, const char *message)
+{
+    j->status = status;
+    j->err_code = code;
+    j->err_message = message;
+}
 
 static json_t *session_json(const struct store_session *s)
 {
@@ -46,12 +57,47 @@ static json_t *session_json(const struct store_session *s)
     return o;
 }
 
-static char *error_body(const char *code, const char *message)
+/* {"session_id":..,"messages":[events],"last_seq":N}, each event in the
+ * one shape of wire.h. */
+static bool messages_body(struct api_job *j, const struct store_event *ev, int n,
+                          int64_t last_seq)
 {
-    json_t *o = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", message);
-    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    return s;
+    size_t cap = 256;
+    for (int i = 0; i < n; i++)
+        cap += 256 + ev[i].content_len + (ev[i].metadata ? strlen(ev[i].metadata) : 0);
+    struct jw w;
+    jw_init(&w, cap, 0);
+    jw_open(&w);
+    jw_kstr(&w, "session_id", j->session);
+    jw_key(&w, "messages");
+    jw_raw(&w, "[", 1);
+    for (int i = 0; i < n; i++) {
+        const struct store_event *e = &ev[i];
+        struct wire_event we = {.type = e->type,
+                                .session_id = j->session,
+                                .seq = e->seq,
+                                .client_id = e->client_id,
+                                .sender_type = e->sender_type,
+                                .sender_id = e->sender_id,
+                                .sender_name = e->sender_name,
+                                .content = e->content,
+                                .content_len = e->content_len,
+                                .metadata = e->metadata,
+                                .ts_ms = e->ts_ms};
+        if (i > 0)
+            jw_raw(&w, ",", 1);
+        wire_event_write(&w, &we);
+    }
+    jw_raw(&w, "]", 1);
+    jw_kint(&w, "last_seq", last_seq);
+    jw_close(&w);
+    if (!w.failed && (j->body = malloc(w.len + 1)) != NULL) {
+        memcpy(j->body, w.buf, w.len);
+        j->body[w.len] = '\0';
+        j->body_len = w.len;
+    }
+    jw_release(&w);
+    return j->body != NULL;
 }
 
 static void api_work(uv_work_t *req)
@@ -65,47 +111,28 @@ static void api_work(uv_work_t *req)
         if (rc == 0 && !j->admin && strcmp(sess.owner, j->user) != 0)
             rc = -ENOENT;
         if (rc == -ENOENT) {
-            j->status = 404;
-            j->body = error_body("session_not_found", "no such session");
+            fail(j, 404, "session_not_found", "no such session");
             return;
         }
         struct store_event *ev = NULL;
         int n = rc == 0 ? store_read_events(st, j->session, j->after, j->limit, 0, &ev) : rc;
         if (n < 0) {
-            j->status = 503;
-            j->body = error_body("unavailable", "storage is unavailable");
+            fail(j, 503, "unavailable", "storage is unavailable");
             return;
         }
-        json_t *arr = json_array();
-        for (int i = 0; i < n; i++) {
-            struct store_event *e = &ev[i];
-            char ts[32];
-            clock_format_rfc3339(ts, e->ts_ms);
-            json_t *o = json_pack("{s:s, s:s, s:I, s:{s:s, s:s, s:s}, s:s%, s:s}", "type",
-                                  e->type, "session_id", j->session, "seq", (json_int_t)e->seq,
-                                  "sender", "type", e->sender_type, "id", e->sender_id, "name",
-                                  e->sender_name ? e->sender_name : e->sender_id, "content",
-                                  e->content, e->content_len, "timestamp", ts);
-            if (o && e->client_id)
-                json_object_set_new(o, "id", json_string(e->client_id));
-            if (o && e->metadata) {
-                json_t *m = json_loads(e->metadata, 0, NULL);
-                if (m)
-                    json_object_set_new(o, "metadata", m);
-            }
-            if (o)
-                json_array_append_new(arr, o);
-        }
+        bool ok = messages_body(j, ev, n, sess.last_seq);
         store_events_free(ev, n);
-        out = json_pack("{s:s, s:o, s:I}", "session_id", j->session, "messages", arr, "last_seq",
-                        (json_int_t)sess.last_seq);
+        if (!ok)
+            fail(j, 500, "internal", "out of memory");
+        else
+            j->status = 200;
+        return;
     } else {
         struct store_session *v = NULL;
         int n = store_list_sessions(st, j->kind == API_SESSIONS ? j->user : NULL, j->help_only,
                                     (int)j->limit, &v);
         if (n < 0) {
-            j->status = 503;
-            j->body = error_body("unavailable", "storage is unavailable");
+            fail(j, 503, "unavailable", "storage is unavailable");
             return;
         }
         json_t *arr = json_array();
@@ -114,9 +141,14 @@ static void api_work(uv_work_t *req)
         free(v);
         out = json_pack("{s:o}", "sessions", arr);
     }
-    j->status = out ? 200 : 500;
-    j->body = out ? json_dumps(out, JSON_COMPACT) : error_body("internal", "out of memory");
+    j->body = out ? json_dumps(out, JSON_COMPACT) : NULL;
     json_decref(out);
+    if (!j->body) {
+        fail(j, 500, "internal", "out of memory");
+        return;
+    }
+    j->status = 200;
+    j->body_len = strlen(j->body);
 }
 
 static void api_done(uv_work_t *req, int status)
@@ -124,11 +156,13 @@ static void api_done(uv_work_t *req, int status)
     struct api_job *j = req->data;
     struct conn *c = j->conn;
     if (c->state == CONN_HTTP) {
-        if (status != 0 || !j->body)
+        if (status != 0)
             conn_http_error(c, 500, "internal", "the request could not be served", -1, NULL,
                             false);
+        else if (j->err_code)
+            conn_http_error(c, j->status, j->err_code, j->err_message, -1, NULL, j->keep_alive);
         else
-            conn_http_respond(c, j->status, "application/json", j->body, strlen(j->body),
+            conn_http_respond(c, j->status, "application/json", j->body, j->body_len,
                               j->keep_alive, j->head_only);
     }
     free(j->body);

@@ -10,6 +10,7 @@
  * meanwhile is simply not found.
  */
 #include "hub/hub.h"
+#include "hub/wire.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -250,16 +251,13 @@ void client_send_error(struct client *cl, enum chat_error code, const char *mess
                        int64_t retry_after_ms, const char *id)
 {
     hub_count_error(cl->hub, code);
-    json_t *o = json_pack("{s:s, s:s, s:s, s:b}", "type", "error", "code", hub_error_codes[code],
-                          "message", message, "recoverable", code != ERR_INTERNAL);
-    if (!o)
-        return;
-    if (retry_after_ms >= 0)
-        json_object_set_new(o, "retry_after", json_integer(retry_after_ms));
-    if (id)
-        json_object_set_new(o, "id", json_string(id));
-    client_send_json(cl, o);
-    json_decref(o);
+    uint32_t off, len;
+    struct sbuf *f = wire_error_frame(hub_error_codes[code], message, code != ERR_INTERNAL,
+                                      retry_after_ms, id, &off, &len);
+    if (f) {
+        conn_send_shared(cl->conn, f, off, len);
+        sbuf_unref(f);
+    }
 }
 
 struct send_msg {

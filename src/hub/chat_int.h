@@ -1,0 +1,155 @@
+/*
+ * chat_int: what the files of the chat router share (chat.c, validate.c,
+ * deliver.c, fanout.c, resume.c, metrics.c). Not for use outside src/hub/.
+ *
+ * Ownership: struct chat is read-only after chat_init except `devs` (the
+ * storage writer thread's scratch, used only in chat_on_batch) and the
+ * counters (atomics). struct chat_local belongs to one worker thread;
+ * struct client_state and struct sess_state belong to their client's worker
+ * thread. Nothing here takes a lock: the registry lookups in fanout.c take
+ * the registry's own stripe locks.
+ */
+#ifndef CHATD_HUB_CHAT_INT_H
+#define CHATD_HUB_CHAT_INT_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "hub/chat.h"
+#include "hub/seqset.h"
+#include "net/server.h"
+#include "util/rate.h"
+
+#define LOCAL_BUCKETS 1024
+/* store_req.kind of the admin_leave that a lost admin role makes (not a
+ * client message: no ack is sent for it). */
+#define KIND_LEAVE_REVOKED ((uint32_t)CHAT_TYPE_COUNT + 1)
+#define METADATA_MAX 16384
+
+/* Server-to-client message types counted in chatd_messages_out_total
+ * (metrics.c). */
+#define CHAT_OUT_COUNT 10
+extern const char *const chat__out_names[CHAT_OUT_COUNT];
+uint8_t chat__out_index(const char *type);
+
+struct sess_state {
+    char id[STORE_ID_LEN + 1];
+    bool joined; /* an admin subscribed with admin_join */
+    /* The admin's latest admin_join (true) or admin_leave (false) and how
+     * many of those are still with the writer: a message sent right after
+     * admin_join is judged by what the client asked, as the writer will
+     * have applied the join before it (one connection's requests are
+     * processed in order). */
+    bool intent_joined;
+    uint32_t intent_pending;
+    struct seqset sent; /* seqs sent to this connection */
+};
+
+struct resume_job;
+
+struct client_state {
+    unsigned n, cap;
+    struct sess_state *v;
+    struct resume_job *jobs; /* replays running or waiting (see struct resume_job) */
+    unsigned njobs;          /* on jobs */
+    unsigned nrunning;       /* on jobs and not waiting for a slot */
+    struct rate_bucket budget[CHAT_TYPE_COUNT]; /* see type_budget */
+};
+
+/* Worker-local indexes, owned by one worker thread. */
+struct local_list {
+    struct local_list *next;
+    char *key;
+    unsigned n, cap;
+    struct client **v;
+};
+
+struct chat_local {
+    struct local_list *joins[LOCAL_BUCKETS]; /* session id -> admins joined here */
+    struct local_list admins;                /* every admin client here (key unused) */
+    /* written by this worker only; atomics so /metrics may read them */
+    atomic_uint_fast64_t out[CHAT_OUT_COUNT];
+};
+
+struct chat {
+    struct hub *hub;
+    struct store *store;
+    unsigned nworkers;
+    /* writer thread only: scratch for the owner's devices of one event */
+    struct reg_device *devs;
+    unsigned devs_cap;
+    struct chat_local *locals; /* [nworkers], each owned by its worker */
+    atomic_uint_fast64_t in_by_kind[CHAT_TYPE_COUNT];
+};
+
+/* ---- deliver.c: per-worker indexes, per-client state, delivery ---------- */
+
+/* Delivery items, in commit order, one post per worker per batch. */
+enum item_kind { IT_REPLY, IT_EVENT, IT_RELAY, IT_RELAY_OWNER, IT_ADMINS, IT_JOIN, IT_LEAVE };
+
+struct chat_item {
+    uint8_t kind;
+    uint8_t out_type;   /* index in chat__out_names */
+    bool failed;        /* JOIN/LEAVE: refused by the writer, only settles intent */
+    uint64_t conn_id;   /* REPLY target; RELAY exclusion; JOIN/LEAVE subject */
+    struct sbuf *frame; /* one reference, or NULL */
+    uint32_t off, len;
+    int64_t seq;
+    uint32_t ids_off, ids_n; /* the owner's devices on this worker, in post->ids */
+    uint64_t owner_hash;     /* chat__hash(owner): admins that are the owner skip */
+    char session[STORE_ID_LEN + 1];
+};
+
+struct chat_post {
+    struct inbox_msg base;
+    struct chat *ch;
+    size_t n, cap;
+    struct chat_item *items;
+    size_t nids, capids;
+    uint64_t *ids; /* connection ids referenced by items */
+};
+
+uint64_t chat__hash(const char *s);
+struct local_list *chat__list_find(struct local_list **tab, const char *key, bool create);
+int chat__list_add(struct local_list *l, struct client *cl);
+void chat__list_del(struct local_list **tab, struct local_list *l, struct client *cl);
+void chat__free_table(struct local_list **tab);
+/* The client's router state, made on first use (idle clients have none). */
+struct client_state *chat__cstate(struct client *cl);
+struct sess_state *chat__state_get(struct client *cl, const char *sid, bool create);
+/* Is the admin in the session, as far as its next message is concerned? */
+bool chat__admin_in(const struct sess_state *st);
+void chat__count_out(struct client *cl, uint8_t type);
+/* The inbox callbacks of a struct chat_post. Worker thread. */
+void chat__post_run(struct worker *w, struct inbox_msg *m);
+void chat__post_drop(struct inbox_msg *m);
+
+/* ---- validate.c: the fields of client messages, requests to the writer -- */
+
+bool chat__valid_session_id(const char *s);
+/* session_id: required or optional; returns false after answering. */
+bool chat__get_session(struct chat *ch, struct client *cl, json_t *msg, bool required,
+                       const char *id, const char **out);
+bool chat__get_content(struct chat *ch, struct client *cl, json_t *msg, const char *id,
+                       const char **out, size_t *len);
+/* 'metadata': absent/null (NULL), or an object of strings as compact text
+ * (malloc'd, *out). Returns false after answering. */
+bool chat__get_metadata(struct client *cl, json_t *msg, const char *id, char **out);
+/* The user's chat rate limit (--rate-limit); false after answering. */
+bool chat__rate_ok(struct chat *ch, struct client *cl, const char *id);
+struct store_req *chat__new_req(struct client *cl, enum store_op op, enum chat_type kind,
+                                const char *sid, const char *id);
+/* Hand r to the writer; true when it took it (false: answered already). */
+bool chat__submit(struct chat *ch, struct client *cl, struct store_req *r, const char *id);
+
+/* ---- resume.c ------------------------------------------------------------ */
+
+void chat__handle_resume(struct chat *ch, struct client *cl, json_t *msg, const char *id);
+/* The connection's send queue emptied: parked replays read on. */
+void chat__client_drained(void *router, struct client *cl);
+/* The client is closing: end its replays (those on the thread pool end
+ * when they come back). */
+void chat__resume_client_closed(struct client_state *cs);
+
+#endif

@@ -1,0 +1,258 @@
+/*
+ * DESIGN: the worker side of chat. The writer thread posts one message per
+ * worker per batch (struct chat_post, fanout.c); each worker walks it in
+ * order and delivers every item to its own connections: the devices of the
+ * session's owner listed in the item and the admins here that joined the
+ * session. Order: only the writer produces session events and inboxes are
+ * FIFO, so every connection sees a session's events in rising seq.
+ *
+ * Resume without gap or duplicate: each connection keeps, per session, the
+ * set of seqs it has been sent (seqset.h). A live event is sent only if its
+ * seq is not in the set; a replay (resume.c) likewise; either adds it.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hub/chat_int.h"
+#include "net/conn.h"
+
+uint64_t chat__hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    while (*s) {
+        h ^= (unsigned char)*s++;
+        h *= 1099511628211ULL;
+    }
+    return h ^ (h >> 31);
+}
+
+struct local_list *chat__list_find(struct local_list **tab, const char *key, bool create)
+{
+    struct local_list **p = &tab[chat__hash(key) % LOCAL_BUCKETS];
+    for (; *p; p = &(*p)->next)
+        if (strcmp((*p)->key, key) == 0)
+            return *p;
+    if (!create)
+        return NULL;
+    struct local_list *l = calloc(1, sizeof *l);
+    if (!l || !(l->key = strdup(key))) {
+        free(l);
+        return NULL;
+    }
+    *p = l;
+    return l;
+}
+
+int chat__list_add(struct local_list *l, struct client *cl)
+{
+    if (l->n == l->cap) {
+        unsigned cap = l->cap ? l->cap * 2 : 4;
+        struct client **v = realloc(l->v, cap * sizeof *v);
+        if (!v)
+            return -ENOMEM;
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = cl;
+    return 0;
+}
+
+void chat__list_del(struct local_list **tab, struct local_list *l, struct client *cl)
+{
+    for (unsigned i = 0; i < l->n; i++) {
+        if (l->v[i] == cl) {
+            l->v[i] = l->v[--l->n];
+            break;
+        }
+    }
+    if (l->n || !tab)
+        return;
+    struct local_list **p = &tab[chat__hash(l->key) % LOCAL_BUCKETS];
+    while (*p != l)
+        p = &(*p)->next;
+    *p = l->next;
+    free(l->key);
+    free(l->v);
+    free(l);
+}
+
+void chat__free_table(struct local_list **tab)
+{
+    for (int i = 0; i < LOCAL_BUCKETS; i++) {
+        struct local_list *l = tab[i];
+        while (l) {
+            struct local_list *next = l->next;
+            free(l->key);
+            free(l->v);
+            free(l);
+            l = next;
+        }
+    }
+}
+
+/* The client's router state, made on first use (idle clients have none). */
+struct client_state *chat__cstate(struct client *cl)
+{
+    if (!cl->router_state)
+        cl->router_state = calloc(1, sizeof(struct client_state));
+    return cl->router_state;
+}
+
+struct sess_state *chat__state_get(struct client *cl, const char *sid, bool create)
+{
+    struct client_state *cs = create ? chat__cstate(cl) : cl->router_state;
+    if (!cs)
+        return NULL;
+    for (unsigned i = 0; i < cs->n; i++)
+        if (strcmp(cs->v[i].id, sid) == 0)
+            return &cs->v[i];
+    if (!create)
+        return NULL;
+    if (cs->n == cs->cap) {
+        unsigned cap = cs->cap ? cs->cap * 2 : 2;
+        struct sess_state *v = realloc(cs->v, cap * sizeof *v);
+        if (!v)
+            return NULL;
+        cs->v = v;
+        cs->cap = cap;
+    }
+    struct sess_state *st = &cs->v[cs->n++];
+    memset(st, 0, sizeof *st);
+    snprintf(st->id, sizeof st->id, "%s", sid);
+    return st;
+}
+
+/* Is the admin in the session, as far as its next message is concerned? */
+bool chat__admin_in(const struct sess_state *st)
+{
+    return st && (st->intent_pending ? st->intent_joined : st->joined);
+}
+
+void chat__count_out(struct client *cl, uint8_t type)
+{
+    struct chat *ch = cl->hub->router;
+    atomic_fetch_add_explicit(&ch->locals[cl->conn->w->index].out[type], 1, memory_order_relaxed);
+}
+
+static void send_frame(struct client *cl, const struct chat_item *it)
+{
+    if (conn_send_shared(cl->conn, it->frame, it->off, it->len) == 0)
+        chat__count_out(cl, it->out_type);
+}
+
+/* Send a stored event to one client unless it already has it. */
+static void send_event(struct client *cl, const struct chat_item *it)
+{
+    struct sess_state *st = chat__state_get(cl, it->session, true);
+    if (!st || seqset_has(&st->sent, it->seq))
+        return; /* already sent by a replay */
+    seqset_add(&st->sent, it->seq);
+    send_frame(cl, it);
+}
+
+static void for_participants(struct worker *w, struct chat_local *loc, const struct chat_post *p,
+                             const struct chat_item *it, bool stored, bool owner_only)
+{
+    const uint64_t *ids = p->ids + it->ids_off;
+    for (uint32_t i = 0; i < it->ids_n; i++) {
+        struct conn *c = idmap_get(&w->by_id, ids[i]);
+        if (!c || !c->data)
+            continue; /* closed meanwhile */
+        if (it->conn_id && ids[i] == it->conn_id && !stored)
+            continue;
+        stored ? send_event(c->data, it) : send_frame(c->data, it);
+    }
+    if (owner_only)
+        return;
+    struct local_list *admins = chat__list_find(loc->joins, it->session, false);
+    for (unsigned i = 0; admins && i < admins->n; i++) {
+        struct client *cl = admins->v[i];
+        if (cl->sub_hash == it->owner_hash) {
+            /* Perhaps the owner's own device: then it got it above. */
+            bool owner_device = false;
+            for (uint32_t k = 0; k < it->ids_n && !owner_device; k++)
+                owner_device = ids[k] == cl->conn->id;
+            if (owner_device)
+                continue;
+        }
+        if (it->conn_id && cl->conn->id == it->conn_id && !stored)
+            continue;
+        stored ? send_event(cl, it) : send_frame(cl, it);
+    }
+}
+
+static void apply_item(struct chat *ch, struct worker *w, const struct chat_post *p,
+                       const struct chat_item *it)
+{
+    struct chat_local *loc = &ch->locals[w->index];
+    struct conn *c;
+    switch (it->kind) {
+    case IT_REPLY:
+        if ((c = idmap_get(&w->by_id, it->conn_id)) && c->data)
+            send_frame(c->data, it);
+        break;
+    case IT_EVENT:
+        for_participants(w, loc, p, it, true, false);
+        break;
+    case IT_RELAY:
+        for_participants(w, loc, p, it, false, false);
+        break;
+    case IT_RELAY_OWNER:
+        for_participants(w, loc, p, it, false, true);
+        break;
+    case IT_ADMINS:
+        for (unsigned i = 0; i < loc->admins.n; i++)
+            send_frame(loc->admins.v[i], it);
+        break;
+    case IT_JOIN:
+    case IT_LEAVE: {
+        if (!(c = idmap_get(&w->by_id, it->conn_id)) || !c->data)
+            break;
+        struct client *cl = c->data;
+        struct sess_state *st = chat__state_get(cl, it->session, it->kind == IT_JOIN && !it->failed);
+        if (!st)
+            break;
+        if (st->intent_pending > 0)
+            st->intent_pending--;
+        if (it->failed)
+            break;
+        if (it->kind == IT_JOIN && !st->joined && cl->admin) {
+            struct local_list *l = chat__list_find(loc->joins, it->session, true);
+            if (l && chat__list_add(l, cl) == 0)
+                st->joined = true;
+        } else if (it->kind == IT_LEAVE && st->joined) {
+            struct local_list *l = chat__list_find(loc->joins, it->session, false);
+            if (l)
+                chat__list_del(loc->joins, l, cl);
+            st->joined = false;
+        }
+        break;
+    }
+    }
+}
+
+static void post_free(struct chat_post *p)
+{
+    for (size_t i = 0; i < p->n; i++)
+        if (p->items[i].frame)
+            sbuf_unref(p->items[i].frame);
+    free(p->items);
+    free(p->ids);
+    free(p);
+}
+
+void chat__post_run(struct worker *w, struct inbox_msg *m)
+{
+    struct chat_post *p = (struct chat_post *)m;
+    for (size_t i = 0; i < p->n; i++)
+        apply_item(p->ch, w, p, &p->items[i]);
+    post_free(p);
+}
+
+void chat__post_drop(struct inbox_msg *m)
+{
+    post_free((struct chat_post *)m);
+}

@@ -1,0 +1,298 @@
+/*
+ * DESIGN: the writer side of chat. chat_on_batch runs on the storage
+ * writer thread with a committed batch, in commit order. It frames each
+ * result once (a shared sbuf), looks up the session owner's devices in the
+ * registry once per event, and builds one post per worker: the acks and
+ * errors for that worker's senders and every event of the batch with the
+ * ids of the owner's devices there. Then it posts them; deliver.c takes
+ * over on each worker.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hub/chat_int.h"
+#include "hub/wire.h"
+#include "util/clock.h"
+#include "util/jw.h"
+#include "ws/frame.h"
+
+static json_t *sender_json(const char *type, const char *id, const char *name)
+{
+    return json_pack("{s:s, s:s, s:s}", "type", type, "id", id, "name", name ? name : id);
+}
+
+struct batch_out {
+    struct chat *ch;
+    struct chat_post **posts; /* [nworkers], created on demand */
+};
+
+/* Append an item to the worker's post; returns it, or NULL when out of
+ * memory (the item is then lost, never confused with another). */
+static struct chat_item *add_item(struct batch_out *bo, unsigned worker, uint8_t kind,
+                                  uint8_t type, uint64_t conn_id, struct sbuf *frame,
+                                  uint32_t off, uint32_t len, const struct store_req *r)
+{
+    struct chat_post *p = bo->posts[worker];
+    if (!p) {
+        p = calloc(1, sizeof *p);
+        if (!p)
+            return NULL;
+        p->base.run = chat__post_run;
+        p->base.drop = chat__post_drop;
+        p->ch = bo->ch;
+        bo->posts[worker] = p;
+    }
+    if (p->n == p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 16;
+        struct chat_item *v = realloc(p->items, cap * sizeof *v);
+        if (!v)
+            return NULL;
+        p->items = v;
+        p->cap = cap;
+    }
+    struct chat_item *it = &p->items[p->n++];
+    memset(it, 0, offsetof(struct chat_item, session));
+    it->kind = kind;
+    it->out_type = type;
+    it->conn_id = conn_id;
+    it->frame = frame ? sbuf_ref(frame) : NULL;
+    it->off = off;
+    it->len = len;
+    it->seq = r->seq;
+    memcpy(it->session, r->session_id, sizeof it->session);
+    it->owner_hash = chat__hash(r->owner);
+    return it;
+}
+
+/* Attach the connection ids of the owner's devices on `worker` to item it
+ * (just added to that worker's post). */
+static void set_ids(struct batch_out *bo, unsigned worker, struct chat_item *it,
+                    const struct reg_device *devs, unsigned ndevs)
+{
+    struct chat_post *p = bo->posts[worker];
+    it->ids_off = (uint32_t)p->nids;
+    for (unsigned i = 0; i < ndevs; i++) {
+        if (devs[i].worker != worker)
+            continue;
+        if (p->nids == p->capids) {
+            size_t cap = p->capids ? p->capids * 2 : 16;
+            uint64_t *v = realloc(p->ids, cap * sizeof *v);
+            if (!v)
+                return;
+            p->ids = v;
+            p->capids = cap;
+        }
+        p->ids[p->nids++] = devs[i].conn_id;
+        it->ids_n++;
+    }
+}
+
+/* Post a frame to every worker: each delivers it to the owner's devices it
+ * holds (looked up here, once, in the registry) and, unless the kind is for
+ * the owner alone, to the admins there that joined the session. */
+static void add_frame_everywhere(struct batch_out *bo, uint8_t kind, uint64_t conn_id,
+                                 struct sbuf *f, uint32_t off, uint32_t len, uint8_t type,
+                                 const struct store_req *r)
+{
+    struct chat *ch = bo->ch;
+    unsigned nd = 0;
+    if (kind != IT_ADMINS)
+        nd = registry_devices(&ch->hub->registry, r->owner, strlen(r->owner), ch->devs,
+                              ch->devs_cap);
+    for (unsigned w = 0; w < ch->nworkers; w++) {
+        struct chat_item *it = add_item(bo, w, kind, type, conn_id, f, off, len, r);
+        if (it)
+            set_ids(bo, w, it, ch->devs, nd);
+    }
+}
+
+/* Frame a JSON object (taking it) and tell its message type; NULL on OOM. */
+static struct sbuf *frame_obj(json_t *obj, uint8_t *type, uint32_t *off, uint32_t *len)
+{
+    if (!obj)
+        return NULL;
+    *type = chat__out_index(json_string_value(json_object_get(obj, "type")));
+    struct sbuf *f = hub_frame_json(obj, off, len);
+    json_decref(obj);
+    return f;
+}
+
+static void add_everywhere(struct batch_out *bo, uint8_t kind, uint64_t conn_id, json_t *obj,
+                           const struct store_req *r)
+{
+    uint8_t type;
+    uint32_t off, len;
+    struct sbuf *f = frame_obj(obj, &type, &off, &len);
+    if (f) {
+        add_frame_everywhere(bo, kind, conn_id, f, off, len, type, r);
+        sbuf_unref(f);
+    }
+}
+
+/* Queue a framed answer (taking the frame) for r's connection. */
+static void add_reply_frame(struct batch_out *bo, const struct store_req *r, struct sbuf *f,
+                            uint32_t off, uint32_t len, uint8_t type)
+{
+    if (!f)
+        return;
+    add_item(bo, r->worker, IT_REPLY, type, r->conn_id, f, off, len, r);
+    sbuf_unref(f);
+}
+
+/* Queue the ack of r for its connection; extra_key/extra_val add one
+ * string member (model_select echoes model_id). */
+static void add_ack(struct batch_out *bo, const struct store_req *r, bool with_seq,
+                    const char *extra_key, const char *extra_val)
+{
+    char ts[32];
+    clock_format_rfc3339(ts, r->ts_ms);
+    struct jw w;
+    jw_init(&w, 256, WS_MAX_HEADER);
+    jw_open(&w);
+    jw_kstr(&w, "type", "ack");
+    jw_kstr(&w, "session_id", r->session_id);
+    if (with_seq)
+        jw_kint(&w, "seq", r->seq);
+    jw_kstr(&w, "timestamp", ts);
+    if (r->client_id[0])
+        jw_kstr(&w, "id", r->client_id);
+    if ((r->op == STORE_APPEND || r->op == STORE_HELP) && r->duplicate) {
+        jw_key(&w, "duplicate");
+        jw_bool(&w, true);
+    }
+    if (extra_key)
+        jw_kstr(&w, extra_key, extra_val ? extra_val : "");
+    jw_close(&w);
+    uint32_t off, len;
+    struct sbuf *f = wire_frame_jw(&w, &off, &len);
+    add_reply_frame(bo, r, f, off, len, chat__out_index("ack"));
+}
+
+/* Queue an error answering r for its connection. */
+static void add_error(struct batch_out *bo, const struct store_req *r, enum chat_error code,
+                      const char *message, int64_t retry_after)
+{
+    hub_count_error(bo->ch->hub, code);
+    uint32_t off, len;
+    struct sbuf *f = wire_error_frame(hub_error_codes[code], message, code != ERR_INTERNAL,
+                                      retry_after, r->client_id, &off, &len);
+    add_reply_frame(bo, r, f, off, len, chat__out_index("error"));
+}
+
+/* A refused admin_join/admin_leave still settles the intent its worker
+ * recorded (see struct sess_state). */
+static void settle_refused(struct batch_out *bo, const struct store_req *r)
+{
+    if (r->kind != CHAT_JOIN && r->kind != CHAT_LEAVE && r->kind != KIND_LEAVE_REVOKED)
+        return;
+    struct chat_item *it = add_item(bo, r->worker, r->kind == CHAT_JOIN ? IT_JOIN : IT_LEAVE, 0,
+                                    r->conn_id, NULL, 0, 0, r);
+    if (it)
+        it->failed = true;
+}
+
+static void batch_one(struct batch_out *bo, struct store_req *r)
+{
+    if (r->status == STORE_UNAVAILABLE) {
+        add_error(bo, r, ERR_UNAVAILABLE, "storage is unavailable; nothing was stored, retry later",
+                  1000);
+        settle_refused(bo, r);
+        return;
+    }
+    if (r->status == STORE_UNKNOWN) {
+        /* Never claim "nothing was stored" when that is not known: the
+         * client's retry with the same id is answered from what is on
+         * disk, once chatd runs again. */
+        add_error(bo, r, ERR_UNAVAILABLE,
+                  "storage failed while committing: this may have been stored; "
+                  "retry later with the same id",
+                  5000);
+        settle_refused(bo, r);
+        return;
+    }
+    if (r->status == STORE_NOT_FOUND) {
+        add_error(bo, r, ERR_SESSION_NOT_FOUND, "no such session", -1);
+        settle_refused(bo, r);
+        return;
+    }
+    /* Someone acting in a session they do not own is there as an admin. */
+    const char *stype = r->any_session && strcmp(r->owner, r->user) != 0 ? "admin" : "user";
+    switch (r->kind) {
+    case CHAT_USER_MESSAGE:
+    case CHAT_ADMIN_MESSAGE:
+        add_ack(bo, r, true, NULL, NULL);
+        if (!r->duplicate) {
+            const char *type = r->kind == CHAT_ADMIN_MESSAGE ? "admin_message" : "user_message";
+            uint32_t off, len;
+            struct sbuf *f = wire_event_frame(type, r->session_id, r->seq, r->client_id, r->sender_type,
+                                         r->user, r->sender_name, r->content, r->content_len,
+                                         r->metadata, r->ts_ms, &off, &len);
+            if (f) {
+                add_frame_everywhere(bo, IT_EVENT, r->conn_id, f, off, len, chat__out_index(type), r);
+                sbuf_unref(f);
+            }
+        }
+        break;
+    case CHAT_TYPING: {
+        json_t *o = json_pack("{s:s, s:s, s:o, s:b}", "type", "typing_indicator", "session_id",
+                              r->session_id, "sender", sender_json(stype, r->user, r->sender_name),
+                              "typing", r->arg && strcmp(r->arg, "true") == 0);
+        add_everywhere(bo, IT_RELAY, r->conn_id, o, r);
+        break;
+    }
+    case CHAT_READ: {
+        json_t *o = json_pack("{s:s, s:s, s:I}", "type", "read", "session_id", r->session_id, "seq",
+                              (json_int_t)strtoll(r->arg ? r->arg : "0", NULL, 10));
+        add_everywhere(bo, IT_RELAY_OWNER, r->conn_id, o, r);
+        break;
+    }
+    case CHAT_HELP: {
+        add_ack(bo, r, false, NULL, NULL);
+        if (r->duplicate)
+            break; /* already waiting for a person: the admins know */
+        json_t *o = json_pack("{s:s, s:s, s:o}", "type", "help_request", "session_id",
+                              r->session_id, "sender", sender_json(stype, r->user, r->sender_name));
+        add_everywhere(bo, IT_ADMINS, 0, o, r);
+        break;
+    }
+    case CHAT_MODEL: {
+        add_ack(bo, r, false, "model_id", r->arg);
+        break;
+    }
+    case CHAT_JOIN:
+    case CHAT_LEAVE:
+    case KIND_LEAVE_REVOKED: {
+        bool join = r->kind == CHAT_JOIN;
+        /* The subscription changes on the admin's own worker first, in line
+         * with the events around it. */
+        add_item(bo, r->worker, join ? IT_JOIN : IT_LEAVE, 0, r->conn_id, NULL, 0, 0, r);
+        json_t *o =
+            json_pack("{s:s, s:s, s:o}", "type", join ? "admin_join" : "admin_leave", "session_id",
+                      r->session_id, "sender", sender_json("admin", r->user, r->sender_name));
+        add_everywhere(bo, IT_RELAY, r->conn_id, o, r);
+        if (r->kind != KIND_LEAVE_REVOKED)
+            add_ack(bo, r, false, NULL, NULL);
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+void chat_on_batch(void *arg, struct store_req **reqs, size_t n)
+{
+    struct chat *ch = arg;
+    struct chat_post *posts[ch->nworkers];
+    memset(posts, 0, sizeof posts);
+    struct batch_out bo = {.ch = ch, .posts = posts};
+    for (size_t i = 0; i < n; i++) {
+        batch_one(&bo, reqs[i]);
+        store_req_free(reqs[i]);
+    }
+    for (unsigned w = 0; w < ch->nworkers; w++)
+        if (posts[w])
+            worker_post(&ch->hub->srv->workers[w], &posts[w]->base);
+}
