@@ -40,6 +40,7 @@ struct main_state {
     struct hub hub;
     struct chat *chat;
     struct store *store;
+    struct bus *bus;
     uv_signal_t sigterm, sigint;
     uv_timer_t poll, deadline, gc;
     bool stopping;
@@ -231,6 +232,13 @@ int main(int argc, char **argv)
             fprintf(stderr, "chatd: %s\n", err);
             return 1;
         }
+        /* The bus before the store: the writer publishes through it. */
+        struct bus_handler bh = {.deliver = chat_bus_deliver, .app = st.chat};
+        if (bus_local_open(&st.bus, &bh) != 0) {
+            fprintf(stderr, "chatd: out of memory\n");
+            return 1;
+        }
+        chat_set_bus(st.chat, st.bus);
         struct store_options so = {.path = cfg.db_path,
                                    .sync_full = cfg.sync_full,
                                    .key = cfg.encryption_key_file ? key : NULL,
@@ -290,6 +298,7 @@ int main(int argc, char **argv)
     if (st.store)
         store_close(st.store);
     server_release(&st.srv);
+    bus_close(st.bus);
     chat_free(st.chat);
     uv_close((uv_handle_t *)&st.sigterm, close_cb_noop);
     uv_close((uv_handle_t *)&st.sigint, close_cb_noop);

@@ -303,13 +303,6 @@ int chat_init(struct chat **out, struct hub *hub, unsigned nworkers, char *err, 
     ch->hub = hub;
     ch->nworkers = nworkers;
     ch->devs_cap = hub->cfg->max_devices + 1;
-    ch->devs = calloc(ch->devs_cap, sizeof *ch->devs);
-    if (!ch->devs) {
-        free(ch->locals);
-        free(ch);
-        snprintf(err, errlen, "out of memory");
-        return -ENOMEM;
-    }
     *out = ch;
     return 0;
 }
@@ -317,6 +310,11 @@ int chat_init(struct chat **out, struct hub *hub, unsigned nworkers, char *err, 
 void chat_set_store(struct chat *ch, struct store *st)
 {
     ch->store = st;
+}
+
+void chat_set_bus(struct chat *ch, struct bus *bus)
+{
+    ch->bus = bus;
 }
 
 void chat_free(struct chat *ch)
@@ -328,7 +326,6 @@ void chat_free(struct chat *ch)
         free(ch->locals[w].admins.v);
     }
     free(ch->locals);
-    free(ch->devs);
     free(ch);
 }
 

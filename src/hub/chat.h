@@ -27,6 +27,7 @@
 #ifndef CHATD_HUB_CHAT_H
 #define CHATD_HUB_CHAT_H
 
+#include "bus/bus.h"
 #include "hub/hub.h"
 #include "store/store.h"
 #include "util/text.h"
@@ -39,8 +40,15 @@ void chat_free(struct chat *ch);
 /* Give the router its store (after store_open, which needs chat_on_batch). */
 void chat_set_store(struct chat *ch, struct store *st);
 
-/* The store's batch callback (writer thread). */
+/* Give the router its bus (after bus_*_open, which needs chat_bus_deliver). */
+void chat_set_bus(struct chat *ch, struct bus *bus);
+
+/* The store's batch callback (writer thread): replies go to their
+ * workers, the batch's events to the bus. */
 void chat_on_batch(void *arg, struct store_req **reqs, size_t n);
+/* The bus's handler: events to deliver to this node's connections (the
+ * thread the bus delivers on). */
+void chat_bus_deliver(void *app, const struct bus_event *ev, size_t n);
 
 extern const struct router_ops chat_router_ops;
 

@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "bus/bus.h"
 #include "hub/chat.h"
 #include "hub/seqset.h"
 #include "net/server.h"
@@ -74,11 +75,10 @@ struct chat_local {
 
 struct chat {
     struct hub *hub;
-    struct store *store;
+    struct store *store; /* set once by chat_set_store, before traffic */
+    struct bus *bus;     /* set once by chat_set_bus, before traffic */
     unsigned nworkers;
-    /* writer thread only: scratch for the owner's devices of one event */
-    struct reg_device *devs;
-    unsigned devs_cap;
+    unsigned devs_cap; /* devices one user may hold, plus one */
     struct chat_local *locals; /* [nworkers], each owned by its worker */
     atomic_uint_fast64_t in_by_kind[CHAT_TYPE_COUNT];
 };

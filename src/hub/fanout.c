@@ -14,7 +14,9 @@
 #include <string.h>
 
 #include "hub/chat_int.h"
+#include "bus/bus.h"
 #include "hub/wire.h"
+#include "util/log.h"
 #include "util/clock.h"
 #include "util/jw.h"
 #include "ws/frame.h"
@@ -24,16 +26,21 @@ static json_t *sender_json(const char *type, const char *id, const char *name)
     return json_pack("{s:s, s:s, s:s}", "type", type, "id", id, "name", name ? name : id);
 }
 
+/* What one batch (or one delivery from the bus) turns into: a post per
+ * worker, and the events to publish. */
 struct batch_out {
     struct chat *ch;
     struct chat_post **posts; /* [nworkers], created on demand */
+    struct bus_event *ev;     /* events to publish, each holding a frame reference */
+    size_t nev, capev;
 };
 
 /* Append an item to the worker's post; returns it, or NULL when out of
  * memory (the item is then lost, never confused with another). */
 static struct chat_item *add_item(struct batch_out *bo, unsigned worker, uint8_t kind,
                                   uint8_t type, uint64_t conn_id, struct sbuf *frame,
-                                  uint32_t off, uint32_t len, const struct store_req *r)
+                                  uint32_t off, uint32_t len, int64_t seq, const char *session,
+                                  const char *owner)
 {
     struct chat_post *p = bo->posts[worker];
     if (!p) {
@@ -61,9 +68,9 @@ static struct chat_item *add_item(struct batch_out *bo, unsigned worker, uint8_t
     it->frame = frame ? sbuf_ref(frame) : NULL;
     it->off = off;
     it->len = len;
-    it->seq = r->seq;
-    memcpy(it->session, r->session_id, sizeof it->session);
-    it->owner_hash = chat__hash(r->owner);
+    it->seq = seq;
+    snprintf(it->session, sizeof it->session, "%s", session);
+    it->owner_hash = chat__hash(owner);
     return it;
 }
 
@@ -90,23 +97,37 @@ static void set_ids(struct batch_out *bo, unsigned worker, struct chat_item *it,
     }
 }
 
-/* Post a frame to every worker: each delivers it to the owner's devices it
- * holds (looked up here, once, in the registry) and, unless the kind is for
- * the owner alone, to the admins there that joined the session. */
+/* Queue an event of r's session for the bus (taking a reference on f). */
+static void add_event(struct batch_out *bo, uint8_t kind, uint8_t type, uint64_t conn_id,
+                      struct sbuf *f, uint32_t off, uint32_t len, const struct store_req *r)
+{
+    if (bo->nev == bo->capev) {
+        size_t cap = bo->capev ? bo->capev * 2 : 16;
+        struct bus_event *v = realloc(bo->ev, cap * sizeof *v);
+        if (!v)
+            return; /* lost, never confused with another: a resume finds it */
+        bo->ev = v;
+        bo->capev = cap;
+    }
+    struct bus_event *e = &bo->ev[bo->nev++];
+    memset(e, 0, sizeof *e);
+    e->kind = kind;
+    e->type = type;
+    e->worker = r->worker;
+    e->conn_id = conn_id;
+    e->seq = r->seq;
+    snprintf(e->session, sizeof e->session, "%s", r->session_id);
+    snprintf(e->owner, sizeof e->owner, "%s", r->owner);
+    e->frame = f ? sbuf_ref(f) : NULL;
+    e->off = off;
+    e->len = len;
+}
+
 static void add_frame_everywhere(struct batch_out *bo, uint8_t kind, uint64_t conn_id,
                                  struct sbuf *f, uint32_t off, uint32_t len, uint8_t type,
                                  const struct store_req *r)
 {
-    struct chat *ch = bo->ch;
-    unsigned nd = 0;
-    if (kind != IT_ADMINS)
-        nd = registry_devices(&ch->hub->registry, r->owner, strlen(r->owner), ch->devs,
-                              ch->devs_cap);
-    for (unsigned w = 0; w < ch->nworkers; w++) {
-        struct chat_item *it = add_item(bo, w, kind, type, conn_id, f, off, len, r);
-        if (it)
-            set_ids(bo, w, it, ch->devs, nd);
-    }
+    add_event(bo, kind, type, conn_id, f, off, len, r);
 }
 
 /* Frame a JSON object (taking it) and tell its message type; NULL on OOM. */
@@ -138,7 +159,8 @@ static void add_reply_frame(struct batch_out *bo, const struct store_req *r, str
 {
     if (!f)
         return;
-    add_item(bo, r->worker, IT_REPLY, type, r->conn_id, f, off, len, r);
+    add_item(bo, r->worker, IT_REPLY, type, r->conn_id, f, off, len, r->seq, r->session_id,
+             r->owner);
     sbuf_unref(f);
 }
 
@@ -189,7 +211,7 @@ static void settle_refused(struct batch_out *bo, const struct store_req *r)
     if (r->kind != CHAT_JOIN && r->kind != CHAT_LEAVE && r->kind != KIND_LEAVE_REVOKED)
         return;
     struct chat_item *it = add_item(bo, r->worker, r->kind == CHAT_JOIN ? IT_JOIN : IT_LEAVE, 0,
-                                    r->conn_id, NULL, 0, 0, r);
+                                    r->conn_id, NULL, 0, 0, r->seq, r->session_id, r->owner);
     if (it)
         it->failed = true;
 }
@@ -266,9 +288,9 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
     case CHAT_LEAVE:
     case KIND_LEAVE_REVOKED: {
         bool join = r->kind == CHAT_JOIN;
-        /* The subscription changes on the admin's own worker first, in line
-         * with the events around it. */
-        add_item(bo, r->worker, join ? IT_JOIN : IT_LEAVE, 0, r->conn_id, NULL, 0, 0, r);
+        /* The subscription changes where the admin's connection is, in line
+         * with the events around it: an event of its own. */
+        add_event(bo, join ? IT_JOIN : IT_LEAVE, 0, r->conn_id, NULL, 0, 0, r);
         json_t *o =
             json_pack("{s:s, s:s, s:o}", "type", join ? "admin_join" : "admin_leave", "session_id",
                       r->session_id, "sender", sender_json("admin", r->user, r->sender_name));
@@ -282,6 +304,17 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
     }
 }
 
+static void post_all(struct batch_out *bo)
+{
+    struct chat *ch = bo->ch;
+    for (unsigned w = 0; w < ch->nworkers; w++)
+        if (bo->posts[w])
+            worker_post(&ch->hub->srv->workers[w], &bo->posts[w]->base);
+}
+
+/* The replies (acks, errors) go straight to their workers, before the
+ * batch's events are published: a sender's worker gets its ack before its
+ * own event, as both inboxes are FIFO and the local bus delivers at once. */
 void chat_on_batch(void *arg, struct store_req **reqs, size_t n)
 {
     struct chat *ch = arg;
@@ -292,7 +325,48 @@ void chat_on_batch(void *arg, struct store_req **reqs, size_t n)
         batch_one(&bo, reqs[i]);
         store_req_free(reqs[i]);
     }
-    for (unsigned w = 0; w < ch->nworkers; w++)
-        if (posts[w])
-            worker_post(&ch->hub->srv->workers[w], &posts[w]->base);
+    post_all(&bo);
+    if (bo.nev && bus_publish(ch->bus, bo.ev, bo.nev) != 0)
+        log_warn("bus_publish_failed", "events=%zu", bo.nev);
+    for (size_t i = 0; i < bo.nev; i++)
+        if (bo.ev[i].frame)
+            sbuf_unref(bo.ev[i].frame);
+    free(bo.ev);
+}
+
+/* Events from the bus: each goes to every worker, which delivers it to the
+ * owner's devices it holds (looked up here, once, in the registry) and,
+ * unless the kind is for the owner alone, to the admins there that joined
+ * the session. A join or leave goes to the admin's own worker. */
+void chat_bus_deliver(void *app, const struct bus_event *ev, size_t n)
+{
+    struct chat *ch = app;
+    struct chat_post *posts[ch->nworkers];
+    memset(posts, 0, sizeof posts);
+    struct batch_out bo = {.ch = ch, .posts = posts};
+    struct reg_device *devs = malloc(ch->devs_cap * sizeof *devs);
+    for (size_t i = 0; i < n; i++) {
+        const struct bus_event *e = &ev[i];
+        if (e->kind == IT_JOIN || e->kind == IT_LEAVE) {
+            if (e->worker < ch->nworkers) {
+                struct chat_item *it = add_item(&bo, e->worker, e->kind, 0, e->conn_id, NULL, 0,
+                                                0, e->seq, e->session, e->owner);
+                if (it)
+                    it->failed = e->failed;
+            }
+            continue;
+        }
+        unsigned nd = 0;
+        if (e->kind != IT_ADMINS && devs)
+            nd = registry_devices(&ch->hub->registry, e->owner, strlen(e->owner), devs,
+                                  ch->devs_cap);
+        for (unsigned w = 0; w < ch->nworkers; w++) {
+            struct chat_item *it = add_item(&bo, w, e->kind, e->type, e->conn_id, e->frame,
+                                            e->off, e->len, e->seq, e->session, e->owner);
+            if (it)
+                set_ids(&bo, w, it, devs, nd);
+        }
+    }
+    free(devs);
+    post_all(&bo);
 }

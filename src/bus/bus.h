@@ -1,0 +1,86 @@
+/*
+ * bus: how committed session events reach the connections that should get
+ * them, on this node and (later) on the others.
+ *
+ * The hub publishes every event of a committed batch, in commit order, with
+ * bus_publish(); the bus hands them, in the same order, to the handler the
+ * hub registered (struct bus_handler), on every node, where the hub finds
+ * its local recipients and delivers. The bus knows nothing of what the
+ * events mean: kind and type are the hub's tags, carried as they are.
+ *
+ * Implementations are tables of operations behind this header:
+ *   - local (bus/local.c): this process only; bus_publish calls the handler
+ *     at once, on the publishing thread, so a batch's events keep their
+ *     place after the replies the hub posted before publishing;
+ *   - a Redis implementation can slot in later without touching the hub.
+ *
+ * Threads: bus_publish is called by one thread at a time (the storage
+ * writer, which orders every event); the handler runs on the thread the
+ * implementation delivers on (the publisher's for `local`). An event and
+ * its frame are borrowed for the call: a handler that keeps the frame takes
+ * its own reference.
+ */
+#ifndef CHATD_BUS_BUS_H
+#define CHATD_BUS_BUS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/sbuf.h"
+
+#define BUS_SESSION_MAX 64 /* bytes of a session id, NUL excluded */
+#define BUS_USER_MAX 128
+
+/* One event of session `session` for its participants. */
+struct bus_event {
+    uint8_t kind;     /* the hub's: what the event does */
+    uint8_t type;     /* the hub's: its message type, for counters */
+    bool failed;      /* the request behind it was refused (it settles state) */
+    uint32_t worker;  /* the worker of the connection that caused it */
+    uint64_t conn_id; /* that connection (0: none) */
+    int64_t seq;      /* its seq in the session (0: not a stored event) */
+    char session[BUS_SESSION_MAX + 1];
+    char owner[BUS_USER_MAX + 1]; /* the session's owner */
+    struct sbuf *frame;           /* the framed message (borrowed), or NULL */
+    uint32_t off, len;            /* the frame within it */
+};
+
+/* What the hub registers: called with every published event, in order. */
+struct bus_handler {
+    void (*deliver)(void *app, const struct bus_event *ev, size_t n);
+    void *app;
+};
+
+struct bus;
+
+struct bus_ops {
+    const char *name;
+    /* Publish n events (in order). 0, or a negative errno when they could
+     * not be published (they are then lost to every node: the caller
+     * counts it). */
+    int (*publish)(struct bus *b, const struct bus_event *ev, size_t n);
+    void (*close)(struct bus *b);
+};
+
+struct bus {
+    const struct bus_ops *ops; /* read-only after open */
+    struct bus_handler handler; /* read-only after open */
+};
+
+/* The in-process bus. 0 or -ENOMEM. Main thread. */
+int bus_local_open(struct bus **out, const struct bus_handler *handler);
+
+static inline int bus_publish(struct bus *b, const struct bus_event *ev, size_t n)
+{
+    return b->ops->publish(b, ev, n);
+}
+
+/* Stop and free the bus; nothing is delivered afterwards. Main thread. */
+static inline void bus_close(struct bus *b)
+{
+    if (b)
+        b->ops->close(b);
+}
+
+#endif
