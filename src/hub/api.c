@@ -6,6 +6,7 @@
  * requests are answered in order and the memory outlives a client that hangs
  * up early.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,6 +104,7 @@ static bool messages_body(struct api_job *j, const struct store_event *ev, int n
 static void api_work(uv_work_t *req)
 {
     struct api_job *j = req->data;
+    assert(worker_current() == NULL); /* storage reads never run on a worker loop */
     struct store *st = chat_store(j->ch);
     json_t *out = NULL;
     if (j->kind == API_MESSAGES) {

@@ -177,6 +177,7 @@ static void chat_handle(void *router, struct client *cl, enum chat_type k, const
 {
     struct chat *ch = router;
     const char *sid;
+    assert(worker_current() == cl->conn->w);
     if (!chat__cstate(cl)) {
         client_send_error(cl, ERR_INTERNAL, "out of memory", -1, id);
         return;

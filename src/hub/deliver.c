@@ -246,6 +246,7 @@ static void post_free(struct chat_post *p)
 
 void chat__post_run(struct worker *w, struct inbox_msg *m)
 {
+    assert(worker_current() == w);
     struct chat_post *p = (struct chat_post *)m;
     for (size_t i = 0; i < p->n; i++)
         apply_item(p->ch, w, p, &p->items[i]);

@@ -12,6 +12,7 @@
 #include "hub/hub.h"
 #include "hub/wire.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -232,6 +233,7 @@ struct sbuf *hub_frame_json(json_t *obj, uint32_t *off, uint32_t *len)
 
 int client_send_json(struct client *cl, json_t *obj)
 {
+    assert(worker_current() == cl->conn->w); /* a client belongs to its worker */
     char stack[2048];
     size_t n = json_dumpb(obj, stack, sizeof stack, JSON_COMPACT);
     if (n == 0)
@@ -250,6 +252,7 @@ int client_send_json(struct client *cl, json_t *obj)
 void client_send_error(struct client *cl, enum chat_error code, const char *message,
                        int64_t retry_after_ms, const char *id)
 {
+    assert(worker_current() == cl->conn->w);
     hub_count_error(cl->hub, code);
     uint32_t off, len;
     struct sbuf *f = wire_error_frame(hub_error_codes[code], message, code != ERR_INTERNAL,
@@ -403,6 +406,7 @@ static int client_rename(struct client *cl, const struct jwt_claims *claims)
 static void chat_on_close(struct conn *c)
 {
     struct client *cl = c->data;
+    assert(cl && cl->conn == c && worker_current() == c->w);
     struct hub *h = cl->hub;
     if (h->router_ops && h->router_ops->client_closed)
         h->router_ops->client_closed(h->router, cl);
@@ -500,6 +504,7 @@ static bool valid_id(json_t *v)
 static void chat_on_message(struct conn *c, unsigned opcode, uint8_t *data, size_t len)
 {
     struct client *cl = c->data;
+    assert(cl && cl->conn == c && worker_current() == c->w);
     struct hub *h = cl->hub;
     if (opcode != WS_OP_TEXT) {
         conn_ws_close(c, WS_CLOSE_UNSUPPORTED, "binary frames are not supported");

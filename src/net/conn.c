@@ -12,6 +12,8 @@
  */
 #include "net/conn.h"
 
+#include <assert.h>
+
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -83,31 +85,48 @@ static void conn_free(struct conn *c)
     free(c);
 }
 
+/* The close callback: a later phase of the loop than the conn_close()
+ * call, so nothing up that call's stack still uses what on_close frees
+ * (the handler's per-connection state). */
 static void on_closed(uv_handle_t *h)
 {
     struct conn *c = (struct conn *)h;
+    assert(worker_current() == c->w);
+    assert(c->state == CONN_CLOSED);
     c->handle_closed = true;
+    if (c->notify_close) {
+        c->notify_close = false;
+        c->handler->on_close(c);
+    }
     if (c->holds == 0)
         conn_free(c);
 }
 
-void conn_hold(struct conn *c) { c->holds++; }
+void conn_hold(struct conn *c)
+{
+    assert(worker_current() == c->w);
+    c->holds++;
+}
 
 void conn_release(struct conn *c)
 {
+    assert(worker_current() == c->w);
+    assert(c->holds > 0);
     if (--c->holds == 0 && c->handle_closed)
         conn_free(c);
 }
 
+/* Close at once, but tell the handler later: marked here, on_close runs in
+ * the close callback (see on_closed). */
 void conn_close(struct conn *c)
 {
+    assert(worker_current() == c->w);
     if (c->state == CONN_CLOSED)
         return;
     struct worker *w = c->w;
     bool was_ws = c->state == CONN_WS;
     c->state = CONN_CLOSED;
-    if (was_ws && c->handler && c->handler->on_close)
-        c->handler->on_close(c);
+    c->notify_close = was_ws && c->handler && c->handler->on_close;
     if (c->counted_ws)
         atomic_fetch_sub(&w->srv->stats.ws_open, 1);
     atomic_fetch_sub(&w->srv->stats.conns_open, 1);
@@ -290,6 +309,7 @@ static int queue_frame(struct conn *c, unsigned opcode, const void *data, size_t
 
 int conn_send(struct conn *c, unsigned opcode, const void *data, size_t len)
 {
+    assert(worker_current() == c->w); /* only its own worker touches a conn */
     if (c->state != CONN_WS || c->close_sent)
         return -EPIPE;
     stat_inc(&c->w->stats.ws_messages_out);
@@ -298,6 +318,7 @@ int conn_send(struct conn *c, unsigned opcode, const void *data, size_t len)
 
 int conn_send_shared(struct conn *c, struct sbuf *frame, uint32_t off, uint32_t len)
 {
+    assert(worker_current() == c->w); /* only its own worker touches a conn */
     if (c->state != CONN_WS || c->close_sent)
         return -EPIPE;
     if (outq_push_ref(&c->out, frame, off, len) < 0) {
@@ -311,6 +332,7 @@ int conn_send_shared(struct conn *c, struct sbuf *frame, uint32_t off, uint32_t 
 
 void conn_ws_close(struct conn *c, uint16_t code, const char *reason)
 {
+    assert(worker_current() == c->w); /* only its own worker touches a conn */
     if (c->state != CONN_WS || c->close_sent)
         return;
     uint8_t payload[WS_MAX_CONTROL];
@@ -328,6 +350,7 @@ void conn_http_send(struct conn *c, int status, const char *content_type, const 
                     size_t len, bool keep_alive, bool head_only, const char *cache_control,
                     const char *extra_headers)
 {
+    assert(worker_current() == c->w);
     char head[2048];
     size_t hlen = http_format_head(head, sizeof head, status, content_type, len, keep_alive,
                                    cache_control, extra_headers);
@@ -365,6 +388,7 @@ static void http_fail(struct conn *c, int status, const char *code, const char *
 int conn_upgrade(struct conn *c, const struct http_request *req,
                  const struct conn_handler *handler, void *data)
 {
+    assert(worker_current() == c->w); /* only its own worker touches a conn */
     const struct config *cfg = c->w->srv->cfg;
     const struct http_header *key = http_request_header(req, "sec-websocket-key");
     char accept[WS_ACCEPT_LEN + 1];
@@ -491,12 +515,14 @@ static void http_process_kept(struct conn *c)
 
 void conn_http_async_begin(struct conn *c)
 {
+    assert(worker_current() == c->w); /* only its own worker touches a conn */
     c->http_busy = true;
     conn_hold(c);
 }
 
 void conn_http_async_end(struct conn *c)
 {
+    assert(worker_current() == c->w); /* only its own worker touches a conn */
     c->http_busy = false;
     if (c->state == CONN_HTTP && !c->discard_input) {
         c->deadline_ms = now_ms(c) + CONN_HEAD_TIMEOUT_MS;

@@ -19,7 +19,11 @@
  * Closing. conn_ws_close() queues a close frame; once it is written the
  * write side is shut down and the connection waits (at most CONN_LINGER_MS)
  * for the peer's close frame or EOF, then closes the socket. conn_close()
- * closes at once. Either way the handler's on_close runs exactly once.
+ * closes at once: the connection is marked closed (sends fail with -EPIPE,
+ * reading stops) and the handler's on_close runs later, in libuv's close
+ * callback, never inside the call that closed it, so state the handler
+ * frees there stays valid for everything up that call's stack. Either way
+ * on_close runs exactly once.
  */
 #ifndef CHATD_CONN_H
 #define CHATD_CONN_H
@@ -61,7 +65,8 @@ struct conn_handler {
     /* A whole message: opcode WS_OP_TEXT or WS_OP_BINARY; data is only valid
      * during the call (it may lie in the shared read buffer). */
     void (*on_message)(struct conn *c, unsigned opcode, uint8_t *data, size_t len);
-    /* The connection is gone or going (called exactly once). */
+    /* The connection is gone (called exactly once, from the close callback:
+     * a later loop phase than the conn_close() that closed it). */
     void (*on_close)(struct conn *c);
     /* Server shutdown, before the 1001 close (may queue a last message). */
     void (*on_shutdown)(struct conn *c);
@@ -91,6 +96,7 @@ struct conn {
     bool counted_ws;            /* holds a slot in stats.ws_open */
     bool http_busy;             /* an async HTTP answer is pending: hold later heads */
     bool handle_closed;         /* the libuv close callback ran */
+    bool notify_close;          /* closed: the handler's on_close is still to run */
     uint16_t pings_in_window;
     uint16_t holds;             /* async work that will come back to this conn */
     int64_t deadline_ms;        /* HTTP: head deadline; closing: linger deadline */
