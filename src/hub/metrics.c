@@ -1,7 +1,8 @@
 /*
- * DESIGN: the chat router's counters for /metrics. Each worker counts what
- * it sends in its own chat_local (single writer, atomics so this reader on
- * any thread sees whole values); they are summed here.
+ * DESIGN: everything /metrics shows, written here: the server's counters
+ * (net), devices per user (the registry), and the chat router's counters.
+ * Each worker counts in its own structures (single writer, atomics so this
+ * reader on any thread sees whole values); they are summed here.
  */
 #include <assert.h>
 #include <errno.h>
@@ -10,6 +11,9 @@
 #include <string.h>
 
 #include "hub/chat_int.h"
+#include "http/request.h"
+#include "hub/metrics.h"
+#include "net/conn.h"
 #include "util/text.h"
 
 /* Server-to-client message types counted in chatd_messages_out_total. */
@@ -86,4 +90,90 @@ void chat_write_metrics(struct chat *ch, struct text *t)
             "chatd_store_commit_failures_total %llu\n",
             (unsigned long long)ss.commits, (unsigned long long)ss.batched_requests,
             (unsigned long long)ss.commits, (unsigned long long)ss.commit_failures);
+}
+
+struct dev_hist {
+    uint64_t buckets[7]; /* devices per user: 1, 2, 3, 5, 10, 20, +Inf */
+    uint64_t sum, count;
+};
+
+static void dev_hist_add(void *arg, const char *user, size_t len, unsigned n)
+{
+    static const unsigned bounds[6] = {1, 2, 3, 5, 10, 20};
+    struct dev_hist *h = arg;
+    (void)user;
+    (void)len;
+    int i = 0;
+    while (i < 6 && n > bounds[i])
+        i++;
+    h->buckets[i]++;
+    h->sum += n;
+    h->count++;
+}
+
+void metrics_respond(struct hub *hub, struct conn *c, const struct http_request *req)
+{
+    struct server *srv = c->w->srv;
+    struct server_stats *st = &srv->stats;
+    struct worker_stats ws;
+    server_sum_stats(srv, &ws);
+    struct text t = TEXT_INIT;
+    text_printf(
+        &t,
+        "# HELP chatd_connections_open Open WebSocket connections.\n"
+        "# TYPE chatd_connections_open gauge\n"
+        "chatd_connections_open %llu\n"
+        "# HELP chatd_tcp_connections_open Open TCP connections (HTTP and WebSocket).\n"
+        "# TYPE chatd_tcp_connections_open gauge\n"
+        "chatd_tcp_connections_open %llu\n"
+        "# HELP chatd_tcp_connections_total Accepted TCP connections.\n"
+        "# TYPE chatd_tcp_connections_total counter\n"
+        "chatd_tcp_connections_total %llu\n"
+        "# HELP chatd_http_requests_total HTTP request heads parsed.\n"
+        "# TYPE chatd_http_requests_total counter\n"
+        "chatd_http_requests_total %llu\n"
+        "# HELP chatd_ws_messages_in_total WebSocket messages received.\n"
+        "# TYPE chatd_ws_messages_in_total counter\n"
+        "chatd_ws_messages_in_total %llu\n"
+        "# HELP chatd_ws_messages_out_total WebSocket messages queued for sending.\n"
+        "# TYPE chatd_ws_messages_out_total counter\n"
+        "chatd_ws_messages_out_total %llu\n"
+        "# HELP chatd_send_queue_drops_total Connections closed because they read too slowly.\n"
+        "# TYPE chatd_send_queue_drops_total counter\n"
+        "chatd_send_queue_drops_total %llu\n"
+        "# HELP chatd_input_budget_closes_total Connections closed for sending past their input "
+        "budget.\n"
+        "# TYPE chatd_input_budget_closes_total counter\n"
+        "chatd_input_budget_closes_total %llu\n",
+        (unsigned long long)atomic_load(&st->ws_open),
+        (unsigned long long)atomic_load(&st->conns_open),
+        (unsigned long long)atomic_load(&st->conns_total),
+        (unsigned long long)atomic_load(&ws.http_requests),
+        (unsigned long long)atomic_load(&ws.ws_messages_in),
+        (unsigned long long)atomic_load(&ws.ws_messages_out),
+        (unsigned long long)atomic_load(&ws.send_queue_drops),
+        (unsigned long long)atomic_load(&ws.input_budget_closes));
+    if (hub) {
+        struct dev_hist h = {{0}, 0, 0};
+        registry_foreach(&hub->registry, dev_hist_add, &h);
+        static const char *const le[7] = {"1", "2", "3", "5", "10", "20", "+Inf"};
+        uint64_t cum = 0;
+        text_printf(&t, "# HELP chatd_user_devices Open devices per online user.\n"
+                        "# TYPE chatd_user_devices histogram\n");
+        for (int i = 0; i < 7; i++) {
+            cum += h.buckets[i];
+            text_printf(&t, "chatd_user_devices_bucket{le=\"%s\"} %llu\n", le[i],
+                        (unsigned long long)cum);
+        }
+        text_printf(&t, "chatd_user_devices_sum %llu\nchatd_user_devices_count %llu\n",
+                    (unsigned long long)h.sum, (unsigned long long)h.count);
+        if (hub->router)
+            chat_write_metrics(hub->router, &t);
+    }
+    if (t.failed)
+        conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);
+    else
+        conn_http_respond(c, 200, "text/plain; version=0.0.4", t.buf, t.len, req->keep_alive,
+                          http_request_is_head(req));
+    text_release(&t);
 }

@@ -7,14 +7,15 @@
 
 #include <string.h>
 
-#include "net/conn.h"
 #include "http/request.h"
 #include "hub/chat.h"
 #include "hub/hub.h"
+#include "hub/metrics.h"
+#include "hub/web.h"
+#include "net/conn.h"
+#include "net/upgrade.h"
 #include "store/store.h"
 #include "util/log.h"
-#include "hub/web.h"
-#include "net/upgrade.h"
 
 /* Is the path after the prefix exactly this route? */
 static bool path_is(const char *path, size_t len, const char *route)
@@ -56,95 +57,6 @@ static void reply_json(struct conn *c, const struct http_request *req, int statu
                       http_request_is_head(req));
 }
 
-/* ---- /metrics ---------------------------------------------------------- */
-
-struct dev_hist {
-    uint64_t buckets[7]; /* devices per user: 1, 2, 3, 5, 10, 20, +Inf */
-    uint64_t sum, count;
-};
-
-static void dev_hist_add(void *arg, const char *user, size_t len, unsigned n)
-{
-    static const unsigned bounds[6] = {1, 2, 3, 5, 10, 20};
-    struct dev_hist *h = arg;
-    (void)user;
-    (void)len;
-    int i = 0;
-    while (i < 6 && n > bounds[i])
-        i++;
-    h->buckets[i]++;
-    h->sum += n;
-    h->count++;
-}
-
-static void metrics_respond(struct conn *c, const struct http_request *req)
-{
-    struct server *srv = c->w->srv;
-    struct hub *hub = srv->app;
-    struct server_stats *st = &srv->stats;
-    struct worker_stats ws;
-    server_sum_stats(srv, &ws);
-    struct text t = TEXT_INIT;
-    text_printf(
-        &t,
-        "# HELP chatd_connections_open Open WebSocket connections.\n"
-        "# TYPE chatd_connections_open gauge\n"
-        "chatd_connections_open %llu\n"
-        "# HELP chatd_tcp_connections_open Open TCP connections (HTTP and WebSocket).\n"
-        "# TYPE chatd_tcp_connections_open gauge\n"
-        "chatd_tcp_connections_open %llu\n"
-        "# HELP chatd_tcp_connections_total Accepted TCP connections.\n"
-        "# TYPE chatd_tcp_connections_total counter\n"
-        "chatd_tcp_connections_total %llu\n"
-        "# HELP chatd_http_requests_total HTTP request heads parsed.\n"
-        "# TYPE chatd_http_requests_total counter\n"
-        "chatd_http_requests_total %llu\n"
-        "# HELP chatd_ws_messages_in_total WebSocket messages received.\n"
-        "# TYPE chatd_ws_messages_in_total counter\n"
-        "chatd_ws_messages_in_total %llu\n"
-        "# HELP chatd_ws_messages_out_total WebSocket messages queued for sending.\n"
-        "# TYPE chatd_ws_messages_out_total counter\n"
-        "chatd_ws_messages_out_total %llu\n"
-        "# HELP chatd_send_queue_drops_total Connections closed because they read too slowly.\n"
-        "# TYPE chatd_send_queue_drops_total counter\n"
-        "chatd_send_queue_drops_total %llu\n"
-        "# HELP chatd_input_budget_closes_total Connections closed for sending past their input "
-        "budget.\n"
-        "# TYPE chatd_input_budget_closes_total counter\n"
-        "chatd_input_budget_closes_total %llu\n",
-        (unsigned long long)atomic_load(&st->ws_open),
-        (unsigned long long)atomic_load(&st->conns_open),
-        (unsigned long long)atomic_load(&st->conns_total),
-        (unsigned long long)atomic_load(&ws.http_requests),
-        (unsigned long long)atomic_load(&ws.ws_messages_in),
-        (unsigned long long)atomic_load(&ws.ws_messages_out),
-        (unsigned long long)atomic_load(&ws.send_queue_drops),
-        (unsigned long long)atomic_load(&ws.input_budget_closes));
-    if (hub) {
-        struct dev_hist h = {{0}, 0, 0};
-        registry_foreach(&hub->registry, dev_hist_add, &h);
-        static const char *const le[7] = {"1", "2", "3", "5", "10", "20", "+Inf"};
-        uint64_t cum = 0;
-        text_printf(&t, "# HELP chatd_user_devices Open devices per online user.\n"
-                        "# TYPE chatd_user_devices histogram\n");
-        for (int i = 0; i < 7; i++) {
-            cum += h.buckets[i];
-            text_printf(&t, "chatd_user_devices_bucket{le=\"%s\"} %llu\n", le[i],
-                        (unsigned long long)cum);
-        }
-        text_printf(&t, "chatd_user_devices_sum %llu\nchatd_user_devices_count %llu\n",
-                    (unsigned long long)h.sum, (unsigned long long)h.count);
-        if (hub->router)
-            chat_write_metrics(hub->router, &t);
-    }
-    if (t.failed)
-        conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);
-    else
-        conn_http_respond(c, 200, "text/plain; version=0.0.4", t.buf, t.len, req->keep_alive,
-                          http_request_is_head(req));
-    text_release(&t);
-}
-
 static void routes_dispatch(void *app, struct conn *c, const struct http_request *req)
 {
     struct server *srv = c->w->srv;
@@ -172,7 +84,7 @@ static void routes_dispatch(void *app, struct conn *c, const struct http_request
     if (hub && hub->router && chat_route_api(hub->router, c, req, path, len))
         return;
     if (path_is(path, len, "/metrics")) {
-        metrics_respond(c, req);
+        metrics_respond(hub, c, req);
         return;
     }
     if (srv->cfg->echo && path_is(path, len, "/echo")) {
