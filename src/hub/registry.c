@@ -2,7 +2,10 @@
  * DESIGN: a striped hash table. A user's record holds a small array of
  * devices kept in admission order, so the oldest device is always devs[0]
  * (what evict-oldest removes). A user whose last device leaves is freed at
- * once, so the table holds only who is online.
+ * once if their rate-limit bucket was never used; otherwise the record stays
+ * (with no device) until the bucket is full again, so that reconnecting
+ * does not refill it, and registry_gc frees it then. The table holds who is
+ * online and who left with a partly used bucket.
  */
 #include "hub/registry.h"
 
@@ -16,8 +19,7 @@ struct reg_user {
     unsigned ndevs, cap;
     struct reg_device *devs; /* oldest first; &one until a second device comes */
     struct reg_device one;   /* room for the first device: most users have one */
-    double tokens;           /* rate-limit bucket; < 0: not yet filled */
-    int64_t refill_ms;       /* when tokens was last brought up to date */
+    struct rate_bucket bucket; /* chat rate limit; t_ms == 0: never used */
     int64_t full_at_ms;      /* when the bucket will be full again */
     size_t len;
     char id[];
@@ -160,7 +162,6 @@ int registry_admit(struct registry *r, const char *user, size_t len, const struc
         u->hash = h;
         u->devs = &u->one;
         u->cap = 1;
-        u->tokens = -1;
         u->len = len;
         memcpy(u->id, user, len);
         *slot = u;
@@ -219,7 +220,7 @@ int registry_remove(struct registry *r, const char *user, size_t len, uint64_t c
             atomic_fetch_sub(&r->users, 1);
             /* Keep a user whose rate-limit bucket is not full yet, so that
              * reconnecting does not refill it; registry_gc frees it later. */
-            if (u->tokens < 0) {
+            if (u->bucket.t_ms == 0) {
                 *slot = u->next;
                 s->nusers--;
                 free_user(u);
@@ -288,20 +289,10 @@ int64_t registry_take_token(struct registry *r, const char *user, size_t len, un
     uv_mutex_lock(&s->lock);
     struct reg_user *u = *find(s, h, user, len);
     if (u) {
-        double cap = per_minute, rate = per_minute / 60000.0; /* tokens per ms */
-        if (u->tokens < 0) {
-            u->tokens = cap;
-        } else if (now_ms > u->refill_ms) {
-            u->tokens += (double)(now_ms - u->refill_ms) * rate;
-            if (u->tokens > cap)
-                u->tokens = cap;
-        }
-        u->refill_ms = now_ms;
-        if (u->tokens >= 1.0)
-            u->tokens -= 1.0;
-        else
-            wait = (int64_t)((1.0 - u->tokens) / rate) + 1;
-        u->full_at_ms = now_ms + (int64_t)((cap - u->tokens) / rate) + 1;
+        wait = rate_take(&u->bucket, now_ms, per_minute, per_minute, 1);
+        /* per_minute units (1/60000 token) come back each millisecond. */
+        uint64_t missing = (uint64_t)per_minute * RATE_UNIT - u->bucket.level;
+        u->full_at_ms = now_ms + (int64_t)(missing / (per_minute ? per_minute : 1)) + 1;
     }
     uv_mutex_unlock(&s->lock);
     return wait;

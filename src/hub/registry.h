@@ -25,6 +25,7 @@
 #include <uv.h>
 
 #include "conf/config.h"
+#include "util/rate.h"
 
 #define REGISTRY_STRIPES 64
 

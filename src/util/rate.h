@@ -12,6 +12,7 @@
 #ifndef CHATD_UTIL_RATE_H
 #define CHATD_UTIL_RATE_H
 
+#include <assert.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -27,6 +28,7 @@ static inline void rate_refill(struct rate_bucket *b, int64_t now_ms, uint64_t p
                                uint64_t burst)
 {
     uint64_t cap = burst * RATE_UNIT;
+    assert(now_ms > 0); /* 0 marks a bucket never used */
     if (b->t_ms == 0) {
         b->level = cap;
         b->t_ms = now_ms;
