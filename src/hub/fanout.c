@@ -136,7 +136,7 @@ static struct sbuf *frame_obj(json_t *obj, uint8_t *type, uint32_t *off, uint32_
     if (!obj)
         return NULL;
     *type = chat__out_index(json_string_value(json_object_get(obj, "type")));
-    struct sbuf *f = hub_frame_json(obj, off, len);
+    struct sbuf *f = wire_frame_json(obj, off, len);
     json_decref(obj);
     return f;
 }

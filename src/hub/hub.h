@@ -164,13 +164,6 @@ int client_send_json(struct client *cl, json_t *obj);
 void client_send_error(struct client *cl, enum chat_error code, const char *message,
                        int64_t retry_after_ms, const char *id);
 
-/*
- * Frame a JSON object once as a WebSocket text frame in a shared buffer, for
- * sending to many connections. Returns NULL on OOM; *off and *len give the frame
- * inside the buffer. The caller owns the one reference.
- */
-struct sbuf *hub_frame_json(json_t *obj, uint32_t *off, uint32_t *len);
-
 /* Send a shared frame to one connection anywhere (any worker). Takes a new
  * reference. close_code != 0: close the connection with it afterwards.
  * Any thread. */

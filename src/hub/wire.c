@@ -7,6 +7,8 @@
 
 #include <string.h>
 
+#include <jansson.h>
+
 #include "util/clock.h"
 #include "ws/frame.h"
 
@@ -98,4 +100,34 @@ struct sbuf *wire_error_frame(const char *code, const char *message, bool recove
         jw_kstr(&w, "id", id);
     jw_close(&w);
     return wire_frame_jw(&w, off, len);
+}
+
+struct sbuf *wire_frame_json(json_t *obj, uint32_t *off, uint32_t *len)
+{
+    /* Serialize once into a guess-sized buffer; only a large object is
+     * serialized a second time, into a buffer of its exact size. */
+    size_t guess = 1024;
+    struct sbuf *b = sbuf_new((uint32_t)(guess + WS_MAX_HEADER));
+    if (!b)
+        return NULL;
+    size_t n = json_dumpb(obj, (char *)b->data + WS_MAX_HEADER, guess, JSON_COMPACT);
+    if (n == 0) {
+        sbuf_unref(b);
+        return NULL;
+    }
+    if (n > guess) {
+        sbuf_unref(b);
+        b = sbuf_new((uint32_t)(n + WS_MAX_HEADER));
+        if (!b)
+            return NULL;
+        json_dumpb(obj, (char *)b->data + WS_MAX_HEADER, n, JSON_COMPACT);
+    }
+    uint8_t hdr[WS_MAX_HEADER];
+    size_t hl = ws_frame_header(hdr, WS_OP_TEXT, true, n);
+    /* The header goes right before the payload. */
+    memcpy(b->data + WS_MAX_HEADER - hl, hdr, hl);
+    b->len = (uint32_t)(n + WS_MAX_HEADER);
+    *off = (uint32_t)(WS_MAX_HEADER - hl);
+    *len = (uint32_t)(n + hl);
+    return b;
 }

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "util/jw.h"
 #include "util/sbuf.h"
 
@@ -48,5 +50,10 @@ struct sbuf *wire_event_frame(const char *type, const char *sid, int64_t seq,
 struct sbuf *wire_error_frame(const char *code, const char *message, bool recoverable,
                               int64_t retry_after_ms, const char *id, uint32_t *off,
                               uint32_t *len);
+
+/* A JSON object (a relay: typing, read, admin_join, ...) framed once as a
+ * text frame in a shared buffer; NULL on OOM. The caller owns the one
+ * reference. */
+struct sbuf *wire_frame_json(json_t *obj, uint32_t *off, uint32_t *len);
 
 #endif
