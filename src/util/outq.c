@@ -6,6 +6,8 @@
  */
 #include "util/outq.h"
 
+#include <assert.h>
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,6 +143,7 @@ unsigned outq_iov(const struct outq *q, struct iovec *iov, unsigned max, size_t 
 
 void outq_consume(struct outq *q, size_t n)
 {
+    assert(n <= q->bytes); /* never more than was queued */
     q->bytes -= n;
     while (n > 0) {
         struct outq_ent *e = ent(q, 0);
@@ -149,6 +152,7 @@ void outq_consume(struct outq *q, size_t n)
             e->len -= (uint32_t)n;
             return;
         }
+        assert(q->count > 0);
         n -= e->len;
         sbuf_unref(e->buf);
         q->_head = (q->_head + 1) & (q->_cap - 1);

@@ -12,6 +12,7 @@
  */
 #include "util/sbuf.h"
 
+#include <assert.h>
 #include <stdlib.h>
 
 #define CACHE_MAX 128 /* 512 KiB per thread at most */
@@ -40,7 +41,9 @@ struct sbuf *sbuf_new(uint32_t cap)
 
 void sbuf_unref(struct sbuf *b)
 {
-    if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) != 1)
+    unsigned was = atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel);
+    assert(was >= 1); /* a reference dropped twice */
+    if (was != 1)
         return;
     if (b->cap == SBUF_CACHED_CAP && ncache < CACHE_MAX) {
         cache[ncache++] = b;

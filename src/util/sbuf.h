@@ -10,6 +10,7 @@
 #ifndef CHATD_UTIL_SBUF_H
 #define CHATD_UTIL_SBUF_H
 
+#include <assert.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -28,6 +29,8 @@ struct sbuf {
 struct sbuf *sbuf_new(uint32_t cap);
 static inline struct sbuf *sbuf_ref(struct sbuf *b)
 {
+    /* Only a holder may add a reference: the count cannot be 0 here. */
+    assert(atomic_load_explicit(&b->refs, memory_order_relaxed) >= 1);
     atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
     return b;
 }
