@@ -11,7 +11,7 @@
  * Schema versions live in PRAGMA user_version; migrations[i] moves a
  * database from version i to i+1 inside a transaction.
  */
-#include "store/store.h"
+#include "store/sqlite/sqlite.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -23,13 +23,11 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <uv.h>
 
 #include "util/clock.h"
 #include "util/log.h"
 #include "util/sbuf.h"
-
-const double store_commit_bounds_ms[12] = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000};
-const unsigned store_batch_bounds[8] = {1, 2, 4, 8, 16, 64, 256, 1024};
 
 static const char *const migrations[] = {
     /* 0 -> 1 */
@@ -105,7 +103,7 @@ struct read_conn {
     sqlite3 *db;
 };
 
-struct store {
+struct store_sqlite {
     /* read-only after open */
     char *path;
     bool sync_full;
@@ -145,37 +143,10 @@ struct store {
     /* statistics (atomics) */
     atomic_bool healthy;
     atomic_bool failed; /* fail-stop: set once, never cleared */
-    atomic_uint_fast64_t commits, failures, batched, commit_us_sum;
-    atomic_uint_fast64_t commit_hist[12], batch_hist[8];
+    struct store__counters counters;
 };
 
 /* ---- helpers ------------------------------------------------------------ */
-
-void store_new_session_id(char out[STORE_ID_LEN + 1])
-{
-    unsigned char raw[12];
-    if (RAND_bytes(raw, sizeof raw) != 1) {
-        /* Never expected; fall back to time-based bytes rather than fail. */
-        int64_t t = clock_mono_ms() ^ clock_wall_ms();
-        memcpy(raw, &t, 8);
-        memset(raw + 8, 0x5a, 4);
-    }
-    out[0] = 's';
-    out[1] = '_';
-    for (int i = 0; i < 12; i++)
-        snprintf(out + 2 + 2 * i, 3, "%02x", raw[i]);
-}
-
-void store_req_free(struct store_req *r)
-{
-    if (!r)
-        return;
-    free(r->sender_name);
-    free(r->content);
-    free(r->metadata);
-    free(r->arg);
-    free(r);
-}
 
 static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
 {
@@ -200,7 +171,7 @@ static size_t make_aad(unsigned char aad[STORE_ID_LEN + 8], const char *sid, int
     return sl;
 }
 
-static int seal(struct store *s, const char *sid, int64_t seq, const char *in, size_t n,
+static int seal(struct store_sqlite *s, const char *sid, int64_t seq, const char *in, size_t n,
                 unsigned char **out, size_t *outlen)
 {
     unsigned char *buf = malloc(12 + n + 16);
@@ -226,7 +197,7 @@ static int seal(struct store *s, const char *sid, int64_t seq, const char *in, s
     return 0;
 }
 
-static int unseal(const struct store *s, const char *sid, int64_t seq, const unsigned char *in,
+static int unseal(const struct store_sqlite *s, const char *sid, int64_t seq, const unsigned char *in,
                   size_t n, char **out, size_t *outlen)
 {
     if (n < 28)
@@ -266,7 +237,7 @@ static int step_done(sqlite3_stmt *st)
 
 /* Load a session and check the requester may use it. 1 found+allowed,
  * 0 not found/not allowed, <0 SQLite error. */
-static int load_session(struct store *s, struct store_req *r, int64_t *last_seq)
+static int load_session(struct store_sqlite *s, struct store_req *r, int64_t *last_seq)
 {
     sqlite3_stmt *st = s->stmt[S_SESSION_GET];
     sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
@@ -284,7 +255,7 @@ static int load_session(struct store *s, struct store_req *r, int64_t *last_seq)
     return rc == SQLITE_DONE ? 0 : -rc;
 }
 
-static int do_append(struct store *s, struct store_req *r, int64_t now)
+static int do_append(struct store_sqlite *s, struct store_req *r, int64_t now)
 {
     sqlite3_stmt *st;
     int rc;
@@ -393,7 +364,7 @@ static int do_append(struct store *s, struct store_req *r, int64_t now)
     return 0;
 }
 
-static int do_request(struct store *s, struct store_req *r, int64_t now)
+static int do_request(struct store_sqlite *s, struct store_req *r, int64_t now)
 {
     r->status = STORE_OK;
     r->ts_ms = now;
@@ -428,23 +399,6 @@ static int do_request(struct store *s, struct store_req *r, int64_t now)
     }
 }
 
-static void record_commit(struct store *s, int64_t us, size_t n)
-{
-    atomic_fetch_add(&s->commits, 1);
-    atomic_fetch_add(&s->batched, n);
-    atomic_fetch_add(&s->commit_us_sum, (uint64_t)us);
-    for (int i = 0; i < 12; i++)
-        if ((double)us / 1000.0 <= store_commit_bounds_ms[i]) {
-            atomic_fetch_add(&s->commit_hist[i], 1);
-            break;
-        }
-    for (int i = 0; i < 8; i++)
-        if (n <= store_batch_bounds[i]) {
-            atomic_fetch_add(&s->batch_hist[i], 1);
-            break;
-        }
-}
-
 static int64_t now_us(void)
 {
     struct timespec ts;
@@ -469,7 +423,7 @@ static const char *file_gone(int fd, const struct stat *was, const char *path)
 }
 
 /* Open the WAL file once it exists (WAL mode creates it on first use). */
-static void watch_wal(struct store *s)
+static void watch_wal(struct store_sqlite *s)
 {
     if (s->wal_fd >= 0)
         return;
@@ -484,7 +438,7 @@ static void watch_wal(struct store *s)
 
 /* Are the database and its WAL still the files chatd opened? NULL or why
  * not ("database removed", ...). Writer thread. */
-static const char *files_gone(struct store *s)
+static const char *files_gone(struct store_sqlite *s)
 {
     char wal[4096];
     const char *why = file_gone(s->db_fd, &s->db_st, s->path);
@@ -498,7 +452,7 @@ static const char *files_gone(struct store *s)
 }
 
 /* Fail-stop: from now on nothing is acknowledged (see store_failed). */
-static void fail_stop(struct store *s, const char *why)
+static void fail_stop(struct store_sqlite *s, const char *why)
 {
     struct log_quoted qp, qw;
     if (!atomic_exchange(&s->failed, true))
@@ -529,7 +483,7 @@ static bool commit_outcome_unknown(int rc)
     return primary != SQLITE_FULL && primary != SQLITE_BUSY && primary != SQLITE_NOMEM;
 }
 
-static void run_batch(struct store *s, struct store_req **reqs, size_t n)
+static void run_batch(struct store_sqlite *s, struct store_req **reqs, size_t n)
 {
     struct log_quoted qp;
     int64_t t0 = now_us();
@@ -539,7 +493,7 @@ static void run_batch(struct store *s, struct store_req **reqs, size_t n)
         /* Nothing of this batch was written. */
         fail_stop(s, gone);
         batch_refused(reqs, n, STORE_UNAVAILABLE);
-        atomic_fetch_add(&s->failures, 1);
+        store__count_failure(&s->counters);
         s->on_batch(s->arg, reqs, n);
         return;
     }
@@ -560,7 +514,7 @@ static void run_batch(struct store *s, struct store_req **reqs, size_t n)
          * not be there after a restart. */
         fail_stop(s, gone);
         batch_refused(reqs, n, STORE_UNKNOWN);
-        atomic_fetch_add(&s->failures, 1);
+        store__count_failure(&s->counters);
     } else if (rc != 0) {
         int code = rc < 0 ? -rc : rc;
         bool unknown = at_commit && commit_outcome_unknown(code);
@@ -576,7 +530,7 @@ static void run_batch(struct store *s, struct store_req **reqs, size_t n)
         } else if (atomic_exchange(&s->healthy, false)) {
             log_warn("store_unhealthy", "path=%s", log_quotes(&qp, s->path));
         }
-        atomic_fetch_add(&s->failures, 1);
+        store__count_failure(&s->counters);
     } else {
         /* Only a batch that wrote proves the disk takes writes again: a
          * read-only batch commits fine on a full disk. */
@@ -588,14 +542,14 @@ static void run_batch(struct store *s, struct store_req **reqs, size_t n)
                      reqs[j]->op == STORE_MODEL);
         if (wrote && !atomic_exchange(&s->healthy, true))
             log_info("store_healthy", "path=%s", log_quotes(&qp, s->path));
-        record_commit(s, now_us() - t0, n);
+        store__count_commit(&s->counters, now_us() - t0, n);
         watch_wal(s);
     }
     s->on_batch(s->arg, reqs, n);
 }
 
 /* Move up to max - n queued requests into batch. Called with queue_lock. */
-static size_t take(struct store *s, struct store_req **batch, size_t n, size_t max)
+static size_t take(struct store_sqlite *s, struct store_req **batch, size_t n, size_t max)
 {
     while (s->head && n < max) {
         batch[n++] = s->head;
@@ -608,7 +562,7 @@ static size_t take(struct store *s, struct store_req **batch, size_t n, size_t m
 
 static void writer_main(void *arg)
 {
-    struct store *s = arg;
+    struct store_sqlite *s = arg;
     struct store_req *batch[STORE_BATCH_MAX];
     int64_t last_end_us = 0;
     for (;;) {
@@ -638,8 +592,9 @@ static void writer_main(void *arg)
     sbuf_thread_cleanup(); /* on_batch may have dropped frames here */
 }
 
-int store_submit(struct store *s, struct store_req *r)
+static int sq_submit(void *e, struct store_req *r)
 {
+    struct store_sqlite *s = e;
     r->next = NULL;
     uv_mutex_lock(&s->queue_lock);
     if (s->closing) {
@@ -656,23 +611,22 @@ int store_submit(struct store *s, struct store_req *r)
     return 0;
 }
 
-bool store_healthy(struct store *s)
+static bool sq_healthy(void *e)
 {
+    struct store_sqlite *s = e;
     return atomic_load(&s->healthy) && !atomic_load(&s->failed);
 }
 
-bool store_failed(struct store *s) { return atomic_load(&s->failed); }
-
-void store_get_stats(struct store *s, struct store_stats *out)
+static bool sq_failed(void *e)
 {
-    out->commits = atomic_load(&s->commits);
-    out->commit_failures = atomic_load(&s->failures);
-    out->batched_requests = atomic_load(&s->batched);
-    out->commit_us_sum = atomic_load(&s->commit_us_sum);
-    for (int i = 0; i < 12; i++)
-        out->commit_us_bucket[i] = atomic_load(&s->commit_hist[i]);
-    for (int i = 0; i < 8; i++)
-        out->batch_bucket[i] = atomic_load(&s->batch_hist[i]);
+    struct store_sqlite *s = e;
+    return atomic_load(&s->failed);
+}
+
+static void sq_stats(void *e, struct store_stats *out)
+{
+    struct store_sqlite *s = e;
+    store__counters_read(&s->counters, out);
 }
 
 /* ---- checkpoints ----------------------------------------------------------
@@ -687,7 +641,7 @@ void store_get_stats(struct store *s, struct store_stats *out)
 
 static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 {
-    struct store *s = arg;
+    struct store_sqlite *s = arg;
     (void)db;
     (void)name;
     if (pages >= CKPT_PAGES) {
@@ -703,7 +657,7 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 
 static void checkpointer_main(void *arg)
 {
-    struct store *s = arg;
+    struct store_sqlite *s = arg;
     sqlite3 *db = NULL;
     if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
         SQLITE_OK) {
@@ -729,7 +683,7 @@ static void checkpointer_main(void *arg)
     sqlite3_close(db);
 }
 
-static void stop_checkpointer(struct store *s)
+static void stop_checkpointer(struct store_sqlite *s)
 {
     uv_mutex_lock(&s->ckpt_lock);
     s->ckpt_closing = true;
@@ -767,9 +721,9 @@ static int migrate(sqlite3 *db, char *err, size_t errlen)
     return 0;
 }
 
-int store_open(struct store **out, const struct store_options *opt, char *err, size_t errlen)
+static int sq_open(void **out, const struct store_options *opt, char *err, size_t errlen)
 {
-    struct store *s = calloc(1, sizeof *s);
+    struct store_sqlite *s = calloc(1, sizeof *s);
     if (!s) {
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
@@ -874,8 +828,9 @@ fail:
     return -EINVAL;
 }
 
-void store_close(struct store *s)
+static void sq_close(void *e)
 {
+    struct store_sqlite *s = e;
     uv_mutex_lock(&s->queue_lock);
     s->closing = true;
     uv_cond_signal(&s->queue_cond);
@@ -908,7 +863,7 @@ void store_close(struct store *s)
 
 /* ---- reads ------------------------------------------------------------------ */
 
-static struct read_conn *read_get(struct store *s)
+static struct read_conn *read_get(struct store_sqlite *s)
 {
     uv_mutex_lock(&s->read_lock);
     struct read_conn *rc = s->idle;
@@ -930,7 +885,7 @@ static struct read_conn *read_get(struct store *s)
     return rc;
 }
 
-static void read_put(struct store *s, struct read_conn *rc)
+static void read_put(struct store_sqlite *s, struct read_conn *rc)
 {
     uv_mutex_lock(&s->read_lock);
     rc->next = s->idle;
@@ -965,8 +920,9 @@ static void fill_session(sqlite3_stmt *st, struct store_session *out)
 
 #define SESSION_COLS "id, owner, created_at, updated_at, last_seq, help, model"
 
-int store_get_session(struct store *s, const char *id, struct store_session *out)
+static int sq_get_session(void *e, const char *id, struct store_session *out)
 {
+    struct store_sqlite *s = e;
     struct read_conn *rc = read_get(s);
     if (!rc)
         return -EIO;
@@ -994,23 +950,10 @@ static char *col_strdup(sqlite3_stmt *st, int i)
     return v ? strdup(v) : NULL;
 }
 
-void store_events_free(struct store_event *ev, int n)
+static int sq_read_events(void *e, const char *id, int64_t after_seq, int64_t limit,
+                          size_t max_bytes, struct store_event **out)
 {
-    if (!ev)
-        return;
-    for (int i = 0; i < n; i++) {
-        free(ev[i].sender_id);
-        free(ev[i].sender_name);
-        free(ev[i].client_id);
-        free(ev[i].content);
-        free(ev[i].metadata);
-    }
-    free(ev);
-}
-
-int store_read_events(struct store *s, const char *id, int64_t after_seq, int64_t limit,
-                      size_t max_bytes, struct store_event **out)
-{
+    struct store_sqlite *s = e;
     struct read_conn *rc = read_get(s);
     *out = NULL;
     if (!rc)
@@ -1035,40 +978,40 @@ int store_read_events(struct store *s, const char *id, int64_t after_seq, int64_
             ret = -ENOMEM;
             break;
         }
-        struct store_event *e = &ev[n];
-        memset(e, 0, sizeof *e);
-        e->seq = sqlite3_column_int64(st, 0);
-        e->ts_ms = sqlite3_column_int64(st, 1);
-        snprintf(e->type, sizeof e->type, "%s", (const char *)sqlite3_column_text(st, 2));
-        snprintf(e->sender_type, sizeof e->sender_type, "%s",
+        struct store_event *cur = &ev[n];
+        memset(cur, 0, sizeof *cur);
+        cur->seq = sqlite3_column_int64(st, 0);
+        cur->ts_ms = sqlite3_column_int64(st, 1);
+        snprintf(cur->type, sizeof cur->type, "%s", (const char *)sqlite3_column_text(st, 2));
+        snprintf(cur->sender_type, sizeof cur->sender_type, "%s",
                  (const char *)sqlite3_column_text(st, 3));
-        e->sender_id = col_strdup(st, 4);
-        e->sender_name = col_strdup(st, 5);
-        e->client_id = col_strdup(st, 6);
-        e->metadata = col_strdup(st, 8);
+        cur->sender_id = col_strdup(st, 4);
+        cur->sender_name = col_strdup(st, 5);
+        cur->client_id = col_strdup(st, 6);
+        cur->metadata = col_strdup(st, 8);
         const void *blob = sqlite3_column_blob(st, 7);
         size_t blen = (size_t)sqlite3_column_bytes(st, 7);
         n++;
         if (sqlite3_column_int(st, 9)) {
-            if (!s->encrypt || unseal(s, id, e->seq, blob, blen, &e->content,
-                                      &e->content_len) != 0) {
+            if (!s->encrypt || unseal(s, id, cur->seq, blob, blen, &cur->content,
+                                      &cur->content_len) != 0) {
                 struct log_quoted qs;
                 log_error("store_decrypt_failed", "session=%s seq=%lld", log_quotes(&qs, id),
-                          (long long)e->seq);
+                          (long long)cur->seq);
                 ret = -EIO;
                 break;
             }
         } else {
-            e->content = malloc(blen + 1);
-            if (!e->content) {
+            cur->content = malloc(blen + 1);
+            if (!cur->content) {
                 ret = -ENOMEM;
                 break;
             }
-            memcpy(e->content, blob, blen);
-            e->content[blen] = '\0';
-            e->content_len = blen;
+            memcpy(cur->content, blob, blen);
+            cur->content[blen] = '\0';
+            cur->content_len = blen;
         }
-        bytes += e->content_len;
+        bytes += cur->content_len;
     }
     if (ret == 0 && r != SQLITE_DONE && r != SQLITE_ROW)
         ret = -EIO;
@@ -1082,9 +1025,10 @@ int store_read_events(struct store *s, const char *id, int64_t after_seq, int64_
     return n;
 }
 
-int store_list_sessions(struct store *s, const char *owner, bool help_only, int limit,
-                        struct store_session **out)
+static int sq_list_sessions(void *e, const char *owner, bool help_only, int limit,
+                            struct store_session **out)
 {
+    struct store_sqlite *s = e;
     struct read_conn *rc = read_get(s);
     *out = NULL;
     if (!rc)
@@ -1123,3 +1067,16 @@ int store_list_sessions(struct store *s, const char *owner, bool help_only, int 
     *out = v;
     return n;
 }
+
+const struct store_engine store_sqlite_engine = {
+    .name = "sqlite",
+    .open = sq_open,
+    .close = sq_close,
+    .submit = sq_submit,
+    .healthy = sq_healthy,
+    .failed = sq_failed,
+    .stats = sq_stats,
+    .get_session = sq_get_session,
+    .read_events = sq_read_events,
+    .list_sessions = sq_list_sessions,
+};
