@@ -14,7 +14,6 @@
 #include <string.h>
 
 #include "store/sqlite/sqlite.h"
-#include "util/clock.h"
 
 /* The engines store_open can choose from; the first is the default. */
 static const struct store_engine *const engines[] = {
@@ -132,19 +131,18 @@ void store_events_free(struct store_event *ev, int n)
     free(ev);
 }
 
-void store_new_session_id(char out[STORE_ID_LEN + 1])
+int store_new_session_id(char out[STORE_ID_LEN + 1])
 {
     unsigned char raw[12];
-    if (RAND_bytes(raw, sizeof raw) != 1) {
-        /* Never expected; fall back to time-based bytes rather than fail. */
-        int64_t t = clock_mono_ms() ^ clock_wall_ms();
-        memcpy(raw, &t, 8);
-        memset(raw + 8, 0x5a, 4);
-    }
+    out[0] = '\0';
+    /* Session ids must not be guessable: no weaker fallback. */
+    if (RAND_bytes(raw, sizeof raw) != 1)
+        return -EIO;
     out[0] = 's';
     out[1] = '_';
     for (int i = 0; i < 12; i++)
         snprintf(out + 2 + 2 * i, 3, "%02x", raw[i]);
+    return 0;
 }
 
 void store__count_commit(struct store__counters *c, int64_t us, size_t n)

@@ -216,8 +216,9 @@ void store_events_free(struct store_event *ev, int n);
 int store_list_sessions(struct store *s, const char *owner, bool help_only, int limit,
                         struct store_session **out);
 
-/* Make a new random session id. Any thread. */
-void store_new_session_id(char out[STORE_ID_LEN + 1]);
+/* Make a new random session id. 0, or -EIO when the system's random source
+ * fails (out is then ""). Any thread. */
+int store_new_session_id(char out[STORE_ID_LEN + 1]);
 
 /* ---- for engines only ------------------------------------------------------
  *

@@ -118,7 +118,7 @@ void store_sqlite__read_pool_free(struct store_sqlite *s);
 
 /* Seal n bytes of content for (session sid, seq) with a 32-byte key:
  * nonce (12) | ciphertext (n) | tag (16), in a malloc'd *out. 0, -ENOMEM,
- * or -EIO (the cipher failed). */
+ * or -EIO (the random source or the cipher failed). */
 int store_sqlite__seal(const unsigned char *key, const char *sid, int64_t seq, const char *in,
                        size_t n, unsigned char **out, size_t *outlen);
 /* Open what seal made for the same (sid, seq) and key: a malloc'd,

@@ -5,6 +5,7 @@
  * sealed content copied to another row, session or position fails to open
  * instead of showing up elsewhere. Pure functions: any thread.
  */
+#include <assert.h>
 #include <errno.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -18,6 +19,9 @@
 static size_t make_aad(unsigned char aad[STORE_ID_LEN + 8], const char *sid, int64_t seq)
 {
     size_t sl = strlen(sid);
+    /* The writer seals with a request's session_id (an array of that
+     * size); a read unseals only rows whose session id equals its id. */
+    assert(sl <= STORE_ID_LEN);
     memcpy(aad, sid, sl);
     for (int i = 0; i < 8; i++)
         aad[sl + i] = (unsigned char)(seq >> (56 - 8 * i));
@@ -30,7 +34,12 @@ int store_sqlite__seal(const unsigned char *key, const char *sid, int64_t seq, c
     unsigned char *buf = malloc(12 + n + 16);
     if (!buf)
         return -ENOMEM;
-    RAND_bytes(buf, 12);
+    /* A nonce must never repeat under one key: without fresh random bytes
+     * there is no nonce, and nothing is sealed. */
+    if (RAND_bytes(buf, 12) != 1) {
+        free(buf);
+        return -EIO;
+    }
     EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
     int len = 0, ok = ctx != NULL;
     unsigned char aad[STORE_ID_LEN + 8];

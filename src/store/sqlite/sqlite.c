@@ -197,6 +197,11 @@ static int sq_open(void **out, const struct store_options *opt, char *err, size_
         return -ENOMEM;
     }
     s->path = strdup(opt->path);
+    if (!s->path) {
+        free(s);
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
     s->sync_full = opt->sync_full;
     s->on_batch = opt->on_batch;
     s->arg = opt->arg;
@@ -207,6 +212,8 @@ static int sq_open(void **out, const struct store_options *opt, char *err, size_
     uv_mutex_init(&s->queue_lock);
     uv_cond_init(&s->queue_cond);
     uv_mutex_init(&s->read_lock);
+    uv_mutex_init(&s->ckpt_lock);
+    uv_cond_init(&s->ckpt_cond);
     atomic_init(&s->healthy, true);
     atomic_init(&s->failed, false);
     s->db_fd = s->wal_fd = -1;
@@ -267,8 +274,6 @@ static int sq_open(void **out, const struct store_options *opt, char *err, size_
             goto fail;
         }
     }
-    uv_mutex_init(&s->ckpt_lock);
-    uv_cond_init(&s->ckpt_cond);
     if (uv_thread_create(&s->ckpt_thread, checkpointer_main, s) != 0) {
         snprintf(err, errlen, "cannot start the checkpoint thread");
         goto fail;
@@ -291,6 +296,12 @@ fail:
     for (int i = 0; i < S_COUNT; i++)
         sqlite3_finalize(s->stmt[i]);
     sqlite3_close(s->db);
+    uv_mutex_destroy(&s->queue_lock);
+    uv_cond_destroy(&s->queue_cond);
+    uv_mutex_destroy(&s->read_lock);
+    uv_mutex_destroy(&s->ckpt_lock);
+    uv_cond_destroy(&s->ckpt_cond);
+    OPENSSL_cleanse(s->key, sizeof s->key);
     free(s->path);
     free(s);
     return -EINVAL;

@@ -71,7 +71,10 @@ static int do_append(struct store_sqlite *s, struct store_req *r, int64_t now)
                 return -rc;
         }
         if (!r->session_id[0]) {
-            store_new_session_id(r->session_id);
+            if (store_new_session_id(r->session_id) != 0) {
+                log_error("store_random_failed", "what=\"session id\"");
+                return -SQLITE_IOERR;
+            }
             st = s->stmt[S_SESSION_INSERT];
             sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
             sqlite3_bind_text(st, 2, r->user, -1, SQLITE_STATIC);
@@ -115,8 +118,12 @@ static int do_append(struct store_sqlite *s, struct store_req *r, int64_t now)
     unsigned char *sealed = NULL;
     size_t sealed_len = 0;
     if (s->encrypt && store_sqlite__seal(s->key, r->session_id, seq, r->content, r->content_len,
-                                         &sealed, &sealed_len) != 0)
+                                         &sealed, &sealed_len) != 0) {
+        struct log_quoted qs;
+        log_error("store_seal_failed", "session=%s seq=%lld", log_quotes(&qs, r->session_id),
+                  (long long)seq);
         return -SQLITE_IOERR;
+    }
     st = s->stmt[S_EVENT_INSERT];
     sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, seq);
