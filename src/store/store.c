@@ -87,6 +87,11 @@ void store_get_stats(struct store *s, struct store_stats *out)
     s->engine->stats(s->e, out);
 }
 
+void store_fail_next_commits(struct store *s, unsigned n)
+{
+    s->engine->fail_next_commits(s->e, n);
+}
+
 int store_get_session(struct store *s, const char *id, struct store_session *out)
 {
     return s->engine->get_session(s->e, id, out);

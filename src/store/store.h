@@ -50,9 +50,9 @@
  *     the writer, and see only committed data.
  *
  * Threads: store_open and store_close on the main thread, with no other
- * call in flight or to come; store_submit, store_healthy, store_failed and
- * store_get_stats on any thread; the reads on any thread but a worker's
- * loop; on_batch on the engine's writer thread.
+ * call in flight or to come; store_submit, store_healthy, store_failed,
+ * store_get_stats and store_fail_next_commits on any thread; the reads on
+ * any thread but a worker's loop; on_batch on the engine's writer thread.
  * Which threads and locks an engine has inside is its own business, said in
  * its DESIGN note.
  *
@@ -197,6 +197,17 @@ void store_get_stats(struct store *s, struct store_stats *out);
 extern const double store_commit_bounds_ms[12];
 extern const unsigned store_batch_bounds[8];
 
+/*
+ * For tests: the next n batches that reach their commit fail there as if the
+ * disk refused the write (SQLite's SQLITE_FULL): the transaction is rolled
+ * back, known not committed, every request in it is answered
+ * STORE_UNAVAILABLE, the store turns unhealthy until a later batch writes,
+ * and it does NOT fail (store_failed stays false). n replaces any count
+ * still pending; 0 cancels. One atomic read per batch when unused. Any
+ * thread.
+ */
+void store_fail_next_commits(struct store *s, unsigned n);
+
 /* ---- synchronous reads (G8: thread pool; any thread but not a worker loop) ---- */
 
 /* The session, if it exists. 0, -ENOENT, or -EIO. */
@@ -237,6 +248,7 @@ struct store_engine {
     bool (*healthy)(void *e);
     bool (*failed)(void *e);
     void (*stats)(void *e, struct store_stats *out);
+    void (*fail_next_commits)(void *e, unsigned n);
     int (*get_session)(void *e, const char *id, struct store_session *out);
     int (*read_events)(void *e, const char *id, int64_t after_seq, int64_t limit,
                        size_t max_bytes, struct store_event **out);

@@ -90,6 +90,7 @@ struct store_sqlite {
     /* atomics */
     atomic_bool healthy;
     atomic_bool failed; /* fail-stop: set once, never cleared */
+    atomic_uint fail_commits; /* tests: commits left to fail (store_fail_next_commits) */
     struct store__counters counters;
 };
 
@@ -103,6 +104,7 @@ int store_sqlite__submit(void *e, struct store_req *r);
 bool store_sqlite__healthy(void *e);
 bool store_sqlite__failed(void *e);
 void store_sqlite__stats(void *e, struct store_stats *out);
+void store_sqlite__fail_next_commits(void *e, unsigned n);
 
 /* ---- read.c: the reads (thread pool) and the pool's end (close) ---- */
 

@@ -216,6 +216,7 @@ static int sq_open(void **out, const struct store_options *opt, char *err, size_
     uv_cond_init(&s->ckpt_cond);
     atomic_init(&s->healthy, true);
     atomic_init(&s->failed, false);
+    atomic_init(&s->fail_commits, 0);
     s->db_fd = s->wal_fd = -1;
 
     int rc = sqlite3_open_v2(opt->path, &s->db,
@@ -343,6 +344,7 @@ const struct store_engine store_sqlite_engine = {
     .healthy = store_sqlite__healthy,
     .failed = store_sqlite__failed,
     .stats = store_sqlite__stats,
+    .fail_next_commits = store_sqlite__fail_next_commits,
     .get_session = store_sqlite__get_session,
     .read_events = store_sqlite__read_events,
     .list_sessions = store_sqlite__list_sessions,

@@ -287,6 +287,19 @@ static bool commit_outcome_unknown(int rc)
     return primary != SQLITE_FULL && primary != SQLITE_BUSY && primary != SQLITE_NOMEM;
 }
 
+/* The tests' fault hook (store_fail_next_commits): is this commit one of
+ * those to fail as if the disk refused it? One relaxed load when unused. */
+static bool injected_commit_failure(struct store_sqlite *s)
+{
+    unsigned left = atomic_load_explicit(&s->fail_commits, memory_order_relaxed);
+    while (left > 0)
+        if (atomic_compare_exchange_weak(&s->fail_commits, &left, left - 1)) {
+            log_info("store_fault_injected", "at=commit left=%u", left - 1);
+            return true;
+        }
+    return false;
+}
+
 static void run_batch(struct store_sqlite *s, struct store_req **reqs, size_t n)
 {
     struct log_quoted qp;
@@ -310,7 +323,7 @@ static void run_batch(struct store_sqlite *s, struct store_req **reqs, size_t n)
                 break;
         if (rc == 0) {
             at_commit = true;
-            rc = step_done(s->stmt[S_COMMIT]);
+            rc = injected_commit_failure(s) ? SQLITE_FULL : step_done(s->stmt[S_COMMIT]);
         }
     }
     if (rc == 0 && (gone = files_gone(s)) != NULL) {
@@ -433,3 +446,9 @@ void store_sqlite__stats(void *e, struct store_stats *out)
     store__counters_read(&s->counters, out);
 }
 
+
+void store_sqlite__fail_next_commits(void *e, unsigned n)
+{
+    struct store_sqlite *s = e;
+    atomic_store(&s->fail_commits, n);
+}
