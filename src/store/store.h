@@ -28,10 +28,12 @@
  *     3... with no gap and no repeat, assigned inside the transaction, so
  *     per session the seqs that on_batch sees rise by one in the order it
  *     sees them.
- *  G4 A failed commit consumes no seq and leaves nothing visible: every
- *     request of the batch is answered STORE_UNAVAILABLE (known not stored)
- *     or STORE_UNKNOWN (see G7); a later request gets the seq the failed one
- *     would have had, and a retry with the same client id is stored anew.
+ *  G4 A failed commit consumes no seq and leaves nothing visible: when a
+ *     batch is known not committed (a refused write, a busy database),
+ *     every request in it is answered STORE_UNAVAILABLE, none of it can be
+ *     read, a later request gets the seq the failed one would have had, and
+ *     a retry with the same client id is stored anew. The store is
+ *     unhealthy until a later batch writes, but has not failed.
  *  G5 Dedup by client id: an APPEND with the same (session, user, client
  *     id) as a stored event is not stored again; it is answered STORE_OK
  *     with duplicate set and the original seq and timestamp. A retried
@@ -42,9 +44,11 @@
  *     server; reads unseal them, and a content that cannot be unsealed fails
  *     the read (-EIO) rather than return ciphertext.
  *  G7 Fail-stop: when the engine can no longer tell whether a commit is
- *     durable, it answers that batch STORE_UNKNOWN, fails for good
- *     (store_failed), and refuses every later write; a restart recovers
- *     from what is durable, and dedup (G5) makes the clients' retries safe.
+ *     durable, it answers that batch STORE_UNKNOWN (STORE_UNAVAILABLE when
+ *     it knows nothing of it was written), fails for good (store_failed),
+ *     and refuses every later write with STORE_UNAVAILABLE; a restart
+ *     recovers from what is durable, and dedup (G5) makes the clients'
+ *     retries safe.
  *  G8 Reads never on a worker loop: the read functions block (disk,
  *     network) and are called from the thread pool; they never wait for
  *     the writer, and see only committed data.
@@ -236,9 +240,11 @@ int store_new_session_id(char out[STORE_ID_LEN + 1]);
  * An engine is a table of operations on its own state (`e`, which open
  * allocates and close frees). Each operation implements the store_*
  * function of the same name, with that function's contract, threads and
- * errors, and keeps G1-G8. The engine runs on_batch on its writer thread and
- * calls sbuf_thread_cleanup() before that thread ends (on_batch may drop
- * shared frames there). An engine registers by being listed in store.c.
+ * errors, and keeps G1-G8; fail_next_commits is the hook of
+ * store_fail_next_commits, for tests. The engine runs on_batch on its
+ * writer thread and calls sbuf_thread_cleanup() (util/sbuf.h) before that
+ * thread ends, since on_batch may drop shared frames there. An engine
+ * registers by being listed in store.c.
  */
 struct store_engine {
     const char *name;               /* as given in store_options.engine */

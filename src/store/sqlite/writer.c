@@ -6,6 +6,14 @@
  * the whole batch back and answers every request in it with
  * STORE_UNAVAILABLE: nothing is acknowledged that was not committed, and no
  * seq is consumed (seqs are read and bumped inside the transaction).
+ * Under steady load a small batch lingers (STORE_LINGER_US) for company.
+ *
+ * A help request updates only a session not yet asking (help = 0), and
+ * sqlite3_changes() tells whether it did: the second one is answered as a
+ * duplicate and writes nothing. Health: a failed write makes the store
+ * unhealthy, and only a batch that wrote makes it healthy again (a batch of
+ * checks commits fine on a full disk). The tests' fault hook fails a COMMIT
+ * as SQLITE_FULL would, through the same path.
  *
  * Fail-stop: a COMMIT whose outcome is unknown (a failed fsync, any I/O
  * error), or a database or WAL file removed or replaced under the open
