@@ -1,29 +1,67 @@
 /*
- * store: durable storage of sessions and their events.
+ * store: durable storage of sessions and their events, behind one interface.
  *
- * Writes go through one writer thread that owns the write connection: callers
- * queue requests with store_submit() from any thread; the writer takes
- * everything queued (up to STORE_BATCH_MAX), runs it in one transaction (group
- * commit), commits, and hands the whole batch, in commit order, to the
- * on_batch callback on the writer thread. A request's result fields are set
- * by then; the callback takes ownership of the requests. Per-session `seq`
- * values are assigned inside the transaction, so they follow commit order and
- * a failed commit consumes none.
+ * A `struct store` is a handle on one storage engine (SQLite today, in
+ * src/store/sqlite/; PostgreSQL later), chosen by name at store_open. Every
+ * store_* function dispatches through the engine's table of operations
+ * (`struct store_engine`, at the end of this file), so callers never know
+ * which engine runs. The store owns the engine and its state; callers own
+ * nothing inside it.
  *
- * Reads (history, resume, session lists) are synchronous functions for the
- * libuv thread pool: each borrows one of a small pool of read-only
- * connections (guarded by `read_lock`), so reads never wait for the writer
- * and never run on a worker's loop.
+ * Writes: callers queue requests with store_submit() from any thread. The
+ * engine's writer takes everything queued (up to STORE_BATCH_MAX), runs it
+ * as one transaction (group commit), and hands the whole batch, in commit
+ * order, to the on_batch callback on the writer thread, which takes
+ * ownership of the requests. Reads (history, resume, session lists) are
+ * synchronous calls for the libuv thread pool.
  *
- * Threads: the writer; a checkpointer that copies the WAL into the database
- * (PASSIVE checkpoints, its own connection) when the writer's WAL hook says
- * the WAL has grown; the callers of the read functions.
+ * The guarantees every engine keeps (tests/unit/test_store.c checks them on
+ * each engine; the numbers are referred to below):
  *
- * Locks, all leaves: `queue_lock` (+ `queue_cond`) guards the request queue;
- * `ckpt_lock` (+ `ckpt_cond`) guards the checkpoint request flag; `read_lock`
- * guards the pool of read connections. The writer's connection and
- * statements are touched only by the writer thread. Statistics and the
- * health flag are atomics.
+ *  G1 Group commit: requests queued together share one transaction; under
+ *     steady load a small batch may linger (STORE_LINGER_US) for company.
+ *  G2 Ack only after commit: on_batch sees a request's results only once
+ *     its transaction has committed, or failed. Every request that
+ *     store_submit took reaches on_batch exactly once, also those still
+ *     queued when store_close begins (close drains the queue).
+ *  G3 Gapless seq in commit order: each session's events carry seq 1, 2,
+ *     3... with no gap and no repeat, assigned inside the transaction, so
+ *     per session the seqs that on_batch sees rise by one in the order it
+ *     sees them.
+ *  G4 A failed commit consumes no seq and leaves nothing visible: when a
+ *     batch is known not committed (a refused write, a busy database),
+ *     every request in it is answered STORE_UNAVAILABLE, none of it can be
+ *     read, a later request gets the seq the failed one would have had, and
+ *     a retry with the same client id is stored anew. The store is
+ *     unhealthy until a later batch writes, but has not failed.
+ *  G5 Dedup by client id: an APPEND with the same (session, user, client
+ *     id) as a stored event is not stored again; it is answered STORE_OK
+ *     with duplicate set and the original seq and timestamp. A retried
+ *     session-creating APPEND (no session id, same user and client id)
+ *     finds the session the first one made.
+ *  G6 Encryption at rest: with a key, event contents are sealed (AES-256-GCM,
+ *     bound to session and seq) before they reach the engine's files or
+ *     server; reads unseal them, and a content that cannot be unsealed fails
+ *     the read (-EIO) rather than return ciphertext.
+ *  G7 Fail-stop: when the engine can no longer tell whether a commit is
+ *     durable, it answers that batch STORE_UNKNOWN (STORE_UNAVAILABLE when
+ *     it knows nothing of it was written), fails for good (store_failed),
+ *     and refuses every later write with STORE_UNAVAILABLE; a restart
+ *     recovers from what is durable, and dedup (G5) makes the clients'
+ *     retries safe.
+ *  G8 Reads never on a worker loop: the read functions block (disk,
+ *     network) and are called from the thread pool; they never wait for
+ *     the writer, and see only committed data.
+ *
+ * Threads: store_open and store_close on the main thread, with no other
+ * call in flight or to come; store_submit, store_healthy, store_failed,
+ * store_get_stats and store_fail_next_commits on any thread; the reads on
+ * any thread but a worker's loop; on_batch on the engine's writer thread.
+ * Which threads and locks an engine has inside is its own business, said in
+ * its DESIGN note.
+ *
+ * Errors are negative errno values; engines map their own codes once,
+ * inside the engine.
  */
 #ifndef CHATD_STORE_STORE_H
 #define CHATD_STORE_STORE_H
@@ -32,12 +70,12 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <uv.h>
 
 #define STORE_BATCH_MAX 1024
 #define STORE_LINGER_US 300   /* under load, a small batch waits this long for more */
 #define STORE_ID_LEN 26       /* "s_" + 24 hex digits */
 #define STORE_MAX_USER 128
+#define STORE_ENGINE_DEFAULT "sqlite"
 
 enum store_op {
     STORE_APPEND = 0,  /* store a user or admin message (new session if no id) */
@@ -81,7 +119,7 @@ struct store_req {
     bool created;                   /* APPEND made a new session */
     bool duplicate;                 /* APPEND matched an earlier client id; HELP: the
                                      * session already asked (nothing written) */
-    int64_t seq;
+    int64_t seq;                    /* APPEND: the event's; other ops: the session's last */
     int64_t ts_ms;
     char owner[STORE_MAX_USER + 1]; /* the session's owner */
 };
@@ -90,56 +128,65 @@ struct store_req {
 struct store_event {
     int64_t seq;
     int64_t ts_ms;
-    char type[16];
+    char type[16];                  /* "user_message", "admin_message", "ai_response" */
     char sender_type[8];
     char *sender_id;
-    char *sender_name;
-    char *client_id;
-    char *content;
+    char *sender_name;              /* NULL when none was given */
+    char *client_id;                /* NULL when none was given */
+    char *content;                  /* NUL-terminated beyond content_len */
     size_t content_len;
-    char *metadata;
+    char *metadata;                 /* NULL when none was given */
 };
 
 struct store_session {
     char id[STORE_ID_LEN + 1];
     char owner[STORE_MAX_USER + 1];
-    int64_t created_ms, updated_ms;
+    int64_t created_ms, updated_ms; /* updated: the last APPEND or HELP */
     int64_t last_seq;
     bool help;
-    char model[65];
+    char model[65];                 /* "" when none was set */
 };
 
 struct store;
 
 struct store_options {
-    const char *path;
-    bool sync_full;                 /* synchronous=FULL, else NORMAL */
-    const unsigned char *key;       /* 32-byte AES-256-GCM key or NULL */
+    const char *engine;             /* engine name; NULL: STORE_ENGINE_DEFAULT */
+    const char *path;               /* where the engine keeps its data (SQLite: a file) */
+    bool sync_full;                 /* SQLite: synchronous=FULL, else NORMAL */
+    const unsigned char *key;       /* 32-byte AES-256-GCM key or NULL (copied) */
+    /* Called on the writer thread with each finished batch in commit order;
+     * takes ownership of the requests (free each with store_req_free). It
+     * may call store_submit, never store_close. */
     void (*on_batch)(void *arg, struct store_req **reqs, size_t n);
     void *arg;
 };
 
-/* Open (creating and migrating as needed) and start the writer thread.
- * 0, or a negative errno with a one-line message in err. Main thread. */
+/* Open the engine opt->engine names (creating and migrating its data as
+ * needed) and start its writer. 0, or a negative errno (-EINVAL for an
+ * unknown engine) with a one-line message in err. Main thread. */
 int store_open(struct store **out, const struct store_options *opt, char *err, size_t errlen);
-/* Finish queued writes, stop the writer, close everything. Main thread. */
+/* Finish the queued writes (each reaches on_batch), stop the writer, close
+ * everything and free s. Main thread, once every other caller is done: a
+ * call racing with it may touch freed memory. */
 void store_close(struct store *s);
 
-/* Queue a write (takes ownership). Any thread. -ESHUTDOWN after close began. */
+/* Queue a write (takes ownership; on_batch hands it back). Any thread.
+ * 0, or -ESHUTDOWN once close began (the caller keeps r). */
 int store_submit(struct store *s, struct store_req *r);
-/* Free a request and what it owns. */
+/* Free a request and what it owns. NULL is fine. Any thread. */
 void store_req_free(struct store_req *r);
 
 /* Is the store taking writes (for /readyz)? False after a failed write
  * attempt until one succeeds, and for good once it has failed. Any thread. */
 bool store_healthy(struct store *s);
 /*
- * Has the store failed for good (fail-stop)? It fails when it can no longer
- * tell whether a commit is on disk: a commit whose sync reported an I/O
- * error, or a database or WAL file that was removed or replaced while open
- * (checked before and after every batch). From then on every write is
- * answered STORE_UNAVAILABLE and nothing more is acknowledged; a restart
- * recovers from what is on disk. Any thread.
+ * Has the store failed for good (fail-stop, G7)? It fails when it can no
+ * longer tell whether a commit is durable (SQLite: a commit whose sync
+ * reported an I/O error, or a database or WAL file that was removed or
+ * replaced while open, checked before and after every batch). From then on
+ * every write is answered STORE_UNAVAILABLE and nothing more is
+ * acknowledged; a restart recovers from what is on disk. Never true in
+ * normal operation. Any thread.
  */
 bool store_failed(struct store *s);
 /* Statistics for /metrics. Any thread. */
@@ -150,10 +197,22 @@ struct store_stats {
     uint64_t batch_bucket[8];
 };
 void store_get_stats(struct store *s, struct store_stats *out);
+/* Upper bounds of the histogram buckets (the same for every engine). */
 extern const double store_commit_bounds_ms[12];
 extern const unsigned store_batch_bounds[8];
 
-/* ---- synchronous reads (thread pool; any thread but not a worker loop) ---- */
+/*
+ * For tests: the next n batches that reach their commit fail there as if the
+ * disk refused the write (SQLite's SQLITE_FULL): the transaction is rolled
+ * back, known not committed, every request in it is answered
+ * STORE_UNAVAILABLE, the store turns unhealthy until a later batch writes,
+ * and it does NOT fail (store_failed stays false). n replaces any count
+ * still pending; 0 cancels. One atomic read per batch when unused. Any
+ * thread.
+ */
+void store_fail_next_commits(struct store *s, unsigned n);
+
+/* ---- synchronous reads (G8: thread pool; any thread but not a worker loop) ---- */
 
 /* The session, if it exists. 0, -ENOENT, or -EIO. */
 int store_get_session(struct store *s, const char *id, struct store_session *out);
@@ -161,16 +220,59 @@ int store_get_session(struct store *s, const char *id, struct store_session *out
  * no more once their contents reach max_bytes (0: no limit; the event that
  * crosses it is included, so a page is never empty while events remain).
  * Returns the count (>= 0) with *out a malloc'd array (free with
- * store_events_free), or -EIO. */
+ * store_events_free; NULL when the count is 0), or -EIO / -ENOMEM. */
 int store_read_events(struct store *s, const char *id, int64_t after_seq, int64_t limit,
                       size_t max_bytes, struct store_event **out);
+/* Free what store_read_events returned (n: its count). NULL is fine. */
 void store_events_free(struct store_event *ev, int n);
 /* Sessions of one owner (owner != NULL) or all (help_only filters),
- * newest first, at most limit. Count or -EIO; free *out with free(). */
+ * most recently updated first, at most limit. Count or -EIO / -ENOMEM; free
+ * *out with free(). */
 int store_list_sessions(struct store *s, const char *owner, bool help_only, int limit,
                         struct store_session **out);
 
-/* Make a new random session id. */
-void store_new_session_id(char out[STORE_ID_LEN + 1]);
+/* Make a new random session id. 0, or -EIO when the system's random source
+ * fails (out is then ""). Any thread. */
+int store_new_session_id(char out[STORE_ID_LEN + 1]);
+
+/* ---- for engines only ------------------------------------------------------
+ *
+ * An engine is a table of operations on its own state (`e`, which open
+ * allocates and close frees). Each operation implements the store_*
+ * function of the same name, with that function's contract, threads and
+ * errors, and keeps G1-G8; fail_next_commits is the hook of
+ * store_fail_next_commits, for tests. The engine runs on_batch on its
+ * writer thread and calls sbuf_thread_cleanup() (util/sbuf.h) before that
+ * thread ends, since on_batch may drop shared frames there. An engine
+ * registers by being listed in store.c.
+ */
+struct store_engine {
+    const char *name;               /* as given in store_options.engine */
+    int (*open)(void **e, const struct store_options *opt, char *err, size_t errlen);
+    void (*close)(void *e);
+    int (*submit)(void *e, struct store_req *r);
+    bool (*healthy)(void *e);
+    bool (*failed)(void *e);
+    void (*stats)(void *e, struct store_stats *out);
+    void (*fail_next_commits)(void *e, unsigned n);
+    int (*get_session)(void *e, const char *id, struct store_session *out);
+    int (*read_events)(void *e, const char *id, int64_t after_seq, int64_t limit,
+                       size_t max_bytes, struct store_event **out);
+    int (*list_sessions)(void *e, const char *owner, bool help_only, int limit,
+                         struct store_session **out);
+};
+
+/* The statistics every engine keeps, so that /metrics means the same
+ * whatever runs. Atomics: any thread. */
+struct store__counters {
+    atomic_uint_fast64_t commits, failures, batched, commit_us_sum;
+    atomic_uint_fast64_t commit_hist[12], batch_hist[8];
+};
+/* A batch of n requests committed in us microseconds. */
+void store__count_commit(struct store__counters *c, int64_t us, size_t n);
+/* A batch was refused or its commit failed. */
+void store__count_failure(struct store__counters *c);
+/* Copy the counters out for store_get_stats. */
+void store__counters_read(struct store__counters *c, struct store_stats *out);
 
 #endif

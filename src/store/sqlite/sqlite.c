@@ -1,0 +1,351 @@
+/*
+ * DESIGN: the SQLite engine ("sqlite"), one database file in WAL mode.
+ *
+ * Threads: the writer (writer.c) owns the only write connection and runs
+ * every write in batches, one IMMEDIATE transaction each (group commit);
+ * the checkpointer (here) copies the WAL into the database with PASSIVE
+ * checkpoints on its own connection when the writer's WAL hook says the WAL
+ * has grown, so commits never wait for a checkpoint; readers (read.c, on
+ * the libuv thread pool) borrow read-only connections from a pool, which
+ * WAL lets run beside the writer. Contents are sealed (seal.c) before they
+ * are bound into a statement. internal.h lists the locks.
+ *
+ * Open refuses a database it cannot write (read-only check, then a write
+ * probe), migrates the schema, and keeps the database and WAL files open
+ * so that the writer notices them removed or replaced (fail-stop). Schema
+ * versions live in PRAGMA user_version; migrations[i] moves a database from
+ * version i to i+1 inside a transaction.
+ */
+#include "store/sqlite/sqlite.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "store/sqlite/internal.h"
+#include "util/log.h"
+
+static const char *const migrations[] = {
+    /* 0 -> 1 */
+    "CREATE TABLE sessions ("
+    "  id TEXT PRIMARY KEY,"
+    "  owner TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL,"
+    "  last_seq INTEGER NOT NULL DEFAULT 0,"
+    "  help INTEGER NOT NULL DEFAULT 0,"
+    "  model TEXT,"
+    "  origin_client_id TEXT"
+    ");"
+    "CREATE INDEX sessions_by_owner ON sessions(owner);"
+    "CREATE UNIQUE INDEX sessions_by_origin ON sessions(owner, origin_client_id)"
+    "  WHERE origin_client_id IS NOT NULL;"
+    "CREATE TABLE events ("
+    "  session_id TEXT NOT NULL,"
+    "  seq INTEGER NOT NULL,"
+    "  type TEXT NOT NULL,"
+    "  sender_type TEXT NOT NULL,"
+    "  sender_id TEXT NOT NULL,"
+    "  sender_name TEXT,"
+    "  client_id TEXT,"
+    "  content BLOB NOT NULL,"
+    "  metadata TEXT,"
+    "  enc INTEGER NOT NULL DEFAULT 0,"
+    "  created_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (session_id, seq)"
+    ") WITHOUT ROWID;"
+    "CREATE UNIQUE INDEX events_by_client ON events(session_id, sender_id, client_id)"
+    "  WHERE client_id IS NOT NULL;",
+};
+#define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
+#define SCHEMA_VERSION_TEXT "1" /* the same, for SQL text */
+_Static_assert(sizeof migrations / sizeof migrations[0] == 1, "update SCHEMA_VERSION_TEXT");
+
+
+/* The writer's statements, prepared once at open (see internal.h). */
+static const char *const stmt_sql[S_COUNT] = {
+    [S_SESSION_GET] = "SELECT owner, last_seq FROM sessions WHERE id = ?1",
+    [S_SESSION_BY_ORIGIN] = "SELECT id FROM sessions WHERE owner = ?1 AND origin_client_id = ?2",
+    [S_SESSION_INSERT] = "INSERT INTO sessions (id, owner, created_at, updated_at, origin_client_id)"
+                         " VALUES (?1, ?2, ?3, ?3, ?4)",
+    [S_SESSION_BUMP] = "UPDATE sessions SET last_seq = ?2, updated_at = ?3 WHERE id = ?1",
+    [S_SESSION_HELP] = "UPDATE sessions SET help = 1, updated_at = ?2 WHERE id = ?1 AND help = 0",
+    [S_SESSION_MODEL] = "UPDATE sessions SET model = ?2 WHERE id = ?1",
+    [S_EVENT_BY_CLIENT] = "SELECT seq, created_at FROM events"
+                          " WHERE session_id = ?1 AND sender_id = ?2 AND client_id = ?3",
+    [S_EVENT_INSERT] = "INSERT INTO events (session_id, seq, type, sender_type, sender_id,"
+                       " sender_name, client_id, content, metadata, enc, created_at)"
+                       " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    [S_BEGIN] = "BEGIN IMMEDIATE",
+    [S_COMMIT] = "COMMIT",
+    [S_ROLLBACK] = "ROLLBACK",
+};
+
+static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "%s", msg ? msg : sqlite3_errstr(rc));
+        sqlite3_free(msg);
+        return -EIO;
+    }
+    return 0;
+}
+
+/* ---- checkpoints ----------------------------------------------------------
+ *
+ * The writer never checkpoints (that would stall commits for as long as the
+ * copy takes). After each commit SQLite reports the WAL's size through the
+ * WAL hook; past CKPT_PAGES the checkpointer thread is woken, and copies the
+ * WAL into the database with a PASSIVE checkpoint on its own connection,
+ * beside the writer. */
+
+#define CKPT_PAGES 4096
+
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    struct store_sqlite *s = arg;
+    (void)db;
+    (void)name;
+    if (pages >= CKPT_PAGES) {
+        uv_mutex_lock(&s->ckpt_lock);
+        if (!s->ckpt_wanted) {
+            s->ckpt_wanted = true;
+            uv_cond_signal(&s->ckpt_cond);
+        }
+        uv_mutex_unlock(&s->ckpt_lock);
+    }
+    return SQLITE_OK;
+}
+
+static void checkpointer_main(void *arg)
+{
+    struct store_sqlite *s = arg;
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        log_error("store_checkpointer_failed", "error=\"%s\"", db ? sqlite3_errmsg(db) : "?");
+        sqlite3_close(db);
+        return;
+    }
+    sqlite3_busy_timeout(db, 1000);
+    for (;;) {
+        uv_mutex_lock(&s->ckpt_lock);
+        while (!s->ckpt_wanted && !s->ckpt_closing)
+            uv_cond_wait(&s->ckpt_cond, &s->ckpt_lock);
+        bool closing = s->ckpt_closing;
+        s->ckpt_wanted = false;
+        uv_mutex_unlock(&s->ckpt_lock);
+        if (closing)
+            break;
+        int log_pages = 0, done = 0;
+        int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_pages, &done);
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+            log_warn("store_checkpoint_failed", "error=\"%s\"", sqlite3_errstr(rc));
+    }
+    sqlite3_close(db);
+}
+
+static void stop_checkpointer(struct store_sqlite *s)
+{
+    uv_mutex_lock(&s->ckpt_lock);
+    s->ckpt_closing = true;
+    uv_cond_signal(&s->ckpt_cond);
+    uv_mutex_unlock(&s->ckpt_lock);
+    uv_thread_join(&s->ckpt_thread);
+}
+
+/* ---- open / close ----------------------------------------------------------- */
+
+static int migrate(sqlite3 *db, char *err, size_t errlen)
+{
+    sqlite3_stmt *st;
+    int version = 0;
+    if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK) {
+        if (sqlite3_step(st) == SQLITE_ROW)
+            version = sqlite3_column_int(st, 0);
+        sqlite3_finalize(st);
+    }
+    if (version > SCHEMA_VERSION) {
+        snprintf(err, errlen, "database schema version %d is newer than this chatd (%d)",
+                 version, SCHEMA_VERSION);
+        return -EINVAL;
+    }
+    for (int v = version; v < SCHEMA_VERSION; v++) {
+        char sql[64];
+        snprintf(sql, sizeof sql, "PRAGMA user_version = %d", v + 1);
+        if (exec(db, "BEGIN IMMEDIATE", err, errlen) || exec(db, migrations[v], err, errlen) ||
+            exec(db, sql, err, errlen) || exec(db, "COMMIT", err, errlen)) {
+            exec(db, "ROLLBACK", err + strlen(err), 0);
+            return -EIO;
+        }
+        log_info("store_migrated", "version=%d", v + 1);
+    }
+    return 0;
+}
+
+static int sq_open(void **out, const struct store_options *opt, char *err, size_t errlen)
+{
+    struct store_sqlite *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    s->path = strdup(opt->path);
+    if (!s->path) {
+        free(s);
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    s->sync_full = opt->sync_full;
+    s->on_batch = opt->on_batch;
+    s->arg = opt->arg;
+    if (opt->key) {
+        s->encrypt = true;
+        memcpy(s->key, opt->key, 32);
+    }
+    uv_mutex_init(&s->queue_lock);
+    uv_cond_init(&s->queue_cond);
+    uv_mutex_init(&s->read_lock);
+    uv_mutex_init(&s->ckpt_lock);
+    uv_cond_init(&s->ckpt_cond);
+    atomic_init(&s->healthy, true);
+    atomic_init(&s->failed, false);
+    atomic_init(&s->fail_commits, 0);
+    s->db_fd = s->wal_fd = -1;
+
+    int rc = sqlite3_open_v2(opt->path, &s->db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                             NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "--db: cannot open '%s': %s", opt->path,
+                 s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+        goto fail;
+    }
+    sqlite3_busy_timeout(s->db, 5000);
+    sqlite3_extended_result_codes(s->db, 1);
+    /* A database chatd cannot write must stop it at start, not at the
+     * first message (SQLite falls back to read-only without a word). */
+    if (sqlite3_db_readonly(s->db, "main") == 1) {
+        snprintf(err, errlen,
+                 "--db: '%s' cannot be written (read-only file or folder; check its permissions)",
+                 opt->path);
+        goto fail;
+    }
+    char e[256] = "";
+    if (exec(s->db, "PRAGMA page_size = 1024", e, sizeof e) ||
+        exec(s->db, "PRAGMA journal_mode = WAL", e, sizeof e) ||
+        exec(s->db, s->sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL",
+             e, sizeof e) ||
+        exec(s->db, "PRAGMA foreign_keys = ON", e, sizeof e) ||
+        exec(s->db, "PRAGMA wal_autocheckpoint = 0", e, sizeof e)) {
+        snprintf(err, errlen, "--db: '%s': %s", opt->path, e);
+        goto fail;
+    }
+    if (migrate(s->db, e, sizeof e) != 0) {
+        snprintf(err, errlen, "--db: '%s': %s", opt->path, e);
+        goto fail;
+    }
+    /* Prove that a write goes through (a folder that is not writable, a
+     * file that is read-only for this user), then keep the files open to
+     * notice them removed or replaced later. */
+    if (exec(s->db, "BEGIN IMMEDIATE", e, sizeof e) ||
+        exec(s->db, "PRAGMA user_version = " SCHEMA_VERSION_TEXT, e, sizeof e) ||
+        exec(s->db, "COMMIT", e, sizeof e)) {
+        snprintf(err, errlen, "--db: '%s' cannot be written: %s", opt->path, e);
+        goto fail;
+    }
+    s->db_fd = strcmp(opt->path, ":memory:") == 0 ? -2 : open(opt->path, O_RDONLY | O_CLOEXEC);
+    if (s->db_fd == -2) {
+        s->db_fd = -1; /* an in-memory database has no file to watch */
+    } else if (s->db_fd < 0 || fstat(s->db_fd, &s->db_st) != 0) {
+        snprintf(err, errlen, "--db: '%s': %s", opt->path, strerror(errno));
+        goto fail;
+    }
+    store_sqlite__watch_wal(s);
+    for (int i = 0; i < S_COUNT; i++) {
+        if (sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->stmt[i],
+                               NULL) != SQLITE_OK) {
+            snprintf(err, errlen, "--db: '%s': %s", opt->path, sqlite3_errmsg(s->db));
+            goto fail;
+        }
+    }
+    if (uv_thread_create(&s->ckpt_thread, checkpointer_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the checkpoint thread");
+        goto fail;
+    }
+    s->ckpt_started = true;
+    sqlite3_wal_hook(s->db, wal_hook, s);
+    if (uv_thread_create(&s->thread, store_sqlite__writer_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the storage thread");
+        goto fail;
+    }
+    *out = s;
+    return 0;
+fail:
+    if (s->ckpt_started)
+        stop_checkpointer(s);
+    if (s->db_fd >= 0)
+        close(s->db_fd);
+    if (s->wal_fd >= 0)
+        close(s->wal_fd);
+    for (int i = 0; i < S_COUNT; i++)
+        sqlite3_finalize(s->stmt[i]);
+    sqlite3_close(s->db);
+    uv_mutex_destroy(&s->queue_lock);
+    uv_cond_destroy(&s->queue_cond);
+    uv_mutex_destroy(&s->read_lock);
+    uv_mutex_destroy(&s->ckpt_lock);
+    uv_cond_destroy(&s->ckpt_cond);
+    OPENSSL_cleanse(s->key, sizeof s->key);
+    free(s->path);
+    free(s);
+    return -EINVAL;
+}
+
+static void sq_close(void *e)
+{
+    struct store_sqlite *s = e;
+    uv_mutex_lock(&s->queue_lock);
+    s->closing = true;
+    uv_cond_signal(&s->queue_cond);
+    uv_mutex_unlock(&s->queue_lock);
+    uv_thread_join(&s->thread);
+    stop_checkpointer(s);
+    uv_mutex_destroy(&s->ckpt_lock);
+    uv_cond_destroy(&s->ckpt_cond);
+    for (int i = 0; i < S_COUNT; i++)
+        sqlite3_finalize(s->stmt[i]);
+    /* The last connection to close checkpoints and removes the WAL. */
+    sqlite3_close(s->db);
+    store_sqlite__read_pool_free(s);
+    if (s->db_fd >= 0)
+        close(s->db_fd);
+    if (s->wal_fd >= 0)
+        close(s->wal_fd);
+    uv_mutex_destroy(&s->queue_lock);
+    uv_cond_destroy(&s->queue_cond);
+    uv_mutex_destroy(&s->read_lock);
+    OPENSSL_cleanse(s->key, sizeof s->key);
+    free(s->path);
+    free(s);
+}
+
+const struct store_engine store_sqlite_engine = {
+    .name = "sqlite",
+    .open = sq_open,
+    .close = sq_close,
+    .submit = store_sqlite__submit,
+    .healthy = store_sqlite__healthy,
+    .failed = store_sqlite__failed,
+    .stats = store_sqlite__stats,
+    .fail_next_commits = store_sqlite__fail_next_commits,
+    .get_session = store_sqlite__get_session,
+    .read_events = store_sqlite__read_events,
+    .list_sessions = store_sqlite__list_sessions,
+};

@@ -1,0 +1,462 @@
+/*
+ * DESIGN: the writer. One thread owns the only write connection and its
+ * prepared statements; it drains the request queue into batches and runs
+ * each batch in one IMMEDIATE transaction, so N messages cost one commit
+ * (one fsync with synchronous=FULL). Any SQLite error inside a batch rolls
+ * the whole batch back and answers every request in it with
+ * STORE_UNAVAILABLE: nothing is acknowledged that was not committed, and no
+ * seq is consumed (seqs are read and bumped inside the transaction).
+ * Under steady load a small batch lingers (STORE_LINGER_US) for company.
+ *
+ * A help request updates only a session not yet asking (help = 0), and
+ * sqlite3_changes() tells whether it did: the second one is answered as a
+ * duplicate and writes nothing. Health: a failed write makes the store
+ * unhealthy, and only a batch that wrote makes it healthy again (a batch of
+ * checks commits fine on a full disk). The tests' fault hook fails a COMMIT
+ * as SQLITE_FULL would, through the same path.
+ *
+ * Fail-stop: a COMMIT whose outcome is unknown (a failed fsync, any I/O
+ * error), or a database or WAL file removed or replaced under the open
+ * connection (checked before and after every batch), answers the batch
+ * STORE_UNKNOWN or STORE_UNAVAILABLE and fails the store for good.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "store/sqlite/internal.h"
+#include "util/clock.h"
+#include "util/log.h"
+#include "util/sbuf.h"
+
+static int step_done(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : rc;
+}
+
+/* Load a session and check the requester may use it. 1 found+allowed,
+ * 0 not found/not allowed, <0 SQLite error. */
+static int load_session(struct store_sqlite *s, struct store_req *r, int64_t *last_seq)
+{
+    sqlite3_stmt *st = s->stmt[S_SESSION_GET];
+    sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const char *owner = (const char *)sqlite3_column_text(st, 0);
+        snprintf(r->owner, sizeof r->owner, "%s", owner ? owner : "");
+        *last_seq = sqlite3_column_int64(st, 1);
+        sqlite3_reset(st);
+        if (!r->any_session && strcmp(r->owner, r->user) != 0)
+            return 0;
+        return 1;
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : -rc;
+}
+
+static int do_append(struct store_sqlite *s, struct store_req *r, int64_t now)
+{
+    sqlite3_stmt *st;
+    int rc;
+    if (!r->session_id[0]) {
+        if (r->client_id[0]) {
+            /* A retry of a message that created a session finds that session. */
+            st = s->stmt[S_SESSION_BY_ORIGIN];
+            sqlite3_bind_text(st, 1, r->user, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 2, r->client_id, -1, SQLITE_STATIC);
+            rc = sqlite3_step(st);
+            if (rc == SQLITE_ROW)
+                snprintf(r->session_id, sizeof r->session_id, "%s",
+                         (const char *)sqlite3_column_text(st, 0));
+            sqlite3_reset(st);
+            if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+                return -rc;
+        }
+        if (!r->session_id[0]) {
+            if (store_new_session_id(r->session_id) != 0) {
+                log_error("store_random_failed", "what=\"session id\"");
+                return -SQLITE_IOERR;
+            }
+            st = s->stmt[S_SESSION_INSERT];
+            sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 2, r->user, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 3, now);
+            if (r->client_id[0])
+                sqlite3_bind_text(st, 4, r->client_id, -1, SQLITE_STATIC);
+            else
+                sqlite3_bind_null(st, 4);
+            if ((rc = step_done(st)) != 0)
+                return -rc;
+            r->created = true;
+        }
+    }
+    int64_t last_seq;
+    rc = load_session(s, r, &last_seq);
+    if (rc <= 0) {
+        r->status = STORE_NOT_FOUND;
+        return rc;
+    }
+    const char *sender_id = r->user;
+    if (r->client_id[0]) {
+        st = s->stmt[S_EVENT_BY_CLIENT];
+        sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, sender_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, r->client_id, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            r->seq = sqlite3_column_int64(st, 0);
+            r->ts_ms = sqlite3_column_int64(st, 1);
+            r->duplicate = true;
+            r->created = false;
+            sqlite3_reset(st);
+            r->status = STORE_OK;
+            return 0;
+        }
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE)
+            return -rc;
+    }
+    int64_t seq = last_seq + 1;
+    unsigned char *sealed = NULL;
+    size_t sealed_len = 0;
+    if (s->encrypt && store_sqlite__seal(s->key, r->session_id, seq, r->content, r->content_len,
+                                         &sealed, &sealed_len) != 0) {
+        struct log_quoted qs;
+        log_error("store_seal_failed", "session=%s seq=%lld", log_quotes(&qs, r->session_id),
+                  (long long)seq);
+        return -SQLITE_IOERR;
+    }
+    st = s->stmt[S_EVENT_INSERT];
+    sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, seq);
+    sqlite3_bind_text(st, 3, strcmp(r->sender_type, "admin") == 0 ? "admin_message"
+                             : strcmp(r->sender_type, "ai") == 0  ? "ai_response"
+                                                                  : "user_message",
+                      -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, r->sender_type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, sender_id, -1, SQLITE_STATIC);
+    if (r->sender_name)
+        sqlite3_bind_text(st, 6, r->sender_name, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 6);
+    if (r->client_id[0])
+        sqlite3_bind_text(st, 7, r->client_id, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 7);
+    if (sealed)
+        sqlite3_bind_blob(st, 8, sealed, (int)sealed_len, SQLITE_STATIC);
+    else
+        sqlite3_bind_blob(st, 8, r->content, (int)r->content_len, SQLITE_STATIC);
+    if (r->metadata)
+        sqlite3_bind_text(st, 9, r->metadata, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 9);
+    sqlite3_bind_int(st, 10, sealed ? 1 : 0);
+    sqlite3_bind_int64(st, 11, now);
+    rc = step_done(st);
+    sqlite3_clear_bindings(st);
+    free(sealed);
+    if (rc != 0)
+        return -rc;
+    st = s->stmt[S_SESSION_BUMP];
+    sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, seq);
+    sqlite3_bind_int64(st, 3, now);
+    if ((rc = step_done(st)) != 0)
+        return -rc;
+    r->seq = seq;
+    r->ts_ms = now;
+    r->status = STORE_OK;
+    return 0;
+}
+
+static int do_request(struct store_sqlite *s, struct store_req *r, int64_t now)
+{
+    r->status = STORE_OK;
+    r->ts_ms = now;
+    if (r->op == STORE_APPEND)
+        return do_append(s, r, now);
+    int64_t last_seq;
+    int rc = load_session(s, r, &last_seq);
+    if (rc <= 0) {
+        r->status = STORE_NOT_FOUND;
+        return rc;
+    }
+    r->seq = last_seq;
+    sqlite3_stmt *st;
+    switch (r->op) {
+    case STORE_HELP:
+        /* A session that already asked for help is not asked again: the
+         * request is coalesced (r->duplicate) and nothing is written. */
+        st = s->stmt[S_SESSION_HELP];
+        sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, now);
+        if ((rc = step_done(st)) != 0)
+            return -rc;
+        r->duplicate = sqlite3_changes(s->db) == 0;
+        return 0;
+    case STORE_MODEL:
+        st = s->stmt[S_SESSION_MODEL];
+        sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, r->arg ? r->arg : "", -1, SQLITE_STATIC);
+        return (rc = step_done(st)) ? -rc : 0;
+    default:
+        return 0;
+    }
+}
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Is the file behind fd (opened as path) still the one at path, and linked?
+ * NULL, or why not. */
+static const char *file_gone(int fd, const struct stat *was, const char *path)
+{
+    struct stat now;
+    if (fd < 0)
+        return NULL;
+    if (fstat(fd, &now) == 0 && now.st_nlink == 0)
+        return "removed";
+    if (stat(path, &now) != 0)
+        return errno == ENOENT ? "removed" : NULL;
+    if (now.st_dev != was->st_dev || now.st_ino != was->st_ino)
+        return "replaced";
+    return NULL;
+}
+
+/* WAL mode creates the WAL file on first use: watch it from then on. */
+void store_sqlite__watch_wal(struct store_sqlite *s)
+{
+    if (s->wal_fd >= 0)
+        return;
+    char wal[4096];
+    snprintf(wal, sizeof wal, "%s-wal", s->path);
+    s->wal_fd = open(wal, O_RDONLY | O_CLOEXEC);
+    if (s->wal_fd >= 0 && fstat(s->wal_fd, &s->wal_st) != 0) {
+        close(s->wal_fd);
+        s->wal_fd = -1;
+    }
+}
+
+/* Are the database and its WAL still the files chatd opened? NULL or why
+ * not ("database removed", ...). Writer thread. */
+static const char *files_gone(struct store_sqlite *s)
+{
+    char wal[4096];
+    const char *why = file_gone(s->db_fd, &s->db_st, s->path);
+    if (why)
+        return strcmp(why, "removed") == 0 ? "database file removed" : "database file replaced";
+    snprintf(wal, sizeof wal, "%s-wal", s->path);
+    why = file_gone(s->wal_fd, &s->wal_st, wal);
+    if (why)
+        return strcmp(why, "removed") == 0 ? "WAL file removed" : "WAL file replaced";
+    return NULL;
+}
+
+/* Fail-stop: from now on nothing is acknowledged (see store_failed). */
+static void fail_stop(struct store_sqlite *s, const char *why)
+{
+    struct log_quoted qp, qw;
+    if (!atomic_exchange(&s->failed, true))
+        log_error("store_failed", "path=%s reason=%s action=\"refusing every write; restart "
+                  "chatd once the storage is sound\"",
+                  log_quotes(&qp, s->path), log_quotes(&qw, why));
+    atomic_store(&s->healthy, false);
+}
+
+/* Answer every request of a batch that was not (or may not have been)
+ * stored. */
+static void batch_refused(struct store_req **reqs, size_t n, enum store_status status)
+{
+    for (size_t j = 0; j < n; j++) {
+        reqs[j]->status = status;
+        reqs[j]->created = false;
+        reqs[j]->duplicate = false;
+        reqs[j]->seq = 0;
+    }
+}
+
+/* A failed commit: was it on disk? SQLITE_FULL (a write refused) and BUSY
+ * leave the transaction uncommitted; any other failure of COMMIT (an I/O
+ * error, most of all a failed fsync) leaves it unknown. */
+static bool commit_outcome_unknown(int rc)
+{
+    int primary = rc & 0xff;
+    return primary != SQLITE_FULL && primary != SQLITE_BUSY && primary != SQLITE_NOMEM;
+}
+
+/* The tests' fault hook (store_fail_next_commits): is this commit one of
+ * those to fail as if the disk refused it? One relaxed load when unused. */
+static bool injected_commit_failure(struct store_sqlite *s)
+{
+    unsigned left = atomic_load_explicit(&s->fail_commits, memory_order_relaxed);
+    while (left > 0)
+        if (atomic_compare_exchange_weak(&s->fail_commits, &left, left - 1)) {
+            log_info("store_fault_injected", "at=commit left=%u", left - 1);
+            return true;
+        }
+    return false;
+}
+
+static void run_batch(struct store_sqlite *s, struct store_req **reqs, size_t n)
+{
+    struct log_quoted qp;
+    int64_t t0 = now_us();
+    int64_t now = clock_wall_ms();
+    const char *gone = atomic_load(&s->failed) ? "the store has failed" : files_gone(s);
+    if (gone) {
+        /* Nothing of this batch was written. */
+        fail_stop(s, gone);
+        batch_refused(reqs, n, STORE_UNAVAILABLE);
+        store__count_failure(&s->counters);
+        s->on_batch(s->arg, reqs, n);
+        return;
+    }
+    int rc = step_done(s->stmt[S_BEGIN]);
+    bool at_commit = false;
+    size_t i = 0;
+    if (rc == 0) {
+        for (; i < n; i++)
+            if ((rc = do_request(s, reqs[i], now)) != 0)
+                break;
+        if (rc == 0) {
+            at_commit = true;
+            rc = injected_commit_failure(s) ? SQLITE_FULL : step_done(s->stmt[S_COMMIT]);
+        }
+    }
+    if (rc == 0 && (gone = files_gone(s)) != NULL) {
+        /* Committed into a file that is no longer the database: it will
+         * not be there after a restart. */
+        fail_stop(s, gone);
+        batch_refused(reqs, n, STORE_UNKNOWN);
+        store__count_failure(&s->counters);
+    } else if (rc != 0) {
+        int code = rc < 0 ? -rc : rc;
+        bool unknown = at_commit && commit_outcome_unknown(code);
+        log_error("store_write_failed", "error=\"%s\" code=%d batch=%zu at=%s",
+                  sqlite3_errstr(code), code, n, at_commit ? "commit" : "write");
+        if (!sqlite3_get_autocommit(s->db))
+            step_done(s->stmt[S_ROLLBACK]);
+        batch_refused(reqs, n, unknown ? STORE_UNKNOWN : STORE_UNAVAILABLE);
+        if (unknown || (code & 0xff) == SQLITE_IOERR || (code & 0xff) == SQLITE_CORRUPT ||
+            (code & 0xff) == SQLITE_NOTADB) {
+            /* After an I/O error the file's state is unknown: stop. */
+            fail_stop(s, sqlite3_errstr(code));
+        } else if (atomic_exchange(&s->healthy, false)) {
+            log_warn("store_unhealthy", "path=%s", log_quotes(&qp, s->path));
+        }
+        store__count_failure(&s->counters);
+    } else {
+        /* Only a batch that wrote proves the disk takes writes again: a
+         * read-only batch commits fine on a full disk. */
+        bool wrote = false;
+        for (size_t j = 0; j < n && !wrote; j++)
+            wrote = reqs[j]->status == STORE_OK &&
+                    ((reqs[j]->op == STORE_APPEND && !reqs[j]->duplicate) ||
+                     (reqs[j]->op == STORE_HELP && !reqs[j]->duplicate) ||
+                     reqs[j]->op == STORE_MODEL);
+        if (wrote && !atomic_exchange(&s->healthy, true))
+            log_info("store_healthy", "path=%s", log_quotes(&qp, s->path));
+        store__count_commit(&s->counters, now_us() - t0, n);
+        store_sqlite__watch_wal(s);
+    }
+    s->on_batch(s->arg, reqs, n);
+}
+
+/* Move up to max - n queued requests into batch. Called with queue_lock. */
+static size_t take(struct store_sqlite *s, struct store_req **batch, size_t n, size_t max)
+{
+    while (s->head && n < max) {
+        batch[n++] = s->head;
+        s->head = s->head->next;
+    }
+    if (!s->head)
+        s->tail = NULL;
+    return n;
+}
+
+void store_sqlite__writer_main(void *arg)
+{
+    struct store_sqlite *s = arg;
+    struct store_req *batch[STORE_BATCH_MAX];
+    int64_t last_end_us = 0;
+    for (;;) {
+        uv_mutex_lock(&s->queue_lock);
+        while (!s->head && !s->closing)
+            uv_cond_wait(&s->queue_cond, &s->queue_lock);
+        if (!s->head && s->closing) {
+            uv_mutex_unlock(&s->queue_lock);
+            break;
+        }
+        /* Group commit: everything that queued up meanwhile goes in one
+         * transaction, up to STORE_BATCH_MAX. Under steady load (the last
+         * commit ended moments ago) a small batch waits up to
+         * STORE_LINGER_US for company: the batch closes by size or by that
+         * short deadline, so many messages share one commit and their
+         * events reach each connection in one write. An idle server
+         * commits at once. */
+        size_t n = take(s, batch, 0, STORE_BATCH_MAX);
+        if (n < STORE_BATCH_MAX / 4 && !s->closing && now_us() - last_end_us < 2000) {
+            uv_cond_timedwait(&s->queue_cond, &s->queue_lock, (uint64_t)STORE_LINGER_US * 1000);
+            n = take(s, batch, n, STORE_BATCH_MAX);
+        }
+        uv_mutex_unlock(&s->queue_lock);
+        run_batch(s, batch, n);
+        last_end_us = now_us();
+    }
+    sbuf_thread_cleanup(); /* on_batch may have dropped frames here */
+}
+
+int store_sqlite__submit(void *e, struct store_req *r)
+{
+    struct store_sqlite *s = e;
+    r->next = NULL;
+    uv_mutex_lock(&s->queue_lock);
+    if (s->closing) {
+        uv_mutex_unlock(&s->queue_lock);
+        return -ESHUTDOWN;
+    }
+    if (s->tail)
+        s->tail->next = r;
+    else
+        s->head = r;
+    s->tail = r;
+    uv_cond_signal(&s->queue_cond);
+    uv_mutex_unlock(&s->queue_lock);
+    return 0;
+}
+
+bool store_sqlite__healthy(void *e)
+{
+    struct store_sqlite *s = e;
+    return atomic_load(&s->healthy) && !atomic_load(&s->failed);
+}
+
+bool store_sqlite__failed(void *e)
+{
+    struct store_sqlite *s = e;
+    return atomic_load(&s->failed);
+}
+
+void store_sqlite__stats(void *e, struct store_stats *out)
+{
+    struct store_sqlite *s = e;
+    store__counters_read(&s->counters, out);
+}
+
+
+void store_sqlite__fail_next_commits(void *e, unsigned n)
+{
+    struct store_sqlite *s = e;
+    atomic_store(&s->fail_commits, n);
+}

@@ -1,0 +1,185 @@
+/*
+ * DESIGN: the store is a handle that pairs an engine's table of operations
+ * with that engine's state, and every store_* call dispatches through the
+ * table. Nothing here knows how an engine stores anything; what every engine
+ * shares (the request and event destructors, session ids, the statistics
+ * and their histogram bounds) lives here once.
+ */
+#include "store/store.h"
+
+#include <errno.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/sqlite/sqlite.h"
+
+/* The engines store_open can choose from; the first is the default. */
+static const struct store_engine *const engines[] = {
+    &store_sqlite_engine,
+};
+
+struct store {
+    const struct store_engine *engine; /* borrowed: a static table */
+    void *e;                           /* owned: the engine's state, freed by engine->close */
+};
+
+const double store_commit_bounds_ms[12] = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000};
+const unsigned store_batch_bounds[8] = {1, 2, 4, 8, 16, 64, 256, 1024};
+
+int store_open(struct store **out, const struct store_options *opt, char *err, size_t errlen)
+{
+    const char *name = opt->engine ? opt->engine : STORE_ENGINE_DEFAULT;
+    const struct store_engine *engine = NULL;
+    for (size_t i = 0; i < sizeof engines / sizeof engines[0]; i++)
+        if (strcmp(engines[i]->name, name) == 0)
+            engine = engines[i];
+    if (!engine) {
+        int len = snprintf(err, errlen, "unknown storage engine '%s' (known:", name);
+        for (size_t i = 0; i < sizeof engines / sizeof engines[0]; i++)
+            if (len >= 0 && (size_t)len < errlen)
+                len += snprintf(err + len, errlen - (size_t)len, " %s", engines[i]->name);
+        if (len >= 0 && (size_t)len < errlen)
+            snprintf(err + len, errlen - (size_t)len, ")");
+        return -EINVAL;
+    }
+    struct store *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    s->engine = engine;
+    int rc = engine->open(&s->e, opt, err, errlen);
+    if (rc != 0) {
+        free(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+void store_close(struct store *s)
+{
+    if (!s)
+        return;
+    s->engine->close(s->e);
+    free(s);
+}
+
+int store_submit(struct store *s, struct store_req *r)
+{
+    return s->engine->submit(s->e, r);
+}
+
+bool store_healthy(struct store *s)
+{
+    return s->engine->healthy(s->e);
+}
+
+bool store_failed(struct store *s)
+{
+    return s->engine->failed(s->e);
+}
+
+void store_get_stats(struct store *s, struct store_stats *out)
+{
+    s->engine->stats(s->e, out);
+}
+
+void store_fail_next_commits(struct store *s, unsigned n)
+{
+    s->engine->fail_next_commits(s->e, n);
+}
+
+int store_get_session(struct store *s, const char *id, struct store_session *out)
+{
+    return s->engine->get_session(s->e, id, out);
+}
+
+int store_read_events(struct store *s, const char *id, int64_t after_seq, int64_t limit,
+                      size_t max_bytes, struct store_event **out)
+{
+    return s->engine->read_events(s->e, id, after_seq, limit, max_bytes, out);
+}
+
+int store_list_sessions(struct store *s, const char *owner, bool help_only, int limit,
+                        struct store_session **out)
+{
+    return s->engine->list_sessions(s->e, owner, help_only, limit, out);
+}
+
+/* ---- shared by every engine ----------------------------------------------- */
+
+void store_req_free(struct store_req *r)
+{
+    if (!r)
+        return;
+    free(r->sender_name);
+    free(r->content);
+    free(r->metadata);
+    free(r->arg);
+    free(r);
+}
+
+void store_events_free(struct store_event *ev, int n)
+{
+    if (!ev)
+        return;
+    for (int i = 0; i < n; i++) {
+        free(ev[i].sender_id);
+        free(ev[i].sender_name);
+        free(ev[i].client_id);
+        free(ev[i].content);
+        free(ev[i].metadata);
+    }
+    free(ev);
+}
+
+int store_new_session_id(char out[STORE_ID_LEN + 1])
+{
+    unsigned char raw[12];
+    out[0] = '\0';
+    /* Session ids must not be guessable: no weaker fallback. */
+    if (RAND_bytes(raw, sizeof raw) != 1)
+        return -EIO;
+    out[0] = 's';
+    out[1] = '_';
+    for (int i = 0; i < 12; i++)
+        snprintf(out + 2 + 2 * i, 3, "%02x", raw[i]);
+    return 0;
+}
+
+void store__count_commit(struct store__counters *c, int64_t us, size_t n)
+{
+    atomic_fetch_add(&c->commits, 1);
+    atomic_fetch_add(&c->batched, n);
+    atomic_fetch_add(&c->commit_us_sum, (uint64_t)us);
+    for (int i = 0; i < 12; i++)
+        if ((double)us / 1000.0 <= store_commit_bounds_ms[i]) {
+            atomic_fetch_add(&c->commit_hist[i], 1);
+            break;
+        }
+    for (int i = 0; i < 8; i++)
+        if (n <= store_batch_bounds[i]) {
+            atomic_fetch_add(&c->batch_hist[i], 1);
+            break;
+        }
+}
+
+void store__count_failure(struct store__counters *c)
+{
+    atomic_fetch_add(&c->failures, 1);
+}
+
+void store__counters_read(struct store__counters *c, struct store_stats *out)
+{
+    out->commits = atomic_load(&c->commits);
+    out->commit_failures = atomic_load(&c->failures);
+    out->batched_requests = atomic_load(&c->batched);
+    out->commit_us_sum = atomic_load(&c->commit_us_sum);
+    for (int i = 0; i < 12; i++)
+        out->commit_us_bucket[i] = atomic_load(&c->commit_hist[i]);
+    for (int i = 0; i < 8; i++)
+        out->batch_bucket[i] = atomic_load(&c->batch_hist[i]);
+}
