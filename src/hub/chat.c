@@ -15,6 +15,8 @@
  * is not in the set. Either way the seq is added to the set, so whatever
  * arrives while the read runs, nothing is missed and nothing is sent twice.
  */
+#include "hub/chat.h"
+
 #include <assert.h>
 #include <errno.h>
 #include <stdio.h>

@@ -17,9 +17,10 @@
 #include <stdint.h>
 
 #include "bus/bus.h"
-#include "hub/chat.h"
+#include "hub/hub.h"
 #include "hub/seqset.h"
-#include "net/server.h"
+#include "store/store.h"
+#include "net/worker.h"
 #include "util/rate.h"
 
 #define LOCAL_BUCKETS 1024

@@ -7,6 +7,8 @@
  * ids of the owner's devices there. Then it posts them; deliver.c takes
  * over on each worker.
  */
+#include "hub/chat.h"
+
 #include <assert.h>
 #include <errno.h>
 #include <stdio.h>

@@ -22,7 +22,7 @@
 #include "net/conn.h"
 #include "http/request.h"
 #include "net/upgrade.h"
-#include "net/server.h"
+#include "net/worker.h"
 #include "util/clock.h"
 #include "util/file.h"
 #include "util/log.h"

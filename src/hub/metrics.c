@@ -4,6 +4,8 @@
  * Each worker counts in its own structures (single writer, atomics so this
  * reader on any thread sees whole values); they are summed here.
  */
+#include "hub/chat.h"
+
 #include <assert.h>
 #include <errno.h>
 #include <stdio.h>

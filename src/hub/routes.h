@@ -9,7 +9,7 @@
 #ifndef CHATD_HUB_ROUTES_H
 #define CHATD_HUB_ROUTES_H
 
-#include "net/server.h"
+#include "net/worker.h"
 
 /* The table main registers with the server (server.ops); its `app` is the
  * struct hub. */

@@ -33,7 +33,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "net/server.h"
+#include "net/worker.h"
 #include "util/list.h"
 #include "util/outq.h"
 #include "util/rate.h"

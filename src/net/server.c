@@ -24,42 +24,6 @@
 #include "util/outq.h"
 #include "util/sbuf.h"
 
-static _Thread_local struct worker *current_worker;
-
-struct worker *worker_current(void) { return current_worker; }
-
-static void drop_msgs(struct inbox_msg *m)
-{
-    while (m) {
-        struct inbox_msg *next = m->next;
-        if (m->drop)
-            m->drop(m);
-        else
-            free(m);
-        m = next;
-    }
-}
-
-void worker_post(struct worker *w, struct inbox_msg *m)
-{
-    m->next = NULL;
-    uv_mutex_lock(&w->inbox_lock);
-    if (w->inbox_closed) {
-        uv_mutex_unlock(&w->inbox_lock);
-        drop_msgs(m);
-        return;
-    }
-    if (w->inbox_tail)
-        w->inbox_tail->next = m;
-    else
-        w->inbox_head = m;
-    w->inbox_tail = m;
-    /* Sent under the lock: the worker closes the async handle only after
-     * marking the inbox closed under this same lock. */
-    uv_async_send(&w->wakeup);
-    uv_mutex_unlock(&w->inbox_lock);
-}
-
 static void worker_maybe_finish(struct worker *w);
 
 static void stop_listening(struct worker *w)
@@ -132,7 +96,7 @@ static void worker_maybe_finish(struct worker *w)
     struct inbox_msg *left = w->inbox_head;
     w->inbox_head = w->inbox_tail = NULL;
     uv_mutex_unlock(&w->inbox_lock);
-    drop_msgs(left);
+    worker_drop_msgs(left);
     stop_listening(w);
     uv_close((uv_handle_t *)&w->wakeup, NULL);
     uv_close((uv_handle_t *)&w->tick, NULL);
@@ -161,7 +125,7 @@ static void msg_force_close(struct worker *w, struct inbox_msg *m)
 static void worker_main(void *arg)
 {
     struct worker *w = arg;
-    current_worker = w;
+    worker_set_current(w);
     int rc;
     if ((rc = uv_tcp_init(&w->loop, &w->listener)) != 0 ||
         (rc = uv_tcp_open(&w->listener, w->listen_fd)) != 0 ||
@@ -384,23 +348,6 @@ void server_begin_shutdown(struct server *srv)
     post_all(srv, msg_shutdown);
 }
 
-void server_sum_stats(struct server *srv, struct worker_stats *out)
-{
-    uint64_t v[5] = {0, 0, 0, 0, 0};
-    for (unsigned i = 0; i < srv->nworkers; i++) {
-        struct worker_stats *s = &srv->workers[i].stats;
-        v[0] += atomic_load_explicit(&s->http_requests, memory_order_relaxed);
-        v[1] += atomic_load_explicit(&s->ws_messages_in, memory_order_relaxed);
-        v[2] += atomic_load_explicit(&s->ws_messages_out, memory_order_relaxed);
-        v[3] += atomic_load_explicit(&s->send_queue_drops, memory_order_relaxed);
-        v[4] += atomic_load_explicit(&s->input_budget_closes, memory_order_relaxed);
-    }
-    atomic_init(&out->http_requests, v[0]);
-    atomic_init(&out->ws_messages_in, v[1]);
-    atomic_init(&out->ws_messages_out, v[2]);
-    atomic_init(&out->send_queue_drops, v[3]);
-    atomic_init(&out->input_budget_closes, v[4]);
-}
 
 void server_force_close(struct server *srv) { post_all(srv, msg_force_close); }
 

@@ -13,12 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "store/sqlite/sqlite.h"
-
-/* The engines store_open can choose from; the first is the default. */
-static const struct store_engine *const engines[] = {
-    &store_sqlite_engine,
-};
+/* The engines store_open chooses from are listed in store/engines.c (so
+ * that this interface includes no engine: the engines include it). */
+#define engines store_engines
 
 struct store {
     const struct store_engine *engine; /* borrowed: a static table */
@@ -32,12 +29,12 @@ int store_open(struct store **out, const struct store_options *opt, char *err, s
 {
     const char *name = opt->engine ? opt->engine : STORE_ENGINE_DEFAULT;
     const struct store_engine *engine = NULL;
-    for (size_t i = 0; i < sizeof engines / sizeof engines[0]; i++)
+    for (size_t i = 0; i < store_nengines; i++)
         if (strcmp(engines[i]->name, name) == 0)
             engine = engines[i];
     if (!engine) {
         int len = snprintf(err, errlen, "unknown storage engine '%s' (known:", name);
-        for (size_t i = 0; i < sizeof engines / sizeof engines[0]; i++)
+        for (size_t i = 0; i < store_nengines; i++)
             if (len >= 0 && (size_t)len < errlen)
                 len += snprintf(err + len, errlen - (size_t)len, " %s", engines[i]->name);
         if (len >= 0 && (size_t)len < errlen)

@@ -77,6 +77,11 @@
 #define STORE_MAX_USER 128
 #define STORE_ENGINE_DEFAULT "sqlite"
 
+/* The engines built in (store/engines.c), the default first. */
+struct store_engine;
+extern const struct store_engine *const store_engines[];
+extern const size_t store_nengines;
+
 enum store_op {
     STORE_APPEND = 0,  /* store a user or admin message (new session if no id) */
     STORE_CHECK,       /* authorize only: does the user own the session? */

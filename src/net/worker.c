@@ -1,0 +1,67 @@
+/*
+ * DESIGN: posting is the one thing any thread may do to a worker. The
+ * wake-up is sent under the inbox lock: the worker closes its async handle
+ * only after marking the inbox closed under this same lock, so a post never
+ * wakes a closed handle, and a post to a stopped worker is dropped at once
+ * on the posting thread.
+ */
+#include "net/worker.h"
+
+#include <stdlib.h>
+
+static _Thread_local struct worker *current_worker;
+
+struct worker *worker_current(void) { return current_worker; }
+
+void worker_set_current(struct worker *w) { current_worker = w; }
+
+void worker_drop_msgs(struct inbox_msg *m)
+{
+    while (m) {
+        struct inbox_msg *next = m->next;
+        if (m->drop)
+            m->drop(m);
+        else
+            free(m);
+        m = next;
+    }
+}
+
+void worker_post(struct worker *w, struct inbox_msg *m)
+{
+    m->next = NULL;
+    uv_mutex_lock(&w->inbox_lock);
+    if (w->inbox_closed) {
+        uv_mutex_unlock(&w->inbox_lock);
+        worker_drop_msgs(m);
+        return;
+    }
+    if (w->inbox_tail)
+        w->inbox_tail->next = m;
+    else
+        w->inbox_head = m;
+    w->inbox_tail = m;
+    /* Sent under the lock: the worker closes the async handle only after
+     * marking the inbox closed under this same lock. */
+    uv_async_send(&w->wakeup);
+    uv_mutex_unlock(&w->inbox_lock);
+}
+
+
+void server_sum_stats(struct server *srv, struct worker_stats *out)
+{
+    uint64_t v[5] = {0, 0, 0, 0, 0};
+    for (unsigned i = 0; i < srv->nworkers; i++) {
+        struct worker_stats *s = &srv->workers[i].stats;
+        v[0] += atomic_load_explicit(&s->http_requests, memory_order_relaxed);
+        v[1] += atomic_load_explicit(&s->ws_messages_in, memory_order_relaxed);
+        v[2] += atomic_load_explicit(&s->ws_messages_out, memory_order_relaxed);
+        v[3] += atomic_load_explicit(&s->send_queue_drops, memory_order_relaxed);
+        v[4] += atomic_load_explicit(&s->input_budget_closes, memory_order_relaxed);
+    }
+    atomic_init(&out->http_requests, v[0]);
+    atomic_init(&out->ws_messages_in, v[1]);
+    atomic_init(&out->ws_messages_out, v[2]);
+    atomic_init(&out->send_queue_drops, v[3]);
+    atomic_init(&out->input_budget_closes, v[4]);
+}
