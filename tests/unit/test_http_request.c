@@ -572,8 +572,8 @@ static void test_head_split_across_feeds(void **state)
 {
     (void)state;
     static const char *heads[] = {
-        "GET /ws?token=abc HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\n"
-        "Upgrade: websocket\r\n\r\n",
+        ("GET /ws?token=abc HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\n"
+         "Upgrade: websocket\r\n\r\n"),
         "GET / HTTP/1.1\nA: 1\n\n",
         "GET / HTTP/1.1\r\n\r\n",
     };
