@@ -61,7 +61,23 @@
  * handle.
  *
  * The storage writer needs no wake-up of its own: a push signals the fifo's
- * condition variable, on which fifo_wait blocks.
+ * condition variable, on which fifo_wait blocks. Its loop, as today's:
+ *
+ *     submit (any thread): fifo_push(&s->queue, &r->node), -ESHUTDOWN as now
+ *     writer thread:
+ *         while (fifo_wait(&s->queue, FIFO_FOREVER) == 0) {
+ *             batch = fifo_take(&s->queue, STORE_BATCH_MAX, &n);
+ *             if (n < STORE_BATCH_MAX / 4 && the last commit ended < 2 ms ago) {
+ *                 fifo_wait(&s->queue, STORE_LINGER_US * 1000);   (group commit)
+ *                 append fifo_take(&s->queue, STORE_BATCH_MAX - n, &m) to batch;
+ *             }
+ *             run the batch;
+ *         }
+ *     close (main thread): fifo_shut(&s->queue); join the writer (it has
+ *         committed everything accepted); fifo_release(&s->queue).
+ *
+ * The linger's fifo_wait returns at the first push or the deadline, like
+ * today's uv_cond_timedwait; a close during it ends it at once.
  */
 #ifndef CHATD_UTIL_FIFO_H
 #define CHATD_UTIL_FIFO_H
