@@ -37,14 +37,11 @@ static void stop_listening(struct worker *w)
 static void on_wakeup(uv_async_t *a)
 {
     struct worker *w = a->data;
-    uv_mutex_lock(&w->inbox_lock);
-    struct inbox_msg *m = w->inbox_head;
-    w->inbox_head = w->inbox_tail = NULL;
-    uv_mutex_unlock(&w->inbox_lock);
-    while (m) {
-        struct inbox_msg *next = m->next;
+    assert(worker_current() == w);
+    for (struct fifo_node *n = fifo_take_all(&w->inbox, NULL), *next; n; n = next) {
+        next = n->next;
+        struct inbox_msg *m = FIFO_ENTRY(n, struct inbox_msg, node);
         m->run(w, m);
-        m = next;
     }
     worker_maybe_finish(w);
 }
@@ -91,12 +88,7 @@ static void worker_maybe_finish(struct worker *w)
 {
     if (!w->draining || w->nconns > 0 || uv_is_closing((uv_handle_t *)&w->wakeup))
         return;
-    uv_mutex_lock(&w->inbox_lock);
-    w->inbox_closed = true;
-    struct inbox_msg *left = w->inbox_head;
-    w->inbox_head = w->inbox_tail = NULL;
-    uv_mutex_unlock(&w->inbox_lock);
-    worker_drop_msgs(left);
+    worker_drop_msgs(fifo_close(&w->inbox, NULL));
     stop_listening(w);
     uv_close((uv_handle_t *)&w->wakeup, NULL);
     uv_close((uv_handle_t *)&w->tick, NULL);
@@ -258,7 +250,8 @@ static int worker_init(struct server *srv, struct worker *w, unsigned index)
     int rc;
     if ((rc = uv_loop_init(&w->loop)) != 0)
         return rc;
-    uv_mutex_init(&w->inbox_lock);
+    if ((rc = fifo_init(&w->inbox, 0)) != 0)
+        return rc;
     uv_async_init(&w->loop, &w->wakeup, on_wakeup);
     w->wakeup.data = w;
     uv_timer_init(&w->loop, &w->tick);
@@ -363,8 +356,8 @@ void server_release(struct server *srv)
         struct worker *w = &srv->workers[i];
         /* A worker closes its inbox before its loop ends; posts made after
          * that were dropped on the posting thread. */
-        assert(w->inbox_closed && !w->inbox_head);
-        uv_mutex_destroy(&w->inbox_lock);
+        assert(fifo_take_all(&w->inbox, NULL) == NULL);
+        fifo_release(&w->inbox);
         idmap_release(&w->by_id);
         free(w->read_buf);
     }

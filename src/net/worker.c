@@ -1,9 +1,9 @@
 /*
  * DESIGN: posting is the one thing any thread may do to a worker. The
- * wake-up is sent under the inbox lock: the worker closes its async handle
- * only after marking the inbox closed under this same lock, so a post never
- * wakes a closed handle, and a post to a stopped worker is dropped at once
- * on the posting thread.
+ * wake-up is sent under the inbox's lock (fifo_push_notify): the worker
+ * closes its async handle only after closing the fifo under that same
+ * lock, so a post never wakes a closed handle, and a post to a stopped
+ * worker is dropped at once on the posting thread.
  */
 #include "net/worker.h"
 
@@ -15,38 +15,30 @@ struct worker *worker_current(void) { return current_worker; }
 
 void worker_set_current(struct worker *w) { current_worker = w; }
 
-void worker_drop_msgs(struct inbox_msg *m)
+void worker_drop_msgs(struct fifo_node *n)
 {
-    while (m) {
-        struct inbox_msg *next = m->next;
+    while (n) {
+        struct fifo_node *next = n->next;
+        struct inbox_msg *m = FIFO_ENTRY(n, struct inbox_msg, node);
         if (m->drop)
             m->drop(m);
         else
             free(m);
-        m = next;
+        n = next;
     }
+}
+
+static void wake(void *async)
+{
+    uv_async_send(async);
 }
 
 void worker_post(struct worker *w, struct inbox_msg *m)
 {
-    m->next = NULL;
-    uv_mutex_lock(&w->inbox_lock);
-    if (w->inbox_closed) {
-        uv_mutex_unlock(&w->inbox_lock);
-        worker_drop_msgs(m);
-        return;
-    }
-    if (w->inbox_tail)
-        w->inbox_tail->next = m;
-    else
-        w->inbox_head = m;
-    w->inbox_tail = m;
-    /* Sent under the lock: the worker closes the async handle only after
-     * marking the inbox closed under this same lock. */
-    uv_async_send(&w->wakeup);
-    uv_mutex_unlock(&w->inbox_lock);
+    m->node.next = NULL;
+    if (fifo_push_notify(&w->inbox, &m->node, wake, &w->wakeup) < 0)
+        worker_drop_msgs(&m->node); /* the worker has stopped */
 }
-
 
 void server_sum_stats(struct server *srv, struct worker_stats *out)
 {

@@ -9,10 +9,14 @@
  * thread except its inbox.
  *
  * Inbox. Other threads hand work to a worker with worker_post(): the message
- * goes on a list under inbox_lock and uv_async_send wakes the loop, which
- * drains the list in one batch and runs each message's callback on the
- * worker's thread. Lock order: inbox_lock is a leaf (nothing is locked while
- * holding it).
+ * goes on the worker's fifo (util/fifo.h, its own lock, a leaf) and
+ * uv_async_send wakes the loop, sent under that lock (fifo_push_notify), so
+ * a post never wakes a handle the worker has closed. The loop drains the
+ * fifo in one batch and runs each message's callback on the worker's
+ * thread. The inbox has no count limit: what is posted to it is bounded by
+ * its producers (one post per worker per storage batch, one per cross-worker
+ * notification), and refusing a post would lose an event that was already
+ * acknowledged. NEEDSWORK: a byte budget per inbox with a stated reaction.
  *
  * Shared state in struct server: the config (read-only after start), the
  * counters below (atomics), and `shutting_down` (atomic). Everything else is
@@ -27,6 +31,7 @@
 #include <uv.h>
 
 #include "conf/config.h"
+#include "util/fifo.h"
 #include "util/idmap.h"
 #include "util/list.h"
 #include "ws/frame.h"
@@ -37,7 +42,7 @@ struct server;
 /* A message for a worker's inbox. The callback runs on the worker's thread
  * and owns the message (frees it). */
 struct inbox_msg {
-    struct inbox_msg *next;
+    struct fifo_node node; /* on the worker's inbox */
     void (*run)(struct worker *w, struct inbox_msg *m);
     /* Dispose of a message that will never run (its worker has stopped);
      * NULL means free(). Called on the posting thread or the worker's. */
@@ -88,10 +93,9 @@ struct worker {
     bool draining;              /* shutdown started on this worker */
     struct worker_stats stats;  /* written by this worker only */
 
-    /* inbox: guarded by inbox_lock */
-    uv_mutex_t inbox_lock;
-    struct inbox_msg *inbox_head, *inbox_tail;
-    bool inbox_closed;          /* the worker stopped: posts are dropped */
+    /* shared: messages from other threads, guarded by the fifo's own lock;
+     * closed by the worker when it stops (posts are dropped from then on) */
+    struct fifo inbox;
 };
 
 struct server_stats {
@@ -134,8 +138,9 @@ void worker_post(struct worker *w, struct inbox_msg *m);
 /* The worker running the calling thread, or NULL outside the workers. */
 struct worker *worker_current(void);
 
-/* Dispose of messages that will never run (see inbox_msg.drop). */
-void worker_drop_msgs(struct inbox_msg *m);
+/* Dispose of a chain of inbox nodes that will never run (see
+ * inbox_msg.drop). */
+void worker_drop_msgs(struct fifo_node *n);
 /* Mark the calling thread as worker w's (the worker thread, at its start). */
 void worker_set_current(struct worker *w);
 
