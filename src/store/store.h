@@ -71,6 +71,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/fifo.h"
+
 #define STORE_BATCH_MAX 1024
 #define STORE_LINGER_US 300   /* under load, a small batch waits this long for more */
 #define STORE_ID_LEN 26       /* "s_" + 24 hex digits */
@@ -102,7 +104,7 @@ enum store_status {
 /* One request, allocated by the caller, owned by the store from submit
  * until on_batch hands it back. */
 struct store_req {
-    struct store_req *next;         /* private: queue link */
+    struct fifo_node node;          /* private: the engine's queue link */
     enum store_op op;
     /* who asked (opaque to the store, used by on_batch) */
     uint32_t worker;

@@ -10,7 +10,7 @@
  *
  * Threads and locks (all locks are leaves):
  *   - the writer owns `db`, `stmt`, and the file watch (`db_fd`, `wal_fd`);
- *   - `queue_lock` (+ `queue_cond`) guards the request queue and `closing`;
+ *   - the request queue is a util/fifo with its own lock (a leaf);
  *   - `ckpt_lock` (+ `ckpt_cond`) guards the checkpoint request flags;
  *   - `read_lock` guards the pool of idle read connections;
  *   - health, fail-stop, the fault hook and the statistics are atomics;
@@ -64,11 +64,12 @@ struct store_sqlite {
     sqlite3 *db;                 /* owned: the only write connection */
     sqlite3_stmt *stmt[S_COUNT]; /* owned */
 
-    /* guarded by queue_lock */
-    uv_mutex_t queue_lock;
-    uv_cond_t queue_cond;
-    struct store_req *head, *tail; /* owned until handed to on_batch */
-    bool closing;
+    /* the request queue (its own lock): workers push, the writer takes;
+     * requests are owned by the store until handed to on_batch. No count
+     * limit: each connection has at most its input budget's worth of
+     * requests in flight, and refusing one here could only answer it
+     * 'unavailable'. */
+    struct fifo queue;
 
     /* checkpointer: guarded by ckpt_lock */
     uv_thread_t ckpt_thread;

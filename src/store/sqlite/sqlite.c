@@ -18,6 +18,7 @@
  */
 #include "store/sqlite/sqlite.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/crypto.h>
@@ -209,8 +210,12 @@ static int sq_open(void **out, const struct store_options *opt, char *err, size_
         s->encrypt = true;
         memcpy(s->key, opt->key, 32);
     }
-    uv_mutex_init(&s->queue_lock);
-    uv_cond_init(&s->queue_cond);
+    if (fifo_init(&s->queue, 0) != 0) {
+        free(s->path);
+        free(s);
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
     uv_mutex_init(&s->read_lock);
     uv_mutex_init(&s->ckpt_lock);
     uv_cond_init(&s->ckpt_cond);
@@ -297,8 +302,7 @@ fail:
     for (int i = 0; i < S_COUNT; i++)
         sqlite3_finalize(s->stmt[i]);
     sqlite3_close(s->db);
-    uv_mutex_destroy(&s->queue_lock);
-    uv_cond_destroy(&s->queue_cond);
+    fifo_release(&s->queue);
     uv_mutex_destroy(&s->read_lock);
     uv_mutex_destroy(&s->ckpt_lock);
     uv_cond_destroy(&s->ckpt_cond);
@@ -311,10 +315,7 @@ fail:
 static void sq_close(void *e)
 {
     struct store_sqlite *s = e;
-    uv_mutex_lock(&s->queue_lock);
-    s->closing = true;
-    uv_cond_signal(&s->queue_cond);
-    uv_mutex_unlock(&s->queue_lock);
+    fifo_shut(&s->queue); /* the writer finishes what was accepted, then ends */
     uv_thread_join(&s->thread);
     stop_checkpointer(s);
     uv_mutex_destroy(&s->ckpt_lock);
@@ -328,8 +329,8 @@ static void sq_close(void *e)
         close(s->db_fd);
     if (s->wal_fd >= 0)
         close(s->wal_fd);
-    uv_mutex_destroy(&s->queue_lock);
-    uv_cond_destroy(&s->queue_cond);
+    assert(fifo_take_all(&s->queue, NULL) == NULL);
+    fifo_release(&s->queue);
     uv_mutex_destroy(&s->read_lock);
     OPENSSL_cleanse(s->key, sizeof s->key);
     free(s->path);

@@ -20,6 +20,7 @@
  * connection (checked before and after every batch), answers the batch
  * STORE_UNKNOWN or STORE_UNAVAILABLE and fails the store for good.
  */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -373,15 +374,13 @@ static void run_batch(struct store_sqlite *s, struct store_req **reqs, size_t n)
     s->on_batch(s->arg, reqs, n);
 }
 
-/* Move up to max - n queued requests into batch. Called with queue_lock. */
+/* Move up to max - n queued requests into batch. */
 static size_t take(struct store_sqlite *s, struct store_req **batch, size_t n, size_t max)
 {
-    while (s->head && n < max) {
-        batch[n++] = s->head;
-        s->head = s->head->next;
-    }
-    if (!s->head)
-        s->tail = NULL;
+    if (n >= max)
+        return n;
+    for (struct fifo_node *q = fifo_take(&s->queue, max - n, NULL); q; q = q->next)
+        batch[n++] = FIFO_ENTRY(q, struct store_req, node);
     return n;
 }
 
@@ -390,14 +389,9 @@ void store_sqlite__writer_main(void *arg)
     struct store_sqlite *s = arg;
     struct store_req *batch[STORE_BATCH_MAX];
     int64_t last_end_us = 0;
-    for (;;) {
-        uv_mutex_lock(&s->queue_lock);
-        while (!s->head && !s->closing)
-            uv_cond_wait(&s->queue_cond, &s->queue_lock);
-        if (!s->head && s->closing) {
-            uv_mutex_unlock(&s->queue_lock);
-            break;
-        }
+    /* fifo_wait returns -ESHUTDOWN only once the queue is shut and every
+     * accepted request has been taken: close finishes queued writes. */
+    while (fifo_wait(&s->queue, FIFO_FOREVER) == 0) {
         /* Group commit: everything that queued up meanwhile goes in one
          * transaction, up to STORE_BATCH_MAX. Under steady load (the last
          * commit ended moments ago) a small batch waits up to
@@ -406,11 +400,10 @@ void store_sqlite__writer_main(void *arg)
          * events reach each connection in one write. An idle server
          * commits at once. */
         size_t n = take(s, batch, 0, STORE_BATCH_MAX);
-        if (n < STORE_BATCH_MAX / 4 && !s->closing && now_us() - last_end_us < 2000) {
-            uv_cond_timedwait(&s->queue_cond, &s->queue_lock, (uint64_t)STORE_LINGER_US * 1000);
+        if (n < STORE_BATCH_MAX / 4 && now_us() - last_end_us < 2000 &&
+            fifo_wait(&s->queue, (int64_t)STORE_LINGER_US * 1000) == 0)
             n = take(s, batch, n, STORE_BATCH_MAX);
-        }
-        uv_mutex_unlock(&s->queue_lock);
+        assert(n > 0); /* one consumer: a 0 from fifo_wait means a node to take */
         run_batch(s, batch, n);
         last_end_us = now_us();
     }
@@ -420,20 +413,9 @@ void store_sqlite__writer_main(void *arg)
 int store_sqlite__submit(void *e, struct store_req *r)
 {
     struct store_sqlite *s = e;
-    r->next = NULL;
-    uv_mutex_lock(&s->queue_lock);
-    if (s->closing) {
-        uv_mutex_unlock(&s->queue_lock);
-        return -ESHUTDOWN;
-    }
-    if (s->tail)
-        s->tail->next = r;
-    else
-        s->head = r;
-    s->tail = r;
-    uv_cond_signal(&s->queue_cond);
-    uv_mutex_unlock(&s->queue_lock);
-    return 0;
+    r->node.next = NULL;
+    int rc = fifo_push(&s->queue, &r->node);
+    return rc < 0 ? rc : 0; /* -ESHUTDOWN once close began */
 }
 
 bool store_sqlite__healthy(void *e)
