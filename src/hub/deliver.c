@@ -18,15 +18,11 @@
 
 #include "hub/chat_int.h"
 #include "net/conn.h"
+#include "util/hash.h"
 
 uint64_t chat__hash(const char *s)
 {
-    uint64_t h = 1469598103934665603ULL;
-    while (*s) {
-        h ^= (unsigned char)*s++;
-        h *= 1099511628211ULL;
-    }
-    return h ^ (h >> 31);
+    return hash_str(s); /* session ids are chatd's own, user ids signed */
 }
 
 struct local_list *chat__list_find(struct local_list **tab, const char *key, bool create)

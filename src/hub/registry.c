@@ -10,8 +10,12 @@
 #include "hub/registry.h"
 
 #include <errno.h>
+#include <sys/random.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "util/hash.h"
 
 struct reg_user {
     struct reg_user *next; /* bucket chain */
@@ -25,23 +29,18 @@ struct reg_user {
     char id[];
 };
 
-static uint64_t hash_id(const char *s, size_t len)
+/* User ids come from tokens, so the hash is seeded per process: nobody can
+ * choose ids that all land in one bucket. */
+static uint64_t hash_id(const struct registry *r, const char *s, size_t len)
 {
-    /* FNV-1a, then a final mix so the low bits pick both stripe and bucket. */
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ULL;
-    }
-    h ^= h >> 29;
-    h *= 0xbf58476d1ce4e5b9ULL;
-    h ^= h >> 32;
-    return h;
+    return hash_bytes_seeded(s, len, r->seed);
 }
 
 int registry_init(struct registry *r)
 {
     memset(r, 0, sizeof *r);
+    if (getrandom(&r->seed, sizeof r->seed, 0) != (ssize_t)sizeof r->seed)
+        r->seed = (uint64_t)(uintptr_t)r ^ (uint64_t)time(NULL) * HASH_FNV64_PRIME;
     for (int i = 0; i < REGISTRY_STRIPES; i++) {
         struct registry_stripe *s = &r->stripes[i];
         if (uv_mutex_init(&s->lock) != 0)
@@ -145,7 +144,7 @@ int registry_admit(struct registry *r, const char *user, size_t len, const struc
                    struct reg_device *others, unsigned max_others, unsigned *nothers,
                    struct reg_device *evicted)
 {
-    uint64_t h = hash_id(user, len);
+    uint64_t h = hash_id(r, user, len);
     struct registry_stripe *s = stripe_of(r, h);
     int result = REG_ADMITTED;
     *nothers = 0;
@@ -200,7 +199,7 @@ int registry_admit(struct registry *r, const char *user, size_t len, const struc
 
 int registry_remove(struct registry *r, const char *user, size_t len, uint64_t conn_id)
 {
-    uint64_t h = hash_id(user, len);
+    uint64_t h = hash_id(r, user, len);
     struct registry_stripe *s = stripe_of(r, h);
     int rc = -ENOENT;
     uv_mutex_lock(&s->lock);
@@ -255,7 +254,7 @@ void registry_gc(struct registry *r, int64_t now_ms)
 
 unsigned registry_count(struct registry *r, const char *user, size_t len)
 {
-    uint64_t h = hash_id(user, len);
+    uint64_t h = hash_id(r, user, len);
     struct registry_stripe *s = stripe_of(r, h);
     uv_mutex_lock(&s->lock);
     struct reg_user *u = *find(s, h, user, len);
@@ -267,7 +266,7 @@ unsigned registry_count(struct registry *r, const char *user, size_t len)
 unsigned registry_devices(struct registry *r, const char *user, size_t len, struct reg_device *out,
                           unsigned cap)
 {
-    uint64_t h = hash_id(user, len);
+    uint64_t h = hash_id(r, user, len);
     struct registry_stripe *s = stripe_of(r, h);
     uv_mutex_lock(&s->lock);
     struct reg_user *u = *find(s, h, user, len);
@@ -283,7 +282,7 @@ unsigned registry_devices(struct registry *r, const char *user, size_t len, stru
 int64_t registry_take_token(struct registry *r, const char *user, size_t len, unsigned per_minute,
                             int64_t now_ms)
 {
-    uint64_t h = hash_id(user, len);
+    uint64_t h = hash_id(r, user, len);
     struct registry_stripe *s = stripe_of(r, h);
     int64_t wait = 0;
     uv_mutex_lock(&s->lock);

@@ -49,6 +49,7 @@ struct registry {
     struct registry_stripe stripes[REGISTRY_STRIPES];
     atomic_uint_fast64_t devices; /* total over all users (statistics) */
     atomic_uint_fast64_t users;   /* users with at least one device */
+    uint64_t seed;                /* of the user-id hash; read-only after init */
 };
 
 enum reg_result {

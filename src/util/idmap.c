@@ -9,13 +9,12 @@
 #include <errno.h>
 #include <stdlib.h>
 
+#include "util/hash.h"
+
 static size_t slot_of(uint64_t key, size_t mask)
 {
     /* Mix the bits: ids are sequential within a worker. */
-    key ^= key >> 33;
-    key *= 0xff51afd7ed558ccdULL;
-    key ^= key >> 33;
-    return (size_t)key & mask;
+    return (size_t)hash_mix64(key) & mask;
 }
 
 static int resize(struct idmap *m, size_t cap)
