@@ -51,7 +51,7 @@ struct sess_state {
 struct resume_job;
 
 struct client_state {
-    unsigned n, cap;
+    size_t n, cap;
     struct sess_state *v;
     struct resume_job *jobs; /* replays running or waiting (see struct resume_job) */
     unsigned njobs;          /* on jobs */
@@ -63,7 +63,7 @@ struct client_state {
 struct local_list {
     struct local_list *next;
     char *key;
-    unsigned n, cap;
+    size_t n, cap;
     struct client **v;
 };
 

@@ -19,6 +19,7 @@
 #include "hub/chat_int.h"
 #include "net/conn.h"
 #include "util/hash.h"
+#include "util/vec.h"
 
 uint64_t chat__hash(const char *s)
 {
@@ -44,14 +45,8 @@ struct local_list *chat__list_find(struct local_list **tab, const char *key, boo
 
 int chat__list_add(struct local_list *l, struct client *cl)
 {
-    if (l->n == l->cap) {
-        unsigned cap = l->cap ? l->cap * 2 : 4;
-        struct client **v = realloc(l->v, cap * sizeof *v);
-        if (!v)
-            return -ENOMEM;
-        l->v = v;
-        l->cap = cap;
-    }
+    if (vec_grow(&l->v, &l->cap, l->n, 1, sizeof *l->v) != 0)
+        return -ENOMEM;
     l->v[l->n++] = cl;
     return 0;
 }
@@ -107,14 +102,8 @@ struct sess_state *chat__state_get(struct client *cl, const char *sid, bool crea
             return &cs->v[i];
     if (!create)
         return NULL;
-    if (cs->n == cs->cap) {
-        unsigned cap = cs->cap ? cs->cap * 2 : 2;
-        struct sess_state *v = realloc(cs->v, cap * sizeof *v);
-        if (!v)
-            return NULL;
-        cs->v = v;
-        cs->cap = cap;
-    }
+    if (vec_grow(&cs->v, &cs->cap, cs->n, 1, sizeof *cs->v) != 0)
+        return NULL;
     struct sess_state *st = &cs->v[cs->n++];
     memset(st, 0, sizeof *st);
     snprintf(st->id, sizeof st->id, "%s", sid);

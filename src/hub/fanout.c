@@ -19,6 +19,7 @@
 #include "bus/bus.h"
 #include "hub/wire.h"
 #include "util/log.h"
+#include "util/vec.h"
 #include "util/clock.h"
 #include "util/jw.h"
 #include "ws/frame.h"
@@ -54,14 +55,8 @@ static struct chat_item *add_item(struct batch_out *bo, unsigned worker, uint8_t
         p->ch = bo->ch;
         bo->posts[worker] = p;
     }
-    if (p->n == p->cap) {
-        size_t cap = p->cap ? p->cap * 2 : 16;
-        struct chat_item *v = realloc(p->items, cap * sizeof *v);
-        if (!v)
-            return NULL;
-        p->items = v;
-        p->cap = cap;
-    }
+    if (vec_grow(&p->items, &p->cap, p->n, 1, sizeof *p->items) != 0)
+        return NULL;
     struct chat_item *it = &p->items[p->n++];
     memset(it, 0, offsetof(struct chat_item, session));
     it->kind = kind;
@@ -86,14 +81,8 @@ static void set_ids(struct batch_out *bo, unsigned worker, struct chat_item *it,
     for (unsigned i = 0; i < ndevs; i++) {
         if (devs[i].worker != worker)
             continue;
-        if (p->nids == p->capids) {
-            size_t cap = p->capids ? p->capids * 2 : 16;
-            uint64_t *v = realloc(p->ids, cap * sizeof *v);
-            if (!v)
-                return;
-            p->ids = v;
-            p->capids = cap;
-        }
+        if (vec_grow(&p->ids, &p->capids, p->nids, 1, sizeof *p->ids) != 0)
+            return;
         p->ids[p->nids++] = devs[i].conn_id;
         it->ids_n++;
     }
@@ -103,14 +92,8 @@ static void set_ids(struct batch_out *bo, unsigned worker, struct chat_item *it,
 static void add_event(struct batch_out *bo, uint8_t kind, uint8_t type, uint64_t conn_id,
                       struct sbuf *f, uint32_t off, uint32_t len, const struct store_req *r)
 {
-    if (bo->nev == bo->capev) {
-        size_t cap = bo->capev ? bo->capev * 2 : 16;
-        struct bus_event *v = realloc(bo->ev, cap * sizeof *v);
-        if (!v)
-            return; /* lost, never confused with another: a resume finds it */
-        bo->ev = v;
-        bo->capev = cap;
-    }
+    if (vec_grow(&bo->ev, &bo->capev, bo->nev, 1, sizeof *bo->ev) != 0)
+        return; /* lost, never confused with another: a resume finds it */
     struct bus_event *e = &bo->ev[bo->nev++];
     memset(e, 0, sizeof *e);
     e->kind = kind;

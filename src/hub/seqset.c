@@ -9,9 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/vec.h"
+
 bool seqset_has(const struct seqset *s, int64_t seq)
 {
-    for (unsigned i = s->n; i-- > 0;) {
+    for (size_t i = s->n; i-- > 0;) {
         if (seq > s->r[i].hi)
             return false; /* above this range, and the ranges below are lower */
         if (seq >= s->r[i].lo)
@@ -27,7 +29,7 @@ int64_t seqset_max(const struct seqset *s)
 
 int seqset_add(struct seqset *s, int64_t seq)
 {
-    unsigned i = s->n;
+    size_t i = s->n;
     while (i > 0 && s->r[i - 1].lo > seq)
         i--;
     /* Here r[i - 1].lo <= seq < r[i].lo. */
@@ -43,20 +45,14 @@ int seqset_add(struct seqset *s, int64_t seq)
     } else if (join_next) {
         s->r[i].lo = seq;
     } else {
-        if (s->n == s->cap) {
-            unsigned cap = s->cap ? s->cap * 2 : 2;
-            struct seq_range *v = realloc(s->r, cap * sizeof *v);
-            if (!v)
-                return -ENOMEM;
-            s->r = v;
-            s->cap = cap;
-        }
+        if (vec_grow(&s->r, &s->cap, s->n, 1, sizeof *s->r) != 0)
+            return -ENOMEM;
         memmove(&s->r[i + 1], &s->r[i], (s->n - i) * sizeof *s->r);
         s->r[i].lo = s->r[i].hi = seq;
         s->n++;
     }
 #ifndef NDEBUG
-    for (unsigned k = 1; k < s->n; k++)
+    for (size_t k = 1; k < s->n; k++)
         assert(s->r[k - 1].hi + 1 < s->r[k].lo); /* sorted, disjoint, not touching */
 #endif
     return 0;

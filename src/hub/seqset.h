@@ -13,6 +13,7 @@
 #define CHATD_HUB_SEQSET_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct seq_range {
@@ -20,7 +21,7 @@ struct seq_range {
 };
 
 struct seqset {
-    unsigned n, cap;
+    size_t n, cap;
     struct seq_range *r; /* owned; sorted by lo, no two ranges touch */
 };
 

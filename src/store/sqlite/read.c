@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "store/sqlite/internal.h"
+#include "util/vec.h"
 #include "util/log.h"
 
 static struct read_conn *read_get(struct store_sqlite *s)
@@ -54,17 +55,6 @@ void store_sqlite__read_pool_free(struct store_sqlite *s)
     }
 }
 
-/* Double a result array (16 elements to start). 0 or -ENOMEM. */
-static int grow_array(void **v, int *cap, size_t elem)
-{
-    int ncap = *cap ? *cap * 2 : 16;
-    void *nv = realloc(*v, (size_t)ncap * elem);
-    if (!nv)
-        return -ENOMEM;
-    *v = nv;
-    *cap = ncap;
-    return 0;
-}
 
 static void fill_session(sqlite3_stmt *st, struct store_session *out)
 {
@@ -132,10 +122,11 @@ int store_sqlite__read_events(void *e, const char *id, int64_t after_seq, int64_
     sqlite3_bind_int64(st, 2, after_seq);
     sqlite3_bind_int64(st, 3, limit > 0 ? limit : -1);
     struct store_event *ev = NULL;
-    int n = 0, cap = 0, r = SQLITE_DONE, ret = 0;
+    int n = 0, r = SQLITE_DONE, ret = 0;
+    size_t cap = 0;
     size_t bytes = 0;
     while ((!max_bytes || bytes < max_bytes) && (r = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap && grow_array((void **)&ev, &cap, sizeof *ev) < 0) {
+        if (vec_grow(&ev, &cap, (size_t)n, 1, sizeof *ev) != 0) {
             ret = -ENOMEM;
             break;
         }
@@ -209,9 +200,10 @@ int store_sqlite__list_sessions(void *e, const char *owner, bool help_only, int 
         sqlite3_bind_text(st, 1, owner, -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 2, limit);
     struct store_session *v = NULL;
-    int n = 0, cap = 0, r, ret = 0;
+    int n = 0, r, ret = 0;
+    size_t cap = 0;
     while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap && grow_array((void **)&v, &cap, sizeof *v) < 0) {
+        if (vec_grow(&v, &cap, (size_t)n, 1, sizeof *v) != 0) {
             ret = -ENOMEM;
             break;
         }
