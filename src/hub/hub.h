@@ -6,8 +6,9 @@
  * router by type.
  *
  * Threads: the struct hub is built by the main thread before the workers
- * start and is read-only afterwards, except for the registry (its own striped
- * locks), the error counters (atomics) and the router's own state. Every
+ * start (hub_init, then main attaches the router) and is read-only
+ * afterwards, except for the registry (its own striped locks), the error
+ * counters (atomics) and the router's own state. Every
  * callback below runs on the worker thread that owns the connection; a
  * client (struct client) is owned by its connection's worker and touched by
  * no other thread. To reach a connection
@@ -108,7 +109,8 @@ struct router_ops {
 };
 
 struct hub {
-    /* read-only after hub_init */
+    /* read-only once the workers start (hub_init fills them; main attaches
+     * the router, router_ops and router, before server_start) */
     const struct config *cfg;
     struct server *srv;
     struct jwt_verifier *jwt;
