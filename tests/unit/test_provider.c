@@ -1,0 +1,231 @@
+/* Unit tests for the model providers' wire formats (src/assistant/provider.c). */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "assistant/provider.h"
+
+#define MSG(r, s) {(r), (s), sizeof(s) - 1}
+
+static json_t *body_json(const struct provider_request *r)
+{
+    size_t len = 0;
+    char *text = provider_body(r, &len);
+    assert_non_null(text);
+    assert_int_equal(len, strlen(text));
+    json_t *o = json_loads(text, 0, NULL);
+    free(text);
+    assert_non_null(o);
+    return o;
+}
+
+static void test_paths_and_headers(void **state)
+{
+    (void)state;
+    assert_string_equal(provider_path(PROVIDER_OPENAI), "/chat/completions");
+    assert_string_equal(provider_path(PROVIDER_ANTHROPIC), "/messages");
+    char h[8][PROVIDER_HEADER_MAX];
+    int n = provider_headers(PROVIDER_OPENAI, "sk-test", h, 8);
+    assert_int_equal(n, 3);
+    assert_string_equal(h[2], "Authorization: Bearer sk-test");
+    n = provider_headers(PROVIDER_ANTHROPIC, "ak-test", h, 8);
+    assert_int_equal(n, 4);
+    assert_string_equal(h[2], "anthropic-version: 2023-06-01");
+    assert_string_equal(h[3], "x-api-key: ak-test");
+    n = provider_headers(PROVIDER_OPENAI, NULL, h, 8); /* a local server, no key */
+    assert_int_equal(n, 2);
+    assert_int_equal(provider_headers(PROVIDER_ANTHROPIC, "k", h, 3), -ENOSPC);
+}
+
+static void test_openai_body(void **state)
+{
+    (void)state;
+    struct provider_msg m[] = {MSG(PROVIDER_USER, "hello"), MSG(PROVIDER_ASSISTANT, "hi!"),
+                               MSG(PROVIDER_USER, "what is 2+2?"),
+                               MSG(PROVIDER_USER, "and \"3+3\"?")};
+    struct provider_request r = {.kind = PROVIDER_OPENAI, .model = "llama-3",
+                                 .system = "Be brief.", .max_tokens = 200, .msgs = m, .nmsgs = 4};
+    json_t *o = body_json(&r);
+    assert_string_equal(json_string_value(json_object_get(o, "model")), "llama-3");
+    assert_true(json_is_true(json_object_get(o, "stream")));
+    assert_true(json_is_true(json_object_get(json_object_get(o, "stream_options"),
+                                             "include_usage")));
+    assert_int_equal(json_integer_value(json_object_get(o, "max_tokens")), 200);
+    json_t *msgs = json_object_get(o, "messages");
+    assert_int_equal(json_array_size(msgs), 4); /* system + 3 turns (two users joined) */
+    assert_string_equal(json_string_value(json_object_get(json_array_get(msgs, 0), "role")),
+                        "system");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(msgs, 0), "content")),
+                        "Be brief.");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(msgs, 2), "role")),
+                        "assistant");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(msgs, 3), "content")),
+                        "what is 2+2?\n\nand \"3+3\"?");
+    json_decref(o);
+}
+
+static void test_anthropic_body(void **state)
+{
+    (void)state;
+    /* Leading assistant turns are dropped: the Messages API starts with the user. */
+    struct provider_msg m[] = {MSG(PROVIDER_ASSISTANT, "earlier answer"),
+                               MSG(PROVIDER_USER, "question")};
+    struct provider_request r = {.kind = PROVIDER_ANTHROPIC, .model = "claude",
+                                 .system = "S", .msgs = m, .nmsgs = 2};
+    json_t *o = body_json(&r);
+    assert_int_equal(json_integer_value(json_object_get(o, "max_tokens")), 1024);
+    assert_string_equal(json_string_value(json_object_get(o, "system")), "S");
+    assert_null(json_object_get(o, "stream_options"));
+    json_t *msgs = json_object_get(o, "messages");
+    assert_int_equal(json_array_size(msgs), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(msgs, 0), "role")),
+                        "user");
+    json_decref(o);
+}
+
+static void test_context_budget(void **state)
+{
+    (void)state;
+    struct provider_msg m[] = {MSG(PROVIDER_USER, "aaaa"), MSG(PROVIDER_ASSISTANT, "bbbb"),
+                               MSG(PROVIDER_USER, "cccc"), MSG(PROVIDER_ASSISTANT, "dddd"),
+                               MSG(PROVIDER_USER, "eeee")};
+    assert_int_equal(provider_context(m, 5, 50, 1000), 0);  /* everything fits */
+    assert_int_equal(provider_context(m, 5, 2, 1000), 3);   /* the 2 newest */
+    assert_int_equal(provider_context(m, 5, 50, 12), 2);    /* 12 bytes: 3 messages */
+    assert_int_equal(provider_context(m, 5, 50, 11), 3);    /* the oldest dropped first */
+    assert_int_equal(provider_context(m, 0, 50, 11), 0);
+    /* The newest alone over the budget: kept, cut on a character boundary. */
+    struct provider_msg big[] = {MSG(PROVIDER_USER, "x"), MSG(PROVIDER_USER, "ab\xc3\xa9" "cd")};
+    assert_int_equal(provider_context(big, 2, 50, 3), 1);
+    assert_int_equal(big[1].len, 2); /* "ab": the 2-byte é does not fit whole */
+}
+
+static void parse(enum provider_kind k, const char *event, const char *data,
+                  struct provider_event *ev, int want_rc)
+{
+    assert_int_equal(provider_parse_event(k, event, data, strlen(data), ev), want_rc);
+}
+
+static void test_openai_events(void **state)
+{
+    (void)state;
+    struct provider_event ev;
+    parse(PROVIDER_OPENAI, "",
+          "{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,"
+          "\"delta\":{\"role\":\"assistant\",\"content\":\"Hel\"},\"finish_reason\":null}]}",
+          &ev, 0);
+    assert_int_equal(ev.type, PROVIDER_EV_DELTA);
+    assert_int_equal(ev.len, 3);
+    assert_memory_equal(ev.text, "Hel", 3);
+    provider_event_release(&ev);
+    parse(PROVIDER_OPENAI, "", "{\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}", &ev, 0);
+    assert_int_equal(ev.type, PROVIDER_EV_NONE);
+    parse(PROVIDER_OPENAI, "", "{\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}", &ev,
+          0);
+    assert_int_equal(ev.type, PROVIDER_EV_NONE);
+    assert_string_equal(ev.stop_reason, "stop");
+    parse(PROVIDER_OPENAI, "",
+          "{\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":34}}", &ev, 0);
+    assert_int_equal(ev.type, PROVIDER_EV_USAGE);
+    assert_int_equal(ev.input_tokens, 12);
+    assert_int_equal(ev.output_tokens, 34);
+    parse(PROVIDER_OPENAI, "", "[DONE]", &ev, 0);
+    assert_int_equal(ev.type, PROVIDER_EV_DONE);
+    parse(PROVIDER_OPENAI, "", "{\"error\":{\"message\":\"overloaded\"}}", &ev, 0);
+    assert_int_equal(ev.type, PROVIDER_EV_ERROR);
+    assert_non_null(strstr(ev.error, "overloaded"));
+    parse(PROVIDER_OPENAI, "", "{\"choices\":[{\"delta\":{\"content\":7}}]}", &ev, -EPROTO);
+    assert_int_equal(ev.type, PROVIDER_EV_ERROR);
+    parse(PROVIDER_OPENAI, "", "{not json", &ev, -EPROTO);
+    assert_non_null(strstr(ev.error, "malformed"));
+    parse(PROVIDER_OPENAI, "", "{\"object\":\"x\"}", &ev, -EPROTO);
+}
+
+static void test_anthropic_events(void **state)
+{
+    (void)state;
+    struct provider_event ev;
+    parse(PROVIDER_ANTHROPIC, "message_start",
+          "{\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":25,"
+          "\"output_tokens\":1}}}",
+          &ev, 0);
+    assert_int_equal(ev.type, PROVIDER_EV_USAGE);
+    assert_int_equal(ev.input_tokens, 25);
+    parse(PROVIDER_ANTHROPIC, "content_block_start",
+          "{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\","
+          "\"text\":\"\"}}",
+          &ev, 0);
+    assert_int_equal(ev.type, PROVIDER_EV_NONE);
+    parse(PROVIDER_ANTHROPIC, "ping", "{\"type\":\"ping\"}", &ev, 0);
+    assert_int_equal(ev.type, PROVIDER_EV_NONE);
+    parse(PROVIDER_ANTHROPIC, "content_block_delta",
+          "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\","
+          "\"text\":\"Bonjour \xc3\xa0 tous\"}}",
+          &ev, 0);
+    assert_int_equal(ev.type, PROVIDER_EV_DELTA);
+    assert_string_equal(ev.text, "Bonjour \xc3\xa0 tous");
+    provider_event_release(&ev);
+    /* The event name may be absent: the data's type says it. */
+    parse(PROVIDER_ANTHROPIC, "",
+          "{\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}}",
+          &ev, 0);
+    assert_int_equal(ev.type, PROVIDER_EV_DELTA);
+    provider_event_release(&ev);
+    parse(PROVIDER_ANTHROPIC, "content_block_delta",
+          "{\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\"}}", &ev, 0);
+    assert_int_equal(ev.type, PROVIDER_EV_NONE);
+    parse(PROVIDER_ANTHROPIC, "message_delta",
+          "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},"
+          "\"usage\":{\"output_tokens\":15}}",
+          &ev, 0);
+    assert_int_equal(ev.type, PROVIDER_EV_USAGE);
+    assert_int_equal(ev.output_tokens, 15);
+    assert_string_equal(ev.stop_reason, "end_turn");
+    parse(PROVIDER_ANTHROPIC, "message_stop", "{\"type\":\"message_stop\"}", &ev, 0);
+    assert_int_equal(ev.type, PROVIDER_EV_DONE);
+    parse(PROVIDER_ANTHROPIC, "error",
+          "{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}",
+          &ev, 0);
+    assert_int_equal(ev.type, PROVIDER_EV_ERROR);
+    assert_non_null(strstr(ev.error, "Overloaded"));
+    parse(PROVIDER_ANTHROPIC, "content_block_delta", "{\"delta\":{\"type\":\"text_delta\"}}", &ev,
+          -EPROTO);
+    parse(PROVIDER_ANTHROPIC, "", "[1,2]", &ev, -EPROTO);
+}
+
+static void test_error_answers(void **state)
+{
+    (void)state;
+    char m[300];
+    const char *oa = "{\"error\":{\"message\":\"Rate limit reached\",\"type\":\"requests\"}}";
+    assert_true(provider_error_message(PROVIDER_OPENAI, 429, oa, strlen(oa), m, sizeof m));
+    assert_string_equal(m, "the model provider answered 429: Rate limit reached");
+    const char *an = "{\"type\":\"error\",\"error\":{\"type\":\"authentication_error\","
+                     "\"message\":\"invalid x-api-key\"}}";
+    assert_false(provider_error_message(PROVIDER_ANTHROPIC, 401, an, strlen(an), m, sizeof m));
+    assert_non_null(strstr(m, "401: invalid x-api-key"));
+    assert_true(provider_error_message(PROVIDER_ANTHROPIC, 529, "", 0, m, sizeof m));
+    assert_string_equal(m, "the model provider answered 529");
+    assert_true(provider_error_message(PROVIDER_OPENAI, 503, "<html>", 6, m, sizeof m));
+    assert_false(provider_error_message(PROVIDER_OPENAI, 400, "{\"error\":\"bad model\"}", 21, m,
+                                        sizeof m));
+    assert_non_null(strstr(m, "bad model"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_paths_and_headers), cmocka_unit_test(test_openai_body),
+        cmocka_unit_test(test_anthropic_body),    cmocka_unit_test(test_context_budget),
+        cmocka_unit_test(test_openai_events),     cmocka_unit_test(test_anthropic_events),
+        cmocka_unit_test(test_error_answers),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
