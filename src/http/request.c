@@ -43,6 +43,14 @@ static int on_url(http_parser *p, const char *at, size_t len)
     return 0;
 }
 
+/* RFC 9110 token characters (header names). */
+static bool is_tchar(unsigned char c)
+{
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
+        return true;
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
 static int on_header_field(http_parser *p, const char *at, size_t len)
 {
     struct parse_ctx *ctx = p->data;
@@ -125,6 +133,31 @@ int http_request_parse(struct http_request *req, const char *buf, size_t len)
     /* Both framings at once is how request smuggling starts. */
     if (req->has_transfer_encoding && http_request_header(req, "content-length"))
         return 400;
+    /* The parser is lenient where chatd is not: a header name must be a
+     * token, and a value holds no control character (a NUL, a folded line's
+     * CR LF); the spaces around a value are not part of it. */
+    for (unsigned i = 0; i < req->nheaders; i++) {
+        struct http_header *h = &req->headers[i];
+        if (h->name_len == 0)
+            return 400;
+        for (size_t k = 0; k < h->name_len; k++)
+            if (!is_tchar((unsigned char)h->name[k]))
+                return 400;
+        while (h->value_len > 0 && (h->value[0] == ' ' || h->value[0] == '\t')) {
+            h->value++;
+            h->value_len--;
+        }
+        while (h->value_len > 0 &&
+               (h->value[h->value_len - 1] == ' ' || h->value[h->value_len - 1] == '\t'))
+            h->value_len--;
+        for (size_t k = 0; k < h->value_len; k++) {
+            unsigned char c = (unsigned char)h->value[k];
+            if ((c < 0x20 && c != '\t') || c == 0x7f)
+                return 400;
+        }
+        if (!h->value)
+            h->value = h->name + h->name_len; /* an empty value: a valid, empty slice */
+    }
 
     const char *q = memchr(req->url, '?', req->url_len);
     req->path = req->url;
@@ -137,8 +170,13 @@ int http_request_parse(struct http_request *req, const char *buf, size_t len)
     }
     /* Drop a fragment, should a client send one. */
     const char *frag = memchr(req->path, '#', req->path_len);
-    if (frag)
+    if (frag) {
         req->path_len = (size_t)(frag - req->path);
+        req->query = NULL;
+        req->query_len = 0;
+    } else if (req->query && (frag = memchr(req->query, '#', req->query_len)) != NULL) {
+        req->query_len = (size_t)(frag - req->query);
+    }
     return 0;
 }
 
@@ -188,6 +226,8 @@ int http_query_param(const struct http_request *req, const char *name, char *out
 {
     if (!req->query)
         return -ENOENT;
+    if (cap == 0)
+        return -ENOSPC; /* not even room for the terminating NUL */
     size_t nlen = strlen(name);
     const char *p = req->query, *end = req->query + req->query_len;
     while (p < end) {

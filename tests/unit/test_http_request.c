@@ -594,6 +594,53 @@ static void test_head_split_across_feeds(void **state)
     assert_string_equal(tok, "abc");
 }
 
+/* ---- what chatd checks beyond the parser ------------------------------------ */
+
+static void test_header_names_are_tokens(void **state)
+{
+    (void)state;
+    assert_int_equal(PARSE("GET / HTTP/1.1\r\nHost : x\r\n\r\n"), 400);
+    assert_int_equal(PARSE("GET / HTTP/1.1\r\nX(y): 1\r\nHost: x\r\n\r\n"), 400);
+    assert_int_equal(PARSE("GET / HTTP/1.1\r\nX-Ok_1.~: 1\r\nHost: x\r\n\r\n"), 0);
+    assert_header("x-ok_1.~", "1");
+}
+
+static void test_value_spaces_trimmed_and_controls_refused(void **state)
+{
+    (void)state;
+    assert_int_equal(PARSE("GET / HTTP/1.1\r\nSec-WebSocket-Version: 13 \t\r\nHost: x\r\n\r\n"),
+                     0);
+    assert_header("sec-websocket-version", "13");
+    assert_int_equal(PARSE("GET / HTTP/1.1\r\nX-Empty:   \r\nHost: x\r\n\r\n"), 0);
+    assert_header("x-empty", "");
+    static const char nul_first[] = "GET / HTTP/1.1\r\nX: \0abc\r\nHost: x\r\n\r\n";
+    assert_int_equal(http_request_parse(&req, nul_first, sizeof nul_first - 1), 400);
+    assert_int_equal(PARSE("GET / HTTP/1.1\r\nX: a\x01b\r\nHost: x\r\n\r\n"), 400);
+    /* A folded value would keep a raw CR LF inside: refused. */
+    assert_int_equal(PARSE("GET / HTTP/1.1\r\nX: a\r\n b\r\nHost: x\r\n\r\n"), 400);
+}
+
+static void test_fragment_not_in_query(void **state)
+{
+    (void)state;
+    char out[32];
+    assert_int_equal(PARSE("GET /p?a=1#f HTTP/1.1\r\nHost: x\r\n\r\n"), 0);
+    assert_int_equal(http_query_param(&req, "a", out, sizeof out), 1);
+    assert_string_equal(out, "1");
+    assert_int_equal(PARSE("GET /p#f?a=1 HTTP/1.1\r\nHost: x\r\n\r\n"), 0);
+    assert_slice(req.path, req.path_len, "/p");
+    assert_int_equal(http_query_param(&req, "a", out, sizeof out), -ENOENT);
+}
+
+static void test_query_param_zero_capacity(void **state)
+{
+    (void)state;
+    char out[1] = {'z'};
+    assert_int_equal(PARSE("GET /p?a=1 HTTP/1.1\r\nHost: x\r\n\r\n"), 0);
+    assert_int_equal(http_query_param(&req, "a", out, 0), -ENOSPC);
+    assert_int_equal(out[0], 'z'); /* nothing written */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -620,6 +667,10 @@ int main(void)
         cmocka_unit_test(test_header_count_limit),
         cmocka_unit_test(test_head_end),
         cmocka_unit_test(test_head_split_across_feeds),
+        cmocka_unit_test(test_header_names_are_tokens),
+        cmocka_unit_test(test_value_spaces_trimmed_and_controls_refused),
+        cmocka_unit_test(test_fragment_not_in_query),
+        cmocka_unit_test(test_query_param_zero_capacity),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
