@@ -44,7 +44,11 @@ struct http_request {
 /*
  * Find the end of a request head in buf[0..len): returns the offset just past
  * the blank line ("\r\n\r\n", or bare "\n\n"), or 0 if it has not arrived.
- * from: where to resume scanning (bytes before it were already scanned).
+ * from: where to resume scanning (bytes before it were already scanned and
+ * held no blank line). The blank line may straddle two calls: resume at
+ * most 3 bytes before the old end (from = old_len > 3 ? old_len - 3 : 0),
+ * as the connection layer does, or a "\r\n\r\n" split across reads is
+ * missed.
  */
 size_t http_head_end(const char *buf, size_t len, size_t from);
 
