@@ -78,8 +78,7 @@ static const struct opt options[] = {
      "prefer --jwt-secret-file)",
      NULL},
     {"jwt-secret-file", K_STR, F(jwt_secret_file), 0, 0, NULL, "F",
-     "file holding the HS256 secret, the preferred form (one trailing newline ignored)",
-     NULL},
+     "file holding the HS256 secret, the preferred form (one trailing newline ignored)", NULL},
     {"jwt-public-key", K_STR, F(jwt_public_key), 0, 0, NULL, "F",
      "PEM public key file for RS256 (RSA) or ES256 (P-256)", NULL},
     {"jwt-issuer", K_STR, F(jwt_issuer), 0, 0, NULL, "S", "required 'iss' claim", NULL},
@@ -99,11 +98,10 @@ static const struct opt options[] = {
      "bytes per second one chat connection may send (bursts of 2 x max-message-bytes + N); "
      "past it the connection is closed with 1008",
      NULL},
-    {"db", K_STR, F(db_path), 0, 0, "chatd.db", "PATH", "SQLite database file ('none': no storage; chat messages are answered 'unavailable')",
-     NULL},
+    {"db", K_STR, F(db_path), 0, 0, "chatd.db", "PATH",
+     "SQLite database file ('none': no storage; chat messages are answered 'unavailable')", NULL},
     {"sync", K_SPECIAL, 0, 0, 0, "full", "M",
-     "'full': an acknowledged message survives power loss; 'normal': a process crash",
-     set_sync},
+     "'full': an acknowledged message survives power loss; 'normal': a process crash", set_sync},
     {"encryption-key-file", K_STR, F(encryption_key_file), 0, 0, NULL, "F",
      "32-byte key (raw, or 64 hex digits): message content encrypted at rest with AES-256-GCM",
      NULL},
@@ -129,8 +127,8 @@ static const struct opt options[] = {
      "models without a provider, 'id[:name],...': offered to clients and accepted by "
      "model_select, with no assistant behind them (the older form of --model; not with it)",
      NULL},
-    {"assistant-first-byte-timeout", K_UINT, F(assistant_first_byte_timeout_s), 1, 3600, "30",
-     "S", "seconds the assistant may take to the first piece of an answer", NULL},
+    {"assistant-first-byte-timeout", K_UINT, F(assistant_first_byte_timeout_s), 1, 3600, "30", "S",
+     "seconds the assistant may take to the first piece of an answer", NULL},
     {"assistant-timeout", K_UINT, F(assistant_timeout_s), 1, 3600, "120", "S",
      "seconds the assistant may take to the end of an answer", NULL},
     {"assistant-max-streams", K_UINT, F(assistant_max_streams), 1, 1000000, "1000", "N",
@@ -150,8 +148,7 @@ static const struct opt options[] = {
     {"ping-interval", K_UINT, F(ping_interval_s), 1, 86400, "54", "S",
      "seconds between keep-alive pings", NULL},
     {"pong-timeout", K_UINT, F(pong_timeout_s), 1, 86400, "60", "S",
-     "seconds a ping may go unanswered (nothing received) before the connection is dropped",
-     NULL},
+     "seconds a ping may go unanswered (nothing received) before the connection is dropped", NULL},
     {"shutdown-timeout", K_UINT, F(shutdown_timeout_s), 0, 3600, "10", "S",
      "seconds to drain connections on SIGTERM/SIGINT", NULL},
     {"log-level", K_SPECIAL, 0, 0, 0, "info", "L", "debug, info, warn or error", set_log_level},
@@ -383,8 +380,9 @@ static char *trim(char *s)
 
 /* ---- models ---------------------------------------------------------------- */
 
-const char *const conf_model_kind_names[3] = {
-    [CONF_MODEL_NONE] = "none", [CONF_MODEL_OPENAI] = "openai", [CONF_MODEL_ANTHROPIC] = "anthropic"};
+const char *const conf_model_kind_names[3] = {[CONF_MODEL_NONE] = "none",
+                                              [CONF_MODEL_OPENAI] = "openai",
+                                              [CONF_MODEL_ANTHROPIC] = "anthropic"};
 
 static void model_release(struct conf_model *m)
 {
@@ -655,8 +653,7 @@ static int add_model(struct config *cfg, const char *spec, char *err, size_t err
         char *field = trim(p);
         char *feq = strchr(field, '=');
         if (!*field) {
-            rc = errf(err, errlen, "'%s': empty setting (write ',,' for a comma in a value)",
-                      m.id);
+            rc = errf(err, errlen, "'%s': empty setting (write ',,' for a comma in a value)", m.id);
             goto out;
         }
         if (!feq) {
@@ -807,17 +804,31 @@ static const char *envp_get(char **envp, const char *name)
     return NULL;
 }
 
+/* Where the list of models came from, as apply() names a source in its
+ * messages (the whole list comes from one source). */
+static const char *models_where(const struct config *cfg, char *buf, size_t len)
+{
+    if (cfg->_models_source == SRC_ENV)
+        return "environment CHATD_MODEL for --model";
+    if (cfg->_models_source == SRC_FILE) {
+        snprintf(buf, len, "config %s: model", cfg->config_file);
+        return buf;
+    }
+    return "--model";
+}
+
 /* Read a file a model names, of at most max bytes, with trailing newlines
  * stripped. The messages name the file, never what it holds. */
-static int model_read_file(const struct conf_model *m, const char *what, const char *path,
-                           size_t max, char **out, size_t *len, char *err, size_t errlen)
+static int model_read_file(const char *where, const struct conf_model *m, const char *what,
+                           const char *path, size_t max, char **out, size_t *len, char *err,
+                           size_t errlen)
 {
     int rc = file_read_small(path, max, out, len);
     if (rc == -EFBIG)
-        return errf(err, errlen, "--model: '%s': %s '%s' is larger than %zu bytes", m->id, what,
+        return errf(err, errlen, "%s: '%s': %s '%s' is larger than %zu bytes", where, m->id, what,
                     path, max);
     if (rc < 0)
-        return errf(err, errlen, "--model: '%s': %s: cannot read '%s': %s", m->id, what, path,
+        return errf(err, errlen, "%s: '%s': %s: cannot read '%s': %s", where, m->id, what, path,
                     strerror(-rc));
     while (*len > 0 && ((*out)[*len - 1] == '\n' || (*out)[*len - 1] == '\r'))
         (*out)[--*len] = '\0';
@@ -829,21 +840,23 @@ static int model_read_file(const struct conf_model *m, const char *what, const c
 static int resolve_models(struct config *cfg, char *err, size_t errlen)
 {
     int rc;
+    char wbuf[300];
+    const char *where = models_where(cfg, wbuf, sizeof wbuf);
     for (unsigned i = 0; i < cfg->nmodels; i++) {
         struct conf_model *m = &cfg->models[i];
         char source[300];
         if (m->key_env) {
             const char *v = envp_get(cfg->_envp, m->key_env);
             if (!v)
-                return errf(err, errlen, "--model: '%s': key-env: variable %s is not set", m->id,
+                return errf(err, errlen, "%s: '%s': key-env: variable %s is not set", where, m->id,
                             m->key_env);
             if (!(m->key = strdup(v)))
                 return errf(err, errlen, "out of memory");
             m->key_len = strlen(v);
             snprintf(source, sizeof source, "variable %s", m->key_env);
         } else if (m->key_file) {
-            if ((rc = model_read_file(m, "key-file", m->key_file, CONF_MODEL_KEY_MAX, &m->key,
-                                      &m->key_len, err, errlen)) < 0)
+            if ((rc = model_read_file(where, m, "key-file", m->key_file, CONF_MODEL_KEY_MAX,
+                                      &m->key, &m->key_len, err, errlen)) < 0)
                 return rc;
             snprintf(source, sizeof source, "file '%s'", m->key_file);
         }
@@ -855,18 +868,18 @@ static int resolve_models(struct config *cfg, char *err, size_t errlen)
              * non-ASCII byte, which could also end the header early. */
             if (!ok)
                 return errf(err, errlen,
-                            "--model: '%s': the key in %s is empty or holds a character other "
+                            "%s: '%s': the key in %s is empty or holds a character other "
                             "than printable ASCII (spaces included)",
-                            m->id, source);
+                            where, m->id, source);
         }
         if (m->system_file) {
-            if ((rc = model_read_file(m, "system-file", m->system_file, CONF_MODEL_SYSTEM_MAX,
-                                      &m->system_prompt, &m->system_prompt_len, err,
-                                      errlen)) < 0)
+            if ((rc =
+                     model_read_file(where, m, "system-file", m->system_file, CONF_MODEL_SYSTEM_MAX,
+                                     &m->system_prompt, &m->system_prompt_len, err, errlen)) < 0)
                 return rc;
             if (memchr(m->system_prompt, '\0', m->system_prompt_len) ||
                 !utf8_ok((const unsigned char *)m->system_prompt, m->system_prompt_len))
-                return errf(err, errlen, "--model: '%s': system-file '%s' is not UTF-8 text",
+                return errf(err, errlen, "%s: '%s': system-file '%s' is not UTF-8 text", where,
                             m->id, m->system_file);
             if (m->system_prompt_len == 0) {
                 free(m->system_prompt);
