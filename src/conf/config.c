@@ -483,9 +483,17 @@ static int check_base_url(const char *id, const char *u, char **out, char *err, 
         skip = 7;
     else if (strncasecmp(u, "https://", 8) == 0)
         skip = 8;
+    else if (strchr(u, '@'))
+        return errf(err, errlen, "'%s': the base URL must start with http:// or https://", id);
     else
         return errf(err, errlen, "'%s': the base URL must start with http:// or https://, got '%s'",
                     id, u);
+    /* Credentials first, so that no message below repeats them. */
+    const char *host = u + skip;
+    size_t alen = strcspn(host, "/?#");
+    if (memchr(host, '@', alen))
+        return errf(err, errlen,
+                    "'%s': the base URL may not hold credentials (use key-env or key-file)", id);
     for (const char *p = u; *p; p++) {
         unsigned char c = (unsigned char)*p;
         if (c <= 0x20 || c >= 0x7f || c == '?' || c == '#')
@@ -494,11 +502,6 @@ static int check_base_url(const char *id, const char *u, char **out, char *err, 
                         "a query or a fragment",
                         id, u);
     }
-    const char *host = u + skip;
-    size_t alen = strcspn(host, "/");
-    if (memchr(host, '@', alen))
-        return errf(err, errlen,
-                    "'%s': the base URL may not hold credentials (use key-env or key-file)", id);
     const char *port = NULL;
     size_t hlen = alen;
     if (host[0] == '[') {

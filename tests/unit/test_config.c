@@ -280,6 +280,18 @@ static void test_malformed_specs(void **state)
         const char *none[] = {SECRET, NULL};
         expect_error(none, env, "CHATD_MODEL for --model", cases[i][1]);
     }
+    /* A URL's credentials are refused without being repeated. */
+    static const char *const creds[] = {"a=openai:https://user:pw-SECRET@h/v1?x=1",
+                                        "a=openai:https://user:pw-SECRET@h?x#y",
+                                        "a=openai:ftp://user:pw-SECRET@h/v1"};
+    for (size_t i = 0; i < sizeof creds / sizeof creds[0]; i++) {
+        const char *args[] = {SECRET, "--model", creds[i], NULL};
+        struct run r;
+        assert_int_equal(load(&r, args, NULL), -EINVAL);
+        if (strstr(r.err, "pw-SECRET"))
+            fail_msg("error '%s' repeats the URL's password", r.err);
+        config_release(&r.cfg);
+    }
     /* Duplicate ids across flags, too. */
     const char *dup[] = {SECRET,    "--model",           "a=openai:http://h",
                          "--model", "a=openai:http://i", NULL};
