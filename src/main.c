@@ -186,6 +186,33 @@ static void print_dev_banner(const struct config *cfg, int port, const char *sec
     fflush(stdout);
     free(token);
 }
+/* One line per configured model, so that an operator sees what chatd
+ * offers. Where the key came from is shown; the key itself never is. */
+static void log_models(const struct config *cfg)
+{
+    for (unsigned i = 0; i < cfg->nmodels; i++) {
+        const struct conf_model *m = &cfg->models[i];
+        struct log_quoted qurl, qmodel, qname, qkey, qsys;
+        char key_from[600];
+        if (m->key_env || m->key_file)
+            snprintf(key_from, sizeof key_from, "%s:%s", m->key_env ? "env" : "file",
+                     m->key_env ? m->key_env : m->key_file);
+        else
+            snprintf(key_from, sizeof key_from, "none");
+        log_info("model",
+                 "id=%s kind=%s base_url=%s model=%s name=%s key=%s system_file=%s "
+                 "system_prompt_bytes=%zu max_tokens=%u default=%s",
+                 m->id, conf_model_kind_names[m->kind], log_quotes(&qurl, m->base_url),
+                 log_quotes(&qmodel, m->model), log_quotes(&qname, m->name),
+                 log_quotes(&qkey, key_from), log_quotes(&qsys, m->system_file),
+                 m->system_prompt_len, m->max_tokens, i == cfg->default_model ? "yes" : "no");
+    }
+    if (cfg->nmodels && cfg->models[0].kind != CONF_MODEL_NONE)
+        log_warn("assistant_not_implemented",
+                 "reason=\"models are offered to clients and accepted by model_select; this "
+                 "version does not call them\"");
+}
+
 int main(int argc, char **argv)
 {
     static struct config cfg;
@@ -280,6 +307,7 @@ int main(int argc, char **argv)
     uv_timer_init(loop, &st.gc);
     st.gc.data = &st;
     uv_timer_start(&st.gc, on_gc, 10000, 10000);
+    log_models(&cfg);
     const char *h = cfg.listen_host;
     bool v6 = strchr(h, ':') != NULL;
     struct log_quoted qpre, qdb;

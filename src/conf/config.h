@@ -7,6 +7,18 @@
  * `max-devices = 10` or `max_devices = 10`). Unknown or malformed options
  * are errors naming the option. The main thread loads the config once at
  * start; afterwards the struct is read-only and shared by every thread.
+ *
+ * One option is a list: --model may be given several times (several
+ * `model = ...` lines in the file; several specs in one value, separated by
+ * ';' or newlines, which is how CHATD_MODEL holds more than one). A source
+ * replaces the list of a weaker source as a whole: any --model flag drops
+ * the models of CHATD_MODEL and of the file, CHATD_MODEL drops the file's.
+ *
+ * config_load also reads what the models point at (API keys, system
+ * prompts) and checks that --ca-file is readable, so that a mistake stops
+ * chatd at start, not at its first answer. The keys are kept in memory that
+ * config_release overwrites before freeing it; nothing in this module
+ * prints a key.
  */
 #ifndef CHATD_CONFIG_H
 #define CHATD_CONFIG_H
@@ -21,6 +33,44 @@ enum device_policy { DEVICE_POLICY_REFUSE = 0, DEVICE_POLICY_EVICT_OLDEST };
 /* The token algorithms (--jwt-alg); the hub maps them to its verifier's. */
 enum conf_jwt_alg { CONF_JWT_HS256 = 0, CONF_JWT_RS256, CONF_JWT_ES256 };
 extern const char *const conf_jwt_alg_names[3];
+
+/* The provider API a model speaks. CONF_MODEL_NONE is a model from --models:
+ * a name offered to clients, with no provider behind it. */
+enum conf_model_kind { CONF_MODEL_NONE = 0, CONF_MODEL_OPENAI, CONF_MODEL_ANTHROPIC };
+extern const char *const conf_model_kind_names[3]; /* "none", "openai", "anthropic" */
+
+#define CONF_MODEL_ID_MAX 64           /* bytes of a model id ([A-Za-z0-9._-]) */
+#define CONF_MODEL_TEXT_MAX 256        /* bytes of a display or provider model name */
+#define CONF_MODELS_MAX 100            /* models in all */
+#define CONF_MODEL_KEY_MAX 4096        /* bytes of an API key */
+#define CONF_MODEL_SYSTEM_MAX 65536    /* bytes of a system prompt file */
+#define CONF_MODEL_MAX_TOKENS 1000000  /* largest max-tokens= */
+#define CONF_ANTHROPIC_MAX_TOKENS 4096 /* max-tokens of an anthropic model without one:
+                                        * the Messages API requires the field */
+
+/*
+ * One model, from a --model SPEC (or a --models entry). Every string is
+ * owned by the config, NUL-terminated and free of control characters; the
+ * name and system prompt are valid UTF-8. Read-only after config_load.
+ */
+struct conf_model {
+    char id[CONF_MODEL_ID_MAX + 1]; /* 1 to 64 bytes of [A-Za-z0-9._-], unique */
+    int kind;                       /* enum conf_model_kind */
+    char *base_url;                 /* owned; http:// or https://, no trailing '/',
+                                     * no credentials, query or fragment; NULL for NONE */
+    char *model;                    /* owned; the provider's model name (default: id) */
+    char *name;                     /* owned; display name (default: id) */
+    char *key_env;                  /* owned; the variable the key was read from, or NULL */
+    char *key_file;                 /* owned; the file the key was read from, or NULL */
+    char *key;                      /* owned, wiped on release; printable ASCII without
+                                     * spaces, trailing newlines stripped; NULL: no key */
+    size_t key_len;
+    char *system_file;              /* owned; the system prompt's file, or NULL */
+    char *system_prompt;            /* owned; that file's text (trailing newlines
+                                     * stripped), or NULL */
+    size_t system_prompt_len;
+    unsigned max_tokens;            /* 0: not set (openai: the provider's default) */
+};
 
 struct config {
     char listen_host[256];       /* numeric IPv4/IPv6 address or "localhost" */
@@ -52,8 +102,24 @@ struct config {
     char *db_path;               /* owned */
     bool sync_full;              /* --sync full (true) or normal */
     char *encryption_key_file;   /* owned, NULL when unset */
-    char *models;                /* owned: "id[:name],..." or NULL */
+    char *models_list;           /* owned: --models "id[:name],...", or NULL */
+    struct conf_model *models;   /* owned: from --model, or else --models; in order */
+    unsigned nmodels;
+    unsigned default_model;      /* index into models (0 when there is none) */
+    char *default_model_id;      /* owned: --default-model, NULL: the first model */
+    unsigned assistant_first_byte_timeout_s; /* to the first piece of an answer */
+    unsigned assistant_timeout_s;            /* to the end of an answer */
+    unsigned assistant_max_streams;          /* answers streaming at once, in all */
+    unsigned assistant_context_messages;     /* recent messages sent with a request */
+    unsigned assistant_context_bytes;        /* at most this many bytes of them */
+    char *ca_file;               /* owned: PEM CA bundle for model endpoints, or NULL */
     char *config_file;           /* owned, NULL when none */
+
+    /* private: used while config_load runs */
+    char **_envp;                /* borrowed: the environment given to config_load */
+    int _source;                 /* the source being applied (default, file, env, flag) */
+    int _models_source;          /* the source the models came from */
+    size_t _models_cap;
 };
 
 enum config_result {
@@ -72,7 +138,8 @@ enum config_result {
 int config_load(struct config *cfg, int argc, char **argv, char **envp, FILE *out, char *err,
                 size_t errlen);
 
-/* Free what config_load allocated. */
+/* Free what config_load allocated, overwriting the API keys first. Safe
+ * after a failed config_load. */
 void config_release(struct config *cfg);
 
 /* Print the option reference (what --help shows). */

@@ -84,29 +84,18 @@ int hub_init(struct hub *h, const struct config *cfg, struct server *srv, const 
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
+    /* What connection_status offers: every model's id and display name, in
+     * the configured order (--model or --models). */
     h->models = json_array();
-    for (const char *p = cfg->models; p && *p;) {
-        while (*p == ',' || *p == ' ')
-            p++;
-        const char *e = p;
-        while (*e && *e != ',')
-            e++;
-        if (e > p) {
-            const char *colon = memchr(p, ':', (size_t)(e - p));
-            const char *id_end = colon ? colon : e;
-            size_t idlen = (size_t)(id_end - p);
-            if (idlen == 0 || idlen > 64) {
-                snprintf(err, errlen, "--models: a model id must be 1 to 64 bytes");
-                return -EINVAL;
-            }
-            json_t *m = json_object();
-            json_object_set_new(m, "id", json_stringn(p, idlen));
-            json_object_set_new(m, "name",
-                                colon ? json_stringn(colon + 1, (size_t)(e - colon - 1))
-                                      : json_stringn(p, idlen));
-            json_array_append_new(h->models, m);
-        }
-        p = e;
+    for (unsigned i = 0; h->models && i < cfg->nmodels; i++) {
+        const struct conf_model *cm = &cfg->models[i];
+        if (json_array_append_new(h->models,
+                                  json_pack("{s:s, s:s}", "id", cm->id, "name", cm->name)) != 0)
+            break;
+    }
+    if (!h->models || json_array_size(h->models) != cfg->nmodels) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
     }
 
     static const enum jwt_alg algs[] = {
@@ -177,13 +166,9 @@ int hub_init(struct hub *h, const struct config *cfg, struct server *srv, const 
 
 bool hub_model_known(const struct hub *h, const char *model_id)
 {
-    size_t i;
-    json_t *m;
-    json_array_foreach(h->models, i, m)
-    {
-        if (strcmp(json_string_value(json_object_get(m, "id")), model_id) == 0)
+    for (unsigned i = 0; i < h->cfg->nmodels; i++)
+        if (strcmp(h->cfg->models[i].id, model_id) == 0)
             return true;
-    }
     return false;
 }
 

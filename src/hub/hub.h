@@ -116,7 +116,7 @@ struct hub {
     struct jwt_verifier *jwt;
     const struct router_ops *router_ops; /* NULL: no router attached */
     void *router;
-    json_t *models; /* [{"id":..,"name":..}] from --models */
+    json_t *models; /* [{"id":..,"name":..}] of cfg->models, in order */
     /* shared: atomics, any thread adds (hub_count_error), /metrics reads */
     atomic_uint_fast64_t errors[ERR_COUNT]; /* error replies by code */
     /* shared, internally locked (stripe locks, see registry.h) */

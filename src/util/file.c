@@ -1,6 +1,7 @@
 /*
  * DESIGN: one read loop with a size cap, so a mistyped path pointing at a
- * huge file fails clearly instead of being read whole.
+ * huge file fails clearly instead of being read whole. The files hold
+ * secrets, so no buffer is given back to the allocator unwiped.
  */
 #include "util/file.h"
 
@@ -8,6 +9,7 @@
 #include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 int file_read_small(const char *path, size_t max, char **out, size_t *len)
 {
@@ -18,11 +20,16 @@ int file_read_small(const char *path, size_t max, char **out, size_t *len)
     char *buf = NULL;
     int rc = 0;
     for (;;) {
-        char *nb = realloc(buf, cap + 1);
+        /* Not realloc: it may leave a copy of the bytes read so far (a key)
+         * in the block it frees. Growth copies, then wipes the old block. */
+        char *nb = malloc(cap + 1);
         if (!nb) {
             rc = -ENOMEM;
             break;
         }
+        if (buf)
+            memcpy(nb, buf, n);
+        file_free_secret(buf, n);
         buf = nb;
         n += fread(buf + n, 1, cap - n, f);
         if (ferror(f)) {
