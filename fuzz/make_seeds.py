@@ -3,6 +3,7 @@
 
 fuzz_frame: four settings bytes (see fuzz_frame.c), then a client byte stream.
 fuzz_http: one settings byte (see fuzz_http.c), then a request head.
+fuzz_sse: four settings bytes (see fuzz_sse.c), then an event stream.
 Run once from anywhere: /usr/bin/python3 fuzz/make_seeds.py
 """
 import os
@@ -105,6 +106,65 @@ HTTP_SEEDS = {
 }
 
 
+def sse_settings(mode=0, stop_after=0, stop_negative=False, max_line=511, max_event=1021,
+                 param=7):
+    b0 = mode | (stop_after << 2) | (0x20 if stop_negative else 0)
+    return bytes([b0, (max_line - 1) // 2, (max_event - 1) // 4, param])
+
+
+def openai_chunk(delta, finish=None):
+    return b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","choices":[{"index":0,' \
+        b'"delta":' + delta + b',"finish_reason":' + finish + b'}]}\n\n'
+
+
+OPENAI_STREAM = (
+    openai_chunk(b'{"role":"assistant","content":""}', b"null")
+    + openai_chunk(b'{"content":"Answer to: \xc2\xab"}', b"null")
+    + openai_chunk(b'{"content":"hi \xf0\x9f\x99\x82"}', b"null")
+    + openai_chunk(b"{}", b'"stop"')
+    + b'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","choices":[],'
+    b'"usage":{"prompt_tokens":2,"completion_tokens":2,"total_tokens":4}}\n\n'
+    + b"data: [DONE]\n\n"
+)
+
+
+def anthropic_event(name, data):
+    return b"event: " + name + b"\ndata: " + data + b"\n\n"
+
+
+ANTHROPIC_STREAM = (
+    anthropic_event(b"message_start", b'{"type":"message_start","message":{"id":"msg_1",'
+                    b'"usage":{"input_tokens":3,"output_tokens":1}}}')
+    + anthropic_event(b"content_block_start", b'{"type":"content_block_start","index":0,'
+                      b'"content_block":{"type":"text","text":""}}')
+    + anthropic_event(b"ping", b'{"type": "ping"}')
+    + anthropic_event(b"content_block_delta", b'{"type":"content_block_delta","index":0,'
+                      b'"delta":{"type":"text_delta","text":"Hel\xe2\x82\xac"}}')
+    + anthropic_event(b"content_block_stop", b'{"type":"content_block_stop","index":0}')
+    + anthropic_event(b"message_delta", b'{"type":"message_delta","delta":{"stop_reason":'
+                      b'"end_turn"},"usage":{"output_tokens":1}}')
+    + anthropic_event(b"message_stop", b'{"type":"message_stop"}')
+)
+
+SSE_SEEDS = {
+    "openai": sse_settings(0, param=5) + OPENAI_STREAM,
+    "openai_bytewise": sse_settings(2) + OPENAI_STREAM,
+    "anthropic": sse_settings(1, param=9) + ANTHROPIC_STREAM,
+    "anthropic_crlf": sse_settings(3, param=100) + ANTHROPIC_STREAM.replace(b"\n", b"\r\n"),
+    "anthropic_cr": sse_settings(1, param=3) + ANTHROPIC_STREAM.replace(b"\n", b"\r"),
+    "bom_comments": sse_settings(2) + b"\xef\xbb\xbf: hello\r\n:\nevent:x\ndata\n"
+    b"data:  two\rid: 1\nretry: 10\nfoo\n\n",
+    "bom_partial": sse_settings(3, param=1) + b"\xef\xbbdata: a\n\ndata: b\n\n",
+    "no_final_blank_line": sse_settings(0, param=2) + b"data: 1\n\ndata: 2\n",
+    "line_bound": sse_settings(1, max_line=9, param=4) + b"data: 123\n\ndata: 1234\n\n",
+    "event_bound": sse_settings(0, max_event=9, param=3)
+    + b"data: 1234\ndata: 1234\n\ndata: 12345\ndata: 1234\n\n",
+    "stop_early": sse_settings(1, stop_after=2, param=11) + OPENAI_STREAM,
+    "stop_negative": sse_settings(3, stop_after=3, stop_negative=True, param=77)
+    + ANTHROPIC_STREAM,
+}
+
+
 def write(name, seeds):
     out = os.path.join(CORPUS, name)
     os.makedirs(out, exist_ok=True)
@@ -117,6 +177,7 @@ def write(name, seeds):
 def main():
     write("fuzz_frame", FRAME_SEEDS)
     write("fuzz_http", HTTP_SEEDS)
+    write("fuzz_sse", SSE_SEEDS)
 
 
 if __name__ == "__main__":
