@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "util/fifo.h"
@@ -805,6 +806,8 @@ int http_client_new(struct http_client **out, const struct http_client_options *
     static const struct http_client_options none;
     if (!opts)
         opts = &none;
+    if (opts->ca_file && access(opts->ca_file, R_OK) != 0)
+        return -errno;
     int rc = -ENOMEM;
     struct http_client *c = calloc(1, sizeof *c);
     if (!c)

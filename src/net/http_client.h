@@ -103,8 +103,11 @@ struct http_client;
 
 /* Per-client settings; http_client_new copies the strings. */
 struct http_client_options {
-    const char *ca_file;            /* PEM file of extra trusted authorities, for
-                                       private endpoints; NULL: the system's store */
+    const char *ca_file;            /* PEM file of authorities to trust, for private
+                                       endpoints: it replaces the system's bundle
+                                       (Debian's libcurl still looks in
+                                       /etc/ssl/certs); NULL: the system's store.
+                                       Must be readable at http_client_new. */
     const char *proxy;              /* proxy URL; NULL or "": none, whatever the
                                        environment says */
     unsigned max_requests;          /* accepted at once (queued + running); past it
@@ -182,8 +185,10 @@ int http_client_global_init(void);
 void http_client_global_cleanup(void);
 
 /* Make a client and start its thread. opts may be NULL (all defaults).
- * Owner thread. 0 and *out, or a negative errno (-ENOMEM, or libuv's or
- * libcurl's setup failing: -EIO); nothing to free then. */
+ * Owner thread. 0 and *out, or a negative errno: the ca_file's access(2)
+ * error (-ENOENT, -EACCES: a bad configuration is told at start, not at
+ * the first request), -ENOMEM, or -EIO when libuv's or libcurl's setup
+ * fails; nothing to free then. */
 int http_client_new(struct http_client **out, const struct http_client_options *opts);
 
 /* Stop the client and free it: every request not yet ended (queued or

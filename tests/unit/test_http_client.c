@@ -105,10 +105,10 @@ struct sconn {
 struct server {
     int lfd;
     int port;
-    int tls_lfd;       /* the same server behind TLS */
+    int tls_lfd; /* the same server behind TLS */
     int tls_port;
-    SSL_CTX *tls;      /* its certificate: self-signed, for IP 127.0.0.1 */
-    char ca_path[64];  /* that certificate, PEM, for ca_file */
+    SSL_CTX *tls;     /* its certificate: self-signed, for IP 127.0.0.1 */
+    char ca_path[64]; /* that certificate, PEM, for ca_file */
     int stop_pipe[2];
     pthread_t thread;
     struct sconn *conns[SRV_MAX_CONNS];
@@ -504,8 +504,8 @@ static int make_tls(void)
         X509_gmtime_adj(X509_getm_notAfter(x), 3600);
         X509_set_pubkey(x, key);
         X509_NAME *nm = X509_get_subject_name(x);
-        X509_NAME_add_entry_by_txt(nm, "CN", MBSTRING_ASC, (const unsigned char *)"chatd test",
-                                   -1, -1, 0);
+        X509_NAME_add_entry_by_txt(nm, "CN", MBSTRING_ASC, (const unsigned char *)"chatd test", -1,
+                                   -1, 0);
         X509_set_issuer_name(x, nm);
         X509V3_CTX v3;
         X509V3_set_ctx_nodb(&v3);
@@ -1156,8 +1156,8 @@ static void test_tls_verification(void **state)
 
     struct http_client_options trusted = {.ca_file = srv.ca_path};
     struct http_client *c = new_client(&trusted);
-    struct http_client_request q = {.url = ip, .first_byte_timeout_ms = 10000, .cb = &sink_cb,
-                                    .arg = &s[0]};
+    struct http_client_request q = {
+        .url = ip, .first_byte_timeout_ms = 10000, .cb = &sink_cb, .arg = &s[0]};
     assert_int_equal(http_client_submit(c, &q, NULL), 0);
     /* The certificate names 127.0.0.1, not localhost: the host check. */
     q.url = name;
@@ -1174,8 +1174,15 @@ static void test_tls_verification(void **state)
     assert_true(wait_done(1));
     http_client_free(c);
 
+    /* A CA file that is not there is a bad configuration, told at once. */
     struct http_client_options missing = {.ca_file = "/nonexistent/chatd-ca.pem"};
-    c = new_client(&missing);
+    c = NULL;
+    assert_int_equal(http_client_new(&c, &missing), -ENOENT);
+    assert_null(c);
+
+    /* A file that is not PEM fails each request instead. */
+    struct http_client_options garbage = {.ca_file = "/dev/null"};
+    c = new_client(&garbage);
     q.arg = &s[3];
     assert_int_equal(http_client_submit(c, &q, NULL), 0);
     assert_true(wait_done(1));
