@@ -598,7 +598,8 @@ static int req_setup(struct http_client *c, struct req *r)
     /* No "Expect: 100-continue" wait before a large body; no made-up form
      * Content-Type on a body the caller did not type. */
     static const char *const extra[] = {"Expect:", "Content-Type:"};
-    for (size_t i = 0; i < (r->body && !r->has_content_type ? 2u : 1u); i++) {
+    bool fields = r->body || strcmp(r->method, "POST") == 0; /* POSTFIELDS below */
+    for (size_t i = 0; i < (fields && !r->has_content_type ? 2u : 1u); i++) {
         struct curl_slist *s = curl_slist_append(r->hdrs, extra[i]);
         if (!s)
             goto nomem;

@@ -785,6 +785,7 @@ static void test_get_and_post_arrive_as_sent(void **state)
 
     assert_true(starts_with(s[3].body, "POST /echo HTTP/1.1\r\n"));
     assert_non_null(strstr(s[3].body, "\r\nContent-Length: 0\r\n"));
+    assert_null(strcasestr(s[3].body, "Content-Type"));
     for (int i = 0; i < 4; i++)
         sink_release(&s[i]);
 }
