@@ -26,6 +26,7 @@
 #include "hub/hub.h"
 #include "hub/routes.h"
 #include "store/store.h"
+#include "net/http_client.h"
 #include "net/server.h"
 #include "util/clock.h"
 #include "util/file.h"
@@ -226,6 +227,10 @@ int main(int argc, char **argv)
     }
     log_set_level(cfg.log_level);
     json_object_seed(0); /* before any thread builds JSON */
+    if (http_client_global_init() != 0) { /* libcurl: before any thread */
+        fprintf(stderr, "chatd: cannot initialise libcurl\n");
+        return 1;
+    }
     signal(SIGPIPE, SIG_IGN);
     raise_nofile();
 
@@ -339,5 +344,6 @@ int main(int argc, char **argv)
     sbuf_thread_cleanup();
     log_info("shutdown_done", "forced=%s", st.forced ? "yes" : "no");
     config_release(&cfg);
+    http_client_global_cleanup();
     return 0;
 }
