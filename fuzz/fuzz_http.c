@@ -71,7 +71,11 @@ static void check_request(const struct http_request *req, const char *head, size
     if (req->query) {
         CHECK(inside(req->query, req->query_len, head, len));
         CHECK(req->query > req->url && req->query[-1] == '?');
-        CHECK(req->query + req->query_len == req->url + req->url_len);
+        /* The query runs to the end of the URL, or to a fragment's '#'. */
+        CHECK(req->query + req->query_len <= req->url + req->url_len);
+        CHECK(req->query + req->query_len == req->url + req->url_len ||
+              req->query[req->query_len] == '#');
+        CHECK(!memchr(req->query, '#', req->query_len));
         CHECK(req->path_len < req->url_len);
     } else {
         CHECK(req->query_len == 0);
