@@ -358,6 +358,19 @@ static int client_rename(struct client *cl, const struct jwt_claims *claims)
     return 0;
 }
 
+/* At once when the connection closes: the device leaves the registry now,
+ * so a device that reconnects right after a clean close is not counted
+ * twice (the client itself is freed later, in chat_on_close). */
+static void chat_on_closing(struct conn *c)
+{
+    struct client *cl = c->data;
+    assert(cl && cl->conn == c && worker_current() == c->w);
+    if (cl->registered) {
+        registry_remove(&cl->hub->registry, cl->sub, cl->sub_len, c->id);
+        cl->registered = false;
+    }
+}
+
 static void chat_on_close(struct conn *c)
 {
     struct client *cl = c->data;
@@ -521,6 +534,7 @@ static const struct conn_handler chat_handler = {
     .metered = true,
     .on_drain = chat_on_drain,
     .on_message = chat_on_message,
+    .on_closing = chat_on_closing,
     .on_close = chat_on_close,
     .on_shutdown = chat_on_shutdown,
     .on_tick = chat_on_tick,

@@ -126,6 +126,8 @@ void conn_close(struct conn *c)
     struct worker *w = c->w;
     bool was_ws = c->state == CONN_WS;
     c->state = CONN_CLOSED;
+    if (was_ws && c->handler && c->handler->on_closing)
+        c->handler->on_closing(c);
     c->notify_close = was_ws && c->handler && c->handler->on_close;
     if (c->counted_ws)
         atomic_fetch_sub(&w->srv->stats.ws_open, 1);

@@ -65,8 +65,14 @@ struct conn_handler {
     /* A whole message: opcode WS_OP_TEXT or WS_OP_BINARY; data is only valid
      * during the call (it may lie in the shared read buffer). */
     void (*on_message)(struct conn *c, unsigned opcode, uint8_t *data, size_t len);
+    /* The connection is closing: called at once, inside conn_close(), so
+     * that what others see (the user's device count) is true before the
+     * peer can reconnect. It must free nothing: callers up the stack may
+     * still use the handler's state. May be NULL. */
+    void (*on_closing)(struct conn *c);
     /* The connection is gone (called exactly once, from the close callback:
-     * a later loop phase than the conn_close() that closed it). */
+     * a later loop phase than the conn_close() that closed it): free the
+     * handler's state here. */
     void (*on_close)(struct conn *c);
     /* Server shutdown, before the 1001 close (may queue a last message). */
     void (*on_shutdown)(struct conn *c);
