@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "chunks.h"
+
 #include "ws/frame.h"
 #include "ws/utf8.h"
 
@@ -183,6 +185,12 @@ static bool run_feed(struct fz_run *r, const uint8_t *p, size_t n)
 
 static struct fz_run whole, chunked;
 
+/* fuzz_feed_chunked's callback: one piece to the chunked run. */
+static bool feed_chunk(void *arg, const uint8_t *p, size_t len)
+{
+    return run_feed(arg, p, len);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -201,35 +209,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     run_feed(&whole, s, n);
 
     run_init(&chunked, max_message, require_mask, allowance);
-    size_t pos = 0;
-    uint32_t seed = param * 2654435761u + 1;
-    switch (mode) {
-    case 0: /* fixed-size chunks */
-        while (pos < n && run_feed(&chunked, s + pos, n - pos < param + 1 ? n - pos : param + 1))
-            pos += param + 1;
-        break;
-    case 1: /* pseudo-random sizes, empty writes included */
-        while (pos < n) {
-            seed = seed * 1103515245u + 12345u;
-            size_t k = (seed >> 16) % 64;
-            if (k > n - pos)
-                k = n - pos;
-            if (!run_feed(&chunked, s + pos, k))
-                break;
-            pos += k;
-        }
-        break;
-    case 2: /* one byte at a time */
-        while (pos < n && run_feed(&chunked, s + pos, 1))
-            pos++;
-        break;
-    default: { /* two halves */
-        size_t cut = n * param / 255;
-        if (run_feed(&chunked, s, cut))
-            run_feed(&chunked, s + cut, n - cut);
-        break;
-    }
-    }
+    fuzz_feed_chunked(mode, param, s, n, 64, feed_chunk, &chunked);
 
     /* Differential: however the stream was split, the same report. */
     CHECK(whole.err == chunked.err);

@@ -70,12 +70,8 @@ static inline int64_t rate_take(struct rate_bucket *b, int64_t now_ms, uint64_t 
 static inline bool rate_charge(struct rate_bucket *b, int64_t now_ms, uint64_t per_min,
                                uint64_t burst, uint64_t cost)
 {
-    rate_refill(b, now_ms, per_min, burst);
-    uint64_t need = cost * RATE_UNIT;
-    if (b->level >= need) {
-        b->level -= need;
+    if (rate_take(b, now_ms, per_min, burst, cost) == 0)
         return true;
-    }
     b->level = 0;
     return false;
 }
