@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <string.h>
 #include <stdint.h>
 
 #define HTTP_MAX_HEAD 16384  /* bytes of request line + headers; more: 431 */
@@ -79,5 +80,13 @@ int http_query_param(const struct http_request *req, const char *name, char *out
 bool http_request_is_get(const struct http_request *req);
 bool http_request_is_head(const struct http_request *req);
 const char *http_request_method_name(const struct http_request *req);
+
+/* Is path[0..len) exactly the literal route? (Routes compare the path
+ * after the prefix with this.) */
+static inline bool http_path_is(const char *path, size_t len, const char *route)
+{
+    size_t rl = strlen(route);
+    return len == rl && memcmp(path, route, rl) == 0;
+}
 
 #endif

@@ -192,11 +192,6 @@ static bool query_int(const struct http_request *req, const char *name, int64_t 
     return true;
 }
 
-static bool path_eq(const char *p, size_t n, const char *lit)
-{
-    return n == strlen(lit) && memcmp(p, lit, n) == 0;
-}
-
 bool chat_route_api(struct chat *ch, struct conn *c, const struct http_request *req,
                     const char *path, size_t len)
 {
@@ -204,12 +199,12 @@ bool chat_route_api(struct chat *ch, struct conn *c, const struct http_request *
     enum api_kind kind;
     char sid[STORE_ID_LEN + 1] = "";
 
-    if (path_eq(path, len, "/api/sessions")) {
+    if (http_path_is(path, len, "/api/sessions")) {
         kind = API_SESSIONS;
-    } else if (path_eq(path, len, "/api/admin/sessions")) {
+    } else if (http_path_is(path, len, "/api/admin/sessions")) {
         kind = API_ADMIN_SESSIONS;
     } else if (len > 14 && memcmp(path, "/api/sessions/", 14) == 0 && len > 23 &&
-               path_eq(path + len - 9, 9, "/messages")) {
+               http_path_is(path + len - 9, 9, "/messages")) {
         size_t idlen = len - 14 - 9;
         if (idlen > STORE_ID_LEN) {
             conn_http_error(c, 404, "session_not_found", "no such session", -1, NULL,

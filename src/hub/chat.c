@@ -94,7 +94,7 @@ static void handle_message(struct chat *ch, struct client *cl, json_t *msg, cons
 static void chat_client_opened(void *router, struct client *cl)
 {
     struct chat *ch = router;
-    cl->sub_hash = chat__hash(cl->sub);
+    cl->sub_hash = hash_str(cl->sub);
     struct chat_local *loc = &ch->locals[cl->conn->w->index];
     if (cl->admin)
         chat__list_add(&loc->admins, cl);
@@ -107,13 +107,8 @@ static void chat_client_closed(void *router, struct client *cl)
     struct client_state *cs = cl->router_state;
     if (cl->admin)
         chat__list_del(NULL, &loc->admins, cl);
-    for (unsigned i = 0; cs && i < cs->n; i++) {
-        if (!cs->v[i].joined)
-            continue;
-        struct local_list *j = chat__list_find(loc->joins, cs->v[i].id, false);
-        if (j)
-            chat__list_del(loc->joins, j, cl);
-    }
+    for (size_t i = 0; cs && i < cs->n; i++)
+        chat__unjoin(loc, cl, &cs->v[i]);
     if (cs)
         chat__resume_client_closed(cs);
     for (unsigned i = 0; cs && i < cs->n; i++)
@@ -145,12 +140,7 @@ static void chat_client_roles_changed(void *router, struct client *cl, bool was_
     for (unsigned i = 0; cs && i < cs->n; i++) {
         struct sess_state *st = &cs->v[i];
         bool in = st->joined || (st->intent_pending && st->intent_joined);
-        if (st->joined) {
-            struct local_list *l = chat__list_find(loc->joins, st->id, false);
-            if (l)
-                chat__list_del(loc->joins, l, cl);
-            st->joined = false;
-        }
+        chat__unjoin(loc, cl, st);
         if (!in)
             continue;
         json_array_append_new(left, json_string(st->id));

@@ -21,6 +21,7 @@
 #include "hub/seqset.h"
 #include "store/store.h"
 #include "net/worker.h"
+#include "util/hash.h"
 #include "util/rate.h"
 
 #define LOCAL_BUCKETS 1024
@@ -98,7 +99,7 @@ struct chat_item {
     uint32_t off, len;
     int64_t seq;
     uint32_t ids_off, ids_n; /* the owner's devices on this worker, in post->ids */
-    uint64_t owner_hash;     /* chat__hash(owner): admins that are the owner skip */
+    uint64_t owner_hash;     /* hash_str(owner): admins that are the owner skip */
     char session[STORE_ID_LEN + 1];
 };
 
@@ -111,7 +112,6 @@ struct chat_post {
     uint64_t *ids; /* connection ids referenced by items */
 };
 
-uint64_t chat__hash(const char *s);
 struct local_list *chat__list_find(struct local_list **tab, const char *key, bool create);
 int chat__list_add(struct local_list *l, struct client *cl);
 void chat__list_del(struct local_list **tab, struct local_list *l, struct client *cl);
@@ -119,6 +119,9 @@ void chat__free_table(struct local_list **tab);
 /* The client's router state, made on first use (idle clients have none). */
 struct client_state *chat__cstate(struct client *cl);
 struct sess_state *chat__state_get(struct client *cl, const char *sid, bool create);
+/* This worker stops delivering st's session to cl (an admin that joined
+ * it); nothing when it had not joined. */
+void chat__unjoin(struct chat_local *loc, struct client *cl, struct sess_state *st);
 /* Is the admin in the session, as far as its next message is concerned? */
 bool chat__admin_in(const struct sess_state *st);
 void chat__count_out(struct client *cl, uint8_t type);

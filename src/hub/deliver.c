@@ -21,14 +21,9 @@
 #include "util/hash.h"
 #include "util/vec.h"
 
-uint64_t chat__hash(const char *s)
-{
-    return hash_str(s); /* session ids are chatd's own, user ids signed */
-}
-
 struct local_list *chat__list_find(struct local_list **tab, const char *key, bool create)
 {
-    struct local_list **p = &tab[chat__hash(key) % LOCAL_BUCKETS];
+    struct local_list **p = &tab[hash_str(key) % LOCAL_BUCKETS];
     for (; *p; p = &(*p)->next)
         if (strcmp((*p)->key, key) == 0)
             return *p;
@@ -61,7 +56,7 @@ void chat__list_del(struct local_list **tab, struct local_list *l, struct client
     }
     if (l->n || !tab)
         return;
-    struct local_list **p = &tab[chat__hash(l->key) % LOCAL_BUCKETS];
+    struct local_list **p = &tab[hash_str(l->key) % LOCAL_BUCKETS];
     while (*p != l)
         p = &(*p)->next;
     *p = l->next;
@@ -111,6 +106,16 @@ struct sess_state *chat__state_get(struct client *cl, const char *sid, bool crea
 }
 
 /* Is the admin in the session, as far as its next message is concerned? */
+void chat__unjoin(struct chat_local *loc, struct client *cl, struct sess_state *st)
+{
+    if (!st->joined)
+        return;
+    struct local_list *l = chat__list_find(loc->joins, st->id, false);
+    if (l)
+        chat__list_del(loc->joins, l, cl);
+    st->joined = false;
+}
+
 bool chat__admin_in(const struct sess_state *st)
 {
     return st && (st->intent_pending ? st->intent_joined : st->joined);
@@ -208,11 +213,8 @@ static void apply_item(struct chat *ch, struct worker *w, const struct chat_post
             struct local_list *l = chat__list_find(loc->joins, it->session, true);
             if (l && chat__list_add(l, cl) == 0)
                 st->joined = true;
-        } else if (it->kind == IT_LEAVE && st->joined) {
-            struct local_list *l = chat__list_find(loc->joins, it->session, false);
-            if (l)
-                chat__list_del(loc->joins, l, cl);
-            st->joined = false;
+        } else if (it->kind == IT_LEAVE) {
+            chat__unjoin(loc, cl, st);
         }
         break;
     }

@@ -67,7 +67,7 @@ static struct chat_item *add_item(struct batch_out *bo, unsigned worker, uint8_t
     it->len = len;
     it->seq = seq;
     snprintf(it->session, sizeof it->session, "%s", session);
-    it->owner_hash = chat__hash(owner);
+    it->owner_hash = hash_str(owner);
     return it;
 }
 
@@ -108,13 +108,6 @@ static void add_event(struct batch_out *bo, uint8_t kind, uint8_t type, uint64_t
     e->len = len;
 }
 
-static void add_frame_everywhere(struct batch_out *bo, uint8_t kind, uint64_t conn_id,
-                                 struct sbuf *f, uint32_t off, uint32_t len, uint8_t type,
-                                 const struct store_req *r)
-{
-    add_event(bo, kind, type, conn_id, f, off, len, r);
-}
-
 /* Frame a JSON object (taking it) and tell its message type; NULL on OOM. */
 static struct sbuf *frame_obj(json_t *obj, uint8_t *type, uint32_t *off, uint32_t *len)
 {
@@ -133,7 +126,7 @@ static void add_everywhere(struct batch_out *bo, uint8_t kind, uint64_t conn_id,
     uint32_t off, len;
     struct sbuf *f = frame_obj(obj, &type, &off, &len);
     if (f) {
-        add_frame_everywhere(bo, kind, conn_id, f, off, len, type, r);
+        add_event(bo, kind, type, conn_id, f, off, len, r);
         sbuf_unref(f);
     }
 }
@@ -238,7 +231,7 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
                                          r->user, r->sender_name, r->content, r->content_len,
                                          r->metadata, r->ts_ms, &off, &len);
             if (f) {
-                add_frame_everywhere(bo, IT_EVENT, r->conn_id, f, off, len, chat__out_index(type), r);
+                add_event(bo, IT_EVENT, chat__out_index(type), r->conn_id, f, off, len, r);
                 sbuf_unref(f);
             }
         }

@@ -378,10 +378,7 @@ static void chat_on_close(struct conn *c)
     struct hub *h = cl->hub;
     if (h->router_ops && h->router_ops->client_closed)
         h->router_ops->client_closed(h->router, cl);
-    if (cl->registered) {
-        registry_remove(&h->registry, cl->sub, cl->sub_len, cl->conn->id);
-        cl->registered = false;
-    }
+    assert(!cl->registered); /* chat_on_closing removed the device */
     idmap_del(&c->w->by_id, c->id);
     struct log_quoted qu;
     log_info("ws_close", "conn=%llx user=%s", (unsigned long long)c->id,
@@ -809,8 +806,7 @@ bool hub_route_api(struct hub *h, struct conn *c, const struct http_request *req
 {
     struct jwt_claims claims;
 
-#define IS(lit) (len == sizeof(lit) - 1 && memcmp(path, lit, len) == 0)
-    if (IS("/api/admin/connections")) {
+    if (http_path_is(path, len, "/api/admin/connections")) {
         if (!http_request_is_get(req) && !http_request_is_head(req)) {
             conn_http_error(c, 405, "method_not_allowed", "use GET", -1, "Allow: GET, HEAD\r\n",
                             false);
@@ -827,6 +823,5 @@ bool hub_route_api(struct hub *h, struct conn *c, const struct http_request *req
         json_decref(o);
         return true;
     }
-#undef IS
     return false;
 }

@@ -17,13 +17,6 @@
 #include "store/store.h"
 #include "util/log.h"
 
-/* Is the path after the prefix exactly this route? */
-static bool path_is(const char *path, size_t len, const char *route)
-{
-    size_t rl = strlen(route);
-    return len == rl && memcmp(path, route, rl) == 0;
-}
-
 /* ---- echo -------------------------------------------------------------- */
 
 static void echo_message(struct conn *c, unsigned opcode, uint8_t *data, size_t len)
@@ -75,7 +68,7 @@ static void routes_dispatch(void *app, struct conn *c, const struct http_request
     size_t len = req->path_len - pl;
 
     struct hub *hub = app;
-    if (hub && path_is(path, len, "/ws")) {
+    if (hub && http_path_is(path, len, "/ws")) {
         hub_route_ws(hub, c, req);
         return;
     }
@@ -83,21 +76,21 @@ static void routes_dispatch(void *app, struct conn *c, const struct http_request
         return;
     if (hub && hub->router && chat_route_api(hub->router, c, req, path, len))
         return;
-    if (path_is(path, len, "/metrics")) {
+    if (http_path_is(path, len, "/metrics")) {
         metrics_respond(hub, c, req);
         return;
     }
-    if (srv->cfg->echo && path_is(path, len, "/echo")) {
+    if (srv->cfg->echo && http_path_is(path, len, "/echo")) {
         route_echo(c, req);
         return;
     }
-    if (path_is(path, len, "/healthz") || path_is(path, len, "/readyz")) {
+    if (http_path_is(path, len, "/healthz") || http_path_is(path, len, "/readyz")) {
         if (!get) {
             conn_http_error(c, 405, "method_not_allowed", "use GET", -1, "Allow: GET, HEAD\r\n",
                             req->keep_alive && !req->has_body);
             return;
         }
-        if (path_is(path, len, "/healthz"))
+        if (http_path_is(path, len, "/healthz"))
             reply_json(c, req, 200, "{\"status\":\"ok\"}");
         else if (atomic_load(&srv->shutting_down) ||
                  (hub && hub->router && !store_healthy(chat_store(hub->router))))
