@@ -23,6 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "conf/config_int.h"
 #include "util/file.h"
 #include "util/log.h"
 #include "util/vec.h"
@@ -47,10 +48,8 @@ static int set_workers(struct config *cfg, const char *v, char *err, size_t errl
 static int set_device_policy(struct config *cfg, const char *v, char *err, size_t errlen);
 static int set_sync(struct config *cfg, const char *v, char *err, size_t errlen);
 static int set_jwt_alg(struct config *cfg, const char *v, char *err, size_t errlen);
-static int set_model(struct config *cfg, const char *v, char *err, size_t errlen);
 
 /* Where a value comes from, weakest first (struct config's _source). */
-enum source { SRC_DEFAULT = 0, SRC_FILE, SRC_ENV, SRC_FLAG };
 
 #define F(field) offsetof(struct config, field)
 
@@ -120,7 +119,7 @@ static const struct opt options[] = {
      "separated by ';' or newlines (';;' stands for ';'): that is how\n"
      "CHATD_MODEL gives several. This version offers the models to clients\n"
      "(connection_status, model_select) but does not call them yet",
-     set_model},
+     conf__set_model},
     {"default-model", K_STR, F(default_model_id), 0, 0, NULL, "ID",
      "the model of a new session (default: the first --model)", NULL},
     {"models", K_STR, F(models_list), 0, 0, NULL, "LIST",
@@ -166,10 +165,7 @@ static bool is_secret(const struct opt *o)
     return strcmp(o->name, "jwt-secret") == 0;
 }
 
-static int errf(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int errf(char *err, size_t errlen, const char *fmt, ...)
+int conf__errf(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -197,7 +193,7 @@ static const struct opt *find_opt(const char *name, size_t len)
     return NULL;
 }
 
-static int parse_u64(const char *v, uint64_t *out)
+int conf__parse_u64(const char *v, uint64_t *out)
 {
     if (!*v || !isdigit((unsigned char)*v))
         return -EINVAL;
@@ -232,8 +228,8 @@ static int apply(struct config *cfg, const struct opt *o, const char *v, const c
     case K_UINT:
     case K_U64: {
         uint64_t x;
-        if (parse_u64(v, &x) < 0 || x < o->min || x > o->max)
-            return errf(err, errlen, "%s%s: expected an integer from %" PRIu64 " to %" PRIu64
+        if (conf__parse_u64(v, &x) < 0 || x < o->min || x > o->max)
+            return conf__errf(err, errlen, "%s%s: expected an integer from %" PRIu64 " to %" PRIu64
                         ", got '%s'", where, o->name, o->min, o->max, v);
         if (o->kind == K_UINT)
             *(unsigned *)(base + o->off) = (unsigned)x;
@@ -244,7 +240,7 @@ static int apply(struct config *cfg, const struct opt *o, const char *v, const c
     case K_BOOL: {
         bool b;
         if (parse_bool(v, &b) < 0)
-            return errf(err, errlen, "%s%s: expected true or false, got '%s'", where, o->name, v);
+            return conf__errf(err, errlen, "%s%s: expected true or false, got '%s'", where, o->name, v);
         *(bool *)(base + o->off) = b;
         return 0;
     }
@@ -252,7 +248,7 @@ static int apply(struct config *cfg, const struct opt *o, const char *v, const c
         char **p = (char **)(base + o->off);
         char *copy = strdup(v);
         if (!copy)
-            return errf(err, errlen, "out of memory");
+            return conf__errf(err, errlen, "out of memory");
         free(*p);
         *p = copy;
         return 0;
@@ -260,7 +256,7 @@ static int apply(struct config *cfg, const struct opt *o, const char *v, const c
     case K_SPECIAL: {
         char why[256] = "";
         if (o->special(cfg, v, why, sizeof why) < 0)
-            return errf(err, errlen, "%s%s: %s", where, o->name, why);
+            return conf__errf(err, errlen, "%s%s: %s", where, o->name, why);
         return 0;
     }
     }
@@ -271,20 +267,20 @@ static int set_listen(struct config *cfg, const char *v, char *err, size_t errle
 {
     const char *colon = strrchr(v, ':');
     if (!colon || colon == v)
-        return errf(err, errlen, "expected HOST:PORT, got '%s'", v);
+        return conf__errf(err, errlen, "expected HOST:PORT, got '%s'", v);
     const char *host = v;
     size_t hlen = (size_t)(colon - v);
     if (host[0] == '[') {
         if (hlen < 3 || host[hlen - 1] != ']')
-            return errf(err, errlen, "expected [IPV6]:PORT, got '%s'", v);
+            return conf__errf(err, errlen, "expected [IPV6]:PORT, got '%s'", v);
         host++;
         hlen -= 2;
     }
     if (hlen >= sizeof cfg->listen_host)
-        return errf(err, errlen, "host too long");
+        return conf__errf(err, errlen, "host too long");
     uint64_t port;
-    if (parse_u64(colon + 1, &port) < 0 || port > 65535)
-        return errf(err, errlen, "expected a port from 0 to 65535, got '%s'", colon + 1);
+    if (conf__parse_u64(colon + 1, &port) < 0 || port > 65535)
+        return conf__errf(err, errlen, "expected a port from 0 to 65535, got '%s'", colon + 1);
     memcpy(cfg->listen_host, host, hlen);
     cfg->listen_host[hlen] = '\0';
     cfg->listen_port = (int)port;
@@ -294,8 +290,8 @@ static int set_listen(struct config *cfg, const char *v, char *err, size_t errle
 static int set_workers(struct config *cfg, const char *v, char *err, size_t errlen)
 {
     uint64_t n;
-    if (parse_u64(v, &n) < 0 || n > 1024)
-        return errf(err, errlen, "expected an integer from 0 to 1024, got '%s'", v);
+    if (conf__parse_u64(v, &n) < 0 || n > 1024)
+        return conf__errf(err, errlen, "expected an integer from 0 to 1024, got '%s'", v);
     if (n == 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         n = cores > 0 ? (uint64_t)cores : 1;
@@ -310,13 +306,13 @@ static int set_prefix(struct config *cfg, const char *v, char *err, size_t errle
     while (n > 0 && v[n - 1] == '/')
         n--;
     if (n > 0 && v[0] != '/')
-        return errf(err, errlen, "must start with '/', got '%s'", v);
+        return conf__errf(err, errlen, "must start with '/', got '%s'", v);
     if (n >= sizeof cfg->prefix)
-        return errf(err, errlen, "too long");
+        return conf__errf(err, errlen, "too long");
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)v[i];
         if (c <= 0x20 || c >= 0x7f || c == '?' || c == '#' || c == '%')
-            return errf(err, errlen, "must be a plain URL path, got '%s'", v);
+            return conf__errf(err, errlen, "must be a plain URL path, got '%s'", v);
     }
     memcpy(cfg->prefix, v, n);
     cfg->prefix[n] = '\0';
@@ -330,7 +326,7 @@ static int set_device_policy(struct config *cfg, const char *v, char *err, size_
     else if (strcmp(v, "evict-oldest") == 0)
         cfg->device_policy = DEVICE_POLICY_EVICT_OLDEST;
     else
-        return errf(err, errlen, "expected refuse or evict-oldest, got '%s'", v);
+        return conf__errf(err, errlen, "expected refuse or evict-oldest, got '%s'", v);
     return 0;
 }
 
@@ -341,7 +337,7 @@ static int set_sync(struct config *cfg, const char *v, char *err, size_t errlen)
     else if (strcmp(v, "normal") == 0)
         cfg->sync_full = false;
     else
-        return errf(err, errlen, "expected full or normal, got '%s'", v);
+        return conf__errf(err, errlen, "expected full or normal, got '%s'", v);
     return 0;
 }
 
@@ -356,19 +352,19 @@ static int set_jwt_alg(struct config *cfg, const char *v, char *err, size_t errl
             return 0;
         }
     }
-    return errf(err, errlen, "expected HS256, RS256 or ES256, got '%s'", v);
+    return conf__errf(err, errlen, "expected HS256, RS256 or ES256, got '%s'", v);
 }
 
 static int set_log_level(struct config *cfg, const char *v, char *err, size_t errlen)
 {
     int lvl = log_level_parse(v);
     if (lvl < 0)
-        return errf(err, errlen, "expected debug, info, warn or error, got '%s'", v);
+        return conf__errf(err, errlen, "expected debug, info, warn or error, got '%s'", v);
     cfg->log_level = lvl;
     return 0;
 }
 
-static char *trim(char *s)
+char *conf__trim(char *s)
 {
     while (isspace((unsigned char)*s))
         s++;
@@ -377,550 +373,6 @@ static char *trim(char *s)
         s[--n] = '\0';
     return s;
 }
-
-/* ---- models ---------------------------------------------------------------- */
-
-const char *const conf_model_kind_names[3] = {[CONF_MODEL_NONE] = "none",
-                                              [CONF_MODEL_OPENAI] = "openai",
-                                              [CONF_MODEL_ANTHROPIC] = "anthropic"};
-
-static void model_release(struct conf_model *m)
-{
-    free(m->base_url);
-    free(m->model);
-    free(m->name);
-    free(m->key_env);
-    free(m->key_file);
-    file_free_secret(m->key, m->key_len);
-    free(m->system_file);
-    free(m->system_prompt);
-    memset(m, 0, sizeof *m);
-}
-
-static void models_clear(struct config *cfg)
-{
-    for (unsigned i = 0; i < cfg->nmodels; i++)
-        model_release(&cfg->models[i]);
-    free(cfg->models);
-    cfg->models = NULL;
-    cfg->nmodels = 0;
-    cfg->_models_cap = 0;
-}
-
-/* Is s[0..n) well-formed UTF-8: no overlong form, surrogate or code point
- * past U+10FFFF (what JSON strings may carry)? */
-static bool utf8_ok(const unsigned char *s, size_t n)
-{
-    for (size_t i = 0; i < n;) {
-        unsigned c = s[i], cp, min;
-        size_t len;
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        if ((c & 0xe0) == 0xc0)
-            len = 2, cp = c & 0x1f, min = 0x80;
-        else if ((c & 0xf0) == 0xe0)
-            len = 3, cp = c & 0x0f, min = 0x800;
-        else if ((c & 0xf8) == 0xf0)
-            len = 4, cp = c & 0x07, min = 0x10000;
-        else
-            return false;
-        if (n - i < len)
-            return false;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return false;
-            cp = cp << 6 | (s[i + k] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return false;
-        i += len;
-    }
-    return true;
-}
-
-/* A model id: 1 to 64 bytes of [A-Za-z0-9._-] (it goes into logs, the
- * database and URLs as it is). */
-static int check_id(const char *id, char *err, size_t errlen)
-{
-    size_t n = strlen(id);
-    bool ok = n >= 1 && n <= CONF_MODEL_ID_MAX;
-    for (size_t i = 0; ok && i < n; i++)
-        ok = isalnum((unsigned char)id[i]) || id[i] == '.' || id[i] == '_' || id[i] == '-';
-    if (!ok)
-        return errf(err, errlen, "bad id '%s' (1 to %d bytes of A-Z a-z 0-9 . _ -)", id,
-                    CONF_MODEL_ID_MAX);
-    return 0;
-}
-
-/* A display or provider model name: UTF-8 text, no control character. */
-static int check_text(const char *id, const char *what, const char *v, char *err, size_t errlen)
-{
-    size_t n = strlen(v);
-    bool ok = n <= CONF_MODEL_TEXT_MAX && utf8_ok((const unsigned char *)v, n);
-    for (size_t i = 0; ok && i < n; i++)
-        ok = (unsigned char)v[i] >= 0x20 && v[i] != 0x7f;
-    if (!ok)
-        return errf(err, errlen,
-                    "'%s': %s= must be UTF-8 text of at most %d bytes without control "
-                    "characters",
-                    id, what, CONF_MODEL_TEXT_MAX);
-    return 0;
-}
-
-/*
- * A provider's base URL: http:// or https://, a host (name, IPv4, or [IPv6])
- * with an optional port, an optional path; no credentials (a key belongs in
- * key-env or key-file, never in a URL that is logged), query or fragment
- * (chatd appends the API's path to it). On success *out is a copy with the
- * scheme in lower case and no trailing '/'.
- */
-static int check_base_url(const char *id, const char *u, char **out, char *err, size_t errlen)
-{
-    size_t skip;
-    if (strncasecmp(u, "http://", 7) == 0)
-        skip = 7;
-    else if (strncasecmp(u, "https://", 8) == 0)
-        skip = 8;
-    else if (strchr(u, '@'))
-        return errf(err, errlen, "'%s': the base URL must start with http:// or https://", id);
-    else
-        return errf(err, errlen, "'%s': the base URL must start with http:// or https://, got '%s'",
-                    id, u);
-    /* Credentials first, so that no message below repeats them. */
-    const char *host = u + skip;
-    size_t alen = strcspn(host, "/?#");
-    if (memchr(host, '@', alen))
-        return errf(err, errlen,
-                    "'%s': the base URL may not hold credentials (use key-env or key-file)", id);
-    for (const char *p = u; *p; p++) {
-        unsigned char c = (unsigned char)*p;
-        if (c <= 0x20 || c >= 0x7f || c == '?' || c == '#')
-            return errf(err, errlen,
-                        "'%s': the base URL '%s' may not hold spaces, control characters, "
-                        "a query or a fragment",
-                        id, u);
-    }
-    const char *port = NULL;
-    size_t hlen = alen;
-    if (host[0] == '[') {
-        const char *close = memchr(host, ']', alen);
-        if (!close || close == host + 1)
-            return errf(err, errlen, "'%s': bad IPv6 host in the base URL '%s'", id, u);
-        size_t after = (size_t)(close + 1 - host);
-        if (after < alen && host[after] != ':')
-            return errf(err, errlen, "'%s': bad IPv6 host in the base URL '%s'", id, u);
-        hlen = after;
-        port = after < alen ? host + after + 1 : NULL;
-    } else {
-        const char *colon = memchr(host, ':', alen);
-        if (colon) {
-            hlen = (size_t)(colon - host);
-            port = colon + 1;
-        }
-    }
-    if (hlen == 0)
-        return errf(err, errlen, "'%s': the base URL '%s' has no host", id, u);
-    if (port) {
-        size_t plen = (size_t)(host + alen - port);
-        uint64_t p = 0;
-        bool ok = plen >= 1 && plen <= 5;
-        for (size_t i = 0; ok && i < plen; i++) {
-            ok = isdigit((unsigned char)port[i]);
-            p = p * 10 + (uint64_t)(port[i] - '0');
-        }
-        if (!ok || p < 1 || p > 65535)
-            return errf(err, errlen, "'%s': bad port in the base URL '%s'", id, u);
-    }
-    size_t n = strlen(u);
-    while (n > skip + alen && u[n - 1] == '/')
-        n--;
-    char *copy = strndup(u, n);
-    if (!copy)
-        return errf(err, errlen, "out of memory");
-    for (size_t i = 0; i < skip; i++)
-        copy[i] = (char)tolower((unsigned char)copy[i]);
-    *out = copy;
-    return 0;
-}
-
-/*
- * Split s at each `sep` (and at each newline when nl is set); a doubled sep
- * stands for one sep inside a piece. Returns the pieces, each NUL-terminated,
- * one after the other in one malloc'd buffer, with their count in *count;
- * NULL when out of memory. The output is never longer than s.
- */
-static char *split_doubled(const char *s, char sep, bool nl, size_t *count)
-{
-    size_t n = strlen(s), k = 0, c = 1;
-    char *out = malloc(n + 1);
-    if (!out)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == sep && s[i + 1] == sep)
-            out[k++] = s[i++];
-        else if (s[i] == sep || (nl && s[i] == '\n'))
-            out[k++] = '\0', c++;
-        else
-            out[k++] = s[i];
-    }
-    out[k] = '\0';
-    *count = c;
-    return out;
-}
-
-/* The settings of a SPEC after its head, in the order --help names them. */
-enum { MK_MODEL, MK_NAME, MK_KEY_ENV, MK_KEY_FILE, MK_SYSTEM_FILE, MK_MAX_TOKENS, MK_COUNT };
-static const char *const model_keys[MK_COUNT] = {"model",    "name",        "key-env",
-                                                 "key-file", "system-file", "max-tokens"};
-
-static int dup_or_null(const char *v, char **out, char *err, size_t errlen)
-{
-    *out = NULL;
-    if (v && !(*out = strdup(v)))
-        return errf(err, errlen, "out of memory");
-    return 0;
-}
-
-/* Is id used by a model already in the list? */
-static bool model_id_taken(const struct config *cfg, const char *id)
-{
-    for (unsigned i = 0; i < cfg->nmodels; i++)
-        if (strcmp(cfg->models[i].id, id) == 0)
-            return true;
-    return false;
-}
-
-/* Append *m (taking ownership of its strings, even on failure) after checking
- * that its id is new and the list is not full. */
-static int model_append(struct config *cfg, struct conf_model *m, char *err, size_t errlen)
-{
-    int rc;
-    if (model_id_taken(cfg, m->id))
-        rc = errf(err, errlen, "duplicate id '%s'", m->id);
-    else if (cfg->nmodels >= CONF_MODELS_MAX)
-        rc = errf(err, errlen, "more than %d models", CONF_MODELS_MAX);
-    else if (vec_grow(&cfg->models, &cfg->_models_cap, cfg->nmodels, 1, sizeof *cfg->models) != 0)
-        rc = errf(err, errlen, "out of memory");
-    else {
-        cfg->models[cfg->nmodels++] = *m;
-        return 0;
-    }
-    model_release(m);
-    return rc;
-}
-
-/* Parse one SPEC, `ID=KIND:BASE_URL[,key=value...]`, into a new model at the
- * end of the list. Only its text is checked here (resolve_models reads what
- * it names). */
-static int add_model(struct config *cfg, const char *spec, char *err, size_t errlen)
-{
-    size_t count;
-    char *buf = split_doubled(spec, ',', false, &count);
-    if (!buf)
-        return errf(err, errlen, "out of memory");
-    struct conf_model m;
-    memset(&m, 0, sizeof m);
-    const char *val[MK_COUNT] = {NULL};
-    int rc = 0, kind = -1;
-    /* trim() and the parsing below write NULs into a piece: step from one
-     * to the next by the length it had before. */
-    char *p = buf, *next = buf + strlen(buf) + 1;
-    char *head = trim(p);
-    char *eq = strchr(head, '=');
-    char *colon = eq ? strchr(eq + 1, ':') : NULL;
-    if (!colon) {
-        rc = errf(err, errlen, "expected ID=KIND:BASE_URL[,key=value...], got '%s'", head);
-        goto out;
-    }
-    *eq = *colon = '\0';
-    if ((rc = check_id(head, err, errlen)) < 0)
-        goto out;
-    memcpy(m.id, head, strlen(head) + 1);
-    for (int k = CONF_MODEL_OPENAI; k <= CONF_MODEL_ANTHROPIC; k++)
-        if (strcmp(eq + 1, conf_model_kind_names[k]) == 0)
-            kind = k;
-    if (kind < 0) {
-        rc = errf(err, errlen, "'%s': unknown kind '%s' (expected openai or anthropic)", m.id,
-                  eq + 1);
-        goto out;
-    }
-    m.kind = kind;
-    if ((rc = check_base_url(m.id, colon + 1, &m.base_url, err, errlen)) < 0)
-        goto out;
-
-    for (size_t i = 1; i < count; i++) {
-        p = next;
-        next = p + strlen(p) + 1;
-        char *field = trim(p);
-        char *feq = strchr(field, '=');
-        if (!*field) {
-            rc = errf(err, errlen, "'%s': empty setting (write ',,' for a comma in a value)", m.id);
-            goto out;
-        }
-        if (!feq) {
-            rc = errf(err, errlen, "'%s': expected key=value, got '%s'", m.id, field);
-            goto out;
-        }
-        *feq = '\0';
-        char *key = trim(field), *value = trim(feq + 1);
-        int k = 0;
-        while (k < MK_COUNT && strcmp(key, model_keys[k]) != 0)
-            k++;
-        if (k == MK_COUNT) {
-            rc = errf(err, errlen,
-                      "'%s': unknown setting '%s' (expected model, name, key-env, key-file, "
-                      "system-file or max-tokens)",
-                      m.id, key);
-            goto out;
-        }
-        if (val[k]) {
-            rc = errf(err, errlen, "'%s': %s= given twice", m.id, key);
-            goto out;
-        }
-        if (!*value) {
-            rc = errf(err, errlen, "'%s': %s= is empty", m.id, key);
-            goto out;
-        }
-        val[k] = value;
-    }
-
-    if ((val[MK_MODEL] && (rc = check_text(m.id, "model", val[MK_MODEL], err, errlen)) < 0) ||
-        (val[MK_NAME] && (rc = check_text(m.id, "name", val[MK_NAME], err, errlen)) < 0))
-        goto out;
-    if (val[MK_KEY_ENV] && val[MK_KEY_FILE]) {
-        rc = errf(err, errlen, "'%s': key-env= and key-file=: give one or neither", m.id);
-        goto out;
-    }
-    if (val[MK_KEY_ENV]) {
-        const char *v = val[MK_KEY_ENV];
-        bool ok = !isdigit((unsigned char)v[0]) && strlen(v) <= 255;
-        for (const char *c = v; ok && *c; c++)
-            ok = isalnum((unsigned char)*c) || *c == '_';
-        if (!ok) {
-            rc = errf(err, errlen, "'%s': key-env: '%s' is not a variable name", m.id, v);
-            goto out;
-        }
-    }
-    if (val[MK_MAX_TOKENS]) {
-        uint64_t x;
-        if (parse_u64(val[MK_MAX_TOKENS], &x) < 0 || x < 1 || x > CONF_MODEL_MAX_TOKENS) {
-            rc = errf(err, errlen, "'%s': max-tokens: expected an integer from 1 to %d, got '%s'",
-                      m.id, CONF_MODEL_MAX_TOKENS, val[MK_MAX_TOKENS]);
-            goto out;
-        }
-        m.max_tokens = (unsigned)x;
-    } else if (kind == CONF_MODEL_ANTHROPIC) {
-        m.max_tokens = CONF_ANTHROPIC_MAX_TOKENS;
-    }
-    if ((rc = dup_or_null(val[MK_MODEL] ? val[MK_MODEL] : m.id, &m.model, err, errlen)) < 0 ||
-        (rc = dup_or_null(val[MK_NAME] ? val[MK_NAME] : m.id, &m.name, err, errlen)) < 0 ||
-        (rc = dup_or_null(val[MK_KEY_ENV], &m.key_env, err, errlen)) < 0 ||
-        (rc = dup_or_null(val[MK_KEY_FILE], &m.key_file, err, errlen)) < 0 ||
-        (rc = dup_or_null(val[MK_SYSTEM_FILE], &m.system_file, err, errlen)) < 0)
-        goto out;
-    free(buf);
-    return model_append(cfg, &m, err, errlen);
-out:
-    model_release(&m);
-    free(buf);
-    return rc;
-}
-
-/*
- * The setter of --model: one or more SPECs separated by ';' or newlines.
- * The first value from a stronger source than the list's drops the list.
- */
-static int set_model(struct config *cfg, const char *v, char *err, size_t errlen)
-{
-    if (cfg->_models_source != cfg->_source) {
-        models_clear(cfg);
-        cfg->_models_source = cfg->_source;
-    }
-    size_t count, added = 0;
-    char *buf = split_doubled(v, ';', true, &count);
-    if (!buf)
-        return errf(err, errlen, "out of memory");
-    int rc = 0;
-    char *next = buf;
-    for (size_t i = 0; i < count && rc == 0; i++) {
-        char *p = next;
-        next = p + strlen(p) + 1;
-        char *spec = trim(p);
-        if (*spec) {
-            rc = add_model(cfg, spec, err, errlen);
-            added++;
-        }
-    }
-    free(buf);
-    if (rc == 0 && added == 0)
-        rc = errf(err, errlen, "expected ID=KIND:BASE_URL[,key=value...], got an empty value");
-    return rc;
-}
-
-/* The models of --models: "id[:name],...", names only. */
-static int load_models_list(struct config *cfg, char *err, size_t errlen)
-{
-    char *copy = strdup(cfg->models_list);
-    if (!copy)
-        return errf(err, errlen, "out of memory");
-    int rc = 0;
-    char why[512];
-    for (char *p = copy, *next; p && rc == 0; p = next) {
-        next = strchr(p, ',');
-        if (next)
-            *next++ = '\0';
-        char *entry = trim(p);
-        if (!*entry)
-            continue;
-        char *colon = strchr(entry, ':');
-        if (colon)
-            *colon = '\0';
-        const char *id = trim(entry);
-        const char *name = colon ? trim(colon + 1) : "";
-        struct conf_model m;
-        memset(&m, 0, sizeof m);
-        if ((rc = check_id(id, why, sizeof why)) < 0 ||
-            (*name && (rc = check_text(id, "name", name, why, sizeof why)) < 0)) {
-            rc = errf(err, errlen, "--models: %s", why);
-            break;
-        }
-        memcpy(m.id, id, strlen(id) + 1);
-        m.kind = CONF_MODEL_NONE;
-        if ((rc = dup_or_null(*name ? name : id, &m.name, err, errlen)) < 0)
-            break;
-        if ((rc = model_append(cfg, &m, why, sizeof why)) < 0)
-            rc = errf(err, errlen, "--models: %s", why);
-    }
-    free(copy);
-    return rc;
-}
-
-/* Look an environment variable up in envp (config_load's, not getenv's). */
-static const char *envp_get(char **envp, const char *name)
-{
-    size_t n = strlen(name);
-    for (char **e = envp; e && *e; e++)
-        if (strncmp(*e, name, n) == 0 && (*e)[n] == '=')
-            return *e + n + 1;
-    return NULL;
-}
-
-/* Where the list of models came from, as apply() names a source in its
- * messages (the whole list comes from one source). */
-static const char *models_where(const struct config *cfg, char *buf, size_t len)
-{
-    if (cfg->_models_source == SRC_ENV)
-        return "environment CHATD_MODEL for --model";
-    if (cfg->_models_source == SRC_FILE) {
-        snprintf(buf, len, "config %s: model", cfg->config_file);
-        return buf;
-    }
-    return "--model";
-}
-
-/* Read a file a model names, of at most max bytes, with trailing newlines
- * stripped. The messages name the file, never what it holds. */
-static int model_read_file(const char *where, const struct conf_model *m, const char *what,
-                           const char *path, size_t max, char **out, size_t *len, char *err,
-                           size_t errlen)
-{
-    int rc = file_read_small(path, max, out, len);
-    if (rc == -EFBIG)
-        return errf(err, errlen, "%s: '%s': %s '%s' is larger than %zu bytes", where, m->id, what,
-                    path, max);
-    if (rc < 0)
-        return errf(err, errlen, "%s: '%s': %s: cannot read '%s': %s", where, m->id, what, path,
-                    strerror(-rc));
-    while (*len > 0 && ((*out)[*len - 1] == '\n' || (*out)[*len - 1] == '\r'))
-        (*out)[--*len] = '\0';
-    return 0;
-}
-
-/* Read the key and system prompt of every model, now that the list is
- * final. */
-static int resolve_models(struct config *cfg, char *err, size_t errlen)
-{
-    int rc;
-    char wbuf[300];
-    const char *where = models_where(cfg, wbuf, sizeof wbuf);
-    for (unsigned i = 0; i < cfg->nmodels; i++) {
-        struct conf_model *m = &cfg->models[i];
-        char source[300];
-        if (m->key_env) {
-            const char *v = envp_get(cfg->_envp, m->key_env);
-            if (!v)
-                return errf(err, errlen, "%s: '%s': key-env: variable %s is not set", where, m->id,
-                            m->key_env);
-            if (!(m->key = strdup(v)))
-                return errf(err, errlen, "out of memory");
-            m->key_len = strlen(v);
-            snprintf(source, sizeof source, "variable %s", m->key_env);
-        } else if (m->key_file) {
-            if ((rc = model_read_file(where, m, "key-file", m->key_file, CONF_MODEL_KEY_MAX,
-                                      &m->key, &m->key_len, err, errlen)) < 0)
-                return rc;
-            snprintf(source, sizeof source, "file '%s'", m->key_file);
-        }
-        if (m->key) {
-            bool ok = m->key_len > 0;
-            for (size_t k = 0; ok && k < m->key_len; k++)
-                ok = m->key[k] > 0x20 && m->key[k] < 0x7f;
-            /* It goes into an HTTP header: no space, control byte or
-             * non-ASCII byte, which could also end the header early. */
-            if (!ok)
-                return errf(err, errlen,
-                            "%s: '%s': the key in %s is empty or holds a character other "
-                            "than printable ASCII (spaces included)",
-                            where, m->id, source);
-        }
-        if (m->system_file) {
-            if ((rc =
-                     model_read_file(where, m, "system-file", m->system_file, CONF_MODEL_SYSTEM_MAX,
-                                     &m->system_prompt, &m->system_prompt_len, err, errlen)) < 0)
-                return rc;
-            if (memchr(m->system_prompt, '\0', m->system_prompt_len) ||
-                !utf8_ok((const unsigned char *)m->system_prompt, m->system_prompt_len))
-                return errf(err, errlen, "%s: '%s': system-file '%s' is not UTF-8 text", where,
-                            m->id, m->system_file);
-            if (m->system_prompt_len == 0) {
-                free(m->system_prompt);
-                m->system_prompt = NULL;
-            }
-        }
-    }
-    return 0;
-}
-
-/* The models' rules across options, once every source is applied. */
-static int finish_models(struct config *cfg, char *err, size_t errlen)
-{
-    int rc;
-    if (cfg->models_list && cfg->nmodels > 0)
-        return errf(err, errlen,
-                    "--models and --model cannot be used together (--models is the older "
-                    "form, for models without a provider: give each model as --model)");
-    if (cfg->models_list && (rc = load_models_list(cfg, err, errlen)) < 0)
-        return rc;
-    if ((rc = resolve_models(cfg, err, errlen)) < 0)
-        return rc;
-    cfg->default_model = 0;
-    if (cfg->default_model_id) {
-        unsigned i = 0;
-        while (i < cfg->nmodels && strcmp(cfg->models[i].id, cfg->default_model_id) != 0)
-            i++;
-        if (cfg->nmodels == 0)
-            return errf(err, errlen, "--default-model: '%s' given, but no --model is",
-                        cfg->default_model_id);
-        if (i == cfg->nmodels)
-            return errf(err, errlen, "--default-model: no model has the id '%s'",
-                        cfg->default_model_id);
-        cfg->default_model = i;
-    }
-    return 0;
-}
-
 /* --ca-file: readable, and a PEM bundle (OpenSSL reads it when the first
  * https:// request is made; a wrong path should stop chatd now). */
 static int check_ca_file(const char *path, char *err, size_t errlen)
@@ -930,11 +382,11 @@ static int check_ca_file(const char *path, char *err, size_t errlen)
     size_t n;
     int rc = file_read_small(path, 64u << 20, &buf, &n);
     if (rc < 0)
-        return errf(err, errlen, "--ca-file: cannot read '%s': %s", path, strerror(-rc));
+        return conf__errf(err, errlen, "--ca-file: cannot read '%s': %s", path, strerror(-rc));
     bool pem = memmem(buf, n, marker, sizeof marker - 1) != NULL;
     free(buf);
     if (!pem)
-        return errf(err, errlen, "--ca-file: '%s' holds no PEM certificate (%s)", path, marker);
+        return conf__errf(err, errlen, "--ca-file: '%s' holds no PEM certificate (%s)", path, marker);
     return 0;
 }
 
@@ -942,24 +394,24 @@ static int load_file(struct config *cfg, const char *path, char *err, size_t err
 {
     FILE *f = fopen(path, "r");
     if (!f)
-        return errf(err, errlen, "config: cannot read '%s': %s", path, strerror(errno));
+        return conf__errf(err, errlen, "config: cannot read '%s': %s", path, strerror(errno));
     char line[8192];
     unsigned lineno = 0;
     int rc = 0;
     while (fgets(line, sizeof line, f)) {
         lineno++;
-        char *s = trim(line);
+        char *s = conf__trim(line);
         if (!*s || *s == '#')
             continue;
         char *eq = strchr(s, '=');
         char where[512];
         if (!eq) {
-            rc = errf(err, errlen, "config %s:%u: expected 'name = value'", path, lineno);
+            rc = conf__errf(err, errlen, "config %s:%u: expected 'name = value'", path, lineno);
             break;
         }
         *eq = '\0';
-        char *name = trim(s);
-        char *value = trim(eq + 1);
+        char *name = conf__trim(s);
+        char *value = conf__trim(eq + 1);
         /* Allow quoting a value that has spaces at its ends. */
         size_t vl = strlen(value);
         if (vl >= 2 && value[0] == '"' && value[vl - 1] == '"') {
@@ -968,7 +420,7 @@ static int load_file(struct config *cfg, const char *path, char *err, size_t err
         }
         const struct opt *o = find_opt(name, strlen(name));
         if (!o || strcmp(o->name, "config") == 0) {
-            rc = errf(err, errlen, "config %s:%u: unknown option '%s'", path, lineno, name);
+            rc = conf__errf(err, errlen, "config %s:%u: unknown option '%s'", path, lineno, name);
             break;
         }
         snprintf(where, sizeof where, "config %s:%u: ", path, lineno);
@@ -1048,7 +500,7 @@ void config_release(struct config *cfg)
     free(cfg->config_file);
     free(cfg->encryption_key_file);
     free(cfg->models_list);
-    models_clear(cfg);
+    conf__models_clear(cfg);
     free(cfg->default_model_id);
     free(cfg->ca_file);
     memset(cfg, 0, sizeof *cfg);
@@ -1077,7 +529,7 @@ static int flag_value(int argc, char **argv, int i, const struct opt *o, const c
         return i + 1;
     }
     if (i + 1 >= argc)
-        return errf(err, errlen, "--%s: needs a value", o->name);
+        return conf__errf(err, errlen, "--%s: needs a value", o->name);
     *value = argv[i + 1];
     return i + 2;
 }
@@ -1108,13 +560,13 @@ int config_load(struct config *cfg, int argc, char **argv, char **envp, FILE *ou
             return CONFIG_EXIT_VERSION;
         }
         if (strncmp(a, "--", 2) != 0)
-            return errf(err, errlen, "unexpected argument '%s' (options start with --)", a);
+            return conf__errf(err, errlen, "unexpected argument '%s' (options start with --)", a);
         const char *name = a + 2;
         const char *eq = strchr(name, '=');
         size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
         const struct opt *o = find_opt(name, nlen);
         if (!o || memchr(name, '_', nlen))
-            return errf(err, errlen, "unknown option '--%.*s' (see --help)", (int)nlen, name);
+            return conf__errf(err, errlen, "unknown option '--%.*s' (see --help)", (int)nlen, name);
         const char *value = NULL;
         int next = flag_value(argc, argv, i, o, eq, &value, err, errlen);
         if (next < 0)
@@ -1161,13 +613,13 @@ int config_load(struct config *cfg, int argc, char **argv, char **envp, FILE *ou
     if (cfg->send_queue_bytes == 0)
         cfg->send_queue_bytes = 2 * cfg->max_message_bytes + 65536;
     if (cfg->send_queue_bytes < cfg->max_message_bytes + 14)
-        return errf(err, errlen, "--send-queue-bytes: must be at least --max-message-bytes + 14");
+        return conf__errf(err, errlen, "--send-queue-bytes: must be at least --max-message-bytes + 14");
     if (cfg->assistant_first_byte_timeout_s > cfg->assistant_timeout_s)
-        return errf(err, errlen,
+        return conf__errf(err, errlen,
                     "--assistant-first-byte-timeout: must not be longer than --assistant-timeout "
                     "(%u s)",
                     cfg->assistant_timeout_s);
-    if ((rc = finish_models(cfg, err, errlen)) < 0)
+    if ((rc = conf__finish_models(cfg, err, errlen)) < 0)
         return rc;
     if (cfg->ca_file && (rc = check_ca_file(cfg->ca_file, err, errlen)) < 0)
         return rc;
