@@ -43,14 +43,6 @@ static int on_url(http_parser *p, const char *at, size_t len)
     return 0;
 }
 
-/* RFC 9110 token characters (header names). */
-static bool is_tchar(unsigned char c)
-{
-    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
-        return true;
-    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
-}
-
 static int on_header_field(http_parser *p, const char *at, size_t len)
 {
     struct parse_ctx *ctx = p->data;
@@ -141,7 +133,7 @@ int http_request_parse(struct http_request *req, const char *buf, size_t len)
         if (h->name_len == 0)
             return 400;
         for (size_t k = 0; k < h->name_len; k++)
-            if (!is_tchar((unsigned char)h->name[k]))
+            if (!http_is_tchar((unsigned char)h->name[k]))
                 return 400;
         while (h->value_len > 0 && (h->value[0] == ' ' || h->value[0] == '\t')) {
             h->value++;

@@ -81,6 +81,13 @@ bool http_request_is_get(const struct http_request *req);
 bool http_request_is_head(const struct http_request *req);
 const char *http_request_method_name(const struct http_request *req);
 
+/* An RFC 9110 token character (header names, methods). */
+static inline bool http_is_tchar(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
 /* Is path[0..len) exactly the literal route? (Routes compare the path
  * after the prefix with this.) */
 static inline bool http_path_is(const char *path, size_t len, const char *route)

@@ -20,6 +20,7 @@
  * Each request's memory is freed in the close callback of its timer.
  */
 #include "net/http_client.h"
+#include "net/http_client_int.h"
 
 #include <assert.h>
 #include <curl/curl.h>
@@ -34,107 +35,13 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "http/request.h"
 #include "util/fifo.h"
 #include "util/idmap.h"
 #include "util/list.h"
 #include "util/log.h"
 
 #define MAX_METHOD 16
-
-enum msg_kind { MSG_SUBMIT, MSG_CANCEL, MSG_STOP };
-
-/* What travels on the inbox; the first member of each message. */
-struct msg {
-    struct fifo_node node;
-    enum msg_kind kind;
-};
-
-struct cancel_msg {
-    struct msg m;
-    uint64_t id;
-};
-
-/* One watched socket: curl's socket and our poll handle on it. Freed in the
- * poll handle's close callback. */
-struct sock {
-    uv_poll_t poll;
-    struct list_node link; /* on c->socks until closed */
-    curl_socket_t fd;
-};
-
-/* One request, from submit to the close callback of its timer. Everything
- * after `m` is touched by the client's thread only, once it took the
- * request off the inbox (the fifo's lock orders the submitter's writes
- * before). */
-struct req {
-    struct msg m; /* MSG_SUBMIT on the inbox */
-    struct http_client *c;
-    uint64_t id;
-    const struct http_client_callbacks *cb; /* borrowed */
-    void *arg;                              /* borrowed */
-
-    /* the copy made by submit: all point into this allocation's tail */
-    const char *method; /* validated token */
-    const char *url;
-    char *lines; /* nlines "Name: value" strings, back to back */
-    size_t nlines;
-    const char *body; /* NULL: no body */
-    size_t body_len;
-    bool has_content_type; /* among the caller's headers */
-    unsigned first_byte_ms, total_ms;
-    size_t max_body;
-    uint64_t submitted_ns; /* uv_hrtime at submit */
-
-    /* client thread */
-    CURL *easy;              /* owned; NULL until started */
-    struct curl_slist *hdrs; /* owned */
-    struct list_node link;   /* on c->running while in the multi handle */
-    uv_timer_t timer;        /* deadlines; closing it frees the request */
-    bool timer_open;         /* timer initialised (it must be closed) */
-    bool in_multi;           /* added to c->multi, and in c->by_id */
-    bool ended;              /* on_done was called */
-    bool got_byte;           /* a byte of the response arrived */
-    bool head_done;          /* the final head was seen */
-    uint64_t started_ms;     /* loop time when started */
-    uint64_t fb_deadline;    /* loop time; 0: none */
-    uint64_t total_deadline; /* loop time; 0: none */
-    size_t received;         /* body bytes so far */
-    int status;              /* final status; 0 until the head is done */
-    int head_status;         /* status of the head being read */
-    char *head;              /* header lines of the head being read, owned */
-    size_t head_len, head_cap;
-    int fail;                   /* why a callback refused more data; 0: none */
-    char why[160];              /* the text that goes with `fail` or a timeout */
-    char ebuf[CURL_ERROR_SIZE]; /* libcurl's error text */
-};
-
-struct http_client {
-    /* read-only after http_client_new */
-    unsigned max_requests;
-    unsigned max_host_conns;
-    unsigned max_total_conns;
-    char *ca_file; /* owned; NULL: system store */
-    char *proxy;   /* owned; "" disables proxies */
-
-    /* shared */
-    struct fifo inbox;    /* struct msg, from any thread; own lock */
-    atomic_uint inflight; /* accepted and not yet ended */
-    atomic_uint cancels;  /* cancel messages on the inbox */
-    atomic_uint_fast64_t next_id;
-    struct msg stop_msg; /* pushed once by http_client_free */
-
-    /* the client's thread */
-    uv_thread_t thread; /* joined by http_client_free */
-    uv_loop_t loop;
-    uv_async_t wakeup;        /* inbox pushes */
-    uv_timer_t timer;         /* libcurl's timeout */
-    CURLM *multi;             /* owned; NULL once cleaned up */
-    struct idmap by_id;       /* id -> struct req *, requests in the multi */
-    struct list_node running; /* struct req.link */
-    struct list_node socks;   /* struct sock.link, watched sockets */
-    bool stopping;            /* the stop message was taken */
-    bool in_curl;             /* inside curl_multi_socket_action */
-};
 
 static _Thread_local struct http_client *current_client;
 
@@ -287,7 +194,7 @@ static int curl_errno(CURLcode code)
 
 /* curl finished a transfer: a whole response, or curl's error, or the
  * refusal a callback of ours recorded. */
-static void req_end_curl(struct req *r, CURLcode code)
+void http_client__end_curl(struct req *r, CURLcode code)
 {
     if (r->fail) {
         req_end(r, r->fail, r->why);
@@ -321,7 +228,7 @@ static void collect_done(struct http_client *c)
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, &priv);
         struct req *r = (struct req *)priv;
         assert(r && !r->ended);
-        req_end_curl(r, code);
+        http_client__end_curl(r, code);
     }
 }
 
@@ -449,135 +356,6 @@ static void on_req_timer(uv_timer_t *t)
     }
 }
 
-/* ---- the response, from inside libcurl's callbacks --------------------- */
-
-/* Refuse more data: curl ends the transfer with a write error, and
- * req_end_curl reports `rc` and the text instead. Returns what the
- * callback returns to curl to refuse. */
-static size_t fail(struct req *r, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static size_t fail(struct req *r, int rc, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(r->why, sizeof r->why, fmt, ap);
-    va_end(ap);
-    r->fail = rc;
-    return 0;
-}
-
-static bool is_ws(char ch)
-{
-    return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n';
-}
-
-/* Hand the gathered head to on_head as (name, value) slices. */
-static int deliver_head(struct req *r)
-{
-    if (!r->cb->on_head)
-        return 0;
-    size_t max = 0;
-    for (size_t i = 0; i < r->head_len; i++)
-        max += r->head[i] == '\n';
-    struct http_client_header *hv = NULL;
-    if (max && !(hv = malloc(max * sizeof *hv)))
-        return -ENOMEM;
-    size_t n = 0;
-    const char *p = r->head, *end = r->head + r->head_len;
-    while (p < end) {
-        const char *eol = memchr(p, '\n', (size_t)(end - p));
-        const char *next = eol ? eol + 1 : end;
-        const char *colon = memchr(p, ':', (size_t)(next - p));
-        /* A line folded onto the one before (obsolete) or without a colon
-         * is not a header of its own: skipped. */
-        if (colon && colon > p && !is_ws(*p)) {
-            const char *v = colon + 1, *ve = next;
-            while (v < ve && is_ws(*v))
-                v++;
-            while (ve > v && is_ws(ve[-1]))
-                ve--;
-            const char *ne = colon;
-            while (ne > p && is_ws(ne[-1]))
-                ne--;
-            hv[n++] = (struct http_client_header){p, (size_t)(ne - p), v, (size_t)(ve - v)};
-        }
-        p = next;
-    }
-    int rc = r->cb->on_head(r->arg, r->id, r->status, hv, n);
-    free(hv);
-    return rc < 0 ? rc : 0;
-}
-
-/* CURLOPT_HEADERFUNCTION: one whole header line per call (HTTP/1 and
- * HTTP/2 alike), status lines included, for every head (1xx, the final
- * one, trailers). */
-static size_t on_curl_header(char *p, size_t size, size_t nitems, void *rp)
-{
-    struct req *r = rp;
-    size_t len = size * nitems;
-    r->got_byte = true;
-    if (r->head_done)
-        return len; /* trailers: not reported */
-    if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
-        const char *sp = memchr(p, ' ', len);
-        int st = 0;
-        if (sp && (size_t)(p + len - sp) >= 4)
-            for (int i = 1; i <= 3 && sp[i] >= '0' && sp[i] <= '9'; i++)
-                st = st * 10 + (sp[i] - '0');
-        r->head_status = st;
-        r->head_len = 0;
-        return len;
-    }
-    if (len <= 2 && (len == 0 || p[0] == '\r' || p[0] == '\n')) { /* end of a head */
-        if (r->head_status >= 100 && r->head_status < 200) {
-            r->head_len = 0; /* 100 Continue, 103 Early Hints: not the response */
-            return len;
-        }
-        r->head_done = true;
-        r->status = r->head_status;
-        int rc = deliver_head(r);
-        free(r->head);
-        r->head = NULL;
-        r->head_len = r->head_cap = 0;
-        return rc < 0 ? fail(r, rc, "%s", rc == -ENOMEM ? "out of memory" : "stopped by on_head")
-                      : len;
-    }
-    if (len > HTTP_CLIENT_MAX_HEAD - r->head_len)
-        return fail(r, -EMSGSIZE, "response head over %d bytes", HTTP_CLIENT_MAX_HEAD);
-    if (r->head_len + len > r->head_cap) {
-        size_t cap = r->head_cap ? r->head_cap * 2 : 1024;
-        while (cap < r->head_len + len)
-            cap *= 2;
-        char *h = realloc(r->head, cap);
-        if (!h)
-            return fail(r, -ENOMEM, "%s", "out of memory");
-        r->head = h;
-        r->head_cap = cap;
-    }
-    memcpy(r->head + r->head_len, p, len);
-    r->head_len += len;
-    return len;
-}
-
-/* CURLOPT_WRITEFUNCTION: body bytes, as they arrive. */
-static size_t on_curl_body(char *p, size_t size, size_t nitems, void *rp)
-{
-    struct req *r = rp;
-    size_t len = size * nitems;
-    r->got_byte = true;
-    if (len == 0)
-        return 0;
-    if (len > r->max_body - r->received)
-        return fail(r, -EMSGSIZE, "response body over %zu bytes", r->max_body);
-    r->received += len;
-    if (r->cb->on_body) {
-        int rc = r->cb->on_body(r->arg, r->id, p, len);
-        if (rc < 0)
-            return fail(r, rc, "%s", "stopped by on_body");
-    }
-    return len;
-}
-
 /* ---- starting a request (client thread) -------------------------------- */
 
 /* Set up r's easy handle; 0, or -ENOMEM / -EINVAL with r->why set. */
@@ -636,9 +414,9 @@ static int req_setup(struct http_client *c, struct req *r)
     SET(CURLOPT_TCP_KEEPALIVE, 1L);
     SET(CURLOPT_USERAGENT, "chatd/" CHATD_VERSION);
     SET(CURLOPT_HTTPHEADER, r->hdrs);
-    SET(CURLOPT_HEADERFUNCTION, on_curl_header);
+    SET(CURLOPT_HEADERFUNCTION, http_client__on_header);
     SET(CURLOPT_HEADERDATA, r);
-    SET(CURLOPT_WRITEFUNCTION, on_curl_body);
+    SET(CURLOPT_WRITEFUNCTION, http_client__on_body);
     SET(CURLOPT_WRITEDATA, r);
     if (strcmp(r->method, "HEAD") == 0) {
         SET(CURLOPT_NOBODY, 1L);
@@ -908,17 +686,11 @@ void http_client_free(struct http_client *c)
     free(c);
 }
 
-static bool is_tchar(unsigned char ch)
-{
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-           (ch && strchr("!#$%&'*+-.^_`|~", ch));
-}
-
 static bool is_token(const char *s, size_t max)
 {
     size_t n = 0;
     for (; s[n]; n++)
-        if (n >= max || !is_tchar((unsigned char)s[n]))
+        if (n >= max || !http_is_tchar((unsigned char)s[n]))
             return false;
     return n > 0;
 }
