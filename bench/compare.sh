@@ -29,7 +29,11 @@ run_group() {
     local label=$1 bin=$2
     CHATD=$bin
     local extra=()
-    "$bin" --help 2>/dev/null | grep -q -- '--input-rate' || extra=(--legacy)
+    # Read the whole help first: with pipefail, `grep -q` leaving early
+    # would fail the pipe (SIGPIPE) and misjudge this tree's binary.
+    local help
+    help=$("$bin" --help 2>/dev/null || true)
+    case $help in *--input-rate*) ;; *) extra=(--legacy) ;; esac
     start_chatd_for "$label" "${extra[@]}" --sync normal
     bench_run "$RESULTS" "$label" echo --connections 100 --inflight 8 --size 64
     bench_run "$RESULTS" "$label" fanout --secret "$SECRET" --watchers 1000 --max-devices 1000 --inflight 32
