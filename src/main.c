@@ -85,6 +85,11 @@ static void on_signal(uv_signal_t *s, int signum)
     }
     st->stopping = true;
     uv_timer_stop(&st->gc);
+    /* Answers still streaming end now, each stored as partial while the
+     * store and the connections are still there to take it. */
+    assistant_shutdown(st->assistant);
+    http_client_free(st->http);
+    st->http = NULL;
     log_info("shutdown_begin", "signal=%s open_connections=%llu timeout_s=%u",
              signum == SIGTERM ? "SIGTERM" : "SIGINT",
              (unsigned long long)atomic_load(&st->srv.stats.conns_open),
@@ -370,7 +375,8 @@ int main(int argc, char **argv)
     uv_run(loop, UV_RUN_DEFAULT);
 
     server_join(&st.srv);
-    /* The assistant stops starting answers; freeing its HTTP client ends
+    /* (Done at the signal already; again for a loop that ended otherwise.)
+     * The assistant stops starting answers; freeing its HTTP client ends
      * the answers still streaming, each handed to the store as partial.
      * The worker threads are gone but their inboxes still exist: the writer
      * finishes the requests still queued (those answers too) and posts

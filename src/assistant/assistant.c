@@ -77,6 +77,7 @@ struct answer {
     uint64_t in_tok, out_tok;
     bool usage_seen;
     size_t context_bytes;
+    int64_t reply_to_seq; /* the last event of the history it was asked with */
 };
 
 /* One session the assistant knows of: while it answers, has one pending,
@@ -297,6 +298,10 @@ int assistant_ask(struct assistant *a, const char *session, const char *owner,
         rc = -ENOMEM;
     } else if (s->nholders) {
         rc = -EPERM;
+    } else if (!s->running && a->running >= a->opt.max_streams) {
+        atomic_fetch_add_explicit(&a->st_busy, 1, memory_order_relaxed);
+        *retry_after_ms = 5000;
+        rc = -EBUSY;
     } else if (a->opt.per_user_per_min &&
                (*retry_after_ms = budget_take(a, owner, clock_mono_ms())) > 0) {
         rc = -EDQUOT;
@@ -305,10 +310,6 @@ int assistant_ask(struct assistant *a, const char *session, const char *owner,
         snprintf(s->pending_owner, sizeof s->pending_owner, "%s", owner);
         snprintf(s->pending_model, sizeof s->pending_model, "%s", model_id ? model_id : "");
         rc = 1;
-    } else if (a->running >= a->opt.max_streams) {
-        atomic_fetch_add_explicit(&a->st_busy, 1, memory_order_relaxed);
-        *retry_after_ms = 5000;
-        rc = -EBUSY;
     } else {
         rc = answer_start(a, s, owner, m);
     }
@@ -501,6 +502,7 @@ static void finish(struct answer *x, int result, const char *error)
         .input_tokens = x->in_tok,
         .output_tokens = x->out_tok,
         .tokens_estimated = !x->usage_seen,
+        .reply_to_seq = x->reply_to_seq,
     };
     int rc = a->hooks.finished(a->hooks.app, &r);
     free(text);
@@ -650,10 +652,36 @@ static const struct http_client_callbacks answer_cb = {
 
 /* ---- the assistant thread: history, request ------------------------------- */
 
+/* Where an event falls in the conversation as the model should see it. An
+ * answer is stored when it ends, after any message sent while it streamed,
+ * but it answered what came before it started: it goes right after the
+ * event it replied to (its metadata's reply_to_seq), ahead of those. */
+static int64_t conversation_key(const struct store_event *e)
+{
+    if (strcmp(e->type, "ai_response") == 0 && e->metadata) {
+        const char *p = strstr(e->metadata, "\"reply_to_seq\":");
+        if (p) {
+            long long to = strtoll(p + 15, NULL, 10);
+            if (to > 0 && to < e->seq)
+                return (int64_t)to * 2 + 1;
+        }
+    }
+    return e->seq * 2;
+}
+
+static int by_conversation(const void *pa, const void *pb)
+{
+    const struct store_event *a = pa, *b = pb;
+    int64_t ka = conversation_key(a), kb = conversation_key(b);
+    if (ka != kb)
+        return ka < kb ? -1 : 1;
+    return a->seq < b->seq ? -1 : a->seq > b->seq;
+}
+
 /* The session's recent messages as the model sees them (oldest first),
  * read from storage. Returns the count, with *ev (to free) and *msgs. */
 static int read_context(struct assistant *a, const char *session, struct store_event **ev,
-                        int *nev, struct provider_msg **msgs)
+                        int *nev, struct provider_msg **msgs, int64_t *reply_to)
 {
     *ev = NULL;
     *nev = 0;
@@ -669,6 +697,8 @@ static int read_context(struct assistant *a, const char *session, struct store_e
     if (n <= 0)
         return n;
     *nev = n;
+    *reply_to = (*ev)[n - 1].seq;
+    qsort(*ev, (size_t)n, sizeof **ev, by_conversation);
     struct provider_msg *m = calloc((size_t)n, sizeof *m);
     if (!m) {
         store_events_free(*ev, n);
@@ -698,7 +728,7 @@ static void run_job(struct assistant *a, struct answer *x)
     struct store_event *ev;
     struct provider_msg *msgs;
     int nev;
-    int n = read_context(a, x->session, &ev, &nev, &msgs);
+    int n = read_context(a, x->session, &ev, &nev, &msgs, &x->reply_to_seq);
     int rc = 0;
     char error[160] = "";
     char *body = NULL;

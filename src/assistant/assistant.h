@@ -68,6 +68,10 @@ struct asst_result {
                               * "too_long", "shutdown" */
     uint64_t input_tokens, output_tokens;
     bool tokens_estimated; /* the provider gave no usage: estimated from bytes */
+    int64_t reply_to_seq;  /* the seq of the last event it was asked with (0: none);
+                            * the hub stores it in the answer's metadata as
+                            * "reply_to_seq", which places the answer in the
+                            * history of later requests */
 };
 
 /* An error to tell the session about (hooks->failed). */

@@ -145,11 +145,11 @@ static int hook_finished(void *app, const struct asst_result *a)
     snprintf(r->client_id, sizeof r->client_id, "%s", a->stream_id);
     r->sender_name = strdup(a->model->name ? a->model->name : a->model->id);
     r->content = malloc(a->len + 1);
-    json_t *meta = json_pack("{s:s, s:I, s:I, s:b, s:b, s:s}", "model", a->model->id,
+    json_t *meta = json_pack("{s:s, s:I, s:I, s:b, s:b, s:s, s:I}", "model", a->model->id,
                              "input_tokens", (json_int_t)a->input_tokens, "output_tokens",
                              (json_int_t)a->output_tokens, "tokens_estimated",
                              a->tokens_estimated, "partial", a->partial, "stop_reason",
-                             a->stop_reason);
+                             a->stop_reason, "reply_to_seq", (json_int_t)a->reply_to_seq);
     r->metadata = meta ? json_dumps(meta, JSON_COMPACT) : NULL;
     json_decref(meta);
     if (!r->sender_name || !r->content || !r->metadata) {
