@@ -354,9 +354,12 @@ bool assistant_stop(struct assistant *a, const char *session)
         id = x->req_id;     /* 0: not submitted yet; the thread sees stop_asked */
         stopped = true;
     }
-    pthread_mutex_unlock(&a->lock);
-    if (id)
+    /* Under the lock: assistant_shutdown frees the client only after it
+     * has set closing under it (then nothing is cancelled here: the
+     * shutdown ends every request itself). */
+    if (id && !a->closing)
         http_client_cancel(a->http, id);
+    pthread_mutex_unlock(&a->lock);
     return stopped;
 }
 
@@ -403,8 +406,9 @@ void assistant_get_stats(struct assistant *a, struct assistant_stats *out)
 
 /* Hand the answer over (hooks->failed first when it failed, then
  * hooks->finished) and release the slot unless the hub stores it. Called
- * once per answer, on the HTTP client thread (on_done) or the assistant
- * thread (never submitted). result/status/error: on_done's. */
+ * once per answer, on the HTTP client thread (on_done, which first flushes
+ * the answer's deltas) or the assistant thread (never submitted: no
+ * delta). result/status/error: on_done's. */
 static void finish(struct answer *x, int result, const char *error)
 {
     struct assistant *a = x->a;
@@ -641,6 +645,9 @@ static void on_done(void *arg, uint64_t id, int result, int status, const char *
      * side; those are not failures of the provider. */
     if (x->cause == END_TOO_LONG)
         result = -ECANCELED;
+    /* Its deltas go out before its end does. */
+    if (x->a->hooks.flush)
+        x->a->hooks.flush(x->a->hooks.app);
     finish(x, result, error);
 }
 
@@ -865,9 +872,16 @@ static void *assistant_main(void *arg)
 
 /* ---- life ----------------------------------------------------------------- */
 
+/* The HTTP client's turn ended: hand on the deltas gathered in it. */
+static void after_turn(void *arg)
+{
+    struct assistant *a = arg;
+    if (a->hooks.flush)
+        a->hooks.flush(a->hooks.app);
+}
+
 int assistant_new(struct assistant **out, const struct assistant_options *opt,
-                  const struct assistant_hooks *hooks, struct store *store,
-                  struct http_client *http)
+                  const struct assistant_hooks *hooks, struct store *store)
 {
     struct assistant *a = calloc(1, sizeof *a);
     if (!a)
@@ -877,17 +891,33 @@ int assistant_new(struct assistant **out, const struct assistant_options *opt,
         a->opt.max_streams = 1;
     a->hooks = *hooks;
     a->store = store;
-    a->http = http;
     a->jobs_tail = &a->jobs;
     a->seed = hash_mix64((uint64_t)clock_wall_ms() ^ (uint64_t)(uintptr_t)a);
     a->budget_seed = hash_mix64(a->seed ^ (uint64_t)clock_mono_ms());
     pthread_mutex_init(&a->lock, NULL);
     pthread_cond_init(&a->cond, NULL);
-    if (pthread_create(&a->thread, NULL, assistant_main, a) != 0) {
+    unsigned conns = a->opt.max_streams + 64;
+    struct http_client_options ho = {
+        .ca_file = opt->ca_file,
+        /* Each answer is one request (a few more for what is being
+         * cancelled), and over HTTP/1.1 one connection: none waits for
+         * another's connection below the cap. */
+        .max_requests = conns,
+        .max_host_connections = conns,
+        .max_total_connections = conns,
+        .after_callbacks = after_turn,
+        .after_arg = a,
+    };
+    int rc = http_client_new(&a->http, &ho);
+    if (rc == 0 && pthread_create(&a->thread, NULL, assistant_main, a) != 0) {
+        http_client_free(a->http);
+        rc = -EIO;
+    }
+    if (rc != 0) {
         pthread_cond_destroy(&a->cond);
         pthread_mutex_destroy(&a->lock);
         free(a);
-        return -EIO;
+        return rc;
     }
     a->thread_started = true;
     *out = a;
@@ -906,6 +936,10 @@ void assistant_shutdown(struct assistant *a)
         pthread_join(a->thread, NULL);
         a->thread_started = false;
     }
+    /* Ends every answer still streaming (on_done: -ECANCELED), each
+     * handed over as partial while the store still takes writes. */
+    http_client_free(a->http);
+    a->http = NULL;
 }
 
 void assistant_free(struct assistant *a)

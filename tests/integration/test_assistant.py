@@ -314,7 +314,8 @@ def test_one_answer_at_a_time_per_session():
     with FakeProvider(key=KEY) as fp, start(fp) as d:
         a = Dev(d.port, "alice")
         sid = ask(a, "one [fake:slow=100]")["session_id"]
-        a.until(lambda m: m["type"] == "loading")
+        # Once it streams, its history is read: what follows waits its turn.
+        a.until(lambda m: m["type"] == "ai_response" and not m["done"])
         ask(a, "two", sid=sid)
         ask(a, "three", sid=sid)
         # The first answer, then one more that answers both.
