@@ -62,6 +62,7 @@ struct answer {
     /* guarded by a->lock */
     uint64_t req_id;               /* 0 until submitted */
     bool stop_asked;
+    bool ended;                    /* finish() has begun: nothing left to stop */
     /* HTTP client thread only, from submit to on_done */
     struct sse_parser sse;
     bool sse_ready;
@@ -348,7 +349,7 @@ bool assistant_stop(struct assistant *a, const char *session)
     pthread_mutex_lock(&a->lock);
     struct slot *s = *slot_find(a, session);
     struct answer *x = s ? s->running : NULL;
-    if (x && x->stream->state == ASST_STREAMING && !x->stop_asked) {
+    if (x && !x->ended && !x->stop_asked) {
         x->stop_asked = true;
         s->pending = false; /* stopping means: no more for now */
         id = x->req_id;     /* 0: not submitted yet; the thread sees stop_asked */
@@ -414,6 +415,7 @@ static void finish(struct answer *x, int result, const char *error)
     struct assistant *a = x->a;
     pthread_mutex_lock(&a->lock);
     bool stop_asked = x->stop_asked, closing = a->closing;
+    x->ended = true;
     pthread_mutex_unlock(&a->lock);
 
     const char *reason = x->stop_reason[0] ? x->stop_reason : "stop";
