@@ -6,6 +6,8 @@ keeps a short round trip: the answers stream on the assistant's own
 threads and never stall a worker. The sanitizer builds run it too (ASan
 checks for leaks at exit, TSan for races); they run several times slower,
 so there the ping bound only rules out a stall of the order of an answer.
+The test runs alone (RUN_SERIAL), and its own load generators run at a
+lower priority than chatd and the pinger.
 """
 import json
 import os
@@ -83,6 +85,11 @@ def test_500_sessions_answered_while_pings_stay_fast():
         pinger = subprocess.Popen(
             [sys.executable, "-c", PINGER, str(d.port), os.path.join(os.path.dirname(__file__), ".."),
              "600", stop_file], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # The load generators (this process and the fake) yield the CPU to
+        # chatd and the pinger: what is timed is chatd, not the scheduler
+        # sharing two cores among the Python processes that feed it.
+        os.setpriority(os.PRIO_PROCESS, fp.proc.pid, 10)
+        os.setpriority(os.PRIO_PROCESS, 0, 10)
         try:
             assert pinger.stdout.readline().strip() == "ready"
             time.sleep(0.3)  # a few quiet pings first
