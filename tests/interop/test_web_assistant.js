@@ -31,6 +31,9 @@ const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'chatd-web-asst-'));
 // The pause before each piece of a slow answer: an answer of the messages
 // below (about 25 pieces of 4 bytes) streams for 5 to 8 seconds.
 const SLOW_MS = SLOW ? 400 : 250;
+// The provider's key: chatd sends no Authorization header without one, and
+// the fake refuses a request without it (401).
+const FAKE_KEY = 'fake-key-' + crypto.randomBytes(8).toString('hex');
 
 function mint(sub, opts) {
   return W.mint(SECRET, sub, opts);
@@ -44,11 +47,11 @@ function scope() {
 
 // ---- the fake provider ---------------------------------------------------------------
 
-// tests/fake_provider.py on a free port; resolves once it printed
-// "listening PORT", with f = {proc, port, exit, exited}.
+// tests/fake_provider.py on a free port, expecting FAKE_KEY; resolves once
+// it printed "listening PORT", with f = {proc, port, exit, exited}.
 function startFake() {
   return new Promise((resolve, reject) => {
-    const proc = spawn(PYTHON, [FAKE, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = spawn(PYTHON, [FAKE, '--port', '0', '--key', FAKE_KEY], { stdio: ['ignore', 'pipe', 'pipe'] });
     const f = { proc, port: null, out: '', err: '', exit: null };
     f.exited = new Promise((res) => proc.on('exit', (code, signal) => {
       f.exit = { code, signal };
@@ -297,6 +300,70 @@ async function testStopButton(d, fake) {
     }
     assert(stats.aborted >= 1 && stats.active === 0, 'provider stats after Stop: ' +
       JSON.stringify({ requests: stats.requests, active: stats.active, aborted: stats.aborted }));
+  } finally {
+    await s.close();
+  }
+}
+
+// Stopped before its first piece: nothing is stored, the ack ends it.
+async function testStopBeforeFirstPiece(d, fake) {
+  const s = scope();
+  try {
+    await fakeCall(fake, 'POST', '/_fake/mode', { mode: 'hang' });
+    await fakeCall(fake, 'POST', '/_fake/reset');
+    const tok = mint('gus', { name: 'Gus' });
+    const page = await s.page(`http://127.0.0.1:${d.port}/#token=${tok}`);
+    await connected(page);
+    await send(page, 'no answer will come');
+    await waitSent(page, 1, 'no answer will come');
+    await page.waitForSelector('#assistant-bar:not([hidden])');
+    assert(/thinking/i.test(await page.textContent('#assistant-state')), 'state before the first piece');
+    await page.click('#stop');
+    await page.waitForSelector('#assistant-bar', { state: 'hidden' });
+    const stop = page.sent.find((m) => m.type === 'stop_generation');
+    const ack = page.received.find((m) => m.type === 'ack' && stop && m.id === stop.id);
+    assert(ack && ack.stopped === true, 'stop ack: ' + JSON.stringify(ack));
+    eq((await shown(page)).map((m) => [m.seq, m.ai]), [[1, false]], 'messages after the stop');
+    const stats = await fakeCall(fake, 'GET', '/_fake/stats');
+    eq(stats.requests, 1, 'provider requests');
+  } finally {
+    await s.close();
+  }
+}
+
+// A joined admin's page shows the answer streaming (everything so far first)
+// and stops it; the user's device gets the partial answer.
+async function testAdminJoinsMidAnswer(d, fake) {
+  const s = scope();
+  try {
+    await fakeCall(fake, 'POST', '/_fake/mode', { mode: `slow=${SLOW_MS}` });
+    const base = `http://127.0.0.1:${d.port}`;
+    const tok = mint('hal', { name: 'Hal' });
+    const phone = await s.device(d.port, tok);
+    const question = 'A question that support will watch being answered';
+    const expected = answerFor(question);
+    const sid = (await phone.request({ type: 'user_message', content: question })).session_id;
+    await phone.waitFor((m) => m.type === 'ai_response' && m.session_id === sid && m.done === false &&
+      m.offset >= 8, 'a few pieces');
+    const admin = await s.page(`${base}/admin#token=${mint('ida', { name: 'Ida', roles: ['admin'] })}`);
+    await connected(admin);
+    await admin.click(`#admin-sessions button[data-session-id="${sid}"]`);
+    await waitSent(admin, 1, question);
+    await admin.click('#join');
+    await admin.waitForSelector('#leave:not([hidden])');
+    const first = await waitStreaming(admin, 8);
+    assert(expected.startsWith(first), 'admin page stream: ' + JSON.stringify(first));
+    await admin.waitForSelector('#assistant-bar:not([hidden])');
+    await admin.click('#stop');
+    await admin.waitForSelector(ANSWER + '[data-partial="true"]', { timeout: 2 * T });
+    const final = await phone.waitFor((m) => m.type === 'ai_response' && m.session_id === sid && m.done === true,
+      'partial answer on the device');
+    eq(final.metadata && final.metadata.partial, true, 'partial on the device');
+    const answer = (await shown(admin)).find((m) => m.ai);
+    eq(answer.text, final.content, 'admin page answer');
+    assert(final.content.length < expected.length && expected.startsWith(final.content),
+      'partial answer ' + JSON.stringify(final.content));
+    await admin.waitForSelector('#assistant-bar', { state: 'hidden' });
   } finally {
     await s.close();
   }
@@ -576,13 +643,17 @@ async function main() {
     ]],
   ];
   if (fake) {
-    groups.push([['--model', `fake=openai:http://127.0.0.1:${fake.port}/v1,name=Fake`], [
+    const keyFile = path.join(TMP, 'fake.key');
+    fs.writeFileSync(keyFile, FAKE_KEY + '\n', { mode: 0o600 });
+    groups.push([['--model', `fake=openai:http://127.0.0.1:${fake.port}/v1,name=Fake,key-file=${keyFile}`], [
       ['reload_mid_answer_same_text_as_other_device', (d) => testReloadMidAnswer(d, fake)],
       ['stop_button_partial_answer_provider_aborted', (d) => testStopButton(d, fake)],
+      ['stop_before_first_piece_ends_answering', (d) => testStopBeforeFirstPiece(d, fake)],
+      ['admin_page_joins_mid_answer_and_stops', (d) => testAdminJoinsMidAnswer(d, fake)],
       ['admin_join_shows_takeover_banner', (d) => testTakeoverBanner(d, fake)],
     ]]);
   } else {
-    run.failed += 4;
+    run.failed += 6;
   }
   await run.runGroups(groups, startChatd, (args) => args[0]);
   if (fake) await run.test('fake_provider_exit_0', () => stopFake(fake));
