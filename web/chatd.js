@@ -880,6 +880,7 @@
     if (/time/i.test(r)) return 'Partial answer: timed out';
     if (/error|fail/i.test(r)) return 'Partial answer: interrupted by an error';
     if (/restart|shutdown/i.test(r)) return 'Partial answer: interrupted by a restart';
+    if (/long|length|max/i.test(r)) return 'Partial answer: too long';
     return 'Partial answer';
   }
 
