@@ -340,7 +340,10 @@ async function testAdminJoinsMidAnswer(d, fake) {
     const base = `http://127.0.0.1:${d.port}`;
     const tok = mint('hal', { name: 'Hal' });
     const phone = await s.device(d.port, tok);
-    const question = 'A question that support will watch being answered';
+    // Long enough (about 35 pieces) to be still streaming once the support
+    // page is open and joined, even in a sanitizer build.
+    const question = 'A question that support will watch being answered, long enough to take a while ' +
+      'to stream, so that the support page joins while it is still on its way';
     const expected = answerFor(question);
     const sid = (await phone.request({ type: 'user_message', content: question })).session_id;
     await phone.waitFor((m) => m.type === 'ai_response' && m.session_id === sid && m.done === false &&
