@@ -5,8 +5,10 @@
 // for several seconds. The page shows the answer as it streams, with the
 // Stop button; a page reloaded mid-answer ends with the same text as a device
 // that stayed connected and as the stored message; Stop leaves a partial
-// answer, marked so, and the provider's request aborted; a person from support
-// joining shows the takeover banner. The pieces' placement by offset (a piece
+// answer, marked so, and the provider's request aborted; a support page that
+// joins mid-answer gets it and may stop it; chatd restarted mid-answer leaves
+// the partial answer in place of the stream; a person from support joining
+// shows the takeover banner. The pieces' placement by offset (a piece
 // at offset 0 replaces, one below the end is trimmed) is checked with pieces
 // put into the page's socket, under a chatd whose models have no provider.
 // Prints one line per test and "N passed, N failed"; exits 1 on any failure.
@@ -15,6 +17,7 @@
 
 const crypto = require('crypto');
 const fs = require('fs');
+const net = require('net');
 const os = require('os');
 const path = require('path');
 const { spawn } = require('child_process');
@@ -114,12 +117,27 @@ async function stopFake(f) {
 
 // ---- chatd ------------------------------------------------------------------------------
 
-async function startChatd(extraArgs) {
-  const d = await spawnChatd(['--listen', '127.0.0.1:0', '--jwt-secret', SECRET,
-    '--db', path.join(TMP, `chatd-${Date.now()}-${Math.random()}.db`),
+// chatd with this test's secret, on opts.port (0: any free one), with a new
+// database unless opts.db.
+async function startChatd(extraArgs, opts) {
+  opts = opts || {};
+  const d = await spawnChatd(['--listen', `127.0.0.1:${opts.port || 0}`, '--jwt-secret', SECRET,
+    '--db', opts.db || path.join(TMP, `chatd-${Date.now()}-${Math.random()}.db`),
     '--workers', '2', ...(extraArgs || [])]);
   await waitAccepting(d);
   return d;
+}
+
+// A port nobody listens on now, for a chatd that must come back on the same one.
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
 }
 
 async function storedMessages(d, token, sid) {
@@ -398,6 +416,42 @@ async function testTakeoverBanner(d, fake) {
   }
 }
 
+// chatd stops mid-answer: it stores what streamed as a partial answer, and
+// the page, back on the new chatd, shows that in place of the stream.
+async function testRestartMidAnswer(fake, modelArgs) {
+  const s = scope();
+  const port = await freePort();
+  const db = path.join(TMP, 'restart.db');
+  let d = await startChatd(modelArgs, { port, db });
+  try {
+    await fakeCall(fake, 'POST', '/_fake/mode', { mode: `slow=${SLOW_MS}` });
+    const tok = mint('ivy', { name: 'Ivy' });
+    const page = await s.page(`http://127.0.0.1:${port}/#token=${tok}`);
+    await connected(page);
+    const question = 'An answer that a restart of the server will cut somewhere in its middle';
+    const expected = answerFor(question);
+    await send(page, question);
+    await waitSent(page, 1, question);
+    const sid = await selectedSession(page);
+    await waitStreaming(page, 8);
+    await stopChatd(d);
+    await page.waitForSelector('#conn-state[data-state="waiting"]');
+    d = await startChatd(modelArgs, { port, db });
+    await page.waitForSelector(ANSWER + '[data-partial="true"]', { timeout: 30000 + T });
+    const list = await shown(page);
+    eq(list.map((m) => [m.seq, m.state, m.ai, m.partial]),
+      [[1, 'sent', false, false], [2, 'sent', true, true]], 'page after the restart');
+    const stored = (await storedMessages(d, tok, sid)).find((m) => m.seq === 2);
+    eq(list[1].text, stored.content, 'partial answer shown and stored');
+    assert(stored.content.length >= 8 && expected.startsWith(stored.content) &&
+      stored.content.length < expected.length, 'stored partial answer ' + JSON.stringify(stored.content));
+    assert(/restart/.test(await page.textContent(ANSWER + ' .msg__partial')), 'partial mark after a restart');
+    await page.waitForSelector('#assistant-bar', { state: 'hidden' });
+  } finally {
+    await s.close().finally(() => stopChatd(d));
+  }
+}
+
 // ---- tests: pieces put into the page's socket (models without a provider) --------------------
 
 /*
@@ -656,9 +710,13 @@ async function main() {
       ['admin_join_shows_takeover_banner', (d) => testTakeoverBanner(d, fake)],
     ]]);
   } else {
-    run.failed += 6;
+    run.failed += 7;
   }
   await run.runGroups(groups, startChatd, (args) => args[0]);
+  if (fake) {
+    await run.test('restart_mid_answer_partial_answer_replaces_stream',
+      () => testRestartMidAnswer(fake, groups[1][0]));
+  }
   if (fake) await run.test('fake_provider_exit_0', () => stopFake(fake));
 
   await browser.close().catch(() => {});
