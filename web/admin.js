@@ -470,12 +470,17 @@
     renderList();
   }
 
-  // Streams gone without their stored answer are removed; those left are
-  // drawn again, as their state may have changed.
+  // Streams gone without their stored answer.
   function dropStreams(V, gone) {
     for (const st of gone) pane.removeStream(V, st);
-    pane.redrawStreams(V);
     if (selected === V.id) renderAssistant();
+  }
+
+  // The answer of V has ended without its stored event (yet): streams with
+  // no text go, those with text are shown interrupted until it comes.
+  function endAnswer(V) {
+    dropStreams(V, C.answers.ended(V));
+    pane.redrawStreams(V);
   }
 
   // An error about a joined session as a whole: its answer failed or could
@@ -487,7 +492,7 @@
     const V = views.get(msg.session_id);
     if (!V) return false;
     const text = C.assistantErrorText(msg, true);
-    dropStreams(V, C.answers.ended(V));
+    endAnswer(V);
     addSystem(V, text, 'error', msg.code);
     renderList();
     return true;
@@ -499,7 +504,7 @@
     renderAssistant();
     client.request({ type: 'stop_generation', session_id: V.id }).then((ack) => {
       if (!V.stopping) return; /* the answer ended meanwhile */
-      if (ack.stopped === false || !C.answers.hasText(V)) dropStreams(V, C.answers.ended(V));
+      if (ack.stopped === false || !C.answers.hasText(V)) endAnswer(V);
       renderList();
     }, (err) => {
       V.stopping = false;

@@ -596,13 +596,18 @@
   }
 
   // Streams gone without their stored answer (an error, a stop that found
-  // nothing, a reconnect that did not bring them back) are removed; those
-  // left are drawn again, as their state may have changed.
+  // nothing, a reconnect that did not bring them back).
   function dropStreams(S, gone) {
     for (const st of gone) pane.removeStream(S, st);
-    pane.redrawStreams(S);
     if (selected === S.id) renderAssistant();
     scheduleList();
+  }
+
+  // The answer of S has ended without its stored event (yet): streams with
+  // no text go, those with text are shown interrupted until it comes.
+  function endAnswer(S) {
+    dropStreams(S, C.answers.ended(S));
+    pane.redrawStreams(S);
   }
 
   // An error about a session as a whole, not answering one of this page's
@@ -616,7 +621,7 @@
     const S = sessions.get(msg.session_id);
     if (!S) return false;
     const text = C.assistantErrorText(msg);
-    dropStreams(S, C.answers.ended(S));
+    endAnswer(S);
     addSystem(S, text, 'error', msg.code);
     if (selected !== S.id) C.notify(sessionTitle(S) + ': ' + text, { kind: 'error', code: msg.code });
     return true;
@@ -630,7 +635,7 @@
       if (!S.stopping) return; /* the answer ended meanwhile */
       // stopped:false, nothing was running; stopped with nothing streamed:
       // no stored answer follows.
-      if (ack.stopped === false || !C.answers.hasText(S)) dropStreams(S, C.answers.ended(S));
+      if (ack.stopped === false || !C.answers.hasText(S)) endAnswer(S);
     }, (err) => {
       S.stopping = false;
       if (err.code !== 'stopped') C.notify('The answer could not be stopped: ' + err.message, { kind: 'error' });
