@@ -88,6 +88,10 @@ struct chat {
     struct store *store; /* set once by chat_set_store, before traffic */
     struct bus *bus;     /* set once by chat_set_bus, before traffic */
     struct assistant *asst; /* set once by chat_set_assistant, before traffic; NULL: none */
+    /* Deltas gathered for the bus (answer.c): the assistant's HTTP client
+     * thread only, published at its flush hook, each holding a frame. */
+    struct bus_event *deltas;
+    size_t ndeltas, capdeltas;
     unsigned nworkers;
     unsigned devs_cap; /* devices one user may hold, plus one */
     struct chat_local *locals; /* [nworkers], each owned by its worker */
