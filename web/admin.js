@@ -540,6 +540,12 @@
 
   function onEvent(ev) {
     switch (ev.type) {
+      case 'notification': {
+        // assistant_done: the answer ended with nothing stored.
+        const V = views.get(ev.session_id);
+        if (V) endAnswer(V);
+        return;
+      }
       case 'user_message':
       case 'admin_message':
       case 'ai_response': {

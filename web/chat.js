@@ -647,6 +647,12 @@
 
   function onEvent(ev) {
     switch (ev.type) {
+      case 'notification': {
+        // assistant_done: the answer ended with nothing stored.
+        const S = sessions.get(ev.session_id);
+        if (S) endAnswer(S);
+        return;
+      }
       case 'user_message':
       case 'admin_message':
       case 'ai_response':

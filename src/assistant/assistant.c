@@ -504,6 +504,7 @@ static void finish(struct answer *x, int result, const char *error)
         .text = text ? text : "",
         .len = text ? len : 0,
         .partial = partial,
+        .failed = failed,
         .stop_reason = reason,
         .input_tokens = x->in_tok,
         .output_tokens = x->out_tok,

@@ -63,6 +63,7 @@ struct asst_result {
     const char *text; /* the answer (whole, or what had streamed) */
     size_t len;       /* 0: nothing streamed: nothing to store */
     bool partial;     /* it did not complete */
+    bool failed;      /* hooks->failed has told the session why */
     const char *stop_reason; /* the provider's ("stop", "end_turn", "max_tokens"),
                               * or chatd's: "stopped", "error", "timeout",
                               * "too_long", "shutdown" */
@@ -99,9 +100,9 @@ struct assistant_hooks {
                    int64_t retry_after_ms);
     /* The answer ended. With r->len > 0 the hub stores it and returns 0,
      * then calls assistant_stored when the write is done; any other return
-     * (or r->len == 0, where the hook just returns) means nothing will be
-     * stored, and the assistant frees the slot itself. Any assistant
-     * thread. */
+     * (or r->len == 0, where the hub tells the session the answer is over
+     * unless hooks->failed did) means nothing will be stored, and the
+     * assistant frees the slot itself. Any assistant thread. */
     int (*finished)(void *app, const struct asst_result *r);
     void *app;
 };

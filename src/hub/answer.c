@@ -160,11 +160,35 @@ static void hook_failed(void *app, const char *session, const char *owner, const
                   message, recoverable, retry_after_ms);
 }
 
+/* An answer ended with nothing to store and no error (stopped before its
+ * first word, or the model said nothing): the session's devices that
+ * show "answering" since `loading` learn it is over. */
+static void publish_idle(struct chat *ch, const struct asst_result *a)
+{
+    struct jw w;
+    jw_init(&w, 256, WS_MAX_HEADER);
+    jw_open(&w);
+    jw_kstr(&w, "type", "notification");
+    jw_kstr(&w, "code", "assistant_done");
+    jw_kstr(&w, "message",
+            strcmp(a->stop_reason, "stopped") == 0
+                ? "the answer was stopped before it began; nothing was stored"
+                : "the assistant ended without an answer; nothing was stored");
+    jw_kstr(&w, "session_id", a->session);
+    jw_kstr(&w, "stream_id", a->stream_id);
+    jw_kstr(&w, "stop_reason", a->stop_reason);
+    jw_close(&w);
+    publish(ch, IT_RELAY, "notification", a->session, a->owner, &w, NULL, 0, 0);
+}
+
 static int hook_finished(void *app, const struct asst_result *a)
 {
     struct chat *ch = app;
-    if (a->len == 0)
+    if (a->len == 0) {
+        if (!a->failed && strcmp(a->stop_reason, "shutdown") != 0)
+            publish_idle(ch, a);
         return 0;
+    }
     struct store_req *r = calloc(1, sizeof *r);
     if (!r)
         return -ENOMEM;

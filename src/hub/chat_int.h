@@ -36,7 +36,7 @@ _Static_assert(BUS_STREAM_MAX == ASST_STREAM_ID_LEN, "a stream id crosses the bu
 
 /* Server-to-client message types counted in chatd_messages_out_total
  * (metrics.c). */
-#define CHAT_OUT_COUNT 12
+#define CHAT_OUT_COUNT 13
 extern const char *const chat__out_names[CHAT_OUT_COUNT];
 uint8_t chat__out_index(const char *type);
 

@@ -22,7 +22,7 @@
 const char *const chat__out_names[CHAT_OUT_COUNT] = {
     "ack",          "user_message", "admin_message", "typing_indicator", "read",
     "help_request", "admin_join",   "admin_leave",   "resumed",          "ai_response",
-    "loading",      "error",
+    "loading",      "notification", "error",
 };
 
 uint8_t chat__out_index(const char *type)

@@ -310,6 +310,22 @@ def test_stop_generation_stores_the_partial_answer():
         assert e["type"] == "error" and e["code"] == "session_not_found", e
 
 
+def test_stop_before_the_first_word_tells_every_device():
+    with FakeProvider(key=KEY) as fp, start(fp) as d:
+        a, b = Dev(d.port, "alice"), Dev(d.port, "alice")
+        sid = ask(a, "take your time [fake:slow=1500]")["session_id"]
+        b.until(lambda m: m["type"] == "loading", what="loading")
+        a.send(type="stop_generation", session_id=sid, id="stop")
+        assert a.ack("stop")["stopped"] is True
+        for x in (a, b):
+            n = x.until(lambda m: m["type"] == "notification", what="the end of the answer")
+            assert n["code"] == "assistant_done" and n["session_id"] == sid, n
+            assert n["stop_reason"] == "stopped", n
+        # Nothing was stored, no error was sent.
+        assert [e["type"] for e in stored(d.port, sid)] == ["user_message"]
+        assert not [m for m in a.seen + b.seen if m["type"] in ("error", "ai_response")]
+
+
 def test_one_answer_at_a_time_per_session():
     with FakeProvider(key=KEY) as fp, start(fp) as d:
         a = Dev(d.port, "alice")
@@ -504,6 +520,7 @@ run([
     test_page_of_history_and_resume_show_the_answer_like_live,
     test_no_request_while_an_admin_has_joined,
     test_stop_generation_stores_the_partial_answer,
+    test_stop_before_the_first_word_tells_every_device,
     test_one_answer_at_a_time_per_session,
     test_provider_errors_reach_the_session,
     test_broken_streams_store_what_came_and_tell_the_session,
