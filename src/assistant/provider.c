@@ -15,7 +15,7 @@
 #include <string.h>
 
 #define ANTHROPIC_VERSION "2023-06-01"
-#define ANTHROPIC_DEFAULT_MAX_TOKENS 1024
+#define ANTHROPIC_DEFAULT_MAX_TOKENS 4096 /* as conf/config.h CONF_ANTHROPIC_MAX_TOKENS */
 
 const char *provider_path(enum provider_kind kind)
 {

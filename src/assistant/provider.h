@@ -34,7 +34,7 @@ struct provider_request {
     enum provider_kind kind;
     const char *model;  /* the provider's model name */
     const char *system; /* system prompt or NULL */
-    unsigned max_tokens; /* 0: the provider's default (anthropic needs one: 1024) */
+    unsigned max_tokens; /* 0: the provider's default (anthropic needs one: 4096) */
     const struct provider_msg *msgs;
     size_t nmsgs;
 };

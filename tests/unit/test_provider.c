@@ -80,7 +80,7 @@ static void test_anthropic_body(void **state)
     struct provider_request r = {.kind = PROVIDER_ANTHROPIC, .model = "claude",
                                  .system = "S", .msgs = m, .nmsgs = 2};
     json_t *o = body_json(&r);
-    assert_int_equal(json_integer_value(json_object_get(o, "max_tokens")), 1024);
+    assert_int_equal(json_integer_value(json_object_get(o, "max_tokens")), 4096);
     assert_string_equal(json_string_value(json_object_get(o, "system")), "S");
     assert_null(json_object_get(o, "stream_options"));
     json_t *msgs = json_object_get(o, "messages");
