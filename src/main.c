@@ -20,6 +20,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "assistant/assistant.h"
 #include "auth/jwt.h"
 #include "conf/config.h"
 #include "hub/chat.h"
@@ -42,6 +43,8 @@ struct main_state {
     struct chat *chat;
     struct store *store;
     struct bus *bus;
+    struct http_client *http;     /* for the assistant; NULL without models */
+    struct assistant *assistant;  /* NULL without a model with a provider */
     uv_signal_t sigterm, sigint;
     uv_timer_t poll, deadline, gc;
     bool stopping;
@@ -208,10 +211,48 @@ static void log_models(const struct config *cfg)
                  log_quotes(&qkey, key_from), log_quotes(&qsys, m->system_file),
                  m->system_prompt_len, m->max_tokens, i == cfg->default_model ? "yes" : "no");
     }
-    if (cfg->nmodels && cfg->models[0].kind != CONF_MODEL_NONE)
-        log_warn("assistant_not_implemented",
-                 "reason=\"models are offered to clients and accepted by model_select; this "
-                 "version does not call them\"");
+}
+
+/* The assistant, when a model has a provider: its HTTP client, then the
+ * assistant itself, handed to the router. */
+static int start_assistant(struct main_state *st, const struct config *cfg, char *err,
+                           size_t errlen)
+{
+    if (!assistant_configured(cfg->models, cfg->nmodels))
+        return 0;
+    struct http_client_options ho = {
+        .ca_file = cfg->ca_file,
+        /* Each answer is one request; a few more for what is being cancelled. */
+        .max_requests = cfg->assistant_max_streams + 64,
+    };
+    int rc = http_client_new(&st->http, &ho);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot start the assistant's HTTP client: %s%s%s", strerror(-rc),
+                 cfg->ca_file ? " (--ca-file " : "", cfg->ca_file ? cfg->ca_file : "");
+        if (cfg->ca_file)
+            strncat(err, ")", errlen - strlen(err) - 1);
+        return rc;
+    }
+    struct assistant_options ao = {
+        .models = cfg->models,
+        .nmodels = cfg->nmodels,
+        .default_model = cfg->default_model,
+        .first_byte_timeout_ms = cfg->assistant_first_byte_timeout_s * 1000u,
+        .total_timeout_ms = cfg->assistant_timeout_s * 1000u,
+        .max_streams = cfg->assistant_max_streams,
+        .context_messages = cfg->assistant_context_messages,
+        .context_bytes = cfg->assistant_context_bytes,
+        .max_answer_bytes = (size_t)cfg->assistant_max_answer_bytes,
+        .per_user_per_min = cfg->assistant_rate_limit,
+    };
+    struct assistant_hooks hooks = *chat_assistant_hooks();
+    hooks.app = st->chat;
+    if ((rc = assistant_new(&st->assistant, &ao, &hooks, st->store, st->http)) != 0) {
+        snprintf(err, errlen, "cannot start the assistant: %s", strerror(-rc));
+        return rc;
+    }
+    chat_set_assistant(st->chat, st->assistant);
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -283,6 +324,10 @@ int main(int argc, char **argv)
             return 2;
         }
         chat_set_store(st.chat, st.store);
+        if (start_assistant(&st, &cfg, err, sizeof err) != 0) {
+            fprintf(stderr, "chatd: %s\n", err);
+            return 1;
+        }
         st.hub.router_ops = &chat_router_ops;
         st.hub.router = st.chat;
     }
@@ -325,11 +370,17 @@ int main(int argc, char **argv)
     uv_run(loop, UV_RUN_DEFAULT);
 
     server_join(&st.srv);
-    /* The worker threads are gone but their inboxes still exist: the writer
-     * finishes the requests still queued and posts their answers there,
-     * where they are dropped. Only then may the workers be freed. */
+    /* The assistant stops starting answers; freeing its HTTP client ends
+     * the answers still streaming, each handed to the store as partial.
+     * The worker threads are gone but their inboxes still exist: the writer
+     * finishes the requests still queued (those answers too) and posts
+     * their results there, where they are dropped. Only then may the
+     * workers be freed. */
+    assistant_shutdown(st.assistant);
+    http_client_free(st.http);
     if (st.store)
         store_close(st.store);
+    assistant_free(st.assistant);
     server_release(&st.srv);
     bus_close(st.bus);
     chat_free(st.chat);

@@ -14,11 +14,20 @@
  *     place after the replies the hub posted before publishing;
  *   - a Redis implementation can slot in later without touching the hub.
  *
- * Threads: bus_publish is called by one thread at a time (the storage
- * writer, which orders every event); the handler runs on the thread the
- * implementation delivers on (the publisher's for `local`). An event and
- * its frame are borrowed for the call: a handler that keeps the frame takes
- * its own reference.
+ * Two kinds of traffic cross the bus: committed session events, published
+ * by the storage writer (which orders them), and the assistant's stream
+ * pieces (deltas, `loading`, its errors), published by the assistant's
+ * threads. Order is kept per publishing thread; across publishers the hub
+ * needs none beyond causality, which every implementation keeps: a delta is
+ * published before the final answer is even submitted to storage, so it
+ * reaches every node before the stored answer does.
+ *
+ * Threads: bus_publish may be called from several threads at once (the
+ * writer, the assistant's); each implementation keeps its publishers apart.
+ * The handler runs on the thread the implementation delivers on (the
+ * publisher's for `local`: the handler must be safe to run on several
+ * threads at once). An event and its frame are borrowed for the call: a
+ * handler that keeps the frame takes its own reference.
  */
 #ifndef CHATD_BUS_BUS_H
 #define CHATD_BUS_BUS_H
@@ -31,6 +40,7 @@
 
 #define BUS_SESSION_MAX 64 /* bytes of a session id, NUL excluded */
 #define BUS_USER_MAX 128
+#define BUS_STREAM_MAX 19 /* bytes of a stream id, NUL excluded ("st_" + 16 hex) */
 
 /* One event of session `session` for its participants. */
 struct bus_event {
@@ -44,6 +54,10 @@ struct bus_event {
     char owner[BUS_USER_MAX + 1]; /* the session's owner */
     struct sbuf *frame;           /* the framed message (borrowed), or NULL */
     uint32_t off, len;            /* the frame within it */
+    /* a stream piece only: which answer, where its text falls in it */
+    char stream[BUS_STREAM_MAX + 1];
+    uint64_t stream_off;
+    uint32_t stream_len;
 };
 
 /* What the hub registers: called with every published event, in order. */

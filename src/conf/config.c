@@ -117,8 +117,8 @@ static const struct opt options[] = {
      "                    (default: the provider's own; 4096 for anthropic)\n"
      "',,' in a value stands for ','. One value may hold several specs\n"
      "separated by ';' or newlines (';;' stands for ';'): that is how\n"
-     "CHATD_MODEL gives several. This version offers the models to clients\n"
-     "(connection_status, model_select) but does not call them yet",
+     "CHATD_MODEL gives several. Each session's model (model_select, else\n"
+     "--default-model) answers every user message of the session",
      conf__set_model},
     {"default-model", K_STR, F(default_model_id), 0, 0, NULL, "ID",
      "the model of a new session (default: the first --model)", NULL},
@@ -132,6 +132,13 @@ static const struct opt options[] = {
      "seconds the assistant may take to the end of an answer", NULL},
     {"assistant-max-streams", K_UINT, F(assistant_max_streams), 1, 1000000, "1000", "N",
      "answers streaming at once, in all sessions together", NULL},
+    {"assistant-rate-limit", K_UINT, F(assistant_rate_limit), 1, 1000000, "20", "N",
+     "answers one user may ask for per minute, over all their sessions (beside "
+     "--rate-limit); past it a message is stored but not answered",
+     NULL},
+    {"assistant-max-answer-bytes", K_U64, F(assistant_max_answer_bytes), 1024, (uint64_t)1 << 30,
+     "1048576", "N",
+     "the longest answer kept; a longer one is cut there and stored as partial", NULL},
     {"assistant-context-messages", K_UINT, F(assistant_context_messages), 1, 10000, "50", "N",
      "the most recent messages of a session sent with each request", NULL},
     {"assistant-context-bytes", K_UINT, F(assistant_context_bytes), 1024, 1u << 26, "65536", "N",

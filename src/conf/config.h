@@ -110,6 +110,8 @@ struct config {
     unsigned assistant_first_byte_timeout_s; /* to the first piece of an answer */
     unsigned assistant_timeout_s;            /* to the end of an answer */
     unsigned assistant_max_streams;          /* answers streaming at once, in all */
+    unsigned assistant_rate_limit;           /* answers per user per minute */
+    uint64_t assistant_max_answer_bytes;     /* longest answer kept */
     unsigned assistant_context_messages;     /* recent messages sent with a request */
     unsigned assistant_context_bytes;        /* at most this many bytes of them */
     char *ca_file;               /* owned: PEM CA bundle for model endpoints, or NULL */

@@ -44,6 +44,7 @@ static const struct {
     [CHAT_JOIN] = {600, 200},   /* an admin page joins its open views again */
     [CHAT_LEAVE] = {600, 200},
     [CHAT_RESUME] = {600, 200}, /* a page resumes each of its sessions */
+    [CHAT_STOP] = {60, 10},
 };
 
 static void handle_message(struct chat *ch, struct client *cl, json_t *msg, const char *id,
@@ -100,6 +101,27 @@ static void chat_client_opened(void *router, struct client *cl)
         chat__list_add(&loc->admins, cl);
 }
 
+/* The admin client leaves st's session through the writer, as if it had
+ * sent admin_leave (no ack: see KIND_LEAVE_REVOKED): the others see it
+ * go, and the assistant gets the session back. True when it was in. */
+static bool leave_for_client(struct chat *ch, struct client *cl, struct sess_state *st)
+{
+    bool in = st->joined || (st->intent_pending && st->intent_joined);
+    chat__unjoin(&ch->locals[cl->conn->w->index], cl, st);
+    if (!in)
+        return false;
+    struct store_req *r = chat__new_req(cl, STORE_CHECK, CHAT_LEAVE, st->id, NULL);
+    if (r) {
+        r->kind = KIND_LEAVE_REVOKED;
+        r->any_session = true;
+    }
+    if (!chat__submit(ch, cl, r, NULL))
+        return false;
+    st->intent_joined = false;
+    st->intent_pending++;
+    return true;
+}
+
 static void chat_client_closed(void *router, struct client *cl)
 {
     struct chat *ch = router;
@@ -107,8 +129,9 @@ static void chat_client_closed(void *router, struct client *cl)
     struct client_state *cs = cl->router_state;
     if (cl->admin)
         chat__list_del(NULL, &loc->admins, cl);
+    /* An admin that goes away leaves what it joined. */
     for (size_t i = 0; cs && i < cs->n; i++)
-        chat__unjoin(loc, cl, &cs->v[i]);
+        leave_for_client(ch, cl, &cs->v[i]);
     if (cs)
         chat__resume_client_closed(cs);
     for (unsigned i = 0; cs && i < cs->n; i++)
@@ -137,23 +160,9 @@ static void chat_client_roles_changed(void *router, struct client *cl, bool was_
     chat__list_del(NULL, &loc->admins, cl);
     struct client_state *cs = cl->router_state;
     json_t *left = json_array();
-    for (unsigned i = 0; cs && i < cs->n; i++) {
-        struct sess_state *st = &cs->v[i];
-        bool in = st->joined || (st->intent_pending && st->intent_joined);
-        chat__unjoin(loc, cl, st);
-        if (!in)
-            continue;
-        json_array_append_new(left, json_string(st->id));
-        struct store_req *r = chat__new_req(cl, STORE_CHECK, CHAT_LEAVE, st->id, NULL);
-        if (r) {
-            r->kind = KIND_LEAVE_REVOKED;
-            r->any_session = true;
-        }
-        if (chat__submit(ch, cl, r, NULL)) {
-            st->intent_joined = false;
-            st->intent_pending++;
-        }
-    }
+    for (unsigned i = 0; cs && i < cs->n; i++)
+        if (leave_for_client(ch, cl, &cs->v[i]))
+            json_array_append_new(left, json_string(cs->v[i].id));
     json_t *o = json_pack("{s:s, s:s, s:s, s:o}", "type", "notification", "code",
                           "roles_changed", "message",
                           "the refreshed token has no admin role: every joined session was left",
@@ -228,6 +237,17 @@ static void chat_handle(void *router, struct client *cl, enum chat_type k, const
             snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(s));
             r->arg = strdup(buf);
         }
+        chat__submit(ch, cl, r, id);
+        return;
+    }
+    case CHAT_STOP: {
+        /* The owner, or an admin that joined: the writer checks which,
+         * then stops the answer (fanout.c). */
+        if (!chat__get_session(ch, cl, msg, true, id, &sid))
+            return;
+        struct store_req *r = chat__new_req(cl, STORE_CHECK, k, sid, id);
+        if (r)
+            r->any_session = cl->admin && chat__admin_in(chat__state_get(cl, sid, false));
         chat__submit(ch, cl, r, id);
         return;
     }
@@ -308,6 +328,16 @@ void chat_set_store(struct chat *ch, struct store *st)
 void chat_set_bus(struct chat *ch, struct bus *bus)
 {
     ch->bus = bus;
+}
+
+void chat_set_assistant(struct chat *ch, struct assistant *a)
+{
+    ch->asst = a;
+}
+
+const struct assistant_hooks *chat_assistant_hooks(void)
+{
+    return &chat__assistant_hooks;
 }
 
 void chat_free(struct chat *ch)

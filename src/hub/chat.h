@@ -43,6 +43,12 @@ void chat_set_store(struct chat *ch, struct store *st);
 /* Give the router its bus (after bus_*_open, which needs chat_bus_deliver). */
 void chat_set_bus(struct chat *ch, struct bus *bus);
 
+/* Give the router its assistant (NULL: none), before traffic; the
+ * assistant is made with chat_assistant_hooks() and the router as app. */
+struct assistant;
+void chat_set_assistant(struct chat *ch, struct assistant *a);
+const struct assistant_hooks *chat_assistant_hooks(void);
+
 /* The store's batch callback (writer thread): replies go to their
  * workers, the batch's events to the bus. */
 void chat_on_batch(void *arg, struct store_req **reqs, size_t n);

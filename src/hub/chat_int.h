@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "assistant/assistant.h"
 #include "bus/bus.h"
 #include "hub/hub.h"
 #include "hub/seqset.h"
@@ -28,11 +29,14 @@
 /* store_req.kind of the admin_leave that a lost admin role makes (not a
  * client message: no ack is sent for it). */
 #define KIND_LEAVE_REVOKED ((uint32_t)CHAT_TYPE_COUNT + 1)
+/* store_req.kind of the assistant's answer (answer.c). */
+#define KIND_AI_ANSWER ((uint32_t)CHAT_TYPE_COUNT + 2)
 #define METADATA_MAX 16384
+_Static_assert(BUS_STREAM_MAX == ASST_STREAM_ID_LEN, "a stream id crosses the bus whole");
 
 /* Server-to-client message types counted in chatd_messages_out_total
  * (metrics.c). */
-#define CHAT_OUT_COUNT 10
+#define CHAT_OUT_COUNT 12
 extern const char *const chat__out_names[CHAT_OUT_COUNT];
 uint8_t chat__out_index(const char *type);
 
@@ -47,6 +51,10 @@ struct sess_state {
     bool intent_joined;
     uint32_t intent_pending;
     struct seqset sent; /* seqs sent to this connection */
+    /* The assistant's answer streaming in this session, as far as this
+     * connection has had it: its id and how many bytes (-1: none yet). */
+    char stream[ASST_STREAM_ID_LEN + 1];
+    int64_t stream_sent;
 };
 
 struct resume_job;
@@ -79,6 +87,7 @@ struct chat {
     struct hub *hub;
     struct store *store; /* set once by chat_set_store, before traffic */
     struct bus *bus;     /* set once by chat_set_bus, before traffic */
+    struct assistant *asst; /* set once by chat_set_assistant, before traffic; NULL: none */
     unsigned nworkers;
     unsigned devs_cap; /* devices one user may hold, plus one */
     struct chat_local *locals; /* [nworkers], each owned by its worker */
@@ -88,7 +97,17 @@ struct chat {
 /* ---- deliver.c: per-worker indexes, per-client state, delivery ---------- */
 
 /* Delivery items, in commit order, one post per worker per batch. */
-enum item_kind { IT_REPLY, IT_EVENT, IT_RELAY, IT_RELAY_OWNER, IT_ADMINS, IT_JOIN, IT_LEAVE };
+enum item_kind {
+    IT_REPLY,       /* to one connection */
+    IT_EVENT,       /* a stored event: the owner's devices and the joined admins */
+    IT_RELAY,       /* not stored, same recipients, minus the sender */
+    IT_RELAY_OWNER, /* not stored, the owner's devices only, minus the sender */
+    IT_ADMINS,      /* every admin online */
+    IT_JOIN,        /* an admin connection joins a session (its worker only) */
+    IT_LEAVE,
+    IT_DELTA,       /* a piece of a streaming answer: as IT_EVENT, planned per
+                       connection (assistant/stream.h asst_plan) */
+};
 
 struct chat_item {
     uint8_t kind;
@@ -100,6 +119,9 @@ struct chat_item {
     int64_t seq;
     uint32_t ids_off, ids_n; /* the owner's devices on this worker, in post->ids */
     uint64_t owner_hash;     /* hash_str(owner): admins that are the owner skip */
+    uint64_t stream_off;     /* DELTA: where its text falls in the answer */
+    uint32_t stream_len;
+    char stream[ASST_STREAM_ID_LEN + 1];
     char session[STORE_ID_LEN + 1];
 };
 
@@ -146,6 +168,27 @@ struct store_req *chat__new_req(struct client *cl, enum store_op op, enum chat_t
                                 const char *sid, const char *id);
 /* Hand r to the writer; true when it took it (false: answered already). */
 bool chat__submit(struct chat *ch, struct client *cl, struct store_req *r, const char *id);
+
+/* ---- answer.c: the assistant's hooks and its traffic -------------------- */
+
+extern const struct assistant_hooks chat__assistant_hooks; /* app: struct chat */
+/* Bring cl level with the answer streaming in st's session: send what it
+ * has not had of it (from offset 0 when it has had nothing). only_live:
+ * nothing once the answer has ended (its stored event follows). Worker. */
+void chat__stream_catch_up(struct chat *ch, struct client *cl, struct sess_state *st,
+                           const char *stream_id, bool only_live);
+/* The assistant side of one committed batch, after its events are
+ * published (fanout.c collects them in order). Writer thread. */
+struct chat_asst_op {
+    uint8_t what; /* ASK, HOLD, UNHOLD, STORED, STORE_FAILED */
+    uint64_t conn_id;
+    char session[STORE_ID_LEN + 1];
+    char user[STORE_MAX_USER + 1];
+    char model[65];
+    char stream[ASST_STREAM_ID_LEN + 1];
+};
+enum { ASST_OP_ASK, ASST_OP_HOLD, ASST_OP_UNHOLD, ASST_OP_STORED, ASST_OP_STORE_FAILED };
+void chat__assistant_ops(struct chat *ch, const struct chat_asst_op *ops, size_t n);
 
 /* ---- resume.c ------------------------------------------------------------ */
 

@@ -143,9 +143,47 @@ static void send_event(struct client *cl, const struct chat_item *it)
     send_frame(cl, it);
 }
 
-static void for_participants(struct worker *w, struct chat_local *loc, const struct chat_post *p,
-                             const struct chat_item *it, bool stored, bool owner_only)
+/* A piece of a streaming answer to one client: as much of it as the
+ * client lacks (assistant/stream.h asst_plan); a client that lacks what
+ * came before it first catches up from the stream itself. */
+static void send_delta(struct chat *ch, struct client *cl, const struct chat_item *it)
 {
+    struct sess_state *st = chat__state_get(cl, it->session, true);
+    if (!st)
+        return;
+    if (strcmp(st->stream, it->stream) != 0) {
+        snprintf(st->stream, sizeof st->stream, "%s", it->stream);
+        st->stream_sent = -1;
+    }
+    struct asst_plan plan = asst_plan(st->stream_sent, it->stream_off, it->stream_len);
+    if (plan.action == ASST_SKIP)
+        return;
+    if (plan.action == ASST_SEND && plan.skip == 0) {
+        send_frame(cl, it);
+        st->stream_sent = (int64_t)(it->stream_off + it->stream_len);
+        return;
+    }
+    chat__stream_catch_up(ch, cl, st, it->stream, false);
+}
+
+enum send_mode { SEND_RELAY, SEND_STORED, SEND_DELTA };
+
+static void send_one(struct chat *ch, struct client *cl, const struct chat_item *it,
+                     enum send_mode mode)
+{
+    if (mode == SEND_STORED)
+        send_event(cl, it);
+    else if (mode == SEND_DELTA)
+        send_delta(ch, cl, it);
+    else
+        send_frame(cl, it);
+}
+
+static void for_participants(struct chat *ch, struct worker *w, struct chat_local *loc,
+                             const struct chat_post *p, const struct chat_item *it,
+                             enum send_mode mode, bool owner_only)
+{
+    bool stored = mode != SEND_RELAY;
     const uint64_t *ids = p->ids + it->ids_off;
     for (uint32_t i = 0; i < it->ids_n; i++) {
         struct conn *c = idmap_get(&w->by_id, ids[i]);
@@ -153,7 +191,7 @@ static void for_participants(struct worker *w, struct chat_local *loc, const str
             continue; /* closed meanwhile */
         if (it->conn_id && ids[i] == it->conn_id && !stored)
             continue;
-        stored ? send_event(c->data, it) : send_frame(c->data, it);
+        send_one(ch, c->data, it, mode);
     }
     if (owner_only)
         return;
@@ -170,7 +208,7 @@ static void for_participants(struct worker *w, struct chat_local *loc, const str
         }
         if (it->conn_id && cl->conn->id == it->conn_id && !stored)
             continue;
-        stored ? send_event(cl, it) : send_frame(cl, it);
+        send_one(ch, cl, it, mode);
     }
 }
 
@@ -185,13 +223,16 @@ static void apply_item(struct chat *ch, struct worker *w, const struct chat_post
             send_frame(c->data, it);
         break;
     case IT_EVENT:
-        for_participants(w, loc, p, it, true, false);
+        for_participants(ch, w, loc, p, it, SEND_STORED, false);
+        break;
+    case IT_DELTA:
+        for_participants(ch, w, loc, p, it, SEND_DELTA, false);
         break;
     case IT_RELAY:
-        for_participants(w, loc, p, it, false, false);
+        for_participants(ch, w, loc, p, it, SEND_RELAY, false);
         break;
     case IT_RELAY_OWNER:
-        for_participants(w, loc, p, it, false, true);
+        for_participants(ch, w, loc, p, it, SEND_RELAY, true);
         break;
     case IT_ADMINS:
         for (unsigned i = 0; i < loc->admins.n; i++)

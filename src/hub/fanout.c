@@ -36,7 +36,29 @@ struct batch_out {
     struct chat_post **posts; /* [nworkers], created on demand */
     struct bus_event *ev;     /* events to publish, each holding a frame reference */
     size_t nev, capev;
+    struct chat_asst_op *ops; /* for the assistant, after publishing */
+    size_t nops, capops;
 };
+
+/* Queue something for the assistant (see chat__assistant_ops). */
+static void add_op(struct batch_out *bo, uint8_t what, const struct store_req *r,
+                   const char *user, const char *stream)
+{
+    if (!bo->ch->asst)
+        return;
+    if (vec_grow(&bo->ops, &bo->capops, bo->nops, 1, sizeof *bo->ops) != 0) {
+        log_warn("assistant_op_lost", "what=%u", what);
+        return;
+    }
+    struct chat_asst_op *op = &bo->ops[bo->nops++];
+    memset(op, 0, sizeof *op);
+    op->what = what;
+    op->conn_id = r->conn_id;
+    snprintf(op->session, sizeof op->session, "%s", r->session_id);
+    snprintf(op->user, sizeof op->user, "%s", user);
+    snprintf(op->model, sizeof op->model, "%s", r->model);
+    snprintf(op->stream, sizeof op->stream, "%.*s", ASST_STREAM_ID_LEN, stream ? stream : "");
+}
 
 /* Append an item to the worker's post; returns it, or NULL when out of
  * memory (the item is then lost, never confused with another). */
@@ -145,7 +167,8 @@ static void add_reply_frame(struct batch_out *bo, const struct store_req *r, str
 /* Queue the ack of r for its connection; extra_key/extra_val add one
  * string member (model_select echoes model_id). */
 static void add_ack(struct batch_out *bo, const struct store_req *r, bool with_seq,
-                    const char *extra_key, const char *extra_val)
+                    const char *extra_key, const char *extra_val, const char *bool_key,
+                    bool bool_val)
 {
     char ts[32];
     clock_format_rfc3339(ts, r->ts_ms);
@@ -165,6 +188,10 @@ static void add_ack(struct batch_out *bo, const struct store_req *r, bool with_s
     }
     if (extra_key)
         jw_kstr(&w, extra_key, extra_val ? extra_val : "");
+    if (bool_key) {
+        jw_key(&w, bool_key);
+        jw_bool(&w, bool_val);
+    }
     jw_close(&w);
     uint32_t off, len;
     struct sbuf *f = wire_frame_jw(&w, &off, &len);
@@ -194,8 +221,36 @@ static void settle_refused(struct batch_out *bo, const struct store_req *r)
         it->failed = true;
 }
 
+/* The assistant's answer came back from storage: the final ai_response
+ * to the session, and the slot freed (chat__assistant_ops). */
+static void batch_answer(struct batch_out *bo, struct store_req *r)
+{
+    if (r->status != STORE_OK) {
+        struct log_quoted qs;
+        log_warn("assistant_answer_not_stored", "session=%s bytes=%zu status=%d",
+                 log_quotes(&qs, r->session_id), r->content_len, (int)r->status);
+        add_op(bo, ASST_OP_STORE_FAILED, r, r->owner, r->client_id);
+        return;
+    }
+    if (!r->duplicate) {
+        uint32_t off, len;
+        struct sbuf *f = wire_event_frame("ai_response", r->session_id, r->seq, r->client_id, "ai",
+                                          r->user, r->sender_name, r->content, r->content_len,
+                                          r->metadata, r->ts_ms, &off, &len);
+        if (f) {
+            add_event(bo, IT_EVENT, chat__out_index("ai_response"), 0, f, off, len, r);
+            sbuf_unref(f);
+        }
+    }
+    add_op(bo, ASST_OP_STORED, r, r->owner, r->client_id);
+}
+
 static void batch_one(struct batch_out *bo, struct store_req *r)
 {
+    if (r->kind == KIND_AI_ANSWER) {
+        batch_answer(bo, r);
+        return;
+    }
     if (r->status == STORE_UNAVAILABLE) {
         add_error(bo, r, ERR_UNAVAILABLE, "storage is unavailable; nothing was stored, retry later",
                   1000);
@@ -223,7 +278,7 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
     switch (r->kind) {
     case CHAT_USER_MESSAGE:
     case CHAT_ADMIN_MESSAGE:
-        add_ack(bo, r, true, NULL, NULL);
+        add_ack(bo, r, true, NULL, NULL, NULL, false);
         if (!r->duplicate) {
             const char *type = r->kind == CHAT_ADMIN_MESSAGE ? "admin_message" : "user_message";
             uint32_t off, len;
@@ -234,6 +289,8 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
                 add_event(bo, IT_EVENT, chat__out_index(type), r->conn_id, f, off, len, r);
                 sbuf_unref(f);
             }
+            if (r->kind == CHAT_USER_MESSAGE)
+                add_op(bo, ASST_OP_ASK, r, r->owner, NULL);
         }
         break;
     case CHAT_TYPING: {
@@ -250,7 +307,7 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
         break;
     }
     case CHAT_HELP: {
-        add_ack(bo, r, false, NULL, NULL);
+        add_ack(bo, r, false, NULL, NULL, NULL, false);
         if (r->duplicate)
             break; /* already waiting for a person: the admins know */
         json_t *o = json_pack("{s:s, s:s, s:o}", "type", "help_request", "session_id",
@@ -259,7 +316,14 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
         break;
     }
     case CHAT_MODEL: {
-        add_ack(bo, r, false, "model_id", r->arg);
+        add_ack(bo, r, false, "model_id", r->arg, NULL, false);
+        break;
+    }
+    case CHAT_STOP: {
+        /* The writer has checked the session is the sender's (or that the
+         * admin joined it): now stop its answer, if one runs. */
+        bool stopped = bo->ch->asst && assistant_stop(bo->ch->asst, r->session_id);
+        add_ack(bo, r, false, NULL, NULL, "stopped", stopped);
         break;
     }
     case CHAT_JOIN:
@@ -274,7 +338,8 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
                       r->session_id, "sender", sender_json("admin", r->user, r->sender_name));
         add_everywhere(bo, IT_RELAY, r->conn_id, o, r);
         if (r->kind != KIND_LEAVE_REVOKED)
-            add_ack(bo, r, false, NULL, NULL);
+            add_ack(bo, r, false, NULL, NULL, NULL, false);
+        add_op(bo, join ? ASST_OP_HOLD : ASST_OP_UNHOLD, r, r->user, NULL);
         break;
     }
     default:
@@ -310,6 +375,9 @@ void chat_on_batch(void *arg, struct store_req **reqs, size_t n)
         if (bo.ev[i].frame)
             sbuf_unref(bo.ev[i].frame);
     free(bo.ev);
+    if (bo.nops)
+        chat__assistant_ops(ch, bo.ops, bo.nops);
+    free(bo.ops);
 }
 
 /* Events from the bus: each goes to every worker, which delivers it to the
@@ -341,8 +409,14 @@ void chat_bus_deliver(void *app, const struct bus_event *ev, size_t n)
         for (unsigned w = 0; w < ch->nworkers; w++) {
             struct chat_item *it = add_item(&bo, w, e->kind, e->type, e->conn_id, e->frame,
                                             e->off, e->len, e->seq, e->session, e->owner);
-            if (it)
-                set_ids(&bo, w, it, devs, nd);
+            if (!it)
+                continue;
+            set_ids(&bo, w, it, devs, nd);
+            if (e->kind == IT_DELTA) {
+                snprintf(it->stream, sizeof it->stream, "%s", e->stream);
+                it->stream_off = e->stream_off;
+                it->stream_len = e->stream_len;
+            }
         }
     }
     free(devs);

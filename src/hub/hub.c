@@ -43,6 +43,7 @@ const char *const hub_chat_types[CHAT_TYPE_COUNT] = {
     [CHAT_JOIN] = "admin_join",
     [CHAT_LEAVE] = "admin_leave",
     [CHAT_RESUME] = "resume",
+    [CHAT_STOP] = "stop_generation",
 };
 
 const char *const hub_error_codes[ERR_COUNT] = {

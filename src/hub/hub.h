@@ -48,6 +48,7 @@ enum chat_type {
     CHAT_JOIN,
     CHAT_LEAVE,
     CHAT_RESUME,
+    CHAT_STOP,
     CHAT_TYPE_COUNT
 };
 extern const char *const hub_chat_types[CHAT_TYPE_COUNT];

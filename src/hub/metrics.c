@@ -21,7 +21,8 @@
 /* Server-to-client message types counted in chatd_messages_out_total. */
 const char *const chat__out_names[CHAT_OUT_COUNT] = {
     "ack",          "user_message", "admin_message", "typing_indicator", "read",
-    "help_request", "admin_join",   "admin_leave",   "resumed",          "error",
+    "help_request", "admin_join",   "admin_leave",   "resumed",          "ai_response",
+    "loading",      "error",
 };
 
 uint8_t chat__out_index(const char *type)

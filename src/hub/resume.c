@@ -182,6 +182,10 @@ static void resume_pump(struct resume_job *j)
         resume_finish(j);
         return;
     }
+    /* An answer streaming now: what the connection lacks of it, before
+     * `resumed` (a reloaded page shows it at once). */
+    if (st)
+        chat__stream_catch_up(cl->hub->router, cl, st, NULL, true);
     int64_t last_seq = j->sess.last_seq;
     if (st && seqset_max(&st->sent) > last_seq)
         last_seq = seqset_max(&st->sent);

@@ -49,8 +49,15 @@ void wire_event_write(struct jw *w, const struct wire_event *e)
     jw_key(w, "content");
     jw_str(w, e->content, e->content_len);
     jw_kstr(w, "timestamp", ts);
-    if (e->client_id && *e->client_id)
+    if (strcmp(e->type, "ai_response") == 0) {
+        /* An answer's client id is the stream it was streamed as. */
+        if (e->client_id && *e->client_id)
+            jw_kstr(w, "stream_id", e->client_id);
+        jw_key(w, "done");
+        jw_bool(w, true);
+    } else if (e->client_id && *e->client_id) {
         jw_kstr(w, "id", e->client_id);
+    }
     if (e->metadata) {
         /* Stored as the compact JSON object it was checked to be. */
         jw_key(w, "metadata");

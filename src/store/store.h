@@ -129,6 +129,7 @@ struct store_req {
     int64_t seq;                    /* APPEND: the event's; other ops: the session's last */
     int64_t ts_ms;
     char owner[STORE_MAX_USER + 1]; /* the session's owner */
+    char model[65];                 /* the session's model ("" when none was set) */
 };
 
 /* A stored event as read back. Strings are owned by the event. */

@@ -69,7 +69,7 @@ _Static_assert(sizeof migrations / sizeof migrations[0] == 1, "update SCHEMA_VER
 
 /* The writer's statements, prepared once at open (see internal.h). */
 static const char *const stmt_sql[S_COUNT] = {
-    [S_SESSION_GET] = "SELECT owner, last_seq FROM sessions WHERE id = ?1",
+    [S_SESSION_GET] = "SELECT owner, last_seq, model FROM sessions WHERE id = ?1",
     [S_SESSION_BY_ORIGIN] = "SELECT id FROM sessions WHERE owner = ?1 AND origin_client_id = ?2",
     [S_SESSION_INSERT] = "INSERT INTO sessions (id, owner, created_at, updated_at, origin_client_id)"
                          " VALUES (?1, ?2, ?3, ?3, ?4)",

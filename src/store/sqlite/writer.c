@@ -52,6 +52,8 @@ static int load_session(struct store_sqlite *s, struct store_req *r, int64_t *la
         const char *owner = (const char *)sqlite3_column_text(st, 0);
         snprintf(r->owner, sizeof r->owner, "%s", owner ? owner : "");
         *last_seq = sqlite3_column_int64(st, 1);
+        const char *model = (const char *)sqlite3_column_text(st, 2);
+        snprintf(r->model, sizeof r->model, "%s", model ? model : "");
         sqlite3_reset(st);
         if (!r->any_session && strcmp(r->owner, r->user) != 0)
             return 0;

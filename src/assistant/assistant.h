@@ -1,0 +1,172 @@
+/*
+ * assistant: chatd's AI assistant. It answers the user messages of a
+ * session with one streamed request to the session's model, hands every
+ * piece of the answer to the hub as it comes, and at the end hands over the
+ * whole answer to be stored.
+ *
+ * The rules it keeps:
+ *   - One answer at a time per session (a "slot"). A message that is asked
+ *     about while one runs marks the slot pending; when the running answer
+ *     has been stored, one more answer starts and reads the history as it
+ *     is then, so it answers every message that came meanwhile.
+ *   - Takeover: while an admin connection has joined the session
+ *     (assistant_hold), nothing starts there, and a pending answer is
+ *     dropped. An answer already streaming when an admin joins finishes.
+ *   - At most max_streams answers run at once in all sessions; past it
+ *     assistant_ask refuses at once (-EBUSY), nothing queues behind the cap.
+ *   - Every answer ends exactly once, through hooks->finished, whatever
+ *     ended it: complete, stopped (assistant_stop), cut by the provider,
+ *     timed out, too long, or cut by shutdown. Whatever text had streamed
+ *     is handed over to be stored (partial when it did not complete).
+ *
+ * The path of one answer (threads in brackets):
+ *   1. assistant_ask [the storage writer, from the hub's batch callback]
+ *      takes the slot and queues a job for the assistant's own thread;
+ *   2. [assistant thread] reads the session's recent history from the store
+ *      (a blocking read, never on a worker), builds the provider request
+ *      (provider.h) and submits it to the HTTP client (net/http_client.h);
+ *   3. [HTTP client thread] parses the event stream (http/sse.h), appends
+ *      each delta to the answer's stream (stream.h) and then calls
+ *      hooks->delta, in that order, which is what lets a connection that
+ *      comes mid-answer catch up exactly (stream.h);
+ *   4. [HTTP client thread] at the end: hooks->failed when it failed, then
+ *      hooks->finished with the text; the hub stores it and calls
+ *      assistant_stored once the write is committed or refused, which frees
+ *      the slot and starts a pending answer.
+ *
+ * Locks: `lock` (struct assistant, private) guards the slot table, the
+ * job queue and the counts; it is never held while a hook or the HTTP
+ * client or the store is called. A stream has its own lock (stream.h).
+ * Ownership: the assistant owns its slots, answers and thread; the store
+ * and HTTP client are borrowed and must outlive it.
+ */
+#ifndef CHATD_ASSISTANT_ASSISTANT_H
+#define CHATD_ASSISTANT_ASSISTANT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "assistant/stream.h"
+#include "conf/config.h"
+#include "net/http_client.h"
+#include "store/store.h"
+
+struct assistant;
+
+/* What an answer came to, for hooks->finished (strings borrowed for the
+ * call). */
+struct asst_result {
+    const char *session, *owner;
+    const char *stream_id;
+    const struct conf_model *model;
+    const char *text; /* the answer (whole, or what had streamed) */
+    size_t len;       /* 0: nothing streamed: nothing to store */
+    bool partial;     /* it did not complete */
+    const char *stop_reason; /* the provider's ("stop", "end_turn", "max_tokens"),
+                              * or chatd's: "stopped", "error", "timeout",
+                              * "too_long", "shutdown" */
+    uint64_t input_tokens, output_tokens;
+    bool tokens_estimated; /* the provider gave no usage: estimated from bytes */
+};
+
+/* An error to tell the session about (hooks->failed). */
+enum asst_error { ASST_ERR_PROVIDER = 0, ASST_ERR_TIMEOUT };
+
+/* How the assistant reaches up to the hub (it calls up only through these).
+ * All are called without the assistant's lock held. */
+struct assistant_hooks {
+    /* An answer starts (the session gets `loading`). Called inside
+     * assistant_ask, on its caller's thread. */
+    void (*started)(void *app, const char *session, const char *owner);
+    /* A piece of the answer: len bytes at offset off of stream s, already
+     * appended to s. HTTP client thread. */
+    void (*delta)(void *app, struct asst_stream *s, const char *owner, uint64_t off,
+                  const char *text, size_t len);
+    /* The answer failed: tell the session. stream_id "" when none had
+     * started streaming; retry_after_ms < 0: none. Any assistant thread. */
+    void (*failed)(void *app, const char *session, const char *owner, const char *stream_id,
+                   enum asst_error kind, const char *message, bool recoverable,
+                   int64_t retry_after_ms);
+    /* The answer ended. With r->len > 0 the hub stores it and returns 0,
+     * then calls assistant_stored when the write is done; any other return
+     * (or r->len == 0, where the hook just returns) means nothing will be
+     * stored, and the assistant frees the slot itself. Any assistant
+     * thread. */
+    int (*finished)(void *app, const struct asst_result *r);
+    void *app;
+};
+
+struct assistant_options {
+    const struct conf_model *models; /* borrowed, read-only: the configured models */
+    unsigned nmodels;
+    unsigned default_model;          /* index into models */
+    unsigned first_byte_timeout_ms;  /* to the first delta */
+    unsigned total_timeout_ms;       /* to the end of the answer */
+    unsigned max_streams;            /* answers running at once (cap) */
+    unsigned context_messages;       /* history sent with a request, at most */
+    size_t context_bytes;
+    size_t max_answer_bytes;         /* longer answers are cut there (partial) */
+    unsigned per_user_per_min;       /* answers one user may ask for a minute (0: no
+                                        limit), in bursts of up to a quarter
+                                        of it (at least 10, at most all of it) */
+};
+
+/* Is there a model with a provider among these (else the assistant is off
+ * and need not be made)? */
+bool assistant_configured(const struct conf_model *models, unsigned n);
+
+/* Make the assistant and start its thread. Main thread. 0, -ENOMEM, or
+ * -EIO (the thread could not start). */
+int assistant_new(struct assistant **out, const struct assistant_options *opt,
+                  const struct assistant_hooks *hooks, struct store *store,
+                  struct http_client *http);
+
+/*
+ * Ask for an answer in session (owned by owner) with model model_id ("":
+ * the default; an unknown id or a model without a provider: the default).
+ * Called by the storage writer once the user's message is committed. 0: an
+ * answer starts (hooks->started has been called); 1: one is running, this
+ * one will follow it; -EPERM: an admin holds the session (takeover);
+ * -EDQUOT: the owner has used their budget (per_user_per_min);
+ * -EBUSY: max_streams answers run already; both with *retry_after_ms set;
+ * -ENOENT: the model has no provider; -ESHUTDOWN: closing; -ENOMEM.
+ * Nothing queues behind a refusal: the message stays unanswered.
+ */
+int assistant_ask(struct assistant *a, const char *session, const char *owner,
+                  const char *model_id, int64_t *retry_after_ms);
+
+/* The admin connection conn_id joined (true) or left (false) the session;
+ * idempotent per connection. Storage writer thread (in commit order). */
+void assistant_hold(struct assistant *a, const char *session, uint64_t conn_id, bool joined);
+
+/* Stop the session's running answer (stop_generation): its partial text is
+ * stored. true when one was running. Any thread. */
+bool assistant_stop(struct assistant *a, const char *session);
+
+/* The answer of stream_id in session has been stored (or refused): its slot
+ * is free, and a pending answer starts unless an admin holds the session.
+ * Storage writer thread. */
+void assistant_stored(struct assistant *a, const char *session, const char *stream_id);
+
+/* The session's answer while it streams, with a reference (release with
+ * asst_stream_unref), or NULL when none streams. Any thread. */
+struct asst_stream *assistant_stream(struct assistant *a, const char *session);
+
+/* For /metrics. Any thread. */
+struct assistant_stats {
+    uint64_t started, completed, partial, failed, timeouts, refused_busy;
+    uint64_t input_tokens, output_tokens, deltas;
+    unsigned running;
+};
+void assistant_get_stats(struct assistant *a, struct assistant_stats *out);
+
+/* Stop starting answers and end the thread (queued jobs that had not yet
+ * asked the provider end with nothing to store). Then the owner frees the
+ * HTTP client, which ends every running answer (they are handed over as
+ * partial, with stop reason "shutdown"), then closes the store (which
+ * stores them), then calls assistant_free. Main thread. */
+void assistant_shutdown(struct assistant *a);
+void assistant_free(struct assistant *a);
+
+#endif

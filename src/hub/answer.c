@@ -1,0 +1,262 @@
+/*
+ * DESIGN: the assistant's side of chat. The assistant (assistant/) decides
+ * when to answer and streams; this file gives it its voice on the wire and
+ * its place in storage, through the hooks it calls up with:
+ *
+ *   started   -> `loading` to the session's participants (bus, IT_RELAY);
+ *   delta     -> `ai_response` {stream_id, offset, delta, done:false}, framed
+ *                once and published (IT_DELTA); each worker then plans it
+ *                per connection (chat__stream_catch_up and asst_plan), so a
+ *                connection that came mid-answer first gets everything so
+ *                far at offset 0, and no byte twice;
+ *   failed    -> `error` assistant_error / assistant_timeout, with the
+ *                session and stream, to the session's participants;
+ *   finished  -> the answer as a stored event (STORE_APPEND, sender ai, the
+ *                stream id as its client id, tokens in its metadata); the
+ *                writer's batch callback frames it as the final
+ *                `ai_response` (done:true, seq) and calls assistant_stored.
+ *
+ * And the other way: chat__assistant_ops runs, on the writer thread and in
+ * commit order, what a batch asks of the assistant (answer this message,
+ * an admin joined or left, an answer is stored), after the batch's events
+ * are published, so `loading` follows the message it answers.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hub/chat_int.h"
+#include "hub/wire.h"
+#include "net/conn.h"
+#include "util/jw.h"
+#include "util/log.h"
+#include "ws/frame.h"
+
+/* Publish one frame (taking it) to the session's participants. */
+static void publish(struct chat *ch, uint8_t kind, const char *type, const char *session,
+                    const char *owner, struct jw *w, const char *stream, uint64_t soff,
+                    uint32_t slen)
+{
+    struct bus_event e;
+    memset(&e, 0, sizeof e);
+    e.kind = kind;
+    e.type = chat__out_index(type);
+    snprintf(e.session, sizeof e.session, "%s", session);
+    snprintf(e.owner, sizeof e.owner, "%s", owner);
+    if (stream)
+        snprintf(e.stream, sizeof e.stream, "%s", stream);
+    e.stream_off = soff;
+    e.stream_len = slen;
+    e.frame = wire_frame_jw(w, &e.off, &e.len);
+    if (!e.frame)
+        return;
+    if (bus_publish(ch->bus, &e, 1) != 0)
+        log_warn("bus_publish_failed", "events=1 type=%s", type);
+    sbuf_unref(e.frame);
+}
+
+/* `{"type":"ai_response","session_id",..,"stream_id",..,"offset":N,
+ * "delta":..,"done":false}` into w (initialised by the caller). */
+static void write_piece(struct jw *w, const char *session, const char *stream, uint64_t off,
+                        const char *text, size_t len)
+{
+    jw_open(w);
+    jw_kstr(w, "type", "ai_response");
+    jw_kstr(w, "session_id", session);
+    jw_kstr(w, "stream_id", stream);
+    jw_kint(w, "offset", (int64_t)off);
+    jw_key(w, "delta");
+    jw_str(w, text, len);
+    jw_key(w, "done");
+    jw_bool(w, false);
+    jw_close(w);
+}
+
+/* The error that tells a session its answer failed or was refused. */
+static void publish_error(struct chat *ch, const char *session, const char *owner,
+                          enum chat_error code, const char *stream, const char *message,
+                          bool recoverable, int64_t retry_after_ms)
+{
+    hub_count_error(ch->hub, code);
+    struct jw w;
+    jw_init(&w, 256, WS_MAX_HEADER);
+    jw_open(&w);
+    jw_kstr(&w, "type", "error");
+    jw_kstr(&w, "code", hub_error_codes[code]);
+    jw_kstr(&w, "message", message);
+    jw_key(&w, "recoverable");
+    jw_bool(&w, recoverable);
+    if (retry_after_ms >= 0)
+        jw_kint(&w, "retry_after", retry_after_ms);
+    jw_kstr(&w, "session_id", session);
+    if (stream && *stream)
+        jw_kstr(&w, "stream_id", stream);
+    jw_close(&w);
+    publish(ch, IT_RELAY, "error", session, owner, &w, NULL, 0, 0);
+}
+
+static void hook_started(void *app, const char *session, const char *owner)
+{
+    struct chat *ch = app;
+    struct jw w;
+    jw_init(&w, 96, WS_MAX_HEADER);
+    jw_open(&w);
+    jw_kstr(&w, "type", "loading");
+    jw_kstr(&w, "session_id", session);
+    jw_close(&w);
+    publish(ch, IT_RELAY, "loading", session, owner, &w, NULL, 0, 0);
+}
+
+static void hook_delta(void *app, struct asst_stream *s, const char *owner, uint64_t off,
+                       const char *text, size_t len)
+{
+    struct chat *ch = app;
+    struct jw w;
+    jw_init(&w, len + 160, WS_MAX_HEADER);
+    write_piece(&w, s->session, s->id, off, text, len);
+    publish(ch, IT_DELTA, "ai_response", s->session, owner, &w, s->id, off, (uint32_t)len);
+}
+
+static void hook_failed(void *app, const char *session, const char *owner, const char *stream_id,
+                        enum asst_error kind, const char *message, bool recoverable,
+                        int64_t retry_after_ms)
+{
+    publish_error(app, session, owner,
+                  kind == ASST_ERR_TIMEOUT ? ERR_ASSISTANT_TIMEOUT : ERR_ASSISTANT_ERROR, stream_id,
+                  message, recoverable, retry_after_ms);
+}
+
+static int hook_finished(void *app, const struct asst_result *a)
+{
+    struct chat *ch = app;
+    if (a->len == 0)
+        return 0;
+    struct store_req *r = calloc(1, sizeof *r);
+    if (!r)
+        return -ENOMEM;
+    r->op = STORE_APPEND;
+    r->kind = KIND_AI_ANSWER;
+    r->any_session = true;
+    snprintf(r->session_id, sizeof r->session_id, "%s", a->session);
+    snprintf(r->user, sizeof r->user, "%s", a->model->id);
+    snprintf(r->sender_type, sizeof r->sender_type, "ai");
+    snprintf(r->client_id, sizeof r->client_id, "%s", a->stream_id);
+    r->sender_name = strdup(a->model->name ? a->model->name : a->model->id);
+    r->content = malloc(a->len + 1);
+    json_t *meta = json_pack("{s:s, s:I, s:I, s:b, s:b, s:s}", "model", a->model->id,
+                             "input_tokens", (json_int_t)a->input_tokens, "output_tokens",
+                             (json_int_t)a->output_tokens, "tokens_estimated",
+                             a->tokens_estimated, "partial", a->partial, "stop_reason",
+                             a->stop_reason);
+    r->metadata = meta ? json_dumps(meta, JSON_COMPACT) : NULL;
+    json_decref(meta);
+    if (!r->sender_name || !r->content || !r->metadata) {
+        store_req_free(r);
+        return -ENOMEM;
+    }
+    memcpy(r->content, a->text, a->len);
+    r->content[a->len] = '\0';
+    r->content_len = a->len;
+    int rc = store_submit(ch->store, r);
+    if (rc != 0) {
+        struct log_quoted qs;
+        log_warn("assistant_answer_lost", "session=%s bytes=%zu reason=\"storage is closing\"",
+                 log_quotes(&qs, a->session), a->len);
+        store_req_free(r);
+    }
+    return rc;
+}
+
+const struct assistant_hooks chat__assistant_hooks = {
+    .started = hook_started,
+    .delta = hook_delta,
+    .failed = hook_failed,
+    .finished = hook_finished,
+};
+
+void chat__assistant_ops(struct chat *ch, const struct chat_asst_op *ops, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const struct chat_asst_op *op = &ops[i];
+        switch (op->what) {
+        case ASST_OP_ASK: {
+            int64_t retry = -1;
+            int rc = assistant_ask(ch->asst, op->session, op->user, op->model, &retry);
+            if (rc == -EDQUOT)
+                publish_error(ch, op->session, op->user, ERR_RATE_LIMITED, NULL,
+                              "too many questions to the assistant: this message is stored "
+                              "but not answered; ask again later",
+                              true, retry);
+            else if (rc == -EBUSY)
+                publish_error(ch, op->session, op->user, ERR_UNAVAILABLE, NULL,
+                              "the assistant is answering too many sessions at once: this "
+                              "message is stored but not answered; ask again shortly",
+                              true, retry);
+            else if (rc == -ENOMEM)
+                publish_error(ch, op->session, op->user, ERR_INTERNAL, NULL,
+                              "out of memory: this message is stored but not answered", false,
+                              -1);
+            break;
+        }
+        case ASST_OP_HOLD:
+        case ASST_OP_UNHOLD:
+            assistant_hold(ch->asst, op->session, op->conn_id, op->what == ASST_OP_HOLD);
+            break;
+        case ASST_OP_STORE_FAILED:
+            publish_error(ch, op->session, op->user, ERR_ASSISTANT_ERROR, op->stream,
+                          "the answer could not be stored; ask again later", true, 5000);
+            assistant_stored(ch->asst, op->session, op->stream);
+            break;
+        case ASST_OP_STORED:
+            assistant_stored(ch->asst, op->session, op->stream);
+            break;
+        }
+    }
+}
+
+/* Send cl text[from..len) of stream id at offset from. */
+static void send_piece(struct client *cl, const char *session, const char *id, size_t from,
+                       const char *text, size_t len)
+{
+    struct jw w;
+    jw_init(&w, len - from + 160, WS_MAX_HEADER);
+    write_piece(&w, session, id, from, text + from, len - from);
+    uint32_t off, flen;
+    struct sbuf *f = wire_frame_jw(&w, &off, &flen);
+    if (!f)
+        return;
+    if (conn_send_shared(cl->conn, f, off, flen) == 0)
+        chat__count_out(cl, chat__out_index("ai_response"));
+    sbuf_unref(f);
+}
+
+void chat__stream_catch_up(struct chat *ch, struct client *cl, struct sess_state *st,
+                           const char *stream_id, bool only_live)
+{
+    assert(worker_current() == cl->conn->w);
+    if (!ch->asst)
+        return;
+    struct asst_stream *s = assistant_stream(ch->asst, st->id);
+    if (!s)
+        return; /* ended and stored: the stored answer is (or will be) sent */
+    if (stream_id && strcmp(s->id, stream_id) != 0) {
+        asst_stream_unref(s);
+        return; /* a later answer already: this one's stored event comes */
+    }
+    if (strcmp(st->stream, s->id) != 0) {
+        snprintf(st->stream, sizeof st->stream, "%s", s->id);
+        st->stream_sent = -1;
+    }
+    size_t len;
+    enum asst_stream_state state;
+    char *text = asst_stream_snapshot(s, &len, &state);
+    size_t from = st->stream_sent < 0 ? 0 : (size_t)st->stream_sent;
+    if (text && (state == ASST_STREAMING || !only_live) && (len > from || st->stream_sent < 0)) {
+        send_piece(cl, st->id, s->id, from, text, len);
+        st->stream_sent = (int64_t)len;
+    }
+    free(text);
+    asst_stream_unref(s);
+}
