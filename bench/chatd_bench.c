@@ -133,7 +133,8 @@ static const char usage[] =
     "           loop: handshakes/s and handshake latency\n"
     "  assistant --users connections (one user each) each send one user_message in a new\n"
     "           session at once and wait for the assistant's answer: ai_response deltas/s,\n"
-    "           server CPU per delta, answers completed and time to the last one; every\n"
+    "           server CPU per delta, answers completed and time to the last one, answers\n"
+    "           streaming at once (first delta to end) at the peak; every\n"
     "           answer is checked (deltas placed by offset == final content == the text\n"
     "           chatd-fake-provider streamed, when --answer-bytes is given)\n"
     "\n"
@@ -734,6 +735,7 @@ static uint32_t g_total;            /* connections (slots in connect mode) */
 static uint32_t g_nsrc = 1;         /* loopback source addresses to spread over */
 static struct ask *g_asks;          /* assistant: per connection index */
 static _Atomic uint32_t g_answered; /* assistant: questions whose answer ended (or failed) */
+static _Atomic uint32_t g_streaming, g_streaming_peak; /* assistant: answers between first delta and end */
 
 static int phase_now(void)
 {
@@ -1134,6 +1136,8 @@ static void send_question(struct conn *c)
 
 static void ask_end(struct worker *w, struct ask *a)
 {
+    if (a->deltas > 0)
+        atomic_fetch_sub_explicit(&g_streaming, 1, memory_order_relaxed);
     a->state = ASK_ENDED;
     w->a_last_ns = now_ns();
     atomic_fetch_add_explicit(&g_answered, 1, memory_order_release);
@@ -1201,8 +1205,13 @@ static void on_ai_response(struct conn *c, const struct jtop *t)
         }
         if (off == 0 && a->deltas > 0)
             w->a_snapshots++;
-        if (a->deltas++ == 0)
+        if (a->deltas++ == 0) {
             hist_add(&w->h_main, now - a->t_sent);
+            uint32_t cur = atomic_fetch_add_explicit(&g_streaming, 1, memory_order_relaxed) + 1;
+            uint32_t peak = atomic_load_explicit(&g_streaming_peak, memory_order_relaxed);
+            while (cur > peak && !atomic_compare_exchange_weak(&g_streaming_peak, &peak, cur)) {
+            }
+        }
         w->a_deltas++;
         w->ops++;
         w->a_delta_bytes += (uint64_t)dl;
@@ -2320,6 +2329,7 @@ int main(int argc, char **argv)
         json_object_set_new(j, "answers_partial", json_integer((json_int_t)asum.a_partial));
         json_object_set_new(j, "answers_deltas_differ", json_integer((json_int_t)asum.a_mismatch));
         json_object_set_new(j, "answers_text_differs", json_integer((json_int_t)asum.a_unexpected));
+        json_object_set_new(j, "answers_streaming_peak", json_integer(atomic_load(&g_streaming_peak)));
         json_object_set_new(j, "time_to_last_answer_s",
                             json_real(r3(asum.a_last_ns > t0 ? (double)(asum.a_last_ns - t0) / 1e9 : 0)));
         json_object_set_new(j, "deltas", json_integer((json_int_t)asum.a_deltas));
@@ -2409,9 +2419,9 @@ int main(int argc, char **argv)
                 (rss_after - rss_before) * 1024 / (long)ready);
     if (o.mode == M_ASSISTANT) {
         fprintf(human, "; %" PRIu64 " questions, %" PRIu64 " answers (%" PRIu64 " ok, %" PRIu64 " failed, %" PRIu64
-                       " partial), last at %.3f s",
+                       " partial), last at %.3f s, at most %u streaming at once",
                 asum.a_sent, asum.a_done, asum.a_ok, asum.a_failed, asum.a_partial,
-                asum.a_last_ns > t0 ? (double)(asum.a_last_ns - t0) / 1e9 : 0.0);
+                asum.a_last_ns > t0 ? (double)(asum.a_last_ns - t0) / 1e9 : 0.0, atomic_load(&g_streaming_peak));
         if (asum.a_mismatch || asum.a_unexpected || asum.a_gaps || asum.a_dup_bytes || asum.a_wrong_session ||
             asum.a_wrong_stream || asum.a_late || asum.a_snapshots)
             fprintf(human,

@@ -274,9 +274,9 @@ for r in rows:
     if r["mode"] == "fanout" and r.get("server_cpu_us_per_msg"):
         notes.append("%d deliv/msg, %.0f us/msg" % (r["deliveries_per_msg"], r["server_cpu_us_per_msg"]))
     if r["mode"] == "assistant":
-        notes.append("%d/%d answers ok, last at %.2f s, %.0f deltas of %.1f B each" % (
+        notes.append("%d/%d answers ok, last at %.2f s, %.0f deltas of %.1f B each, at most %d at once" % (
             r["answers_ok"], r["questions"], r["time_to_last_answer_s"], r["deltas_per_answer"],
-            r["delta_bytes"] / r["deltas"] if r["deltas"] else 0))
+            r["delta_bytes"] / r["deltas"] if r["deltas"] else 0, r.get("answers_streaming_peak", 0)))
         if r.get("server_cpu_us_per_answer"):
             notes.append("%.0f us/answer" % r["server_cpu_us_per_answer"])
         if r.get("server_rss_kb_peak", -1) > 0:
