@@ -134,7 +134,7 @@ static const char usage[] =
     "  assistant --users connections (one user each) each send one user_message in a new\n"
     "           session at once and wait for the assistant's answer: ai_response deltas/s,\n"
     "           server CPU per delta, answers completed and time to the last one, answers\n"
-    "           streaming at once (first delta to end) at the peak; every\n"
+    "           streaming at once (first to last delta) at the peak; every\n"
     "           answer is checked (deltas placed by offset == final content == the text\n"
     "           chatd-fake-provider streamed, when --answer-bytes is given)\n"
     "\n"
@@ -717,6 +717,8 @@ struct ask {
     char stream_id[30];
     uint64_t seed;             /* written in the question; names the provider's text */
     uint64_t t_sent;
+    uint64_t t_first, t_last;  /* first and last delta received */
+    uint64_t t_final;          /* the final answer received */
 };
 
 static _Atomic int g_phase = PH_SETUP;
@@ -735,7 +737,6 @@ static uint32_t g_total;            /* connections (slots in connect mode) */
 static uint32_t g_nsrc = 1;         /* loopback source addresses to spread over */
 static struct ask *g_asks;          /* assistant: per connection index */
 static _Atomic uint32_t g_answered; /* assistant: questions whose answer ended (or failed) */
-static _Atomic uint32_t g_streaming, g_streaming_peak; /* assistant: answers between first delta and end */
 
 static int phase_now(void)
 {
@@ -1136,8 +1137,6 @@ static void send_question(struct conn *c)
 
 static void ask_end(struct worker *w, struct ask *a)
 {
-    if (a->deltas > 0)
-        atomic_fetch_sub_explicit(&g_streaming, 1, memory_order_relaxed);
     a->state = ASK_ENDED;
     w->a_last_ns = now_ns();
     atomic_fetch_add_explicit(&g_answered, 1, memory_order_release);
@@ -1207,11 +1206,9 @@ static void on_ai_response(struct conn *c, const struct jtop *t)
             w->a_snapshots++;
         if (a->deltas++ == 0) {
             hist_add(&w->h_main, now - a->t_sent);
-            uint32_t cur = atomic_fetch_add_explicit(&g_streaming, 1, memory_order_relaxed) + 1;
-            uint32_t peak = atomic_load_explicit(&g_streaming_peak, memory_order_relaxed);
-            while (cur > peak && !atomic_compare_exchange_weak(&g_streaming_peak, &peak, cur)) {
-            }
+            a->t_first = now;
         }
+        a->t_last = now;
         w->a_deltas++;
         w->ops++;
         w->a_delta_bytes += (uint64_t)dl;
@@ -1235,6 +1232,7 @@ static void on_ai_response(struct conn *c, const struct jtop *t)
     w->a_partial += partial;
     w->a_ok += same && expected && !partial;
     hist_add(&w->h_aux, now - a->t_sent);
+    a->t_final = now;
     ask_end(w, a);
 }
 
@@ -2052,6 +2050,44 @@ static void ask_totals(struct worker *a)
     }
 }
 
+static int cmp_u64(const void *x, const void *y)
+{
+    uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
+    return a < b ? -1 : a > b;
+}
+
+/* The most answers that streamed at once (between their first and last
+ * delta), and into lag the time from each answer's last delta to its
+ * final event (which chatd sends once the answer is stored). */
+static uint32_t ask_overlap(struct hist *lag)
+{
+    uint64_t *ev = malloc(2 * (size_t)g_total * sizeof *ev);
+    if (ev == NULL)
+        return 0;
+    size_t n = 0;
+    for (uint32_t i = 0; i < g_total; i++) {
+        const struct ask *a = &g_asks[i];
+        if (a->deltas == 0)
+            continue;
+        /* starts sort before ends at the same instant: low bit 0 = start */
+        ev[n++] = a->t_first << 1;
+        ev[n++] = a->t_last << 1 | 1;
+        if (a->t_final > a->t_last)
+            hist_add(lag, a->t_final - a->t_last);
+    }
+    qsort(ev, n, sizeof *ev, cmp_u64);
+    uint32_t cur = 0, peak = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (ev[i] & 1) {
+            cur--;
+        } else if (++cur > peak) {
+            peak = cur;
+        }
+    }
+    free(ev);
+    return peak;
+}
+
 static double r1(double v)
 {
     return (double)(long long)(v * 10 + (v >= 0 ? 0.5 : -0.5)) / 10;
@@ -2256,6 +2292,10 @@ int main(int argc, char **argv)
     double secs = (double)(t1 - t0) / 1e9;
     struct worker asum;
     ask_totals(&asum);
+    struct hist *hlag = calloc(1, sizeof *hlag);
+    if (hlag == NULL)
+        return 1;
+    uint32_t streaming_peak = o.mode == M_ASSISTANT ? ask_overlap(hlag) : 0;
     if (o.mode == M_ASSISTANT && asum.a_last_ns > t0)
         secs = (double)(asum.a_last_ns - t0) / 1e9;   /* to the end of the last answer */
     if (o.mode == M_IDLE) {
@@ -2329,7 +2369,7 @@ int main(int argc, char **argv)
         json_object_set_new(j, "answers_partial", json_integer((json_int_t)asum.a_partial));
         json_object_set_new(j, "answers_deltas_differ", json_integer((json_int_t)asum.a_mismatch));
         json_object_set_new(j, "answers_text_differs", json_integer((json_int_t)asum.a_unexpected));
-        json_object_set_new(j, "answers_streaming_peak", json_integer(atomic_load(&g_streaming_peak)));
+        json_object_set_new(j, "answers_streaming_peak", json_integer(streaming_peak));
         json_object_set_new(j, "time_to_last_answer_s",
                             json_real(r3(asum.a_last_ns > t0 ? (double)(asum.a_last_ns - t0) / 1e9 : 0)));
         json_object_set_new(j, "deltas", json_integer((json_int_t)asum.a_deltas));
@@ -2353,6 +2393,7 @@ int main(int argc, char **argv)
         json_object_set_new(j, "error_codes", ec);
         set_lat(j, "latency", hm);   /* question -> first delta */
         set_lat(j, "answer", ha);    /* question -> final answer */
+        set_lat(j, "final_lag", hlag); /* last delta -> final answer */
     } else {
         set_lat(j, "latency", hm);
     }
@@ -2421,7 +2462,7 @@ int main(int argc, char **argv)
         fprintf(human, "; %" PRIu64 " questions, %" PRIu64 " answers (%" PRIu64 " ok, %" PRIu64 " failed, %" PRIu64
                        " partial), last at %.3f s, at most %u streaming at once",
                 asum.a_sent, asum.a_done, asum.a_ok, asum.a_failed, asum.a_partial,
-                asum.a_last_ns > t0 ? (double)(asum.a_last_ns - t0) / 1e9 : 0.0, atomic_load(&g_streaming_peak));
+                asum.a_last_ns > t0 ? (double)(asum.a_last_ns - t0) / 1e9 : 0.0, streaming_peak);
         if (asum.a_mismatch || asum.a_unexpected || asum.a_gaps || asum.a_dup_bytes || asum.a_wrong_session ||
             asum.a_wrong_stream || asum.a_late || asum.a_snapshots)
             fprintf(human,
@@ -2449,6 +2490,7 @@ int main(int argc, char **argv)
     json_decref(j);
     free(hm);
     free(ha);
+    free(hlag);
     release_all(roles);
     return 0;
 }

@@ -277,6 +277,9 @@ for r in rows:
         notes.append("%d/%d answers ok, last at %.2f s, %.0f deltas of %.1f B each, at most %d at once" % (
             r["answers_ok"], r["questions"], r["time_to_last_answer_s"], r["deltas_per_answer"],
             r["delta_bytes"] / r["deltas"] if r["deltas"] else 0, r.get("answers_streaming_peak", 0)))
+        if r.get("final_lag_p50_us"):
+            notes.append("final %.0f/%.0f ms after the last delta (p50/p99)" % (
+                r["final_lag_p50_us"] / 1e3, r["final_lag_p99_us"] / 1e3))
         if r.get("server_cpu_us_per_answer"):
             notes.append("%.0f us/answer" % r["server_cpu_us_per_answer"])
         if r.get("server_rss_kb_peak", -1) > 0:
