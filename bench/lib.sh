@@ -126,7 +126,10 @@ assistant_run() {
         start_provider fake-provider "$FAKE_PROVIDER" --answer-bytes "$ASSISTANT_ANSWER" \
             --delta-bytes "$ASSISTANT_DELTA" --interval-ms "$interval" || return 0
     fi
-    if ! start_chatd "chatd-assistant" --model "fake=openai:http://127.0.0.1:$PROV_PORT/v1,name=Fake" \
+    # A key, as a real provider needs: chatd sends it, tests/fake_provider.py
+    # wants the header (and accepts any key), chatd-fake-provider ignores it.
+    if ! BENCH_PROVIDER_KEY=bench-provider-key start_chatd "chatd-assistant" \
+        --model "fake=openai:http://127.0.0.1:$PROV_PORT/v1,name=Fake,key-env=BENCH_PROVIDER_KEY" \
         --assistant-max-streams $((ASSISTANT_USERS * 2)); then
         printf '{"mode":"assistant","label":"%s","error":"chatd did not start"}\n' "$label" >>"$results"
         stop_provider
