@@ -43,7 +43,6 @@ struct main_state {
     struct chat *chat;
     struct store *store;
     struct bus *bus;
-    struct http_client *http;     /* for the assistant; NULL without models */
     struct assistant *assistant;  /* NULL without a model with a provider */
     uv_signal_t sigterm, sigint;
     uv_timer_t poll, deadline, gc;
@@ -85,6 +84,9 @@ static void on_signal(uv_signal_t *s, int signum)
     }
     st->stopping = true;
     uv_timer_stop(&st->gc);
+    /* Answers still streaming end now, each stored as partial while the
+     * store and the connections are still there to take it. */
+    assistant_shutdown(st->assistant);
     log_info("shutdown_begin", "signal=%s open_connections=%llu timeout_s=%u",
              signum == SIGTERM ? "SIGTERM" : "SIGINT",
              (unsigned long long)atomic_load(&st->srv.stats.conns_open),
@@ -220,19 +222,6 @@ static int start_assistant(struct main_state *st, const struct config *cfg, char
 {
     if (!assistant_configured(cfg->models, cfg->nmodels))
         return 0;
-    struct http_client_options ho = {
-        .ca_file = cfg->ca_file,
-        /* Each answer is one request; a few more for what is being cancelled. */
-        .max_requests = cfg->assistant_max_streams + 64,
-    };
-    int rc = http_client_new(&st->http, &ho);
-    if (rc != 0) {
-        snprintf(err, errlen, "cannot start the assistant's HTTP client: %s%s%s", strerror(-rc),
-                 cfg->ca_file ? " (--ca-file " : "", cfg->ca_file ? cfg->ca_file : "");
-        if (cfg->ca_file)
-            strncat(err, ")", errlen - strlen(err) - 1);
-        return rc;
-    }
     struct assistant_options ao = {
         .models = cfg->models,
         .nmodels = cfg->nmodels,
@@ -244,11 +233,16 @@ static int start_assistant(struct main_state *st, const struct config *cfg, char
         .context_bytes = cfg->assistant_context_bytes,
         .max_answer_bytes = (size_t)cfg->assistant_max_answer_bytes,
         .per_user_per_min = cfg->assistant_rate_limit,
+        .ca_file = cfg->ca_file,
     };
     struct assistant_hooks hooks = *chat_assistant_hooks();
     hooks.app = st->chat;
-    if ((rc = assistant_new(&st->assistant, &ao, &hooks, st->store, st->http)) != 0) {
-        snprintf(err, errlen, "cannot start the assistant: %s", strerror(-rc));
+    int rc = assistant_new(&st->assistant, &ao, &hooks, st->store);
+    if (rc != 0) {
+        if (cfg->ca_file && (rc == -ENOENT || rc == -EACCES))
+            snprintf(err, errlen, "--ca-file: cannot read '%s': %s", cfg->ca_file, strerror(-rc));
+        else
+            snprintf(err, errlen, "cannot start the assistant: %s", strerror(-rc));
         return rc;
     }
     chat_set_assistant(st->chat, st->assistant);
@@ -370,14 +364,14 @@ int main(int argc, char **argv)
     uv_run(loop, UV_RUN_DEFAULT);
 
     server_join(&st.srv);
-    /* The assistant stops starting answers; freeing its HTTP client ends
+    /* (Done at the signal already; again for a loop that ended otherwise.)
+     * The assistant stops starting answers; freeing its HTTP client ends
      * the answers still streaming, each handed to the store as partial.
      * The worker threads are gone but their inboxes still exist: the writer
      * finishes the requests still queued (those answers too) and posts
      * their results there, where they are dropped. Only then may the
      * workers be freed. */
     assistant_shutdown(st.assistant);
-    http_client_free(st.http);
     if (st.store)
         store_close(st.store);
     assistant_free(st.assistant);

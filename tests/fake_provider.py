@@ -642,6 +642,7 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # a handler stuck writing to a client must not stop the exit
     allow_reuse_address = True
+    request_queue_size = 1024  # hundreds of streams may connect at once
 
 
 def main(argv=None):

@@ -5,7 +5,9 @@
  * joining it (admin_join) brings its live events and lets support reply
  * (admin_message) until admin_leave. Several sessions may be joined at once;
  * after a reconnect each is joined again and resumed from the last event
- * held, before any reply waiting in the outbox is resent.
+ * held, before any reply waiting in the outbox is resent. In a joined
+ * session the assistant's answers show as they stream, and support may stop
+ * one (stop_generation).
  */
 'use strict';
 
@@ -55,6 +57,7 @@
   const pane = new C.ConversationPane({
     current, token: () => token, me: () => me, render: renderConversation, renderTyping, putPending,
   });
+  const bar = new C.AssistantBar(() => stopAnswer(current()));
   let counter = 0;
   let timers = [];
   let unseen = 0;
@@ -62,7 +65,7 @@
   const typingOut = new C.TypingSender(() => client, TYPING_IDLE_MS);
 
   function newView(id) {
-    return {
+    const V = {
       id,
       tl: new C.Timeline(),
       loading: null,
@@ -75,6 +78,8 @@
       busy: false, /* a join or leave is on its way */
       unread: 0,
     };
+    C.answers.init(V); /* streams, answering, stopping, ... */
+    return V;
   }
 
   function info(id) {
@@ -157,6 +162,7 @@
       if (live !== undefined) badges.append(C.el('span', { class: 'badge badge--alert' }, 'Asking for help now'));
       else if (s.help_requested) badges.append(C.el('span', { class: 'badge badge--help' }, 'Help requested'));
       if (V && V.joined) badges.append(C.el('span', { class: 'badge badge--support' }, 'Joined'));
+      if (V && V.answering) badges.append(C.el('span', { class: 'badge badge--answering' }, 'Assistant answering'));
       if (V && V.unread) badges.append(C.el('span', { class: 'badge badge--unread' }, V.unread + ' new'));
       const btn = C.el('button', {
         type: 'button', class: 'session', dataset: { sessionId: id },
@@ -234,6 +240,7 @@
       ui.join.hidden = true;
       ui.leave.hidden = true;
       setComposer(false);
+      renderAssistant();
       return;
     }
     const s = info(V.id);
@@ -251,6 +258,14 @@
     ui.join.disabled = V.busy;
     ui.leave.disabled = V.busy;
     setComposer(V.joined);
+    renderAssistant();
+  }
+
+  // The assistant's line: shown in a joined session while it answers, with
+  // Stop.
+  function renderAssistant() {
+    const V = current();
+    bar.render(V && V.joined ? V : null, true);
   }
 
   function setComposer(on) {
@@ -278,6 +293,12 @@
       V.pending.delete(ev.id);
       if (selected === V.id) pane.list.remove(p.key);
     }
+    if (ev.type === 'ai_response') {
+      // The stored answer takes the place of its stream.
+      const st = C.answers.final(V, ev);
+      if (st) pane.removeStream(V, st);
+      if (selected === V.id) renderAssistant();
+    }
     if (!V.tl.add(ev)) return;
     const s = infos.get(V.id);
     if (s) {
@@ -295,10 +316,10 @@
     renderList();
   }
 
-  function addSystem(V, text, kind) {
-    const s = { key: [V.tl.last, ++counter], text, kind };
+  function addSystem(V, text, kind, code) {
+    const s = { key: [V.tl.last, ++counter], text, kind, code };
     V.system.push(s);
-    if (selected === V.id) pane.add(s.key, C.systemNode(text, kind), true);
+    if (selected === V.id) pane.add(s.key, C.systemNode(text, kind, code), true);
   }
 
   function bumpTitle() {
@@ -331,6 +352,7 @@
     }, (err) => {
       V.busy = false;
       V.joined = false;
+      dropStreams(V, C.answers.clear(V));
       if (err.code !== 'stopped') {
         C.notify('Could not join ' + V.id + ': ' + err.message, { kind: 'error' });
       }
@@ -345,6 +367,8 @@
     client.request({ type: 'admin_leave', session_id: V.id }).then(() => {
       V.busy = false;
       V.joined = false;
+      // Its answers no longer arrive here.
+      dropStreams(V, C.answers.clear(V));
       addSystem(V, 'You left the conversation.', 'leave');
       if (selected === V.id) renderHeader();
       renderList();
@@ -420,6 +444,75 @@
     pane.showTyping(current());
   }
 
+  // ---- the assistant's answers --------------------------------------------------------
+
+  // ai_response with done:false in a joined session: placed by offset.
+  function onPiece(ev) {
+    const V = views.get(ev.session_id);
+    if (!V || !V.joined || typeof ev.stream_id !== 'string' || !ev.stream_id) return;
+    const was = V.answering;
+    const { st, change } = C.answers.piece(V, ev, () => [Number.MAX_SAFE_INTEGER, ++counter]);
+    if (change.kind === 'gap' && !st.gapAsked && client && V.tl.loaded) {
+      // Cannot happen by the protocol; a resume brings everything so far.
+      st.gapAsked = true;
+      client.resume(V.id, V.tl.high);
+    }
+    pane.streamChanged(V, st, change);
+    if (selected === V.id) renderAssistant();
+    if (!was) renderList();
+  }
+
+  function onLoading(ev) {
+    const V = views.get(ev.session_id);
+    if (!V || !V.joined) return;
+    C.answers.loading(V);
+    if (selected === V.id) renderAssistant();
+    renderList();
+  }
+
+  // Streams gone without their stored answer.
+  function dropStreams(V, gone) {
+    for (const st of gone) pane.removeStream(V, st);
+    if (selected === V.id) renderAssistant();
+  }
+
+  // The answer of V has ended without its stored event (yet): streams with
+  // no text go, those with text are shown interrupted until it comes.
+  function endAnswer(V) {
+    dropStreams(V, C.answers.ended(V));
+    pane.redrawStreams(V);
+  }
+
+  // An error about a joined session as a whole: its answer failed or could
+  // not start (see the chat page's onError).
+  function onError(msg, sentType) {
+    const assistant = msg.code === 'assistant_error' || msg.code === 'assistant_timeout';
+    const refused = msg.code === 'rate_limited' || msg.code === 'unavailable';
+    if (sentType || !msg.session_id || !(assistant || refused)) return false;
+    const V = views.get(msg.session_id);
+    if (!V) return false;
+    const text = C.assistantErrorText(msg, true);
+    endAnswer(V);
+    addSystem(V, text, 'error', msg.code);
+    renderList();
+    return true;
+  }
+
+  function stopAnswer(V) {
+    if (!V || !V.joined || !V.answering || V.stopping || !client) return;
+    V.stopping = true;
+    renderAssistant();
+    client.request({ type: 'stop_generation', session_id: V.id }).then((ack) => {
+      if (!V.stopping) return; /* the answer ended meanwhile */
+      if (ack.stopped === false || !C.answers.hasText(V)) endAnswer(V);
+      renderList();
+    }, (err) => {
+      V.stopping = false;
+      if (err.code !== 'stopped') C.notify('The answer could not be stopped: ' + err.message, { kind: 'error' });
+      if (selected === V.id) renderAssistant();
+    });
+  }
+
   // ---- events --------------------------------------------------------------------------
 
   function onHelp(ev) {
@@ -447,10 +540,19 @@
 
   function onEvent(ev) {
     switch (ev.type) {
+      case 'notification': {
+        // assistant_done: the answer ended with nothing stored.
+        const V = views.get(ev.session_id);
+        if (V) endAnswer(V);
+        return;
+      }
       case 'user_message':
       case 'admin_message':
       case 'ai_response': {
-        if (ev.type === 'ai_response' && ev.done === false) return; /* the final one is stored */
+        if (ev.type === 'ai_response' && ev.done === false) {
+          onPiece(ev);
+          return;
+        }
         const V = views.get(ev.session_id);
         if (V) addEvent(V, ev, true);
         else if (infos.has(ev.session_id)) {
@@ -482,9 +584,17 @@
         if (selected === V.id) renderHeader();
         break;
       }
+      case 'loading':
+        onLoading(ev);
+        break;
       case 'resumed': {
         const s = infos.get(ev.session_id);
         if (s && Number.isSafeInteger(ev.last_seq)) s.last_seq = Math.max(s.last_seq || 0, ev.last_seq);
+        const V = views.get(ev.session_id);
+        if (V) {
+          dropStreams(V, C.answers.resumed(V));
+          renderList();
+        }
         break;
       }
       default:
@@ -500,6 +610,11 @@
     if (!(status.roles || []).includes('admin')) {
       showNotAdmin(status.name + ' (' + status.user_id + ')');
       return null;
+    }
+    // An answer that streamed comes again (from offset 0) with the resume
+    // after each join, before `resumed`.
+    for (const V of views.values()) {
+      if (V.joined && reconnect) C.answers.stale(V);
     }
     const rejoins = Array.from(views.values()).filter((V) => V.joined).map((V) => join(V, true));
     if (reconnect) loadSessions();
@@ -541,7 +656,7 @@
       return null;
     }
     ui.notAdmin.hidden = true;
-    client = C.pageClient(token, onConnected, onEvent, () => typingOut.stop());
+    client = C.pageClient(token, onConnected, onEvent, () => typingOut.stop(), onError);
     renderConversation();
     loadSessions();
     loadOnline();

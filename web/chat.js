@@ -2,7 +2,10 @@
  * chat.js: the chat page (chat.html). The user's conversations in a side
  * list, the selected one's messages (history over the HTTP API, then live
  * events over the shared Chatd.Client), the composer, typing indicators,
- * read markers, "talk to a human" and the model selector.
+ * read markers, "talk to a human", the model selector, and the assistant:
+ * its answers shown as they stream, the line saying that it is answering
+ * with the Stop button, its errors, and the banner while a person from
+ * support has taken the conversation over.
  *
  * Each conversation is an object S (see newSession) keyed by session id.
  * The conversation being written before it exists ("new conversation") is
@@ -31,6 +34,7 @@
     title: $('conv-title'),
     sub: $('conv-sub'),
     help: $('help'),
+    takeover: $('takeover'),
     modelField: $('model-field'),
     model: $('model-select'),
     composer: $('composer'),
@@ -45,8 +49,9 @@
   let draft = null;
   const pane = new C.ConversationPane({
     current, token: () => token, me: () => me, render: renderConversation, renderTyping,
-    putPending, putStream,
+    putPending,
   });
+  const bar = new C.AssistantBar(() => stopAnswer(current()));
   let listItems = new Map(); /* session id -> <li> */
   let counter = 0; /* minor keys of system lines, pending and streams */
   let firstList = true;
@@ -60,22 +65,22 @@
   }
 
   function newSession(id, info) {
-    return {
+    const S = {
       id,
       info: Object.assign({ id, owner: me ? me.user_id : '', created_at: '', updated_at: '',
         last_seq: 0, help_requested: false, model: null }, info || {}),
       tl: new C.Timeline(),
       loading: null,
       loadError: null,
-      system: [], /* {key, text, kind} */
-      streams: new Map(), /* stream_id -> {key, sender, buf, len, timestamp} */
+      system: [], /* {key, text, kind, code} */
       pending: new Map(), /* client id -> pending message */
       typing: new Map(), /* sender key -> {label, timer} */
       admins: new Map(), /* admins that joined: id -> name */
       read: null, /* highest seq read on any of this user's devices, as known here */
       sentRead: 0,
-      aiBusy: false,
     };
+    C.answers.init(S); /* streams, answering, stopping, ... */
+    return S;
   }
 
   function ensureSession(id, info) {
@@ -203,6 +208,7 @@
     if (unread) badges.append(C.el('span', { class: 'badge badge--unread' }, unread + ' new'));
     if (S.info.help_requested) badges.append(C.el('span', { class: 'badge badge--help' }, 'Help requested'));
     if (S.admins.size) badges.append(C.el('span', { class: 'badge badge--support' }, 'Support here'));
+    if (S.answering) badges.append(C.el('span', { class: 'badge badge--answering' }, 'Answering…'));
     btn.replaceChildren(
       C.el('span', { class: 'session__title' }, sessionTitle(S)),
       C.el('time', { class: 'session__time', datetime: S.info.updated_at || '' },
@@ -312,7 +318,24 @@
     }
     ui.help.disabled = !S;
     ui.help.textContent = S && S.info.help_requested ? 'Ask a human again' : 'Talk to a human';
+    renderTakeover();
     renderModel();
+  }
+
+  // While a person from support has joined, the assistant does not answer:
+  // the banner says who took the conversation over.
+  function renderTakeover() {
+    const S = current();
+    const names = S ? Array.from(S.admins.values()) : [];
+    ui.takeover.hidden = names.length === 0;
+    if (!names.length) return;
+    const text = 'A person from support has taken over this conversation (' + names.join(', ') +
+      '). The assistant will not answer until they leave.';
+    if (ui.takeover.textContent !== text) ui.takeover.textContent = text;
+  }
+
+  function renderAssistant() {
+    bar.render(current(), true);
   }
 
   function renderModel() {
@@ -331,6 +354,7 @@
     const S = current();
     pane.list.clear();
     renderHeader();
+    renderAssistant();
     if (!S) {
       for (const p of draft.pending.values()) putPending(null, p);
       pane.earlier.hidden = true;
@@ -362,12 +386,11 @@
       if (selected === S.id) pane.list.remove(pendingKeyOf(ev.id));
     }
     if (ev.type === 'ai_response') {
-      S.aiBusy = false;
-      if (ev.stream_id && S.streams.has(ev.stream_id)) {
-        const st = S.streams.get(ev.stream_id);
-        S.streams.delete(ev.stream_id);
-        if (selected === S.id) pane.list.remove(st.key);
-      }
+      // The stored answer takes the place of its stream.
+      const st = C.answers.final(S, ev);
+      if (st) pane.removeStream(S, st);
+      if (selected === S.id) renderAssistant();
+      scheduleList();
     }
     if (!S.tl.add(ev)) return;
     S.info.last_seq = Math.max(S.info.last_seq || 0, ev.seq);
@@ -391,10 +414,10 @@
     return pendingKeys.get(id) || [Infinity, -1];
   }
 
-  function addSystem(S, text, kind) {
-    const s = { key: [S.tl.last, ++counter], text, kind };
+  function addSystem(S, text, kind, code) {
+    const s = { key: [S.tl.last, ++counter], text, kind, code };
     S.system.push(s);
-    if (selected === S.id) pane.add(s.key, C.systemNode(text, kind), false);
+    if (selected === S.id) pane.add(s.key, C.systemNode(text, kind, code), false);
   }
 
   // ---- sending --------------------------------------------------------------------
@@ -535,59 +558,107 @@
   }
 
   function renderTyping() {
-    const S = current();
-    pane.showTyping(S, S && S.aiBusy ? 'The assistant is working…' : '');
+    pane.showTyping(current());
   }
 
-  // ---- streaming answers (ai_response with done:false) ------------------------------
+  // ---- the assistant's answers ------------------------------------------------------
 
-  function onStream(ev) {
+  // How a streaming answer of S is labelled until its stored event names
+  // the model: the session's model when this page knows it.
+  function answerSender(S) {
+    const id = S.info.model || '';
+    const m = id && me.models.find((x) => x.id === id);
+    return { type: 'ai', id, name: m ? m.name || m.id : '' };
+  }
+
+  // ai_response with done:false: a piece of the answer, placed by offset.
+  function onPiece(ev) {
+    if (typeof ev.stream_id !== 'string' || !ev.stream_id) return;
     const S = ensureSession(ev.session_id);
-    S.aiBusy = false;
-    let st = S.streams.get(ev.stream_id);
-    if (!st) {
-      st = { key: [Number.MAX_SAFE_INTEGER, ++counter], sender: ev.sender || { type: 'ai', id: 'ai' },
-        buf: new Uint8Array(256), len: 0, timestamp: ev.timestamp };
-      S.streams.set(ev.stream_id, st);
+    const was = S.answering;
+    const { st, change } = C.answers.piece(S, ev, () => [Number.MAX_SAFE_INTEGER, ++counter],
+      answerSender(S));
+    if (change.kind === 'gap' && !st.gapAsked && client && S.tl.loaded) {
+      // Cannot happen by the protocol; a resume brings everything so far.
+      st.gapAsked = true;
+      client.resume(S.id, S.tl.high);
     }
-    // offset is the byte offset of delta in the answer: place it there (an
-    // answer already partly held is overwritten, never repeated).
-    const bytes = new TextEncoder().encode(ev.delta || '');
-    const off = Number(ev.offset) || 0;
-    if (off > st.len) return; /* a gap: the protocol says it cannot happen */
-    const need = off + bytes.length;
-    if (need > st.buf.length) {
-      const grown = new Uint8Array(Math.max(need, st.buf.length * 2));
-      grown.set(st.buf.subarray(0, st.len));
-      st.buf = grown;
-    }
-    st.buf.set(bytes, off);
-    st.len = Math.max(st.len, need);
-    if (selected === S.id) {
-      pane.add(st.key, streamNode(st), false);
-      renderTyping();
-    }
+    pane.streamChanged(S, st, change);
+    if (selected === S.id) renderAssistant();
+    if (!was) scheduleList();
   }
 
-  function streamNode(st) {
-    const text = new TextDecoder().decode(st.buf.subarray(0, st.len));
-    return C.messageNode({ stream: { sender: st.sender, content: text, timestamp: st.timestamp } }, me);
+  function onLoading(ev) {
+    const S = ensureSession(ev.session_id);
+    C.answers.loading(S);
+    if (selected === S.id) renderAssistant();
+    scheduleList();
   }
 
-  function putStream(S, st) {
-    pane.list.put(st.key, streamNode(st));
+  // Streams gone without their stored answer (an error, a stop that found
+  // nothing, a reconnect that did not bring them back).
+  function dropStreams(S, gone) {
+    for (const st of gone) pane.removeStream(S, st);
+    if (selected === S.id) renderAssistant();
+    scheduleList();
+  }
+
+  // The answer of S has ended without its stored event (yet): streams with
+  // no text go, those with text are shown interrupted until it comes.
+  function endAnswer(S) {
+    dropStreams(S, C.answers.ended(S));
+    pane.redrawStreams(S);
+  }
+
+  // An error about a session as a whole, not answering one of this page's
+  // messages (those with an ack are answered through the outbox, the others
+  // are named by sentType): the assistant failed, or could not start an
+  // answer (the user's assistant budget, or too many answers at once).
+  function onError(msg, sentType) {
+    const assistant = msg.code === 'assistant_error' || msg.code === 'assistant_timeout';
+    const refused = msg.code === 'rate_limited' || msg.code === 'unavailable';
+    if (sentType || !msg.session_id || !(assistant || refused)) return false;
+    const S = sessions.get(msg.session_id);
+    if (!S) return false;
+    const text = C.assistantErrorText(msg);
+    endAnswer(S);
+    addSystem(S, text, 'error', msg.code);
+    if (selected !== S.id) C.notify(sessionTitle(S) + ': ' + text, { kind: 'error', code: msg.code });
+    return true;
+  }
+
+  function stopAnswer(S) {
+    if (!S || !S.answering || S.stopping || !client) return;
+    S.stopping = true;
+    renderAssistant();
+    client.request({ type: 'stop_generation', session_id: S.id }).then((ack) => {
+      if (!S.stopping) return; /* the answer ended meanwhile */
+      // stopped:false, nothing was running; stopped with nothing streamed:
+      // no stored answer follows.
+      if (ack.stopped === false || !C.answers.hasText(S)) endAnswer(S);
+    }, (err) => {
+      S.stopping = false;
+      if (err.code !== 'stopped') C.notify('The answer could not be stopped: ' + err.message, { kind: 'error' });
+      if (selected === S.id) renderAssistant();
+    });
   }
 
   // ---- events from the server --------------------------------------------------------
 
   function onEvent(ev) {
     switch (ev.type) {
+      case 'notification': {
+        // assistant_done: the answer ended with nothing stored.
+        const S = sessions.get(ev.session_id);
+        if (S) endAnswer(S);
+        return;
+      }
       case 'user_message':
       case 'admin_message':
       case 'ai_response':
         if (!ev.session_id) return;
         if (ev.type === 'ai_response' && ev.done === false) {
-          onStream(ev);
+          onPiece(ev);
           return;
         }
         addEvent(ensureSession(ev.session_id, {
@@ -619,18 +690,14 @@
         scheduleList();
         break;
       }
-      case 'loading': {
-        const S = sessions.get(ev.session_id);
-        if (!S) return;
-        S.aiBusy = true;
-        if (selected === S.id) renderTyping();
+      case 'loading':
+        if (ev.session_id) onLoading(ev);
         break;
-      }
       case 'resumed': {
         const S = sessions.get(ev.session_id);
-        if (S && Number.isSafeInteger(ev.last_seq)) {
-          S.info.last_seq = Math.max(S.info.last_seq || 0, ev.last_seq);
-        }
+        if (!S) return;
+        if (Number.isSafeInteger(ev.last_seq)) S.info.last_seq = Math.max(S.info.last_seq || 0, ev.last_seq);
+        dropStreams(S, C.answers.resumed(S));
         break;
       }
       default:
@@ -642,9 +709,12 @@
     me = { user_id: status.user_id, name: status.name, selfType: 'user',
       models: Array.isArray(status.models) ? status.models : [] };
     renderModel();
-    // Every event after the last one held, for each conversation held.
+    // Every event after the last one held, for each conversation held. An
+    // answer that streamed comes again (from offset 0) before `resumed`.
     for (const S of sessions.values()) {
+      if (reconnect) C.answers.stale(S);
       if (S.tl.loaded) client.resume(S.id, S.tl.high);
+      else if (reconnect) dropStreams(S, C.answers.resumed(S));
       S.sentRead = 0;
     }
     if (reconnect) loadSessions();
@@ -662,7 +732,7 @@
     selected = null;
     draft = newDraft();
     firstList = true;
-    client = C.pageClient(token, onConnected, onEvent, stopTyping);
+    client = C.pageClient(token, onConnected, onEvent, stopTyping, onError);
     renderConversation();
     loadSessions();
     return client;

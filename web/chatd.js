@@ -12,7 +12,11 @@
  *  - Chatd.OrderedList: a DOM list kept in key order (events, system lines,
  *    pending messages);
  *  - Chatd.ConversationPane: the pane both pages show one conversation in
- *    (history loading, the message list, "load earlier", typing line);
+ *    (history loading, the message list, "load earlier", typing line,
+ *    the assistant's answers while they stream);
+ *  - Chatd.StreamText, Chatd.answers, Chatd.AssistantBar: the assistant's
+ *    answers placed by byte offset as they stream, its state per
+ *    conversation (answering, stopping) and the line with the Stop button;
  *  - small DOM, formatting and notice helpers.
  *
  * Plain browser JavaScript, no build step. The page is served under a strict
@@ -29,6 +33,7 @@
    * server closes sooner keeps backing off, so a refusal loop stays slow. */
   const STABLE_MS = 10000;
   const MAX_AUTO_RETRIES = 8;
+  const SENT_TYPES_KEPT = 256;
 
   // ---- storage and tokens ---------------------------------------------------
 
@@ -178,8 +183,10 @@
    *               so only reconnectNow() does
    *   stopped     stop() was called
    * Events: 'status' (connection_status), 'event' (any chat event),
-   * 'notification', 'error' (errors not answering an outbox message),
-   * 'ack', 'auth' ({reason}), 'state'.
+   * 'notification', 'error' (errors not answering an outbox message; the
+   * handler's second argument is the type of the message sent with send()
+   * that it answers, undefined when it answers none of them), 'ack',
+   * 'auth' ({reason}), 'state'.
    */
   class Client {
     constructor(opts) {
@@ -197,6 +204,10 @@
       this.stopped = false;
       /* id -> {msg, resolve, reject, onRetry, tries, sentGen, timer, prelude} */
       this.outbox = new Map();
+      /* id -> type of the last messages sent without an ack (send()), so
+       * that an error answering one of them is told from one about a
+       * session as a whole (the assistant's) */
+      this.sentTypes = new Map();
       this._wake = this._wake.bind(this);
       global.addEventListener('online', this._wake);
       document.addEventListener('visibilitychange', () => {
@@ -210,10 +221,10 @@
       return this;
     }
 
-    emit(type, data) {
+    emit(type, data, extra) {
       for (const fn of this.handlers.get(type) || []) {
         try {
-          fn(data);
+          fn(data, extra);
         } catch (e) {
           console.error('chatd: ' + type + ' handler failed', e);
         }
@@ -404,11 +415,14 @@
         case 'error': {
           const o = msg.id ? this.outbox.get(msg.id) : null;
           if (o) this._outboxError(o, msg);
-          else this.emit('error', msg);
+          else this.emit('error', msg, msg.id ? this.sentTypes.get(msg.id) : undefined);
           break;
         }
         case 'notification':
-          this.emit('notification', msg);
+          // About one session's answer (it ended with nothing to show):
+          // the page's event handler, not a notice for the person.
+          if (msg.code === 'assistant_done' && msg.session_id) this.emit('event', msg);
+          else this.emit('notification', msg);
           break;
         default:
           this.emit('event', msg);
@@ -503,6 +517,10 @@
       if (this.state !== 'open' && this.state !== 'preparing') return false;
       if (!msg.id) msg.id = newId();
       this.ws.send(JSON.stringify(msg));
+      this.sentTypes.set(msg.id, msg.type);
+      if (this.sentTypes.size > SENT_TYPES_KEPT) {
+        this.sentTypes.delete(this.sentTypes.keys().next().value);
+      }
       return true;
     }
 
@@ -801,8 +819,11 @@
 
   /*
    * One message as an <li>: an event ({ev}), a pending message ({pending}),
-   * or a streaming answer ({stream}). data-state: sent, pending, retrying,
-   * failed, streaming. actions: [{label, onClick}] shown under a message
+   * or a streaming answer ({stream}: sender, content, timestamp,
+   * stream_id, ended). data-state: sent, pending, retrying, failed,
+   * streaming.
+   * An answer that was cut short (metadata.partial) is marked so, with
+   * data-partial="true". actions: [{label, onClick}] shown under a message
    * that failed.
    */
   function messageNode(item, me) {
@@ -824,14 +845,25 @@
     else if (state === 'pending') stateText = 'Sending…';
     else if (state === 'retrying') stateText = item.pending.note || 'Waiting to retry…';
     else if (state === 'failed') stateText = 'Not sent: ' + (item.pending.error || 'error');
-    else if (state === 'streaming') stateText = 'Writing…';
+    else if (state === 'streaming') stateText = item.stream.ended ? 'Interrupted' : 'Writing…';
+    if (state === 'streaming' && item.stream.ended) cls.push('msg--interrupted');
     if (stateText) meta.append(' ', el('span', { class: 'msg__state' }, stateText));
+    const partial = !!item.ev && !!ev.metadata && ev.metadata.partial === true;
+    if (partial) {
+      cls.push('msg--partial');
+      meta.append(' ', el('span', {
+        class: 'msg__partial',
+        title: ev.metadata.stop_reason ? 'Ended: ' + ev.metadata.stop_reason : null,
+      }, partialText(ev.metadata.stop_reason)));
+    }
     const li = el('li', {
       class: cls.join(' '),
       dataset: { state },
     }, meta, el('div', { class: 'msg__body' }, ev.content || ''));
     if (item.ev) li.dataset.seq = String(ev.seq);
     if (ev.id) li.dataset.id = ev.id;
+    if (ev.stream_id) li.dataset.streamId = ev.stream_id;
+    if (partial) li.dataset.partial = 'true';
     if (state === 'failed' && item.actions) {
       const bar = el('div', { class: 'msg__actions' });
       for (const a of item.actions) {
@@ -844,8 +876,23 @@
     return li;
   }
 
-  function systemNode(text, kind) {
-    return el('li', { class: 'sysline' + (kind ? ' sysline--' + kind : ''), dataset: { state: 'system' } },
+  // The mark of an answer cut short, from its metadata.stop_reason.
+  function partialText(reason) {
+    const r = String(reason || '');
+    if (/stop|cancel|abort/i.test(r)) return 'Partial answer: stopped';
+    if (/time/i.test(r)) return 'Partial answer: timed out';
+    if (/error|fail/i.test(r)) return 'Partial answer: interrupted by an error';
+    if (/restart|shutdown/i.test(r)) return 'Partial answer: interrupted by a restart';
+    if (/long|length|max/i.test(r)) return 'Partial answer: too long';
+    return 'Partial answer';
+  }
+
+  // A line about the conversation (joined, left, help asked, an error);
+  // `code` (an error code) goes to data-code.
+  function systemNode(text, kind, code) {
+    const dataset = { state: 'system' };
+    if (code) dataset.code = code;
+    return el('li', { class: 'sysline' + (kind ? ' sysline--' + kind : ''), dataset },
       el('span', {}, text));
   }
 
@@ -895,6 +942,239 @@
       ', retrying in ' + Math.ceil(delay / 1000) + ' s';
   }
 
+  // ---- the assistant's answers ----------------------------------------------
+
+  const utf8Encoder = new TextEncoder();
+  const utf8Decoder = new TextDecoder();
+
+  /*
+   * StreamText: the text of one answer while it streams. Each piece comes
+   * with its byte offset (UTF-8) in the answer, and place() puts it there:
+   * a piece at offset 0 replaces the text held (a device that connects or
+   * resumes mid-answer gets everything so far that way), a piece starting
+   * before the end is trimmed to what is new, so no byte is repeated, and a
+   * piece past the end (a gap) is not placed. Returns what changed:
+   *   {kind: 'replace'}         the text is now the piece
+   *   {kind: 'append', added}   `added` (a string) was added at the end
+   *   {kind: 'none'}            nothing new
+   *   {kind: 'gap'}             not placed: bytes before it are missing
+   * `gen` counts the replacements (a view that shows gen's text can follow
+   * by appending `added`).
+   */
+  class StreamText {
+    constructor() {
+      this.text = '';
+      this.bytes = 0;
+      this.gen = 0;
+    }
+
+    place(offset, delta) {
+      const piece = typeof delta === 'string' ? delta : '';
+      const off = Number.isSafeInteger(offset) && offset >= 0 ? offset : this.bytes;
+      if (!piece) return { kind: 'none' };
+      const enc = utf8Encoder.encode(piece);
+      if (off === 0) {
+        this.text = piece;
+        this.bytes = enc.length;
+        this.gen++;
+        return { kind: 'replace' };
+      }
+      if (off > this.bytes) return { kind: 'gap' };
+      const skip = this.bytes - off;
+      if (skip >= enc.length) return { kind: 'none' };
+      const added = skip ? utf8Decoder.decode(enc.subarray(skip)) : piece;
+      this.text += added;
+      this.bytes += enc.length - skip;
+      return { kind: 'append', added };
+    }
+  }
+
+  /*
+   * The assistant's state in one conversation X, kept on X by these
+   * functions from the events (both pages use them):
+   *   X.streams     Map: stream id -> st, the answers streaming; st is
+   *                 {id, key, sender, text (StreamText), timestamp, stale,
+   *                 ended (failed: its stored event is on its way)} plus
+   *                 what the pane keeps to draw it
+   *   X.answering   from `loading` (or a first piece) until the final
+   *                 ai_response, an error for the session, or a stop that
+   *                 found nothing running
+   *   X.answerFrom  the last seq held when it started: a stored answer at
+   *                 or below it (a replayed older one) does not end it
+   *   X.stopping    a stop_generation was sent and the answer has not ended
+   *   X.answerStale the connection was lost while answering: cleared by a
+   *                 piece or `loading`, or ended by `resumed` (the server
+   *                 sends a device what streams before `resumed`)
+   */
+  const answers = {
+    init(X) {
+      X.streams = new Map();
+      X.answering = false;
+      X.stopping = false;
+      X.answerStale = false;
+      X.answerFrom = 0;
+    },
+
+    // `loading`: an answer starts.
+    loading(X) {
+      X.answering = true;
+      X.stopping = false;
+      X.answerStale = false;
+      X.answerFrom = X.tl.last;
+    },
+
+    // An ai_response with done:false. newKey() gives a new stream its list
+    // key; sender is shown until the final event names the model. Returns
+    // {st, change} (change as StreamText.place says).
+    piece(X, ev, newKey, sender) {
+      if (!X.answering) X.answerFrom = X.tl.last;
+      X.answering = true;
+      X.answerStale = false;
+      let st = X.streams.get(ev.stream_id);
+      if (!st) {
+        st = {
+          id: ev.stream_id, key: newKey(), sender: ev.sender || sender || { type: 'ai', id: '', name: '' },
+          text: new StreamText(), timestamp: ev.timestamp || new Date().toISOString(), stale: false,
+          ended: false,
+        };
+        X.streams.set(ev.stream_id, st);
+      }
+      st.stale = false;
+      st.ended = false;
+      return { st, change: st.text.place(ev.offset, ev.delta) };
+    },
+
+    // A stored ai_response (with seq), live or replayed: its stream, if
+    // held, is replaced by it (returned; null when none), and the answer
+    // being waited for has ended unless another one streams or it is an
+    // older answer.
+    final(X, ev) {
+      const st = ev.stream_id ? X.streams.get(ev.stream_id) : null;
+      if (st) X.streams.delete(ev.stream_id);
+      const older = !st && Number.isSafeInteger(ev.seq) && ev.seq <= X.answerFrom;
+      let other = false;
+      for (const o of X.streams.values()) if (!o.stale) other = true;
+      if (!older && !other) {
+        X.answering = false;
+        X.stopping = false;
+        X.answerStale = false;
+      }
+      return st || null;
+    },
+
+    // The answer failed or was never started (an error for the session), or
+    // a stop found nothing running. Streams with no text go; one with text
+    // stays, marked ended, until its stored event (which follows) replaces
+    // it. Returns those removed.
+    ended(X) {
+      X.answering = false;
+      X.stopping = false;
+      X.answerStale = false;
+      const gone = [];
+      for (const st of X.streams.values()) {
+        if (!st.text.bytes) gone.push(st);
+        else st.ended = true;
+      }
+      for (const st of gone) X.streams.delete(st.id);
+      return gone;
+    },
+
+    // The connection was lost: what is held may be out of date.
+    stale(X) {
+      X.answerStale = X.answering;
+      for (const st of X.streams.values()) st.stale = true;
+    },
+
+    // `resumed` for X: streams that did not come again have ended while
+    // this page was away (their final events come with the replay).
+    // Returns those removed.
+    resumed(X) {
+      if (X.answerStale) {
+        X.answering = false;
+        X.stopping = false;
+        X.answerStale = false;
+      }
+      const gone = Array.from(X.streams.values()).filter((st) => st.stale);
+      for (const st of gone) X.streams.delete(st.id);
+      return gone;
+    },
+
+    // Nothing of X arrives any more (an admin left it): forget its answers.
+    clear(X) {
+      const gone = Array.from(X.streams.values());
+      answers.init(X);
+      return gone;
+    },
+
+    // Whether any answer of X has text on screen.
+    hasText(X) {
+      for (const st of X.streams.values()) if (st.text.bytes) return true;
+      return false;
+    },
+  };
+
+  // What an error about the assistant in one session says (assistant_error,
+  // assistant_timeout; rate_limited and unavailable when an answer could
+  // not start), with "try again" when it is worth trying again; to support
+  // staff (forSupport) it speaks of the user.
+  function assistantErrorText(msg, forSupport) {
+    let text;
+    switch (msg.code) {
+      case 'assistant_timeout':
+        text = 'The assistant took too long to answer.';
+        break;
+      case 'rate_limited':
+        text = 'The assistant cannot answer now: ' + (forSupport ? 'the user has' : 'you have') +
+          ' asked it a lot in a short time.';
+        break;
+      case 'unavailable':
+        text = 'The assistant is too busy to answer now.';
+        break;
+      default:
+        text = 'The assistant could not answer' + (msg.message ? ': ' + msg.message : '') + '.';
+        text = text.replace(/\.\.$/, '.');
+    }
+    if (msg.recoverable === false) return text + ' Trying again will not help.';
+    const who = forSupport ? ' The user may try again' : ' Please try again';
+    const wait = Number(msg.retry_after);
+    if (wait > 0) return text + who + ' in ' + Math.ceil(wait / 1000) + ' s.';
+    return text + who + '.';
+  }
+
+  /*
+   * AssistantBar: the line under the messages saying that the assistant is
+   * answering (#assistant-bar, #assistant-state), with the Stop button
+   * (#stop) that calls onStop().
+   */
+  class AssistantBar {
+    constructor(onStop) {
+      const $ = (id) => document.getElementById(id);
+      this.bar = $('assistant-bar');
+      this.state = $('assistant-state');
+      this.stop = $('stop');
+      this.stop.addEventListener('click', () => onStop());
+    }
+
+    // Show X's state (null: none); canStop: this reader may stop it.
+    render(X, canStop) {
+      const on = !!X && !!X.answering;
+      this.bar.hidden = !on;
+      if (!on) {
+        this.bar.removeAttribute('data-state');
+        return;
+      }
+      let text;
+      if (X.stopping) text = 'Stopping the answer…';
+      else if (answers.hasText(X)) text = 'The assistant is answering…';
+      else text = 'The assistant is answering: thinking…';
+      if (this.state.textContent !== text) this.state.textContent = text;
+      this.bar.dataset.state = X.stopping ? 'stopping' : 'answering';
+      this.stop.hidden = !canStop;
+      this.stop.disabled = !!X.stopping;
+      this.stop.textContent = X.stopping ? 'Stopping…' : 'Stop';
+    }
+  }
+
   // ---- the conversation pane --------------------------------------------------
 
   const HISTORY_PAGE = 200; /* events read on opening, and per "load earlier" */
@@ -906,9 +1186,9 @@
    * list, kept in .list as an OrderedList) and the #typing line. The page
    * keeps its conversations, each an object X with
    *   id, tl (Timeline), loading (promise or null), loadError (text or null),
-   *   system ([{key, text, kind}]), pending (Map: client id -> message being
-   *   sent), typing (Map: sender key -> {label, timer}), and optionally
-   *   streams (Map: stream id -> streaming answer),
+   *   system ([{key, text, kind, code}]), pending (Map: client id -> message
+   *   being sent), typing (Map: sender key -> {label, timer}), and
+   *   optionally the assistant's answers (see `answers`: X.streams),
    * and gives the pane hooks:
    *   current()         the conversation shown, or null
    *   token()           the page's token now (another one after a sign-out)
@@ -918,8 +1198,8 @@
    *   renderTyping()    redraw the typing line (the page's own, which calls
    *                     showTyping())
    *   putPending(X, p)  draw a pending message (its actions are the page's)
-   *   putStream(X, st)  draw a streaming answer (only with X.streams)
-   * The "load earlier messages" button is handled here.
+   * The "load earlier messages" button is handled here, and so are the
+   * streaming answers (putStream, streamChanged, removeStream).
    */
   class ConversationPane {
     constructor(hooks) {
@@ -976,8 +1256,8 @@
     show(X) {
       const me = this.hooks.me();
       for (const ev of X.tl.list()) this.list.put([ev.seq, 0], messageNode({ ev }, me));
-      for (const s of X.system) this.list.put(s.key, systemNode(s.text, s.kind));
-      if (X.streams) for (const st of X.streams.values()) this.hooks.putStream(X, st);
+      for (const s of X.system) this.list.put(s.key, systemNode(s.text, s.kind, s.code));
+      if (X.streams) for (const st of X.streams.values()) this.putStream(X, st);
       for (const p of X.pending.values()) this.hooks.putPending(X, p);
       this.earlier.hidden = !(X.tl.loaded && X.tl.from > 0);
       const nothing = !X.tl.size && !X.pending.size && !(X.streams && X.streams.size);
@@ -1000,6 +1280,49 @@
       this.list.put(key, node);
       this.empty.hidden = true;
       if (stick || follow) this.scrollToEnd();
+    }
+
+    // Draw the streaming answer st of X (shown) whole.
+    putStream(X, st) {
+      const me = this.hooks.me();
+      const node = messageNode({ stream: { sender: st.sender, content: st.text.text,
+        timestamp: st.timestamp, stream_id: st.id, ended: !!st.ended } }, me);
+      st.node = node;
+      st.body = node.querySelector('.msg__body');
+      st.shownGen = st.text.gen;
+      st.shownLength = st.text.text.length;
+      this.list.put(st.key, node);
+    }
+
+    // st of X changed as `change` (StreamText.place) says: when X is shown,
+    // add the new text to its node (or draw it again after a replacement),
+    // the view following it when it was at the end.
+    streamChanged(X, st, change) {
+      if (!this.shows(X) || change.kind === 'none' || change.kind === 'gap') return;
+      const stick = this.atBottom();
+      const follows = change.kind === 'append' && st.node && st.node.isConnected &&
+        st.shownGen === st.text.gen && st.shownLength + change.added.length === st.text.text.length;
+      if (follows) {
+        st.body.append(change.added);
+        st.shownLength = st.text.text.length;
+      } else {
+        this.putStream(X, st);
+      }
+      this.empty.hidden = true;
+      if (stick) this.scrollToEnd();
+    }
+
+    // Draw the streams of X again (their state changed).
+    redrawStreams(X) {
+      if (!this.shows(X) || !X.streams) return;
+      for (const st of X.streams.values()) this.putStream(X, st);
+    }
+
+    // st of X is gone (ended, or replaced by its stored answer).
+    removeStream(X, st) {
+      if (this.shows(X)) this.list.remove(st.key);
+      st.node = null;
+      st.body = null;
     }
 
     // A typing_indicator event of X, shown under `label` until its sender
@@ -1070,14 +1393,18 @@
 
   /*
    * The Client a page's start() makes: chat events go to onEvent, errors
-   * that answer none of the page's messages become notices, the state is
+   * that answer none of the page's messages go to onError(msg, sentType)
+   * when given, and become notices unless it returns true; the state is
    * kept on <body data-conn>, and onOffline() runs whenever the connection
    * is neither open nor preparing.
    */
-  function pageClient(token, onConnected, onEvent, onOffline) {
+  function pageClient(token, onConnected, onEvent, onOffline, onError) {
     const client = new Client({ token, onConnected });
     client.on('event', onEvent);
-    client.on('error', (msg) => notify(describeError(msg), { kind: 'error', code: msg.code }));
+    client.on('error', (msg, sentType) => {
+      if (onError && onError(msg, sentType)) return;
+      notify(describeError(msg), { kind: 'error', code: msg.code });
+    });
     client.on('state', (s) => {
       document.body.dataset.conn = s.state;
       if (s.state !== 'open' && s.state !== 'preparing') onOffline();
@@ -1260,6 +1587,10 @@
     senderLabel,
     messageNode,
     systemNode,
+    StreamText,
+    answers,
+    assistantErrorText,
+    AssistantBar,
     notify,
     describeError,
     retryNote,

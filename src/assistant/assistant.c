@@ -62,6 +62,7 @@ struct answer {
     /* guarded by a->lock */
     uint64_t req_id;               /* 0 until submitted */
     bool stop_asked;
+    bool ended;                    /* finish() has begun: nothing left to stop */
     /* HTTP client thread only, from submit to on_done */
     struct sse_parser sse;
     bool sse_ready;
@@ -77,6 +78,7 @@ struct answer {
     uint64_t in_tok, out_tok;
     bool usage_seen;
     size_t context_bytes;
+    int64_t reply_to_seq; /* the last event of the history it was asked with */
 };
 
 /* One session the assistant knows of: while it answers, has one pending,
@@ -297,6 +299,10 @@ int assistant_ask(struct assistant *a, const char *session, const char *owner,
         rc = -ENOMEM;
     } else if (s->nholders) {
         rc = -EPERM;
+    } else if (!s->running && a->running >= a->opt.max_streams) {
+        atomic_fetch_add_explicit(&a->st_busy, 1, memory_order_relaxed);
+        *retry_after_ms = 5000;
+        rc = -EBUSY;
     } else if (a->opt.per_user_per_min &&
                (*retry_after_ms = budget_take(a, owner, clock_mono_ms())) > 0) {
         rc = -EDQUOT;
@@ -305,10 +311,6 @@ int assistant_ask(struct assistant *a, const char *session, const char *owner,
         snprintf(s->pending_owner, sizeof s->pending_owner, "%s", owner);
         snprintf(s->pending_model, sizeof s->pending_model, "%s", model_id ? model_id : "");
         rc = 1;
-    } else if (a->running >= a->opt.max_streams) {
-        atomic_fetch_add_explicit(&a->st_busy, 1, memory_order_relaxed);
-        *retry_after_ms = 5000;
-        rc = -EBUSY;
     } else {
         rc = answer_start(a, s, owner, m);
     }
@@ -347,15 +349,18 @@ bool assistant_stop(struct assistant *a, const char *session)
     pthread_mutex_lock(&a->lock);
     struct slot *s = *slot_find(a, session);
     struct answer *x = s ? s->running : NULL;
-    if (x && x->stream->state == ASST_STREAMING && !x->stop_asked) {
+    if (x && !x->ended && !x->stop_asked) {
         x->stop_asked = true;
         s->pending = false; /* stopping means: no more for now */
         id = x->req_id;     /* 0: not submitted yet; the thread sees stop_asked */
         stopped = true;
     }
-    pthread_mutex_unlock(&a->lock);
-    if (id)
+    /* Under the lock: assistant_shutdown frees the client only after it
+     * has set closing under it (then nothing is cancelled here: the
+     * shutdown ends every request itself). */
+    if (id && !a->closing)
         http_client_cancel(a->http, id);
+    pthread_mutex_unlock(&a->lock);
     return stopped;
 }
 
@@ -402,13 +407,15 @@ void assistant_get_stats(struct assistant *a, struct assistant_stats *out)
 
 /* Hand the answer over (hooks->failed first when it failed, then
  * hooks->finished) and release the slot unless the hub stores it. Called
- * once per answer, on the HTTP client thread (on_done) or the assistant
- * thread (never submitted). result/status/error: on_done's. */
+ * once per answer, on the HTTP client thread (on_done, which first flushes
+ * the answer's deltas) or the assistant thread (never submitted: no
+ * delta). result/status/error: on_done's. */
 static void finish(struct answer *x, int result, const char *error)
 {
     struct assistant *a = x->a;
     pthread_mutex_lock(&a->lock);
     bool stop_asked = x->stop_asked, closing = a->closing;
+    x->ended = true;
     pthread_mutex_unlock(&a->lock);
 
     const char *reason = x->stop_reason[0] ? x->stop_reason : "stop";
@@ -497,10 +504,12 @@ static void finish(struct answer *x, int result, const char *error)
         .text = text ? text : "",
         .len = text ? len : 0,
         .partial = partial,
+        .failed = failed,
         .stop_reason = reason,
         .input_tokens = x->in_tok,
         .output_tokens = x->out_tok,
         .tokens_estimated = !x->usage_seen,
+        .reply_to_seq = x->reply_to_seq,
     };
     int rc = a->hooks.finished(a->hooks.app, &r);
     free(text);
@@ -639,6 +648,9 @@ static void on_done(void *arg, uint64_t id, int result, int status, const char *
      * side; those are not failures of the provider. */
     if (x->cause == END_TOO_LONG)
         result = -ECANCELED;
+    /* Its deltas go out before its end does. */
+    if (x->a->hooks.flush)
+        x->a->hooks.flush(x->a->hooks.app);
     finish(x, result, error);
 }
 
@@ -650,10 +662,36 @@ static const struct http_client_callbacks answer_cb = {
 
 /* ---- the assistant thread: history, request ------------------------------- */
 
+/* Where an event falls in the conversation as the model should see it. An
+ * answer is stored when it ends, after any message sent while it streamed,
+ * but it answered what came before it started: it goes right after the
+ * event it replied to (its metadata's reply_to_seq), ahead of those. */
+static int64_t conversation_key(const struct store_event *e)
+{
+    if (strcmp(e->type, "ai_response") == 0 && e->metadata) {
+        const char *p = strstr(e->metadata, "\"reply_to_seq\":");
+        if (p) {
+            long long to = strtoll(p + 15, NULL, 10);
+            if (to > 0 && to < e->seq)
+                return (int64_t)to * 2 + 1;
+        }
+    }
+    return e->seq * 2;
+}
+
+static int by_conversation(const void *pa, const void *pb)
+{
+    const struct store_event *a = pa, *b = pb;
+    int64_t ka = conversation_key(a), kb = conversation_key(b);
+    if (ka != kb)
+        return ka < kb ? -1 : 1;
+    return a->seq < b->seq ? -1 : a->seq > b->seq;
+}
+
 /* The session's recent messages as the model sees them (oldest first),
  * read from storage. Returns the count, with *ev (to free) and *msgs. */
 static int read_context(struct assistant *a, const char *session, struct store_event **ev,
-                        int *nev, struct provider_msg **msgs)
+                        int *nev, struct provider_msg **msgs, int64_t *reply_to)
 {
     *ev = NULL;
     *nev = 0;
@@ -669,6 +707,8 @@ static int read_context(struct assistant *a, const char *session, struct store_e
     if (n <= 0)
         return n;
     *nev = n;
+    *reply_to = (*ev)[n - 1].seq;
+    qsort(*ev, (size_t)n, sizeof **ev, by_conversation);
     struct provider_msg *m = calloc((size_t)n, sizeof *m);
     if (!m) {
         store_events_free(*ev, n);
@@ -698,7 +738,7 @@ static void run_job(struct assistant *a, struct answer *x)
     struct store_event *ev;
     struct provider_msg *msgs;
     int nev;
-    int n = read_context(a, x->session, &ev, &nev, &msgs);
+    int n = read_context(a, x->session, &ev, &nev, &msgs, &x->reply_to_seq);
     int rc = 0;
     char error[160] = "";
     char *body = NULL;
@@ -835,9 +875,16 @@ static void *assistant_main(void *arg)
 
 /* ---- life ----------------------------------------------------------------- */
 
+/* The HTTP client's turn ended: hand on the deltas gathered in it. */
+static void after_turn(void *arg)
+{
+    struct assistant *a = arg;
+    if (a->hooks.flush)
+        a->hooks.flush(a->hooks.app);
+}
+
 int assistant_new(struct assistant **out, const struct assistant_options *opt,
-                  const struct assistant_hooks *hooks, struct store *store,
-                  struct http_client *http)
+                  const struct assistant_hooks *hooks, struct store *store)
 {
     struct assistant *a = calloc(1, sizeof *a);
     if (!a)
@@ -847,17 +894,33 @@ int assistant_new(struct assistant **out, const struct assistant_options *opt,
         a->opt.max_streams = 1;
     a->hooks = *hooks;
     a->store = store;
-    a->http = http;
     a->jobs_tail = &a->jobs;
     a->seed = hash_mix64((uint64_t)clock_wall_ms() ^ (uint64_t)(uintptr_t)a);
     a->budget_seed = hash_mix64(a->seed ^ (uint64_t)clock_mono_ms());
     pthread_mutex_init(&a->lock, NULL);
     pthread_cond_init(&a->cond, NULL);
-    if (pthread_create(&a->thread, NULL, assistant_main, a) != 0) {
+    unsigned conns = a->opt.max_streams + 64;
+    struct http_client_options ho = {
+        .ca_file = opt->ca_file,
+        /* Each answer is one request (a few more for what is being
+         * cancelled), and over HTTP/1.1 one connection: none waits for
+         * another's connection below the cap. */
+        .max_requests = conns,
+        .max_host_connections = conns,
+        .max_total_connections = conns,
+        .after_callbacks = after_turn,
+        .after_arg = a,
+    };
+    int rc = http_client_new(&a->http, &ho);
+    if (rc == 0 && pthread_create(&a->thread, NULL, assistant_main, a) != 0) {
+        http_client_free(a->http);
+        rc = -EIO;
+    }
+    if (rc != 0) {
         pthread_cond_destroy(&a->cond);
         pthread_mutex_destroy(&a->lock);
         free(a);
-        return -EIO;
+        return rc;
     }
     a->thread_started = true;
     *out = a;
@@ -876,6 +939,10 @@ void assistant_shutdown(struct assistant *a)
         pthread_join(a->thread, NULL);
         a->thread_started = false;
     }
+    /* Ends every answer still streaming (on_done: -ECANCELED), each
+     * handed over as partial while the store still takes writes. */
+    http_client_free(a->http);
+    a->http = NULL;
 }
 
 void assistant_free(struct assistant *a)

@@ -37,8 +37,8 @@
  * Locks: `lock` (struct assistant, private) guards the slot table, the
  * job queue and the counts; it is never held while a hook or the HTTP
  * client or the store is called. A stream has its own lock (stream.h).
- * Ownership: the assistant owns its slots, answers and thread; the store
- * and HTTP client are borrowed and must outlive it.
+ * Ownership: the assistant owns its slots, answers, thread and HTTP
+ * client; the store is borrowed and must outlive it.
  */
 #ifndef CHATD_ASSISTANT_ASSISTANT_H
 #define CHATD_ASSISTANT_ASSISTANT_H
@@ -63,11 +63,16 @@ struct asst_result {
     const char *text; /* the answer (whole, or what had streamed) */
     size_t len;       /* 0: nothing streamed: nothing to store */
     bool partial;     /* it did not complete */
+    bool failed;      /* hooks->failed has told the session why */
     const char *stop_reason; /* the provider's ("stop", "end_turn", "max_tokens"),
                               * or chatd's: "stopped", "error", "timeout",
                               * "too_long", "shutdown" */
     uint64_t input_tokens, output_tokens;
     bool tokens_estimated; /* the provider gave no usage: estimated from bytes */
+    int64_t reply_to_seq;  /* the seq of the last event it was asked with (0: none);
+                            * the hub stores it in the answer's metadata as
+                            * "reply_to_seq", which places the answer in the
+                            * history of later requests */
 };
 
 /* An error to tell the session about (hooks->failed). */
@@ -80,9 +85,14 @@ struct assistant_hooks {
      * assistant_ask, on its caller's thread. */
     void (*started)(void *app, const char *session, const char *owner);
     /* A piece of the answer: len bytes at offset off of stream s, already
-     * appended to s. HTTP client thread. */
+     * appended to s. HTTP client thread. The hub may gather pieces and
+     * hand them on at flush. */
     void (*delta)(void *app, struct asst_stream *s, const char *owner, uint64_t off,
                   const char *text, size_t len);
+    /* Hand on the pieces gathered: called on the HTTP client thread after
+     * each turn of its loop, and before failed and finished of an answer
+     * (so an answer's pieces always go out before its end). NULL: none. */
+    void (*flush)(void *app);
     /* The answer failed: tell the session. stream_id "" when none had
      * started streaming; retry_after_ms < 0: none. Any assistant thread. */
     void (*failed)(void *app, const char *session, const char *owner, const char *stream_id,
@@ -90,9 +100,9 @@ struct assistant_hooks {
                    int64_t retry_after_ms);
     /* The answer ended. With r->len > 0 the hub stores it and returns 0,
      * then calls assistant_stored when the write is done; any other return
-     * (or r->len == 0, where the hook just returns) means nothing will be
-     * stored, and the assistant frees the slot itself. Any assistant
-     * thread. */
+     * (or r->len == 0, where the hub tells the session the answer is over
+     * unless hooks->failed did) means nothing will be stored, and the
+     * assistant frees the slot itself. Any assistant thread. */
     int (*finished)(void *app, const struct asst_result *r);
     void *app;
 };
@@ -107,6 +117,7 @@ struct assistant_options {
     unsigned context_messages;       /* history sent with a request, at most */
     size_t context_bytes;
     size_t max_answer_bytes;         /* longer answers are cut there (partial) */
+    const char *ca_file;             /* PEM authorities for https endpoints (copied) */
     unsigned per_user_per_min;       /* answers one user may ask for a minute (0: no
                                         limit), in bursts of up to a quarter
                                         of it (at least 10, at most all of it) */
@@ -116,11 +127,11 @@ struct assistant_options {
  * and need not be made)? */
 bool assistant_configured(const struct conf_model *models, unsigned n);
 
-/* Make the assistant and start its thread. Main thread. 0, -ENOMEM, or
- * -EIO (the thread could not start). */
+/* Make the assistant, its HTTP client (net/http_client.h; one thread for
+ * every answer's stream) and its thread. Main thread. 0, -ENOMEM, -EIO, or
+ * the HTTP client's error (-ENOENT, -EACCES: the CA file). */
 int assistant_new(struct assistant **out, const struct assistant_options *opt,
-                  const struct assistant_hooks *hooks, struct store *store,
-                  struct http_client *http);
+                  const struct assistant_hooks *hooks, struct store *store);
 
 /*
  * Ask for an answer in session (owned by owner) with model model_id ("":
@@ -161,11 +172,11 @@ struct assistant_stats {
 };
 void assistant_get_stats(struct assistant *a, struct assistant_stats *out);
 
-/* Stop starting answers and end the thread (queued jobs that had not yet
- * asked the provider end with nothing to store). Then the owner frees the
- * HTTP client, which ends every running answer (they are handed over as
- * partial, with stop reason "shutdown"), then closes the store (which
- * stores them), then calls assistant_free. Main thread. */
+/* Stop starting answers, end the thread (queued jobs that had not yet
+ * asked the provider end with nothing to store) and free the HTTP client,
+ * which ends every running answer: each is handed over as partial, stop
+ * reason "shutdown". The owner then closes the store (which stores them)
+ * and calls assistant_free. Main thread; a second call does nothing. */
 void assistant_shutdown(struct assistant *a);
 void assistant_free(struct assistant *a);
 

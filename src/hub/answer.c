@@ -32,6 +32,7 @@
 #include "net/conn.h"
 #include "util/jw.h"
 #include "util/log.h"
+#include "util/vec.h"
 #include "ws/frame.h"
 
 /* Publish one frame (taking it) to the session's participants. */
@@ -109,14 +110,45 @@ static void hook_started(void *app, const char *session, const char *owner)
     publish(ch, IT_RELAY, "loading", session, owner, &w, NULL, 0, 0);
 }
 
+/* Publish the gathered deltas in one go: one post per worker for all of
+ * them, not one per delta. HTTP client thread. */
+static void hook_flush(void *app)
+{
+    struct chat *ch = app;
+    if (!ch->ndeltas)
+        return;
+    if (bus_publish(ch->bus, ch->deltas, ch->ndeltas) != 0)
+        log_warn("bus_publish_failed", "events=%zu type=ai_response", ch->ndeltas);
+    for (size_t i = 0; i < ch->ndeltas; i++)
+        sbuf_unref(ch->deltas[i].frame);
+    ch->ndeltas = 0;
+}
+
+#define DELTAS_MAX 256 /* gathered before they go out anyway */
+
 static void hook_delta(void *app, struct asst_stream *s, const char *owner, uint64_t off,
                        const char *text, size_t len)
 {
     struct chat *ch = app;
+    if (ch->ndeltas >= DELTAS_MAX)
+        hook_flush(ch);
+    if (vec_grow(&ch->deltas, &ch->capdeltas, ch->ndeltas, 1, sizeof *ch->deltas) != 0)
+        return; /* lost here; the connections catch up at the next one */
     struct jw w;
     jw_init(&w, len + 160, WS_MAX_HEADER);
     write_piece(&w, s->session, s->id, off, text, len);
-    publish(ch, IT_DELTA, "ai_response", s->session, owner, &w, s->id, off, (uint32_t)len);
+    struct bus_event *e = &ch->deltas[ch->ndeltas];
+    memset(e, 0, sizeof *e);
+    e->kind = IT_DELTA;
+    e->type = chat__out_index("ai_response");
+    snprintf(e->session, sizeof e->session, "%s", s->session);
+    snprintf(e->owner, sizeof e->owner, "%s", owner);
+    snprintf(e->stream, sizeof e->stream, "%s", s->id);
+    e->stream_off = off;
+    e->stream_len = (uint32_t)len;
+    e->frame = wire_frame_jw(&w, &e->off, &e->len);
+    if (e->frame)
+        ch->ndeltas++;
 }
 
 static void hook_failed(void *app, const char *session, const char *owner, const char *stream_id,
@@ -128,11 +160,35 @@ static void hook_failed(void *app, const char *session, const char *owner, const
                   message, recoverable, retry_after_ms);
 }
 
+/* An answer ended with nothing to store and no error (stopped before its
+ * first word, or the model said nothing): the session's devices that
+ * show "answering" since `loading` learn it is over. */
+static void publish_idle(struct chat *ch, const struct asst_result *a)
+{
+    struct jw w;
+    jw_init(&w, 256, WS_MAX_HEADER);
+    jw_open(&w);
+    jw_kstr(&w, "type", "notification");
+    jw_kstr(&w, "code", "assistant_done");
+    jw_kstr(&w, "message",
+            strcmp(a->stop_reason, "stopped") == 0
+                ? "the answer was stopped before it began; nothing was stored"
+                : "the assistant ended without an answer; nothing was stored");
+    jw_kstr(&w, "session_id", a->session);
+    jw_kstr(&w, "stream_id", a->stream_id);
+    jw_kstr(&w, "stop_reason", a->stop_reason);
+    jw_close(&w);
+    publish(ch, IT_RELAY, "notification", a->session, a->owner, &w, NULL, 0, 0);
+}
+
 static int hook_finished(void *app, const struct asst_result *a)
 {
     struct chat *ch = app;
-    if (a->len == 0)
+    if (a->len == 0) {
+        if (!a->failed && strcmp(a->stop_reason, "shutdown") != 0)
+            publish_idle(ch, a);
         return 0;
+    }
     struct store_req *r = calloc(1, sizeof *r);
     if (!r)
         return -ENOMEM;
@@ -145,11 +201,11 @@ static int hook_finished(void *app, const struct asst_result *a)
     snprintf(r->client_id, sizeof r->client_id, "%s", a->stream_id);
     r->sender_name = strdup(a->model->name ? a->model->name : a->model->id);
     r->content = malloc(a->len + 1);
-    json_t *meta = json_pack("{s:s, s:I, s:I, s:b, s:b, s:s}", "model", a->model->id,
+    json_t *meta = json_pack("{s:s, s:I, s:I, s:b, s:b, s:s, s:I}", "model", a->model->id,
                              "input_tokens", (json_int_t)a->input_tokens, "output_tokens",
                              (json_int_t)a->output_tokens, "tokens_estimated",
                              a->tokens_estimated, "partial", a->partial, "stop_reason",
-                             a->stop_reason);
+                             a->stop_reason, "reply_to_seq", (json_int_t)a->reply_to_seq);
     r->metadata = meta ? json_dumps(meta, JSON_COMPACT) : NULL;
     json_decref(meta);
     if (!r->sender_name || !r->content || !r->metadata) {
@@ -172,6 +228,7 @@ static int hook_finished(void *app, const struct asst_result *a)
 const struct assistant_hooks chat__assistant_hooks = {
     .started = hook_started,
     .delta = hook_delta,
+    .flush = hook_flush,
     .failed = hook_failed,
     .finished = hook_finished,
 };

@@ -349,6 +349,8 @@ void chat_free(struct chat *ch)
         free(ch->locals[w].admins.v);
     }
     free(ch->locals);
+    assert(ch->ndeltas == 0); /* flushed before each answer ended */
+    free(ch->deltas);
     free(ch);
 }
 

@@ -36,7 +36,7 @@ _Static_assert(BUS_STREAM_MAX == ASST_STREAM_ID_LEN, "a stream id crosses the bu
 
 /* Server-to-client message types counted in chatd_messages_out_total
  * (metrics.c). */
-#define CHAT_OUT_COUNT 12
+#define CHAT_OUT_COUNT 13
 extern const char *const chat__out_names[CHAT_OUT_COUNT];
 uint8_t chat__out_index(const char *type);
 
@@ -88,6 +88,10 @@ struct chat {
     struct store *store; /* set once by chat_set_store, before traffic */
     struct bus *bus;     /* set once by chat_set_bus, before traffic */
     struct assistant *asst; /* set once by chat_set_assistant, before traffic; NULL: none */
+    /* Deltas gathered for the bus (answer.c): the assistant's HTTP client
+     * thread only, published at its flush hook, each holding a frame. */
+    struct bus_event *deltas;
+    size_t ndeltas, capdeltas;
     unsigned nworkers;
     unsigned devs_cap; /* devices one user may hold, plus one */
     struct chat_local *locals; /* [nworkers], each owned by its worker */

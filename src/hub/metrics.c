@@ -22,7 +22,7 @@
 const char *const chat__out_names[CHAT_OUT_COUNT] = {
     "ack",          "user_message", "admin_message", "typing_indicator", "read",
     "help_request", "admin_join",   "admin_leave",   "resumed",          "ai_response",
-    "loading",      "error",
+    "loading",      "notification", "error",
 };
 
 uint8_t chat__out_index(const char *type)
@@ -31,6 +31,44 @@ uint8_t chat__out_index(const char *type)
         if (strcmp(type, chat__out_names[i]) == 0)
             return i;
     return CHAT_OUT_COUNT - 1;
+}
+
+/* The assistant's counters, when there is one. */
+static void write_assistant(struct chat *ch, struct text *t)
+{
+    if (!ch->asst)
+        return;
+    struct assistant_stats as;
+    assistant_get_stats(ch->asst, &as);
+    text_printf(t,
+            "# HELP chatd_assistant_answers_total Answers of the assistant that ended, by result.\n"
+            "# TYPE chatd_assistant_answers_total counter\n"
+            "chatd_assistant_answers_total{result=\"completed\"} %llu\n"
+            "chatd_assistant_answers_total{result=\"partial\"} %llu\n"
+            "chatd_assistant_answers_total{result=\"failed\"} %llu\n"
+            "chatd_assistant_answers_total{result=\"timeout\"} %llu\n"
+            "# HELP chatd_assistant_answers_started_total Answers started.\n"
+            "# TYPE chatd_assistant_answers_started_total counter\n"
+            "chatd_assistant_answers_started_total %llu\n"
+            "# HELP chatd_assistant_refused_total Answers not started: too many at once.\n"
+            "# TYPE chatd_assistant_refused_total counter\n"
+            "chatd_assistant_refused_total{reason=\"max_streams\"} %llu\n"
+            "# HELP chatd_assistant_streams Answers running now.\n"
+            "# TYPE chatd_assistant_streams gauge\n"
+            "chatd_assistant_streams %u\n"
+            "# HELP chatd_assistant_deltas_total Pieces of answers received from providers.\n"
+            "# TYPE chatd_assistant_deltas_total counter\n"
+            "chatd_assistant_deltas_total %llu\n"
+            "# HELP chatd_assistant_tokens_total Tokens used (the provider's counts, or an "
+            "estimate of 4 bytes a token).\n"
+            "# TYPE chatd_assistant_tokens_total counter\n"
+            "chatd_assistant_tokens_total{direction=\"input\"} %llu\n"
+            "chatd_assistant_tokens_total{direction=\"output\"} %llu\n",
+            (unsigned long long)as.completed, (unsigned long long)as.partial,
+            (unsigned long long)as.failed, (unsigned long long)as.timeouts,
+            (unsigned long long)as.started, (unsigned long long)as.refused_busy, as.running,
+            (unsigned long long)as.deltas, (unsigned long long)as.input_tokens,
+            (unsigned long long)as.output_tokens);
 }
 
 void chat_write_metrics(struct chat *ch, struct text *t)
@@ -57,6 +95,7 @@ void chat_write_metrics(struct chat *ch, struct text *t)
     for (unsigned i = 0; i < ERR_COUNT; i++)
         text_printf(t, "chatd_errors_total{code=\"%s\"} %llu\n", hub_error_codes[i],
                 (unsigned long long)atomic_load(&ch->hub->errors[i]));
+    write_assistant(ch, t);
     if (!ch->store)
         return;
     struct store_stats ss;

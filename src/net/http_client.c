@@ -530,6 +530,13 @@ static void client_stop(struct http_client *c)
         sock_close(LIST_ENTRY(c->socks.next, struct sock, link));
     uv_close((uv_handle_t *)&c->timer, close_noop);
     uv_close((uv_handle_t *)&c->wakeup, close_noop);
+    uv_close((uv_handle_t *)&c->after, close_noop);
+}
+
+static void on_after(uv_check_t *h)
+{
+    struct http_client *c = h->data;
+    c->after_callbacks(c->after_arg);
 }
 
 static void on_wakeup(uv_async_t *a)
@@ -638,6 +645,12 @@ int http_client_new(struct http_client **out, const struct http_client_options *
     c->wakeup.data = c;
     uv_timer_init(&c->loop, &c->timer);
     c->timer.data = c;
+    uv_check_init(&c->loop, &c->after);
+    c->after.data = c;
+    c->after_callbacks = opts->after_callbacks;
+    c->after_arg = opts->after_arg;
+    if (c->after_callbacks)
+        uv_check_start(&c->after, on_after);
     if ((rc = uv_thread_create(&c->thread, client_main, c)) != 0)
         goto close_handles;
     *out = c;
@@ -646,6 +659,7 @@ int http_client_new(struct http_client **out, const struct http_client_options *
 close_handles:
     uv_close((uv_handle_t *)&c->wakeup, NULL);
     uv_close((uv_handle_t *)&c->timer, NULL);
+    uv_close((uv_handle_t *)&c->after, NULL);
     uv_run(&c->loop, UV_RUN_DEFAULT);
 cleanup_multi:
     curl_multi_cleanup(c->multi);

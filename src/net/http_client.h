@@ -115,6 +115,12 @@ struct http_client_options {
     unsigned max_host_connections;  /* open connections per host; requests
                                        past it wait for one; 0: default */
     unsigned max_total_connections; /* open connections in all; 0: default */
+    /* Called on the client's thread once per turn of its loop, after the
+     * callbacks of that turn (and on turns without any): a caller that
+     * gathers what its callbacks learn can hand it on in one batch here.
+     * Must not block. NULL: none. */
+    void (*after_callbacks)(void *arg);
+    void *after_arg;
 };
 
 /* A request header: two NUL-terminated strings, sent as "name: value".

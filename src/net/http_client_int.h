@@ -107,6 +107,9 @@ struct http_client {
     uv_loop_t loop;
     uv_async_t wakeup;        /* inbox pushes */
     uv_timer_t timer;         /* libcurl's timeout */
+    uv_check_t after;         /* runs after_callbacks once per loop turn */
+    void (*after_callbacks)(void *arg); /* read-only after new; NULL: none */
+    void *after_arg;
     CURLM *multi;             /* owned; NULL once cleaned up */
     struct idmap by_id;       /* id -> struct req *, requests in the multi */
     struct list_node running; /* struct req.link */

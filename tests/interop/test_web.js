@@ -12,30 +12,25 @@ const fs = require('fs');
 const net = require('net');
 const os = require('os');
 const path = require('path');
-const WebSocket = require(path.join(__dirname, 'node_modules', 'ws'));
 const { chromium } = require(path.join(__dirname, 'node_modules', 'playwright-core'));
-const { SLOW, T, withTimeout, spawnChatd, waitAccepting, stopChatd, Runner } = require('./chatd_process');
+const { SLOW, T, spawnChatd, waitAccepting, stopChatd, Runner } = require('./chatd_process');
+const W = require('./web_common');
+const { assert, eq, device, connected, shown, send, waitSent, selectedSession, seqsOf } = W;
 
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const SECRET = 'web-test-' + crypto.randomBytes(24).toString('hex');
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'chatd-web-'));
 
-// ---- tokens --------------------------------------------------------------------
-
-function b64url(data) {
-  return Buffer.from(data).toString('base64url');
+// An HS256 JWT of this test's secret (opts.secret: another one).
+function mint(sub, opts) {
+  return W.mint(SECRET, sub, opts);
 }
 
-// An HS256 JWT as chatd-token makes them.
-function mint(sub, opts) {
-  opts = opts || {};
-  const now = Math.floor(Date.now() / 1000);
-  const claims = { sub, name: opts.name || sub, iat: now, exp: opts.exp || now + 3600 };
-  if (opts.roles) claims.roles = opts.roles;
-  const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' })) + '.' +
-    b64url(JSON.stringify(claims));
-  const sig = crypto.createHmac('sha256', opts.secret || SECRET).update(head).digest('base64url');
-  return head + '.' + sig;
+let browser = null;
+
+// A test's scope in the browser (see web_common.js).
+function scope() {
+  return W.scope(browser);
 }
 
 // ---- chatd process -------------------------------------------------------------------
@@ -61,158 +56,6 @@ function freePort() {
       s.close(() => resolve(port));
     });
   });
-}
-
-// ---- helpers -----------------------------------------------------------------------
-
-function assert(cond, msg) {
-  if (!cond) throw new Error('assertion failed: ' + msg);
-}
-
-function eq(a, b, msg) {
-  const ja = JSON.stringify(a);
-  const jb = JSON.stringify(b);
-  if (ja !== jb) throw new Error(`assertion failed: ${msg}: got ${ja}, expected ${jb}`);
-}
-
-/*
- * A `ws` client acting as one more device of a user. Keeps every message it
- * receives; waitFor(pred) resolves with the first one matching, already
- * received or to come.
- */
-function device(port, token, prefix) {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(`ws://127.0.0.1:${port}${prefix || ''}/ws`, {
-      headers: { Authorization: 'Bearer ' + token }, handshakeTimeout: T,
-    });
-    const c = { ws, log: [], waiters: [], closed: null };
-    ws.on('message', (data) => {
-      const m = JSON.parse(data.toString());
-      c.log.push(m);
-      for (const w of c.waiters.slice()) {
-        if (w.pred(m)) {
-          c.waiters.splice(c.waiters.indexOf(w), 1);
-          w.resolve(m);
-        }
-      }
-    });
-    c.closedP = new Promise((res) => ws.on('close', (code) => {
-      c.closed = code;
-      res(code);
-    }));
-    ws.on('error', (e) => {
-      if (ws.readyState !== WebSocket.OPEN) reject(e);
-    });
-    c.waitFor = (pred, what) => {
-      const m = c.log.find(pred);
-      if (m) return Promise.resolve(m);
-      return withTimeout(new Promise((res) => c.waiters.push({ pred, resolve: res })), T,
-        'device message: ' + what);
-    };
-    c.send = (msg) => ws.send(JSON.stringify(msg));
-    // Send a message and wait for its ack (an error fails).
-    c.request = async (msg) => {
-      msg.id = msg.id || 'n' + crypto.randomBytes(8).toString('hex');
-      c.send(msg);
-      const r = await c.waitFor((m) => (m.type === 'ack' || m.type === 'error') && m.id === msg.id,
-        `answer to ${msg.type}`);
-      if (r.type === 'error') throw new Error(`${msg.type} failed: ${JSON.stringify(r)}`);
-      return r;
-    };
-    c.close = () => {
-      if (c.closed === null) ws.close(1000);
-      return withTimeout(c.closedP, T, 'device close');
-    };
-    c.waitFor((m) => m.type === 'connection_status', 'connection_status').then(() => resolve(c), reject);
-  });
-}
-
-// ---- the browser ----------------------------------------------------------------------
-
-let browser = null;
-
-/*
- * A test's scope: the browser contexts and devices it opens, closed at its
- * end, and the problems its pages reported (uncaught exceptions, CSP
- * refusals), which fail the test.
- */
-function scope() {
-  const s = { contexts: [], devices: [], problems: [] };
-  s.page = async (url, opts) => {
-    const ctx = await browser.newContext({ viewport: (opts && opts.viewport) || { width: 1100, height: 760 } });
-    s.contexts.push(ctx);
-    const page = await ctx.newPage();
-    page.setDefaultTimeout(T);
-    const label = url ? url.replace(/#.*/, '') : 'page';
-    page.on('pageerror', (e) => s.problems.push(`${label}: uncaught ${e.stack || e}`));
-    page.on('console', (m) => {
-      if (/Content.Security.Policy|Refused to/i.test(m.text())) {
-        s.problems.push(`${label}: ${m.text()}`);
-      }
-    });
-    page.sockets = [];
-    page.sent = [];
-    page.on('websocket', (ws) => {
-      page.sockets.push(ws.url());
-      ws.on('framesent', (f) => {
-        try {
-          page.sent.push(JSON.parse(f.payload));
-        } catch (e) {
-          page.sent.push({ raw: String(f.payload) });
-        }
-      });
-    });
-    if (url) page.response = await page.goto(url);
-    return page;
-  };
-  s.device = async (...args) => {
-    const d = await device(...args);
-    s.devices.push(d);
-    return d;
-  };
-  s.close = async () => {
-    for (const d of s.devices) await d.close().catch(() => {});
-    for (const c of s.contexts) await c.close().catch(() => {});
-    assert(s.problems.length === 0, 'page problems:\n  ' + s.problems.join('\n  '));
-  };
-  return s;
-}
-
-async function connected(page) {
-  await page.waitForSelector('#conn-state[data-state="open"]');
-}
-
-// The messages a page shows, in page order.
-function shown(page) {
-  return page.$$eval('#messages .msg', (els) => els.map((e) => ({
-    seq: e.dataset.seq ? Number(e.dataset.seq) : null,
-    state: e.dataset.state,
-    text: e.querySelector('.msg__body').textContent,
-    own: e.classList.contains('msg--own'),
-    admin: e.classList.contains('msg--admin'),
-  })));
-}
-
-async function send(page, text) {
-  await page.fill('#composer-input', text);
-  await page.press('#composer-input', 'Enter');
-}
-
-async function waitSent(page, seq, text, timeout) {
-  const sel = `#messages .msg[data-seq="${seq}"][data-state="sent"]`;
-  await page.waitForSelector(sel, { timeout: timeout || T });
-  if (text !== undefined) {
-    const got = await page.textContent(sel + ' .msg__body');
-    eq(got, text, `message ${seq} text`);
-  }
-}
-
-async function selectedSession(page) {
-  return page.getAttribute('#session-list button[aria-current="true"]', 'data-session-id');
-}
-
-function seqsOf(list) {
-  return list.map((m) => m.seq);
 }
 
 // ---- tests: one chatd --------------------------------------------------------------------

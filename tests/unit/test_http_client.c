@@ -843,6 +843,53 @@ static void test_connection_reuse(void **state)
     }
 }
 
+/* What the after_callbacks hook saw. */
+struct after_probe {
+    atomic_int calls;
+    atomic_int other_thread; /* calls not on the thread of the callbacks */
+    pthread_t thread;        /* the callbacks' thread, once known */
+    atomic_bool thread_known;
+};
+
+static void on_after_turn(void *arg)
+{
+    struct after_probe *p = arg;
+    atomic_fetch_add(&p->calls, 1);
+    if (atomic_load(&p->thread_known) && !pthread_equal(p->thread, pthread_self()))
+        atomic_fetch_add(&p->other_thread, 1);
+}
+
+static void test_after_callbacks_hook(void **state)
+{
+    (void)state;
+    struct after_probe p = {0};
+    struct http_client_options o = {.after_callbacks = on_after_turn, .after_arg = &p};
+    struct http_client *c = new_client(&o);
+    struct sink s = {0};
+    get(c, "/body", &s);
+    assert_true(wait_done(1));
+    p.thread = s.thread;
+    atomic_store(&p.thread_known, true);
+    /* The turn that ran on_done ends with a call; so does the next one. */
+    int seen = atomic_load(&p.calls);
+    assert_true(seen >= 1);
+    struct sink s2 = {0};
+    get(c, "/body", &s2);
+    assert_true(wait_done(2));
+    for (int i = 0; i < 200 && atomic_load(&p.calls) <= seen; i++)
+        usleep(5000);
+    assert_true(atomic_load(&p.calls) > seen);
+    http_client_free(c);
+    int at_free = atomic_load(&p.calls);
+    usleep(20000);
+    assert_int_equal(atomic_load(&p.calls), at_free); /* none once freed */
+    assert_int_equal(atomic_load(&p.other_thread), 0);
+    assert_clean(&s);
+    assert_clean(&s2);
+    sink_release(&s);
+    sink_release(&s2);
+}
+
 static void expect_events(const struct sink *s, int n)
 {
     char want[4096];
@@ -1273,6 +1320,7 @@ int main(void)
         cmocka_unit_test(test_get_and_post_arrive_as_sent),
         cmocka_unit_test(test_status_and_headers),
         cmocka_unit_test(test_connection_reuse),
+        cmocka_unit_test(test_after_callbacks_hook),
         cmocka_unit_test(test_stream_in_order),
         cmocka_unit_test(test_timeouts),
         cmocka_unit_test(test_cancel_from_another_thread),
