@@ -17,7 +17,7 @@
 # offset and compares them with the final answer's content, and that with
 # the text the provider streamed. ASSISTANT_PROVIDER=python runs the same
 # against tests/fake_provider.py (slower; see docs/benchmarks.md).
-# Results: $BUILD/bench/assistant.jsonl, then a table. ~20 s.
+# Results: $BUILD/bench/assistant.jsonl, then a table. ~10 s.
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh

@@ -22,7 +22,7 @@
 # operation beside the rate. One JSON line per run goes to
 # $BUILD/bench/results.jsonl, then a table is printed. About 3 minutes
 # with the defaults (DURATION=10 WARMUP=2 seconds per scenario; the
-# assistant runs take what their answers take, ~20 s together).
+# assistant runs take what their answers take, ~10 s together).
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
