@@ -8,12 +8,16 @@
  * worker to drain, gives them --shutdown-timeout seconds, forces what is
  * left, joins the threads and exits 0.
  */
+#include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include <jansson.h>
@@ -110,7 +114,7 @@ static void raise_nofile(void)
 static void close_cb_noop(uv_handle_t *h) { (void)h; }
 
 /* --dev: a random secret, unless one was configured. */
-static void dev_secret(char out[65])
+static void random_secret(char out[65])
 {
     unsigned char raw[32];
     if (RAND_bytes(raw, sizeof raw) != 1) {
@@ -119,6 +123,66 @@ static void dev_secret(char out[65])
     }
     for (int i = 0; i < 32; i++)
         snprintf(out + 2 * i, 3, "%02x", raw[i]);
+    OPENSSL_cleanse(raw, sizeof raw);
+}
+
+/*
+ * --dev's secret, kept beside the database (DB.dev-secret, mode 0600) so
+ * that tokens and open pages survive a restart: read when it is there,
+ * made once otherwise. With --db none there is nothing to keep it beside:
+ * a new one each run. 0, or -1 with a message in err.
+ */
+static int dev_secret(const struct config *cfg, char out[65], char *err, size_t errlen)
+{
+    if (strcmp(cfg->db_path, "none") == 0) {
+        random_secret(out);
+        return 0;
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s.dev-secret", cfg->db_path);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd >= 0) {
+        char buf[80];
+        struct stat st;
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        bool ok = n >= 64 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+        for (int i = 0; ok && i < 64; i++)
+            ok = isxdigit((unsigned char)buf[i]);
+        if (ok && (st.st_mode & 077)) {
+            /* Others could read it: it signs tokens. Tighten it. */
+            fchmod(fd, 0600);
+            log_warn("dev_secret_mode", "file=%s action=\"made 0600\"", path);
+        }
+        close(fd);
+        if (!ok) {
+            snprintf(err, errlen, "--dev: '%s' does not hold a secret (64 hex digits); remove it "
+                     "to make a new one", path);
+            return -1;
+        }
+        memcpy(out, buf, 64);
+        out[64] = '\0';
+        OPENSSL_cleanse(buf, sizeof buf);
+        return 0;
+    }
+    if (errno != ENOENT) {
+        snprintf(err, errlen, "--dev: cannot read '%s': %s", path, strerror(errno));
+        return -1;
+    }
+    random_secret(out);
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    char line[66];
+    snprintf(line, sizeof line, "%s\n", out);
+    if (fd < 0 || write(fd, line, 65) != 65 || fsync(fd) != 0) {
+        snprintf(err, errlen, "--dev: cannot write '%s': %s", path, strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+            unlink(path);
+        }
+        return -1;
+    }
+    close(fd);
+    OPENSSL_cleanse(line, sizeof line);
+    return 0;
 }
 
 /* --encryption-key-file: 32 raw bytes, or 64 hex digits (newline allowed). */
@@ -272,8 +336,10 @@ int main(int argc, char **argv)
     static struct main_state st;
     char secret[65] = "";
     bool have_key = cfg.jwt_secret || cfg.jwt_secret_file || cfg.jwt_public_key;
-    if (cfg.dev && !have_key)
-        dev_secret(secret);
+    if (cfg.dev && !have_key && dev_secret(&cfg, secret, err, sizeof err) != 0) {
+        fprintf(stderr, "chatd: %s\n", err);
+        return 2;
+    }
     if (hub_init(&st.hub, &cfg, &st.srv, secret[0] ? secret : NULL, err, sizeof err) != 0) {
         fprintf(stderr, "chatd: %s\n", err);
         return 2;

@@ -22,7 +22,7 @@
 const char *const chat__out_names[CHAT_OUT_COUNT] = {
     "ack",          "user_message", "admin_message", "typing_indicator", "read",
     "help_request", "admin_join",   "admin_leave",   "resumed",          "ai_response",
-    "loading",      "notification", "error",
+    "loading",      "notification", "help_resolved", "error",
 };
 
 uint8_t chat__out_index(const char *type)
@@ -95,6 +95,12 @@ void chat_write_metrics(struct chat *ch, struct text *t)
     for (unsigned i = 0; i < ERR_COUNT; i++)
         text_printf(t, "chatd_errors_total{code=\"%s\"} %llu\n", hub_error_codes[i],
                 (unsigned long long)atomic_load(&ch->hub->errors[i]));
+    text_printf(t,
+            "# HELP chatd_ws_refused_total WebSocket upgrades refused, by reason.\n"
+            "# TYPE chatd_ws_refused_total counter\n");
+    for (unsigned i = 0; i < HUB_REFUSAL_COUNT; i++)
+        text_printf(t, "chatd_ws_refused_total{reason=\"%s\"} %llu\n", hub_refusal_names[i],
+                (unsigned long long)atomic_load(&ch->hub->refused[i]));
     write_assistant(ch, t);
     if (!ch->store)
         return;
