@@ -155,7 +155,7 @@ static int dev_secret(const struct config *cfg, char out[65], char *err, size_t 
         }
         close(fd);
         if (!ok) {
-            snprintf(err, errlen, "--dev: '%s' does not hold a secret (64 hex digits); remove it "
+            snprintf(err, errlen, "--dev: '%.300s' does not hold a secret (64 hex digits); remove it "
                      "to make a new one", path);
             return -1;
         }
@@ -165,7 +165,7 @@ static int dev_secret(const struct config *cfg, char out[65], char *err, size_t 
         return 0;
     }
     if (errno != ENOENT) {
-        snprintf(err, errlen, "--dev: cannot read '%s': %s", path, strerror(errno));
+        snprintf(err, errlen, "--dev: cannot read '%.300s': %s", path, strerror(errno));
         return -1;
     }
     random_secret(out);
@@ -173,7 +173,7 @@ static int dev_secret(const struct config *cfg, char out[65], char *err, size_t 
     char line[66];
     snprintf(line, sizeof line, "%s\n", out);
     if (fd < 0 || write(fd, line, 65) != 65 || fsync(fd) != 0) {
-        snprintf(err, errlen, "--dev: cannot write '%s': %s", path, strerror(errno));
+        snprintf(err, errlen, "--dev: cannot write '%.300s': %s", path, strerror(errno));
         if (fd >= 0) {
             close(fd);
             unlink(path);
