@@ -201,7 +201,8 @@ int store_sqlite__read_events(void *e, const char *id, int64_t after_seq, int64_
                 ret = -ENOMEM;
                 break;
             }
-            memcpy(cur->content, blob, blen);
+            if (blen) /* a session event's empty content is a NULL blob */
+                memcpy(cur->content, blob, blen);
             cur->content[blen] = '\0';
             cur->content_len = blen;
         }
