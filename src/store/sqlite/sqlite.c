@@ -89,7 +89,7 @@ _Static_assert(sizeof migrations / sizeof migrations[0] == 2, "update SCHEMA_VER
 
 /* The writer's statements, prepared once at open (see internal.h). */
 static const char *const stmt_sql[S_COUNT] = {
-    [S_SESSION_GET] = "SELECT owner, last_seq, model FROM sessions WHERE id = ?1",
+    [S_SESSION_GET] = "SELECT owner, last_seq, model, title IS NULL FROM sessions WHERE id = ?1",
     [S_SESSION_BY_ORIGIN] = "SELECT id FROM sessions WHERE owner = ?1 AND origin_client_id = ?2",
     [S_SESSION_INSERT] = "INSERT INTO sessions (id, owner, created_at, updated_at, origin_client_id,"
                          " owner_name) VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
@@ -97,9 +97,12 @@ static const char *const stmt_sql[S_COUNT] = {
                              " WHERE id = ?1 AND title IS NULL",
     [S_SESSION_RENAME] = "UPDATE sessions SET title = ?2, title_enc = ?3, title_set = 1,"
                          " updated_at = ?4 WHERE id = ?1",
-    [S_SESSION_WAIT] = "UPDATE sessions SET waiting_since = COALESCE(waiting_since, ?2)"
-                       " WHERE id = ?1",
-    [S_SESSION_ANSWERED] = "UPDATE sessions SET waiting_since = NULL WHERE id = ?1",
+    /* S_SESSION_BUMP's siblings for messages: a user message starts a
+     * wait (unless one runs), an answer ends it. */
+    [S_SESSION_BUMP_USER] = "UPDATE sessions SET last_seq = ?2, updated_at = ?3,"
+                            " waiting_since = COALESCE(waiting_since, ?3) WHERE id = ?1",
+    [S_SESSION_BUMP_ANSWER] = "UPDATE sessions SET last_seq = ?2, updated_at = ?3,"
+                              " waiting_since = NULL WHERE id = ?1",
     [S_SESSION_RESOLVE] = "UPDATE sessions SET help = 0 WHERE id = ?1 AND help = 1",
     [S_READ_PUT] = "INSERT INTO reads (session_id, reader, seq) VALUES (?1, ?2, ?3)"
                    " ON CONFLICT (session_id, reader) DO UPDATE SET seq = excluded.seq"

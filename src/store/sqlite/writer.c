@@ -43,8 +43,10 @@ static int step_done(sqlite3_stmt *st)
 }
 
 /* Load a session and check the requester may use it. 1 found+allowed,
- * 0 not found/not allowed, <0 SQLite error. */
-static int load_session(struct store_sqlite *s, struct store_req *r, int64_t *last_seq)
+ * 0 not found/not allowed, <0 SQLite error. *untitled (may be NULL): the
+ * session has no title yet. */
+static int load_session(struct store_sqlite *s, struct store_req *r, int64_t *last_seq,
+                        bool *untitled)
 {
     sqlite3_stmt *st = s->stmt[S_SESSION_GET];
     sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
@@ -55,6 +57,8 @@ static int load_session(struct store_sqlite *s, struct store_req *r, int64_t *la
         *last_seq = sqlite3_column_int64(st, 1);
         const char *model = (const char *)sqlite3_column_text(st, 2);
         snprintf(r->model, sizeof r->model, "%s", model ? model : "");
+        if (untitled)
+            *untitled = sqlite3_column_int(st, 3) != 0;
         sqlite3_reset(st);
         if (!r->any_session && strcmp(r->owner, r->user) != 0)
             return 0;
@@ -68,7 +72,7 @@ static int load_session(struct store_sqlite *s, struct store_req *r, int64_t *la
  * session's last seq and time. content may be empty (session events).
  * Sets r->seq and r->ts_ms. 0 or -(SQLite code). */
 static int put_event(struct store_sqlite *s, struct store_req *r, int64_t last_seq,
-                     const char *type, const char *content, size_t len, int64_t now)
+                     const char *type, const char *content, size_t len, int64_t now, int bump)
 {
     int64_t seq = last_seq + 1;
     unsigned char *sealed = NULL;
@@ -109,7 +113,7 @@ static int put_event(struct store_sqlite *s, struct store_req *r, int64_t last_s
     free(sealed);
     if (rc != 0)
         return -rc;
-    st = s->stmt[S_SESSION_BUMP];
+    st = s->stmt[bump];
     sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, seq);
     sqlite3_bind_int64(st, 3, now);
@@ -146,31 +150,23 @@ static int run_on_session(struct store_sqlite *s, int which, const char *sid)
     return step_done(st);
 }
 
-/* A message's effects on its session beyond the event: the first user
- * message titles it; a user message starts a wait, an answer ends it. */
-static int after_message(struct store_sqlite *s, struct store_req *r, int64_t now)
+/* The session's first user message gives it its title. */
+static int set_first_title(struct store_sqlite *s, struct store_req *r)
 {
-    int rc;
-    if (strcmp(r->sender_type, "user") != 0)
-        return run_on_session(s, S_SESSION_ANSWERED, r->session_id);
     char title[TITLE_MAX_BYTES + 1];
     size_t tlen = title_from_text(r->content, r->content_len, title);
-    if (tlen) {
-        sqlite3_stmt *st = s->stmt[S_SESSION_TITLE_INIT];
-        unsigned char *sealed;
-        sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
-        if ((rc = bind_title(s, st, 2, r->session_id, title, tlen, &sealed)) != 0)
-            return rc;
-        rc = step_done(st);
-        sqlite3_clear_bindings(st);
-        free(sealed);
-        if (rc)
-            return rc;
-    }
-    sqlite3_stmt *st = s->stmt[S_SESSION_WAIT];
+    if (!tlen)
+        return 0;
+    sqlite3_stmt *st = s->stmt[S_SESSION_TITLE_INIT];
+    unsigned char *sealed;
     sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, now);
-    return step_done(st);
+    int rc = bind_title(s, st, 2, r->session_id, title, tlen, &sealed);
+    if (rc != 0)
+        return rc;
+    rc = step_done(st);
+    sqlite3_clear_bindings(st);
+    free(sealed);
+    return rc;
 }
 
 static int do_append(struct store_sqlite *s, struct store_req *r, int64_t now)
@@ -216,7 +212,8 @@ static int do_append(struct store_sqlite *s, struct store_req *r, int64_t now)
         }
     }
     int64_t last_seq;
-    rc = load_session(s, r, &last_seq);
+    bool untitled = false;
+    rc = load_session(s, r, &last_seq, &untitled);
     if (rc <= 0) {
         r->status = STORE_NOT_FOUND;
         return rc;
@@ -243,9 +240,11 @@ static int do_append(struct store_sqlite *s, struct store_req *r, int64_t now)
     const char *type = strcmp(r->sender_type, "admin") == 0 ? "admin_message"
                        : strcmp(r->sender_type, "ai") == 0  ? "ai_response"
                                                             : "user_message";
-    if ((rc = put_event(s, r, last_seq, type, r->content, r->content_len, now)) != 0)
+    bool user = strcmp(r->sender_type, "user") == 0;
+    if ((rc = put_event(s, r, last_seq, type, r->content, r->content_len, now,
+                        user ? S_SESSION_BUMP_USER : S_SESSION_BUMP_ANSWER)) != 0)
         return rc;
-    if ((rc = after_message(s, r, now)) != 0)
+    if (user && untitled && (rc = set_first_title(s, r)) != 0)
         return -rc;
     r->status = STORE_OK;
     return 0;
@@ -271,9 +270,9 @@ static int do_session_op(struct store_sqlite *s, struct store_req *r, int64_t la
         if (r->duplicate)
             return 0;
         return put_event(s, r, last_seq, r->op == STORE_HELP ? "help_request" : "help_resolved",
-                         NULL, 0, now);
+                         NULL, 0, now, S_SESSION_BUMP);
     case STORE_EVENT:
-        return put_event(s, r, last_seq, r->event_type, NULL, 0, now);
+        return put_event(s, r, last_seq, r->event_type, NULL, 0, now, S_SESSION_BUMP);
     case STORE_MODEL:
         st = s->stmt[S_SESSION_MODEL];
         sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
@@ -318,7 +317,7 @@ static int do_request(struct store_sqlite *s, struct store_req *r, int64_t now)
     if (r->op == STORE_APPEND)
         return do_append(s, r, now);
     int64_t last_seq;
-    int rc = load_session(s, r, &last_seq);
+    int rc = load_session(s, r, &last_seq, NULL);
     if (rc <= 0) {
         r->status = STORE_NOT_FOUND;
         return rc;
