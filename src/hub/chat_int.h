@@ -20,6 +20,7 @@
 #include "bus/bus.h"
 #include "hub/hub.h"
 #include "hub/seqset.h"
+#include "hub/webhook.h"
 #include "store/store.h"
 #include "net/worker.h"
 #include "util/hash.h"
@@ -88,6 +89,7 @@ struct chat {
     struct store *store; /* set once by chat_set_store, before traffic */
     struct bus *bus;     /* set once by chat_set_bus, before traffic */
     struct assistant *asst; /* set once by chat_set_assistant, before traffic; NULL: none */
+    struct webhook *webhook; /* set once before traffic; NULL: none */
     /* Deltas gathered for the bus (answer.c): the assistant's HTTP client
      * thread only, published at its flush hook, each holding a frame. */
     struct bus_event *deltas;
