@@ -30,6 +30,7 @@
 #include "hub/chat.h"
 #include "hub/hub.h"
 #include "hub/routes.h"
+#include "hub/webhook.h"
 #include "store/store.h"
 #include "net/http_client.h"
 #include "net/server.h"
@@ -48,6 +49,7 @@ struct main_state {
     struct store *store;
     struct bus *bus;
     struct assistant *assistant;  /* NULL without a model with a provider */
+    struct webhook *webhook;      /* NULL without --help-webhook */
     uv_signal_t sigterm, sigint;
     uv_timer_t poll, deadline, gc;
     bool stopping;
@@ -313,6 +315,27 @@ static int start_assistant(struct main_state *st, const struct config *cfg, char
     return 0;
 }
 
+/* The help webhook, when --help-webhook is set: its own HTTP client,
+ * handed to the router, which calls it from the storage writer's thread. */
+static int start_webhook(struct main_state *st, const struct config *cfg, char *err,
+                         size_t errlen)
+{
+    if (!cfg->help_webhook)
+        return 0;
+    struct webhook_options wo = {
+        .url = cfg->help_webhook,
+        .secret = (const unsigned char *)cfg->webhook_secret,
+        .secret_len = cfg->webhook_secret_len,
+    };
+    int rc = webhook_new(&st->webhook, &wo);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot start the help webhook: %s", strerror(-rc));
+        return rc;
+    }
+    chat_set_webhook(st->chat, st->webhook);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static struct config cfg;
@@ -388,6 +411,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "chatd: %s\n", err);
             return 1;
         }
+        if (start_webhook(&st, &cfg, err, sizeof err) != 0) {
+            fprintf(stderr, "chatd: %s\n", err);
+            return 1;
+        }
         st.hub.router_ops = &chat_router_ops;
         st.hub.router = st.chat;
     }
@@ -399,6 +426,9 @@ int main(int argc, char **argv)
     }
     if (!hub_enabled(&st.hub))
         log_warn("chat_disabled", "reason=\"no JWT key configured; only /echo is served\"");
+    if (cfg.help_webhook && !st.webhook)
+        log_warn("webhook_unused", "reason=\"no chat router (no storage or no JWT key): no help "
+                                   "request can be raised\"");
     if (cfg.dev) {
         const char *sec = secret[0] ? secret : (cfg.jwt_secret ? cfg.jwt_secret : NULL);
         if (sec)
@@ -436,11 +466,17 @@ int main(int argc, char **argv)
      * The worker threads are gone but their inboxes still exist: the writer
      * finishes the requests still queued (those answers too) and posts
      * their results there, where they are dropped. Only then may the
-     * workers be freed. */
+     * workers be freed.
+     * The help webhook stops next: deliveries still pending (in flight or
+     * waiting for a retry) are dropped and counted, and so are help
+     * requests the writer still commits while it closes. It is freed once
+     * the writer, which calls it, is gone. */
     assistant_shutdown(st.assistant);
+    webhook_shutdown(st.webhook);
     if (st.store)
         store_close(st.store);
     assistant_free(st.assistant);
+    webhook_free(st.webhook);
     server_release(&st.srv);
     bus_close(st.bus);
     chat_free(st.chat);

@@ -359,6 +359,11 @@ void chat_set_assistant(struct chat *ch, struct assistant *a)
     ch->asst = a;
 }
 
+void chat_set_webhook(struct chat *ch, struct webhook *w)
+{
+    ch->webhook = w;
+}
+
 const struct assistant_hooks *chat_assistant_hooks(void)
 {
     return &chat__assistant_hooks;

@@ -20,6 +20,7 @@
 #include "bus/bus.h"
 #include "hub/hub.h"
 #include "hub/seqset.h"
+#include "hub/webhook.h"
 #include "store/store.h"
 #include "net/worker.h"
 #include "util/hash.h"
@@ -89,6 +90,7 @@ struct chat {
     struct store *store; /* set once by chat_set_store, before traffic */
     struct bus *bus;     /* set once by chat_set_bus, before traffic */
     struct assistant *asst; /* set once by chat_set_assistant, before traffic; NULL: none */
+    struct webhook *webhook; /* set once before traffic; NULL: none */
     /* Who has joined which session now (joined.c): written by the storage
      * writer in commit order, read by the HTTP API. Guarded by joined_lock. */
     uv_mutex_t joined_lock;

@@ -15,6 +15,7 @@
 #include "hub/chat_int.h"
 #include "http/request.h"
 #include "hub/metrics.h"
+#include "hub/webhook.h"
 #include "net/conn.h"
 #include "util/text.h"
 
@@ -102,6 +103,8 @@ void chat_write_metrics(struct chat *ch, struct text *t)
         text_printf(t, "chatd_ws_refused_total{reason=\"%s\"} %llu\n", hub_refusal_names[i],
                 (unsigned long long)atomic_load(&ch->hub->refused[i]));
     write_assistant(ch, t);
+    if (ch->webhook)
+        webhook_write_metrics(ch->webhook, t);
     if (!ch->store)
         return;
     struct store_stats ss;
