@@ -331,6 +331,9 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
         add_ack(bo, r, !r->duplicate, NULL, NULL, NULL, false);
         if (r->duplicate)
             break; /* nothing changed: asked already, or nothing to resolve */
+        if (r->kind == CHAT_HELP && bo->ch->webhook)
+            webhook_help_request(bo->ch->webhook, r->session_id, r->user, r->sender_name, r->arg,
+                                 r->ts_ms);
         /* Stored: to the session, and to every admin online (the support
          * list), each at most once (seq). */
         add_session_event(bo, r, r->kind == CHAT_HELP ? "help_request" : "help_resolved", stype,

@@ -89,7 +89,8 @@ enum store_op {
                         * session's first user message gives it its title (util/title.h)
                         * unless it has one */
     STORE_CHECK,       /* authorize only: does the user own the session? */
-    STORE_HELP,        /* mark help requested and store a help_request event; when it was
+    STORE_HELP,        /* mark help requested and store a help_request event (arg: set to
+                        * the session's title, for the help webhook); when it was
                         * already requested: duplicate, nothing written */
     STORE_MODEL,       /* set the session's model */
     STORE_EVENT,       /* store the session event event_type (admin_join, admin_leave) */

@@ -95,6 +95,7 @@ static const char *const stmt_sql[S_COUNT] = {
                          " owner_name) VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
     [S_SESSION_TITLE_INIT] = "UPDATE sessions SET title = ?2, title_enc = ?3"
                              " WHERE id = ?1 AND title IS NULL",
+    [S_SESSION_TITLE_GET] = "SELECT title, title_enc FROM sessions WHERE id = ?1",
     [S_SESSION_RENAME] = "UPDATE sessions SET title = ?2, title_enc = ?3, title_set = 1,"
                          " updated_at = ?4 WHERE id = ?1",
     /* S_SESSION_BUMP's siblings for messages: a user message starts a

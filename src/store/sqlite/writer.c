@@ -250,6 +250,34 @@ static int do_append(struct store_sqlite *s, struct store_req *r, int64_t now)
     return 0;
 }
 
+/* The session's title into r->arg (a help request tells it to the
+ * webhook); "" when none. 0 or -(SQLite code). */
+static int fetch_title(struct store_sqlite *s, struct store_req *r)
+{
+    sqlite3_stmt *st = s->stmt[S_SESSION_TITLE_GET];
+    sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    char *t = NULL;
+    size_t len = 0;
+    if (rc == SQLITE_ROW) {
+        const void *v = sqlite3_column_blob(st, 0);
+        size_t n = (size_t)sqlite3_column_bytes(st, 0);
+        if (v && n && sqlite3_column_int(st, 1)) {
+            if (!s->encrypt || store_sqlite__unseal(s->key, r->session_id, 0, v, n, &t, &len))
+                t = NULL; /* not readable: the webhook goes without it */
+        } else if (v && n && (t = malloc(n + 1))) {
+            memcpy(t, v, n);
+            t[n] = '\0';
+        }
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return rc;
+    free(r->arg);
+    r->arg = t ? t : strdup("");
+    return 0;
+}
+
 /* The ops that change the session without a message. r's session is
  * loaded (its last seq in last_seq, r->seq). */
 static int do_session_op(struct store_sqlite *s, struct store_req *r, int64_t last_seq,
@@ -269,6 +297,8 @@ static int do_session_op(struct store_sqlite *s, struct store_req *r, int64_t la
         r->duplicate = sqlite3_changes(s->db) == 0;
         if (r->duplicate)
             return 0;
+        if (r->op == STORE_HELP && (rc = fetch_title(s, r)) != 0)
+            return -rc;
         return put_event(s, r, last_seq, r->op == STORE_HELP ? "help_request" : "help_resolved",
                          NULL, 0, now, S_SESSION_BUMP);
     case STORE_EVENT:
