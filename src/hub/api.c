@@ -629,8 +629,13 @@ static bool read_write_body(struct conn *c, const struct http_request *req, stru
         const char *v = json_string_value(t);
         size_t n = v ? json_string_length(t) : 0;
         bool clean = v && n >= 1 && n <= TITLE_RENAME_MAX;
-        for (size_t i = 0; clean && i < n; i++)
-            clean = (unsigned char)v[i] >= 0x20 && v[i] != 0x7f;
+        for (size_t i = 0; clean && i < n; i++) {
+            const unsigned char *u = (const unsigned char *)v + i;
+            /* No C0 or C1 control character, no line or paragraph separator. */
+            clean = u[0] >= 0x20 && u[0] != 0x7f &&
+                    !(u[0] == 0xc2 && i + 1 < n && u[1] >= 0x80 && u[1] <= 0x9f) &&
+                    !(u[0] == 0xe2 && i + 2 < n && u[1] == 0x80 && (u[2] == 0xa8 || u[2] == 0xa9));
+        }
         if (!clean) {
             conn_http_error(c, 400, "invalid_field",
                             "'title' must be a string of 1 to 100 bytes without control "

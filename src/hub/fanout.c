@@ -182,7 +182,7 @@ static void add_ack(struct batch_out *bo, const struct store_req *r, bool with_s
     jw_kstr(&w, "timestamp", ts);
     if (r->client_id[0])
         jw_kstr(&w, "id", r->client_id);
-    if ((r->op == STORE_APPEND || r->op == STORE_HELP) && r->duplicate) {
+    if ((r->op == STORE_APPEND || r->op == STORE_HELP || r->op == STORE_RESOLVE) && r->duplicate) {
         jw_key(&w, "duplicate");
         jw_bool(&w, true);
     }
