@@ -2,10 +2,10 @@
 pipelined sender, and an HTTP history reader. Standard library only.
 
 ChatClient runs one reader thread per connection that answers pings, files
-acks and errors by their `id`, keeps stored events (anything with a `seq`) in
-arrival order, and records every frame in `log` so a test can check what
-arrived before or after a given reply. Sends from several threads are
-serialized by a lock.
+acks and errors by their `id`, keeps stored events (messages and session
+events, each with a `seq`) in arrival order, and records every frame in
+`log` so a test can check what arrived before or after a given reply. Sends
+from several threads are serialized by a lock.
 """
 import json
 import os
@@ -19,7 +19,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from harness import (OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, WS, WSClosed,  # noqa: E402
                      frame, http_get, make_token)
 
-EVENT_TYPES = ("user_message", "admin_message", "ai_response")
+# The stored events (protocol 1.1: the session events are numbered in the
+# session's seq with the messages). A `read` relay carries a seq too but is
+# not stored.
+MESSAGE_TYPES = ("user_message", "admin_message", "ai_response")
+SESSION_EVENT_TYPES = ("help_request", "help_resolved", "admin_join", "admin_leave")
+EVENT_TYPES = MESSAGE_TYPES + SESSION_EVENT_TYPES
 
 
 class ChatClient:

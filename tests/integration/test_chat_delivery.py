@@ -62,18 +62,37 @@ def test_multi_device_fanout():
                                                "id": "first"}), "first message")
             sid = first["session_id"]
             assert first["seq"] == 1, first
-            for a in admins:
-                r = a.request({"type": "admin_join", "session_id": sid, "id": "join-" + a.label})
-                assert r["type"] == "ack", r
-                # Seq 1 was delivered before the join: fetch it with resume
-                # (nothing else is being sent, so this is a plain replay).
+            by_seq = {1: ("first", "hello 0", "user_message")}
+            join_seq = {}  # admin -> the seq of its admin_join
+            # Each admin_join is a stored event (seq 2, 3): acked with its
+            # seq, then delivered to the session, the joining admin's own
+            # connection included.
+            for k, a in enumerate(admins):
+                r = ack_ok(a.request({"type": "admin_join", "session_id": sid,
+                                      "id": "join-" + a.label}), "join")
+                assert r["session_id"] == sid and r["seq"] == 2 + k, r
+                by_seq[r["seq"]] = ("join-" + a.label, None, "admin_join")
+                join_seq[a.sub] = r["seq"]
+                # What came before the join: fetch it with resume (nothing
+                # else is being sent, so this is a plain replay).
                 a.send({"type": "resume", "session_id": sid, "after_seq": 0})
                 res = a.wait_message(lambda m: m.get("type") == "resumed", 30 * SLACK)
-                assert res["session_id"] == sid and res["last_seq"] == 1, res
+                assert res["session_id"] == sid and res["last_seq"] == 2 + k, res
+            n_before = 1 + len(admins)  # the events before the burst
+            for c in clients:
+                assert c.wait_count(sid, n_before, 10 * SLACK), (c.label, c.seqs(sid))
+                # Live first, then the replay below it: each exactly once.
+                assert sorted(c.seqs(sid)) == list(range(1, n_before + 1)), (c.label,
+                                                                             c.seqs(sid))
             for c in devices:
-                assert c.wait_count(sid, 1, 10 * SLACK), "%s: no seq 1" % c.label
+                assert c.seqs(sid) == list(range(1, n_before + 1)), (c.label, c.seqs(sid))
             for a in admins:
-                assert a.seqs(sid) == [1], (a.label, a.seqs(sid))
+                with a.cond:
+                    kinds = [(m.get("type"), m.get("seq")) for m in a.log
+                             if m.get("type") in ("ack", "admin_join")]
+                own = join_seq[a.sub]
+                assert kinds.index(("ack", own)) < kinds.index(("admin_join", own)), \
+                    "%s: its admin_join event came before the ack: %s" % (a.label, kinds)
 
             # Senders: three owner devices and both admins, concurrently.
             senders = devices[:3] + admins
@@ -104,7 +123,6 @@ def test_multi_device_fanout():
                 t.join(180 * SLACK)
             assert not any(t.is_alive() for t in threads), "senders did not finish"
 
-            by_seq = {1: ("first", "hello 0", "user_message")}
             for c in senders:
                 replies = results[c.label]
                 assert len(replies) == len(plans[c.label]), \
@@ -116,22 +134,33 @@ def test_multi_device_fanout():
                     assert r["seq"] not in by_seq, "seq %d acknowledged twice (%s and %s)" % (
                         r["seq"], by_seq[r["seq"]][0], m["id"])
                     by_seq[r["seq"]] = (m["id"], m["content"], m["type"])
-            assert sorted(by_seq) == list(range(1, total + 1)), \
-                "acked seqs are not 1..%d: %s" % (total, first_anomaly(sorted(by_seq), 1))
+            n_events = total + len(admins)  # the messages and the joins
+            assert sorted(by_seq) == list(range(1, n_events + 1)), \
+                "acked seqs are not 1..%d: %s" % (n_events, first_anomaly(sorted(by_seq), 1))
 
             for c in clients:
-                ok = c.wait_count(sid, total, 60 * SLACK)
+                ok = c.wait_count(sid, n_events, 60 * SLACK)
                 assert_reader_ok(c)
                 seqs = c.seqs(sid)
                 assert ok, "%s received %d of %d events (closed=%s %r)" % (
-                    c.label, len(seqs), total, c.closed, c.read_error)
-                assert seqs == list(range(1, total + 1)), \
-                    "%s: events not exactly 1..%d in order: %s" % (c.label, total,
-                                                                    first_anomaly(seqs, 1))
+                    c.label, len(seqs), n_events, c.closed, c.read_error)
+                assert sorted(seqs[:n_before]) == list(range(1, n_before + 1)) and \
+                    seqs[n_before:] == list(range(n_before + 1, n_events + 1)), \
+                    "%s: events not exactly 1..%d, live ones in order: %s" % (
+                        c.label, n_events,
+                        first_anomaly(sorted(seqs[:n_before]) + seqs[n_before:], 1))
                 with c.cond:
                     evs = [e for e in c.events if e["session_id"] == sid]
                 for e in evs:
                     cid, content, typ = by_seq[e["seq"]]
+                    if typ == "admin_join":
+                        who = [sub for sub, seq in join_seq.items() if seq == e["seq"]]
+                        assert set(e) == {"type", "session_id", "seq", "sender", "timestamp"} \
+                            and e["type"] == typ and e["sender"] == {
+                                "type": "admin", "id": who[0], "name": who[0]}, \
+                            "%s: event seq %d is %s, expected %s's admin_join" % (
+                                c.label, e["seq"], e, who)
+                        continue
                     assert e.get("id") == cid and e["content"] == content and e["type"] == typ, \
                         "%s: event seq %d is %s, expected id %s %s" % (c.label, e["seq"], e,
                                                                       cid, typ)
@@ -143,8 +172,8 @@ def test_multi_device_fanout():
             # Nothing more trickles in afterwards (a late duplicate).
             time.sleep(0.3)
             for c in clients:
-                assert c.count(sid) == total, "%s: %d events after the end" % (c.label,
-                                                                            c.count(sid))
+                assert c.count(sid) == n_events, "%s: %d events after the end" % (
+                    c.label, c.count(sid))
         finally:
             close_all(clients)
 

@@ -3,8 +3,9 @@
 Every client message type and every error code of docs/protocol.md sections 3-5
 and 7, through real sockets against the real binary: acknowledgements and
 their order, delivery to every device of the owner and to joined admins,
-duplicates, typing/read relays, help requests, model selection, admin
-join/leave/message, resume, authorization between users, the rate limit,
+duplicates, typing/read relays and read markers per reader, help requests,
+model selection, admin join/leave/message (the session events of protocol
+1.1, stored and numbered in seq), resume, authorization between users, the rate limit,
 field validation, the HTTP API, /metrics and encryption at rest.
 
 "Nothing else arrives" is checked with a barrier rather than a sleep: every
@@ -169,6 +170,35 @@ def check_event(ev, sid, seq, content, sender_type, sender_id, sender_name, mid=
         assert ev.get("metadata") in (None, {}), ev
     else:
         assert ev["metadata"] == metadata, ev
+
+
+SESSION_EVENT_KEYS = {"type", "session_id", "seq", "sender", "timestamp"}
+
+
+def check_session_event(ev, mtype, sid, seq, sender):
+    """A stored session event (help_request, help_resolved, admin_join,
+    admin_leave): numbered in the session's seq, who and when, no content."""
+    assert ev.get("type") == mtype, "expected %s, got %r" % (mtype, ev)
+    assert set(ev) == SESSION_EVENT_KEYS, ev
+    assert ev["session_id"] == sid and ev["seq"] == seq, (sid, seq, ev)
+    assert ev["sender"] == sender, ev
+    assert TS_RE.match(ev["timestamp"]), ev
+    return ev
+
+
+def admin_event(ws, mtype, mid, sid, seq, sender, others=()):
+    """Send admin_join / admin_leave / resolve_help on `ws`: the ack carries
+    the event's seq (and its timestamp), then the admin's own connection gets
+    the stored event, and so does every connection in `others`."""
+    ws.send_json({"type": mtype, "id": mid, "session_id": sid})
+    ack = check_ack(ws.recv_json(), mid, sid)
+    assert ack["seq"] == seq and "duplicate" not in ack, ack
+    evtype = {"resolve_help": "help_resolved"}.get(mtype, mtype)
+    ev = check_session_event(ws.recv_json(), evtype, sid, seq, sender)
+    assert ev["timestamp"] == ack["timestamp"], (ack, ev)
+    for other in others:
+        assert other.recv_json() == ev
+    return ev
 
 
 def api(port, path, tok):
@@ -359,10 +389,8 @@ def test_new_session_retry_finds_the_session():
 def test_typing_relayed_not_echoed():
     with server() as d:
         a1, a2, adm, bob, sid = alice_session(d, "hi")
-        adm.send_json({"type": "admin_join", "id": "j", "session_id": sid})
-        check_ack(adm.recv_json(), "j", sid, seq=False)
-        recv_type(a1, "admin_join")
-        recv_type(a2, "admin_join")
+        admin_event(adm, "admin_join", "j", sid, 2, {"type": "admin", "id": ROOT, "name": "Root"},
+                    (a1, a2))
 
         for flag in (True, False):
             a1.send_json({"type": "typing_indicator", "session_id": sid, "typing": flag})
@@ -370,9 +398,10 @@ def test_typing_relayed_not_echoed():
                 m = recv_type(ws, "typing_indicator")
                 assert m["session_id"] == sid and m["typing"] is flag, m
                 assert m["sender"] == {"type": "user", "id": "alice", "name": "Alice"}, m
-        # Not echoed to the sender, not sent to anyone else, not stored.
+        # Not echoed to the sender, not sent to anyone else, not stored (the
+        # admin_join is seq 2).
         quiet(a1, bob)
-        assert history(d.port, sid, token("alice"))["last_seq"] == 1
+        assert history(d.port, sid, token("alice"))["last_seq"] == 2
 
         # An admin who joined types: the owner's devices see sender.type admin.
         adm.send_json({"type": "typing_indicator", "session_id": sid, "typing": True})
@@ -384,56 +413,105 @@ def test_typing_relayed_not_echoed():
         close_all(a1, a2, adm, bob)
 
 
-def test_read_relayed_to_other_devices_only():
+def test_read_relayed_to_other_participants():
+    """A read marker goes, with its sender, to the session's other
+    participants: the owner's other devices and the joined admins. It is not
+    stored as an event; the latest per reader is kept (never going back)."""
     with server() as d:
         a1 = connect(d.port, "alice")
         a2 = connect(d.port, "alice")
         a3 = connect(d.port, "alice")
         adm = connect(d.port, ROOT, admin=True)
+        adm2 = connect(d.port, "root2", admin=True)  # online, not joined
         ack, _ = post(a1, "hi")
         sid = ack["session_id"]
         a2.recv_json()
         a3.recv_json()
-        adm.send_json({"type": "admin_join", "id": "j", "session_id": sid})
-        check_ack(adm.recv_json(), "j", sid, seq=False)
-        for ws in (a1, a2, a3):
-            recv_type(ws, "admin_join")
+        admin_event(adm, "admin_join", "j", sid, 2, {"type": "admin", "id": ROOT, "name": ROOT},
+                    (a1, a2, a3))
+        alice = {"type": "user", "id": "alice", "name": "alice"}
+        root = {"type": "admin", "id": ROOT, "name": ROOT}
 
-        a2.send_json({"type": "read", "session_id": sid, "seq": 1})
-        for ws in (a1, a3):
-            m = recv_type(ws, "read")
-            assert m["session_id"] == sid and m["seq"] == 1, m
-        quiet(a2, adm)  # not the sender, not an admin
-        close_all(a1, a2, a3, adm)
+        def read(ws, seq, sent_seq, sender, others):
+            ws.send_json({"type": "read", "session_id": sid, "seq": seq})
+            for other in others:
+                m = recv_type(other, "read")
+                assert m == {"type": "read", "session_id": sid, "seq": sent_seq,
+                             "sender": sender}, m
+
+        read(a2, 1, 1, alice, (a1, a3, adm))
+        quiet(a2, adm2)  # not the sender, not an admin outside the session
+        read(adm, 2, 2, root, (a1, a2, a3))
+        quiet(adm, adm2)
+
+        def markers():
+            status, doc = api(d.port, "/api/sessions/" + sid, token("alice"))
+            assert status == 200, (status, doc)
+            return doc["read"]
+
+        assert markers() == {"alice": 1, ROOT: 2}
+        # Kept per reader, the latest only: an older marker is relayed but
+        # does not move it back; one beyond the end is cut to the last seq.
+        read(a1, 0, 0, alice, (a2, a3, adm))
+        assert markers() == {"alice": 1, ROOT: 2}
+        read(a3, 99, 2, alice, (a1, a2, adm))
+        assert markers() == {"alice": 2, ROOT: 2}
+        quiet(a1, a2, a3, adm, adm2)
+        assert history(d.port, sid, token("alice"))["last_seq"] == 2
+        close_all(a1, a2, a3, adm, adm2)
 
 
 def test_help_request_reaches_admins():
+    """help_request is a stored event: acked with its seq, delivered to the
+    session's participants (the owner's devices, the joined admins) and to
+    every admin online, each connection once. Asking again while it is open
+    is acked duplicate and changes nothing."""
     with server() as d:
         alice = connect(d.port, "alice", name="Alice")
+        alice2 = connect(d.port, "alice", name="Alice")
         adm1 = connect(d.port, ROOT, admin=True)
         adm2 = connect(d.port, "root2", admin=True)
         bob = connect(d.port, "bob")
         ack, _ = post(alice, "I need a human")
         sid = ack["session_id"]
+        alice2.recv_json()
         other, _ = post(alice, "another chat")
+        alice2.recv_json()
+        # adm1 joined the session and is online: it gets the event once.
+        admin_event(adm1, "admin_join", "j", sid, 2, {"type": "admin", "id": ROOT, "name": ROOT},
+                    (alice, alice2))
 
         alice.send_json({"type": "help_request", "id": "h1", "session_id": sid})
-        check_ack(alice.recv_json(), "h1", sid, seq=False)
-        for ws in (adm1, adm2):  # every admin online, joined or not
-            m = recv_type(ws, "help_request")
-            assert m["session_id"] == sid, m
-            assert m["sender"] == {"type": "user", "id": "alice", "name": "Alice"}, m
-        quiet(alice, bob, adm1, adm2)
+        hack = check_ack(alice.recv_json(), "h1", sid)
+        assert hack["seq"] == 3 and "duplicate" not in hack, hack
+        ev = check_session_event(alice.recv_json(), "help_request", sid, 3,
+                                 {"type": "user", "id": "alice", "name": "Alice"})
+        assert ev["timestamp"] == hack["timestamp"], (hack, ev)
+        for ws in (alice2, adm1, adm2):  # every admin online, joined or not
+            assert ws.recv_json() == ev
+        quiet(alice, alice2, bob, adm1, adm2)
+
+        # Again while it is open: acked duplicate, no seq, no event.
+        for ws in (alice, alice2):
+            ws.send_json({"type": "help_request", "id": "h2", "session_id": sid})
+            again = check_ack(ws.recv_json(), "h2", sid, seq=False)
+            assert again["duplicate"] is True, again
+        quiet(alice, alice2, bob, adm1, adm2)
 
         ss = {s["id"]: s for s in sessions(d.port, token("alice"))}
         assert ss[sid]["help_requested"] is True, ss
+        assert ss[sid]["last_seq"] == 3, ss
         assert ss[other["session_id"]]["help_requested"] is False, ss
         status, doc = api(d.port, "/api/admin/sessions?help=1", token(ROOT, admin=True))
         assert status == 200, (status, doc)
         assert [s["id"] for s in doc["sessions"]] == [sid], doc
-        # Not stored as an event.
-        assert history(d.port, sid, token("alice"))["last_seq"] == 1
-        close_all(alice, adm1, adm2, bob)
+        # Stored: history returns it in its place.
+        doc = history(d.port, sid, token("alice"))
+        assert doc["last_seq"] == 3, doc
+        assert [m["type"] for m in doc["messages"]] == ["user_message", "admin_join",
+                                                        "help_request"], doc
+        assert doc["messages"][2] == ev, (doc["messages"][2], ev)
+        close_all(alice, alice2, adm1, adm2, bob)
 
 
 def test_model_select():
@@ -485,12 +563,10 @@ def test_admin_join_leave_message():
         adm.send_json({"type": "admin_join", "id": "j0", "session_id": NO_SUCH})
         expect_error(adm, "session_not_found", "j0")
 
-        adm.send_json({"type": "admin_join", "id": "j1", "session_id": sid})
-        check_ack(adm.recv_json(), "j1", sid, seq=False)
-        for ws in (a1, a2):
-            m = recv_type(ws, "admin_join")
-            assert m["session_id"] == sid, m
-            assert m["sender"] == {"type": "admin", "id": ROOT, "name": "Root"}, m
+        # admin_join: acked with its seq; the admin's own connection, after
+        # the ack, and the owner's devices get the stored event.
+        root = {"type": "admin", "id": ROOT, "name": "Root"}
+        jev = admin_event(adm, "admin_join", "j1", sid, 2, root, (a1, a2))
 
         # The joined admin receives the session's events.
         _, ev = post(a1, "are you there?", sid)
@@ -501,37 +577,36 @@ def test_admin_join_leave_message():
         # and the admin itself with sender.type admin.
         send_msg(adm, "Yes, how can I help?", sid, "am1", mtype="admin_message")
         aack = check_ack(adm.recv_json(), "am1", sid)
-        assert aack["seq"] == 3, aack
+        assert aack["seq"] == 4, aack
         aev = recv_type(adm, "admin_message")
-        check_event(aev, sid, 3, "Yes, how can I help?", "admin", ROOT, "Root", "am1",
+        check_event(aev, sid, 4, "Yes, how can I help?", "admin", ROOT, "Root", "am1",
                     mtype="admin_message")
         for ws in (a1, a2):
             assert ws.recv_json() == aev
         # A retried admin_message is acknowledged again, not stored twice.
         send_msg(adm, "Yes, how can I help?", sid, "am1", mtype="admin_message")
         again = check_ack(adm.recv_json(), "am1", sid)
-        assert again["seq"] == 3 and again["duplicate"] is True, again
+        assert again["seq"] == 4 and again["duplicate"] is True, again
         quiet(bob, a1, a2, adm)
 
-        # History keeps it as an admin message.
+        # History keeps the join as a session event and the admin message.
         msgs = history(d.port, sid, token("alice"))["messages"]
-        assert [m["type"] for m in msgs] == ["user_message", "user_message", "admin_message"]
-        assert msgs[2] == aev, (msgs[2], aev)
+        assert [m["type"] for m in msgs] == ["user_message", "admin_join", "user_message",
+                                             "admin_message"], msgs
+        assert msgs[1] == jev and msgs[3] == aev, (msgs, jev, aev)
 
-        # admin_leave: ack, participants told; then no more events for the admin.
-        adm.send_json({"type": "admin_leave", "id": "l1", "session_id": sid})
-        check_ack(adm.recv_json(), "l1", sid, seq=False)
-        for ws in (a1, a2):
-            m = recv_type(ws, "admin_leave")
-            assert m["session_id"] == sid, m
-            assert m["sender"] == {"type": "admin", "id": ROOT, "name": "Root"}, m
+        # admin_leave: acked with its seq, the participants and the admin's
+        # own connection get the event; then no more events for the admin.
+        lev = admin_event(adm, "admin_leave", "l1", sid, 5, root, (a1, a2))
         post(a1, "bye", sid)
         a2.recv_json()
         quiet(adm)
         send_msg(adm, "after leaving", sid, "am2", mtype="admin_message")
         expect_error(adm, "forbidden", "am2")
         quiet(a1, a2)
-        assert history(d.port, sid, token("alice"))["last_seq"] == 4
+        doc = history(d.port, sid, token("alice"))
+        assert doc["last_seq"] == 6, doc
+        assert doc["messages"][4] == lev, doc
         close_all(a1, a2, adm, bob)
 
 
@@ -554,22 +629,37 @@ def test_admin_requests_in_order_without_waiting():
         ack, _ = post(a1, "anyone?")
         sid = ack["session_id"]
 
+        root = {"type": "admin", "id": ROOT, "name": "Root"}
         together(adm, {"type": "admin_join", "id": "pj1", "session_id": sid},
                  admin_msg("right here", sid, "pm1"))
-        check_ack(adm.recv_json(), "pj1", sid, seq=False)
-        pack = check_ack(adm.recv_json(), "pm1", sid)
-        assert pack["seq"] == 2, pack
-        pev = recv_type(adm, "admin_message")
-        assert recv_type(a1, "admin_join")["session_id"] == sid
+        # The join (seq 2) and the message (seq 3) may be committed in one
+        # batch or two: each ack comes before its event, the acks in order,
+        # the events in seq order.
+        got = [adm.recv_json() for _ in range(4)]
+        acks = [m for m in got if m["type"] == "ack"]
+        evs = [m for m in got if m["type"] != "ack"]
+        jack = check_ack(acks[0], "pj1", sid)
+        pack = check_ack(acks[1], "pm1", sid)
+        assert jack["seq"] == 2 and pack["seq"] == 3, got
+        assert got.index(jack) < got.index(evs[0]) and got.index(pack) < got.index(evs[1]), got
+        jev = check_session_event(evs[0], "admin_join", sid, 2, root)
+        pev = evs[1]
+        check_event(pev, sid, 3, "right here", "admin", ROOT, "Root", "pm1",
+                    mtype="admin_message")
+        assert a1.recv_json() == jev
         assert a1.recv_json() == pev
 
         together(adm, {"type": "admin_leave", "id": "pl1", "session_id": sid},
                  admin_msg("too late", sid, "pm2"))
-        replies = [adm.recv_json(), adm.recv_json()]
-        by_id = {m.get("id"): m for m in replies}
-        assert by_id["pm2"]["type"] == "error" and by_id["pm2"]["code"] == "forbidden", replies
-        check_ack(by_id["pl1"], "pl1", sid, seq=False)
-        recv_type(a1, "admin_leave")
+        got = [adm.recv_json(), adm.recv_json(), adm.recv_json()]
+        by_id = {m.get("id"): m for m in got if "id" in m}
+        assert by_id["pm2"]["type"] == "error" and by_id["pm2"]["code"] == "forbidden", got
+        lack = check_ack(by_id["pl1"], "pl1", sid)
+        assert lack["seq"] == 4, lack
+        lev = [m for m in got if "id" not in m]
+        assert len(lev) == 1 and got.index(lack) < got.index(lev[0]), got
+        check_session_event(lev[0], "admin_leave", sid, 4, root)
+        assert a1.recv_json() == lev[0]
 
         # Joining a session that does not exist, then writing to it: the join
         # is session_not_found; the message too, or forbidden when the failed
@@ -585,7 +675,9 @@ def test_admin_requests_in_order_without_waiting():
         expect_error(adm, "forbidden", "pm4")
         quiet(a1, adm)
         msgs = history(d.port, sid, token("alice"))["messages"]
-        assert [m["content"] for m in msgs] == ["anyone?", "right here"], msgs
+        assert [(m["type"], m.get("content")) for m in msgs] == [
+            ("user_message", "anyone?"), ("admin_join", None), ("admin_message", "right here"),
+            ("admin_leave", None)], msgs
         close_all(a1, adm)
 
 
@@ -688,23 +780,18 @@ def test_resume_after_admin_rejoin_fills_the_hole():
     with server() as d:
         alice = connect(d.port, "alice")
         adm = connect(d.port, ROOT, admin=True)
+        root = {"type": "admin", "id": ROOT, "name": ROOT}
         sid = post(alice, "1 before join")[0]["session_id"]
-        adm.send_json({"type": "admin_join", "id": "j1", "session_id": sid})
-        check_ack(adm.recv_json(), "j1", sid, seq=False)
-        recv_type(alice, "admin_join")
-        post(alice, "2 while joined", sid)
-        assert recv_type(adm, "user_message")["seq"] == 2
-        adm.send_json({"type": "admin_leave", "id": "l1", "session_id": sid})
-        check_ack(adm.recv_json(), "l1", sid, seq=False)
-        recv_type(alice, "admin_leave")
-        post(alice, "3 while away", sid)
-        post(alice, "4 while away", sid)
+        admin_event(adm, "admin_join", "j1", sid, 2, root, (alice,))
+        post(alice, "3 while joined", sid)
+        assert recv_type(adm, "user_message")["seq"] == 3
+        admin_event(adm, "admin_leave", "l1", sid, 4, root, (alice,))
+        post(alice, "5 while away", sid)
+        post(alice, "6 while away", sid)
         quiet(adm)
-        adm.send_json({"type": "admin_join", "id": "j2", "session_id": sid})
-        check_ack(adm.recv_json(), "j2", sid, seq=False)
-        recv_type(alice, "admin_join")
-        post(alice, "5 joined again", sid)
-        assert recv_type(adm, "user_message")["seq"] == 5
+        admin_event(adm, "admin_join", "j2", sid, 7, root, (alice,))
+        post(alice, "8 joined again", sid)
+        assert recv_type(adm, "user_message")["seq"] == 8
         adm.send_json({"type": "resume", "session_id": sid, "after_seq": 0})
         seqs = []
         while True:
@@ -712,10 +799,10 @@ def test_resume_after_admin_rejoin_fills_the_hole():
             if m["type"] == "resumed":
                 break
             seqs.append(m["seq"])
-        assert m["last_seq"] == 5, m
-        assert seqs == [1, 3, 4], \
-            "resume after_seq=0 on the admin connection (sent 2 and 5 live) sent %r, " \
-            "expected [1, 3, 4]" % seqs
+        assert m["last_seq"] == 8, m
+        assert seqs == [1, 5, 6], \
+            "resume after_seq=0 on the admin connection (sent 2, 3, 4, 7 and 8 live) sent " \
+            "%r, expected [1, 5, 6]" % seqs
         close_all(alice, adm)
 
 
@@ -845,9 +932,8 @@ def test_validation_of_every_field():
         a = connect(d.port, "alice")
         adm = connect(d.port, ROOT, admin=True)
         sid = post(a, "setup")[0]["session_id"]
-        adm.send_json({"type": "admin_join", "id": "j", "session_id": sid})
-        check_ack(adm.recv_json(), "j", sid, seq=False)
-        recv_type(a, "admin_join")
+        admin_event(adm, "admin_join", "j", sid, 2, {"type": "admin", "id": ROOT, "name": ROOT},
+                    (a,))
 
         # Frames that are not a JSON object: bad_json, no id.
         for raw in ("{not json", "[1,2]", '"text"', "42", "null", "",
@@ -918,6 +1004,8 @@ def test_validation_of_every_field():
             ({"type": "model_select", "session_id": sid, "model_id": 1}, "invalid_field", "v1"),
             ({"type": "model_select", "session_id": sid, "model_id": "nope"},
              "invalid_field", "v1"),
+            # resolve_help: admins only, whatever the fields
+            ({"type": "resolve_help", "session_id": sid}, "forbidden", "v1"),
             # resume
             ({"type": "resume", "after_seq": 0}, "invalid_field", "v1"),
             ({"type": "resume", "session_id": sid, "after_seq": -5}, "invalid_field", "v1"),
@@ -943,6 +1031,10 @@ def test_validation_of_every_field():
             ({"type": "admin_message", "session_id": sid, "content": 3}, "invalid_field"),
             ({"type": "admin_message", "session_id": sid, "content": big},
              "content_too_large"),
+            ({"type": "resolve_help"}, "invalid_field"),
+            ({"type": "resolve_help", "session_id": 3}, "invalid_field"),
+            ({"type": "resolve_help", "session_id": "bad"}, "session_not_found"),
+            ({"type": "resolve_help", "session_id": NO_SUCH}, "session_not_found"),
         ]
         for msg, code in admin_cases:
             adm.send_json(dict(msg, id="av"))
@@ -952,11 +1044,11 @@ def test_validation_of_every_field():
 
         # Nothing above was stored or delivered; valid edge cases are accepted.
         quiet(a, adm)
-        assert history(d.port, sid, token("alice"))["last_seq"] == 1
+        assert history(d.port, sid, token("alice"))["last_seq"] == 2
         ack, ev = post(a, "x" * 100, sid, "i" * 64, metadata={})
-        assert ack["seq"] == 2 and ev["content"] == "x" * 100, (ack, ev)
+        assert ack["seq"] == 3 and ev["content"] == "x" * 100, (ack, ev)
         ack, ev = post(a, "\u00e9" * 50, sid, "\u00e9" * 32, metadata={"k": "\u00fc"})
-        assert ack["seq"] == 3 and ev["content"] == "\u00e9" * 50, ev
+        assert ack["seq"] == 4 and ev["content"] == "\u00e9" * 50, ev
         assert ev["metadata"] == {"k": "\u00fc"}, ev
         # null session_id starts a session like no session_id.
         a.send_json({"type": "user_message", "id": "nullsid", "session_id": None,
@@ -965,7 +1057,7 @@ def test_validation_of_every_field():
         assert ack["session_id"] != sid and ack["seq"] == 1, ack
         recv_type(a, "user_message")
         for ws in (adm,):
-            assert [m["seq"] for m in barrier(ws)] == [2, 3], "admin sees the session's events"
+            assert [m["seq"] for m in barrier(ws)] == [3, 4], "admin sees the session's events"
         close_all(a, adm)
 
 
@@ -995,11 +1087,13 @@ def test_http_api():
         ss = sessions(d.port, tok_a)
         assert [s["id"] for s in ss] == [s2, s1], ss  # newest first
         for s in ss:
-            assert set(s) == {"id", "owner", "created_at", "updated_at", "last_seq",
-                              "help_requested", "model"}, s
-            assert s["owner"] == "alice" and s["last_seq"] == 1, s
+            assert set(s) == {"id", "title", "owner", "owner_name", "created_at", "updated_at",
+                              "last_seq", "help_requested", "model"}, s
+            assert s["owner"] == "alice" and s["owner_name"] == "Alice", s
+            assert s["last_seq"] == 1, s
             assert TS_RE.match(s["created_at"]) and TS_RE.match(s["updated_at"]), s
             assert s["help_requested"] is False and s["model"] is None, s
+        assert [s["title"] for s in ss] == ["second chat", "first chat"], ss
         # A new message moves s1 to the front.
         time.sleep(0.02)
         live = [post(alice, "more %d" % i, s1)[1] for i in range(4)]
@@ -1046,21 +1140,33 @@ def test_http_api():
         assert status == 401 and body["error"]["code"] == "unauthorized", (status, body)
         status, doc = api(d.port, "/api/admin/sessions", tok_root)
         assert status == 200, (status, doc)
-        assert [s["id"] for s in doc["sessions"]] == [s1, s3, s2], doc
-        assert {s["owner"] for s in doc["sessions"]} == {"alice", "bob"}, doc
+        # Triage order: help requested first (none yet), then the longest
+        # waiting (every session's first user message is still unanswered:
+        # s1 was written first, then s2, then s3).
+        assert [s["id"] for s in doc["sessions"]] == [s1, s2, s3], doc
+        for s in doc["sessions"]:
+            assert set(s) == {"id", "title", "owner", "owner_name", "created_at", "updated_at",
+                              "last_seq", "help_requested", "model", "preview",
+                              "waiting_since", "waiting_ms", "admins"}, s
+        assert [(s["owner"], s["owner_name"], s["title"]) for s in doc["sessions"]] == [
+            ("alice", "Alice", "first chat"), ("alice", "Alice", "second chat"),
+            ("bob", "bob", "bob's chat")], doc
         status, doc = api(d.port, "/api/admin/sessions?help=1", tok_root)
         assert status == 200 and doc["sessions"] == [], doc
         bob.send_json({"type": "help_request", "id": "hr", "session_id": s3})
-        check_ack(bob.recv_json(), "hr", s3, seq=False)
+        hack = check_ack(bob.recv_json(), "hr", s3)
+        assert hack["seq"] == 2 and "duplicate" not in hack, hack
+        check_session_event(bob.recv_json(), "help_request", s3, 2,
+                            {"type": "user", "id": "bob", "name": "bob"})
         status, doc = api(d.port, "/api/admin/sessions?help=1", tok_root)
         assert [s["id"] for s in doc["sessions"]] == [s3], doc
         assert doc["sessions"][0]["help_requested"] is True, doc
         status, doc = api(d.port, "/api/admin/sessions?help=0", tok_root)
-        assert len(doc["sessions"]) == 3, doc
+        assert [s["id"] for s in doc["sessions"]] == [s3, s1, s2], doc
         status, body = api(d.port, "/api/admin/sessions?help=2", tok_root)
         assert status == 400, (status, body)
-        # An admin reads anyone's history.
-        assert len(history(d.port, s3, tok_root)["messages"]) == 1
+        # An admin reads anyone's history (the help request is stored).
+        assert len(history(d.port, s3, tok_root)["messages"]) == 2
         # Only the caller's own sessions for /api/sessions, admin or not.
         assert sessions(d.port, tok_root) == []
         status, body = api(d.port, "/api/sessions/%s/messages" % NO_SUCH, tok_root)
@@ -1135,26 +1241,23 @@ def test_metrics_after_traffic():
         recv_type(a2, "read")
         received += 2
         a1.send_json({"type": "help_request", "id": "h", "session_id": sid})
-        check_ack(a1.recv_json(), "h", sid, seq=False)
-        recv_type(adm, "help_request")
+        assert check_ack(a1.recv_json(), "h", sid)["seq"] == 4
+        for ws in (a1, a2, adm):
+            recv_type(ws, "help_request")
         a1.send_json({"type": "model_select", "id": "ms", "session_id": sid, "model_id": "m1"})
         check_ack(a1.recv_json(), "ms", sid, seq=False)
+        # Seq 4 (the help request) was sent live: nothing to replay.
         a1.send_json({"type": "resume", "session_id": sid, "after_seq": 3})
         recv_type(a1, "resumed")
-        received += 4
-        adm.send_json({"type": "admin_join", "id": "j", "session_id": sid})
-        check_ack(adm.recv_json(), "j", sid, seq=False)
-        recv_type(a1, "admin_join")
-        recv_type(a2, "admin_join")
+        received += 6
+        root = {"type": "admin", "id": ROOT, "name": ROOT}
+        admin_event(adm, "admin_join", "j", sid, 5, root, (a1, a2))
         send_msg(adm, "hello", sid, "am", mtype="admin_message")
         check_ack(adm.recv_json(), "am", sid)
         for ws in (adm, a1, a2):
             recv_type(ws, "admin_message")
-        adm.send_json({"type": "admin_leave", "id": "l", "session_id": sid})
-        check_ack(adm.recv_json(), "l", sid, seq=False)
-        recv_type(a1, "admin_leave")
-        recv_type(a2, "admin_leave")
-        received += 3 + 4 + 3
+        admin_event(adm, "admin_leave", "l", sid, 7, root, (a1, a2))
+        received += 4 + 4 + 4
         # Errors: one session_not_found, two invalid_field, one forbidden.
         send_msg(bob, "intrude", sid, "e1")
         expect_error(bob, "session_not_found", "e1")
@@ -1326,7 +1429,7 @@ def test_encryption_key_file_must_be_32_bytes():
 if __name__ == "__main__":
     run([test_connection_status_lists_models, test_ack_before_event_and_second_device,
          test_dedup_same_id, test_new_session_retry_finds_the_session,
-         test_typing_relayed_not_echoed, test_read_relayed_to_other_devices_only,
+         test_typing_relayed_not_echoed, test_read_relayed_to_other_participants,
          test_help_request_reaches_admins, test_model_select, test_admin_join_leave_message,
          test_admin_requests_in_order_without_waiting,
          test_resume, test_resume_exactly_once_during_live_traffic,

@@ -211,21 +211,31 @@ def test_every_type_has_a_budget():
             1, json.dumps({"type": "help_request", "id": "h%d" % i, "session_id": sid}).encode())
             for i in range(n))
         alice.send_raw(burst)
-        acks, limited, dup = 0, 0, 0
-        for _ in range(n):
+        acks, limited, dup, events = 0, 0, 0, []
+        # Every request answered, and the one stored help_request event
+        # (seq 4) delivered to the owner's device.
+        while acks + limited < n or not events:
             m = alice.recv_json()
             if m["type"] == "ack":
                 acks += 1
-                dup += m.get("duplicate", False)
+                if m.get("duplicate", False):
+                    assert m["duplicate"] is True and "seq" not in m, m
+                    dup += 1
+                else:
+                    assert m["seq"] == 4, m
+            elif m["type"] == "help_request":
+                assert m["seq"] == 4 and m["session_id"] == sid, m
+                events.append(m)
             else:
                 assert m["type"] == "error" and m["code"] == "rate_limited", m
                 assert m["retry_after"] > 0, m
                 limited += 1
         assert acks <= 12 and acks + limited == n, (acks, limited)
         assert dup == acks - 1, "repeated help requests are coalesced: %d of %d" % (dup, acks)
+        assert len(events) == 1 and barrier(alice) == [], events
         # The admin heard of it once.
         got = barrier(adm)
-        assert [m["type"] for m in got] == ["help_request"], got
+        assert got == events, got
         assert metric(d.port, "chatd_store_commit_seconds_count") - commits <= 13
         # Typing indicators, read markers, model selections, resumes.
         for mtype, extra in (("typing_indicator", {"typing": True}), ("read", {"seq": 1}),
