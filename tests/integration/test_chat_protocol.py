@@ -1147,7 +1147,7 @@ def test_http_api():
         for s in doc["sessions"]:
             assert set(s) == {"id", "title", "owner", "owner_name", "created_at", "updated_at",
                               "last_seq", "help_requested", "model", "preview",
-                              "waiting_since", "waiting_ms", "admins"}, s
+                              "waiting_since", "waiting_ms", "admins", "help"}, s
         assert [(s["owner"], s["owner_name"], s["title"]) for s in doc["sessions"]] == [
             ("alice", "Alice", "first chat"), ("alice", "Alice", "second chat"),
             ("bob", "bob", "bob's chat")], doc
