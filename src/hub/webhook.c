@@ -298,28 +298,13 @@ static const struct http_client_callbacks delivery_cb = {on_head, NULL, on_done}
 
 /* ---- the API ------------------------------------------------------------- */
 
-/* scheme://host[:port]/path of a URL: what may be logged of it. */
+/* What may be logged of the URL (net/http_client.h), malloc'd. */
 static char *url_for_logs(const char *url)
 {
-    const char *auth = strstr(url, "://");
-    auth = auth ? auth + 3 : url;
-    size_t auth_len = strcspn(auth, "/?#");
-    const char *host = auth;
-    for (const char *p = auth; p < auth + auth_len; p++)
-        if (*p == '@')
-            host = p + 1;
-    size_t path_len = strcspn(auth + auth_len, "?#");
-    char *out = malloc((size_t)(auth - url) + (size_t)(auth + auth_len - host) + path_len + 1);
-    if (!out)
-        return NULL;
-    size_t n = 0;
-    memcpy(out, url, (size_t)(auth - url));
-    n += (size_t)(auth - url);
-    memcpy(out + n, host, (size_t)(auth + auth_len - host));
-    n += (size_t)(auth + auth_len - host);
-    memcpy(out + n, auth + auth_len, path_len);
-    n += path_len;
-    out[n] = '\0';
+    size_t cap = strlen(url) + 1;
+    char *out = malloc(cap);
+    if (out)
+        http_client_url_for_logs(url, out, cap);
     return out;
 }
 

@@ -52,11 +52,8 @@ static _Thread_local struct http_client *current_client;
 
 /* ---- logging ---------------------------------------------------------- */
 
-/* scheme://host[:port]/path of a URL: no userinfo, no query, no fragment,
- * which may hold keys. The URL was validated by submit. */
-static const char *log_url(struct log_quoted *q, const char *url)
+size_t http_client_url_for_logs(const char *url, char *out, size_t cap)
 {
-    char buf[LOG_QUOTE_MAX + 1];
     const char *auth = strstr(url, "://");
     auth = auth ? auth + 3 : url;
     size_t auth_len = strcspn(auth, "/?#");
@@ -65,19 +62,28 @@ static const char *log_url(struct log_quoted *q, const char *url)
         if (*p == '@')
             host = p + 1;
     const char *path = auth + auth_len;
-    size_t path_len = strcspn(path, "?#");
-    size_t n = 0;
-    size_t scheme_len = (size_t)(auth - url);
     const struct {
         const char *p;
         size_t len;
-    } parts[] = {{url, scheme_len}, {host, (size_t)(path - host)}, {path, path_len}};
-    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
-        size_t k = parts[i].len < sizeof buf - n ? parts[i].len : sizeof buf - n;
-        memcpy(buf + n, parts[i].p, k);
+    } parts[] = {{url, (size_t)(auth - url)},
+                 {host, (size_t)(path - host)},
+                 {path, strcspn(path, "?#")}};
+    size_t n = 0;
+    for (size_t i = 0; cap && i < sizeof parts / sizeof parts[0]; i++) {
+        size_t k = parts[i].len < cap - 1 - n ? parts[i].len : cap - 1 - n;
+        memcpy(out + n, parts[i].p, k);
         n += k;
     }
-    return log_quote(q, buf, n);
+    if (cap)
+        out[n] = '\0';
+    return n;
+}
+
+/* The URL as logs may show it, quoted. */
+static const char *log_url(struct log_quoted *q, const char *url)
+{
+    char buf[LOG_QUOTE_MAX + 1];
+    return log_quote(q, buf, http_client_url_for_logs(url, buf, sizeof buf));
 }
 
 static void set_why(struct req *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -242,6 +242,11 @@ int http_client_submit(struct http_client *c, const struct http_client_request *
  * -ENOMEM. On an error the request goes on as if cancel was not called. */
 int http_client_cancel(struct http_client *c, uint64_t id);
 
+/* What may be logged of a URL: scheme://host[:port]/path, without the
+ * userinfo, query and fragment (which may hold keys), into out (cap bytes,
+ * NUL-terminated, cut to fit). Returns its length. Pure: any thread. */
+size_t http_client_url_for_logs(const char *url, char *out, size_t cap);
+
 /* Requests accepted and not yet ended: a snapshot for metrics and tests. */
 unsigned http_client_inflight(struct http_client *c);
 
