@@ -39,9 +39,11 @@ if [ -n "$missing" ]; then
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
-# The interop tests' npm packages (ws, playwright-core) live under tests/interop.
+# The interop tests' npm packages (ws, playwright-core, axe-core) live under
+# tests/interop.
 if [ "$mode" = test ] && { [ ! -d tests/interop/node_modules/ws ] ||
-    [ ! -d tests/interop/node_modules/playwright-core ]; }; then
+    [ ! -d tests/interop/node_modules/playwright-core ] ||
+    [ ! -d tests/interop/node_modules/axe-core ]; }; then
     echo "deps: installing npm packages for interop tests"
     (cd tests/interop && npm install --no-audit --no-fund --silent >/dev/null)
 fi
