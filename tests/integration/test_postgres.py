@@ -171,7 +171,44 @@ def test_unreachable_server_refuses_then_recovers():
     assert "event=store_unhealthy" in log and "event=store_healthy" in log, log[-3000:]
 
 
-# ---- 3. two nodes on one database --------------------------------------------------
+# ---- 3. a COMMIT cut off mid-way is settled by asking the server ---------------------
+
+def test_commit_cut_off_is_settled():
+    """The connection is lost while COMMIT runs (a deferred trigger holds
+    the COMMIT; the test ends that backend): chatd cannot know from the
+    connection whether it committed, reconnects, asks pg_xact_status, and
+    answers by what the server says (here: rolled back, so 'unavailable',
+    and the retry with the same id is stored once)."""
+    dsn = PG.new_db("cutoff")
+    with Chatd("--postgres", dsn, *LOAD_ARGS) as d:
+        c = ChatClient(d.port, "dave")
+        sid = ack(c.request(user_message("d0", "before")), "d0")["session_id"]
+        PG.psql("CREATE FUNCTION hold_commit() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$; "
+                "CREATE CONSTRAINT TRIGGER hold_commit AFTER INSERT ON events "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.client_id = 'held') "
+                "EXECUTE FUNCTION hold_commit()", "cutoff")
+        c.send(user_message("held", "held at commit", sid))
+        in_commit = ("SELECT pid FROM pg_stat_activity WHERE datname = 'cutoff' AND "
+                     "application_name = 'chatd' AND state = 'active' AND query = 'COMMIT'")
+        wait_for(lambda: PG.psql(in_commit, "cutoff") != "", "chatd's COMMIT is held")
+        PG.psql("SELECT pg_terminate_backend(pid) FROM (%s) AS c" % in_commit, "cutoff")
+        r = c.wait_reply("held", WAIT)
+        assert r.get("type") == "error" and r.get("code") == "unavailable", r
+        assert "event=store_commit_settled" in d.log() and "outcome=aborted" in d.log(), \
+            d.log()[-3000:]
+        PG.psql("DROP TRIGGER hold_commit ON events", "cutoff")
+        wait_for(lambda: readyz(d.port) == 200, "/readyz 200 after the reconnection")
+        r1 = ack(c.request(user_message("held", "held at commit", sid)), "held retried")
+        r2 = ack(c.request(user_message("held", "held at commit", sid)), "held twice")
+        assert r1["seq"] == r2["seq"] == 2, (r1, r2)
+        events, last = history(d.port, sid, c.token)
+        check_gapless(sid, events)
+        assert [e["content"] for e in events] == ["before", "held at commit"], events
+        c.close()
+
+
+# ---- 4. two nodes on one database --------------------------------------------------
 
 def test_two_nodes_share_one_database():
     """Both start at once on an empty database (the migration race), then
@@ -224,7 +261,7 @@ def test_two_nodes_share_one_database():
                 x.__exit__(None, None, None)  # a clean stop, then its folder and log go
 
 
-# ---- 4. refusals at start ------------------------------------------------------------
+# ---- 5. refusals at start ------------------------------------------------------------
 
 def test_unreachable_at_start_exits_2():
     dsn = "host=%s/nowhere user=postgres password=s3cret-pw dbname=x" % PG.dir
@@ -245,6 +282,7 @@ def main():
     try:
         run([test_acked_messages_survive_a_restart,
              test_unreachable_server_refuses_then_recovers,
+             test_commit_cut_off_is_settled,
              test_two_nodes_share_one_database,
              test_unreachable_at_start_exits_2])
     finally:

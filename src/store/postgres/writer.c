@@ -629,19 +629,21 @@ static enum store_status settle_commit(struct store_postgres *s, const char *xid
             p_text(&p, xid);
             PGresult *r = PQexecParams(s->conn, "SELECT pg_xact_status($1::xid8)", 1, NULL,
                                        p.v, p.len, p.fmt, 0);
-            const char *v = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
-                                    !PQgetisnull(r, 0, 0)
-                                ? PQgetvalue(r, 0, 0)
-                                : NULL;
-            enum store_status st = !v                             ? STORE_UNKNOWN
-                                   : strcmp(v, "committed") == 0 ? STORE_OK
-                                   : strcmp(v, "aborted") == 0   ? STORE_UNAVAILABLE
-                                                                 : (enum store_status)-1;
+            char outcome[32] = "";
+            if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+                !PQgetisnull(r, 0, 0))
+                snprintf(outcome, sizeof outcome, "%s", PQgetvalue(r, 0, 0));
             bool conn_ok = PQstatus(s->conn) == CONNECTION_OK;
             PQclear(r);
-            if (st != (enum store_status)-1 && (v || conn_ok)) {
+            /* "in progress": the server is still finishing it; ask again. */
+            bool settled = strcmp(outcome, "committed") == 0 || strcmp(outcome, "aborted") == 0;
+            if (settled || (conn_ok && strcmp(outcome, "in progress") != 0)) {
+                /* no answer on a good connection: too old to tell */
+                enum store_status st = strcmp(outcome, "committed") == 0 ? STORE_OK
+                                       : strcmp(outcome, "aborted") == 0 ? STORE_UNAVAILABLE
+                                                                         : STORE_UNKNOWN;
                 log_warn("store_commit_settled", "engine=postgres xid=%s outcome=%s", xid,
-                         v ? v : "unknown");
+                         outcome[0] ? outcome : "unknown");
                 return st;
             }
             if (!conn_ok)
