@@ -190,6 +190,9 @@ static bool writer_connect(struct store_postgres *s)
     struct log_quoted qd, qe;
     if (!c) {
         s->retry_at_us = now_us() + s->backoff_ms * 1000;
+        if (atomic_exchange(&s->connected, false))
+            log_warn("store_unhealthy", "engine=postgres dsn=%s reason=%s",
+                     log_quotes(&qd, s->redacted), log_quotes(&qe, err));
         log_debug("store_connect_failed", "engine=postgres dsn=%s error=%s retry_ms=%lld",
                   log_quotes(&qd, s->redacted), log_quotes(&qe, err), (long long)s->backoff_ms);
         s->backoff_ms = s->backoff_ms * 2 > PG_BACKOFF_MAX_MS ? PG_BACKOFF_MAX_MS
