@@ -17,6 +17,11 @@
  * markers that only move forward, share links, help requests that write
  * only a change.
  *
+ * NEEDSWORK: each request costs two to four round trips inside the
+ * transaction (lock and read the session, the dedup look-up, the event);
+ * the commit is shared, the round trips are not. libpq's pipeline mode
+ * could send a batch's statements without waiting for each answer.
+ *
  * Health is `connected && writes_ok`: a refused write (a server error, the
  * tests' fault hook) clears writes_ok until a batch that wrote; a lost
  * connection clears connected until the writer reconnects.
@@ -734,6 +739,13 @@ static void run_batch(struct store_postgres *s, struct store_req **reqs, size_t 
             reqs[i]->seq = 0;
         }
         err = try_batch(s, reqs, n, now, &status);
+        /* Lost before COMMIT: nothing was written. A connection that died
+         * while idle (the server restarted) is only found out by the next
+         * batch: try a new one at once rather than refuse the batch. */
+        if (err == B_LOST && attempt == 0 && writer_connect(s)) {
+            log_info("store_batch_retried", "engine=postgres reason=reconnected batch=%zu", n);
+            continue;
+        }
         if (err != B_RETRY)
             break;
         log_info("store_batch_retried", "engine=postgres attempt=%d batch=%zu", attempt + 1, n);
