@@ -208,6 +208,57 @@ def test_commit_cut_off_is_settled():
         c.close()
 
 
+# ---- 3b. a restart in the middle of traffic ---------------------------------------------
+
+def test_restart_mid_traffic_loses_nothing_acked():
+    """PostgreSQL restarts while a client keeps sending: the client retries
+    every refused message with the same id until it is acked; in the end
+    each message is stored exactly once, at the seq its ack named, with no
+    gap."""
+    dsn = PG.new_db("midtraffic")
+    with Chatd("--postgres", dsn, *LOAD_ARGS) as d:
+        c = ChatClient(d.port, "erin")
+        sid = ack(c.request(user_message("e0", "start")), "e0")["session_id"]
+        msgs, acked, refused = {}, {"e0": 1}, 0
+
+        def restart():
+            time.sleep(0.3)
+            PG.stop("fast")
+            time.sleep(1.0)
+            PG.start()
+        t = threading.Thread(target=restart)
+        t.start()
+        deadline = time.time() + WAIT * 3
+        while time.time() < deadline:
+            if t.is_alive():  # new messages for as long as the restart lasts
+                for i in range(len(msgs) + 1, len(msgs) + 21):
+                    msgs["e%d" % i] = user_message("e%d" % i, "traffic %d" % i, sid)
+            todo = [m for cid, m in msgs.items() if cid not in acked]
+            if not todo and not t.is_alive():
+                break
+            with c.cond:  # a retry's answer, not the refusal before it
+                for m in todo[:50]:
+                    c.replies.pop(m["id"], None)
+            for cid, r in pipeline(c, todo[:50], window=8, timeout=WAIT).items():
+                if r.get("type") == "ack":
+                    assert acked.get(cid, r["seq"]) == r["seq"], (cid, acked.get(cid), r)
+                    acked[cid] = r["seq"]
+                else:
+                    assert r.get("code") == "unavailable", r
+                    refused += 1
+                    time.sleep(0.01)
+        n = len(msgs)
+        t.join()
+        assert len(acked) == n + 1, "%d of %d acked" % (len(acked), n + 1)
+        assert refused > 0, "the restart refused nothing: it did not happen mid-traffic"
+        events, last = history(d.port, sid, c.token)
+        check_gapless(sid, events)
+        assert last == n + 1 and len(events) == n + 1, (last, len(events))
+        for e in events:
+            assert acked[e["id"]] == e["seq"], (e, acked.get(e["id"]))
+        c.close()
+
+
 # ---- 4. two nodes on one database --------------------------------------------------
 
 def test_two_nodes_share_one_database():
@@ -283,6 +334,7 @@ def main():
         run([test_acked_messages_survive_a_restart,
              test_unreachable_server_refuses_then_recovers,
              test_commit_cut_off_is_settled,
+             test_restart_mid_traffic_loses_nothing_acked,
              test_two_nodes_share_one_database,
              test_unreachable_at_start_exits_2])
     finally:
