@@ -116,10 +116,13 @@ def ack(reply, what):
 # ---- 1. what was acked is there after a restart -----------------------------------
 
 def test_acked_messages_survive_a_restart():
-    dsn = PG.new_db("restart")
+    # The server trusts local users: the password is only there to be hidden.
+    dsn = PG.new_db("restart") + " password=not-to-be-shown"
     n = 20
     with Chatd("--postgres", dsn, *LOAD_ARGS) as d:
         assert "storage=postgres" in d.log(), d.log()[-2000:]
+        with open("/proc/%d/cmdline" % d.proc.pid, "rb") as f:
+            assert b"not-to-be-shown" not in f.read(), "the DSN's password is in ps"
         c = ChatClient(d.port, "alice")
         first = ack(c.request(user_message("m0", "hello postgres")), "m0")
         sid = first["session_id"]
@@ -139,6 +142,7 @@ def test_acked_messages_survive_a_restart():
         assert again["seq"] == 6, again
         assert history(d.port, sid, c.token)[1] == n
         c.close()
+        assert "not-to-be-shown" not in d.log() and "password=***" in d.log(), d.log()[-2000:]
 
 
 # ---- 2. the server goes away and comes back ---------------------------------------
@@ -325,6 +329,14 @@ def test_unreachable_at_start_exits_2():
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "--postgres" in lines[0], err
     assert "s3cret-pw" not in err, err
+    # A malformed string: libpq would quote its words; chatd does not.
+    p = subprocess.run([os.environ.get("CHATD_BIN", "chatd"), "--listen", "127.0.0.1:0",
+                        "--jwt-secret", "test-secret-0123456789abcdefghijklmnop",
+                        "--postgres", "host=/tmp password s3cret-pw"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    err = p.stderr.decode()
+    assert p.returncode == 2 and "--postgres" in err and "s3cret-pw" not in err, (p.returncode,
+                                                                                  err)
 
 
 def main():

@@ -258,6 +258,21 @@ static int pg_open(void **out, const struct store_options *opt, char *err, size_
         return opt->path ? -ENOMEM : -EINVAL;
     }
     store_postgres_redact(s->dsn, s->redacted, strlen(opt->path) + 256);
+    /* libpq's own complaint about a malformed string quotes the string's
+     * words, a password among them: check it here and say only that. */
+    char *perr = NULL;
+    PQconninfoOption *parsed = PQconninfoParse(s->dsn, &perr);
+    PQfreemem(perr);
+    if (!parsed) {
+        snprintf(err, errlen, "--postgres: not a valid connection string (key=value pairs or a "
+                              "postgresql:// URI)");
+        OPENSSL_cleanse(s->dsn, strlen(s->dsn));
+        free(s->dsn);
+        free(s->redacted);
+        free(s);
+        return -EINVAL;
+    }
+    PQconninfoFree(parsed);
     s->on_batch = opt->on_batch;
     s->arg = opt->arg;
     if (opt->key) {
