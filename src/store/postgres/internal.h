@@ -29,9 +29,9 @@
 #define PG_READ_POOL_MAX 8 /* idle read connections kept; more are opened and closed */
 #define PG_BACKOFF_MIN_MS 100
 #define PG_BACKOFF_MAX_MS 5000
-#define PG_PROBE_MS 1000          /* an idle writer checks its connection this often */
-#define PG_OUTCOME_WAIT_MS 10000  /* how long a commit of unknown outcome is asked after */
-#define PG_BATCH_RETRIES 3        /* a batch chosen as a deadlock victim is run again */
+#define PG_PROBE_MS 1000         /* an idle writer checks its connection this often */
+#define PG_OUTCOME_WAIT_MS 10000 /* how long a commit of unknown outcome is asked after */
+#define PG_BATCH_RETRIES 3       /* a batch chosen as a deadlock victim is run again */
 
 /* An idle read connection in the pool. */
 struct pg_read_conn {

@@ -148,11 +148,21 @@ PGconn *store_postgres__connect(struct store_postgres *s, char *err, size_t errl
 {
     /* Defaults first: what the connection string says wins (the expanded
      * dbname's settings override earlier keywords). */
-    const char *const keys[] = {"connect_timeout",  "application_name", "keepalives_idle",
-                                "keepalives_interval", "keepalives_count", "client_encoding",
-                                "options",          "dbname",           NULL};
-    const char *const vals[] = {"5", "chatd", "15", "5", "3", "UTF8",
-                                "-c bytea_output=hex -c TimeZone=UTC", s->dsn, NULL};
+    static const char *const defaults[][2] = {
+        {"connect_timeout", "5"},     {"application_name", "chatd"},
+        {"keepalives_idle", "15"}, /* a server gone silent is found out in about 30 s */
+        {"keepalives_interval", "5"}, {"keepalives_count", "3"},
+        {"client_encoding", "UTF8"},
+    };
+    enum { NDEF = sizeof defaults / sizeof defaults[0] };
+    const char *keys[NDEF + 2], *vals[NDEF + 2];
+    for (int i = 0; i < NDEF; i++) {
+        keys[i] = defaults[i][0];
+        vals[i] = defaults[i][1];
+    }
+    keys[NDEF] = "dbname";
+    vals[NDEF] = s->dsn;
+    keys[NDEF + 1] = vals[NDEF + 1] = NULL;
     PGconn *c = PQconnectdbParams(keys, vals, 1);
     if (!c || PQstatus(c) != CONNECTION_OK) {
         store_postgres__error_line(c, err, errlen);
@@ -160,6 +170,16 @@ PGconn *store_postgres__connect(struct store_postgres *s, char *err, size_t errl
         return NULL;
     }
     PQsetNoticeProcessor(c, no_notices, NULL);
+    /* The reads decode bytea in hex output, whatever the server's default
+     * or the DSN's options say. */
+    PGresult *r = PQexec(c, "SET bytea_output = 'hex'");
+    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (!ok) {
+        store_postgres__error_line(c, err, errlen);
+        PQfinish(c);
+        return NULL;
+    }
     return c;
 }
 
@@ -264,8 +284,9 @@ static int pg_open(void **out, const struct store_options *opt, char *err, size_
     PQconninfoOption *parsed = PQconninfoParse(s->dsn, &perr);
     PQfreemem(perr);
     if (!parsed) {
-        snprintf(err, errlen, "--postgres: not a valid connection string (key=value pairs or a "
-                              "postgresql:// URI)");
+        snprintf(err, errlen,
+                 "--postgres: not a valid connection string (key=value pairs or a "
+                 "postgresql:// URI)");
         OPENSSL_cleanse(s->dsn, strlen(s->dsn));
         free(s->dsn);
         free(s->redacted);

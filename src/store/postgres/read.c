@@ -156,7 +156,7 @@ static void copy_chars(char *out, const char *text, size_t len, size_t max)
 }
 
 #define SESSION_COLS                                                                               \
-    "id, owner, created_at, updated_at, last_seq, help, COALESCE(model, ''),"                     \
+    "id, owner, created_at, updated_at, last_seq, help, COALESCE(model, ''),"                      \
     " COALESCE(owner_name, ''), COALESCE(waiting_since, 0), title, title_enc"
 
 /* A row of SESSION_COLS into out; the title unsealed when it is. 0, or
@@ -195,8 +195,7 @@ static int fill_session(struct store_postgres *s, const PGresult *r, int row,
             free(plain);
         }
     } else if (tlen) {
-        copy_chars(out->title, t, tlen < STORE_TITLE_MAX ? tlen : STORE_TITLE_MAX,
-                   STORE_TITLE_MAX);
+        copy_chars(out->title, t, tlen < STORE_TITLE_MAX ? tlen : STORE_TITLE_MAX, STORE_TITLE_MAX);
     }
     free(t);
     return ret;
@@ -311,8 +310,8 @@ static int fill_preview(struct store_postgres *s, PGconn **c, struct store_sessi
         } else if (col_bool(r, 0, 4)) {
             char *plain;
             size_t plen;
-            if (!s->encrypt || store_unseal(s->key, v->id, seq, (unsigned char *)blob, blen,
-                                            &plain, &plen) != 0) {
+            if (!s->encrypt ||
+                store_unseal(s->key, v->id, seq, (unsigned char *)blob, blen, &plain, &plen) != 0) {
                 ret = -EIO;
             } else {
                 copy_chars(v->preview, plain, plen, STORE_PREVIEW_CHARS);
@@ -335,14 +334,14 @@ int store_postgres__list_sessions(void *e, const char *owner, bool help_only, in
     /* The same orders as SQLite's (where NULL waits sort last too). */
     const char *sql = owner ? "SELECT " SESSION_COLS " FROM sessions WHERE owner = $2::text"
                               " ORDER BY updated_at DESC LIMIT $1::integer"
-                    /* The admins' triage: help asked first, then the
-                     * longest wait, then the latest activity. */
-                    : help_only ? "SELECT " SESSION_COLS " FROM sessions WHERE help"
-                                  " ORDER BY waiting_since ASC NULLS LAST,"
-                                  " updated_at DESC LIMIT $1::integer"
-                                : "SELECT " SESSION_COLS " FROM sessions"
-                                  " ORDER BY help DESC, waiting_since ASC NULLS LAST,"
-                                  " updated_at DESC LIMIT $1::integer";
+                      /* The admins' triage: help asked first, then the
+                       * longest wait, then the latest activity. */
+                      : help_only ? "SELECT " SESSION_COLS " FROM sessions WHERE help"
+                                    " ORDER BY waiting_since ASC NULLS LAST,"
+                                    " updated_at DESC LIMIT $1::integer"
+                                  : "SELECT " SESSION_COLS " FROM sessions"
+                                    " ORDER BY help DESC, waiting_since ASC NULLS LAST,"
+                                    " updated_at DESC LIMIT $1::integer";
     char lim[16];
     snprintf(lim, sizeof lim, "%d", limit);
     const char *v[] = {lim, owner};

@@ -200,8 +200,8 @@ static bool writer_connect(struct store_postgres *s)
                      log_quotes(&qd, s->redacted), log_quotes(&qe, err));
         log_debug("store_connect_failed", "engine=postgres dsn=%s error=%s retry_ms=%lld",
                   log_quotes(&qd, s->redacted), log_quotes(&qe, err), (long long)s->backoff_ms);
-        s->backoff_ms = s->backoff_ms * 2 > PG_BACKOFF_MAX_MS ? PG_BACKOFF_MAX_MS
-                                                               : s->backoff_ms * 2;
+        s->backoff_ms =
+            s->backoff_ms * 2 > PG_BACKOFF_MAX_MS ? PG_BACKOFF_MAX_MS : s->backoff_ms * 2;
         return false;
     }
     PQfinish(s->conn);
@@ -234,8 +234,8 @@ static PGresult *run(struct store_postgres *s, int which, const struct params *p
         char m[256];
         struct log_quoted qm;
         store_postgres__error_line(s->conn, m, sizeof m);
-        log_error("store_write_failed", "engine=postgres sqlstate=%s error=%s",
-                  state ? state : "-", log_quotes(&qm, m));
+        log_error("store_write_failed", "engine=postgres sqlstate=%s error=%s", state ? state : "-",
+                  log_quotes(&qm, m));
     }
     PQclear(r);
     return NULL;
@@ -285,8 +285,8 @@ static int put_event(struct store_postgres *s, struct store_req *r, int64_t last
     int64_t seq = last_seq + 1; /* the row is locked: the counter gives exactly this */
     unsigned char *sealed = NULL;
     size_t sealed_len = 0;
-    if (s->encrypt && len && store_seal(s->key, r->session_id, seq, content, len, &sealed,
-                                        &sealed_len) != 0) {
+    if (s->encrypt && len &&
+        store_seal(s->key, r->session_id, seq, content, len, &sealed, &sealed_len) != 0) {
         struct log_quoted qs;
         log_error("store_seal_failed", "session=%s seq=%lld", log_quotes(&qs, r->session_id),
                   (long long)seq);
@@ -317,8 +317,7 @@ static int put_event(struct store_postgres *s, struct store_req *r, int64_t last
     if (got != seq) {
         /* Cannot happen under the row lock; never ack a seq that differs
          * from the one the content was sealed for. */
-        log_error("store_seq_mismatch", "expected=%lld got=%lld", (long long)seq,
-                  (long long)got);
+        log_error("store_seq_mismatch", "expected=%lld got=%lld", (long long)seq, (long long)got);
         *err = B_INTERNAL;
         return -1;
     }
@@ -329,8 +328,8 @@ static int put_event(struct store_postgres *s, struct store_req *r, int64_t last
 
 /* A title parameter (sealed with seq 0 when the store encrypts) and its
  * enc flag. The sealed copy, to free after the statement, in *sealed. */
-static int p_title(struct store_postgres *s, struct params *p, const char *sid,
-                   const char *title, size_t len, unsigned char **sealed)
+static int p_title(struct store_postgres *s, struct params *p, const char *sid, const char *title,
+                   size_t len, unsigned char **sealed)
 {
     size_t n = 0;
     *sealed = NULL;
@@ -635,11 +634,10 @@ static enum store_status settle_commit(struct store_postgres *s, const char *xid
         if (s->conn || writer_connect(s)) {
             struct params p = {0};
             p_text(&p, xid);
-            PGresult *r = PQexecParams(s->conn, "SELECT pg_xact_status($1::xid8)", 1, NULL,
-                                       p.v, p.len, p.fmt, 0);
+            PGresult *r = PQexecParams(s->conn, "SELECT pg_xact_status($1::xid8)", 1, NULL, p.v,
+                                       p.len, p.fmt, 0);
             char outcome[32] = "";
-            if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
-                !PQgetisnull(r, 0, 0))
+            if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && !PQgetisnull(r, 0, 0))
                 snprintf(outcome, sizeof outcome, "%s", PQgetvalue(r, 0, 0));
             bool conn_ok = PQstatus(s->conn) == CONNECTION_OK;
             PQclear(r);
@@ -661,8 +659,10 @@ static enum store_status settle_commit(struct store_postgres *s, const char *xid
             break;
         sleep_ms(100);
     }
-    log_error("store_commit_unknown", "engine=postgres xid=%s action=\"answered unknown; "
-              "clients retry with the same id\"", xid);
+    log_error("store_commit_unknown",
+              "engine=postgres xid=%s action=\"answered unknown; "
+              "clients retry with the same id\"",
+              xid);
     return STORE_UNKNOWN;
 }
 
@@ -754,10 +754,10 @@ static void run_batch(struct store_postgres *s, struct store_req **reqs, size_t 
         /* Only a batch that wrote proves the server takes writes again. */
         bool wrote = false;
         for (size_t j = 0; j < n && !wrote; j++)
-            wrote = reqs[j]->status == STORE_OK &&
-                    ((reqs[j]->op == STORE_APPEND && !reqs[j]->duplicate) ||
-                     (reqs[j]->op == STORE_HELP && !reqs[j]->duplicate) ||
-                     reqs[j]->op == STORE_MODEL);
+            wrote =
+                reqs[j]->status == STORE_OK &&
+                ((reqs[j]->op == STORE_APPEND && !reqs[j]->duplicate) ||
+                 (reqs[j]->op == STORE_HELP && !reqs[j]->duplicate) || reqs[j]->op == STORE_MODEL);
         if (wrote && !atomic_exchange(&s->writes_ok, true))
             log_info("store_healthy", "engine=postgres dsn=%s", log_quotes(&qd, s->redacted));
         store__count_commit(&s->counters, now_us() - t0, n);
