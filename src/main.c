@@ -31,6 +31,7 @@
 #include "hub/hub.h"
 #include "hub/routes.h"
 #include "hub/webhook.h"
+#include "store/postgres/postgres.h"
 #include "store/store.h"
 #include "net/http_client.h"
 #include "net/server.h"
@@ -377,7 +378,8 @@ int main(int argc, char **argv)
     }
     /* --db none: sign-in and devices only, no router (chat messages are
      * answered 'unavailable'): the gateway layer on its own. */
-    bool no_store = strcmp(cfg.db_path, "none") == 0;
+    bool use_pg = cfg.postgres_dsn && *cfg.postgres_dsn; /* --postgres: --db is unused */
+    bool no_store = !use_pg && strcmp(cfg.db_path, "none") == 0;
     if (hub_enabled(&st.hub) && !no_store) {
         unsigned char key[32];
         if (cfg.encryption_key_file && load_key(cfg.encryption_key_file, key, err, sizeof err)) {
@@ -395,7 +397,8 @@ int main(int argc, char **argv)
             return 1;
         }
         chat_set_bus(st.chat, st.bus);
-        struct store_options so = {.path = cfg.db_path,
+        struct store_options so = {.engine = use_pg ? "postgres" : "sqlite",
+                                   .path = use_pg ? cfg.postgres_dsn : cfg.db_path,
                                    .sync_full = cfg.sync_full,
                                    .key = cfg.encryption_key_file ? key : NULL,
                                    .on_batch = chat_on_batch,
@@ -451,11 +454,18 @@ int main(int argc, char **argv)
     const char *h = cfg.listen_host;
     bool v6 = strchr(h, ':') != NULL;
     struct log_quoted qpre, qdb;
+    /* The DSN may hold a password: only its redacted form is shown. */
+    char db_shown[1024];
+    if (st.store && use_pg)
+        store_postgres_redact(cfg.postgres_dsn, db_shown, sizeof db_shown);
+    else
+        snprintf(db_shown, sizeof db_shown, "%s", st.store ? cfg.db_path : "-");
     log_event_always(LOG_INFO, "listening",
-             "addr=%s%s%s:%d workers=%u echo=%s chat=%s prefix=%s db=%s sync=%s version=%s",
+             "addr=%s%s%s:%d workers=%u echo=%s chat=%s prefix=%s storage=%s db=%s sync=%s "
+             "version=%s",
              v6 ? "[" : "", h, v6 ? "]" : "", st.srv.port, cfg.workers, cfg.echo ? "on" : "off",
              st.store ? "on" : "off", log_quotes(&qpre, cfg.prefix),
-             log_quotes(&qdb, st.store ? cfg.db_path : "-"),
+             st.store ? (use_pg ? "postgres" : "sqlite") : "none", log_quotes(&qdb, db_shown),
              cfg.sync_full ? "full" : "normal", CHATD_VERSION);
     uv_run(loop, UV_RUN_DEFAULT);
 

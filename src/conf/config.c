@@ -100,6 +100,13 @@ static const struct opt options[] = {
      NULL},
     {"db", K_STR, F(db_path), 0, 0, "chatd.db", "PATH",
      "SQLite database file ('none': no storage; chat messages are answered 'unavailable')", NULL},
+    {"postgres", K_STR, F(postgres_dsn), 0, 0, NULL, "DSN",
+     "PostgreSQL connection string (key=value or postgresql:// URI):\n"
+     "store sessions there instead of SQLite (--db and --sync are then\n"
+     "unused), so that several chatd nodes share them. A password in it\n"
+     "is never logged and is hidden from the process list once read\n"
+     "(prefer ~/.pgpass or PGPASSWORD)",
+     NULL},
     {"sync", K_SPECIAL, 0, 0, 0, "full", "M",
      "'full': an acknowledged message survives power loss; 'normal': a process crash", set_sync},
     {"encryption-key-file", K_STR, F(encryption_key_file), 0, 0, NULL, "F",
@@ -183,7 +190,7 @@ static const struct opt options[] = {
 /* Options whose value is a key: hidden from argv once read (hide_secret). */
 static bool is_secret(const struct opt *o)
 {
-    return strcmp(o->name, "jwt-secret") == 0;
+    return strcmp(o->name, "jwt-secret") == 0 || strcmp(o->name, "postgres") == 0;
 }
 
 int conf__errf(char *err, size_t errlen, const char *fmt, ...)
@@ -589,6 +596,9 @@ void config_release(struct config *cfg)
     free(cfg->jwt_audience);
     free(cfg->allowed_origins);
     free(cfg->db_path);
+    if (cfg->postgres_dsn)
+        memset(cfg->postgres_dsn, 0, strlen(cfg->postgres_dsn)); /* it may hold a password */
+    free(cfg->postgres_dsn);
     free(cfg->config_file);
     free(cfg->encryption_key_file);
     free(cfg->models_list);

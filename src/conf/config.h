@@ -103,6 +103,9 @@ struct config {
     char *jwt_audience;          /* owned, NULL when unset */
     char *allowed_origins;       /* owned; comma-separated, NULL: any origin */
     char *db_path;               /* owned */
+    char *postgres_dsn;          /* owned, NULL when unset: --postgres, the storage engine
+                                  * then (may hold a password: wiped on release, never
+                                  * logged) */
     bool sync_full;              /* --sync full (true) or normal */
     char *encryption_key_file;   /* owned, NULL when unset */
     char *models_list;           /* owned: --models "id[:name],...", or NULL */

@@ -5,10 +5,12 @@
  */
 #include "store/store.h"
 
+#include "store/postgres/postgres.h"
 #include "store/sqlite/sqlite.h"
 
 const struct store_engine *const store_engines[] = {
     &store_sqlite_engine, /* the default (STORE_ENGINE_DEFAULT) */
+    &store_postgres_engine,
 };
 
 const size_t store_nengines = sizeof store_engines / sizeof store_engines[0];

@@ -1,9 +1,10 @@
 /*
  * store: durable storage of sessions and their events, behind one interface.
  *
- * A `struct store` is a handle on one storage engine (SQLite today, in
- * src/store/sqlite/; PostgreSQL later), chosen by name at store_open. Every
- * store_* function dispatches through the engine's table of operations
+ * A `struct store` is a handle on one storage engine (SQLite in
+ * src/store/sqlite/, the default; PostgreSQL in src/store/postgres/),
+ * chosen by name at store_open. Every store_* function dispatches
+ * through the engine's table of operations
  * (`struct store_engine`, at the end of this file), so callers never know
  * which engine runs. The store owns the engine and its state; callers own
  * nothing inside it.
@@ -43,12 +44,17 @@
  *     bound to session and seq) before they reach the engine's files or
  *     server; reads unseal them, and a content that cannot be unsealed fails
  *     the read (-EIO) rather than return ciphertext.
- *  G7 Fail-stop: when the engine can no longer tell whether a commit is
- *     durable, it answers that batch STORE_UNKNOWN (STORE_UNAVAILABLE when
- *     it knows nothing of it was written), fails for good (store_failed),
- *     and refuses every later write with STORE_UNAVAILABLE; a restart
- *     recovers from what is durable, and dedup (G5) makes the clients'
- *     retries safe.
+ *  G7 Never an ack of what is not known committed: when the engine can no
+ *     longer tell whether a commit is durable, it answers that batch
+ *     STORE_UNKNOWN (STORE_UNAVAILABLE when it knows nothing of it was
+ *     written). An engine that keeps its own files (SQLite) then fails for
+ *     good (store_failed) and refuses every later write with
+ *     STORE_UNAVAILABLE; a restart recovers from what is durable. An engine
+ *     whose server keeps durability (PostgreSQL) first asks the server,
+ *     once it can reach it again, what became of the transaction and
+ *     answers by that; it never fails for good, and while the server is
+ *     unreachable it answers writes STORE_UNAVAILABLE and is unhealthy.
+ *     Either way dedup (G5) makes the clients' retries safe.
  *  G8 Reads never on a worker loop: the read functions block (disk,
  *     network) and are called from the thread pool; they never wait for
  *     the writer, and see only committed data.
@@ -107,9 +113,11 @@ enum store_status {
     STORE_NOT_FOUND,   /* no such session, or not the requester's */
     STORE_UNAVAILABLE, /* not stored: the database refused the write (disk full, busy), or
                         * the store has failed (see store_failed) */
-    STORE_UNKNOWN,     /* the commit failed in a way that leaves unknown whether it is on
-                        * disk (a failed fsync): the store has failed; a retry with the
-                        * same client id after a restart is safe (dedup) */
+    STORE_UNKNOWN,     /* the commit failed in a way that leaves unknown whether it is
+                        * durable (SQLite: a failed fsync, and the store has failed;
+                        * PostgreSQL: the connection was lost during COMMIT and the server
+                        * could not be asked in time); a retry with the same client id is
+                        * safe (dedup) */
 };
 
 /* One request, allocated by the caller, owned by the store from submit
@@ -202,7 +210,9 @@ struct store;
 
 struct store_options {
     const char *engine;             /* engine name; NULL: STORE_ENGINE_DEFAULT */
-    const char *path;               /* where the engine keeps its data (SQLite: a file) */
+    const char *path;               /* where the engine keeps its data (SQLite: a file;
+                                     * PostgreSQL: a libpq connection string, which may
+                                     * hold a password: engines never log it) */
     bool sync_full;                 /* SQLite: synchronous=FULL, else NORMAL */
     const unsigned char *key;       /* 32-byte AES-256-GCM key or NULL (copied) */
     /* Called on the writer thread with each finished batch in commit order;
@@ -234,7 +244,8 @@ bool store_healthy(struct store *s);
  * Has the store failed for good (fail-stop, G7)? It fails when it can no
  * longer tell whether a commit is durable (SQLite: a commit whose sync
  * reported an I/O error, or a database or WAL file that was removed or
- * replaced while open, checked before and after every batch). From then on
+ * replaced while open, checked before and after every batch; PostgreSQL
+ * never fails for good: see G7). From then on
  * every write is answered STORE_UNAVAILABLE and nothing more is
  * acknowledged; a restart recovers from what is on disk. Never true in
  * normal operation. Any thread.

@@ -598,6 +598,30 @@ static void test_webhook_secret_file(void **state)
     drop_file(secret);
 }
 
+/* --postgres and CHATD_POSTGRES: the storage engine's connection string,
+ * the flag over the environment; unset by default. */
+static void test_postgres_dsn(void **state)
+{
+    (void)state;
+    struct run r;
+    const char *none[] = {SECRET, NULL};
+    assert_int_equal(load(&r, none, NULL), 0);
+    assert_null(r.cfg.postgres_dsn);
+    config_release(&r.cfg);
+    const char *flag[] = {SECRET, "--postgres", "host=/tmp dbname=chat password=pw", NULL};
+    assert_int_equal(load(&r, flag, NULL), 0);
+    assert_string_equal(r.cfg.postgres_dsn, "host=/tmp dbname=chat password=pw");
+    config_release(&r.cfg);
+    const char *env[] = {"CHATD_POSTGRES=postgresql://u@db/chat", NULL};
+    assert_int_equal(load(&r, none, env), 0);
+    assert_string_equal(r.cfg.postgres_dsn, "postgresql://u@db/chat");
+    config_release(&r.cfg);
+    const char *both[] = {SECRET, "--postgres=dbname=flag", NULL};
+    assert_int_equal(load(&r, both, env), 0);
+    assert_string_equal(r.cfg.postgres_dsn, "dbname=flag");
+    config_release(&r.cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -614,6 +638,7 @@ int main(void)
         cmocka_unit_test(test_ca_file),
         cmocka_unit_test(test_help_webhook),
         cmocka_unit_test(test_webhook_secret_file),
+        cmocka_unit_test(test_postgres_dsn),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

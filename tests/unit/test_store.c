@@ -29,6 +29,11 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include <glob.h>
+#include <libpq-fe.h>
+#include <stdarg.h>
+#include <sys/stat.h>
+
 #include "store/store.h"
 
 #define WAIT_MS 60000 /* generous: TSan runs many times slower */
@@ -38,6 +43,10 @@
 
 struct engine_fixture {
     const char *name;
+    /* Start and stop what the engine needs for the whole group (a server),
+     * or NULL. 0 or -1: a start that fails fails every case, loudly. */
+    int (*start)(void **state);
+    int (*stop)(void **state);
     /* Make an empty place for a store and put its store_options.path in
      * path (scratch may hold what clean needs). 0 or -1. */
     int (*make)(char *path, size_t len, char *scratch, size_t scratch_len);
@@ -74,8 +83,119 @@ static void sqlite_clean(const char *path, const char *scratch)
     rmdir(scratch);
 }
 
+/*
+ * PostgreSQL: one server for the whole group, started here in a temporary
+ * folder with initdb and pg_ctl (Debian's postgresql package, which `make
+ * test` installs: missing binaries fail the group, they never skip it),
+ * listening on a Unix socket in that folder only, and stopped at the end;
+ * each case gets a new database. PostgreSQL refuses to run as root: as
+ * root the server runs as user nobody (setpriv), in a folder it owns.
+ * fsync is off: the cases check chatd's guarantees, not the disk's.
+ */
+static char pg_dir[128];  /* data in pg_dir/data, the socket in pg_dir */
+static char pg_bin[256];  /* the folder of initdb, pg_ctl, postgres */
+static unsigned pg_cases;
+
+static int shell(const char *fmt, ...)
+{
+    char cmd[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    int rc = system(cmd);
+    return rc == 0 ? 0 : -1;
+}
+
+static const char *pg_as_server_user(void)
+{
+    return geteuid() == 0 ? "setpriv --reuid=65534 --regid=65534 --clear-groups " : "";
+}
+
+static int pg_start(void **state)
+{
+    (void)state;
+    const char *bindir = getenv("CHATD_PG_BINDIR");
+    if (bindir && *bindir) {
+        snprintf(pg_bin, sizeof pg_bin, "%s", bindir);
+    } else {
+        glob_t g;
+        if (glob("/usr/lib/postgresql/*/bin/initdb", 0, NULL, &g) != 0 || g.gl_pathc == 0) {
+            fprintf(stderr, "test_store: PostgreSQL's initdb is not installed (Debian package "
+                            "postgresql; `make test` installs it, or set CHATD_PG_BINDIR)\n");
+            return -1;
+        }
+        snprintf(pg_bin, sizeof pg_bin, "%.*s", (int)(strlen(g.gl_pathv[g.gl_pathc - 1]) - 7),
+                 g.gl_pathv[g.gl_pathc - 1]);
+        globfree(&g);
+    }
+    snprintf(pg_dir, sizeof pg_dir, "/tmp/chatd-pg-XXXXXX");
+    if (!mkdtemp(pg_dir))
+        return -1;
+    if (geteuid() == 0 && chown(pg_dir, 65534, 65534) != 0)
+        return -1;
+    const char *as = pg_as_server_user();
+    if (shell("%s%s/initdb -D %s/data -U postgres -A trust -E UTF8 --no-locale >%s/initdb.log "
+              "2>&1",
+              as, pg_bin, pg_dir, pg_dir) != 0 ||
+        shell("%s%s/pg_ctl -D %s/data -l %s/server.log -w -t 120 -o \"-k %s -c "
+              "listen_addresses= -c fsync=off -c max_connections=200\" start >/dev/null 2>&1",
+              as, pg_bin, pg_dir, pg_dir, pg_dir) != 0) {
+        fprintf(stderr, "test_store: cannot start PostgreSQL in %s:\n", pg_dir);
+        shell("cat %s/initdb.log %s/server.log >&2 2>/dev/null", pg_dir, pg_dir);
+        return -1;
+    }
+    return 0;
+}
+
+static int pg_stop(void **state)
+{
+    (void)state;
+    if (!pg_dir[0] || !pg_bin[0])
+        return 0;
+    shell("%s%s/pg_ctl -D %s/data -m immediate -w stop >/dev/null 2>&1", pg_as_server_user(),
+          pg_bin, pg_dir);
+    shell("rm -rf %s", pg_dir);
+    return 0;
+}
+
+/* Run one command on the server's maintenance database. 0 or -1. */
+static int pg_admin(const char *sql)
+{
+    char dsn[256];
+    snprintf(dsn, sizeof dsn, "host=%s user=postgres dbname=postgres", pg_dir);
+    PGconn *c = PQconnectdb(dsn);
+    PGresult *r = PQstatus(c) == CONNECTION_OK ? PQexec(c, sql) : NULL;
+    int rc = PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : -1;
+    if (rc != 0)
+        fprintf(stderr, "test_store: %s: %s", sql, PQerrorMessage(c));
+    PQclear(r);
+    PQfinish(c);
+    return rc;
+}
+
+static int pg_make(char *path, size_t len, char *scratch, size_t scratch_len)
+{
+    snprintf(scratch, scratch_len, "chatd_case_%u", ++pg_cases);
+    char sql[128];
+    snprintf(sql, sizeof sql, "CREATE DATABASE %s", scratch);
+    if (pg_admin(sql) != 0)
+        return -1;
+    snprintf(path, len, "host=%s user=postgres dbname=%s", pg_dir, scratch);
+    return 0;
+}
+
+static void pg_clean(const char *path, const char *scratch)
+{
+    (void)path;
+    char sql[128];
+    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s WITH (FORCE)", scratch);
+    pg_admin(sql);
+}
+
 static const struct engine_fixture engines[] = {
-    {"sqlite", sqlite_make, sqlite_clean},
+    {"sqlite", NULL, NULL, sqlite_make, sqlite_clean},
+    {"postgres", pg_start, pg_stop, pg_make, pg_clean},
 };
 
 /* ---- what the writer reports ---------------------------------------------- */
@@ -1211,7 +1331,7 @@ int main(void)
             CASE(test_close_drains_queued_writes, e),
             CASE(test_unknown_engine_is_refused, e),
         };
-        failed += cmocka_run_group_tests_name(e->name, tests, NULL, NULL);
+        failed += cmocka_run_group_tests_name(e->name, tests, e->start, e->stop);
     }
     return failed;
 }

@@ -5,8 +5,8 @@
  *
  * Files: sqlite.c (schema, open, close, the checkpointer, the engine
  * table), writer.c (the queue, the writer thread, batches, fail-stop),
- * read.c (the read-connection pool and the reads), seal.c (AES-GCM sealing
- * of event contents).
+ * read.c (the read-connection pool and the reads). Contents and titles are
+ * sealed by store/seal.c, shared with the other engines.
  *
  * Threads and locks (all locks are leaves):
  *   - the writer owns `db`, `stmt`, and the file watch (`db_fd`, `wal_fd`);
@@ -129,18 +129,5 @@ int store_sqlite__get_share(void *e, const char *token, char session[STORE_ID_LE
 int store_sqlite__get_summary(void *e, struct store_summary *out);
 /* Close every idle read connection. Close, after the last read. */
 void store_sqlite__read_pool_free(struct store_sqlite *s);
-
-/* ---- seal.c: pure functions, any thread ---- */
-
-/* Seal n bytes of content for (session sid, seq) with a 32-byte key:
- * nonce (12) | ciphertext (n) | tag (16), in a malloc'd *out. 0, -ENOMEM,
- * or -EIO (the random source or the cipher failed). */
-int store_sqlite__seal(const unsigned char *key, const char *sid, int64_t seq, const char *in,
-                       size_t n, unsigned char **out, size_t *outlen);
-/* Open what seal made for the same (sid, seq) and key: a malloc'd,
- * NUL-terminated *out. 0, -ENOMEM, or -EIO (too short, tampered, moved, or
- * another key). */
-int store_sqlite__unseal(const unsigned char *key, const char *sid, int64_t seq,
-                         const unsigned char *in, size_t n, char **out, size_t *outlen);
 
 #endif

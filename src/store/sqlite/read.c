@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "store/seal.h"
 #include "store/sqlite/internal.h"
 #include "util/vec.h"
 #include "util/log.h"
@@ -95,7 +96,7 @@ static int fill_session(struct store_sqlite *s, sqlite3_stmt *st, struct store_s
     if (sqlite3_column_int(st, 10)) {
         char *plain;
         size_t plen;
-        if (!s->encrypt || store_sqlite__unseal(s->key, out->id, 0, t, tlen, &plain, &plen) != 0) {
+        if (!s->encrypt || store_unseal(s->key, out->id, 0, t, tlen, &plain, &plen) != 0) {
             struct log_quoted qs;
             log_error("store_decrypt_failed", "session=%s what=title", log_quotes(&qs, out->id));
             return -EIO;
@@ -187,7 +188,7 @@ int store_sqlite__read_events(void *e, const char *id, int64_t after_seq, int64_
         size_t blen = (size_t)sqlite3_column_bytes(st, 7);
         n++;
         if (sqlite3_column_int(st, 9)) {
-            if (!s->encrypt || store_sqlite__unseal(s->key, id, cur->seq, blob, blen,
+            if (!s->encrypt || store_unseal(s->key, id, cur->seq, blob, blen,
                                                     &cur->content, &cur->content_len) != 0) {
                 struct log_quoted qs;
                 log_error("store_decrypt_failed", "session=%s seq=%lld", log_quotes(&qs, id),
@@ -245,7 +246,7 @@ static int fill_preview(struct store_sqlite *s, sqlite3 *db, struct store_sessio
             char *plain;
             size_t plen;
             if (!s->encrypt ||
-                store_sqlite__unseal(s->key, v->id, seq, blob, blen, &plain, &plen) != 0) {
+                store_unseal(s->key, v->id, seq, blob, blen, &plain, &plen) != 0) {
                 ret = -EIO;
             } else {
                 copy_chars(v->preview, plain, plen, STORE_PREVIEW_CHARS);

@@ -7,7 +7,7 @@
  * checkpoints on its own connection when the writer's WAL hook says the WAL
  * has grown, so commits never wait for a checkpoint; readers (read.c, on
  * the libuv thread pool) borrow read-only connections from a pool, which
- * WAL lets run beside the writer. Contents are sealed (seal.c) before they
+ * WAL lets run beside the writer. Contents are sealed (store/seal.c) before they
  * are bound into a statement. internal.h lists the locks.
  *
  * Open refuses a database it cannot write (read-only check, then a write

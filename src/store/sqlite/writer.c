@@ -29,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "store/seal.h"
 #include "store/sqlite/internal.h"
 #include "util/clock.h"
 #include "util/log.h"
@@ -78,7 +79,7 @@ static int put_event(struct store_sqlite *s, struct store_req *r, int64_t last_s
     unsigned char *sealed = NULL;
     size_t sealed_len = 0;
     if (s->encrypt && len &&
-        store_sqlite__seal(s->key, r->session_id, seq, content, len, &sealed, &sealed_len) != 0) {
+        store_seal(s->key, r->session_id, seq, content, len, &sealed, &sealed_len) != 0) {
         struct log_quoted qs;
         log_error("store_seal_failed", "session=%s seq=%lld", log_quotes(&qs, r->session_id),
                   (long long)seq);
@@ -132,7 +133,7 @@ static int bind_title(struct store_sqlite *s, sqlite3_stmt *st, int i, const cha
 {
     size_t n = 0;
     *sealed = NULL;
-    if (s->encrypt && store_sqlite__seal(s->key, sid, 0, title, len, sealed, &n) != 0)
+    if (s->encrypt && store_seal(s->key, sid, 0, title, len, sealed, &n) != 0)
         return -SQLITE_IOERR;
     if (*sealed)
         sqlite3_bind_blob(st, i, *sealed, (int)n, SQLITE_STATIC);
@@ -263,7 +264,7 @@ static int fetch_title(struct store_sqlite *s, struct store_req *r)
         const void *v = sqlite3_column_blob(st, 0);
         size_t n = (size_t)sqlite3_column_bytes(st, 0);
         if (v && n && sqlite3_column_int(st, 1)) {
-            if (!s->encrypt || store_sqlite__unseal(s->key, r->session_id, 0, v, n, &t, &len))
+            if (!s->encrypt || store_unseal(s->key, r->session_id, 0, v, n, &t, &len))
                 t = NULL; /* not readable: the webhook goes without it */
         } else if (v && n && (t = malloc(n + 1))) {
             memcpy(t, v, n);

@@ -5,6 +5,8 @@
  * sealed content copied to another row, session or position fails to open
  * instead of showing up elsewhere. Pure functions: any thread.
  */
+#include "store/seal.h"
+
 #include <assert.h>
 #include <errno.h>
 #include <openssl/evp.h>
@@ -12,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "store/sqlite/internal.h"
+#include "store/store.h"
 
 /* AAD binds a ciphertext to its place: session id and seq (big-endian).
  * Returns the length of the id part (the AAD is 8 bytes longer). */
@@ -28,7 +30,7 @@ static size_t make_aad(unsigned char aad[STORE_ID_LEN + 8], const char *sid, int
     return sl;
 }
 
-int store_sqlite__seal(const unsigned char *key, const char *sid, int64_t seq, const char *in,
+int store_seal(const unsigned char *key, const char *sid, int64_t seq, const char *in,
                        size_t n, unsigned char **out, size_t *outlen)
 {
     unsigned char *buf = malloc(12 + n + 16);
@@ -59,12 +61,12 @@ int store_sqlite__seal(const unsigned char *key, const char *sid, int64_t seq, c
     return 0;
 }
 
-int store_sqlite__unseal(const unsigned char *key, const char *sid, int64_t seq,
+int store_unseal(const unsigned char *key, const char *sid, int64_t seq,
                          const unsigned char *in, size_t n, char **out, size_t *outlen)
 {
-    if (n < 28)
+    if (n < STORE_SEAL_OVERHEAD)
         return -EIO;
-    size_t plen = n - 28;
+    size_t plen = n - STORE_SEAL_OVERHEAD;
     char *buf = malloc(plen + 1);
     if (!buf)
         return -ENOMEM;

@@ -1,0 +1,865 @@
+/*
+ * DESIGN: the writer. One thread owns the write connection and its
+ * prepared statements; it drains the request queue into batches and runs
+ * each batch in one transaction: BEGIN (recording the transaction id), lock
+ * the batch's session rows in id order, every request, COMMIT. N messages
+ * cost one commit. An error inside a batch rolls the whole batch back and
+ * answers every request in it STORE_UNAVAILABLE, except a deadlock or
+ * serialization failure (another node's batch), which runs the batch again
+ * up to PG_BATCH_RETRIES times. A COMMIT whose answer was lost with the
+ * connection is settled by asking pg_xact_status() after reconnecting (see
+ * postgres.c's DESIGN note for the rule). Under steady load a small batch
+ * lingers (STORE_LINGER_US) for company, as with SQLite.
+ *
+ * Semantics are SQLite's, statement for statement: titles from the first
+ * user message (util/title.h), owner names, waiting times (a user message
+ * starts a wait unless one runs, an admin or ai message ends it), read
+ * markers that only move forward, share links, help requests that write
+ * only a change.
+ *
+ * NEEDSWORK: each request costs two to four round trips inside the
+ * transaction (lock and read the session, the dedup look-up, the event);
+ * the commit is shared, the round trips are not. libpq's pipeline mode
+ * could send a batch's statements without waiting for each answer.
+ *
+ * Health is `connected && writes_ok`: a refused write (a server error, the
+ * tests' fault hook) clears writes_ok until a batch that wrote; a lost
+ * connection clears connected until the writer reconnects.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "store/postgres/internal.h"
+#include "store/seal.h"
+#include "util/clock.h"
+#include "util/log.h"
+#include "util/sbuf.h"
+#include "util/title.h"
+
+/* The writer's statements, prepared on each new write connection. */
+enum {
+    W_LOCK = 0,
+    W_SESSION_GET,
+    W_SESSION_BY_ORIGIN,
+    W_SESSION_INSERT,
+    W_EVENT_BY_CLIENT,
+    W_EVENT_PUT,
+    W_TITLE_INIT,
+    W_TITLE_GET,
+    W_RENAME,
+    W_HELP,
+    W_RESOLVE,
+    W_MODEL,
+    W_READ_PUT,
+    W_SHARE_PUT,
+    W_SHARE_REVOKE,
+    W_COUNT
+};
+
+static const char *const stmt_sql[W_COUNT] = {
+    /* The batch's sessions, locked in one order on every node. */
+    [W_LOCK] = "SELECT id FROM sessions WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
+    [W_SESSION_GET] = "SELECT owner, last_seq, model, title IS NULL FROM sessions"
+                      " WHERE id = $1::text FOR UPDATE",
+    [W_SESSION_BY_ORIGIN] = "SELECT id FROM sessions WHERE owner = $1::text"
+                            " AND origin_client_id = $2::text",
+    /* Another node may have made the same session meanwhile: no row back. */
+    [W_SESSION_INSERT] = "INSERT INTO sessions (id, owner, created_at, updated_at,"
+                         " origin_client_id, owner_name)"
+                         " VALUES ($1::text, $2::text, $3::bigint, $3::bigint, $4::text, $5::text)"
+                         " ON CONFLICT (owner, origin_client_id)"
+                         " WHERE origin_client_id IS NOT NULL DO NOTHING RETURNING id",
+    [W_EVENT_BY_CLIENT] = "SELECT seq, created_at FROM events WHERE session_id = $1::text"
+                          " AND sender_id = $2::text AND client_id = $3::text",
+    /* The session row is the seq counter: its UPDATE ... RETURNING gives
+     * the event its seq under the row lock. $4: 1 a user message (a wait
+     * starts unless one runs), 2 an answer (the wait ends), 0 neither. */
+    [W_EVENT_PUT] = "WITH s AS (UPDATE sessions SET last_seq = last_seq + 1,"
+                    " updated_at = $3::bigint, waiting_since = CASE $4::integer"
+                    " WHEN 1 THEN COALESCE(waiting_since, $3::bigint) WHEN 2 THEN NULL"
+                    " ELSE waiting_since END WHERE id = $1::text RETURNING last_seq)"
+                    " INSERT INTO events (session_id, seq, type, sender_type, sender_id,"
+                    " sender_name, client_id, content, metadata, enc, created_at)"
+                    " SELECT $1::text, s.last_seq, $2::text, $5::text, $6::text, $7::text,"
+                    " $8::text, $9::bytea, $10::text, $11::boolean, $3::bigint FROM s"
+                    " RETURNING seq",
+    [W_TITLE_INIT] = "UPDATE sessions SET title = $2::bytea, title_enc = $3::boolean"
+                     " WHERE id = $1::text AND title IS NULL",
+    [W_TITLE_GET] = "SELECT title, title_enc FROM sessions WHERE id = $1::text",
+    [W_RENAME] = "UPDATE sessions SET title = $2::bytea, title_enc = $3::boolean,"
+                 " title_set = true, updated_at = $4::bigint WHERE id = $1::text",
+    [W_HELP] = "UPDATE sessions SET help = true WHERE id = $1::text AND NOT help",
+    [W_RESOLVE] = "UPDATE sessions SET help = false WHERE id = $1::text AND help",
+    [W_MODEL] = "UPDATE sessions SET model = $2::text WHERE id = $1::text",
+    [W_READ_PUT] = "INSERT INTO reads (session_id, reader, seq)"
+                   " VALUES ($1::text, $2::text, $3::bigint)"
+                   " ON CONFLICT (session_id, reader) DO UPDATE SET seq = excluded.seq"
+                   " WHERE excluded.seq > reads.seq",
+    [W_SHARE_PUT] = "INSERT INTO shares (token, session_id, expires_at)"
+                    " VALUES ($1::text, $2::text, $3::bigint)",
+    [W_SHARE_REVOKE] = "DELETE FROM shares WHERE session_id = $1::text",
+};
+
+/* Why a batch stopped (writer thread only). */
+enum batch_error {
+    B_OK = 0,
+    B_SERVER,   /* the server refused a statement: rolled back, known not committed */
+    B_RETRY,    /* a deadlock or serialization failure: run the batch again */
+    B_LOST,     /* the connection is gone before COMMIT: the server rolls back */
+    B_INTERNAL, /* chatd could not build the statement (sealing, memory) */
+};
+
+#define MAXP 12
+
+/* A statement's parameters: text, or binary (bytea), NULL for SQL NULL. */
+struct params {
+    int n;
+    const char *v[MAXP];
+    int len[MAXP];
+    int fmt[MAXP];
+    char num[MAXP][24];
+};
+
+static void p_text(struct params *p, const char *v)
+{
+    assert(p->n < MAXP);
+    p->v[p->n] = v;
+    p->len[p->n] = 0;
+    p->fmt[p->n] = 0;
+    p->n++;
+}
+
+static void p_int(struct params *p, int64_t x)
+{
+    assert(p->n < MAXP);
+    snprintf(p->num[p->n], sizeof p->num[0], "%lld", (long long)x);
+    p_text(p, p->num[p->n]);
+}
+
+static void p_bytes(struct params *p, const void *b, size_t n)
+{
+    assert(p->n < MAXP);
+    p->v[p->n] = b ? b : "";
+    p->len[p->n] = (int)n;
+    p->fmt[p->n] = 1;
+    p->n++;
+}
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void sleep_ms(int64_t ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+/* ---- the connection ------------------------------------------------------ */
+
+/* Give up the write connection: the next attempt after the back-off. */
+static void drop_conn(struct store_postgres *s, const char *why)
+{
+    struct log_quoted qd, qw;
+    PQfinish(s->conn);
+    s->conn = NULL;
+    s->retry_at_us = now_us() + s->backoff_ms * 1000;
+    if (atomic_exchange(&s->connected, false))
+        log_warn("store_unhealthy", "engine=postgres dsn=%s reason=%s",
+                 log_quotes(&qd, s->redacted), log_quotes(&qw, why));
+}
+
+/* Connect and prepare the statements. true when connected. */
+static bool writer_connect(struct store_postgres *s)
+{
+    char err[256];
+    PGconn *c = store_postgres__connect(s, err, sizeof err);
+    for (int i = 0; c && i < W_COUNT; i++) {
+        char name[8];
+        snprintf(name, sizeof name, "w%d", i);
+        PGresult *r = PQprepare(c, name, stmt_sql[i], 0, NULL);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            store_postgres__error_line(c, err, sizeof err);
+            PQfinish(c);
+            c = NULL;
+        }
+        PQclear(r);
+    }
+    struct log_quoted qd, qe;
+    if (!c) {
+        s->retry_at_us = now_us() + s->backoff_ms * 1000;
+        if (atomic_exchange(&s->connected, false))
+            log_warn("store_unhealthy", "engine=postgres dsn=%s reason=%s",
+                     log_quotes(&qd, s->redacted), log_quotes(&qe, err));
+        log_debug("store_connect_failed", "engine=postgres dsn=%s error=%s retry_ms=%lld",
+                  log_quotes(&qd, s->redacted), log_quotes(&qe, err), (long long)s->backoff_ms);
+        s->backoff_ms =
+            s->backoff_ms * 2 > PG_BACKOFF_MAX_MS ? PG_BACKOFF_MAX_MS : s->backoff_ms * 2;
+        return false;
+    }
+    PQfinish(s->conn);
+    s->conn = c;
+    s->backoff_ms = PG_BACKOFF_MIN_MS;
+    if (!atomic_exchange(&s->connected, true))
+        log_info("store_healthy", "engine=postgres dsn=%s", log_quotes(&qd, s->redacted));
+    return true;
+}
+
+/* Run prepared statement `which`. The result, or NULL with *err set (the
+ * transaction is then aborted, or the connection gone). */
+static PGresult *run(struct store_postgres *s, int which, const struct params *p,
+                     enum batch_error *err)
+{
+    char name[8];
+    snprintf(name, sizeof name, "w%d", which);
+    PGresult *r = PQexecPrepared(s->conn, name, p->n, p->v, p->len, p->fmt, 0);
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+        return r;
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    if (PQstatus(s->conn) != CONNECTION_OK)
+        *err = B_LOST;
+    else if (state && (strcmp(state, "40P01") == 0 || strcmp(state, "40001") == 0))
+        *err = B_RETRY;
+    else
+        *err = B_SERVER;
+    if (*err != B_RETRY) {
+        char m[256];
+        struct log_quoted qm;
+        store_postgres__error_line(s->conn, m, sizeof m);
+        log_error("store_write_failed", "engine=postgres sqlstate=%s error=%s", state ? state : "-",
+                  log_quotes(&qm, m));
+    }
+    PQclear(r);
+    return NULL;
+}
+
+/* Run a statement whose rows do not matter: 0 or -1 (*err set). */
+static int run_done(struct store_postgres *s, int which, const struct params *p,
+                    enum batch_error *err)
+{
+    PGresult *r = run(s, which, p, err);
+    PQclear(r);
+    return r ? 0 : -1;
+}
+
+/* ---- the requests --------------------------------------------------------- */
+
+/* Load r's session (locking its row) and check the requester may use it.
+ * 1 found+allowed, 0 not found/not allowed, -1 error. */
+static int load_session(struct store_postgres *s, struct store_req *r, int64_t *last_seq,
+                        bool *untitled, enum batch_error *err)
+{
+    struct params p = {0};
+    p_text(&p, r->session_id);
+    PGresult *res = run(s, W_SESSION_GET, &p, err);
+    if (!res)
+        return -1;
+    if (PQntuples(res) == 0) {
+        PQclear(res);
+        return 0;
+    }
+    snprintf(r->owner, sizeof r->owner, "%s", PQgetvalue(res, 0, 0));
+    *last_seq = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+    snprintf(r->model, sizeof r->model, "%s", PQgetvalue(res, 0, 2)); /* "" when NULL */
+    if (untitled)
+        *untitled = PQgetvalue(res, 0, 3)[0] == 't';
+    PQclear(res);
+    return r->any_session || strcmp(r->owner, r->user) == 0 ? 1 : 0;
+}
+
+/* Store one event of r's session at the next seq (the session row's
+ * counter) and bump the session. Sets r->seq and r->ts_ms. wait: 1 a user
+ * message, 2 an answer, 0 a session event. 0 or -1. */
+static int put_event(struct store_postgres *s, struct store_req *r, int64_t last_seq,
+                     const char *type, const char *content, size_t len, int64_t now, int wait,
+                     enum batch_error *err)
+{
+    int64_t seq = last_seq + 1; /* the row is locked: the counter gives exactly this */
+    unsigned char *sealed = NULL;
+    size_t sealed_len = 0;
+    if (s->encrypt && len &&
+        store_seal(s->key, r->session_id, seq, content, len, &sealed, &sealed_len) != 0) {
+        struct log_quoted qs;
+        log_error("store_seal_failed", "session=%s seq=%lld", log_quotes(&qs, r->session_id),
+                  (long long)seq);
+        *err = B_INTERNAL;
+        return -1;
+    }
+    struct params p = {0};
+    p_text(&p, r->session_id);
+    p_text(&p, type);
+    p_int(&p, now);
+    p_int(&p, wait);
+    p_text(&p, r->sender_type);
+    p_text(&p, r->user);
+    p_text(&p, r->sender_name);
+    p_text(&p, r->client_id[0] && r->op == STORE_APPEND ? r->client_id : NULL);
+    if (sealed)
+        p_bytes(&p, sealed, sealed_len);
+    else
+        p_bytes(&p, content, len);
+    p_text(&p, r->op == STORE_APPEND ? r->metadata : NULL);
+    p_text(&p, sealed ? "true" : "false");
+    PGresult *res = run(s, W_EVENT_PUT, &p, err);
+    free(sealed);
+    if (!res)
+        return -1;
+    int64_t got = PQntuples(res) == 1 ? strtoll(PQgetvalue(res, 0, 0), NULL, 10) : -1;
+    PQclear(res);
+    if (got != seq) {
+        /* Cannot happen under the row lock; never ack a seq that differs
+         * from the one the content was sealed for. */
+        log_error("store_seq_mismatch", "expected=%lld got=%lld", (long long)seq, (long long)got);
+        *err = B_INTERNAL;
+        return -1;
+    }
+    r->seq = seq;
+    r->ts_ms = now;
+    return 0;
+}
+
+/* A title parameter (sealed with seq 0 when the store encrypts) and its
+ * enc flag. The sealed copy, to free after the statement, in *sealed. */
+static int p_title(struct store_postgres *s, struct params *p, const char *sid, const char *title,
+                   size_t len, unsigned char **sealed)
+{
+    size_t n = 0;
+    *sealed = NULL;
+    if (s->encrypt && store_seal(s->key, sid, 0, title, len, sealed, &n) != 0)
+        return -1;
+    if (*sealed)
+        p_bytes(p, *sealed, n);
+    else
+        p_bytes(p, title, len);
+    p_text(p, *sealed ? "true" : "false");
+    return 0;
+}
+
+/* The session's first user message gives it its title. */
+static int set_first_title(struct store_postgres *s, struct store_req *r, enum batch_error *err)
+{
+    char title[TITLE_MAX_BYTES + 1];
+    size_t tlen = title_from_text(r->content, r->content_len, title);
+    if (!tlen)
+        return 0;
+    struct params p = {0};
+    unsigned char *sealed;
+    p_text(&p, r->session_id);
+    if (p_title(s, &p, r->session_id, title, tlen, &sealed) != 0) {
+        *err = B_INTERNAL;
+        return -1;
+    }
+    int rc = run_done(s, W_TITLE_INIT, &p, err);
+    free(sealed);
+    return rc;
+}
+
+static int do_append(struct store_postgres *s, struct store_req *r, int64_t now,
+                     enum batch_error *err)
+{
+    PGresult *res;
+    struct params p;
+    if (!r->session_id[0] && r->client_id[0]) {
+        /* A retry of a message that created a session finds that session. */
+        p = (struct params){0};
+        p_text(&p, r->user);
+        p_text(&p, r->client_id);
+        if (!(res = run(s, W_SESSION_BY_ORIGIN, &p, err)))
+            return -1;
+        if (PQntuples(res))
+            snprintf(r->session_id, sizeof r->session_id, "%s", PQgetvalue(res, 0, 0));
+        PQclear(res);
+    }
+    if (!r->session_id[0]) {
+        if (store_new_session_id(r->session_id) != 0) {
+            log_error("store_random_failed", "what=\"session id\"");
+            *err = B_INTERNAL;
+            return -1;
+        }
+        p = (struct params){0};
+        p_text(&p, r->session_id);
+        p_text(&p, r->user);
+        p_int(&p, now);
+        p_text(&p, r->client_id[0] ? r->client_id : NULL);
+        p_text(&p, r->sender_name);
+        if (!(res = run(s, W_SESSION_INSERT, &p, err)))
+            return -1;
+        bool made = PQntuples(res) == 1;
+        PQclear(res);
+        if (made) {
+            r->created = true;
+        } else {
+            /* Another node made it first (same user and client id). */
+            r->session_id[0] = '\0';
+            p = (struct params){0};
+            p_text(&p, r->user);
+            p_text(&p, r->client_id);
+            if (!(res = run(s, W_SESSION_BY_ORIGIN, &p, err)))
+                return -1;
+            if (PQntuples(res))
+                snprintf(r->session_id, sizeof r->session_id, "%s", PQgetvalue(res, 0, 0));
+            PQclear(res);
+        }
+    }
+    int64_t last_seq = 0;
+    bool untitled = false;
+    int rc = load_session(s, r, &last_seq, &untitled, err);
+    if (rc <= 0) {
+        r->status = STORE_NOT_FOUND;
+        return rc;
+    }
+    if (r->client_id[0]) {
+        p = (struct params){0};
+        p_text(&p, r->session_id);
+        p_text(&p, r->user);
+        p_text(&p, r->client_id);
+        if (!(res = run(s, W_EVENT_BY_CLIENT, &p, err)))
+            return -1;
+        if (PQntuples(res)) {
+            r->seq = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+            r->ts_ms = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+            r->duplicate = true;
+            r->created = false;
+            r->status = STORE_OK;
+            PQclear(res);
+            return 0;
+        }
+        PQclear(res);
+    }
+    const char *type = strcmp(r->sender_type, "admin") == 0 ? "admin_message"
+                       : strcmp(r->sender_type, "ai") == 0  ? "ai_response"
+                                                            : "user_message";
+    bool user = strcmp(r->sender_type, "user") == 0;
+    if (put_event(s, r, last_seq, type, r->content, r->content_len, now, user ? 1 : 2, err) != 0)
+        return -1;
+    if (user && untitled && set_first_title(s, r, err) != 0)
+        return -1;
+    r->status = STORE_OK;
+    return 0;
+}
+
+/* The session's title into r->arg (a help request tells it to the
+ * webhook); "" when none or not readable. 0 or -1. */
+static int fetch_title(struct store_postgres *s, struct store_req *r, enum batch_error *err)
+{
+    struct params p = {0};
+    p_text(&p, r->session_id);
+    PGresult *res = run(s, W_TITLE_GET, &p, err);
+    if (!res)
+        return -1;
+    char *t = NULL;
+    if (PQntuples(res) && !PQgetisnull(res, 0, 0)) {
+        size_t n = 0, len;
+        char *raw = store_postgres__unhex(PQgetvalue(res, 0, 0), &n);
+        if (raw && n && PQgetvalue(res, 0, 1)[0] == 't') {
+            if (!s->encrypt ||
+                store_unseal(s->key, r->session_id, 0, (unsigned char *)raw, n, &t, &len) != 0)
+                t = NULL; /* not readable: the webhook goes without it */
+            free(raw);
+        } else {
+            t = raw;
+        }
+    }
+    PQclear(res);
+    free(r->arg);
+    r->arg = t ? t : strdup("");
+    return 0;
+}
+
+/* The ops that change the session without a message; the session is
+ * loaded and locked (its last seq in last_seq). */
+static int do_session_op(struct store_postgres *s, struct store_req *r, int64_t last_seq,
+                         int64_t now, enum batch_error *err)
+{
+    struct params p = {0};
+    PGresult *res;
+    switch (r->op) {
+    case STORE_HELP:
+    case STORE_RESOLVE:
+        /* Only a change is stored: asking again while asked, or resolving
+         * what is not open, is a duplicate and writes nothing. */
+        p_text(&p, r->session_id);
+        if (!(res = run(s, r->op == STORE_HELP ? W_HELP : W_RESOLVE, &p, err)))
+            return -1;
+        r->duplicate = strcmp(PQcmdTuples(res), "0") == 0;
+        PQclear(res);
+        if (r->duplicate)
+            return 0;
+        if (r->op == STORE_HELP && fetch_title(s, r, err) != 0)
+            return -1;
+        return put_event(s, r, last_seq, r->op == STORE_HELP ? "help_request" : "help_resolved",
+                         NULL, 0, now, 0, err);
+    case STORE_EVENT:
+        return put_event(s, r, last_seq, r->event_type, NULL, 0, now, 0, err);
+    case STORE_MODEL:
+        p_text(&p, r->session_id);
+        p_text(&p, r->arg ? r->arg : "");
+        return run_done(s, W_MODEL, &p, err);
+    case STORE_READ:
+        p_text(&p, r->session_id);
+        p_text(&p, r->user);
+        p_int(&p, r->num < last_seq ? r->num : last_seq);
+        return run_done(s, W_READ_PUT, &p, err);
+    case STORE_RENAME: {
+        unsigned char *sealed;
+        const char *t = r->arg ? r->arg : "";
+        p_text(&p, r->session_id);
+        if (p_title(s, &p, r->session_id, t, strlen(t), &sealed) != 0) {
+            *err = B_INTERNAL;
+            return -1;
+        }
+        p_int(&p, now);
+        int rc = run_done(s, W_RENAME, &p, err);
+        free(sealed);
+        return rc;
+    }
+    case STORE_SHARE:
+        p_text(&p, r->arg ? r->arg : "");
+        p_text(&p, r->session_id);
+        p_int(&p, r->num);
+        return run_done(s, W_SHARE_PUT, &p, err);
+    case STORE_UNSHARE:
+        p_text(&p, r->session_id);
+        return run_done(s, W_SHARE_REVOKE, &p, err);
+    default:
+        return 0;
+    }
+}
+
+static int do_request(struct store_postgres *s, struct store_req *r, int64_t now,
+                      enum batch_error *err)
+{
+    r->status = STORE_OK;
+    r->ts_ms = now;
+    if (r->op == STORE_APPEND)
+        return do_append(s, r, now, err);
+    int64_t last_seq = 0;
+    int rc = load_session(s, r, &last_seq, NULL, err);
+    if (rc <= 0) {
+        r->status = STORE_NOT_FOUND;
+        return rc;
+    }
+    r->seq = last_seq;
+    return do_session_op(s, r, last_seq, now, err);
+}
+
+/* Lock the rows of every existing session the batch names, in id order
+ * (see the DESIGN note of postgres.c). 0 or -1. */
+static int lock_sessions(struct store_postgres *s, struct store_req **reqs, size_t n,
+                         enum batch_error *err)
+{
+    /* An array literal: every id quoted, '"' and '\' escaped. */
+    size_t cap = 3, len = 0;
+    for (size_t i = 0; i < n; i++)
+        cap += 2 * strlen(reqs[i]->session_id) + 3;
+    char *a = malloc(cap);
+    if (!a) {
+        *err = B_INTERNAL;
+        return -1;
+    }
+    a[len++] = '{';
+    for (size_t i = 0; i < n; i++) {
+        if (!reqs[i]->session_id[0])
+            continue;
+        if (len > 1)
+            a[len++] = ',';
+        a[len++] = '"';
+        for (const char *c = reqs[i]->session_id; *c; c++) {
+            if (*c == '"' || *c == '\\')
+                a[len++] = '\\';
+            a[len++] = *c;
+        }
+        a[len++] = '"';
+    }
+    a[len++] = '}';
+    a[len] = '\0';
+    struct params p = {0};
+    p_text(&p, a);
+    int rc = len > 2 ? run_done(s, W_LOCK, &p, err) : 0;
+    free(a);
+    return rc;
+}
+
+/* Answer every request of a batch that was not (or may not have been)
+ * stored. */
+static void batch_refused(struct store_req **reqs, size_t n, enum store_status status)
+{
+    for (size_t j = 0; j < n; j++) {
+        reqs[j]->status = status;
+        reqs[j]->created = false;
+        reqs[j]->duplicate = false;
+        reqs[j]->seq = 0;
+    }
+}
+
+/* The tests' fault hook (store_fail_next_commits). */
+static bool injected_commit_failure(struct store_postgres *s)
+{
+    unsigned left = atomic_load_explicit(&s->fail_commits, memory_order_relaxed);
+    while (left > 0)
+        if (atomic_compare_exchange_weak(&s->fail_commits, &left, left - 1)) {
+            log_info("store_fault_injected", "at=commit left=%u", left - 1);
+            return true;
+        }
+    return false;
+}
+
+/* A simple command on the write connection: 0, or -1 (error logged by the
+ * caller's path). */
+static int simple(struct store_postgres *s, const char *sql)
+{
+    PGresult *r = PQexec(s->conn, sql);
+    int rc = PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : -1;
+    PQclear(r);
+    return rc;
+}
+
+/* The COMMIT's answer was lost with the connection: reconnect and ask the
+ * server what became of transaction xid. STORE_OK (committed),
+ * STORE_UNAVAILABLE (rolled back) or STORE_UNKNOWN (could not tell in
+ * PG_OUTCOME_WAIT_MS). */
+static enum store_status settle_commit(struct store_postgres *s, const char *xid)
+{
+    int64_t deadline = now_us() + (int64_t)PG_OUTCOME_WAIT_MS * 1000;
+    drop_conn(s, "connection lost during COMMIT");
+    for (;;) {
+        if (s->conn || writer_connect(s)) {
+            struct params p = {0};
+            p_text(&p, xid);
+            PGresult *r = PQexecParams(s->conn, "SELECT pg_xact_status($1::xid8)", 1, NULL, p.v,
+                                       p.len, p.fmt, 0);
+            char outcome[32] = "";
+            if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && !PQgetisnull(r, 0, 0))
+                snprintf(outcome, sizeof outcome, "%s", PQgetvalue(r, 0, 0));
+            bool conn_ok = PQstatus(s->conn) == CONNECTION_OK;
+            PQclear(r);
+            /* "in progress": the server is still finishing it; ask again. */
+            bool settled = strcmp(outcome, "committed") == 0 || strcmp(outcome, "aborted") == 0;
+            if (settled || (conn_ok && strcmp(outcome, "in progress") != 0)) {
+                /* no answer on a good connection: too old to tell */
+                enum store_status st = strcmp(outcome, "committed") == 0 ? STORE_OK
+                                       : strcmp(outcome, "aborted") == 0 ? STORE_UNAVAILABLE
+                                                                         : STORE_UNKNOWN;
+                log_warn("store_commit_settled", "engine=postgres xid=%s outcome=%s", xid,
+                         outcome[0] ? outcome : "unknown");
+                return st;
+            }
+            if (!conn_ok)
+                drop_conn(s, "connection lost");
+        }
+        if (now_us() >= deadline)
+            break;
+        sleep_ms(100);
+    }
+    log_error("store_commit_unknown",
+              "engine=postgres xid=%s action=\"answered unknown; "
+              "clients retry with the same id\"",
+              xid);
+    return STORE_UNKNOWN;
+}
+
+/* Run the batch once. B_OK with *status the batch's answer (STORE_OK:
+ * committed, each request's own status stands), or why it stopped. */
+static enum batch_error try_batch(struct store_postgres *s, struct store_req **reqs, size_t n,
+                                  int64_t now, enum store_status *status)
+{
+    enum batch_error err = B_OK;
+    char xid[32] = "";
+    PGresult *r = PQexec(s->conn, "BEGIN; SELECT pg_current_xact_id()");
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+        snprintf(xid, sizeof xid, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    if (!xid[0]) {
+        err = PQstatus(s->conn) != CONNECTION_OK ? B_LOST : B_SERVER;
+        goto failed;
+    }
+    if (lock_sessions(s, reqs, n, &err) != 0)
+        goto failed;
+    for (size_t i = 0; i < n; i++)
+        if (do_request(s, reqs[i], now, &err) != 0)
+            goto failed;
+    if (injected_commit_failure(s)) {
+        /* As if the server refused the COMMIT: rolled back, known. */
+        simple(s, "ROLLBACK");
+        err = B_SERVER;
+        goto failed;
+    }
+    r = PQexec(s->conn, "COMMIT");
+    if (PQresultStatus(r) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(r), "COMMIT") == 0) {
+        PQclear(r);
+        *status = STORE_OK;
+        return B_OK;
+    }
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    bool retry = state && (strcmp(state, "40P01") == 0 || strcmp(state, "40001") == 0);
+    PQclear(r);
+    if (PQstatus(s->conn) != CONNECTION_OK) {
+        /* Sent, but no answer: it may or may not have committed. */
+        *status = settle_commit(s, xid);
+        return B_OK;
+    }
+    err = retry ? B_RETRY : B_SERVER; /* the server answered: rolled back */
+failed:
+    if (err == B_LOST) {
+        drop_conn(s, "connection lost");
+    } else if (s->conn && PQtransactionStatus(s->conn) != PQTRANS_IDLE && simple(s, "ROLLBACK")) {
+        drop_conn(s, "ROLLBACK failed");
+    }
+    return err;
+}
+
+static void run_batch(struct store_postgres *s, struct store_req **reqs, size_t n)
+{
+    struct log_quoted qd;
+    int64_t t0 = now_us();
+    int64_t now = clock_wall_ms();
+    enum store_status status = STORE_UNAVAILABLE;
+    bool made[STORE_BATCH_MAX];
+    for (size_t i = 0; i < n; i++)
+        made[i] = !reqs[i]->session_id[0];
+    enum batch_error err = B_LOST;
+    for (int attempt = 0; attempt <= PG_BATCH_RETRIES; attempt++) {
+        if (!s->conn && (now_us() < s->retry_at_us || !writer_connect(s))) {
+            err = B_LOST; /* unreachable: answered at once, nothing written */
+            break;
+        }
+        for (size_t i = 0; i < n; i++) {
+            /* A batch run again starts from the requests as submitted. */
+            if (made[i])
+                reqs[i]->session_id[0] = '\0';
+            reqs[i]->created = reqs[i]->duplicate = false;
+            reqs[i]->seq = 0;
+        }
+        err = try_batch(s, reqs, n, now, &status);
+        /* Lost before COMMIT: nothing was written. A connection that died
+         * while idle (the server restarted) is only found out by the next
+         * batch: try a new one at once rather than refuse the batch. */
+        if (err == B_LOST && attempt == 0 && writer_connect(s)) {
+            log_info("store_batch_retried", "engine=postgres reason=reconnected batch=%zu", n);
+            continue;
+        }
+        if (err != B_RETRY)
+            break;
+        log_info("store_batch_retried", "engine=postgres attempt=%d batch=%zu", attempt + 1, n);
+    }
+    if (err == B_OK && status == STORE_OK) {
+        /* Only a batch that wrote proves the server takes writes again. */
+        bool wrote = false;
+        for (size_t j = 0; j < n && !wrote; j++)
+            wrote =
+                reqs[j]->status == STORE_OK &&
+                ((reqs[j]->op == STORE_APPEND && !reqs[j]->duplicate) ||
+                 (reqs[j]->op == STORE_HELP && !reqs[j]->duplicate) || reqs[j]->op == STORE_MODEL);
+        if (wrote && !atomic_exchange(&s->writes_ok, true))
+            log_info("store_healthy", "engine=postgres dsn=%s", log_quotes(&qd, s->redacted));
+        store__count_commit(&s->counters, now_us() - t0, n);
+    } else {
+        if (err != B_OK)
+            status = STORE_UNAVAILABLE;
+        batch_refused(reqs, n, status);
+        if (err == B_SERVER || err == B_INTERNAL || err == B_RETRY) {
+            if (atomic_exchange(&s->writes_ok, false))
+                log_warn("store_unhealthy", "engine=postgres dsn=%s reason=\"write refused\"",
+                         log_quotes(&qd, s->redacted));
+        }
+        store__count_failure(&s->counters);
+    }
+    s->on_batch(s->arg, reqs, n);
+}
+
+/* Move up to max - n queued requests into batch. */
+static size_t take(struct store_postgres *s, struct store_req **batch, size_t n, size_t max)
+{
+    if (n >= max)
+        return n;
+    for (struct fifo_node *q = fifo_take(&s->queue, max - n, NULL); q; q = q->next)
+        batch[n++] = FIFO_ENTRY(q, struct store_req, node);
+    return n;
+}
+
+/* Nothing to write for a while: keep the connection known good, or try
+ * again to get one, so that health follows the server. */
+static void idle_check(struct store_postgres *s)
+{
+    int64_t t = now_us();
+    if (!s->conn) {
+        if (t >= s->retry_at_us)
+            writer_connect(s);
+    } else if (t - s->idle_since_us >= (int64_t)PG_PROBE_MS * 1000) {
+        if (simple(s, "") != 0 && PQstatus(s->conn) != CONNECTION_OK)
+            drop_conn(s, "connection lost");
+        s->idle_since_us = now_us();
+    }
+}
+
+void store_postgres__writer_main(void *arg)
+{
+    struct store_postgres *s = arg;
+    struct store_req *batch[STORE_BATCH_MAX];
+    int64_t last_end_us = 0;
+    s->idle_since_us = now_us();
+    writer_connect(s);
+    for (;;) {
+        int64_t wait_ms = PG_PROBE_MS;
+        if (!s->conn) {
+            wait_ms = (s->retry_at_us - now_us()) / 1000;
+            wait_ms = wait_ms < 10 ? 10 : wait_ms;
+        }
+        int rc = fifo_wait(&s->queue, wait_ms * 1000000);
+        if (rc == -ESHUTDOWN)
+            break;
+        if (rc == -ETIMEDOUT) {
+            idle_check(s);
+            continue;
+        }
+        /* Group commit, as in the SQLite writer. */
+        size_t n = take(s, batch, 0, STORE_BATCH_MAX);
+        if (n < STORE_BATCH_MAX / 4 && now_us() - last_end_us < 2000 &&
+            fifo_wait(&s->queue, (int64_t)STORE_LINGER_US * 1000) == 0)
+            n = take(s, batch, n, STORE_BATCH_MAX);
+        assert(n > 0);
+        run_batch(s, batch, n);
+        last_end_us = s->idle_since_us = now_us();
+    }
+    sbuf_thread_cleanup(); /* on_batch may have dropped frames here */
+}
+
+int store_postgres__submit(void *e, struct store_req *r)
+{
+    struct store_postgres *s = e;
+    r->node.next = NULL;
+    int rc = fifo_push(&s->queue, &r->node);
+    return rc < 0 ? rc : 0; /* -ESHUTDOWN once close began */
+}
+
+bool store_postgres__healthy(void *e)
+{
+    struct store_postgres *s = e;
+    return atomic_load(&s->connected) && atomic_load(&s->writes_ok);
+}
+
+bool store_postgres__failed(void *e)
+{
+    (void)e;
+    return false; /* never for good: the server holds durability (see postgres.c) */
+}
+
+void store_postgres__stats(void *e, struct store_stats *out)
+{
+    struct store_postgres *s = e;
+    store__counters_read(&s->counters, out);
+}
+
+void store_postgres__fail_next_commits(void *e, unsigned n)
+{
+    struct store_postgres *s = e;
+    atomic_store(&s->fail_commits, n);
+}

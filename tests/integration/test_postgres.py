@@ -1,0 +1,357 @@
+"""chatd on PostgreSQL (--postgres DSN): the storage guarantees through the
+real server, against a PostgreSQL this test starts and stops itself.
+
+The server runs from Debian's postgresql package (which `make test`
+installs: missing binaries fail the test, they never skip it) in a
+temporary folder, on a Unix socket in that folder only, as user nobody
+when the test runs as root (PostgreSQL refuses root).
+"""
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+from harness import SLOW, Chatd, http_get, run  # noqa: E402
+from chatload import ChatClient, check_gapless, history, pipeline  # noqa: E402
+
+LOAD_ARGS = ("--workers", "2", "--rate-limit", "1000000", "--input-rate", "1000000",
+             "--input-byte-rate", "1000000000")
+WAIT = 60 if SLOW else 20
+
+
+class Postgres:
+    """A PostgreSQL server of the test's own, on a Unix socket."""
+
+    def __init__(self):
+        bindir = os.environ.get("CHATD_PG_BINDIR")
+        if not bindir:
+            found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+            assert found, ("PostgreSQL's initdb is not installed (Debian package postgresql; "
+                           "`make test` installs it, or set CHATD_PG_BINDIR)")
+            bindir = os.path.dirname(found[-1])
+        self.bin = bindir
+        # /tmp, not TMPDIR: the server's user must reach it, and a socket
+        # path has at most 107 bytes.
+        self.dir = tempfile.mkdtemp(prefix="chatd-pgit-", dir="/tmp")
+        self.as_user = []
+        if os.geteuid() == 0:
+            os.chown(self.dir, 65534, 65534)
+            self.as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        self.data = os.path.join(self.dir, "data")
+        self.cmd("initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                 "--no-locale")
+        self.start()
+
+    def cmd(self, prog, *args):
+        p = subprocess.run(self.as_user + [os.path.join(self.bin, prog)] + list(args),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=180)
+        assert p.returncode == 0, "%s failed: %s\n%s" % (prog, p.stdout.decode(errors="replace"),
+                                                         self.server_log())
+        return p.stdout.decode()
+
+    def server_log(self):
+        try:
+            with open(os.path.join(self.dir, "server.log"), errors="replace") as f:
+                return f.read()[-3000:]
+        except OSError:
+            return ""
+
+    def start(self):
+        self.cmd("pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "server.log"), "-w",
+                 "-t", "120", "-o", "-k %s -c listen_addresses= -c fsync=off" % self.dir, "start")
+
+    def stop(self, mode="fast"):
+        self.cmd("pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")
+
+    def psql(self, sql, db="postgres"):
+        return self.cmd(os.path.join(self.bin, "psql"), "-h", self.dir, "-U", "postgres", "-d",
+                        db, "-AtX", "-v", "ON_ERROR_STOP=1", "-c", sql).strip()
+
+    def new_db(self, name):
+        self.psql("CREATE DATABASE %s" % name)
+        return "host=%s user=postgres dbname=%s" % (self.dir, name)
+
+    def close(self):
+        subprocess.run(self.as_user + [os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-m",
+                                       "immediate", "-w", "stop"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+PG = None
+
+
+def readyz(port):
+    return http_get(port, "/readyz")[0]
+
+
+def wait_for(pred, what, timeout=WAIT):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError("not within %ss: %s" % (timeout, what))
+
+
+def user_message(cid, content, sid=None):
+    m = {"type": "user_message", "id": cid, "content": content}
+    if sid:
+        m["session_id"] = sid
+    return m
+
+
+def ack(reply, what):
+    assert reply.get("type") == "ack", "%s: expected an ack, got %s" % (what, reply)
+    return reply
+
+
+# ---- 1. what was acked is there after a restart -----------------------------------
+
+def test_acked_messages_survive_a_restart():
+    # The server trusts local users: the password is only there to be hidden.
+    dsn = PG.new_db("restart") + " password=not-to-be-shown"
+    n = 20
+    with Chatd("--postgres", dsn, *LOAD_ARGS) as d:
+        assert "storage=postgres" in d.log(), d.log()[-2000:]
+        with open("/proc/%d/cmdline" % d.proc.pid, "rb") as f:
+            assert b"not-to-be-shown" not in f.read(), "the DSN's password is in ps"
+        c = ChatClient(d.port, "alice")
+        first = ack(c.request(user_message("m0", "hello postgres")), "m0")
+        sid = first["session_id"]
+        acks = pipeline(c, [user_message("m%d" % i, "message %d" % i, sid)
+                            for i in range(1, n)])
+        assert len(acks) == n - 1 and all(a["type"] == "ack" for a in acks.values()), acks
+        c.close()
+    with Chatd("--postgres", dsn, *LOAD_ARGS) as d:
+        c = ChatClient(d.port, "alice")
+        events, last = history(d.port, sid, c.token)
+        check_gapless(sid, events)
+        assert last == n and len(events) == n, (last, len(events))
+        assert [e["content"] for e in events] == \
+            ["hello postgres"] + ["message %d" % i for i in range(1, n)]
+        # A retry after the restart is the same message, not a new one.
+        again = ack(c.request(user_message("m5", "message 5", sid)), "m5 again")
+        assert again["seq"] == 6, again
+        assert history(d.port, sid, c.token)[1] == n
+        c.close()
+        assert "not-to-be-shown" not in d.log() and "password=***" in d.log(), d.log()[-2000:]
+
+
+# ---- 2. the server goes away and comes back ---------------------------------------
+
+def test_unreachable_server_refuses_then_recovers():
+    dsn = PG.new_db("outage")
+    with Chatd("--postgres", dsn, *LOAD_ARGS) as d:
+        c = ChatClient(d.port, "bob")
+        sid = ack(c.request(user_message("b0", "before")), "b0")["session_id"]
+        assert readyz(d.port) == 200
+        PG.stop()
+        try:
+            # Noticed without a write (the writer checks an idle connection).
+            wait_for(lambda: readyz(d.port) == 503, "/readyz 503 while PostgreSQL is down")
+            r = c.request(user_message("b1", "during", sid))
+            assert r.get("type") == "error" and r.get("code") == "unavailable", r
+            assert readyz(d.port) == 503
+        finally:
+            PG.start()
+        wait_for(lambda: readyz(d.port) == 200, "/readyz 200 once PostgreSQL is back")
+        # The client's retry with the same id is stored, once.
+        r1 = ack(c.request(user_message("b1", "during", sid)), "b1 retried")
+        r2 = ack(c.request(user_message("b1", "during", sid)), "b1 twice")
+        assert r1["seq"] == r2["seq"] == 2, (r1, r2)
+        events, last = history(d.port, sid, c.token)
+        check_gapless(sid, events)
+        assert [e["content"] for e in events] == ["before", "during"], events
+        c.close()
+        log = d.log()
+    assert "event=store_unhealthy" in log and "event=store_healthy" in log, log[-3000:]
+
+
+# ---- 3. a COMMIT cut off mid-way is settled by asking the server ---------------------
+
+def test_commit_cut_off_is_settled():
+    """The connection is lost while COMMIT runs (a deferred trigger holds
+    the COMMIT; the test ends that backend): chatd cannot know from the
+    connection whether it committed, reconnects, asks pg_xact_status, and
+    answers by what the server says (here: rolled back, so 'unavailable',
+    and the retry with the same id is stored once)."""
+    dsn = PG.new_db("cutoff")
+    with Chatd("--postgres", dsn, *LOAD_ARGS) as d:
+        c = ChatClient(d.port, "dave")
+        sid = ack(c.request(user_message("d0", "before")), "d0")["session_id"]
+        PG.psql("CREATE FUNCTION hold_commit() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$; "
+                "CREATE CONSTRAINT TRIGGER hold_commit AFTER INSERT ON events "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.client_id = 'held') "
+                "EXECUTE FUNCTION hold_commit()", "cutoff")
+        c.send(user_message("held", "held at commit", sid))
+        in_commit = ("SELECT pid FROM pg_stat_activity WHERE datname = 'cutoff' AND "
+                     "application_name = 'chatd' AND state = 'active' AND query = 'COMMIT'")
+        wait_for(lambda: PG.psql(in_commit, "cutoff") != "", "chatd's COMMIT is held")
+        PG.psql("SELECT pg_terminate_backend(pid) FROM (%s) AS c" % in_commit, "cutoff")
+        r = c.wait_reply("held", WAIT)
+        assert r.get("type") == "error" and r.get("code") == "unavailable", r
+        assert "event=store_commit_settled" in d.log() and "outcome=aborted" in d.log(), \
+            d.log()[-3000:]
+        PG.psql("DROP TRIGGER hold_commit ON events", "cutoff")
+        wait_for(lambda: readyz(d.port) == 200, "/readyz 200 after the reconnection")
+        r1 = ack(c.request(user_message("held", "held at commit", sid)), "held retried")
+        r2 = ack(c.request(user_message("held", "held at commit", sid)), "held twice")
+        assert r1["seq"] == r2["seq"] == 2, (r1, r2)
+        events, last = history(d.port, sid, c.token)
+        check_gapless(sid, events)
+        assert [e["content"] for e in events] == ["before", "held at commit"], events
+        c.close()
+
+
+# ---- 3b. a restart in the middle of traffic ---------------------------------------------
+
+def test_restart_mid_traffic_loses_nothing_acked():
+    """PostgreSQL restarts while a client keeps sending: the client retries
+    every refused message with the same id until it is acked; in the end
+    each message is stored exactly once, at the seq its ack named, with no
+    gap."""
+    dsn = PG.new_db("midtraffic")
+    with Chatd("--postgres", dsn, *LOAD_ARGS) as d:
+        c = ChatClient(d.port, "erin")
+        sid = ack(c.request(user_message("e0", "start")), "e0")["session_id"]
+        msgs, acked, refused = {}, {"e0": 1}, 0
+
+        def restart():
+            time.sleep(0.3)
+            PG.stop("fast")
+            time.sleep(1.0)
+            PG.start()
+        t = threading.Thread(target=restart)
+        t.start()
+        deadline = time.time() + WAIT * 3
+        while time.time() < deadline:
+            if t.is_alive():  # new messages for as long as the restart lasts
+                for i in range(len(msgs) + 1, len(msgs) + 21):
+                    msgs["e%d" % i] = user_message("e%d" % i, "traffic %d" % i, sid)
+            todo = [m for cid, m in msgs.items() if cid not in acked]
+            if not todo and not t.is_alive():
+                break
+            with c.cond:  # a retry's answer, not the refusal before it
+                for m in todo[:50]:
+                    c.replies.pop(m["id"], None)
+            for cid, r in pipeline(c, todo[:50], window=8, timeout=WAIT).items():
+                if r.get("type") == "ack":
+                    assert acked.get(cid, r["seq"]) == r["seq"], (cid, acked.get(cid), r)
+                    acked[cid] = r["seq"]
+                else:
+                    assert r.get("code") == "unavailable", r
+                    refused += 1
+                    time.sleep(0.01)
+        n = len(msgs)
+        t.join()
+        assert len(acked) == n + 1, "%d of %d acked" % (len(acked), n + 1)
+        assert refused > 0, "the restart refused nothing: it did not happen mid-traffic"
+        events, last = history(d.port, sid, c.token)
+        check_gapless(sid, events)
+        assert last == n + 1 and len(events) == n + 1, (last, len(events))
+        for e in events:
+            assert acked[e["id"]] == e["seq"], (e, acked.get(e["id"]))
+        c.close()
+
+
+# ---- 4. two nodes on one database --------------------------------------------------
+
+def test_two_nodes_share_one_database():
+    """Both start at once on an empty database (the migration race), then
+    write to one session at the same time: every message is acked once and
+    the session's seqs are gapless."""
+    dsn = PG.new_db("twonodes")
+    a, b = Chatd("--postgres", dsn, *LOAD_ARGS), Chatd("--postgres", dsn, *LOAD_ARGS)
+    starters = [threading.Thread(target=x.start) for x in (a, b)]
+    for t in starters:
+        t.start()
+    for t in starters:
+        t.join()
+    try:
+        assert a.port and b.port, (a.log()[-2000:], b.log()[-2000:])
+        assert PG.psql("SELECT version FROM chatd_schema", "twonodes") == "1"
+        ca, cb = ChatClient(a.port, "carol", label="node-a"), ChatClient(b.port, "carol",
+                                                                          label="node-b")
+        sid = ack(ca.request(user_message("start", "first")), "start")["session_id"]
+        n = 100 if SLOW else 300
+        out = {}
+
+        def send(client, tag):
+            out[tag] = pipeline(client, [user_message("%s%d" % (tag, i), "%s %d" % (tag, i), sid)
+                                         for i in range(n)], window=16, timeout=WAIT * 3)
+        ts = [threading.Thread(target=send, args=(ca, "a")),
+              threading.Thread(target=send, args=(cb, "b"))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        seqs = []
+        for tag in ("a", "b"):
+            assert len(out[tag]) == n, "%s: %d of %d answered" % (tag, len(out[tag]), n)
+            for cid, r in out[tag].items():
+                ack(r, cid)
+                seqs.append(r["seq"])
+        assert sorted(seqs) == list(range(2, 2 * n + 2)), "acked seqs repeat or leave gaps"
+        events, last = history(b.port, sid, cb.token)
+        check_gapless(sid, events)
+        assert last == 2 * n + 1 and len(events) == 2 * n + 1
+        by_id = {e.get("id") or e.get("client_id"): e["seq"] for e in events}
+        for tag in ("a", "b"):
+            for cid, r in out[tag].items():
+                assert by_id.get(cid) == r["seq"], (cid, r, by_id.get(cid))
+        ca.close()
+        cb.close()
+    finally:
+        for x in (a, b):
+            if x.proc is not None:
+                x.__exit__(None, None, None)  # a clean stop, then its folder and log go
+
+
+# ---- 5. refusals at start ------------------------------------------------------------
+
+def test_unreachable_at_start_exits_2():
+    dsn = "host=%s/nowhere user=postgres password=s3cret-pw dbname=x" % PG.dir
+    p = subprocess.run([os.environ.get("CHATD_BIN", "chatd"), "--listen", "127.0.0.1:0",
+                        "--jwt-secret", "test-secret-0123456789abcdefghijklmnop",
+                        "--postgres", dsn], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=60)
+    err = p.stderr.decode()
+    assert p.returncode == 2, (p.returncode, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--postgres" in lines[0], err
+    assert "s3cret-pw" not in err, err
+    # A malformed string: libpq would quote its words; chatd does not.
+    p = subprocess.run([os.environ.get("CHATD_BIN", "chatd"), "--listen", "127.0.0.1:0",
+                        "--jwt-secret", "test-secret-0123456789abcdefghijklmnop",
+                        "--postgres", "host=/tmp password s3cret-pw"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    err = p.stderr.decode()
+    assert p.returncode == 2 and "--postgres" in err and "s3cret-pw" not in err, (p.returncode,
+                                                                                  err)
+
+
+def main():
+    global PG
+    PG = Postgres()
+    try:
+        run([test_acked_messages_survive_a_restart,
+             test_unreachable_server_refuses_then_recovers,
+             test_commit_cut_off_is_settled,
+             test_restart_mid_traffic_loses_nothing_acked,
+             test_two_nodes_share_one_database,
+             test_unreachable_at_start_exits_2])
+    finally:
+        PG.close()
+
+
+if __name__ == "__main__":
+    main()
