@@ -7,11 +7,13 @@ set -eu
 mode=${1:-test}
 
 pkgs="build-essential cmake pkg-config libuv1-dev libhttp-parser-dev libssl-dev \
-libjansson-dev libsqlite3-dev libpq-dev libcurl4-openssl-dev"
+libjansson-dev libsqlite3-dev libpq-dev libhiredis-dev libcurl4-openssl-dev"
 if [ "$mode" = test ]; then
     pkgs="$pkgs libcmocka-dev clang libclang-rt-dev python3 python3-websockets openssl util-linux strace"
     # The PostgreSQL engine's tests start their own server (initdb, pg_ctl).
     pkgs="$pkgs postgresql"
+    # The cluster tests start their own Redis.
+    pkgs="$pkgs redis-server"
     # The web pages' browser test (tests/interop/test_web.js) drives Debian's
     # Chromium through the npm playwright-core, which downloads no browser.
     pkgs="$pkgs chromium"

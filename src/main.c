@@ -26,6 +26,7 @@
 
 #include "assistant/assistant.h"
 #include "auth/jwt.h"
+#include "bus/redis.h"
 #include "conf/config.h"
 #include "hub/chat.h"
 #include "hub/hub.h"
@@ -379,6 +380,10 @@ int main(int argc, char **argv)
     /* --db none: sign-in and devices only, no router (chat messages are
      * answered 'unavailable'): the gateway layer on its own. */
     bool use_pg = cfg.postgres_dsn && *cfg.postgres_dsn; /* --postgres: --db is unused */
+    if (cfg.redis_url && *cfg.redis_url && !use_pg) {
+        fprintf(stderr, "chatd: --redis needs --postgres (nodes cannot share a SQLite file)\n");
+        return 2;
+    }
     bool no_store = !use_pg && strcmp(cfg.db_path, "none") == 0;
     if (hub_enabled(&st.hub) && !no_store) {
         unsigned char key[32];
@@ -392,7 +397,20 @@ int main(int argc, char **argv)
         }
         /* The bus before the store: the writer publishes through it. */
         struct bus_handler bh = {.deliver = chat_bus_deliver, .app = st.chat};
-        if (bus_local_open(&st.bus, &bh) != 0) {
+        if (cfg.redis_url && *cfg.redis_url) {
+            char node[300];
+            if (cfg.node_id && *cfg.node_id)
+                snprintf(node, sizeof node, "%s", cfg.node_id);
+            else {
+                char host[256] = "localhost";
+                gethostname(host, sizeof host - 1);
+                snprintf(node, sizeof node, "%s:%d", host, st.srv.port);
+            }
+            if (bus_redis_open(&st.bus, &bh, cfg.redis_url, node, err, sizeof err) != 0) {
+                fprintf(stderr, "chatd: %s\n", err);
+                return 2;
+            }
+        } else if (bus_local_open(&st.bus, &bh) != 0) {
             fprintf(stderr, "chatd: out of memory\n");
             return 1;
         }
@@ -487,8 +505,10 @@ int main(int argc, char **argv)
         store_close(st.store);
     assistant_free(st.assistant);
     webhook_free(st.webhook);
-    server_release(&st.srv);
+    /* Nothing publishes any more; the bus may deliver (post to the
+     * workers' inboxes) until it is closed, so before they are freed. */
     bus_close(st.bus);
+    server_release(&st.srv);
     chat_free(st.chat);
     uv_close((uv_handle_t *)&st.sigterm, close_cb_noop);
     uv_close((uv_handle_t *)&st.sigint, close_cb_noop);

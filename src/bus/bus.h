@@ -12,7 +12,9 @@
  *   - local (bus/local.c): this process only; bus_publish calls the handler
  *     at once, on the publishing thread, so a batch's events keep their
  *     place after the replies the hub posted before publishing;
- *   - a Redis implementation can slot in later without touching the hub.
+ *   - redis (bus/redis.c): the nodes sharing one Redis; every node, the
+ *     publisher included, delivers what comes back from Redis, on a thread
+ *     of the bus, in the order Redis received it.
  *
  * Two kinds of traffic cross the bus: committed session events, published
  * by the storage writer (which orders them), and the assistant's stream
@@ -47,6 +49,8 @@ struct bus_event {
     uint8_t kind;     /* the hub's: what the event does */
     uint8_t type;     /* the hub's: its message type, for counters */
     bool failed;      /* the request behind it was refused (it settles state) */
+    bool remote;      /* set by the bus on delivery: published by another node, whose
+                       * worker and connection ids mean nothing here (conn_id is 0) */
     uint32_t worker;  /* the worker of the connection that caused it */
     uint64_t conn_id; /* that connection (0: none) */
     int64_t seq;      /* its seq in the session (0: not a stored event) */

@@ -107,6 +107,14 @@ static const struct opt options[] = {
      "is never logged and is hidden from the process list once read\n"
      "(prefer ~/.pgpass or PGPASSWORD)",
      NULL},
+    {"redis", K_STR, F(redis_url), 0, 0, NULL, "URL",
+     "redis://[:password@]host:port[/db]: join the cluster of nodes that share\n"
+     "this Redis for delivery (needs --postgres). The password is never logged\n"
+     "and is hidden from the process list once read",
+     NULL},
+    {"node-id", K_STR, F(node_id), 0, 0, NULL, "ID",
+     "this node's name in the cluster (logs, metrics, presence; default: host name and port)",
+     NULL},
     {"sync", K_SPECIAL, 0, 0, 0, "full", "M",
      "'full': an acknowledged message survives power loss; 'normal': a process crash", set_sync},
     {"encryption-key-file", K_STR, F(encryption_key_file), 0, 0, NULL, "F",
@@ -190,7 +198,8 @@ static const struct opt options[] = {
 /* Options whose value is a key: hidden from argv once read (hide_secret). */
 static bool is_secret(const struct opt *o)
 {
-    return strcmp(o->name, "jwt-secret") == 0 || strcmp(o->name, "postgres") == 0;
+    return strcmp(o->name, "jwt-secret") == 0 || strcmp(o->name, "postgres") == 0 ||
+           strcmp(o->name, "redis") == 0;
 }
 
 int conf__errf(char *err, size_t errlen, const char *fmt, ...)
@@ -599,6 +608,10 @@ void config_release(struct config *cfg)
     if (cfg->postgres_dsn)
         memset(cfg->postgres_dsn, 0, strlen(cfg->postgres_dsn)); /* it may hold a password */
     free(cfg->postgres_dsn);
+    if (cfg->redis_url)
+        memset(cfg->redis_url, 0, strlen(cfg->redis_url)); /* it may hold a password */
+    free(cfg->redis_url);
+    free(cfg->node_id);
     free(cfg->config_file);
     free(cfg->encryption_key_file);
     free(cfg->models_list);

@@ -106,6 +106,8 @@ struct config {
     char *postgres_dsn;          /* owned, NULL when unset: --postgres, the storage engine
                                   * then (may hold a password: wiped on release, never
                                   * logged) */
+    char *redis_url;             /* owned, NULL when unset: --redis (may hold a password) */
+    char *node_id;               /* owned, NULL when unset: --node-id */
     bool sync_full;              /* --sync full (true) or normal */
     char *encryption_key_file;   /* owned, NULL when unset */
     char *models_list;           /* owned: --models "id[:name],...", or NULL */

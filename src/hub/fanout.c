@@ -438,8 +438,9 @@ void chat_bus_deliver(void *app, const struct bus_event *ev, size_t n)
     struct reg_device *devs = malloc(ch->devs_cap * sizeof *devs);
     for (size_t i = 0; i < n; i++) {
         const struct bus_event *e = &ev[i];
-        if (e->kind == IT_JOIN || e->kind == IT_LEAVE) {
-            if (e->worker < ch->nworkers) {
+        if (e->kind == IT_JOIN || e->kind == IT_LEAVE || e->kind == IT_REPLY) {
+            /* About a connection of the publishing node: nothing to do here. */
+            if (!e->remote && e->kind != IT_REPLY && e->worker < ch->nworkers) {
                 struct chat_item *it = add_item(&bo, e->worker, e->kind, 0, e->conn_id, NULL, 0,
                                                 0, e->seq, e->session, e->owner);
                 if (it)

@@ -1,0 +1,692 @@
+/*
+ * DESIGN: the Redis bus joins the nodes that share one Redis (--redis).
+ *
+ * Channels. An event goes to channel "chatd:<db>:u:<shard>", where shard is
+ * hash_str(owner) % BUS_REDIS_SHARDS: the session owner's canonical user id
+ * (the token's subject), hashed, never the string itself. All the events of
+ * one session (and of one user) share a channel, and Redis hands the
+ * messages of one channel to every subscriber in the order it received
+ * them, so every node sees a session's events in one and the same order.
+ * <db> keeps apart clusters sharing one Redis on different databases (pub/
+ * sub ignores SELECT). For now every node subscribes to every shard and the
+ * hub finds which of its connections want each event; the sharding is there
+ * so that a node may later subscribe only to the shards of the users whose
+ * devices (or whose sessions' joined admins) it holds.
+ *
+ * Envelope. One PUBLISH carries the events of one published batch that
+ * fall in one shard, in order (binary, little-endian):
+ *   "CB1" | node nonce u64 | count u32 | count x event
+ *   event: kind u8 | type u8 | failed u8 | worker u32 | conn_id u64 | seq i64
+ *          | session (u8 len, bytes) | owner (u8 len, bytes)
+ *          | stream (u8 len, bytes) | stream_off u64 | stream_len u32
+ *          | frame (u32 len, bytes)
+ * The nonce is drawn at start: a node knows its own events when they come
+ * back, and marks the others' as remote (their worker and connection ids
+ * are another node's: the hub must not use them).
+ *
+ * Delivery. The publisher delivers nothing itself: every node, this one
+ * included, delivers only what comes back from Redis, through the one
+ * handler, in channel order. So a session's events are delivered once per
+ * node and in the same order on every node; a device's own ack (posted to
+ * its worker before publishing) still comes before its event.
+ *
+ * Threads. Publishing is a blocking hiredis connection under a mutex: the
+ * writer and the assistant's threads take turns, and a PUBLISH is answered
+ * before bus_publish returns, so a delta published before the final answer
+ * is submitted reaches Redis first (the causality bus.h promises). The
+ * events of one batch are pipelined (one round trip). Receiving is a thread
+ * of its own on a second connection, in SUBSCRIBE mode, polling the socket
+ * and a pipe that stops it: no event loop is needed for one socket, and the
+ * handler runs on that thread as bus.h allows. When the connection breaks
+ * it reconnects with back-off (100 ms doubling to 2 s) and subscribes again;
+ * what was published meanwhile is lost to this node (not yet filled from
+ * storage).
+ */
+#include "bus/redis.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "util/hash.h"
+#include "util/log.h"
+#include "util/sbuf.h"
+
+#define CONNECT_TIMEOUT_MS 2000
+#define START_WAIT_MS 5000
+
+struct rbus {
+    struct bus base;
+    char host[256];
+    int port;
+    char user[128];
+    char password[256];
+    int db;
+    uint64_t nonce;
+    char node_id[128];
+    char prefix[48]; /* "chatd:<db>:u:" */
+
+    pthread_mutex_t pub_mu;
+    redisContext *pub; /* under pub_mu */
+
+    pthread_t sub_thread;
+    bool sub_started;
+    int stop_pipe[2];
+    pthread_mutex_t mu; /* subscribed, for the start */
+    pthread_cond_t cv;
+    bool subscribed;
+    atomic_ullong received, published, lost;
+    bool opened; /* bus_redis_open succeeded */
+};
+
+/* ---- the URL ---- */
+
+static int parse_url(struct rbus *r, const char *url, char *err, size_t errlen)
+{
+    const char *p = url;
+    if (strncmp(p, "redis://", 8) != 0) {
+        snprintf(err, errlen, "--redis: expected redis://[:password@]host:port[/db]");
+        return -EINVAL;
+    }
+    p += 8;
+    const char *at = strrchr(p, '@');
+    const char *slash = strchr(at ? at : p, '/');
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        size_t ulen = colon ? (size_t)(colon - p) : 0;
+        const char *pw = colon ? colon + 1 : p;
+        size_t pwlen = (size_t)(at - pw);
+        if (ulen >= sizeof r->user || pwlen >= sizeof r->password) {
+            snprintf(err, errlen, "--redis: user or password too long");
+            return -EINVAL;
+        }
+        memcpy(r->user, p, ulen);
+        r->user[ulen] = 0;
+        memcpy(r->password, pw, pwlen);
+        r->password[pwlen] = 0;
+        p = at + 1;
+    }
+    const char *hend = slash ? slash : p + strlen(p);
+    const char *portp = NULL;
+    const char *hs = p, *he;
+    if (*p == '[') { /* [v6]:port */
+        const char *rb = memchr(p, ']', (size_t)(hend - p));
+        if (!rb) {
+            snprintf(err, errlen, "--redis: bad host");
+            return -EINVAL;
+        }
+        hs = p + 1;
+        he = rb;
+        if (rb + 1 < hend && rb[1] == ':')
+            portp = rb + 2;
+    } else {
+        const char *colon = memchr(p, ':', (size_t)(hend - p));
+        he = colon ? colon : hend;
+        if (colon)
+            portp = colon + 1;
+    }
+    if (he == hs || (size_t)(he - hs) >= sizeof r->host) {
+        snprintf(err, errlen, "--redis: bad host");
+        return -EINVAL;
+    }
+    memcpy(r->host, hs, (size_t)(he - hs));
+    r->host[he - hs] = 0;
+    r->port = 6379;
+    if (portp) {
+        char *end;
+        long v = strtol(portp, &end, 10);
+        if (end != hend || v < 1 || v > 65535) {
+            snprintf(err, errlen, "--redis: bad port");
+            return -EINVAL;
+        }
+        r->port = (int)v;
+    }
+    r->db = 0;
+    if (slash && slash[1]) {
+        char *end;
+        long v = strtol(slash + 1, &end, 10);
+        if (*end || v < 0 || v > 1000000) {
+            snprintf(err, errlen, "--redis: bad database number");
+            return -EINVAL;
+        }
+        r->db = (int)v;
+    }
+    return 0;
+}
+
+/* ---- connections ---- */
+
+static redisContext *connect_one(struct rbus *r, char *err, size_t errlen)
+{
+    struct timeval tv = {CONNECT_TIMEOUT_MS / 1000, (CONNECT_TIMEOUT_MS % 1000) * 1000};
+    redisContext *c = redisConnectWithTimeout(r->host, r->port, tv);
+    if (!c || c->err) {
+        snprintf(err, errlen, "--redis: cannot reach %s:%d: %s", r->host, r->port,
+                 c ? c->errstr : "out of memory");
+        if (c)
+            redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, tv);
+    if (r->password[0]) {
+        redisReply *rep = r->user[0] ? redisCommand(c, "AUTH %s %s", r->user, r->password)
+                                     : redisCommand(c, "AUTH %s", r->password);
+        bool ok = rep && rep->type != REDIS_REPLY_ERROR;
+        if (!ok)
+            snprintf(err, errlen, "--redis: %s:%d refused the password", r->host, r->port);
+        if (rep)
+            freeReplyObject(rep);
+        if (!ok) {
+            redisFree(c);
+            return NULL;
+        }
+    }
+    redisReply *rep = redisCommand(c, "PING");
+    bool ok = rep && rep->type != REDIS_REPLY_ERROR;
+    if (!ok)
+        snprintf(err, errlen, "--redis: %s:%d does not answer: %s", r->host, r->port,
+                 rep && rep->str ? rep->str : c->errstr);
+    if (rep)
+        freeReplyObject(rep);
+    if (!ok) {
+        redisFree(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* ---- the envelope ---- */
+
+struct wbuf {
+    uint8_t *p;
+    size_t n, cap;
+    bool oom;
+};
+
+static void put(struct wbuf *w, const void *src, size_t n)
+{
+    if (w->oom)
+        return;
+    if (w->n + n > w->cap) {
+        size_t cap = w->cap ? w->cap : 256;
+        while (cap < w->n + n)
+            cap *= 2;
+        uint8_t *np = realloc(w->p, cap);
+        if (!np) {
+            w->oom = true;
+            return;
+        }
+        w->p = np;
+        w->cap = cap;
+    }
+    memcpy(w->p + w->n, src, n);
+    w->n += n;
+}
+
+static void put_u8(struct wbuf *w, uint8_t v)
+{
+    put(w, &v, 1);
+}
+
+static void put_u32(struct wbuf *w, uint32_t v)
+{
+    uint8_t b[4];
+    for (int i = 0; i < 4; i++)
+        b[i] = (uint8_t)(v >> (8 * i));
+    put(w, b, 4);
+}
+
+static void put_u64(struct wbuf *w, uint64_t v)
+{
+    uint8_t b[8];
+    for (int i = 0; i < 8; i++)
+        b[i] = (uint8_t)(v >> (8 * i));
+    put(w, b, 8);
+}
+
+static void put_str(struct wbuf *w, const char *s)
+{
+    size_t n = strnlen(s, 255);
+    put_u8(w, (uint8_t)n);
+    put(w, s, n);
+}
+
+static void encode_event(struct wbuf *w, const struct bus_event *e)
+{
+    put_u8(w, e->kind);
+    put_u8(w, e->type);
+    put_u8(w, e->failed);
+    put_u32(w, e->worker);
+    put_u64(w, e->conn_id);
+    put_u64(w, (uint64_t)e->seq);
+    put_str(w, e->session);
+    put_str(w, e->owner);
+    put_str(w, e->stream);
+    put_u64(w, e->stream_off);
+    put_u32(w, e->stream_len);
+    uint32_t flen = e->frame ? e->len : 0;
+    put_u32(w, flen);
+    if (flen)
+        put(w, e->frame->data + e->off, flen);
+}
+
+struct rbuf {
+    const uint8_t *p;
+    size_t n, at;
+    bool bad;
+};
+
+static const uint8_t *take(struct rbuf *r, size_t n)
+{
+    if (r->bad || r->n - r->at < n) {
+        r->bad = true;
+        return NULL;
+    }
+    const uint8_t *p = r->p + r->at;
+    r->at += n;
+    return p;
+}
+
+static uint64_t get_le(struct rbuf *r, int bytes)
+{
+    const uint8_t *p = take(r, (size_t)bytes);
+    uint64_t v = 0;
+    for (int i = 0; p && i < bytes; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+static void get_str(struct rbuf *r, char *dst, size_t cap)
+{
+    size_t n = (size_t)get_le(r, 1);
+    const uint8_t *p = take(r, n);
+    if (!p || n >= cap) {
+        r->bad = true;
+        dst[0] = 0;
+        return;
+    }
+    memcpy(dst, p, n);
+    dst[n] = 0;
+}
+
+/* ---- publishing ---- */
+
+static unsigned shard_of(const char *owner)
+{
+    return (unsigned)(hash_str(owner) % BUS_REDIS_SHARDS);
+}
+
+/* Send the messages (pipelined) and read their answers: 0, or -EIO. */
+static int send_all(redisContext *c, const char *prefix, const unsigned *shards, struct wbuf *msgs,
+                    size_t nmsgs)
+{
+    for (size_t i = 0; i < nmsgs; i++) {
+        char ch[64];
+        int chlen = snprintf(ch, sizeof ch, "%s%u", prefix, shards[i]);
+        if (redisAppendCommand(c, "PUBLISH %b %b", ch, (size_t)chlen, msgs[i].p, msgs[i].n) !=
+            REDIS_OK)
+            return -EIO;
+    }
+    int rc = 0;
+    for (size_t i = 0; i < nmsgs; i++) {
+        void *rep = NULL;
+        if (redisGetReply(c, &rep) != REDIS_OK)
+            return -EIO;
+        if (((redisReply *)rep)->type == REDIS_REPLY_ERROR)
+            rc = -EIO;
+        freeReplyObject(rep);
+    }
+    return rc;
+}
+
+static int redis_publish(struct bus *b, const struct bus_event *ev, size_t n)
+{
+    struct rbus *r = (struct rbus *)b;
+    if (!n)
+        return 0;
+    /* One message per shard, each keeping the batch's order. */
+    unsigned *evshard = malloc(n * sizeof *evshard);
+    unsigned *shards = malloc(n * sizeof *shards);
+    struct wbuf *msgs = calloc(n, sizeof *msgs);
+    uint32_t *counts = calloc(n, sizeof *counts);
+    size_t nmsgs = 0;
+    int rc = 0;
+    if (!evshard || !shards || !msgs || !counts) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        evshard[i] = shard_of(ev[i].owner);
+        size_t m = 0;
+        while (m < nmsgs && shards[m] != evshard[i])
+            m++;
+        if (m == nmsgs) {
+            shards[nmsgs++] = evshard[i];
+            put(&msgs[m], "CB1", 3);
+            put_u64(&msgs[m], r->nonce);
+            put_u32(&msgs[m], 0); /* count, set below */
+        }
+        counts[m]++;
+        encode_event(&msgs[m], &ev[i]);
+    }
+    for (size_t m = 0; m < nmsgs; m++) {
+        if (msgs[m].oom) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        for (int k = 0; k < 4; k++)
+            msgs[m].p[11 + k] = (uint8_t)(counts[m] >> (8 * k));
+    }
+    pthread_mutex_lock(&r->pub_mu);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (!r->pub) {
+            char err[256];
+            r->pub = connect_one(r, err, sizeof err);
+            if (!r->pub) {
+                struct log_quoted q;
+                log_warn("redis_unreachable", "what=publish err=%s", log_quotes(&q, err));
+                rc = -EIO;
+                break;
+            }
+        }
+        rc = send_all(r->pub, r->prefix, shards, msgs, nmsgs);
+        if (rc == 0 || !r->pub->err)
+            break;
+        /* The connection broke: once more on a new one. A message that had
+         * gone through is then published twice; the hub drops a stored
+         * event it has already sent by its (session, seq). */
+        redisFree(r->pub);
+        r->pub = NULL;
+    }
+    pthread_mutex_unlock(&r->pub_mu);
+    if (rc == 0)
+        atomic_fetch_add(&r->published, n);
+    else
+        atomic_fetch_add(&r->lost, n);
+out:
+    for (size_t m = 0; msgs && m < nmsgs; m++)
+        free(msgs[m].p);
+    free(msgs);
+    free(counts);
+    free(shards);
+    free(evshard);
+    return rc;
+}
+
+/* ---- receiving ---- */
+
+static void on_message(struct rbus *r, const char *data, size_t len)
+{
+    struct rbuf rb = {.p = (const uint8_t *)data, .n = len};
+    const uint8_t *magic = take(&rb, 3);
+    if (!magic || memcmp(magic, "CB1", 3) != 0) {
+        log_warn("redis_bad_message", "bytes=%zu", len);
+        return;
+    }
+    uint64_t nonce = get_le(&rb, 8);
+    uint32_t count = (uint32_t)get_le(&rb, 4);
+    if (rb.bad || count == 0 || count > len) {
+        log_warn("redis_bad_message", "bytes=%zu", len);
+        return;
+    }
+    bool remote = nonce != r->nonce;
+    struct bus_event *ev = calloc(count, sizeof *ev);
+    struct sbuf *frames = len <= UINT32_MAX ? sbuf_new((uint32_t)len) : NULL;
+    if (!ev || !frames) {
+        log_warn("redis_message_lost", "events=%u reason=oom", count);
+        free(ev);
+        if (frames)
+            sbuf_unref(frames);
+        return;
+    }
+    memcpy(frames->data, data, len);
+    frames->len = (uint32_t)len;
+    for (uint32_t i = 0; i < count && !rb.bad; i++) {
+        struct bus_event *e = &ev[i];
+        e->kind = (uint8_t)get_le(&rb, 1);
+        e->type = (uint8_t)get_le(&rb, 1);
+        e->failed = get_le(&rb, 1) != 0;
+        e->worker = (uint32_t)get_le(&rb, 4);
+        e->conn_id = get_le(&rb, 8);
+        e->seq = (int64_t)get_le(&rb, 8);
+        get_str(&rb, e->session, sizeof e->session);
+        get_str(&rb, e->owner, sizeof e->owner);
+        get_str(&rb, e->stream, sizeof e->stream);
+        e->stream_off = get_le(&rb, 8);
+        e->stream_len = (uint32_t)get_le(&rb, 4);
+        uint32_t flen = (uint32_t)get_le(&rb, 4);
+        size_t at = rb.at;
+        if (flen && take(&rb, flen)) {
+            e->frame = frames;
+            e->off = (uint32_t)at;
+            e->len = flen;
+        }
+        e->remote = remote;
+        if (remote) { /* another node's connection and worker */
+            e->conn_id = 0;
+            e->worker = UINT32_MAX;
+        }
+    }
+    if (rb.bad)
+        log_warn("redis_bad_message", "bytes=%zu", len);
+    else {
+        atomic_fetch_add(&r->received, count);
+        r->base.handler.deliver(r->base.handler.app, ev, count);
+    }
+    sbuf_unref(frames);
+    free(ev);
+}
+
+static void on_reply(struct rbus *r, redisReply *rep, unsigned *nsub)
+{
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 ||
+        rep->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    const char *what = rep->element[0]->str;
+    if (strcmp(what, "message") == 0 && rep->element[2]->type == REDIS_REPLY_STRING) {
+        on_message(r, rep->element[2]->str, rep->element[2]->len);
+    } else if (strcmp(what, "subscribe") == 0) {
+        if (++*nsub == BUS_REDIS_SHARDS) {
+            pthread_mutex_lock(&r->mu);
+            r->subscribed = true;
+            pthread_cond_broadcast(&r->cv);
+            pthread_mutex_unlock(&r->mu);
+            struct log_quoted q;
+            log_info("redis_subscribed", "node=%s channels=%u", log_quotes(&q, r->node_id), *nsub);
+        }
+    }
+}
+
+/* Wait ms, or less if asked to stop: true when asked to stop. */
+static bool wait_stop(struct rbus *r, int ms)
+{
+    struct pollfd pf = {.fd = r->stop_pipe[0], .events = POLLIN};
+    return poll(&pf, 1, ms) > 0;
+}
+
+/* Subscribe to every shard on c; one session of the receiving loop. True
+ * when asked to stop. */
+static bool receive(struct rbus *r, redisContext *c)
+{
+    const char **argv = calloc(BUS_REDIS_SHARDS + 1, sizeof *argv);
+    size_t *argl = calloc(BUS_REDIS_SHARDS + 1, sizeof *argl);
+    char(*names)[64] = calloc(BUS_REDIS_SHARDS, sizeof *names);
+    bool stop = false;
+    if (!argv || !argl || !names)
+        goto out;
+    argv[0] = "SUBSCRIBE";
+    argl[0] = 9;
+    for (unsigned i = 0; i < BUS_REDIS_SHARDS; i++) {
+        argl[i + 1] = (size_t)snprintf(names[i], sizeof names[i], "%s%u", r->prefix, i);
+        argv[i + 1] = names[i];
+    }
+    if (redisAppendCommandArgv(c, BUS_REDIS_SHARDS + 1, argv, argl) != REDIS_OK)
+        goto out;
+    int done = 0;
+    while (!done)
+        if (redisBufferWrite(c, &done) != REDIS_OK)
+            goto out;
+    unsigned nsub = 0;
+    for (;;) {
+        struct pollfd pf[2] = {{.fd = c->fd, .events = POLLIN},
+                               {.fd = r->stop_pipe[0], .events = POLLIN}};
+        int pn = poll(pf, 2, -1);
+        if (pn < 0 && errno == EINTR)
+            continue;
+        if (pn < 0 || pf[1].revents) {
+            stop = pf[1].revents != 0;
+            break;
+        }
+        if (redisBufferRead(c) != REDIS_OK) {
+            struct log_quoted qn, qe;
+            log_warn("redis_connection_lost", "node=%s err=%s", log_quotes(&qn, r->node_id),
+                     log_quotes(&qe, c->errstr));
+            break;
+        }
+        void *rep;
+        while (redisReaderGetReply(c->reader, &rep) == REDIS_OK && rep) {
+            on_reply(r, rep, &nsub);
+            freeReplyObject(rep);
+        }
+    }
+out:
+    free(argv);
+    free(argl);
+    free(names);
+    return stop;
+}
+
+static void *sub_main(void *arg)
+{
+    struct rbus *r = arg;
+    int backoff = 100;
+    for (;;) {
+        char err[256];
+        redisContext *c = connect_one(r, err, sizeof err);
+        if (c) {
+            backoff = 100;
+            /* Replies may take as long as traffic is quiet. */
+            struct timeval tv = {0, 0};
+            redisSetTimeout(c, tv);
+            bool stop = receive(r, c);
+            redisFree(c);
+            if (stop)
+                break;
+        } else {
+            struct log_quoted q;
+            log_warn("redis_unreachable", "what=subscribe err=%s", log_quotes(&q, err));
+        }
+        if (wait_stop(r, backoff))
+            break;
+        backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
+    }
+    sbuf_thread_cleanup();
+    return NULL;
+}
+
+/* ---- open, close ---- */
+
+static void redis_close(struct bus *b)
+{
+    struct rbus *r = (struct rbus *)b;
+    if (r->sub_started) {
+        ssize_t w = write(r->stop_pipe[1], "x", 1);
+        (void)w;
+        pthread_join(r->sub_thread, NULL);
+    }
+    if (r->stop_pipe[0] >= 0)
+        close(r->stop_pipe[0]);
+    if (r->stop_pipe[1] >= 0)
+        close(r->stop_pipe[1]);
+    if (r->pub)
+        redisFree(r->pub);
+    struct log_quoted q;
+    if (r->opened)
+        log_info("redis_bus_closed", "node=%s published=%llu received=%llu lost=%llu",
+                 log_quotes(&q, r->node_id), (unsigned long long)atomic_load(&r->published),
+                 (unsigned long long)atomic_load(&r->received),
+                 (unsigned long long)atomic_load(&r->lost));
+    pthread_mutex_destroy(&r->pub_mu);
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
+    memset(r->password, 0, sizeof r->password);
+    free(r);
+}
+
+static const struct bus_ops redis_ops = {
+    .name = "redis",
+    .publish = redis_publish,
+    .close = redis_close,
+};
+
+int bus_redis_open(struct bus **out, const struct bus_handler *handler, const char *url,
+                   const char *node_id, char *err, size_t errlen)
+{
+    struct rbus *r = calloc(1, sizeof *r);
+    if (!r) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    r->base.ops = &redis_ops;
+    r->base.handler = *handler;
+    r->stop_pipe[0] = r->stop_pipe[1] = -1;
+    pthread_mutex_init(&r->pub_mu, NULL);
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+    snprintf(r->node_id, sizeof r->node_id, "%s", node_id);
+    int rc = parse_url(r, url, err, errlen);
+    if (rc != 0)
+        goto fail;
+    snprintf(r->prefix, sizeof r->prefix, "chatd:%d:u:", r->db);
+    if (getrandom(&r->nonce, sizeof r->nonce, 0) != sizeof r->nonce)
+        r->nonce = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    r->pub = connect_one(r, err, errlen);
+    if (!r->pub) {
+        rc = -EHOSTUNREACH;
+        goto fail;
+    }
+    if (pipe2(r->stop_pipe, O_CLOEXEC) != 0) {
+        rc = -errno;
+        snprintf(err, errlen, "cannot start the Redis bus: %s", strerror(errno));
+        goto fail;
+    }
+    if ((rc = pthread_create(&r->sub_thread, NULL, sub_main, r)) != 0) {
+        snprintf(err, errlen, "cannot start the Redis bus: %s", strerror(rc));
+        rc = -rc;
+        goto fail;
+    }
+    r->sub_started = true;
+    /* Subscribed before the first event is published: this node then sees
+     * every event published after its start. */
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += START_WAIT_MS / 1000;
+    pthread_mutex_lock(&r->mu);
+    while (!r->subscribed && pthread_cond_timedwait(&r->cv, &r->mu, &until) == 0)
+        ;
+    bool ok = r->subscribed;
+    pthread_mutex_unlock(&r->mu);
+    if (!ok) {
+        snprintf(err, errlen, "--redis: cannot subscribe on %s:%d", r->host, r->port);
+        rc = -ETIMEDOUT;
+        goto fail;
+    }
+    struct log_quoted qn, qh;
+    log_info("redis_bus_open", "node=%s redis=%s:%d db=%d shards=%u", log_quotes(&qn, r->node_id),
+             log_quotes(&qh, r->host), r->port, r->db, BUS_REDIS_SHARDS);
+    r->opened = true;
+    *out = &r->base;
+    return 0;
+fail:
+    redis_close(&r->base);
+    return rc;
+}
