@@ -53,7 +53,9 @@ struct bus_event {
                        * worker and connection ids mean nothing here (conn_id is 0) */
     uint32_t worker;  /* the worker of the connection that caused it */
     uint64_t conn_id; /* that connection (0: none) */
-    int64_t seq;      /* its seq in the session (0: not a stored event) */
+    int64_t seq;      /* its seq in the session (0: not a stored event). Stored events
+                       * are numbered gaplessly per session; the events of one stored
+                       * request share its seq */
     char session[BUS_SESSION_MAX + 1];
     char owner[BUS_USER_MAX + 1]; /* the session's owner */
     struct sbuf *frame;           /* the framed message (borrowed), or NULL */

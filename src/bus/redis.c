@@ -30,6 +30,18 @@
  * node and in the same order on every node; a device's own ack (posted to
  * its worker before publishing) still comes before its event.
  *
+ * Order. Two nodes may commit seqs 5 and 6 of one session and publish them
+ * in the other order. The subscriber thread keeps, per session, the
+ * highest seq it handed on; a stored event (seq > 0) above the next one is
+ * held until the ones below it arrive, or HOLD_MS pass (a message Redis
+ * lost: the event goes on, the gap is counted and logged, and is not yet
+ * filled from storage). Events of seq 0 (relays, the assistant's deltas)
+ * and seqs already passed go on at once; a connection drops a stored event
+ * it already has (by session and seq). The first event a node sees of a
+ * session starts its order; a session idle for ORDER_IDLE_MS is forgotten,
+ * and so is every session when the subscription is made again after the
+ * connection to Redis broke.
+ *
  * Threads. Publishing is a blocking hiredis connection under a mutex: the
  * writer and the assistant's threads take turns, and a PUBLISH is answered
  * before bus_publish returns, so a delta published before the final answer
@@ -60,9 +72,29 @@
 #include "util/hash.h"
 #include "util/log.h"
 #include "util/sbuf.h"
+#include "util/vec.h"
 
 #define CONNECT_TIMEOUT_MS 2000
 #define START_WAIT_MS 5000
+#define ORDER_BUCKETS 1024
+#define HOLD_MS 500         /* an event waits this long for the seqs below it */
+#define ORDER_IDLE_MS 60000 /* a session's order is forgotten when idle this long */
+
+/* A held event: its own copy, holding a frame reference. */
+struct held {
+    struct bus_event ev;
+    int64_t until_ms;
+};
+
+/* The order of one session's stored events on this node. */
+struct order_sess {
+    struct order_sess *next;
+    char session[BUS_SESSION_MAX + 1];
+    int64_t last;      /* the highest seq handed on */
+    int64_t used_ms;   /* when it last saw an event */
+    struct held *held; /* sorted by seq */
+    size_t nheld, capheld;
+};
 
 struct rbus {
     struct bus base;
@@ -86,6 +118,12 @@ struct rbus {
     bool subscribed;
     atomic_ullong received, published, lost;
     bool opened; /* bus_redis_open succeeded */
+    size_t nheld_now;
+    /* The subscriber thread's own: sessions' order (see "Order" above). */
+    struct order_sess *order[ORDER_BUCKETS];
+    size_t norder;
+    int64_t next_sweep_ms;
+    atomic_ullong held, gaps;
 };
 
 /* ---- the URL ---- */
@@ -422,6 +460,156 @@ out:
     return rc;
 }
 
+/* ---- order ---- */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Events to hand on, each holding a frame reference. */
+struct outv {
+    struct bus_event *ev;
+    size_t n, cap;
+};
+
+static void out_add(struct outv *o, const struct bus_event *e)
+{
+    if (vec_grow(&o->ev, &o->cap, o->n, 1, sizeof *o->ev) != 0) {
+        log_warn("redis_event_lost", "reason=oom");
+        return;
+    }
+    o->ev[o->n] = *e;
+    if (e->frame)
+        sbuf_ref(e->frame);
+    o->n++;
+}
+
+static void out_flush(struct rbus *r, struct outv *o)
+{
+    if (o->n)
+        r->base.handler.deliver(r->base.handler.app, o->ev, o->n);
+    for (size_t i = 0; i < o->n; i++)
+        if (o->ev[i].frame)
+            sbuf_unref(o->ev[i].frame);
+    o->n = 0;
+}
+
+static struct order_sess *order_get(struct rbus *r, const char *session)
+{
+    struct order_sess **p = &r->order[hash_str(session) % ORDER_BUCKETS];
+    for (; *p; p = &(*p)->next)
+        if (strcmp((*p)->session, session) == 0)
+            return *p;
+    struct order_sess *os = calloc(1, sizeof *os);
+    if (!os)
+        return NULL;
+    snprintf(os->session, sizeof os->session, "%s", session);
+    *p = os;
+    r->norder++;
+    return os;
+}
+
+/* Hand on the held events that come next (seq <= last + 1), in order. */
+static void release_next(struct rbus *r, struct order_sess *os, struct outv *o)
+{
+    size_t i = 0;
+    for (; i < os->nheld && os->held[i].ev.seq <= os->last + 1; i++) {
+        struct bus_event *e = &os->held[i].ev;
+        if (e->seq > os->last)
+            os->last = e->seq;
+        out_add(o, e);
+        if (e->frame)
+            sbuf_unref(e->frame);
+    }
+    if (i) {
+        memmove(os->held, os->held + i, (os->nheld - i) * sizeof *os->held);
+        os->nheld -= i;
+        r->nheld_now -= i;
+    }
+}
+
+static void order_event(struct rbus *r, const struct bus_event *e, int64_t now, struct outv *o)
+{
+    struct order_sess *os = e->seq > 0 ? order_get(r, e->session) : NULL;
+    if (!os) { /* not stored (or out of memory): at once */
+        out_add(o, e);
+        return;
+    }
+    os->used_ms = now;
+    if (os->last == 0 && os->nheld == 0)
+        os->last = e->seq - 1; /* the first seen here starts the order */
+    if (e->seq <= os->last + 1) {
+        if (e->seq > os->last)
+            os->last = e->seq;
+        out_add(o, e);
+        release_next(r, os, o);
+        return;
+    }
+    if (vec_grow(&os->held, &os->capheld, os->nheld, 1, sizeof *os->held) != 0) {
+        out_add(o, e);
+        return;
+    }
+    size_t at = os->nheld;
+    while (at > 0 && os->held[at - 1].ev.seq > e->seq)
+        at--;
+    memmove(os->held + at + 1, os->held + at, (os->nheld - at) * sizeof *os->held);
+    os->held[at].ev = *e;
+    os->held[at].until_ms = now + HOLD_MS;
+    if (e->frame)
+        sbuf_ref(e->frame);
+    os->nheld++;
+    r->nheld_now++;
+    atomic_fetch_add(&r->held, 1);
+}
+
+static void order_free(struct rbus *r, struct order_sess *os)
+{
+    for (size_t i = 0; i < os->nheld; i++)
+        if (os->held[i].ev.frame)
+            sbuf_unref(os->held[i].ev.frame);
+    r->nheld_now -= os->nheld;
+    r->norder--;
+    free(os->held);
+    free(os);
+}
+
+/* Hand on what waited too long (a gap), forget idle sessions; with all,
+ * hand on everything held and forget every session. */
+static void order_tick(struct rbus *r, int64_t now, bool all)
+{
+    bool sweep = all || now >= r->next_sweep_ms;
+    if (!sweep && !r->nheld_now)
+        return;
+    struct outv o = {0};
+    for (unsigned b = 0; b < ORDER_BUCKETS; b++) {
+        struct order_sess **p = &r->order[b];
+        while (*p) {
+            struct order_sess *os = *p;
+            while (os->nheld && (all || os->held[0].until_ms <= now)) {
+                struct log_quoted q;
+                log_warn("redis_gap", "session=%s from=%lld to=%lld", log_quotes(&q, os->session),
+                         (long long)os->last + 1, (long long)os->held[0].ev.seq - 1);
+                atomic_fetch_add(&r->gaps, 1);
+                os->last = os->held[0].ev.seq - 1;
+                release_next(r, os, &o);
+            }
+            if (all || (sweep && !os->nheld && now - os->used_ms > ORDER_IDLE_MS)) {
+                *p = os->next;
+                order_free(r, os);
+                continue;
+            }
+            p = &os->next;
+        }
+    }
+    if (sweep)
+        r->next_sweep_ms = now + ORDER_IDLE_MS / 4;
+    out_flush(r, &o);
+    free(o.ev);
+}
+
 /* ---- receiving ---- */
 
 static void on_message(struct rbus *r, const char *data, size_t len)
@@ -480,7 +668,12 @@ static void on_message(struct rbus *r, const char *data, size_t len)
         log_warn("redis_bad_message", "bytes=%zu", len);
     else {
         atomic_fetch_add(&r->received, count);
-        r->base.handler.deliver(r->base.handler.app, ev, count);
+        struct outv o = {0};
+        int64_t now = now_ms();
+        for (uint32_t i = 0; i < count; i++)
+            order_event(r, &ev[i], now, &o);
+        out_flush(r, &o);
+        free(o.ev);
     }
     sbuf_unref(frames);
     free(ev);
@@ -536,11 +729,17 @@ static bool receive(struct rbus *r, redisContext *c)
         if (redisBufferWrite(c, &done) != REDIS_OK)
             goto out;
     unsigned nsub = 0;
+    /* What was published while this node was not subscribed is lost to it:
+     * the order starts again. */
+    order_tick(r, now_ms(), true);
     for (;;) {
         struct pollfd pf[2] = {{.fd = c->fd, .events = POLLIN},
                                {.fd = r->stop_pipe[0], .events = POLLIN}};
-        int pn = poll(pf, 2, -1);
+        int pn = poll(pf, 2, r->nheld_now ? 50 : ORDER_IDLE_MS / 4);
         if (pn < 0 && errno == EINTR)
+            continue;
+        order_tick(r, now_ms(), false);
+        if (pn == 0)
             continue;
         if (pn < 0 || pf[1].revents) {
             stop = pf[1].revents != 0;
@@ -609,12 +808,21 @@ static void redis_close(struct bus *b)
         close(r->stop_pipe[1]);
     if (r->pub)
         redisFree(r->pub);
+    for (unsigned k = 0; k < ORDER_BUCKETS; k++)
+        while (r->order[k]) {
+            struct order_sess *os = r->order[k];
+            r->order[k] = os->next;
+            order_free(r, os);
+        }
     struct log_quoted q;
     if (r->opened)
-        log_info("redis_bus_closed", "node=%s published=%llu received=%llu lost=%llu",
+        log_info("redis_bus_closed",
+                 "node=%s published=%llu received=%llu lost=%llu held=%llu gaps=%llu",
                  log_quotes(&q, r->node_id), (unsigned long long)atomic_load(&r->published),
                  (unsigned long long)atomic_load(&r->received),
-                 (unsigned long long)atomic_load(&r->lost));
+                 (unsigned long long)atomic_load(&r->lost),
+                 (unsigned long long)atomic_load(&r->held),
+                 (unsigned long long)atomic_load(&r->gaps));
     pthread_mutex_destroy(&r->pub_mu);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);

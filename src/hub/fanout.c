@@ -148,7 +148,10 @@ static void add_everywhere(struct batch_out *bo, uint8_t kind, uint64_t conn_id,
     uint32_t off, len;
     struct sbuf *f = frame_obj(obj, &type, &off, &len);
     if (f) {
+        size_t before = bo->nev;
         add_event(bo, kind, type, conn_id, f, off, len, r);
+        if (bo->nev > before)
+            bo->ev[before].seq = 0; /* not stored: no place in the session's order */
         sbuf_unref(f);
     }
 }
