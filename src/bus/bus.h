@@ -69,6 +69,11 @@ struct bus_event {
 /* What the hub registers: called with every published event, in order. */
 struct bus_handler {
     void (*deliver)(void *app, const struct bus_event *ev, size_t n);
+    /* Optional: stored events of `session` (owned by `owner`) above seq
+     * `after` may have been lost on their way to this node; the hub fills
+     * them from storage. Called on the delivering thread, after what was
+     * delivered around the gap. */
+    void (*gap)(void *app, const char *session, const char *owner, int64_t after);
     void *app;
 };
 

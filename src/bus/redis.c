@@ -34,8 +34,8 @@
  * in the other order. The subscriber thread keeps, per session, the
  * highest seq it handed on; a stored event (seq > 0) above the next one is
  * held until the ones below it arrive, or HOLD_MS pass (a message Redis
- * lost: the event goes on, the gap is counted and logged, and is not yet
- * filled from storage). Events of seq 0 (relays, the assistant's deltas)
+ * lost: the event goes on, the gap is counted and logged, and the hub is
+ * asked to fill it from storage: bus_handler.gap). Events of seq 0 (relays, the assistant's deltas)
  * and seqs already passed go on at once; a connection drops a stored event
  * it already has (by session and seq). The first event a node sees of a
  * session starts its order; a session idle for ORDER_IDLE_MS is forgotten,
@@ -51,8 +51,10 @@
  * and a pipe that stops it: no event loop is needed for one socket, and the
  * handler runs on that thread as bus.h allows. When the connection breaks
  * it reconnects with back-off (100 ms doubling to 2 s) and subscribes again;
- * what was published meanwhile is lost to this node (not yet filled from
- * storage).
+ * then, for every session it had seen, the hub is asked to fill what came
+ * after the last seq handed on (bus_handler.gap). A publish that fails
+ * (Redis unreachable) is delivered here at once, so this node's connections
+ * keep working; the others fill it from storage when they see the gap.
  */
 #include "bus/redis.h"
 
@@ -90,6 +92,7 @@ struct held {
 struct order_sess {
     struct order_sess *next;
     char session[BUS_SESSION_MAX + 1];
+    char owner[BUS_USER_MAX + 1];
     int64_t last;      /* the highest seq handed on */
     int64_t used_ms;   /* when it last saw an event */
     struct held *held; /* sorted by seq */
@@ -446,10 +449,14 @@ static int redis_publish(struct bus *b, const struct bus_event *ev, size_t n)
         r->pub = NULL;
     }
     pthread_mutex_unlock(&r->pub_mu);
-    if (rc == 0)
+    if (rc == 0) {
         atomic_fetch_add(&r->published, n);
-    else
+    } else {
+        /* Lost to the other nodes (they fill it from storage when they see
+         * the gap); this node's connections still get it, at once. */
         atomic_fetch_add(&r->lost, n);
+        r->base.handler.deliver(r->base.handler.app, ev, n);
+    }
 out:
     for (size_t m = 0; msgs && m < nmsgs; m++)
         free(msgs[m].p);
@@ -497,7 +504,7 @@ static void out_flush(struct rbus *r, struct outv *o)
     o->n = 0;
 }
 
-static struct order_sess *order_get(struct rbus *r, const char *session)
+static struct order_sess *order_get(struct rbus *r, const char *session, const char *owner)
 {
     struct order_sess **p = &r->order[hash_str(session) % ORDER_BUCKETS];
     for (; *p; p = &(*p)->next)
@@ -507,6 +514,7 @@ static struct order_sess *order_get(struct rbus *r, const char *session)
     if (!os)
         return NULL;
     snprintf(os->session, sizeof os->session, "%s", session);
+    snprintf(os->owner, sizeof os->owner, "%s", owner);
     *p = os;
     r->norder++;
     return os;
@@ -533,7 +541,7 @@ static void release_next(struct rbus *r, struct order_sess *os, struct outv *o)
 
 static void order_event(struct rbus *r, const struct bus_event *e, int64_t now, struct outv *o)
 {
-    struct order_sess *os = e->seq > 0 ? order_get(r, e->session) : NULL;
+    struct order_sess *os = e->seq > 0 ? order_get(r, e->session, e->owner) : NULL;
     if (!os) { /* not stored (or out of memory): at once */
         out_add(o, e);
         return;
@@ -584,6 +592,12 @@ static void order_tick(struct rbus *r, int64_t now, bool all)
     if (!sweep && !r->nheld_now)
         return;
     struct outv o = {0};
+    struct gap {
+        char session[BUS_SESSION_MAX + 1];
+        char owner[BUS_USER_MAX + 1];
+        int64_t after;
+    } *gaps = NULL;
+    size_t ngaps = 0, capgaps = 0;
     for (unsigned b = 0; b < ORDER_BUCKETS; b++) {
         struct order_sess **p = &r->order[b];
         while (*p) {
@@ -593,8 +607,19 @@ static void order_tick(struct rbus *r, int64_t now, bool all)
                 log_warn("redis_gap", "session=%s from=%lld to=%lld", log_quotes(&q, os->session),
                          (long long)os->last + 1, (long long)os->held[0].ev.seq - 1);
                 atomic_fetch_add(&r->gaps, 1);
+                if (vec_grow(&gaps, &capgaps, ngaps, 1, sizeof *gaps) == 0) {
+                    snprintf(gaps[ngaps].session, sizeof gaps[ngaps].session, "%s", os->session);
+                    snprintf(gaps[ngaps].owner, sizeof gaps[ngaps].owner, "%s", os->owner);
+                    gaps[ngaps++].after = os->last;
+                }
                 os->last = os->held[0].ev.seq - 1;
                 release_next(r, os, &o);
+            }
+            if (all && vec_grow(&gaps, &capgaps, ngaps, 1, sizeof *gaps) == 0) {
+                /* Anything after what was handed on may have been lost. */
+                snprintf(gaps[ngaps].session, sizeof gaps[ngaps].session, "%s", os->session);
+                snprintf(gaps[ngaps].owner, sizeof gaps[ngaps].owner, "%s", os->owner);
+                gaps[ngaps++].after = os->last;
             }
             if (all || (sweep && !os->nheld && now - os->used_ms > ORDER_IDLE_MS)) {
                 *p = os->next;
@@ -608,6 +633,9 @@ static void order_tick(struct rbus *r, int64_t now, bool all)
         r->next_sweep_ms = now + ORDER_IDLE_MS / 4;
     out_flush(r, &o);
     free(o.ev);
+    for (size_t i = 0; i < ngaps && r->base.handler.gap; i++)
+        r->base.handler.gap(r->base.handler.app, gaps[i].session, gaps[i].owner, gaps[i].after);
+    free(gaps);
 }
 
 /* ---- receiving ---- */
@@ -689,6 +717,10 @@ static void on_reply(struct rbus *r, redisReply *rep, unsigned *nsub)
         on_message(r, rep->element[2]->str, rep->element[2]->len);
     } else if (strcmp(what, "subscribe") == 0) {
         if (++*nsub == BUS_REDIS_SHARDS) {
+            /* Subscribed again after a break: what was published meanwhile
+             * is lost to this node; the order of every session starts
+             * again and the hub fills what came after it. */
+            order_tick(r, now_ms(), true);
             pthread_mutex_lock(&r->mu);
             r->subscribed = true;
             pthread_cond_broadcast(&r->cv);
@@ -729,9 +761,6 @@ static bool receive(struct rbus *r, redisContext *c)
         if (redisBufferWrite(c, &done) != REDIS_OK)
             goto out;
     unsigned nsub = 0;
-    /* What was published while this node was not subscribed is lost to it:
-     * the order starts again. */
-    order_tick(r, now_ms(), true);
     for (;;) {
         struct pollfd pf[2] = {{.fd = c->fd, .events = POLLIN},
                                {.fd = r->stop_pipe[0], .events = POLLIN}};

@@ -62,6 +62,9 @@ void chat_on_batch(void *arg, struct store_req **reqs, size_t n);
 /* The bus's handler: events to deliver to this node's connections (the
  * thread the bus delivers on). */
 void chat_bus_deliver(void *app, const struct bus_event *ev, size_t n);
+/* The bus's gap handler (bus_handler.gap): the participants of session on
+ * this node catch up from storage above seq `after`. */
+void chat_bus_gap(void *app, const char *session, const char *owner, int64_t after);
 
 extern const struct router_ops chat_router_ops;
 

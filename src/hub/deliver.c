@@ -166,7 +166,7 @@ static void send_delta(struct chat *ch, struct client *cl, const struct chat_ite
     chat__stream_catch_up(ch, cl, st, it->stream, false);
 }
 
-enum send_mode { SEND_RELAY, SEND_STORED, SEND_DELTA };
+enum send_mode { SEND_RELAY, SEND_STORED, SEND_DELTA, SEND_GAP };
 
 static void send_one(struct chat *ch, struct client *cl, const struct chat_item *it,
                      enum send_mode mode)
@@ -175,6 +175,8 @@ static void send_one(struct chat *ch, struct client *cl, const struct chat_item 
         send_event(cl, it);
     else if (mode == SEND_DELTA)
         send_delta(ch, cl, it);
+    else if (mode == SEND_GAP)
+        chat__catch_up(ch, cl, it->session, it->seq);
     else
         send_frame(cl, it);
 }
@@ -230,6 +232,9 @@ static void apply_item(struct chat *ch, struct worker *w, const struct chat_post
         break;
     case IT_RELAY:
         for_participants(ch, w, loc, p, it, SEND_RELAY, false);
+        break;
+    case IT_GAP:
+        for_participants(ch, w, loc, p, it, SEND_GAP, false);
         break;
     case IT_RELAY_OWNER:
         for_participants(ch, w, loc, p, it, SEND_RELAY, true);

@@ -471,3 +471,25 @@ void chat_bus_deliver(void *app, const struct bus_event *ev, size_t n)
     free(devs);
     post_all(&bo);
 }
+
+/* A gap the bus saw: every worker's participants of the session (the
+ * owner's devices there, the admins there that joined it) catch up. */
+void chat_bus_gap(void *app, const char *session, const char *owner, int64_t after)
+{
+    struct chat *ch = app;
+    if (!ch->store)
+        return;
+    struct chat_post *posts[ch->nworkers];
+    memset(posts, 0, sizeof posts);
+    struct batch_out bo = {.ch = ch, .posts = posts};
+    struct reg_device *devs = malloc(ch->devs_cap * sizeof *devs);
+    unsigned nd =
+        devs ? registry_devices(&ch->hub->registry, owner, strlen(owner), devs, ch->devs_cap) : 0;
+    for (unsigned w = 0; w < ch->nworkers; w++) {
+        struct chat_item *it = add_item(&bo, w, IT_GAP, 0, 0, NULL, 0, 0, after, session, owner);
+        if (it)
+            set_ids(&bo, w, it, devs, nd);
+    }
+    free(devs);
+    post_all(&bo);
+}

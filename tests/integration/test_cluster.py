@@ -239,7 +239,50 @@ def test_admin_on_another_node_joins_and_gets_the_events():
             d.close()
 
 
-# ---- 3. refusals at start ---------------------------------------------------------------
+# ---- 3. Redis restarted mid-traffic ------------------------------------------------------
+
+def test_redis_restart_mid_traffic_loses_nothing():
+    """Redis stops for a second while one device writes: the writer's node
+    delivers its own events meanwhile; the other node, once subscribed
+    again, fills what it missed from storage. Every device ends with every
+    event exactly once."""
+    with Cluster("restart", n=2) as nodes:
+        devs = [ChatClient(x.port, "ida", label="ida@" + x.args[5]) for x in nodes]
+        sid = ack(devs[0].request(user_message("first", "first")), "first")["session_id"]
+        devs[1].wait_count(sid, 1, WAIT)
+        n = 150 if SLOW else 300
+        out = {}
+        done = threading.Event()
+
+        def send():
+            out["w"] = pipeline(devs[0], [user_message("r%d" % i, "r %d" % i, sid)
+                                          for i in range(n)], window=2, timeout=WAIT * 3)
+            done.set()
+        t = threading.Thread(target=send)
+        t.start()
+        devs[1].wait_count(sid, 40, WAIT)
+        REDIS.stop()
+        time.sleep(1.0)
+        REDIS.start()
+        t.join()
+        assert len(out["w"]) == n, len(out["w"])
+        # A last message after recovery, through Redis.
+        ack(devs[1].request(user_message("last", "after", sid)), "last")
+        total = n + 2
+        for d in devs:
+            d.wait_count(sid, total, WAIT)
+        time.sleep(0.3)
+        for d in devs:
+            seqs = d.seqs(sid)
+            assert len(seqs) == total and sorted(seqs) == list(range(1, total + 1)), \
+                (d.label, len(seqs), first_difference(sorted(seqs), total))
+        logs = nodes[1].log()
+        assert "event=redis_connection_lost" in logs, logs[-3000:]
+        for d in devs:
+            d.close()
+
+
+# ---- 4. refusals at start ---------------------------------------------------------------
 
 def refused(*args):
     p = subprocess.run([os.environ.get("CHATD_BIN", "chatd"), "--listen", "127.0.0.1:0",
@@ -270,7 +313,8 @@ def main():
             run([test_refusals_at_start,
                  test_devices_on_every_node_get_every_event_once_in_order,
                  test_admin_on_another_node_joins_and_gets_the_events,
-                 test_concurrent_writers_on_several_nodes_deliver_each_event_once])
+                 test_concurrent_writers_on_several_nodes_deliver_each_event_once,
+                 test_redis_restart_mid_traffic_loses_nothing])
         finally:
             REDIS.close()
     finally:
