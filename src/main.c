@@ -415,6 +415,8 @@ int main(int argc, char **argv)
             return 1;
         }
         chat_set_bus(st.chat, st.bus);
+        if (bus_counts_devices(st.bus))
+            st.hub.bus = st.bus; /* the device limit holds across nodes */
         struct store_options so = {.engine = use_pg ? "postgres" : "sqlite",
                                    .path = use_pg ? cfg.postgres_dsn : cfg.db_path,
                                    .sync_full = cfg.sync_full,

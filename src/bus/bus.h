@@ -86,6 +86,14 @@ struct bus_ops {
      * counts it). */
     int (*publish)(struct bus *b, const struct bus_event *ev, size_t n);
     void (*close)(struct bus *b);
+    /* Optional (NULL: devices are counted per node only). Count a device
+     * of user across the nodes, at most max: 1 admitted (*count: the
+     * user's devices with it), 0 refused (*count: theirs), negative errno
+     * when the count could not be reached (the caller then admits on its
+     * own count). Any thread; it blocks for a round trip. */
+    int (*admit)(struct bus *b, const char *user, uint64_t conn_id, unsigned max, unsigned *count);
+    /* The device admitted by admit left. Any thread. */
+    void (*leave)(struct bus *b, const char *user, uint64_t conn_id);
 };
 
 struct bus {
@@ -99,6 +107,24 @@ int bus_local_open(struct bus **out, const struct bus_handler *handler);
 static inline int bus_publish(struct bus *b, const struct bus_event *ev, size_t n)
 {
     return b->ops->publish(b, ev, n);
+}
+
+/* Does this bus count devices across nodes (bus_admit)? */
+static inline bool bus_counts_devices(const struct bus *b)
+{
+    return b && b->ops->admit;
+}
+
+static inline int bus_admit(struct bus *b, const char *user, uint64_t conn_id, unsigned max,
+                            unsigned *count)
+{
+    return bus_counts_devices(b) ? b->ops->admit(b, user, conn_id, max, count) : 1;
+}
+
+static inline void bus_leave(struct bus *b, const char *user, uint64_t conn_id)
+{
+    if (bus_counts_devices(b))
+        b->ops->leave(b, user, conn_id);
 }
 
 /* Stop and free the bus; nothing is delivered afterwards. Main thread. */

@@ -42,6 +42,17 @@
  * and so is every session when the subscription is made again after the
  * connection to Redis broke.
  *
+ * Devices. With --redis the device limit holds across nodes: each user has
+ * a sorted set "chatd:<db>:dev:<hash of the user id>" of "<node nonce>:<conn>"
+ * members scored by their expiry (Redis time + 30 s). A Lua script drops
+ * the expired members, counts, and adds the new one only under the limit,
+ * in one atomic step. Each node refreshes its own devices every 10 s from
+ * the subscriber thread (one pipelined round trip) and removes a device
+ * when it closes, so a node that dies gives its slots back within 30 s.
+ * A count that cannot be reached (Redis away) admits on the node's own
+ * count. Calls block their thread (a worker) for a round trip, on a third
+ * connection under a mutex.
+ *
  * Threads. Publishing is a blocking hiredis connection under a mutex: the
  * writer and the assistant's threads take turns, and a PUBLISH is answered
  * before bus_publish returns, so a delta published before the final answer
@@ -81,11 +92,19 @@
 #define ORDER_BUCKETS 1024
 #define HOLD_MS 500         /* an event waits this long for the seqs below it */
 #define ORDER_IDLE_MS 60000 /* a session's order is forgotten when idle this long */
+#define DEVICE_TTL_MS 30000 /* a device not refreshed this long gives its slot back */
+#define HEARTBEAT_MS 10000  /* how often a node refreshes its devices */
 
 /* A held event: its own copy, holding a frame reference. */
 struct held {
     struct bus_event ev;
     int64_t until_ms;
+};
+
+/* A device this node counted in Redis. */
+struct pres_dev {
+    char key[64];
+    uint64_t conn_id;
 };
 
 /* The order of one session's stored events on this node. */
@@ -121,6 +140,12 @@ struct rbus {
     bool subscribed;
     atomic_ullong received, published, lost;
     bool opened; /* bus_redis_open succeeded */
+    /* Devices counted across nodes: this node's, refreshed by heartbeat. */
+    pthread_mutex_t pres_mu;
+    redisContext *pres;    /* under pres_mu */
+    struct pres_dev *devs; /* under pres_mu */
+    size_t ndevs, capdevs;
+    int64_t next_heartbeat_ms; /* the subscriber thread's */
     size_t nheld_now;
     /* The subscriber thread's own: sessions' order (see "Order" above). */
     struct order_sess *order[ORDER_BUCKETS];
@@ -638,6 +663,127 @@ static void order_tick(struct rbus *r, int64_t now, bool all)
     free(gaps);
 }
 
+/* ---- devices across nodes ---- */
+
+static const char admit_lua[] =
+    "local t = redis.call('TIME') "
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) "
+    "local n = redis.call('ZCARD', KEYS[1]) "
+    "if n >= tonumber(ARGV[2]) then return {0, n} end "
+    "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1]) "
+    "redis.call('PEXPIRE', KEYS[1], ARGV[3]) "
+    "return {1, n + 1}";
+
+static const char refresh_lua[] =
+    "local t = redis.call('TIME') "
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "
+    "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1]) "
+    "redis.call('PEXPIRE', KEYS[1], ARGV[2])";
+
+static void dev_key(const struct rbus *r, const char *user, char *key, size_t cap)
+{
+    snprintf(key, cap, "chatd:%d:dev:%016llx", r->db, (unsigned long long)hash_str(user));
+}
+
+static void dev_member(const struct rbus *r, uint64_t conn_id, char *m, size_t cap)
+{
+    snprintf(m, cap, "%016llx:%llx", (unsigned long long)r->nonce, (unsigned long long)conn_id);
+}
+
+/* The presence connection, made if needed (under pres_mu). */
+static redisContext *pres_conn(struct rbus *r)
+{
+    if (r->pres && r->pres->err) {
+        redisFree(r->pres);
+        r->pres = NULL;
+    }
+    if (!r->pres) {
+        char err[256];
+        r->pres = connect_one(r, err, sizeof err);
+        if (!r->pres) {
+            struct log_quoted q;
+            log_warn("redis_unreachable", "what=devices err=%s", log_quotes(&q, err));
+        }
+    }
+    return r->pres;
+}
+
+static int redis_admit(struct bus *b, const char *user, uint64_t conn_id, unsigned max,
+                       unsigned *count)
+{
+    struct rbus *r = (struct rbus *)b;
+    char key[64], member[64];
+    dev_key(r, user, key, sizeof key);
+    dev_member(r, conn_id, member, sizeof member);
+    int rc = -EIO;
+    pthread_mutex_lock(&r->pres_mu);
+    redisContext *c = pres_conn(r);
+    redisReply *rep = c ? redisCommand(c, "EVAL %s 1 %s %s %u %u", admit_lua, key, member, max,
+                                       (unsigned)DEVICE_TTL_MS)
+                        : NULL;
+    if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+        rep->element[0]->type == REDIS_REPLY_INTEGER &&
+        rep->element[1]->type == REDIS_REPLY_INTEGER) {
+        rc = rep->element[0]->integer ? 1 : 0;
+        *count = (unsigned)rep->element[1]->integer;
+        if (rc == 1 && vec_grow(&r->devs, &r->capdevs, r->ndevs, 1, sizeof *r->devs) == 0) {
+            snprintf(r->devs[r->ndevs].key, sizeof r->devs[r->ndevs].key, "%s", key);
+            r->devs[r->ndevs++].conn_id = conn_id;
+        }
+    } else if (rep) {
+        log_warn("redis_device_count_failed", "type=%d", rep->type);
+    }
+    if (rep)
+        freeReplyObject(rep);
+    pthread_mutex_unlock(&r->pres_mu);
+    return rc;
+}
+
+static void redis_leave(struct bus *b, const char *user, uint64_t conn_id)
+{
+    struct rbus *r = (struct rbus *)b;
+    char key[64], member[64];
+    dev_key(r, user, key, sizeof key);
+    dev_member(r, conn_id, member, sizeof member);
+    pthread_mutex_lock(&r->pres_mu);
+    for (size_t i = 0; i < r->ndevs; i++) {
+        if (r->devs[i].conn_id == conn_id && strcmp(r->devs[i].key, key) == 0) {
+            r->devs[i] = r->devs[--r->ndevs];
+            break;
+        }
+    }
+    redisContext *c = pres_conn(r);
+    redisReply *rep = c ? redisCommand(c, "ZREM %s %s", key, member) : NULL;
+    if (rep)
+        freeReplyObject(rep);
+    pthread_mutex_unlock(&r->pres_mu);
+}
+
+/* Refresh this node's devices (the subscriber thread, every HEARTBEAT_MS);
+ * after a Redis restart this counts them again. */
+static void heartbeat(struct rbus *r)
+{
+    pthread_mutex_lock(&r->pres_mu);
+    redisContext *c = r->ndevs ? pres_conn(r) : NULL;
+    size_t sent = 0;
+    for (size_t i = 0; c && i < r->ndevs; i++) {
+        char member[64];
+        dev_member(r, r->devs[i].conn_id, member, sizeof member);
+        if (redisAppendCommand(c, "EVAL %s 1 %s %s %u", refresh_lua, r->devs[i].key, member,
+                               (unsigned)DEVICE_TTL_MS) != REDIS_OK)
+            break;
+        sent++;
+    }
+    for (size_t i = 0; i < sent; i++) {
+        void *rep = NULL;
+        if (redisGetReply(c, &rep) != REDIS_OK)
+            break;
+        freeReplyObject(rep);
+    }
+    pthread_mutex_unlock(&r->pres_mu);
+}
+
 /* ---- receiving ---- */
 
 static void on_message(struct rbus *r, const char *data, size_t len)
@@ -764,10 +910,15 @@ static bool receive(struct rbus *r, redisContext *c)
     for (;;) {
         struct pollfd pf[2] = {{.fd = c->fd, .events = POLLIN},
                                {.fd = r->stop_pipe[0], .events = POLLIN}};
-        int pn = poll(pf, 2, r->nheld_now ? 50 : ORDER_IDLE_MS / 4);
+        int pn = poll(pf, 2, r->nheld_now ? 50 : 1000);
         if (pn < 0 && errno == EINTR)
             continue;
-        order_tick(r, now_ms(), false);
+        int64_t now = now_ms();
+        order_tick(r, now, false);
+        if (now >= r->next_heartbeat_ms) {
+            r->next_heartbeat_ms = now + HEARTBEAT_MS;
+            heartbeat(r);
+        }
         if (pn == 0)
             continue;
         if (pn < 0 || pf[1].revents) {
@@ -837,6 +988,9 @@ static void redis_close(struct bus *b)
         close(r->stop_pipe[1]);
     if (r->pub)
         redisFree(r->pub);
+    if (r->pres)
+        redisFree(r->pres);
+    free(r->devs);
     for (unsigned k = 0; k < ORDER_BUCKETS; k++)
         while (r->order[k]) {
             struct order_sess *os = r->order[k];
@@ -853,6 +1007,7 @@ static void redis_close(struct bus *b)
                  (unsigned long long)atomic_load(&r->held),
                  (unsigned long long)atomic_load(&r->gaps));
     pthread_mutex_destroy(&r->pub_mu);
+    pthread_mutex_destroy(&r->pres_mu);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     memset(r->password, 0, sizeof r->password);
@@ -863,6 +1018,8 @@ static const struct bus_ops redis_ops = {
     .name = "redis",
     .publish = redis_publish,
     .close = redis_close,
+    .admit = redis_admit,
+    .leave = redis_leave,
 };
 
 int bus_redis_open(struct bus **out, const struct bus_handler *handler, const char *url,
@@ -877,6 +1034,7 @@ int bus_redis_open(struct bus **out, const struct bus_handler *handler, const ch
     r->base.handler = *handler;
     r->stop_pipe[0] = r->stop_pipe[1] = -1;
     pthread_mutex_init(&r->pub_mu, NULL);
+    pthread_mutex_init(&r->pres_mu, NULL);
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
     snprintf(r->node_id, sizeof r->node_id, "%s", node_id);

@@ -26,6 +26,7 @@
 #include "hub/chat_int.h"
 #include "net/conn.h"
 #include "util/clock.h"
+#include "util/log.h"
 
 /*
  * What one connection may send of each type, beside the connection's input
@@ -318,12 +319,33 @@ static void chat_handle(void *router, struct client *cl, enum chat_type k, const
     }
 }
 
+/* A frame for every device of user on every node: through the bus, as a
+ * relay to the owner of no session. */
+static void chat_notify_user(void *router, const char *user, struct sbuf *f, uint32_t off,
+                             uint32_t len)
+{
+    struct chat *ch = router;
+    if (!ch->bus)
+        return;
+    struct bus_event e;
+    memset(&e, 0, sizeof e);
+    e.kind = IT_RELAY_OWNER;
+    e.type = chat__out_index("notification");
+    snprintf(e.owner, sizeof e.owner, "%s", user);
+    e.frame = f;
+    e.off = off;
+    e.len = len;
+    if (bus_publish(ch->bus, &e, 1) != 0)
+        log_warn("bus_publish_failed", "events=1 type=notification");
+}
+
 const struct router_ops chat_router_ops = {
     .client_opened = chat_client_opened,
     .client_drained = chat__client_drained,
     .handle = chat_handle,
     .client_closed = chat_client_closed,
     .client_roles_changed = chat_client_roles_changed,
+    .notify_user = chat_notify_user,
 };
 
 /* ---- setup ---------------------------------------------------------------- */

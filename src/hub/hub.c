@@ -383,6 +383,10 @@ static void chat_on_closing(struct conn *c)
         registry_remove(&cl->hub->registry, cl->sub, cl->sub_len, c->id);
         cl->registered = false;
     }
+    if (cl->counted) {
+        bus_leave(cl->hub->bus, cl->sub, c->id);
+        cl->counted = false;
+    }
 }
 
 static void chat_on_close(struct conn *c)
@@ -641,8 +645,13 @@ static void notify_limit(struct hub *h, const struct reg_device *devs, unsigned 
     struct sbuf *f = notification("connection_limit", msg, &off, &len);
     if (!f)
         return;
-    for (unsigned i = 0; i < n; i++)
-        hub_send_to_conn(h, devs[i].worker, devs[i].conn_id, f, off, len, 0, NULL);
+    if (bus_counts_devices(h->bus) && h->router_ops && h->router_ops->notify_user) {
+        /* The user's devices on every node. */
+        h->router_ops->notify_user(h->router, sub, f, off, len);
+    } else {
+        for (unsigned i = 0; i < n; i++)
+            hub_send_to_conn(h, devs[i].worker, devs[i].conn_id, f, off, len, 0, NULL);
+    }
     sbuf_unref(f);
     struct log_quoted qu;
     log_warn("device_limit", "user=%s devices=%u action=refused", log_quotes(&qu, sub), n);
@@ -757,7 +766,30 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
         return;
     }
     cl->registered = true;
+    if (bus_counts_devices(h->bus) && r == REG_ADMITTED) {
+        /* The limit across nodes (evict-oldest stays per node). */
+        unsigned total = count;
+        int a = bus_admit(h->bus, cl->sub, c->id, h->cfg->max_devices, &total);
+        if (a == 0) {
+            registry_remove(&h->registry, cl->sub, cl->sub_len, c->id);
+            char msg[160];
+            snprintf(msg, sizeof msg, "this account already has %u open connections (the limit)",
+                     total);
+            count_refusal(h, HUB_REFUSED_DEVICE_LIMIT);
+            conn_http_error(c, 429, "connection_limit", msg, LIMIT_RETRY_AFTER_MS, NULL, false);
+            notify_limit(h, NULL, total, cl->sub);
+            net_give_ws_slot(c);
+            client_free(cl);
+            return;
+        }
+        if (a > 0) {
+            cl->counted = true;
+            count = total;
+        }
+    }
     if (idmap_put(&c->w->by_id, c->id, c) < 0 || conn_upgrade(c, req, &chat_handler, cl) < 0) {
+        if (cl->counted)
+            bus_leave(h->bus, cl->sub, c->id);
         registry_remove(&h->registry, cl->sub, cl->sub_len, c->id);
         idmap_del(&c->w->by_id, c->id);
         net_give_ws_slot(c);

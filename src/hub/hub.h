@@ -28,6 +28,7 @@
 #include <stdint.h>
 
 #include "auth/jwt.h"
+#include "bus/bus.h"
 #include "conf/config.h"
 #include "hub/registry.h"
 #include "util/rate.h"
@@ -93,6 +94,7 @@ struct client {
     int64_t exp;       /* token expiry, unix seconds */
     bool admin;
     bool registered; /* holds a registry entry */
+    bool counted;    /* counted by the bus across nodes (bus_admit) */
     uint8_t sub_len;
     char *sub;          /* NUL-terminated, in the same allocation as the client */
     char *name;         /* likewise, or in `refreshed` after a refresh */
@@ -118,6 +120,8 @@ struct router_ops {
     /* A refresh changed cl->admin (was_admin is the old value): a client
      * that lost the role leaves every session it joined. */
     void (*client_roles_changed)(void *router, struct client *cl, bool was_admin);
+    /* A frame for every device of user, on every node (may be NULL). */
+    void (*notify_user)(void *router, const char *user, struct sbuf *f, uint32_t off, uint32_t len);
 };
 
 struct hub {
@@ -127,6 +131,7 @@ struct hub {
     struct server *srv;
     struct jwt_verifier *jwt;
     const struct router_ops *router_ops; /* NULL: no router attached */
+    struct bus *bus;                     /* NULL, or one that counts devices across nodes */
     void *router;
     json_t *models; /* [{"id":..,"name":..}] of cfg->models, in order */
     /* shared: atomics, any thread adds (hub_count_error), /metrics reads */

@@ -20,6 +20,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from harness import SLOW, Chatd, run  # noqa: E402
 from chatload import ChatClient, pipeline  # noqa: E402
 from test_postgres import Postgres, ack, user_message  # noqa: E402
+from test_devices import (check_limit_body, close_clean, connect, expect_notification,  # noqa
+                          refused as refused_upgrade)
+from harness import make_token  # noqa: E402
 
 LOAD_ARGS = ("--workers", "2", "--rate-limit", "1000000", "--input-rate", "1000000",
              "--input-byte-rate", "1000000000")
@@ -101,10 +104,11 @@ REDIS = None
 class Cluster:
     """n nodes on one database and one Redis, started together."""
 
-    def __init__(self, db, n=3):
+    def __init__(self, db, n=3, extra=()):
         dsn = PG.new_db(db)
         self.nodes = [Chatd("--postgres", dsn, "--redis", REDIS.url, "--node-id",
-                            "node-" + "abc"[i], *LOAD_ARGS, secret=SECRET) for i in range(n)]
+                            "node-" + "abc"[i], *(LOAD_ARGS + tuple(extra)), secret=SECRET)
+                      for i in range(n)]
 
     def __enter__(self):
         ts = [threading.Thread(target=x.start) for x in self.nodes]
@@ -118,8 +122,12 @@ class Cluster:
 
     def __exit__(self, *exc):
         for x in self.nodes:
-            if x.proc is not None:
-                x.__exit__(None, None, None)
+            if x.proc is not None and x.proc.poll() is None:
+                x.__exit__(None, None, None)  # a clean stop, then its folder and log go
+            else:  # killed by the test, or never started
+                if x.log_path and os.path.exists(x.log_path):
+                    os.unlink(x.log_path)
+                shutil.rmtree(x.tmpdir, ignore_errors=True)
 
 
 def events_of(client, sid):
@@ -282,7 +290,75 @@ def test_redis_restart_mid_traffic_loses_nothing():
             d.close()
 
 
-# ---- 4. refusals at start ---------------------------------------------------------------
+# ---- 4. the device limit across nodes ---------------------------------------------------
+
+def test_device_limit_holds_across_nodes():
+    """--max-devices 3 with one device of a user on each node: a 4th is
+    refused on any node (429), and every device, on every node, is told.
+    When one leaves, a device is admitted again."""
+    with Cluster("devlimit", extra=("--max-devices", "3")) as nodes:
+        devs = []
+        for i, x in enumerate(nodes):
+            ws, st = connect(x.port, "jan")
+            assert st["devices"] == i + 1, st
+            devs.append(ws)
+        for x in nodes:
+            status, _, body, _ = refused_upgrade(x.port, token=make_token("jan"))
+            assert status == 429, (status, body)
+            check_limit_body(body, 3)
+            for ws in devs:
+                expect_notification(ws)
+        # Another user is not affected.
+        other, st = connect(nodes[0].port, "kim")
+        assert st["devices"] == 1, st
+        close_clean(devs[1])
+        deadline = time.time() + WAIT
+        while True:
+            try:
+                again, st = connect(nodes[2].port, "jan")
+                break
+            except Exception:
+                assert time.time() < deadline, "no slot came back"
+                time.sleep(0.05)
+        assert st["devices"] == 3, st
+        for ws in (devs[0], devs[2], other, again):
+            close_clean(ws)
+
+
+def test_sigkill_of_a_node_gives_its_slots_back():
+    """A node killed with SIGKILL cleans nothing up: its devices' slots come
+    back within the bound (30 s), and the other nodes keep serving."""
+    with Cluster("sigkill", extra=("--max-devices", "2")) as nodes:
+        a, _ = connect(nodes[0].port, "lea")
+        c, _ = connect(nodes[2].port, "lea")
+        status, _, body, _ = refused_upgrade(nodes[1].port, token=make_token("lea"))
+        assert status == 429, (status, body)
+        expect_notification(a)
+        expect_notification(c)
+        killed_at = time.time()
+        nodes[2].proc.kill()
+        nodes[2].proc.wait()
+        c.shut()
+        # The others serve meanwhile.
+        w = ChatClient(nodes[0].port, "max", label="max@a")
+        r = ChatClient(nodes[1].port, "max", label="max@b")
+        sid = ack(w.request(user_message("k1", "still here")), "k1")["session_id"]
+        r.wait_count(sid, 1, WAIT)
+        while True:
+            try:
+                b, st = connect(nodes[1].port, "lea")
+                break
+            except Exception:
+                assert time.time() - killed_at < 40, "the slot did not come back within 40 s"
+                time.sleep(0.5)
+        assert st["devices"] == 2, st
+        for ws in (a, b):
+            close_clean(ws)
+        w.close()
+        r.close()
+
+
+# ---- 5. refusals at start ---------------------------------------------------------------
 
 def refused(*args):
     p = subprocess.run([os.environ.get("CHATD_BIN", "chatd"), "--listen", "127.0.0.1:0",
@@ -314,7 +390,9 @@ def main():
                  test_devices_on_every_node_get_every_event_once_in_order,
                  test_admin_on_another_node_joins_and_gets_the_events,
                  test_concurrent_writers_on_several_nodes_deliver_each_event_once,
-                 test_redis_restart_mid_traffic_loses_nothing])
+                 test_redis_restart_mid_traffic_loses_nothing,
+                 test_device_limit_holds_across_nodes,
+                 test_sigkill_of_a_node_gives_its_slots_back])
         finally:
             REDIS.close()
     finally:
