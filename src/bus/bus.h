@@ -94,6 +94,12 @@ struct bus_ops {
     int (*admit)(struct bus *b, const char *user, uint64_t conn_id, unsigned max, unsigned *count);
     /* The device admitted by admit left. Any thread. */
     void (*leave)(struct bus *b, const char *user, uint64_t conn_id);
+    /* Optional (NULL: every node receives every event). This node holds
+     * (delta 1) or no longer holds (-1) a connection that needs the events
+     * of user's sessions (user NULL: of every session, an admin). With 1
+     * it returns once such events are received here (or after a bounded
+     * wait). Any thread. */
+    void (*watch)(struct bus *b, const char *user, int delta);
 };
 
 struct bus {
@@ -125,6 +131,12 @@ static inline void bus_leave(struct bus *b, const char *user, uint64_t conn_id)
 {
     if (bus_counts_devices(b))
         b->ops->leave(b, user, conn_id);
+}
+
+static inline void bus_watch(struct bus *b, const char *user, int delta)
+{
+    if (b && b->ops->watch)
+        b->ops->watch(b, user, delta);
 }
 
 /* Stop and free the bus; nothing is delivered afterwards. Main thread. */

@@ -8,10 +8,19 @@
  * messages of one channel to every subscriber in the order it received
  * them, so every node sees a session's events in one and the same order.
  * <db> keeps apart clusters sharing one Redis on different databases (pub/
- * sub ignores SELECT). For now every node subscribes to every shard and the
- * hub finds which of its connections want each event; the sharding is there
- * so that a node may later subscribe only to the shards of the users whose
- * devices (or whose sessions' joined admins) it holds.
+ * sub ignores SELECT).
+ *
+ * Subscriptions. A node subscribes only to the shards its connections need
+ * (bus_watch, reference-counted per shard): the shard of each user with a
+ * device here, and every shard while an admin is connected here (admins get
+ * every help request and may join any session). So a node receives the
+ * events of the users it serves, and Redis traffic grows with deliveries,
+ * not with the number of nodes. A watch that makes a shard wanted returns
+ * once Redis confirmed the subscription, so a device's node receives the
+ * events committed after its connection_status. Sharding (64 channels)
+ * rather than a channel per user keeps the subscriptions bounded; a node
+ * may receive the events of another user of the same shard, which its hub
+ * finds no recipient for.
  *
  * Envelope. One PUBLISH carries the events of one published batch that
  * fall in one shard, in order (binary, little-endian):
@@ -94,6 +103,8 @@
 #define ORDER_IDLE_MS 60000 /* a session's order is forgotten when idle this long */
 #define DEVICE_TTL_MS 30000 /* a device not refreshed this long gives its slot back */
 #define HEARTBEAT_MS 10000  /* how often a node refreshes its devices */
+#define WATCH_WAIT_MS 2000  /* the longest a new watch waits for its subscription */
+#define RETRY_MS 1000       /* publishing or counting waits this long after a failed connect */
 
 /* A held event: its own copy, holding a frame reference. */
 struct held {
@@ -130,19 +141,31 @@ struct rbus {
     char prefix[48]; /* "chatd:<db>:u:" */
 
     pthread_mutex_t pub_mu;
-    redisContext *pub; /* under pub_mu */
+    redisContext *pub;    /* under pub_mu */
+    int64_t pub_retry_ms; /* under pub_mu: no connect before */
 
     pthread_t sub_thread;
     bool sub_started;
     int stop_pipe[2];
-    pthread_mutex_t mu; /* subscribed, for the start */
+    int wake_pipe[2]; /* the subscriptions wanted changed */
+    /* What this node's connections need (bus_watch), and what is
+     * subscribed, under mu; cv signals confirmations. */
+    pthread_mutex_t mu;
     pthread_cond_t cv;
-    bool subscribed;
+    bool connected;
+    unsigned want[BUS_REDIS_SHARDS];
+    unsigned want_all;
+    bool confirmed[BUS_REDIS_SHARDS];
+    /* the subscriber thread's own */
+    bool requested[BUS_REDIS_SHARDS];
+    unsigned pending; /* confirmations awaited since the connection was made */
+    bool resync;      /* after them, every session's order starts again */
     atomic_ullong received, published, lost;
     bool opened; /* bus_redis_open succeeded */
     /* Devices counted across nodes: this node's, refreshed by heartbeat. */
     pthread_mutex_t pres_mu;
     redisContext *pres;    /* under pres_mu */
+    int64_t pres_retry_ms; /* under pres_mu: no connect before */
     struct pres_dev *devs; /* under pres_mu */
     size_t ndevs, capdevs;
     int64_t next_heartbeat_ms; /* the subscriber thread's */
@@ -268,6 +291,26 @@ static redisContext *connect_one(struct rbus *r, char *err, size_t errlen)
         return NULL;
     }
     return c;
+}
+
+static int64_t now_ms(void);
+
+/* Connect *c again, unless the last attempt failed less than RETRY_MS ago
+ * (the caller then goes on without Redis at once rather than wait for a
+ * connect timeout each time). Under the connection's mutex. */
+static bool reconnect(struct rbus *r, redisContext **c, int64_t *retry_at, const char *what)
+{
+    int64_t now = now_ms();
+    if (now < *retry_at)
+        return false;
+    char err[256];
+    *c = connect_one(r, err, sizeof err);
+    if (*c)
+        return true;
+    *retry_at = now + RETRY_MS;
+    struct log_quoted q;
+    log_warn("redis_unreachable", "what=%s err=%s", what, log_quotes(&q, err));
+    return false;
 }
 
 /* ---- the envelope ---- */
@@ -454,15 +497,9 @@ static int redis_publish(struct bus *b, const struct bus_event *ev, size_t n)
     }
     pthread_mutex_lock(&r->pub_mu);
     for (int attempt = 0; attempt < 2; attempt++) {
-        if (!r->pub) {
-            char err[256];
-            r->pub = connect_one(r, err, sizeof err);
-            if (!r->pub) {
-                struct log_quoted q;
-                log_warn("redis_unreachable", "what=publish err=%s", log_quotes(&q, err));
-                rc = -EIO;
-                break;
-            }
+        if (!r->pub && !reconnect(r, &r->pub, &r->pub_retry_ms, "publish")) {
+            rc = -EIO;
+            break;
         }
         rc = send_all(r->pub, r->prefix, shards, msgs, nmsgs);
         if (rc == 0 || !r->pub->err)
@@ -698,14 +735,8 @@ static redisContext *pres_conn(struct rbus *r)
         redisFree(r->pres);
         r->pres = NULL;
     }
-    if (!r->pres) {
-        char err[256];
-        r->pres = connect_one(r, err, sizeof err);
-        if (!r->pres) {
-            struct log_quoted q;
-            log_warn("redis_unreachable", "what=devices err=%s", log_quotes(&q, err));
-        }
-    }
+    if (!r->pres)
+        reconnect(r, &r->pres, &r->pres_retry_ms, "devices");
     return r->pres;
 }
 
@@ -853,7 +884,24 @@ static void on_message(struct rbus *r, const char *data, size_t len)
     free(ev);
 }
 
-static void on_reply(struct rbus *r, redisReply *rep, unsigned *nsub)
+/* Forget the order of the sessions of shard `shard` (no longer received). */
+static void order_forget_shard(struct rbus *r, unsigned shard)
+{
+    for (unsigned b = 0; b < ORDER_BUCKETS; b++) {
+        struct order_sess **p = &r->order[b];
+        while (*p) {
+            struct order_sess *os = *p;
+            if (shard_of(os->owner) == shard) {
+                *p = os->next;
+                order_free(r, os);
+            } else {
+                p = &os->next;
+            }
+        }
+    }
+}
+
+static void on_reply(struct rbus *r, redisReply *rep)
 {
     if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 ||
         rep->element[0]->type != REDIS_REPLY_STRING)
@@ -861,20 +909,82 @@ static void on_reply(struct rbus *r, redisReply *rep, unsigned *nsub)
     const char *what = rep->element[0]->str;
     if (strcmp(what, "message") == 0 && rep->element[2]->type == REDIS_REPLY_STRING) {
         on_message(r, rep->element[2]->str, rep->element[2]->len);
-    } else if (strcmp(what, "subscribe") == 0) {
-        if (++*nsub == BUS_REDIS_SHARDS) {
-            /* Subscribed again after a break: what was published meanwhile
-             * is lost to this node; the order of every session starts
-             * again and the hub fills what came after it. */
-            order_tick(r, now_ms(), true);
-            pthread_mutex_lock(&r->mu);
-            r->subscribed = true;
-            pthread_cond_broadcast(&r->cv);
-            pthread_mutex_unlock(&r->mu);
-            struct log_quoted q;
-            log_info("redis_subscribed", "node=%s channels=%u", log_quotes(&q, r->node_id), *nsub);
+        return;
+    }
+    if (strcmp(what, "subscribe") != 0 || rep->element[1]->type != REDIS_REPLY_STRING)
+        return;
+    size_t plen = strlen(r->prefix);
+    const char *ch = rep->element[1]->str;
+    if (strncmp(ch, r->prefix, plen) != 0)
+        return;
+    unsigned shard = (unsigned)strtoul(ch + plen, NULL, 10);
+    if (shard >= BUS_REDIS_SHARDS)
+        return;
+    pthread_mutex_lock(&r->mu);
+    if (r->requested[shard])
+        r->confirmed[shard] = true;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    if (r->pending && --r->pending == 0 && r->resync) {
+        /* Subscribed again after a break: what was published meanwhile is
+         * lost to this node; the order of every session starts again and
+         * the hub fills what came after it. */
+        r->resync = false;
+        order_tick(r, now_ms(), true);
+    }
+}
+
+/* Send one SUBSCRIBE or UNSUBSCRIBE for the shards listed; false when the
+ * connection failed. */
+static bool send_subs(struct rbus *r, redisContext *c, const char *cmd, const unsigned *shards,
+                      unsigned n)
+{
+    if (!n)
+        return true;
+    const char *argv[BUS_REDIS_SHARDS + 1];
+    size_t argl[BUS_REDIS_SHARDS + 1];
+    char names[BUS_REDIS_SHARDS][64];
+    argv[0] = cmd;
+    argl[0] = strlen(cmd);
+    for (unsigned i = 0; i < n; i++) {
+        argl[i + 1] = (size_t)snprintf(names[i], sizeof names[i], "%s%u", r->prefix, shards[i]);
+        argv[i + 1] = names[i];
+    }
+    if (redisAppendCommandArgv(c, (int)n + 1, argv, argl) != REDIS_OK)
+        return false;
+    int done = 0;
+    while (!done)
+        if (redisBufferWrite(c, &done) != REDIS_OK)
+            return false;
+    return true;
+}
+
+/* Subscribe to the shards wanted and not yet asked for, unsubscribe from
+ * those no longer wanted. False when the connection failed. */
+static bool reconcile(struct rbus *r, redisContext *c)
+{
+    unsigned sub[BUS_REDIS_SHARDS], unsub[BUS_REDIS_SHARDS], nsub = 0, nunsub = 0;
+    pthread_mutex_lock(&r->mu);
+    for (unsigned i = 0; i < BUS_REDIS_SHARDS; i++) {
+        bool want = r->want_all || r->want[i];
+        if (want && !r->requested[i]) {
+            sub[nsub++] = i;
+            r->requested[i] = true;
+        } else if (!want && r->requested[i]) {
+            unsub[nunsub++] = i;
+            r->requested[i] = false;
+            r->confirmed[i] = false;
         }
     }
+    pthread_mutex_unlock(&r->mu);
+    for (unsigned i = 0; i < nunsub; i++)
+        order_forget_shard(r, unsub[i]);
+    r->pending += nsub;
+    if (!r->pending && r->resync) {
+        r->resync = false;
+        order_tick(r, now_ms(), true);
+    }
+    return send_subs(r, c, "SUBSCRIBE", sub, nsub) && send_subs(r, c, "UNSUBSCRIBE", unsub, nunsub);
 }
 
 /* Wait ms, or less if asked to stop: true when asked to stop. */
@@ -884,33 +994,32 @@ static bool wait_stop(struct rbus *r, int ms)
     return poll(&pf, 1, ms) > 0;
 }
 
-/* Subscribe to every shard on c; one session of the receiving loop. True
- * when asked to stop. */
+static void set_connected(struct rbus *r, bool on)
+{
+    pthread_mutex_lock(&r->mu);
+    r->connected = on;
+    for (unsigned i = 0; i < BUS_REDIS_SHARDS; i++) {
+        r->requested[i] = false;
+        r->confirmed[i] = false;
+    }
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* One connection's receiving loop. True when asked to stop. */
 static bool receive(struct rbus *r, redisContext *c)
 {
-    const char **argv = calloc(BUS_REDIS_SHARDS + 1, sizeof *argv);
-    size_t *argl = calloc(BUS_REDIS_SHARDS + 1, sizeof *argl);
-    char(*names)[64] = calloc(BUS_REDIS_SHARDS, sizeof *names);
+    r->pending = 0;
+    r->resync = true;
+    set_connected(r, true);
     bool stop = false;
-    if (!argv || !argl || !names)
+    if (!reconcile(r, c))
         goto out;
-    argv[0] = "SUBSCRIBE";
-    argl[0] = 9;
-    for (unsigned i = 0; i < BUS_REDIS_SHARDS; i++) {
-        argl[i + 1] = (size_t)snprintf(names[i], sizeof names[i], "%s%u", r->prefix, i);
-        argv[i + 1] = names[i];
-    }
-    if (redisAppendCommandArgv(c, BUS_REDIS_SHARDS + 1, argv, argl) != REDIS_OK)
-        goto out;
-    int done = 0;
-    while (!done)
-        if (redisBufferWrite(c, &done) != REDIS_OK)
-            goto out;
-    unsigned nsub = 0;
     for (;;) {
-        struct pollfd pf[2] = {{.fd = c->fd, .events = POLLIN},
-                               {.fd = r->stop_pipe[0], .events = POLLIN}};
-        int pn = poll(pf, 2, r->nheld_now ? 50 : 1000);
+        struct pollfd pf[3] = {{.fd = c->fd, .events = POLLIN},
+                               {.fd = r->stop_pipe[0], .events = POLLIN},
+                               {.fd = r->wake_pipe[0], .events = POLLIN}};
+        int pn = poll(pf, 3, r->nheld_now ? 50 : 1000);
         if (pn < 0 && errno == EINTR)
             continue;
         int64_t now = now_ms();
@@ -925,6 +1034,15 @@ static bool receive(struct rbus *r, redisContext *c)
             stop = pf[1].revents != 0;
             break;
         }
+        if (pf[2].revents) {
+            char buf[64];
+            while (read(r->wake_pipe[0], buf, sizeof buf) > 0)
+                ;
+            if (!reconcile(r, c))
+                break;
+        }
+        if (!pf[0].revents)
+            continue;
         if (redisBufferRead(c) != REDIS_OK) {
             struct log_quoted qn, qe;
             log_warn("redis_connection_lost", "node=%s err=%s", log_quotes(&qn, r->node_id),
@@ -933,15 +1051,49 @@ static bool receive(struct rbus *r, redisContext *c)
         }
         void *rep;
         while (redisReaderGetReply(c->reader, &rep) == REDIS_OK && rep) {
-            on_reply(r, rep, &nsub);
+            on_reply(r, rep);
             freeReplyObject(rep);
         }
     }
 out:
-    free(argv);
-    free(argl);
-    free(names);
+    set_connected(r, false);
     return stop;
+}
+
+/* This node needs (delta 1) or no longer needs (-1) the events of user's
+ * sessions (user NULL: of every session). Needing, it returns once they
+ * are received here, or after WATCH_WAIT_MS. */
+static void redis_watch(struct bus *b, const char *user, int delta)
+{
+    struct rbus *r = (struct rbus *)b;
+    unsigned shard = user ? shard_of(user) : 0;
+    pthread_mutex_lock(&r->mu);
+    unsigned *n = user ? &r->want[shard] : &r->want_all;
+    unsigned old = *n;
+    if (delta < 0 && *n == 0) {
+        pthread_mutex_unlock(&r->mu);
+        return;
+    }
+    *n = delta > 0 ? *n + 1 : *n - 1;
+    if ((old == 0) != (*n == 0)) {
+        ssize_t w = write(r->wake_pipe[1], "w", 1);
+        (void)w;
+    }
+    if (delta > 0) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += (long)WATCH_WAIT_MS * 1000000L;
+        until.tv_sec += until.tv_nsec / 1000000000L;
+        until.tv_nsec %= 1000000000L;
+        for (;;) {
+            bool ok = true;
+            for (unsigned i = user ? shard : 0; i < (user ? shard + 1 : BUS_REDIS_SHARDS); i++)
+                ok = ok && r->confirmed[i];
+            if (ok || !r->connected || pthread_cond_timedwait(&r->cv, &r->mu, &until) != 0)
+                break;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
 }
 
 static void *sub_main(void *arg)
@@ -982,6 +1134,9 @@ static void redis_close(struct bus *b)
         (void)w;
         pthread_join(r->sub_thread, NULL);
     }
+    for (int k = 0; k < 2; k++)
+        if (r->wake_pipe[k] >= 0)
+            close(r->wake_pipe[k]);
     if (r->stop_pipe[0] >= 0)
         close(r->stop_pipe[0]);
     if (r->stop_pipe[1] >= 0)
@@ -1020,6 +1175,7 @@ static const struct bus_ops redis_ops = {
     .close = redis_close,
     .admit = redis_admit,
     .leave = redis_leave,
+    .watch = redis_watch,
 };
 
 int bus_redis_open(struct bus **out, const struct bus_handler *handler, const char *url,
@@ -1033,6 +1189,7 @@ int bus_redis_open(struct bus **out, const struct bus_handler *handler, const ch
     r->base.ops = &redis_ops;
     r->base.handler = *handler;
     r->stop_pipe[0] = r->stop_pipe[1] = -1;
+    r->wake_pipe[0] = r->wake_pipe[1] = -1;
     pthread_mutex_init(&r->pub_mu, NULL);
     pthread_mutex_init(&r->pres_mu, NULL);
     pthread_mutex_init(&r->mu, NULL);
@@ -1049,7 +1206,7 @@ int bus_redis_open(struct bus **out, const struct bus_handler *handler, const ch
         rc = -EHOSTUNREACH;
         goto fail;
     }
-    if (pipe2(r->stop_pipe, O_CLOEXEC) != 0) {
+    if (pipe2(r->stop_pipe, O_CLOEXEC) != 0 || pipe2(r->wake_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
         rc = -errno;
         snprintf(err, errlen, "cannot start the Redis bus: %s", strerror(errno));
         goto fail;
@@ -1060,15 +1217,14 @@ int bus_redis_open(struct bus **out, const struct bus_handler *handler, const ch
         goto fail;
     }
     r->sub_started = true;
-    /* Subscribed before the first event is published: this node then sees
-     * every event published after its start. */
+    /* Connected for receiving before the first connection is admitted. */
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += START_WAIT_MS / 1000;
     pthread_mutex_lock(&r->mu);
-    while (!r->subscribed && pthread_cond_timedwait(&r->cv, &r->mu, &until) == 0)
+    while (!r->connected && pthread_cond_timedwait(&r->cv, &r->mu, &until) == 0)
         ;
-    bool ok = r->subscribed;
+    bool ok = r->connected;
     pthread_mutex_unlock(&r->mu);
     if (!ok) {
         snprintf(err, errlen, "--redis: cannot subscribe on %s:%d", r->host, r->port);

@@ -387,6 +387,14 @@ static void chat_on_closing(struct conn *c)
         bus_leave(cl->hub->bus, cl->sub, c->id);
         cl->counted = false;
     }
+    if (cl->watching) {
+        bus_watch(cl->hub->bus, cl->sub, -1);
+        cl->watching = false;
+    }
+    if (cl->watching_all) {
+        bus_watch(cl->hub->bus, NULL, -1);
+        cl->watching_all = false;
+    }
 }
 
 static void chat_on_close(struct conn *c)
@@ -462,6 +470,10 @@ static void handle_refresh(struct client *cl, json_t *msg, const char *id)
     bool was_admin = cl->admin;
     cl->exp = claims.exp;
     cl->admin = claims.is_admin;
+    if (cl->watching && cl->admin != cl->watching_all) {
+        bus_watch(cl->hub->bus, NULL, cl->admin ? 1 : -1);
+        cl->watching_all = cl->admin;
+    }
     json_t *o = json_pack("{s:s, s:I, s:s, s:o}", "type", "refreshed", "exp",
                           (json_int_t)claims.exp, "name", cl->name, "roles",
                           json_loads(cl->roles_json, 0, NULL));
@@ -796,6 +808,16 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
         client_free(cl);
         conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);
         return;
+    }
+    /* Before connection_status: from then on this node receives the
+     * events of the user's sessions (of all, for an admin). */
+    if (h->bus) {
+        bus_watch(h->bus, cl->sub, 1);
+        cl->watching = true;
+        if (cl->admin) {
+            bus_watch(h->bus, NULL, 1);
+            cl->watching_all = true;
+        }
     }
     struct log_quoted qu;
     log_info("ws_open", "conn=%llx user=%s devices=%u admin=%s", (unsigned long long)c->id,

@@ -95,6 +95,8 @@ struct client {
     bool admin;
     bool registered; /* holds a registry entry */
     bool counted;    /* counted by the bus across nodes (bus_admit) */
+    bool watching;   /* the bus brings this node the user's events (bus_watch) */
+    bool watching_all; /* ... and every session's (an admin) */
     uint8_t sub_len;
     char *sub;          /* NUL-terminated, in the same allocation as the client */
     char *name;         /* likewise, or in `refreshed` after a refresh */

@@ -358,6 +358,27 @@ def test_sigkill_of_a_node_gives_its_slots_back():
         r.close()
 
 
+def test_a_node_receives_only_what_its_connections_need():
+    """Devices of one user on nodes A and B only: node C, which serves
+    neither that user nor an admin, receives none of the traffic."""
+    with Cluster("interest") as nodes:
+        a = ChatClient(nodes[0].port, "ned", label="ned@a")
+        b = ChatClient(nodes[1].port, "ned", label="ned@b")
+        sid = ack(a.request(user_message("i0", "first")), "i0")["session_id"]
+        out = pipeline(a, [user_message("i%d" % i, "m %d" % i, sid) for i in range(1, 50)],
+                       window=8, timeout=WAIT)
+        assert len(out) == 49, len(out)
+        check_devices([a, b], sid, 50)
+        a.close()
+        b.close()
+        for x in nodes:
+            x.stop()
+        import re
+        got = [int(re.search(r"event=redis_bus_closed .*received=(\d+)", x.log()).group(1))
+               for x in nodes]
+        assert got[0] >= 50 and got[1] >= 50 and got[2] == 0, got
+
+
 # ---- 5. refusals at start ---------------------------------------------------------------
 
 def refused(*args):
@@ -392,6 +413,7 @@ def main():
                  test_concurrent_writers_on_several_nodes_deliver_each_event_once,
                  test_redis_restart_mid_traffic_loses_nothing,
                  test_device_limit_holds_across_nodes,
+                 test_a_node_receives_only_what_its_connections_need,
                  test_sigkill_of_a_node_gives_its_slots_back])
         finally:
             REDIS.close()
