@@ -14,6 +14,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -669,6 +670,27 @@ static void notify_limit(struct hub *h, const struct reg_device *devs, unsigned 
     log_warn("device_limit", "user=%s devices=%u action=refused", log_quotes(&qu, sub), n);
 }
 
+/* The user's oldest device on this node other than conn_id, if any. */
+static bool oldest_here(struct hub *h, const char *sub, size_t len, uint64_t conn_id,
+                        struct reg_device *out)
+{
+    unsigned cap = h->cfg->max_devices + 1;
+    struct reg_device *devs = malloc(cap * sizeof *devs);
+    if (!devs)
+        return false;
+    unsigned n = registry_devices(&h->registry, sub, len, devs, cap);
+    bool found = false;
+    for (unsigned i = 0; i < n; i++) {
+        if (devs[i].conn_id == conn_id)
+            continue;
+        if (!found || devs[i].opened_at_ms < out->opened_at_ms)
+            *out = devs[i];
+        found = true;
+    }
+    free(devs);
+    return found;
+}
+
 static void evict(struct hub *h, const struct reg_device *dev, const char *sub)
 {
     uint32_t off, len;
@@ -778,10 +800,24 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
         return;
     }
     cl->registered = true;
-    if (bus_counts_devices(h->bus) && r == REG_ADMITTED) {
-        /* The limit across nodes (evict-oldest stays per node). */
+    if (bus_counts_devices(h->bus)) {
+        /* The limit across nodes. evict-oldest evicts on this node only:
+         * the evicted device's slot goes to the new one, which is then
+         * counted whatever the other nodes hold. */
         unsigned total = count;
-        int a = bus_admit(h->bus, cl->sub, c->id, h->cfg->max_devices, &total);
+        if (r == REG_EVICTED)
+            bus_leave(h->bus, cl->sub, evicted.conn_id);
+        int a = bus_admit(h->bus, cl->sub, c->id, r == REG_EVICTED ? UINT_MAX : h->cfg->max_devices,
+                          &total);
+        if (a == 0 && h->cfg->device_policy == DEVICE_POLICY_EVICT_OLDEST &&
+            oldest_here(h, cl->sub, cl->sub_len, c->id, &evicted)) {
+            /* Full across nodes: this node's oldest device of the user
+             * makes room (one on another node is not evicted from here). */
+            registry_remove(&h->registry, cl->sub, cl->sub_len, evicted.conn_id);
+            bus_leave(h->bus, cl->sub, evicted.conn_id);
+            a = bus_admit(h->bus, cl->sub, c->id, UINT_MAX, &total);
+            r = REG_EVICTED;
+        }
         if (a == 0) {
             registry_remove(&h->registry, cl->sub, cl->sub_len, c->id);
             char msg[160];

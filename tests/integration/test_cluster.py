@@ -358,6 +358,39 @@ def test_sigkill_of_a_node_gives_its_slots_back():
         r.close()
 
 
+def test_evict_oldest_on_a_node_keeps_the_count():
+    """--device-policy evict-oldest, the limit reached across nodes: the new
+    device's node evicts its own oldest device of the user, whose slot the
+    new one takes (the count across nodes stays right). A node that holds
+    none of the user's devices refuses (it does not evict on another)."""
+    with Cluster("evict", extra=("--max-devices", "2", "--device-policy", "evict-oldest")) \
+            as nodes:
+        a1, _ = connect(nodes[0].port, "ola")
+        b1, _ = connect(nodes[1].port, "ola")
+        a2, st = connect(nodes[0].port, "ola")
+        assert st["devices"] == 2, st
+        expect_notification(a1)
+        assert a1.expect_close() == 1008
+        a1.close(1008)
+        a1.shut()
+        status, _, body, _ = refused_upgrade(nodes[2].port, token=make_token("ola"))
+        assert status == 429, (status, body)
+        expect_notification(a2)
+        expect_notification(b1)
+        close_clean(b1)
+        deadline = time.time() + WAIT
+        while True:
+            try:
+                c1, st = connect(nodes[2].port, "ola")
+                break
+            except Exception:
+                assert time.time() < deadline, "no slot came back"
+                time.sleep(0.05)
+        assert st["devices"] == 2, st
+        for ws in (a2, c1):
+            close_clean(ws)
+
+
 def test_a_node_receives_only_what_its_connections_need():
     """Devices of one user on nodes A and B only: node C, which serves
     neither that user nor an admin, receives none of the traffic."""
@@ -413,6 +446,7 @@ def main():
                  test_concurrent_writers_on_several_nodes_deliver_each_event_once,
                  test_redis_restart_mid_traffic_loses_nothing,
                  test_device_limit_holds_across_nodes,
+                 test_evict_oldest_on_a_node_keeps_the_count,
                  test_a_node_receives_only_what_its_connections_need,
                  test_sigkill_of_a_node_gives_its_slots_back])
         finally:
