@@ -100,6 +100,12 @@ struct bus_ops {
      * it returns once such events are received here (or after a bounded
      * wait). Any thread. */
     void (*watch)(struct bus *b, const char *user, int delta);
+    /* Optional (NULL: rate limits are per node). Take one message from
+     * user's budget across nodes (per_minute, refilled continuously): 0,
+     * the milliseconds until one is available, or negative when the budget
+     * could not be reached (the caller then goes by its own). Any thread;
+     * it blocks for a round trip. */
+    int64_t (*take_token)(struct bus *b, const char *user, unsigned per_minute);
 };
 
 struct bus {
@@ -137,6 +143,11 @@ static inline void bus_watch(struct bus *b, const char *user, int delta)
 {
     if (b && b->ops->watch)
         b->ops->watch(b, user, delta);
+}
+
+static inline int64_t bus_take_token(struct bus *b, const char *user, unsigned per_minute)
+{
+    return b && b->ops->take_token ? b->ops->take_token(b, user, per_minute) : -1;
 }
 
 /* Stop and free the bus; nothing is delivered afterwards. Main thread. */

@@ -62,6 +62,12 @@
  * count. Calls block their thread (a worker) for a round trip, on a third
  * connection under a mutex.
  *
+ * Rate limits. Each user's message budget is one token bucket across nodes,
+ * a hash "chatd:<db>:rate:<hash of the user id>" (level, time) that a Lua
+ * script refills by Redis time and takes from, once per chat message that
+ * the node's own bucket allowed (a round trip per message, on the devices
+ * connection).
+ *
  * Threads. Publishing is a blocking hiredis connection under a mutex: the
  * writer and the assistant's threads take turns, and a PUBLISH is answered
  * before bus_publish returns, so a delta published before the final answer
@@ -791,6 +797,40 @@ static void redis_leave(struct bus *b, const char *user, uint64_t conn_id)
     pthread_mutex_unlock(&r->pres_mu);
 }
 
+static const char rate_lua[] =
+    "local t = redis.call('TIME') "
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "
+    "local cap = tonumber(ARGV[1]) "
+    "local b = redis.call('HMGET', KEYS[1], 'l', 't') "
+    "local level = tonumber(b[1]) or cap "
+    "local last = tonumber(b[2]) or now "
+    "level = math.min(cap, level + math.max(0, now - last) * cap / 60000) "
+    "local wait = 0 "
+    "if level >= 1 then level = level - 1 "
+    "else wait = math.ceil((1 - level) * 60000 / cap) end "
+    "redis.call('HSET', KEYS[1], 'l', tostring(level), 't', now) "
+    "redis.call('PEXPIRE', KEYS[1], 120000) "
+    "return wait";
+
+static int64_t redis_take_token(struct bus *b, const char *user, unsigned per_minute)
+{
+    struct rbus *r = (struct rbus *)b;
+    char key[64];
+    snprintf(key, sizeof key, "chatd:%d:rate:%016llx", r->db, (unsigned long long)hash_str(user));
+    int64_t wait = -1;
+    pthread_mutex_lock(&r->pres_mu);
+    redisContext *c = pres_conn(r);
+    redisReply *rep = c ? redisCommand(c, "EVAL %s 1 %s %u", rate_lua, key, per_minute) : NULL;
+    if (rep && rep->type == REDIS_REPLY_INTEGER)
+        wait = rep->integer < 0 ? 0 : rep->integer;
+    else if (rep)
+        log_warn("redis_rate_failed", "type=%d", rep->type);
+    if (rep)
+        freeReplyObject(rep);
+    pthread_mutex_unlock(&r->pres_mu);
+    return wait;
+}
+
 /* Refresh this node's devices (the subscriber thread, every HEARTBEAT_MS);
  * after a Redis restart this counts them again. */
 static void heartbeat(struct rbus *r)
@@ -1176,6 +1216,7 @@ static const struct bus_ops redis_ops = {
     .admit = redis_admit,
     .leave = redis_leave,
     .watch = redis_watch,
+    .take_token = redis_take_token,
 };
 
 int bus_redis_open(struct bus **out, const struct bus_handler *handler, const char *url,

@@ -138,7 +138,9 @@ bool chat__rate_ok(struct chat *ch, struct client *cl, const char *id)
 {
     int64_t wait = registry_take_token(&ch->hub->registry, cl->sub, cl->sub_len,
                                        ch->hub->cfg->rate_limit, clock_mono_ms());
-    if (wait == 0)
+    if (wait == 0 && ch->hub->bus) /* the budget across nodes too */
+        wait = bus_take_token(ch->hub->bus, cl->sub, ch->hub->cfg->rate_limit);
+    if (wait <= 0)
         return true;
     client_send_error(cl, ERR_RATE_LIMITED, "too many messages; slow down", wait, id);
     return false;

@@ -391,6 +391,23 @@ def test_evict_oldest_on_a_node_keeps_the_count():
             close_clean(ws)
 
 
+def test_rate_limit_holds_across_nodes():
+    """--rate-limit 10: one user's devices on two nodes share one budget."""
+    with Cluster("rate", n=2, extra=("--rate-limit", "10")) as nodes:
+        a = ChatClient(nodes[0].port, "pia", label="pia@a")
+        b = ChatClient(nodes[1].port, "pia", label="pia@b")
+        sid = ack(a.request(user_message("r0", "first")), "r0")["session_id"]
+        replies = [a.request(user_message("a%d" % i, "a", sid)) for i in range(7)]
+        replies += [b.request(user_message("b%d" % i, "b", sid)) for i in range(8)]
+        acked = 1 + sum(1 for r in replies if r.get("type") == "ack")
+        limited = [r for r in replies if r.get("code") == "rate_limited"]
+        assert acked <= 11, (acked, replies)
+        assert len(limited) >= 4 and all(r.get("retry_after", 0) > 0 for r in limited), replies
+        assert all(r["id"].startswith("b") for r in limited), limited
+        a.close()
+        b.close()
+
+
 def test_a_node_receives_only_what_its_connections_need():
     """Devices of one user on nodes A and B only: node C, which serves
     neither that user nor an admin, receives none of the traffic."""
@@ -447,6 +464,7 @@ def main():
                  test_redis_restart_mid_traffic_loses_nothing,
                  test_device_limit_holds_across_nodes,
                  test_evict_oldest_on_a_node_keeps_the_count,
+                 test_rate_limit_holds_across_nodes,
                  test_a_node_receives_only_what_its_connections_need,
                  test_sigkill_of_a_node_gives_its_slots_back])
         finally:
