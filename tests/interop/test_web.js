@@ -429,17 +429,23 @@ async function testRestartResume() {
     eq((await phone.request({ type: 'user_message', session_id: sid, content: 'gap one' })).seq, 2, 'gap seq');
     eq((await phone.request({ type: 'user_message', session_id: sid, content: 'gap two' })).seq, 3, 'gap seq');
     await phone.close();
-    // Written while disconnected: stays pending.
+    // Written while disconnected: Send is disabled, Enter sends nothing,
+    // and the text stays in the box, saying why.
     await send(user, 'written while offline');
-    await user.waitForSelector('#messages .msg[data-state="pending"]');
+    assert(await user.isDisabled('#send'), 'Send enabled while offline');
+    eq(await user.inputValue('#composer-input'), 'written while offline', 'the box after Enter offline');
+    eq(await user.getAttribute('#composer-status', 'data-kind'), 'offline', 'the line under the box');
+    eq(await user.$$eval('#messages .msg[data-state="pending"]', (m) => m.length), 0, 'sent while offline');
     assert((await user.getAttribute('#conn-state', 'data-state')) !== 'open', 'page connected through the refusal');
     await stopChatd(d);
 
-    // Up for everyone: both pages reconnect by themselves, resume after seq 1,
-    // and the pending message is sent once.
+    // Up for everyone: both pages reconnect by themselves and resume after
+    // seq 1; the text kept in the box is sent then, once.
     const sentBefore = user.sent.length;
     d = await startChatd([], { port, db });
     const backoff = 30000 + T; // the reconnect delay is capped at 30 s
+    await user.waitForSelector('#send:not([disabled])', { timeout: backoff });
+    await user.press('#composer-input', 'Enter');
     await waitSent(user, 4, 'written while offline', backoff);
     const resumes = user.sent.slice(sentBefore).filter((m) => m.type === 'resume' && m.session_id === sid);
     assert(resumes.length >= 1 && resumes[0].after_seq === 1, 'resume sent: ' + JSON.stringify(resumes));
