@@ -1854,6 +1854,12 @@
     const client = new Client({ token, onConnected });
     client.on('event', onEvent);
     client.on('error', (msg, sentType) => {
+      // A refused read marker or typing line is nothing the person can act
+      // on: no notice.
+      if (sentType === 'read' || sentType === 'typing_indicator') {
+        console.warn('chatd: ' + sentType + ' refused: ' + (msg.code || '') + ' ' + (msg.message || ''));
+        return;
+      }
       if (onError && onError(msg, sentType)) return;
       notify(describeError(msg), { kind: 'error', code: msg.code });
     });
