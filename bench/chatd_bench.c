@@ -30,13 +30,24 @@
  * one per worker, merged at the end.
  *
  * Server JSON is not parsed with a full parser: scan_top() picks the few
- * top-level string members needed (type, id, session_id, code), skipping
- * nested values, so the generator stays cheaper than the server it loads.
+ * top-level members needed (type, id, session_id, code and, for the
+ * assistant's ai_response, stream_id, offset, delta, done, content,
+ * metadata), skipping nested values, so the generator stays cheaper than
+ * the server it loads.
+ *
+ * `assistant` mode is not a steady load but one burst: every connection
+ * (one user each) sends one user_message in a new session at the same
+ * moment, and the run lasts until every answer has ended (or --duration
+ * has passed). Each connection places the deltas it receives by offset and
+ * checks the result against the final answer's content, and that against
+ * the text the benchmark's provider (chatd-fake-provider, fake_answer.h)
+ * streamed for the seed written in the question.
  *
  * Usage errors exit 2; run-time failures exit 1; a run exits 0 even when some
  * connections failed (they are reported).
  */
 #include "auth/jwt.h"
+#include "fake_answer.h"
 #include "ws/frame.h"
 
 #include <errno.h>
@@ -71,10 +82,10 @@
 
 /* ---- options ------------------------------------------------------------ */
 
-enum mode { M_ECHO, M_CHAT, M_FANOUT, M_IDLE, M_CONNECT };
+enum mode { M_ECHO, M_CHAT, M_FANOUT, M_IDLE, M_CONNECT, M_ASSISTANT };
 enum proto { P_CHATD, P_PLAIN, P_SOCKETIO };
 
-static const char *const mode_names[] = {"echo", "chat", "fanout", "idle", "connect"};
+static const char *const mode_names[] = {"echo", "chat", "fanout", "idle", "connect", "assistant"};
 static const char *const proto_names[] = {"chatd", "plain", "socketio"};
 
 struct opts {
@@ -95,6 +106,8 @@ struct opts {
     unsigned concurrency;
     double duration, warmup, setup_timeout;
     int server_pid;            /* 0: no server figures */
+    int provider_pid;          /* assistant: the provider's CPU is reported too */
+    unsigned answer_bytes;     /* assistant: the provider's answer size, 0: unknown */
     bool json;
 };
 
@@ -118,6 +131,12 @@ static const char usage[] =
     "           server's RSS growth per connection (needs --server-pid)\n"
     "  connect  --connections slots each open, authenticate and drop a connection in a\n"
     "           loop: handshakes/s and handshake latency\n"
+    "  assistant --users connections (one user each) each send one user_message in a new\n"
+    "           session at once and wait for the assistant's answer: ai_response deltas/s,\n"
+    "           server CPU per delta, answers completed and time to the last one, answers\n"
+    "           streaming at once (first to last delta) at the peak; every\n"
+    "           answer is checked (deltas placed by offset == final content == the text\n"
+    "           chatd-fake-provider streamed, when --answer-bytes is given)\n"
     "\n"
     "Target:\n"
     "  --host H             server address (default 127.0.0.1)\n"
@@ -141,7 +160,10 @@ static const char usage[] =
     "                       delivered to every watcher (default 4)\n"
     "  --size N             echo/plain payload bytes, chat content bytes (default 64; echo and\n"
     "                       plain fanout need at least 16)\n"
-    "  --users U            chat: users (default 50)\n"
+    "  --users U            chat: users (default 50); assistant: users, one connection and\n"
+    "                       one question each (default 500)\n"
+    "  --answer-bytes N     assistant: chatd-fake-provider's --answer-bytes; answers are\n"
+    "                       then checked against its text too (default 0: not checked)\n"
     "  --devices D          chat: devices per user (default 2); idle/connect: connections per\n"
     "                       user (default 1 there)\n"
     "  --user-offset N      number users from N (two generators against one server)\n"
@@ -155,12 +177,14 @@ static const char usage[] =
     "\n"
     "Time (seconds, fractions allowed):\n"
     "  --warmup S           traffic before measuring (default 2; idle: settle time)\n"
-    "  --duration S         measured interval (default 10; idle: how long to hold)\n"
+    "  --duration S         measured interval (default 10; idle: how long to hold;\n"
+    "                       assistant: the longest wait for the answers, default 60)\n"
     "  --setup-timeout S    longest wait for the connections to be ready (default 30)\n"
     "\n"
     "Report:\n"
     "  --server-pid PID     read the server's CPU time (utime+stime, /proc/PID/stat) and RSS\n"
     "                       (/proc/PID/status) around the measured interval\n"
+    "  --provider-pid PID   assistant: report the provider's CPU time over the run too\n"
     "  --label TEXT         copied into the report (e.g. the server's name)\n"
     "  --json               print one JSON line on stdout (the human summary goes to stderr)\n"
     "  --help               show this help and exit\n"
@@ -295,6 +319,10 @@ static uint64_t hist_quantile(const struct hist *h, double q)
 struct jtop {
     const char *type, *id, *sid, *code;
     size_t type_len, id_len, sid_len, code_len;
+    /* ai_response: string bodies (escapes kept), raw number and literal,
+     * the metadata object with its braces */
+    const char *stream_id, *delta, *content, *offset, *done, *meta;
+    size_t stream_id_len, delta_len, content_len, meta_len;
 };
 
 static size_t skip_ws(const char *p, size_t n, size_t i)
@@ -371,8 +399,15 @@ static int scan_top(const char *p, size_t n, struct jtop *t)
                 t->sid = v, t->sid_len = vl;
             else if (kl == 4 && memcmp(k, "code", 4) == 0)
                 t->code = v, t->code_len = vl;
+            else if (kl == 5 && memcmp(k, "delta", 5) == 0)
+                t->delta = v, t->delta_len = vl;
+            else if (kl == 7 && memcmp(k, "content", 7) == 0)
+                t->content = v, t->content_len = vl;
+            else if (kl == 9 && memcmp(k, "stream_id", 9) == 0)
+                t->stream_id = v, t->stream_id_len = vl;
         } else if (p[i] == '{' || p[i] == '[') {
             int depth = 0;
+            size_t vs = i;
             for (; i < n; i++) {
                 char ch = p[i];
                 if (ch == '"') {
@@ -388,9 +423,16 @@ static int scan_top(const char *p, size_t n, struct jtop *t)
             }
             if (depth != 0)
                 return -EINVAL;
+            if (kl == 8 && memcmp(p + ks, "metadata", 8) == 0)
+                t->meta = p + vs, t->meta_len = i - vs;
         } else {
+            const char *v = p + i;
             while (i < n && p[i] != ',' && p[i] != '}')
                 i++;
+            if (kl == 6 && memcmp(p + ks, "offset", 6) == 0)
+                t->offset = v;
+            else if (kl == 4 && memcmp(p + ks, "done", 4) == 0)
+                t->done = v;
         }
     }
 }
@@ -399,6 +441,101 @@ static bool str_is(const char *p, size_t n, const char *lit)
 {
     size_t l = strlen(lit);
     return p != NULL && n == l && memcmp(p, lit, l) == 0;
+}
+
+static unsigned hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return (unsigned)(ch - '0');
+    if (ch >= 'a' && ch <= 'f')
+        return (unsigned)(ch - 'a' + 10);
+    if (ch >= 'A' && ch <= 'F')
+        return (unsigned)(ch - 'A' + 10);
+    return 16;
+}
+
+static int buf_reserve(uint8_t **buf, uint32_t *cap, uint32_t need);
+
+/* Decode the body of a JSON string (p[0..n), escapes included, as
+ * scan_top gives it) to UTF-8 in *buf, grown as needed: its length, or
+ * -EINVAL (a bad escape or a lone surrogate) or -ENOMEM. */
+static int64_t json_unescape(const char *p, size_t n, uint8_t **buf, uint32_t *cap)
+{
+    if (buf_reserve(buf, cap, (uint32_t)n + 1) != 0)
+        return -ENOMEM;
+    uint8_t *d = *buf;
+    size_t i = 0;
+    while (i < n) {
+        const char *bs = memchr(p + i, '\\', n - i);
+        size_t run = bs ? (size_t)(bs - (p + i)) : n - i;
+        memcpy(d, p + i, run);
+        d += run;
+        i += run;
+        if (i >= n)
+            break;
+        if (i + 1 >= n)
+            return -EINVAL;
+        char e = p[i + 1];
+        i += 2;
+        switch (e) {
+        case '"': *d++ = '"'; break;
+        case '\\': *d++ = '\\'; break;
+        case '/': *d++ = '/'; break;
+        case 'b': *d++ = '\b'; break;
+        case 'f': *d++ = '\f'; break;
+        case 'n': *d++ = '\n'; break;
+        case 'r': *d++ = '\r'; break;
+        case 't': *d++ = '\t'; break;
+        case 'u': {
+            /* \uXXXX is at most 3 bytes of UTF-8 for its 6, a surrogate
+             * pair 4 for 12: the output never outgrows the input. */
+            unsigned cp = 0;
+            for (int k = 0; k < 4; k++) {
+                unsigned h = i + (size_t)k < n ? hexval(p[i + (size_t)k]) : 16;
+                if (h > 15)
+                    return -EINVAL;
+                cp = cp << 4 | h;
+            }
+            i += 4;
+            if (cp >= 0xdc00 && cp <= 0xdfff)
+                return -EINVAL;
+            if (cp >= 0xd800 && cp <= 0xdbff) {
+                unsigned lo = 0;
+                if (i + 6 > n || p[i] != '\\' || p[i + 1] != 'u')
+                    return -EINVAL;
+                for (int k = 0; k < 4; k++) {
+                    unsigned h = hexval(p[i + 2 + (size_t)k]);
+                    if (h > 15)
+                        return -EINVAL;
+                    lo = lo << 4 | h;
+                }
+                if (lo < 0xdc00 || lo > 0xdfff)
+                    return -EINVAL;
+                i += 6;
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+            }
+            if (cp < 0x80) {
+                *d++ = (uint8_t)cp;
+            } else if (cp < 0x800) {
+                *d++ = (uint8_t)(0xc0 | cp >> 6);
+                *d++ = (uint8_t)(0x80 | (cp & 0x3f));
+            } else if (cp < 0x10000) {
+                *d++ = (uint8_t)(0xe0 | cp >> 12);
+                *d++ = (uint8_t)(0x80 | (cp >> 6 & 0x3f));
+                *d++ = (uint8_t)(0x80 | (cp & 0x3f));
+            } else {
+                *d++ = (uint8_t)(0xf0 | cp >> 18);
+                *d++ = (uint8_t)(0x80 | (cp >> 12 & 0x3f));
+                *d++ = (uint8_t)(0x80 | (cp >> 6 & 0x3f));
+                *d++ = (uint8_t)(0x80 | (cp & 0x3f));
+            }
+            break;
+        }
+        default:
+            return -EINVAL;
+        }
+    }
+    return d - *buf;
 }
 
 /* ---- /proc -------------------------------------------------------------- */
@@ -499,6 +636,7 @@ enum role {
     R_ADMIN,    /* fanout: admin_join the session */
     R_IDLE,     /* idle: authenticate and stay */
     R_CONNECT,  /* connect: authenticate, drop, repeat */
+    R_ASKER,    /* assistant: ask once in a new session, check the answer */
 };
 
 enum cstate { CS_IDLE, CS_CONNECTING, CS_HANDSHAKE, CS_OPEN, CS_DEAD };
@@ -556,6 +694,31 @@ struct worker {
     uint64_t connect_errors, http_errors, closed, proto_errors, errors, rate_limited;
     int last_http_status;
     int last_errno;
+    /* assistant, counted always (the whole run is measured) */
+    uint64_t a_sent, a_deltas, a_delta_bytes, a_loading, a_done, a_ok, a_mismatch, a_unexpected,
+        a_partial, a_failed, a_gaps, a_dup_bytes, a_conflicts, a_snapshots, a_wrong_session,
+        a_wrong_stream, a_late;
+    uint64_t a_err_assistant, a_err_timeout, a_err_rate, a_err_unavailable, a_err_other;
+    uint64_t a_last_ns;        /* when this worker's last answer ended */
+    uint8_t *ubuf;             /* owned: a delta or a content, unescaped */
+    uint32_t ucap;
+    char *expect;              /* owned: the provider's text for one seed */
+};
+
+/* assistant: one question and its answer, per connection index. */
+enum ask_state { ASK_IDLE = 0, ASK_WAIT, ASK_ENDED };
+
+struct ask {
+    uint8_t *text;             /* owned: the deltas placed by offset */
+    uint32_t len, cap;
+    uint32_t deltas;
+    uint8_t state;             /* enum ask_state */
+    uint8_t stream_id_len;
+    char stream_id[30];
+    uint64_t seed;             /* written in the question; names the provider's text */
+    uint64_t t_sent;
+    uint64_t t_first, t_last;  /* first and last delta received */
+    uint64_t t_final;          /* the final answer received */
 };
 
 static _Atomic int g_phase = PH_SETUP;
@@ -572,6 +735,8 @@ static char g_nonce[9];             /* per run: makes client ids unique across r
 static char *g_pad;                 /* o.size bytes of 'x' */
 static uint32_t g_total;            /* connections (slots in connect mode) */
 static uint32_t g_nsrc = 1;         /* loopback source addresses to spread over */
+static struct ask *g_asks;          /* assistant: per connection index */
+static _Atomic uint32_t g_answered; /* assistant: questions whose answer ended (or failed) */
 
 static int phase_now(void)
 {
@@ -642,6 +807,7 @@ static void ep_mod(struct conn *c, uint32_t events)
 }
 
 static void conn_fail(struct conn *c, int err);
+static void ask_end(struct worker *w, struct ask *a);
 
 /* Write what is buffered; keep EPOLLOUT only while the socket is full. */
 static void conn_flush(struct conn *c)
@@ -722,6 +888,10 @@ static void conn_fail(struct conn *c, int err)
     }
     if (c->ready) {
         w->closed++;
+        if (o.mode == M_ASSISTANT && g_asks[c->idx].state == ASK_WAIT) {
+            w->a_failed++;   /* the answer cannot arrive any more */
+            ask_end(w, &g_asks[c->idx]);
+        }
     } else {
         w->connect_errors++;
         w->pending--;
@@ -945,6 +1115,150 @@ static void chatd_setup_send(struct conn *c)
     ws_send_text(c, buf, (size_t)n);
 }
 
+/* ---- assistant ---------------------------------------------------------- */
+
+/* One question in a new session; the id carries the send time like the
+ * chat mode's, the content the seed of the provider's answer. */
+static void send_question(struct conn *c)
+{
+    struct ask *a = &g_asks[c->idx];
+    char buf[256], ts[17];
+    hex16(ts, now_ns());
+    ts[16] = '\0';
+    int n = snprintf(buf, sizeof buf,
+                     "{\"type\":\"user_message\",\"id\":\"a%s.%s.%x\",\"content\":\"" FAKE_SEED_TAG
+                     "%016" PRIx64 " How does chatd stream answers?\"}",
+                     ts, g_nonce, c->idx, a->seed);
+    a->t_sent = now_ns();
+    a->state = ASK_WAIT;
+    c->w->a_sent++;
+    ws_send_text(c, buf, (size_t)n);
+}
+
+static void ask_end(struct worker *w, struct ask *a)
+{
+    a->state = ASK_ENDED;
+    w->a_last_ns = now_ns();
+    atomic_fetch_add_explicit(&g_answered, 1, memory_order_release);
+}
+
+/* Place len bytes at off in the answer so far; count gaps (the server
+ * skipped bytes), bytes received twice and bytes received twice that
+ * differ. */
+static int ask_place(struct worker *w, struct ask *a, uint64_t off, const uint8_t *p, uint32_t len)
+{
+    if (off > (uint64_t)MAX_FRAME)
+        return -EINVAL;
+    uint32_t o32 = (uint32_t)off;
+    if (buf_reserve(&a->text, &a->cap, o32 + len) != 0)
+        return -ENOMEM;
+    if (o32 > a->len) {
+        w->a_gaps++;
+        memset(a->text + a->len, 0, o32 - a->len);
+    } else if (o32 < a->len) {
+        uint32_t dup = a->len - o32 < len ? a->len - o32 : len;
+        w->a_dup_bytes += dup;
+        if (memcmp(a->text + o32, p, dup) != 0)
+            w->a_conflicts++;
+    }
+    memcpy(a->text + o32, p, len);
+    if (o32 + len > a->len)
+        a->len = o32 + len;
+    return 0;
+}
+
+/* An ai_response: a delta, placed by offset, or the final answer, checked
+ * against the deltas and the provider's text. */
+static void on_ai_response(struct conn *c, const struct jtop *t)
+{
+    struct worker *w = c->w;
+    struct ask *a = &g_asks[c->idx];
+    if (a->state != ASK_WAIT) {
+        w->a_late++;   /* after the answer ended (or before the question) */
+        return;
+    }
+    if (c->session_len > 0 && !(t->sid_len == c->session_len && memcmp(t->sid, c->session, t->sid_len) == 0))
+        w->a_wrong_session++;
+    if (t->stream_id_len == 0 || t->stream_id_len >= sizeof a->stream_id) {
+        w->proto_errors++;
+        return;
+    }
+    if (a->stream_id_len == 0) {
+        memcpy(a->stream_id, t->stream_id, t->stream_id_len);
+        a->stream_id_len = (uint8_t)t->stream_id_len;
+    } else if (a->stream_id_len != t->stream_id_len || memcmp(a->stream_id, t->stream_id, t->stream_id_len) != 0) {
+        w->a_wrong_stream++;
+    }
+    uint64_t now = now_ns();
+    bool done = t->done != NULL && strncmp(t->done, "true", 4) == 0;
+    if (!done) {
+        if (t->delta == NULL || t->offset == NULL || *t->offset < '0' || *t->offset > '9') {
+            w->proto_errors++;
+            return;
+        }
+        uint64_t off = strtoull(t->offset, NULL, 10);
+        int64_t dl = json_unescape(t->delta, t->delta_len, &w->ubuf, &w->ucap);
+        if (dl < 0 || ask_place(w, a, off, w->ubuf, (uint32_t)dl) != 0) {
+            w->proto_errors++;
+            return;
+        }
+        if (off == 0 && a->deltas > 0)
+            w->a_snapshots++;
+        if (a->deltas++ == 0) {
+            hist_add(&w->h_main, now - a->t_sent);
+            a->t_first = now;
+        }
+        a->t_last = now;
+        w->a_deltas++;
+        w->ops++;
+        w->a_delta_bytes += (uint64_t)dl;
+        return;
+    }
+    int64_t cl = t->content ? json_unescape(t->content, t->content_len, &w->ubuf, &w->ucap) : -EINVAL;
+    if (cl < 0) {
+        w->proto_errors++;
+        return;
+    }
+    bool same = (uint64_t)cl == a->len && memcmp(w->ubuf, a->text, a->len) == 0;
+    bool expected = true;
+    if (o.answer_bytes > 0) {
+        fake_answer(a->seed, w->expect, o.answer_bytes);
+        expected = (uint64_t)cl == o.answer_bytes && memcmp(w->ubuf, w->expect, o.answer_bytes) == 0;
+    }
+    bool partial = t->meta != NULL && memmem(t->meta, t->meta_len, "\"partial\":true", 14) != NULL;
+    w->a_done++;
+    w->a_mismatch += !same;
+    w->a_unexpected += !expected;
+    w->a_partial += partial;
+    w->a_ok += same && expected && !partial;
+    hist_add(&w->h_aux, now - a->t_sent);
+    a->t_final = now;
+    ask_end(w, a);
+}
+
+/* An error in assistant mode: the question refused, or the answer failed.
+ * A failed answer that had streamed text ends with its partial final
+ * event; one that had not ends here. */
+static void on_ask_error(struct conn *c, const struct jtop *t)
+{
+    struct worker *w = c->w;
+    struct ask *a = &g_asks[c->idx];
+    if (str_is(t->code, t->code_len, "assistant_error"))
+        w->a_err_assistant++;
+    else if (str_is(t->code, t->code_len, "assistant_timeout"))
+        w->a_err_timeout++;
+    else if (str_is(t->code, t->code_len, "rate_limited"))
+        w->a_err_rate++;
+    else if (str_is(t->code, t->code_len, "unavailable"))
+        w->a_err_unavailable++;
+    else
+        w->a_err_other++;
+    if (a->state == ASK_WAIT && a->deltas == 0) {
+        w->a_failed++;
+        ask_end(w, a);
+    }
+}
+
 static void on_chatd(struct conn *c, const uint8_t *p, size_t n)
 {
     struct worker *w = c->w;
@@ -953,7 +1267,11 @@ static void on_chatd(struct conn *c, const uint8_t *p, size_t n)
         w->proto_errors++;
         return;
     }
-    if (str_is(t.type, t.type_len, "user_message")) {
+    if (o.mode == M_ASSISTANT && str_is(t.type, t.type_len, "ai_response")) {
+        on_ai_response(c, &t);
+    } else if (o.mode == M_ASSISTANT && str_is(t.type, t.type_len, "loading")) {
+        w->a_loading++;
+    } else if (str_is(t.type, t.type_len, "user_message")) {
         uint64_t ts;
         if (t.id_len > 17 && t.id[0] == 'm' && unhex16(t.id + 1, t.id_len - 1, &ts) == 0)
             on_delivery_ts(c, ts);
@@ -996,6 +1314,14 @@ static void on_chatd(struct conn *c, const uint8_t *p, size_t n)
                 fill(c);
         } else if (t.id[0] == 'j') {
             mark_ready(c);
+        } else if (t.id[0] == 'a') {
+            if (t.sid_len == 0 || t.sid_len >= sizeof c->session) {
+                w->proto_errors++;
+                return;
+            }
+            memcpy(c->session, t.sid, t.sid_len);
+            c->session[t.sid_len] = '\0';
+            c->session_len = (uint8_t)t.sid_len;
         }
     } else if (str_is(t.type, t.type_len, "connection_status")) {
         switch (c->role) {
@@ -1015,7 +1341,9 @@ static void on_chatd(struct conn *c, const uint8_t *p, size_t n)
         w->errors++;
         if (str_is(t.code, t.code_len, "rate_limited"))
             w->rate_limited++;
-        if (t.id_len > 0 && t.id[0] == 'm') {
+        if (o.mode == M_ASSISTANT) {
+            on_ask_error(c, &t);
+        } else if (t.id_len > 0 && t.id[0] == 'm') {
             if (c->inflight > 0)
                 c->inflight--;
             if (c->role == R_SENDER)
@@ -1320,6 +1648,13 @@ static void on_phase(struct worker *w, int ph)
                 fill(&w->conns[i]);
         }
     }
+    if (ph == PH_MEASURE && o.mode == M_ASSISTANT) {
+        for (uint32_t i = 0; i < w->n; i++) {
+            struct conn *c = &w->conns[i];
+            if (c->state == CS_OPEN && c->ready && g_asks[c->idx].state == ASK_IDLE)
+                send_question(c);
+        }
+    }
 }
 
 static void flush_dirty(struct worker *w)
@@ -1404,7 +1739,7 @@ enum {
     OPT_HOST = 256, OPT_PORT, OPT_PATH, OPT_PROTO, OPT_SUBPROTO, OPT_SECRET, OPT_CONNS,
     OPT_INFLIGHT, OPT_SIZE, OPT_USERS, OPT_DEVICES, OPT_USER_OFFSET, OPT_WATCHERS,
     OPT_MAXDEV, OPT_THREADS, OPT_CONC, OPT_WARMUP, OPT_DURATION, OPT_SETUP, OPT_PID,
-    OPT_LABEL, OPT_JSON, OPT_HELP,
+    OPT_LABEL, OPT_JSON, OPT_HELP, OPT_PPID, OPT_ANSWER,
 };
 
 static int parse_args(int argc, char **argv)
@@ -1433,9 +1768,11 @@ static int parse_args(int argc, char **argv)
         {"label", required_argument, 0, OPT_LABEL},
         {"json", no_argument, 0, OPT_JSON},
         {"help", no_argument, 0, OPT_HELP},
+        {"provider-pid", required_argument, 0, OPT_PPID},
+        {"answer-bytes", required_argument, 0, OPT_ANSWER},
         {0, 0, 0, 0},
     };
-    bool devices_set = false;
+    bool devices_set = false, users_set = false, duration_set = false;
     unsigned pid = 0;
     opterr = 0;
     for (;;) {
@@ -1480,7 +1817,7 @@ static int parse_args(int argc, char **argv)
         case OPT_CONNS: rc = parse_uint(a, 1, 1000000, &o.connections); break;
         case OPT_INFLIGHT: rc = parse_uint(a, 1, 100000, &o.inflight); break;
         case OPT_SIZE: rc = parse_uint(a, 1, 16u << 20, &o.size); break;
-        case OPT_USERS: rc = parse_uint(a, 1, 1000000, &o.users); break;
+        case OPT_USERS: rc = parse_uint(a, 1, 1000000, &o.users); users_set = true; break;
         case OPT_DEVICES: rc = parse_uint(a, 1, 100000, &o.devices); devices_set = true; break;
         case OPT_USER_OFFSET: rc = parse_uint(a, 0, 100000000, &o.user_offset); break;
         case OPT_WATCHERS: rc = parse_uint(a, 1, 1000000, &o.watchers); break;
@@ -1488,10 +1825,12 @@ static int parse_args(int argc, char **argv)
         case OPT_THREADS: rc = parse_uint(a, 1, 256, &o.threads); break;
         case OPT_CONC: rc = parse_uint(a, 1, 1000000, &o.concurrency); break;
         case OPT_WARMUP: rc = parse_secs(a, &o.warmup); break;
-        case OPT_DURATION: rc = parse_secs(a, &o.duration); break;
+        case OPT_DURATION: rc = parse_secs(a, &o.duration); duration_set = true; break;
         case OPT_SETUP: rc = parse_secs(a, &o.setup_timeout); break;
         case OPT_PID: rc = parse_uint(a, 1, 1u << 30, &pid); o.server_pid = (int)pid; break;
         case OPT_LABEL: o.label = a; break;
+        case OPT_PPID: rc = parse_uint(a, 1, 1u << 30, &pid); o.provider_pid = (int)pid; break;
+        case OPT_ANSWER: rc = parse_uint(a, 0, 64u << 20, &o.answer_bytes); break;
         case OPT_JSON: o.json = true; break;
         case OPT_HELP: fputs(usage, stdout); exit(0);
         case ':': return usage_error("option needs a value", argv[optind - 1]);
@@ -1517,8 +1856,15 @@ static int parse_args(int argc, char **argv)
         return usage_error("unknown mode", m);
     if (o.mode == M_ECHO)
         o.proto = P_PLAIN;
-    if (o.mode == M_CHAT && o.proto != P_CHATD)
-        return usage_error("chat mode speaks only --proto chatd", NULL);
+    if ((o.mode == M_CHAT || o.mode == M_ASSISTANT) && o.proto != P_CHATD)
+        return usage_error("chat and assistant modes speak only --proto chatd", NULL);
+    if (o.mode == M_ASSISTANT) {
+        if (!users_set)
+            o.users = 500;
+        if (!duration_set)
+            o.duration = 60;
+        o.devices = 1;
+    }
     if (o.connections == 0)
         o.connections = o.mode == M_ECHO ? 100 : o.mode == M_CONNECT ? 50 : 1000;
     if (o.inflight == 0)
@@ -1581,6 +1927,7 @@ static int plan(enum role *roles)
         case M_CHAT: roles[i] = R_DEVICE; user = i / o.devices; break;
         case M_IDLE: roles[i] = R_IDLE; user = i / o.devices; break;
         case M_CONNECT: roles[i] = R_CONNECT; user = i / o.devices; break;
+        case M_ASSISTANT: roles[i] = R_ASKER; user = i; break;
         case M_FANOUT:
             if (i == 0) {
                 roles[i] = R_SENDER;
@@ -1665,6 +2012,8 @@ static void release_all(enum role *roles)
         free(w->conns);
         free(w->dirty);
         free(w->scratch);
+        free(w->ubuf);
+        free(w->expect);
         if (w->ep >= 0)
             close(w->ep);
     }
@@ -1674,8 +2023,69 @@ static void release_all(enum role *roles)
             free(g_tokens[i]);   /* a user's devices share one token, at adjacent indexes */
     }
     free(g_tokens);
+    if (g_asks != NULL) {
+        for (uint32_t i = 0; i < g_total; i++)
+            free(g_asks[i].text);
+        free(g_asks);
+    }
     free(roles);
     free(g_pad);
+}
+
+/* The assistant's counters of every worker, summed into one. */
+static void ask_totals(struct worker *a)
+{
+    memset(a, 0, sizeof *a);
+    for (unsigned t = 0; t < o.threads; t++) {
+        const struct worker *w = &g_workers[t];
+#define SUM(f) a->f += w->f
+        SUM(a_sent); SUM(a_deltas); SUM(a_delta_bytes); SUM(a_loading); SUM(a_done); SUM(a_ok);
+        SUM(a_mismatch); SUM(a_unexpected); SUM(a_partial); SUM(a_failed); SUM(a_gaps);
+        SUM(a_dup_bytes); SUM(a_conflicts); SUM(a_snapshots); SUM(a_wrong_session);
+        SUM(a_wrong_stream); SUM(a_late); SUM(a_err_assistant); SUM(a_err_timeout); SUM(a_err_rate);
+        SUM(a_err_unavailable); SUM(a_err_other);
+#undef SUM
+        if (w->a_last_ns > a->a_last_ns)
+            a->a_last_ns = w->a_last_ns;
+    }
+}
+
+static int cmp_u64(const void *x, const void *y)
+{
+    uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
+    return a < b ? -1 : a > b;
+}
+
+/* The most answers that streamed at once (between their first and last
+ * delta), and into lag the time from each answer's last delta to its
+ * final event (which chatd sends once the answer is stored). */
+static uint32_t ask_overlap(struct hist *lag)
+{
+    uint64_t *ev = malloc(2 * (size_t)g_total * sizeof *ev);
+    if (ev == NULL)
+        return 0;
+    size_t n = 0;
+    for (uint32_t i = 0; i < g_total; i++) {
+        const struct ask *a = &g_asks[i];
+        if (a->deltas == 0)
+            continue;
+        /* starts sort before ends at the same instant: low bit 0 = start */
+        ev[n++] = a->t_first << 1;
+        ev[n++] = a->t_last << 1 | 1;
+        if (a->t_final > a->t_last)
+            hist_add(lag, a->t_final - a->t_last);
+    }
+    qsort(ev, n, sizeof *ev, cmp_u64);
+    uint32_t cur = 0, peak = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (ev[i] & 1) {
+            cur--;
+        } else if (++cur > peak) {
+            peak = cur;
+        }
+    }
+    free(ev);
+    return peak;
 }
 
 static double r1(double v)
@@ -1706,7 +2116,10 @@ int main(int argc, char **argv)
         return rc;
     signal(SIGPIPE, SIG_IGN);
 
-    g_total = o.mode == M_CHAT ? o.users * o.devices : o.mode == M_FANOUT ? o.watchers : o.connections;
+    g_total = o.mode == M_CHAT ? o.users * o.devices
+              : o.mode == M_FANOUT ? o.watchers
+              : o.mode == M_ASSISTANT ? o.users
+              : o.connections;
     if (raise_nofile(g_total) != 0 || resolve() != 0)
         return 1;
 
@@ -1722,6 +2135,16 @@ int main(int argc, char **argv)
     }
     memset(g_pad, 'x', o.size);
     g_pad[o.size] = '\0';
+    if (o.mode == M_ASSISTANT) {
+        g_asks = calloc(g_total, sizeof *g_asks);
+        if (g_asks == NULL) {
+            fputs("chatd-bench: out of memory\n", stderr);
+            return 1;
+        }
+        uint64_t run = strtoull(g_nonce, NULL, 16) << 32;
+        for (uint32_t i = 0; i < g_total; i++)
+            g_asks[i].seed = run | (i + 1);
+    }
     if (plan(roles) != 0) {
         fputs("chatd-bench: cannot mint tokens\n", stderr);
         return 1;
@@ -1737,6 +2160,8 @@ int main(int argc, char **argv)
         w->dirty = calloc(w->n ? w->n : 1, sizeof *w->dirty);
         w->scratch_cap = o.size + 512;
         w->scratch = malloc(w->scratch_cap);
+        if (o.mode == M_ASSISTANT && (w->expect = malloc(o.answer_bytes + 1)) == NULL)
+            w->scratch = NULL;
         if (w->ep < 0 || w->conns == NULL || w->dirty == NULL || w->scratch == NULL) {
             fputs("chatd-bench: out of memory\n", stderr);
             return 1;
@@ -1788,21 +2213,50 @@ int main(int argc, char **argv)
     if (o.mode == M_FANOUT)
         g_fan_expect = ready ? ready : 1;
 
-    atomic_store_explicit(&g_phase, PH_WARMUP, memory_order_release);
-    sleep_s(o.warmup);
+    /* assistant: no warm-up (each connection asks once); the run lasts
+     * until every question sent has its answer, at most --duration. */
+    if (o.mode != M_ASSISTANT) {
+        atomic_store_explicit(&g_phase, PH_WARMUP, memory_order_release);
+        sleep_s(o.warmup);
+    }
+    bool have_ppid = o.provider_pid > 0;
+    uint64_t pcpu0 = 0, pcpu1 = 0;
+    long rss_peak = -1;
     uint64_t self0 = self_cpu_us();
     uint64_t mbusy0 = 0, mtotal0 = 0, mbusy1 = 0, mtotal1 = 0;
     proc_machine(&mbusy0, &mtotal0);
     if (have_pid)
         proc_cpu_us(o.server_pid, &cpu0);
+    if (have_ppid && proc_cpu_us(o.provider_pid, &pcpu0) != 0)
+        have_ppid = false;
     uint64_t t0 = now_ns();
     atomic_store_explicit(&g_phase, PH_MEASURE, memory_order_release);
-    sleep_s(o.duration);
+    if (o.mode == M_ASSISTANT) {
+        uint64_t limit = t0 + (uint64_t)(o.duration * 1e9), next_rss = 0;
+        for (;;) {
+            uint64_t now = now_ns();
+            if (atomic_load_explicit(&g_answered, memory_order_acquire) >= ready || now >= limit)
+                break;
+            if (have_pid && now >= next_rss) {
+                long r = proc_rss_kb(o.server_pid);
+                if (r > rss_peak)
+                    rss_peak = r;
+                next_rss = now + 50000000ull;
+            }
+            sleep_s(0.001);
+        }
+    } else {
+        sleep_s(o.duration);
+    }
     uint64_t t1 = now_ns();
     if (have_pid) {
         proc_cpu_us(o.server_pid, &cpu1);
         rss_after = proc_rss_kb(o.server_pid);
+        if (rss_after > rss_peak)
+            rss_peak = rss_after;
     }
+    if (have_ppid)
+        proc_cpu_us(o.provider_pid, &pcpu1);
     uint64_t self1 = self_cpu_us();
     proc_machine(&mbusy1, &mtotal1);
     atomic_store_explicit(&g_phase, PH_DONE, memory_order_release);
@@ -1836,6 +2290,14 @@ int main(int argc, char **argv)
         hist_merge(ha, &w->h_aux);
     }
     double secs = (double)(t1 - t0) / 1e9;
+    struct worker asum;
+    ask_totals(&asum);
+    struct hist *hlag = calloc(1, sizeof *hlag);
+    if (hlag == NULL)
+        return 1;
+    uint32_t streaming_peak = o.mode == M_ASSISTANT ? ask_overlap(hlag) : 0;
+    if (o.mode == M_ASSISTANT && asum.a_last_ns > t0)
+        secs = (double)(asum.a_last_ns - t0) / 1e9;   /* to the end of the last answer */
     if (o.mode == M_IDLE) {
         /* idle: the operation is an established connection; CPU is the setup's */
         ops = ready;
@@ -1871,7 +2333,7 @@ int main(int argc, char **argv)
         json_object_set_new(j, "deliveries_per_msg", json_integer(g_fan_expect));
     }
     json_object_set_new(j, "duration_s", json_real(r3(o.mode == M_IDLE ? o.duration : secs)));
-    json_object_set_new(j, "warmup_s", json_real(o.warmup));
+    json_object_set_new(j, "warmup_s", json_real(o.mode == M_ASSISTANT ? 0 : o.warmup));
     json_object_set_new(j, "setup_s", json_real(r3(setup_s)));
     json_object_set_new(j, "ready", json_integer(ready));
     json_object_set_new(j, "connect_errors", json_integer((json_int_t)cerr));
@@ -1887,14 +2349,54 @@ int main(int argc, char **argv)
         json_object_set_new(j, "rate_limited", json_integer((json_int_t)rl));
     json_object_set_new(j, "ops", json_integer((json_int_t)ops));
     json_object_set_new(j, "ops_per_s", json_real(r1(ops_per_s)));
-    if (o.mode != M_IDLE && o.mode != M_CONNECT)
+    if (o.mode != M_IDLE && o.mode != M_CONNECT && o.mode != M_ASSISTANT)
         json_object_set_new(j, "sent", json_integer((json_int_t)sent));
     if (o.mode == M_CHAT || o.mode == M_FANOUT) {
         json_object_set_new(j, "acks", json_integer((json_int_t)acks));
         json_object_set_new(j, "deliveries", json_integer((json_int_t)deliveries));
         json_object_set_new(j, "deliveries_per_s", json_real(r1(secs > 0 ? (double)deliveries / secs : 0)));
     }
-    set_lat(j, "latency", hm);
+    if (o.mode == M_ASSISTANT) {
+        uint64_t unfinished = asum.a_sent - asum.a_done - asum.a_failed;
+        json_object_set_new(j, "users", json_integer(o.users));
+        json_object_set_new(j, "answer_bytes", json_integer(o.answer_bytes));
+        json_object_set_new(j, "questions", json_integer((json_int_t)asum.a_sent));
+        json_object_set_new(j, "loading", json_integer((json_int_t)asum.a_loading));
+        json_object_set_new(j, "answers_done", json_integer((json_int_t)asum.a_done));
+        json_object_set_new(j, "answers_ok", json_integer((json_int_t)asum.a_ok));
+        json_object_set_new(j, "answers_failed", json_integer((json_int_t)asum.a_failed));
+        json_object_set_new(j, "answers_unfinished", json_integer((json_int_t)unfinished));
+        json_object_set_new(j, "answers_partial", json_integer((json_int_t)asum.a_partial));
+        json_object_set_new(j, "answers_deltas_differ", json_integer((json_int_t)asum.a_mismatch));
+        json_object_set_new(j, "answers_text_differs", json_integer((json_int_t)asum.a_unexpected));
+        json_object_set_new(j, "answers_streaming_peak", json_integer(streaming_peak));
+        json_object_set_new(j, "time_to_last_answer_s",
+                            json_real(r3(asum.a_last_ns > t0 ? (double)(asum.a_last_ns - t0) / 1e9 : 0)));
+        json_object_set_new(j, "deltas", json_integer((json_int_t)asum.a_deltas));
+        json_object_set_new(j, "deltas_per_s", json_real(r1(secs > 0 ? (double)asum.a_deltas / secs : 0)));
+        json_object_set_new(j, "delta_bytes", json_integer((json_int_t)asum.a_delta_bytes));
+        json_object_set_new(j, "deltas_per_answer",
+                            json_real(r1(asum.a_done ? (double)asum.a_deltas / (double)asum.a_done : 0)));
+        json_object_set_new(j, "offset_gaps", json_integer((json_int_t)asum.a_gaps));
+        json_object_set_new(j, "bytes_received_twice", json_integer((json_int_t)asum.a_dup_bytes));
+        json_object_set_new(j, "conflicting_bytes", json_integer((json_int_t)asum.a_conflicts));
+        json_object_set_new(j, "snapshots", json_integer((json_int_t)asum.a_snapshots));
+        json_object_set_new(j, "wrong_session", json_integer((json_int_t)asum.a_wrong_session));
+        json_object_set_new(j, "wrong_stream", json_integer((json_int_t)asum.a_wrong_stream));
+        json_object_set_new(j, "after_end", json_integer((json_int_t)asum.a_late));
+        json_t *ec = json_object();
+        json_object_set_new(ec, "assistant_error", json_integer((json_int_t)asum.a_err_assistant));
+        json_object_set_new(ec, "assistant_timeout", json_integer((json_int_t)asum.a_err_timeout));
+        json_object_set_new(ec, "rate_limited", json_integer((json_int_t)asum.a_err_rate));
+        json_object_set_new(ec, "unavailable", json_integer((json_int_t)asum.a_err_unavailable));
+        json_object_set_new(ec, "other", json_integer((json_int_t)asum.a_err_other));
+        json_object_set_new(j, "error_codes", ec);
+        set_lat(j, "latency", hm);   /* question -> first delta */
+        set_lat(j, "answer", ha);    /* question -> final answer */
+        set_lat(j, "final_lag", hlag); /* last delta -> final answer */
+    } else {
+        set_lat(j, "latency", hm);
+    }
     if (o.mode == M_CHAT)
         set_lat(j, "delivery", ha);
     if (o.mode == M_FANOUT && o.proto == P_CHATD)
@@ -1908,6 +2410,12 @@ int main(int argc, char **argv)
             json_object_set_new(j, "server_cpu_us_per_delivery", json_real(r3(cpu_us / (double)deliveries)));
         if (o.mode == M_FANOUT && sent)
             json_object_set_new(j, "server_cpu_us_per_msg", json_real(r3(cpu_us / (double)sent)));
+        if (o.mode == M_ASSISTANT) {
+            json_object_set_new(j, "server_cpu_us_per_delta", json_real(r3(cpu_per_op)));
+            if (asum.a_done)
+                json_object_set_new(j, "server_cpu_us_per_answer", json_real(r1(cpu_us / (double)asum.a_done)));
+            json_object_set_new(j, "server_rss_kb_peak", json_integer(rss_peak));
+        }
         json_object_set_new(j, "server_rss_kb_before", json_integer(rss_before));
         json_object_set_new(j, "server_rss_kb_after", json_integer(rss_after));
         if (o.mode == M_IDLE && ready)
@@ -1920,6 +2428,14 @@ int main(int argc, char **argv)
      * server + generator means something else ran and the figures are noisy. */
     double msecs = (double)(t1 - t0) / 1e9;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    double provider_cores = 0;
+    if (have_ppid && msecs > 0) {
+        provider_cores = (double)(pcpu1 - pcpu0) / 1e6 / msecs;
+        json_object_set_new(j, "provider_cpu_us", json_integer((json_int_t)(pcpu1 - pcpu0)));
+        json_object_set_new(j, "provider_cpu_util", json_real(r3(provider_cores)));
+        if (ops)
+            json_object_set_new(j, "provider_cpu_us_per_op", json_real(r3((double)(pcpu1 - pcpu0) / (double)ops)));
+    }
     if (mtotal1 > mtotal0 && msecs > 0 && ncpu > 0) {
         double busy = (double)(mbusy1 - mbusy0) / (double)(mtotal1 - mtotal0) * (double)ncpu;
         double mine = (double)(self1 - self0) / 1e6 / msecs;
@@ -1927,7 +2443,7 @@ int main(int argc, char **argv)
         json_object_set_new(j, "machine_busy_cores", json_real(r3(busy)));
         if (have_pid && o.mode != M_IDLE)
             json_object_set_new(j, "other_busy_cores",
-                                json_real(r3(busy - mine - (double)(cpu1 - cpu0) / 1e6 / msecs)));
+                                json_real(r3(busy - mine - provider_cores - (double)(cpu1 - cpu0) / 1e6 / msecs)));
     }
 
     FILE *human = o.json ? stderr : stdout;
@@ -1942,6 +2458,22 @@ int main(int argc, char **argv)
     if (o.mode == M_IDLE && have_pid && ready)
         fprintf(human, ", rss %ld -> %ld kB = %ld B/conn", rss_before, rss_after,
                 (rss_after - rss_before) * 1024 / (long)ready);
+    if (o.mode == M_ASSISTANT) {
+        fprintf(human, "; %" PRIu64 " questions, %" PRIu64 " answers (%" PRIu64 " ok, %" PRIu64 " failed, %" PRIu64
+                       " partial), last at %.3f s, at most %u streaming at once",
+                asum.a_sent, asum.a_done, asum.a_ok, asum.a_failed, asum.a_partial,
+                asum.a_last_ns > t0 ? (double)(asum.a_last_ns - t0) / 1e9 : 0.0, streaming_peak);
+        if (asum.a_mismatch || asum.a_unexpected || asum.a_gaps || asum.a_dup_bytes || asum.a_wrong_session ||
+            asum.a_wrong_stream || asum.a_late || asum.a_snapshots)
+            fprintf(human,
+                    " [deltas differ %" PRIu64 ", text differs %" PRIu64 ", gaps %" PRIu64 ", bytes twice %" PRIu64
+                    ", snapshots %" PRIu64 ", wrong session %" PRIu64 ", wrong stream %" PRIu64
+                    ", after end %" PRIu64 "]",
+                    asum.a_mismatch, asum.a_unexpected, asum.a_gaps, asum.a_dup_bytes, asum.a_snapshots,
+                    asum.a_wrong_session, asum.a_wrong_stream, asum.a_late);
+        if (have_pid)
+            fprintf(human, ", rss peak %ld kB", rss_peak);
+    }
     if (cerr || herr || closed || perr || errs)
         fprintf(human, " [connect errors %" PRIu64 ", http %" PRIu64 ", closed %" PRIu64 ", protocol %" PRIu64
                        ", server errors %" PRIu64 "]",
@@ -1958,6 +2490,7 @@ int main(int argc, char **argv)
     json_decref(j);
     free(hm);
     free(ha);
+    free(hlag);
     release_all(roles);
     return 0;
 }

@@ -7,7 +7,14 @@
 # pinned (and the figures say less).
 #
 # Environment knobs: BUILD (build folder, default build), DURATION and WARMUP
-# (seconds per scenario, default 10 and 2), SERVER_CPU, GEN_CPU.
+# (seconds per scenario, default 10 and 2), SERVER_CPU, GEN_CPU. The
+# assistant scenario's (assistant_scenarios below): ASSISTANT_USERS (500),
+# ASSISTANT_ANSWER (bytes per answer, 4096), ASSISTANT_DELTA (bytes per
+# delta, 8), ASSISTANT_INTERVAL_MS (pause between two deltas of an answer,
+# 10), ASSISTANT_UNPACED (1: also a run with no pause; 0: not),
+# ASSISTANT_PROVIDER (c: bench/chatd_fake_provider.c; python:
+# tests/fake_provider.py) and ASSISTANT_LIMIT (the longest a run waits for
+# its answers, 45 s).
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=${BUILD:-build}
@@ -16,6 +23,7 @@ OUT=$BUILD/bench
 BENCH=$BUILD/release/chatd-bench
 CHATD=$BUILD/release/chatd
 CHATD_FLOOR=$BUILD/release/chatd-floor
+FAKE_PROVIDER=$BUILD/release/chatd-fake-provider
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 SECRET=${BENCH_SECRET:-chatd-bench-secret-0123456789abcdef}
@@ -23,6 +31,15 @@ SERVER_CPU=${SERVER_CPU:-0}
 GEN_CPU=${GEN_CPU:-1}
 SRV_PID=
 SRV_PORT=
+PROV_PID=
+PROV_PORT=
+ASSISTANT_USERS=${ASSISTANT_USERS:-500}
+ASSISTANT_ANSWER=${ASSISTANT_ANSWER:-4096}
+ASSISTANT_DELTA=${ASSISTANT_DELTA:-8}
+ASSISTANT_INTERVAL_MS=${ASSISTANT_INTERVAL_MS:-10}
+ASSISTANT_UNPACED=${ASSISTANT_UNPACED:-1}
+ASSISTANT_PROVIDER=${ASSISTANT_PROVIDER:-c}
+ASSISTANT_LIMIT=${ASSISTANT_LIMIT:-45}
 
 mkdir -p "$OUT/logs"
 
@@ -41,9 +58,98 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 log() { printf '%s\n' "bench: $*" >&2; }
 
 build_release() {
-    log "building release (chatd, chatd-bench, chatd-floor)"
+    log "building release (chatd, chatd-bench, chatd-floor, chatd-fake-provider)"
     cmake -S "$ROOT" -B "$BUILD/release" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCHATD_TESTS=OFF >/dev/null
-    cmake --build "$BUILD/release" -j "$(nproc 2>/dev/null || echo 2)" --target chatd chatd-bench chatd-floor >/dev/null
+    cmake --build "$BUILD/release" -j "$(nproc 2>/dev/null || echo 2)" --target chatd chatd-bench chatd-floor chatd-fake-provider >/dev/null
+}
+
+# start_provider NAME CMD...: start a model provider pinned beside the
+# generator (the server's core stays the server's); CMD prints
+# "listening PORT" on stdout first. Sets PROV_PID and PROV_PORT.
+start_provider() {
+    local name=$1
+    shift
+    local portfile=$OUT/logs/$name.port
+    : >"$portfile"
+    # shellcheck disable=SC2086
+    $PIN_GEN "$@" >"$portfile" 2>"$OUT/logs/$name.log" &
+    PROV_PID=$!
+    local tries=100
+    while [ $tries -gt 0 ]; do
+        tries=$((tries - 1))
+        PROV_PORT=$(sed -n 's/^listening \([0-9][0-9]*\)$/\1/p' "$portfile")
+        [ -n "$PROV_PORT" ] && return 0
+        if ! kill -0 "$PROV_PID" 2>/dev/null; then
+            log "$name exited at start; see $OUT/logs/$name.log"
+            PROV_PID=
+            return 1
+        fi
+        sleep 0.1
+    done
+    log "$name did not say its port within 10 s"
+    stop_provider
+    return 1
+}
+
+stop_provider() {
+    if [ -n "$PROV_PID" ]; then
+        kill "$PROV_PID" 2>/dev/null || true
+        local tries=50
+        while [ $tries -gt 0 ] && kill -0 "$PROV_PID" 2>/dev/null; do
+            sleep 0.1
+            tries=$((tries - 1))
+        done
+        kill -9 "$PROV_PID" 2>/dev/null || true
+        wait "$PROV_PID" 2>/dev/null || true
+        PROV_PID=
+    fi
+}
+
+stop_all() {
+    stop_server
+    stop_provider
+}
+
+# assistant_run RESULTS LABEL INTERVAL_MS: one burst of ASSISTANT_USERS
+# answers streamed through a fresh chatd from a fresh provider that pauses
+# INTERVAL_MS between two deltas of an answer (0: no pause).
+assistant_run() {
+    local results=$1 label=$2 interval=$3 check=$ASSISTANT_ANSWER
+    if [ "$ASSISTANT_PROVIDER" = python ]; then
+        # tests/fake_provider.py streams its own text ("huge" mode): the
+        # generator checks the deltas against the final answer only.
+        local mode="huge=$ASSISTANT_ANSWER,chunk=$ASSISTANT_DELTA"
+        [ "$interval" != 0 ] && mode="$mode,slow=$interval"
+        check=0
+        start_provider fake-provider-py python3 "$ROOT/tests/fake_provider.py" --port 0 --mode "$mode" || return 0
+    else
+        start_provider fake-provider "$FAKE_PROVIDER" --answer-bytes "$ASSISTANT_ANSWER" \
+            --delta-bytes "$ASSISTANT_DELTA" --interval-ms "$interval" || return 0
+    fi
+    # A key, as a real provider needs: chatd sends it, tests/fake_provider.py
+    # wants the header (and accepts any key), chatd-fake-provider ignores it.
+    if ! BENCH_PROVIDER_KEY=bench-provider-key start_chatd "chatd-assistant" \
+        --model "fake=openai:http://127.0.0.1:$PROV_PORT/v1,name=Fake,key-env=BENCH_PROVIDER_KEY" \
+        --assistant-max-streams $((ASSISTANT_USERS * 2)); then
+        printf '{"mode":"assistant","label":"%s","error":"chatd did not start"}\n' "$label" >>"$results"
+        stop_provider
+        return 0
+    fi
+    bench_run "$results" "$label" assistant --secret "$SECRET" --users "$ASSISTANT_USERS" \
+        --answer-bytes "$check" --provider-pid "$PROV_PID" --duration "$ASSISTANT_LIMIT" --setup-timeout 10
+    stop_server
+    stop_provider
+}
+
+# assistant_scenarios RESULTS: the assistant's answers paced as a model
+# streams them, then (ASSISTANT_UNPACED=1) as fast as chatd reads them.
+assistant_scenarios() {
+    local results=$1 who=chatd
+    [ "$ASSISTANT_PROVIDER" = python ] && who="chatd (python provider)"
+    assistant_run "$results" "$who ${ASSISTANT_INTERVAL_MS}ms/delta" "$ASSISTANT_INTERVAL_MS"
+    if [ "$ASSISTANT_UNPACED" = 1 ] && [ "$ASSISTANT_INTERVAL_MS" != 0 ]; then
+        assistant_run "$results" "$who unpaced" 0
+    fi
 }
 
 free_port() {
@@ -170,7 +276,23 @@ for r in rows:
         notes.append("%.0f deliv/s, deliv p50/p99 %.0f/%.0f us" % (r["deliveries_per_s"], r["delivery_p50_us"], r["delivery_p99_us"]))
     if r["mode"] == "fanout" and r.get("server_cpu_us_per_msg"):
         notes.append("%d deliv/msg, %.0f us/msg" % (r["deliveries_per_msg"], r["server_cpu_us_per_msg"]))
-    bad = {k: r[k] for k in ("connect_errors", "http_errors", "closed", "protocol_errors", "server_errors") if r.get(k)}
+    if r["mode"] == "assistant":
+        notes.append("%d/%d answers ok, last at %.2f s, %.0f deltas of %.1f B each, at most %d at once" % (
+            r["answers_ok"], r["questions"], r["time_to_last_answer_s"], r["deltas_per_answer"],
+            r["delta_bytes"] / r["deltas"] if r["deltas"] else 0, r.get("answers_streaming_peak", 0)))
+        if r.get("final_lag_p50_us"):
+            notes.append("final %.0f/%.0f ms after the last delta (p50/p99)" % (
+                r["final_lag_p50_us"] / 1e3, r["final_lag_p99_us"] / 1e3))
+        if r.get("server_cpu_us_per_answer"):
+            notes.append("%.0f us/answer" % r["server_cpu_us_per_answer"])
+        if r.get("server_rss_kb_peak", -1) > 0:
+            notes.append("rss peak %d kB (+%d)" % (r["server_rss_kb_peak"], r["server_rss_kb_peak"] - r["server_rss_kb_before"]))
+        if "provider_cpu_util" in r:
+            notes.append("provider %.0f%%" % (100 * r["provider_cpu_util"]))
+    bad = {k: r[k] for k in ("connect_errors", "http_errors", "closed", "protocol_errors", "server_errors",
+                             "answers_failed", "answers_unfinished", "answers_partial", "answers_deltas_differ",
+                             "answers_text_differs", "offset_gaps", "bytes_received_twice", "snapshots",
+                             "wrong_session", "wrong_stream", "after_end") if r.get(k)}
     if r["ready"] < r["connections"] and r["mode"] != "connect":
         bad["not_ready"] = r["connections"] - r["ready"]
     if bad:

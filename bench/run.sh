@@ -13,10 +13,16 @@
 #             devices, 500 admins that admin_join), one sender, 32 messages
 #             in flight; chat and fanout run with --sync normal and with
 #             --sync full (a fresh chatd each)
+#   assistant 500 users each ask one question in a new session at once;
+#             chatd streams the 500 answers from chatd-fake-provider (4,096
+#             bytes in 8-byte deltas, one every 10 ms), then the same with
+#             no pause between deltas: deltas delivered/s, server CPU per
+#             delta, every answer checked (see bench/assistant.sh)
 # Every figure is server CPU time (utime+stime from /proc/PID/stat) per
 # operation beside the rate. One JSON line per run goes to
-# $BUILD/bench/results.jsonl, then a table is printed. About 2-3 minutes
-# with the defaults (DURATION=10 WARMUP=2 seconds per scenario).
+# $BUILD/bench/results.jsonl, then a table is printed. About 3 minutes
+# with the defaults (DURATION=10 WARMUP=2 seconds per scenario; the
+# assistant runs take what their answers take, ~10 s together).
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -25,8 +31,8 @@ set -euo pipefail
 RESULTS=$OUT/results.jsonl
 : >"$RESULTS"
 : >"$OUT/logs/generator.log"
-trap stop_server EXIT
-trap 'stop_server; exit 130' INT TERM
+trap stop_all EXIT
+trap 'stop_all; exit 130' INT TERM
 
 build_release
 
@@ -62,9 +68,11 @@ for sync in normal full; do
     stop_server
 done
 
+assistant_scenarios "$RESULTS"
+
 echo
 echo "chatd benchmark ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, server on core $SERVER_CPU, generator on core $GEN_CPU)"
-echo "ops: echo = messages echoed, fanout = deliveries, connect = handshakes, idle = connections, chat = acknowledged messages"
+echo "ops: echo = messages echoed, fanout = deliveries, connect = handshakes, idle = connections, chat = acknowledged messages, assistant = answer deltas delivered"
 print_table "$RESULTS"
 echo
 echo "JSON lines: $RESULTS"

@@ -8,12 +8,16 @@
  * worker to drain, gives them --shutdown-timeout seconds, forces what is
  * left, joins the threads and exits 0.
  */
+#include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include <jansson.h>
@@ -26,6 +30,7 @@
 #include "hub/chat.h"
 #include "hub/hub.h"
 #include "hub/routes.h"
+#include "hub/webhook.h"
 #include "store/store.h"
 #include "net/http_client.h"
 #include "net/server.h"
@@ -44,6 +49,7 @@ struct main_state {
     struct store *store;
     struct bus *bus;
     struct assistant *assistant;  /* NULL without a model with a provider */
+    struct webhook *webhook;      /* NULL without --help-webhook */
     uv_signal_t sigterm, sigint;
     uv_timer_t poll, deadline, gc;
     bool stopping;
@@ -110,7 +116,7 @@ static void raise_nofile(void)
 static void close_cb_noop(uv_handle_t *h) { (void)h; }
 
 /* --dev: a random secret, unless one was configured. */
-static void dev_secret(char out[65])
+static void random_secret(char out[65])
 {
     unsigned char raw[32];
     if (RAND_bytes(raw, sizeof raw) != 1) {
@@ -119,6 +125,66 @@ static void dev_secret(char out[65])
     }
     for (int i = 0; i < 32; i++)
         snprintf(out + 2 * i, 3, "%02x", raw[i]);
+    OPENSSL_cleanse(raw, sizeof raw);
+}
+
+/*
+ * --dev's secret, kept beside the database (DB.dev-secret, mode 0600) so
+ * that tokens and open pages survive a restart: read when it is there,
+ * made once otherwise. With --db none there is nothing to keep it beside:
+ * a new one each run. 0, or -1 with a message in err.
+ */
+static int dev_secret(const struct config *cfg, char out[65], char *err, size_t errlen)
+{
+    if (strcmp(cfg->db_path, "none") == 0) {
+        random_secret(out);
+        return 0;
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s.dev-secret", cfg->db_path);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd >= 0) {
+        char buf[80];
+        struct stat st;
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        bool ok = n >= 64 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+        for (int i = 0; ok && i < 64; i++)
+            ok = isxdigit((unsigned char)buf[i]);
+        if (ok && (st.st_mode & 077)) {
+            /* Others could read it: it signs tokens. Tighten it. */
+            fchmod(fd, 0600);
+            log_warn("dev_secret_mode", "file=%s action=\"made 0600\"", path);
+        }
+        close(fd);
+        if (!ok) {
+            snprintf(err, errlen, "--dev: '%.300s' does not hold a secret (64 hex digits); remove it "
+                     "to make a new one", path);
+            return -1;
+        }
+        memcpy(out, buf, 64);
+        out[64] = '\0';
+        OPENSSL_cleanse(buf, sizeof buf);
+        return 0;
+    }
+    if (errno != ENOENT) {
+        snprintf(err, errlen, "--dev: cannot read '%.300s': %s", path, strerror(errno));
+        return -1;
+    }
+    random_secret(out);
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    char line[66];
+    snprintf(line, sizeof line, "%s\n", out);
+    if (fd < 0 || write(fd, line, 65) != 65 || fsync(fd) != 0) {
+        snprintf(err, errlen, "--dev: cannot write '%.300s': %s", path, strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+            unlink(path);
+        }
+        return -1;
+    }
+    close(fd);
+    OPENSSL_cleanse(line, sizeof line);
+    return 0;
 }
 
 /* --encryption-key-file: 32 raw bytes, or 64 hex digits (newline allowed). */
@@ -249,6 +315,27 @@ static int start_assistant(struct main_state *st, const struct config *cfg, char
     return 0;
 }
 
+/* The help webhook, when --help-webhook is set: its own HTTP client,
+ * handed to the router, which calls it from the storage writer's thread. */
+static int start_webhook(struct main_state *st, const struct config *cfg, char *err,
+                         size_t errlen)
+{
+    if (!cfg->help_webhook)
+        return 0;
+    struct webhook_options wo = {
+        .url = cfg->help_webhook,
+        .secret = (const unsigned char *)cfg->webhook_secret,
+        .secret_len = cfg->webhook_secret_len,
+    };
+    int rc = webhook_new(&st->webhook, &wo);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot start the help webhook: %s", strerror(-rc));
+        return rc;
+    }
+    chat_set_webhook(st->chat, st->webhook);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static struct config cfg;
@@ -272,8 +359,10 @@ int main(int argc, char **argv)
     static struct main_state st;
     char secret[65] = "";
     bool have_key = cfg.jwt_secret || cfg.jwt_secret_file || cfg.jwt_public_key;
-    if (cfg.dev && !have_key)
-        dev_secret(secret);
+    if (cfg.dev && !have_key && dev_secret(&cfg, secret, err, sizeof err) != 0) {
+        fprintf(stderr, "chatd: %s\n", err);
+        return 2;
+    }
     if (hub_init(&st.hub, &cfg, &st.srv, secret[0] ? secret : NULL, err, sizeof err) != 0) {
         fprintf(stderr, "chatd: %s\n", err);
         return 2;
@@ -322,6 +411,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "chatd: %s\n", err);
             return 1;
         }
+        if (start_webhook(&st, &cfg, err, sizeof err) != 0) {
+            fprintf(stderr, "chatd: %s\n", err);
+            return 1;
+        }
         st.hub.router_ops = &chat_router_ops;
         st.hub.router = st.chat;
     }
@@ -333,6 +426,9 @@ int main(int argc, char **argv)
     }
     if (!hub_enabled(&st.hub))
         log_warn("chat_disabled", "reason=\"no JWT key configured; only /echo is served\"");
+    if (cfg.help_webhook && !st.webhook)
+        log_warn("webhook_unused", "reason=\"no chat router (no storage or no JWT key): no help "
+                                   "request can be raised\"");
     if (cfg.dev) {
         const char *sec = secret[0] ? secret : (cfg.jwt_secret ? cfg.jwt_secret : NULL);
         if (sec)
@@ -370,11 +466,17 @@ int main(int argc, char **argv)
      * The worker threads are gone but their inboxes still exist: the writer
      * finishes the requests still queued (those answers too) and posts
      * their results there, where they are dropped. Only then may the
-     * workers be freed. */
+     * workers be freed.
+     * The help webhook stops next: deliveries still pending (in flight or
+     * waiting for a retry) are dropped and counted, and so are help
+     * requests the writer still commits while it closes. It is freed once
+     * the writer, which calls it, is gone. */
     assistant_shutdown(st.assistant);
+    webhook_shutdown(st.webhook);
     if (st.store)
         store_close(st.store);
     assistant_free(st.assistant);
+    webhook_free(st.webhook);
     server_release(&st.srv);
     bus_close(st.bus);
     chat_free(st.chat);

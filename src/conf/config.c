@@ -48,6 +48,7 @@ static int set_workers(struct config *cfg, const char *v, char *err, size_t errl
 static int set_device_policy(struct config *cfg, const char *v, char *err, size_t errlen);
 static int set_sync(struct config *cfg, const char *v, char *err, size_t errlen);
 static int set_jwt_alg(struct config *cfg, const char *v, char *err, size_t errlen);
+static int set_help_webhook(struct config *cfg, const char *v, char *err, size_t errlen);
 
 /* Where a value comes from, weakest first (struct config's _source). */
 
@@ -146,6 +147,19 @@ static const struct opt options[] = {
     {"ca-file", K_STR, F(ca_file), 0, 0, NULL, "PATH",
      "PEM file of CA certificates trusted for https:// model endpoints besides the "
      "system's (for a private endpoint)",
+     NULL},
+    {"help-webhook", K_SPECIAL, 0, 0, 0, NULL, "URL",
+     "POST each new help request to this http:// or https:// URL as JSON:\n"
+     "{\"event\":\"help_request\",\"session_id\",\"user\":{\"id\",\"name\"},\"title\",\n"
+     "\"timestamp\"}. A 2xx answer delivers it; 408, 429, 5xx, network errors\n"
+     "and timeouts (10 s) are retried after 1, 2, 4... s (at most 60 s, 8\n"
+     "attempts); other answers are not retried. Pending retries are dropped\n"
+     "at shutdown",
+     set_help_webhook},
+    {"webhook-secret-file", K_STR, F(webhook_secret_file), 0, 0, NULL, "F",
+     "file holding the help webhook's secret (1 to 4096 bytes, one trailing\n"
+     "newline ignored): each POST then carries X-Chatd-Signature:\n"
+     "sha256=<hex HMAC-SHA256 of the body, keyed with the secret>",
      NULL},
     {"send-queue-bytes", K_U64, F(send_queue_bytes), 0, (uint64_t)1 << 32, "0", "N",
      "unsent bytes one connection may queue before it is closed with 1013 "
@@ -371,6 +385,77 @@ static int set_log_level(struct config *cfg, const char *v, char *err, size_t er
     return 0;
 }
 
+/* --help-webhook: an http:// or https:// URL with a host, without spaces
+ * or control bytes; "" for none. The messages never repeat the URL: a webhook URL often
+ * holds its token. */
+static int set_help_webhook(struct config *cfg, const char *v, char *err, size_t errlen)
+{
+    if (!*v) { /* "": none (a stronger source may turn a weaker one's off) */
+        free(cfg->help_webhook);
+        cfg->help_webhook = NULL;
+        return 0;
+    }
+    size_t skip = strncasecmp(v, "http://", 7) == 0    ? 7
+                  : strncasecmp(v, "https://", 8) == 0 ? 8
+                                                       : 0;
+    if (!skip)
+        return conf__errf(err, errlen, "expected an http:// or https:// URL");
+    size_t n = strlen(v);
+    if (n > CONF_WEBHOOK_URL_MAX)
+        return conf__errf(err, errlen, "the URL is longer than %d bytes", CONF_WEBHOOK_URL_MAX);
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)v[i] <= 0x20 || (unsigned char)v[i] >= 0x7f)
+            return conf__errf(err, errlen, "the URL may not hold spaces, control or non-ASCII "
+                                           "bytes (percent-encode them)");
+    const char *auth = v + skip;
+    size_t alen = strcspn(auth, "/?#");
+    const char *at = memrchr(auth, '@', alen);
+    const char *host = at ? at + 1 : auth;
+    if (host == auth + alen || *host == ':')
+        return conf__errf(err, errlen, "the URL has no host");
+    char *copy = strdup(v);
+    if (!copy)
+        return conf__errf(err, errlen, "out of memory");
+    free(cfg->help_webhook);
+    cfg->help_webhook = copy;
+    return 0;
+}
+
+/* --webhook-secret-file: read now, one trailing newline (LF or CRLF)
+ * stripped; 1 to CONF_WEBHOOK_SECRET_MAX bytes of anything. The messages
+ * name the file, never what it holds. */
+static int load_webhook_secret(struct config *cfg, char *err, size_t errlen)
+{
+    const char *path = cfg->webhook_secret_file;
+    if (!cfg->help_webhook)
+        return conf__errf(err, errlen, "--webhook-secret-file: needs --help-webhook");
+    char *buf;
+    size_t n;
+    int rc = file_read_small(path, CONF_WEBHOOK_SECRET_MAX + 2, &buf, &n);
+    if (rc == -EFBIG)
+        return conf__errf(err, errlen, "--webhook-secret-file: '%s' is larger than %d bytes", path,
+                          CONF_WEBHOOK_SECRET_MAX);
+    if (rc < 0)
+        return conf__errf(err, errlen, "--webhook-secret-file: cannot read '%s': %s", path,
+                          strerror(-rc));
+    size_t len = n;
+    if (len > 0 && buf[len - 1] == '\n') {
+        len--;
+        if (len > 0 && buf[len - 1] == '\r')
+            len--;
+    }
+    if (len == 0 || len > CONF_WEBHOOK_SECRET_MAX) {
+        file_free_secret(buf, n);
+        return conf__errf(err, errlen, "--webhook-secret-file: '%s' must hold 1 to %d bytes", path,
+                          CONF_WEBHOOK_SECRET_MAX);
+    }
+    /* Keep the bytes (and a NUL after them, which file_read_small left). */
+    memset(buf + len, 0, n - len);
+    cfg->webhook_secret = buf;
+    cfg->webhook_secret_len = len;
+    return 0;
+}
+
 char *conf__trim(char *s)
 {
     while (isspace((unsigned char)*s))
@@ -510,6 +595,9 @@ void config_release(struct config *cfg)
     conf__models_clear(cfg);
     free(cfg->default_model_id);
     free(cfg->ca_file);
+    free(cfg->help_webhook);
+    free(cfg->webhook_secret_file);
+    file_free_secret(cfg->webhook_secret, cfg->webhook_secret_len);
     memset(cfg, 0, sizeof *cfg);
 }
 
@@ -629,6 +717,8 @@ int config_load(struct config *cfg, int argc, char **argv, char **envp, FILE *ou
     if ((rc = conf__finish_models(cfg, err, errlen)) < 0)
         return rc;
     if (cfg->ca_file && (rc = check_ca_file(cfg->ca_file, err, errlen)) < 0)
+        return rc;
+    if (cfg->webhook_secret_file && (rc = load_webhook_secret(cfg, err, errlen)) < 0)
         return rc;
     cfg->_envp = NULL;
     return CONFIG_OK;

@@ -15,10 +15,11 @@
  * the models of CHATD_MODEL and of the file, CHATD_MODEL drops the file's.
  *
  * config_load also reads what the models point at (API keys, system
- * prompts) and checks that --ca-file is readable, so that a mistake stops
- * chatd at start, not at its first answer. The keys are kept in memory that
- * config_release overwrites before freeing it; nothing in this module
- * prints a key.
+ * prompts) and the --webhook-secret-file, and checks that --ca-file is
+ * readable, so that a mistake stops chatd at start, not at its first answer
+ * or help request. The keys are kept in memory that config_release
+ * overwrites before freeing it; nothing in this module prints a key, nor
+ * the --help-webhook URL (it may carry a token in its path or query).
  */
 #ifndef CHATD_CONFIG_H
 #define CHATD_CONFIG_H
@@ -45,6 +46,8 @@ extern const char *const conf_model_kind_names[3]; /* "none", "openai", "anthrop
 #define CONF_MODEL_KEY_MAX 4096        /* bytes of an API key */
 #define CONF_MODEL_SYSTEM_MAX 65536    /* bytes of a system prompt file */
 #define CONF_MODEL_MAX_TOKENS 1000000  /* largest max-tokens= */
+#define CONF_WEBHOOK_URL_MAX 8192      /* bytes of --help-webhook */
+#define CONF_WEBHOOK_SECRET_MAX 4096   /* bytes of the --webhook-secret-file key */
 #define CONF_ANTHROPIC_MAX_TOKENS 4096 /* max-tokens of an anthropic model without one:
                                         * the Messages API requires the field */
 
@@ -115,6 +118,12 @@ struct config {
     unsigned assistant_context_messages;     /* recent messages sent with a request */
     unsigned assistant_context_bytes;        /* at most this many bytes of them */
     char *ca_file;               /* owned: PEM CA bundle for model endpoints, or NULL */
+    char *help_webhook;          /* owned: --help-webhook URL (http:// or https://), or NULL */
+    char *webhook_secret_file;   /* owned: --webhook-secret-file, or NULL */
+    char *webhook_secret;        /* owned, wiped on release: that file's bytes (one
+                                  * trailing newline stripped), 1 to
+                                  * CONF_WEBHOOK_SECRET_MAX; NULL: no signature */
+    size_t webhook_secret_len;
     char *config_file;           /* owned, NULL when none */
 
     /* private: used while config_load runs */

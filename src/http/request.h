@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #define HTTP_MAX_HEAD 16384  /* bytes of request line + headers; more: 431 */
+#define HTTP_MAX_BODY 8192   /* bytes of a request body (Content-Length only); more: 413 */
 #define HTTP_MAX_HEADERS 100 /* header lines; more: 431 */
 
 struct http_header {
@@ -38,6 +39,8 @@ struct http_request {
     bool has_body;           /* Content-Length > 0 or Transfer-Encoding */
     bool has_transfer_encoding;
     int64_t content_length;  /* -1 when absent */
+    const char *body;        /* the body (set by the connection layer), NULL when none */
+    size_t body_len;
     unsigned nheaders;
     struct http_header headers[HTTP_MAX_HEADERS];
 };

@@ -45,6 +45,7 @@ static const struct {
     [CHAT_LEAVE] = {600, 200},
     [CHAT_RESUME] = {600, 200}, /* a page resumes each of its sessions */
     [CHAT_STOP] = {60, 10},
+    [CHAT_RESOLVE] = {60, 10},
 };
 
 static void handle_message(struct chat *ch, struct client *cl, json_t *msg, const char *id,
@@ -110,10 +111,11 @@ static bool leave_for_client(struct chat *ch, struct client *cl, struct sess_sta
     chat__unjoin(&ch->locals[cl->conn->w->index], cl, st);
     if (!in)
         return false;
-    struct store_req *r = chat__new_req(cl, STORE_CHECK, CHAT_LEAVE, st->id, NULL);
+    struct store_req *r = chat__new_req(cl, STORE_EVENT, CHAT_LEAVE, st->id, NULL);
     if (r) {
         r->kind = KIND_LEAVE_REVOKED;
         r->any_session = true;
+        snprintf(r->event_type, sizeof r->event_type, "admin_leave");
     }
     if (!chat__submit(ch, cl, r, NULL))
         return false;
@@ -231,11 +233,12 @@ static void chat_handle(void *router, struct client *cl, enum chat_type k, const
             client_send_error(cl, ERR_INVALID_FIELD, "'seq' must be an integer >= 0", -1, id);
             return;
         }
-        struct store_req *r = chat__new_req(cl, STORE_CHECK, k, sid, id);
+        /* An admin marks what it read in a session it joined; anyone
+         * else in their own. */
+        struct store_req *r = chat__new_req(cl, STORE_READ, k, sid, id);
         if (r) {
-            char buf[32];
-            snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(s));
-            r->arg = strdup(buf);
+            r->num = json_integer_value(s);
+            r->any_session = cl->admin && chat__admin_in(chat__state_get(cl, sid, false));
         }
         chat__submit(ch, cl, r, id);
         return;
@@ -252,9 +255,26 @@ static void chat_handle(void *router, struct client *cl, enum chat_type k, const
         return;
     }
     case CHAT_HELP:
-        if (chat__get_session(ch, cl, msg, true, id, &sid))
-            chat__submit(ch, cl, chat__new_req(cl, STORE_HELP, k, sid, id), id);
+        if (chat__get_session(ch, cl, msg, true, id, &sid)) {
+            struct store_req *r = chat__new_req(cl, STORE_HELP, k, sid, id);
+            if (r) /* the owner asks: a user of the session, admin or not */
+                snprintf(r->sender_type, sizeof r->sender_type, "user");
+            chat__submit(ch, cl, r, id);
+        }
         return;
+    case CHAT_RESOLVE: {
+        if (!cl->admin) {
+            client_send_error(cl, ERR_FORBIDDEN, "admin role required", -1, id);
+            return;
+        }
+        if (!chat__get_session(ch, cl, msg, true, id, &sid))
+            return;
+        struct store_req *r = chat__new_req(cl, STORE_RESOLVE, k, sid, id);
+        if (r)
+            r->any_session = true;
+        chat__submit(ch, cl, r, id);
+        return;
+    }
     case CHAT_MODEL: {
         json_t *m = json_object_get(msg, "model_id");
         if (!chat__get_session(ch, cl, msg, true, id, &sid))
@@ -281,9 +301,12 @@ static void chat_handle(void *router, struct client *cl, enum chat_type k, const
         /* Recorded before the writer sees it, so that the next message
          * is judged by it; settled when the writer's answer comes back. */
         struct sess_state *st = chat__state_get(cl, sid, true);
-        struct store_req *r = chat__new_req(cl, STORE_CHECK, k, sid, id);
-        if (r)
+        struct store_req *r = chat__new_req(cl, STORE_EVENT, k, sid, id);
+        if (r) {
             r->any_session = true;
+            snprintf(r->event_type, sizeof r->event_type, "%s",
+                     k == CHAT_JOIN ? "admin_join" : "admin_leave");
+        }
         if (chat__submit(ch, cl, r, id) && st) {
             st->intent_joined = k == CHAT_JOIN;
             st->intent_pending++;
@@ -315,6 +338,7 @@ int chat_init(struct chat **out, struct hub *hub, unsigned nworkers, char *err, 
     }
     ch->hub = hub;
     ch->nworkers = nworkers;
+    uv_mutex_init(&ch->joined_lock);
     ch->devs_cap = hub->cfg->max_devices + 1;
     *out = ch;
     return 0;
@@ -335,6 +359,11 @@ void chat_set_assistant(struct chat *ch, struct assistant *a)
     ch->asst = a;
 }
 
+void chat_set_webhook(struct chat *ch, struct webhook *w)
+{
+    ch->webhook = w;
+}
+
 const struct assistant_hooks *chat_assistant_hooks(void)
 {
     return &chat__assistant_hooks;
@@ -350,6 +379,8 @@ void chat_free(struct chat *ch)
     }
     free(ch->locals);
     assert(ch->ndeltas == 0); /* flushed before each answer ended */
+    chat__joined_free(ch);
+    uv_mutex_destroy(&ch->joined_lock);
     free(ch->deltas);
     free(ch);
 }

@@ -49,6 +49,13 @@ struct assistant;
 void chat_set_assistant(struct chat *ch, struct assistant *a);
 const struct assistant_hooks *chat_assistant_hooks(void);
 
+/* Give the router its help webhook (hub/webhook.h; NULL: none), before
+ * traffic: each new help request, once committed, is handed to it from
+ * the storage writer's thread (chat_on_batch), and /metrics shows its
+ * counters. The router never frees it. */
+struct webhook;
+void chat_set_webhook(struct chat *ch, struct webhook *w);
+
 /* The store's batch callback (writer thread): replies go to their
  * workers, the batch's events to the bus. */
 void chat_on_batch(void *arg, struct store_req **reqs, size_t n);

@@ -20,12 +20,14 @@
 #include "bus/bus.h"
 #include "hub/hub.h"
 #include "hub/seqset.h"
+#include "hub/webhook.h"
 #include "store/store.h"
 #include "net/worker.h"
 #include "util/hash.h"
 #include "util/rate.h"
 
 #define LOCAL_BUCKETS 1024
+#define JOINED_BUCKETS 256
 /* store_req.kind of the admin_leave that a lost admin role makes (not a
  * client message: no ack is sent for it). */
 #define KIND_LEAVE_REVOKED ((uint32_t)CHAT_TYPE_COUNT + 1)
@@ -36,7 +38,7 @@ _Static_assert(BUS_STREAM_MAX == ASST_STREAM_ID_LEN, "a stream id crosses the bu
 
 /* Server-to-client message types counted in chatd_messages_out_total
  * (metrics.c). */
-#define CHAT_OUT_COUNT 13
+#define CHAT_OUT_COUNT 14
 extern const char *const chat__out_names[CHAT_OUT_COUNT];
 uint8_t chat__out_index(const char *type);
 
@@ -88,6 +90,11 @@ struct chat {
     struct store *store; /* set once by chat_set_store, before traffic */
     struct bus *bus;     /* set once by chat_set_bus, before traffic */
     struct assistant *asst; /* set once by chat_set_assistant, before traffic; NULL: none */
+    struct webhook *webhook; /* set once before traffic; NULL: none */
+    /* Who has joined which session now (joined.c): written by the storage
+     * writer in commit order, read by the HTTP API. Guarded by joined_lock. */
+    uv_mutex_t joined_lock;
+    struct joined_admin *joined[JOINED_BUCKETS];
     /* Deltas gathered for the bus (answer.c): the assistant's HTTP client
      * thread only, published at its flush hook, each holding a frame. */
     struct bus_event *deltas;
@@ -172,6 +179,38 @@ struct store_req *chat__new_req(struct client *cl, enum store_op op, enum chat_t
                                 const char *sid, const char *id);
 /* Hand r to the writer; true when it took it (false: answered already). */
 bool chat__submit(struct chat *ch, struct client *cl, struct store_req *r, const char *id);
+
+/* ---- api.c: writes of the HTTP API ------------------------------------------ */
+
+/* A request the HTTP API waits for on the thread pool: the writer's batch
+ * callback (fanout.c) handles its effects, then signals instead of freeing
+ * it; the waiter owns it again from then on. */
+struct chat_wait {
+    uv_mutex_t lock;
+    uv_cond_t cond;
+    bool done; /* guarded by lock */
+};
+/* The writer thread's side: r's result is in; wake its waiter. */
+void chat__wait_done(struct store_req *r);
+
+/* ---- joined.c: the admins joined to each session now -------------------- */
+
+struct joined_admin {
+    struct joined_admin *next;
+    uint64_t conn_id;
+    char session[STORE_ID_LEN + 1];
+    char id[STORE_MAX_USER + 1];
+    char name[STORE_MAX_USER + 1];
+};
+
+/* The admin connection conn_id (user id, name) joined (in) or left the
+ * session. Writer thread, in commit order; idempotent per connection. */
+void chat__joined_set(struct chat *ch, const char *session, uint64_t conn_id, const char *id,
+                      const char *name, bool in);
+/* [{"id","name"}] of the admins joined to the session now, one per admin
+ * (an admin on two devices is listed once). Any thread. NULL on OOM. */
+json_t *chat__joined_json(struct chat *ch, const char *session);
+void chat__joined_free(struct chat *ch);
 
 /* ---- answer.c: the assistant's hooks and its traffic -------------------- */
 

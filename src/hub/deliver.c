@@ -235,8 +235,10 @@ static void apply_item(struct chat *ch, struct worker *w, const struct chat_post
         for_participants(ch, w, loc, p, it, SEND_RELAY, true);
         break;
     case IT_ADMINS:
+        /* A stored event (seq): each admin gets it once, whether it also
+         * joined the session or owns it. */
         for (unsigned i = 0; i < loc->admins.n; i++)
-            send_frame(loc->admins.v[i], it);
+            it->seq ? send_event(loc->admins.v[i], it) : send_frame(loc->admins.v[i], it);
         break;
     case IT_JOIN:
     case IT_LEAVE: {

@@ -221,6 +221,23 @@ static void settle_refused(struct batch_out *bo, const struct store_req *r)
         it->failed = true;
 }
 
+/* A stored session event of r's session (help_request, help_resolved,
+ * admin_join, admin_leave) to its participants, and to every admin online
+ * when admins is set. */
+static void add_session_event(struct batch_out *bo, const struct store_req *r, const char *type,
+                              const char *stype, bool admins)
+{
+    uint32_t off, len;
+    struct sbuf *f = wire_event_frame(type, r->session_id, r->seq, NULL, stype, r->user,
+                                      r->sender_name, NULL, 0, NULL, r->ts_ms, &off, &len);
+    if (!f)
+        return;
+    add_event(bo, IT_EVENT, chat__out_index(type), r->conn_id, f, off, len, r);
+    if (admins)
+        add_event(bo, IT_ADMINS, chat__out_index(type), 0, f, off, len, r);
+    sbuf_unref(f);
+}
+
 /* The assistant's answer came back from storage: the final ai_response
  * to the session, and the slot freed (chat__assistant_ops). */
 static void batch_answer(struct batch_out *bo, struct store_req *r)
@@ -301,20 +318,27 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
         break;
     }
     case CHAT_READ: {
-        json_t *o = json_pack("{s:s, s:s, s:I}", "type", "read", "session_id", r->session_id, "seq",
-                              (json_int_t)strtoll(r->arg ? r->arg : "0", NULL, 10));
-        add_everywhere(bo, IT_RELAY_OWNER, r->conn_id, o, r);
+        /* Kept per reader (the writer), relayed to the others in the
+         * session: the owner's devices and the joined admins. */
+        json_t *o = json_pack("{s:s, s:s, s:I, s:o}", "type", "read", "session_id", r->session_id,
+                              "seq", (json_int_t)(r->num < r->seq ? r->num : r->seq), "sender",
+                              sender_json(stype, r->user, r->sender_name));
+        add_everywhere(bo, IT_RELAY, r->conn_id, o, r);
         break;
     }
-    case CHAT_HELP: {
-        add_ack(bo, r, false, NULL, NULL, NULL, false);
+    case CHAT_HELP:
+    case CHAT_RESOLVE:
+        add_ack(bo, r, !r->duplicate, NULL, NULL, NULL, false);
         if (r->duplicate)
-            break; /* already waiting for a person: the admins know */
-        json_t *o = json_pack("{s:s, s:s, s:o}", "type", "help_request", "session_id",
-                              r->session_id, "sender", sender_json(stype, r->user, r->sender_name));
-        add_everywhere(bo, IT_ADMINS, 0, o, r);
+            break; /* nothing changed: asked already, or nothing to resolve */
+        if (r->kind == CHAT_HELP && bo->ch->webhook)
+            webhook_help_request(bo->ch->webhook, r->session_id, r->user, r->sender_name, r->arg,
+                                 r->ts_ms);
+        /* Stored: to the session, and to every admin online (the support
+         * list), each at most once (seq). */
+        add_session_event(bo, r, r->kind == CHAT_HELP ? "help_request" : "help_resolved", stype,
+                          true);
         break;
-    }
     case CHAT_MODEL: {
         add_ack(bo, r, false, "model_id", r->arg, NULL, false);
         break;
@@ -331,20 +355,37 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
     case KIND_LEAVE_REVOKED: {
         bool join = r->kind == CHAT_JOIN;
         /* The subscription changes where the admin's connection is, in line
-         * with the events around it: an event of its own. */
-        add_event(bo, join ? IT_JOIN : IT_LEAVE, 0, r->conn_id, NULL, 0, 0, r);
-        json_t *o =
-            json_pack("{s:s, s:s, s:o}", "type", join ? "admin_join" : "admin_leave", "session_id",
-                      r->session_id, "sender", sender_json("admin", r->user, r->sender_name));
-        add_everywhere(bo, IT_RELAY, r->conn_id, o, r);
+         * with the events around it: an event of its own. A join comes
+         * before its stored event, a leave after it, so the admin's own
+         * connection sees both. */
+        if (join)
+            add_event(bo, IT_JOIN, 0, r->conn_id, NULL, 0, 0, r);
+        add_session_event(bo, r, join ? "admin_join" : "admin_leave", "admin", false);
+        if (!join)
+            add_event(bo, IT_LEAVE, 0, r->conn_id, NULL, 0, 0, r);
         if (r->kind != KIND_LEAVE_REVOKED)
-            add_ack(bo, r, false, NULL, NULL, NULL, false);
+            add_ack(bo, r, true, NULL, NULL, NULL, false);
+        chat__joined_set(bo->ch, r->session_id, r->conn_id, r->user, r->sender_name, join);
         add_op(bo, join ? ASST_OP_HOLD : ASST_OP_UNHOLD, r, r->user, NULL);
         break;
     }
     default:
         break;
     }
+}
+
+/* A write of the HTTP API (api.c): what the others should learn of it,
+ * then its waiter is woken (r belongs to it from then on). */
+static void batch_api(struct batch_out *bo, struct store_req *r)
+{
+    if (r->status == STORE_OK && r->op == STORE_RENAME) {
+        /* Every device of the owner shows the new title. */
+        json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s}", "type", "notification", "code",
+                              "session_renamed", "message", "the session was renamed",
+                              "session_id", r->session_id, "title", r->arg ? r->arg : "");
+        add_everywhere(bo, IT_RELAY_OWNER, 0, o, r);
+    }
+    chat__wait_done(r);
 }
 
 static void post_all(struct batch_out *bo)
@@ -365,6 +406,10 @@ void chat_on_batch(void *arg, struct store_req **reqs, size_t n)
     memset(posts, 0, sizeof posts);
     struct batch_out bo = {.ch = ch, .posts = posts};
     for (size_t i = 0; i < n; i++) {
+        if (reqs[i]->waiter) {
+            batch_api(&bo, reqs[i]); /* the waiter frees it */
+            continue;
+        }
         batch_one(&bo, reqs[i]);
         store_req_free(reqs[i]);
     }

@@ -44,6 +44,7 @@ const char *const hub_chat_types[CHAT_TYPE_COUNT] = {
     [CHAT_LEAVE] = "admin_leave",
     [CHAT_RESUME] = "resume",
     [CHAT_STOP] = "stop_generation",
+    [CHAT_RESOLVE] = "resolve_help",
 };
 
 const char *const hub_error_codes[ERR_COUNT] = {
@@ -288,6 +289,18 @@ static struct sbuf *notification(const char *code, const char *message, uint32_t
     struct sbuf *b = o ? wire_frame_json(o, off, len) : NULL;
     json_decref(o);
     return b;
+}
+
+const char *const hub_refusal_names[HUB_REFUSAL_COUNT] = {
+    [HUB_REFUSED_UNAUTHORIZED] = "unauthorized",
+    [HUB_REFUSED_DEVICE_LIMIT] = "connection_limit",
+    [HUB_REFUSED_ORIGIN] = "origin_not_allowed",
+    [HUB_REFUSED_UNAVAILABLE] = "unavailable",
+};
+
+static void count_refusal(struct hub *h, enum hub_refusal why)
+{
+    atomic_fetch_add_explicit(&h->refused[why], 1, memory_order_relaxed);
 }
 
 /* ---- the chat connection ---------------------------------------------------- */
@@ -673,16 +686,19 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
     if (!net_check_upgrade(c, req))
         return;
     if (!hub_enabled(h)) {
+        count_refusal(h, HUB_REFUSED_UNAVAILABLE);
         conn_http_error(c, 503, "unavailable", "chat is disabled: no JWT key is configured", -1,
                         NULL, false);
         return;
     }
     if (!origin_allowed(h->cfg, req)) {
+        count_refusal(h, HUB_REFUSED_ORIGIN);
         conn_http_error(c, 403, "origin_not_allowed", "this Origin is not allowed", -1, NULL,
                         false);
         return;
     }
     if (atomic_load(&h->srv->shutting_down)) {
+        count_refusal(h, HUB_REFUSED_UNAVAILABLE);
         conn_http_error(c, 503, "unavailable", "server is shutting down", 1000, NULL, false);
         return;
     }
@@ -692,6 +708,8 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
         struct log_quoted qr;
         log_info("auth_refused", "conn=%llx reason=%s", (unsigned long long)c->id,
                  log_quotes(&qr, why));
+        count_refusal(h, HUB_REFUSED_UNAUTHORIZED);
+        hub_count_error(h, ERR_UNAUTHORIZED);
         conn_http_error(c, 401, "unauthorized", why, -1, NULL, false);
         return;
     }
@@ -716,6 +734,7 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
             char msg[160];
             snprintf(msg, sizeof msg, "this account already has %u open connections (the limit)",
                      count);
+            count_refusal(h, HUB_REFUSED_DEVICE_LIMIT);
             conn_http_error(c, 429, "connection_limit", msg, LIMIT_RETRY_AFTER_MS, NULL, false);
             if (nothers < count) {
                 /* More devices than the stack buffer holds (--max-devices
@@ -806,6 +825,26 @@ bool hub_route_api(struct hub *h, struct conn *c, const struct http_request *req
                    const char *path, size_t len)
 {
     struct jwt_claims claims;
+
+    if (http_path_is(path, len, "/api/devices")) {
+        /* The caller's devices: what a page whose WebSocket was refused
+         * (a browser cannot read the 429) asks to explain it. */
+        if (!http_request_is_get(req) && !http_request_is_head(req)) {
+            conn_http_error(c, 405, "method_not_allowed", "use GET", -1, "Allow: GET, HEAD\r\n",
+                            false);
+            return true;
+        }
+        if (!hub_api_auth(h, c, req, &claims, false))
+            return true;
+        json_t *o = json_pack(
+            "{s:s, s:I, s:I, s:s}", "user_id", claims.sub, "devices",
+            (json_int_t)registry_count(&h->registry, claims.sub, claims.sub_len), "max_devices",
+            (json_int_t)h->cfg->max_devices, "device_policy",
+            h->cfg->device_policy == DEVICE_POLICY_EVICT_OLDEST ? "evict-oldest" : "refuse");
+        reply_json_obj(c, req, 200, o);
+        json_decref(o);
+        return true;
+    }
 
     if (http_path_is(path, len, "/api/admin/connections")) {
         if (!http_request_is_get(req) && !http_request_is_head(req)) {

@@ -49,6 +49,7 @@ enum chat_type {
     CHAT_LEAVE,
     CHAT_RESUME,
     CHAT_STOP,
+    CHAT_RESOLVE,
     CHAT_TYPE_COUNT
 };
 extern const char *const hub_chat_types[CHAT_TYPE_COUNT];
@@ -71,6 +72,16 @@ enum chat_error {
     ERR_COUNT
 };
 extern const char *const hub_error_codes[ERR_COUNT];
+
+/* Why a WebSocket upgrade was refused (for /metrics). */
+enum hub_refusal {
+    HUB_REFUSED_UNAUTHORIZED = 0, /* no token, or a bad one: 401 */
+    HUB_REFUSED_DEVICE_LIMIT,     /* --max-devices: 429 */
+    HUB_REFUSED_ORIGIN,           /* --allowed-origins: 403 */
+    HUB_REFUSED_UNAVAILABLE,      /* chat off, shutting down: 503 */
+    HUB_REFUSAL_COUNT
+};
+extern const char *const hub_refusal_names[HUB_REFUSAL_COUNT];
 struct http_request;
 struct hub;
 
@@ -120,6 +131,8 @@ struct hub {
     json_t *models; /* [{"id":..,"name":..}] of cfg->models, in order */
     /* shared: atomics, any thread adds (hub_count_error), /metrics reads */
     atomic_uint_fast64_t errors[ERR_COUNT]; /* error replies by code */
+    /* WebSocket upgrades refused, by reason (enum hub_refusal) */
+    atomic_uint_fast64_t refused[HUB_REFUSAL_COUNT];
     /* shared, internally locked (stripe locks, see registry.h) */
     struct registry registry;
 };

@@ -15,6 +15,7 @@
 #include "hub/chat_int.h"
 #include "http/request.h"
 #include "hub/metrics.h"
+#include "hub/webhook.h"
 #include "net/conn.h"
 #include "util/text.h"
 
@@ -22,7 +23,7 @@
 const char *const chat__out_names[CHAT_OUT_COUNT] = {
     "ack",          "user_message", "admin_message", "typing_indicator", "read",
     "help_request", "admin_join",   "admin_leave",   "resumed",          "ai_response",
-    "loading",      "notification", "error",
+    "loading",      "notification", "help_resolved", "error",
 };
 
 uint8_t chat__out_index(const char *type)
@@ -95,7 +96,15 @@ void chat_write_metrics(struct chat *ch, struct text *t)
     for (unsigned i = 0; i < ERR_COUNT; i++)
         text_printf(t, "chatd_errors_total{code=\"%s\"} %llu\n", hub_error_codes[i],
                 (unsigned long long)atomic_load(&ch->hub->errors[i]));
+    text_printf(t,
+            "# HELP chatd_ws_refused_total WebSocket upgrades refused, by reason.\n"
+            "# TYPE chatd_ws_refused_total counter\n");
+    for (unsigned i = 0; i < HUB_REFUSAL_COUNT; i++)
+        text_printf(t, "chatd_ws_refused_total{reason=\"%s\"} %llu\n", hub_refusal_names[i],
+                (unsigned long long)atomic_load(&ch->hub->refused[i]));
     write_assistant(ch, t);
+    if (ch->webhook)
+        webhook_write_metrics(ch->webhook, t);
     if (!ch->store)
         return;
     struct store_stats ss;

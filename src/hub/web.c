@@ -106,6 +106,11 @@ bool web_route(struct conn *c, const struct http_request *req, const char *prefi
     } else if (rl == 6 && memcmp(rest, "/admin", 6) == 0) {
         name = "admin.html";
         nl = strlen(name);
+    } else if (rl > 8 && memcmp(rest, "/shared/", 8) == 0 && !memchr(rest + 8, '/', rl - 8)) {
+        /* A share link: the one read-only page, whatever the token (the
+         * page asks {prefix}/api/shared/<token>, which judges it). */
+        name = "shared.html";
+        nl = strlen(name);
     } else if (rl > 8 && memcmp(rest, "/assets/", 8) == 0) {
         name = rest + 8;
         nl = rl - 8;

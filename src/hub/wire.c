@@ -30,6 +30,12 @@ struct sbuf *wire_frame_jw(struct jw *w, uint32_t *off, uint32_t *len)
     return b;
 }
 
+bool wire_is_message(const char *type)
+{
+    return strcmp(type, "user_message") == 0 || strcmp(type, "admin_message") == 0 ||
+           strcmp(type, "ai_response") == 0;
+}
+
 /* The one shape of a stored event, live, replayed or read over HTTP. This
  * is the hot path of chat: written directly, not through a JSON tree. */
 void wire_event_write(struct jw *w, const struct wire_event *e)
@@ -46,6 +52,12 @@ void wire_event_write(struct jw *w, const struct wire_event *e)
     jw_kstr(w, "id", e->sender_id);
     jw_kstr(w, "name", e->sender_name ? e->sender_name : e->sender_id);
     jw_close(w);
+    if (!wire_is_message(e->type)) {
+        /* A session event (help_request, admin_join, ...): who and when. */
+        jw_kstr(w, "timestamp", ts);
+        jw_close(w);
+        return;
+    }
     jw_key(w, "content");
     jw_str(w, e->content, e->content_len);
     jw_kstr(w, "timestamp", ts);

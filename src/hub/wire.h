@@ -7,6 +7,7 @@
 #ifndef CHATD_HUB_WIRE_H
 #define CHATD_HUB_WIRE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -27,6 +28,11 @@ struct wire_event {
     const char *metadata;
     int64_t ts_ms;
 };
+
+/* Is a stored event of this type a message (user_message, admin_message,
+ * ai_response: with content) rather than a session event (help_request,
+ * help_resolved, admin_join, admin_leave: who and when only)? */
+bool wire_is_message(const char *type);
 
 /* Write the event object into w (an open value position). */
 void wire_event_write(struct jw *w, const struct wire_event *e);

@@ -450,9 +450,31 @@ static size_t http_process(struct conn *c, const char *buf, size_t len, size_t s
             http_fail(c, status, "bad_request", "malformed HTTP request");
             return len;
         }
+        /* A small body (Content-Length, at most HTTP_MAX_BODY: the API's
+         * JSON) is read whole before the request is handled. */
+        size_t body_len = 0;
+        if (req.has_body) {
+            if (req.has_transfer_encoding || req.content_length < 0) {
+                http_fail(c, 400, "bad_request",
+                          "chunked request bodies are not accepted: send Content-Length");
+                return len;
+            }
+            if (req.content_length > HTTP_MAX_BODY) {
+                http_fail(c, 413, "too_large", "request body larger than 8 KiB");
+                return len;
+            }
+            body_len = (size_t)req.content_length;
+            if (n - end < body_len) {
+                c->http_body_wait = true;
+                return used;
+            }
+            req.body = p + end;
+            req.body_len = body_len;
+        }
+        c->http_body_wait = false;
         stat_inc(&c->w->stats.http_requests);
         c->w->srv->ops->on_request(c->w->srv->app, c, &req);
-        used += end;
+        used += end + body_len;
         if (c->state == CONN_CLOSED)
             return len;
         if (c->state == CONN_WS) {
@@ -461,9 +483,7 @@ static size_t http_process(struct conn *c, const char *buf, size_t len, size_t s
                 ws_feed(c, (uint8_t *)buf + used, len - used);
             return len;
         }
-        if (req.has_body || c->close_after_flush) {
-            /* chatd takes no request bodies; answer and close. */
-            c->close_after_flush = true;
+        if (c->close_after_flush) {
             c->discard_input = true;
             return len;
         }
@@ -512,7 +532,7 @@ static void http_process_kept(struct conn *c)
         conn_close(c);
         return;
     }
-    c->in_scanned = left > 3 && used == 0 ? (uint32_t)left - 3 : 0;
+    c->in_scanned = left > 3 && used == 0 && !c->http_body_wait ? (uint32_t)left - 3 : 0;
 }
 
 void conn_http_async_begin(struct conn *c)
@@ -546,7 +566,7 @@ static void http_feed(struct conn *c, const char *p, size_t n)
             conn_close(c);
             return;
         }
-        c->in_scanned = n - used > 3 ? (uint32_t)(n - used) - 3 : 0;
+        c->in_scanned = n - used > 3 && !c->http_body_wait ? (uint32_t)(n - used) - 3 : 0;
         return;
     }
     if (c->in_len + n > HTTP_MAX_HEAD * 2 + WORKER_READ_BUF) {

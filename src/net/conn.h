@@ -101,6 +101,7 @@ struct conn {
     bool close_after_flush;     /* HTTP: answered with Connection: close */
     bool counted_ws;            /* holds a slot in stats.ws_open */
     bool http_busy;             /* an async HTTP answer is pending: hold later heads */
+    bool http_body_wait;        /* a whole head is in c->in, its body is not yet */
     bool handle_closed;         /* the libuv close callback ran */
     bool notify_close;          /* closed: the handler's on_close is still to run */
     uint16_t pings_in_window;

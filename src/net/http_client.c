@@ -18,6 +18,11 @@
  * curl then finishes the transfer with a write error that collect_done
  * maps back): curl forbids removing a handle from inside its own callbacks.
  * Each request's memory is freed in the close callback of its timer.
+ *
+ * A request with a delay (a retry's back-off) first waits on that same
+ * timer, on the `waiting` list and in `by_id` but not yet in curl; when the
+ * delay is over it starts as any other (req_begin), and its deadlines count
+ * from then. A cancel or the stop ends it in its wait like a running one.
  */
 #include "net/http_client.h"
 #include "net/http_client_int.h"
@@ -109,6 +114,10 @@ static void req_end(struct req *r, int result, const char *error)
         idmap_del(&c->by_id, r->id);
         list_remove(&r->link);
         r->in_multi = false;
+    } else if (r->waiting) {
+        idmap_del(&c->by_id, r->id);
+        list_remove(&r->link);
+        r->waiting = false;
     }
     if (r->easy)
         curl_easy_cleanup(r->easy);
@@ -447,18 +456,13 @@ nomem:
     return -ENOMEM;
 }
 
-static void req_start(struct http_client *c, struct req *r)
+/* Start r now: deadlines, the easy handle, into the multi handle. */
+static void req_begin(struct http_client *c, struct req *r)
 {
-    uv_timer_init(&c->loop, &r->timer);
-    r->timer.data = r;
-    r->timer_open = true;
     r->started_ms = uv_now(&c->loop);
-    if (c->stopping) {
-        req_end(r, -ECANCELED, "client closed");
-        return;
-    }
-    /* Deadlines count from submit: take off the time spent on the inbox. */
-    uint64_t waited = (uv_hrtime() - r->submitted_ns) / 1000000;
+    /* Deadlines count from submit: take off the time spent on the inbox. A
+     * delayed request's count from now, the end of its delay. */
+    uint64_t waited = r->delay_ms ? 0 : (uv_hrtime() - r->submitted_ns) / 1000000;
     if (r->first_byte_ms)
         r->fb_deadline =
             r->started_ms + (r->first_byte_ms > waited ? r->first_byte_ms - waited : 0);
@@ -491,6 +495,46 @@ static void req_start(struct http_client *c, struct req *r)
               log_url(&qu, r->url));
 }
 
+/* A delayed request's timer: its delay is over. */
+static void on_delay_over(uv_timer_t *t)
+{
+    struct req *r = t->data;
+    struct http_client *c = r->c;
+    idmap_del(&c->by_id, r->id);
+    list_remove(&r->link);
+    r->waiting = false;
+    req_begin(c, r);
+}
+
+/* The client's thread took r off the inbox: start it, or first wait its
+ * delay (in c->by_id, so that a cancel finds it; on c->waiting, so that
+ * the stop ends it). */
+static void req_start(struct http_client *c, struct req *r)
+{
+    uv_timer_init(&c->loop, &r->timer);
+    r->timer.data = r;
+    r->timer_open = true;
+    r->started_ms = uv_now(&c->loop);
+    if (c->stopping) {
+        req_end(r, -ECANCELED, "client closed");
+        return;
+    }
+    if (!r->delay_ms) {
+        req_begin(c, r);
+        return;
+    }
+    if (idmap_put(&c->by_id, r->id, r) != 0) {
+        req_end(r, -ENOMEM, "out of memory");
+        return;
+    }
+    r->waiting = true;
+    list_append(&c->waiting, &r->link);
+    uv_timer_start(&r->timer, on_delay_over, r->delay_ms, 0);
+    struct log_quoted qu;
+    log_debug("http_client_delay", "id=%llu url=%s delay_ms=%u", (unsigned long long)r->id,
+              log_url(&qu, r->url), r->delay_ms);
+}
+
 static void req_cancel(struct http_client *c, uint64_t id)
 {
     struct req *r = idmap_get(&c->by_id, id);
@@ -521,6 +565,8 @@ static void client_stop(struct http_client *c)
             free(m);
         }
     }
+    while (!list_empty(&c->waiting))
+        req_end(LIST_ENTRY(c->waiting.next, struct req, link), -ECANCELED, "client closed");
     while (!list_empty(&c->running))
         req_end(LIST_ENTRY(c->running.next, struct req, link), -ECANCELED, "client closed");
     /* Closing the pooled connections tells on_curl_socket to forget them. */
@@ -613,6 +659,7 @@ int http_client_new(struct http_client **out, const struct http_client_options *
     c->stop_msg.kind = MSG_STOP;
     idmap_init(&c->by_id);
     list_init(&c->running);
+    list_init(&c->waiting);
     list_init(&c->socks);
     /* Bounded elsewhere: submits by max_requests, cancels by the same
      * number (http_client_cancel), and one stop. */
@@ -803,6 +850,7 @@ int http_client_submit(struct http_client *c, const struct http_client_request *
     r->has_content_type = has_ct;
     r->first_byte_ms = q->first_byte_timeout_ms;
     r->total_ms = q->total_timeout_ms;
+    r->delay_ms = q->delay_ms;
     r->max_body = q->max_response_bytes ? q->max_response_bytes : HTTP_CLIENT_DEFAULT_MAX_RESPONSE;
     r->submitted_ns = uv_hrtime();
     r->id = atomic_fetch_add(&c->next_id, 1);

@@ -64,13 +64,21 @@
  * ("" on success); libcurl's own words when libcurl failed. It never holds
  * a header value or a body byte.
  *
+ * Delayed requests. A request with delay_ms waits that long on the client's
+ * thread (a timer, no connection, no libcurl handle) before it starts, as a
+ * retry's back-off does. Neither timeout counts while it waits: both count
+ * from the moment it starts. A waiting request is accepted like any other:
+ * it counts against max_requests, http_client_cancel ends it with
+ * -ECANCELED, http_client_free ends it with -ECANCELED, and on_done is
+ * called exactly once, as always.
+ *
  * Limits. Each client accepts at most max_requests requests at once,
- * counting those queued and those running, until their on_done has been
- * called: past it http_client_submit returns -EBUSY at once. That is the
- * clear error past the global cap that callers turn into "busy, try later";
- * nothing queues behind the cap. Connections are limited per host and in
- * total (options below); a request that waits for a free connection counts
- * against its timeouts.
+ * counting those queued, waiting (delay_ms) and running, until their
+ * on_done has been called: past it http_client_submit returns -EBUSY at
+ * once. That is the clear error past the global cap that callers turn into
+ * "busy, try later"; nothing queues behind the cap. Connections are
+ * limited per host and in total (options below); a request that waits for
+ * a free connection counts against its timeouts.
  *
  * Security. TLS peer and host verification is always on (there is no option
  * to turn it off); ca_file adds a private authority for private endpoints.
@@ -174,11 +182,17 @@ struct http_client_request {
                          Set Content-Type among the headers: none is
                          added. */
     size_t body_len;
-    unsigned first_byte_timeout_ms;         /* from submit to the first byte of the
+    unsigned first_byte_timeout_ms;         /* from submit (or from the end of
+                                               delay_ms) to the first byte of the
                                                response (head included); 0: none */
-    unsigned total_timeout_ms;              /* from submit to the last byte; 0: none.
+    unsigned total_timeout_ms;              /* from submit (or from the end of
+                                               delay_ms) to the last byte; 0: none.
                                                A stream that stalls is ended by this
                                                one only. */
+    unsigned delay_ms;                      /* start the request this long after the
+                                               client's thread takes it (a retry's
+                                               back-off); 0: at once. See "Delayed
+                                               requests" above. */
     size_t max_response_bytes;              /* body bytes; 0: the default */
     const struct http_client_callbacks *cb; /* borrowed: lives until on_done */
     void *arg;                              /* borrowed, first argument of each */

@@ -61,16 +61,21 @@ struct req {
     size_t body_len;
     bool has_content_type; /* among the caller's headers */
     unsigned first_byte_ms, total_ms;
+    unsigned delay_ms; /* wait this long on the client's thread before starting */
     size_t max_body;
     uint64_t submitted_ns; /* uv_hrtime at submit */
 
     /* client thread */
     CURL *easy;              /* owned; NULL until started */
     struct curl_slist *hdrs; /* owned */
-    struct list_node link;   /* on c->running while in the multi handle */
-    uv_timer_t timer;        /* deadlines; closing it frees the request */
+    struct list_node link;   /* on c->running while in the multi handle, on
+                                c->waiting while delayed */
+    uv_timer_t timer;        /* the delay, then the deadlines; closing it frees
+                                the request */
     bool timer_open;         /* timer initialised (it must be closed) */
     bool in_multi;           /* added to c->multi, and in c->by_id */
+    bool waiting;            /* delayed: on c->waiting and in c->by_id, not
+                                yet in the multi handle */
     bool ended;              /* on_done was called */
     bool got_byte;           /* a byte of the response arrived */
     bool head_done;          /* the final head was seen */
@@ -111,8 +116,10 @@ struct http_client {
     void (*after_callbacks)(void *arg); /* read-only after new; NULL: none */
     void *after_arg;
     CURLM *multi;             /* owned; NULL once cleaned up */
-    struct idmap by_id;       /* id -> struct req *, requests in the multi */
+    struct idmap by_id;       /* id -> struct req *, requests in the multi
+                                 or waiting */
     struct list_node running; /* struct req.link */
+    struct list_node waiting; /* struct req.link, requests in their delay */
     struct list_node socks;   /* struct sock.link, watched sockets */
     bool stopping;            /* the stop message was taken */
     bool in_curl;             /* inside curl_multi_socket_action */

@@ -106,6 +106,22 @@ int store_list_sessions(struct store *s, const char *owner, bool help_only, int 
     return s->engine->list_sessions(s->e, owner, help_only, limit, out);
 }
 
+int store_get_reads(struct store *s, const char *id, struct store_read **out)
+{
+    return s->engine->get_reads(s->e, id, out);
+}
+
+int store_get_share(struct store *s, const char *token, char session[STORE_ID_LEN + 1],
+                    int64_t *expires_ms)
+{
+    return s->engine->get_share(s->e, token, session, expires_ms);
+}
+
+int store_get_summary(struct store *s, struct store_summary *out)
+{
+    return s->engine->get_summary(s->e, out);
+}
+
 /* ---- shared by every engine ----------------------------------------------- */
 
 void store_req_free(struct store_req *r)

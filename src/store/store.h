@@ -85,10 +85,21 @@ extern const struct store_engine *const store_engines[];
 extern const size_t store_nengines;
 
 enum store_op {
-    STORE_APPEND = 0,  /* store a user or admin message (new session if no id) */
+    STORE_APPEND = 0,  /* store a user, admin or ai message (new session if no id); the
+                        * session's first user message gives it its title (util/title.h)
+                        * unless it has one */
     STORE_CHECK,       /* authorize only: does the user own the session? */
-    STORE_HELP,        /* mark help requested */
+    STORE_HELP,        /* mark help requested and store a help_request event (arg: set to
+                        * the session's title, for the help webhook); when it was
+                        * already requested: duplicate, nothing written */
     STORE_MODEL,       /* set the session's model */
+    STORE_EVENT,       /* store the session event event_type (admin_join, admin_leave) */
+    STORE_RESOLVE,     /* clear help and store a help_resolved event; none open: duplicate */
+    STORE_READ,        /* user has read up to num: kept when higher than before (at most the
+                        * session's last seq) */
+    STORE_RENAME,      /* set the title to arg (chosen by the owner: kept from then on) */
+    STORE_SHARE,       /* a read-only link: token arg, valid until num (ms since epoch) */
+    STORE_UNSHARE,     /* revoke every link of the session */
 };
 
 enum store_status {
@@ -120,7 +131,11 @@ struct store_req {
     char *content;                  /* owned */
     size_t content_len;
     char *metadata;                 /* owned JSON object text, or NULL */
-    char *arg;                      /* owned: op-specific (model id, relay payload) */
+    char *arg;                      /* owned: op-specific (model id, title, share token,
+                                     * relay payload) */
+    char event_type[16];            /* EVENT: the event's type */
+    int64_t num;                    /* READ: the seq read; SHARE: the link's expiry (ms) */
+    void *waiter;                   /* the caller's, untouched by the store */
     /* result */
     enum store_status status;
     bool created;                   /* APPEND made a new session */
@@ -146,13 +161,41 @@ struct store_event {
     char *metadata;                 /* NULL when none was given */
 };
 
+#define STORE_TITLE_MAX 255   /* bytes of a title (derived: util/title.h; renamed: 100) */
+#define STORE_PREVIEW_CHARS 140 /* characters of a session's last message in a list */
+
 struct store_session {
     char id[STORE_ID_LEN + 1];
     char owner[STORE_MAX_USER + 1];
-    int64_t created_ms, updated_ms; /* updated: the last APPEND or HELP */
+    char owner_name[STORE_MAX_USER + 1]; /* the name the owner had at creation ("": none) */
+    char title[STORE_TITLE_MAX + 1];     /* "" until the first user message */
+    int64_t created_ms, updated_ms; /* updated: the last stored event */
     int64_t last_seq;
+    int64_t waiting_ms;             /* since when the oldest user message not yet followed
+                                     * by an admin or ai message waits (0: none waits) */
     bool help;
     char model[65];                 /* "" when none was set */
+    /* store_list_sessions only: the last message ("" type: none) */
+    char preview_type[16];
+    char preview_sender[STORE_MAX_USER + 1];
+    char preview[STORE_PREVIEW_CHARS * 4 + 1]; /* at most STORE_PREVIEW_CHARS characters */
+};
+
+/* One reader's latest read marker in a session. */
+struct store_read {
+    char reader[STORE_MAX_USER + 1];
+    int64_t seq;
+};
+
+/* Counts over every session, for the admins' statistics. */
+struct store_summary {
+    int64_t sessions, help_open;
+    int64_t messages_user, messages_admin, messages_ai;
+    int64_t tokens_in, tokens_out; /* from the ai answers' metadata */
+    /* from each help request to the first admin message after it, in
+     * milliseconds, sorted; n of them (malloc'd: free) */
+    int64_t *help_waits;
+    size_t nhelp_waits;
 };
 
 struct store;
@@ -233,11 +276,24 @@ int store_read_events(struct store *s, const char *id, int64_t after_seq, int64_
                       size_t max_bytes, struct store_event **out);
 /* Free what store_read_events returned (n: its count). NULL is fine. */
 void store_events_free(struct store_event *ev, int n);
-/* Sessions of one owner (owner != NULL) or all (help_only filters),
- * most recently updated first, at most limit. Count or -EIO / -ENOMEM; free
+/* Sessions of one owner (owner != NULL: most recently updated first) or
+ * all (help_only filters; the sessions asking for help first, then those
+ * whose user waits longest, then the most recently updated), at most
+ * limit, each with its preview. Count or -EIO / -ENOMEM; free
  * *out with free(). */
 int store_list_sessions(struct store *s, const char *owner, bool help_only, int limit,
                         struct store_session **out);
+
+/* The session's read markers, one per reader. Count (>= 0) with *out
+ * malloc'd (free()), or -EIO / -ENOMEM. */
+int store_get_reads(struct store *s, const char *id, struct store_read **out);
+/* The session a share token opens, and until when (ms). 0, -ENOENT (no
+ * such link, or revoked), or -EIO. Expiry is the caller's to judge. */
+int store_get_share(struct store *s, const char *token, char session[STORE_ID_LEN + 1],
+                    int64_t *expires_ms);
+/* Counts over every session (see struct store_summary). 0 or -EIO /
+ * -ENOMEM; free out->help_waits. */
+int store_get_summary(struct store *s, struct store_summary *out);
 
 /* Make a new random session id. 0, or -EIO when the system's random source
  * fails (out is then ""). Any thread. */
@@ -268,6 +324,10 @@ struct store_engine {
                        size_t max_bytes, struct store_event **out);
     int (*list_sessions)(void *e, const char *owner, bool help_only, int limit,
                          struct store_session **out);
+    int (*get_reads)(void *e, const char *id, struct store_read **out);
+    int (*get_share)(void *e, const char *token, char session[STORE_ID_LEN + 1],
+                     int64_t *expires_ms);
+    int (*get_summary)(void *e, struct store_summary *out);
 };
 
 /* The statistics every engine keeps, so that /metrics means the same

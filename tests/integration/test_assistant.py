@@ -162,7 +162,7 @@ def test_every_device_and_a_joined_admin_get_the_same_answer():
         want = answer_for("tell me [fake:slow=150]")
         for x, f in zip((a, b, adm), finals):
             assert f["content"] == want, f
-            assert f["seq"] == finals[0]["seq"] == 2, f
+            assert f["seq"] == finals[0]["seq"] == 3, f  # after the admin_join event
             assert f["stream_id"] == first["stream_id"]
             assert f["sender"] == {"type": "ai", "id": "fake", "name": "Fake Model"}, f
             assert x.streamed(f["stream_id"]) == want
@@ -174,9 +174,9 @@ def test_every_device_and_a_joined_admin_get_the_same_answer():
         assert pieces[0]["offset"] == 0, pieces[0]
         # Stored: the same event, equal to the concatenated deltas.
         ev = stored(d.port, sid)
-        assert [e["type"] for e in ev] == ["user_message", "ai_response"], ev
-        assert ev[1]["content"] == want and ev[1]["seq"] == 2
-        assert ev[1]["stream_id"] == first["stream_id"] and ev[1]["done"] is True
+        assert [e["type"] for e in ev] == ["user_message", "admin_join", "ai_response"], ev
+        assert ev[2]["content"] == want and ev[2]["seq"] == 3
+        assert ev[2]["stream_id"] == first["stream_id"] and ev[2]["done"] is True
         assert fp.stats()["requests"] == 1
         # The request carried the key and the history.
         last = fp.stats()["last"][-1]

@@ -4,7 +4,8 @@
  * replaces a weaker source's list as a whole, and only the winning list's
  * keys and files are read; every malformed spec is refused with a message
  * naming --model and the part at fault, never the key; --models, the
- * default model, the --assistant-* ranges and --ca-file. Every case ends
+ * default model, the --assistant-* ranges and --ca-file; --help-webhook
+ * and --webhook-secret-file. Every case ends
  * with config_release, so the sanitizer builds check the error paths for
  * leaks too.
  */
@@ -16,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -451,6 +453,151 @@ static void test_ca_file(void **state)
     drop_file(text);
 }
 
+static void test_help_webhook(void **state)
+{
+    (void)state;
+    struct run r;
+    /* Not set: no webhook. */
+    const char *none[] = {SECRET, NULL};
+    assert_int_equal(load(&r, none, NULL), 0);
+    assert_null(r.cfg.help_webhook);
+    assert_null(r.cfg.webhook_secret);
+    config_release(&r.cfg);
+    /* http and https, any case; userinfo, port, path and query kept. */
+    static const char *const good[] = {
+        "http://127.0.0.1:9000/hook",
+        "HTTPS://hooks.example.com/services/T0/B0/x?token=abc",
+        "https://user:pw@[::1]:8443/h",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        const char *a[] = {SECRET, "--help-webhook", good[i], NULL};
+        assert_int_equal(load(&r, a, NULL), 0);
+        assert_string_equal(r.cfg.help_webhook, good[i]);
+        config_release(&r.cfg);
+    }
+    /* From the environment; a flag of "" turns it off. */
+    const char *env[] = {"CHATD_HELP_WEBHOOK=http://127.0.0.1/env", NULL};
+    assert_int_equal(load(&r, none, env), 0);
+    assert_string_equal(r.cfg.help_webhook, "http://127.0.0.1/env");
+    config_release(&r.cfg);
+    const char *off[] = {SECRET, "--help-webhook=", NULL};
+    assert_int_equal(load(&r, off, env), 0);
+    assert_null(r.cfg.help_webhook);
+    config_release(&r.cfg);
+    /* Refused with a message naming the option, never the URL (which may
+     * hold a token). */
+    static const char *const bad[][2] = {
+        {"ftp://127.0.0.1/hook-tok", "http:// or https://"},
+        {"127.0.0.1/hook-tok", "http:// or https://"},
+        {"ws://127.0.0.1/hook-tok", "http:// or https://"},
+        {"http://", "no host"},
+        {"https:///hook-tok", "no host"},
+        {"http://user:pw@/hook-tok", "no host"},
+        {"http://127.0.0.1/a hook-tok", "spaces"},
+        {"http://127.0.0.1/\r\nX: hook-tok", "control"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *a[] = {SECRET, "--help-webhook", bad[i][0], NULL};
+        expect_error(a, NULL, "--help-webhook", bad[i][1]);
+        assert_int_equal(load(&r, a, NULL), -EINVAL);
+        if (strstr(r.err, "hook-tok"))
+            fail_msg("error '%s' repeats the URL", r.err);
+        config_release(&r.cfg);
+    }
+    char *long_url = malloc(CONF_WEBHOOK_URL_MAX + 2);
+    assert_non_null(long_url);
+    memset(long_url, 'a', CONF_WEBHOOK_URL_MAX + 1);
+    memcpy(long_url, "http://x/", 9);
+    long_url[CONF_WEBHOOK_URL_MAX + 1] = '\0';
+    const char *lu[] = {SECRET, "--help-webhook", long_url, NULL};
+    expect_error(lu, NULL, "--help-webhook", "longer than");
+    free(long_url);
+}
+
+static void test_webhook_secret_file(void **state)
+{
+    (void)state;
+    struct run r;
+    char arg[128];
+    /* One trailing newline (LF or CRLF) is stripped; the rest is kept as
+     * bytes, spaces and a second newline included. */
+    static const struct {
+        const char *text;
+        size_t len;
+        const char *want;
+        size_t want_len;
+    } cases[] = {
+        {"hook-" KEY "\n", 0, "hook-" KEY, 0},
+        {"hook-" KEY "\r\n", 0, "hook-" KEY, 0},
+        {"hook-" KEY, 0, "hook-" KEY, 0},
+        {" two lines \n\n", 0, " two lines \n", 0},
+        {"a\0b", 3, "a\0b", 3},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *path = strdup("/tmp/chatd-unit-config-XXXXXX");
+        int fd = mkstemp(path);
+        assert_true(fd >= 0);
+        size_t n = cases[i].len ? cases[i].len : strlen(cases[i].text);
+        assert_int_equal(write(fd, cases[i].text, n), (ssize_t)n);
+        close(fd);
+        snprintf(arg, sizeof arg, "--webhook-secret-file=%s", path);
+        const char *a[] = {SECRET, "--help-webhook", "http://127.0.0.1/h", arg, NULL};
+        assert_int_equal(load(&r, a, NULL), 0);
+        size_t wl = cases[i].want_len ? cases[i].want_len : strlen(cases[i].want);
+        assert_int_equal(r.cfg.webhook_secret_len, wl);
+        assert_memory_equal(r.cfg.webhook_secret, cases[i].want, wl);
+        assert_string_equal(r.cfg.webhook_secret_file, path);
+        config_release(&r.cfg);
+        drop_file(path);
+    }
+    /* Exactly 4096 bytes (and a newline) is the most. */
+    char *big = malloc(CONF_WEBHOOK_SECRET_MAX + 3);
+    assert_non_null(big);
+    memset(big, 'k', CONF_WEBHOOK_SECRET_MAX + 2);
+    big[CONF_WEBHOOK_SECRET_MAX] = '\n';
+    big[CONF_WEBHOOK_SECRET_MAX + 1] = '\0';
+    char *max = temp_file(big);
+    snprintf(arg, sizeof arg, "--webhook-secret-file=%s", max);
+    const char *ok[] = {SECRET, "--help-webhook", "http://127.0.0.1/h", arg, NULL};
+    assert_int_equal(load(&r, ok, NULL), 0);
+    assert_int_equal(r.cfg.webhook_secret_len, CONF_WEBHOOK_SECRET_MAX);
+    config_release(&r.cfg);
+    drop_file(max);
+    big[CONF_WEBHOOK_SECRET_MAX] = 'k';
+    char *over = temp_file(big);
+    free(big);
+    snprintf(arg, sizeof arg, "--webhook-secret-file=%s", over);
+    expect_error(ok, NULL, "--webhook-secret-file", "4096");
+    drop_file(over);
+    /* Empty, or only a newline: refused. */
+    char *empty = temp_file("\n");
+    snprintf(arg, sizeof arg, "--webhook-secret-file=%s", empty);
+    expect_error(ok, NULL, "--webhook-secret-file", "1 to 4096 bytes");
+    drop_file(empty);
+    /* Unreadable: refused, naming the file, never its bytes. */
+    snprintf(arg, sizeof arg, "--webhook-secret-file=/nonexistent/hook-secret");
+    expect_error(ok, NULL, "--webhook-secret-file", "cannot read '/nonexistent/hook-secret'");
+    char *secret = temp_file("hook-" KEY "\n");
+    if (geteuid() != 0) { /* root reads a file whatever its mode */
+        assert_int_equal(chmod(secret, 0), 0);
+        snprintf(arg, sizeof arg, "--webhook-secret-file=%s", secret);
+        expect_error(ok, NULL, "--webhook-secret-file", "cannot read");
+        assert_int_equal(chmod(secret, 0600), 0);
+    }
+    /* From the environment too; without --help-webhook it is a mistake. */
+    char env_var[128];
+    snprintf(env_var, sizeof env_var, "CHATD_WEBHOOK_SECRET_FILE=%s", secret);
+    const char *env[] = {env_var, "CHATD_HELP_WEBHOOK=https://127.0.0.1/h", NULL};
+    const char *plain[] = {SECRET, NULL};
+    assert_int_equal(load(&r, plain, env), 0);
+    assert_int_equal(r.cfg.webhook_secret_len, strlen("hook-" KEY));
+    config_release(&r.cfg);
+    snprintf(arg, sizeof arg, "--webhook-secret-file=%s", secret);
+    const char *alone[] = {SECRET, arg, NULL};
+    expect_error(alone, NULL, "--webhook-secret-file", "needs --help-webhook");
+    drop_file(secret);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -465,6 +612,8 @@ int main(void)
         cmocka_unit_test(test_default_model),
         cmocka_unit_test(test_assistant_numbers),
         cmocka_unit_test(test_ca_file),
+        cmocka_unit_test(test_help_webhook),
+        cmocka_unit_test(test_webhook_secret_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

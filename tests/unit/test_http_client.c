@@ -6,8 +6,9 @@
  * on_done exactly once (timeouts, cancel from another thread, the size cap,
  * a callback's refusal, the client's free with requests in flight), the
  * per-client cap answers -EBUSY, and 200 slow streams run at once on the
- * client's one thread. ASan checks that nothing leaks, TSan that nothing
- * races.
+ * client's one thread, and a delayed request (delay_ms) waits without
+ * connecting or counting toward its timeouts and ends like any other.
+ * ASan checks that nothing leaks, TSan that nothing races.
  *
  * cmocka's asserts are not thread-safe: the callbacks (client thread) only
  * record into a struct sink, and the test thread asserts once the records
@@ -1251,6 +1252,155 @@ static void test_tls_verification(void **state)
         sink_release(&s[i]);
 }
 
+/* ---- delayed requests --------------------------------------------------- */
+
+/* A delayed request connects only once its delay is over: nothing reaches
+ * the server while it waits, and it ends no sooner than its delay. (Lower
+ * bounds only: a slow machine makes them longer, never shorter.) */
+static void test_delay_starts_later(void **state)
+{
+    (void)state;
+    struct http_client *c = new_client(NULL);
+    struct sink s = {0};
+    int before = atomic_load(&srv.accepted);
+    int64_t t0 = mono_ms();
+    struct http_client_request q = {
+        .url = url("/body"), .delay_ms = 600, .cb = &sink_cb, .arg = &s};
+    assert_int_equal(http_client_submit(c, &q, NULL), 0);
+    usleep(150 * 1000);
+    /* Still waiting: accepted, counted, and not connected. */
+    assert_int_equal(atomic_load(&srv.accepted), before);
+    assert_int_equal(http_client_inflight(c), 1);
+    assert_true(wait_done(1));
+    int64_t took = mono_ms() - t0;
+    http_client_free(c);
+    assert_clean(&s);
+    assert_int_equal(s.result, 0);
+    assert_int_equal(s.status, 200);
+    assert_string_equal(s.body, "hello, chatd");
+    assert_true(took >= 600);
+    assert_int_equal(atomic_load(&srv.accepted), before + 1);
+    sink_release(&s);
+}
+
+/* Neither timeout counts during the delay: a request delayed longer than
+ * its timeouts still gets its whole time once started, and a request
+ * that times out does so its timeout after the delay. */
+static void test_delay_does_not_count_toward_timeouts(void **state)
+{
+    (void)state;
+    struct http_client *c = new_client(NULL);
+    struct sink s[2] = {0};
+    int64_t t0 = mono_ms();
+    struct http_client_request ok = {.url = url("/body"),
+                                     .delay_ms = 1500,
+                                     .first_byte_timeout_ms = 1000,
+                                     .total_timeout_ms = 1000,
+                                     .cb = &sink_cb,
+                                     .arg = &s[0]};
+    assert_int_equal(http_client_submit(c, &ok, NULL), 0);
+    struct http_client_request hang = {.url = url("/hang"),
+                                       .delay_ms = 300,
+                                       .first_byte_timeout_ms = 200,
+                                       .total_timeout_ms = 60000,
+                                       .cb = &sink_cb,
+                                       .arg = &s[1]};
+    assert_int_equal(http_client_submit(c, &hang, NULL), 0);
+    assert_true(wait_done(2));
+    int64_t took = mono_ms() - t0;
+    http_client_free(c);
+    for (int i = 0; i < 2; i++)
+        assert_clean(&s[i]);
+    assert_int_equal(s[0].result, 0);
+    assert_int_equal(s[0].status, 200);
+    assert_int_equal(s[1].result, -ETIMEDOUT);
+    assert_non_null(strstr(s[1].error, "first-byte timeout (200 ms)"));
+    assert_true(took >= 1500);
+    for (int i = 0; i < 2; i++)
+        sink_release(&s[i]);
+}
+
+/* A delayed request ends like any other: cancelled in its wait (from
+ * another thread), or by the client's free; on_done exactly once, and the
+ * server never sees it. Waiting requests count against max_requests. */
+static void test_delay_cancel_and_free(void **state)
+{
+    (void)state;
+    struct http_client_options o = {.max_requests = 4};
+    struct http_client *c = new_client(&o);
+    struct sink s[5] = {0};
+    int before = atomic_load(&srv.accepted);
+    uint64_t ids[4];
+    for (int i = 0; i < 4; i++) {
+        struct http_client_request q = {
+            .url = url("/body"), .delay_ms = 60000, .cb = &sink_cb, .arg = &s[i]};
+        assert_int_equal(http_client_submit(c, &q, &ids[i]), 0);
+    }
+    struct http_client_request more = {
+        .url = url("/body"), .delay_ms = 10, .cb = &sink_cb, .arg = &s[4]};
+    assert_int_equal(http_client_submit(c, &more, NULL), -EBUSY);
+    struct canceller k = {c, ids[0], -1};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, cancel_main, &k), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(k.rc, 0);
+    assert_true(wait_done(1));
+    assert_int_equal(http_client_inflight(c), 3);
+    /* The other three are still in their delay when the client goes. */
+    http_client_free(c);
+    for (int i = 0; i < 4; i++) {
+        assert_clean(&s[i]);
+        assert_int_equal(s[i].result, -ECANCELED);
+        assert_int_equal(s[i].status, 0);
+        assert_int_equal(s[i].head_calls + s[i].body_calls, 0);
+        sink_release(&s[i]);
+    }
+    assert_string_equal(s[0].error, "cancelled");
+    assert_int_equal(s[4].done_calls, 0);
+    assert_int_equal(atomic_load(&srv.accepted), before);
+}
+
+/* A retry as a caller makes it: on_done of a failed request submits the
+ * next attempt, delayed, from the client's own thread. */
+struct retrier {
+    struct http_client *c;
+    char next_url[512]; /* the second attempt's */
+    struct sink first, second;
+    int submit_rc;
+};
+
+static void retry_done(void *arg, uint64_t id, int result, int status, const char *error)
+{
+    struct retrier *r = arg;
+    if (status == 500) {
+        struct http_client_request q = {
+            .url = r->next_url, .delay_ms = 200, .cb = &sink_cb, .arg = &r->second};
+        r->submit_rc = http_client_submit(r->c, &q, NULL);
+    }
+    sink_done(&r->first, id, result, status, error);
+}
+
+static void test_delayed_retry_from_on_done(void **state)
+{
+    (void)state;
+    struct http_client *c = new_client(NULL);
+    static const struct http_client_callbacks retry_cb = {NULL, NULL, retry_done};
+    struct retrier r = {.c = c, .submit_rc = -1};
+    snprintf(r.next_url, sizeof r.next_url, "%s", url("/body"));
+    struct http_client_request q = {.url = url("/500"), .cb = &retry_cb, .arg = &r};
+    assert_int_equal(http_client_submit(c, &q, NULL), 0);
+    assert_true(wait_done(2));
+    http_client_free(c);
+    assert_int_equal(r.submit_rc, 0);
+    assert_clean(&r.first);
+    assert_int_equal(r.first.status, 500);
+    assert_clean(&r.second);
+    assert_int_equal(r.second.result, 0);
+    assert_string_equal(r.second.body, "hello, chatd");
+    sink_release(&r.first);
+    sink_release(&r.second);
+}
+
 /* Log lines name the URL without userinfo or query, and never carry a
  * header value or a body. */
 static void test_logs_hold_no_secret(void **state)
@@ -1332,6 +1482,10 @@ int main(void)
         cmocka_unit_test(test_free_with_requests_in_flight),
         cmocka_unit_test(test_many_concurrent_streams),
         cmocka_unit_test(test_logs_hold_no_secret),
+        cmocka_unit_test(test_delay_starts_later),
+        cmocka_unit_test(test_delay_does_not_count_toward_timeouts),
+        cmocka_unit_test(test_delay_cancel_and_free),
+        cmocka_unit_test(test_delayed_retry_from_on_done),
     };
     int rc = cmocka_run_group_tests(tests, server_setup, server_teardown);
     http_client_global_cleanup();

@@ -131,7 +131,10 @@ static int64_t wall_ms(void)
  * one plus one, in the order the batches arrive. Called with t->lock. */
 static void check_order(struct t *t, const struct store_req *r)
 {
-    if (r->op != STORE_APPEND || r->status != STORE_OK || r->duplicate)
+    /* The ops that store an event: a message, or a session event. */
+    bool stores = r->op == STORE_APPEND || r->op == STORE_HELP || r->op == STORE_RESOLVE ||
+                  r->op == STORE_EVENT;
+    if (!stores || r->status != STORE_OK || r->duplicate)
         return;
     for (size_t i = 0; i < t->nseen; i++)
         if (strcmp(t->seen[i].id, r->session_id) == 0) {
@@ -887,11 +890,17 @@ static void test_reads_see_what_was_committed(void **state)
     assert_int_equal(n, 1);
     assert_string_equal(v[0].id, sid);
     free(v);
+    /* Every session: the triage order, the longest wait first (each
+     * waits since its first user message: nobody answered). */
     n = store_list_sessions(t->st, NULL, false, 10, &v);
     assert_int_equal(n, 3);
-    assert_string_equal(v[0].id, sid);
-    assert_string_equal(v[1].id, b.session_id);
-    assert_string_equal(v[2].id, s2.session_id);
+    for (int i = 0; i < 3; i++)
+        assert_true(v[i].waiting_ms > 0);
+    assert_true(v[0].waiting_ms <= v[1].waiting_ms && v[1].waiting_ms <= v[2].waiting_ms);
+    assert_string_equal(v[0].id, sid); /* the first message of all */
+    assert_string_equal(v[0].preview, "back to the first");
+    assert_string_equal(v[1].id, s2.session_id);
+    assert_string_equal(v[2].id, b.session_id);
     free(v);
     n = store_list_sessions(t->st, NULL, true, 10, &v);
     assert_int_equal(n, 0);
@@ -953,6 +962,8 @@ static void test_encryption_round_trips(void **state)
 
 /* ---- help requests coalesce ------------------------------------------------- */
 
+
+
 static void test_help_is_coalesced(void **state)
 {
     struct t *t = *state;
@@ -963,12 +974,18 @@ static void test_help_is_coalesced(void **state)
     struct result h1 = run(t, req(t, STORE_HELP, sid, "alice", NULL, NULL));
     assert_int_equal(h1.status, STORE_OK);
     assert_false(h1.duplicate);
-    assert_int_equal(h1.seq, 1);
+    assert_int_equal(h1.seq, 2); /* a stored event, numbered with the messages */
     struct store_session ss;
     assert_int_equal(store_get_session(t->st, sid, &ss), 0);
     assert_true(ss.help);
     assert_int_equal(ss.updated_ms, h1.ts_ms);
-    assert_int_equal(ss.last_seq, 1); /* help is no event */
+    assert_int_equal(ss.last_seq, 2);
+    struct store_event *ev = NULL;
+    assert_int_equal(store_read_events(t->st, sid, 1, 0, 0, &ev), 1);
+    assert_string_equal(ev[0].type, "help_request");
+    assert_int_equal(ev[0].content_len, 0);
+    assert_string_equal(ev[0].sender_id, "alice");
+    store_events_free(ev, 1);
 
     struct result h2 = run(t, req(t, STORE_HELP, sid, "alice", NULL, NULL));
     assert_int_equal(h2.status, STORE_OK);
@@ -987,6 +1004,130 @@ static void test_help_is_coalesced(void **state)
     assert_string_equal(v[0].id, sid);
     assert_true(v[0].help);
     free(v);
+    assert_int_equal(store_get_session(t->st, sid, &ss), 0);
+    assert_int_equal(ss.last_seq, 2); /* the duplicates wrote nothing */
+
+    /* Resolving: an event when help was open, a duplicate otherwise. */
+    struct result r1 = run(t, req(t, STORE_RESOLVE, sid, "alice", NULL, NULL));
+    assert_int_equal(r1.status, STORE_OK);
+    assert_false(r1.duplicate);
+    assert_int_equal(r1.seq, 3);
+    assert_true(run(t, req(t, STORE_RESOLVE, sid, "alice", NULL, NULL)).duplicate);
+    assert_int_equal(store_get_session(t->st, sid, &ss), 0);
+    assert_false(ss.help);
+    assert_int_equal(ss.last_seq, 3);
+    /* Asked again after it was resolved: a new request. */
+    struct result h3 = run(t, req(t, STORE_HELP, sid, "alice", NULL, NULL));
+    assert_false(h3.duplicate);
+    assert_int_equal(h3.seq, 4);
+    close_store(t);
+}
+
+/* ---- session events, read markers, titles, share links, the summary -------- */
+
+static void test_session_state(void **state)
+{
+    struct t *t = *state;
+    open_store(t, NULL);
+    struct result a = append(t, NULL, "alice", "m1",
+                             "  Where is my parcel? It was due on Monday and nobody answers the "
+                             "phone\nsecond line");
+    const char *sid = a.session_id;
+    struct store_session ss;
+    assert_int_equal(store_get_session(t->st, sid, &ss), 0);
+    /* The first line, trimmed, cut at a word to at most 60 characters. */
+    assert_string_equal(ss.title, "Where is my parcel? It was due on Monday and nobody answers");
+    assert_string_equal(ss.owner_name, "alice");
+    assert_int_equal(ss.waiting_ms, a.ts_ms);
+    append(t, sid, "alice", NULL, "a later message does not change it");
+    assert_int_equal(store_get_session(t->st, sid, &ss), 0);
+    assert_string_equal(ss.title, "Where is my parcel? It was due on Monday and nobody answers");
+    assert_int_equal(ss.waiting_ms, a.ts_ms); /* still the oldest unanswered */
+
+    /* A session event: an admin joins; its reply ends the wait. */
+    struct store_req *j = req(t, STORE_EVENT, sid, "sam", NULL, NULL);
+    j->any_session = true;
+    snprintf(j->event_type, sizeof j->event_type, "admin_join");
+    snprintf(j->sender_type, sizeof j->sender_type, "admin");
+    struct result jr = run(t, j);
+    assert_int_equal(jr.status, STORE_OK);
+    assert_int_equal(jr.seq, 3);
+    struct store_req *m = req(t, STORE_APPEND, sid, "sam", NULL, "here to help");
+    m->any_session = true;
+    snprintf(m->sender_type, sizeof m->sender_type, "admin");
+    assert_int_equal(run(t, m).seq, 4);
+    assert_int_equal(store_get_session(t->st, sid, &ss), 0);
+    assert_int_equal(ss.waiting_ms, 0);
+
+    /* Read markers: per reader, never back, at most the last seq. */
+    struct store_req *rd = req(t, STORE_READ, sid, "alice", NULL, NULL);
+    rd->num = 3;
+    assert_int_equal(run(t, rd).status, STORE_OK);
+    rd = req(t, STORE_READ, sid, "alice", NULL, NULL);
+    rd->num = 2;
+    run(t, rd);
+    rd = req(t, STORE_READ, sid, "sam", NULL, NULL);
+    rd->any_session = true;
+    rd->num = 99;
+    run(t, rd);
+    struct store_read *reads = NULL;
+    assert_int_equal(store_get_reads(t->st, sid, &reads), 2);
+    assert_string_equal(reads[0].reader, "alice");
+    assert_int_equal(reads[0].seq, 3);
+    assert_string_equal(reads[1].reader, "sam");
+    assert_int_equal(reads[1].seq, 4);
+    free(reads);
+    rd = req(t, STORE_READ, sid, "eve", NULL, NULL);
+    rd->num = 1;
+    assert_int_equal(run(t, rd).status, STORE_NOT_FOUND);
+
+    /* Renaming: the owner only; kept over later messages. */
+    struct store_req *rn = req(t, STORE_RENAME, sid, "alice", NULL, NULL);
+    rn->arg = strdup("Parcel");
+    assert_int_equal(run(t, rn).status, STORE_OK);
+    rn = req(t, STORE_RENAME, sid, "eve", NULL, NULL);
+    rn->arg = strdup("Mine now");
+    assert_int_equal(run(t, rn).status, STORE_NOT_FOUND);
+    assert_int_equal(store_get_session(t->st, sid, &ss), 0);
+    assert_string_equal(ss.title, "Parcel");
+
+    /* Share links: found until revoked; the expiry is the caller's. */
+    struct store_req *sh = req(t, STORE_SHARE, sid, "alice", NULL, NULL);
+    sh->arg = strdup("tok-1");
+    sh->num = 123456;
+    assert_int_equal(run(t, sh).status, STORE_OK);
+    char found[STORE_ID_LEN + 1];
+    int64_t exp = 0;
+    assert_int_equal(store_get_share(t->st, "tok-1", found, &exp), 0);
+    assert_string_equal(found, sid);
+    assert_int_equal(exp, 123456);
+    assert_int_equal(store_get_share(t->st, "tok-2", found, &exp), -ENOENT);
+    assert_int_equal(run(t, req(t, STORE_UNSHARE, sid, "alice", NULL, NULL)).status, STORE_OK);
+    assert_int_equal(store_get_share(t->st, "tok-1", found, &exp), -ENOENT);
+
+    /* The summary: counts, and help answered by a person. */
+    struct result h = run(t, req(t, STORE_HELP, sid, "alice", NULL, NULL));
+    sleep_ms(5);
+    m = req(t, STORE_APPEND, sid, "sam", NULL, "on it");
+    m->any_session = true;
+    snprintf(m->sender_type, sizeof m->sender_type, "admin");
+    struct result ans = run(t, m);
+    struct store_summary sum;
+    assert_int_equal(store_get_summary(t->st, &sum), 0);
+    assert_int_equal(sum.sessions, 1);
+    assert_int_equal(sum.help_open, 1);
+    assert_int_equal(sum.messages_user, 2);
+    assert_int_equal(sum.messages_admin, 2);
+    assert_int_equal(sum.nhelp_waits, 1);
+    assert_int_equal(sum.help_waits[0], ans.ts_ms - h.ts_ms);
+    free(sum.help_waits);
+    close_store(t);
+
+    /* Across a restart, as it was. */
+    open_store(t, NULL);
+    assert_int_equal(store_get_session(t->st, sid, &ss), 0);
+    assert_string_equal(ss.title, "Parcel");
+    assert_true(ss.help);
     close_store(t);
 }
 
@@ -1066,6 +1207,7 @@ int main(void)
             CASE(test_reads_see_what_was_committed, e),
             CASE(test_encryption_round_trips, e),
             CASE(test_help_is_coalesced, e),
+            CASE(test_session_state, e),
             CASE(test_close_drains_queued_writes, e),
             CASE(test_unknown_engine_is_refused, e),
         };

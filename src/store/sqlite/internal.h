@@ -36,6 +36,15 @@ enum {
     S_SESSION_BUMP,
     S_SESSION_HELP,
     S_SESSION_MODEL,
+    S_SESSION_TITLE_INIT,
+    S_SESSION_TITLE_GET,
+    S_SESSION_RENAME,
+    S_SESSION_BUMP_USER,
+    S_SESSION_BUMP_ANSWER,
+    S_SESSION_RESOLVE,
+    S_READ_PUT,
+    S_SHARE_PUT,
+    S_SHARE_REVOKE,
     S_EVENT_BY_CLIENT,
     S_EVENT_INSERT,
     S_BEGIN,
@@ -114,6 +123,10 @@ int store_sqlite__read_events(void *e, const char *id, int64_t after_seq, int64_
                               size_t max_bytes, struct store_event **out);
 int store_sqlite__list_sessions(void *e, const char *owner, bool help_only, int limit,
                                 struct store_session **out);
+int store_sqlite__get_reads(void *e, const char *id, struct store_read **out);
+int store_sqlite__get_share(void *e, const char *token, char session[STORE_ID_LEN + 1],
+                            int64_t *expires_ms);
+int store_sqlite__get_summary(void *e, struct store_summary *out);
 /* Close every idle read connection. Close, after the last read. */
 void store_sqlite__read_pool_free(struct store_sqlite *s);
 

@@ -56,7 +56,25 @@ void store_sqlite__read_pool_free(struct store_sqlite *s)
 }
 
 
-static void fill_session(sqlite3_stmt *st, struct store_session *out)
+/* Copy at most max characters of UTF-8 text into out (max * 4 + 1 bytes). */
+static void copy_chars(char *out, const char *text, size_t len, size_t max)
+{
+    size_t i = 0, chars = 0;
+    while (i < len && chars < max) {
+        unsigned char c = (unsigned char)text[i];
+        size_t n = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+        if (i + n > len)
+            break;
+        i += n;
+        chars++;
+    }
+    memcpy(out, text, i);
+    out[i] = '\0';
+}
+
+/* The session row (SESSION_COLS) into out; the title unsealed when it is.
+ * 0, or -EIO when a sealed title cannot be opened. */
+static int fill_session(struct store_sqlite *s, sqlite3_stmt *st, struct store_session *out)
 {
     memset(out, 0, sizeof *out);
     snprintf(out->id, sizeof out->id, "%s", (const char *)sqlite3_column_text(st, 0));
@@ -67,9 +85,34 @@ static void fill_session(sqlite3_stmt *st, struct store_session *out)
     out->help = sqlite3_column_int(st, 5) != 0;
     const char *model = (const char *)sqlite3_column_text(st, 6);
     snprintf(out->model, sizeof out->model, "%s", model ? model : "");
+    const char *oname = (const char *)sqlite3_column_text(st, 7);
+    snprintf(out->owner_name, sizeof out->owner_name, "%s", oname ? oname : "");
+    out->waiting_ms = sqlite3_column_int64(st, 8);
+    const void *t = sqlite3_column_blob(st, 9);
+    size_t tlen = (size_t)sqlite3_column_bytes(st, 9);
+    if (!t || !tlen)
+        return 0;
+    if (sqlite3_column_int(st, 10)) {
+        char *plain;
+        size_t plen;
+        if (!s->encrypt || store_sqlite__unseal(s->key, out->id, 0, t, tlen, &plain, &plen) != 0) {
+            struct log_quoted qs;
+            log_error("store_decrypt_failed", "session=%s what=title", log_quotes(&qs, out->id));
+            return -EIO;
+        }
+        copy_chars(out->title, plain, plen < STORE_TITLE_MAX ? plen : STORE_TITLE_MAX,
+                   STORE_TITLE_MAX);
+        free(plain);
+    } else {
+        copy_chars(out->title, t, tlen < STORE_TITLE_MAX ? tlen : STORE_TITLE_MAX,
+                   STORE_TITLE_MAX);
+    }
+    return 0;
 }
 
-#define SESSION_COLS "id, owner, created_at, updated_at, last_seq, help, model"
+#define SESSION_COLS                                                                               \
+    "id, owner, created_at, updated_at, last_seq, help, model, owner_name,"                       \
+    " COALESCE(waiting_since, 0), title, title_enc"
 
 int store_sqlite__get_session(void *e, const char *id, struct store_session *out)
 {
@@ -84,8 +127,7 @@ int store_sqlite__get_session(void *e, const char *id, struct store_session *out
         sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
         int r = sqlite3_step(st);
         if (r == SQLITE_ROW) {
-            fill_session(st, out);
-            ret = 0;
+            ret = fill_session(s, st, out);
         } else if (r == SQLITE_DONE) {
             ret = -ENOENT;
         }
@@ -159,7 +201,8 @@ int store_sqlite__read_events(void *e, const char *id, int64_t after_seq, int64_
                 ret = -ENOMEM;
                 break;
             }
-            memcpy(cur->content, blob, blen);
+            if (blen) /* a session event's empty content is a NULL blob */
+                memcpy(cur->content, blob, blen);
             cur->content[blen] = '\0';
             cur->content_len = blen;
         }
@@ -177,6 +220,47 @@ int store_sqlite__read_events(void *e, const char *id, int64_t after_seq, int64_
     return n;
 }
 
+/* The session's last message, for a list. */
+static int fill_preview(struct store_sqlite *s, sqlite3 *db, struct store_session *v)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT seq, type, COALESCE(sender_name, sender_id), content, enc"
+                           " FROM events WHERE session_id = ?1 AND type IN"
+                           " ('user_message', 'admin_message', 'ai_response')"
+                           " ORDER BY seq DESC LIMIT 1",
+                           -1, &st, NULL) != SQLITE_OK)
+        return -EIO;
+    sqlite3_bind_text(st, 1, v->id, -1, SQLITE_STATIC);
+    int r = sqlite3_step(st), ret = 0;
+    if (r == SQLITE_ROW) {
+        int64_t seq = sqlite3_column_int64(st, 0);
+        snprintf(v->preview_type, sizeof v->preview_type, "%s",
+                 (const char *)sqlite3_column_text(st, 1));
+        snprintf(v->preview_sender, sizeof v->preview_sender, "%s",
+                 (const char *)sqlite3_column_text(st, 2));
+        const void *blob = sqlite3_column_blob(st, 3);
+        size_t blen = (size_t)sqlite3_column_bytes(st, 3);
+        if (sqlite3_column_int(st, 4)) {
+            char *plain;
+            size_t plen;
+            if (!s->encrypt ||
+                store_sqlite__unseal(s->key, v->id, seq, blob, blen, &plain, &plen) != 0) {
+                ret = -EIO;
+            } else {
+                copy_chars(v->preview, plain, plen, STORE_PREVIEW_CHARS);
+                free(plain);
+            }
+        } else if (blob) {
+            copy_chars(v->preview, blob, blen, STORE_PREVIEW_CHARS);
+        }
+    } else if (r != SQLITE_DONE) {
+        ret = -EIO;
+    }
+    sqlite3_finalize(st);
+    return ret;
+}
+
 int store_sqlite__list_sessions(void *e, const char *owner, bool help_only, int limit,
                                 struct store_session **out)
 {
@@ -187,10 +271,14 @@ int store_sqlite__list_sessions(void *e, const char *owner, bool help_only, int 
         return -EIO;
     const char *sql = owner ? "SELECT " SESSION_COLS " FROM sessions WHERE owner = ?1"
                               " ORDER BY updated_at DESC LIMIT ?2"
+                    /* The admins' triage: help asked first, then the
+                     * longest wait, then the latest activity. */
                     : help_only ? "SELECT " SESSION_COLS " FROM sessions WHERE help = 1"
-                                  " ORDER BY updated_at DESC LIMIT ?2"
+                                  " ORDER BY waiting_since IS NULL, waiting_since,"
+                                  " updated_at DESC LIMIT ?2"
                                 : "SELECT " SESSION_COLS " FROM sessions"
-                                  " ORDER BY updated_at DESC LIMIT ?2";
+                                  " ORDER BY help DESC, waiting_since IS NULL, waiting_since,"
+                                  " updated_at DESC LIMIT ?2";
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(rc->db, sql, -1, &st, NULL) != SQLITE_OK) {
         read_put(s, rc);
@@ -207,7 +295,50 @@ int store_sqlite__list_sessions(void *e, const char *owner, bool help_only, int 
             ret = -ENOMEM;
             break;
         }
-        fill_session(st, &v[n++]);
+        if ((ret = fill_session(s, st, &v[n++])) != 0)
+            break;
+    }
+    if (ret == 0 && r != SQLITE_DONE && r != SQLITE_ROW)
+        ret = -EIO;
+    sqlite3_finalize(st);
+    for (int i = 0; ret == 0 && i < n; i++)
+        ret = fill_preview(s, rc->db, &v[i]);
+    read_put(s, rc);
+    if (ret < 0) {
+        free(v);
+        return ret;
+    }
+    *out = v;
+    return n;
+}
+
+
+int store_sqlite__get_reads(void *e, const char *id, struct store_read **out)
+{
+    struct store_sqlite *s = e;
+    struct read_conn *rc = read_get(s);
+    *out = NULL;
+    if (!rc)
+        return -EIO;
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(rc->db,
+                           "SELECT reader, seq FROM reads WHERE session_id = ?1 ORDER BY reader",
+                           -1, &st, NULL) != SQLITE_OK) {
+        read_put(s, rc);
+        return -EIO;
+    }
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    struct store_read *v = NULL;
+    size_t cap = 0;
+    int n = 0, r, ret = 0;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        if (vec_grow(&v, &cap, (size_t)n, 1, sizeof *v) != 0) {
+            ret = -ENOMEM;
+            break;
+        }
+        snprintf(v[n].reader, sizeof v[n].reader, "%s", (const char *)sqlite3_column_text(st, 0));
+        v[n].seq = sqlite3_column_int64(st, 1);
+        n++;
     }
     if (ret == 0 && r != SQLITE_DONE)
         ret = -EIO;
@@ -221,3 +352,98 @@ int store_sqlite__list_sessions(void *e, const char *owner, bool help_only, int 
     return n;
 }
 
+int store_sqlite__get_share(void *e, const char *token, char session[STORE_ID_LEN + 1],
+                            int64_t *expires_ms)
+{
+    struct store_sqlite *s = e;
+    struct read_conn *rc = read_get(s);
+    if (!rc)
+        return -EIO;
+    sqlite3_stmt *st;
+    int ret = -EIO;
+    if (sqlite3_prepare_v2(rc->db, "SELECT session_id, expires_at FROM shares WHERE token = ?1",
+                           -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, token, -1, SQLITE_STATIC);
+        int r = sqlite3_step(st);
+        if (r == SQLITE_ROW) {
+            snprintf(session, STORE_ID_LEN + 1, "%s", (const char *)sqlite3_column_text(st, 0));
+            *expires_ms = sqlite3_column_int64(st, 1);
+            ret = 0;
+        } else if (r == SQLITE_DONE) {
+            ret = -ENOENT;
+        }
+        sqlite3_finalize(st);
+    }
+    read_put(s, rc);
+    return ret;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+int store_sqlite__get_summary(void *e, struct store_summary *out)
+{
+    struct store_sqlite *s = e;
+    memset(out, 0, sizeof *out);
+    struct read_conn *rc = read_get(s);
+    if (!rc)
+        return -EIO;
+    static const char *const sql[] = {
+        "SELECT COUNT(*), COALESCE(SUM(help), 0) FROM sessions",
+        "SELECT COALESCE(SUM(type = 'user_message'), 0), COALESCE(SUM(type = 'admin_message'), 0),"
+        " COALESCE(SUM(type = 'ai_response'), 0) FROM events"
+        " WHERE type IN ('user_message', 'admin_message', 'ai_response')",
+        "SELECT COALESCE(SUM(json_extract(metadata, '$.input_tokens')), 0),"
+        " COALESCE(SUM(json_extract(metadata, '$.output_tokens')), 0) FROM events"
+        " WHERE type = 'ai_response' AND json_valid(metadata)",
+        /* each help request to the first admin message after it */
+        "SELECT (SELECT MIN(a.created_at) FROM events a WHERE a.session_id = h.session_id"
+        " AND a.seq > h.seq AND a.type = 'admin_message') - h.created_at"
+        " FROM events h WHERE h.type = 'help_request'",
+    };
+    int ret = 0;
+    size_t cap = 0;
+    for (size_t q = 0; q < sizeof sql / sizeof *sql && ret == 0; q++) {
+        sqlite3_stmt *st;
+        if (sqlite3_prepare_v2(rc->db, sql[q], -1, &st, NULL) != SQLITE_OK) {
+            ret = -EIO;
+            break;
+        }
+        int r;
+        while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+            if (q == 0) {
+                out->sessions = sqlite3_column_int64(st, 0);
+                out->help_open = sqlite3_column_int64(st, 1);
+            } else if (q == 1) {
+                out->messages_user = sqlite3_column_int64(st, 0);
+                out->messages_admin = sqlite3_column_int64(st, 1);
+                out->messages_ai = sqlite3_column_int64(st, 2);
+            } else if (q == 2) {
+                out->tokens_in = sqlite3_column_int64(st, 0);
+                out->tokens_out = sqlite3_column_int64(st, 1);
+            } else if (sqlite3_column_type(st, 0) != SQLITE_NULL) {
+                if (vec_grow(&out->help_waits, &cap, out->nhelp_waits, 1,
+                             sizeof *out->help_waits) != 0) {
+                    ret = -ENOMEM;
+                    break;
+                }
+                out->help_waits[out->nhelp_waits++] = sqlite3_column_int64(st, 0);
+            }
+        }
+        if (ret == 0 && r != SQLITE_DONE)
+            ret = -EIO;
+        sqlite3_finalize(st);
+    }
+    read_put(s, rc);
+    if (ret < 0) {
+        free(out->help_waits);
+        out->help_waits = NULL;
+        out->nhelp_waits = 0;
+        return ret;
+    }
+    qsort(out->help_waits, out->nhelp_waits, sizeof *out->help_waits, cmp_i64);
+    return 0;
+}

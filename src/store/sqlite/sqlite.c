@@ -61,20 +61,57 @@ static const char *const migrations[] = {
     ") WITHOUT ROWID;"
     "CREATE UNIQUE INDEX events_by_client ON events(session_id, sender_id, client_id)"
     "  WHERE client_id IS NOT NULL;",
+    /* 1 -> 2: titles, owner names, waiting times, read markers, share links */
+    "ALTER TABLE sessions ADD COLUMN title BLOB;"  /* text, or sealed (title_enc) */
+    "ALTER TABLE sessions ADD COLUMN title_enc INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE sessions ADD COLUMN title_set INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE sessions ADD COLUMN owner_name TEXT;"
+    "ALTER TABLE sessions ADD COLUMN waiting_since INTEGER;"
+    "CREATE INDEX sessions_by_updated ON sessions(updated_at);"
+    "CREATE TABLE reads ("
+    "  session_id TEXT NOT NULL,"
+    "  reader TEXT NOT NULL,"
+    "  seq INTEGER NOT NULL,"
+    "  PRIMARY KEY (session_id, reader)"
+    ") WITHOUT ROWID;"
+    "CREATE TABLE shares ("
+    "  token TEXT PRIMARY KEY,"
+    "  session_id TEXT NOT NULL,"
+    "  expires_at INTEGER NOT NULL"
+    ");"
+    "CREATE INDEX shares_by_session ON shares(session_id);"
+    "CREATE INDEX events_by_type ON events(type, session_id);",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
-#define SCHEMA_VERSION_TEXT "1" /* the same, for SQL text */
-_Static_assert(sizeof migrations / sizeof migrations[0] == 1, "update SCHEMA_VERSION_TEXT");
+#define SCHEMA_VERSION_TEXT "2" /* the same, for SQL text */
+_Static_assert(sizeof migrations / sizeof migrations[0] == 2, "update SCHEMA_VERSION_TEXT");
 
 
 /* The writer's statements, prepared once at open (see internal.h). */
 static const char *const stmt_sql[S_COUNT] = {
-    [S_SESSION_GET] = "SELECT owner, last_seq, model FROM sessions WHERE id = ?1",
+    [S_SESSION_GET] = "SELECT owner, last_seq, model, title IS NULL FROM sessions WHERE id = ?1",
     [S_SESSION_BY_ORIGIN] = "SELECT id FROM sessions WHERE owner = ?1 AND origin_client_id = ?2",
-    [S_SESSION_INSERT] = "INSERT INTO sessions (id, owner, created_at, updated_at, origin_client_id)"
-                         " VALUES (?1, ?2, ?3, ?3, ?4)",
+    [S_SESSION_INSERT] = "INSERT INTO sessions (id, owner, created_at, updated_at, origin_client_id,"
+                         " owner_name) VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
+    [S_SESSION_TITLE_INIT] = "UPDATE sessions SET title = ?2, title_enc = ?3"
+                             " WHERE id = ?1 AND title IS NULL",
+    [S_SESSION_TITLE_GET] = "SELECT title, title_enc FROM sessions WHERE id = ?1",
+    [S_SESSION_RENAME] = "UPDATE sessions SET title = ?2, title_enc = ?3, title_set = 1,"
+                         " updated_at = ?4 WHERE id = ?1",
+    /* S_SESSION_BUMP's siblings for messages: a user message starts a
+     * wait (unless one runs), an answer ends it. */
+    [S_SESSION_BUMP_USER] = "UPDATE sessions SET last_seq = ?2, updated_at = ?3,"
+                            " waiting_since = COALESCE(waiting_since, ?3) WHERE id = ?1",
+    [S_SESSION_BUMP_ANSWER] = "UPDATE sessions SET last_seq = ?2, updated_at = ?3,"
+                              " waiting_since = NULL WHERE id = ?1",
+    [S_SESSION_RESOLVE] = "UPDATE sessions SET help = 0 WHERE id = ?1 AND help = 1",
+    [S_READ_PUT] = "INSERT INTO reads (session_id, reader, seq) VALUES (?1, ?2, ?3)"
+                   " ON CONFLICT (session_id, reader) DO UPDATE SET seq = excluded.seq"
+                   " WHERE excluded.seq > reads.seq",
+    [S_SHARE_PUT] = "INSERT INTO shares (token, session_id, expires_at) VALUES (?1, ?2, ?3)",
+    [S_SHARE_REVOKE] = "DELETE FROM shares WHERE session_id = ?1",
     [S_SESSION_BUMP] = "UPDATE sessions SET last_seq = ?2, updated_at = ?3 WHERE id = ?1",
-    [S_SESSION_HELP] = "UPDATE sessions SET help = 1, updated_at = ?2 WHERE id = ?1 AND help = 0",
+    [S_SESSION_HELP] = "UPDATE sessions SET help = 1 WHERE id = ?1 AND help = 0",
     [S_SESSION_MODEL] = "UPDATE sessions SET model = ?2 WHERE id = ?1",
     [S_EVENT_BY_CLIENT] = "SELECT seq, created_at FROM events"
                           " WHERE session_id = ?1 AND sender_id = ?2 AND client_id = ?3",
@@ -349,4 +386,7 @@ const struct store_engine store_sqlite_engine = {
     .get_session = store_sqlite__get_session,
     .read_events = store_sqlite__read_events,
     .list_sessions = store_sqlite__list_sessions,
+    .get_reads = store_sqlite__get_reads,
+    .get_share = store_sqlite__get_share,
+    .get_summary = store_sqlite__get_summary,
 };

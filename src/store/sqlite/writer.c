@@ -33,6 +33,7 @@
 #include "util/clock.h"
 #include "util/log.h"
 #include "util/sbuf.h"
+#include "util/title.h"
 
 static int step_done(sqlite3_stmt *st)
 {
@@ -42,8 +43,10 @@ static int step_done(sqlite3_stmt *st)
 }
 
 /* Load a session and check the requester may use it. 1 found+allowed,
- * 0 not found/not allowed, <0 SQLite error. */
-static int load_session(struct store_sqlite *s, struct store_req *r, int64_t *last_seq)
+ * 0 not found/not allowed, <0 SQLite error. *untitled (may be NULL): the
+ * session has no title yet. */
+static int load_session(struct store_sqlite *s, struct store_req *r, int64_t *last_seq,
+                        bool *untitled)
 {
     sqlite3_stmt *st = s->stmt[S_SESSION_GET];
     sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
@@ -54,6 +57,8 @@ static int load_session(struct store_sqlite *s, struct store_req *r, int64_t *la
         *last_seq = sqlite3_column_int64(st, 1);
         const char *model = (const char *)sqlite3_column_text(st, 2);
         snprintf(r->model, sizeof r->model, "%s", model ? model : "");
+        if (untitled)
+            *untitled = sqlite3_column_int(st, 3) != 0;
         sqlite3_reset(st);
         if (!r->any_session && strcmp(r->owner, r->user) != 0)
             return 0;
@@ -61,6 +66,107 @@ static int load_session(struct store_sqlite *s, struct store_req *r, int64_t *la
     }
     sqlite3_reset(st);
     return rc == SQLITE_DONE ? 0 : -rc;
+}
+
+/* Store one event of r's session at the next seq: its row, then the
+ * session's last seq and time. content may be empty (session events).
+ * Sets r->seq and r->ts_ms. 0 or -(SQLite code). */
+static int put_event(struct store_sqlite *s, struct store_req *r, int64_t last_seq,
+                     const char *type, const char *content, size_t len, int64_t now, int bump)
+{
+    int64_t seq = last_seq + 1;
+    unsigned char *sealed = NULL;
+    size_t sealed_len = 0;
+    if (s->encrypt && len &&
+        store_sqlite__seal(s->key, r->session_id, seq, content, len, &sealed, &sealed_len) != 0) {
+        struct log_quoted qs;
+        log_error("store_seal_failed", "session=%s seq=%lld", log_quotes(&qs, r->session_id),
+                  (long long)seq);
+        return -SQLITE_IOERR;
+    }
+    sqlite3_stmt *st = s->stmt[S_EVENT_INSERT];
+    sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, seq);
+    sqlite3_bind_text(st, 3, type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, r->sender_type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, r->user, -1, SQLITE_STATIC);
+    if (r->sender_name)
+        sqlite3_bind_text(st, 6, r->sender_name, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 6);
+    if (r->client_id[0] && r->op == STORE_APPEND)
+        sqlite3_bind_text(st, 7, r->client_id, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 7);
+    if (sealed)
+        sqlite3_bind_blob(st, 8, sealed, (int)sealed_len, SQLITE_STATIC);
+    else
+        sqlite3_bind_blob(st, 8, len ? content : "", (int)len, SQLITE_STATIC);
+    if (r->metadata && r->op == STORE_APPEND)
+        sqlite3_bind_text(st, 9, r->metadata, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 9);
+    sqlite3_bind_int(st, 10, sealed ? 1 : 0);
+    sqlite3_bind_int64(st, 11, now);
+    int rc = step_done(st);
+    sqlite3_clear_bindings(st);
+    free(sealed);
+    if (rc != 0)
+        return -rc;
+    st = s->stmt[bump];
+    sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, seq);
+    sqlite3_bind_int64(st, 3, now);
+    if ((rc = step_done(st)) != 0)
+        return -rc;
+    r->seq = seq;
+    r->ts_ms = now;
+    return 0;
+}
+
+/* Bind a title (sealed when the store encrypts: seq 0 of the session is
+ * never an event's) at index i, its enc flag at i + 1. The sealed copy, to
+ * free after the step, in *sealed. */
+static int bind_title(struct store_sqlite *s, sqlite3_stmt *st, int i, const char *sid,
+                      const char *title, size_t len, unsigned char **sealed)
+{
+    size_t n = 0;
+    *sealed = NULL;
+    if (s->encrypt && store_sqlite__seal(s->key, sid, 0, title, len, sealed, &n) != 0)
+        return -SQLITE_IOERR;
+    if (*sealed)
+        sqlite3_bind_blob(st, i, *sealed, (int)n, SQLITE_STATIC);
+    else
+        sqlite3_bind_text(st, i, title, (int)len, SQLITE_STATIC);
+    sqlite3_bind_int(st, i + 1, *sealed ? 1 : 0);
+    return 0;
+}
+
+/* Run a statement bound to the session id alone. */
+static int run_on_session(struct store_sqlite *s, int which, const char *sid)
+{
+    sqlite3_stmt *st = s->stmt[which];
+    sqlite3_bind_text(st, 1, sid, -1, SQLITE_STATIC);
+    return step_done(st);
+}
+
+/* The session's first user message gives it its title. */
+static int set_first_title(struct store_sqlite *s, struct store_req *r)
+{
+    char title[TITLE_MAX_BYTES + 1];
+    size_t tlen = title_from_text(r->content, r->content_len, title);
+    if (!tlen)
+        return 0;
+    sqlite3_stmt *st = s->stmt[S_SESSION_TITLE_INIT];
+    unsigned char *sealed;
+    sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+    int rc = bind_title(s, st, 2, r->session_id, title, tlen, &sealed);
+    if (rc != 0)
+        return rc;
+    rc = step_done(st);
+    sqlite3_clear_bindings(st);
+    free(sealed);
+    return rc;
 }
 
 static int do_append(struct store_sqlite *s, struct store_req *r, int64_t now)
@@ -94,22 +200,28 @@ static int do_append(struct store_sqlite *s, struct store_req *r, int64_t now)
                 sqlite3_bind_text(st, 4, r->client_id, -1, SQLITE_STATIC);
             else
                 sqlite3_bind_null(st, 4);
-            if ((rc = step_done(st)) != 0)
+            if (r->sender_name)
+                sqlite3_bind_text(st, 5, r->sender_name, -1, SQLITE_STATIC);
+            else
+                sqlite3_bind_null(st, 5);
+            rc = step_done(st);
+            sqlite3_clear_bindings(st);
+            if (rc != 0)
                 return -rc;
             r->created = true;
         }
     }
     int64_t last_seq;
-    rc = load_session(s, r, &last_seq);
+    bool untitled = false;
+    rc = load_session(s, r, &last_seq, &untitled);
     if (rc <= 0) {
         r->status = STORE_NOT_FOUND;
         return rc;
     }
-    const char *sender_id = r->user;
     if (r->client_id[0]) {
         st = s->stmt[S_EVENT_BY_CLIENT];
         sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, sender_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, r->user, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 3, r->client_id, -1, SQLITE_STATIC);
         rc = sqlite3_step(st);
         if (rc == SQLITE_ROW) {
@@ -125,58 +237,107 @@ static int do_append(struct store_sqlite *s, struct store_req *r, int64_t now)
         if (rc != SQLITE_DONE)
             return -rc;
     }
-    int64_t seq = last_seq + 1;
-    unsigned char *sealed = NULL;
-    size_t sealed_len = 0;
-    if (s->encrypt && store_sqlite__seal(s->key, r->session_id, seq, r->content, r->content_len,
-                                         &sealed, &sealed_len) != 0) {
-        struct log_quoted qs;
-        log_error("store_seal_failed", "session=%s seq=%lld", log_quotes(&qs, r->session_id),
-                  (long long)seq);
-        return -SQLITE_IOERR;
-    }
-    st = s->stmt[S_EVENT_INSERT];
-    sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, seq);
-    sqlite3_bind_text(st, 3, strcmp(r->sender_type, "admin") == 0 ? "admin_message"
-                             : strcmp(r->sender_type, "ai") == 0  ? "ai_response"
-                                                                  : "user_message",
-                      -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, r->sender_type, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, sender_id, -1, SQLITE_STATIC);
-    if (r->sender_name)
-        sqlite3_bind_text(st, 6, r->sender_name, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(st, 6);
-    if (r->client_id[0])
-        sqlite3_bind_text(st, 7, r->client_id, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(st, 7);
-    if (sealed)
-        sqlite3_bind_blob(st, 8, sealed, (int)sealed_len, SQLITE_STATIC);
-    else
-        sqlite3_bind_blob(st, 8, r->content, (int)r->content_len, SQLITE_STATIC);
-    if (r->metadata)
-        sqlite3_bind_text(st, 9, r->metadata, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(st, 9);
-    sqlite3_bind_int(st, 10, sealed ? 1 : 0);
-    sqlite3_bind_int64(st, 11, now);
-    rc = step_done(st);
-    sqlite3_clear_bindings(st);
-    free(sealed);
-    if (rc != 0)
+    const char *type = strcmp(r->sender_type, "admin") == 0 ? "admin_message"
+                       : strcmp(r->sender_type, "ai") == 0  ? "ai_response"
+                                                            : "user_message";
+    bool user = strcmp(r->sender_type, "user") == 0;
+    if ((rc = put_event(s, r, last_seq, type, r->content, r->content_len, now,
+                        user ? S_SESSION_BUMP_USER : S_SESSION_BUMP_ANSWER)) != 0)
+        return rc;
+    if (user && untitled && (rc = set_first_title(s, r)) != 0)
         return -rc;
-    st = s->stmt[S_SESSION_BUMP];
-    sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, seq);
-    sqlite3_bind_int64(st, 3, now);
-    if ((rc = step_done(st)) != 0)
-        return -rc;
-    r->seq = seq;
-    r->ts_ms = now;
     r->status = STORE_OK;
     return 0;
+}
+
+/* The session's title into r->arg (a help request tells it to the
+ * webhook); "" when none. 0 or -(SQLite code). */
+static int fetch_title(struct store_sqlite *s, struct store_req *r)
+{
+    sqlite3_stmt *st = s->stmt[S_SESSION_TITLE_GET];
+    sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    char *t = NULL;
+    size_t len = 0;
+    if (rc == SQLITE_ROW) {
+        const void *v = sqlite3_column_blob(st, 0);
+        size_t n = (size_t)sqlite3_column_bytes(st, 0);
+        if (v && n && sqlite3_column_int(st, 1)) {
+            if (!s->encrypt || store_sqlite__unseal(s->key, r->session_id, 0, v, n, &t, &len))
+                t = NULL; /* not readable: the webhook goes without it */
+        } else if (v && n && (t = malloc(n + 1))) {
+            memcpy(t, v, n);
+            t[n] = '\0';
+        }
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return rc;
+    free(r->arg);
+    r->arg = t ? t : strdup("");
+    return 0;
+}
+
+/* The ops that change the session without a message. r's session is
+ * loaded (its last seq in last_seq, r->seq). */
+static int do_session_op(struct store_sqlite *s, struct store_req *r, int64_t last_seq,
+                         int64_t now)
+{
+    sqlite3_stmt *st;
+    int rc;
+    switch (r->op) {
+    case STORE_HELP:
+    case STORE_RESOLVE:
+        /* Only a change is stored: asking again while asked, or resolving
+         * what is not open, is a duplicate and writes nothing. */
+        st = s->stmt[r->op == STORE_HELP ? S_SESSION_HELP : S_SESSION_RESOLVE];
+        sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+        if ((rc = step_done(st)) != 0)
+            return -rc;
+        r->duplicate = sqlite3_changes(s->db) == 0;
+        if (r->duplicate)
+            return 0;
+        if (r->op == STORE_HELP && (rc = fetch_title(s, r)) != 0)
+            return -rc;
+        return put_event(s, r, last_seq, r->op == STORE_HELP ? "help_request" : "help_resolved",
+                         NULL, 0, now, S_SESSION_BUMP);
+    case STORE_EVENT:
+        return put_event(s, r, last_seq, r->event_type, NULL, 0, now, S_SESSION_BUMP);
+    case STORE_MODEL:
+        st = s->stmt[S_SESSION_MODEL];
+        sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, r->arg ? r->arg : "", -1, SQLITE_STATIC);
+        return (rc = step_done(st)) ? -rc : 0;
+    case STORE_READ:
+        st = s->stmt[S_READ_PUT];
+        sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, r->user, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, r->num < last_seq ? r->num : last_seq);
+        return (rc = step_done(st)) ? -rc : 0;
+    case STORE_RENAME: {
+        unsigned char *sealed;
+        const char *t = r->arg ? r->arg : "";
+        st = s->stmt[S_SESSION_RENAME];
+        sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+        if ((rc = bind_title(s, st, 2, r->session_id, t, strlen(t), &sealed)) != 0)
+            return rc;
+        sqlite3_bind_int64(st, 4, now);
+        rc = step_done(st);
+        sqlite3_clear_bindings(st);
+        free(sealed);
+        return rc ? -rc : 0;
+    }
+    case STORE_SHARE:
+        st = s->stmt[S_SHARE_PUT];
+        sqlite3_bind_text(st, 1, r->arg ? r->arg : "", -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, r->session_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, r->num);
+        return (rc = step_done(st)) ? -rc : 0;
+    case STORE_UNSHARE:
+        return (rc = run_on_session(s, S_SHARE_REVOKE, r->session_id)) ? -rc : 0;
+    default:
+        return 0;
+    }
 }
 
 static int do_request(struct store_sqlite *s, struct store_req *r, int64_t now)
@@ -186,32 +347,13 @@ static int do_request(struct store_sqlite *s, struct store_req *r, int64_t now)
     if (r->op == STORE_APPEND)
         return do_append(s, r, now);
     int64_t last_seq;
-    int rc = load_session(s, r, &last_seq);
+    int rc = load_session(s, r, &last_seq, NULL);
     if (rc <= 0) {
         r->status = STORE_NOT_FOUND;
         return rc;
     }
     r->seq = last_seq;
-    sqlite3_stmt *st;
-    switch (r->op) {
-    case STORE_HELP:
-        /* A session that already asked for help is not asked again: the
-         * request is coalesced (r->duplicate) and nothing is written. */
-        st = s->stmt[S_SESSION_HELP];
-        sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 2, now);
-        if ((rc = step_done(st)) != 0)
-            return -rc;
-        r->duplicate = sqlite3_changes(s->db) == 0;
-        return 0;
-    case STORE_MODEL:
-        st = s->stmt[S_SESSION_MODEL];
-        sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, r->arg ? r->arg : "", -1, SQLITE_STATIC);
-        return (rc = step_done(st)) ? -rc : 0;
-    default:
-        return 0;
-    }
+    return do_session_op(s, r, last_seq, now);
 }
 
 static int64_t now_us(void)
