@@ -137,12 +137,12 @@
     return V;
   }
 
-  // A session's owner as {id, name}: the admin list gives an object, older
-  // servers the user id alone.
+  // A session's owner as {id, name}: GET api/sessions/{id} gives an
+  // object, the admin list the id in `owner` and the name in `owner_name`.
   function ownerOf(s) {
     const o = s && s.owner;
     if (o && typeof o === 'object') return { id: o.id || '', name: o.name || o.id || '' };
-    return { id: o || '', name: o || '' };
+    return { id: o || '', name: (s && s.owner_name) || o || '' };
   }
 
   function info(id) {

@@ -1018,7 +1018,7 @@
       S.queue.clear();
       for (const t of S.typing.values()) clearTimeout(t.timer);
     }
-    draft.queue.clear();
+    if (draft) draft.queue.clear();
     sessions = new Map();
     listItems = new Map();
     ui.list.replaceChildren();

@@ -1270,17 +1270,23 @@
   // ---- titles -------------------------------------------------------------------
 
   /* A conversation's title as chatd makes it until it is renamed: the
-   * first line of the first user message, cut at a word boundary to at
-   * most 60 characters, with "…" when cut. Used only until the API's
-   * title is known (a conversation this page has just started). */
+   * first line of the first user message without the white space around
+   * it, cut at a word boundary to at most 60 characters, nothing added
+   * where it is cut (a first word longer than that is cut inside it).
+   * Used only until the API's title is known (a conversation this page
+   * has just started). */
   function titleFrom(content) {
-    const line = String(content || '').split('\n').map((x) => x.trim()).find((x) => x) || '';
-    const chars = Array.from(line.replace(/\s+/g, ' '));
-    if (chars.length <= 60) return chars.join('');
-    let cut = chars.slice(0, 59).join('');
-    const sp = cut.lastIndexOf(' ');
-    if (sp > 0) cut = cut.slice(0, sp);
-    return cut.replace(/\s+$/, '') + '…';
+    const line = (/^[ \t\v\f\r\n]*([^\r\n]*)/.exec(String(content || ''))[1]).replace(/[ \t\v\f]+$/, '');
+    const chars = Array.from(line);
+    if (chars.length <= 60) return line;
+    const isSpace = (c) => c === ' ' || c === '\t' || c === '\v' || c === '\f';
+    let cut = 60;
+    if (!isSpace(chars[60])) {
+      let end = 0;
+      for (let k = 1; k < 60; k++) if (isSpace(chars[k]) && !isSpace(chars[k - 1])) end = k;
+      if (end > 0) cut = end;
+    }
+    return chars.slice(0, cut).join('').replace(/[ \t\v\f]+$/, '');
   }
 
   const UNTITLED = 'Untitled conversation';
