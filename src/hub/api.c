@@ -119,6 +119,7 @@ static json_t *session_json(struct chat *ch, const struct store_session *s, bool
     json_object_set_new(o, "model", s->model[0] ? json_string(s->model) : json_null());
     if (!admin)
         return o;
+    json_object_set_new(o, "help", json_boolean(s->help)); /* the triage's word for it */
     json_object_set_new(o, "preview",
                         s->preview_type[0]
                             ? json_pack("{s:s, s:s, s:s}", "type", s->preview_type, "sender_name",
@@ -288,6 +289,10 @@ static bool owner_write(struct api_job *j, struct store_req *r)
         return true;
     if (st == STORE_NOT_FOUND)
         fail(j, 404, "session_not_found", "no such session");
+    else if (st == STORE_UNKNOWN)
+        fail(j, 503, "unavailable",
+             "storage failed while committing: this may have been changed; check, then retry "
+             "later");
     else
         fail(j, 503, "unavailable", "storage is unavailable; nothing was changed, retry later");
     return false;
