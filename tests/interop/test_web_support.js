@@ -619,10 +619,21 @@ async function testEleventhDevice(d) {
     await page.fill('#composer-input', 'am I connected?');
     await page.press('#composer-input', 'Enter');
     eq(await page.inputValue('#composer-input'), 'am I connected?', 'text kept while refused');
-    // One device goes: Reconnect now works, and the notice goes.
+    // The long state line fits a phone: cut, not wider than the screen.
+    await page.setViewportSize(PHONE);
+    await noHorizontalScroll(page, 'the refused page on a phone');
+    const rows = await rowsOf(page, '.topbar');
+    assert(rows <= 2, 'top bar of the refused page in ' + rows + ' rows');
+    await page.setViewportSize(DESKTOP);
+    // One device goes: the page connects (by Reconnect now, or its own
+    // retry when that comes first), and the notice goes.
     await devices[0].close();
-    await page.click('#conn-retry');
-    await connected(page);
+    const deadline = Date.now() + T;
+    while ((await page.getAttribute('#conn-state', 'data-state')) !== 'open') {
+      assert(Date.now() < deadline, 'not connected after a device left');
+      await page.click('#conn-retry', { timeout: 500 }).catch(() => {});
+      await page.waitForTimeout(100);
+    }
     await page.waitForSelector('#notices .notice[data-code="device_limit"]', { state: 'detached' });
     assert(await page.isEnabled('#send'), 'Send disabled once connected');
     await page.waitForFunction(() => /10 devices/.test(document.getElementById('who').textContent));
@@ -789,6 +800,12 @@ async function testAxe(d) {
     await waitText(user, 'Hi Axel, Ada from support.');
     await noSeriousViolations(user, 'the chat page');
     await noSeriousViolations(admin, 'the support page');
+    // The dark scheme's colours too.
+    for (const [p, what] of [[user, 'the chat page'], [admin, 'the support page']]) {
+      await p.emulateMedia({ colorScheme: 'dark' });
+      await noSeriousViolations(p, what + ' in the dark scheme');
+      await p.emulateMedia({ colorScheme: 'light' });
+    }
     const limit = Number(await user.getAttribute('#composer-status', 'data-limit'));
     await user.fill('#composer-input', 'x'.repeat(Math.ceil(limit * 0.8)));
     await user.waitForSelector('#composer-status[data-kind="near"]');
