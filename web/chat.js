@@ -26,6 +26,7 @@
 
   const TYPING_IDLE_MS = 3000;
   const LIST_REFRESH_MS = 60000;
+  const DETAILS_AT_START = 10;
   const READ_KEY = 'chatd.read.';
   const SELECTED_KEY = 'chatd.selected';
   const narrow = window.matchMedia('(max-width: 760px)');
@@ -82,6 +83,7 @@
   let readSaveTimer = null;
   let listTimer = null;
   let refreshTimer = null;
+  let listSoon = null;
   let online = false;
   let tooLong = false;
 
@@ -333,6 +335,11 @@
     renderList();
     if (firstList) {
       firstList = false;
+      // Who from support is in the newest conversations (the list does not
+      // say): their details, for the badges.
+      for (const b of Array.from(ui.list.querySelectorAll('button.session')).slice(0, DETAILS_AT_START)) {
+        loadDetails(sessions.get(b.dataset.sessionId));
+      }
       let pick = null;
       try {
         pick = sessionStorage.getItem(SELECTED_KEY);
@@ -372,6 +379,18 @@
       /* an older server, or the conversation is gone: the events still count */
     }).finally(() => {
       S.details = null;
+    });
+  }
+
+  // The conversation of a live event; one not known here yet (started on
+  // another device) is made, and the list read again soon for its title.
+  function liveSession(ev) {
+    if (!sessions.has(ev.session_id)) {
+      clearTimeout(listSoon);
+      listSoon = setTimeout(loadSessions, 300);
+    }
+    return ensureSession(ev.session_id, {
+      created_at: ev.timestamp, updated_at: ev.timestamp, last_seq: ev.seq || 0,
     });
   }
 
@@ -772,9 +791,7 @@
           onPiece(ev);
           return;
         }
-        addEvent(ensureSession(ev.session_id, {
-          created_at: ev.timestamp, updated_at: ev.timestamp, last_seq: ev.seq,
-        }), ev, true);
+        addEvent(liveSession(ev), ev, true);
         break;
       case 'typing_indicator':
         onTyping(ev);
@@ -795,7 +812,7 @@
       case 'admin_join':
       case 'admin_leave': {
         if (!ev.session_id || !ev.sender) return;
-        const S = ensureSession(ev.session_id, { created_at: ev.timestamp, updated_at: ev.timestamp });
+        const S = liveSession(ev);
         if (Number.isSafeInteger(ev.seq)) addEvent(S, ev, true);
         else unnumberedEvent(S, ev);
         break;
@@ -1012,6 +1029,7 @@
   function stop() {
     stopTyping();
     clearInterval(refreshTimer);
+    clearTimeout(listSoon);
     client = null;
     token = null;
     for (const S of sessions.values()) {
