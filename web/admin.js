@@ -867,6 +867,13 @@
   function onEvent(ev) {
     switch (ev.type) {
       case 'notification': {
+        if (ev.code === 'session_renamed') {
+          const s = infos.get(ev.session_id);
+          if (s && typeof ev.title === 'string') s.title = ev.title;
+          renderList();
+          if (selected === ev.session_id) renderHeader();
+          return;
+        }
         // assistant_done: the answer ended with nothing stored.
         const V = views.get(ev.session_id);
         if (V) endAnswer(V);

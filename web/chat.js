@@ -778,9 +778,17 @@
   function onEvent(ev) {
     switch (ev.type) {
       case 'notification': {
-        // assistant_done: the answer ended with nothing stored.
         const S = sessions.get(ev.session_id);
-        if (S) endAnswer(S);
+        if (!S) return;
+        if (ev.code === 'session_renamed') {
+          // Renamed on this or another device: the title chatd now gives.
+          if (typeof ev.title === 'string') S.info.title = ev.title;
+          if (selected === S.id) renderHeader();
+          scheduleList();
+          return;
+        }
+        // assistant_done: the answer ended with nothing stored.
+        endAnswer(S);
         return;
       }
       case 'user_message':

@@ -457,10 +457,14 @@
           break;
         }
         case 'notification':
-          // About one session's answer (it ended with nothing to show):
-          // the page's event handler, not a notice for the person.
-          if (msg.code === 'assistant_done' && msg.session_id) this.emit('event', msg);
-          else this.emit('notification', msg);
+          // About one session (its answer ended with nothing to show, it
+          // was renamed): the page's event handler, not a notice for the
+          // person.
+          if ((msg.code === 'assistant_done' || msg.code === 'session_renamed') && msg.session_id) {
+            this.emit('event', msg);
+          } else {
+            this.emit('notification', msg);
+          }
           break;
         default:
           this.emit('event', msg);

@@ -472,7 +472,8 @@ async function testTwoDevicesAgree(d) {
       await p.waitForFunction(() => document.getElementById('help').textContent === 'Ask for a person');
     }
 
-    // Renamed on A: A at once, B and support after reading the list again.
+    // Renamed on A: A at once, B live (session_renamed), support after
+    // reading the list again, and B after a reload too.
     await a.click('#rename');
     eq(await a.evaluate(() => document.activeElement.id), 'rename-input', 'focus in the rename box');
     await a.fill('#rename-input', 'Parcel missing');
@@ -480,6 +481,9 @@ async function testTwoDevicesAgree(d) {
     await a.waitForFunction(() => document.getElementById('conv-title').textContent === 'Parcel missing');
     eq(await a.textContent(row), 'Parcel missing', 'renamed in the list');
     eq(await a.evaluate(() => document.activeElement.id), 'rename', 'focus back on Rename');
+    await b.waitForFunction(() => document.getElementById('conv-title').textContent === 'Parcel missing');
+    await b.waitForFunction((sel) => document.querySelector(sel).textContent === 'Parcel missing', row);
+    eq(await b.$$eval('#notices .notice', (n) => n.length), 0, 'a notice for the rename');
     await b.reload();
     await connected(b);
     await b.waitForFunction((sel) => document.querySelector(sel) &&
