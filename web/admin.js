@@ -260,13 +260,13 @@
     const h = st.help_to_first_admin_ms;
     if (h && h.count && h.median !== null && h.median !== undefined) {
       parts.push('first reply after help: median ' + waitedMs(h.median) +
-        (h.p90 !== null && h.p90 !== undefined ? ', 90% within ' + waitedMs(h.p90) : ''));
+        (h.p90 !== null && h.p90 !== undefined ? ', 90% ' + waitedMs(h.p90) : ''));
     }
     ui.stats.textContent = parts.join(' · ');
   }
 
+  // A duration in the words of the waiting times ("under a minute", "3 min").
   function waitedMs(ms) {
-    if (ms < 60000) return Math.max(1, Math.round(ms / 1000)) + ' s';
     return waited(new Date(Date.now() - ms).toISOString());
   }
 

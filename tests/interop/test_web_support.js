@@ -133,7 +133,9 @@ async function noSeriousViolations(page, what) {
 
 async function shot(page, name) {
   fs.mkdirSync(SHOTS, { recursive: true });
-  await page.screenshot({ path: path.join(SHOTS, name + '.png') });
+  await page.mouse.move(0, 0); // no hover
+  await page.evaluate(() => document.activeElement && document.activeElement.blur());
+  await page.screenshot({ path: path.join(SHOTS, name + '.png'), animations: 'disabled', caret: 'hide' });
 }
 
 // A user's page signed in with tok, connected; opts.viewport.
@@ -843,22 +845,52 @@ async function testAxe(d) {
 
 // ---- screenshots ------------------------------------------------------------------------------
 
+/*
+ * Pages whose clock shows the same time on every run, so that the
+ * screenshots change only when the pages do: the page's clock is fixed,
+ * and every time chatd sends it (over the socket and the API) is moved by
+ * the same amount, to just before it. Timezone and locale are fixed too.
+ */
+const STILL_AT = Date.parse('2026-03-12T09:41:00.000Z');
+function stillOpts(t0, viewport) {
+  const ISO = /"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)"/g;
+  const shift = (text) => String(text).replace(ISO, (m, iso) =>
+    JSON.stringify(new Date(STILL_AT + (Date.parse(iso) - t0)).toISOString()));
+  return {
+    viewport,
+    context: { timezoneId: 'UTC', locale: 'en-US' },
+    setup: async (page) => {
+      await page.clock.setFixedTime(STILL_AT + 50000);
+      await page.routeWebSocket(/\/ws\?/, (ws) => {
+        const server = ws.connectToServer();
+        server.onMessage((m) => ws.send(shift(m)));
+      });
+      await page.route(/\/api\//, async (route) => {
+        const res = await route.fetch();
+        await route.fulfill({ response: res, body: shift(await res.text()) });
+      });
+    },
+  };
+}
+
 // Each page at desktop and phone width, with a day's support work on it,
 // into docs/screenshots/.
 async function testScreenshots(d) {
   const s = scope();
+  const t0 = Date.now();
+  const still = (viewport) => stillOpts(t0, viewport);
   try {
     const tok = mint('ann.lee', { name: 'Ann Lee' });
-    const user = await userPage(s, d, tok, { viewport: DESKTOP });
+    const user = await userPage(s, d, tok, still(DESKTOP));
     await newConversation(user, 'Which plan includes priority support?');
     const sid = await newConversation(user, 'My March invoice was charged twice');
     await send(user, 'The second charge is on the card statement from 4 March, order 88231.');
     await waitText(user, 'The second charge is on the card statement from 4 March, order 88231.');
     await user.click('#help');
     await waitLine(user, /asked for a person/);
-    const other = await userPage(s, d, mint('omar', { name: 'Omar Haddad' }));
+    const other = await userPage(s, d, mint('omar', { name: 'Omar Haddad' }), still(DESKTOP));
     await newConversation(other, 'How do I export my chat history?');
-    const admin = await adminPage(s, d, mint('sam', { name: 'Sam', roles: ['admin'] }), { viewport: DESKTOP });
+    const admin = await adminPage(s, d, mint('sam', { name: 'Sam', roles: ['admin'] }), still(DESKTOP));
     await openAndJoin(admin, sid);
     await send(admin, 'Hello Ann, I can see both charges. The second one is refunded today; ' +
       'the details are at https://example.com/help/refunds');
@@ -879,13 +911,13 @@ async function testScreenshots(d) {
     await user.waitForSelector('#share-result:not([hidden])');
     const url = await user.inputValue('#share-url');
     await user.click('#share-close');
-    const viewer = await s.page(url, { viewport: DESKTOP });
+    const viewer = await s.page(url, still(DESKTOP));
     await viewer.waitForSelector('#messages .msg');
     await shot(viewer, 'shared-desktop');
     await viewer.setViewportSize(PHONE);
     await shot(viewer, 'shared-phone');
 
-    const phone = await userPage(s, d, tok, { viewport: PHONE });
+    const phone = await userPage(s, d, tok, still(PHONE));
     await phone.click(`#session-list button[data-session-id="${sid}"]`);
     await waitText(phone, 'Thank you, that was quick!');
     await phone.evaluate(() => document.activeElement.blur());

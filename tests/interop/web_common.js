@@ -111,8 +111,11 @@ function device(port, token, prefix) {
  */
 function scope(browser) {
   const s = { contexts: [], devices: [], problems: [] };
+  // opts: viewport, context (more options of the browser context), setup
+  // (async, given the page before it loads url).
   s.page = async (url, opts) => {
-    const ctx = await browser.newContext({ viewport: (opts && opts.viewport) || { width: 1100, height: 760 } });
+    const ctx = await browser.newContext(Object.assign(
+      { viewport: (opts && opts.viewport) || { width: 1100, height: 760 } }, opts && opts.context));
     s.contexts.push(ctx);
     const page = await ctx.newPage();
     page.setDefaultTimeout(T);
@@ -138,6 +141,7 @@ function scope(browser) {
       ws.on('framesent', (f) => page.sent.push(parse(f.payload)));
       ws.on('framereceived', (f) => page.received.push(parse(f.payload)));
     });
+    if (opts && opts.setup) await opts.setup(page);
     if (url) page.response = await page.goto(url);
     return page;
   };
