@@ -59,9 +59,11 @@
     const msgs = Array.isArray(body && body.messages) ? body.messages : [];
     title.textContent = (body && body.title) || C.UNTITLED;
     document.title = title.textContent + ' · chatd';
-    const first = msgs.length ? msgs[0].timestamp : null;
+    const first = msgs.length ? new Date(msgs[0].timestamp) : null;
+    const day = first && !isNaN(first)
+      ? first.toLocaleDateString(undefined, { day: 'numeric', month: 'long', year: 'numeric' }) : '';
     sub.textContent = 'A read-only copy of a conversation: ' + msgs.length + ' message' +
-      (msgs.length === 1 ? '' : 's') + (first ? ', from ' + C.formatFull(first) : '') + '.';
+      (msgs.length === 1 ? '' : 's') + (day ? ', from ' + day : '') + '.';
     list.replaceChildren(...msgs.map((m) => C.messageNode({ ev: m }, null)));
     if (!msgs.length) list.replaceChildren(C.el('li', { class: 'muted messages__empty' }, 'No messages.'));
   }
