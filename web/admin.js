@@ -1,13 +1,19 @@
 /*
- * admin.js: the support page (admin.html). Lists every session (all, or
- * those that asked for help) and the users online; live help_request events
- * highlight a session. Selecting a session shows its history (HTTP API);
- * joining it (admin_join) brings its live events and lets support reply
- * (admin_message) until admin_leave. Several sessions may be joined at once;
- * after a reconnect each is joined again and resumed from the last event
- * held, before any reply waiting in the outbox is resent. In a joined
- * session the assistant's answers show as they stream, and support may stop
- * one (stop_generation).
+ * admin.js: the support page (admin.html). Lists every session for triage
+ * (the user's name, the session's title, a preview of its last message,
+ * how long the user has waited; those asking for help first) and the users
+ * online; live help_request events highlight a session. Selecting a
+ * session shows its history (HTTP API); joining it (admin_join) brings its
+ * live events and lets support reply (admin_message) until admin_leave;
+ * "Mark help resolved" answers a help request (resolve_help). Several
+ * sessions may be joined at once, and stay joined across a reload (kept in
+ * sessionStorage); after a reconnect each is joined again and resumed from
+ * the last event held, before any reply waiting in the outbox is resent.
+ * The help and support state of a session comes from the API and the
+ * stored session events. Replies go out in order (Chatd.SendQueue) and
+ * show "Seen" once the user has read them. In a joined session the
+ * assistant's answers show as they stream, and support may stop one
+ * (stop_generation).
  */
 'use strict';
 
@@ -19,6 +25,9 @@
   const ONLINE_REFRESH_MS = 15000;
   const REJOIN_WAIT_MS = 15000;
   const TYPING_IDLE_MS = 3000;
+  const JOINED_KEY = 'chatd.admin.joined.';
+  const SELECTED_KEY = 'chatd.admin.selected';
+  const narrow = window.matchMedia('(max-width: 760px)');
 
   const ui = {
     body: document.body,
@@ -29,6 +38,7 @@
     signOut: $('sign-out'),
     list: $('admin-sessions'),
     listStatus: $('sessions-status'),
+    stats: $('stats'),
     helpOnly: $('help-only'),
     refreshSessions: $('refresh-sessions'),
     online: $('online-list'),
@@ -41,28 +51,60 @@
     sub: $('conv-sub'),
     join: $('join'),
     leave: $('leave'),
+    resolve: $('resolve'),
     composer: $('composer'),
     input: $('composer-input'),
     send: $('send'),
+    status: $('composer-status'),
+    alert: $('composer-alert'),
   };
 
   let token = null;
   let client = null;
   let me = null; /* {user_id, name, selfType: 'admin'} */
   let infos = new Map(); /* session id -> session info from the API */
-  let order = []; /* session ids as the API listed them (newest first) */
+  let order = []; /* session ids as the API listed them (help first, then longest waiting) */
   let views = new Map(); /* session id -> V (sessions opened on this page) */
   let helpLive = new Map(); /* session id -> name of who asked, since this page opened */
   let selected = null;
   const pane = new C.ConversationPane({
     current, token: () => token, me: () => me, render: renderConversation, renderTyping, putPending,
+    seen,
   });
   const bar = new C.AssistantBar(() => stopAnswer(current()));
   let counter = 0;
   let timers = [];
   let unseen = 0;
   let refreshTimer = null;
+  let online = false;
+  let tooLong = false;
   const typingOut = new C.TypingSender(() => client, TYPING_IDLE_MS);
+
+  // The hooks of every session's reply queue.
+  const queueHooks = {
+    client: () => client,
+    build: (p, q) => ({ type: 'admin_message', id: p.id, session_id: q.sid, content: p.content }),
+    sending: (p) => refreshPending(p),
+    sent: (p) => refreshPending(p),
+    retrying: (p, err) => {
+      refreshPending(p);
+      if (err.code === 'rate_limited') C.notify(C.describeError(err), { kind: 'warn', code: err.code });
+    },
+    acked: (p, ack, q) => {
+      const V = views.get(q.sid);
+      if (!V) return;
+      V.pending.delete(p.id);
+      if (selected === V.id) pane.list.remove(p.key);
+      addEvent(V, {
+        type: 'admin_message', session_id: V.id, seq: ack.seq, id: p.id, sender: p.sender,
+        content: p.content, timestamp: ack.timestamp,
+      }, false);
+    },
+    failed: (p) => {
+      if (p.code === 'forbidden') p.error = 'join the conversation first';
+      refreshPending(p);
+    },
+  };
 
   function newView(id) {
     const V = {
@@ -72,19 +114,90 @@
       loadError: null,
       system: [],
       pending: new Map(),
+      queue: new C.SendQueue(queueHooks, id),
       typing: new Map(),
-      admins: new Map(), /* other support people joined: id -> name */
+      state: C.support.make(), /* help asked, support people joined */
+      ownerRead: 0, /* the highest seq the user has read */
+      sentRead: 0,
+      details: null,
       joined: false,
-      busy: false, /* a join or leave is on its way */
+      busy: false, /* a join, leave or resolve is on its way */
       unread: 0,
     };
     C.answers.init(V); /* streams, answering, stopping, ... */
     return V;
   }
 
+  function view(id) {
+    let V = views.get(id);
+    if (!V) {
+      V = newView(id);
+      views.set(id, V);
+    }
+    return V;
+  }
+
+  // A session's owner as {id, name}: GET api/sessions/{id} gives an
+  // object, the admin list the id in `owner` and the name in `owner_name`.
+  function ownerOf(s) {
+    const o = s && s.owner;
+    if (o && typeof o === 'object') return { id: o.id || '', name: o.name || o.id || '' };
+    return { id: o || '', name: (s && s.owner_name) || o || '' };
+  }
+
   function info(id) {
-    return infos.get(id) || { id, owner: '', created_at: '', updated_at: '', last_seq: 0,
-      help_requested: false, model: null };
+    return infos.get(id) || { id, title: '', owner: { id: '', name: helpLive.get(id) || '' }, created_at: '',
+      updated_at: '', last_seq: 0, help_requested: false, model: null };
+  }
+
+  function titleOf(id) {
+    const s = info(id);
+    if (s.title) return s.title;
+    const V = views.get(id);
+    if (V) {
+      for (const ev of V.tl.list()) if (ev.type === 'user_message') return C.titleFrom(ev.content) || C.UNTITLED;
+    }
+    return C.UNTITLED;
+  }
+
+  // Whether a session needs a person: its state when this page holds its
+  // events, else the list's.
+  function helpOpen(id) {
+    const V = views.get(id);
+    if (V && V.state.known) return V.state.help;
+    if (V && V.state.seq && V.state.seq >= (info(id).last_seq || 0)) return V.state.help;
+    return !!info(id).help_requested;
+  }
+
+  // "3 min", "1 h 5 min" since an RFC 3339 time.
+  function waited(since) {
+    const ms = Date.now() - Date.parse(since);
+    if (!(ms >= 0)) return '';
+    const min = Math.floor(ms / 60000);
+    if (min < 1) return 'under a minute';
+    if (min < 60) return min + ' min';
+    const h = Math.floor(min / 60);
+    return h + ' h' + (min % 60 ? ' ' + (min % 60) + ' min' : '');
+  }
+
+  // ---- joined sessions, kept across a reload -----------------------------------------
+
+  function saveJoined() {
+    const ids = Array.from(views.values()).filter((V) => V.joined).map((V) => V.id);
+    try {
+      sessionStorage.setItem(JOINED_KEY + me.user_id, JSON.stringify(ids));
+    } catch (e) {
+      /* no storage: a reload forgets them */
+    }
+  }
+
+  function loadJoined() {
+    try {
+      const ids = JSON.parse(sessionStorage.getItem(JOINED_KEY + me.user_id) || '[]');
+      return Array.isArray(ids) ? ids.filter((x) => typeof x === 'string') : [];
+    } catch (e) {
+      return [];
+    }
   }
 
   // ---- lists ----------------------------------------------------------------------
@@ -110,8 +223,11 @@
     for (const s of body.sessions || []) {
       const old = infos.get(s.id);
       if (old && old.last_seq > s.last_seq) s.last_seq = old.last_seq;
+      s.listedAt = Date.now();
       infos.set(s.id, s);
       order.push(s.id);
+      const V = views.get(s.id);
+      if (V) C.support.fromListed(V.state, s);
     }
     // Sessions asking for help right now stay listed even when the read
     // raced the request.
@@ -123,11 +239,35 @@
         ' · updated ' + C.formatTime(new Date().toISOString());
     renderList();
     if (selected) renderHeader();
+    loadStats();
   }
 
   function scheduleSessions() {
     clearTimeout(refreshTimer);
     refreshTimer = setTimeout(loadSessions, 300);
+  }
+
+  async function loadStats() {
+    const t = token;
+    let st;
+    try {
+      st = await C.api('api/admin/stats', t);
+    } catch (err) {
+      return; /* an older server: no statistics line */
+    }
+    if (t !== token || !st) return;
+    const parts = [(st.help_open || 0) + ' open help request' + (st.help_open === 1 ? '' : 's')];
+    const h = st.help_to_first_admin_ms;
+    if (h && h.count && h.median !== null && h.median !== undefined) {
+      parts.push('first reply after help: median ' + waitedMs(h.median) +
+        (h.p90 !== null && h.p90 !== undefined ? ', 90% ' + waitedMs(h.p90) : ''));
+    }
+    ui.stats.textContent = parts.join(' · ');
+  }
+
+  // A duration in the words of the waiting times ("under a minute", "3 min").
+  function waitedMs(ms) {
+    return waited(new Date(Date.now() - ms).toISOString());
   }
 
   async function loadOnline() {
@@ -147,7 +287,7 @@
       (body.total_users === 1 ? '' : 's') + ' on ' + (body.total_devices || 0) + ' device' +
       (body.total_devices === 1 ? '' : 's');
     ui.online.replaceChildren(...users.map((u) => C.el('li', { class: 'online-list__item' },
-      C.el('span', { class: 'online-list__user' }, u.user_id),
+      C.el('span', { class: 'online-list__user' }, u.name && u.name !== u.user_id ? u.name + ' (' + u.user_id + ')' : u.user_id),
       C.el('span', { class: 'muted' }, u.devices + ' device' + (u.devices === 1 ? '' : 's')))));
   }
 
@@ -156,28 +296,43 @@
       ? document.activeElement.dataset.sessionId : null;
     const items = order.map((id) => {
       const s = info(id);
+      const owner = ownerOf(s);
       const V = views.get(id);
       const live = helpLive.get(id);
+      const help = helpOpen(id);
       const badges = C.el('span', { class: 'session__badges' });
       if (live !== undefined) badges.append(C.el('span', { class: 'badge badge--alert' }, 'Asking for help now'));
-      else if (s.help_requested) badges.append(C.el('span', { class: 'badge badge--help' }, 'Help requested'));
+      else if (help) badges.append(C.el('span', { class: 'badge badge--help' }, 'Help requested'));
+      if (s.waiting_since) {
+        badges.append(C.el('span', { class: 'badge badge--waiting', title: 'Since ' + C.formatFull(s.waiting_since) },
+          'Waiting ' + waited(s.waiting_since)));
+      }
       if (V && V.joined) badges.append(C.el('span', { class: 'badge badge--support' }, 'Joined'));
+      const others = (Array.isArray(s.admins) ? s.admins : []).filter((a) => a && a.id !== me.user_id);
+      if (others.length) {
+        badges.append(C.el('span', { class: 'badge' }, 'With ' + others.map((a) => a.name || a.id).join(', ')));
+      }
       if (V && V.answering) badges.append(C.el('span', { class: 'badge badge--answering' }, 'Assistant answering'));
       if (V && V.unread) badges.append(C.el('span', { class: 'badge badge--unread' }, V.unread + ' new'));
+      const p = s.preview;
+      const preview = p && p.content !== undefined
+        ? (p.sender_name ? (p.type === 'admin_message' ? C.supportName(p.sender_name, ' (support)') : p.sender_name) + ': ' : '') + p.content
+        : (s.last_seq || 0) + ' event' + (s.last_seq === 1 ? '' : 's');
       const btn = C.el('button', {
         type: 'button', class: 'session', dataset: { sessionId: id },
         'aria-current': selected === id ? 'true' : null,
       },
-      C.el('span', { class: 'session__title' }, s.owner || live || id),
+      C.el('span', { class: 'session__title' }, owner.name || live || 'Unknown user'),
       C.el('time', { class: 'session__time', datetime: s.updated_at || '' },
         s.updated_at ? C.formatTime(s.updated_at) : ''),
-      C.el('span', { class: 'session__preview' },
-        (s.last_seq || 0) + ' message' + (s.last_seq === 1 ? '' : 's') + ' · ' + id),
+      C.el('span', { class: 'session__topic' }, titleOf(id)),
+      C.el('span', { class: 'session__preview' }, preview),
       badges);
+      btn.dataset.help = help ? 'true' : 'false';
       btn.addEventListener('click', () => select(id, true));
       const li = C.el('li', { class: 'session-list__item' }, btn);
       if (live !== undefined) li.classList.add('is-help-live');
-      if (s.help_requested) li.classList.add('is-help');
+      if (help) li.classList.add('is-help');
       return li;
     });
     ui.list.replaceChildren(...items);
@@ -192,9 +347,10 @@
     const joined = Array.from(views.values()).filter((V) => V.joined);
     ui.joinedBar.hidden = joined.length === 0;
     ui.joinedList.replaceChildren(...joined.map((V) => {
-      const label = info(V.id).owner || V.id;
+      const label = ownerOf(info(V.id)).name || V.id;
       const b = C.el('button', {
         type: 'button', class: 'chip', 'aria-current': selected === V.id ? 'true' : null,
+        title: titleOf(V.id), dataset: { sessionId: V.id },
       }, label, V.unread ? C.el('span', { class: 'badge badge--unread' }, String(V.unread)) : null);
       b.addEventListener('click', () => select(V.id, true));
       return C.el('li', {}, b);
@@ -210,16 +366,18 @@
   function select(id, byUser) {
     typingOut.stop();
     selected = id;
-    let V = views.get(id);
-    if (!V) {
-      V = newView(id);
-      views.set(id, V);
+    try {
+      sessionStorage.setItem(SELECTED_KEY, id);
+    } catch (e) {
+      /* no storage */
     }
+    const V = view(id);
     V.unread = 0;
     ui.body.dataset.view = 'conversation';
     renderConversation();
     renderList();
     ensureHistory(V);
+    loadDetails(V);
     if (byUser) (V.joined ? ui.input : ui.join).focus();
   }
 
@@ -227,9 +385,58 @@
     pane.loadHistory(V, info(V.id).last_seq, (lastSeq) => {
       const s = infos.get(V.id);
       if (s) s.last_seq = Math.max(s.last_seq || 0, lastSeq);
+      for (const ev of V.tl.list()) C.support.apply(V.state, ev);
       if (V.joined && client) client.resume(V.id, V.tl.high);
-      if (selected === V.id) renderConversation();
+      if (selected === V.id) {
+        renderConversation();
+        markReadIfSeen();
+      }
+      renderList();
     });
+  }
+
+  // One session's details: help and who is joined as of its last_seq, the
+  // user's read marker, its title.
+  function loadDetails(V) {
+    if (V.details) return;
+    const t = token;
+    V.details = C.api('api/sessions/' + encodeURIComponent(V.id), t).then((d) => {
+      if (t !== token || !d) return;
+      const s = infos.get(V.id);
+      if (s && typeof d.title === 'string') s.title = d.title;
+      if (!s) {
+        infos.set(V.id, { id: V.id, title: d.title || '', owner: d.owner, created_at: d.created,
+          updated_at: d.updated, last_seq: d.last_seq, help_requested: !!d.help, model: d.model });
+      }
+      if (C.support.fromDetails(V.state, d)) {
+        for (const ev of V.tl.list()) if (ev.seq > V.state.seq) C.support.apply(V.state, ev);
+      }
+      const owner = ownerOf(infos.get(V.id) || d);
+      const r = d.read && owner.id ? Number(d.read[owner.id]) : 0;
+      if (r > V.ownerRead) V.ownerRead = r;
+      if (selected === V.id) {
+        renderHeader();
+        pane.refreshSeen(V);
+      }
+      renderList();
+    }, () => {
+      /* an older server: the list and the events still count */
+    }).finally(() => {
+      V.details = null;
+    });
+  }
+
+  function seen(V, ev) {
+    return !!ev.sender && ev.sender.type === 'admin' && ev.sender.id === me.user_id && ev.seq <= V.ownerRead;
+  }
+
+  // Tell the user (and their devices) that support has read up to the end:
+  // in a joined session, shown at its end, the page visible.
+  function markReadIfSeen() {
+    const V = current();
+    if (!V || !V.joined || !V.tl.last || document.visibilityState !== 'visible' || !pane.atBottom()) return;
+    const seq = V.tl.last;
+    if (seq > V.sentRead && client && client.send({ type: 'read', session_id: V.id, seq })) V.sentRead = seq;
   }
 
   function renderHeader() {
@@ -239,24 +446,33 @@
       ui.sub.textContent = '';
       ui.join.hidden = true;
       ui.leave.hidden = true;
+      ui.resolve.hidden = true;
       setComposer(false);
       renderAssistant();
       return;
     }
     const s = info(V.id);
-    ui.title.textContent = (s.owner || helpLive.get(V.id) || 'Session') + ' · ' + V.id;
+    const owner = ownerOf(s);
+    ui.title.textContent = titleOf(V.id);
+    ui.title.title = ui.title.textContent;
     const parts = [];
-    if (s.created_at) parts.push('Started ' + C.formatTime(s.created_at));
+    const who = owner.name || helpLive.get(V.id) || '';
+    if (who) parts.push(who + (owner.id && owner.id !== who ? ' (' + owner.id + ')' : ''));
+    if (s.created_at) parts.push('started ' + C.formatTime(s.created_at));
     if (s.model) parts.push('model ' + s.model);
+    const help = helpOpen(V.id);
     if (helpLive.has(V.id)) parts.push('asking for help now');
-    else if (s.help_requested) parts.push('help requested');
-    if (V.admins.size) parts.push('also here: ' + Array.from(V.admins.values()).join(', '));
+    else if (help) parts.push('help requested');
+    const others = Array.from(V.state.admins).filter(([id]) => id !== me.user_id).map(([, n]) => n);
+    if (others.length) parts.push('also here: ' + others.join(', '));
     parts.push(V.joined ? 'you are in this conversation' : 'read only: join to reply');
     ui.sub.textContent = parts.join(' · ');
     ui.join.hidden = V.joined;
     ui.leave.hidden = !V.joined;
-    ui.join.disabled = V.busy;
-    ui.leave.disabled = V.busy;
+    ui.resolve.hidden = !help;
+    ui.join.disabled = V.busy || !online;
+    ui.leave.disabled = V.busy || !online;
+    ui.resolve.disabled = V.busy || !online;
     setComposer(V.joined);
     renderAssistant();
   }
@@ -270,8 +486,53 @@
 
   function setComposer(on) {
     ui.input.disabled = !on;
-    ui.send.disabled = !on;
     ui.input.placeholder = on ? 'Write a reply…' : 'Join the conversation to reply';
+    updateComposer();
+  }
+
+  function composed() {
+    return ui.input.value.replace(/^\s*\n/, '').replace(/\s+$/, '');
+  }
+
+  /* Send is enabled in a joined session while connected and while the
+   * reply fits max_content_bytes (see the chat page's updateComposer). */
+  function updateComposer() {
+    const V = current();
+    const on = !!V && V.joined;
+    const limit = C.contentLimit(client && client.status);
+    const bytes = C.byteLength(composed());
+    const over = bytes > limit;
+    ui.send.disabled = !on || !online || over;
+    ui.input.setAttribute('aria-invalid', over ? 'true' : 'false');
+    let text = '';
+    let kind = '';
+    if (on && !online) {
+      text = 'Not connected: what you write stays here until the connection is back.';
+      kind = 'offline';
+    } else if (over) {
+      text = 'Too long to send: ' + bytes.toLocaleString('en') + ' of ' + limit.toLocaleString('en') +
+        ' bytes. Shorten the reply.';
+      kind = 'over';
+    } else if (bytes >= limit * 0.75) {
+      text = bytes.toLocaleString('en') + ' of ' + limit.toLocaleString('en') + ' bytes';
+      kind = 'near';
+    }
+    ui.status.hidden = !text;
+    if (ui.status.textContent !== text) ui.status.textContent = text;
+    ui.status.dataset.kind = kind;
+    if (over !== tooLong) {
+      tooLong = over;
+      ui.alert.textContent = over ? 'The reply is too long to send: at most ' +
+        limit.toLocaleString('en') + ' bytes.' : '';
+    }
+  }
+
+  function onConnState(s) {
+    const now = s.state === 'open' || s.state === 'preparing';
+    if (now === online) return;
+    online = now;
+    if (current()) renderHeader();
+    else updateComposer();
   }
 
   function renderConversation() {
@@ -305,14 +566,20 @@
       s.last_seq = Math.max(s.last_seq || 0, ev.seq);
       if (ev.timestamp && ev.timestamp > (s.updated_at || '')) s.updated_at = ev.timestamp;
     }
+    const changed = C.support.apply(V.state, ev);
+    if (changed && s && (ev.type === 'help_request' || ev.type === 'help_resolved')) {
+      s.help_requested = V.state.help;
+    }
     const mine = ev.sender && ev.sender.id === me.user_id && ev.sender.type === 'admin';
     if (selected === V.id) {
-      pane.add([ev.seq, 0], C.messageNode({ ev }, me), mine);
-    } else if (live && !mine) {
+      pane.addEvent(V, ev, mine);
+      if (changed) renderHeader();
+      markReadIfSeen();
+    } else if (live && !mine && !C.isSessionEvent(ev)) {
       V.unread++;
     }
-    if (live && !mine && document.visibilityState !== 'visible') bumpTitle();
-    pane.typingDone(V, ev.sender);
+    if (live && !mine && !C.isSessionEvent(ev) && document.visibilityState !== 'visible') bumpTitle();
+    if (!C.isSessionEvent(ev)) pane.typingDone(V, ev.sender);
     renderList();
   }
 
@@ -322,39 +589,62 @@
     if (selected === V.id) pane.add(s.key, C.systemNode(text, kind, code), true);
   }
 
+  // A session event from a server that does not number them: it changes
+  // the state and shows as a line of this page only.
+  function unnumberedEvent(V, ev) {
+    if (!C.support.apply(V.state, ev)) return;
+    addSystem(V, C.sessionEventText(ev, me), ev.type === 'help_request' ? 'help' : 'join');
+    if (selected === V.id) renderHeader();
+  }
+
+  // An ack that stored a session event sent by this page: the event itself
+  // (the same as other devices get), or the state alone when the server
+  // does not number it or stored nothing (duplicate).
+  function ackedEvent(V, type, ack) {
+    const ev = { type, session_id: V.id, seq: ack.seq, timestamp: ack.timestamp,
+      sender: { type: 'admin', id: me.user_id, name: me.name } };
+    if (ack.duplicate) return;
+    if (Number.isSafeInteger(ack.seq)) addEvent(V, ev, false);
+    else {
+      delete ev.seq;
+      unnumberedEvent(V, ev);
+    }
+  }
+
   function bumpTitle() {
     unseen++;
     document.title = '(' + unseen + ') chatd support';
   }
 
-  // ---- join, leave, reply ----------------------------------------------------------------
+  // ---- join, leave, resolve, reply ----------------------------------------------------
 
   function join(V, rejoin) {
     V.busy = true;
     if (selected === V.id) renderHeader();
-    return client.request({ type: 'admin_join', session_id: V.id }, { prelude: rejoin }).then(() => {
+    return client.request({ type: 'admin_join', session_id: V.id }, { prelude: rejoin }).then((ack) => {
       V.busy = false;
       const was = V.joined;
       V.joined = true;
       helpLive.delete(V.id);
-      if (!was) {
-        const owner = info(V.id).owner || 'The user';
-        addSystem(V, 'You joined. ' + owner + ' is told that support is here.', 'join');
-      }
+      saveJoined();
+      if (!was || Number.isSafeInteger(ack.seq)) ackedEvent(V, 'admin_join', ack);
       // Everything after the last event held, then live.
       if (V.tl.loaded) client.resume(V.id, V.tl.high);
       else ensureHistory(V);
+      V.sentRead = 0;
       if (selected === V.id) {
         renderHeader();
         if (!rejoin) ui.input.focus();
+        markReadIfSeen();
       }
       renderList();
     }, (err) => {
       V.busy = false;
       V.joined = false;
+      saveJoined();
       dropStreams(V, C.answers.clear(V));
       if (err.code !== 'stopped') {
-        C.notify('Could not join ' + V.id + ': ' + err.message, { kind: 'error' });
+        C.notify('Could not join "' + titleOf(V.id) + '": ' + err.message, { kind: 'error', code: 'join' });
       }
       if (selected === V.id) renderHeader();
       renderList();
@@ -364,34 +654,73 @@
   function leave(V) {
     V.busy = true;
     renderHeader();
-    client.request({ type: 'admin_leave', session_id: V.id }).then(() => {
+    client.request({ type: 'admin_leave', session_id: V.id }).then((ack) => {
       V.busy = false;
       V.joined = false;
+      saveJoined();
       // Its answers no longer arrive here.
       dropStreams(V, C.answers.clear(V));
-      addSystem(V, 'You left the conversation.', 'leave');
-      if (selected === V.id) renderHeader();
+      ackedEvent(V, 'admin_leave', ack);
+      if (selected === V.id) {
+        renderHeader();
+        ui.join.focus();
+      }
       renderList();
     }, (err) => {
       V.busy = false;
-      if (err.code !== 'stopped') C.notify('Could not leave: ' + err.message, { kind: 'error' });
+      if (err.code !== 'stopped') C.notify('Could not leave: ' + err.message, { kind: 'error', code: 'leave' });
       if (selected === V.id) renderHeader();
     });
   }
 
+  function resolve(V) {
+    V.busy = true;
+    renderHeader();
+    client.request({ type: 'resolve_help', session_id: V.id }).then((ack) => {
+      V.busy = false;
+      helpLive.delete(V.id);
+      ackedEvent(V, 'help_resolved', ack);
+      V.state.help = false;
+      const s = infos.get(V.id);
+      if (s) s.help_requested = false;
+      if (selected === V.id) {
+        renderHeader();
+        (V.joined ? ui.input : ui.join).focus();
+      }
+      renderList();
+      scheduleSessions();
+    }, (err) => {
+      V.busy = false;
+      if (err.code !== 'stopped') {
+        C.notify('The help request could not be marked resolved: ' + err.message, { kind: 'error', code: 'resolve' });
+      }
+      if (selected === V.id) renderHeader();
+    });
+  }
+
+  function ownerView(p) {
+    for (const V of views.values()) if (V.pending.has(p.id)) return V;
+    return null;
+  }
+
   function putPending(V, p) {
-    const actions = [
-      { label: 'Retry', onClick: () => sendPending(V, p) },
-      {
-        label: 'Discard',
-        onClick: () => {
-          client.cancel(p.id);
-          V.pending.delete(p.id);
-          pane.list.remove(p.key);
-        },
+    const actions = [];
+    if (p.retryable) actions.push({ label: 'Retry', onClick: () => V.queue.retry(p) });
+    actions.push({
+      label: 'Discard',
+      onClick: () => {
+        V.queue.remove(p);
+        V.pending.delete(p.id);
+        pane.list.remove(p.key);
+        ui.input.focus();
       },
-    ];
+    });
     pane.list.put(p.key, C.messageNode({ pending: p, actions }, me));
+  }
+
+  function refreshPending(p) {
+    const V = ownerView(p);
+    if (V && selected === V.id) putPending(V, p);
   }
 
   function sendReply(V, text) {
@@ -404,32 +733,7 @@
     putPending(V, p);
     pane.empty.hidden = true;
     pane.scrollToEnd();
-    sendPending(V, p);
-  }
-
-  function sendPending(V, p) {
-    p.state = 'pending';
-    p.error = null;
-    if (selected === V.id) putPending(V, p);
-    client.request({ type: 'admin_message', id: p.id, session_id: V.id, content: p.content }, {
-      onRetry: (err, delay) => {
-        p.state = 'retrying';
-        p.note = C.retryNote(err, delay);
-        if (selected === V.id) putPending(V, p);
-      },
-    }).then((ack) => {
-      V.pending.delete(p.id);
-      if (selected === V.id) pane.list.remove(p.key);
-      addEvent(V, {
-        type: 'admin_message', session_id: V.id, seq: ack.seq, id: p.id, sender: p.sender,
-        content: p.content, timestamp: ack.timestamp,
-      }, false);
-    }, (err) => {
-      if (err.code === 'stopped') return;
-      p.state = 'failed';
-      p.error = err.code === 'forbidden' ? 'join the conversation first' : err.message;
-      if (selected === V.id) putPending(V, p);
-    });
+    V.queue.push(p);
   }
 
   // ---- typing ------------------------------------------------------------------------
@@ -515,11 +819,14 @@
 
   // ---- events --------------------------------------------------------------------------
 
+  // ---- events --------------------------------------------------------------------------
+
   function onHelp(ev) {
     const id = ev.session_id;
     if (!id) return;
     const name = ev.sender ? ev.sender.name || ev.sender.id : 'A user';
     const V = views.get(id);
+    if (V && Number.isSafeInteger(ev.seq) && V.tl.has(ev.seq)) return; /* already held */
     if (!(V && V.joined)) helpLive.set(id, name);
     const s = infos.get(id);
     if (s) s.help_requested = true;
@@ -527,20 +834,46 @@
       order.unshift(id);
       scheduleSessions();
     }
+    if (V) {
+      if (Number.isSafeInteger(ev.seq)) addEvent(V, ev, true);
+      else unnumberedEvent(V, ev);
+    }
     renderList();
     if (selected === id) renderHeader();
-    if (V && V.joined) addSystem(V, name + ' asked for help.', 'help');
-    C.notify(name + ' is asking for a human.', {
-      kind: 'warn', code: 'help_request', timeout: 20000,
+    C.notify(name + ' is asking for a person.', {
+      kind: 'warn', code: 'help_request', key: 'help_request:' + id, timeout: 20000,
       action: { label: 'Open', onClick: () => select(id, true) },
     });
     if (document.visibilityState !== 'visible') bumpTitle();
     loadOnline();
   }
 
+  function onResolved(ev) {
+    const id = ev.session_id;
+    if (!id) return;
+    helpLive.delete(id);
+    C.unnotify('help_request:' + id);
+    const s = infos.get(id);
+    if (s) s.help_requested = false;
+    const V = views.get(id);
+    if (V) {
+      if (Number.isSafeInteger(ev.seq)) addEvent(V, ev, true);
+      else unnumberedEvent(V, ev);
+    }
+    renderList();
+    if (selected === id) renderHeader();
+  }
+
   function onEvent(ev) {
     switch (ev.type) {
       case 'notification': {
+        if (ev.code === 'session_renamed') {
+          const s = infos.get(ev.session_id);
+          if (s && typeof ev.title === 'string') s.title = ev.title;
+          renderList();
+          if (selected === ev.session_id) renderHeader();
+          return;
+        }
         // assistant_done: the answer ended with nothing stored.
         const V = views.get(ev.session_id);
         if (V) endAnswer(V);
@@ -568,20 +901,29 @@
       case 'help_request':
         onHelp(ev);
         break;
+      case 'help_resolved':
+        onResolved(ev);
+        break;
+      case 'read': {
+        // The user's marker: this page's replies up to it are "Seen".
+        const V = views.get(ev.session_id);
+        const s = ev.sender;
+        if (!V || !s || s.type !== 'user' || !Number.isSafeInteger(ev.seq)) break;
+        const owner = ownerOf(info(V.id));
+        if (owner.id && s.id !== owner.id) break;
+        if (ev.seq > V.ownerRead) {
+          V.ownerRead = ev.seq;
+          if (selected === V.id) pane.refreshSeen(V);
+        }
+        break;
+      }
       case 'admin_join':
       case 'admin_leave': {
         const V = views.get(ev.session_id);
         if (!V || !ev.sender) return;
-        const name = ev.sender.name || ev.sender.id;
-        if (ev.type === 'admin_join') {
-          if (V.admins.has(ev.sender.id)) return;
-          V.admins.set(ev.sender.id, name);
-          addSystem(V, name + ' (support) joined.', 'join');
-        } else {
-          if (!V.admins.delete(ev.sender.id)) return;
-          addSystem(V, name + ' (support) left.', 'leave');
-        }
-        if (selected === V.id) renderHeader();
+        if (Number.isSafeInteger(ev.seq)) addEvent(V, ev, true);
+        else unnumberedEvent(V, ev);
+        renderList();
         break;
       }
       case 'loading':
@@ -603,8 +945,9 @@
   }
 
   // On every connection: join again what was joined (a subscription belongs
-  // to one connection), resume each, and only then let the outbox resend
-  // replies (admin_message needs the join first).
+  // to one connection; after a reload, what this tab had joined), resume
+  // each, and only then let the outbox resend replies (admin_message needs
+  // the join first).
   function onConnected(status, reconnect) {
     me = { user_id: status.user_id, name: status.name, selfType: 'admin' };
     if (!(status.roles || []).includes('admin')) {
@@ -617,7 +960,11 @@
       if (V.joined && reconnect) C.answers.stale(V);
     }
     const rejoins = Array.from(views.values()).filter((V) => V.joined).map((V) => join(V, true));
-    if (reconnect) loadSessions();
+    if (reconnect) {
+      loadSessions();
+      const V = current();
+      if (V) loadDetails(V);
+    }
     /* Also on the first connection: the list read at start could not
      * count this page's own socket yet. */
     loadOnline();
@@ -650,6 +997,7 @@
     views = new Map();
     helpLive = new Map();
     selected = null;
+    online = false;
     const who = claims ? (claims.name || claims.sub) + ' (' + claims.sub + ')' : '';
     if (claims && !(Array.isArray(claims.roles) && claims.roles.includes('admin'))) {
       showNotAdmin(who);
@@ -657,7 +1005,18 @@
     }
     ui.notAdmin.hidden = true;
     client = C.pageClient(token, onConnected, onEvent, () => typingOut.stop(), onError);
-    renderConversation();
+    client.on('state', onConnState);
+    // What this tab had joined before a reload: joined again on connecting.
+    for (const id of loadJoined()) view(id).joined = true;
+    let pick = null;
+    try {
+      pick = sessionStorage.getItem(SELECTED_KEY);
+    } catch (e) {
+      pick = null;
+    }
+    if (pick) select(pick, false);
+    else renderConversation();
+    if (narrow.matches && !pick) ui.body.dataset.view = 'list';
     loadSessions();
     loadOnline();
     timers.push(setInterval(() => {
@@ -674,7 +1033,10 @@
     for (const t of timers) clearInterval(t);
     timers = [];
     clearTimeout(refreshTimer);
-    for (const V of views.values()) for (const t of V.typing.values()) clearTimeout(t.timer);
+    for (const V of views.values()) {
+      V.queue.clear();
+      for (const t of V.typing.values()) clearTimeout(t.timer);
+    }
     client = null;
     token = null;
     infos = new Map();
@@ -682,11 +1044,13 @@
     views = new Map();
     helpLive = new Map();
     selected = null;
+    online = false;
     ui.notAdmin.hidden = true;
     ui.list.replaceChildren();
     ui.online.replaceChildren();
     ui.onlineSummary.textContent = '';
     ui.listStatus.textContent = '';
+    ui.stats.textContent = '';
     pane.list.clear();
   }
 
@@ -706,12 +1070,21 @@
       leave(V);
     }
   });
+  ui.resolve.addEventListener('click', () => {
+    const V = current();
+    if (V && client && !V.busy) resolve(V);
+  });
   ui.composer.addEventListener('submit', (e) => {
     e.preventDefault();
     const V = current();
-    const text = ui.input.value.replace(/^\s*\n/, '').replace(/\s+$/, '');
-    if (!V || !V.joined || !text || !client) return;
+    const text = composed();
+    if (!V || !V.joined || !text || !client || !online ||
+        C.byteLength(text) > C.contentLimit(client.status)) {
+      if (V && V.joined) ui.input.focus();
+      return;
+    }
     ui.input.value = '';
+    updateComposer();
     typingOut.stop();
     sendReply(V, text);
     ui.input.focus();
@@ -720,15 +1093,20 @@
   ui.input.addEventListener('input', () => {
     const V = current();
     typingOut.update(V && V.joined ? V.id : null, !!ui.input.value.trim());
+    updateComposer();
   });
   ui.back.addEventListener('click', () => {
     ui.body.dataset.view = 'list';
   });
   ui.notAdminSwitch.addEventListener('click', () => ui.signOut.click());
+  pane.scroll.addEventListener('scroll', () => {
+    if (pane.atBottom()) markReadIfSeen();
+  }, { passive: true });
   document.addEventListener('visibilitychange', () => {
     if (document.visibilityState === 'visible') {
       unseen = 0;
       document.title = 'chatd support';
+      markReadIfSeen();
     }
   });
 

@@ -1,17 +1,22 @@
 /*
  * chat.js: the chat page (chat.html). The user's conversations in a side
  * list, the selected one's messages (history over the HTTP API, then live
- * events over the shared Chatd.Client), the composer, typing indicators,
- * read markers, "talk to a human", the model selector, and the assistant:
- * its answers shown as they stream, the line saying that it is answering
- * with the Stop button, its errors, and the banner while a person from
- * support has taken the conversation over.
+ * events over the shared Chatd.Client), the composer with its byte
+ * counter, typing indicators, read markers both ways ("Seen" once support
+ * has read a message), "ask for a person", renaming and sharing a
+ * conversation, the model selector, and the assistant: its answers shown
+ * as they stream, the line saying that it is answering with the Stop
+ * button, its errors, and the banner while a person from support has taken
+ * the conversation over.
  *
  * Each conversation is an object S (see newSession) keyed by session id.
- * The conversation being written before it exists ("new conversation") is
- * the draft: its first message is sent without session_id, and the ack of
- * that message names the session; later draft messages wait for it so that
- * one conversation is not split in two.
+ * Its help and support state (S.state) comes from the API and from the
+ * stored session events, so a reload or another device shows the same.
+ * Messages go out through one Chatd.SendQueue per conversation, strictly
+ * in order. The conversation being written before it exists ("new
+ * conversation") is the draft: its queue sends the first message without
+ * session_id, and the ack of that message names the session for the rest,
+ * so that one conversation is not split in two.
  */
 'use strict';
 
@@ -20,6 +25,8 @@
   const $ = (id) => document.getElementById(id);
 
   const TYPING_IDLE_MS = 3000;
+  const LIST_REFRESH_MS = 60000;
+  const DETAILS_AT_START = 10;
   const READ_KEY = 'chatd.read.';
   const SELECTED_KEY = 'chatd.selected';
   const narrow = window.matchMedia('(max-width: 760px)');
@@ -33,12 +40,28 @@
     back: $('back'),
     title: $('conv-title'),
     sub: $('conv-sub'),
+    rename: $('rename'),
+    renameForm: $('rename-form'),
+    renameInput: $('rename-input'),
+    renameCancel: $('rename-cancel'),
     help: $('help'),
+    share: $('share'),
     takeover: $('takeover'),
     modelField: $('model-field'),
     model: $('model-select'),
     composer: $('composer'),
     input: $('composer-input'),
+    send: $('send'),
+    status: $('composer-status'),
+    alert: $('composer-alert'),
+    shareDialog: $('share-dialog'),
+    shareResult: $('share-result'),
+    shareUrl: $('share-url'),
+    shareCopy: $('share-copy'),
+    shareExpires: $('share-expires'),
+    shareStatus: $('share-status'),
+    shareCreate: $('share-create'),
+    shareRevoke: $('share-revoke'),
   };
 
   let token = null;
@@ -49,7 +72,7 @@
   let draft = null;
   const pane = new C.ConversationPane({
     current, token: () => token, me: () => me, render: renderConversation, renderTyping,
-    putPending,
+    putPending, seen,
   });
   const bar = new C.AssistantBar(() => stopAnswer(current()));
   let listItems = new Map(); /* session id -> <li> */
@@ -59,25 +82,52 @@
   let readStore = {};
   let readSaveTimer = null;
   let listTimer = null;
+  let refreshTimer = null;
+  let listSoon = null;
+  let online = false;
+  let tooLong = false;
+
+  // The hooks of every conversation's SendQueue.
+  const queueHooks = {
+    client: () => client,
+    build: (p, q) => {
+      const msg = { type: 'user_message', id: p.id, content: p.content };
+      if (q.sid) msg.session_id = q.sid;
+      return msg;
+    },
+    sending: (p) => refreshPending(p),
+    sent: (p) => refreshPending(p),
+    retrying: (p, err) => {
+      refreshPending(p);
+      if (err.code === 'rate_limited') {
+        C.notify(C.describeError(err), { kind: 'warn', code: err.code });
+      }
+    },
+    acked: (p, ack, q) => onAck(q, p, ack),
+    failed: (p) => refreshPending(p),
+  };
 
   function newDraft() {
-    return { pending: new Map(), creator: null, model: '' };
+    return { pending: new Map(), queue: new C.SendQueue(queueHooks, null), model: '' };
   }
 
   function newSession(id, info) {
     const S = {
       id,
-      info: Object.assign({ id, owner: me ? me.user_id : '', created_at: '', updated_at: '',
+      info: Object.assign({ id, title: '', owner: me ? me.user_id : '', created_at: '', updated_at: '',
         last_seq: 0, help_requested: false, model: null }, info || {}),
       tl: new C.Timeline(),
       loading: null,
       loadError: null,
       system: [], /* {key, text, kind, code} */
-      pending: new Map(), /* client id -> pending message */
+      pending: new Map(), /* client id -> message being sent */
+      queue: new C.SendQueue(queueHooks, id),
       typing: new Map(), /* sender key -> {label, timer} */
-      admins: new Map(), /* admins that joined: id -> name */
+      state: C.support.make(), /* help asked, support people joined */
+      reads: new Map(), /* reader id (support) -> highest seq read */
       read: null, /* highest seq read on any of this user's devices, as known here */
       sentRead: 0,
+      details: null, /* a GET api/sessions/{id} on its way */
     };
     C.answers.init(S); /* streams, answering, stopping, ... */
     return S;
@@ -93,7 +143,7 @@
     return S;
   }
 
-  // ---- read markers (kept per user in localStorage) ---------------------------
+  // ---- read markers (this user's, kept per user in localStorage) ----------------
 
   function loadReadStore() {
     readStore = {};
@@ -126,8 +176,9 @@
     return S.read === null ? 0 : Math.max(0, last - S.read);
   }
 
-  // Tell the other devices how far this one has shown the conversation:
-  // when it is on screen, the page visible and the view at its end.
+  // Tell the other devices and support how far this one has shown the
+  // conversation: when it is on screen, the page visible and the view at
+  // its end.
   function markReadIfSeen() {
     const S = current();
     if (!S || !S.tl.last || document.visibilityState !== 'visible' || !pane.atBottom()) return;
@@ -136,6 +187,26 @@
     if (seq > S.sentRead && client && client.send({ type: 'read', session_id: S.id, seq })) {
       S.sentRead = seq;
     }
+  }
+
+  // Support's read markers: an own message is "Seen" once someone other
+  // than this user has read up to it.
+  function readBy(S, readerId, seq) {
+    if (!readerId || readerId === me.user_id || !Number.isSafeInteger(seq)) return false;
+    const old = S.reads.get(readerId) || 0;
+    if (seq <= old) return false;
+    S.reads.set(readerId, seq);
+    return true;
+  }
+
+  function seenUpTo(S) {
+    let n = 0;
+    for (const v of S.reads.values()) n = Math.max(n, v);
+    return n;
+  }
+
+  function seen(S, ev) {
+    return !!ev.sender && ev.sender.type === 'user' && ev.sender.id === me.user_id && ev.seq <= seenUpTo(S);
   }
 
   // ---- the side list ------------------------------------------------------------
@@ -157,10 +228,15 @@
     return t.length > n ? t.slice(0, n - 1) + '…' : t;
   }
 
+  // The title the API gives (the same on every device and on the support
+  // page); for a conversation just started here, the same rule applied to
+  // its first message until the API is read again.
   function sessionTitle(S) {
-    const first = S.tl.get(1);
-    if (first) return snippet(first.content, 60);
-    return 'Conversation' + (S.info.created_at ? ' of ' + C.formatTime(S.info.created_at) : '');
+    if (S.info.title) return S.info.title;
+    for (const ev of S.tl.list()) {
+      if (ev.type === 'user_message') return C.titleFrom(ev.content) || C.UNTITLED;
+    }
+    return C.UNTITLED;
   }
 
   function renderList() {
@@ -200,14 +276,18 @@
     }
     const btn = li.firstChild;
     const unread = unreadCount(S);
-    const last = S.tl.get(S.tl.last);
+    let last = null;
+    for (let i = S.tl.seqs.length - 1; i >= 0 && !last; i--) {
+      const ev = S.tl.get(S.tl.seqs[i]);
+      if (!C.isSessionEvent(ev)) last = ev;
+    }
     const preview = last
       ? C.senderLabel(last.sender, me) + ': ' + snippet(last.content, 80)
-      : (S.info.last_seq || 0) + ' message' + (S.info.last_seq === 1 ? '' : 's');
+      : (S.info.last_seq || 0) + ' event' + (S.info.last_seq === 1 ? '' : 's');
     const badges = C.el('span', { class: 'session__badges' });
     if (unread) badges.append(C.el('span', { class: 'badge badge--unread' }, unread + ' new'));
-    if (S.info.help_requested) badges.append(C.el('span', { class: 'badge badge--help' }, 'Help requested'));
-    if (S.admins.size) badges.append(C.el('span', { class: 'badge badge--support' }, 'Support here'));
+    if (S.state.help) badges.append(C.el('span', { class: 'badge badge--help' }, 'Help requested'));
+    if (S.state.admins.size) badges.append(C.el('span', { class: 'badge badge--support' }, 'Support here'));
     if (S.answering) badges.append(C.el('span', { class: 'badge badge--answering' }, 'Answering…'));
     btn.replaceChildren(
       C.el('span', { class: 'session__title' }, sessionTitle(S)),
@@ -219,6 +299,8 @@
     else btn.removeAttribute('aria-current');
     li.classList.toggle('is-unread', unread > 0);
     btn.dataset.unread = String(unread);
+    btn.dataset.help = S.state.help ? 'true' : 'false';
+    btn.dataset.support = S.state.admins.size ? 'true' : 'false';
     return li;
   }
 
@@ -242,7 +324,9 @@
         const lastSeq = Math.max(S.info.last_seq || 0, s.last_seq || 0);
         const updated = (S.info.updated_at || '') > (s.updated_at || '') ? S.info.updated_at : s.updated_at;
         Object.assign(S.info, s, { last_seq: lastSeq, updated_at: updated });
+        if (typeof s.title !== 'string') S.info.title = '';
       }
+      C.support.fromListed(S.state, s);
       // A conversation never read on this browser starts as read: the
       // badge counts what arrives from now on (or what other devices have
       // not yet marked read).
@@ -251,6 +335,11 @@
     renderList();
     if (firstList) {
       firstList = false;
+      // Who from support is in the newest conversations (the list does not
+      // say): their details, for the badges.
+      for (const b of Array.from(ui.list.querySelectorAll('button.session')).slice(0, DETAILS_AT_START)) {
+        loadDetails(sessions.get(b.dataset.sessionId));
+      }
       let pick = null;
       try {
         pick = sessionStorage.getItem(SELECTED_KEY);
@@ -268,10 +357,48 @@
     }
   }
 
+  // One conversation's details: its help and support state as of its
+  // last_seq, support's read markers, its title.
+  function loadDetails(S) {
+    if (S.details) return;
+    const t = token;
+    S.details = C.api('api/sessions/' + encodeURIComponent(S.id), t).then((d) => {
+      if (t !== token || !d) return;
+      if (typeof d.title === 'string') S.info.title = d.title;
+      if (C.support.fromDetails(S.state, d)) {
+        // What arrived after the details' last_seq counts on top.
+        for (const ev of S.tl.list()) if (ev.seq > S.state.seq) C.support.apply(S.state, ev);
+      }
+      for (const [reader, seq] of Object.entries(d.read || {})) readBy(S, reader, Number(seq));
+      if (selected === S.id) {
+        renderHeader();
+        pane.refreshSeen(S);
+      }
+      scheduleList();
+    }, () => {
+      /* an older server, or the conversation is gone: the events still count */
+    }).finally(() => {
+      S.details = null;
+    });
+  }
+
+  // The conversation of a live event; one not known here yet (started on
+  // another device) is made, and the list read again soon for its title.
+  function liveSession(ev) {
+    if (!sessions.has(ev.session_id)) {
+      clearTimeout(listSoon);
+      listSoon = setTimeout(loadSessions, 300);
+    }
+    return ensureSession(ev.session_id, {
+      created_at: ev.timestamp, updated_at: ev.timestamp, last_seq: ev.seq || 0,
+    });
+  }
+
   // ---- the conversation -----------------------------------------------------------
 
   function select(id, byUser) {
     stopTyping();
+    closeRename(false);
     if (id !== null && !sessions.has(id)) id = null;
     selected = id;
     try {
@@ -284,15 +411,21 @@
     renderConversation();
     renderList();
     const S = current();
-    if (S) ensureHistory(S);
+    if (S) {
+      ensureHistory(S);
+      loadDetails(S);
+    }
     if (byUser) ui.input.focus();
   }
 
   function ensureHistory(S) {
     pane.loadHistory(S, S.info.last_seq, (lastSeq) => {
       S.info.last_seq = Math.max(S.info.last_seq || 0, lastSeq);
-      // Whatever was written between the read and now (if the socket was
-      // down meanwhile) comes back with resume; live events are deduplicated.
+      // The events read count for the state (those newer than what it
+      // holds); whatever was written between the read and now (if the
+      // socket was down meanwhile) comes back with resume; live events are
+      // deduplicated.
+      for (const ev of S.tl.list()) C.support.apply(S.state, ev);
       if (client) client.resume(S.id, S.tl.high);
       if (selected === S.id) {
         renderConversation();
@@ -312,12 +445,20 @@
       ui.title.textContent = sessionTitle(S);
       const parts = [];
       if (S.info.created_at) parts.push('Started ' + C.formatTime(S.info.created_at));
-      if (S.info.help_requested) parts.push('support has been asked to help');
-      if (S.admins.size) parts.push(Array.from(S.admins.values()).join(', ') + ' from support is here');
+      if (S.state.help) parts.push('support has been asked to help');
+      if (S.state.admins.size) {
+        const names = Array.from(S.state.admins.values()).map((n) => C.supportName(n, ' from support'));
+        parts.push(names.join(', ') + (names.length > 1 ? ' are here' : ' is here'));
+      }
       ui.sub.textContent = parts.join(' · ');
     }
-    ui.help.disabled = !S;
-    ui.help.textContent = S && S.info.help_requested ? 'Ask a human again' : 'Talk to a human';
+    ui.title.title = ui.title.textContent;
+    ui.rename.hidden = !S;
+    ui.share.hidden = !S;
+    const asked = !!S && S.state.help;
+    ui.help.disabled = !S || asked || !online;
+    ui.help.textContent = asked ? 'Help requested' : 'Ask for a person';
+    ui.help.dataset.state = asked ? 'asked' : 'idle';
     renderTakeover();
     renderModel();
   }
@@ -326,7 +467,7 @@
   // the banner says who took the conversation over.
   function renderTakeover() {
     const S = current();
-    const names = S ? Array.from(S.admins.values()) : [];
+    const names = S ? Array.from(S.state.admins.values()) : [];
     ui.takeover.hidden = names.length === 0;
     if (!names.length) return;
     const text = 'A person from support has taken over this conversation (' + names.join(', ') +
@@ -366,24 +507,34 @@
     pane.show(S);
   }
 
+  // The conversation (S, or null: the draft) a message being sent belongs to.
+  function ownerOf(p) {
+    if (draft.pending.has(p.id)) return null;
+    for (const S of sessions.values()) if (S.pending.has(p.id)) return S;
+    return undefined; /* discarded */
+  }
+
   function putPending(S, p) {
-    const actions = [
-      { label: 'Retry', onClick: () => sendPending(S ? sessions.get(S.id) : null, p) },
-      { label: 'Discard', onClick: () => discard(S, p) },
-    ];
+    const actions = [];
+    if (p.retryable) actions.push({ label: 'Retry', onClick: () => retry(p) });
+    if (p.code === 'content_too_large') actions.push({ label: 'Edit', onClick: () => edit(p) });
+    actions.push({ label: 'Discard', onClick: () => discard(p) });
     pane.list.put(p.key, C.messageNode({ pending: p, actions }, me));
   }
 
-  function refreshPending(S, p) {
+  function refreshPending(p) {
+    const S = ownerOf(p);
+    if (S === undefined) return;
     const shown = S ? selected === S.id : selected === null;
     if (shown) putPending(S, p);
   }
 
-  // A stored event arrived (live, replayed, or built from our own ack).
+  // A stored event arrived (live, replayed, or built from an ack).
   function addEvent(S, ev, live) {
     if (ev.id && S.pending.has(ev.id)) {
+      const p = S.pending.get(ev.id);
       S.pending.delete(ev.id);
-      if (selected === S.id) pane.list.remove(pendingKeyOf(ev.id));
+      if (selected === S.id) pane.list.remove(p.key);
     }
     if (ev.type === 'ai_response') {
       // The stored answer takes the place of its stream.
@@ -395,29 +546,34 @@
     if (!S.tl.add(ev)) return;
     S.info.last_seq = Math.max(S.info.last_seq || 0, ev.seq);
     if (ev.timestamp && ev.timestamp > (S.info.updated_at || '')) S.info.updated_at = ev.timestamp;
+    const changed = C.support.apply(S.state, ev);
     const fromOther = !(ev.sender && ev.sender.id === me.user_id && ev.sender.type === 'user');
     if (selected === S.id) {
-      pane.add([ev.seq, 0], C.messageNode({ ev }, me), !fromOther);
-      if (ev.seq === 1) renderHeader();
+      pane.addEvent(S, ev, !fromOther);
+      if (changed || ev.seq === 1) renderHeader();
       markReadIfSeen();
     }
-    if (live && fromOther && document.visibilityState !== 'visible') {
+    if (live && fromOther && !C.isSessionEvent(ev) && document.visibilityState !== 'visible') {
       unseen++;
       document.title = '(' + unseen + ') chatd';
     }
-    pane.typingDone(S, ev.sender);
+    if (!C.isSessionEvent(ev)) pane.typingDone(S, ev.sender);
     scheduleList();
-  }
-
-  const pendingKeys = new Map(); /* client id -> key */
-  function pendingKeyOf(id) {
-    return pendingKeys.get(id) || [Infinity, -1];
   }
 
   function addSystem(S, text, kind, code) {
     const s = { key: [S.tl.last, ++counter], text, kind, code };
     S.system.push(s);
     if (selected === S.id) pane.add(s.key, C.systemNode(text, kind, code), false);
+  }
+
+  // A session event from a server that does not number them: it changes
+  // the state and shows as a line of this page only.
+  function unnumberedEvent(S, ev) {
+    if (!C.support.apply(S.state, ev)) return;
+    addSystem(S, C.sessionEventText(ev, me), ev.type === 'help_request' ? 'help' : 'join');
+    if (selected === S.id) renderHeader();
+    scheduleList();
   }
 
   // ---- sending --------------------------------------------------------------------
@@ -432,102 +588,77 @@
       timestamp: new Date().toISOString(),
       sender: { type: 'user', id: me.user_id, name: me.name },
     };
-    pendingKeys.set(p.id, p.key);
-    if (!S) {
-      draft.pending.set(p.id, p);
-      putPending(null, p);
-      pane.empty.hidden = true;
-      if (!draft.creator) {
-        draft.creator = p.id;
-        sendPending(null, p);
-      }
-    } else {
-      S.pending.set(p.id, p);
-      putPending(S, p);
-      pane.empty.hidden = true;
-      sendPending(S, p);
-    }
+    (S ? S.pending : draft.pending).set(p.id, p);
+    putPending(S, p);
+    pane.empty.hidden = true;
+    (S ? S.queue : draft.queue).push(p);
     pane.scrollToEnd();
   }
 
-  function sendPending(S, p) {
-    const msg = { type: 'user_message', id: p.id, content: p.content };
-    if (S) msg.session_id = S.id;
-    p.state = 'pending';
-    p.error = null;
-    refreshPending(S, p);
-    client.request(msg, {
-      onRetry: (err, delay) => {
-        p.state = 'retrying';
-        p.note = C.retryNote(err, delay);
-        refreshPending(S, p);
-        if (err.code === 'rate_limited') {
-          C.notify(C.describeError(err), { kind: 'warn', code: err.code });
-        }
-      },
-      onSent: () => {
-        if (p.state === 'retrying') {
-          p.state = 'pending';
-          refreshPending(S, p);
-        }
-      },
-    }).then((ack) => onAck(S, p, ack), (err) => {
-      if (err.code === 'stopped') return;
-      p.state = 'failed';
-      p.error = err.message;
-      // Pending messages of the draft live there until the session exists.
-      const owner = S ? sessions.get(S.id) : null;
-      refreshPending(owner, p);
-    });
+  function queueOf(p) {
+    const S = ownerOf(p);
+    if (S === undefined) return null;
+    return S ? S.queue : draft.queue;
   }
 
-  function onAck(S, p, ack) {
+  function retry(p) {
+    const q = queueOf(p);
+    if (!q) return;
+    q.retry(p);
+    refreshPending(p);
+  }
+
+  function discard(p) {
+    const q = queueOf(p);
+    if (q) q.remove(p);
+    const S = ownerOf(p);
+    if (S) S.pending.delete(p.id);
+    else if (S === null) draft.pending.delete(p.id);
+    pane.list.remove(p.key);
+    ui.input.focus();
+  }
+
+  // A message too long to send: back into the message box (after what is
+  // there already) to shorten it.
+  function edit(p) {
+    discard(p);
+    const before = ui.input.value.replace(/\s+$/, '');
+    ui.input.value = before ? before + '\n' + p.content : p.content;
+    updateComposer();
+    ui.input.focus();
+  }
+
+  function onAck(q, p, ack) {
     if (!ack.session_id) return;
-    let target = S;
-    if (!target) {
-      // The first message of the draft: the conversation now exists.
-      target = ensureSession(ack.session_id, {
+    let S = q.sid ? sessions.get(q.sid) : null;
+    if (!q.sid) {
+      // The first message of the draft: the conversation now exists, and
+      // the draft's queue sends the rest to it.
+      q.sid = ack.session_id;
+      S = ensureSession(ack.session_id, {
         created_at: ack.timestamp, updated_at: ack.timestamp, last_seq: ack.seq,
       });
-      if (!target.tl.loaded) target.tl.markLoaded(0);
+      S.queue = q;
+      if (!S.tl.loaded) S.tl.markLoaded(0);
       const showing = selected === null;
-      for (const [id, q] of draft.pending) target.pending.set(id, q);
-      const queued = Array.from(draft.pending.values()).filter((q) => q !== p);
+      for (const [id, x] of draft.pending) S.pending.set(id, x);
       const model = draft.model;
       draft = newDraft();
-      if (showing) select(target.id, false);
-      for (const q of queued) sendPending(target, q);
-      if (model) chooseModel(target, model);
+      if (showing) select(S.id, false);
+      if (model) chooseModel(S, model);
+      // The title the API gives it, the same everywhere.
+      setTimeout(loadSessions, 200);
     }
-    target.pending.delete(p.id);
-    if (selected === target.id) pane.list.remove(p.key);
-    addEvent(target, {
-      type: 'user_message', session_id: target.id, seq: ack.seq, id: p.id,
+    if (!S) return;
+    const held = S.pending.get(p.id);
+    S.pending.delete(p.id);
+    if (held && selected === S.id) pane.list.remove(held.key);
+    addEvent(S, {
+      type: 'user_message', session_id: S.id, seq: ack.seq, id: p.id,
       sender: p.sender, content: p.content, timestamp: ack.timestamp,
     }, false);
-    setRead(target, Math.max(target.read || 0, ack.seq));
+    setRead(S, Math.max(S.read || 0, ack.seq));
   }
-
-  function discard(S, p) {
-    client.cancel(p.id);
-    if (S) {
-      const T = sessions.get(S.id);
-      if (T) T.pending.delete(p.id);
-    } else {
-      draft.pending.delete(p.id);
-      if (draft.creator === p.id) {
-        // The next waiting message starts the conversation instead.
-        draft.creator = null;
-        const next = draft.pending.values().next().value;
-        if (next) {
-          draft.creator = next.id;
-          sendPending(null, next);
-        }
-      }
-    }
-    pane.list.remove(p.key);
-  }
-
   function chooseModel(S, modelId) {
     client.request({ type: 'model_select', session_id: S.id, model_id: modelId }).then((ack) => {
       S.info.model = ack.model_id || modelId;
@@ -644,13 +775,20 @@
   }
 
   // ---- events from the server --------------------------------------------------------
-
   function onEvent(ev) {
     switch (ev.type) {
       case 'notification': {
-        // assistant_done: the answer ended with nothing stored.
         const S = sessions.get(ev.session_id);
-        if (S) endAnswer(S);
+        if (!S) return;
+        if (ev.code === 'session_renamed') {
+          // Renamed on this or another device: the title chatd now gives.
+          if (typeof ev.title === 'string') S.info.title = ev.title;
+          if (selected === S.id) renderHeader();
+          scheduleList();
+          return;
+        }
+        // assistant_done: the answer ended with nothing stored.
+        endAnswer(S);
         return;
       }
       case 'user_message':
@@ -661,33 +799,30 @@
           onPiece(ev);
           return;
         }
-        addEvent(ensureSession(ev.session_id, {
-          created_at: ev.timestamp, updated_at: ev.timestamp, last_seq: ev.seq,
-        }), ev, true);
+        addEvent(liveSession(ev), ev, true);
         break;
       case 'typing_indicator':
         onTyping(ev);
         break;
       case 'read': {
         const S = sessions.get(ev.session_id);
-        if (S && Number.isSafeInteger(ev.seq)) setRead(S, ev.seq);
+        if (!S || !Number.isSafeInteger(ev.seq)) break;
+        const s = ev.sender;
+        if (!s || (s.id === me.user_id && s.type === 'user')) {
+          setRead(S, ev.seq); /* another device of this user */
+        } else if (readBy(S, s.id, ev.seq) && selected === S.id) {
+          pane.refreshSeen(S);
+        }
         break;
       }
+      case 'help_request':
+      case 'help_resolved':
       case 'admin_join':
       case 'admin_leave': {
-        const S = sessions.get(ev.session_id);
-        if (!S || !ev.sender) return;
-        const name = ev.sender.name || ev.sender.id;
-        if (ev.type === 'admin_join') {
-          if (S.admins.has(ev.sender.id)) return; /* the same admin, reconnected */
-          S.admins.set(ev.sender.id, name);
-          addSystem(S, name + ' from support joined the conversation.', 'join');
-        } else {
-          if (!S.admins.delete(ev.sender.id)) return;
-          addSystem(S, name + ' from support left the conversation.', 'leave');
-        }
-        if (selected === S.id) renderHeader();
-        scheduleList();
+        if (!ev.session_id || !ev.sender) return;
+        const S = liveSession(ev);
+        if (Number.isSafeInteger(ev.seq)) addEvent(S, ev, true);
+        else unnumberedEvent(S, ev);
         break;
       }
       case 'loading':
@@ -701,7 +836,7 @@
         break;
       }
       default:
-        break; /* help_request and anything newer: not for this page */
+        break; /* anything newer: not for this page */
     }
   }
 
@@ -717,8 +852,163 @@
       else if (reconnect) dropStreams(S, C.answers.resumed(S));
       S.sentRead = 0;
     }
-    if (reconnect) loadSessions();
+    if (reconnect) {
+      loadSessions();
+      const S = current();
+      if (S) loadDetails(S);
+    }
     markReadIfSeen();
+    updateComposer();
+  }
+
+  // ---- the message box ------------------------------------------------------------
+
+  // The text a send would send: leading blank lines and trailing space off.
+  function composed() {
+    return ui.input.value.replace(/^\s*\n/, '').replace(/\s+$/, '');
+  }
+
+  /* Send is enabled while connected and the text fits max_content_bytes;
+   * the line under the box says why not, and counts the bytes once the
+   * text nears the limit. Crossing the limit is announced once. */
+  function updateComposer() {
+    const limit = C.contentLimit(client && client.status);
+    const bytes = C.byteLength(composed());
+    const over = bytes > limit;
+    ui.send.disabled = !online || over;
+    ui.input.setAttribute('aria-invalid', over ? 'true' : 'false');
+    let text = '';
+    let kind = '';
+    if (!online) {
+      text = 'Not connected: what you write stays here until the connection is back.';
+      kind = 'offline';
+    } else if (over) {
+      text = 'Too long to send: ' + bytes.toLocaleString('en') + ' of ' + limit.toLocaleString('en') +
+        ' bytes. Shorten the message.';
+      kind = 'over';
+    } else if (bytes >= limit * 0.75) {
+      text = bytes.toLocaleString('en') + ' of ' + limit.toLocaleString('en') + ' bytes';
+      kind = 'near';
+    }
+    ui.status.hidden = !text;
+    if (ui.status.textContent !== text) ui.status.textContent = text;
+    ui.status.dataset.kind = kind;
+    ui.status.dataset.bytes = String(bytes);
+    ui.status.dataset.limit = String(limit);
+    if (over !== tooLong) {
+      tooLong = over;
+      ui.alert.textContent = over ? 'The message is too long to send: at most ' +
+        limit.toLocaleString('en') + ' bytes.' : '';
+    }
+    const S = current();
+    ui.help.disabled = !S || S.state.help || !online;
+  }
+
+  function onConnState(s) {
+    const now = s.state === 'open' || s.state === 'preparing';
+    if (now === online) return;
+    online = now;
+    updateComposer();
+  }
+
+  // ---- renaming and sharing ---------------------------------------------------------
+
+  function openRename() {
+    const S = current();
+    if (!S) return;
+    ui.renameInput.value = sessionTitle(S) === C.UNTITLED && !S.info.title ? '' : sessionTitle(S);
+    ui.renameForm.hidden = false;
+    ui.title.parentElement.hidden = true;
+    ui.renameInput.focus();
+    ui.renameInput.select();
+  }
+
+  function closeRename(focus) {
+    if (ui.renameForm.hidden) return;
+    ui.renameForm.hidden = true;
+    ui.title.parentElement.hidden = false;
+    if (focus) ui.rename.focus();
+  }
+
+  async function saveRename() {
+    const S = current();
+    const title = ui.renameInput.value.trim();
+    if (!S) return;
+    if (!title || C.byteLength(title) > 100 || /[\u0000-\u001f\u007f]/.test(title)) {
+      C.notify('A title has 1 to 100 bytes and no control characters.', { kind: 'error', code: 'rename' });
+      ui.renameInput.focus();
+      return;
+    }
+    try {
+      const body = await C.api('api/sessions/' + encodeURIComponent(S.id), token,
+        { method: 'PATCH', body: { title } });
+      S.info.title = body && typeof body.title === 'string' ? body.title : title;
+    } catch (err) {
+      C.notify('The conversation could not be renamed: ' + err.message, { kind: 'error', code: 'rename' });
+      ui.renameInput.focus();
+      return;
+    }
+    closeRename(true);
+    if (selected === S.id) renderHeader();
+    scheduleList();
+  }
+
+  function openShare() {
+    const S = current();
+    if (!S) return;
+    ui.shareResult.hidden = true;
+    ui.shareStatus.textContent = '';
+    ui.shareDialog.dataset.sessionId = S.id;
+    ui.shareDialog.showModal();
+    ui.shareCreate.focus();
+  }
+
+  async function createShare() {
+    const id = ui.shareDialog.dataset.sessionId;
+    ui.shareCreate.disabled = true;
+    ui.shareStatus.textContent = 'Creating a link…';
+    try {
+      const body = await C.api('api/sessions/' + encodeURIComponent(id) + '/share', token,
+        { method: 'POST', body: {} });
+      const url = new URL(body.url, location.href).href;
+      ui.shareUrl.value = url;
+      ui.shareExpires.textContent = body.expires ? 'It works until ' + C.formatFull(body.expires) + '.' : '';
+      ui.shareResult.hidden = false;
+      ui.shareStatus.textContent = 'Link created. Copy it and send it to whoever should read this conversation.';
+      ui.shareUrl.focus();
+      ui.shareUrl.select();
+    } catch (err) {
+      ui.shareStatus.textContent = 'No link could be created: ' + err.message;
+    } finally {
+      ui.shareCreate.disabled = false;
+    }
+  }
+
+  async function revokeShare() {
+    const id = ui.shareDialog.dataset.sessionId;
+    ui.shareRevoke.disabled = true;
+    try {
+      await C.api('api/sessions/' + encodeURIComponent(id) + '/share', token, { method: 'DELETE' });
+      ui.shareResult.hidden = true;
+      ui.shareUrl.value = '';
+      ui.shareStatus.textContent = 'Sharing stopped: every link to this conversation has stopped working.';
+    } catch (err) {
+      ui.shareStatus.textContent = 'Sharing could not be stopped: ' + err.message;
+    } finally {
+      ui.shareRevoke.disabled = false;
+      ui.shareRevoke.focus();
+    }
+  }
+
+  async function copyShare() {
+    ui.shareUrl.focus();
+    ui.shareUrl.select();
+    try {
+      await navigator.clipboard.writeText(ui.shareUrl.value);
+      ui.shareStatus.textContent = 'Link copied.';
+    } catch (e) {
+      ui.shareStatus.textContent = 'Copying is not allowed here: the link is selected, copy it with Ctrl+C.';
+    }
   }
 
   // ---- page start / stop -------------------------------------------------------------
@@ -732,40 +1022,61 @@
     selected = null;
     draft = newDraft();
     firstList = true;
+    online = false;
     client = C.pageClient(token, onConnected, onEvent, stopTyping, onError);
+    client.on('state', onConnState);
     renderConversation();
+    updateComposer();
     loadSessions();
+    refreshTimer = setInterval(() => {
+      if (document.visibilityState === 'visible') loadSessions();
+    }, LIST_REFRESH_MS);
     return client;
   }
 
   function stop() {
     stopTyping();
+    clearInterval(refreshTimer);
+    clearTimeout(listSoon);
     client = null;
     token = null;
     for (const S of sessions.values()) {
+      S.queue.clear();
       for (const t of S.typing.values()) clearTimeout(t.timer);
     }
+    if (draft) draft.queue.clear();
     sessions = new Map();
     listItems = new Map();
     ui.list.replaceChildren();
     pane.list.clear();
     draft = newDraft();
     selected = null;
+    online = false;
+    if (ui.shareDialog.open) ui.shareDialog.close();
   }
 
   // ---- wiring ------------------------------------------------------------------------
 
   ui.composer.addEventListener('submit', (e) => {
     e.preventDefault();
-    const text = ui.input.value.replace(/^\s*\n/, '').replace(/\s+$/, '');
-    if (!text || !client) return;
+    const text = composed();
+    // Offline or too long: the text stays in the box, and the line under it
+    // says why.
+    if (!text || !client || !online || C.byteLength(text) > C.contentLimit(client.status)) {
+      ui.input.focus();
+      return;
+    }
     ui.input.value = '';
+    updateComposer();
     stopTyping();
     sendMessage(text);
     ui.input.focus();
   });
   C.submitOnEnter(ui.input, ui.composer);
-  ui.input.addEventListener('input', () => typingOut.update(selected, !!ui.input.value.trim()));
+  ui.input.addEventListener('input', () => {
+    typingOut.update(selected, !!ui.input.value.trim());
+    updateComposer();
+  });
   ui.newConv.addEventListener('click', () => select(null, true));
   ui.back.addEventListener('click', () => {
     ui.body.dataset.view = 'list';
@@ -774,15 +1085,26 @@
   });
   ui.help.addEventListener('click', () => {
     const S = current();
-    if (!S || !client) return;
+    if (!S || !client || S.state.help) return;
     ui.help.disabled = true;
-    client.request({ type: 'help_request', session_id: S.id }).then(() => {
-      S.info.help_requested = true;
-      addSystem(S, 'You asked for a person from support. They have been told and will join here.', 'help');
+    client.request({ type: 'help_request', session_id: S.id }).then((ack) => {
+      if (Number.isSafeInteger(ack.seq) && !ack.duplicate) {
+        addEvent(S, {
+          type: 'help_request', session_id: S.id, seq: ack.seq, timestamp: ack.timestamp,
+          sender: { type: 'user', id: me.user_id, name: me.name },
+        }, false);
+      } else if (!Number.isSafeInteger(ack.seq) && !ack.duplicate) {
+        unnumberedEvent(S, { type: 'help_request', session_id: S.id,
+          sender: { type: 'user', id: me.user_id, name: me.name } });
+      } else {
+        S.state.help = true;
+      }
       if (selected === S.id) renderHeader();
       scheduleList();
     }, (err) => {
-      if (err.code !== 'stopped') C.notify('Support could not be asked: ' + err.message, { kind: 'error' });
+      if (err.code !== 'stopped') {
+        C.notify('Support could not be asked: ' + err.message, { kind: 'error', code: 'help' });
+      }
       if (selected === S.id) renderHeader();
     });
   });
@@ -795,6 +1117,23 @@
     }
     chooseModel(S, ui.model.value);
   });
+  ui.rename.addEventListener('click', openRename);
+  ui.renameForm.addEventListener('submit', (e) => {
+    e.preventDefault();
+    saveRename();
+  });
+  ui.renameCancel.addEventListener('click', () => closeRename(true));
+  ui.renameInput.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape') {
+      e.preventDefault();
+      closeRename(true);
+    }
+  });
+  ui.share.addEventListener('click', openShare);
+  ui.shareCreate.addEventListener('click', createShare);
+  ui.shareRevoke.addEventListener('click', revokeShare);
+  ui.shareCopy.addEventListener('click', copyShare);
+  ui.shareDialog.addEventListener('close', () => ui.share.focus());
   pane.scroll.addEventListener('scroll', () => {
     if (pane.atBottom()) markReadIfSeen();
   }, { passive: true });

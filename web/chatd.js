@@ -1,5 +1,6 @@
 /*
- * chatd.js: the shared client of the chatd web pages (chat.html, admin.html).
+ * chatd.js: the shared client of the chatd web pages (chat.html, admin.html,
+ * and shared.html, which uses only its drawing helpers).
  *
  * One copy of what both pages need to talk to chatd (see docs/protocol.md):
  *  - the token: taken from #token= on load, kept in sessionStorage
@@ -17,7 +18,13 @@
  *  - Chatd.StreamText, Chatd.answers, Chatd.AssistantBar: the assistant's
  *    answers placed by byte offset as they stream, its state per
  *    conversation (answering, stopping) and the line with the Stop button;
- *  - small DOM, formatting and notice helpers.
+ *  - Chatd.SendQueue: a conversation's messages sent strictly in order,
+ *    one at a time; a refused one does not hold up the next;
+ *  - Chatd.support: a conversation's help and support state, from the API
+ *    and the stored session events (help_request, help_resolved,
+ *    admin_join, admin_leave), and the lines those events show as;
+ *  - small DOM (links in messages), formatting and notice helpers (one
+ *    notice per condition).
  *
  * Plain browser JavaScript, no build step. The page is served under a strict
  * Content-Security-Policy: no inline script or style, so nothing here sets
@@ -130,29 +137,39 @@
     }
   }
 
-  // GET an API path relative to the page (so a --prefix works), with the
-  // token as a bearer header. Resolves with the JSON body; rejects with an
-  // ApiError carrying the error body's code and message.
-  async function api(path, token) {
+  // Call an API path relative to the page (so a --prefix works), with the
+  // token as a bearer header (none when token is null). opts: method
+  // (default GET), body (sent as JSON). Resolves with the JSON body (null
+  // for an answer without one, such as 204); rejects with an ApiError
+  // carrying the error body's code and message.
+  async function api(path, token, opts) {
+    opts = opts || {};
+    const headers = {};
+    if (token) headers.Authorization = 'Bearer ' + token;
+    const init = { method: opts.method || 'GET', headers, cache: 'no-store' };
+    if (opts.body !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(opts.body);
+    }
     let res;
     try {
-      res = await fetch(new URL(path, location.href), {
-        headers: { Authorization: 'Bearer ' + token },
-        cache: 'no-store',
-      });
+      res = await fetch(new URL(path, location.href), init);
     } catch (e) {
       throw new ApiError(0, 'network', 'The server cannot be reached.');
     }
     let body = null;
-    try {
-      body = await res.json();
-    } catch (e) {
-      body = null;
+    if (res.status !== 204) {
+      try {
+        body = await res.json();
+      } catch (e) {
+        body = null;
+      }
     }
     if (!res.ok) {
       const err = (body && body.error) || {};
-      throw new ApiError(res.status, err.code || 'http_' + res.status,
-        err.message || res.statusText || 'request failed', err.retry_after);
+      const e = typeof err === 'string' ? { message: err } : err;
+      throw new ApiError(res.status, e.code || 'http_' + res.status,
+        e.message || res.statusText || 'request failed', e.retry_after);
     }
     return body;
   }
@@ -342,20 +359,41 @@
     }
 
     /* The upgrade was refused or the server is unreachable; a browser does
-     * not say which. The HTTP API authenticates the same way, so ask it:
-     * a 401 means the token is bad, anything else means try again later. */
+     * not say which (it cannot read the refusal's status). The HTTP API
+     * authenticates the same way, so ask it: GET api/devices answers a
+     * 401 for a bad token, and otherwise says how many devices the user
+     * has connected and the limit, so a refusal at the device limit can
+     * be told apart (the retry then says so: {limit: {devices, max}}).
+     * Anything else means try again later. A server without api/devices
+     * (404) is asked api/sessions instead, for the token alone. */
     _probe() {
       const gen = this.gen;
       this._setState('waiting', { delay: null });
-      api('api/sessions?limit=1', this.token).then(
-        () => {
-          if (gen === this.gen && !this.stopped) this._scheduleRetry({});
-        },
-        (err) => {
-          if (gen !== this.gen || this.stopped) return;
-          if (err.status === 401) this._authFailed(err.message);
-          else this._scheduleRetry({ reason: err.status ? err.message : '' });
-        });
+      const stale = () => gen !== this.gen || this.stopped;
+      const failed = (err) => {
+        if (stale()) return;
+        if (err.status === 401) this._authFailed(err.message);
+        else this._scheduleRetry({ reason: err.status ? err.message : '' });
+      };
+      api('api/devices', this.token).then((body) => {
+        if (stale()) return;
+        const devices = body ? Number(body.devices) : NaN;
+        const max = body ? Number(body.max_devices) : NaN;
+        if (devices >= 0 && max > 0 && devices >= max) {
+          this._scheduleRetry({ limit: { devices, max, policy: body.device_policy || '' } });
+        } else {
+          this._scheduleRetry({});
+        }
+      }, (err) => {
+        if (stale()) return;
+        if (err.status !== 404) {
+          failed(err);
+          return;
+        }
+        api('api/sessions?limit=1', this.token).then(() => {
+          if (!stale()) this._scheduleRetry({});
+        }, failed);
+      });
     }
 
     _authFailed(reason) {
@@ -419,10 +457,14 @@
           break;
         }
         case 'notification':
-          // About one session's answer (it ended with nothing to show):
-          // the page's event handler, not a notice for the person.
-          if (msg.code === 'assistant_done' && msg.session_id) this.emit('event', msg);
-          else this.emit('notification', msg);
+          // About one session (its answer ended with nothing to show, it
+          // was renamed): the page's event handler, not a notice for the
+          // person.
+          if ((msg.code === 'assistant_done' || msg.code === 'session_renamed') && msg.session_id) {
+            this.emit('event', msg);
+          } else {
+            this.emit('notification', msg);
+          }
           break;
         default:
           this.emit('event', msg);
@@ -529,6 +571,151 @@
     resume(sessionId, afterSeq) {
       return this.send({ type: 'resume', session_id: sessionId, after_seq: afterSeq });
     }
+  }
+
+  // ---- sending in order --------------------------------------------------------
+
+  /* Errors that no retry can turn into a success: the message itself is
+   * refused. A message failed with one of these offers Discard, no Retry. */
+  const FINAL_ERRORS = new Set(['content_too_large', 'invalid_field', 'forbidden',
+    'session_not_found', 'bad_json', 'unknown_type']);
+
+  function canRetry(code) {
+    return !FINAL_ERRORS.has(code);
+  }
+
+  /*
+   * SendQueue: the chat messages of one conversation, sent strictly in the
+   * order they were written: one at a time, the next only once the one
+   * before it is acknowledged or refused. A refused message does not hold
+   * up the ones after it; a message waiting out a rate limit or an outage
+   * (Client.request retries it) does, so nothing overtakes it.
+   *
+   * hooks:
+   *   client()            the Client now
+   *   build(p, q)         the message to send for p ({type, id, content, ...})
+   *   sending(p)          p is about to be sent (p.state is 'pending')
+   *   retrying(p, err, ms) the server asked to wait; p.state is 'retrying'
+   *   sent(p)             a retried p went out again
+   *   acked(p, ack, q)    stored
+   *   failed(p, err)      refused for good (p.state 'failed', p.error,
+   *                       p.code, p.retryable)
+   * `sid` is the session the queue sends to: null for a new conversation
+   * until the first message's ack names it (set by the page in acked).
+   */
+  class SendQueue {
+    constructor(hooks, sid) {
+      this.hooks = hooks;
+      this.sid = sid || null;
+      this.items = []; /* waiting, in order; items[0] may be in flight */
+      this.inFlight = null;
+    }
+
+    get size() {
+      return this.items.length;
+    }
+
+    push(p) {
+      p.state = 'pending';
+      p.error = null;
+      this.items.push(p);
+      this.pump();
+    }
+
+    // p (failed) goes again, after the messages already waiting.
+    retry(p) {
+      if (this.items.includes(p)) return;
+      this.push(p);
+    }
+
+    // Forget p (discarded): waiting, in flight, or failed.
+    remove(p) {
+      const i = this.items.indexOf(p);
+      if (i < 0) return;
+      this.items.splice(i, 1);
+      if (this.inFlight === p) {
+        this.inFlight = null;
+        const c = this.hooks.client();
+        if (c) c.cancel(p.id);
+        this.pump();
+      }
+    }
+
+    // Everything still waiting is dropped (sign-out).
+    clear() {
+      this.items = [];
+      this.inFlight = null;
+    }
+
+    pump() {
+      if (this.inFlight || !this.items.length) return;
+      const c = this.hooks.client();
+      if (!c) return;
+      const p = this.items[0];
+      this.inFlight = p;
+      p.state = 'pending';
+      p.error = null;
+      this.hooks.sending(p);
+      c.request(this.hooks.build(p, this), {
+        onRetry: (err, delay) => {
+          p.state = 'retrying';
+          p.note = retryNote(err, delay);
+          this.hooks.retrying(p, err, delay);
+        },
+        onSent: () => {
+          if (p.state !== 'retrying') return;
+          p.state = 'pending';
+          this.hooks.sent(p);
+        },
+      }).then((ack) => {
+        if (this.inFlight !== p) return; /* discarded meanwhile */
+        this.items.shift();
+        this.inFlight = null;
+        this.hooks.acked(p, ack, this);
+        this.pump();
+      }, (err) => {
+        if (err.code === 'stopped' || this.inFlight !== p) return;
+        this.items.shift();
+        this.inFlight = null;
+        p.state = 'failed';
+        p.code = err.code;
+        p.error = errorText(err);
+        p.retryable = canRetry(err.code);
+        this.hooks.failed(p, err);
+        this.pump();
+      });
+    }
+  }
+
+  // What a refused message says, by the error's code.
+  function errorText(err) {
+    switch (err.code) {
+      case 'content_too_large':
+        return 'too long for the server (' + (err.message || 'content too large') + ')';
+      case 'session_not_found':
+        return 'this conversation no longer exists';
+      case 'forbidden':
+        return 'not allowed here (' + (err.message || 'forbidden') + ')';
+      case 'rate_limited':
+        return 'sending too fast; try again in a moment';
+      default:
+        return err.message || err.code || 'error';
+    }
+  }
+
+  const utf8 = new TextEncoder();
+
+  // The bytes of text in UTF-8 (what max_content_bytes counts).
+  function byteLength(text) {
+    return utf8.encode(String(text || '')).length;
+  }
+
+  /* The largest message content the server takes: max_content_bytes from
+   * connection_status, the protocol's default (64 KiB) when not said. */
+  const DEFAULT_CONTENT_BYTES = 65536;
+  function contentLimit(status) {
+    const n = status && Number(status.max_content_bytes);
+    return n > 0 ? n : DEFAULT_CONTENT_BYTES;
   }
 
   // ---- typing ---------------------------------------------------------------
@@ -813,8 +1000,51 @@
     if (sender.type === 'ai') return name ? 'Assistant (' + name + ')' : 'Assistant';
     if (sender.type === 'system') return 'System';
     if (me && sender.id === me.user_id && sender.type === me.selfType) return 'You';
-    if (sender.type === 'admin') return name + ' (support)';
+    if (sender.type === 'admin') return supportName(name, ' (support)');
     return name;
+  }
+
+  // A support person's name with `suffix` (" (support)", " from
+  // support"), unless the name already says support ("Sam (Support)").
+  function supportName(name, suffix) {
+    return /\bsupport\b/i.test(name) ? name : name + suffix;
+  }
+
+  /*
+   * Text with its web addresses as links: appends to `parent` text nodes
+   * and <a> elements, built with DOM calls (never markup from the text).
+   * Only http and https addresses become links, opened in a new tab with
+   * rel="noopener noreferrer"; punctuation that ends a sentence stays out
+   * of the link.
+   */
+  const URL_RE = /\bhttps?:\/\/[^\s<>"']+/gi;
+  function appendLinked(parent, text) {
+    const t = String(text || '');
+    let at = 0;
+    URL_RE.lastIndex = 0;
+    for (let m = URL_RE.exec(t); m; m = URL_RE.exec(t)) {
+      let href = m[0];
+      // Trailing punctuation, and a closing bracket with no opening one.
+      for (;;) {
+        const last = href[href.length - 1];
+        if (/[.,;:!?]/.test(last)) href = href.slice(0, -1);
+        else if (last === ')' && (href.split('(').length < href.split(')').length)) href = href.slice(0, -1);
+        else break;
+      }
+      let url = null;
+      try {
+        url = new URL(href);
+      } catch (e) {
+        url = null;
+      }
+      if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:') || !url.host) continue;
+      if (m.index > at) parent.append(t.slice(at, m.index));
+      parent.append(el('a', { href: url.href, rel: 'noopener noreferrer', target: '_blank', class: 'msg__link' }, href));
+      at = m.index + href.length;
+      URL_RE.lastIndex = at;
+    }
+    if (at < t.length) parent.append(t.slice(at));
+    return parent;
   }
 
   /*
@@ -841,7 +1071,7 @@
         formatTime(ev.timestamp)));
     }
     let stateText = '';
-    if (state === 'sent' && own) stateText = 'Sent';
+    if (state === 'sent' && own) stateText = item.seen ? 'Seen' : 'Sent';
     else if (state === 'pending') stateText = 'Sending…';
     else if (state === 'retrying') stateText = item.pending.note || 'Waiting to retry…';
     else if (state === 'failed') stateText = 'Not sent: ' + (item.pending.error || 'error');
@@ -859,8 +1089,9 @@
     const li = el('li', {
       class: cls.join(' '),
       dataset: { state },
-    }, meta, el('div', { class: 'msg__body' }, ev.content || ''));
+    }, meta, appendLinked(el('div', { class: 'msg__body' }), ev.content || ''));
     if (item.ev) li.dataset.seq = String(ev.seq);
+    if (item.ev && own) li.dataset.seen = item.seen ? 'true' : 'false';
     if (ev.id) li.dataset.id = ev.id;
     if (ev.stream_id) li.dataset.streamId = ev.stream_id;
     if (partial) li.dataset.partial = 'true';
@@ -896,19 +1127,208 @@
       el('span', {}, text));
   }
 
+  // ---- session events: help requests and support joining -----------------------
+
+  const SESSION_EVENTS = new Set(['help_request', 'help_resolved', 'admin_join', 'admin_leave']);
+
+  function isSessionEvent(ev) {
+    return !!ev && SESSION_EVENTS.has(ev.type);
+  }
+
+  /*
+   * The support state of a conversation: whether help is asked for and not
+   * resolved, and which support people have joined, as of `seq`. Built
+   * from GET api/sessions/{id} (fromDetails) and then kept by the stored
+   * session events (apply): a help_request opens help, a help_resolved
+   * closes it, an admin_join adds that admin until their admin_leave. An
+   * event at or below `seq` is already counted (a replay) and changes
+   * nothing.
+   */
+  const support = {
+    make() {
+      return { help: false, admins: new Map(), seq: 0, known: false };
+    },
+
+    // d: the answer of GET api/sessions/{id}.
+    fromDetails(st, d) {
+      const at = Number(d && d.last_seq) || 0;
+      if (!d || at < st.seq) return false;
+      st.help = !!d.help;
+      st.admins = new Map();
+      for (const a of Array.isArray(d.admins) ? d.admins : []) {
+        if (a && a.id) st.admins.set(a.id, a.name || a.id);
+      }
+      st.seq = at;
+      st.known = true;
+      return true;
+    },
+
+    // A session list entry (help_requested as of last_seq): the help flag only.
+    fromListed(st, info) {
+      const at = Number(info && info.last_seq) || 0;
+      if (!info || at < st.seq || typeof info.help_requested !== 'boolean') return false;
+      const was = st.help;
+      st.help = info.help_requested;
+      return was !== st.help;
+    },
+
+    // A stored session event (with seq), or one from a server that does
+    // not number them (seq missing: applied as it comes). Returns whether
+    // the state changed.
+    apply(st, ev) {
+      if (!isSessionEvent(ev)) return false;
+      if (Number.isSafeInteger(ev.seq)) {
+        if (ev.seq <= st.seq) return false;
+        st.seq = ev.seq;
+      }
+      const s = ev.sender || {};
+      switch (ev.type) {
+        case 'help_request':
+          if (st.help) return false;
+          st.help = true;
+          return true;
+        case 'help_resolved':
+          if (!st.help) return false;
+          st.help = false;
+          return true;
+        case 'admin_join':
+          if (!s.id || st.admins.has(s.id)) return false;
+          st.admins.set(s.id, s.name || s.id);
+          return true;
+        default:
+          return !!s.id && st.admins.delete(s.id);
+      }
+    },
+
+    // Held events up to seq move the state only forwards (a message's seq).
+    passed(st, seq) {
+      if (Number.isSafeInteger(seq) && seq > st.seq) st.seq = seq;
+    },
+  };
+
+  /* Whether a session event says nothing new given the ones held before it
+   * in tl: a join by an admin whose last join or leave held was a join (a
+   * page joining again after chatd restarted), a leave after a leave, a
+   * help request while the last help event was a request. Such events are
+   * not shown. */
+  function quietEvent(tl, ev) {
+    if (!isSessionEvent(ev)) return false;
+    const help = ev.type === 'help_request' || ev.type === 'help_resolved';
+    const who = ev.sender && ev.sender.id;
+    const seqs = tl.seqs;
+    for (let i = seqs.length - 1; i >= 0; i--) {
+      if (seqs[i] >= ev.seq) continue;
+      const e = tl.get(seqs[i]);
+      if (!isSessionEvent(e)) continue;
+      if (help) {
+        if (e.type === 'help_request' || e.type === 'help_resolved') return e.type === ev.type;
+      } else if (e.type === 'admin_join' || e.type === 'admin_leave') {
+        if (e.sender && e.sender.id === who) return e.type === ev.type;
+      }
+    }
+    return false;
+  }
+
+  /*
+   * What a session event says to the reader `me` ({user_id, selfType}):
+   * the user's page speaks of "you" and of support by name; the support
+   * page of the user by name and of itself as "you".
+   */
+  function sessionEventText(ev, me) {
+    const s = ev.sender || {};
+    const name = s.name || s.id || (s.type === 'admin' ? 'Support' : 'The user');
+    const own = !!me && s.id === me.user_id && s.type === me.selfType;
+    const onSupport = !!me && me.selfType === 'admin';
+    switch (ev.type) {
+      case 'help_request':
+        if (own || (!onSupport && s.type === 'user')) return 'You asked for a person from support.';
+        return name + ' asked for a person from support.';
+      case 'help_resolved':
+        if (own) return 'You marked the help request as resolved.';
+        if (onSupport) return supportName(name, ' (support)') + ' marked the help request as resolved.';
+        return supportName(name, ' from support') + ' marked your help request as resolved.';
+      case 'admin_join':
+        if (own) return 'You joined the conversation.';
+        return supportName(name, onSupport ? ' (support)' : ' from support') + ' joined the conversation.';
+      default:
+        if (own) return 'You left the conversation.';
+        return supportName(name, onSupport ? ' (support)' : ' from support') + ' left the conversation.';
+    }
+  }
+
+  const EVENT_KIND = { help_request: 'help', help_resolved: 'resolved', admin_join: 'join', admin_leave: 'leave' };
+
+  // A stored session event as a line of the conversation (data-seq,
+  // data-event: its type).
+  function sessionEventNode(ev, me) {
+    const li = systemNode(sessionEventText(ev, me), EVENT_KIND[ev.type]);
+    if (Number.isSafeInteger(ev.seq)) li.dataset.seq = String(ev.seq);
+    li.dataset.event = ev.type;
+    if (ev.timestamp) {
+      li.append(' ', el('time', { datetime: ev.timestamp, title: formatFull(ev.timestamp) },
+        formatTime(ev.timestamp)));
+    }
+    return li;
+  }
+
+  // ---- titles -------------------------------------------------------------------
+
+  /* A conversation's title as chatd makes it until it is renamed: the
+   * first line of the first user message without the white space around
+   * it, cut at a word boundary to at most 60 characters, nothing added
+   * where it is cut (a first word longer than that is cut inside it).
+   * Used only until the API's title is known (a conversation this page
+   * has just started). */
+  function titleFrom(content) {
+    const line = (/^[ \t\v\f\r\n]*([^\r\n]*)/.exec(String(content || ''))[1]).replace(/[ \t\v\f]+$/, '');
+    const chars = Array.from(line);
+    if (chars.length <= 60) return line;
+    const isSpace = (c) => c === ' ' || c === '\t' || c === '\v' || c === '\f';
+    let cut = 60;
+    if (!isSpace(chars[60])) {
+      let end = 0;
+      for (let k = 1; k < 60; k++) if (isSpace(chars[k]) && !isSpace(chars[k - 1])) end = k;
+      if (end > 0) cut = end;
+    }
+    return chars.slice(0, cut).join('').replace(/[ \t\v\f]+$/, '');
+  }
+
+  const UNTITLED = 'Untitled conversation';
+
   // ---- notices --------------------------------------------------------------
 
   // A short message in the page's #notices region (aria-live), removed after
-  // `timeout` ms (0: stays until dismissed).
+  // `timeout` ms (0: stays until dismissed). One notice per condition: a
+  // notice with the code of one already shown (opts.code, or opts.key when
+  // one code covers several conditions) takes its place instead of adding
+  // another.
   function notify(text, opts) {
     opts = opts || {};
     const box = document.getElementById('notices');
     if (!box) return null;
     const kind = opts.kind || 'info';
-    const close = el('button', { type: 'button', class: 'notice__close', 'aria-label': 'Dismiss' }, '×');
+    const key = opts.key || opts.code || '';
+    const timeout = opts.timeout === undefined ? 8000 : opts.timeout;
+    const same = key ? Array.from(box.children).find((x) => x.dataset.key === key) : null;
+    if (same && !opts.action) {
+      // The same condition again: the notice says what is true now, and
+      // stays for its time from now.
+      const t = same.querySelector('.notice__text');
+      if (t.textContent !== text) t.textContent = text;
+      same.className = 'notice notice--' + kind;
+      clearTimeout(same._timer);
+      same._timer = timeout ? setTimeout(() => same.remove(), timeout) : null;
+      return same;
+    }
+    if (same) {
+      clearTimeout(same._timer);
+      same.remove();
+    }
+    const close = el('button', { type: 'button', class: 'notice__close', 'aria-label': 'Dismiss this notice' }, '×');
     const n = el('div', { class: 'notice notice--' + kind, role: kind === 'error' ? 'alert' : 'status' },
       el('span', { class: 'notice__text' }, text));
     if (opts.code) n.dataset.code = opts.code;
+    if (key) n.dataset.key = key;
     if (opts.action) {
       const b = el('button', { type: 'button', class: 'btn btn--small' }, opts.action.label);
       b.addEventListener('click', () => {
@@ -920,10 +1340,21 @@
     n.append(close);
     close.addEventListener('click', () => n.remove());
     box.append(n);
-    while (box.children.length > 5) box.firstElementChild.remove();
-    const timeout = opts.timeout === undefined ? 8000 : opts.timeout;
-    if (timeout) setTimeout(() => n.remove(), timeout);
+    while (box.children.length > 4) box.firstElementChild.remove();
+    if (timeout) n._timer = setTimeout(() => n.remove(), timeout);
     return n;
+  }
+
+  // Remove the notice of a condition that is over.
+  function unnotify(key) {
+    const box = document.getElementById('notices');
+    if (!box) return;
+    for (const n of Array.from(box.children)) {
+      if (n.dataset.key === key) {
+        clearTimeout(n._timer);
+        n.remove();
+      }
+    }
   }
 
   // Notices for what the server says outside of any one message.
@@ -1254,8 +1685,10 @@
     // line when there is nothing to show or the history failed. Then the
     // typing line, and the view at its end.
     show(X) {
-      const me = this.hooks.me();
-      for (const ev of X.tl.list()) this.list.put([ev.seq, 0], messageNode({ ev }, me));
+      for (const ev of X.tl.list()) {
+        const node = this.eventNode(X, ev);
+        if (node) this.list.put([ev.seq, 0], node);
+      }
       for (const s of X.system) this.list.put(s.key, systemNode(s.text, s.kind, s.code));
       if (X.streams) for (const st of X.streams.values()) this.putStream(X, st);
       for (const p of X.pending.values()) this.hooks.putPending(X, p);
@@ -1271,6 +1704,35 @@
       }
       this.hooks.renderTyping();
       this.scrollToEnd();
+    }
+
+    // The node of a stored event of X: a message (marked seen when the
+    // hook `seen(X, ev)` says so), a line for a session event, or null for
+    // a session event that says nothing new (see quietEvent).
+    eventNode(X, ev) {
+      const me = this.hooks.me();
+      if (isSessionEvent(ev)) return quietEvent(X.tl, ev) ? null : sessionEventNode(ev, me);
+      const seen = this.hooks.seen ? this.hooks.seen(X, ev) : false;
+      return messageNode({ ev, seen }, me);
+    }
+
+    // A stored event of X arrived (X is shown): add it, the view following
+    // it when at the end, or when `follow`.
+    addEvent(X, ev, follow) {
+      const node = this.eventNode(X, ev);
+      if (node) this.add([ev.seq, 0], node, follow);
+    }
+
+    // Read markers of X moved: draw again X's own messages whose "Seen"
+    // changed (X is shown).
+    refreshSeen(X) {
+      if (!this.shows(X) || !this.hooks.seen) return;
+      for (const li of this.list.el.querySelectorAll('.msg[data-seen]')) {
+        const ev = X.tl.get(Number(li.dataset.seq));
+        if (!ev) continue;
+        const seen = this.hooks.seen(X, ev) ? 'true' : 'false';
+        if (li.dataset.seen !== seen) this.list.put([ev.seq, 0], this.eventNode(X, ev));
+      }
     }
 
     // Add a node to the list of the conversation shown. The view follows it
@@ -1402,6 +1864,12 @@
     const client = new Client({ token, onConnected });
     client.on('event', onEvent);
     client.on('error', (msg, sentType) => {
+      // A refused read marker or typing line is nothing the person can act
+      // on: no notice.
+      if (sentType === 'read' || sentType === 'typing_indicator') {
+        console.warn('chatd: ' + sentType + ' refused: ' + (msg.code || '') + ' ' + (msg.message || ''));
+        return;
+      }
       if (onError && onError(msg, sentType)) return;
       notify(describeError(msg), { kind: 'error', code: msg.code });
     });
@@ -1472,9 +1940,22 @@
           setState('Connected', 'open');
           if (shutdownNotice) shutdownNotice.remove();
           shutdownNotice = null;
+          unnotify('device_limit');
           break;
         case 'waiting': {
           retryBtn.hidden = false;
+          if (s.limit) {
+            // Refused at the device limit: a browser cannot read the 429,
+            // the probe (api/devices) found the user at the limit.
+            const n = s.limit.devices;
+            const text = n + ' device' + (n === 1 ? '' : 's') + ' connected, limit ' + s.limit.max;
+            setState('Not connected: ' + text, 'limit');
+            notify('This device is not connected: you have ' + n + ' device' + (n === 1 ? '' : 's') +
+              ' connected, and the limit is ' + s.limit.max + '. Close chatd on another device; ' +
+              'this page then connects by itself, or choose Reconnect now.',
+            { kind: 'error', code: 'device_limit', timeout: 0 });
+            break;
+          }
           if (!s.retryAt) {
             setState('Offline', 'waiting');
             break;
@@ -1516,12 +1997,17 @@
         return;
       }
       client.on('state', onState);
-      client.on('status', (st) => {
-        const devices = st.devices === 1 ? '1 device' : st.devices + ' devices';
-        who.textContent = st.name + (st.name !== st.user_id ? ' (' + st.user_id + ')' : '') +
+      let status = null;
+      const showWho = (count, max) => {
+        const devices = count === 1 ? '1 device' : count + ' devices';
+        who.textContent = status.name + (status.name !== status.user_id ? ' (' + status.user_id + ')' : '') +
           ' · ' + devices;
-        who.title = 'Signed in as ' + st.user_id + '; ' + devices + ' connected (of ' +
-          st.max_devices + ' allowed)';
+        who.title = 'Signed in as ' + status.user_id + '; ' + devices + ' connected (of ' + max + ' allowed)';
+        who.dataset.devices = String(count);
+      };
+      client.on('status', (st) => {
+        status = st;
+        showWho(st.devices, st.max_devices);
       });
       client.on('auth', (a) => {
         saveToken(null);
@@ -1534,6 +2020,11 @@
           if (shutdownNotice) shutdownNotice.remove();
           shutdownNotice = notify('The server is restarting. This page reconnects by itself.',
             { code: n.code, timeout: 0 });
+        } else if (n.code === 'devices') {
+          // One of the user's devices connected or left: the count is live.
+          if (status && Number.isSafeInteger(n.devices)) {
+            showWho(n.devices, Number.isSafeInteger(n.max_devices) ? n.max_devices : status.max_devices);
+          }
         } else {
           notify(n.message || n.code, { kind: 'warn', code: n.code, timeout: 15000 });
         }
@@ -1592,6 +2083,21 @@
     assistantErrorText,
     AssistantBar,
     notify,
+    unnotify,
+    SendQueue,
+    canRetry,
+    errorText,
+    byteLength,
+    contentLimit,
+    support,
+    isSessionEvent,
+    quietEvent,
+    sessionEventNode,
+    sessionEventText,
+    titleFrom,
+    UNTITLED,
+    appendLinked,
+    supportName,
     describeError,
     retryNote,
     submitOnEnter,

@@ -655,10 +655,12 @@ async function testAdminPageStreams(d) {
     await admin.click('#stop');
     const stop = sock.sent.find((m) => m.type === 'stop_generation');
     eq(stop && stop.session_id, sid, 'admin stop_generation session');
-    sock.inject({ type: 'ai_response', session_id: sid, seq: 2, stream_id: stream, done: true,
+    // The next seq after what the page holds (the join is a stored event).
+    const next = 1 + await admin.$$eval('#messages [data-seq]', (e) => Math.max(...e.map((x) => Number(x.dataset.seq))));
+    sock.inject({ type: 'ai_response', session_id: sid, seq: next, stream_id: stream, done: true,
       sender: { type: 'ai', id: 'm1', name: 'Fast' }, content: 'So far, so good', timestamp: new Date().toISOString(),
       metadata: { model: 'm1', input_tokens: 2, output_tokens: 4, partial: true, stop_reason: 'stopped' } });
-    await admin.waitForSelector(ANSWER + '[data-seq="2"][data-partial="true"]');
+    await admin.waitForSelector(ANSWER + `[data-seq="${next}"][data-partial="true"]`);
     await admin.waitForSelector('#assistant-bar', { state: 'hidden' });
     eq(await admin.$$eval(STREAMING, (e) => e.length), 0, 'admin: streams left');
     // Leaving forgets an answer in progress.

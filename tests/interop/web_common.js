@@ -8,8 +8,8 @@
 //                            its end; its pages' uncaught exceptions and CSP
 //                            refusals fail the test
 //   assert, eq               checks that throw
-//   connected, shown, send, waitSent, selectedSession, seqsOf
-//                            what the tests do and read on a page
+//   connected, shown, send, waitSent, waitText, texts, selectedSession,
+//   seqsOf                   what the tests do and read on a page
 
 const crypto = require('crypto');
 const path = require('path');
@@ -111,8 +111,11 @@ function device(port, token, prefix) {
  */
 function scope(browser) {
   const s = { contexts: [], devices: [], problems: [] };
+  // opts: viewport, context (more options of the browser context), setup
+  // (async, given the page before it loads url).
   s.page = async (url, opts) => {
-    const ctx = await browser.newContext({ viewport: (opts && opts.viewport) || { width: 1100, height: 760 } });
+    const ctx = await browser.newContext(Object.assign(
+      { viewport: (opts && opts.viewport) || { width: 1100, height: 760 } }, opts && opts.context));
     s.contexts.push(ctx);
     const page = await ctx.newPage();
     page.setDefaultTimeout(T);
@@ -138,6 +141,7 @@ function scope(browser) {
       ws.on('framesent', (f) => page.sent.push(parse(f.payload)));
       ws.on('framereceived', (f) => page.received.push(parse(f.payload)));
     });
+    if (opts && opts.setup) await opts.setup(page);
     if (url) page.response = await page.goto(url);
     return page;
   };
@@ -185,6 +189,24 @@ async function waitSent(page, seq, text, timeout) {
   }
 }
 
+// Wait until the page shows a stored message with this text; resolves
+// with its seq (session events take seqs too, so tests of the support
+// workflow find messages by text).
+async function waitText(page, text, timeout) {
+  const h = await page.waitForFunction((t) => {
+    for (const li of document.querySelectorAll('#messages .msg[data-state="sent"]')) {
+      if (li.querySelector('.msg__body').textContent === t) return Number(li.dataset.seq);
+    }
+    return 0;
+  }, text, { timeout: timeout || T });
+  return h.jsonValue();
+}
+
+// The texts of the stored messages a page shows, in page order.
+async function texts(page) {
+  return (await shown(page)).filter((m) => m.state === 'sent').map((m) => m.text);
+}
+
 async function selectedSession(page) {
   return page.getAttribute('#session-list button[aria-current="true"]', 'data-session-id');
 }
@@ -194,5 +216,6 @@ function seqsOf(list) {
 }
 
 module.exports = {
-  mint, assert, eq, device, scope, connected, shown, send, waitSent, selectedSession, seqsOf,
+  mint, assert, eq, device, scope, connected, shown, send, waitSent, waitText, texts, selectedSession,
+  seqsOf,
 };
