@@ -2009,6 +2009,21 @@
         status = st;
         showWho(st.devices, st.max_devices);
       });
+      // The count of the user's devices stays live: chatd pushes no message
+      // for it, so ask api/devices now and then while the page is seen, and
+      // whenever it is shown again.
+      const refreshWho = () => {
+        if (!status || document.hidden || !client || client.stopped) return;
+        api('api/devices', token).then((body) => {
+          if (status && body && Number.isSafeInteger(body.devices) && body.devices > 0) {
+            showWho(body.devices, Number.isSafeInteger(body.max_devices) ? body.max_devices
+              : status.max_devices);
+          }
+        }, () => {});
+      };
+      const whoTimer = setInterval(refreshWho, 10000);
+      document.addEventListener('visibilitychange', refreshWho);
+      client.on('auth', () => clearInterval(whoTimer));
       client.on('auth', (a) => {
         saveToken(null);
         showSignin('The server refused this token' + (a.reason ? ' (' + a.reason + ')' : '') +
