@@ -475,18 +475,24 @@ async function testRestartResume() {
     eq(await waitText(user, 'after the restart'), last, 'seq on the user page');
     eq(await waitText(admin, 'after the restart'), last, 'seq on the admin page');
     eq(seqsOf(await shown(user)), seqsOf(await shown(admin)), 'the same seqs on both pages');
-    const joins = await user.$$eval('#messages .sysline', (els) =>
-      els.filter((e) => /Sue from support joined/.test(e.textContent)).length);
-    const stored = await (await fetch(`${base}/api/sessions/${sid}/messages?after_seq=0`,
-      { headers: { Authorization: 'Bearer ' + tok } })).json();
     // A join shows unless the one before it was a join too (a stale join
-    // that the restart left without its leave).
-    let lastKind = null;
-    let wantJoins = 0;
-    for (const m of stored.messages) {
-      if (m.type !== 'admin_join' && m.type !== 'admin_leave') continue;
-      if (m.type === 'admin_join' && lastKind !== 'admin_join') wantJoins++;
-      lastKind = m.type;
+    // that the restart left without its leave). The admin page's rejoin may
+    // be stored after the message above: compare until the page has it.
+    let joins, wantJoins, stored;
+    for (let tries = 0; ; tries++) {
+      joins = await user.$$eval('#messages .sysline', (els) =>
+        els.filter((e) => /Sue from support joined/.test(e.textContent)).length);
+      stored = await (await fetch(`${base}/api/sessions/${sid}/messages?after_seq=0`,
+        { headers: { Authorization: 'Bearer ' + tok } })).json();
+      let lastKind = null;
+      wantJoins = 0;
+      for (const m of stored.messages) {
+        if (m.type !== 'admin_join' && m.type !== 'admin_leave') continue;
+        if (m.type === 'admin_join' && lastKind !== 'admin_join') wantJoins++;
+        lastKind = m.type;
+      }
+      if (joins === wantJoins || tries >= 50) break;
+      await new Promise((r) => setTimeout(r, 200));
     }
     eq(joins, wantJoins, '"joined" lines on the user page');
     // Stored once each, whatever was resent.
