@@ -41,6 +41,7 @@
   const STABLE_MS = 10000;
   const MAX_AUTO_RETRIES = 8;
   const SENT_TYPES_KEPT = 256;
+  const WHO_REFRESH_MS = 10000;
 
   // ---- storage and tokens ---------------------------------------------------
 
@@ -1901,8 +1902,20 @@
     let client = null;
     let countdown = null;
     let shutdownNotice = null;
+    /* The device count in the top bar: chatd pushes no message when
+     * another device of the user connects or leaves, so the page asks
+     * api/devices every WHO_REFRESH_MS while it is seen, and whenever it
+     * is shown again. refreshWho belongs to the signed-in client. */
+    let refreshWho = null;
+    let whoTimer = null;
+    document.addEventListener('visibilitychange', () => {
+      if (refreshWho && !document.hidden) refreshWho();
+    });
 
     function showSignin(text) {
+      clearInterval(whoTimer);
+      whoTimer = null;
+      refreshWho = null;
       if (client) {
         client.stop();
         client = null;
@@ -2009,21 +2022,17 @@
         status = st;
         showWho(st.devices, st.max_devices);
       });
-      // The count of the user's devices stays live: chatd pushes no message
-      // for it, so ask api/devices now and then while the page is seen, and
-      // whenever it is shown again.
-      const refreshWho = () => {
-        if (!status || document.hidden || !client || client.stopped) return;
+      const mine = client;
+      const refresh = () => {
+        if (!status || document.hidden || client !== mine || !mine.isOpen) return;
         api('api/devices', token).then((body) => {
-          if (status && body && Number.isSafeInteger(body.devices) && body.devices > 0) {
-            showWho(body.devices, Number.isSafeInteger(body.max_devices) ? body.max_devices
-              : status.max_devices);
-          }
+          if (client !== mine || !status || !body || !Number.isSafeInteger(body.devices) || body.devices < 1) return;
+          showWho(body.devices, Number.isSafeInteger(body.max_devices) ? body.max_devices : status.max_devices);
         }, () => {});
       };
-      const whoTimer = setInterval(refreshWho, 10000);
-      document.addEventListener('visibilitychange', refreshWho);
-      client.on('auth', () => clearInterval(whoTimer));
+      refreshWho = refresh;
+      clearInterval(whoTimer);
+      whoTimer = setInterval(refresh, WHO_REFRESH_MS);
       client.on('auth', (a) => {
         saveToken(null);
         showSignin('The server refused this token' + (a.reason ? ' (' + a.reason + ')' : '') +

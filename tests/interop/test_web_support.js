@@ -650,7 +650,8 @@ async function testEleventhDevice(d) {
   }
 }
 
-// "1 device" follows the user's devices as they come and go.
+// "1 device" follows the user's devices as they come and go (the page asks
+// api/devices every 10 s while it is seen).
 async function testDeviceCountLive(d) {
   const s = scope();
   try {
