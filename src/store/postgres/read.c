@@ -489,6 +489,7 @@ int store_postgres__get_summary(void *e, struct store_summary *out)
         out->nhelp_waits = 0;
         return ret;
     }
-    qsort(out->help_waits, out->nhelp_waits, sizeof *out->help_waits, cmp_i64);
+    if (out->nhelp_waits) /* qsort wants an array, even of none */
+        qsort(out->help_waits, out->nhelp_waits, sizeof *out->help_waits, cmp_i64);
     return 0;
 }
