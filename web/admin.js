@@ -165,7 +165,6 @@
   function helpOpen(id) {
     const V = views.get(id);
     if (V && V.state.known) return V.state.help;
-    if (V && V.state.seq && V.state.seq >= (info(id).last_seq || 0)) return V.state.help;
     return !!info(id).help_requested;
   }
 
@@ -227,7 +226,7 @@
       infos.set(s.id, s);
       order.push(s.id);
       const V = views.get(s.id);
-      if (V) C.support.fromListed(V.state, s);
+      if (V) C.support.fromListed(V.state, s, V.tl);
     }
     // Sessions asking for help right now stay listed even when the read
     // raced the request.
@@ -385,7 +384,7 @@
     pane.loadHistory(V, info(V.id).last_seq, (lastSeq) => {
       const s = infos.get(V.id);
       if (s) s.last_seq = Math.max(s.last_seq || 0, lastSeq);
-      for (const ev of V.tl.list()) C.support.apply(V.state, ev);
+      C.support.rebuild(V.state, V.tl);
       if (V.joined && client) client.resume(V.id, V.tl.high);
       if (selected === V.id) {
         renderConversation();
@@ -408,9 +407,7 @@
         infos.set(V.id, { id: V.id, title: d.title || '', owner: d.owner, created_at: d.created,
           updated_at: d.updated, last_seq: d.last_seq, help_requested: !!d.help, model: d.model });
       }
-      if (C.support.fromDetails(V.state, d)) {
-        for (const ev of V.tl.list()) if (ev.seq > V.state.seq) C.support.apply(V.state, ev);
-      }
+      C.support.fromDetails(V.state, d, V.tl);
       const owner = ownerOf(infos.get(V.id) || d);
       const r = d.read && owner.id ? Number(d.read[owner.id]) : 0;
       if (r > V.ownerRead) V.ownerRead = r;
@@ -566,7 +563,7 @@
       s.last_seq = Math.max(s.last_seq || 0, ev.seq);
       if (ev.timestamp && ev.timestamp > (s.updated_at || '')) s.updated_at = ev.timestamp;
     }
-    const changed = C.support.apply(V.state, ev);
+    const changed = C.support.apply(V.state, ev, V.tl);
     if (changed && s && (ev.type === 'help_request' || ev.type === 'help_resolved')) {
       s.help_requested = V.state.help;
     }

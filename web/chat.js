@@ -326,7 +326,7 @@
         Object.assign(S.info, s, { last_seq: lastSeq, updated_at: updated });
         if (typeof s.title !== 'string') S.info.title = '';
       }
-      C.support.fromListed(S.state, s);
+      C.support.fromListed(S.state, s, S.tl);
       // A conversation never read on this browser starts as read: the
       // badge counts what arrives from now on (or what other devices have
       // not yet marked read).
@@ -365,10 +365,8 @@
     S.details = C.api('api/sessions/' + encodeURIComponent(S.id), t).then((d) => {
       if (t !== token || !d) return;
       if (typeof d.title === 'string') S.info.title = d.title;
-      if (C.support.fromDetails(S.state, d)) {
-        // What arrived after the details' last_seq counts on top.
-        for (const ev of S.tl.list()) if (ev.seq > S.state.seq) C.support.apply(S.state, ev);
-      }
+      // What arrived after the details' last_seq counts on top.
+      C.support.fromDetails(S.state, d, S.tl);
       for (const [reader, seq] of Object.entries(d.read || {})) readBy(S, reader, Number(seq));
       if (selected === S.id) {
         renderHeader();
@@ -421,11 +419,11 @@
   function ensureHistory(S) {
     pane.loadHistory(S, S.info.last_seq, (lastSeq) => {
       S.info.last_seq = Math.max(S.info.last_seq || 0, lastSeq);
-      // The events read count for the state (those newer than what it
-      // holds); whatever was written between the read and now (if the
-      // socket was down meanwhile) comes back with resume; live events are
+      // The events read count for the state (those after its base);
+      // whatever was written between the read and now (if the socket was
+      // down meanwhile) comes back with resume; live events are
       // deduplicated.
-      for (const ev of S.tl.list()) C.support.apply(S.state, ev);
+      C.support.rebuild(S.state, S.tl);
       if (client) client.resume(S.id, S.tl.high);
       if (selected === S.id) {
         renderConversation();
@@ -546,7 +544,7 @@
     if (!S.tl.add(ev)) return;
     S.info.last_seq = Math.max(S.info.last_seq || 0, ev.seq);
     if (ev.timestamp && ev.timestamp > (S.info.updated_at || '')) S.info.updated_at = ev.timestamp;
-    const changed = C.support.apply(S.state, ev);
+    const changed = C.support.apply(S.state, ev, S.tl);
     const fromOther = !(ev.sender && ev.sender.id === me.user_id && ev.sender.type === 'user');
     if (selected === S.id) {
       pane.addEvent(S, ev, !fromOther);

@@ -41,6 +41,7 @@
   const STABLE_MS = 10000;
   const MAX_AUTO_RETRIES = 8;
   const SENT_TYPES_KEPT = 256;
+  const WHO_REFRESH_MS = 10000;
 
   // ---- storage and tokens ---------------------------------------------------
 
@@ -1137,74 +1138,95 @@
 
   /*
    * The support state of a conversation: whether help is asked for and not
-   * resolved, and which support people have joined, as of `seq`. Built
-   * from GET api/sessions/{id} (fromDetails) and then kept by the stored
-   * session events (apply): a help_request opens help, a help_resolved
-   * closes it, an admin_join adds that admin until their admin_leave. An
-   * event at or below `seq` is already counted (a replay) and changes
-   * nothing.
+   * resolved (help), and which support people have joined (admins: id ->
+   * name). It is a base, as of a seq, read from GET api/sessions/{id}
+   * (fromDetails: help and who is joined) or from the session list
+   * (fromListed: help only), with the stored session events held after
+   * that seq applied on top in seq order (a help_request opens help, a
+   * help_resolved closes it, an admin_join adds that admin until their
+   * admin_leave). The state is built again from base and events whenever
+   * either changes, so events and reads may arrive in any order. `known`:
+   * some base has been read.
    */
   const support = {
     make() {
-      return { help: false, admins: new Map(), seq: 0, known: false };
+      return {
+        help: false, admins: new Map(), known: false,
+        base: { help: false, admins: new Map(), seq: 0, details: false },
+      };
     },
 
-    // d: the answer of GET api/sessions/{id}.
-    fromDetails(st, d) {
+    // d: the answer of GET api/sessions/{id}; tl: the events held. Returns
+    // whether the state changed.
+    fromDetails(st, d, tl) {
       const at = Number(d && d.last_seq) || 0;
-      if (!d || at < st.seq) return false;
-      st.help = !!d.help;
-      st.admins = new Map();
+      if (!d || (st.base.details && at < st.base.seq)) return false;
+      const admins = new Map();
       for (const a of Array.isArray(d.admins) ? d.admins : []) {
-        if (a && a.id) st.admins.set(a.id, a.name || a.id);
+        if (a && a.id) admins.set(a.id, a.name || a.id);
       }
-      st.seq = at;
+      st.base = { help: !!d.help, admins, seq: at, details: true };
       st.known = true;
-      return true;
+      return support.rebuild(st, tl);
     },
 
-    // A session list entry (help_requested as of last_seq): the help flag only.
-    fromListed(st, info) {
+    // A session list entry: help_requested as of its last_seq. The list
+    // does not say who is joined: the new base keeps who is joined as the
+    // events held say now (the events after `at`, applied again on top,
+    // leave each admin as their last event says).
+    fromListed(st, info, tl) {
       const at = Number(info && info.last_seq) || 0;
-      if (!info || at < st.seq || typeof info.help_requested !== 'boolean') return false;
-      const was = st.help;
-      st.help = info.help_requested;
-      return was !== st.help;
+      if (!info || typeof info.help_requested !== 'boolean' || (st.known && at < st.base.seq)) return false;
+      support.rebuild(st, tl);
+      st.base = { help: info.help_requested, admins: new Map(st.admins), seq: at, details: st.base.details };
+      st.known = true;
+      return support.rebuild(st, tl);
     },
 
-    // A stored session event (with seq), or one from a server that does
-    // not number them (seq missing: applied as it comes). Returns whether
-    // the state changed.
-    apply(st, ev) {
+    // A stored session event, already added to tl. An event that chatd
+    // did not number (an older server) is applied to the state as it is.
+    // Returns whether the state changed.
+    apply(st, ev, tl) {
       if (!isSessionEvent(ev)) return false;
-      if (Number.isSafeInteger(ev.seq)) {
-        if (ev.seq <= st.seq) return false;
-        st.seq = ev.seq;
-      }
-      const s = ev.sender || {};
-      switch (ev.type) {
-        case 'help_request':
-          if (st.help) return false;
-          st.help = true;
-          return true;
-        case 'help_resolved':
-          if (!st.help) return false;
-          st.help = false;
-          return true;
-        case 'admin_join':
-          if (!s.id || st.admins.has(s.id)) return false;
-          st.admins.set(s.id, s.name || s.id);
-          return true;
-        default:
-          return !!s.id && st.admins.delete(s.id);
-      }
+      if (Number.isSafeInteger(ev.seq) && tl) return support.rebuild(st, tl);
+      return applyEvent(st, ev);
     },
 
-    // Held events up to seq move the state only forwards (a message's seq).
-    passed(st, seq) {
-      if (Number.isSafeInteger(seq) && seq > st.seq) st.seq = seq;
+    // The state from the base and the events of tl after it.
+    rebuild(st, tl) {
+      const was = st.help + '|' + Array.from(st.admins.keys()).join(',');
+      st.help = st.base.help;
+      st.admins = new Map(st.base.admins);
+      if (tl) {
+        for (const q of tl.seqs) {
+          if (q <= st.base.seq) continue;
+          const ev = tl.get(q);
+          if (isSessionEvent(ev)) applyEvent(st, ev);
+        }
+      }
+      return was !== st.help + '|' + Array.from(st.admins.keys()).join(',');
     },
   };
+
+  function applyEvent(st, ev) {
+    const s = ev.sender || {};
+    switch (ev.type) {
+      case 'help_request':
+        if (st.help) return false;
+        st.help = true;
+        return true;
+      case 'help_resolved':
+        if (!st.help) return false;
+        st.help = false;
+        return true;
+      case 'admin_join':
+        if (!s.id || st.admins.has(s.id)) return false;
+        st.admins.set(s.id, s.name || s.id);
+        return true;
+      default:
+        return !!s.id && st.admins.delete(s.id);
+    }
+  }
 
   /* Whether a session event says nothing new given the ones held before it
    * in tl: a join by an admin whose last join or leave held was a join (a
@@ -1901,8 +1923,20 @@
     let client = null;
     let countdown = null;
     let shutdownNotice = null;
+    /* The device count in the top bar: chatd pushes no message when
+     * another device of the user connects or leaves, so the page asks
+     * api/devices every WHO_REFRESH_MS while it is seen, and whenever it
+     * is shown again. refreshWho belongs to the signed-in client. */
+    let refreshWho = null;
+    let whoTimer = null;
+    document.addEventListener('visibilitychange', () => {
+      if (refreshWho && !document.hidden) refreshWho();
+    });
 
     function showSignin(text) {
+      clearInterval(whoTimer);
+      whoTimer = null;
+      refreshWho = null;
       if (client) {
         client.stop();
         client = null;
@@ -2009,21 +2043,17 @@
         status = st;
         showWho(st.devices, st.max_devices);
       });
-      // The count of the user's devices stays live: chatd pushes no message
-      // for it, so ask api/devices now and then while the page is seen, and
-      // whenever it is shown again.
-      const refreshWho = () => {
-        if (!status || document.hidden || !client || client.stopped) return;
+      const mine = client;
+      const refresh = () => {
+        if (!status || document.hidden || client !== mine || !mine.isOpen) return;
         api('api/devices', token).then((body) => {
-          if (status && body && Number.isSafeInteger(body.devices) && body.devices > 0) {
-            showWho(body.devices, Number.isSafeInteger(body.max_devices) ? body.max_devices
-              : status.max_devices);
-          }
+          if (client !== mine || !status || !body || !Number.isSafeInteger(body.devices) || body.devices < 1) return;
+          showWho(body.devices, Number.isSafeInteger(body.max_devices) ? body.max_devices : status.max_devices);
         }, () => {});
       };
-      const whoTimer = setInterval(refreshWho, 10000);
-      document.addEventListener('visibilitychange', refreshWho);
-      client.on('auth', () => clearInterval(whoTimer));
+      refreshWho = refresh;
+      clearInterval(whoTimer);
+      whoTimer = setInterval(refresh, WHO_REFRESH_MS);
       client.on('auth', (a) => {
         saveToken(null);
         showSignin('The server refused this token' + (a.reason ? ' (' + a.reason + ')' : '') +

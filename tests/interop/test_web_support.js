@@ -484,6 +484,9 @@ async function testTwoDevicesAgree(d) {
     await a.press('#rename-input', 'Enter');
     await a.waitForFunction(() => document.getElementById('conv-title').textContent === 'Parcel missing');
     eq(await a.textContent(row), 'Parcel missing', 'renamed in the list');
+    // The title may come first by session_renamed; the form closes with
+    // the PATCH's answer, and focus goes back to Rename.
+    await a.waitForSelector('#rename-form', { state: 'hidden' });
     eq(await a.evaluate(() => document.activeElement.id), 'rename', 'focus back on Rename');
     await b.waitForFunction(() => document.getElementById('conv-title').textContent === 'Parcel missing');
     await b.waitForFunction((sel) => document.querySelector(sel).textContent === 'Parcel missing', row);
@@ -650,7 +653,8 @@ async function testEleventhDevice(d) {
   }
 }
 
-// "1 device" follows the user's devices as they come and go.
+// "1 device" follows the user's devices as they come and go (the page asks
+// api/devices every 10 s while it is seen).
 async function testDeviceCountLive(d) {
   const s = scope();
   try {
