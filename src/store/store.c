@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* The engines store_open chooses from are listed in store/engines.c (so
  * that this interface includes no engine: the engines include it). */
@@ -117,12 +118,56 @@ int store_get_share(struct store *s, const char *token, char session[STORE_ID_LE
     return s->engine->get_share(s->e, token, session, expires_ms);
 }
 
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 int store_get_summary(struct store *s, struct store_summary *out)
 {
-    return s->engine->get_summary(s->e, out);
+    int rc = s->engine->get_summary(s->e, out);
+    if (rc == 0 && out->nhelp_waits) /* qsort wants an array, even of none */
+        qsort(out->help_waits, out->nhelp_waits, sizeof *out->help_waits, cmp_i64);
+    return rc;
 }
 
 /* ---- shared by every engine ----------------------------------------------- */
+
+int64_t store__now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static size_t take_more(struct fifo *queue, struct store_req **batch, size_t n)
+{
+    for (struct fifo_node *q = fifo_take(queue, STORE_BATCH_MAX - n, NULL); q; q = q->next)
+        batch[n++] = FIFO_ENTRY(q, struct store_req, node);
+    return n;
+}
+
+size_t store__take_batch(struct fifo *queue, struct store_req **batch, int64_t last_end_us)
+{
+    /* Group commit: everything that queued up meanwhile goes in one
+     * transaction. Under steady load a small batch waits up to
+     * STORE_LINGER_US for company: the batch closes by size or by that
+     * short deadline, so many messages share one commit and their events
+     * reach each connection in one write. An idle server commits at once. */
+    size_t n = take_more(queue, batch, 0);
+    if (n < STORE_BATCH_MAX / 4 && store__now_us() - last_end_us < 2000 &&
+        fifo_wait(queue, (int64_t)STORE_LINGER_US * 1000) == 0)
+        n = take_more(queue, batch, n);
+    return n;
+}
+
+int store__push(struct fifo *queue, struct store_req *r)
+{
+    r->node.next = NULL;
+    int rc = fifo_push(queue, &r->node);
+    return rc < 0 ? rc : 0; /* -ESHUTDOWN once close began */
+}
 
 void store_req_free(struct store_req *r)
 {

@@ -302,8 +302,9 @@ int store_get_reads(struct store *s, const char *id, struct store_read **out);
  * such link, or revoked), or -EIO. Expiry is the caller's to judge. */
 int store_get_share(struct store *s, const char *token, char session[STORE_ID_LEN + 1],
                     int64_t *expires_ms);
-/* Counts over every session (see struct store_summary). 0 or -EIO /
- * -ENOMEM; free out->help_waits. */
+/* Counts over every session (see struct store_summary; engines fill
+ * help_waits in any order, this sorts them). 0 or -EIO / -ENOMEM; free
+ * out->help_waits. */
 int store_get_summary(struct store *s, struct store_summary *out);
 
 /* Make a new random session id. 0, or -EIO when the system's random source
@@ -347,6 +348,18 @@ struct store__counters {
     atomic_uint_fast64_t commits, failures, batched, commit_us_sum;
     atomic_uint_fast64_t commit_hist[12], batch_hist[8];
 };
+/* The writer's side of group commit (G1), the same in every engine: wait
+ * for nothing more (the caller has had fifo_wait say a request is there),
+ * take what is queued, up to STORE_BATCH_MAX into batch; under steady load
+ * (the last commit ended less than 2 ms before, at last_end_us) a small
+ * batch lingers STORE_LINGER_US for company. Returns the count (> 0 when
+ * fifo_wait said a request was there). Writer thread. */
+size_t store__take_batch(struct fifo *queue, struct store_req **batch, int64_t last_end_us);
+/* Queue r for the writer (an engine's submit). 0 or -ESHUTDOWN. */
+int store__push(struct fifo *queue, struct store_req *r);
+/* Monotonic microseconds, for commit times and lingering. */
+int64_t store__now_us(void);
+
 /* A batch of n requests committed in us microseconds. */
 void store__count_commit(struct store__counters *c, int64_t us, size_t n);
 /* A batch was refused or its commit failed. */

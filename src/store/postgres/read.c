@@ -424,12 +424,6 @@ int store_postgres__get_share(void *e, const char *token, char session[STORE_ID_
     return ret;
 }
 
-static int cmp_i64(const void *a, const void *b)
-{
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 int store_postgres__get_summary(void *e, struct store_summary *out)
 {
     struct store_postgres *s = e;
@@ -489,7 +483,5 @@ int store_postgres__get_summary(void *e, struct store_summary *out)
         out->nhelp_waits = 0;
         return ret;
     }
-    if (out->nhelp_waits) /* qsort wants an array, even of none */
-        qsort(out->help_waits, out->nhelp_waits, sizeof *out->help_waits, cmp_i64);
     return 0;
 }

@@ -149,13 +149,6 @@ static void p_bytes(struct params *p, const void *b, size_t n)
     p->n++;
 }
 
-static int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static void sleep_ms(int64_t ms)
 {
     struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
@@ -170,7 +163,7 @@ static void drop_conn(struct store_postgres *s, const char *why)
     struct log_quoted qd, qw;
     PQfinish(s->conn);
     s->conn = NULL;
-    s->retry_at_us = now_us() + s->backoff_ms * 1000;
+    s->retry_at_us = store__now_us() + s->backoff_ms * 1000;
     if (atomic_exchange(&s->connected, false))
         log_warn("store_unhealthy", "engine=postgres dsn=%s reason=%s",
                  log_quotes(&qd, s->redacted), log_quotes(&qw, why));
@@ -194,7 +187,7 @@ static bool writer_connect(struct store_postgres *s)
     }
     struct log_quoted qd, qe;
     if (!c) {
-        s->retry_at_us = now_us() + s->backoff_ms * 1000;
+        s->retry_at_us = store__now_us() + s->backoff_ms * 1000;
         if (atomic_exchange(&s->connected, false))
             log_warn("store_unhealthy", "engine=postgres dsn=%s reason=%s",
                      log_quotes(&qd, s->redacted), log_quotes(&qe, err));
@@ -628,7 +621,7 @@ static int simple(struct store_postgres *s, const char *sql)
  * PG_OUTCOME_WAIT_MS). */
 static enum store_status settle_commit(struct store_postgres *s, const char *xid)
 {
-    int64_t deadline = now_us() + (int64_t)PG_OUTCOME_WAIT_MS * 1000;
+    int64_t deadline = store__now_us() + (int64_t)PG_OUTCOME_WAIT_MS * 1000;
     drop_conn(s, "connection lost during COMMIT");
     for (;;) {
         if (s->conn || writer_connect(s)) {
@@ -655,7 +648,7 @@ static enum store_status settle_commit(struct store_postgres *s, const char *xid
             if (!conn_ok)
                 drop_conn(s, "connection lost");
         }
-        if (now_us() >= deadline)
+        if (store__now_us() >= deadline)
             break;
         sleep_ms(100);
     }
@@ -719,7 +712,7 @@ failed:
 static void run_batch(struct store_postgres *s, struct store_req **reqs, size_t n)
 {
     struct log_quoted qd;
-    int64_t t0 = now_us();
+    int64_t t0 = store__now_us();
     int64_t now = clock_wall_ms();
     enum store_status status = STORE_UNAVAILABLE;
     bool made[STORE_BATCH_MAX];
@@ -727,7 +720,7 @@ static void run_batch(struct store_postgres *s, struct store_req **reqs, size_t 
         made[i] = !reqs[i]->session_id[0];
     enum batch_error err = B_LOST;
     for (int attempt = 0; attempt <= PG_BATCH_RETRIES; attempt++) {
-        if (!s->conn && (now_us() < s->retry_at_us || !writer_connect(s))) {
+        if (!s->conn && (store__now_us() < s->retry_at_us || !writer_connect(s))) {
             err = B_LOST; /* unreachable: answered at once, nothing written */
             break;
         }
@@ -760,7 +753,7 @@ static void run_batch(struct store_postgres *s, struct store_req **reqs, size_t 
                  (reqs[j]->op == STORE_HELP && !reqs[j]->duplicate) || reqs[j]->op == STORE_MODEL);
         if (wrote && !atomic_exchange(&s->writes_ok, true))
             log_info("store_healthy", "engine=postgres dsn=%s", log_quotes(&qd, s->redacted));
-        store__count_commit(&s->counters, now_us() - t0, n);
+        store__count_commit(&s->counters, store__now_us() - t0, n);
     } else {
         if (err != B_OK)
             status = STORE_UNAVAILABLE;
@@ -776,27 +769,18 @@ static void run_batch(struct store_postgres *s, struct store_req **reqs, size_t 
 }
 
 /* Move up to max - n queued requests into batch. */
-static size_t take(struct store_postgres *s, struct store_req **batch, size_t n, size_t max)
-{
-    if (n >= max)
-        return n;
-    for (struct fifo_node *q = fifo_take(&s->queue, max - n, NULL); q; q = q->next)
-        batch[n++] = FIFO_ENTRY(q, struct store_req, node);
-    return n;
-}
-
 /* Nothing to write for a while: keep the connection known good, or try
  * again to get one, so that health follows the server. */
 static void idle_check(struct store_postgres *s)
 {
-    int64_t t = now_us();
+    int64_t t = store__now_us();
     if (!s->conn) {
         if (t >= s->retry_at_us)
             writer_connect(s);
     } else if (t - s->idle_since_us >= (int64_t)PG_PROBE_MS * 1000) {
         if (simple(s, "") != 0 && PQstatus(s->conn) != CONNECTION_OK)
             drop_conn(s, "connection lost");
-        s->idle_since_us = now_us();
+        s->idle_since_us = store__now_us();
     }
 }
 
@@ -805,12 +789,12 @@ void store_postgres__writer_main(void *arg)
     struct store_postgres *s = arg;
     struct store_req *batch[STORE_BATCH_MAX];
     int64_t last_end_us = 0;
-    s->idle_since_us = now_us();
+    s->idle_since_us = store__now_us();
     writer_connect(s);
     for (;;) {
         int64_t wait_ms = PG_PROBE_MS;
         if (!s->conn) {
-            wait_ms = (s->retry_at_us - now_us()) / 1000;
+            wait_ms = (s->retry_at_us - store__now_us()) / 1000;
             wait_ms = wait_ms < 10 ? 10 : wait_ms;
         }
         int rc = fifo_wait(&s->queue, wait_ms * 1000000);
@@ -820,14 +804,10 @@ void store_postgres__writer_main(void *arg)
             idle_check(s);
             continue;
         }
-        /* Group commit, as in the SQLite writer. */
-        size_t n = take(s, batch, 0, STORE_BATCH_MAX);
-        if (n < STORE_BATCH_MAX / 4 && now_us() - last_end_us < 2000 &&
-            fifo_wait(&s->queue, (int64_t)STORE_LINGER_US * 1000) == 0)
-            n = take(s, batch, n, STORE_BATCH_MAX);
+        size_t n = store__take_batch(&s->queue, batch, last_end_us); /* group commit */
         assert(n > 0);
         run_batch(s, batch, n);
-        last_end_us = s->idle_since_us = now_us();
+        last_end_us = s->idle_since_us = store__now_us();
     }
     sbuf_thread_cleanup(); /* on_batch may have dropped frames here */
 }
@@ -835,9 +815,7 @@ void store_postgres__writer_main(void *arg)
 int store_postgres__submit(void *e, struct store_req *r)
 {
     struct store_postgres *s = e;
-    r->node.next = NULL;
-    int rc = fifo_push(&s->queue, &r->node);
-    return rc < 0 ? rc : 0; /* -ESHUTDOWN once close began */
+    return store__push(&s->queue, r);
 }
 
 bool store_postgres__healthy(void *e)

@@ -357,13 +357,6 @@ static int do_request(struct store_sqlite *s, struct store_req *r, int64_t now)
     return do_session_op(s, r, last_seq, now);
 }
 
-static int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 /* Is the file behind fd (opened as path) still the one at path, and linked?
  * NULL, or why not. */
 static const char *file_gone(int fd, const struct stat *was, const char *path)
@@ -457,7 +450,7 @@ static bool injected_commit_failure(struct store_sqlite *s)
 static void run_batch(struct store_sqlite *s, struct store_req **reqs, size_t n)
 {
     struct log_quoted qp;
-    int64_t t0 = now_us();
+    int64_t t0 = store__now_us();
     int64_t now = clock_wall_ms();
     const char *gone = atomic_load(&s->failed) ? "the store has failed" : files_gone(s);
     if (gone) {
@@ -513,22 +506,13 @@ static void run_batch(struct store_sqlite *s, struct store_req **reqs, size_t n)
                      reqs[j]->op == STORE_MODEL);
         if (wrote && !atomic_exchange(&s->healthy, true))
             log_info("store_healthy", "path=%s", log_quotes(&qp, s->path));
-        store__count_commit(&s->counters, now_us() - t0, n);
+        store__count_commit(&s->counters, store__now_us() - t0, n);
         store_sqlite__watch_wal(s);
     }
     s->on_batch(s->arg, reqs, n);
 }
 
 /* Move up to max - n queued requests into batch. */
-static size_t take(struct store_sqlite *s, struct store_req **batch, size_t n, size_t max)
-{
-    if (n >= max)
-        return n;
-    for (struct fifo_node *q = fifo_take(&s->queue, max - n, NULL); q; q = q->next)
-        batch[n++] = FIFO_ENTRY(q, struct store_req, node);
-    return n;
-}
-
 void store_sqlite__writer_main(void *arg)
 {
     struct store_sqlite *s = arg;
@@ -537,20 +521,10 @@ void store_sqlite__writer_main(void *arg)
     /* fifo_wait returns -ESHUTDOWN only once the queue is shut and every
      * accepted request has been taken: close finishes queued writes. */
     while (fifo_wait(&s->queue, FIFO_FOREVER) == 0) {
-        /* Group commit: everything that queued up meanwhile goes in one
-         * transaction, up to STORE_BATCH_MAX. Under steady load (the last
-         * commit ended moments ago) a small batch waits up to
-         * STORE_LINGER_US for company: the batch closes by size or by that
-         * short deadline, so many messages share one commit and their
-         * events reach each connection in one write. An idle server
-         * commits at once. */
-        size_t n = take(s, batch, 0, STORE_BATCH_MAX);
-        if (n < STORE_BATCH_MAX / 4 && now_us() - last_end_us < 2000 &&
-            fifo_wait(&s->queue, (int64_t)STORE_LINGER_US * 1000) == 0)
-            n = take(s, batch, n, STORE_BATCH_MAX);
+        size_t n = store__take_batch(&s->queue, batch, last_end_us); /* group commit */
         assert(n > 0); /* one consumer: a 0 from fifo_wait means a node to take */
         run_batch(s, batch, n);
-        last_end_us = now_us();
+        last_end_us = store__now_us();
     }
     sbuf_thread_cleanup(); /* on_batch may have dropped frames here */
 }
@@ -558,9 +532,7 @@ void store_sqlite__writer_main(void *arg)
 int store_sqlite__submit(void *e, struct store_req *r)
 {
     struct store_sqlite *s = e;
-    r->node.next = NULL;
-    int rc = fifo_push(&s->queue, &r->node);
-    return rc < 0 ? rc : 0; /* -ESHUTDOWN once close began */
+    return store__push(&s->queue, r);
 }
 
 bool store_sqlite__healthy(void *e)
