@@ -19,10 +19,10 @@
  * which sessions they joined) is owned by that worker's thread and touched by
  * no other, except its `out` counters: atomics written by that worker only
  * and read by /metrics from any thread. Per-client state (router_state) is
- * owned by the client's worker. In struct chat, everything is read-only after
- * chat_init except the `devs` scratch array, which only the storage writer
- * thread uses (inside chat_on_batch). No lock is taken here; the registry
- * lookups in chat_on_batch take the registry's own stripe locks.
+ * owned by the client's worker. struct chat's shared parts and the locks
+ * they take are listed in chat_int.h ("Ownership"): the joined-admins table
+ * (joined_lock), the assistant's delta batch (its HTTP client thread), and
+ * the registry's stripe locks for the lookups in chat_bus_deliver.
  */
 #ifndef CHATD_HUB_CHAT_H
 #define CHATD_HUB_CHAT_H

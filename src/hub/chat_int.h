@@ -2,12 +2,16 @@
  * chat_int: what the files of the chat router share (chat.c, validate.c,
  * deliver.c, fanout.c, resume.c, metrics.c). Not for use outside src/hub/.
  *
- * Ownership: struct chat is read-only after chat_init except `devs` (the
- * storage writer thread's scratch, used only in chat_on_batch) and the
- * counters (atomics). struct chat_local belongs to one worker thread;
+ * Ownership: struct chat is read-only once traffic starts (store, bus,
+ * asst and webhook are set before) except: the counters (atomics); the
+ * joined-admins table, guarded by joined_lock (joined.c: the writer writes,
+ * the HTTP API reads); and `deltas`, which belongs to the assistant's HTTP
+ * client thread (answer.c). struct chat_local belongs to one worker thread;
  * struct client_state and struct sess_state belong to their client's worker
- * thread. Nothing here takes a lock: the registry lookups in fanout.c take
- * the registry's own stripe locks.
+ * thread. Calls that cross threads: the writer calls into the assistant
+ * (assistant_ask/hold/stop/stored, its own lock) and the webhook (its own
+ * queue); workers call assistant_stream (its lock); the registry lookups
+ * take the registry's stripe locks. joined_lock is a leaf.
  */
 #ifndef CHATD_HUB_CHAT_INT_H
 #define CHATD_HUB_CHAT_INT_H
