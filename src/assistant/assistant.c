@@ -171,6 +171,12 @@ static void slot_gc(struct assistant *a, struct slot *s)
     free(s);
 }
 
+/* The wire format a configured model speaks. */
+static enum provider_kind kind_of(const struct conf_model *m)
+{
+    return m->kind == CONF_MODEL_ANTHROPIC ? PROVIDER_ANTHROPIC : PROVIDER_OPENAI;
+}
+
 static const struct conf_model *model_for(const struct assistant *a, const char *id)
 {
     for (unsigned i = 0; id && *id && i < a->opt.nmodels; i++)
@@ -457,9 +463,7 @@ static void finish(struct answer *x, int result, const char *error)
         reason = "error";
         failed = true;
         char pm[256];
-        recoverable = provider_error_message(x->model->kind == CONF_MODEL_ANTHROPIC
-                                                 ? PROVIDER_ANTHROPIC
-                                                 : PROVIDER_OPENAI,
+        recoverable = provider_error_message(kind_of(x->model),
                                              x->status, x->errbody, x->errlen, pm, sizeof pm);
         snprintf(msg, sizeof msg, "%s", pm);
     } else {
@@ -552,7 +556,7 @@ static int on_event(void *arg, const struct sse_event *ev)
     struct assistant *a = x->a;
     struct provider_event pe;
     enum provider_kind kind =
-        x->model->kind == CONF_MODEL_ANTHROPIC ? PROVIDER_ANTHROPIC : PROVIDER_OPENAI;
+        kind_of(x->model);
     if (provider_parse_event(kind, ev->name, ev->data, ev->data_len, &pe) != 0) {
         x->cause = END_MALFORMED;
         snprintf(x->error, sizeof x->error, "the model sent an event chatd cannot read (%s)",
@@ -756,7 +760,7 @@ static void run_job(struct assistant *a, struct answer *x)
             x->context_bytes += msgs[i].len;
         const struct conf_model *m = x->model;
         struct provider_request pr = {
-            .kind = m->kind == CONF_MODEL_ANTHROPIC ? PROVIDER_ANTHROPIC : PROVIDER_OPENAI,
+            .kind = kind_of(m),
             .model = m->model,
             .system = m->system_prompt,
             .max_tokens = m->max_tokens,
@@ -780,11 +784,9 @@ static void run_job(struct assistant *a, struct answer *x)
     if (rc == 0) {
         char url[HTTP_CLIENT_MAX_URL];
         snprintf(url, sizeof url, "%s%s", x->model->base_url,
-                 provider_path(x->model->kind == CONF_MODEL_ANTHROPIC ? PROVIDER_ANTHROPIC
-                                                                       : PROVIDER_OPENAI));
+                 provider_path(kind_of(x->model)));
         char lines[8][PROVIDER_HEADER_MAX];
-        int nh = provider_headers(x->model->kind == CONF_MODEL_ANTHROPIC ? PROVIDER_ANTHROPIC
-                                                                         : PROVIDER_OPENAI,
+        int nh = provider_headers(kind_of(x->model),
                                   x->model->key, lines, 8);
         struct http_client_field f[10];
         size_t nf = 0;

@@ -259,19 +259,12 @@ static void on_done(void *arg, uint64_t id, int result, int status, const char *
         finish(d, &w->dropped);
         return;
     }
-    if (!retryable(result, status)) {
-        log_warn("webhook_failed",
-                 "session=%s url=%s status=%d result=%s attempts=%u reason=\"not retried\"",
+    bool again = retryable(result, status);
+    if (!again || d->attempts >= w->max_attempts) {
+        log_warn("webhook_failed", "session=%s url=%s status=%d result=%s attempts=%u reason=\"%s\"",
                  log_quotes(&qs, d->session), log_quotes(&qu, w->log_url), status,
-                 log_quotes(&qe, errno_name(result, ebuf, sizeof ebuf)), d->attempts);
-        finish(d, &w->failed);
-        return;
-    }
-    if (d->attempts >= w->max_attempts) {
-        log_warn("webhook_failed",
-                 "session=%s url=%s status=%d result=%s attempts=%u reason=\"out of attempts\"",
-                 log_quotes(&qs, d->session), log_quotes(&qu, w->log_url), status,
-                 log_quotes(&qe, errno_name(result, ebuf, sizeof ebuf)), d->attempts);
+                 log_quotes(&qe, errno_name(result, ebuf, sizeof ebuf)), d->attempts,
+                 again ? "out of attempts" : "not retried");
         finish(d, &w->failed);
         return;
     }
