@@ -396,7 +396,10 @@ int main(int argc, char **argv)
             return 1;
         }
         /* The bus before the store: the writer publishes through it. */
-        struct bus_handler bh = {.deliver = chat_bus_deliver, .gap = chat_bus_gap, .app = st.chat};
+        struct bus_handler bh = {.deliver = chat_bus_deliver,
+                                 .gap = chat_bus_gap,
+                                 .kick = chat_bus_kick,
+                                 .app = st.chat};
         if (cfg.redis_url && *cfg.redis_url) {
             char node[300];
             if (cfg.node_id && *cfg.node_id)

@@ -108,6 +108,23 @@ HUGE_LINE = "%08d The quick brown fox jumps over the lazy dog.\n"  # 54 bytes
 
 # ---- what the answers are (tests import these to predict them) -------------
 
+def assemble(pieces):
+    """The answer a client builds from its ai_response pieces (done: false),
+    placing each by its offset. Asserts there is no gap and that no byte is
+    changed: a catch-up from offset 0 (after a reconnect, or on another
+    node) may only repeat what the client had."""
+    text = b""
+    for p in pieces:
+        d, off = p["delta"].encode(), p["offset"]
+        if off == 0 and text:
+            assert d.startswith(text), (text, d)
+            text = d
+            continue
+        assert off == len(text), "piece at %d, have %d bytes" % (off, len(text))
+        text += d
+    return text.decode()
+
+
 def answer_for(text):
     """The answer of normal mode to a last user message."""
     return "Answer to: \u00ab" + text + "\u00bb"

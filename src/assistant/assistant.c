@@ -47,6 +47,7 @@ enum end_cause {
     END_TOO_LONG,  /* max_answer_bytes */
     END_MALFORMED, /* an event chatd could not read */
     END_PROVIDER,  /* the provider reported an error in the stream */
+    END_TAKEN_OVER, /* a person holds the session elsewhere (hooks->held) */
 };
 
 struct slot;
@@ -431,6 +432,8 @@ static void finish(struct answer *x, int result, const char *error)
     msg[0] = '\0';
     if (x->cause == END_TOO_LONG) {
         reason = "too_long";
+    } else if (x->cause == END_TAKEN_OVER) {
+        reason = "taken_over";
     } else if (result == -ECANCELED && stop_asked) {
         reason = "stopped";
     } else if (result == -ECANCELED || (result == -ESHUTDOWN && closing)) {
@@ -496,7 +499,7 @@ static void finish(struct answer *x, int result, const char *error)
                  log_quotes(&qs, x->session), x->model->id, x->status, log_quotes(&qm, msg));
         a->hooks.failed(a->hooks.app, x->session, x->owner, x->got_delta ? x->stream->id : "", kind,
                         msg, recoverable, x->retry_after_ms);
-    } else {
+    } else if (x->cause != END_TAKEN_OVER) { /* never begun: counted as started only */
         atomic_fetch_add_explicit(partial ? &a->st_partial : &a->st_completed, 1,
                                   memory_order_relaxed);
     }
@@ -739,6 +742,11 @@ static int read_context(struct assistant *a, const char *session, struct store_e
 /* Read the history and submit the request for x. Assistant thread. */
 static void run_job(struct assistant *a, struct answer *x)
 {
+    if (a->hooks.held && a->hooks.held(a->hooks.app, x->session) > 0) {
+        x->cause = END_TAKEN_OVER;
+        finish(x, -ECANCELED, "taken over");
+        return;
+    }
     struct store_event *ev;
     struct provider_msg *msgs;
     int nev;

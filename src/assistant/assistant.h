@@ -104,6 +104,12 @@ struct assistant_hooks {
      * unless hooks->failed did) means nothing will be stored, and the
      * assistant frees the slot itself. Any assistant thread. */
     int (*finished)(void *app, const struct asst_result *r);
+    /* Optional: does a person hold the session from elsewhere (another
+     * node's admin: assistant_hold covers this process)? 1 yes, 0 no,
+     * negative: unknown (taken as no). Asked on the assistant thread as an
+     * answer is about to be requested; a held one ends before it begins,
+     * stop_reason "taken_over", nothing stored. */
+    int (*held)(void *app, const char *session);
     void *app;
 };
 

@@ -34,6 +34,7 @@
 #ifndef CHATD_BUS_BUS_H
 #define CHATD_BUS_BUS_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -64,6 +65,10 @@ struct bus_event {
     char stream[BUS_STREAM_MAX + 1];
     uint64_t stream_off;
     uint32_t stream_len;
+    /* The piece's text (stream_len bytes, borrowed), for a bus that keeps
+     * the answers streaming where every node can read them (stream_read);
+     * NULL when the publisher has none at hand. Not carried to the others. */
+    const char *text;
 };
 
 /* What the hub registers: called with every published event, in order. */
@@ -74,6 +79,10 @@ struct bus_handler {
      * them from storage. Called on the delivering thread, after what was
      * delivered around the gap. */
     void (*gap)(void *app, const char *session, const char *owner, int64_t after);
+    /* Optional: another node made room for a device of user by evicting
+     * this node's connection conn_id (admit with evict). Called on the
+     * delivering thread. */
+    void (*kick)(void *app, const char *user, uint64_t conn_id);
     void *app;
 };
 
@@ -90,8 +99,13 @@ struct bus_ops {
      * of user across the nodes, at most max: 1 admitted (*count: the
      * user's devices with it), 0 refused (*count: theirs), negative errno
      * when the count could not be reached (the caller then admits on its
-     * own count). Any thread; it blocks for a round trip. */
-    int (*admit)(struct bus *b, const char *user, uint64_t conn_id, unsigned max, unsigned *count);
+     * own count). With evict, a full count admits anyway and gives up the
+     * user's oldest device on any node: one of this node's comes back in
+     * *evicted (else 0) for the caller to close; another node's is closed
+     * there (its handler's kick). opened_ms orders the devices by age.
+     * Any thread; it blocks for a round trip. */
+    int (*admit)(struct bus *b, const char *user, uint64_t conn_id, int64_t opened_ms,
+                 unsigned max, bool evict, unsigned *count, uint64_t *evicted);
     /* The device admitted by admit left. Any thread. */
     void (*leave)(struct bus *b, const char *user, uint64_t conn_id);
     /* Optional (NULL: every node receives every event). This node holds
@@ -106,6 +120,26 @@ struct bus_ops {
      * could not be reached (the caller then goes by its own). Any thread;
      * it blocks for a round trip. */
     int64_t (*take_token)(struct bus *b, const char *user, unsigned per_minute);
+    /* Optional (NULL: the node's own registry is all there is). Call each
+     * with every user that has a device on some node and their count,
+     * then 0; negative errno when the count could not be reached. Any
+     * thread; it blocks for a round trip. */
+    int (*census)(struct bus *b, void (*each)(void *arg, const char *user, size_t len, unsigned n),
+                  void *arg);
+    /* Optional. This node's connection conn_id holds (on) or no longer
+     * holds session for a person: the assistant of every node leaves it
+     * alone meanwhile (held). Kept while the node lives. Any thread; it
+     * blocks for a round trip. */
+    void (*hold)(struct bus *b, const char *session, uint64_t conn_id, bool on);
+    /* Optional: 1 when a connection on some node holds session, 0 when
+     * none does, negative when that could not be learnt. Any thread; it
+     * blocks for a round trip. */
+    int (*held)(struct bus *b, const char *session);
+    /* Optional: the text streamed so far of answer `stream`, published
+     * with its pieces' text by any node: 0 with *text (to free, NUL-
+     * terminated) and *len, -ENOENT when none is kept, or a negative
+     * errno. Any thread; it blocks for a round trip. */
+    int (*stream_read)(struct bus *b, const char *stream, char **text, size_t *len);
 };
 
 struct bus {
@@ -127,10 +161,14 @@ static inline bool bus_counts_devices(const struct bus *b)
     return b && b->ops->admit;
 }
 
-static inline int bus_admit(struct bus *b, const char *user, uint64_t conn_id, unsigned max,
-                            unsigned *count)
+static inline int bus_admit(struct bus *b, const char *user, uint64_t conn_id,
+                            int64_t opened_ms, unsigned max, bool evict, unsigned *count,
+                            uint64_t *evicted)
 {
-    return bus_counts_devices(b) ? b->ops->admit(b, user, conn_id, max, count) : 1;
+    *evicted = 0;
+    return bus_counts_devices(b)
+               ? b->ops->admit(b, user, conn_id, opened_ms, max, evict, count, evicted)
+               : 1;
 }
 
 static inline void bus_leave(struct bus *b, const char *user, uint64_t conn_id)
@@ -148,6 +186,35 @@ static inline void bus_watch(struct bus *b, const char *user, int delta)
 static inline int64_t bus_take_token(struct bus *b, const char *user, unsigned per_minute)
 {
     return b && b->ops->take_token ? b->ops->take_token(b, user, per_minute) : -1;
+}
+
+static inline int bus_census(struct bus *b,
+                             void (*each)(void *arg, const char *user, size_t len, unsigned n),
+                             void *arg)
+{
+    return b && b->ops->census ? b->ops->census(b, each, arg) : -ENOTSUP;
+}
+
+static inline void bus_hold(struct bus *b, const char *session, uint64_t conn_id, bool on)
+{
+    if (b && b->ops->hold)
+        b->ops->hold(b, session, conn_id, on);
+}
+
+static inline int bus_held(struct bus *b, const char *session)
+{
+    return b && b->ops->held ? b->ops->held(b, session) : 0;
+}
+
+/* Does this bus keep the answers streaming (bus_stream_read)? */
+static inline bool bus_keeps_streams(const struct bus *b)
+{
+    return b && b->ops->stream_read;
+}
+
+static inline int bus_stream_read(struct bus *b, const char *stream, char **text, size_t *len)
+{
+    return bus_keeps_streams(b) ? b->ops->stream_read(b, stream, text, len) : -ENOENT;
 }
 
 /* Stop and free the bus; nothing is delivered afterwards. Main thread. */

@@ -52,15 +52,38 @@
  * connection to Redis broke.
  *
  * Devices. With --redis the device limit holds across nodes: each user has
- * a sorted set "chatd:<db>:dev:<hash of the user id>" of "<node nonce>:<conn>"
- * members scored by their expiry (Redis time + 30 s). A Lua script drops
- * the expired members, counts, and adds the new one only under the limit,
- * in one atomic step. Each node refreshes its own devices every 10 s from
- * the subscriber thread (one pipelined round trip) and removes a device
- * when it closes, so a node that dies gives its slots back within 30 s.
- * A count that cannot be reached (Redis away) admits on the node's own
- * count. Calls block their thread (a worker) for a round trip, on a third
+ * a sorted set "chatd:<db>:dev:<hash of the user id>" of
+ * "<node nonce>:<conn>:<opened ms>" members scored by their expiry (Redis
+ * time + 30 s). A Lua script drops the expired members, counts, and adds
+ * the new one only under the limit, in one atomic step; with evict-oldest
+ * a full count gives up the member opened first, wherever it is: one of
+ * this node's is returned to the hub to close, another node's is named on
+ * the control channel "chatd:<db>:ctl" ("CK1" | nonce | conn | user),
+ * which every node subscribes to and the named node acts on (the kick
+ * handler). Each node refreshes its own devices every 10 s from the
+ * subscriber thread (one pipelined round trip) and removes a device when
+ * it closes, so a node that dies gives its slots back within 30 s. The
+ * hash "chatd:<db>:online" maps each user id (a value, never a key or a
+ * channel) to their set, so /api/admin/connections can count every node's
+ * devices in one script (census), dropping users with none left. A count
+ * that cannot be reached (Redis away) admits on the node's own count.
+ * Calls block their thread (a worker) for a round trip, on a third
  * connection under a mutex.
+ *
+ * Holds. An admin's join marks the session held, in a sorted set
+ * "chatd:<db>:hold:<hash of the session id>" of "<nonce>:<conn>" members
+ * kept like devices (refreshed by the heartbeat, gone 30 s after their
+ * node dies, removed at leave). The writer sets it before the join is
+ * acknowledged; the assistant of any node asks (held) before it requests
+ * an answer, so from a join's ack on no node's assistant starts answering
+ * that session.
+ *
+ * Answers streaming. A piece of an answer published with its text is also
+ * written at its offset into "chatd:<db>:st:<stream id>" (SETRANGE, in the
+ * same pipeline, before the PUBLISH; kept 10 minutes after the last
+ * piece), so a node whose device comes mid-answer reads the text so far
+ * (stream_read) and the device catches up from offset 0 there too. Stream
+ * ids are chatd's own ("st_" and 16 hex digits).
  *
  * Rate limits. Each user's message budget is one token bucket across nodes,
  * a hash "chatd:<db>:rate:<hash of the user id>" (level, time) that a Lua
@@ -89,6 +112,7 @@
 #include <hiredis/hiredis.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,6 +135,7 @@
 #define HEARTBEAT_MS 10000  /* how often a node refreshes its devices */
 #define WATCH_WAIT_MS 2000  /* the longest a new watch waits for its subscription */
 #define RETRY_MS 1000       /* publishing or counting waits this long after a failed connect */
+#define STREAM_TTL_MS 600000 /* an answer's text is kept this long after its last piece */
 
 /* A held event: its own copy, holding a frame reference. */
 struct held {
@@ -118,9 +143,11 @@ struct held {
     int64_t until_ms;
 };
 
-/* A device this node counted in Redis. */
+/* A device this node counted in Redis, or a session one of its connections
+ * holds: the key and member it keeps there. */
 struct pres_dev {
     char key[64];
+    char member[64];
     uint64_t conn_id;
 };
 
@@ -164,6 +191,7 @@ struct rbus {
     bool confirmed[BUS_REDIS_SHARDS];
     /* the subscriber thread's own */
     bool requested[BUS_REDIS_SHARDS];
+    bool ctl_requested;
     unsigned pending; /* confirmations awaited since the connection was made */
     bool resync;      /* after them, every session's order starts again */
     atomic_ullong received, published, lost;
@@ -174,6 +202,9 @@ struct rbus {
     int64_t pres_retry_ms; /* under pres_mu: no connect before */
     struct pres_dev *devs; /* under pres_mu */
     size_t ndevs, capdevs;
+    struct pres_dev *holds; /* under pres_mu: sessions held here (bus_hold) */
+    size_t nholds, capholds;
+    char ctl[48];           /* "chatd:<db>:ctl": every node's, always subscribed */
     int64_t next_heartbeat_ms; /* the subscriber thread's */
     size_t nheld_now;
     /* The subscriber thread's own: sessions' order (see "Order" above). */
@@ -440,19 +471,38 @@ static unsigned shard_of(const char *owner)
     return (unsigned)(hash_str(owner) % BUS_REDIS_SHARDS);
 }
 
-/* Send the messages (pipelined) and read their answers: 0, or -EIO. */
-static int send_all(redisContext *c, const char *prefix, const unsigned *shards, struct wbuf *msgs,
-                    size_t nmsgs)
+static void stream_key(const struct rbus *r, const char *stream, char *key, size_t cap)
 {
+    snprintf(key, cap, "chatd:%d:st:%s", r->db, stream);
+}
+
+/* Send the stream pieces' text, then the messages (pipelined), and read
+ * their answers: 0, or -EIO. */
+static int send_all(struct rbus *r, redisContext *c, const unsigned *shards, struct wbuf *msgs,
+                    size_t nmsgs, const struct bus_event *ev, size_t n)
+{
+    size_t sent = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!ev[i].stream[0] || !ev[i].text || !ev[i].stream_len)
+            continue;
+        char key[96];
+        stream_key(r, ev[i].stream, key, sizeof key);
+        if (redisAppendCommand(c, "SETRANGE %s %llu %b", key, (unsigned long long)ev[i].stream_off,
+                               ev[i].text, (size_t)ev[i].stream_len) != REDIS_OK ||
+            redisAppendCommand(c, "PEXPIRE %s %u", key, (unsigned)STREAM_TTL_MS) != REDIS_OK)
+            return -EIO;
+        sent += 2;
+    }
     for (size_t i = 0; i < nmsgs; i++) {
         char ch[64];
-        int chlen = snprintf(ch, sizeof ch, "%s%u", prefix, shards[i]);
+        int chlen = snprintf(ch, sizeof ch, "%s%u", r->prefix, shards[i]);
         if (redisAppendCommand(c, "PUBLISH %b %b", ch, (size_t)chlen, msgs[i].p, msgs[i].n) !=
             REDIS_OK)
             return -EIO;
+        sent++;
     }
     int rc = 0;
-    for (size_t i = 0; i < nmsgs; i++) {
+    for (size_t i = 0; i < sent; i++) {
         void *rep = NULL;
         if (redisGetReply(c, &rep) != REDIS_OK)
             return -EIO;
@@ -507,7 +557,7 @@ static int redis_publish(struct bus *b, const struct bus_event *ev, size_t n)
             rc = -EIO;
             break;
         }
-        rc = send_all(r->pub, r->prefix, shards, msgs, nmsgs);
+        rc = send_all(r, r->pub, shards, msgs, nmsgs, ev, n);
         if (rc == 0 || !r->pub->err)
             break;
         /* The connection broke: once more on a new one. A message that had
@@ -708,30 +758,68 @@ static void order_tick(struct rbus *r, int64_t now, bool all)
 
 /* ---- devices across nodes ---- */
 
+/* KEYS[1] the user's devices, KEYS[2] the users online; ARGV: member,
+ * max, ttl, evict (1/0), user. Members are "<nonce>:<conn>:<opened ms>":
+ * with evict, a full count gives up the member opened first. */
 static const char admit_lua[] =
     "local t = redis.call('TIME') "
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "
     "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) "
     "local n = redis.call('ZCARD', KEYS[1]) "
-    "if n >= tonumber(ARGV[2]) then return {0, n} end "
+    "local victim = '' "
+    "if n >= tonumber(ARGV[2]) then "
+    "  if ARGV[4] ~= '1' then return {0, n, ''} end "
+    "  local best, bt = nil, nil "
+    "  for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do "
+    "    local o = tonumber(string.match(m, ':(%d+)$')) or 0 "
+    "    if best == nil or o < bt then best, bt = m, o end "
+    "  end "
+    "  redis.call('ZREM', KEYS[1], best) "
+    "  victim = best "
+    "  n = n - 1 "
+    "end "
     "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1]) "
     "redis.call('PEXPIRE', KEYS[1], ARGV[3]) "
-    "return {1, n + 1}";
+    "redis.call('HSET', KEYS[2], ARGV[5], KEYS[1]) "
+    "return {1, n + 1, victim}";
 
+/* KEYS[1] a sorted set of members scored by expiry; ARGV: member, ttl. */
 static const char refresh_lua[] =
     "local t = redis.call('TIME') "
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "
     "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1]) "
     "redis.call('PEXPIRE', KEYS[1], ARGV[2])";
 
+/* KEYS[1] the users online (user -> their devices' key): each user with a
+ * live device and their count; the others are dropped from it. */
+static const char census_lua[] =
+    "local t = redis.call('TIME') "
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "
+    "local all = redis.call('HGETALL', KEYS[1]) "
+    "local out = {} "
+    "for i = 1, #all, 2 do "
+    "  redis.call('ZREMRANGEBYSCORE', all[i + 1], '-inf', now) "
+    "  local n = redis.call('ZCARD', all[i + 1]) "
+    "  if n == 0 then redis.call('HDEL', KEYS[1], all[i]) "
+    "  else out[#out + 1] = all[i]; out[#out + 1] = n end "
+    "end "
+    "return out";
+
+/* KEYS[1] a sorted set of members scored by expiry: how many live. */
+static const char live_lua[] =
+    "local t = redis.call('TIME') "
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) "
+    "return redis.call('ZCARD', KEYS[1])";
+
 static void dev_key(const struct rbus *r, const char *user, char *key, size_t cap)
 {
     snprintf(key, cap, "chatd:%d:dev:%016llx", r->db, (unsigned long long)hash_str(user));
 }
 
-static void dev_member(const struct rbus *r, uint64_t conn_id, char *m, size_t cap)
+static void hold_key(const struct rbus *r, const char *session, char *key, size_t cap)
 {
-    snprintf(m, cap, "%016llx:%llx", (unsigned long long)r->nonce, (unsigned long long)conn_id);
+    snprintf(key, cap, "chatd:%d:hold:%016llx", r->db, (unsigned long long)hash_str(session));
 }
 
 /* The presence connection, made if needed (under pres_mu). */
@@ -746,34 +834,101 @@ static redisContext *pres_conn(struct rbus *r)
     return r->pres;
 }
 
-static int redis_admit(struct bus *b, const char *user, uint64_t conn_id, unsigned max,
-                       unsigned *count)
+/* One command on the presence connection: its reply (to free), or NULL
+ * when Redis could not be reached. Takes pres_mu. */
+static redisReply *pres_cmd(struct rbus *r, const char *fmt, ...)
 {
-    struct rbus *r = (struct rbus *)b;
-    char key[64], member[64];
-    dev_key(r, user, key, sizeof key);
-    dev_member(r, conn_id, member, sizeof member);
-    int rc = -EIO;
     pthread_mutex_lock(&r->pres_mu);
     redisContext *c = pres_conn(r);
-    redisReply *rep = c ? redisCommand(c, "EVAL %s 1 %s %s %u %u", admit_lua, key, member, max,
-                                       (unsigned)DEVICE_TTL_MS)
-                        : NULL;
-    if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+    redisReply *rep = NULL;
+    if (c) {
+        va_list ap;
+        va_start(ap, fmt);
+        rep = redisvCommand(c, fmt, ap);
+        va_end(ap);
+    }
+    pthread_mutex_unlock(&r->pres_mu);
+    return rep;
+}
+
+/* Remember (key, member) of conn_id in *v. Under pres_mu. */
+static void pres_add(struct pres_dev **v, size_t *n, size_t *cap, const char *key,
+                     const char *member, uint64_t conn_id)
+{
+    if (vec_grow(v, cap, *n, 1, sizeof **v) != 0)
+        return; /* not refreshed: it expires, as if its node had died */
+    snprintf((*v)[*n].key, sizeof (*v)[*n].key, "%s", key);
+    snprintf((*v)[*n].member, sizeof (*v)[*n].member, "%s", member);
+    (*v)[(*n)++].conn_id = conn_id;
+}
+
+/* Forget the entry of (key, conn_id) in *v, copying its member out. Under
+ * pres_mu. False when there is none. */
+static bool pres_del(struct pres_dev *v, size_t *n, const char *key, uint64_t conn_id,
+                     char *member, size_t cap)
+{
+    for (size_t i = 0; i < *n; i++) {
+        if (v[i].conn_id == conn_id && strcmp(v[i].key, key) == 0) {
+            snprintf(member, cap, "%s", v[i].member);
+            v[i] = v[--*n];
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Close another node's device: on the control channel, which every node
+ * hears; its node kicks it. */
+static void kick_remote(struct rbus *r, const char *user, uint64_t nonce, uint64_t conn_id)
+{
+    struct wbuf w = {0};
+    put(&w, "CK1", 3);
+    put_u64(&w, nonce);
+    put_u64(&w, conn_id);
+    put_str(&w, user);
+    redisReply *rep = w.oom ? NULL : pres_cmd(r, "PUBLISH %s %b", r->ctl, w.p, w.n);
+    if (rep)
+        freeReplyObject(rep);
+    free(w.p);
+}
+
+static int redis_admit(struct bus *b, const char *user, uint64_t conn_id, int64_t opened_ms,
+                       unsigned max, bool evict, unsigned *count, uint64_t *evicted)
+{
+    struct rbus *r = (struct rbus *)b;
+    char key[64], member[64], online[48];
+    dev_key(r, user, key, sizeof key);
+    snprintf(member, sizeof member, "%016llx:%llx:%lld", (unsigned long long)r->nonce,
+             (unsigned long long)conn_id, (long long)opened_ms);
+    snprintf(online, sizeof online, "chatd:%d:online", r->db);
+    int rc = -EIO;
+    redisReply *rep = pres_cmd(r, "EVAL %s 2 %s %s %s %u %u %d %s", admit_lua, key, online, member,
+                               max, (unsigned)DEVICE_TTL_MS, evict ? 1 : 0, user);
+    if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 3 &&
         rep->element[0]->type == REDIS_REPLY_INTEGER &&
-        rep->element[1]->type == REDIS_REPLY_INTEGER) {
+        rep->element[1]->type == REDIS_REPLY_INTEGER &&
+        rep->element[2]->type == REDIS_REPLY_STRING) {
         rc = rep->element[0]->integer ? 1 : 0;
         *count = (unsigned)rep->element[1]->integer;
-        if (rc == 1 && vec_grow(&r->devs, &r->capdevs, r->ndevs, 1, sizeof *r->devs) == 0) {
-            snprintf(r->devs[r->ndevs].key, sizeof r->devs[r->ndevs].key, "%s", key);
-            r->devs[r->ndevs++].conn_id = conn_id;
-        }
+        unsigned long long vn = 0, vc = 0;
+        bool victim =
+            rep->element[2]->len && sscanf(rep->element[2]->str, "%16llx:%llx", &vn, &vc) == 2;
+        pthread_mutex_lock(&r->pres_mu);
+        if (rc == 1)
+            pres_add(&r->devs, &r->ndevs, &r->capdevs, key, member, conn_id);
+        char gone[64];
+        if (victim && vn == r->nonce)
+            pres_del(r->devs, &r->ndevs, key, vc, gone, sizeof gone);
+        pthread_mutex_unlock(&r->pres_mu);
+        if (victim && vn == r->nonce)
+            *evicted = vc;
+        else if (victim)
+            kick_remote(r, user, vn, vc);
     } else if (rep) {
         log_warn("redis_device_count_failed", "type=%d", rep->type);
     }
     if (rep)
         freeReplyObject(rep);
-    pthread_mutex_unlock(&r->pres_mu);
     return rc;
 }
 
@@ -782,19 +937,99 @@ static void redis_leave(struct bus *b, const char *user, uint64_t conn_id)
     struct rbus *r = (struct rbus *)b;
     char key[64], member[64];
     dev_key(r, user, key, sizeof key);
-    dev_member(r, conn_id, member, sizeof member);
     pthread_mutex_lock(&r->pres_mu);
-    for (size_t i = 0; i < r->ndevs; i++) {
-        if (r->devs[i].conn_id == conn_id && strcmp(r->devs[i].key, key) == 0) {
-            r->devs[i] = r->devs[--r->ndevs];
-            break;
-        }
-    }
-    redisContext *c = pres_conn(r);
-    redisReply *rep = c ? redisCommand(c, "ZREM %s %s", key, member) : NULL;
+    bool had = pres_del(r->devs, &r->ndevs, key, conn_id, member, sizeof member);
+    pthread_mutex_unlock(&r->pres_mu);
+    redisReply *rep = had ? pres_cmd(r, "ZREM %s %s", key, member) : NULL;
     if (rep)
         freeReplyObject(rep);
+}
+
+static int redis_census(struct bus *b, void (*each)(void *arg, const char *user, size_t len,
+                                                     unsigned n),
+                        void *arg)
+{
+    struct rbus *r = (struct rbus *)b;
+    char online[48];
+    snprintf(online, sizeof online, "chatd:%d:online", r->db);
+    int rc = -EIO;
+    redisReply *rep = pres_cmd(r, "EVAL %s 1 %s", census_lua, online);
+    if (rep && rep->type == REDIS_REPLY_ARRAY) {
+        rc = 0;
+        for (size_t i = 0; i + 1 < rep->elements; i += 2)
+            if (rep->element[i]->type == REDIS_REPLY_STRING &&
+                rep->element[i + 1]->type == REDIS_REPLY_INTEGER)
+                each(arg, rep->element[i]->str, rep->element[i]->len,
+                     (unsigned)rep->element[i + 1]->integer);
+    } else if (rep) {
+        log_warn("redis_census_failed", "type=%d", rep->type);
+    }
+    if (rep)
+        freeReplyObject(rep);
+    return rc;
+}
+
+static void redis_hold(struct bus *b, const char *session, uint64_t conn_id, bool on)
+{
+    struct rbus *r = (struct rbus *)b;
+    char key[64], member[64];
+    hold_key(r, session, key, sizeof key);
+    pthread_mutex_lock(&r->pres_mu);
+    bool had = pres_del(r->holds, &r->nholds, key, conn_id, member, sizeof member);
+    if (on) {
+        snprintf(member, sizeof member, "%016llx:%llx", (unsigned long long)r->nonce,
+                 (unsigned long long)conn_id);
+        pres_add(&r->holds, &r->nholds, &r->capholds, key, member, conn_id);
+    }
     pthread_mutex_unlock(&r->pres_mu);
+    redisReply *rep = NULL;
+    if (on)
+        rep = pres_cmd(r, "EVAL %s 1 %s %s %u", refresh_lua, key, member, (unsigned)DEVICE_TTL_MS);
+    else if (had)
+        rep = pres_cmd(r, "ZREM %s %s", key, member);
+    if (rep)
+        freeReplyObject(rep);
+}
+
+static int redis_held(struct bus *b, const char *session)
+{
+    struct rbus *r = (struct rbus *)b;
+    char key[64];
+    hold_key(r, session, key, sizeof key);
+    int rc = -EIO;
+    redisReply *rep = pres_cmd(r, "EVAL %s 1 %s", live_lua, key);
+    if (rep && rep->type == REDIS_REPLY_INTEGER)
+        rc = rep->integer > 0;
+    if (rep)
+        freeReplyObject(rep);
+    return rc;
+}
+
+static int redis_stream_read(struct bus *b, const char *stream, char **text, size_t *len)
+{
+    struct rbus *r = (struct rbus *)b;
+    char key[96];
+    stream_key(r, stream, key, sizeof key);
+    int rc = -EIO;
+    redisReply *rep = pres_cmd(r, "GET %s", key);
+    if (rep && rep->type == REDIS_REPLY_NIL) {
+        rc = -ENOENT;
+    } else if (rep && rep->type == REDIS_REPLY_STRING) {
+        /* A piece Redis missed leaves zeros: the text is what precedes them. */
+        size_t n = strnlen(rep->str, rep->len);
+        *text = malloc(n + 1);
+        if (*text) {
+            memcpy(*text, rep->str, n);
+            (*text)[n] = '\0';
+            *len = n;
+            rc = 0;
+        } else {
+            rc = -ENOMEM;
+        }
+    }
+    if (rep)
+        freeReplyObject(rep);
+    return rc;
 }
 
 static const char rate_lua[] =
@@ -818,30 +1053,26 @@ static int64_t redis_take_token(struct bus *b, const char *user, unsigned per_mi
     char key[64];
     snprintf(key, sizeof key, "chatd:%d:rate:%016llx", r->db, (unsigned long long)hash_str(user));
     int64_t wait = -1;
-    pthread_mutex_lock(&r->pres_mu);
-    redisContext *c = pres_conn(r);
-    redisReply *rep = c ? redisCommand(c, "EVAL %s 1 %s %u", rate_lua, key, per_minute) : NULL;
+    redisReply *rep = pres_cmd(r, "EVAL %s 1 %s %u", rate_lua, key, per_minute);
     if (rep && rep->type == REDIS_REPLY_INTEGER)
         wait = rep->integer < 0 ? 0 : rep->integer;
     else if (rep)
         log_warn("redis_rate_failed", "type=%d", rep->type);
     if (rep)
         freeReplyObject(rep);
-    pthread_mutex_unlock(&r->pres_mu);
     return wait;
 }
 
-/* Refresh this node's devices (the subscriber thread, every HEARTBEAT_MS);
- * after a Redis restart this counts them again. */
+/* Refresh this node's devices and holds (the subscriber thread, every
+ * HEARTBEAT_MS); after a Redis restart this counts them again. */
 static void heartbeat(struct rbus *r)
 {
     pthread_mutex_lock(&r->pres_mu);
-    redisContext *c = r->ndevs ? pres_conn(r) : NULL;
+    redisContext *c = r->ndevs || r->nholds ? pres_conn(r) : NULL;
     size_t sent = 0;
-    for (size_t i = 0; c && i < r->ndevs; i++) {
-        char member[64];
-        dev_member(r, r->devs[i].conn_id, member, sizeof member);
-        if (redisAppendCommand(c, "EVAL %s 1 %s %s %u", refresh_lua, r->devs[i].key, member,
+    for (size_t i = 0; c && i < r->ndevs + r->nholds; i++) {
+        const struct pres_dev *d = i < r->ndevs ? &r->devs[i] : &r->holds[i - r->ndevs];
+        if (redisAppendCommand(c, "EVAL %s 1 %s %s %u", refresh_lua, d->key, d->member,
                                (unsigned)DEVICE_TTL_MS) != REDIS_OK)
             break;
         sent++;
@@ -941,30 +1172,54 @@ static void order_forget_shard(struct rbus *r, unsigned shard)
     }
 }
 
+/* A message of the control channel: "CK1" | node nonce u64 | conn u64 |
+ * user (u8 len, bytes): that node closes that device of the user. */
+static void on_ctl(struct rbus *r, const char *data, size_t len)
+{
+    struct rbuf rb = {.p = (const uint8_t *)data, .n = len};
+    const uint8_t *magic = take(&rb, 3);
+    uint64_t nonce = get_le(&rb, 8), conn_id = get_le(&rb, 8);
+    char user[BUS_USER_MAX + 1];
+    get_str(&rb, user, sizeof user);
+    if (!magic || memcmp(magic, "CK1", 3) != 0 || rb.bad) {
+        log_warn("redis_bad_message", "channel=control bytes=%zu", len);
+        return;
+    }
+    if (nonce == r->nonce && r->base.handler.kick)
+        r->base.handler.kick(r->base.handler.app, user, conn_id);
+}
+
 static void on_reply(struct rbus *r, redisReply *rep)
 {
     if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 ||
-        rep->element[0]->type != REDIS_REPLY_STRING)
+        rep->element[0]->type != REDIS_REPLY_STRING ||
+        rep->element[1]->type != REDIS_REPLY_STRING)
         return;
     const char *what = rep->element[0]->str;
+    const char *ch = rep->element[1]->str;
+    bool ctl = strcmp(ch, r->ctl) == 0;
     if (strcmp(what, "message") == 0 && rep->element[2]->type == REDIS_REPLY_STRING) {
-        on_message(r, rep->element[2]->str, rep->element[2]->len);
+        if (ctl)
+            on_ctl(r, rep->element[2]->str, rep->element[2]->len);
+        else
+            on_message(r, rep->element[2]->str, rep->element[2]->len);
         return;
     }
-    if (strcmp(what, "subscribe") != 0 || rep->element[1]->type != REDIS_REPLY_STRING)
+    if (strcmp(what, "subscribe") != 0)
         return;
     size_t plen = strlen(r->prefix);
-    const char *ch = rep->element[1]->str;
-    if (strncmp(ch, r->prefix, plen) != 0)
-        return;
-    unsigned shard = (unsigned)strtoul(ch + plen, NULL, 10);
-    if (shard >= BUS_REDIS_SHARDS)
-        return;
-    pthread_mutex_lock(&r->mu);
-    if (r->requested[shard])
-        r->confirmed[shard] = true;
-    pthread_cond_broadcast(&r->cv);
-    pthread_mutex_unlock(&r->mu);
+    if (!ctl) {
+        if (strncmp(ch, r->prefix, plen) != 0)
+            return;
+        unsigned shard = (unsigned)strtoul(ch + plen, NULL, 10);
+        if (shard >= BUS_REDIS_SHARDS)
+            return;
+        pthread_mutex_lock(&r->mu);
+        if (r->requested[shard])
+            r->confirmed[shard] = true;
+        pthread_cond_broadcast(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+    }
     if (r->pending && --r->pending == 0 && r->resync) {
         /* Subscribed again after a break: what was published meanwhile is
          * lost to this node; the order of every session starts again and
@@ -972,6 +1227,16 @@ static void on_reply(struct rbus *r, redisReply *rep)
         r->resync = false;
         order_tick(r, now_ms(), true);
     }
+}
+
+/* Write what was appended to c; false when the connection failed. */
+static bool write_out(redisContext *c)
+{
+    int done = 0;
+    while (!done)
+        if (redisBufferWrite(c, &done) != REDIS_OK)
+            return false;
+    return true;
 }
 
 /* Send one SUBSCRIBE or UNSUBSCRIBE for the shards listed; false when the
@@ -990,13 +1255,7 @@ static bool send_subs(struct rbus *r, redisContext *c, const char *cmd, const un
         argl[i + 1] = (size_t)snprintf(names[i], sizeof names[i], "%s%u", r->prefix, shards[i]);
         argv[i + 1] = names[i];
     }
-    if (redisAppendCommandArgv(c, (int)n + 1, argv, argl) != REDIS_OK)
-        return false;
-    int done = 0;
-    while (!done)
-        if (redisBufferWrite(c, &done) != REDIS_OK)
-            return false;
-    return true;
+    return redisAppendCommandArgv(c, (int)n + 1, argv, argl) == REDIS_OK && write_out(c);
 }
 
 /* Subscribe to the shards wanted and not yet asked for, unsubscribe from
@@ -1020,6 +1279,16 @@ static bool reconcile(struct rbus *r, redisContext *c)
     for (unsigned i = 0; i < nunsub; i++)
         order_forget_shard(r, unsub[i]);
     r->pending += nsub;
+    if (!r->ctl_requested) {
+        /* The control channel, before the shards (its confirmation counts
+         * among theirs). */
+        const char *argv[2] = {"SUBSCRIBE", r->ctl};
+        size_t argl[2] = {9, strlen(r->ctl)};
+        if (redisAppendCommandArgv(c, 2, argv, argl) != REDIS_OK || !write_out(c))
+            return false;
+        r->ctl_requested = true;
+        r->pending++;
+    }
     if (!r->pending && r->resync) {
         r->resync = false;
         order_tick(r, now_ms(), true);
@@ -1051,6 +1320,7 @@ static bool receive(struct rbus *r, redisContext *c)
 {
     r->pending = 0;
     r->resync = true;
+    r->ctl_requested = false;
     set_connected(r, true);
     bool stop = false;
     if (!reconcile(r, c))
@@ -1183,9 +1453,25 @@ static void redis_close(struct bus *b)
         close(r->stop_pipe[1]);
     if (r->pub)
         redisFree(r->pub);
+    if (r->pres && !r->pres->err) {
+        /* What this node still counts or holds goes now, not at expiry. */
+        size_t sent = 0;
+        for (size_t i = 0; i < r->ndevs + r->nholds; i++) {
+            const struct pres_dev *d = i < r->ndevs ? &r->devs[i] : &r->holds[i - r->ndevs];
+            if (redisAppendCommand(r->pres, "ZREM %s %s", d->key, d->member) == REDIS_OK)
+                sent++;
+        }
+        for (size_t i = 0; i < sent; i++) {
+            void *rep = NULL;
+            if (redisGetReply(r->pres, &rep) != REDIS_OK)
+                break;
+            freeReplyObject(rep);
+        }
+    }
     if (r->pres)
         redisFree(r->pres);
     free(r->devs);
+    free(r->holds);
     for (unsigned k = 0; k < ORDER_BUCKETS; k++)
         while (r->order[k]) {
             struct order_sess *os = r->order[k];
@@ -1217,6 +1503,10 @@ static const struct bus_ops redis_ops = {
     .leave = redis_leave,
     .watch = redis_watch,
     .take_token = redis_take_token,
+    .census = redis_census,
+    .hold = redis_hold,
+    .held = redis_held,
+    .stream_read = redis_stream_read,
 };
 
 int bus_redis_open(struct bus **out, const struct bus_handler *handler, const char *url,
@@ -1240,6 +1530,7 @@ int bus_redis_open(struct bus **out, const struct bus_handler *handler, const ch
     if (rc != 0)
         goto fail;
     snprintf(r->prefix, sizeof r->prefix, "chatd:%d:u:", r->db);
+    snprintf(r->ctl, sizeof r->ctl, "chatd:%d:ctl", r->db);
     if (getrandom(&r->nonce, sizeof r->nonce, 0) != sizeof r->nonce)
         r->nonce = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     r->pub = connect_one(r, err, errlen);

@@ -119,8 +119,10 @@ static void hook_flush(void *app)
         return;
     if (bus_publish(ch->bus, ch->deltas, ch->ndeltas) != 0)
         log_warn("bus_publish_failed", "events=%zu type=ai_response", ch->ndeltas);
-    for (size_t i = 0; i < ch->ndeltas; i++)
+    for (size_t i = 0; i < ch->ndeltas; i++) {
         sbuf_unref(ch->deltas[i].frame);
+        free((char *)ch->deltas[i].text);
+    }
     ch->ndeltas = 0;
 }
 
@@ -147,8 +149,20 @@ static void hook_delta(void *app, struct asst_stream *s, const char *owner, uint
     e->stream_off = off;
     e->stream_len = (uint32_t)len;
     e->frame = wire_frame_jw(&w, &e->off, &e->len);
-    if (e->frame)
-        ch->ndeltas++;
+    if (!e->frame)
+        return;
+    if (bus_keeps_streams(ch->bus)) {
+        /* The bus keeps the text where every node reads it (a device on
+         * another node may come mid-answer): a copy until flush. */
+        char *copy = malloc(len ? len : 1);
+        if (!copy) {
+            sbuf_unref(e->frame);
+            return;
+        }
+        memcpy(copy, text, len);
+        e->text = copy;
+    }
+    ch->ndeltas++;
 }
 
 static void hook_failed(void *app, const char *session, const char *owner, const char *stream_id,
@@ -173,12 +187,20 @@ static void publish_idle(struct chat *ch, const struct asst_result *a)
     jw_kstr(&w, "message",
             strcmp(a->stop_reason, "stopped") == 0
                 ? "the answer was stopped before it began; nothing was stored"
+            : strcmp(a->stop_reason, "taken_over") == 0
+                ? "an admin has taken over the session: the assistant does not answer"
                 : "the assistant ended without an answer; nothing was stored");
     jw_kstr(&w, "session_id", a->session);
     jw_kstr(&w, "stream_id", a->stream_id);
     jw_kstr(&w, "stop_reason", a->stop_reason);
     jw_close(&w);
     publish(ch, IT_RELAY, "notification", a->session, a->owner, &w, NULL, 0, 0);
+}
+
+static int hook_held(void *app, const char *session)
+{
+    struct chat *ch = app;
+    return bus_held(ch->bus, session);
 }
 
 static int hook_finished(void *app, const struct asst_result *a)
@@ -231,6 +253,7 @@ const struct assistant_hooks chat__assistant_hooks = {
     .flush = hook_flush,
     .failed = hook_failed,
     .finished = hook_finished,
+    .held = hook_held,
 };
 
 void chat__assistant_ops(struct chat *ch, const struct chat_asst_op *ops, size_t n)
@@ -289,18 +312,18 @@ static void send_piece(struct client *cl, const char *session, const char *id, s
     sbuf_unref(f);
 }
 
-void chat__stream_catch_up(struct chat *ch, struct client *cl, struct sess_state *st,
+bool chat__stream_catch_up(struct chat *ch, struct client *cl, struct sess_state *st,
                            const char *stream_id, bool only_live)
 {
     assert(worker_current() == cl->conn->w);
     if (!ch->asst)
-        return;
+        return false;
     struct asst_stream *s = assistant_stream(ch->asst, st->id);
     if (!s)
-        return; /* ended and stored: the stored answer is (or will be) sent */
+        return false; /* ended and stored: the stored answer is (or will be) sent */
     if (stream_id && strcmp(s->id, stream_id) != 0) {
         asst_stream_unref(s);
-        return; /* a later answer already: this one's stored event comes */
+        return true; /* a later answer already: this one's stored event comes */
     }
     if (strcmp(st->stream, s->id) != 0) {
         snprintf(st->stream, sizeof st->stream, "%s", s->id);
@@ -316,4 +339,30 @@ void chat__stream_catch_up(struct chat *ch, struct client *cl, struct sess_state
     }
     free(text);
     asst_stream_unref(s);
+    return true;
+}
+
+void chat__stream_catch_up_remote(struct chat *ch, struct client *cl, struct sess_state *st,
+                                  const struct chat_item *it)
+{
+    assert(worker_current() == cl->conn->w);
+    struct chat_local *loc = &ch->locals[cl->conn->w->index];
+    uint64_t need = it->stream_off + it->stream_len;
+    if (strcmp(loc->rstream, it->stream) != 0 || loc->rlen < need) {
+        /* A round trip on this worker, once per piece at most: the
+         * connections after the first that need this piece use the copy. */
+        char *text;
+        size_t len;
+        if (bus_stream_read(ch->bus, it->stream, &text, &len) != 0)
+            return; /* the next piece tries again */
+        free(loc->rtext);
+        loc->rtext = text;
+        loc->rlen = len;
+        snprintf(loc->rstream, sizeof loc->rstream, "%s", it->stream);
+    }
+    size_t from = st->stream_sent < 0 ? 0 : (size_t)st->stream_sent;
+    if (loc->rlen < need || loc->rlen <= from)
+        return;
+    send_piece(cl, st->id, it->stream, from, loc->rtext, loc->rlen);
+    st->stream_sent = (int64_t)loc->rlen;
 }

@@ -398,6 +398,7 @@ void chat_free(struct chat *ch)
     for (unsigned w = 0; w < ch->nworkers; w++) {
         chat__free_table(ch->locals[w].joins);
         free(ch->locals[w].admins.v);
+        free(ch->locals[w].rtext);
     }
     free(ch->locals);
     assert(ch->ndeltas == 0); /* flushed before each answer ended */

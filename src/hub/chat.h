@@ -65,6 +65,8 @@ void chat_bus_deliver(void *app, const struct bus_event *ev, size_t n);
 /* The bus's gap handler (bus_handler.gap): the participants of session on
  * this node catch up from storage above seq `after`. */
 void chat_bus_gap(void *app, const char *session, const char *owner, int64_t after);
+/* The bus's kick handler (bus_handler.kick): see hub_kick. */
+void chat_bus_kick(void *app, const char *user, uint64_t conn_id);
 
 extern const struct router_ops chat_router_ops;
 

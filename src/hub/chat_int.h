@@ -87,6 +87,12 @@ struct chat_local {
     struct local_list admins;                /* every admin client here (key unused) */
     /* written by this worker only; atomics so /metrics may read them */
     atomic_uint_fast64_t out[CHAT_OUT_COUNT];
+    /* The last answer streaming on another node read from the bus
+     * (answer.c): its text so far, kept for the next connection of this
+     * worker that must catch up with it. */
+    char rstream[BUS_STREAM_MAX + 1];
+    char *rtext;
+    size_t rlen;
 };
 
 struct chat {
@@ -130,6 +136,7 @@ struct chat_item {
     uint8_t kind;
     uint8_t out_type;   /* index in chat__out_names */
     bool failed;        /* JOIN/LEAVE: refused by the writer, only settles intent */
+    bool remote;        /* DELTA: of an answer streaming on another node */
     uint64_t conn_id;   /* REPLY target; RELAY exclusion; JOIN/LEAVE subject */
     struct sbuf *frame; /* one reference, or NULL */
     uint32_t off, len;
@@ -223,9 +230,14 @@ void chat__joined_free(struct chat *ch);
 extern const struct assistant_hooks chat__assistant_hooks; /* app: struct chat */
 /* Bring cl level with the answer streaming in st's session: send what it
  * has not had of it (from offset 0 when it has had nothing). only_live:
- * nothing once the answer has ended (its stored event follows). Worker. */
-void chat__stream_catch_up(struct chat *ch, struct client *cl, struct sess_state *st,
+ * nothing once the answer has ended (its stored event follows). False
+ * when no answer of the session streams on this node. Worker. */
+bool chat__stream_catch_up(struct chat *ch, struct client *cl, struct sess_state *st,
                            const char *stream_id, bool only_live);
+/* The same for a piece `it` of an answer that streams on another node:
+ * its text so far comes from the bus (bus_stream_read). Worker. */
+void chat__stream_catch_up_remote(struct chat *ch, struct client *cl, struct sess_state *st,
+                                  const struct chat_item *it);
 /* The assistant side of one committed batch, after its events are
  * published (fanout.c collects them in order). Writer thread. */
 struct chat_asst_op {

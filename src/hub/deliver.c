@@ -163,7 +163,8 @@ static void send_delta(struct chat *ch, struct client *cl, const struct chat_ite
         st->stream_sent = (int64_t)(it->stream_off + it->stream_len);
         return;
     }
-    chat__stream_catch_up(ch, cl, st, it->stream, false);
+    if (!chat__stream_catch_up(ch, cl, st, it->stream, false) && it->remote)
+        chat__stream_catch_up_remote(ch, cl, st, it);
 }
 
 enum send_mode { SEND_RELAY, SEND_STORED, SEND_DELTA, SEND_GAP };

@@ -369,6 +369,10 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
         if (r->kind != KIND_LEAVE_REVOKED)
             add_ack(bo, r, true, NULL, NULL, NULL, false);
         chat__joined_set(bo->ch, r->session_id, r->conn_id, r->user, r->sender_name, join);
+        /* The assistant of every node leaves the session alone from the
+         * join's ack on (a round trip, before the ack is posted): the one
+         * here through the op below, the others through the bus. */
+        bus_hold(bo->ch->bus, r->session_id, r->conn_id, join);
         add_op(bo, join ? ASST_OP_HOLD : ASST_OP_UNHOLD, r, r->user, NULL);
         break;
     }
@@ -462,6 +466,7 @@ void chat_bus_deliver(void *app, const struct bus_event *ev, size_t n)
                 continue;
             set_ids(&bo, w, it, devs, nd);
             if (e->kind == IT_DELTA) {
+                it->remote = e->remote;
                 snprintf(it->stream, sizeof it->stream, "%s", e->stream);
                 it->stream_off = e->stream_off;
                 it->stream_len = e->stream_len;
@@ -472,8 +477,15 @@ void chat_bus_deliver(void *app, const struct bus_event *ev, size_t n)
     post_all(&bo);
 }
 
+void chat_bus_kick(void *app, const char *user, uint64_t conn_id)
+{
+    struct chat *ch = app;
+    hub_kick(ch->hub, user, conn_id);
+}
+
 /* A gap the bus saw: every worker's participants of the session (the
  * owner's devices there, the admins there that joined it) catch up. */
+
 void chat_bus_gap(void *app, const char *session, const char *owner, int64_t after)
 {
     struct chat *ch = app;

@@ -670,8 +670,8 @@ static void notify_limit(struct hub *h, const struct reg_device *devs, unsigned 
     log_warn("device_limit", "user=%s devices=%u action=refused", log_quotes(&qu, sub), n);
 }
 
-/* The user's oldest device on this node other than conn_id, if any. */
-static bool oldest_here(struct hub *h, const char *sub, size_t len, uint64_t conn_id,
+/* The user's device conn_id on this node, if it is here. */
+static bool device_here(struct hub *h, const char *sub, size_t len, uint64_t conn_id,
                         struct reg_device *out)
 {
     unsigned cap = h->cfg->max_devices + 1;
@@ -680,12 +680,11 @@ static bool oldest_here(struct hub *h, const char *sub, size_t len, uint64_t con
         return false;
     unsigned n = registry_devices(&h->registry, sub, len, devs, cap);
     bool found = false;
-    for (unsigned i = 0; i < n; i++) {
-        if (devs[i].conn_id == conn_id)
-            continue;
-        if (!found || devs[i].opened_at_ms < out->opened_at_ms)
+    for (unsigned i = 0; i < n && !found; i++) {
+        if (devs[i].conn_id == conn_id) {
             *out = devs[i];
-        found = true;
+            found = true;
+        }
     }
     free(devs);
     return found;
@@ -705,6 +704,13 @@ static void evict(struct hub *h, const struct reg_device *dev, const char *sub)
     struct log_quoted qu;
     log_info("device_limit", "user=%s action=evicted conn=%llx", log_quotes(&qu, sub),
              (unsigned long long)dev->conn_id);
+}
+
+void hub_kick(struct hub *h, const char *user, uint64_t conn_id)
+{
+    struct reg_device dev;
+    if (device_here(h, user, strlen(user), conn_id, &dev))
+        evict(h, &dev, user); /* its close takes it out of the registry */
 }
 
 /* Find and verify the request's token. NULL and *claims filled when it is
@@ -801,21 +807,21 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
     }
     cl->registered = true;
     if (bus_counts_devices(h->bus)) {
-        /* The limit across nodes. evict-oldest evicts on this node only:
-         * the evicted device's slot goes to the new one, which is then
-         * counted whatever the other nodes hold. */
+        /* The limit across nodes. A device this node evicted already gives
+         * its slot to the new one, which is then counted whatever the
+         * others hold; otherwise, with evict-oldest, a full count gives up
+         * the user's oldest device wherever it is (closed here below, or
+         * by its own node). */
         unsigned total = count;
+        uint64_t victim;
         if (r == REG_EVICTED)
             bus_leave(h->bus, cl->sub, evicted.conn_id);
-        int a = bus_admit(h->bus, cl->sub, c->id, r == REG_EVICTED ? UINT_MAX : h->cfg->max_devices,
-                          &total);
-        if (a == 0 && h->cfg->device_policy == DEVICE_POLICY_EVICT_OLDEST &&
-            oldest_here(h, cl->sub, cl->sub_len, c->id, &evicted)) {
-            /* Full across nodes: this node's oldest device of the user
-             * makes room (one on another node is not evicted from here). */
+        int a = bus_admit(h->bus, cl->sub, c->id, dev.opened_at_ms,
+                          r == REG_EVICTED ? UINT_MAX : h->cfg->max_devices,
+                          h->cfg->device_policy == DEVICE_POLICY_EVICT_OLDEST, &total, &victim);
+        if (a > 0 && victim && r != REG_EVICTED &&
+            device_here(h, cl->sub, cl->sub_len, victim, &evicted)) {
             registry_remove(&h->registry, cl->sub, cl->sub_len, evicted.conn_id);
-            bus_leave(h->bus, cl->sub, evicted.conn_id);
-            a = bus_admit(h->bus, cl->sub, c->id, UINT_MAX, &total);
             r = REG_EVICTED;
         }
         if (a == 0) {
@@ -944,11 +950,17 @@ bool hub_route_api(struct hub *h, struct conn *c, const struct http_request *req
         }
         if (!hub_api_auth(h, c, req, &claims, true))
             return true;
+        /* Every node's devices when they are counted across nodes (a round
+         * trip on this worker: an admin's page asks now and then); this
+         * node's own otherwise, or when that count cannot be reached. */
         struct conn_list_ctx ctx = {.users = json_array()};
-        registry_foreach(&h->registry, add_user, &ctx);
-        json_t *o =
-            json_pack("{s:o, s:I, s:I}", "users", ctx.users, "total_devices", (json_int_t)ctx.total,
-                      "total_users", (json_int_t)json_array_size(ctx.users));
+        bool all_nodes = bus_census(h->bus, add_user, &ctx) == 0;
+        if (!all_nodes)
+            registry_foreach(&h->registry, add_user, &ctx);
+        json_t *o = json_pack("{s:o, s:I, s:I, s:s}", "users", ctx.users, "total_devices",
+                              (json_int_t)ctx.total, "total_users",
+                              (json_int_t)json_array_size(ctx.users), "scope",
+                              all_nodes ? "cluster" : "node");
         reply_json_obj(c, req, 200, o);
         json_decref(o);
         return true;

@@ -193,4 +193,9 @@ void client_send_error(struct client *cl, enum chat_error code, const char *mess
 void hub_send_to_conn(struct hub *h, uint32_t worker, uint64_t conn_id, struct sbuf *frame,
                       uint32_t off, uint32_t len, uint16_t close_code, const char *close_reason);
 
+/* Another node evicted user's device conn_id of this node to make room
+ * for a new one (--device-policy evict-oldest across nodes): tell it and
+ * close it, if it is still here. Any thread. */
+void hub_kick(struct hub *h, const char *user, uint64_t conn_id);
+
 #endif

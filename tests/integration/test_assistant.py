@@ -21,7 +21,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from fake_provider import FakeProvider, answer_for, huge_text  # noqa: E402
+from fake_provider import FakeProvider, answer_for, assemble, huge_text  # noqa: E402
 from harness import SLOW, WS, Chatd, WSClosed, http_get, make_token, run  # noqa: E402
 
 KEY = "sk-test-assistant-0123"
@@ -95,23 +95,9 @@ class Dev:
                           "id" not in m, timeout, "session error")
 
     def streamed(self, stream_id):
-        """The answer as this device assembled it from its pieces, placing each
-        by offset; asserts no gap and no byte sent twice."""
-        text = b""
-        for m in self.seen:
-            if m["type"] != "ai_response" or m.get("done") or m.get("stream_id") != stream_id:
-                continue
-            d = m["delta"].encode()
-            off = m["offset"]
-            if off == 0 and text:
-                # A catch-up from offset 0 (after a reconnect) may only repeat
-                # what this device had, never change it.
-                assert d.startswith(text), (text, d)
-                text = d
-                continue
-            assert off == len(text), "delta at %d, have %d bytes" % (off, len(text))
-            text += d
-        return text.decode()
+        """The answer as this device assembled it from its pieces."""
+        return assemble(m for m in self.seen if m["type"] == "ai_response" and
+                        not m.get("done") and m.get("stream_id") == stream_id)
 
     def close(self):
         self.ws.close()

@@ -6,6 +6,7 @@ missing binaries fail the test, they never skip it) runs on loopback on a
 free port, in a temporary folder, with no persistence; PostgreSQL as in
 test_postgres.py.
 """
+import json
 import os
 import shutil
 import socket
@@ -17,12 +18,15 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
-from harness import SLOW, Chatd, run  # noqa: E402
+from harness import SLOW, Chatd, http_get, run  # noqa: E402
 from chatload import ChatClient, pipeline  # noqa: E402
 from test_postgres import Postgres, ack, user_message  # noqa: E402
 from test_devices import (check_limit_body, close_clean, connect, expect_notification,  # noqa
                           refused as refused_upgrade)
 from harness import make_token  # noqa: E402
+from fake_provider import FakeProvider, answer_for, assemble  # noqa: E402
+
+FAKE_KEY = "sk-test-cluster-0123"
 
 LOAD_ARGS = ("--workers", "2", "--rate-limit", "1000000", "--input-rate", "1000000",
              "--input-byte-rate", "1000000000")
@@ -104,10 +108,11 @@ REDIS = None
 class Cluster:
     """n nodes on one database and one Redis, started together."""
 
-    def __init__(self, db, n=3, extra=()):
+    def __init__(self, db, n=3, extra=(), env=None):
         dsn = PG.new_db(db)
         self.nodes = [Chatd("--postgres", dsn, "--redis", REDIS.url, "--node-id",
-                            "node-" + "abc"[i], *(LOAD_ARGS + tuple(extra)), secret=SECRET)
+                            "node-" + "abc"[i], *(LOAD_ARGS + tuple(extra)), secret=SECRET,
+                            env=env)
                       for i in range(n)]
 
     def __enter__(self):
@@ -247,6 +252,80 @@ def test_admin_on_another_node_joins_and_gets_the_events():
             d.close()
 
 
+# ---- 2b. the assistant across nodes ------------------------------------------------------
+
+def with_assistant(fp):
+    return dict(extra=("--model", "fake=openai:%s,key-env=FAKE_KEY,name=Fake" % fp.base_url),
+                env={"FAKE_KEY": FAKE_KEY})
+
+
+def test_admin_on_another_node_takes_over_from_the_assistant():
+    """The owner is on node A, whose assistant answers the session; an
+    admin joins it from node C: from the join's ack on, A's assistant
+    leaves the session alone (no request to the provider; a `loading` it
+    had begun ends with assistant_done, stop_reason taken_over) while the
+    admin and the owner talk; after admin_leave A answers again."""
+    with FakeProvider(key=FAKE_KEY) as fp, Cluster("takeover", **with_assistant(fp)) as nodes:
+        owner = ChatClient(nodes[0].port, "hal", label="hal@a")
+        adm = ChatClient(nodes[2].port, "root", roles=("admin",), name="Root", label="root@c")
+        sid = ack(owner.request(user_message("q1", "first question")), "q1")["session_id"]
+        final = owner.wait_message(lambda m: m.get("type") == "ai_response" and m.get("done"),
+                                   WAIT)
+        assert final["content"] == answer_for("first question"), final
+        assert fp.stats()["requests"] == 1
+        ack(adm.request({"type": "admin_join", "id": "j", "session_id": sid}), "join")
+        ack(owner.request(user_message("q2", "is a person here?", sid)), "q2")
+        adm.wait_message(lambda m: m.get("type") == "user_message" and
+                         m.get("content") == "is a person here?", WAIT)
+        ack(adm.request({"type": "admin_message", "id": "a1", "session_id": sid,
+                         "content": "yes, I am"}), "a1")
+        owner.wait_message(lambda m: m.get("type") == "admin_message", WAIT)
+        done = owner.wait_message(lambda m: m.get("type") == "notification" and
+                                  m.get("code") == "assistant_done", WAIT)
+        assert done["stop_reason"] == "taken_over" and done["session_id"] == sid, done
+        assert fp.stats()["requests"] == 1, fp.stats()
+        with owner.cond:
+            answers = [e for e in owner.events if e.get("type") == "ai_response" and e.get("done")]
+        assert len(answers) == 1, answers
+        # The admin leaves from C: A's assistant answers again.
+        ack(adm.request({"type": "admin_leave", "id": "l", "session_id": sid}), "leave")
+        ack(owner.request(user_message("q3", "back to you", sid)), "q3")
+        again = owner.wait_message(lambda m: m.get("type") == "ai_response" and m.get("done") and
+                                   m.get("seq", 0) > final["seq"], WAIT)
+        assert fp.stats()["requests"] == 2, fp.stats()
+        assert again["content"], again
+        for d in (owner, adm):
+            d.close()
+
+
+def test_an_answer_streaming_on_one_node_is_resumed_on_another():
+    """A's assistant streams an answer; the owner's device on B receives the
+    pieces as they come; a device that comes mid-answer on C (which holds
+    no device of the owner before) and resumes gets everything so far at
+    offset 0, then the rest: each ends with the stored answer's text."""
+    with FakeProvider(key=FAKE_KEY) as fp, Cluster("stream", **with_assistant(fp)) as nodes:
+        question = "a slow answer, please [fake:slow=120]"
+        a = ChatClient(nodes[0].port, "ivy", label="ivy@a")
+        b = ChatClient(nodes[1].port, "ivy", label="ivy@b")
+        sid = ack(a.request(user_message("q", question)), "q")["session_id"]
+        b.wait_message(lambda m: m.get("type") == "ai_response" and not m.get("done") and
+                       m.get("offset", 0) > 8, WAIT)
+        c = ChatClient(nodes[2].port, "ivy", label="ivy@c")
+        c.send({"type": "resume", "id": "r", "session_id": sid, "after_seq": 1})
+        first = c.wait_message(lambda m: m.get("type") == "ai_response", WAIT)
+        assert first.get("offset") == 0 and not first["done"] and len(first["delta"]) > 8, first
+        want = answer_for(question)
+        for d in (a, b, c):
+            f = d.wait_message(lambda m: m.get("type") == "ai_response" and m.get("done"), WAIT)
+            assert f["content"] == want, (d.label, f)
+            with d.cond:
+                pieces = [e for e in d.log if e.get("type") == "ai_response" and
+                          not e.get("done")]
+            assert assemble(pieces) == want, d.label
+        for d in (a, b, c):
+            d.close()
+
+
 # ---- 3. Redis restarted mid-traffic ------------------------------------------------------
 
 def test_redis_restart_mid_traffic_loses_nothing():
@@ -358,35 +437,59 @@ def test_sigkill_of_a_node_gives_its_slots_back():
         r.close()
 
 
-def test_evict_oldest_on_a_node_keeps_the_count():
-    """--device-policy evict-oldest, the limit reached across nodes: the new
-    device's node evicts its own oldest device of the user, whose slot the
-    new one takes (the count across nodes stays right). A node that holds
-    none of the user's devices refuses (it does not evict on another)."""
+def admin_connections(node):
+    """{user: devices} from GET /api/admin/connections of one node, which
+    must speak for every node."""
+    status, _, body = http_get(node.port, "/api/admin/connections", {
+        "Authorization": "Bearer " + make_token("root", roles=["admin"])})
+    assert status == 200, (status, body)
+    doc = json.loads(body)
+    assert doc["scope"] == "cluster", doc
+    users = {u["user_id"]: u["devices"] for u in doc["users"]}
+    assert doc["total_users"] == len(users) and doc["total_devices"] == sum(users.values()), doc
+    return users
+
+
+def evicted(ws):
+    """ws is told it was evicted, then closed with 1008."""
+    note = expect_notification(ws)
+    assert note["code"] == "connection_limit", note
+    assert ws.expect_close() == 1008
+    ws.close(1008)
+    ws.shut()
+
+
+def test_evict_oldest_across_nodes_keeps_the_count():
+    """--device-policy evict-oldest, the limit reached across nodes: the
+    user's oldest device goes, wherever it is. On the new device's own node
+    that node closes it; on another node (even when the new device's node
+    holds none of the user's devices) that node closes it. The count across
+    nodes stays at the limit, and /api/admin/connections on any node says
+    so."""
     with Cluster("evict", extra=("--max-devices", "2", "--device-policy", "evict-oldest")) \
             as nodes:
         a1, _ = connect(nodes[0].port, "ola")
+        time.sleep(0.01)  # distinct opening times: a1 is the oldest
         b1, _ = connect(nodes[1].port, "ola")
-        a2, st = connect(nodes[0].port, "ola")
+        time.sleep(0.01)
+        a2, st = connect(nodes[0].port, "ola")  # evicts a1, on its own node
         assert st["devices"] == 2, st
-        expect_notification(a1)
-        assert a1.expect_close() == 1008
-        a1.close(1008)
-        a1.shut()
-        status, _, body, _ = refused_upgrade(nodes[2].port, token=make_token("ola"))
-        assert status == 429, (status, body)
-        expect_notification(a2)
-        expect_notification(b1)
-        close_clean(b1)
-        deadline = time.time() + WAIT
+        evicted(a1)
+        time.sleep(0.01)
+        c1, st = connect(nodes[2].port, "ola")  # node C holds none: b1 (node B) goes
+        assert st["devices"] == 2, st
+        evicted(b1)
+        for n in nodes:
+            users = admin_connections(n)
+            assert users.get("ola") == 2, (n.port, users)
+        # The survivors still hear each other across nodes.
+        a2.send_json({"type": "user_message", "id": "m-1", "content": "still here"})
+        c1.sock.settimeout(WAIT)
         while True:
-            try:
-                c1, st = connect(nodes[2].port, "ola")
+            m = c1.recv_json()
+            if m.get("type") == "user_message":
+                assert m["content"] == "still here", m
                 break
-            except Exception:
-                assert time.time() < deadline, "no slot came back"
-                time.sleep(0.05)
-        assert st["devices"] == 2, st
         for ws in (a2, c1):
             close_clean(ws)
 
@@ -460,10 +563,12 @@ def main():
             run([test_refusals_at_start,
                  test_devices_on_every_node_get_every_event_once_in_order,
                  test_admin_on_another_node_joins_and_gets_the_events,
+                 test_admin_on_another_node_takes_over_from_the_assistant,
+                 test_an_answer_streaming_on_one_node_is_resumed_on_another,
                  test_concurrent_writers_on_several_nodes_deliver_each_event_once,
                  test_redis_restart_mid_traffic_loses_nothing,
                  test_device_limit_holds_across_nodes,
-                 test_evict_oldest_on_a_node_keeps_the_count,
+                 test_evict_oldest_across_nodes_keeps_the_count,
                  test_rate_limit_holds_across_nodes,
                  test_a_node_receives_only_what_its_connections_need,
                  test_sigkill_of_a_node_gives_its_slots_back])
