@@ -406,14 +406,27 @@ def test_device_limit_holds_across_nodes():
 
 def test_sigkill_of_a_node_gives_its_slots_back():
     """A node killed with SIGKILL cleans nothing up: its devices' slots come
-    back within the bound (30 s), and the other nodes keep serving."""
-    with Cluster("sigkill", extra=("--max-devices", "2")) as nodes:
+    back within the bound (30 s), so does a session its admin held (the
+    assistant of another node answers it again), and the other nodes keep
+    serving."""
+    with FakeProvider(key=FAKE_KEY) as fp, Cluster(
+            "sigkill", extra=("--max-devices", "2", "--assistant-rate-limit", "1000") +
+            with_assistant(fp)["extra"], env=with_assistant(fp)["env"]) as nodes:
         a, _ = connect(nodes[0].port, "lea")
         c, _ = connect(nodes[2].port, "lea")
         status, _, body, _ = refused_upgrade(nodes[1].port, token=make_token("lea"))
         assert status == 429, (status, body)
         expect_notification(a)
         expect_notification(c)
+        # An admin on the node about to die holds a session of node A's.
+        owner = ChatClient(nodes[0].port, "nia", label="nia@a")
+        adm = ChatClient(nodes[2].port, "root", roles=("admin",), name="Root", label="root@c")
+        held = ack(owner.request(user_message("h0", "hello")), "h0")["session_id"]
+        owner.wait_message(lambda m: m.get("type") == "ai_response" and m.get("done"), WAIT)
+        ack(adm.request({"type": "admin_join", "id": "j", "session_id": held}), "join")
+        ack(owner.request(user_message("h1", "anyone?", held)), "h1")
+        done = owner.wait_message(lambda m: m.get("code") == "assistant_done", WAIT)
+        assert done["stop_reason"] == "taken_over", done
         killed_at = time.time()
         nodes[2].proc.kill()
         nodes[2].proc.wait()
@@ -431,10 +444,29 @@ def test_sigkill_of_a_node_gives_its_slots_back():
                 assert time.time() - killed_at < 40, "the slot did not come back within 40 s"
                 time.sleep(0.5)
         assert st["devices"] == 2, st
+        # The dead node's hold is gone too (the same bound): A answers.
+        def outcome(start):
+            for m in owner.log[start:]:
+                if m.get("code") == "assistant_done" or (
+                        m.get("type") == "ai_response" and m.get("done")):
+                    return m
+            return None
+        while True:
+            with owner.cond:
+                start = len(owner.log)
+            ack(owner.request(user_message("h%d" % time.monotonic_ns(), "now?", held)), "again")
+            assert owner.wait_until(lambda: outcome(start), WAIT), "no outcome"
+            with owner.cond:
+                m = outcome(start)
+            if m.get("type") == "ai_response":
+                break
+            assert m["stop_reason"] == "taken_over", m
+            assert time.time() - killed_at < 40, "the hold did not go within 40 s"
+            time.sleep(0.5)
         for ws in (a, b):
             close_clean(ws)
-        w.close()
-        r.close()
+        for d in (w, r, owner):
+            d.close()
 
 
 def admin_connections(node):
