@@ -399,6 +399,7 @@ int main(int argc, char **argv)
         struct bus_handler bh = {.deliver = chat_bus_deliver,
                                  .gap = chat_bus_gap,
                                  .kick = chat_bus_kick,
+                                 .stop = chat_bus_stop,
                                  .app = st.chat};
         if (cfg.redis_url && *cfg.redis_url) {
             char node[300];

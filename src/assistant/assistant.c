@@ -424,6 +424,8 @@ static void finish(struct answer *x, int result, const char *error)
     bool stop_asked = x->stop_asked, closing = a->closing;
     x->ended = true;
     pthread_mutex_unlock(&a->lock);
+    if (a->hooks.answering)
+        a->hooks.answering(a->hooks.app, x->session, false);
 
     const char *reason = x->stop_reason[0] ? x->stop_reason : "stop";
     bool partial = true, failed = false, recoverable = false;
@@ -747,6 +749,8 @@ static void run_job(struct assistant *a, struct answer *x)
         finish(x, -ECANCELED, "taken over");
         return;
     }
+    if (a->hooks.answering)
+        a->hooks.answering(a->hooks.app, x->session, true);
     struct store_event *ev;
     struct provider_msg *msgs;
     int nev;

@@ -110,6 +110,10 @@ struct assistant_hooks {
      * answer is about to be requested; a held one ends before it begins,
      * stop_reason "taken_over", nothing stored. */
     int (*held)(void *app, const char *session);
+    /* Optional: an answer of session is being requested (on), or ended
+     * (off), so that a stop_generation reaching another node finds it.
+     * Must not block: any assistant thread. */
+    void (*answering)(void *app, const char *session, bool on);
     void *app;
 };
 

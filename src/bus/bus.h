@@ -83,6 +83,10 @@ struct bus_handler {
      * this node's connection conn_id (admit with evict). Called on the
      * delivering thread. */
     void (*kick)(void *app, const char *user, uint64_t conn_id);
+    /* Optional: a stop_generation for session reached another node; stop
+     * its answer if it runs here (bus_stop). Called on the delivering
+     * thread. */
+    void (*stop)(void *app, const char *session);
     void *app;
 };
 
@@ -140,6 +144,14 @@ struct bus_ops {
      * terminated) and *len, -ENOENT when none is kept, or a negative
      * errno. Any thread; it blocks for a round trip. */
     int (*stream_read)(struct bus *b, const char *stream, char **text, size_t *len);
+    /* Optional: this node is answering session (on) or no longer is. Does
+     * not block (the bus records it on a thread of its own). Any thread. */
+    void (*answering)(struct bus *b, const char *session, bool on);
+    /* Optional: ask the node answering session to stop (its handler's
+     * stop): 1 when some node is answering it, 0 when none is, negative
+     * when that could not be learnt. Any thread; it blocks for a round
+     * trip. */
+    int (*stop)(struct bus *b, const char *session);
 };
 
 struct bus {
@@ -215,6 +227,17 @@ static inline bool bus_keeps_streams(const struct bus *b)
 static inline int bus_stream_read(struct bus *b, const char *stream, char **text, size_t *len)
 {
     return bus_keeps_streams(b) ? b->ops->stream_read(b, stream, text, len) : -ENOENT;
+}
+
+static inline void bus_answering(struct bus *b, const char *session, bool on)
+{
+    if (b && b->ops->answering)
+        b->ops->answering(b, session, on);
+}
+
+static inline int bus_stop(struct bus *b, const char *session)
+{
+    return b && b->ops->stop ? b->ops->stop(b, session) : 0;
 }
 
 /* Stop and free the bus; nothing is delivered afterwards. Main thread. */

@@ -85,6 +85,14 @@
  * (stream_read) and the device catches up from offset 0 there too. Stream
  * ids are chatd's own ("st_" and 16 hex digits).
  *
+ * Stopping. While a node requests an answer of a session it keeps a mark
+ * "chatd:<db>:ans:<hash of the session id>" (set and deleted by the
+ * subscriber thread, so the assistant's threads never wait on Redis; it
+ * expires after 15 minutes if its node dies). A stop_generation on a node
+ * that does not run the answer itself asks a script that publishes
+ * "CS1" | session on the control channel when the mark exists: the node
+ * answering it stops it, and the ack says stopped.
+ *
  * Rate limits. Each user's message budget is one token bucket across nodes,
  * a hash "chatd:<db>:rate:<hash of the user id>" (level, time) that a Lua
  * script refills by Redis time and takes from, once per chat message that
@@ -136,6 +144,8 @@
 #define WATCH_WAIT_MS 2000  /* the longest a new watch waits for its subscription */
 #define RETRY_MS 1000       /* publishing or counting waits this long after a failed connect */
 #define STREAM_TTL_MS 600000 /* an answer's text is kept this long after its last piece */
+#define MARK_TTL_MS 900000   /* an answer's mark outlives any answer (its node may die) */
+#define MARKS_MAX 4096       /* marks waiting for the thread; past it they are dropped */
 
 /* A held event: its own copy, holding a frame reference. */
 struct held {
@@ -149,6 +159,12 @@ struct pres_dev {
     char key[64];
     char member[64];
     uint64_t conn_id;
+};
+
+/* An answer this node began (on) or ended, to record in Redis. */
+struct mark {
+    char key[64];
+    bool on;
 };
 
 /* The order of one session's stored events on this node. */
@@ -204,6 +220,8 @@ struct rbus {
     size_t ndevs, capdevs;
     struct pres_dev *holds; /* under pres_mu: sessions held here (bus_hold) */
     size_t nholds, capholds;
+    struct mark *marks;     /* under pres_mu: answers begun or ended, for the thread */
+    size_t nmarks, capmarks;
     char ctl[48];           /* "chatd:<db>:ctl": every node's, always subscribed */
     int64_t next_heartbeat_ms; /* the subscriber thread's */
     size_t nheld_now;
@@ -822,6 +840,18 @@ static void hold_key(const struct rbus *r, const char *session, char *key, size_
     snprintf(key, cap, "chatd:%d:hold:%016llx", r->db, (unsigned long long)hash_str(session));
 }
 
+/* Read (and drop) the answers to n pipelined commands; stops at a broken
+ * connection. */
+static void read_replies(redisContext *c, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        void *rep = NULL;
+        if (redisGetReply(c, &rep) != REDIS_OK)
+            return;
+        freeReplyObject(rep);
+    }
+}
+
 /* The presence connection, made if needed (under pres_mu). */
 static redisContext *pres_conn(struct rbus *r)
 {
@@ -1005,6 +1035,76 @@ static int redis_held(struct bus *b, const char *session)
     return rc;
 }
 
+static void answer_key(const struct rbus *r, const char *session, char *key, size_t cap)
+{
+    snprintf(key, cap, "chatd:%d:ans:%016llx", r->db, (unsigned long long)hash_str(session));
+}
+
+static void redis_answering(struct bus *b, const char *session, bool on)
+{
+    struct rbus *r = (struct rbus *)b;
+    pthread_mutex_lock(&r->pres_mu);
+    bool added = r->nmarks < MARKS_MAX &&
+                 vec_grow(&r->marks, &r->capmarks, r->nmarks, 1, sizeof *r->marks) == 0;
+    if (added) {
+        answer_key(r, session, r->marks[r->nmarks].key, sizeof r->marks[0].key);
+        r->marks[r->nmarks++].on = on;
+    }
+    pthread_mutex_unlock(&r->pres_mu);
+    if (added) {
+        ssize_t w = write(r->wake_pipe[1], "m", 1);
+        (void)w;
+    }
+    /* Dropped: a mark left on expires; one never set leaves a stop from
+     * another node unanswered, as if the answer had ended. */
+}
+
+/* Record the marks waiting (the subscriber thread). */
+static void record_marks(struct rbus *r)
+{
+    pthread_mutex_lock(&r->pres_mu);
+    redisContext *c = r->nmarks ? pres_conn(r) : NULL;
+    size_t sent = 0;
+    for (size_t i = 0; c && i < r->nmarks; i++) {
+        const struct mark *m = &r->marks[i];
+        int ok = m->on ? redisAppendCommand(c, "SET %s %016llx PX %u", m->key,
+                                            (unsigned long long)r->nonce, (unsigned)MARK_TTL_MS)
+                       : redisAppendCommand(c, "DEL %s", m->key);
+        if (ok != REDIS_OK)
+            break;
+        sent++;
+    }
+    read_replies(c, sent);
+    r->nmarks = 0;
+    pthread_mutex_unlock(&r->pres_mu);
+}
+
+/* KEYS[1] the session's answer mark; ARGV: the control channel, the stop
+ * message. */
+static const char stop_lua[] =
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end "
+    "redis.call('PUBLISH', ARGV[1], ARGV[2]) "
+    "return 1";
+
+static int redis_stop(struct bus *b, const char *session)
+{
+    struct rbus *r = (struct rbus *)b;
+    char key[64];
+    answer_key(r, session, key, sizeof key);
+    struct wbuf w = {0};
+    put(&w, "CS1", 3);
+    put_str(&w, session);
+    int rc = -ENOMEM;
+    redisReply *rep = w.oom ? NULL
+                            : pres_cmd(r, "EVAL %s 1 %s %s %b", stop_lua, key, r->ctl, w.p, w.n);
+    if (!w.oom)
+        rc = rep && rep->type == REDIS_REPLY_INTEGER ? rep->integer > 0 : -EIO;
+    if (rep)
+        freeReplyObject(rep);
+    free(w.p);
+    return rc;
+}
+
 static int redis_stream_read(struct bus *b, const char *stream, char **text, size_t *len)
 {
     struct rbus *r = (struct rbus *)b;
@@ -1077,12 +1177,7 @@ static void heartbeat(struct rbus *r)
             break;
         sent++;
     }
-    for (size_t i = 0; i < sent; i++) {
-        void *rep = NULL;
-        if (redisGetReply(c, &rep) != REDIS_OK)
-            break;
-        freeReplyObject(rep);
-    }
+    read_replies(c, sent);
     pthread_mutex_unlock(&r->pres_mu);
 }
 
@@ -1172,21 +1267,31 @@ static void order_forget_shard(struct rbus *r, unsigned shard)
     }
 }
 
-/* A message of the control channel: "CK1" | node nonce u64 | conn u64 |
- * user (u8 len, bytes): that node closes that device of the user. */
+/* A message of the control channel, one of
+ *   "CK1" | node nonce u64 | conn u64 | user (u8 len, bytes): that node
+ *          closes that device of the user (evict-oldest);
+ *   "CS1" | session (u8 len, bytes): the node answering the session stops
+ *          (stop_generation on another node). */
 static void on_ctl(struct rbus *r, const char *data, size_t len)
 {
     struct rbuf rb = {.p = (const uint8_t *)data, .n = len};
     const uint8_t *magic = take(&rb, 3);
-    uint64_t nonce = get_le(&rb, 8), conn_id = get_le(&rb, 8);
-    char user[BUS_USER_MAX + 1];
-    get_str(&rb, user, sizeof user);
-    if (!magic || memcmp(magic, "CK1", 3) != 0 || rb.bad) {
-        log_warn("redis_bad_message", "channel=control bytes=%zu", len);
-        return;
+    if (magic && memcmp(magic, "CK1", 3) == 0) {
+        uint64_t nonce = get_le(&rb, 8), conn_id = get_le(&rb, 8);
+        char user[BUS_USER_MAX + 1];
+        get_str(&rb, user, sizeof user);
+        if (!rb.bad && nonce == r->nonce && r->base.handler.kick)
+            r->base.handler.kick(r->base.handler.app, user, conn_id);
+    } else if (magic && memcmp(magic, "CS1", 3) == 0) {
+        char session[BUS_SESSION_MAX + 1];
+        get_str(&rb, session, sizeof session);
+        if (!rb.bad && r->base.handler.stop)
+            r->base.handler.stop(r->base.handler.app, session);
+    } else {
+        rb.bad = true;
     }
-    if (nonce == r->nonce && r->base.handler.kick)
-        r->base.handler.kick(r->base.handler.app, user, conn_id);
+    if (rb.bad)
+        log_warn("redis_bad_message", "channel=control bytes=%zu", len);
 }
 
 static void on_reply(struct rbus *r, redisReply *rep)
@@ -1348,6 +1453,7 @@ static bool receive(struct rbus *r, redisContext *c)
             char buf[64];
             while (read(r->wake_pipe[0], buf, sizeof buf) > 0)
                 ;
+            record_marks(r);
             if (!reconcile(r, c))
                 break;
         }
@@ -1461,17 +1567,13 @@ static void redis_close(struct bus *b)
             if (redisAppendCommand(r->pres, "ZREM %s %s", d->key, d->member) == REDIS_OK)
                 sent++;
         }
-        for (size_t i = 0; i < sent; i++) {
-            void *rep = NULL;
-            if (redisGetReply(r->pres, &rep) != REDIS_OK)
-                break;
-            freeReplyObject(rep);
-        }
+        read_replies(r->pres, sent);
     }
     if (r->pres)
         redisFree(r->pres);
     free(r->devs);
     free(r->holds);
+    free(r->marks);
     for (unsigned k = 0; k < ORDER_BUCKETS; k++)
         while (r->order[k]) {
             struct order_sess *os = r->order[k];
@@ -1507,6 +1609,8 @@ static const struct bus_ops redis_ops = {
     .hold = redis_hold,
     .held = redis_held,
     .stream_read = redis_stream_read,
+    .answering = redis_answering,
+    .stop = redis_stop,
 };
 
 int bus_redis_open(struct bus **out, const struct bus_handler *handler, const char *url,

@@ -203,6 +203,12 @@ static int hook_held(void *app, const char *session)
     return bus_held(ch->bus, session);
 }
 
+static void hook_answering(void *app, const char *session, bool on)
+{
+    struct chat *ch = app;
+    bus_answering(ch->bus, session, on);
+}
+
 static int hook_finished(void *app, const struct asst_result *a)
 {
     struct chat *ch = app;
@@ -254,6 +260,7 @@ const struct assistant_hooks chat__assistant_hooks = {
     .failed = hook_failed,
     .finished = hook_finished,
     .held = hook_held,
+    .answering = hook_answering,
 };
 
 void chat__assistant_ops(struct chat *ch, const struct chat_asst_op *ops, size_t n)

@@ -67,6 +67,9 @@ void chat_bus_deliver(void *app, const struct bus_event *ev, size_t n);
 void chat_bus_gap(void *app, const char *session, const char *owner, int64_t after);
 /* The bus's kick handler (bus_handler.kick): see hub_kick. */
 void chat_bus_kick(void *app, const char *user, uint64_t conn_id);
+/* The bus's stop handler (bus_handler.stop): the answer of session stops
+ * if it runs here. */
+void chat_bus_stop(void *app, const char *session);
 
 extern const struct router_ops chat_router_ops;
 

@@ -350,6 +350,8 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
         /* The writer has checked the session is the sender's (or that the
          * admin joined it): now stop its answer, if one runs. */
         bool stopped = bo->ch->asst && assistant_stop(bo->ch->asst, r->session_id);
+        if (!stopped) /* perhaps another node answers it (a round trip, stops only) */
+            stopped = bus_stop(bo->ch->bus, r->session_id) > 0;
         add_ack(bo, r, false, NULL, NULL, "stopped", stopped);
         break;
     }
@@ -475,6 +477,13 @@ void chat_bus_deliver(void *app, const struct bus_event *ev, size_t n)
     }
     free(devs);
     post_all(&bo);
+}
+
+void chat_bus_stop(void *app, const char *session)
+{
+    struct chat *ch = app;
+    if (ch->asst)
+        assistant_stop(ch->asst, session);
 }
 
 void chat_bus_kick(void *app, const char *user, uint64_t conn_id)

@@ -326,6 +326,40 @@ def test_an_answer_streaming_on_one_node_is_resumed_on_another():
             d.close()
 
 
+def test_stop_generation_on_another_node_stops_the_answer():
+    """The owner asks on node A; their device on B sends stop_generation:
+    A's answer stops (the ack says stopped), and both devices get the
+    partial answer, stored; a second stop finds nothing running."""
+    with FakeProvider(key=FAKE_KEY) as fp, Cluster("stop", n=2, **with_assistant(fp)) as nodes:
+        question = "a long story please [fake:slow=200]"
+        a = ChatClient(nodes[0].port, "jo", label="jo@a")
+        b = ChatClient(nodes[1].port, "jo", label="jo@b")
+        sid = ack(a.request(user_message("q", question)), "q")["session_id"]
+        b.wait_message(lambda m: m.get("type") == "ai_response" and not m.get("done") and
+                       m.get("offset", 0) >= 8, WAIT)
+        got = ack(b.request({"type": "stop_generation", "id": "s", "session_id": sid}), "stop")
+        assert got["stopped"] is True, got
+        finals = [d.wait_message(lambda m: m.get("type") == "ai_response" and m.get("done"),
+                                 WAIT) for d in (a, b)]
+        for f in finals:
+            assert f["metadata"]["partial"] is True, f
+            assert f["metadata"]["stop_reason"] == "stopped", f
+            assert f["content"] == finals[0]["content"], f
+        assert answer_for(question).startswith(finals[0]["content"])
+        assert len(finals[0]["content"]) < len(answer_for(question))
+        # Nothing runs now, wherever it is asked.
+        deadline = time.time() + WAIT
+        while True:
+            again = ack(b.request({"type": "stop_generation", "id": "s%d" % time.monotonic_ns(),
+                                   "session_id": sid}), "stop again")
+            if again["stopped"] is False:
+                break
+            assert time.time() < deadline, "the answer's mark stayed"
+            time.sleep(0.05)
+        for d in (a, b):
+            d.close()
+
+
 # ---- 3. Redis restarted mid-traffic ------------------------------------------------------
 
 def test_redis_restart_mid_traffic_loses_nothing():
@@ -597,6 +631,7 @@ def main():
                  test_admin_on_another_node_joins_and_gets_the_events,
                  test_admin_on_another_node_takes_over_from_the_assistant,
                  test_an_answer_streaming_on_one_node_is_resumed_on_another,
+                 test_stop_generation_on_another_node_stops_the_answer,
                  test_concurrent_writers_on_several_nodes_deliver_each_event_once,
                  test_redis_restart_mid_traffic_loses_nothing,
                  test_device_limit_holds_across_nodes,
