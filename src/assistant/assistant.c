@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "assistant/provider.h"
 #include "http/sse.h"
@@ -56,6 +57,9 @@ struct answer {
     struct assistant *a;
     struct slot *slot;             /* guarded by a->lock */
     struct answer *next_job;       /* on the job queue (a->lock) */
+    int64_t not_before_ms;         /* a->lock: taken off the queue from then (0: at once) */
+    int64_t deferred_since_ms;     /* assistant thread: waiting for another node since */
+    bool claimed;                  /* assistant thread, then finish(): hooks->claim said go */
     char session[STORE_ID_LEN + 1];
     char owner[STORE_MAX_USER + 1];
     const struct conf_model *model;
@@ -424,8 +428,8 @@ static void finish(struct answer *x, int result, const char *error)
     bool stop_asked = x->stop_asked, closing = a->closing;
     x->ended = true;
     pthread_mutex_unlock(&a->lock);
-    if (a->hooks.answering)
-        a->hooks.answering(a->hooks.app, x->session, false);
+    if (x->claimed && a->hooks.released)
+        a->hooks.released(a->hooks.app, x->session, x->stream->id);
 
     const char *reason = x->stop_reason[0] ? x->stop_reason : "stop";
     bool partial = true, failed = false, recoverable = false;
@@ -744,13 +748,36 @@ static int read_context(struct assistant *a, const char *session, struct store_e
 /* Read the history and submit the request for x. Assistant thread. */
 static void run_job(struct assistant *a, struct answer *x)
 {
-    if (a->hooks.held && a->hooks.held(a->hooks.app, x->session) > 0) {
+    int claim = a->hooks.claim ? a->hooks.claim(a->hooks.app, x->session, x->stream->id) : 0;
+    if (claim == ASST_CLAIM_HELD) {
         x->cause = END_TAKEN_OVER;
         finish(x, -ECANCELED, "taken over");
         return;
     }
-    if (a->hooks.answering)
-        a->hooks.answering(a->hooks.app, x->session, true);
+    if (claim == ASST_CLAIM_BUSY) {
+        int64_t now = clock_mono_ms();
+        if (!x->deferred_since_ms)
+            x->deferred_since_ms = now;
+        pthread_mutex_lock(&a->lock);
+        bool stop = x->stop_asked || a->closing;
+        if (!stop && now - x->deferred_since_ms <= (int64_t)a->opt.total_timeout_ms) {
+            /* Another node's answer of the session runs: after it. */
+            x->not_before_ms = now + ASST_CLAIM_RETRY_MS;
+            *a->jobs_tail = x;
+            a->jobs_tail = &x->next_job;
+            pthread_mutex_unlock(&a->lock);
+            return;
+        }
+        pthread_mutex_unlock(&a->lock);
+        if (stop) {
+            x->cause = END_STOPPED;
+            finish(x, -ECANCELED, "stopped");
+        } else {
+            finish(x, -ETIMEDOUT, "another node's answer of this session did not end");
+        }
+        return;
+    }
+    x->claimed = claim == 0;
     struct store_event *ev;
     struct provider_msg *msgs;
     int nev;
@@ -861,19 +888,48 @@ static void run_job(struct assistant *a, struct answer *x)
     }
 }
 
+/* The first job due at now, taken off the queue; NULL with *wait_ms the
+ * time to the next one due (-1: the queue is empty). a->lock held. */
+static struct answer *job_take(struct assistant *a, int64_t now, int64_t *wait_ms)
+{
+    for (struct answer **p = &a->jobs; *p; p = &(*p)->next_job) {
+        struct answer *x = *p;
+        if (x->not_before_ms <= now) {
+            *p = x->next_job;
+            if (!*p)
+                a->jobs_tail = p;
+            x->next_job = NULL;
+            return x;
+        }
+        int64_t left = x->not_before_ms - now;
+        if (*wait_ms < 0 || left < *wait_ms)
+            *wait_ms = left;
+    }
+    return NULL;
+}
+
 static void *assistant_main(void *arg)
 {
     struct assistant *a = arg;
     pthread_mutex_lock(&a->lock);
     for (;;) {
-        while (!a->jobs && !a->closing)
-            pthread_cond_wait(&a->cond, &a->lock);
-        if (!a->jobs)
-            break; /* closing */
-        struct answer *x = a->jobs;
-        a->jobs = x->next_job;
-        if (!a->jobs)
-            a->jobs_tail = &a->jobs;
+        int64_t wait_ms = -1;
+        struct answer *x = job_take(a, a->closing ? INT64_MAX : clock_mono_ms(), &wait_ms);
+        if (!x) {
+            if (a->closing)
+                break;
+            if (wait_ms < 0) {
+                pthread_cond_wait(&a->cond, &a->lock);
+            } else {
+                struct timespec until;
+                clock_gettime(CLOCK_REALTIME, &until);
+                until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+                until.tv_sec += wait_ms / 1000 + until.tv_nsec / 1000000000L;
+                until.tv_nsec %= 1000000000L;
+                pthread_cond_timedwait(&a->cond, &a->lock, &until);
+            }
+            continue;
+        }
         bool closing = a->closing;
         pthread_mutex_unlock(&a->lock);
         if (closing) {

@@ -104,18 +104,25 @@ struct assistant_hooks {
      * unless hooks->failed did) means nothing will be stored, and the
      * assistant frees the slot itself. Any assistant thread. */
     int (*finished)(void *app, const struct asst_result *r);
-    /* Optional: does a person hold the session from elsewhere (another
-     * node's admin: assistant_hold covers this process)? 1 yes, 0 no,
-     * negative: unknown (taken as no). Asked on the assistant thread as an
-     * answer is about to be requested; a held one ends before it begins,
-     * stop_reason "taken_over", nothing stored. */
-    int (*held)(void *app, const char *session);
-    /* Optional: an answer of session is being requested (on), or ended
-     * (off), so that a stop_generation reaching another node finds it.
-     * Must not block: any assistant thread. */
-    void (*answering)(void *app, const char *session, bool on);
+    /* Optional, for answers shared with other processes (nodes): asked
+     * on the assistant thread as answer stream_id of session is about to
+     * be requested. ASST_CLAIM_HELD: a person holds the session elsewhere
+     * (assistant_hold covers this process): the answer ends before it
+     * begins, stop_reason "taken_over", nothing stored. ASST_CLAIM_BUSY:
+     * another process answers the session: this one waits for it, asking
+     * again every ASST_CLAIM_RETRY_MS, for at most the total timeout. 0
+     * (or negative: unknown): it goes ahead, and `released` follows when
+     * it ends. */
+    int (*claim)(void *app, const char *session, const char *stream_id);
+    /* Optional: the answer claimed has ended. Must not block: any
+     * assistant thread. */
+    void (*released)(void *app, const char *session, const char *stream_id);
     void *app;
 };
+
+#define ASST_CLAIM_HELD 1
+#define ASST_CLAIM_BUSY 2
+#define ASST_CLAIM_RETRY_MS 200
 
 struct assistant_options {
     const struct conf_model *models; /* borrowed, read-only: the configured models */

@@ -135,18 +135,20 @@ struct bus_ops {
      * alone meanwhile (held). Kept while the node lives. Any thread; it
      * blocks for a round trip. */
     void (*hold)(struct bus *b, const char *session, uint64_t conn_id, bool on);
-    /* Optional: 1 when a connection on some node holds session, 0 when
-     * none does, negative when that could not be learnt. Any thread; it
-     * blocks for a round trip. */
-    int (*held)(struct bus *b, const char *session);
+    /* Optional: this node is about to request answer `stream` of
+     * session. BUS_HELD when a connection on some node holds the session
+     * (bus_hold), BUS_BUSY when another node is answering it, 0 when this
+     * node may: it then answers it until bus_release; negative when that
+     * could not be learnt. Any thread; it blocks for a round trip. */
+    int (*claim)(struct bus *b, const char *session, const char *stream);
     /* Optional: the text streamed so far of answer `stream`, published
      * with its pieces' text by any node: 0 with *text (to free, NUL-
      * terminated) and *len, -ENOENT when none is kept, or a negative
      * errno. Any thread; it blocks for a round trip. */
     int (*stream_read)(struct bus *b, const char *stream, char **text, size_t *len);
-    /* Optional: this node is answering session (on) or no longer is. Does
+    /* Optional: answer `stream` of session, claimed here, has ended. Does
      * not block (the bus records it on a thread of its own). Any thread. */
-    void (*answering)(struct bus *b, const char *session, bool on);
+    void (*release)(struct bus *b, const char *session, const char *stream);
     /* Optional: ask the node answering session to stop (its handler's
      * stop): 1 when some node is answering it, 0 when none is, negative
      * when that could not be learnt. Any thread; it blocks for a round
@@ -213,9 +215,18 @@ static inline void bus_hold(struct bus *b, const char *session, uint64_t conn_id
         b->ops->hold(b, session, conn_id, on);
 }
 
-static inline int bus_held(struct bus *b, const char *session)
+#define BUS_HELD 1
+#define BUS_BUSY 2
+
+static inline int bus_claim(struct bus *b, const char *session, const char *stream)
 {
-    return b && b->ops->held ? b->ops->held(b, session) : 0;
+    return b && b->ops->claim ? b->ops->claim(b, session, stream) : 0;
+}
+
+static inline void bus_release(struct bus *b, const char *session, const char *stream)
+{
+    if (b && b->ops->release)
+        b->ops->release(b, session, stream);
 }
 
 /* Does this bus keep the answers streaming (bus_stream_read)? */
@@ -227,12 +238,6 @@ static inline bool bus_keeps_streams(const struct bus *b)
 static inline int bus_stream_read(struct bus *b, const char *stream, char **text, size_t *len)
 {
     return bus_keeps_streams(b) ? b->ops->stream_read(b, stream, text, len) : -ENOENT;
-}
-
-static inline void bus_answering(struct bus *b, const char *session, bool on)
-{
-    if (b && b->ops->answering)
-        b->ops->answering(b, session, on);
 }
 
 static inline int bus_stop(struct bus *b, const char *session)

@@ -85,10 +85,15 @@
  * (stream_read) and the device catches up from offset 0 there too. Stream
  * ids are chatd's own ("st_" and 16 hex digits).
  *
- * Stopping. While a node requests an answer of a session it keeps a mark
- * "chatd:<db>:ans:<hash of the session id>" (set and deleted by the
- * subscriber thread, so the assistant's threads never wait on Redis; it
- * expires after 15 minutes if its node dies). A stop_generation on a node
+ * One answer at a time; stopping. Before a node requests an answer of a
+ * session, its assistant thread claims it (claim, one script): held (a
+ * person is there: the answer ends, taken over), busy (another node's
+ * mark "chatd:<db>:ans:<hash of the session id>" = "<nonce>:<stream>" is
+ * there: the answer waits and asks again), or free (the mark is now this
+ * node's). The mark goes when the answer ends (release, recorded by the
+ * subscriber thread so that the assistant's threads never wait for it; a
+ * compare-and-delete, so a late release never removes a newer answer's
+ * mark) or 15 minutes after its node died. A stop_generation on a node
  * that does not run the answer itself asks a script that publishes
  * "CS1" | session on the control channel when the mark exists: the node
  * answering it stops it, and the ack says stopped.
@@ -161,10 +166,10 @@ struct pres_dev {
     uint64_t conn_id;
 };
 
-/* An answer this node began (on) or ended, to record in Redis. */
+/* An answer this node ended, whose mark the subscriber thread removes. */
 struct mark {
     char key[64];
-    bool on;
+    char value[64];
 };
 
 /* The order of one session's stored events on this node. */
@@ -220,7 +225,7 @@ struct rbus {
     size_t ndevs, capdevs;
     struct pres_dev *holds; /* under pres_mu: sessions held here (bus_hold) */
     size_t nholds, capholds;
-    struct mark *marks;     /* under pres_mu: answers begun or ended, for the thread */
+    struct mark *marks;     /* under pres_mu: answers ended, for the thread */
     size_t nmarks, capmarks;
     char ctl[48];           /* "chatd:<db>:ctl": every node's, always subscribed */
     int64_t next_heartbeat_ms; /* the subscriber thread's */
@@ -823,12 +828,22 @@ static const char census_lua[] =
     "end "
     "return out";
 
-/* KEYS[1] a sorted set of members scored by expiry: how many live. */
-static const char live_lua[] =
+/* KEYS[1] the session's holds, KEYS[2] its answer's mark; ARGV: this
+ * node's nonce with a colon, the mark ("<nonce>:<stream>"), its ttl.
+ * 1 held; 2 another node's answer runs; 0 this node's mark is set. */
+static const char claim_lua[] =
     "local t = redis.call('TIME') "
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "
     "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) "
-    "return redis.call('ZCARD', KEYS[1])";
+    "if redis.call('ZCARD', KEYS[1]) > 0 then return 1 end "
+    "local v = redis.call('GET', KEYS[2]) "
+    "if v and string.sub(v, 1, #ARGV[1]) ~= ARGV[1] then return 2 end "
+    "redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) "
+    "return 0";
+
+/* KEYS[1] an answer's mark; ARGV[1] the value it was set to. */
+static const char release_lua[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end";
 
 static void dev_key(const struct rbus *r, const char *user, char *key, size_t cap)
 {
@@ -1021,26 +1036,36 @@ static void redis_hold(struct bus *b, const char *session, uint64_t conn_id, boo
         freeReplyObject(rep);
 }
 
-static int redis_held(struct bus *b, const char *session)
-{
-    struct rbus *r = (struct rbus *)b;
-    char key[64];
-    hold_key(r, session, key, sizeof key);
-    int rc = -EIO;
-    redisReply *rep = pres_cmd(r, "EVAL %s 1 %s", live_lua, key);
-    if (rep && rep->type == REDIS_REPLY_INTEGER)
-        rc = rep->integer > 0;
-    if (rep)
-        freeReplyObject(rep);
-    return rc;
-}
 
 static void answer_key(const struct rbus *r, const char *session, char *key, size_t cap)
 {
     snprintf(key, cap, "chatd:%d:ans:%016llx", r->db, (unsigned long long)hash_str(session));
 }
 
-static void redis_answering(struct bus *b, const char *session, bool on)
+static void mark_value(const struct rbus *r, const char *stream, char *v, size_t cap)
+{
+    snprintf(v, cap, "%016llx:%s", (unsigned long long)r->nonce, stream);
+}
+
+static int redis_claim(struct bus *b, const char *session, const char *stream)
+{
+    struct rbus *r = (struct rbus *)b;
+    char holds[64], key[64], value[64], mine[24];
+    hold_key(r, session, holds, sizeof holds);
+    answer_key(r, session, key, sizeof key);
+    mark_value(r, stream, value, sizeof value);
+    snprintf(mine, sizeof mine, "%016llx:", (unsigned long long)r->nonce);
+    int rc = -EIO;
+    redisReply *rep = pres_cmd(r, "EVAL %s 2 %s %s %s %s %u", claim_lua, holds, key, mine, value,
+                               (unsigned)MARK_TTL_MS);
+    if (rep && rep->type == REDIS_REPLY_INTEGER)
+        rc = rep->integer == 1 ? BUS_HELD : rep->integer == 2 ? BUS_BUSY : 0;
+    if (rep)
+        freeReplyObject(rep);
+    return rc;
+}
+
+static void redis_release(struct bus *b, const char *session, const char *stream)
 {
     struct rbus *r = (struct rbus *)b;
     pthread_mutex_lock(&r->pres_mu);
@@ -1048,18 +1073,19 @@ static void redis_answering(struct bus *b, const char *session, bool on)
                  vec_grow(&r->marks, &r->capmarks, r->nmarks, 1, sizeof *r->marks) == 0;
     if (added) {
         answer_key(r, session, r->marks[r->nmarks].key, sizeof r->marks[0].key);
-        r->marks[r->nmarks++].on = on;
+        mark_value(r, stream, r->marks[r->nmarks].value, sizeof r->marks[0].value);
+        r->nmarks++;
     }
     pthread_mutex_unlock(&r->pres_mu);
     if (added) {
         ssize_t w = write(r->wake_pipe[1], "m", 1);
         (void)w;
     }
-    /* Dropped: a mark left on expires; one never set leaves a stop from
-     * another node unanswered, as if the answer had ended. */
+    /* Dropped: the mark expires (MARK_TTL_MS), and until then other
+     * nodes wait for an answer that has ended, up to their timeout. */
 }
 
-/* Record the marks waiting (the subscriber thread). */
+/* Remove the marks of the answers that ended (the subscriber thread). */
 static void record_marks(struct rbus *r)
 {
     pthread_mutex_lock(&r->pres_mu);
@@ -1067,10 +1093,7 @@ static void record_marks(struct rbus *r)
     size_t sent = 0;
     for (size_t i = 0; c && i < r->nmarks; i++) {
         const struct mark *m = &r->marks[i];
-        int ok = m->on ? redisAppendCommand(c, "SET %s %016llx PX %u", m->key,
-                                            (unsigned long long)r->nonce, (unsigned)MARK_TTL_MS)
-                       : redisAppendCommand(c, "DEL %s", m->key);
-        if (ok != REDIS_OK)
+        if (redisAppendCommand(c, "EVAL %s 1 %s %s", release_lua, m->key, m->value) != REDIS_OK)
             break;
         sent++;
     }
@@ -1607,9 +1630,9 @@ static const struct bus_ops redis_ops = {
     .take_token = redis_take_token,
     .census = redis_census,
     .hold = redis_hold,
-    .held = redis_held,
+    .claim = redis_claim,
     .stream_read = redis_stream_read,
-    .answering = redis_answering,
+    .release = redis_release,
     .stop = redis_stop,
 };
 

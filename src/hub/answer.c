@@ -197,16 +197,17 @@ static void publish_idle(struct chat *ch, const struct asst_result *a)
     publish(ch, IT_RELAY, "notification", a->session, a->owner, &w, NULL, 0, 0);
 }
 
-static int hook_held(void *app, const char *session)
+static int hook_claim(void *app, const char *session, const char *stream_id)
 {
     struct chat *ch = app;
-    return bus_held(ch->bus, session);
+    int rc = bus_claim(ch->bus, session, stream_id);
+    return rc == BUS_HELD ? ASST_CLAIM_HELD : rc == BUS_BUSY ? ASST_CLAIM_BUSY : rc;
 }
 
-static void hook_answering(void *app, const char *session, bool on)
+static void hook_released(void *app, const char *session, const char *stream_id)
 {
     struct chat *ch = app;
-    bus_answering(ch->bus, session, on);
+    bus_release(ch->bus, session, stream_id);
 }
 
 static int hook_finished(void *app, const struct asst_result *a)
@@ -259,8 +260,8 @@ const struct assistant_hooks chat__assistant_hooks = {
     .flush = hook_flush,
     .failed = hook_failed,
     .finished = hook_finished,
-    .held = hook_held,
-    .answering = hook_answering,
+    .claim = hook_claim,
+    .released = hook_released,
 };
 
 void chat__assistant_ops(struct chat *ch, const struct chat_asst_op *ops, size_t n)

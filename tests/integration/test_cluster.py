@@ -326,6 +326,32 @@ def test_an_answer_streaming_on_one_node_is_resumed_on_another():
             d.close()
 
 
+def test_one_answer_at_a_time_across_nodes():
+    """The owner asks on node A; while A's answer streams, their device on
+    B asks again in the same session: B's answer waits for A's to end and
+    be stored, so it is requested with A's answer in its history, and it
+    comes after it."""
+    with FakeProvider(key=FAKE_KEY) as fp, Cluster("oneatatime", n=2,
+                                                   **with_assistant(fp)) as nodes:
+        first = "one [fake:slow=100]"
+        a = ChatClient(nodes[0].port, "kit", label="kit@a")
+        b = ChatClient(nodes[1].port, "kit", label="kit@b")
+        sid = ack(a.request(user_message("q1", first)), "q1")["session_id"]
+        b.wait_message(lambda m: m.get("type") == "ai_response" and not m.get("done"), WAIT)
+        ack(b.request(user_message("q2", "two", sid)), "q2")
+        f1 = b.wait_message(lambda m: m.get("type") == "ai_response" and m.get("done"), WAIT)
+        f2 = b.wait_message(lambda m: m.get("type") == "ai_response" and m.get("done") and
+                            m["seq"] > f1["seq"], WAIT)
+        assert f1["content"] == answer_for(first), f1
+        assert f2["content"] == answer_for("two"), f2
+        stats = fp.stats()
+        assert stats["requests"] == 2, stats
+        contents = [m["content"] for m in stats["last"][-1]["body"]["messages"]]
+        assert contents == [first, answer_for(first), "two"], contents
+        for d in (a, b):
+            d.close()
+
+
 def test_stop_generation_on_another_node_stops_the_answer():
     """The owner asks on node A; their device on B sends stop_generation:
     A's answer stops (the ack says stopped), and both devices get the
@@ -632,6 +658,7 @@ def main():
                  test_admin_on_another_node_takes_over_from_the_assistant,
                  test_an_answer_streaming_on_one_node_is_resumed_on_another,
                  test_stop_generation_on_another_node_stops_the_answer,
+                 test_one_answer_at_a_time_across_nodes,
                  test_concurrent_writers_on_several_nodes_deliver_each_event_once,
                  test_redis_restart_mid_traffic_loses_nothing,
                  test_device_limit_holds_across_nodes,
