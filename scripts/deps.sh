@@ -14,6 +14,8 @@ if [ "$mode" = test ]; then
     pkgs="$pkgs postgresql"
     # The cluster tests start their own Redis.
     pkgs="$pkgs redis-server"
+    # The deployment test runs deploy/haproxy.cfg and deploy/nginx.conf.
+    pkgs="$pkgs haproxy nginx"
     # The web pages' browser test (tests/interop/test_web.js) drives Debian's
     # Chromium through the npm playwright-core, which downloads no browser.
     pkgs="$pkgs chromium"
