@@ -397,7 +397,7 @@ int main(int argc, char **argv)
         }
         /* The bus before the store: the writer publishes through it. */
         struct bus_handler bh = {.deliver = chat_bus_deliver,
-                                 .gap = chat_bus_gap,
+                                 .fill = chat_bus_fill,
                                  .kick = chat_bus_kick,
                                  .stop = chat_bus_stop,
                                  .app = st.chat};

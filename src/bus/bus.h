@@ -50,6 +50,10 @@ struct bus_event {
     uint8_t kind;     /* the hub's: what the event does */
     uint8_t type;     /* the hub's: its message type, for counters */
     bool failed;      /* the request behind it was refused (it settles state) */
+    bool hint;        /* no event, only a fact: stored seq `seq` exists (a retry found
+                       * it stored; its own event may never have been published). A
+                       * bus that may lose events fills it where it is missing
+                       * (fill); the handler ignores it */
     bool remote;      /* set by the bus on delivery: published by another node, whose
                        * worker and connection ids mean nothing here (conn_id is 0) */
     uint32_t worker;  /* the worker of the connection that caused it */
@@ -74,11 +78,15 @@ struct bus_event {
 /* What the hub registers: called with every published event, in order. */
 struct bus_handler {
     void (*deliver)(void *app, const struct bus_event *ev, size_t n);
-    /* Optional: stored events of `session` (owned by `owner`) above seq
-     * `after` may have been lost on their way to this node; the hub fills
-     * them from storage. Called on the delivering thread, after what was
-     * delivered around the gap. */
-    void (*gap)(void *app, const char *session, const char *owner, int64_t after);
+    /* Optional: stored events of `session` (owned by `owner`) with
+     * after < seq < before (before 0: every one after) did not reach this
+     * node, or not yet: the hub reads them from storage and delivers them
+     * through deliver, in order, before it returns (at most a page: the
+     * bus asks again while it makes progress). Returns the highest seq
+     * delivered (after: none), or a negative errno when storage could not
+     * be read. Called on the delivering thread; it blocks on storage. */
+    int64_t (*fill)(void *app, const char *session, const char *owner, int64_t after,
+                    int64_t before);
     /* Optional: another node made room for a device of user by evicting
      * this node's connection conn_id (admit with evict). Called on the
      * delivering thread. */

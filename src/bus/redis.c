@@ -25,7 +25,8 @@
  * Envelope. One PUBLISH carries the events of one published batch that
  * fall in one shard, in order (binary, little-endian):
  *   "CB1" | node nonce u64 | count u32 | count x event
- *   event: kind u8 | type u8 | failed u8 | worker u32 | conn_id u64 | seq i64
+ *   event: kind u8 | type u8 | flags u8 (1 failed, 2 hint) | worker u32
+ *          | conn_id u64 | seq i64
  *          | session (u8 len, bytes) | owner (u8 len, bytes)
  *          | stream (u8 len, bytes) | stream_off u64 | stream_len u32
  *          | frame (u32 len, bytes)
@@ -43,13 +44,19 @@
  * in the other order. The subscriber thread keeps, per session, the
  * highest seq it handed on; a stored event (seq > 0) above the next one is
  * held until the ones below it arrive, or HOLD_MS pass (a message Redis
- * lost: the event goes on, the gap is counted and logged, and the hub is
- * asked to fill it from storage: bus_handler.gap). Events of seq 0 (relays, the assistant's deltas)
- * and seqs already passed go on at once; a connection drops a stored event
- * it already has (by session and seq). The first event a node sees of a
- * session starts its order; a session idle for ORDER_IDLE_MS is forgotten,
- * and so is every session when the subscription is made again after the
- * connection to Redis broke.
+ * lost, or one published late: the hub reads the missing seqs from storage
+ * on this thread and delivers them, then the held event goes: bus_handler.
+ * fill). Storage being unreadable, the event waits on, up to GIVE_UP_MS;
+ * then it goes, and the gap is counted and logged. A seq later than every
+ * seq a node holds is committed after them (the session row is locked for
+ * the commit), so storage always has what a gap lacks. A hint (bus.h) is
+ * filled at once when its seq is new here.
+ * Events of seq 0 (relays, the assistant's deltas) and seqs already passed
+ * go on at once; a connection drops a stored event it already has (by
+ * session and seq). The first event a node sees of a session starts its
+ * order; a session idle for ORDER_IDLE_MS is forgotten, and so is every
+ * session when the subscription is made again after the connection to
+ * Redis broke, once what was stored after it has been read.
  *
  * Devices. With --redis the device limit holds across nodes: each user has
  * a sorted set "chatd:<db>:dev:<hash of the user id>" of
@@ -113,8 +120,8 @@
  * and a pipe that stops it: no event loop is needed for one socket, and the
  * handler runs on that thread as bus.h allows. When the connection breaks
  * it reconnects with back-off (100 ms doubling to 2 s) and subscribes again;
- * then, for every session it had seen, the hub is asked to fill what came
- * after the last seq handed on (bus_handler.gap). A publish that fails
+ * then, for every session it had seen, the hub reads and delivers what was
+ * stored after the last seq handed on (bus_handler.fill). A publish that fails
  * (Redis unreachable) is delivered here at once, so this node's connections
  * keep working; the others fill it from storage when they see the gap.
  */
@@ -143,6 +150,7 @@
 #define START_WAIT_MS 5000
 #define ORDER_BUCKETS 1024
 #define HOLD_MS 500         /* an event waits this long for the seqs below it */
+#define GIVE_UP_MS 30000    /* storage unreadable this long: a gap is handed on, lost */
 #define ORDER_IDLE_MS 60000 /* a session's order is forgotten when idle this long */
 #define DEVICE_TTL_MS 30000 /* a device not refreshed this long gives its slot back */
 #define HEARTBEAT_MS 10000  /* how often a node refreshes its devices */
@@ -155,7 +163,8 @@
 /* A held event: its own copy, holding a frame reference. */
 struct held {
     struct bus_event ev;
-    int64_t until_ms;
+    int64_t until_ms; /* when the seqs below it are read from storage */
+    int64_t since_ms; /* held since */
 };
 
 /* A device this node counted in Redis, or a session one of its connections
@@ -163,6 +172,7 @@ struct held {
 struct pres_dev {
     char key[64];
     char member[64];
+    char user[BUS_USER_MAX + 1]; /* a device's user ("" for a hold) */
     uint64_t conn_id;
 };
 
@@ -234,7 +244,7 @@ struct rbus {
     struct order_sess *order[ORDER_BUCKETS];
     size_t norder;
     int64_t next_sweep_ms;
-    atomic_ullong held, gaps;
+    atomic_ullong held, filled, gaps;
 };
 
 /* ---- the URL ---- */
@@ -433,7 +443,7 @@ static void encode_event(struct wbuf *w, const struct bus_event *e)
 {
     put_u8(w, e->kind);
     put_u8(w, e->type);
-    put_u8(w, e->failed);
+    put_u8(w, (uint8_t)(e->failed | e->hint << 1));
     put_u32(w, e->worker);
     put_u64(w, e->conn_id);
     put_u64(w, (uint64_t)e->seq);
@@ -680,16 +690,59 @@ static void release_next(struct rbus *r, struct order_sess *os, struct outv *o)
     }
 }
 
+/* Read the stored events after os->last and below `before` (0: all of
+ * them) from storage and deliver them, after what was handed on so far.
+ * True when nothing below `before` is missing any more. */
+static bool fill_to(struct rbus *r, struct order_sess *os, struct outv *o, int64_t before)
+{
+    if (!r->base.handler.fill)
+        return false;
+    out_flush(r, o);
+    int64_t from = os->last + 1;
+    for (;;) {
+        if (before && os->last >= before - 1)
+            break;
+        int64_t got =
+            r->base.handler.fill(r->base.handler.app, os->session, os->owner, os->last, before);
+        if (got < 0)
+            return false;
+        if (got <= os->last) {
+            if (before)
+                return false; /* not stored (yet): cannot be, as a later seq is */
+            break;
+        }
+        os->last = got;
+    }
+    if (os->last >= from) {
+        atomic_fetch_add(&r->filled, 1);
+        struct log_quoted q;
+        log_info("redis_gap_filled", "session=%s from=%lld to=%lld", log_quotes(&q, os->session),
+                 (long long)from, (long long)os->last);
+    }
+    return true;
+}
+
 static void order_event(struct rbus *r, const struct bus_event *e, int64_t now, struct outv *o)
 {
     struct order_sess *os = e->seq > 0 ? order_get(r, e->session, e->owner) : NULL;
     if (!os) { /* not stored (or out of memory): at once */
-        out_add(o, e);
+        if (!e->hint)
+            out_add(o, e);
         return;
     }
     os->used_ms = now;
     if (os->last == 0 && os->nheld == 0)
         os->last = e->seq - 1; /* the first seen here starts the order */
+    if (e->hint) {
+        /* seq is stored, and its own event may never come. */
+        if (e->seq > os->last && !fill_to(r, os, o, e->seq + 1)) {
+            struct log_quoted q;
+            log_warn("redis_fill_failed", "session=%s seq=%lld", log_quotes(&q, e->session),
+                     (long long)e->seq);
+        }
+        release_next(r, os, o);
+        return;
+    }
     if (e->seq <= os->last + 1) {
         if (e->seq > os->last)
             os->last = e->seq;
@@ -707,6 +760,7 @@ static void order_event(struct rbus *r, const struct bus_event *e, int64_t now, 
     memmove(os->held + at + 1, os->held + at, (os->nheld - at) * sizeof *os->held);
     os->held[at].ev = *e;
     os->held[at].until_ms = now + HOLD_MS;
+    os->held[at].since_ms = now;
     if (e->frame)
         sbuf_ref(e->frame);
     os->nheld++;
@@ -725,44 +779,48 @@ static void order_free(struct rbus *r, struct order_sess *os)
     free(os);
 }
 
-/* Hand on what waited too long (a gap), forget idle sessions; with all,
- * hand on everything held and forget every session. */
+/* What waited too long for the seqs below it: they are read from storage
+ * and delivered first (a message Redis lost, or one published late); when
+ * storage cannot be read the event waits on, up to GIVE_UP_MS, then goes
+ * with the gap before it lost to this node's connections (their own
+ * resume finds it). Idle sessions are forgotten. With all (subscribed
+ * again after a break): everything stored after what was handed on is
+ * read, then every session is forgotten. */
 static void order_tick(struct rbus *r, int64_t now, bool all)
 {
     bool sweep = all || now >= r->next_sweep_ms;
     if (!sweep && !r->nheld_now)
         return;
     struct outv o = {0};
-    struct gap {
-        char session[BUS_SESSION_MAX + 1];
-        char owner[BUS_USER_MAX + 1];
-        int64_t after;
-    } *gaps = NULL;
-    size_t ngaps = 0, capgaps = 0;
     for (unsigned b = 0; b < ORDER_BUCKETS; b++) {
         struct order_sess **p = &r->order[b];
         while (*p) {
             struct order_sess *os = *p;
             while (os->nheld && (all || os->held[0].until_ms <= now)) {
-                struct log_quoted q;
-                log_warn("redis_gap", "session=%s from=%lld to=%lld", log_quotes(&q, os->session),
-                         (long long)os->last + 1, (long long)os->held[0].ev.seq - 1);
-                atomic_fetch_add(&r->gaps, 1);
-                if (vec_grow(&gaps, &capgaps, ngaps, 1, sizeof *gaps) == 0) {
-                    snprintf(gaps[ngaps].session, sizeof gaps[ngaps].session, "%s", os->session);
-                    snprintf(gaps[ngaps].owner, sizeof gaps[ngaps].owner, "%s", os->owner);
-                    gaps[ngaps++].after = os->last;
+                int64_t next = os->held[0].ev.seq;
+                if (!fill_to(r, os, &o, next)) {
+                    if (!all && now - os->held[0].since_ms < GIVE_UP_MS) {
+                        os->held[0].until_ms = now + HOLD_MS;
+                        break;
+                    }
+                    struct log_quoted q;
+                    log_warn("redis_gap", "session=%s from=%lld to=%lld reason=%s",
+                             log_quotes(&q, os->session), (long long)os->last + 1,
+                             (long long)next - 1, "\"storage could not be read\"");
+                    atomic_fetch_add(&r->gaps, 1);
+                    os->last = next - 1;
                 }
-                os->last = os->held[0].ev.seq - 1;
                 release_next(r, os, &o);
             }
-            if (all && vec_grow(&gaps, &capgaps, ngaps, 1, sizeof *gaps) == 0) {
-                /* Anything after what was handed on may have been lost. */
-                snprintf(gaps[ngaps].session, sizeof gaps[ngaps].session, "%s", os->session);
-                snprintf(gaps[ngaps].owner, sizeof gaps[ngaps].owner, "%s", os->owner);
-                gaps[ngaps++].after = os->last;
+            if (all && !fill_to(r, os, &o, 0)) {
+                struct log_quoted q;
+                log_warn("redis_gap", "session=%s from=%lld reason=%s",
+                         log_quotes(&q, os->session), (long long)os->last + 1,
+                         "\"storage could not be read after Redis came back\"");
+                atomic_fetch_add(&r->gaps, 1);
             }
             if (all || (sweep && !os->nheld && now - os->used_ms > ORDER_IDLE_MS)) {
+                out_flush(r, &o); /* its held events hold frame references */
                 *p = os->next;
                 order_free(r, os);
                 continue;
@@ -774,9 +832,6 @@ static void order_tick(struct rbus *r, int64_t now, bool all)
         r->next_sweep_ms = now + ORDER_IDLE_MS / 4;
     out_flush(r, &o);
     free(o.ev);
-    for (size_t i = 0; i < ngaps && r->base.handler.gap; i++)
-        r->base.handler.gap(r->base.handler.app, gaps[i].session, gaps[i].owner, gaps[i].after);
-    free(gaps);
 }
 
 /* ---- devices across nodes ---- */
@@ -857,14 +912,15 @@ static void hold_key(const struct rbus *r, const char *session, char *key, size_
 
 /* Read (and drop) the answers to n pipelined commands; stops at a broken
  * connection. */
-static void read_replies(redisContext *c, size_t n)
+static bool read_replies(redisContext *c, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         void *rep = NULL;
         if (redisGetReply(c, &rep) != REDIS_OK)
-            return;
+            return false;
         freeReplyObject(rep);
     }
+    return true;
 }
 
 /* The presence connection, made if needed (under pres_mu). */
@@ -898,11 +954,12 @@ static redisReply *pres_cmd(struct rbus *r, const char *fmt, ...)
 
 /* Remember (key, member) of conn_id in *v. Under pres_mu. */
 static void pres_add(struct pres_dev **v, size_t *n, size_t *cap, const char *key,
-                     const char *member, uint64_t conn_id)
+                     const char *member, const char *user, uint64_t conn_id)
 {
     if (vec_grow(v, cap, *n, 1, sizeof **v) != 0)
         return; /* not refreshed: it expires, as if its node had died */
     snprintf((*v)[*n].key, sizeof (*v)[*n].key, "%s", key);
+    snprintf((*v)[*n].user, sizeof (*v)[*n].user, "%s", user);
     snprintf((*v)[*n].member, sizeof (*v)[*n].member, "%s", member);
     (*v)[(*n)++].conn_id = conn_id;
 }
@@ -960,7 +1017,7 @@ static int redis_admit(struct bus *b, const char *user, uint64_t conn_id, int64_
             rep->element[2]->len && sscanf(rep->element[2]->str, "%16llx:%llx", &vn, &vc) == 2;
         pthread_mutex_lock(&r->pres_mu);
         if (rc == 1)
-            pres_add(&r->devs, &r->ndevs, &r->capdevs, key, member, conn_id);
+            pres_add(&r->devs, &r->ndevs, &r->capdevs, key, member, user, conn_id);
         char gone[64];
         if (victim && vn == r->nonce)
             pres_del(r->devs, &r->ndevs, key, vc, gone, sizeof gone);
@@ -1024,7 +1081,7 @@ static void redis_hold(struct bus *b, const char *session, uint64_t conn_id, boo
     if (on) {
         snprintf(member, sizeof member, "%016llx:%llx", (unsigned long long)r->nonce,
                  (unsigned long long)conn_id);
-        pres_add(&r->holds, &r->nholds, &r->capholds, key, member, conn_id);
+        pres_add(&r->holds, &r->nholds, &r->capholds, key, member, "", conn_id);
     }
     pthread_mutex_unlock(&r->pres_mu);
     redisReply *rep = NULL;
@@ -1190,17 +1247,28 @@ static int64_t redis_take_token(struct bus *b, const char *user, unsigned per_mi
  * HEARTBEAT_MS); after a Redis restart this counts them again. */
 static void heartbeat(struct rbus *r)
 {
+    char online[48];
+    snprintf(online, sizeof online, "chatd:%d:online", r->db);
     pthread_mutex_lock(&r->pres_mu);
-    redisContext *c = r->ndevs || r->nholds ? pres_conn(r) : NULL;
-    size_t sent = 0;
-    for (size_t i = 0; c && i < r->ndevs + r->nholds; i++) {
-        const struct pres_dev *d = i < r->ndevs ? &r->devs[i] : &r->holds[i - r->ndevs];
-        if (redisAppendCommand(c, "EVAL %s 1 %s %s %u", refresh_lua, d->key, d->member,
-                               (unsigned)DEVICE_TTL_MS) != REDIS_OK)
+    /* A connection that broke with a Redis restart is found broken on
+     * first use: made again at once, not at the next beat. */
+    for (int attempt = 0; attempt < 2 && r->ndevs + r->nholds; attempt++) {
+        redisContext *c = pres_conn(r);
+        if (!c)
             break;
-        sent++;
+        size_t sent = 0;
+        bool ok = true;
+        for (size_t i = 0; ok && i < r->ndevs + r->nholds; i++) {
+            const struct pres_dev *d = i < r->ndevs ? &r->devs[i] : &r->holds[i - r->ndevs];
+            ok = redisAppendCommand(c, "EVAL %s 1 %s %s %u", refresh_lua, d->key, d->member,
+                                    (unsigned)DEVICE_TTL_MS) == REDIS_OK &&
+                 (i >= r->ndevs ||
+                  redisAppendCommand(c, "HSET %s %s %s", online, d->user, d->key) == REDIS_OK);
+            sent += i < r->ndevs ? 2 : 1;
+        }
+        if (ok && read_replies(c, sent))
+            break;
     }
-    read_replies(c, sent);
     pthread_mutex_unlock(&r->pres_mu);
 }
 
@@ -1236,7 +1304,9 @@ static void on_message(struct rbus *r, const char *data, size_t len)
         struct bus_event *e = &ev[i];
         e->kind = (uint8_t)get_le(&rb, 1);
         e->type = (uint8_t)get_le(&rb, 1);
-        e->failed = get_le(&rb, 1) != 0;
+        uint8_t flags = (uint8_t)get_le(&rb, 1);
+        e->failed = flags & 1;
+        e->hint = (flags & 2) != 0;
         e->worker = (uint32_t)get_le(&rb, 4);
         e->conn_id = get_le(&rb, 8);
         e->seq = (int64_t)get_le(&rb, 8);
@@ -1449,6 +1519,7 @@ static bool receive(struct rbus *r, redisContext *c)
     r->pending = 0;
     r->resync = true;
     r->ctl_requested = false;
+    r->next_heartbeat_ms = 0; /* after a break Redis may have lost what this node counts */
     set_connected(r, true);
     bool stop = false;
     if (!reconcile(r, c))
@@ -1606,11 +1677,12 @@ static void redis_close(struct bus *b)
     struct log_quoted q;
     if (r->opened)
         log_info("redis_bus_closed",
-                 "node=%s published=%llu received=%llu lost=%llu held=%llu gaps=%llu",
+                 "node=%s published=%llu received=%llu lost=%llu held=%llu filled=%llu gaps=%llu",
                  log_quotes(&q, r->node_id), (unsigned long long)atomic_load(&r->published),
                  (unsigned long long)atomic_load(&r->received),
                  (unsigned long long)atomic_load(&r->lost),
                  (unsigned long long)atomic_load(&r->held),
+                 (unsigned long long)atomic_load(&r->filled),
                  (unsigned long long)atomic_load(&r->gaps));
     pthread_mutex_destroy(&r->pub_mu);
     pthread_mutex_destroy(&r->pres_mu);

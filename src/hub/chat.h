@@ -62,9 +62,11 @@ void chat_on_batch(void *arg, struct store_req **reqs, size_t n);
 /* The bus's handler: events to deliver to this node's connections (the
  * thread the bus delivers on). */
 void chat_bus_deliver(void *app, const struct bus_event *ev, size_t n);
-/* The bus's gap handler (bus_handler.gap): the participants of session on
- * this node catch up from storage above seq `after`. */
-void chat_bus_gap(void *app, const char *session, const char *owner, int64_t after);
+/* The bus's fill handler (bus_handler.fill): the stored events of session
+ * between after and before, read from storage and delivered as if they
+ * had come. */
+int64_t chat_bus_fill(void *app, const char *session, const char *owner, int64_t after,
+                      int64_t before);
 /* The bus's kick handler (bus_handler.kick): see hub_kick. */
 void chat_bus_kick(void *app, const char *user, uint64_t conn_id);
 /* The bus's stop handler (bus_handler.stop): the answer of session stops

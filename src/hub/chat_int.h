@@ -128,8 +128,6 @@ enum item_kind {
     IT_LEAVE,
     IT_DELTA, /* a piece of a streaming answer: as IT_EVENT, planned per
                  connection (assistant/stream.h asst_plan) */
-    IT_GAP,   /* stored events above seq may not have reached this node: the
-                 participants here catch up from storage (chat__catch_up) */
 };
 
 struct chat_item {
@@ -254,9 +252,6 @@ void chat__assistant_ops(struct chat *ch, const struct chat_asst_op *ops, size_t
 /* ---- resume.c ------------------------------------------------------------ */
 
 void chat__handle_resume(struct chat *ch, struct client *cl, json_t *msg, const char *id);
-/* Send cl, from storage, the events of session above `after` it lacks, with
- * no `resumed` and no error at the end (a gap the bus saw). Its worker. */
-void chat__catch_up(struct chat *ch, struct client *cl, const char *session, int64_t after);
 /* The connection's send queue emptied: parked replays read on. */
 void chat__client_drained(void *router, struct client *cl);
 /* The client is closing: end its replays (those on the thread pool end

@@ -167,7 +167,7 @@ static void send_delta(struct chat *ch, struct client *cl, const struct chat_ite
         chat__stream_catch_up_remote(ch, cl, st, it);
 }
 
-enum send_mode { SEND_RELAY, SEND_STORED, SEND_DELTA, SEND_GAP };
+enum send_mode { SEND_RELAY, SEND_STORED, SEND_DELTA };
 
 static void send_one(struct chat *ch, struct client *cl, const struct chat_item *it,
                      enum send_mode mode)
@@ -176,8 +176,6 @@ static void send_one(struct chat *ch, struct client *cl, const struct chat_item 
         send_event(cl, it);
     else if (mode == SEND_DELTA)
         send_delta(ch, cl, it);
-    else if (mode == SEND_GAP)
-        chat__catch_up(ch, cl, it->session, it->seq);
     else
         send_frame(cl, it);
 }
@@ -233,9 +231,6 @@ static void apply_item(struct chat *ch, struct worker *w, const struct chat_post
         break;
     case IT_RELAY:
         for_participants(ch, w, loc, p, it, SEND_RELAY, false);
-        break;
-    case IT_GAP:
-        for_participants(ch, w, loc, p, it, SEND_GAP, false);
         break;
     case IT_RELAY_OWNER:
         for_participants(ch, w, loc, p, it, SEND_RELAY, true);

@@ -111,11 +111,12 @@ static void set_ids(struct batch_out *bo, unsigned worker, struct chat_item *it,
 }
 
 /* Queue an event of r's session for the bus (taking a reference on f). */
-static void add_event(struct batch_out *bo, uint8_t kind, uint8_t type, uint64_t conn_id,
-                      struct sbuf *f, uint32_t off, uint32_t len, const struct store_req *r)
+static struct bus_event *add_event(struct batch_out *bo, uint8_t kind, uint8_t type,
+                                   uint64_t conn_id, struct sbuf *f, uint32_t off, uint32_t len,
+                                   const struct store_req *r)
 {
     if (vec_grow(&bo->ev, &bo->capev, bo->nev, 1, sizeof *bo->ev) != 0)
-        return; /* lost, never confused with another: a resume finds it */
+        return NULL; /* lost, never confused with another: a resume finds it */
     struct bus_event *e = &bo->ev[bo->nev++];
     memset(e, 0, sizeof *e);
     e->kind = kind;
@@ -128,6 +129,7 @@ static void add_event(struct batch_out *bo, uint8_t kind, uint8_t type, uint64_t
     e->frame = f ? sbuf_ref(f) : NULL;
     e->off = off;
     e->len = len;
+    return e;
 }
 
 /* Frame a JSON object (taking it) and tell its message type; NULL on OOM. */
@@ -148,10 +150,9 @@ static void add_everywhere(struct batch_out *bo, uint8_t kind, uint64_t conn_id,
     uint32_t off, len;
     struct sbuf *f = frame_obj(obj, &type, &off, &len);
     if (f) {
-        size_t before = bo->nev;
-        add_event(bo, kind, type, conn_id, f, off, len, r);
-        if (bo->nev > before)
-            bo->ev[before].seq = 0; /* not stored: no place in the session's order */
+        struct bus_event *e = add_event(bo, kind, type, conn_id, f, off, len, r);
+        if (e)
+            e->seq = 0; /* not stored: no place in the session's order */
         sbuf_unref(f);
     }
 }
@@ -311,6 +312,13 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
             }
             if (r->kind == CHAT_USER_MESSAGE)
                 add_op(bo, ASST_OP_ASK, r, r->owner, NULL);
+        } else {
+            /* A retry found it stored. Its event may never have gone out
+             * (a commit whose outcome was not known): a hint, which a bus
+             * that may lose events fills where it is missing. */
+            struct bus_event *e = add_event(bo, IT_EVENT, 0, r->conn_id, NULL, 0, 0, r);
+            if (e)
+                e->hint = true;
         }
         break;
     case CHAT_TYPING: {
@@ -447,6 +455,8 @@ void chat_bus_deliver(void *app, const struct bus_event *ev, size_t n)
     struct reg_device *devs = malloc(ch->devs_cap * sizeof *devs);
     for (size_t i = 0; i < n; i++) {
         const struct bus_event *e = &ev[i];
+        if (e->hint)
+            continue; /* the bus has filled what this node lacked */
         if (e->kind == IT_JOIN || e->kind == IT_LEAVE || e->kind == IT_REPLY) {
             /* About a connection of the publishing node: nothing to do here. */
             if (!e->remote && e->kind != IT_REPLY && e->worker < ch->nworkers) {
@@ -492,25 +502,51 @@ void chat_bus_kick(void *app, const char *user, uint64_t conn_id)
     hub_kick(ch->hub, user, conn_id);
 }
 
-/* A gap the bus saw: every worker's participants of the session (the
- * owner's devices there, the admins there that joined it) catch up. */
+#define FILL_PAGE 512 /* events read from storage for a gap, at most at once */
 
-void chat_bus_gap(void *app, const char *session, const char *owner, int64_t after)
+/* Stored events the bus did not bring (a message Redis lost, one published
+ * late, or a retry's hint): read from storage on the bus's thread and
+ * delivered before what follows them, so each connection still gets the
+ * session's events in order. */
+int64_t chat_bus_fill(void *app, const char *session, const char *owner, int64_t after,
+                      int64_t before)
 {
     struct chat *ch = app;
     if (!ch->store)
-        return;
-    struct chat_post *posts[ch->nworkers];
-    memset(posts, 0, sizeof posts);
-    struct batch_out bo = {.ch = ch, .posts = posts};
-    struct reg_device *devs = malloc(ch->devs_cap * sizeof *devs);
-    unsigned nd =
-        devs ? registry_devices(&ch->hub->registry, owner, strlen(owner), devs, ch->devs_cap) : 0;
-    for (unsigned w = 0; w < ch->nworkers; w++) {
-        struct chat_item *it = add_item(&bo, w, IT_GAP, 0, 0, NULL, 0, 0, after, session, owner);
-        if (it)
-            set_ids(&bo, w, it, devs, nd);
+        return -ENOTSUP;
+    int64_t limit = before > 0 ? before - after - 1 : FILL_PAGE;
+    if (limit <= 0)
+        return after;
+    struct store_event *ev = NULL;
+    int n = store_read_events(ch->store, session, after, limit < FILL_PAGE ? limit : FILL_PAGE, 0,
+                              &ev);
+    if (n <= 0)
+        return n < 0 ? n : after;
+    struct bus_event *be = calloc((size_t)n, sizeof *be);
+    size_t nb = 0;
+    for (int i = 0; be && i < n; i++) {
+        const struct store_event *e = &ev[i];
+        struct bus_event *b = &be[nb];
+        b->frame = wire_event_frame(e->type, session, e->seq, e->client_id, e->sender_type,
+                                    e->sender_id, e->sender_name, e->content, e->content_len,
+                                    e->metadata, e->ts_ms, &b->off, &b->len);
+        if (!b->frame)
+            break; /* out of memory: what was framed goes; the rest waits */
+        b->kind = IT_EVENT;
+        b->type = chat__out_index(e->type);
+        b->remote = true;
+        b->worker = UINT32_MAX;
+        b->seq = e->seq;
+        snprintf(b->session, sizeof b->session, "%s", session);
+        snprintf(b->owner, sizeof b->owner, "%s", owner);
+        nb++;
     }
-    free(devs);
-    post_all(&bo);
+    int64_t got = nb ? be[nb - 1].seq : -ENOMEM;
+    if (nb)
+        chat_bus_deliver(ch, be, nb);
+    for (size_t i = 0; i < nb; i++)
+        sbuf_unref(be[i].frame);
+    free(be);
+    store_events_free(ev, n);
+    return got;
 }

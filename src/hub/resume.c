@@ -45,7 +45,6 @@ struct resume_job {
     bool parked;   /* waiting for the send queue to drain */
     bool waiting;  /* waiting for a running slot (never read yet) */
     bool listed;   /* on the client's jobs list */
-    bool quiet;    /* a catch-up (chat__catch_up): no `resumed`, no error */
     int64_t after; /* cursor: the next read starts above this seq */
     /* the current page */
     int rc;
@@ -88,7 +87,7 @@ static void drop_page(struct resume_job *j)
 
 static bool resume_read(struct resume_job *j);
 static int start_job(struct chat *ch, struct client *cl, const char *sid, int64_t after,
-                     const char *id, bool quiet);
+                     const char *id);
 
 static void resume_finish(struct resume_job *j)
 {
@@ -124,9 +123,8 @@ static void resume_finish(struct resume_job *j)
     next->waiting = false;
     cs->nrunning++;
     if (!resume_read(next)) {
-        if (!next->quiet)
-            client_send_error(cl, ERR_INTERNAL, "cannot schedule the read", -1,
-                              next->id[0] ? next->id : NULL);
+        client_send_error(cl, ERR_INTERNAL, "cannot schedule the read", -1,
+                          next->id[0] ? next->id : NULL);
         resume_finish(next);
     }
 }
@@ -151,8 +149,7 @@ static void resume_pump(struct resume_job *j)
     const char *id = j->id[0] ? j->id : NULL;
     if (j->admin && !cl->admin && strcmp(j->sess.owner, cl->sub) != 0) {
         /* A refresh took the admin role away while this replay ran. */
-        if (!j->quiet)
-            client_send_error(cl, ERR_SESSION_NOT_FOUND, "no such session", -1, id);
+        client_send_error(cl, ERR_SESSION_NOT_FOUND, "no such session", -1, id);
         resume_finish(j);
         return;
     }
@@ -184,17 +181,12 @@ static void resume_pump(struct resume_job *j)
     if (j->more) {
         if (resume_read(j))
             return;
-        if (!j->quiet)
-            client_send_error(cl, ERR_INTERNAL, "cannot schedule the read", -1, id);
+        client_send_error(cl, ERR_INTERNAL, "cannot schedule the read", -1, id);
         resume_finish(j);
         return;
     }
     /* An answer streaming now: what the connection lacks of it, before
      * `resumed` (a reloaded page shows it at once). */
-    if (j->quiet) {
-        resume_finish(j);
-        return;
-    }
     if (st)
         chat__stream_catch_up(cl->hub->router, cl, st, NULL, true);
     int64_t last_seq = j->sess.last_seq;
@@ -220,14 +212,10 @@ static void resume_done(uv_work_t *req, int status)
     if (!cl || status != 0) {
         resume_finish(j);
     } else if (j->rc == -ENOENT) {
-        if (!j->quiet)
-            client_send_error(cl, ERR_SESSION_NOT_FOUND, "no such session", -1, id);
+        client_send_error(cl, ERR_SESSION_NOT_FOUND, "no such session", -1, id);
         resume_finish(j);
     } else if (j->rc < 0) {
-        if (!j->quiet)
-            client_send_error(cl, ERR_UNAVAILABLE, "storage is unavailable; retry later", 1000, id);
-        else
-            log_warn("catch_up_failed", "rc=%d", j->rc);
+        client_send_error(cl, ERR_UNAVAILABLE, "storage is unavailable; retry later", 1000, id);
         resume_finish(j);
     } else {
         resume_pump(j);
@@ -277,37 +265,19 @@ void chat__handle_resume(struct chat *ch, struct client *cl, json_t *msg, const 
                           1000, id);
         return;
     }
-    int rc = start_job(ch, cl, sid, json_integer_value(a), id, false);
+    int rc = start_job(ch, cl, sid, json_integer_value(a), id);
     if (rc != 0)
         client_send_error(cl, ERR_INTERNAL,
                           rc == -ENOMEM ? "out of memory" : "cannot schedule the read", -1, id);
 }
 
-void chat__catch_up(struct chat *ch, struct client *cl, const char *session, int64_t after)
-{
-    struct client_state *cs = cl->router_state;
-    if (!cs)
-        return;
-    /* A replay of this session already running sends what it reads; one
-     * that read before the gap ends without it, a rare case left to the
-     * client's own resume. */
-    for (struct resume_job *r = cs->jobs; r; r = r->next)
-        if (strcmp(r->session, session) == 0)
-            return;
-    if (cs->njobs >= RESUME_QUEUED || start_job(ch, cl, session, after, NULL, true) != 0) {
-        struct log_quoted q;
-        log_warn("catch_up_refused", "session=%s", log_quotes(&q, session));
-    }
-}
-
 static int start_job(struct chat *ch, struct client *cl, const char *sid, int64_t after,
-                     const char *id, bool quiet)
+                     const char *id)
 {
     struct client_state *cs = cl->router_state;
     struct resume_job *j = calloc(1, sizeof *j);
     if (!j)
         return -ENOMEM;
-    j->quiet = quiet;
     j->req.data = j;
     j->ch = ch;
     j->conn = cl->conn;
