@@ -14,6 +14,10 @@ a client sees when a device moves between nodes or the database restarts.
   and the device that was on the dead node resumes elsewhere.
 - A device that resumes on another node while an answer streams gets the
   answer so far, then the live pieces (PROTOCOL.md section 4).
+- A COMMIT done on the server whose answer one node lost, that node then
+  cut off the database for a while: what the restart of test 2 runs into
+  now and then, made certain (a synchronous standby that does not exist
+  holds the answer; a role made NOLOGIN keeps that node out).
 
 What test_cluster.py already covers is not repeated here: a SIGKILLed
 node's device slots (test_sigkill_of_a_node_gives_its_slots_back) and a
@@ -599,6 +603,97 @@ def test_sigkill_of_the_node_streaming_an_answer():
             x.close()
 
 
+# ---- 4. a COMMIT whose answer one node lost, with that node cut off ------------------------
+
+class CutOffNode(Nodes):
+    """Nodes of which node B logs in to PostgreSQL as its own role, so that
+    the test can cut B alone off the database (NOLOGIN) while A and C keep
+    working; and B's commits wait for a synchronous standby that does not
+    exist once the test names one, so that a COMMIT of B's is done on the
+    server (locally) while B still waits for its answer."""
+
+    def __init__(self, db, role):
+        super().__init__(db)
+        pg = test_cluster.PG
+        pg.psql("CREATE ROLE %s LOGIN SUPERUSER" % role)
+        pg.psql("ALTER ROLE %s SET synchronous_commit = on" % role)
+        pg.psql("ALTER ROLE postgres SET synchronous_commit = local")
+        args = self.nodes[1].args
+        args[1] = args[1].replace("user=postgres", "user=" + role)
+        self.role = role
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            pg = test_cluster.PG
+            pg.psql("ALTER SYSTEM RESET synchronous_standby_names")
+            pg.psql("SELECT pg_reload_conf()")
+            pg.psql("ALTER ROLE postgres RESET synchronous_commit")
+
+
+def test_commit_answer_lost_while_its_node_is_cut_off():
+    """What test 2 runs into now and then, made certain: node B's COMMIT of
+    seq 3 is done on the server, but B loses the connection before the
+    answer and cannot log in again; node A commits seq 4 meanwhile. B
+    answers its device `unavailable` ("may have been stored", retry with
+    the same id); the retry, once B is back, is acked seq 3 (a duplicate).
+    Expected (PROTOCOL.md section 5): every device of the owner receives
+    every event, each once, in seq order."""
+    pg = test_cluster.PG
+    role = "cutoff_b"
+    with CutOffNode("cutoff", role) as nodes:
+        devs = [device(x, "zed") for x in nodes]
+        a, b, c = devs
+        sid = ack(a.request(user_message("m1", "one")), "m1")["session_id"]
+        ack(b.request(user_message("m2", "two", sid)), "m2")
+        for d in devs:
+            d.wait_count(sid, 2, WAIT)
+        pg.psql("ALTER SYSTEM SET synchronous_standby_names = 'nowhere'")
+        pg.psql("SELECT pg_reload_conf()")
+        waiting = ("SELECT pid FROM pg_stat_activity WHERE usename = '%s' AND "
+                   "wait_event = 'SyncRep'" % role)
+        try:
+            # B's writer sends COMMIT, which the server does, then waits for
+            # the standby; B is cut off, and its connection ended.
+            b.send(user_message("m3", "three", sid))
+            wait_all(lambda: pg.psql(waiting), "B's COMMIT waiting for the standby")
+            pg.psql("ALTER ROLE %s NOLOGIN" % role)
+            pg.psql("SELECT pg_terminate_backend(pid) FROM (%s) AS w" % waiting)
+            # A writes on: seq 4.
+            r = ack(a.request(user_message("m4", "four", sid)), "m4")
+            assert r["seq"] == 4, r
+            r = b.wait_reply("m3", WAIT)  # after PG_OUTCOME_WAIT_MS (10 s)
+            assert r.get("type") == "error" and r.get("code") == "unavailable", r
+        finally:
+            pg.psql("ALTER ROLE %s LOGIN" % role)
+            pg.psql("ALTER SYSTEM RESET synchronous_standby_names")
+            pg.psql("SELECT pg_reload_conf()")
+        # B's device retries m3 with the same id until it is acked.
+        r = wait_all(lambda: (lambda x: x if x.get("type") == "ack" else
+                              time.sleep(min(x.get("retry_after", 100), 500) / 1000.0))(
+            b.request(user_message("m3", "three", sid))), "the retry of m3 acked",
+            timeout=WAIT, poll=0)
+        assert r["seq"] == 3, r
+        ack(a.request(user_message("m5", "five", sid)), "m5")
+        for d in devs:  # the last one reached every device
+            d.wait_message(lambda m: m.get("type") == "user_message" and m.get("seq") == 5,
+                           WAIT)
+        time.sleep(0.3)  # a late one would show up here
+        got = {d.label: d.seqs(sid) for d in devs}
+        logs = "\n".join(line for x in nodes for line in x.log().splitlines()
+                         if "event=redis_gap" in line or "event=catch_up_failed" in line
+                         or "event=store_commit" in line or "during COMMIT" in line)
+        assert all(v == [1, 2, 3, 4, 5] for v in got.values()), \
+            "CHATD BUG (cluster): each device should have received seqs [1, 2, 3, 4, 5] in " \
+            "that order; they received %s. Seq 3's COMMIT answer was lost to node B, which " \
+            "then could not reach PostgreSQL for 10 s: B published nothing (unknown " \
+            "outcome), and the retry's duplicate ack publishes nothing either; A and C held " \
+            "seq 4 for 500 ms, handed it on and filled seq 3 from storage after it; B's own " \
+            "fill failed (catch_up_failed rc=-5) and is never tried again. The nodes said:" \
+            "\n%s" % (got, logs)
+
+
 def main():
     test_cluster.PG = Postgres()
     try:
@@ -607,7 +702,8 @@ def main():
             run([test_resume_on_another_node_gets_exactly_what_was_missed,
                  test_postgres_restart_mid_traffic_with_three_nodes,
                  test_sigkill_of_the_node_streaming_an_answer,
-                 test_resume_mid_answer_on_another_node_gets_the_answer_so_far])
+                 test_resume_mid_answer_on_another_node_gets_the_answer_so_far,
+                 test_commit_answer_lost_while_its_node_is_cut_off])
         finally:
             test_cluster.REDIS.close()
     finally:
