@@ -60,12 +60,22 @@ def device(node, sub, suffix=""):
 
 class Nodes(Cluster):
     """test_cluster's Cluster that first closes the test's devices, also
-    when the test failed: a node does not wait for their close then."""
+    when the test failed (a node does not wait for their close then), and
+    that leaves no node running when stopping one of them failed."""
 
     def __exit__(self, *exc):
         while DEVS:
             DEVS.pop().close()
-        return super().__exit__(*exc)
+        try:
+            return super().__exit__(*exc)
+        finally:
+            for x in self.nodes:
+                if x.proc is not None and x.proc.poll() is None:
+                    x.proc.kill()
+                    x.proc.wait()
+                    if x.log_path and os.path.exists(x.log_path):
+                        os.unlink(x.log_path)
+                    shutil.rmtree(x.tmpdir, ignore_errors=True)
 
 
 def session_log(client, sid):
