@@ -154,6 +154,12 @@ struct bus_ops {
      * terminated) and *len, -ENOENT when none is kept, or a negative
      * errno. Any thread; it blocks for a round trip. */
     int (*stream_read)(struct bus *b, const char *stream, char **text, size_t *len);
+    /* Optional: the answer of session some node is running now, if any:
+     * 0 with its id in stream and its text so far in *text (to free) and
+     * *len, -ENOENT when none runs, or a negative errno. Any thread; it
+     * blocks for a round trip. */
+    int (*stream_live)(struct bus *b, const char *session, char stream[BUS_STREAM_MAX + 1],
+                       char **text, size_t *len);
     /* Optional: answer `stream` of session, claimed here, has ended. Does
      * not block (the bus records it on a thread of its own). Any thread. */
     void (*release)(struct bus *b, const char *session, const char *stream);
@@ -246,6 +252,13 @@ static inline bool bus_keeps_streams(const struct bus *b)
 static inline int bus_stream_read(struct bus *b, const char *stream, char **text, size_t *len)
 {
     return bus_keeps_streams(b) ? b->ops->stream_read(b, stream, text, len) : -ENOENT;
+}
+
+static inline int bus_stream_live(struct bus *b, const char *session,
+                                  char stream[BUS_STREAM_MAX + 1], char **text, size_t *len)
+{
+    return b && b->ops->stream_live ? b->ops->stream_live(b, session, stream, text, len)
+                                    : -ENOENT;
 }
 
 static inline int bus_stop(struct bus *b, const char *session)

@@ -157,7 +157,8 @@
 #define WATCH_WAIT_MS 2000  /* the longest a new watch waits for its subscription */
 #define RETRY_MS 1000       /* publishing or counting waits this long after a failed connect */
 #define STREAM_TTL_MS 600000 /* an answer's text is kept this long after its last piece */
-#define MARK_TTL_MS 900000   /* an answer's mark outlives any answer (its node may die) */
+#define MARK_TTL_MS 6000     /* an answer's mark, refreshed while it runs: a dead node's */
+#define MARK_BEAT_MS 2000    /* answers free their sessions within MARK_TTL_MS */
 #define MARKS_MAX 4096       /* marks waiting for the thread; past it they are dropped */
 
 /* A held event: its own copy, holding a frame reference. */
@@ -236,6 +237,9 @@ struct rbus {
     struct pres_dev *holds; /* under pres_mu: sessions held here (bus_hold) */
     size_t nholds, capholds;
     struct mark *marks;     /* under pres_mu: answers ended, for the thread */
+    struct pres_dev *claims; /* under pres_mu: answers running here (key: mark, member: value) */
+    size_t nclaims, capclaims;
+    int64_t next_markbeat_ms; /* the subscriber thread's */
     size_t nmarks, capmarks;
     char ctl[48];           /* "chatd:<db>:ctl": every node's, always subscribed */
     int64_t next_heartbeat_ms; /* the subscriber thread's */
@@ -900,6 +904,10 @@ static const char claim_lua[] =
 static const char release_lua[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end";
 
+/* KEYS[1] an answer's mark; ARGV: the value it was set to, its ttl. */
+static const char mark_refresh_lua[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end";
+
 static void dev_key(const struct rbus *r, const char *user, char *key, size_t cap)
 {
     snprintf(key, cap, "chatd:%d:dev:%016llx", r->db, (unsigned long long)hash_str(user));
@@ -1119,13 +1127,26 @@ static int redis_claim(struct bus *b, const char *session, const char *stream)
         rc = rep->integer == 1 ? BUS_HELD : rep->integer == 2 ? BUS_BUSY : 0;
     if (rep)
         freeReplyObject(rep);
+    if (rc == 0) { /* kept alive by the subscriber thread until released */
+        pthread_mutex_lock(&r->pres_mu);
+        pres_add(&r->claims, &r->nclaims, &r->capclaims, key, value, "", 0);
+        pthread_mutex_unlock(&r->pres_mu);
+    }
     return rc;
 }
 
 static void redis_release(struct bus *b, const char *session, const char *stream)
 {
     struct rbus *r = (struct rbus *)b;
+    char value[64];
+    mark_value(r, stream, value, sizeof value);
     pthread_mutex_lock(&r->pres_mu);
+    for (size_t i = 0; i < r->nclaims; i++) {
+        if (strcmp(r->claims[i].member, value) == 0) {
+            r->claims[i] = r->claims[--r->nclaims];
+            break;
+        }
+    }
     bool added = r->nmarks < MARKS_MAX &&
                  vec_grow(&r->marks, &r->capmarks, r->nmarks, 1, sizeof *r->marks) == 0;
     if (added) {
@@ -1140,6 +1161,24 @@ static void redis_release(struct bus *b, const char *session, const char *stream
     }
     /* Dropped: the mark expires (MARK_TTL_MS), and until then other
      * nodes wait for an answer that has ended, up to their timeout. */
+}
+
+/* Keep the marks of the answers running here alive (the subscriber
+ * thread, every MARK_BEAT_MS). */
+static void mark_beat(struct rbus *r)
+{
+    pthread_mutex_lock(&r->pres_mu);
+    redisContext *c = r->nclaims ? pres_conn(r) : NULL;
+    size_t sent = 0;
+    for (size_t i = 0; c && i < r->nclaims; i++) {
+        if (redisAppendCommand(c, "EVAL %s 1 %s %s %u", mark_refresh_lua, r->claims[i].key,
+                               r->claims[i].member, (unsigned)MARK_TTL_MS) != REDIS_OK)
+            break;
+        sent++;
+    }
+    if (c)
+        read_replies(c, sent);
+    pthread_mutex_unlock(&r->pres_mu);
 }
 
 /* Remove the marks of the answers that ended (the subscriber thread). */
@@ -1185,6 +1224,53 @@ static int redis_stop(struct bus *b, const char *session)
     return rc;
 }
 
+/* KEYS[1] the session's answer mark; ARGV[1] the prefix of stream keys.
+ * {stream id, its text so far} of the answer running, or nil. */
+static const char live_lua[] =
+    "local v = redis.call('GET', KEYS[1]) "
+    "if not v then return nil end "
+    "local s = string.match(v, ':(.*)$') "
+    "if not s then return nil end "
+    "return {s, redis.call('GET', ARGV[1] .. s) or ''}";
+
+/* A string reply as a NUL-terminated copy, cut at a NUL (a piece Redis
+ * missed leaves zeros: the text is what precedes them). */
+static int copy_text(const redisReply *rep, char **text, size_t *len)
+{
+    size_t n = strnlen(rep->str, rep->len);
+    *text = malloc(n + 1);
+    if (!*text)
+        return -ENOMEM;
+    memcpy(*text, rep->str, n);
+    (*text)[n] = '\0';
+    *len = n;
+    return 0;
+}
+
+static int redis_stream_live(struct bus *b, const char *session, char stream[BUS_STREAM_MAX + 1],
+                             char **text, size_t *len)
+{
+    struct rbus *r = (struct rbus *)b;
+    char key[64], prefix[48];
+    answer_key(r, session, key, sizeof key);
+    snprintf(prefix, sizeof prefix, "chatd:%d:st:", r->db);
+    int rc = -EIO;
+    redisReply *rep = pres_cmd(r, "EVAL %s 1 %s %s", live_lua, key, prefix);
+    if (rep && rep->type == REDIS_REPLY_NIL) {
+        rc = -ENOENT;
+    } else if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+               rep->element[0]->type == REDIS_REPLY_STRING &&
+               rep->element[1]->type == REDIS_REPLY_STRING &&
+               rep->element[0]->len <= BUS_STREAM_MAX) {
+        memcpy(stream, rep->element[0]->str, rep->element[0]->len);
+        stream[rep->element[0]->len] = '\0';
+        rc = copy_text(rep->element[1], text, len);
+    }
+    if (rep)
+        freeReplyObject(rep);
+    return rc;
+}
+
 static int redis_stream_read(struct bus *b, const char *stream, char **text, size_t *len)
 {
     struct rbus *r = (struct rbus *)b;
@@ -1195,17 +1281,7 @@ static int redis_stream_read(struct bus *b, const char *stream, char **text, siz
     if (rep && rep->type == REDIS_REPLY_NIL) {
         rc = -ENOENT;
     } else if (rep && rep->type == REDIS_REPLY_STRING) {
-        /* A piece Redis missed leaves zeros: the text is what precedes them. */
-        size_t n = strnlen(rep->str, rep->len);
-        *text = malloc(n + 1);
-        if (*text) {
-            memcpy(*text, rep->str, n);
-            (*text)[n] = '\0';
-            *len = n;
-            rc = 0;
-        } else {
-            rc = -ENOMEM;
-        }
+        rc = copy_text(rep, text, len);
     }
     if (rep)
         freeReplyObject(rep);
@@ -1537,6 +1613,10 @@ static bool receive(struct rbus *r, redisContext *c)
             r->next_heartbeat_ms = now + HEARTBEAT_MS;
             heartbeat(r);
         }
+        if (now >= r->next_markbeat_ms) {
+            r->next_markbeat_ms = now + MARK_BEAT_MS;
+            mark_beat(r);
+        }
         if (pn == 0)
             continue;
         if (pn < 0 || pf[1].revents) {
@@ -1661,6 +1741,10 @@ static void redis_close(struct bus *b)
             if (redisAppendCommand(r->pres, "ZREM %s %s", d->key, d->member) == REDIS_OK)
                 sent++;
         }
+        for (size_t i = 0; i < r->nclaims; i++)
+            if (redisAppendCommand(r->pres, "EVAL %s 1 %s %s", release_lua, r->claims[i].key,
+                                   r->claims[i].member) == REDIS_OK)
+                sent++;
         read_replies(r->pres, sent);
     }
     if (r->pres)
@@ -1668,6 +1752,7 @@ static void redis_close(struct bus *b)
     free(r->devs);
     free(r->holds);
     free(r->marks);
+    free(r->claims);
     for (unsigned k = 0; k < ORDER_BUCKETS; k++)
         while (r->order[k]) {
             struct order_sess *os = r->order[k];
@@ -1704,6 +1789,7 @@ static const struct bus_ops redis_ops = {
     .hold = redis_hold,
     .claim = redis_claim,
     .stream_read = redis_stream_read,
+    .stream_live = redis_stream_live,
     .release = redis_release,
     .stop = redis_stop,
 };

@@ -368,9 +368,21 @@ void chat__stream_catch_up_remote(struct chat *ch, struct client *cl, struct ses
         loc->rlen = len;
         snprintf(loc->rstream, sizeof loc->rstream, "%s", it->stream);
     }
+    if (loc->rlen >= need)
+        chat__stream_send_text(cl, st, it->stream, loc->rtext, loc->rlen);
+}
+
+void chat__stream_send_text(struct client *cl, struct sess_state *st, const char *stream,
+                            const char *text, size_t len)
+{
+    assert(worker_current() == cl->conn->w);
+    if (strcmp(st->stream, stream) != 0) {
+        snprintf(st->stream, sizeof st->stream, "%s", stream);
+        st->stream_sent = -1;
+    }
     size_t from = st->stream_sent < 0 ? 0 : (size_t)st->stream_sent;
-    if (loc->rlen < need || loc->rlen <= from)
+    if (len <= from)
         return;
-    send_piece(cl, st->id, it->stream, from, loc->rtext, loc->rlen);
-    st->stream_sent = (int64_t)loc->rlen;
+    send_piece(cl, st->id, stream, from, text, len);
+    st->stream_sent = (int64_t)len;
 }

@@ -236,6 +236,10 @@ bool chat__stream_catch_up(struct chat *ch, struct client *cl, struct sess_state
  * its text so far comes from the bus (bus_stream_read). Worker. */
 void chat__stream_catch_up_remote(struct chat *ch, struct client *cl, struct sess_state *st,
                                   const struct chat_item *it);
+/* Send cl what it lacks of answer `stream`, whose text so far is text[0..
+ * len) (from offset 0 when it has had nothing of it). Worker. */
+void chat__stream_send_text(struct client *cl, struct sess_state *st, const char *stream,
+                            const char *text, size_t len);
 /* The assistant side of one committed batch, after its events are
  * published (fanout.c collects them in order). Writer thread. */
 struct chat_asst_op {

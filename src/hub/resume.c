@@ -52,6 +52,10 @@ struct resume_job {
     struct store_session sess;
     struct store_event *ev;
     int n, next_ev;
+    /* read with the last page: an answer another node is streaming now */
+    char rstream[BUS_STREAM_MAX + 1];
+    char *rtext;
+    size_t rlen;
 };
 
 static void resume_work(uv_work_t *req)
@@ -73,6 +77,23 @@ static void resume_work(uv_work_t *req)
         j->more = j->n == RESUME_PAGE || bytes >= RESUME_PAGE_BYTES;
     }
     j->next_ev = 0;
+    if (j->rc == 0 && !j->more && bus_keeps_streams(j->ch->bus) && !j->rtext) {
+        struct asst_stream *s = j->ch->asst ? assistant_stream(j->ch->asst, j->session) : NULL;
+        if (s)
+            asst_stream_unref(s); /* it streams here: the worker catches up from it */
+        else if (bus_stream_live(j->ch->bus, j->session, j->rstream, &j->rtext, &j->rlen) != 0)
+            j->rtext = NULL;
+    }
+}
+
+/* Is answer `stream` among the events of the page (stored: it is sent)? */
+static bool page_has_answer(const struct resume_job *j, const char *stream)
+{
+    for (int i = 0; i < j->n; i++)
+        if (j->ev[i].client_id && strcmp(j->ev[i].type, "ai_response") == 0 &&
+            strcmp(j->ev[i].client_id, stream) == 0)
+            return true;
+    return false;
 }
 
 static void resume_done(uv_work_t *req, int status);
@@ -109,6 +130,7 @@ static void resume_finish(struct resume_job *j)
     }
     drop_page(j);
     conn_release(j->conn);
+    free(j->rtext);
     free(j);
     if (!freed_slot)
         return;
@@ -187,8 +209,9 @@ static void resume_pump(struct resume_job *j)
     }
     /* An answer streaming now: what the connection lacks of it, before
      * `resumed` (a reloaded page shows it at once). */
-    if (st)
-        chat__stream_catch_up(cl->hub->router, cl, st, NULL, true);
+    if (st && !chat__stream_catch_up(cl->hub->router, cl, st, NULL, true) && j->rtext &&
+        !page_has_answer(j, j->rstream))
+        chat__stream_send_text(cl, st, j->rstream, j->rtext, j->rlen); /* another node's */
     int64_t last_seq = j->sess.last_seq;
     if (st && seqset_max(&st->sent) > last_seq)
         last_seq = seqset_max(&st->sent);

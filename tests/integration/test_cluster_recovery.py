@@ -426,7 +426,7 @@ def test_postgres_restart_mid_traffic_with_three_nodes():
             seqs = d.seqs(sid)
             late = [i for i in range(1, len(seqs)) if seqs[i] < seqs[i - 1]]
             assert not late, \
-                "CHATD BUG (cluster): %s received the session's live events out of seq " \
+                "%s received the session's live events out of seq " \
                 "order: %s. The cause seen so far: a node whose COMMIT answer was cut off by the crash settles it " \
                 "only after PostgreSQL is back and then publishes; the other nodes held the " \
                 "seqs above it for HOLD_MS (500 ms), handed them on (event=redis_gap), could " \
@@ -529,7 +529,7 @@ def test_resume_mid_answer_on_another_node_gets_the_answer_so_far():
         got = pieces(c, stream_id)
         assert got and got[0]["offset"] == 0 and len(got[0]["delta"]) > 4 and \
             before_resumed and before_resumed[0] is got[0], \
-            "CHATD BUG (cluster): a device that resumes on node C while node A streams the " \
+            "a device that resumes on node C while node A streams the " \
             "answer gets no catch-up piece (offset 0, everything so far) before `resumed`, " \
             "and no live piece at all: %d pieces %s, then only the final answer (PROTOCOL.md " \
             "section 4; on one node it works, test_assistant.py)" % (
@@ -695,7 +695,7 @@ def test_commit_answer_lost_while_its_node_is_cut_off():
                          if "event=redis_gap" in line or "event=catch_up_failed" in line
                          or "event=store_commit" in line or "during COMMIT" in line)
         assert all(v == [1, 2, 3, 4, 5] for v in got.values()), \
-            "CHATD BUG (cluster): each device should have received seqs [1, 2, 3, 4, 5] in " \
+            "each device should have received seqs [1, 2, 3, 4, 5] in " \
             "that order; they received %s. Seq 3's COMMIT answer was lost to node B, which " \
             "then could not reach PostgreSQL for 10 s: B published nothing (unknown " \
             "outcome), and the retry's duplicate ack publishes nothing either; A and C held " \
