@@ -191,7 +191,7 @@ def assert_nothing_registered(port, admin_token):
             break
         assert time.time() < deadline, doc
         time.sleep(0.05)
-    assert doc == {"users": [], "total_devices": 0, "total_users": 0}, doc
+    assert doc == {"users": [], "total_devices": 0, "total_users": 0, "scope": "node"}, doc
 
 
 ADMIN = make_token("root", roles=["admin"])
