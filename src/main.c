@@ -505,6 +505,10 @@ int main(int argc, char **argv)
      * waiting for a retry) are dropped and counted, and so are help
      * requests the writer still commits while it closes. It is freed once
      * the writer, which calls it, is gone. */
+    /* Nothing is delivered from other nodes any more: the bus's thread
+     * reads storage for gaps and reaches the assistant, both closed next.
+     * Publishing still works, for what the writer still commits. */
+    bus_quiesce(st.bus);
     assistant_shutdown(st.assistant);
     webhook_shutdown(st.webhook);
     if (st.store)

@@ -59,7 +59,8 @@ struct answer {
     struct answer *next_job;       /* on the job queue (a->lock) */
     int64_t not_before_ms;         /* a->lock: taken off the queue from then (0: at once) */
     int64_t deferred_since_ms;     /* assistant thread: waiting for another node since */
-    bool claimed;                  /* assistant thread, then finish(): hooks->claim said go */
+    bool claimed;                  /* set by the assistant thread before the submit (hooks->
+                                    * claim said go); read when the slot is released */
     char session[STORE_ID_LEN + 1];
     char owner[STORE_MAX_USER + 1];
     const struct conf_model *model;
@@ -378,11 +379,18 @@ bool assistant_stop(struct assistant *a, const char *session)
 void assistant_stored(struct assistant *a, const char *session, const char *stream_id)
 {
     char owner[STORE_MAX_USER + 1] = "";
+    bool claimed = false;
     pthread_mutex_lock(&a->lock);
     struct slot *s = *slot_find(a, session);
-    if (s && s->running && strcmp(s->running->stream->id, stream_id) == 0)
+    if (s && s->running && strcmp(s->running->stream->id, stream_id) == 0) {
+        claimed = s->running->claimed;
         slot_release(a, s, s->running, owner);
+    }
     pthread_mutex_unlock(&a->lock);
+    /* Stored: another node's answer of the session may start now, and
+     * finds this one in the history. */
+    if (claimed && a->hooks.released)
+        a->hooks.released(a->hooks.app, session, stream_id);
     if (owner[0])
         a->hooks.started(a->hooks.app, session, owner);
 }
@@ -428,8 +436,6 @@ static void finish(struct answer *x, int result, const char *error)
     bool stop_asked = x->stop_asked, closing = a->closing;
     x->ended = true;
     pthread_mutex_unlock(&a->lock);
-    if (x->claimed && a->hooks.released)
-        a->hooks.released(a->hooks.app, x->session, x->stream->id);
 
     const char *reason = x->stop_reason[0] ? x->stop_reason : "stop";
     bool partial = true, failed = false, recoverable = false;
@@ -529,10 +535,15 @@ static void finish(struct answer *x, int result, const char *error)
     if (r.len == 0 || rc != 0) {
         char owner[STORE_MAX_USER + 1];
         char session[STORE_ID_LEN + 1];
+        char stream_id[ASST_STREAM_ID_LEN + 1];
         snprintf(session, sizeof session, "%s", x->session);
+        snprintf(stream_id, sizeof stream_id, "%s", x->stream->id);
+        bool claimed = x->claimed;
         pthread_mutex_lock(&a->lock);
         slot_release(a, x->slot, x, owner); /* frees x */
         pthread_mutex_unlock(&a->lock);
+        if (claimed && a->hooks.released)
+            a->hooks.released(a->hooks.app, session, stream_id);
         if (owner[0])
             a->hooks.started(a->hooks.app, session, owner);
     }

@@ -114,8 +114,9 @@ struct assistant_hooks {
      * (or negative: unknown): it goes ahead, and `released` follows when
      * it ends. */
     int (*claim)(void *app, const char *session, const char *stream_id);
-    /* Optional: the answer claimed has ended. Must not block: any
-     * assistant thread. */
+    /* Optional: the answer claimed is over: stored (after
+     * assistant_stored), or ended with nothing to store. Must not block:
+     * any assistant thread, or the caller of assistant_stored. */
     void (*released)(void *app, const char *session, const char *stream_id);
     void *app;
 };

@@ -107,6 +107,11 @@ struct bus_ops {
      * counts it). */
     int (*publish)(struct bus *b, const struct bus_event *ev, size_t n);
     void (*close)(struct bus *b);
+    /* Optional: stop delivering: from its return the handler is called no
+     * more (its handlers read storage and reach the assistant, which close
+     * before the bus does); publishing and counting still work. Main
+     * thread, before close. */
+    void (*quiesce)(struct bus *b);
     /* Optional (NULL: devices are counted per node only). Count a device
      * of user across the nodes, at most max: 1 admitted (*count: the
      * user's devices with it), 0 refused (*count: theirs), negative errno
@@ -264,6 +269,12 @@ static inline int bus_stream_live(struct bus *b, const char *session,
 static inline int bus_stop(struct bus *b, const char *session)
 {
     return b && b->ops->stop ? b->ops->stop(b, session) : 0;
+}
+
+static inline void bus_quiesce(struct bus *b)
+{
+    if (b && b->ops->quiesce)
+        b->ops->quiesce(b);
 }
 
 /* Stop and free the bus; nothing is delivered afterwards. Main thread. */

@@ -1716,14 +1716,22 @@ static void *sub_main(void *arg)
 
 /* ---- open, close ---- */
 
-static void redis_close(struct bus *b)
+static void redis_quiesce(struct bus *b)
 {
     struct rbus *r = (struct rbus *)b;
     if (r->sub_started) {
         ssize_t w = write(r->stop_pipe[1], "x", 1);
         (void)w;
         pthread_join(r->sub_thread, NULL);
+        r->sub_started = false;
     }
+}
+
+static void redis_close(struct bus *b)
+{
+    struct rbus *r = (struct rbus *)b;
+    redis_quiesce(b);
+    record_marks(r); /* the answers that ended since the thread stopped */
     for (int k = 0; k < 2; k++)
         if (r->wake_pipe[k] >= 0)
             close(r->wake_pipe[k]);
@@ -1781,6 +1789,7 @@ static const struct bus_ops redis_ops = {
     .name = "redis",
     .publish = redis_publish,
     .close = redis_close,
+    .quiesce = redis_quiesce,
     .admit = redis_admit,
     .leave = redis_leave,
     .watch = redis_watch,
