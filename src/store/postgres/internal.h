@@ -54,6 +54,7 @@ struct store_postgres {
     int64_t retry_at_us; /* while conn is NULL: the next attempt (monotonic) */
     int64_t backoff_ms;  /* the wait after the next failed attempt */
     int64_t idle_since_us;
+    struct pg_batch *batch; /* the batch being run: what its first statements read */
 
     /* the request queue (its own lock): workers push, the writer takes */
     struct fifo queue;

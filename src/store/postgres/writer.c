@@ -17,10 +17,15 @@
  * markers that only move forward, share links, help requests that write
  * only a change.
  *
- * NEEDSWORK: each request costs two to four round trips inside the
- * transaction (lock and read the session, the dedup look-up, the event);
- * the commit is shared, the round trips are not. libpq's pipeline mode
- * could send a batch's statements without waiting for each answer.
+ * Round trips. A batch's first statements read for all its requests at
+ * once (struct pg_batch): the lock of its sessions returns their rows (the
+ * owner, the counter, the model, whether untitled), which the batch then
+ * keeps up to date itself, and one look-up finds which of its messages
+ * with a client id are stored already (a message of the batch is added as
+ * it is stored: a retry in the same batch is a duplicate too). A message
+ * to an existing session then costs one statement (the event), where it
+ * cost three. NEEDSWORK: those statements still wait for each other's
+ * answer; libpq's pipeline mode could send them together.
  *
  * Health is `connected && writes_ok`: a refused write (a server error, the
  * tests' fault hook) clears writes_ok until a batch that wrote; a lost
@@ -39,10 +44,12 @@
 #include "util/log.h"
 #include "util/sbuf.h"
 #include "util/title.h"
+#include "util/vec.h"
 
 /* The writer's statements, prepared on each new write connection. */
 enum {
     W_LOCK = 0,
+    W_DEDUP,
     W_SESSION_GET,
     W_SESSION_BY_ORIGIN,
     W_SESSION_INSERT,
@@ -61,8 +68,14 @@ enum {
 };
 
 static const char *const stmt_sql[W_COUNT] = {
-    /* The batch's sessions, locked in one order on every node. */
-    [W_LOCK] = "SELECT id FROM sessions WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
+    /* The batch's sessions, locked in one order on every node, with what
+     * their requests need of them (the batch keeps it up to date). */
+    [W_LOCK] = "SELECT id, owner, last_seq, model, title IS NULL FROM sessions"
+               " WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
+    /* Of the batch's messages with a client id, those already stored. */
+    [W_DEDUP] = "SELECT e.session_id, e.sender_id, e.client_id, e.seq, e.created_at"
+                " FROM events e JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(s, u, c)"
+                " ON e.session_id = k.s AND e.sender_id = k.u AND e.client_id = k.c",
     [W_SESSION_GET] = "SELECT owner, last_seq, model, title IS NULL FROM sessions"
                       " WHERE id = $1::text FOR UPDATE",
     [W_SESSION_BY_ORIGIN] = "SELECT id FROM sessions WHERE owner = $1::text"
@@ -243,6 +256,99 @@ static int run_done(struct store_postgres *s, int which, const struct params *p,
     return r ? 0 : -1;
 }
 
+/* ---- what a batch reads first --------------------------------------------- */
+
+/* A session the batch locked: its row as the batch has left it so far. */
+struct pg_sess {
+    char id[STORE_ID_LEN + 1];
+    char owner[STORE_MAX_USER + 1];
+    char model[sizeof ((struct store_req *)0)->model];
+    int64_t last_seq;
+    bool untitled;
+};
+
+/* A message of the batch already stored (or stored by the batch). */
+struct pg_dup {
+    char session[STORE_ID_LEN + 1];
+    char *sender, *client_id; /* owned */
+    int64_t seq, ts_ms;
+};
+
+/* What the batch's first two statements read, so that each message costs
+ * one statement more, not three: the locked sessions and the dedup hits.
+ * The writer thread's, for one run of a batch. */
+struct pg_batch {
+    struct pg_sess *sess;
+    size_t nsess, capsess;
+    struct pg_dup *dups;
+    size_t ndups, capdups;
+    bool dedup_read; /* the dedup look-up covered every request with a session and a client id */
+};
+
+static void batch_free(struct pg_batch *b)
+{
+    for (size_t i = 0; i < b->ndups; i++) {
+        free(b->dups[i].sender);
+        free(b->dups[i].client_id);
+    }
+    free(b->dups);
+    free(b->sess);
+    memset(b, 0, sizeof *b);
+}
+
+static struct pg_sess *batch_sess(struct pg_batch *b, const char *id)
+{
+    for (size_t i = 0; b && i < b->nsess; i++)
+        if (strcmp(b->sess[i].id, id) == 0)
+            return &b->sess[i];
+    return NULL;
+}
+
+static struct pg_sess *batch_add_sess(struct pg_batch *b, const char *id, const char *owner,
+                                      int64_t last_seq, const char *model, bool untitled)
+{
+    if (!b || vec_grow(&b->sess, &b->capsess, b->nsess, 1, sizeof *b->sess) != 0)
+        return NULL; /* asked of the server each time instead */
+    struct pg_sess *x = &b->sess[b->nsess++];
+    snprintf(x->id, sizeof x->id, "%s", id);
+    snprintf(x->owner, sizeof x->owner, "%s", owner);
+    snprintf(x->model, sizeof x->model, "%s", model);
+    x->last_seq = last_seq;
+    x->untitled = untitled;
+    return x;
+}
+
+/* Remember a stored message; false when out of memory. */
+static bool batch_add_dup(struct pg_batch *b, const char *session, const char *sender,
+                          const char *client_id, int64_t seq, int64_t ts_ms)
+{
+    if (vec_grow(&b->dups, &b->capdups, b->ndups, 1, sizeof *b->dups) != 0)
+        return false;
+    struct pg_dup *d = &b->dups[b->ndups];
+    snprintf(d->session, sizeof d->session, "%s", session);
+    d->sender = strdup(sender);
+    d->client_id = strdup(client_id);
+    if (!d->sender || !d->client_id) {
+        free(d->sender);
+        free(d->client_id);
+        return false;
+    }
+    d->seq = seq;
+    d->ts_ms = ts_ms;
+    b->ndups++;
+    return true;
+}
+
+static const struct pg_dup *batch_dup(const struct pg_batch *b, const char *session,
+                                      const char *sender, const char *client_id)
+{
+    for (size_t i = 0; i < b->ndups; i++)
+        if (strcmp(b->dups[i].client_id, client_id) == 0 &&
+            strcmp(b->dups[i].session, session) == 0 && strcmp(b->dups[i].sender, sender) == 0)
+            return &b->dups[i];
+    return NULL;
+}
+
 /* ---- the requests --------------------------------------------------------- */
 
 /* Load r's session (locking its row) and check the requester may use it.
@@ -250,6 +356,15 @@ static int run_done(struct store_postgres *s, int which, const struct params *p,
 static int load_session(struct store_postgres *s, struct store_req *r, int64_t *last_seq,
                         bool *untitled, enum batch_error *err)
 {
+    const struct pg_sess *x = batch_sess(s->batch, r->session_id);
+    if (x) { /* locked by this batch: read then, kept up to date since */
+        snprintf(r->owner, sizeof r->owner, "%s", x->owner);
+        snprintf(r->model, sizeof r->model, "%s", x->model);
+        *last_seq = x->last_seq;
+        if (untitled)
+            *untitled = x->untitled;
+        return r->any_session || strcmp(r->owner, r->user) == 0 ? 1 : 0;
+    }
     struct params p = {0};
     p_text(&p, r->session_id);
     PGresult *res = run(s, W_SESSION_GET, &p, err);
@@ -262,9 +377,12 @@ static int load_session(struct store_postgres *s, struct store_req *r, int64_t *
     snprintf(r->owner, sizeof r->owner, "%s", PQgetvalue(res, 0, 0));
     *last_seq = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
     snprintf(r->model, sizeof r->model, "%s", PQgetvalue(res, 0, 2)); /* "" when NULL */
+    bool no_title = PQgetvalue(res, 0, 3)[0] == 't';
     if (untitled)
-        *untitled = PQgetvalue(res, 0, 3)[0] == 't';
+        *untitled = no_title;
     PQclear(res);
+    /* Locked now (FOR UPDATE): the batch's later requests read it here. */
+    batch_add_sess(s->batch, r->session_id, r->owner, *last_seq, r->model, no_title);
     return r->any_session || strcmp(r->owner, r->user) == 0 ? 1 : 0;
 }
 
@@ -316,6 +434,9 @@ static int put_event(struct store_postgres *s, struct store_req *r, int64_t last
     }
     r->seq = seq;
     r->ts_ms = now;
+    struct pg_sess *x = batch_sess(s->batch, r->session_id);
+    if (x)
+        x->last_seq = seq;
     return 0;
 }
 
@@ -352,6 +473,9 @@ static int set_first_title(struct store_postgres *s, struct store_req *r, enum b
     }
     int rc = run_done(s, W_TITLE_INIT, &p, err);
     free(sealed);
+    struct pg_sess *x = batch_sess(s->batch, r->session_id);
+    if (rc == 0 && x)
+        x->untitled = false;
     return rc;
 }
 
@@ -360,6 +484,8 @@ static int do_append(struct store_postgres *s, struct store_req *r, int64_t now,
 {
     PGresult *res;
     struct params p;
+    assert(s->batch);
+    bool looked_up = s->batch->dedup_read && r->session_id[0]; /* by the batch's W_DEDUP */
     if (!r->session_id[0] && r->client_id[0]) {
         /* A retry of a message that created a session finds that session. */
         p = (struct params){0};
@@ -410,6 +536,19 @@ static int do_append(struct store_postgres *s, struct store_req *r, int64_t now,
         return rc;
     }
     if (r->client_id[0]) {
+        const struct pg_dup *d = batch_dup(s->batch, r->session_id, r->user, r->client_id);
+        if (d) {
+            r->seq = d->seq;
+            r->ts_ms = d->ts_ms;
+            r->duplicate = true;
+            r->created = false;
+            r->status = STORE_OK;
+            return 0;
+        }
+    }
+    if (r->client_id[0] && !looked_up) {
+        /* Not covered by the batch's look-up (a session found or made
+         * just now): asked alone. */
         p = (struct params){0};
         p_text(&p, r->session_id);
         p_text(&p, r->user);
@@ -433,6 +572,12 @@ static int do_append(struct store_postgres *s, struct store_req *r, int64_t now,
     bool user = strcmp(r->sender_type, "user") == 0;
     if (put_event(s, r, last_seq, type, r->content, r->content_len, now, user ? 1 : 2, err) != 0)
         return -1;
+    /* A later request of the batch with the same id is its retry. */
+    if (r->client_id[0] &&
+        !batch_add_dup(s->batch, r->session_id, r->user, r->client_id, r->seq, r->ts_ms)) {
+        *err = B_INTERNAL;
+        return -1;
+    }
     if (user && untitled && set_first_title(s, r, err) != 0)
         return -1;
     r->status = STORE_OK;
@@ -544,28 +689,22 @@ static int do_request(struct store_postgres *s, struct store_req *r, int64_t now
     return do_session_op(s, r, last_seq, now, err);
 }
 
-/* Lock the rows of every existing session the batch names, in id order
- * (see the DESIGN note of postgres.c). 0 or -1. */
-static int lock_sessions(struct store_postgres *s, struct store_req **reqs, size_t n,
-                         enum batch_error *err)
+/* An array literal of v[0..n): every element quoted, '"' and '\\'
+ * escaped. NULL when out of memory. */
+static char *text_array(const char *const *v, size_t n)
 {
-    /* An array literal: every id quoted, '"' and '\' escaped. */
     size_t cap = 3, len = 0;
     for (size_t i = 0; i < n; i++)
-        cap += 2 * strlen(reqs[i]->session_id) + 3;
+        cap += 2 * strlen(v[i]) + 3;
     char *a = malloc(cap);
-    if (!a) {
-        *err = B_INTERNAL;
-        return -1;
-    }
+    if (!a)
+        return NULL;
     a[len++] = '{';
     for (size_t i = 0; i < n; i++) {
-        if (!reqs[i]->session_id[0])
-            continue;
-        if (len > 1)
+        if (i)
             a[len++] = ',';
         a[len++] = '"';
-        for (const char *c = reqs[i]->session_id; *c; c++) {
+        for (const char *c = v[i]; *c; c++) {
             if (*c == '"' || *c == '\\')
                 a[len++] = '\\';
             a[len++] = *c;
@@ -574,10 +713,90 @@ static int lock_sessions(struct store_postgres *s, struct store_req **reqs, size
     }
     a[len++] = '}';
     a[len] = '\0';
-    struct params p = {0};
-    p_text(&p, a);
-    int rc = len > 2 ? run_done(s, W_LOCK, &p, err) : 0;
+    return a;
+}
+
+/* Lock the rows of every existing session the batch names, in id order
+ * (see the DESIGN note of postgres.c), keeping what the requests need of
+ * them; then look up at once which of the batch's messages are stored
+ * already. 0 or -1. */
+static int read_first(struct store_postgres *s, struct store_req **reqs, size_t n,
+                      enum batch_error *err)
+{
+    const char **ids = malloc(3 * n * sizeof *ids + 1);
+    if (!ids) {
+        *err = B_INTERNAL;
+        return -1;
+    }
+    const char **users = ids + n, **cids = ids + 2 * n;
+    size_t nids = 0, nkeys = 0;
+    for (size_t i = 0; i < n; i++)
+        if (reqs[i]->session_id[0])
+            ids[nids++] = reqs[i]->session_id;
+    int rc = 0;
+    char *a = NULL, *b = NULL, *c = NULL;
+    if (nids) {
+        struct params p = {0};
+        a = text_array(ids, nids);
+        if (!a) {
+            *err = B_INTERNAL;
+            rc = -1;
+            goto out;
+        }
+        p_text(&p, a);
+        PGresult *res = run(s, W_LOCK, &p, err);
+        if (!res) {
+            rc = -1;
+            goto out;
+        }
+        for (int i = 0; i < PQntuples(res); i++)
+            batch_add_sess(s->batch, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
+                           strtoll(PQgetvalue(res, i, 2), NULL, 10), PQgetvalue(res, i, 3),
+                           PQgetvalue(res, i, 4)[0] == 't');
+        PQclear(res);
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct store_req *r = reqs[i];
+        if (r->op == STORE_APPEND && r->session_id[0] && r->client_id[0]) {
+            ids[nkeys] = r->session_id;
+            users[nkeys] = r->user;
+            cids[nkeys++] = r->client_id;
+        }
+    }
+    if (nkeys) {
+        struct params p = {0};
+        free(a);
+        a = text_array(ids, nkeys);
+        b = text_array(users, nkeys);
+        c = text_array(cids, nkeys);
+        if (!a || !b || !c) {
+            *err = B_INTERNAL;
+            rc = -1;
+            goto out;
+        }
+        p_text(&p, a);
+        p_text(&p, b);
+        p_text(&p, c);
+        PGresult *res = run(s, W_DEDUP, &p, err);
+        if (!res) {
+            rc = -1;
+            goto out;
+        }
+        for (int i = 0; i < PQntuples(res) && rc == 0; i++)
+            if (!batch_add_dup(s->batch, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
+                               PQgetvalue(res, i, 2), strtoll(PQgetvalue(res, i, 3), NULL, 10),
+                               strtoll(PQgetvalue(res, i, 4), NULL, 10))) {
+                *err = B_INTERNAL;
+                rc = -1;
+            }
+        PQclear(res);
+    }
+    s->batch->dedup_read = rc == 0;
+out:
     free(a);
+    free(b);
+    free(c);
+    free(ids);
     return rc;
 }
 
@@ -659,10 +878,9 @@ static enum store_status settle_commit(struct store_postgres *s, const char *xid
     return STORE_UNKNOWN;
 }
 
-/* Run the batch once. B_OK with *status the batch's answer (STORE_OK:
- * committed, each request's own status stands), or why it stopped. */
-static enum batch_error try_batch(struct store_postgres *s, struct store_req **reqs, size_t n,
-                                  int64_t now, enum store_status *status)
+/* Run the batch once (try_batch). */
+static enum batch_error try_batch_once(struct store_postgres *s, struct store_req **reqs, size_t n,
+                                       int64_t now, enum store_status *status)
 {
     enum batch_error err = B_OK;
     char xid[32] = "";
@@ -674,7 +892,7 @@ static enum batch_error try_batch(struct store_postgres *s, struct store_req **r
         err = PQstatus(s->conn) != CONNECTION_OK ? B_LOST : B_SERVER;
         goto failed;
     }
-    if (lock_sessions(s, reqs, n, &err) != 0)
+    if (read_first(s, reqs, n, &err) != 0)
         goto failed;
     for (size_t i = 0; i < n; i++)
         if (do_request(s, reqs[i], now, &err) != 0)
@@ -706,6 +924,19 @@ failed:
     } else if (s->conn && PQtransactionStatus(s->conn) != PQTRANS_IDLE && simple(s, "ROLLBACK")) {
         drop_conn(s, "ROLLBACK failed");
     }
+    return err;
+}
+
+/* Run the batch once. B_OK with *status the batch's answer (STORE_OK:
+ * committed, each request's own status stands), or why it stopped. */
+static enum batch_error try_batch(struct store_postgres *s, struct store_req **reqs, size_t n,
+                                  int64_t now, enum store_status *status)
+{
+    struct pg_batch b = {0};
+    s->batch = &b;
+    enum batch_error err = try_batch_once(s, reqs, n, now, status);
+    s->batch = NULL;
+    batch_free(&b);
     return err;
 }
 
