@@ -2456,8 +2456,12 @@ int main(int argc, char **argv)
         sleep_s(o.duration);
     }
     uint64_t t1 = now_ns();
+    if (have_pid && pids_cpu_us(&o.server, &cpu1) != 0) {
+        /* a server (a cluster's node) died during the run */
+        fputs("chatd-bench: a --server-pid process is gone: no server figures\n", stderr);
+        have_pid = false;
+    }
     if (have_pid) {
-        pids_cpu_us(&o.server, &cpu1);
         rss_after = pids_rss_kb(&o.server);
         if (rss_after > rss_peak)
             rss_peak = rss_after;

@@ -172,7 +172,10 @@ start_backends() {
         fi
         sleep 0.1
     done
-    "${AS_PG[@]}" "$PGBIN/createdb" -h "$CDIR" -U postgres chatd_bench
+    if ! "${AS_PG[@]}" "$PGBIN/createdb" -h "$CDIR" -U postgres chatd_bench >>"$OUT/logs/cluster-initdb.log" 2>&1; then
+        log "cluster: createdb failed; see $OUT/logs/cluster-initdb.log"
+        return 1
+    fi
     PG_DSN="host=$CDIR user=postgres dbname=chatd_bench"
 }
 
