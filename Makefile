@@ -25,7 +25,10 @@ test:
 
 # Benchmarks (see docs/benchmarks.md): chatd alone, then chatd beside the
 # servers users would otherwise pick, measured in the same run.
-bench: deps
+# `make bench` ends with three nodes on PostgreSQL and Redis (bench/cluster.sh),
+# so it installs those servers' packages too.
+bench:
+	@./scripts/deps.sh bench
 	@./bench/run.sh
 
 bench-peers: deps

@@ -43,6 +43,16 @@
  * the text the benchmark's provider (chatd-fake-provider, fake_answer.h)
  * streamed for the seed written in the question.
  *
+ * `cross` mode drives several nodes of one cluster: a user's sending
+ * devices connect to --port (node A) and behave as in `chat`; the user has
+ * one more device on each --remote-ports node (B, C...), which sends
+ * nothing. The deliveries those receive are the operations, timed like
+ * chat's from the send time in the client id: the generator is one process
+ * with one clock, so no clocks need agreeing. With a list of --server-pid
+ * (the nodes) the server figures are sums; --backend-pids (Redis,
+ * PostgreSQL's postmaster, whose backends are found among its children
+ * when the measured interval starts) are reported apart.
+ *
  * Usage errors exit 2; run-time failures exit 1; a run exits 0 even when some
  * connections failed (they are reported).
  */
@@ -50,6 +60,7 @@
 #include "fake_answer.h"
 #include "ws/frame.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -82,11 +93,20 @@
 
 /* ---- options ------------------------------------------------------------ */
 
-enum mode { M_ECHO, M_CHAT, M_FANOUT, M_IDLE, M_CONNECT, M_ASSISTANT };
+enum mode { M_ECHO, M_CHAT, M_FANOUT, M_IDLE, M_CONNECT, M_ASSISTANT, M_CROSS };
 enum proto { P_CHATD, P_PLAIN, P_SOCKETIO };
 
-static const char *const mode_names[] = {"echo", "chat", "fanout", "idle", "connect", "assistant"};
+static const char *const mode_names[] = {"echo", "chat", "fanout", "idle", "connect", "assistant", "cross"};
 static const char *const proto_names[] = {"chatd", "plain", "socketio"};
+
+#define MAX_REMOTE 8      /* cross: --remote-ports */
+#define MAX_PIDS 128      /* --server-pid and --backend-pids, children included */
+
+/* A list of process ids given as PID[,PID...]. */
+struct pidlist {
+    unsigned n;
+    int pid[MAX_PIDS];
+};
 
 struct opts {
     enum mode mode;
@@ -105,7 +125,10 @@ struct opts {
     unsigned watchers, max_devices;
     unsigned concurrency;
     double duration, warmup, setup_timeout;
-    int server_pid;            /* 0: no server figures */
+    struct pidlist server;     /* empty: no server figures; several: summed (a cluster's nodes) */
+    struct pidlist backend;    /* Redis, PostgreSQL...: CPU reported apart, children included */
+    unsigned remote_ports[MAX_REMOTE]; /* cross: where the receiving devices connect */
+    unsigned nremote;
     int provider_pid;          /* assistant: the provider's CPU is reported too */
     unsigned answer_bytes;     /* assistant: the provider's answer size, 0: unknown */
     bool json;
@@ -137,10 +160,17 @@ static const char usage[] =
     "           streaming at once (first to last delta) at the peak; every\n"
     "           answer is checked (deltas placed by offset == final content == the text\n"
     "           chatd-fake-provider streamed, when --answer-bytes is given)\n"
+    "  cross    several chatd nodes as one (a cluster): every user has --devices sending\n"
+    "           devices on --port, each keeping --inflight user_messages in flight in a\n"
+    "           session of its own, and one device on each --remote-ports node that only\n"
+    "           receives: deliveries on the other nodes per second (the ops) and\n"
+    "           send->delivery latency there, beside acks and local deliveries\n"
     "\n"
     "Target:\n"
     "  --host H             server address (default 127.0.0.1)\n"
     "  --port P             server port (default 8080)\n"
+    "  --remote-ports LIST  cross: comma-separated ports of the other nodes (same --host),\n"
+    "                       at most 8\n"
     "  --path P             request path (default: /echo for echo, /ws for chatd,\n"
     "                       / for plain, /socket.io/?EIO=4&transport=websocket for socketio)\n"
     "  --proto P            chatd (JSON chat protocol, JWT in Authorization), plain (raw text\n"
@@ -155,17 +185,17 @@ static const char usage[] =
     "Load:\n"
     "  --connections N      echo/idle: connections (default 100 echo, 1000 idle);\n"
     "                       connect: concurrent handshake loops (default 50)\n"
-    "  --inflight N         echo: messages in flight per connection (default 8); chat: unacked\n"
-    "                       messages per device (default 1); fanout: messages sent and not yet\n"
-    "                       delivered to every watcher (default 4)\n"
+    "  --inflight N         echo: messages in flight per connection (default 8); chat and\n"
+    "                       cross: unacked messages per sending device (default 1); fanout:\n"
+    "                       messages sent and not yet delivered to every watcher (default 4)\n"
     "  --size N             echo/plain payload bytes, chat content bytes (default 64; echo and\n"
     "                       plain fanout need at least 16)\n"
-    "  --users U            chat: users (default 50); assistant: users, one connection and\n"
-    "                       one question each (default 500)\n"
+    "  --users U            chat, cross: users (default 50); assistant: users, one\n"
+    "                       connection and one question each (default 500)\n"
     "  --answer-bytes N     assistant: chatd-fake-provider's --answer-bytes; answers are\n"
     "                       then checked against its text too (default 0: not checked)\n"
-    "  --devices D          chat: devices per user (default 2); idle/connect: connections per\n"
-    "                       user (default 1 there)\n"
+    "  --devices D          chat: devices per user (default 2); cross: sending devices per\n"
+    "                       user (default 1); idle/connect: connections per user (default 1)\n"
     "  --user-offset N      number users from N (two generators against one server)\n"
     "  --watchers N         fanout: connections on the session, the sender included (default\n"
     "                       1000): 1 sender + half of the rest owner devices (at most\n"
@@ -183,7 +213,11 @@ static const char usage[] =
     "\n"
     "Report:\n"
     "  --server-pid PID     read the server's CPU time (utime+stime, /proc/PID/stat) and RSS\n"
-    "                       (/proc/PID/status) around the measured interval\n"
+    "                       (/proc/PID/status) around the measured interval; PID,PID,... for\n"
+    "                       several servers (a cluster's nodes): the sums\n"
+    "  --backend-pids LIST  processes the server relies on (Redis, PostgreSQL's postmaster),\n"
+    "                       comma-separated: their CPU time over the measured interval, and\n"
+    "                       that of their children found when it starts, reported apart\n"
     "  --provider-pid PID   assistant: report the provider's CPU time over the run too\n"
     "  --label TEXT         copied into the report (e.g. the server's name)\n"
     "  --json               print one JSON line on stdout (the human summary goes to stderr)\n"
@@ -623,6 +657,100 @@ static uint64_t self_cpu_us(void)
            (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
+/* utime + stime summed over the list (a cluster's nodes); 0 or the first
+ * error. */
+static int pids_cpu_us(const struct pidlist *l, uint64_t *out)
+{
+    uint64_t sum = 0;
+    for (unsigned i = 0; i < l->n; i++) {
+        uint64_t v = 0;
+        int rc = proc_cpu_us(l->pid[i], &v);
+        if (rc != 0)
+            return rc;
+        sum += v;
+    }
+    *out = sum;
+    return 0;
+}
+
+/* VmRSS summed over the list in kB, or -1 when none could be read. */
+static long pids_rss_kb(const struct pidlist *l)
+{
+    long sum = -1;
+    for (unsigned i = 0; i < l->n; i++) {
+        long r = proc_rss_kb(l->pid[i]);
+        if (r >= 0)
+            sum = sum < 0 ? r : sum + r;
+    }
+    return sum;
+}
+
+/* The parent of pid, or -1. */
+static int proc_ppid(int pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    int ppid = -1;
+    /* After ")": the state, then the parent. */
+    if (p == NULL || sscanf(p + 1, " %*c %d", &ppid) != 1)
+        return -1;
+    return ppid;
+}
+
+/* Append the children of the processes in l (one level: PostgreSQL's
+ * backends and helpers under its postmaster), as many as fit. */
+static void pids_add_children(struct pidlist *l)
+{
+    DIR *d = opendir("/proc");
+    if (d == NULL)
+        return;
+    unsigned parents = l->n;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL && l->n < MAX_PIDS) {
+        if (e->d_name[0] < '1' || e->d_name[0] > '9')
+            continue;
+        int pid = atoi(e->d_name), ppid = proc_ppid(pid);
+        for (unsigned i = 0; i < parents; i++) {
+            if (ppid == l->pid[i]) {
+                l->pid[l->n++] = pid;
+                break;
+            }
+        }
+    }
+    closedir(d);
+}
+
+/* Each process's utime + stime; UINT64_MAX for one that cannot be read
+ * (it exited). */
+static void pids_cpu_each(const struct pidlist *l, uint64_t *each)
+{
+    for (unsigned i = 0; i < l->n; i++) {
+        if (proc_cpu_us(l->pid[i], &each[i]) != 0)
+            each[i] = UINT64_MAX;
+    }
+}
+
+/* The CPU time used between two pids_cpu_each by the processes read at
+ * both ends. */
+static uint64_t pids_cpu_delta(unsigned n, const uint64_t *before, const uint64_t *after)
+{
+    uint64_t sum = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (before[i] != UINT64_MAX && after[i] != UINT64_MAX && after[i] >= before[i])
+            sum += after[i] - before[i];
+    }
+    return sum;
+}
+
 /* ---- run state ---------------------------------------------------------- */
 
 enum phase { PH_SETUP, PH_WARMUP, PH_MEASURE, PH_DONE };
@@ -637,6 +765,7 @@ enum role {
     R_IDLE,     /* idle: authenticate and stay */
     R_CONNECT,  /* connect: authenticate, drop, repeat */
     R_ASKER,    /* assistant: ask once in a new session, check the answer */
+    R_REMOTE,   /* cross: a device on another node that only receives */
 };
 
 enum cstate { CS_IDLE, CS_CONNECTING, CS_HANDSHAKE, CS_OPEN, CS_DEAD };
@@ -655,6 +784,7 @@ struct conn {
     bool in_frag;              /* a fragmented message is being gathered */
     uint8_t frag_op;
     uint8_t session_len;
+    uint8_t target;            /* 0: --port; 1..: --remote-ports (cross) */
     uint32_t gen;              /* bumped at every close: a reused slot is a new connection */
     const char *token;         /* borrowed from g_tokens; NULL for no auth */
     uint8_t *rbuf;             /* owned: bytes read, not yet parsed */
@@ -690,6 +820,7 @@ struct worker {
     /* counted during MEASURE only, read by main after join */
     uint64_t ops, sent, acks, deliveries, handshakes;
     struct hist h_main, h_aux;
+    struct hist h_local;       /* cross: send->delivery on the sender's own node */
     /* counted always */
     uint64_t connect_errors, http_errors, closed, proto_errors, errors, rate_limited;
     int last_http_status;
@@ -728,8 +859,9 @@ static char g_session[80];
 static size_t g_session_len;
 static uint32_t g_fan_expect = 1;   /* deliveries per fan-out message */
 static struct worker *g_workers;
-static struct sockaddr_storage g_addr;
-static socklen_t g_addrlen;
+static struct sockaddr_storage g_addr[1 + MAX_REMOTE]; /* by conn target */
+static socklen_t g_addrlen[1 + MAX_REMOTE];
+static unsigned g_port[1 + MAX_REMOTE];
 static char **g_tokens;             /* per connection index; entries may be shared */
 static char g_nonce[9];             /* per run: makes client ids unique across runs */
 static char *g_pad;                 /* o.size bytes of 'x' */
@@ -924,7 +1056,7 @@ static void conn_open(struct conn *c)
     struct worker *w = c->w;
     c->t_start = now_ns();
     c->state = CS_CONNECTING;
-    int fd = socket(g_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(g_addr[c->target].ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         c->fd = -1;
         conn_fail(c, errno);
@@ -947,7 +1079,8 @@ static void conn_open(struct conn *c)
             return;
         }
     }
-    if (connect(fd, (struct sockaddr *)&g_addr, g_addrlen) != 0 && errno != EINPROGRESS) {
+    const struct sockaddr *to = (const struct sockaddr *)&g_addr[c->target];
+    if (connect(fd, to, g_addrlen[c->target]) != 0 && errno != EINPROGRESS) {
         conn_fail(c, errno);
         return;
     }
@@ -965,7 +1098,7 @@ static int send_upgrade(struct conn *c)
                      "GET %s HTTP/1.1\r\nHost: %s:%u\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                      "Sec-WebSocket-Version: 13\r\n%s%s%s%s%s%s\r\n",
-                     o.path, o.host, o.port, c->token ? "Authorization: Bearer " : "",
+                     o.path, o.host, g_port[c->target], c->token ? "Authorization: Bearer " : "",
                      c->token ? c->token : "", c->token ? "\r\n" : "",
                      o.subprotocol ? "Sec-WebSocket-Protocol: " : "",
                      o.subprotocol ? o.subprotocol : "", o.subprotocol ? "\r\n" : "");
@@ -1027,7 +1160,7 @@ static void count_sent(struct conn *c)
 /* Top the connection's window up (echo, chat). */
 static void fill(struct conn *c)
 {
-    if (c->state != CS_OPEN || !c->ready)
+    if (c->state != CS_OPEN || !c->ready || c->role == R_REMOTE)
         return;
     int ph = phase_now();
     if (ph != PH_WARMUP && ph != PH_MEASURE)
@@ -1076,10 +1209,13 @@ static void on_delivery_ts(struct conn *c, uint64_t ts)
                           memory_order_relaxed);
     if (phase_now() == PH_MEASURE) {
         w->deliveries++;
-        if (o.mode == M_FANOUT)
+        uint64_t now = now_ns(), lat = now > ts ? now - ts : 0;
+        if (o.mode == M_FANOUT || (o.mode == M_CROSS && c->role == R_REMOTE)) {
             w->ops++;
-        uint64_t now = now_ns();
-        hist_add(o.mode == M_FANOUT ? &w->h_main : &w->h_aux, now > ts ? now - ts : 0);
+            hist_add(&w->h_main, lat);
+        } else {
+            hist_add(o.mode == M_CROSS ? &w->h_local : &w->h_aux, lat);
+        }
     }
 }
 
@@ -1293,7 +1429,7 @@ static void on_chatd(struct conn *c, const uint8_t *p, size_t n)
                 uint64_t now = now_ns();
                 hist_add(o.mode == M_CHAT ? &w->h_main : &w->h_aux, now > ts ? now - ts : 0);
             }
-            if (o.mode == M_CHAT)
+            if (o.mode == M_CHAT || o.mode == M_CROSS)
                 fill(c);
         } else if (t.id[0] == 'c') {
             if (t.sid_len == 0 || t.sid_len >= sizeof c->session) {
@@ -1310,7 +1446,7 @@ static void on_chatd(struct conn *c, const uint8_t *p, size_t n)
                 atomic_store_explicit(&g_session_ready, 1, memory_order_release);
             }
             mark_ready(c);
-            if (phase_now() >= PH_WARMUP && o.mode == M_CHAT)
+            if (phase_now() >= PH_WARMUP && (o.mode == M_CHAT || o.mode == M_CROSS))
                 fill(c);
         } else if (t.id[0] == 'j') {
             mark_ready(c);
@@ -1348,7 +1484,7 @@ static void on_chatd(struct conn *c, const uint8_t *p, size_t n)
                 c->inflight--;
             if (c->role == R_SENDER)
                 w->fan_skipped++;
-            if (o.mode == M_CHAT)
+            if (o.mode == M_CHAT || o.mode == M_CROSS)
                 fill(c);
         } else if (t.id_len > 0 && (t.id[0] == 'c' || t.id[0] == 'j')) {
             conn_fail(c, 0);   /* setup refused */
@@ -1643,7 +1779,7 @@ static void on_phase(struct worker *w, int ph)
         if (o.mode == M_CONNECT) {
             for (uint32_t i = 0; i < w->n; i++)
                 conn_open(&w->conns[i]);
-        } else if (o.mode == M_ECHO || o.mode == M_CHAT) {
+        } else if (o.mode == M_ECHO || o.mode == M_CHAT || o.mode == M_CROSS) {
             for (uint32_t i = 0; i < w->n; i++)
                 fill(&w->conns[i]);
         }
@@ -1718,6 +1854,38 @@ static int parse_uint(const char *s, unsigned lo, unsigned hi, unsigned *out)
     return 0;
 }
 
+/* A comma-separated list of at most max numbers in [lo, hi]; 0 or -EINVAL. */
+static int parse_list(const char *s, unsigned lo, unsigned hi, unsigned max, unsigned *out, unsigned *n)
+{
+    *n = 0;
+    for (;;) {
+        char item[16];
+        size_t len = strcspn(s, ",");
+        if (len == 0 || len >= sizeof item || *n >= max)
+            return -EINVAL;
+        memcpy(item, s, len);
+        item[len] = '\0';
+        if (parse_uint(item, lo, hi, &out[*n]) != 0)
+            return -EINVAL;
+        (*n)++;
+        if (s[len] == '\0')
+            return 0;
+        s += len + 1;
+    }
+}
+
+/* PID[,PID...], at most 16 (children found later take the rest). */
+static int parse_pids(const char *s, struct pidlist *l)
+{
+    unsigned v[16], n = 0;
+    if (parse_list(s, 1, 1u << 30, 16, v, &n) != 0)
+        return -EINVAL;
+    for (unsigned i = 0; i < n; i++)
+        l->pid[i] = (int)v[i];
+    l->n = n;
+    return 0;
+}
+
 static int parse_secs(const char *s, double *out)
 {
     char *end;
@@ -1739,7 +1907,7 @@ enum {
     OPT_HOST = 256, OPT_PORT, OPT_PATH, OPT_PROTO, OPT_SUBPROTO, OPT_SECRET, OPT_CONNS,
     OPT_INFLIGHT, OPT_SIZE, OPT_USERS, OPT_DEVICES, OPT_USER_OFFSET, OPT_WATCHERS,
     OPT_MAXDEV, OPT_THREADS, OPT_CONC, OPT_WARMUP, OPT_DURATION, OPT_SETUP, OPT_PID,
-    OPT_LABEL, OPT_JSON, OPT_HELP, OPT_PPID, OPT_ANSWER,
+    OPT_LABEL, OPT_JSON, OPT_HELP, OPT_PPID, OPT_ANSWER, OPT_REMOTE, OPT_BACKEND,
 };
 
 static int parse_args(int argc, char **argv)
@@ -1770,6 +1938,8 @@ static int parse_args(int argc, char **argv)
         {"help", no_argument, 0, OPT_HELP},
         {"provider-pid", required_argument, 0, OPT_PPID},
         {"answer-bytes", required_argument, 0, OPT_ANSWER},
+        {"remote-ports", required_argument, 0, OPT_REMOTE},
+        {"backend-pids", required_argument, 0, OPT_BACKEND},
         {0, 0, 0, 0},
     };
     bool devices_set = false, users_set = false, duration_set = false;
@@ -1827,7 +1997,9 @@ static int parse_args(int argc, char **argv)
         case OPT_WARMUP: rc = parse_secs(a, &o.warmup); break;
         case OPT_DURATION: rc = parse_secs(a, &o.duration); duration_set = true; break;
         case OPT_SETUP: rc = parse_secs(a, &o.setup_timeout); break;
-        case OPT_PID: rc = parse_uint(a, 1, 1u << 30, &pid); o.server_pid = (int)pid; break;
+        case OPT_PID: rc = parse_pids(a, &o.server); break;
+        case OPT_BACKEND: rc = parse_pids(a, &o.backend); break;
+        case OPT_REMOTE: rc = parse_list(a, 1, 65535, MAX_REMOTE, o.remote_ports, &o.nremote); break;
         case OPT_LABEL: o.label = a; break;
         case OPT_PPID: rc = parse_uint(a, 1, 1u << 30, &pid); o.provider_pid = (int)pid; break;
         case OPT_ANSWER: rc = parse_uint(a, 0, 64u << 20, &o.answer_bytes); break;
@@ -1856,8 +2028,12 @@ static int parse_args(int argc, char **argv)
         return usage_error("unknown mode", m);
     if (o.mode == M_ECHO)
         o.proto = P_PLAIN;
-    if ((o.mode == M_CHAT || o.mode == M_ASSISTANT) && o.proto != P_CHATD)
-        return usage_error("chat and assistant modes speak only --proto chatd", NULL);
+    if ((o.mode == M_CHAT || o.mode == M_ASSISTANT || o.mode == M_CROSS) && o.proto != P_CHATD)
+        return usage_error("chat, cross and assistant modes speak only --proto chatd", NULL);
+    if (o.mode == M_CROSS && o.nremote == 0)
+        return usage_error("cross mode needs --remote-ports", NULL);
+    if (o.mode != M_CROSS && o.nremote > 0)
+        return usage_error("--remote-ports is for cross mode", NULL);
     if (o.mode == M_ASSISTANT) {
         if (!users_set)
             o.users = 500;
@@ -1869,7 +2045,7 @@ static int parse_args(int argc, char **argv)
         o.connections = o.mode == M_ECHO ? 100 : o.mode == M_CONNECT ? 50 : 1000;
     if (o.inflight == 0)
         o.inflight = o.mode == M_ECHO ? 8 : o.mode == M_FANOUT ? 4 : 1;
-    if (!devices_set && (o.mode == M_IDLE || o.mode == M_CONNECT))
+    if (!devices_set && (o.mode == M_IDLE || o.mode == M_CONNECT || o.mode == M_CROSS))
         o.devices = 1;
     if ((o.mode == M_ECHO || (o.mode == M_FANOUT && o.proto != P_CHATD)) && o.size < 16)
         return usage_error("--size must be at least 16 here (the send time is 16 hex digits)", NULL);
@@ -1881,7 +2057,7 @@ static int parse_args(int argc, char **argv)
     }
     if (o.mode == M_FANOUT && o.watchers < 1)
         return usage_error("--watchers must be at least 1", NULL);
-    if (o.mode == M_CHAT && (uint64_t)o.users * o.devices > 1000000)
+    if ((o.mode == M_CHAT || o.mode == M_CROSS) && (uint64_t)o.users * (o.devices + o.nremote) > 1000000)
         return usage_error("--users x --devices is too large", NULL);
     if (o.path == NULL) {
         if (o.mode == M_ECHO)
@@ -1928,6 +2104,11 @@ static int plan(enum role *roles)
         case M_IDLE: roles[i] = R_IDLE; user = i / o.devices; break;
         case M_CONNECT: roles[i] = R_CONNECT; user = i / o.devices; break;
         case M_ASSISTANT: roles[i] = R_ASKER; user = i; break;
+        case M_CROSS:
+            /* a user's senders, then its receivers, at adjacent indexes */
+            user = i / (o.devices + o.nremote);
+            roles[i] = i % (o.devices + o.nremote) < o.devices ? R_DEVICE : R_REMOTE;
+            break;
         case M_FANOUT:
             if (i == 0) {
                 roles[i] = R_SENDER;
@@ -1957,21 +2138,36 @@ static int plan(enum role *roles)
     return 0;
 }
 
+/* The node a connection index talks to: 0 (--port), or in cross mode
+ * 1 + n for a receiver on the n-th of --remote-ports. */
+static uint8_t target_of(uint32_t idx)
+{
+    if (o.mode != M_CROSS)
+        return 0;
+    uint32_t k = idx % (o.devices + o.nremote);
+    return k < o.devices ? 0 : (uint8_t)(1 + k - o.devices);
+}
+
 static int resolve(void)
 {
-    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
-    char port[16];
-    snprintf(port, sizeof port, "%u", o.port);
-    int rc = getaddrinfo(o.host, port, &hints, &res);
-    if (rc != 0 || res == NULL) {
-        fprintf(stderr, "chatd-bench: cannot resolve %s: %s\n", o.host, gai_strerror(rc));
-        return -EINVAL;
+    g_port[0] = o.port;
+    for (unsigned i = 0; i < o.nremote; i++)
+        g_port[1 + i] = o.remote_ports[i];
+    for (unsigned i = 0; i <= o.nremote; i++) {
+        struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+        char port[16];
+        snprintf(port, sizeof port, "%u", g_port[i]);
+        int rc = getaddrinfo(o.host, port, &hints, &res);
+        if (rc != 0 || res == NULL) {
+            fprintf(stderr, "chatd-bench: cannot resolve %s: %s\n", o.host, gai_strerror(rc));
+            return -EINVAL;
+        }
+        memcpy(&g_addr[i], res->ai_addr, res->ai_addrlen);
+        g_addrlen[i] = res->ai_addrlen;
+        freeaddrinfo(res);
     }
-    memcpy(&g_addr, res->ai_addr, res->ai_addrlen);
-    g_addrlen = res->ai_addrlen;
-    freeaddrinfo(res);
-    if (g_addr.ss_family == AF_INET && o.mode != M_CONNECT) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)&g_addr;
+    if (g_addr[0].ss_family == AF_INET && o.mode != M_CONNECT) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&g_addr[0];
         if ((ntohl(a->sin_addr.s_addr) >> 24) == 127)
             g_nsrc = g_total / 8000 + 1;
     }
@@ -2117,6 +2313,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     g_total = o.mode == M_CHAT ? o.users * o.devices
+              : o.mode == M_CROSS ? o.users * (o.devices + o.nremote)
               : o.mode == M_FANOUT ? o.watchers
               : o.mode == M_ASSISTANT ? o.users
               : o.connections;
@@ -2172,6 +2369,7 @@ int main(int argc, char **argv)
             c->fd = -1;
             c->idx = k * o.threads + t;
             c->role = (uint8_t)roles[c->idx];
+            c->target = target_of(c->idx);
             c->token = g_tokens[c->idx];
             c->rcap = RBUF_INIT;
             c->rbuf = malloc(c->rcap);
@@ -2182,15 +2380,15 @@ int main(int argc, char **argv)
         }
     }
 
-    bool have_pid = o.server_pid > 0;
+    bool have_pid = o.server.n > 0;
     uint64_t cpu_setup0 = 0, cpu_setup1 = 0, cpu0 = 0, cpu1 = 0;
     long rss_before = -1, rss_after = -1;
     if (have_pid) {
-        if (proc_cpu_us(o.server_pid, &cpu_setup0) != 0) {
-            fprintf(stderr, "chatd-bench: cannot read /proc/%d/stat\n", o.server_pid);
+        if (pids_cpu_us(&o.server, &cpu_setup0) != 0) {
+            fprintf(stderr, "chatd-bench: cannot read /proc/PID/stat of every --server-pid\n");
             return 1;
         }
-        rss_before = proc_rss_kb(o.server_pid);
+        rss_before = pids_rss_kb(&o.server);
     }
 
     uint64_t t_setup = now_ns();
@@ -2207,7 +2405,7 @@ int main(int argc, char **argv)
     double setup_s = (double)(now_ns() - t_setup) / 1e9;
     uint32_t ready = atomic_load(&g_ready);
     if (have_pid)
-        proc_cpu_us(o.server_pid, &cpu_setup1);
+        pids_cpu_us(&o.server, &cpu_setup1);
     fprintf(stderr, "chatd-bench: %s: %u of %u connections ready in %.2f s, %u failed\n", mode_names[o.mode],
             ready, expect, setup_s, atomic_load(&g_failed));
     if (o.mode == M_FANOUT)
@@ -2225,8 +2423,17 @@ int main(int argc, char **argv)
     uint64_t self0 = self_cpu_us();
     uint64_t mbusy0 = 0, mtotal0 = 0, mbusy1 = 0, mtotal1 = 0;
     proc_machine(&mbusy0, &mtotal0);
+    uint64_t *bcpu0 = NULL, *bcpu1 = NULL;
+    if (o.backend.n > 0) {
+        pids_add_children(&o.backend);
+        bcpu0 = calloc(o.backend.n, sizeof *bcpu0);
+        bcpu1 = calloc(o.backend.n, sizeof *bcpu1);
+        if (bcpu0 == NULL || bcpu1 == NULL)
+            return 1;
+        pids_cpu_each(&o.backend, bcpu0);
+    }
     if (have_pid)
-        proc_cpu_us(o.server_pid, &cpu0);
+        pids_cpu_us(&o.server, &cpu0);
     if (have_ppid && proc_cpu_us(o.provider_pid, &pcpu0) != 0)
         have_ppid = false;
     uint64_t t0 = now_ns();
@@ -2238,7 +2445,7 @@ int main(int argc, char **argv)
             if (atomic_load_explicit(&g_answered, memory_order_acquire) >= ready || now >= limit)
                 break;
             if (have_pid && now >= next_rss) {
-                long r = proc_rss_kb(o.server_pid);
+                long r = pids_rss_kb(&o.server);
                 if (r > rss_peak)
                     rss_peak = r;
                 next_rss = now + 50000000ull;
@@ -2249,14 +2456,20 @@ int main(int argc, char **argv)
         sleep_s(o.duration);
     }
     uint64_t t1 = now_ns();
+    if (have_pid && pids_cpu_us(&o.server, &cpu1) != 0) {
+        /* a server (a cluster's node) died during the run */
+        fputs("chatd-bench: a --server-pid process is gone: no server figures\n", stderr);
+        have_pid = false;
+    }
     if (have_pid) {
-        proc_cpu_us(o.server_pid, &cpu1);
-        rss_after = proc_rss_kb(o.server_pid);
+        rss_after = pids_rss_kb(&o.server);
         if (rss_after > rss_peak)
             rss_peak = rss_after;
     }
     if (have_ppid)
         proc_cpu_us(o.provider_pid, &pcpu1);
+    if (o.backend.n > 0)
+        pids_cpu_each(&o.backend, bcpu1);
     uint64_t self1 = self_cpu_us();
     proc_machine(&mbusy1, &mtotal1);
     atomic_store_explicit(&g_phase, PH_DONE, memory_order_release);
@@ -2264,8 +2477,8 @@ int main(int argc, char **argv)
         pthread_join(g_workers[t].th, NULL);
 
     /* merge */
-    struct hist *hm = calloc(1, sizeof *hm), *ha = calloc(1, sizeof *ha);
-    if (hm == NULL || ha == NULL)
+    struct hist *hm = calloc(1, sizeof *hm), *ha = calloc(1, sizeof *ha), *hl = calloc(1, sizeof *hl);
+    if (hm == NULL || ha == NULL || hl == NULL)
         return 1;
     uint64_t ops = 0, sent = 0, acks = 0, deliveries = 0, cerr = 0, herr = 0, closed = 0, perr = 0,
              errs = 0, rl = 0;
@@ -2288,6 +2501,7 @@ int main(int argc, char **argv)
             last_errno = w->last_errno;
         hist_merge(hm, &w->h_main);
         hist_merge(ha, &w->h_aux);
+        hist_merge(hl, &w->h_local);
     }
     double secs = (double)(t1 - t0) / 1e9;
     struct worker asum;
@@ -2320,13 +2534,19 @@ int main(int argc, char **argv)
     json_object_set_new(j, "path", json_string(o.path));
     json_object_set_new(j, "threads", json_integer(o.threads));
     json_object_set_new(j, "connections", json_integer(g_total));
-    if (o.mode == M_ECHO || o.mode == M_CHAT || o.mode == M_FANOUT) {
+    if (o.mode == M_ECHO || o.mode == M_CHAT || o.mode == M_FANOUT || o.mode == M_CROSS) {
         json_object_set_new(j, "inflight", json_integer(o.inflight));
         json_object_set_new(j, "size", json_integer(o.size));
     }
-    if (o.mode == M_CHAT) {
+    if (o.mode == M_CHAT || o.mode == M_CROSS) {
         json_object_set_new(j, "users", json_integer(o.users));
         json_object_set_new(j, "devices", json_integer(o.devices));
+    }
+    if (o.mode == M_CROSS) {
+        json_t *rp = json_array();
+        for (unsigned i = 0; i < o.nremote; i++)
+            json_array_append_new(rp, json_integer(o.remote_ports[i]));
+        json_object_set_new(j, "remote_ports", rp);
     }
     if (o.mode == M_FANOUT) {
         json_object_set_new(j, "watchers", json_integer(o.watchers));
@@ -2351,10 +2571,19 @@ int main(int argc, char **argv)
     json_object_set_new(j, "ops_per_s", json_real(r1(ops_per_s)));
     if (o.mode != M_IDLE && o.mode != M_CONNECT && o.mode != M_ASSISTANT)
         json_object_set_new(j, "sent", json_integer((json_int_t)sent));
-    if (o.mode == M_CHAT || o.mode == M_FANOUT) {
+    if (o.mode == M_CHAT || o.mode == M_FANOUT || o.mode == M_CROSS) {
         json_object_set_new(j, "acks", json_integer((json_int_t)acks));
         json_object_set_new(j, "deliveries", json_integer((json_int_t)deliveries));
         json_object_set_new(j, "deliveries_per_s", json_real(r1(secs > 0 ? (double)deliveries / secs : 0)));
+    }
+    if (o.mode == M_CROSS) {
+        /* every acked message should reach each remote node's device once:
+         * remote_deliveries_per_ack near nremote (the interval's edges blur it) */
+        json_object_set_new(j, "acks_per_s", json_real(r1(secs > 0 ? (double)acks / secs : 0)));
+        json_object_set_new(j, "remote_deliveries", json_integer((json_int_t)ops));
+        json_object_set_new(j, "local_deliveries", json_integer((json_int_t)(deliveries - ops)));
+        json_object_set_new(j, "remote_deliveries_per_ack",
+                            json_real(r3(acks ? (double)ops / (double)acks : 0)));
     }
     if (o.mode == M_ASSISTANT) {
         uint64_t unfinished = asum.a_sent - asum.a_done - asum.a_failed;
@@ -2399,15 +2628,26 @@ int main(int argc, char **argv)
     }
     if (o.mode == M_CHAT)
         set_lat(j, "delivery", ha);
-    if (o.mode == M_FANOUT && o.proto == P_CHATD)
+    if ((o.mode == M_FANOUT && o.proto == P_CHATD) || o.mode == M_CROSS)
         set_lat(j, "ack", ha);
+    if (o.mode == M_CROSS)
+        set_lat(j, "local_delivery", hl);   /* latency_* is the remote delivery's */
     if (have_pid) {
-        json_object_set_new(j, "server_pid", json_integer(o.server_pid));
+        if (o.server.n == 1) {
+            json_object_set_new(j, "server_pid", json_integer(o.server.pid[0]));
+        } else {
+            json_t *sp = json_array();
+            for (unsigned i = 0; i < o.server.n; i++)
+                json_array_append_new(sp, json_integer(o.server.pid[i]));
+            json_object_set_new(j, "server_pids", sp);
+        }
         json_object_set_new(j, "server_cpu_us", json_integer((json_int_t)cpu_us));
         json_object_set_new(j, "server_cpu_util", json_real(r3(secs > 0 ? cpu_us / 1e6 / secs : 0)));
         json_object_set_new(j, "server_cpu_us_per_op", json_real(r3(cpu_per_op)));
-        if (o.mode == M_CHAT && deliveries)
+        if ((o.mode == M_CHAT || o.mode == M_CROSS) && deliveries)
             json_object_set_new(j, "server_cpu_us_per_delivery", json_real(r3(cpu_us / (double)deliveries)));
+        if (o.mode == M_CROSS && acks)
+            json_object_set_new(j, "server_cpu_us_per_ack", json_real(r3(cpu_us / (double)acks)));
         if (o.mode == M_FANOUT && sent)
             json_object_set_new(j, "server_cpu_us_per_msg", json_real(r3(cpu_us / (double)sent)));
         if (o.mode == M_ASSISTANT) {
@@ -2428,7 +2668,16 @@ int main(int argc, char **argv)
      * server + generator means something else ran and the figures are noisy. */
     double msecs = (double)(t1 - t0) / 1e9;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    double provider_cores = 0;
+    double provider_cores = 0, backend_cores = 0;
+    if (o.backend.n > 0 && msecs > 0) {
+        uint64_t bus = pids_cpu_delta(o.backend.n, bcpu0, bcpu1);
+        backend_cores = (double)bus / 1e6 / msecs;
+        json_object_set_new(j, "backend_processes", json_integer(o.backend.n));
+        json_object_set_new(j, "backend_cpu_us", json_integer((json_int_t)bus));
+        json_object_set_new(j, "backend_cpu_util", json_real(r3(backend_cores)));
+        if (ops)
+            json_object_set_new(j, "backend_cpu_us_per_op", json_real(r3((double)bus / (double)ops)));
+    }
     if (have_ppid && msecs > 0) {
         provider_cores = (double)(pcpu1 - pcpu0) / 1e6 / msecs;
         json_object_set_new(j, "provider_cpu_us", json_integer((json_int_t)(pcpu1 - pcpu0)));
@@ -2443,7 +2692,8 @@ int main(int argc, char **argv)
         json_object_set_new(j, "machine_busy_cores", json_real(r3(busy)));
         if (have_pid && o.mode != M_IDLE)
             json_object_set_new(j, "other_busy_cores",
-                                json_real(r3(busy - mine - provider_cores - (double)(cpu1 - cpu0) / 1e6 / msecs)));
+                                json_real(r3(busy - mine - provider_cores - backend_cores -
+                                             (double)(cpu1 - cpu0) / 1e6 / msecs)));
     }
 
     FILE *human = o.json ? stderr : stdout;
@@ -2458,6 +2708,10 @@ int main(int argc, char **argv)
     if (o.mode == M_IDLE && have_pid && ready)
         fprintf(human, ", rss %ld -> %ld kB = %ld B/conn", rss_before, rss_after,
                 (rss_after - rss_before) * 1024 / (long)ready);
+    if (o.mode == M_CROSS)
+        fprintf(human, "; %.1f acks/s (p50 %.1f p99 %.1f us), local delivery p50 %.1f p99 %.1f us",
+                secs > 0 ? (double)acks / secs : 0, hist_quantile(ha, 0.5) / 1e3, hist_quantile(ha, 0.99) / 1e3,
+                hist_quantile(hl, 0.5) / 1e3, hist_quantile(hl, 0.99) / 1e3);
     if (o.mode == M_ASSISTANT) {
         fprintf(human, "; %" PRIu64 " questions, %" PRIu64 " answers (%" PRIu64 " ok, %" PRIu64 " failed, %" PRIu64
                        " partial), last at %.3f s, at most %u streaming at once",
@@ -2489,6 +2743,9 @@ int main(int argc, char **argv)
     fflush(stdout);
     json_decref(j);
     free(hm);
+    free(hl);
+    free(bcpu0);
+    free(bcpu1);
     free(ha);
     free(hlag);
     release_all(roles);

@@ -198,17 +198,22 @@ stop_server() {
     fi
 }
 
+# What every benchmarked chatd gets (start_chatd, and bench/cluster.sh's
+# nodes): limits raised for load, one worker (it has one core), warn-level
+# logs (no line per connection).
+CHATD_LOAD_FLAGS=(--echo --jwt-secret "$SECRET" --rate-limit 1000000 --input-rate 100000000
+    --input-byte-rate 100000000000 --max-devices 1000 --workers 1 --log-level warn)
+
 # start_chatd NAME [chatd options]: a fresh chatd (new database) for one
-# group of scenarios, with limits raised for load: one worker (it has one
-# core), warn-level logs (no line per connection).
+# group of scenarios, with CHATD_LOAD_FLAGS.
 start_chatd() {
     local name=$1
     shift
     local port
     port=$(free_port)
     rm -f "$OUT/chatd.db" "$OUT/chatd.db-wal" "$OUT/chatd.db-shm"
-    start_server "$name" "$port" "$CHATD" --listen "127.0.0.1:$port" --echo --jwt-secret "$SECRET" \
-        --db "$OUT/chatd.db" --rate-limit 1000000 --input-rate 100000000 --input-byte-rate 100000000000 --max-devices 1000 --workers 1 --log-level warn "$@"
+    start_server "$name" "$port" "$CHATD" --listen "127.0.0.1:$port" "${CHATD_LOAD_FLAGS[@]}" \
+        --db "$OUT/chatd.db" "$@"
 }
 
 # bench_run RESULTS LABEL MODE [chatd-bench options]: one scenario against
@@ -274,6 +279,12 @@ for r in rows:
         notes.append("rss %d B/conn (%d->%d kB)" % (r["rss_bytes_per_conn"], r["server_rss_kb_before"], r["server_rss_kb_after"]))
     if r["mode"] == "chat":
         notes.append("%.0f deliv/s, deliv p50/p99 %.0f/%.0f us" % (r["deliveries_per_s"], r["delivery_p50_us"], r["delivery_p99_us"]))
+    if r["mode"] == "cross":
+        notes.append("%.0f acked/s, ack p50/p99 %.0f/%.0f us, same-node deliv p50/p99 %.0f/%.0f us, %.2f other-node deliv/ack" % (
+            r["acks_per_s"], r["ack_p50_us"], r["ack_p99_us"], r["local_delivery_p50_us"],
+            r["local_delivery_p99_us"], r["remote_deliveries_per_ack"]))
+    if "backend_cpu_util" in r:
+        notes.append("redis+pg %.0f%% cpu, %.2f us/op" % (100 * r["backend_cpu_util"], r.get("backend_cpu_us_per_op", 0)))
     if r["mode"] == "fanout" and r.get("server_cpu_us_per_msg"):
         notes.append("%d deliv/msg, %.0f us/msg" % (r["deliveries_per_msg"], r["server_cpu_us_per_msg"]))
     if r["mode"] == "assistant":
@@ -316,4 +327,54 @@ for i, row in enumerate(out):
     if i == 0:
         print("  ".join("-" * x for x in w))
 EOF
+}
+
+# cluster_summary RESULTS: bench/cluster.sh's runs beside the single SQLite
+# chatd's chat runs of the same results file (when it has them): acked
+# messages/s and their ratio, server CPU per message (the nodes', then with
+# Redis and PostgreSQL added), and the cross-node deliveries.
+cluster_summary() {
+    python3 - "$1" <<'PYEOF' || true
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+ok = [r for r in rows if "error" not in r and "skipped" not in r]
+def find(label, mode):
+    got = [r for r in ok if r.get("label") == label and r["mode"] == mode]
+    return got[-1] if got else None
+def cost(r):
+    c = r.get("server_cpu_us_per_op")
+    if c is None:
+        return "-"
+    if "backend_cpu_us_per_op" in r:
+        return "%.1f+%.1f us" % (c, r["backend_cpu_us_per_op"])
+    return "%.1f us" % c
+print("3 nodes (PostgreSQL + Redis, all on one core) beside one chatd (SQLite), chat: acked msg/s (server CPU per msg: nodes+redis/pg)")
+hdr = ["in flight", "3 nodes, pg", "1 node sync=full", "ratio", "1 node sync=normal", "ratio"]
+out = [hdr]
+for fl, suffix in ((1, ""), (16, " pipelined")):
+    c = find("cluster pg" + suffix, "chat")
+    if c is None:
+        continue
+    row = [str(fl), "%.0f (%s)" % (c["ops_per_s"], cost(c))]
+    for sync in ("full", "normal"):
+        s = find("chatd sync=%s%s" % (sync, suffix), "chat")
+        if s:
+            row += ["%.0f (%s)" % (s["ops_per_s"], cost(s)), "%.2f" % (c["ops_per_s"] / s["ops_per_s"])]
+        else:
+            row += ["-", "-"]
+    out.append(row)
+w = [max(len(r[i]) for r in out) for i in range(len(hdr))]
+for r in out:
+    print("  " + "  ".join(x.ljust(w[i]) for i, x in enumerate(r)).rstrip())
+print("Cross-node: senders on node A, each user's other devices on nodes B and C")
+for suffix in (" 10 senders", "", " pipelined"):
+    x = find("cluster A->B+C" + suffix, "cross")
+    if x is None:
+        continue
+    print("  %3d senders x %2d in flight: %.0f deliveries/s on B+C (%.0f acked msg/s), send -> delivery on "
+          "another node p50 %.2f ms, p99 %.2f ms (same node: %.2f / %.2f ms); %s per delivery on B+C" % (
+              x["users"] * x["devices"], x["inflight"], x["ops_per_s"], x["acks_per_s"],
+              x["latency_p50_us"] / 1e3, x["latency_p99_us"] / 1e3,
+              x["local_delivery_p50_us"] / 1e3, x["local_delivery_p99_us"] / 1e3, cost(x)))
+PYEOF
 }

@@ -18,11 +18,19 @@
 #             bytes in 8-byte deltas, one every 10 ms), then the same with
 #             no pause between deltas: deltas delivered/s, server CPU per
 #             delta, every answer checked (see bench/assistant.sh)
+#   cluster   three chatd nodes on one PostgreSQL and one Redis, all on the
+#             server's core: chat on PostgreSQL (1 and 16 in flight) and
+#             cross-node delivery (senders on node A, their users' other
+#             devices on B and C: deliveries/s there, send->delivery
+#             latency), then a summary beside the SQLite chat figures above
+#             (see bench/cluster.sh; skipped without redis-server and
+#             postgresql)
 # Every figure is server CPU time (utime+stime from /proc/PID/stat) per
 # operation beside the rate. One JSON line per run goes to
-# $BUILD/bench/results.jsonl, then a table is printed. About 3 minutes
+# $BUILD/bench/results.jsonl, then a table is printed. About 4 minutes
 # with the defaults (DURATION=10 WARMUP=2 seconds per scenario; the
-# assistant runs take what their answers take, ~10 s together).
+# assistant runs take what their answers take, ~10 s together; the
+# cluster's five runs and its start ~70 s).
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh
@@ -70,9 +78,13 @@ done
 
 assistant_scenarios "$RESULTS"
 
+"$ROOT/bench/cluster.sh" "$RESULTS" || log "cluster part failed (exit $?); see $OUT/logs/cluster-*.log"
+
 echo
 echo "chatd benchmark ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, server on core $SERVER_CPU, generator on core $GEN_CPU)"
 echo "ops: echo = messages echoed, fanout = deliveries, connect = handshakes, idle = connections, chat = acknowledged messages, assistant = answer deltas delivered"
 print_table "$RESULTS"
+echo
+cluster_summary "$RESULTS"
 echo
 echo "JSON lines: $RESULTS"

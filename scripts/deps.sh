@@ -1,13 +1,19 @@
 #!/bin/sh
 # Install the Debian packages chatd needs to build, run and test.
 # Idempotent: when everything is present it prints nothing and exits 0.
-# Usage: scripts/deps.sh [run|test]   (test adds the test-only packages)
+# Usage: scripts/deps.sh [run|bench|test]   (bench adds what `make bench`
+# starts beside chatd, test the test-only packages)
 set -eu
 
 mode=${1:-test}
 
 pkgs="build-essential cmake pkg-config libuv1-dev libhttp-parser-dev libssl-dev \
 libjansson-dev libsqlite3-dev libpq-dev libhiredis-dev libcurl4-openssl-dev"
+# `make bench`'s cluster part (bench/cluster.sh) starts its own PostgreSQL
+# and Redis, as the cluster tests do.
+if [ "$mode" = bench ]; then
+    pkgs="$pkgs postgresql redis-server"
+fi
 if [ "$mode" = test ]; then
     pkgs="$pkgs libcmocka-dev clang libclang-rt-dev python3 python3-websockets openssl util-linux strace"
     # The PostgreSQL engine's tests start their own server (initdb, pg_ctl).
