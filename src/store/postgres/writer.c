@@ -72,10 +72,14 @@ static const char *const stmt_sql[W_COUNT] = {
      * their requests need of them (the batch keeps it up to date). */
     [W_LOCK] = "SELECT id, owner, last_seq, model, title IS NULL FROM sessions"
                " WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE",
-    /* Of the batch's messages with a client id, those already stored. */
-    [W_DEDUP] = "SELECT e.session_id, e.sender_id, e.client_id, e.seq, e.created_at"
-                " FROM events e JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(s, u, c)"
-                " ON e.session_id = k.s AND e.sender_id = k.u AND e.client_id = k.c",
+    /* Of the batch's messages with a client id, those already stored: one
+     * look-up in events_by_client for each. The LIMIT keeps the subquery
+     * from being merged into a join, which the generic plan of a prepared
+     * statement makes a scan of every event. */
+    [W_DEDUP] = "SELECT k.s, k.u, k.c, e.seq, e.created_at"
+                " FROM unnest($1::text[], $2::text[], $3::text[]) AS k(s, u, c)"
+                " CROSS JOIN LATERAL (SELECT seq, created_at FROM events"
+                " WHERE session_id = k.s AND sender_id = k.u AND client_id = k.c LIMIT 1) AS e",
     [W_SESSION_GET] = "SELECT owner, last_seq, model, title IS NULL FROM sessions"
                       " WHERE id = $1::text FOR UPDATE",
     [W_SESSION_BY_ORIGIN] = "SELECT id FROM sessions WHERE owner = $1::text"
