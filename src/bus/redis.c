@@ -116,10 +116,14 @@
  * before bus_publish returns, so a delta published before the final answer
  * is submitted reaches Redis first (the causality bus.h promises). The
  * events of one batch are pipelined (one round trip). Receiving is a thread
- * of its own on a second connection, in SUBSCRIBE mode, polling the socket
- * and a pipe that stops it: no event loop is needed for one socket, and the
- * handler runs on that thread as bus.h allows. When the connection breaks
- * it reconnects with back-off (100 ms doubling to 2 s) and subscribes again;
+ * of its own running a libuv loop, where hiredis's asynchronous API and its
+ * libuv adapter drive a second connection in SUBSCRIBE mode; other threads
+ * reach the loop through two uv_async handles (the subscriptions wanted
+ * changed, or an answer ended; stop), and a 50 ms timer releases the held
+ * events whose time came and runs the beats below. The handler runs on
+ * that thread as bus.h allows. When the connection breaks (or is not made
+ * within 2 s) it connects again after a back-off (100 ms doubling to 2 s)
+ * and subscribes again;
  * then, for every session it had seen, the hub reads and delivers what was
  * stored after the last seq handed on (bus_handler.fill). A publish that fails
  * (Redis unreachable) is delivered here at once, so this node's connections
@@ -128,9 +132,9 @@
 #include "bus/redis.h"
 
 #include <errno.h>
-#include <fcntl.h>
+#include <hiredis/adapters/libuv.h>
+#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -156,6 +160,7 @@
 #define HEARTBEAT_MS 10000  /* how often a node refreshes its devices */
 #define WATCH_WAIT_MS 2000  /* the longest a new watch waits for its subscription */
 #define RETRY_MS 1000       /* publishing or counting waits this long after a failed connect */
+#define TICK_MS 50          /* the subscriber thread's timer: held events, beats */
 #define STREAM_TTL_MS 600000 /* an answer's text is kept this long after its last piece */
 #define MARK_TTL_MS 6000     /* an answer's mark, refreshed while it runs: a dead node's */
 #define MARK_BEAT_MS 2000    /* answers free their sessions within MARK_TTL_MS */
@@ -211,8 +216,18 @@ struct rbus {
 
     pthread_t sub_thread;
     bool sub_started;
-    int stop_pipe[2];
-    int wake_pipe[2]; /* the subscriptions wanted changed */
+    /* The subscriber thread's loop. The handles are made before the
+     * thread starts (loop_ready); wake and stop are how other threads
+     * reach it (uv_async_send), the rest is the thread's own. */
+    uv_loop_t loop;
+    bool loop_ready;
+    uv_async_t wake; /* the subscriptions wanted changed, or an answer ended */
+    uv_async_t stop;
+    uv_timer_t tick, retry, conn_timer;
+    redisAsyncContext *ac; /* the subscribing connection, NULL between connections */
+    bool ac_connected;
+    bool stopping;
+    int backoff; /* ms before the next connection attempt */
     /* What this node's connections need (bus_watch), and what is
      * subscribed, under mu; cv signals confirmations. */
     pthread_mutex_t mu;
@@ -1155,10 +1170,8 @@ static void redis_release(struct bus *b, const char *session, const char *stream
         r->nmarks++;
     }
     pthread_mutex_unlock(&r->pres_mu);
-    if (added) {
-        ssize_t w = write(r->wake_pipe[1], "m", 1);
-        (void)w;
-    }
+    if (added)
+        uv_async_send(&r->wake);
     /* Dropped: the mark expires (MARK_TTL_MS), and until then other
      * nodes wait for an answer that has ended, up to their timeout. */
 }
@@ -1503,20 +1516,22 @@ static void on_reply(struct rbus *r, redisReply *rep)
     }
 }
 
-/* Write what was appended to c; false when the connection failed. */
-static bool write_out(redisContext *c)
+/* ---- receiving: the subscriber thread's loop ---- */
+
+static void sub_connect(struct rbus *r);
+
+/* Replies on the subscribing connection: confirmations, then the
+ * channels' messages. NULL when the connection went. */
+static void on_sub_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
-    int done = 0;
-    while (!done)
-        if (redisBufferWrite(c, &done) != REDIS_OK)
-            return false;
-    return true;
+    struct rbus *r = privdata;
+    if (reply && ac == r->ac)
+        on_reply(r, reply);
 }
 
 /* Send one SUBSCRIBE or UNSUBSCRIBE for the shards listed; false when the
  * connection failed. */
-static bool send_subs(struct rbus *r, redisContext *c, const char *cmd, const unsigned *shards,
-                      unsigned n)
+static bool send_subs(struct rbus *r, const char *cmd, const unsigned *shards, unsigned n)
 {
     if (!n)
         return true;
@@ -1529,12 +1544,12 @@ static bool send_subs(struct rbus *r, redisContext *c, const char *cmd, const un
         argl[i + 1] = (size_t)snprintf(names[i], sizeof names[i], "%s%u", r->prefix, shards[i]);
         argv[i + 1] = names[i];
     }
-    return redisAppendCommandArgv(c, (int)n + 1, argv, argl) == REDIS_OK && write_out(c);
+    return redisAsyncCommandArgv(r->ac, on_sub_reply, r, (int)n + 1, argv, argl) == REDIS_OK;
 }
 
 /* Subscribe to the shards wanted and not yet asked for, unsubscribe from
  * those no longer wanted. False when the connection failed. */
-static bool reconcile(struct rbus *r, redisContext *c)
+static bool reconcile(struct rbus *r)
 {
     unsigned sub[BUS_REDIS_SHARDS], unsub[BUS_REDIS_SHARDS], nsub = 0, nunsub = 0;
     pthread_mutex_lock(&r->mu);
@@ -1558,7 +1573,7 @@ static bool reconcile(struct rbus *r, redisContext *c)
          * among theirs). */
         const char *argv[2] = {"SUBSCRIBE", r->ctl};
         size_t argl[2] = {9, strlen(r->ctl)};
-        if (redisAppendCommandArgv(c, 2, argv, argl) != REDIS_OK || !write_out(c))
+        if (redisAsyncCommandArgv(r->ac, on_sub_reply, r, 2, argv, argl) != REDIS_OK)
             return false;
         r->ctl_requested = true;
         r->pending++;
@@ -1567,14 +1582,7 @@ static bool reconcile(struct rbus *r, redisContext *c)
         r->resync = false;
         order_tick(r, now_ms(), true);
     }
-    return send_subs(r, c, "SUBSCRIBE", sub, nsub) && send_subs(r, c, "UNSUBSCRIBE", unsub, nunsub);
-}
-
-/* Wait ms, or less if asked to stop: true when asked to stop. */
-static bool wait_stop(struct rbus *r, int ms)
-{
-    struct pollfd pf = {.fd = r->stop_pipe[0], .events = POLLIN};
-    return poll(&pf, 1, ms) > 0;
+    return send_subs(r, "SUBSCRIBE", sub, nsub) && send_subs(r, "UNSUBSCRIBE", unsub, nunsub);
 }
 
 static void set_connected(struct rbus *r, bool on)
@@ -1589,65 +1597,168 @@ static void set_connected(struct rbus *r, bool on)
     pthread_mutex_unlock(&r->mu);
 }
 
-/* One connection's receiving loop. True when asked to stop. */
-static bool receive(struct rbus *r, redisContext *c)
+/* Connect again after the back-off (100 ms doubling to 2 s). */
+static void on_retry(uv_timer_t *t)
 {
+    sub_connect(t->data);
+}
+
+static void sub_retry_later(struct rbus *r)
+{
+    if (r->stopping)
+        return;
+    uv_timer_start(&r->retry, on_retry, (uint64_t)r->backoff, 0);
+    r->backoff = r->backoff * 2 > 2000 ? 2000 : r->backoff * 2;
+}
+
+static void on_auth(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct rbus *r = privdata;
+    redisReply *rep = reply;
+    if (ac != r->ac || (rep && rep->type != REDIS_REPLY_ERROR))
+        return;
+    struct log_quoted q;
+    log_warn("redis_unreachable", "what=subscribe err=%s",
+             log_quotes(&q, rep ? "the password was refused" : ac->errstr));
+    redisAsyncDisconnect(r->ac);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    struct rbus *r = ac->data;
+    if (ac != r->ac)
+        return;
+    uv_timer_stop(&r->conn_timer);
+    if (status != REDIS_OK) {
+        struct log_quoted q;
+        log_warn("redis_unreachable", "what=subscribe err=%s", log_quotes(&q, ac->errstr));
+        r->ac = NULL; /* hiredis frees it */
+        sub_retry_later(r);
+        return;
+    }
+    r->ac_connected = true;
+    r->backoff = 100;
+    if (r->password[0] &&
+        (r->user[0] ? redisAsyncCommand(r->ac, on_auth, r, "AUTH %s %s", r->user, r->password)
+                    : redisAsyncCommand(r->ac, on_auth, r, "AUTH %s", r->password)) != REDIS_OK) {
+        redisAsyncDisconnect(r->ac);
+        return;
+    }
+    /* Subscribed afresh: what was published meanwhile is filled once
+     * every subscription is confirmed (on_reply), and what this node
+     * counts is written again at once (Redis may have restarted empty). */
     r->pending = 0;
     r->resync = true;
     r->ctl_requested = false;
-    r->next_heartbeat_ms = 0; /* after a break Redis may have lost what this node counts */
+    r->next_heartbeat_ms = 0;
     set_connected(r, true);
-    bool stop = false;
-    if (!reconcile(r, c))
-        goto out;
-    for (;;) {
-        struct pollfd pf[3] = {{.fd = c->fd, .events = POLLIN},
-                               {.fd = r->stop_pipe[0], .events = POLLIN},
-                               {.fd = r->wake_pipe[0], .events = POLLIN}};
-        int pn = poll(pf, 3, r->nheld_now ? 50 : 1000);
-        if (pn < 0 && errno == EINTR)
-            continue;
-        int64_t now = now_ms();
-        order_tick(r, now, false);
-        if (now >= r->next_heartbeat_ms) {
-            r->next_heartbeat_ms = now + HEARTBEAT_MS;
-            heartbeat(r);
-        }
-        if (now >= r->next_markbeat_ms) {
-            r->next_markbeat_ms = now + MARK_BEAT_MS;
-            mark_beat(r);
-        }
-        if (pn == 0)
-            continue;
-        if (pn < 0 || pf[1].revents) {
-            stop = pf[1].revents != 0;
-            break;
-        }
-        if (pf[2].revents) {
-            char buf[64];
-            while (read(r->wake_pipe[0], buf, sizeof buf) > 0)
-                ;
-            record_marks(r);
-            if (!reconcile(r, c))
-                break;
-        }
-        if (!pf[0].revents)
-            continue;
-        if (redisBufferRead(c) != REDIS_OK) {
-            struct log_quoted qn, qe;
-            log_warn("redis_connection_lost", "node=%s err=%s", log_quotes(&qn, r->node_id),
-                     log_quotes(&qe, c->errstr));
-            break;
-        }
-        void *rep;
-        while (redisReaderGetReply(c->reader, &rep) == REDIS_OK && rep) {
-            on_reply(r, rep);
-            freeReplyObject(rep);
-        }
+    if (!reconcile(r))
+        redisAsyncDisconnect(r->ac);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct rbus *r = ac->data;
+    if (ac != r->ac)
+        return;
+    r->ac = NULL; /* hiredis frees it */
+    r->ac_connected = false;
+    if (status != REDIS_OK) {
+        struct log_quoted qn, qe;
+        log_warn("redis_connection_lost", "node=%s err=%s", log_quotes(&qn, r->node_id),
+                 log_quotes(&qe, ac->errstr));
     }
-out:
     set_connected(r, false);
-    return stop;
+    sub_retry_later(r);
+}
+
+/* hiredis has no connect timeout of its own here: a connection not made
+ * in CONNECT_TIMEOUT_MS is given up and made again later. */
+static void on_conn_timeout(uv_timer_t *t)
+{
+    struct rbus *r = t->data;
+    if (!r->ac || r->ac_connected)
+        return;
+    redisAsyncContext *ac = r->ac;
+    r->ac = NULL;
+    log_warn("redis_unreachable", "what=subscribe err=\"connect timed out\"");
+    redisAsyncFree(ac);
+    sub_retry_later(r);
+}
+
+static void sub_connect(struct rbus *r)
+{
+    if (r->stopping)
+        return;
+    redisAsyncContext *ac = redisAsyncConnect(r->host, r->port);
+    if (!ac || ac->err || redisLibuvAttach(ac, &r->loop) != REDIS_OK) {
+        struct log_quoted q;
+        log_warn("redis_unreachable", "what=subscribe err=%s",
+                 log_quotes(&q, ac ? ac->errstr : "out of memory"));
+        if (ac)
+            redisAsyncFree(ac);
+        sub_retry_later(r);
+        return;
+    }
+    ac->data = r;
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    r->ac = ac;
+    r->ac_connected = false;
+    uv_timer_start(&r->conn_timer, on_conn_timeout, CONNECT_TIMEOUT_MS, 0);
+}
+
+/* Every TICK_MS: held events whose time came, the heartbeat, the marks. */
+static void on_tick(uv_timer_t *t)
+{
+    struct rbus *r = t->data;
+    int64_t now = now_ms();
+    order_tick(r, now, false);
+    if (now >= r->next_heartbeat_ms) {
+        r->next_heartbeat_ms = now + HEARTBEAT_MS;
+        heartbeat(r);
+    }
+    if (now >= r->next_markbeat_ms) {
+        r->next_markbeat_ms = now + MARK_BEAT_MS;
+        mark_beat(r);
+    }
+}
+
+/* Another thread changed what is wanted (bus_watch) or ended an answer. */
+static void on_wake(uv_async_t *a)
+{
+    struct rbus *r = a->data;
+    record_marks(r);
+    if (r->ac && r->ac_connected && !reconcile(r))
+        redisAsyncDisconnect(r->ac);
+}
+
+static void close_handle(uv_handle_t *h)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+/* Close the loop's handles (and the connection): uv_run then returns. */
+static void sub_shutdown(struct rbus *r)
+{
+    r->stopping = true;
+    if (r->ac) {
+        redisAsyncContext *ac = r->ac;
+        r->ac = NULL;
+        redisAsyncFree(ac);
+    }
+    close_handle((uv_handle_t *)&r->tick);
+    close_handle((uv_handle_t *)&r->retry);
+    close_handle((uv_handle_t *)&r->conn_timer);
+    close_handle((uv_handle_t *)&r->wake);
+    close_handle((uv_handle_t *)&r->stop);
+    set_connected(r, false);
+}
+
+static void on_stop(uv_async_t *a)
+{
+    sub_shutdown(a->data);
 }
 
 /* This node needs (delta 1) or no longer needs (-1) the events of user's
@@ -1665,10 +1776,8 @@ static void redis_watch(struct bus *b, const char *user, int delta)
         return;
     }
     *n = delta > 0 ? *n + 1 : *n - 1;
-    if ((old == 0) != (*n == 0)) {
-        ssize_t w = write(r->wake_pipe[1], "w", 1);
-        (void)w;
-    }
+    if ((old == 0) != (*n == 0))
+        uv_async_send(&r->wake);
     if (delta > 0) {
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
@@ -1686,30 +1795,15 @@ static void redis_watch(struct bus *b, const char *user, int delta)
     pthread_mutex_unlock(&r->mu);
 }
 
+/* The subscriber thread: a libuv loop of its own, where hiredis's libuv
+ * adapter drives the subscribing connection. */
 static void *sub_main(void *arg)
 {
     struct rbus *r = arg;
-    int backoff = 100;
-    for (;;) {
-        char err[256];
-        redisContext *c = connect_one(r, err, sizeof err);
-        if (c) {
-            backoff = 100;
-            /* Replies may take as long as traffic is quiet. */
-            struct timeval tv = {0, 0};
-            redisSetTimeout(c, tv);
-            bool stop = receive(r, c);
-            redisFree(c);
-            if (stop)
-                break;
-        } else {
-            struct log_quoted q;
-            log_warn("redis_unreachable", "what=subscribe err=%s", log_quotes(&q, err));
-        }
-        if (wait_stop(r, backoff))
-            break;
-        backoff = backoff * 2 > 2000 ? 2000 : backoff * 2;
-    }
+    sub_connect(r);
+    uv_timer_start(&r->tick, on_tick, TICK_MS, TICK_MS);
+    uv_run(&r->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&r->loop);
     sbuf_thread_cleanup();
     return NULL;
 }
@@ -1720,10 +1814,10 @@ static void redis_quiesce(struct bus *b)
 {
     struct rbus *r = (struct rbus *)b;
     if (r->sub_started) {
-        ssize_t w = write(r->stop_pipe[1], "x", 1);
-        (void)w;
-        pthread_join(r->sub_thread, NULL);
+        uv_async_send(&r->stop);
+        pthread_join(r->sub_thread, NULL); /* it closed the loop */
         r->sub_started = false;
+        r->loop_ready = false;
     }
 }
 
@@ -1731,14 +1825,12 @@ static void redis_close(struct bus *b)
 {
     struct rbus *r = (struct rbus *)b;
     redis_quiesce(b);
+    if (r->loop_ready) { /* made, but its thread never ran */
+        sub_shutdown(r);
+        uv_run(&r->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&r->loop);
+    }
     record_marks(r); /* the answers that ended since the thread stopped */
-    for (int k = 0; k < 2; k++)
-        if (r->wake_pipe[k] >= 0)
-            close(r->wake_pipe[k]);
-    if (r->stop_pipe[0] >= 0)
-        close(r->stop_pipe[0]);
-    if (r->stop_pipe[1] >= 0)
-        close(r->stop_pipe[1]);
     if (r->pub)
         redisFree(r->pub);
     if (r->pres && !r->pres->err) {
@@ -1813,8 +1905,7 @@ int bus_redis_open(struct bus **out, const struct bus_handler *handler, const ch
     }
     r->base.ops = &redis_ops;
     r->base.handler = *handler;
-    r->stop_pipe[0] = r->stop_pipe[1] = -1;
-    r->wake_pipe[0] = r->wake_pipe[1] = -1;
+    r->backoff = 100;
     pthread_mutex_init(&r->pub_mu, NULL);
     pthread_mutex_init(&r->pres_mu, NULL);
     pthread_mutex_init(&r->mu, NULL);
@@ -1832,11 +1923,17 @@ int bus_redis_open(struct bus **out, const struct bus_handler *handler, const ch
         rc = -EHOSTUNREACH;
         goto fail;
     }
-    if (pipe2(r->stop_pipe, O_CLOEXEC) != 0 || pipe2(r->wake_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
-        rc = -errno;
-        snprintf(err, errlen, "cannot start the Redis bus: %s", strerror(errno));
+    if ((rc = uv_loop_init(&r->loop)) != 0) {
+        snprintf(err, errlen, "cannot start the Redis bus: %s", uv_strerror(rc));
         goto fail;
     }
+    uv_async_init(&r->loop, &r->wake, on_wake);
+    uv_async_init(&r->loop, &r->stop, on_stop);
+    uv_timer_init(&r->loop, &r->tick);
+    uv_timer_init(&r->loop, &r->retry);
+    uv_timer_init(&r->loop, &r->conn_timer);
+    r->wake.data = r->stop.data = r->tick.data = r->retry.data = r->conn_timer.data = r;
+    r->loop_ready = true;
     if ((rc = pthread_create(&r->sub_thread, NULL, sub_main, r)) != 0) {
         snprintf(err, errlen, "cannot start the Redis bus: %s", strerror(rc));
         rc = -rc;
