@@ -107,9 +107,13 @@
  *
  * Rate limits. Each user's message budget is one token bucket across nodes,
  * a hash "chatd:<db>:rate:<hash of the user id>" (level, time) that a Lua
- * script refills by Redis time and takes from, once per chat message that
- * the node's own bucket allowed (a round trip per message, on the devices
- * connection).
+ * script refills by Redis time and takes from, for each chat message that
+ * the node's own bucket allowed (a round trip on the presence connection).
+ * A budget above 1,200 a minute is taken in leases: up to budget/600
+ * tokens (at most 32) at once, the rest kept by the node for that user's
+ * next messages for a second, so that a busy user costs a round trip per
+ * lease, not per message. Tokens are taken before they are used: the
+ * shared budget is never exceeded, and a lease left unused is lost.
  *
  * Threads. Publishing is a blocking hiredis connection under a mutex: the
  * writer and the assistant's threads take turns, and a PUBLISH is answered
@@ -161,6 +165,9 @@
 #define WATCH_WAIT_MS 2000  /* the longest a new watch waits for its subscription */
 #define RETRY_MS 1000       /* publishing or counting waits this long after a failed connect */
 #define TICK_MS 50          /* the subscriber thread's timer: held events, beats */
+#define LEASES 1024         /* users with message tokens taken ahead, at most */
+#define LEASE_MAX 32        /* tokens taken ahead at once, at most */
+#define LEASE_MS 1000       /* tokens taken ahead and unused this long are dropped */
 #define STREAM_TTL_MS 600000 /* an answer's text is kept this long after its last piece */
 #define MARK_TTL_MS 6000     /* an answer's mark, refreshed while it runs: a dead node's */
 #define MARK_BEAT_MS 2000    /* answers free their sessions within MARK_TTL_MS */
@@ -180,6 +187,13 @@ struct pres_dev {
     char member[64];
     char user[BUS_USER_MAX + 1]; /* a device's user ("" for a hold) */
     uint64_t conn_id;
+};
+
+/* Message tokens this node took ahead from a user's shared bucket. */
+struct lease {
+    uint64_t user; /* hash of the user id */
+    unsigned left;
+    int64_t until_ms; /* unused past this, they are dropped */
 };
 
 /* An answer this node ended, whose mark the subscriber thread removes. */
@@ -255,6 +269,8 @@ struct rbus {
     struct pres_dev *claims; /* under pres_mu: answers running here (key: mark, member: value) */
     size_t nclaims, capclaims;
     int64_t next_markbeat_ms; /* the subscriber thread's */
+    pthread_mutex_t lease_mu;
+    struct lease leases[LEASES]; /* under lease_mu: by user hash, a newer one replaces */
     size_t nmarks, capmarks;
     char ctl[48];           /* "chatd:<db>:ctl": every node's, always subscribed */
     int64_t next_heartbeat_ms; /* the subscriber thread's */
@@ -1301,6 +1317,9 @@ static int redis_stream_read(struct bus *b, const char *stream, char **text, siz
     return rc;
 }
 
+/* KEYS[1] the user's bucket; ARGV: its size a minute, the tokens wanted.
+ * {tokens taken (1 to wanted, as many as there are), 0} or {0, ms until
+ * one is there}. */
 static const char rate_lua[] =
     "local t = redis.call('TIME') "
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "
@@ -1309,24 +1328,55 @@ static const char rate_lua[] =
     "local level = tonumber(b[1]) or cap "
     "local last = tonumber(b[2]) or now "
     "level = math.min(cap, level + math.max(0, now - last) * cap / 60000) "
-    "local wait = 0 "
-    "if level >= 1 then level = level - 1 "
+    "local got, wait = 0, 0 "
+    "if level >= 1 then got = math.min(tonumber(ARGV[2]), math.floor(level)) level = level - got "
     "else wait = math.ceil((1 - level) * 60000 / cap) end "
     "redis.call('HSET', KEYS[1], 'l', tostring(level), 't', now) "
     "redis.call('PEXPIRE', KEYS[1], 120000) "
-    "return wait";
+    "return {got, wait}";
+
+/* Tokens to take from Redis at once for a budget of per_minute: one for
+ * the budgets people have (exact), up to LEASE_MAX for high ones, so that
+ * a busy user's messages do not each cost a round trip. The tokens taken
+ * ahead are gone from the shared bucket: the budget is never exceeded,
+ * though a user may find fewer on another node for LEASE_MS. */
+static unsigned lease_size(unsigned per_minute)
+{
+    unsigned k = per_minute / 600;
+    return k < 1 ? 1 : k > LEASE_MAX ? LEASE_MAX : k;
+}
 
 static int64_t redis_take_token(struct bus *b, const char *user, unsigned per_minute)
 {
     struct rbus *r = (struct rbus *)b;
+    uint64_t h = hash_str(user);
+    int64_t now = now_ms();
+    struct lease *l = &r->leases[h % LEASES];
+    pthread_mutex_lock(&r->lease_mu);
+    bool leased = l->user == h && l->left > 0 && now < l->until_ms;
+    if (leased)
+        l->left--;
+    pthread_mutex_unlock(&r->lease_mu);
+    if (leased)
+        return 0;
     char key[64];
-    snprintf(key, sizeof key, "chatd:%d:rate:%016llx", r->db, (unsigned long long)hash_str(user));
+    snprintf(key, sizeof key, "chatd:%d:rate:%016llx", r->db, (unsigned long long)h);
     int64_t wait = -1;
-    redisReply *rep = pres_cmd(r, "EVAL %s 1 %s %u", rate_lua, key, per_minute);
-    if (rep && rep->type == REDIS_REPLY_INTEGER)
-        wait = rep->integer < 0 ? 0 : rep->integer;
-    else if (rep)
+    unsigned want = lease_size(per_minute);
+    redisReply *rep = pres_cmd(r, "EVAL %s 1 %s %u %u", rate_lua, key, per_minute, want);
+    if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+        rep->element[0]->type == REDIS_REPLY_INTEGER &&
+        rep->element[1]->type == REDIS_REPLY_INTEGER) {
+        long long got = rep->element[0]->integer;
+        wait = got > 0 ? 0 : rep->element[1]->integer < 0 ? 0 : rep->element[1]->integer;
+        if (got > 1) {
+            pthread_mutex_lock(&r->lease_mu);
+            *l = (struct lease){.user = h, .left = (unsigned)(got - 1), .until_ms = now + LEASE_MS};
+            pthread_mutex_unlock(&r->lease_mu);
+        }
+    } else if (rep) {
         log_warn("redis_rate_failed", "type=%d", rep->type);
+    }
     if (rep)
         freeReplyObject(rep);
     return wait;
@@ -1871,6 +1921,7 @@ static void redis_close(struct bus *b)
                  (unsigned long long)atomic_load(&r->gaps));
     pthread_mutex_destroy(&r->pub_mu);
     pthread_mutex_destroy(&r->pres_mu);
+    pthread_mutex_destroy(&r->lease_mu);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     memset(r->password, 0, sizeof r->password);
@@ -1908,6 +1959,7 @@ int bus_redis_open(struct bus **out, const struct bus_handler *handler, const ch
     r->backoff = 100;
     pthread_mutex_init(&r->pub_mu, NULL);
     pthread_mutex_init(&r->pres_mu, NULL);
+    pthread_mutex_init(&r->lease_mu, NULL);
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
     snprintf(r->node_id, sizeof r->node_id, "%s", node_id);

@@ -603,6 +603,38 @@ def test_rate_limit_holds_across_nodes():
         b.close()
 
 
+def test_a_high_rate_limit_taken_in_leases_still_holds():
+    """--rate-limit 2400 (the nodes take 4 tokens from Redis at a time for a
+    busy user): two devices on two nodes spend the budget as fast as they
+    can, 2,000 messages each. Each node's own bucket would let its 2,000
+    through; together no more than the budget (and what refilled
+    meanwhile) is acked."""
+    with Cluster("lease", n=2, extra=("--rate-limit", "2400")) as nodes:
+        devs = [ChatClient(x.port, "quin", label="quin@" + x.args[5]) for x in nodes]
+        sid = ack(devs[0].request(user_message("q0", "first")), "q0")["session_id"]
+        out = {}
+
+        def spend(d, tag):
+            out[tag] = pipeline(d, [user_message("%s%d" % (tag, i), "q", sid)
+                                    for i in range(2000)], window=32, timeout=WAIT * 3)
+        t0 = time.time()
+        ts = [threading.Thread(target=spend, args=(d, t)) for d, t in zip(devs, ("a", "b"))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        elapsed = time.time() - t0
+        replies = list(out["a"].values()) + list(out["b"].values())
+        assert len(replies) == 4000, len(replies)
+        acked = 1 + sum(1 for r in replies if r.get("type") == "ack")
+        limited = sum(1 for r in replies if r.get("code") == "rate_limited")
+        assert acked + limited == 4001, (acked, limited)
+        refill = 2400 * elapsed / 60  # tokens a minute, over the run
+        assert 2400 - 8 <= acked <= 2400 + refill + 2, (acked, limited, elapsed)
+        for d in devs:
+            d.close()
+
+
 def test_a_node_receives_only_what_its_connections_need():
     """Devices of one user on nodes A and B only: node C, which serves
     neither that user nor an admin, receives none of the traffic."""
@@ -664,6 +696,7 @@ def main():
                  test_device_limit_holds_across_nodes,
                  test_evict_oldest_across_nodes_keeps_the_count,
                  test_rate_limit_holds_across_nodes,
+                 test_a_high_rate_limit_taken_in_leases_still_holds,
                  test_a_node_receives_only_what_its_connections_need,
                  test_sigkill_of_a_node_gives_its_slots_back])
         finally:
