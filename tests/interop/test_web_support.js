@@ -483,6 +483,10 @@ async function testTwoDevicesAgree(d) {
     await a.fill('#rename-input', 'Parcel missing');
     await a.press('#rename-input', 'Enter');
     await a.waitForFunction(() => document.getElementById('conv-title').textContent === 'Parcel missing');
+    // The list is drawn again on the same change, possibly a frame later.
+    await a.waitForFunction((sel) => document.querySelector(sel).textContent === 'Parcel missing', row,
+                            { timeout: 5000 })
+      .catch(() => {});
     eq(await a.textContent(row), 'Parcel missing', 'renamed in the list');
     // The title may come first by session_renamed; the form closes with
     // the PATCH's answer, and focus goes back to Rename.
