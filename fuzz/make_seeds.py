@@ -4,6 +4,8 @@
 fuzz_frame: four settings bytes (see fuzz_frame.c), then a client byte stream.
 fuzz_http: one settings byte (see fuzz_http.c), then a request head.
 fuzz_sse: four settings bytes (see fuzz_sse.c), then an event stream.
+fuzz_envelope: a Redis bus message as one PUBLISH carries it (see
+src/bus/envelope.h): batch messages, and the control messages.
 Run once from anywhere: /usr/bin/python3 fuzz/make_seeds.py
 """
 import os
@@ -165,6 +167,42 @@ SSE_SEEDS = {
 }
 
 
+def s8(b):
+    return bytes([len(b)]) + b
+
+
+def env_event(kind=1, typ=3, flags=0, worker=0, conn=7, seq=1, session=b"s_0123456789abcdef01234567",
+              owner=b"alice", stream=b"", off=0, slen=0, frame=b""):
+    return (bytes([kind, typ, flags]) + struct.pack("<IQq", worker, conn, seq) + s8(session)
+            + s8(owner) + s8(stream) + struct.pack("<QI", off, slen)
+            + struct.pack("<I", len(frame)) + frame)
+
+
+def env_batch(nonce, events):
+    return b"CB1" + struct.pack("<QI", nonce, len(events)) + b"".join(events)
+
+
+WS_TEXT = b"\x81\x7e\x00\x2a" + b'{"type":"user_message","seq":1,"x":"....."}'[:42]
+ENVELOPE_SEEDS = {
+    "one_event": env_batch(0x1122334455667788, [env_event(frame=WS_TEXT)]),
+    "three_events": env_batch(42, [env_event(seq=5, frame=WS_TEXT),
+                                   env_event(kind=2, seq=0, conn=0, frame=b"\x81\x02{}"),
+                                   env_event(kind=4, seq=6, flags=1)]),
+    "hint": env_batch(9, [env_event(seq=12, flags=2)]),
+    "delta": env_batch(9, [env_event(kind=8, seq=0, stream=b"st_0123456789abcdef", off=16, slen=4,
+                                     frame=b"\x81\x05delta")]),
+    "long_strings": env_batch(1, [env_event(session=b"s" * 64, owner=b"u" * 128,
+                                            stream=b"st_" + b"f" * 16)]),
+    "too_long_owner": env_batch(1, [env_event(owner=b"u" * 129)]),
+    "count_too_big": b"CB1" + struct.pack("<QI", 1, 1000) + env_event(),
+    "trailing_byte": env_batch(1, [env_event()]) + b"\x00",
+    "cut_frame": env_batch(1, [env_event(frame=WS_TEXT)])[:-5],
+    "kick": b"CK1" + struct.pack("<QQ", 0x1122334455667788, 77) + s8(b"alice"),
+    "stop": b"CS1" + s8(b"s_0123456789abcdef01234567"),
+    "empty": b"",
+}
+
+
 def write(name, seeds):
     out = os.path.join(CORPUS, name)
     os.makedirs(out, exist_ok=True)
@@ -178,6 +216,7 @@ def main():
     write("fuzz_frame", FRAME_SEEDS)
     write("fuzz_http", HTTP_SEEDS)
     write("fuzz_sse", SSE_SEEDS)
+    write("fuzz_envelope", ENVELOPE_SEEDS)
 
 
 if __name__ == "__main__":

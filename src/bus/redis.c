@@ -23,14 +23,7 @@
  * finds no recipient for.
  *
  * Envelope. One PUBLISH carries the events of one published batch that
- * fall in one shard, in order (binary, little-endian):
- *   "CB1" | node nonce u64 | count u32 | count x event
- *   event: kind u8 | type u8 | flags u8 (1 failed, 2 hint) | worker u32
- *          | conn_id u64 | seq i64
- *          | session (u8 len, bytes) | owner (u8 len, bytes)
- *          | stream (u8 len, bytes) | stream_off u64 | stream_len u32
- *          | frame (u32 len, bytes)
- * The nonce is drawn at start: a node knows its own events when they come
+ * fall in one shard, in order (bus/envelope.h has the layout). The nonce is drawn at start: a node knows its own events when they come
  * back, and marks the others' as remote (their worker and connection ids
  * are another node's: the hub must not use them).
  *
@@ -149,6 +142,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bus/envelope.h"
 #include "util/hash.h"
 #include "util/log.h"
 #include "util/sbuf.h"
@@ -418,120 +412,6 @@ static bool reconnect(struct rbus *r, redisContext **c, int64_t *retry_at, const
     return false;
 }
 
-/* ---- the envelope ---- */
-
-struct wbuf {
-    uint8_t *p;
-    size_t n, cap;
-    bool oom;
-};
-
-static void put(struct wbuf *w, const void *src, size_t n)
-{
-    if (w->oom)
-        return;
-    if (w->n + n > w->cap) {
-        size_t cap = w->cap ? w->cap : 256;
-        while (cap < w->n + n)
-            cap *= 2;
-        uint8_t *np = realloc(w->p, cap);
-        if (!np) {
-            w->oom = true;
-            return;
-        }
-        w->p = np;
-        w->cap = cap;
-    }
-    memcpy(w->p + w->n, src, n);
-    w->n += n;
-}
-
-static void put_u8(struct wbuf *w, uint8_t v)
-{
-    put(w, &v, 1);
-}
-
-static void put_u32(struct wbuf *w, uint32_t v)
-{
-    uint8_t b[4];
-    for (int i = 0; i < 4; i++)
-        b[i] = (uint8_t)(v >> (8 * i));
-    put(w, b, 4);
-}
-
-static void put_u64(struct wbuf *w, uint64_t v)
-{
-    uint8_t b[8];
-    for (int i = 0; i < 8; i++)
-        b[i] = (uint8_t)(v >> (8 * i));
-    put(w, b, 8);
-}
-
-static void put_str(struct wbuf *w, const char *s)
-{
-    size_t n = strnlen(s, 255);
-    put_u8(w, (uint8_t)n);
-    put(w, s, n);
-}
-
-static void encode_event(struct wbuf *w, const struct bus_event *e)
-{
-    put_u8(w, e->kind);
-    put_u8(w, e->type);
-    put_u8(w, (uint8_t)(e->failed | e->hint << 1));
-    put_u32(w, e->worker);
-    put_u64(w, e->conn_id);
-    put_u64(w, (uint64_t)e->seq);
-    put_str(w, e->session);
-    put_str(w, e->owner);
-    put_str(w, e->stream);
-    put_u64(w, e->stream_off);
-    put_u32(w, e->stream_len);
-    uint32_t flen = e->frame ? e->len : 0;
-    put_u32(w, flen);
-    if (flen)
-        put(w, e->frame->data + e->off, flen);
-}
-
-struct rbuf {
-    const uint8_t *p;
-    size_t n, at;
-    bool bad;
-};
-
-static const uint8_t *take(struct rbuf *r, size_t n)
-{
-    if (r->bad || r->n - r->at < n) {
-        r->bad = true;
-        return NULL;
-    }
-    const uint8_t *p = r->p + r->at;
-    r->at += n;
-    return p;
-}
-
-static uint64_t get_le(struct rbuf *r, int bytes)
-{
-    const uint8_t *p = take(r, (size_t)bytes);
-    uint64_t v = 0;
-    for (int i = 0; p && i < bytes; i++)
-        v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-
-static void get_str(struct rbuf *r, char *dst, size_t cap)
-{
-    size_t n = (size_t)get_le(r, 1);
-    const uint8_t *p = take(r, n);
-    if (!p || n >= cap) {
-        r->bad = true;
-        dst[0] = 0;
-        return;
-    }
-    memcpy(dst, p, n);
-    dst[n] = 0;
-}
-
 /* ---- publishing ---- */
 
 static unsigned shard_of(const char *owner)
@@ -546,7 +426,8 @@ static void stream_key(const struct rbus *r, const char *stream, char *key, size
 
 /* Send the stream pieces' text, then the messages (pipelined), and read
  * their answers: 0, or -EIO. */
-static int send_all(struct rbus *r, redisContext *c, const unsigned *shards, struct wbuf *msgs,
+static int send_all(struct rbus *r, redisContext *c, const unsigned *shards,
+                    struct env_writer *msgs,
                     size_t nmsgs, const struct bus_event *ev, size_t n)
 {
     size_t sent = 0;
@@ -589,11 +470,10 @@ static int redis_publish(struct bus *b, const struct bus_event *ev, size_t n)
     /* One message per shard, each keeping the batch's order. */
     unsigned *evshard = malloc(n * sizeof *evshard);
     unsigned *shards = malloc(n * sizeof *shards);
-    struct wbuf *msgs = calloc(n, sizeof *msgs);
-    uint32_t *counts = calloc(n, sizeof *counts);
+    struct env_writer *msgs = calloc(n, sizeof *msgs);
     size_t nmsgs = 0;
     int rc = 0;
-    if (!evshard || !shards || !msgs || !counts) {
+    if (!evshard || !shards || !msgs) {
         rc = -ENOMEM;
         goto out;
     }
@@ -604,20 +484,15 @@ static int redis_publish(struct bus *b, const struct bus_event *ev, size_t n)
             m++;
         if (m == nmsgs) {
             shards[nmsgs++] = evshard[i];
-            put(&msgs[m], "CB1", 3);
-            put_u64(&msgs[m], r->nonce);
-            put_u32(&msgs[m], 0); /* count, set below */
+            env_begin(&msgs[m], r->nonce);
         }
-        counts[m]++;
-        encode_event(&msgs[m], &ev[i]);
+        env_add(&msgs[m], &ev[i]);
     }
     for (size_t m = 0; m < nmsgs; m++) {
         if (msgs[m].oom) {
             rc = -ENOMEM;
             goto out;
         }
-        for (int k = 0; k < 4; k++)
-            msgs[m].p[11 + k] = (uint8_t)(counts[m] >> (8 * k));
     }
     pthread_mutex_lock(&r->pub_mu);
     for (int attempt = 0; attempt < 2; attempt++) {
@@ -647,7 +522,6 @@ out:
     for (size_t m = 0; msgs && m < nmsgs; m++)
         free(msgs[m].p);
     free(msgs);
-    free(counts);
     free(shards);
     free(evshard);
     return rc;
@@ -1022,11 +896,11 @@ static bool pres_del(struct pres_dev *v, size_t *n, const char *key, uint64_t co
  * hears; its node kicks it. */
 static void kick_remote(struct rbus *r, const char *user, uint64_t nonce, uint64_t conn_id)
 {
-    struct wbuf w = {0};
-    put(&w, "CK1", 3);
-    put_u64(&w, nonce);
-    put_u64(&w, conn_id);
-    put_str(&w, user);
+    struct env_writer w = {0};
+    env_put(&w, "CK1", 3);
+    env_put_u64(&w, nonce);
+    env_put_u64(&w, conn_id);
+    env_put_str(&w, user);
     redisReply *rep = w.oom ? NULL : pres_cmd(r, "PUBLISH %s %b", r->ctl, w.p, w.n);
     if (rep)
         freeReplyObject(rep);
@@ -1239,9 +1113,9 @@ static int redis_stop(struct bus *b, const char *session)
     struct rbus *r = (struct rbus *)b;
     char key[64];
     answer_key(r, session, key, sizeof key);
-    struct wbuf w = {0};
-    put(&w, "CS1", 3);
-    put_str(&w, session);
+    struct env_writer w = {0};
+    env_put(&w, "CS1", 3);
+    env_put_str(&w, session);
     int rc = -ENOMEM;
     redisReply *rep = w.oom ? NULL
                             : pres_cmd(r, "EVAL %s 1 %s %s %b", stop_lua, key, r->ctl, w.p, w.n);
@@ -1415,70 +1289,32 @@ static void heartbeat(struct rbus *r)
 
 static void on_message(struct rbus *r, const char *data, size_t len)
 {
-    struct rbuf rb = {.p = (const uint8_t *)data, .n = len};
-    const uint8_t *magic = take(&rb, 3);
-    if (!magic || memcmp(magic, "CB1", 3) != 0) {
-        log_warn("redis_bad_message", "bytes=%zu", len);
-        return;
-    }
-    uint64_t nonce = get_le(&rb, 8);
-    uint32_t count = (uint32_t)get_le(&rb, 4);
-    if (rb.bad || count == 0 || count > len) {
-        log_warn("redis_bad_message", "bytes=%zu", len);
+    uint64_t nonce;
+    struct bus_event *ev;
+    uint32_t count;
+    struct sbuf *frames;
+    int rc = env_decode(data, len, &nonce, &ev, &count, &frames);
+    if (rc != 0) {
+        log_warn(rc == -ENOMEM ? "redis_message_lost" : "redis_bad_message", "bytes=%zu", len);
         return;
     }
     bool remote = nonce != r->nonce;
-    struct bus_event *ev = calloc(count, sizeof *ev);
-    struct sbuf *frames = len <= UINT32_MAX ? sbuf_new((uint32_t)len) : NULL;
-    if (!ev || !frames) {
-        log_warn("redis_message_lost", "events=%u reason=oom", count);
-        free(ev);
-        if (frames)
-            sbuf_unref(frames);
-        return;
-    }
-    memcpy(frames->data, data, len);
-    frames->len = (uint32_t)len;
-    for (uint32_t i = 0; i < count && !rb.bad; i++) {
-        struct bus_event *e = &ev[i];
-        e->kind = (uint8_t)get_le(&rb, 1);
-        e->type = (uint8_t)get_le(&rb, 1);
-        uint8_t flags = (uint8_t)get_le(&rb, 1);
-        e->failed = flags & 1;
-        e->hint = (flags & 2) != 0;
-        e->worker = (uint32_t)get_le(&rb, 4);
-        e->conn_id = get_le(&rb, 8);
-        e->seq = (int64_t)get_le(&rb, 8);
-        get_str(&rb, e->session, sizeof e->session);
-        get_str(&rb, e->owner, sizeof e->owner);
-        get_str(&rb, e->stream, sizeof e->stream);
-        e->stream_off = get_le(&rb, 8);
-        e->stream_len = (uint32_t)get_le(&rb, 4);
-        uint32_t flen = (uint32_t)get_le(&rb, 4);
-        size_t at = rb.at;
-        if (flen && take(&rb, flen)) {
-            e->frame = frames;
-            e->off = (uint32_t)at;
-            e->len = flen;
-        }
-        e->remote = remote;
+    for (uint32_t i = 0; i < count; i++) {
+        ev[i].remote = remote;
         if (remote) { /* another node's connection and worker */
-            e->conn_id = 0;
-            e->worker = UINT32_MAX;
+            ev[i].conn_id = 0;
+            ev[i].worker = UINT32_MAX;
         }
     }
-    if (rb.bad)
-        log_warn("redis_bad_message", "bytes=%zu", len);
-    else {
-        atomic_fetch_add(&r->received, count);
-        struct outv o = {0};
-        int64_t now = now_ms();
-        for (uint32_t i = 0; i < count; i++)
-            order_event(r, &ev[i], now, &o);
-        out_flush(r, &o);
-        free(o.ev);
-    }
-    sbuf_unref(frames);
+    atomic_fetch_add(&r->received, count);
+    struct outv o = {0};
+    int64_t now = now_ms();
+    for (uint32_t i = 0; i < count; i++)
+        order_event(r, &ev[i], now, &o);
+    out_flush(r, &o);
+    free(o.ev);
+    if (frames)
+        sbuf_unref(frames);
     free(ev);
 }
 
@@ -1506,17 +1342,17 @@ static void order_forget_shard(struct rbus *r, unsigned shard)
  *          (stop_generation on another node). */
 static void on_ctl(struct rbus *r, const char *data, size_t len)
 {
-    struct rbuf rb = {.p = (const uint8_t *)data, .n = len};
-    const uint8_t *magic = take(&rb, 3);
+    struct env_reader rb = {.p = (const uint8_t *)data, .n = len};
+    const uint8_t *magic = env_take(&rb, 3);
     if (magic && memcmp(magic, "CK1", 3) == 0) {
-        uint64_t nonce = get_le(&rb, 8), conn_id = get_le(&rb, 8);
+        uint64_t nonce = env_get_le(&rb, 8), conn_id = env_get_le(&rb, 8);
         char user[BUS_USER_MAX + 1];
-        get_str(&rb, user, sizeof user);
+        env_get_str(&rb, user, sizeof user);
         if (!rb.bad && nonce == r->nonce && r->base.handler.kick)
             r->base.handler.kick(r->base.handler.app, user, conn_id);
     } else if (magic && memcmp(magic, "CS1", 3) == 0) {
         char session[BUS_SESSION_MAX + 1];
-        get_str(&rb, session, sizeof session);
+        env_get_str(&rb, session, sizeof session);
         if (!rb.bad && r->base.handler.stop)
             r->base.handler.stop(r->base.handler.app, session);
     } else {
