@@ -6,8 +6,11 @@ fuzz_http: one settings byte (see fuzz_http.c), then a request head.
 fuzz_sse: four settings bytes (see fuzz_sse.c), then an event stream.
 fuzz_envelope: a Redis bus message as one PUBLISH carries it (see
 src/bus/envelope.h): batch messages, and the control messages.
+fuzz_jwt: one mode byte (see fuzz_jwt.c), then a token, or a payload that
+the target signs itself.
 Run once from anywhere: /usr/bin/python3 fuzz/make_seeds.py
 """
+import base64
 import os
 import struct
 
@@ -203,6 +206,34 @@ ENVELOPE_SEEDS = {
 }
 
 
+def b64u(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=")
+
+
+def token(header, payload, sig=b"c2ln"):
+    return b64u(header) + b"." + b64u(payload) + b"." + sig
+
+
+HS = b'{"alg":"HS256","typ":"JWT"}'
+JWT_SEEDS = {
+    "signed_user": b"\x01" + b'{"sub":"alice","exp":1900000000}',
+    "signed_admin": b"\x01" + b'{"sub":"root","name":"Root","roles":["user","admin"],'
+                    b'"exp":1900000000,"iat":1700000000}',
+    "signed_expired": b"\x01" + b'{"sub":"bob","exp":1700000000}',
+    "signed_nbf_future": b"\x01" + b'{"sub":"bob","exp":1900000000,"nbf":1850000000}',
+    "signed_roles_bad": b"\x01" + b'{"sub":"eve","exp":1900000000,"roles":["a",1,"b"]}',
+    "signed_sub_control": b"\x01" + b'{"sub":"a\\u0001b","exp":1900000000}',
+    "signed_dup_key": b"\x01" + b'{"sub":"a","sub":"b","exp":1900000000}',
+    "signed_not_object": b"\x01" + b'["sub"]',
+    "token_bad_sig": b"\x00" + token(HS, b'{"sub":"alice","exp":1900000000}'),
+    "token_alg_none": b"\x00" + token(b'{"alg":"none"}', b'{"sub":"alice"}', b""),
+    "token_rs256": b"\x00" + token(b'{"alg":"RS256"}', b'{"sub":"alice"}'),
+    "token_two_dots": b"\x00" + b"abc.def",
+    "token_padding": b"\x00" + b"eyJ=.eyJ=.AA==",
+    "empty": b"\x00",
+}
+
+
 def write(name, seeds):
     out = os.path.join(CORPUS, name)
     os.makedirs(out, exist_ok=True)
@@ -217,6 +248,7 @@ def main():
     write("fuzz_http", HTTP_SEEDS)
     write("fuzz_sse", SSE_SEEDS)
     write("fuzz_envelope", ENVELOPE_SEEDS)
+    write("fuzz_jwt", JWT_SEEDS)
 
 
 if __name__ == "__main__":
