@@ -8,6 +8,10 @@ fuzz_envelope: a Redis bus message as one PUBLISH carries it (see
 src/bus/envelope.h): batch messages, and the control messages.
 fuzz_jwt: one mode byte (see fuzz_jwt.c), then a token, or a payload that
 the target signs itself.
+fuzz_seal: a seq byte and a session byte (see fuzz_seal.c), then a stored
+value (read as sealed, and sealed as plain text).
+fuzz_config: a mode byte (see fuzz_config.c), then a command line (NUL
+between arguments) or a --config file.
 Run once from anywhere: /usr/bin/python3 fuzz/make_seeds.py
 """
 import base64
@@ -234,6 +238,40 @@ JWT_SEEDS = {
 }
 
 
+SEAL_SEEDS = {
+    "text": b"\x01\x00" + "Where is my parcel? Ça va ? 👋".encode(),
+    "empty": b"\x00\x01",
+    "overhead_only": b"\x05\x02" + bytes(28),
+    "short": b"\x07\x03" + bytes(27),
+    "binary": b"\xff\x00" + bytes(range(256)),
+}
+
+
+def argv(*args):
+    return b"\x00" + b"\x00".join(a.encode() for a in args)
+
+
+CONFIG_SEEDS = {
+    "argv_basic": argv("--listen", "127.0.0.1:8080", "--workers", "2", "--jwt-secret",
+                       "0123456789abcdef0123456789abcdef"),
+    "argv_limits": argv("--max-devices", "10", "--device-policy", "evict-oldest", "--rate-limit",
+                        "60", "--max-message-bytes", "1048576", "--send-queue-bytes", "0"),
+    "argv_model": argv("--model", "fake=openai:http://127.0.0.1:9/v1,name=Fake Model,max-tokens=50",
+                       "--assistant-rate-limit", "20"),
+    "argv_cluster": argv("--redis", "redis://:pw@[::1]:6379/3", "--postgres", "host=/tmp dbname=x",
+                         "--node-id", "node-a"),
+    "argv_bad_number": argv("--workers", "1e9"),
+    "argv_unknown": argv("--no-such-option"),
+    "argv_help": argv("--help"),
+    "argv_equals": argv("--listen=0.0.0.0:9", "--log-level=debug"),
+    "file_basic": b"\x01# chatd options\nlisten = 127.0.0.1:8080\nworkers = 2\n"
+                  b'prefix = "/chat"\nmax-devices = 5\n',
+    "file_bad_line": b"\x01listen 127.0.0.1:8080\n",
+    "file_unknown": b"\x01colour = blue\n",
+    "file_nested_config": b"\x01config = /etc/passwd\n",
+}
+
+
 def write(name, seeds):
     out = os.path.join(CORPUS, name)
     os.makedirs(out, exist_ok=True)
@@ -249,6 +287,8 @@ def main():
     write("fuzz_sse", SSE_SEEDS)
     write("fuzz_envelope", ENVELOPE_SEEDS)
     write("fuzz_jwt", JWT_SEEDS)
+    write("fuzz_seal", SEAL_SEEDS)
+    write("fuzz_config", CONFIG_SEEDS)
 
 
 if __name__ == "__main__":

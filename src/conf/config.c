@@ -208,6 +208,11 @@ int conf__errf(char *err, size_t errlen, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
+    /* One line, whatever the argument or file line it quotes holds: a
+     * control character would break it (or the operator's terminal). */
+    for (char *p = err; errlen && *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
     return -EINVAL;
 }
 
