@@ -303,9 +303,63 @@ def test_numeric_and_bool_precedence():
         os.unlink(path)
 
 
+# ---- a damaged database -------------------------------------------------------
+
+def filled_database(folder):
+    """A real chatd.db with a few hundred stored messages, chatd stopped."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from chatload import ChatClient, pipeline
+    with Chatd("--workers", "1", "--rate-limit", "1000000", "--input-rate", "1000000",
+               "--input-byte-rate", "1000000000") as d:
+        c = ChatClient(d.port, "dora")
+        first = c.request({"type": "user_message", "id": "m0", "content": "first"})
+        assert first.get("type") == "ack", first
+        sid = first["session_id"]
+        out = pipeline(c, [{"type": "user_message", "id": "m%d" % i, "session_id": sid,
+                            "content": "x" * 400} for i in range(1, 600)], window=16)
+        assert len(out) == 599, len(out)
+        c.close()
+        db = os.path.join(d.tmpdir, "chatd.db")
+        d.stop()
+        path = os.path.join(folder, "chatd.db")
+        shutil.copy(db, path)
+    return path
+
+
+def test_damaged_database_refused_naming_the_file():
+    """A database file that is not one, is cut short, or has damaged pages
+    in its middle stops chatd at start: exit 2, one line naming the file.
+    The same file undamaged starts."""
+    folder = tempfile.mkdtemp(prefix="chatd-damaged-")
+    try:
+        good = filled_database(folder)
+        size = os.path.getsize(good)
+        assert size > 64 * 1024, size
+        cases = {}
+        with open(good, "rb") as f:
+            whole = f.read()
+        cases["random"] = os.urandom(len(whole))
+        cases["cut"] = whole[:len(whole) // 2]
+        middle = (len(whole) // 2) // 4096 * 4096
+        cases["pages"] = whole[:middle] + os.urandom(8192) + whole[middle + 8192:]
+        for name, data in cases.items():
+            path = os.path.join(folder, name + ".db")
+            with open(path, "wb") as f:
+                f.write(data)
+            line = expect_usage_error(["--db", path], path)
+            assert re.search(r"damaged|not a database|malformed", line), (name, line)
+        with Chatd("--db", good) as d:
+            assert "event=store_checked" in d.log(), d.log()[-2000:]
+            status, _, _ = http_get(d.port, "/readyz")
+            assert status == 200, status
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 if __name__ == "__main__":
     run([test_help_lists_every_flag, test_version, test_help_prefers_secret_file,
          test_secret_flag_hidden_from_process_list, test_unknown_flag_exit_2,
          test_malformed_values_exit_2, test_config_file_errors_exit_2,
          test_bad_environment_exit_2, test_address_in_use_exit_2, test_address_in_use_ipv6,
-         test_prefix_precedence, test_numeric_and_bool_precedence])
+         test_prefix_precedence, test_numeric_and_bool_precedence,
+         test_damaged_database_refused_naming_the_file])

@@ -11,7 +11,7 @@
  * are bound into a statement. internal.h lists the locks.
  *
  * Open refuses a database it cannot write (read-only check, then a write
- * probe), migrates the schema, and keeps the database and WAL files open
+ * probe) or whose pages are damaged (PRAGMA quick_check), migrates the schema, and keeps the database and WAL files open
  * so that the writer notices them removed or replaced (fail-stop). Schema
  * versions live in PRAGMA user_version; migrations[i] moves a database from
  * version i to i+1 inside a transaction.
@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "store/sqlite/internal.h"
+#include "util/clock.h"
 #include "util/log.h"
 
 static const char *const migrations[] = {
@@ -200,6 +201,32 @@ static void stop_checkpointer(struct store_sqlite *s)
 
 /* ---- open / close ----------------------------------------------------------- */
 
+/* A damaged file is refused at start, naming it, rather than found by the
+ * reader or the commit that meets the damaged page (which would answer its
+ * client `unavailable` for ever). quick_check reads every page once: its
+ * time grows with the file (it is logged). */
+static int check_file(sqlite3 *db, char *err, size_t errlen)
+{
+    int64_t t0 = clock_mono_ms();
+    sqlite3_stmt *st = NULL;
+    const char *what = NULL;
+    int rc = sqlite3_prepare_v2(db, "PRAGMA quick_check(1)", -1, &st, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW)
+        what = (const char *)sqlite3_column_text(st, 0);
+    bool ok = what && strcmp(what, "ok") == 0;
+    if (!ok) {
+        snprintf(err, errlen, "the file is damaged (%s); restore it from a backup",
+                 what ? what : sqlite3_errmsg(db));
+        for (char *c = err; *c; c++) /* SQLite's report may span lines */
+            if ((unsigned char)*c < 0x20)
+                *c = ' ';
+    }
+    sqlite3_finalize(st);
+    if (ok)
+        log_info("store_checked", "ms=%lld", (long long)(clock_mono_ms() - t0));
+    return ok ? 0 : -1;
+}
+
 static int migrate(sqlite3 *db, char *err, size_t errlen)
 {
     sqlite3_stmt *st;
@@ -289,7 +316,7 @@ static int sq_open(void **out, const struct store_options *opt, char *err, size_
         snprintf(err, errlen, "--db: '%s': %s", opt->path, e);
         goto fail;
     }
-    if (migrate(s->db, e, sizeof e) != 0) {
+    if (check_file(s->db, e, sizeof e) != 0 || migrate(s->db, e, sizeof e) != 0) {
         snprintf(err, errlen, "--db: '%s': %s", opt->path, e);
         goto fail;
     }
