@@ -12,6 +12,7 @@
 #include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,13 +47,94 @@ static void on_wakeup(uv_async_t *a)
     worker_maybe_finish(w);
 }
 
+/* Accepting with no descriptor left. accept() fails at once, so the
+ * listener stays readable, and libuv tries again at once, in a loop on the
+ * worker's thread. So the worker first gives up its reserve descriptor:
+ * libuv's next try accepts one connection into it, which on_connection
+ * leaves pending, and libuv stops watching the listener while one is
+ * pending. When even that fails (another worker took the descriptor), the
+ * worker closes its listener handle, which ends libuv's loop; the socket
+ * lives on in listen_keep, its queue kept. Every ACCEPT_RETRY_MS the
+ * worker tries to take a reserve again; once it can, it listens again (on
+ * a copy of listen_keep) or accepts the pending connection. */
+#define ACCEPT_RETRY_MS 100
+
+static int open_reserve(void)
+{
+    return open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+static void on_connection(uv_stream_t *l, int status);
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    struct worker *w = h->data;
+    w->listener_closed = true;
+}
+
+static void on_accept_retry(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    if (w->draining) {
+        uv_timer_stop(&w->accept_retry);
+        return;
+    }
+    if (w->relisten && w->listener_closed) {
+        /* F_DUPFD: a new descriptor as dup() makes (and one ThreadSanitizer
+         * does not take for a write racing the other workers' accept). */
+        int lfd = fcntl(w->listen_keep, F_DUPFD_CLOEXEC, 0);
+        if (lfd < 0)
+            return; /* still none: the next tick */
+        int rc;
+        if ((rc = uv_tcp_init(&w->loop, &w->listener)) != 0 ||
+            (rc = uv_tcp_open(&w->listener, lfd)) != 0 ||
+            (rc = uv_listen((uv_stream_t *)&w->listener, 4096, on_connection)) != 0) {
+            log_error("listen_failed", "worker=%u error=%s", w->index, uv_err_name(rc));
+            return;
+        }
+        w->listener.data = w;
+        w->listening = true;
+        w->relisten = false;
+        w->listener_closed = false;
+    }
+    int fd = open_reserve();
+    if (fd < 0)
+        return;
+    w->reserve_fd = fd;
+    w->accept_paused = false;
+    uv_timer_stop(&w->accept_retry);
+    log_info("accept_resumed", "worker=%u open_connections=%u", w->index, w->nconns);
+    if (w->listening)
+        conn_accept(w); /* the pending one, if any; watching the listener again */
+}
+
 static void on_connection(uv_stream_t *l, int status)
 {
     struct worker *w = l->data;
+    if (status == UV_EMFILE || status == UV_ENFILE) {
+        if (w->reserve_fd >= 0) {
+            close(w->reserve_fd);
+            w->reserve_fd = -1;
+        } else if (w->listening && w->listen_keep >= 0) {
+            /* No reserve left and still none free: end libuv's retry loop. */
+            uv_close((uv_handle_t *)&w->listener, on_listener_closed);
+            w->listening = false;
+            w->relisten = true;
+        }
+        if (!w->accept_paused) {
+            w->accept_paused = true;
+            log_warn("accept_paused", "worker=%u reason=%s open_connections=%u", w->index,
+                     uv_err_name(status), w->nconns);
+            uv_timer_start(&w->accept_retry, on_accept_retry, ACCEPT_RETRY_MS, ACCEPT_RETRY_MS);
+        }
+        return;
+    }
     if (status < 0) {
         log_warn("accept_failed", "worker=%u error=%s", w->index, uv_err_name(status));
         return;
     }
+    if (w->accept_paused)
+        return; /* left pending: libuv stops watching the listener */
     conn_accept(w);
 }
 
@@ -94,6 +176,15 @@ static void worker_maybe_finish(struct worker *w)
     uv_close((uv_handle_t *)&w->tick, NULL);
     uv_close((uv_handle_t *)&w->flush, NULL);
     uv_close((uv_handle_t *)&w->more, NULL);
+    uv_close((uv_handle_t *)&w->accept_retry, NULL);
+    if (w->reserve_fd >= 0) {
+        close(w->reserve_fd);
+        w->reserve_fd = -1;
+    }
+    if (w->listen_keep >= 0) {
+        close(w->listen_keep);
+        w->listen_keep = -1;
+    }
 }
 
 static void msg_shutdown(struct worker *w, struct inbox_msg *m)
@@ -241,6 +332,8 @@ static int worker_init(struct server *srv, struct worker *w, unsigned index)
     w->srv = srv;
     w->index = index;
     w->listen_fd = fd;
+    w->reserve_fd = -1;
+    w->listen_keep = -1;
     list_init(&w->conns);
     list_init(&w->dirty);
     idmap_init(&w->by_id);
@@ -262,6 +355,14 @@ static int worker_init(struct server *srv, struct worker *w, unsigned index)
     uv_check_start(&w->flush, on_check);
     uv_idle_init(&w->loop, &w->more);
     w->more.data = w;
+    uv_timer_init(&w->loop, &w->accept_retry);
+    w->accept_retry.data = w;
+    w->reserve_fd = open_reserve();
+    if (w->reserve_fd < 0)
+        return -errno;
+    w->listen_keep = fcntl(w->listen_fd, F_DUPFD_CLOEXEC, 0);
+    if (w->listen_keep < 0)
+        return -errno;
     return 0;
 }
 

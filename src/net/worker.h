@@ -91,6 +91,14 @@ struct worker {
     unsigned nconns;
     bool listening;
     bool draining;              /* shutdown started on this worker */
+    /* Out of file descriptors: accepting pauses (server.c on_connection)
+     * and is tried again every ACCEPT_RETRY_MS until a descriptor is free. */
+    int reserve_fd;             /* kept open to be given up when accept fails */
+    int listen_keep;            /* a second descriptor of the listening socket */
+    bool accept_paused;
+    bool relisten;              /* the listener handle was closed to stop a retry loop */
+    bool listener_closed;       /* ... and its close callback has run */
+    uv_timer_t accept_retry;
     struct worker_stats stats;  /* written by this worker only */
 
     /* shared: messages from other threads, guarded by the fifo's own lock;
