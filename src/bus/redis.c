@@ -163,7 +163,7 @@
 #define LEASE_MAX 32        /* tokens taken ahead at once, at most */
 #define LEASE_MS 1000       /* tokens taken ahead and unused this long are dropped */
 #define STREAM_TTL_MS 600000 /* an answer's text is kept this long after its last piece */
-#define MARK_TTL_MS 6000     /* an answer's mark, refreshed while it runs: a dead node's */
+#define MARK_TTL_MS 10000    /* an answer's mark, refreshed while it runs: a dead node's */
 #define MARK_BEAT_MS 2000    /* answers free their sessions within MARK_TTL_MS */
 #define MARKS_MAX 4096       /* marks waiting for the thread; past it they are dropped */
 

@@ -201,6 +201,12 @@ static int hook_claim(void *app, const char *session, const char *stream_id)
 {
     struct chat *ch = app;
     int rc = bus_claim(ch->bus, session, stream_id);
+    if (rc < 0) {
+        /* Redis could not say: the answer goes ahead unclaimed (a person's
+         * hold or another node's answer may be missed). */
+        struct log_quoted q;
+        log_warn("assistant_claim_failed", "session=%s rc=%d", log_quotes(&q, session), rc);
+    }
     return rc == BUS_HELD ? ASST_CLAIM_HELD : rc == BUS_BUSY ? ASST_CLAIM_BUSY : rc;
 }
 
