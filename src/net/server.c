@@ -33,6 +33,13 @@ static void stop_listening(struct worker *w)
         uv_close((uv_handle_t *)&w->listener, NULL);
         w->listening = false;
     }
+    /* The socket itself goes now: new connections are refused at once,
+     * not left queued while this worker drains. */
+    w->relisten = false;
+    if (w->listen_keep >= 0) {
+        close(w->listen_keep);
+        w->listen_keep = -1;
+    }
 }
 
 static void on_wakeup(uv_async_t *a)

@@ -144,7 +144,33 @@ def test_idle_server_exits_promptly():
         wait_exit(d, t0, 8.0 if SLOW else 3.0)
 
 
+def test_new_connections_refused_while_draining():
+    """Once SIGTERM is in, the listening socket is gone: a client that
+    connects while chatd still drains an open connection is refused at once
+    (and can try another node), never left queued until chatd exits."""
+    with Chatd("--echo", "--shutdown-timeout", "5") as d:
+        held = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+        req, _ = upgrade_request("/echo")
+        held.sendall(req)
+        assert held.recv(1024).startswith(b"HTTP/1.1 101"), "no upgrade"
+        d.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5 if SLOW else 0.2)
+        t0 = time.time()
+        try:
+            s = socket.create_connection(("127.0.0.1", d.port), timeout=2)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.settimeout(2)
+            got = s.recv(64)
+            raise AssertionError("connected while draining, answered %r after %.2f s" %
+                                 (got, time.time() - t0))
+        except (ConnectionRefusedError, ConnectionResetError):
+            pass
+        except socket.timeout:
+            raise AssertionError("a new connection hung while chatd drained")
+        held.close()
+
+
 if __name__ == "__main__":
     run([test_sigterm_closes_100_connections_with_1001,
          test_client_ignoring_close_does_not_block_exit, test_sigint_is_graceful_too,
-         test_idle_server_exits_promptly])
+         test_idle_server_exits_promptly, test_new_connections_refused_while_draining])
