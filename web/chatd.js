@@ -1743,6 +1743,26 @@
     addEvent(X, ev, follow) {
       const node = this.eventNode(X, ev);
       if (node) this.add([ev.seq, 0], node, follow);
+      if (isSessionEvent(ev)) this.redrawNextOfKind(X, ev);
+    }
+
+    // A session event may arrive after a later one of its kind (a resume
+    // fills a gap behind a live event): whether that later one says
+    // anything new depends on it (see quietEvent), so it is drawn again.
+    redrawNextOfKind(X, ev) {
+      const help = ev.type === 'help_request' || ev.type === 'help_resolved';
+      const who = ev.sender && ev.sender.id;
+      for (const seq of X.tl.seqs) {
+        if (seq <= ev.seq) continue;
+        const e = X.tl.get(seq);
+        if (!isSessionEvent(e)) continue;
+        const eHelp = e.type === 'help_request' || e.type === 'help_resolved';
+        if (eHelp !== help || (!help && !(e.sender && e.sender.id === who))) continue;
+        const node = this.eventNode(X, e);
+        if (node) this.list.put([seq, 0], node);
+        else this.list.remove([seq, 0]);
+        return;
+      }
     }
 
     // Read markers of X moved: draw again X's own messages whose "Seen"
