@@ -48,8 +48,8 @@ def test_out_of_descriptors_pauses_then_recovers():
                     status, _, _ = http_get(d.port, "/healthz")
                     if status == 200:
                         break
-                except OSError:
-                    pass
+                except (OSError, IndexError, ValueError):
+                    pass  # refused, or shed (closed unanswered) while still full: again
                 assert time.time() - t0 < RECOVER_S, "round %d: not serving %.0f s after" % (
                     round_, RECOVER_S)
                 time.sleep(0.02)
