@@ -420,11 +420,14 @@ int webhook_help_request(struct webhook *w, const char *session_id, const char *
 
 void webhook_get_stats(struct webhook *w, struct webhook_stats *st)
 {
+    /* pending first: finish() counts a delivery's result before it stops
+     * being pending, so a reader that sees pending at 0 then sees every
+     * result (the other order could see neither). */
+    st->pending = atomic_load(&w->pending);
     st->delivered = atomic_load(&w->delivered);
     st->failed = atomic_load(&w->failed);
     st->dropped = atomic_load(&w->dropped);
     st->attempts = atomic_load(&w->attempts);
-    st->pending = atomic_load(&w->pending);
 }
 
 void webhook_write_metrics(struct webhook *w, struct text *t)
