@@ -17,15 +17,19 @@
  * base64url text is always longer than what it decodes to, so the three
  * decoded parts together never exceed the token's length.
  *
- * The verifier is read-only after jwt_verifier_new. Per-call OpenSSL state
- * (MAC and digest contexts) is created on each call from objects fetched once,
- * so concurrent callers share nothing mutable. OpenSSL errors left on the
+ * The verifier is read-only after jwt_verifier_new. OpenSSL state is each
+ * caller's own: HS256's MAC context is kept per thread (a thread-specific
+ * key, keyed once and reset per token), the digest contexts of RS256 and
+ * ES256 are made per call from objects fetched once, so concurrent callers
+ * share nothing mutable. OpenSSL errors left on the
  * per-thread error queue by a refused signature are cleared so they cannot be
  * mistaken later for the failure of an unrelated call on the same thread.
  */
 #include "auth/jwt.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +57,8 @@ struct jwt_verifier {
     unsigned char *_secret; /* owned, HS256 only; wiped on free */
     size_t _secret_len;
     EVP_MAC *_hmac;         /* owned (fetched once), HS256 only */
+    pthread_key_t _keyed;   /* HS256: each thread's MAC context, keyed once (hmac_sha256) */
+    bool _keyed_made;
     EVP_PKEY *_pkey;        /* owned, RS256/ES256 only */
     size_t _rsa_sig_len;    /* RS256: modulus size in bytes, the only valid signature length */
     char *_issuer;          /* owned or NULL */
@@ -160,6 +166,12 @@ ssize_t jwt_b64url_decode(const char *in, size_t n, unsigned char *out, size_t o
 
 /* ---- verifier --------------------------------------------------------------- */
 
+/* A thread's keyed HMAC context (hmac_sha256), at the thread's end. */
+static void keyed_free(void *ctx)
+{
+    EVP_MAC_CTX_free(ctx);
+}
+
 static int fail_cfg(char *err, size_t errlen, const char *msg, int rc)
 {
     if (err != NULL && errlen > 0)
@@ -245,6 +257,9 @@ int jwt_verifier_new(struct jwt_verifier **out, const struct jwt_config *cfg, ch
             msg = "OpenSSL has no HMAC implementation";
             goto fail;
         }
+        if (pthread_key_create(&v->_keyed, keyed_free) != 0)
+            goto oom;
+        v->_keyed_made = true;
     } else {
         v->_pkey = load_public_key(cfg->public_key_pem, cfg->public_key_len);
         if (v->_pkey == NULL) {
@@ -294,6 +309,12 @@ void jwt_verifier_free(struct jwt_verifier *v)
         OPENSSL_cleanse(v->_secret, v->_secret_len);
         free(v->_secret);
     }
+    if (v->_keyed_made) {
+        /* Other threads' contexts went with them (keyed_free); the
+         * caller's goes now. */
+        keyed_free(pthread_getspecific(v->_keyed));
+        pthread_key_delete(v->_keyed);
+    }
     EVP_MAC_free(v->_hmac);
     EVP_PKEY_free(v->_pkey);
     free(v->_issuer);
@@ -309,24 +330,41 @@ enum jwt_alg jwt_verifier_alg(const struct jwt_verifier *v)
 /* ---- signatures ------------------------------------------------------------- */
 
 /* HMAC-SHA256 of data into mac[32]. 0 or -ENOMEM (any OpenSSL failure). */
-static int hmac_sha256(EVP_MAC *hmac, const unsigned char *key, size_t keylen,
-                       const void *data, size_t len, unsigned char mac[HS256_LEN])
+/* HMAC-SHA256 of data with the verifier's secret. Each thread keeps its
+ * own context, keyed on its first call (the digest fetched and the key
+ * hashed once, not per token: a quarter of the handshake's crypto) and
+ * reset to that keyed state for each token; no thread sees another's. */
+static int hmac_sha256(const struct jwt_verifier *v, const void *data, size_t len,
+                       unsigned char mac[HS256_LEN])
 {
-    char digest[] = "SHA256";
-    OSSL_PARAM params[] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
-        OSSL_PARAM_construct_end(),
-    };
+    EVP_MAC_CTX *ctx = pthread_getspecific(v->_keyed);
+    int ok;
+    if (ctx == NULL) {
+        char digest[] = "SHA256";
+        OSSL_PARAM params[] = {
+            OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+            OSSL_PARAM_construct_end(),
+        };
+        ctx = EVP_MAC_CTX_new(v->_hmac);
+        if (ctx == NULL)
+            return -ENOMEM;
+        if (EVP_MAC_init(ctx, v->_secret, v->_secret_len, params) != 1 ||
+            pthread_setspecific(v->_keyed, ctx) != 0) {
+            EVP_MAC_CTX_free(ctx);
+            return -ENOMEM;
+        }
+        ok = 1;
+    } else {
+        ok = EVP_MAC_init(ctx, NULL, 0, NULL); /* back to the keyed state */
+    }
     size_t outl = 0;
-    int rc = -ENOMEM;
-    EVP_MAC_CTX *ctx = EVP_MAC_CTX_new(hmac);
-    if (ctx == NULL)
-        return -ENOMEM;
-    if (EVP_MAC_init(ctx, key, keylen, params) == 1 && EVP_MAC_update(ctx, data, len) == 1
-        && EVP_MAC_final(ctx, mac, &outl, HS256_LEN) == 1 && outl == HS256_LEN)
-        rc = 0;
+    if (ok == 1 && EVP_MAC_update(ctx, data, len) == 1 &&
+        EVP_MAC_final(ctx, mac, &outl, HS256_LEN) == 1 && outl == HS256_LEN)
+        return 0;
+    /* A context left mid-way is not used again. */
+    pthread_setspecific(v->_keyed, NULL);
     EVP_MAC_CTX_free(ctx);
-    return rc;
+    return -ENOMEM;
 }
 
 /* EVP_DigestVerify with SHA-256: 0 when valid, -EACCES when not, -ENOMEM. */
@@ -392,7 +430,7 @@ static int check_signature(const struct jwt_verifier *v, const unsigned char *si
     case JWT_HS256:
         if (siglen != HS256_LEN)
             return -EACCES;
-        rc = hmac_sha256(v->_hmac, v->_secret, v->_secret_len, input, inlen, mac);
+        rc = hmac_sha256(v, input, inlen, mac);
         if (rc == 0 && CRYPTO_memcmp(mac, sig, HS256_LEN) != 0)
             rc = -EACCES;
         OPENSSL_cleanse(mac, sizeof mac);
