@@ -89,17 +89,31 @@ int hub_init(struct hub *h, const struct config *cfg, struct server *srv, const 
     }
     /* What connection_status offers: every model's id and display name, in
      * the configured order (--model or --models). */
-    h->models = json_array();
-    for (unsigned i = 0; h->models && i < cfg->nmodels; i++) {
+    struct jw w;
+    jw_init(&w, 64, 0);
+    jw_raw(&w, "[", 1);
+    for (unsigned i = 0; i < cfg->nmodels; i++) {
         const struct conf_model *cm = &cfg->models[i];
-        if (json_array_append_new(h->models,
-                                  json_pack("{s:s, s:s}", "id", cm->id, "name", cm->name)) != 0)
-            break;
+        if (i)
+            jw_raw(&w, ",", 1);
+        jw_open(&w);
+        jw_kstr(&w, "id", cm->id);
+        jw_kstr(&w, "name", cm->name);
+        jw_close(&w);
     }
-    if (!h->models || json_array_size(h->models) != cfg->nmodels) {
+    jw_raw(&w, "]", 1);
+    struct sbuf *mb = jw_take(&w);
+    h->models_json = mb ? malloc(mb->len + 1) : NULL;
+    if (!h->models_json) {
+        if (mb)
+            sbuf_unref(mb);
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
+    memcpy(h->models_json, mb->data, mb->len);
+    h->models_json[mb->len] = '\0';
+    h->models_len = mb->len;
+    sbuf_unref(mb);
 
     static const enum jwt_alg algs[] = {
         [CONF_JWT_HS256] = JWT_HS256, [CONF_JWT_RS256] = JWT_RS256, [CONF_JWT_ES256] = JWT_ES256};
@@ -177,7 +191,7 @@ bool hub_model_known(const struct hub *h, const char *model_id)
 
 void hub_release(struct hub *h)
 {
-    json_decref(h->models);
+    free(h->models_json);
     jwt_verifier_free(h->jwt);
     registry_release(&h->registry);
 }
@@ -306,26 +320,34 @@ static void count_refusal(struct hub *h, enum hub_refusal why)
 
 /* ---- the chat connection ---------------------------------------------------- */
 
-static char *roles_to_json(const struct jwt_claims *cl)
+/* The roles as a JSON array text, in w (a token without roles is a
+ * "user"). */
+static void roles_to_json(const struct jwt_claims *cl, struct jw *w)
 {
-    json_t *arr = json_array();
+    jw_raw(w, "[", 1);
     if (cl->nroles == 0)
-        json_array_append_new(arr, json_string("user"));
-    for (unsigned i = 0; i < cl->nroles; i++)
-        json_array_append_new(arr, json_string(cl->roles[i]));
-    char *s = json_dumps(arr, JSON_COMPACT);
-    json_decref(arr);
-    return s;
+        jw_str(w, "user", 4);
+    for (unsigned i = 0; i < cl->nroles; i++) {
+        if (i)
+            jw_raw(w, ",", 1);
+        jw_str(w, cl->roles[i], strlen(cl->roles[i]));
+    }
+    jw_raw(w, "]", 1);
 }
 
 /* One allocation holds the client and its strings (idle memory matters:
  * every open connection has one). */
 static struct client *client_new(const struct jwt_claims *claims, struct hub *h, struct conn *c)
 {
-    char *roles = roles_to_json(claims);
-    if (!roles)
+    struct jw w;
+    jw_init(&w, 64 + JWT_MAX_ROLES * (JWT_MAX_ROLE + 3), 0);
+    roles_to_json(claims, &w);
+    if (w.failed) {
+        jw_release(&w);
         return NULL;
-    size_t rl = strlen(roles);
+    }
+    const char *roles = w.buf;
+    size_t rl = w.len;
     struct client *cl = calloc(1, sizeof *cl + claims->sub_len + claims->name_len + rl + 3);
     if (cl) {
         char *p = (char *)(cl + 1);
@@ -340,7 +362,7 @@ static struct client *client_new(const struct jwt_claims *claims, struct hub *h,
         cl->hub = h;
         cl->conn = c;
     }
-    free(roles);
+    jw_release(&w);
     return cl;
 }
 
@@ -353,19 +375,20 @@ static void client_free(struct client *cl)
 /* Take name and roles from a refreshed token (sub is unchanged). */
 static int client_rename(struct client *cl, const struct jwt_claims *claims)
 {
-    char *roles = roles_to_json(claims);
-    if (!roles)
-        return -ENOMEM;
-    size_t rl = strlen(roles);
-    char *p = malloc(claims->name_len + rl + 2);
+    struct jw w;
+    jw_init(&w, 64 + JWT_MAX_ROLES * (JWT_MAX_ROLE + 3), 0);
+    roles_to_json(claims, &w);
+    size_t rl = w.len;
+    char *p = w.failed ? NULL : malloc(claims->name_len + rl + 2);
     if (!p) {
-        free(roles);
+        jw_release(&w);
         return -ENOMEM;
     }
     memcpy(p, claims->name, claims->name_len);
     p[claims->name_len] = '\0';
-    memcpy(p + claims->name_len + 1, roles, rl + 1);
-    free(roles);
+    memcpy(p + claims->name_len + 1, w.buf, rl);
+    p[claims->name_len + 1 + rl] = '\0';
+    jw_release(&w);
     free(cl->refreshed);
     cl->refreshed = p;
     cl->name = p;
@@ -632,17 +655,30 @@ static void send_connection_status(struct client *cl, unsigned devices)
     char id[32], ts[32];
     snprintf(id, sizeof id, "c-%llx", (unsigned long long)cl->conn->id);
     clock_format_rfc3339(ts, clock_wall_ms());
-    json_t *roles = json_loads(cl->roles_json, 0, NULL);
-    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:o, s:i, s:i, s:I, s:s, s:[]}", "type",
-                          "connection_status", "connection_id", id, "user_id", cl->sub, "name",
-                          cl->name, "roles", roles ? roles : json_array(), "devices", devices,
-                          "max_devices", cfg->max_devices, "max_message_bytes",
-                          (json_int_t)cfg->max_message_bytes, "server_time", ts, "models");
-    if (o)
-        json_object_set_new(o, "models", json_deep_copy(cl->hub->models));
-    if (o) {
-        client_send_json(cl, o);
-        json_decref(o);
+    /* Every connection gets one: written straight into its frame. */
+    struct jw w;
+    jw_init(&w, 320 + cl->sub_len + strlen(cl->name) + strlen(cl->roles_json) +
+                    cl->hub->models_len,
+            WS_MAX_HEADER);
+    jw_open(&w);
+    jw_kstr(&w, "type", "connection_status");
+    jw_kstr(&w, "connection_id", id);
+    jw_kstr(&w, "user_id", cl->sub);
+    jw_kstr(&w, "name", cl->name);
+    jw_key(&w, "roles");
+    jw_raw(&w, cl->roles_json, strlen(cl->roles_json));
+    jw_kint(&w, "devices", devices);
+    jw_kint(&w, "max_devices", cfg->max_devices);
+    jw_kint(&w, "max_message_bytes", (int64_t)cfg->max_message_bytes);
+    jw_kstr(&w, "server_time", ts);
+    jw_key(&w, "models");
+    jw_raw(&w, cl->hub->models_json, cl->hub->models_len);
+    jw_close(&w);
+    uint32_t off, len;
+    struct sbuf *f = wire_frame_jw(&w, &off, &len);
+    if (f) {
+        conn_send_shared(cl->conn, f, off, len);
+        sbuf_unref(f);
     }
 }
 

@@ -135,7 +135,8 @@ struct hub {
     const struct router_ops *router_ops; /* NULL: no router attached */
     struct bus *bus;                     /* NULL, or one that counts devices across nodes */
     void *router;
-    json_t *models; /* [{"id":..,"name":..}] of cfg->models, in order */
+    char *models_json; /* [{"id":..,"name":..}] of cfg->models, in order (owned) */
+    size_t models_len;
     /* shared: atomics, any thread adds (hub_count_error), /metrics reads */
     atomic_uint_fast64_t errors[ERR_COUNT]; /* error replies by code */
     /* WebSocket upgrades refused, by reason (enum hub_refusal) */
