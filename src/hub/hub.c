@@ -340,7 +340,7 @@ static void roles_to_json(const struct jwt_claims *cl, struct jw *w)
 static struct client *client_new(const struct jwt_claims *claims, struct hub *h, struct conn *c)
 {
     struct jw w;
-    jw_init(&w, 64 + JWT_MAX_ROLES * (JWT_MAX_ROLE + 3), 0);
+    jw_init(&w, 128, 0); /* grows for a long list */
     roles_to_json(claims, &w);
     if (w.failed) {
         jw_release(&w);
@@ -376,7 +376,7 @@ static void client_free(struct client *cl)
 static int client_rename(struct client *cl, const struct jwt_claims *claims)
 {
     struct jw w;
-    jw_init(&w, 64 + JWT_MAX_ROLES * (JWT_MAX_ROLE + 3), 0);
+    jw_init(&w, 128, 0); /* grows for a long list */
     roles_to_json(claims, &w);
     size_t rl = w.len;
     char *p = w.failed ? NULL : malloc(claims->name_len + rl + 2);
