@@ -9,6 +9,7 @@ closed 1008 whatever the monotonic clock says). Each case prints the figure
 it measured (`figure: ...`), which docs/reliability.md quotes.
 """
 import datetime
+import glob
 import os
 import shutil
 import signal
@@ -25,7 +26,8 @@ from test_chat_protocol import server, token  # noqa: E402
 
 SLACK = 4.0 if SLOW else 1.0
 PING_S, PONG_S = 2, 4
-FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+# Debian's libfaketime (scripts/deps.sh), the variant for threaded programs.
+FAKETIME_LIBS = glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1")
 
 
 def figure(text):
@@ -144,11 +146,12 @@ def test_wall_clock_jumps():
     backward jump they do not go back: each stored event's timestamp is at
     least the one before it, held at the latest one given until the clock
     catches up, so that seq order and time order agree."""
+    assert FAKETIME_LIBS, "libfaketime is not installed (scripts/deps.sh test)"
     tmp = tempfile.mkdtemp(prefix="chatd-clock-")
     rc = os.path.join(tmp, "faketime.rc")
     with open(rc, "w") as f:
         f.write("+0\n")
-    env = {"LD_PRELOAD": FAKETIME_LIB, "FAKETIME_TIMESTAMP_FILE": rc, "FAKETIME_NO_CACHE": "1",
+    env = {"LD_PRELOAD": FAKETIME_LIBS[0], "FAKETIME_TIMESTAMP_FILE": rc, "FAKETIME_NO_CACHE": "1",
            "FAKETIME_DONT_FAKE_MONOTONIC": "1", "FAKETIME_DONT_RESET": "1"}
     if os.environ.get("CHATD_BUILD_KIND") == "address":
         env["ASAN_OPTIONS"] = os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"
