@@ -431,8 +431,8 @@ def test_outside_reader_does_not_block_writes():
     """Another program (python's sqlite3) opens the database, BEGINs and
     SELECTs, and keeps that read transaction open for seconds while clients
     write 10 KB messages. WAL lets readers and the writer run side by side:
-    chatd keeps acknowledging the whole time (no pause longer than a
-    second), its checkpoints (PASSIVE) never wait on the reader, the WAL
+    chatd keeps acknowledging the whole time (no pause of half the hold),
+    its checkpoints (PASSIVE) never wait on the reader, the WAL
     grows by what is written and no more; once the reader ends, the next
     checkpoint copies the WAL and it starts over (its header's salt
     changes) instead of growing further, and a WAL that grew past 8 MiB is
@@ -493,7 +493,8 @@ def test_outside_reader_does_not_block_writes():
         c.close()
         assert len(during) >= 10, "only %d acks in %.1f s of the reader's hold" % (
             len(during), hold_s)
-        assert max(gaps) < 1.0 * SLACK, "writes paused %.2f s during the hold" % max(gaps)
+        # Blocked by the reader, the writer would stall for the whole hold.
+        assert max(gaps) < hold_s / 2, "writes paused %.2f s during the hold" % max(gaps)
         # The WAL holds what was written during the hold plus page overhead.
         assert wal_peak - wal_at_hold <= 3 * written + (4 << 20), (wal_peak, written)
         assert reset, "the WAL did not start over within %.0f s of the reader's end" % (
