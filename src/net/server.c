@@ -70,12 +70,24 @@ static void on_wakeup(uv_async_t *a)
 
 static void on_listen_readable(uv_poll_t *p, int status, int events);
 
+/* Try at once, whether or not a connection waits: accept() runs out of
+ * descriptors before it looks for a connection, so EAGAIN too says the
+ * pause is over. */
 static void on_accept_retry(uv_timer_t *t)
 {
     struct worker *w = t->data;
     if (w->draining || !w->listening)
         return;
     uv_poll_start(&w->listener, UV_READABLE, on_listen_readable);
+    on_listen_readable(&w->listener, 0, UV_READABLE);
+}
+
+static void accept_works(struct worker *w)
+{
+    if (w->accept_paused) {
+        w->accept_paused = false;
+        log_info("accept_resumed", "worker=%u open_connections=%u", w->index, w->nconns);
+    }
 }
 
 static void accept_pause(struct worker *w, int err)
@@ -102,8 +114,10 @@ static void on_listen_readable(uv_poll_t *p, int status, int events)
         int fd = accept4(w->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             int e = errno;
-            if (e == EAGAIN || e == EWOULDBLOCK)
+            if (e == EAGAIN || e == EWOULDBLOCK) {
+                accept_works(w);
                 return;
+            }
             if (e == EINTR || e == ECONNABORTED || e == EPROTO)
                 continue; /* that one connection is gone: the next */
             if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
@@ -115,10 +129,7 @@ static void on_listen_readable(uv_poll_t *p, int status, int events)
             accept_pause(w, e); /* not in a loop either */
             return;
         }
-        if (w->accept_paused) {
-            w->accept_paused = false;
-            log_info("accept_resumed", "worker=%u open_connections=%u", w->index, w->nconns);
-        }
+        accept_works(w);
         conn_accept(w, fd);
     }
 }
@@ -187,11 +198,7 @@ static void worker_main(void *arg)
     struct worker *w = arg;
     worker_set_current(w);
     int rc;
-    if (listen(w->listen_fd, 4096) != 0) {
-        log_error("listen_failed", "worker=%u error=%s", w->index,
-                  uv_err_name(uv_translate_sys_error(errno)));
-        exit(1);
-    }
+    /* open_listener made the socket listen already. */
     if ((rc = uv_poll_init_socket(&w->loop, &w->listener, w->listen_fd)) != 0 ||
         (rc = uv_poll_start(&w->listener, UV_READABLE, on_listen_readable)) != 0) {
         log_error("listen_failed", "worker=%u error=%s", w->index, uv_err_name(rc));
