@@ -427,6 +427,9 @@ int main(int argc, char **argv)
         struct store_options so = {.engine = use_pg ? "postgres" : "sqlite",
                                    .path = use_pg ? cfg.postgres_dsn : cfg.db_path,
                                    .sync_full = cfg.sync_full,
+                                   .check = cfg.db_check == DB_CHECK_ALWAYS  ? STORE_CHECK_ALWAYS
+                                            : cfg.db_check == DB_CHECK_NEVER ? STORE_CHECK_NEVER
+                                                                             : STORE_CHECK_AUTO,
                                    .key = cfg.encryption_key_file ? key : NULL,
                                    .on_batch = chat_on_batch,
                                    .arg = st.chat};

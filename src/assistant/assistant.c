@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "assistant/provider.h"
@@ -972,8 +973,19 @@ int assistant_new(struct assistant **out, const struct assistant_options *opt,
     a->hooks = *hooks;
     a->store = store;
     a->jobs_tail = &a->jobs;
-    a->seed = hash_mix64((uint64_t)clock_wall_ms() ^ (uint64_t)(uintptr_t)a);
-    a->budget_seed = hash_mix64(a->seed ^ (uint64_t)clock_mono_ms());
+    /* Stream ids are the stored answers' client ids, deduplicated per
+     * model: they must differ between the nodes of a cluster and between
+     * one run and the next, so the seed is the kernel's, never the clock
+     * (nodes started in the same millisecond, with the same heap layout,
+     * drew the same ids, and one node's answer was taken for a retry of
+     * the other's). */
+    uint64_t seeds[2];
+    if (getrandom(seeds, sizeof seeds, 0) != (ssize_t)sizeof seeds) {
+        free(a);
+        return -EIO;
+    }
+    a->seed = seeds[0];
+    a->budget_seed = seeds[1];
     pthread_mutex_init(&a->lock, NULL);
     /* Its timed waits (a job's not_before_ms) on the monotonic clock, as
      * not_before_ms: the wall clock set back must not hold a retry. */

@@ -191,12 +191,6 @@ struct lease {
     int64_t until_ms; /* unused past this, they are dropped */
 };
 
-/* An answer this node ended, whose mark the subscriber thread removes. */
-struct mark {
-    char key[64];
-    char value[64];
-};
-
 /* The order of one session's stored events on this node. */
 struct order_sess {
     struct order_sess *next;
@@ -260,7 +254,7 @@ struct rbus {
     size_t ndevs, capdevs;
     struct pres_dev *holds; /* under pres_mu: sessions held here (bus_hold) */
     size_t nholds, capholds;
-    struct mark *marks;     /* under pres_mu: answers ended, for the thread */
+    struct pres_dev *marks; /* under pres_mu: answers ended, whose marks the thread removes */
     struct pres_dev *claims; /* under pres_mu: answers running here (key: mark, member: value) */
     size_t nclaims, capclaims;
     int64_t next_markbeat_ms; /* the subscriber thread's */
@@ -1056,9 +1050,10 @@ static void redis_release(struct bus *b, const char *session, const char *stream
     bool added = r->nmarks < MARKS_MAX &&
                  vec_grow(&r->marks, &r->capmarks, r->nmarks, 1, sizeof *r->marks) == 0;
     if (added) {
-        answer_key(r, session, r->marks[r->nmarks].key, sizeof r->marks[0].key);
-        mark_value(r, stream, r->marks[r->nmarks].value, sizeof r->marks[0].value);
-        r->nmarks++;
+        struct pres_dev *m = &r->marks[r->nmarks++];
+        memset(m, 0, sizeof *m);
+        answer_key(r, session, m->key, sizeof m->key);
+        mark_value(r, stream, m->member, sizeof m->member);
     }
     pthread_mutex_unlock(&r->pres_mu);
     if (added)
@@ -1067,37 +1062,43 @@ static void redis_release(struct bus *b, const char *session, const char *stream
      * nodes wait for an answer that has ended, up to their timeout. */
 }
 
-/* Keep the marks of the answers running here alive (the subscriber
- * thread, every MARK_BEAT_MS). */
-static void mark_beat(struct rbus *r)
+/* Run script over each (key, member) of v[0..n), in one pipeline, with
+ * ttl_ms as its last argument unless 0; the replies are read and dropped.
+ * Under pres_mu, or at the close once the thread is gone (c is the
+ * presence connection). */
+static void eval_each(redisContext *c, const char *script, const struct pres_dev *v, size_t n,
+                      unsigned ttl_ms)
 {
-    pthread_mutex_lock(&r->pres_mu);
-    redisContext *c = r->nclaims ? pres_conn(r) : NULL;
     size_t sent = 0;
-    for (size_t i = 0; c && i < r->nclaims; i++) {
-        if (redisAppendCommand(c, "EVAL %s 1 %s %s %u", mark_refresh_lua, r->claims[i].key,
-                               r->claims[i].member, (unsigned)MARK_TTL_MS) != REDIS_OK)
+    for (size_t i = 0; c && i < n; i++) {
+        int rc = ttl_ms ? redisAppendCommand(c, "EVAL %s 1 %s %s %u", script, v[i].key,
+                                             v[i].member, ttl_ms)
+                        : redisAppendCommand(c, "EVAL %s 1 %s %s", script, v[i].key, v[i].member);
+        if (rc != REDIS_OK)
             break;
         sent++;
     }
     if (c)
         read_replies(c, sent);
+}
+
+/* Keep the marks of the answers running here alive (the subscriber
+ * thread, every MARK_BEAT_MS). */
+static void mark_beat(struct rbus *r)
+{
+    pthread_mutex_lock(&r->pres_mu);
+    if (r->nclaims)
+        eval_each(pres_conn(r), mark_refresh_lua, r->claims, r->nclaims, MARK_TTL_MS);
     pthread_mutex_unlock(&r->pres_mu);
 }
 
-/* Remove the marks of the answers that ended (the subscriber thread). */
+/* Remove the marks of the answers that ended (the subscriber thread).
+ * Unreachable Redis: they expire (MARK_TTL_MS). */
 static void record_marks(struct rbus *r)
 {
     pthread_mutex_lock(&r->pres_mu);
-    redisContext *c = r->nmarks ? pres_conn(r) : NULL;
-    size_t sent = 0;
-    for (size_t i = 0; c && i < r->nmarks; i++) {
-        const struct mark *m = &r->marks[i];
-        if (redisAppendCommand(c, "EVAL %s 1 %s %s", release_lua, m->key, m->value) != REDIS_OK)
-            break;
-        sent++;
-    }
-    read_replies(c, sent);
+    if (r->nmarks)
+        eval_each(pres_conn(r), release_lua, r->marks, r->nmarks, 0);
     r->nmarks = 0;
     pthread_mutex_unlock(&r->pres_mu);
 }
@@ -1724,11 +1725,8 @@ static void redis_close(struct bus *b)
             if (redisAppendCommand(r->pres, "ZREM %s %s", d->key, d->member) == REDIS_OK)
                 sent++;
         }
-        for (size_t i = 0; i < r->nclaims; i++)
-            if (redisAppendCommand(r->pres, "EVAL %s 1 %s %s", release_lua, r->claims[i].key,
-                                   r->claims[i].member) == REDIS_OK)
-                sent++;
         read_replies(r->pres, sent);
+        eval_each(r->pres, release_lua, r->claims, r->nclaims, 0);
     }
     if (r->pres)
         redisFree(r->pres);

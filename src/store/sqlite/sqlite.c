@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "store/sqlite/internal.h"
@@ -219,11 +220,38 @@ static void stop_checkpointer(struct store_sqlite *s)
 
 /* ---- open / close ----------------------------------------------------------- */
 
+#define CHECK_AUTO_MAX_BYTES (256LL << 20) /* --db-check auto: always checked up to this */
+
+/* Whether to check the file's pages at start (before it is opened). auto:
+ * after an unclean stop (a clean close checkpoints and removes the WAL, so
+ * a WAL left behind means chatd, the machine or the disk stopped mid-way,
+ * when damage is likeliest), or while the file is small enough for the
+ * check to cost well under a second. *why says which. */
+static bool check_wanted(const char *path, enum store_check mode, const char **why)
+{
+    if (mode != STORE_CHECK_AUTO) {
+        *why = mode == STORE_CHECK_ALWAYS ? "always" : "never";
+        return mode == STORE_CHECK_ALWAYS;
+    }
+    char wal[4096];
+    struct stat st;
+    if (snprintf(wal, sizeof wal, "%s-wal", path) < (int)sizeof wal && stat(wal, &st) == 0) {
+        *why = "unclean stop";
+        return true;
+    }
+    if (stat(path, &st) != 0 || st.st_size <= CHECK_AUTO_MAX_BYTES) {
+        *why = "small file";
+        return true;
+    }
+    *why = "large file, clean stop";
+    return false;
+}
+
 /* A damaged file is refused at start, naming it, rather than found by the
  * reader or the commit that meets the damaged page (which would answer its
  * client `unavailable` for ever). quick_check reads every page once: its
- * time grows with the file (it is logged). */
-static int check_file(sqlite3 *db, char *err, size_t errlen)
+ * time grows with the file (it is logged); --db-check says when. */
+static int check_file(sqlite3 *db, const char *why, char *err, size_t errlen)
 {
     int64_t t0 = clock_mono_ms();
     sqlite3_stmt *st = NULL;
@@ -241,7 +269,7 @@ static int check_file(sqlite3 *db, char *err, size_t errlen)
     }
     sqlite3_finalize(st);
     if (ok)
-        log_info("store_checked", "ms=%lld", (long long)(clock_mono_ms() - t0));
+        log_info("store_checked", "ms=%lld why=\"%s\"", (long long)(clock_mono_ms() - t0), why);
     return ok ? 0 : -1;
 }
 
@@ -306,6 +334,8 @@ static int sq_open(void **out, const struct store_options *opt, char *err, size_
     atomic_init(&s->fail_commits, 0);
     s->db_fd = s->wal_fd = -1;
 
+    const char *why;
+    bool check = check_wanted(opt->path, opt->check, &why);
     int rc = sqlite3_open_v2(opt->path, &s->db,
                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                              NULL);
@@ -335,7 +365,9 @@ static int sq_open(void **out, const struct store_options *opt, char *err, size_
         snprintf(err, errlen, "--db: '%s': %s", opt->path, e);
         goto fail;
     }
-    if (check_file(s->db, e, sizeof e) != 0 || migrate(s->db, e, sizeof e) != 0) {
+    if (!check)
+        log_info("store_check_skipped", "why=\"%s\"", why);
+    if ((check && check_file(s->db, why, e, sizeof e) != 0) || migrate(s->db, e, sizeof e) != 0) {
         snprintf(err, errlen, "--db: '%s': %s", opt->path, e);
         goto fail;
     }
