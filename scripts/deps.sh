@@ -16,6 +16,8 @@ if [ "$mode" = bench ]; then
 fi
 if [ "$mode" = test ]; then
     pkgs="$pkgs libcmocka-dev clang libclang-rt-dev python3 python3-websockets openssl util-linux strace"
+    # test_faults_time.py moves chatd's wall clock (LD_PRELOAD libfaketime).
+    pkgs="$pkgs libfaketime"
     # The PostgreSQL engine's tests start their own server (initdb, pg_ctl).
     pkgs="$pkgs postgresql"
     # The cluster tests start their own Redis.

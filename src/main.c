@@ -356,6 +356,9 @@ int main(int argc, char **argv)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
+    /* Past a file-size limit (RLIMIT_FSIZE) a write must fail with EFBIG,
+     * which storage turns into fail-stop, not end the process unannounced. */
+    signal(SIGXFSZ, SIG_IGN);
     raise_nofile();
 
     static struct main_state st;

@@ -933,11 +933,7 @@ static void *assistant_main(void *arg)
             if (wait_ms < 0) {
                 pthread_cond_wait(&a->cond, &a->lock);
             } else {
-                struct timespec until;
-                clock_gettime(CLOCK_REALTIME, &until);
-                until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
-                until.tv_sec += wait_ms / 1000 + until.tv_nsec / 1000000000L;
-                until.tv_nsec %= 1000000000L;
+                struct timespec until = clock_cond_deadline(wait_ms);
                 pthread_cond_timedwait(&a->cond, &a->lock, &until);
             }
             continue;
@@ -991,7 +987,10 @@ int assistant_new(struct assistant **out, const struct assistant_options *opt,
     a->seed = seeds[0];
     a->budget_seed = seeds[1];
     pthread_mutex_init(&a->lock, NULL);
-    pthread_cond_init(&a->cond, NULL);
+    /* Its timed waits (a job's not_before_ms) on the monotonic clock, as
+     * not_before_ms: the wall clock set back must not hold a retry. */
+    if (clock_cond_init(&a->cond) != 0)
+        pthread_cond_init(&a->cond, NULL);
     unsigned conns = a->opt.max_streams + 64;
     struct http_client_options ho = {
         .ca_file = opt->ca_file,

@@ -143,6 +143,7 @@
 #include <unistd.h>
 
 #include "bus/envelope.h"
+#include "util/clock.h"
 #include "util/hash.h"
 #include "util/log.h"
 #include "util/sbuf.h"
@@ -1666,11 +1667,7 @@ static void redis_watch(struct bus *b, const char *user, int delta)
     if ((old == 0) != (*n == 0))
         uv_async_send(&r->wake);
     if (delta > 0) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += (long)WATCH_WAIT_MS * 1000000L;
-        until.tv_sec += until.tv_nsec / 1000000000L;
-        until.tv_nsec %= 1000000000L;
+        struct timespec until = clock_cond_deadline(WATCH_WAIT_MS);
         for (;;) {
             bool ok = true;
             for (unsigned i = user ? shard : 0; i < (user ? shard + 1 : BUS_REDIS_SHARDS); i++)
@@ -1795,7 +1792,10 @@ int bus_redis_open(struct bus **out, const struct bus_handler *handler, const ch
     pthread_mutex_init(&r->pres_mu, NULL);
     pthread_mutex_init(&r->lease_mu, NULL);
     pthread_mutex_init(&r->mu, NULL);
-    pthread_cond_init(&r->cv, NULL);
+    /* Timed waits on the monotonic clock: the wall clock set back must
+     * not hold a worker waiting for Redis for as long. */
+    if (clock_cond_init(&r->cv) != 0)
+        pthread_cond_init(&r->cv, NULL);
     snprintf(r->node_id, sizeof r->node_id, "%s", node_id);
     int rc = parse_url(r, url, err, errlen);
     if (rc != 0)
@@ -1827,9 +1827,7 @@ int bus_redis_open(struct bus **out, const struct bus_handler *handler, const ch
     }
     r->sub_started = true;
     /* Connected for receiving before the first connection is admitted. */
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += START_WAIT_MS / 1000;
+    struct timespec until = clock_cond_deadline(START_WAIT_MS);
     pthread_mutex_lock(&r->mu);
     while (!r->connected && pthread_cond_timedwait(&r->cv, &r->mu, &until) == 0)
         ;

@@ -18,6 +18,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "http/request.h"
 #include "http/response.h"
@@ -44,15 +45,17 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = WORKER_READ_BUF;
 }
 
-void conn_accept(struct worker *w)
+void conn_accept(struct worker *w, int fd)
 {
     struct conn *c = calloc(1, sizeof *c);
     if (!c) {
         log_error("accept_failed", "reason=out_of_memory");
+        close(fd);
         return;
     }
     uv_tcp_init(&w->loop, &c->tcp);
-    if (uv_accept((uv_stream_t *)&w->listener, (uv_stream_t *)&c->tcp) != 0) {
+    if (uv_tcp_open(&c->tcp, fd) != 0) {
+        close(fd);
         uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
         return;
     }

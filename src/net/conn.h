@@ -125,8 +125,9 @@ struct conn {
     struct rate_bucket in_bytes; /* ... and bytes */
 };
 
-/* Accept a pending connection on the worker's listener. Worker thread. */
-void conn_accept(struct worker *w);
+/* Take on a connection the worker accepted (fd: owned from here on, closed
+ * on failure). Worker thread. */
+void conn_accept(struct worker *w, int fd);
 
 /* Queue a text or binary message as one frame (copied). 0 or -errno. */
 int conn_send(struct conn *c, unsigned opcode, const void *data, size_t len);

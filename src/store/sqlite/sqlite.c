@@ -147,6 +147,13 @@ static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
 
 #define CKPT_PAGES 4096
 
+/* When the WAL starts over (a checkpoint copied all of it and no reader
+ * still needs it), SQLite cuts the file back to this size: a WAL that grew
+ * while an outside program held a long read transaction does not keep its
+ * peak size on disk for good. Twice the checkpoint threshold (1 KiB pages),
+ * so the ordinary cycle never truncates. */
+#define WAL_KEEP_BYTES_TEXT "8388608"
+
 static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 {
     struct store_sqlite *s = arg;
@@ -183,10 +190,21 @@ static void checkpointer_main(void *arg)
         uv_mutex_unlock(&s->ckpt_lock);
         if (closing)
             break;
+        /* A connection opens the WAL only when it first reads, and until
+         * then SQLite (before 3.42) answers a checkpoint SQLITE_OK having
+         * done nothing (-1 pages): without this read the WAL was never
+         * copied back and grew with every message until chatd stopped. */
+        char e[256];
+        if (exec(db, "SELECT 1 FROM sqlite_master LIMIT 1", e, sizeof e) != 0) {
+            log_warn("store_checkpoint_failed", "error=\"%s\"", e);
+            continue;
+        }
         int log_pages = 0, done = 0;
         int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_pages, &done);
         if (rc != SQLITE_OK && rc != SQLITE_BUSY)
             log_warn("store_checkpoint_failed", "error=\"%s\"", sqlite3_errstr(rc));
+        else if (log_pages < 0)
+            log_warn("store_checkpoint_failed", "error=\"WAL not open\"");
     }
     sqlite3_close(db);
 }
@@ -342,7 +360,8 @@ static int sq_open(void **out, const struct store_options *opt, char *err, size_
         exec(s->db, s->sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL",
              e, sizeof e) ||
         exec(s->db, "PRAGMA foreign_keys = ON", e, sizeof e) ||
-        exec(s->db, "PRAGMA wal_autocheckpoint = 0", e, sizeof e)) {
+        exec(s->db, "PRAGMA wal_autocheckpoint = 0", e, sizeof e) ||
+        exec(s->db, "PRAGMA journal_size_limit = " WAL_KEEP_BYTES_TEXT, e, sizeof e)) {
         snprintf(err, errlen, "--db: '%s': %s", opt->path, e);
         goto fail;
     }

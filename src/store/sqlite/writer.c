@@ -451,7 +451,14 @@ static void run_batch(struct store_sqlite *s, struct store_req **reqs, size_t n)
 {
     struct log_quoted qp;
     int64_t t0 = store__now_us();
+    /* The wall clock may be set back (by hours, by hand or by a time
+     * service): event times never go back with it, so that seq order and
+     * time order agree. They hold at the latest one given until the clock
+     * catches up, or until a restart. A forward jump is taken as it is. */
     int64_t now = clock_wall_ms();
+    if (now < s->last_wall_ms)
+        now = s->last_wall_ms;
+    s->last_wall_ms = now;
     const char *gone = atomic_load(&s->failed) ? "the store has failed" : files_gone(s);
     if (gone) {
         /* Nothing of this batch was written. */
