@@ -190,6 +190,13 @@ struct lease {
     int64_t until_ms; /* unused past this, they are dropped */
 };
 
+/* An envelope whose publish failed, left for this node's own order. */
+struct unsent {
+    struct unsent *next;
+    uint8_t *p; /* owned: the envelope */
+    size_t n;
+};
+
 /* The order of one session's stored events on this node. */
 struct order_sess {
     struct order_sess *next;
@@ -238,6 +245,11 @@ struct rbus {
     unsigned want[BUS_REDIS_SHARDS];
     unsigned want_all;
     bool confirmed[BUS_REDIS_SHARDS];
+    /* Envelopes a failed publish left to this node (also under mu): the
+     * subscriber thread passes them through the order as if Redis had sent
+     * them. unsent_closed: the thread is stopping, deliver at once. */
+    struct unsent *unsent, **unsent_tail;
+    bool unsent_closed;
     /* the subscriber thread's own */
     bool requested[BUS_REDIS_SHARDS];
     bool ctl_requested;
@@ -387,6 +399,7 @@ static redisContext *connect_one(struct rbus *r, char *err, size_t errlen)
 }
 
 static int64_t now_ms(void);
+static bool keep_unsent(struct rbus *r, struct env_writer *msgs, size_t nmsgs);
 
 /* Connect *c again, unless the last attempt failed less than RETRY_MS ago
  * (the caller then goes on without Redis at once rather than wait for a
@@ -508,9 +521,13 @@ static int redis_publish(struct bus *b, const struct bus_event *ev, size_t n)
         atomic_fetch_add(&r->published, n);
     } else {
         /* Lost to the other nodes (they fill it from storage when they see
-         * the gap); this node's connections still get it, at once. */
+         * the gap); this node's connections still get it, through the
+         * subscriber thread's order like what Redis sends: another node's
+         * event below it may be missing here too (its publish failed as
+         * well), and delivering at once would pass it. */
         atomic_fetch_add(&r->lost, n);
-        r->base.handler.deliver(r->base.handler.app, ev, n);
+        if (!keep_unsent(r, msgs, nmsgs))
+            r->base.handler.deliver(r->base.handler.app, ev, n);
     }
 out:
     for (size_t m = 0; msgs && m < nmsgs; m++)
@@ -519,6 +536,43 @@ out:
     free(shards);
     free(evshard);
     return rc;
+}
+
+/* Hand the envelopes of a failed publish to the subscriber thread (taking
+ * their buffers), unless it is stopping or memory is short: false, and
+ * the caller delivers them at once. */
+static bool keep_unsent(struct rbus *r, struct env_writer *msgs, size_t nmsgs)
+{
+    struct unsent *head = NULL, **tail = &head;
+    for (size_t m = 0; m < nmsgs; m++) {
+        struct unsent *u = malloc(sizeof *u);
+        if (!u)
+            break;
+        *u = (struct unsent){.p = msgs[m].p, .n = msgs[m].n};
+        *tail = u;
+        tail = &u->next;
+    }
+    bool ok = false;
+    size_t made = 0;
+    for (struct unsent *u = head; u; u = u->next)
+        made++;
+    pthread_mutex_lock(&r->mu);
+    if (made == nmsgs && nmsgs && !r->unsent_closed) {
+        *r->unsent_tail = head;
+        r->unsent_tail = tail;
+        for (size_t m = 0; m < nmsgs; m++)
+            msgs[m].p = NULL;
+        uv_async_send(&r->wake); /* under mu: quiesce closes the handle after */
+        ok = true;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (!ok) /* the buffers are still the caller's */
+        while (head) {
+            struct unsent *next = head->next;
+            free(head);
+            head = next;
+        }
+    return ok;
 }
 
 /* ---- order ---- */
@@ -1288,7 +1342,7 @@ static void heartbeat(struct rbus *r)
 
 /* ---- receiving ---- */
 
-static void on_message(struct rbus *r, const char *data, size_t len)
+static void on_message(struct rbus *r, const char *data, size_t len, bool from_redis)
 {
     uint64_t nonce;
     struct bus_event *ev;
@@ -1307,7 +1361,8 @@ static void on_message(struct rbus *r, const char *data, size_t len)
             ev[i].worker = UINT32_MAX;
         }
     }
-    atomic_fetch_add(&r->received, count);
+    if (from_redis)
+        atomic_fetch_add(&r->received, count);
     struct outv o = {0};
     int64_t now = now_ms();
     for (uint32_t i = 0; i < count; i++)
@@ -1376,7 +1431,7 @@ static void on_reply(struct rbus *r, redisReply *rep)
         if (ctl)
             on_ctl(r, rep->element[2]->str, rep->element[2]->len);
         else
-            on_message(r, rep->element[2]->str, rep->element[2]->len);
+            on_message(r, rep->element[2]->str, rep->element[2]->len, true);
         return;
     }
     if (strcmp(what, "subscribe") != 0)
@@ -1611,10 +1666,29 @@ static void on_tick(uv_timer_t *t)
     }
 }
 
-/* Another thread changed what is wanted (bus_watch) or ended an answer. */
+/* What failed to publish, through this node's order (keep_unsent). */
+static void order_unsent(struct rbus *r)
+{
+    pthread_mutex_lock(&r->mu);
+    struct unsent *u = r->unsent;
+    r->unsent = NULL;
+    r->unsent_tail = &r->unsent;
+    pthread_mutex_unlock(&r->mu);
+    while (u) {
+        struct unsent *next = u->next;
+        on_message(r, (const char *)u->p, u->n, false);
+        free(u->p);
+        free(u);
+        u = next;
+    }
+}
+
+/* Another thread changed what is wanted (bus_watch), ended an answer, or
+ * left a failed publish to this node. */
 static void on_wake(uv_async_t *a)
 {
     struct rbus *r = a->data;
+    order_unsent(r);
     record_marks(r);
     if (r->ac && r->ac_connected && !reconcile(r))
         redisAsyncDisconnect(r->ac);
@@ -1700,6 +1774,9 @@ static void *sub_main(void *arg)
 static void redis_quiesce(struct bus *b)
 {
     struct rbus *r = (struct rbus *)b;
+    pthread_mutex_lock(&r->mu);
+    r->unsent_closed = true; /* failed publishes are delivered at once from now */
+    pthread_mutex_unlock(&r->mu);
     if (r->sub_started) {
         uv_async_send(&r->stop);
         pthread_join(r->sub_thread, NULL); /* it closed the loop */
@@ -1737,6 +1814,12 @@ static void redis_close(struct bus *b)
     free(r->holds);
     free(r->marks);
     free(r->claims);
+    while (r->unsent) { /* left when the thread stopped: no one to deliver to */
+        struct unsent *u = r->unsent;
+        r->unsent = u->next;
+        free(u->p);
+        free(u);
+    }
     for (unsigned k = 0; k < ORDER_BUCKETS; k++)
         while (r->order[k]) {
             struct order_sess *os = r->order[k];
@@ -1791,6 +1874,7 @@ int bus_redis_open(struct bus **out, const struct bus_handler *handler, const ch
     r->base.ops = &redis_ops;
     r->base.handler = *handler;
     r->backoff = 100;
+    r->unsent_tail = &r->unsent;
     pthread_mutex_init(&r->pub_mu, NULL);
     pthread_mutex_init(&r->pres_mu, NULL);
     pthread_mutex_init(&r->lease_mu, NULL);
