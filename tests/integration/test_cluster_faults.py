@@ -138,13 +138,18 @@ def fault_lines(nodes):
                      for line in x.log().splitlines() if any(k in line for k in keys))[-6000:]
 
 
-def check_session(reader, sid, devs, acked, wait=WAIT, nodes=()):
+def check_session(reader, sid, devs, acked, wait=WAIT, nodes=(), others=None):
     """Storage holds each acked message once, at its acked seq, with no gap
-    and nothing else; every device received every event of the session
-    once, in seq order, each the message acked at that seq. `reader` is a
-    (port, token) to read the history with."""
+    and nothing else (but the session events `others`, {seq: type});
+    every device received every event of the session once, in seq order,
+    each the message acked at that seq. `reader` is a (port, token) to
+    read the history with."""
     events, last = history(reader[0], sid, reader[1])
     check_gapless(sid, events)
+    others = others or {}
+    assert {e["seq"]: e["type"] for e in events if e["type"] != "user_message"} == others, \
+        [e for e in events if e["type"] != "user_message"]
+    events = [e for e in events if e["type"] == "user_message"]
     ids = [e.get("id") for e in events]
     dups = sorted({i for i in ids if ids.count(i) > 1})
     assert not dups, "stored more than once: %s" % dups[:10]
@@ -153,7 +158,7 @@ def check_session(reader, sid, devs, acked, wait=WAIT, nodes=()):
     for e in events:
         assert acked[e["id"]] == e["seq"], "stored at %d, acked at %d: %s" % (
             e["seq"], acked[e["id"]], e)
-    total = len(events)
+    total = len(events) + len(others)
     assert last == total, (last, total)
     for d in devs:
         d.wait_count(sid, total, wait)
@@ -165,7 +170,7 @@ def check_session(reader, sid, devs, acked, wait=WAIT, nodes=()):
         assert seqs == list(range(1, total + 1)), \
             "%s: not every event once in seq order: %s\nThe nodes said:\n%s" % (
                 d.label, first_anomaly(seqs, 1), fault_lines(nodes))
-        wrong = [(s, i) for s, i in got if acked.get(i) != s]
+        wrong = [(s, i) for s, i in got if acked.get(i) != s and s not in others]
         assert not wrong, "%s: events not the messages acked at their seq: %s" % (
             d.label, wrong[:5])
         assert not d.dup_replies, (d.label, d.dup_replies[:3])
@@ -335,7 +340,9 @@ def test_redis_killed_and_restarted_empty():
         acked = {"first": 1}
         for w in writers:
             acked.update(w.acked())
-        total = check_session((nodes[2].port, devs[2].token), sid, devs, acked, nodes=nodes)
+        total = check_session((nodes[2].port, devs[2].token), sid, devs, acked, nodes=nodes,
+                              others={2: "admin_join"})
+        assert adm.seqs(sid) == list(range(2, total + 1)), first_anomaly(adm.seqs(sid), 2)
         for x in nodes:
             assert "event=redis_connection_lost" in x.log(), node_name(x)
         print("     Redis down %.1f s: %d events; counted again %.1f s after the new Redis "
