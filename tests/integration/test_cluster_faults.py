@@ -44,7 +44,8 @@ import test_cluster  # noqa: E402
 from test_cluster import WAIT, Redis  # noqa: E402
 from test_cluster_recovery import DEVS, Nodes, device, node_name, wait_all  # noqa: E402
 
-PAUSE = 5.0  # seconds a server is stopped or a link cut
+PAUSE = 5.0  # seconds a server is stopped
+CUT = 9.0    # seconds node C is cut off: longer than PG_IDLE_TX_MS (5 s)
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -571,14 +572,16 @@ class Partitioned(Nodes):
 
 def test_partition_of_one_node():
     """Node C, in a namespace of its own, is cut off from Redis and
-    PostgreSQL (its link down) for PAUSE seconds while devices write on A
+    PostgreSQL (its link down) for CUT seconds while devices write on A
     (to the session of a user with devices on A and C) and on B (another
     user's session, devices on A and B), and C's device writes too. C acks
-    nothing while it cannot store; B carries on; A may wait for a session
-    row that C's cut-off transaction holds locked, until C's packets flow
-    again. After healing C's held writes commit (or are refused and
-    retried), C's subscription, never broken, delivers what it missed, and
-    every device of both users has every event once, in order."""
+    nothing while it cannot store; B carries on; A waits at most
+    PG_IDLE_TX_MS (5 s) for a session row that C's cut-off transaction
+    holds locked: the server ends that transaction (chatd sets
+    idle_in_transaction_session_timeout). After healing C's held writes
+    commit, or are refused (their transaction ended) and retried; C's
+    subscription, never broken, delivers what it missed, and every device
+    of both users has every event once, in order."""
     if NETNS.error:
         print("     SKIP test_partition_of_one_node: no network namespace here: %s" % NETNS.error)
         return
@@ -600,10 +603,30 @@ def test_partition_of_one_node():
         for w in writers:
             w.start()
         wait_acks(writers, 5, "before the cut")
-        cut_at = time.time()
-        NETNS.cut()
+        # Cut C off while its writer is inside a transaction that holds the
+        # session row locked (A's writer waits for it): a cut that misses
+        # is healed and made again.
+        in_tx = ("SELECT count(*) FROM pg_stat_activity WHERE client_addr = '%s' AND "
+                 "state = 'idle in transaction' AND backend_xid IS NOT NULL" % NETNS.ns_ip)
+        blocking = "SELECT (%s) > 0 AND (SELECT count(*) FROM pg_stat_activity WHERE " \
+            "wait_event_type = 'Lock') > 0" % in_tx
+        tries = 0
         try:
-            time.sleep(PAUSE)
+            while True:
+                tries += 1
+                cut_at = time.time()
+                NETNS.cut()
+                time.sleep(0.2)
+                if pg.psql(blocking, "partition") == "t":
+                    break
+                assert tries < 50, "C's writer never cut off inside a transaction"
+                NETNS.heal()
+                wait_acks([writers[1]], 1, "after a short cut")
+            # The server ends that transaction after PG_IDLE_TX_MS, and A goes on.
+            wait_all(lambda: pg.psql(in_tx, "partition") == "0",
+                     "C's transaction ended by the server", timeout=CUT)
+            ended = time.time() - cut_at
+            time.sleep(max(0.0, cut_at + CUT - time.time()))
             c_ready = NETNS.run(lambda: readyz(c_port))
         finally:
             NETNS.heal()
@@ -616,6 +639,20 @@ def test_partition_of_one_node():
         assert not c_during, "node C acked while cut off: %s" % c_during[:5]
         b_during = wb.acked_between(cut_at + 0.5, healed)
         assert b_during, "node B acked nothing while C was cut off"
+        # A writes to the session C writes to: C's batch, cut off mid-way,
+        # may hold its row locked; the server ends that transaction after
+        # PG_IDLE_TX_MS (5 s), and A goes on before the link is back.
+        a_during = wa.acked_between(cut_at + 0.5, healed)
+        assert a_during, "node A acked nothing in the %.0f s node C was cut off: C's " \
+            "transaction, cut off mid-batch, kept the session row locked" % CUT
+        assert NETNS.host_ip in nodes[2].log(), "node C not reaching Redis through the veth"
+        # C's batch was not committed: once C was back, its writer found the
+        # connection ended before COMMIT and ran the batch again on a new
+        # one (or, cut during COMMIT, asked the server and refused it).
+        c_log = nodes[2].log()
+        redone = c_log.count("event=store_batch_retried engine=postgres reason=reconnected")
+        assert redone or wc.refused, "node C's ended transaction neither run again nor " \
+            "refused:\n%s" % fault_lines(nodes[2:])
         acked = {"first": 1}
         for w in (wa, wc):
             acked.update(w.acked())
@@ -623,12 +660,13 @@ def test_partition_of_one_node():
         oacked = {"o-first": 1}
         oacked.update(wb.acked())
         ototal = check_session((b.port, other[1].token), osid, other, oacked)
-        print("     C cut off %.1f s: %d + %d events; during the cut B acked %d, C 0, A %d; "
-              "worst ack C %.2f s, A %.2f s, B %.2f s; C's /readyz during it %s" % (
-                  healed - cut_at, total, ototal, len(b_during),
+        print("     C cut off %.1f s (try %d) inside a transaction, which the server ended "
+              "after %.1f s: %d + %d events; during the cut B acked %d, C 0, A %d; "
+              "worst ack C %.2f s, A %.2f s, B %.2f s; C ran %d batch again, refused %d; C's /readyz during it "
+              "%s" % (healed - cut_at, tries, ended, total, ototal, len(b_during),
                   len(wa.acked_between(cut_at + 0.5, healed)),
                   wc.worst_ack(cut_at, healed), wa.worst_ack(cut_at, healed),
-                  wb.worst_ack(cut_at, healed), c_ready))
+                  wb.worst_ack(cut_at, healed), redone, len(wc.refused), c_ready))
 
 
 def main():
