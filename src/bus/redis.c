@@ -139,6 +139,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1580,6 +1581,11 @@ static void on_connect(const redisAsyncContext *ac, int status)
     }
     r->ac_connected = true;
     r->backoff = 100;
+    /* This connection only receives: a Redis cut off (a partition) would
+     * go unnoticed, the subscriptions dead, for as long as the kernel
+     * keeps the socket. Keepalives find it out in about 30 s; the
+     * connection is then made again and what was missed filled. */
+    redisEnableKeepAlive(&r->ac->c);
     if (r->password[0] &&
         (r->user[0] ? redisAsyncCommand(r->ac, on_auth, r, "AUTH %s %s", r->user, r->password)
                     : redisAsyncCommand(r->ac, on_auth, r, "AUTH %s", r->password)) != REDIS_OK) {
@@ -1650,10 +1656,36 @@ static void sub_connect(struct rbus *r)
     uv_timer_start(&r->conn_timer, on_conn_timeout, CONNECT_TIMEOUT_MS, 0);
 }
 
+/* A subscribing connection that broke with an error (its keepalives found
+ * Redis silent, a reset) is not told to hiredis: its libuv adapter drops a
+ * poll error, and the connection would stay open and dead, the node
+ * receiving nothing. The socket's error is checked every tick instead;
+ * such a connection is given up and made again, and what was missed is
+ * filled, as after any break. */
+static void sub_check(struct rbus *r)
+{
+    if (!r->ac || !r->ac_connected)
+        return;
+    int e = 0;
+    socklen_t len = sizeof e;
+    if (getsockopt(r->ac->c.fd, SOL_SOCKET, SO_ERROR, &e, &len) != 0 || e == 0)
+        return;
+    redisAsyncContext *ac = r->ac;
+    r->ac = NULL; /* its callbacks, called by the free, see it is gone */
+    r->ac_connected = false;
+    struct log_quoted qn, qe;
+    log_warn("redis_connection_lost", "node=%s err=%s", log_quotes(&qn, r->node_id),
+             log_quotes(&qe, strerror(e)));
+    redisAsyncFree(ac);
+    set_connected(r, false);
+    sub_retry_later(r);
+}
+
 /* Every TICK_MS: held events whose time came, the heartbeat, the marks. */
 static void on_tick(uv_timer_t *t)
 {
     struct rbus *r = t->data;
+    sub_check(r);
     int64_t now = now_ms();
     order_tick(r, now, false);
     if (now >= r->next_heartbeat_ms) {
