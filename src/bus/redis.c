@@ -123,8 +123,9 @@
  * and subscribes again;
  * then, for every session it had seen, the hub reads and delivers what was
  * stored after the last seq handed on (bus_handler.fill). A publish that fails
- * (Redis unreachable) is delivered here at once, so this node's connections
- * keep working; the others fill it from storage when they see the gap.
+ * (Redis unreachable) is ordered here as if Redis had sent it (keep_unsent),
+ * so this node's connections keep working and keep the seq order; the
+ * others fill it from storage when they see the gap.
  */
 #include "bus/redis.h"
 
