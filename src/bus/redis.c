@@ -47,9 +47,12 @@
  * Events of seq 0 (relays, the assistant's deltas) and seqs already passed
  * go on at once; a connection drops a stored event it already has (by
  * session and seq). The first event a node sees of a session starts its
- * order; a session idle for ORDER_IDLE_MS is forgotten, and so is every
- * session when the subscription is made again after the connection to
- * Redis broke, once what was stored after it has been read.
+ * order; a session idle for ORDER_IDLE_MS is forgotten. When the
+ * subscription is made again after the connection to Redis broke, what
+ * was stored after each session's last seq is read and the order goes on
+ * from there (forgotten, the next event seen would start it afresh, and
+ * a lower seq another node published later would pass it); a session
+ * whose fill failed is forgotten.
  *
  * Devices. With --redis the device limit holds across nodes: each user has
  * a sorted set "chatd:<db>:dev:<hash of the user id>" of
@@ -744,7 +747,8 @@ static void order_free(struct rbus *r, struct order_sess *os)
  * with the gap before it lost to this node's connections (their own
  * resume finds it). Idle sessions are forgotten. With all (subscribed
  * again after a break): everything stored after what was handed on is
- * read, then every session is forgotten. */
+ * read, and the order goes on from there; a session that could not be
+ * read is forgotten. */
 static void order_tick(struct rbus *r, int64_t now, bool all)
 {
     bool sweep = all || now >= r->next_sweep_ms;
@@ -771,14 +775,16 @@ static void order_tick(struct rbus *r, int64_t now, bool all)
                 }
                 release_next(r, os, &o);
             }
+            bool lost = false;
             if (all && !fill_to(r, os, &o, 0)) {
                 struct log_quoted q;
                 log_warn("redis_gap", "session=%s from=%lld reason=%s",
                          log_quotes(&q, os->session), (long long)os->last + 1,
                          "\"storage could not be read after Redis came back\"");
                 atomic_fetch_add(&r->gaps, 1);
+                lost = true;
             }
-            if (all || (sweep && !os->nheld && now - os->used_ms > ORDER_IDLE_MS)) {
+            if (lost || (sweep && !os->nheld && now - os->used_ms > ORDER_IDLE_MS)) {
                 out_flush(r, &o); /* its held events hold frame references */
                 *p = os->next;
                 order_free(r, os);
