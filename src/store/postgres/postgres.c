@@ -180,7 +180,8 @@ PGconn *store_postgres__connect(struct store_postgres *s, char *err, size_t errl
      * mid-batch, whose row locks would stall every node's writes to those
      * sessions until the server noticed the connection gone (its
      * keepalives: hours). The server ends it; the node, back, finds its
-     * batch not committed (pg_xact_status) and answers it unavailable. */
+     * connection gone and runs the batch again on a new one (cut during
+     * COMMIT: it asks pg_xact_status, writer.c). */
     char sql[128];
     snprintf(sql, sizeof sql,
              "SET bytea_output = 'hex'; SET idle_in_transaction_session_timeout = %d",
