@@ -22,6 +22,9 @@ if [ "$mode" = test ]; then
     pkgs="$pkgs postgresql"
     # The cluster tests start their own Redis.
     pkgs="$pkgs redis-server"
+    # test_cluster_faults.py puts a node in a network namespace (ip, from
+    # iproute2) and cuts it off by dropping its packets (nft).
+    pkgs="$pkgs iproute2 nftables"
     # The deployment test runs deploy/haproxy.cfg and deploy/nginx.conf.
     pkgs="$pkgs haproxy nginx"
     # The web pages' browser test (tests/interop/test_web.js) drives Debian's

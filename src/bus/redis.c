@@ -47,9 +47,12 @@
  * Events of seq 0 (relays, the assistant's deltas) and seqs already passed
  * go on at once; a connection drops a stored event it already has (by
  * session and seq). The first event a node sees of a session starts its
- * order; a session idle for ORDER_IDLE_MS is forgotten, and so is every
- * session when the subscription is made again after the connection to
- * Redis broke, once what was stored after it has been read.
+ * order; a session idle for ORDER_IDLE_MS is forgotten. When the
+ * subscription is made again after the connection to Redis broke, what
+ * was stored after each session's last seq is read and the order goes on
+ * from there (forgotten, the next event seen would start it afresh, and
+ * a lower seq another node published later would pass it); a session
+ * whose fill failed is forgotten.
  *
  * Devices. With --redis the device limit holds across nodes: each user has
  * a sorted set "chatd:<db>:dev:<hash of the user id>" of
@@ -123,8 +126,9 @@
  * and subscribes again;
  * then, for every session it had seen, the hub reads and delivers what was
  * stored after the last seq handed on (bus_handler.fill). A publish that fails
- * (Redis unreachable) is delivered here at once, so this node's connections
- * keep working; the others fill it from storage when they see the gap.
+ * (Redis unreachable) is ordered here as if Redis had sent it (keep_unsent),
+ * so this node's connections keep working and keep the seq order; the
+ * others fill it from storage when they see the gap.
  */
 #include "bus/redis.h"
 
@@ -139,6 +143,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -191,6 +196,13 @@ struct lease {
     int64_t until_ms; /* unused past this, they are dropped */
 };
 
+/* An envelope whose publish failed, left for this node's own order. */
+struct unsent {
+    struct unsent *next;
+    uint8_t *p; /* owned: the envelope */
+    size_t n;
+};
+
 /* The order of one session's stored events on this node. */
 struct order_sess {
     struct order_sess *next;
@@ -239,6 +251,11 @@ struct rbus {
     unsigned want[BUS_REDIS_SHARDS];
     unsigned want_all;
     bool confirmed[BUS_REDIS_SHARDS];
+    /* Envelopes a failed publish left to this node (also under mu): the
+     * subscriber thread passes them through the order as if Redis had sent
+     * them. unsent_closed: the thread is stopping, deliver at once. */
+    struct unsent *unsent, **unsent_tail;
+    bool unsent_closed;
     /* the subscriber thread's own */
     bool requested[BUS_REDIS_SHARDS];
     bool ctl_requested;
@@ -388,6 +405,7 @@ static redisContext *connect_one(struct rbus *r, char *err, size_t errlen)
 }
 
 static int64_t now_ms(void);
+static bool keep_unsent(struct rbus *r, struct env_writer *msgs, size_t nmsgs);
 
 /* Connect *c again, unless the last attempt failed less than RETRY_MS ago
  * (the caller then goes on without Redis at once rather than wait for a
@@ -509,9 +527,13 @@ static int redis_publish(struct bus *b, const struct bus_event *ev, size_t n)
         atomic_fetch_add(&r->published, n);
     } else {
         /* Lost to the other nodes (they fill it from storage when they see
-         * the gap); this node's connections still get it, at once. */
+         * the gap); this node's connections still get it, through the
+         * subscriber thread's order like what Redis sends: another node's
+         * event below it may be missing here too (its publish failed as
+         * well), and delivering at once would pass it. */
         atomic_fetch_add(&r->lost, n);
-        r->base.handler.deliver(r->base.handler.app, ev, n);
+        if (!keep_unsent(r, msgs, nmsgs))
+            r->base.handler.deliver(r->base.handler.app, ev, n);
     }
 out:
     for (size_t m = 0; msgs && m < nmsgs; m++)
@@ -520,6 +542,43 @@ out:
     free(shards);
     free(evshard);
     return rc;
+}
+
+/* Hand the envelopes of a failed publish to the subscriber thread (taking
+ * their buffers), unless it is stopping or memory is short: false, and
+ * the caller delivers them at once. */
+static bool keep_unsent(struct rbus *r, struct env_writer *msgs, size_t nmsgs)
+{
+    struct unsent *head = NULL, **tail = &head;
+    for (size_t m = 0; m < nmsgs; m++) {
+        struct unsent *u = malloc(sizeof *u);
+        if (!u)
+            break;
+        *u = (struct unsent){.p = msgs[m].p, .n = msgs[m].n};
+        *tail = u;
+        tail = &u->next;
+    }
+    bool ok = false;
+    size_t made = 0;
+    for (struct unsent *u = head; u; u = u->next)
+        made++;
+    pthread_mutex_lock(&r->mu);
+    if (made == nmsgs && nmsgs && !r->unsent_closed) {
+        *r->unsent_tail = head;
+        r->unsent_tail = tail;
+        for (size_t m = 0; m < nmsgs; m++)
+            msgs[m].p = NULL;
+        uv_async_send(&r->wake); /* under mu: quiesce closes the handle after */
+        ok = true;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (!ok) /* the buffers are still the caller's */
+        while (head) {
+            struct unsent *next = head->next;
+            free(head);
+            head = next;
+        }
+    return ok;
 }
 
 /* ---- order ---- */
@@ -689,7 +748,8 @@ static void order_free(struct rbus *r, struct order_sess *os)
  * with the gap before it lost to this node's connections (their own
  * resume finds it). Idle sessions are forgotten. With all (subscribed
  * again after a break): everything stored after what was handed on is
- * read, then every session is forgotten. */
+ * read, and the order goes on from there; a session that could not be
+ * read is forgotten. */
 static void order_tick(struct rbus *r, int64_t now, bool all)
 {
     bool sweep = all || now >= r->next_sweep_ms;
@@ -716,14 +776,16 @@ static void order_tick(struct rbus *r, int64_t now, bool all)
                 }
                 release_next(r, os, &o);
             }
+            bool lost = false;
             if (all && !fill_to(r, os, &o, 0)) {
                 struct log_quoted q;
                 log_warn("redis_gap", "session=%s from=%lld reason=%s",
                          log_quotes(&q, os->session), (long long)os->last + 1,
                          "\"storage could not be read after Redis came back\"");
                 atomic_fetch_add(&r->gaps, 1);
+                lost = true;
             }
-            if (all || (sweep && !os->nheld && now - os->used_ms > ORDER_IDLE_MS)) {
+            if (lost || (sweep && !os->nheld && now - os->used_ms > ORDER_IDLE_MS)) {
                 out_flush(r, &o); /* its held events hold frame references */
                 *p = os->next;
                 order_free(r, os);
@@ -1289,7 +1351,7 @@ static void heartbeat(struct rbus *r)
 
 /* ---- receiving ---- */
 
-static void on_message(struct rbus *r, const char *data, size_t len)
+static void on_message(struct rbus *r, const char *data, size_t len, bool from_redis)
 {
     uint64_t nonce;
     struct bus_event *ev;
@@ -1308,7 +1370,8 @@ static void on_message(struct rbus *r, const char *data, size_t len)
             ev[i].worker = UINT32_MAX;
         }
     }
-    atomic_fetch_add(&r->received, count);
+    if (from_redis)
+        atomic_fetch_add(&r->received, count);
     struct outv o = {0};
     int64_t now = now_ms();
     for (uint32_t i = 0; i < count; i++)
@@ -1377,7 +1440,7 @@ static void on_reply(struct rbus *r, redisReply *rep)
         if (ctl)
             on_ctl(r, rep->element[2]->str, rep->element[2]->len);
         else
-            on_message(r, rep->element[2]->str, rep->element[2]->len);
+            on_message(r, rep->element[2]->str, rep->element[2]->len, true);
         return;
     }
     if (strcmp(what, "subscribe") != 0)
@@ -1526,6 +1589,11 @@ static void on_connect(const redisAsyncContext *ac, int status)
     }
     r->ac_connected = true;
     r->backoff = 100;
+    /* This connection only receives: a Redis cut off (a partition) would
+     * go unnoticed, the subscriptions dead, for as long as the kernel
+     * keeps the socket. Keepalives find it out in about 30 s; the
+     * connection is then made again and what was missed filled. */
+    redisEnableKeepAlive(&r->ac->c);
     if (r->password[0] &&
         (r->user[0] ? redisAsyncCommand(r->ac, on_auth, r, "AUTH %s %s", r->user, r->password)
                     : redisAsyncCommand(r->ac, on_auth, r, "AUTH %s", r->password)) != REDIS_OK) {
@@ -1596,10 +1664,36 @@ static void sub_connect(struct rbus *r)
     uv_timer_start(&r->conn_timer, on_conn_timeout, CONNECT_TIMEOUT_MS, 0);
 }
 
+/* A subscribing connection that broke with an error (its keepalives found
+ * Redis silent, a reset) is not told to hiredis: its libuv adapter drops a
+ * poll error, and the connection would stay open and dead, the node
+ * receiving nothing. The socket's error is checked every tick instead;
+ * such a connection is given up and made again, and what was missed is
+ * filled, as after any break. */
+static void sub_check(struct rbus *r)
+{
+    if (!r->ac || !r->ac_connected)
+        return;
+    int e = 0;
+    socklen_t len = sizeof e;
+    if (getsockopt(r->ac->c.fd, SOL_SOCKET, SO_ERROR, &e, &len) != 0 || e == 0)
+        return;
+    redisAsyncContext *ac = r->ac;
+    r->ac = NULL; /* its callbacks, called by the free, see it is gone */
+    r->ac_connected = false;
+    struct log_quoted qn, qe;
+    log_warn("redis_connection_lost", "node=%s err=%s", log_quotes(&qn, r->node_id),
+             log_quotes(&qe, strerror(e)));
+    redisAsyncFree(ac);
+    set_connected(r, false);
+    sub_retry_later(r);
+}
+
 /* Every TICK_MS: held events whose time came, the heartbeat, the marks. */
 static void on_tick(uv_timer_t *t)
 {
     struct rbus *r = t->data;
+    sub_check(r);
     int64_t now = now_ms();
     order_tick(r, now, false);
     if (now >= r->next_heartbeat_ms) {
@@ -1612,10 +1706,29 @@ static void on_tick(uv_timer_t *t)
     }
 }
 
-/* Another thread changed what is wanted (bus_watch) or ended an answer. */
+/* What failed to publish, through this node's order (keep_unsent). */
+static void order_unsent(struct rbus *r)
+{
+    pthread_mutex_lock(&r->mu);
+    struct unsent *u = r->unsent;
+    r->unsent = NULL;
+    r->unsent_tail = &r->unsent;
+    pthread_mutex_unlock(&r->mu);
+    while (u) {
+        struct unsent *next = u->next;
+        on_message(r, (const char *)u->p, u->n, false);
+        free(u->p);
+        free(u);
+        u = next;
+    }
+}
+
+/* Another thread changed what is wanted (bus_watch), ended an answer, or
+ * left a failed publish to this node. */
 static void on_wake(uv_async_t *a)
 {
     struct rbus *r = a->data;
+    order_unsent(r);
     record_marks(r);
     if (r->ac && r->ac_connected && !reconcile(r))
         redisAsyncDisconnect(r->ac);
@@ -1697,6 +1810,9 @@ static void *sub_main(void *arg)
 static void redis_quiesce(struct bus *b)
 {
     struct rbus *r = (struct rbus *)b;
+    pthread_mutex_lock(&r->mu);
+    r->unsent_closed = true; /* failed publishes are delivered at once from now */
+    pthread_mutex_unlock(&r->mu);
     if (r->sub_started) {
         uv_async_send(&r->stop);
         pthread_join(r->sub_thread, NULL); /* it closed the loop */
@@ -1734,6 +1850,12 @@ static void redis_close(struct bus *b)
     free(r->holds);
     free(r->marks);
     free(r->claims);
+    while (r->unsent) { /* left when the thread stopped: no one to deliver to */
+        struct unsent *u = r->unsent;
+        r->unsent = u->next;
+        free(u->p);
+        free(u);
+    }
     for (unsigned k = 0; k < ORDER_BUCKETS; k++)
         while (r->order[k]) {
             struct order_sess *os = r->order[k];
@@ -1788,6 +1910,7 @@ int bus_redis_open(struct bus **out, const struct bus_handler *handler, const ch
     r->base.ops = &redis_ops;
     r->base.handler = *handler;
     r->backoff = 100;
+    r->unsent_tail = &r->unsent;
     pthread_mutex_init(&r->pub_mu, NULL);
     pthread_mutex_init(&r->pres_mu, NULL);
     pthread_mutex_init(&r->lease_mu, NULL);
