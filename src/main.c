@@ -41,6 +41,7 @@
 #include "util/hex.h"
 #include "util/sbuf.h"
 #include "util/log.h"
+#include "util/oom.h"
 
 extern char **environ;
 
@@ -350,6 +351,9 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(cfg.log_level);
+    /* jansson reports a failed allocation as a syntax error; through these
+     * the callers that parse can tell the two apart (util/oom.h). */
+    json_set_alloc_funcs(oom_malloc, oom_free);
     json_object_seed(0); /* before any thread builds JSON */
     if (http_client_global_init() != 0) { /* libcurl: before any thread */
         fprintf(stderr, "chatd: cannot initialise libcurl\n");

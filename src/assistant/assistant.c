@@ -578,10 +578,14 @@ static int on_event(void *arg, const struct sse_event *ev)
     struct provider_event pe;
     enum provider_kind kind =
         kind_of(x->model);
-    if (provider_parse_event(kind, ev->name, ev->data, ev->data_len, &pe) != 0) {
+    int prc = provider_parse_event(kind, ev->name, ev->data, ev->data_len, &pe);
+    if (prc != 0) {
         x->cause = END_MALFORMED;
-        snprintf(x->error, sizeof x->error, "the model sent an event chatd cannot read (%s)",
-                 pe.error);
+        if (prc == -ENOMEM)
+            snprintf(x->error, sizeof x->error, "chatd ran out of memory reading the answer");
+        else
+            snprintf(x->error, sizeof x->error, "the model sent an event chatd cannot read (%s)",
+                     pe.error);
         return -EPROTO;
     }
     if (pe.input_tokens || pe.output_tokens) {

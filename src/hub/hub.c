@@ -27,6 +27,7 @@
 #include "util/clock.h"
 #include "util/file.h"
 #include "util/log.h"
+#include "util/oom.h"
 #include "ws/frame.h"
 
 #define LIMIT_RETRY_AFTER_MS 5000
@@ -208,13 +209,20 @@ int client_send_json(struct client *cl, json_t *obj)
     assert(worker_current() == cl->conn->w); /* a client belongs to its worker */
     char stack[2048];
     size_t n = json_dumpb(obj, stack, sizeof stack, JSON_COMPACT);
-    if (n == 0)
-        return -EINVAL;
+    if (n == 0) {
+        /* Out of memory (chatd's objects always encode otherwise): a
+         * frame skipped in silence would leave a gap, so the device is
+         * closed and comes back with a resume. */
+        conn_ws_close(cl->conn, WS_CLOSE_INTERNAL, "out of memory");
+        return -ENOMEM;
+    }
     if (n <= sizeof stack)
         return conn_send(cl->conn, WS_OP_TEXT, stack, n);
     char *heap = malloc(n);
-    if (!heap)
+    if (!heap) {
+        conn_ws_close(cl->conn, WS_CLOSE_INTERNAL, "out of memory");
         return -ENOMEM;
+    }
     json_dumpb(obj, heap, n, JSON_COMPACT);
     int rc = conn_send(cl->conn, WS_OP_TEXT, heap, n);
     free(heap);
@@ -232,6 +240,9 @@ void client_send_error(struct client *cl, enum chat_error code, const char *mess
     if (f) {
         conn_send_shared(cl->conn, f, off, len);
         sbuf_unref(f);
+    } else {
+        /* No memory for the answer: the message must not go unanswered. */
+        conn_ws_close(cl->conn, WS_CLOSE_INTERNAL, "out of memory");
     }
 }
 
@@ -477,8 +488,9 @@ static void handle_refresh(struct client *cl, json_t *msg, const char *id)
     struct jwt_claims claims;
     const char *why = "refused";
     int64_t now = clock_wall_ms() / 1000;
-    if (jwt_verify(cl->hub->jwt, token, strlen(token), now, &claims, &why) != 0) {
-        client_send_error(cl, ERR_UNAUTHORIZED, why, -1, id);
+    int vrc = jwt_verify(cl->hub->jwt, token, strlen(token), now, &claims, &why);
+    if (vrc != 0) {
+        client_send_error(cl, vrc == -ENOMEM ? ERR_INTERNAL : ERR_UNAUTHORIZED, why, -1, id);
         return;
     }
     if (claims.sub_len != cl->sub_len || memcmp(claims.sub, cl->sub, cl->sub_len) != 0) {
@@ -501,12 +513,13 @@ static void handle_refresh(struct client *cl, json_t *msg, const char *id)
     json_t *o = json_pack("{s:s, s:I, s:s, s:o}", "type", "refreshed", "exp",
                           (json_int_t)claims.exp, "name", cl->name, "roles",
                           json_loads(cl->roles_json, 0, NULL));
-    if (o && id)
-        json_object_set_new(o, "id", json_string(id));
-    if (o) {
+    if (!o || (id && json_object_set_new(o, "id", json_string(id)) != 0)) {
+        /* The refresh took effect: its answer must not go missing. */
+        client_send_error(cl, ERR_INTERNAL, "out of memory (the token was refreshed)", -1, id);
+    } else {
         client_send_json(cl, o);
-        json_decref(o);
     }
+    json_decref(o);
     struct hub *h = cl->hub;
     if (was_admin != cl->admin && h->router_ops && h->router_ops->client_roles_changed)
         h->router_ops->client_roles_changed(h->router, cl, was_admin);
@@ -530,7 +543,16 @@ static void chat_on_message(struct conn *c, unsigned opcode, uint8_t *data, size
         return;
     }
     json_error_t jerr;
+    oom_clear();
     json_t *msg = json_loadb((const char *)data, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (oom_seen()) {
+        /* jansson calls a failed allocation a syntax error, and one while
+         * it reads a string can even cut the string short and succeed:
+         * a parse that ran out of memory is void (util/oom.h). */
+        json_decref(msg);
+        client_send_error(cl, ERR_INTERNAL, "out of memory; send it again", -1, NULL);
+        return;
+    }
     if (!msg || !json_is_object(msg)) {
         client_send_error(cl, ERR_BAD_JSON, msg ? "a message must be a JSON object" : jerr.text, -1,
                           NULL);
@@ -676,10 +698,15 @@ static void send_connection_status(struct client *cl, unsigned devices)
     jw_close(&w);
     uint32_t off, len;
     struct sbuf *f = wire_frame_jw(&w, &off, &len);
-    if (f) {
-        conn_send_shared(cl->conn, f, off, len);
-        sbuf_unref(f);
+    if (!f) {
+        /* The first frame is always connection_status: with no memory to
+         * build it, the connection is closed (1011) rather than left open
+         * without it. */
+        conn_ws_close(cl->conn, WS_CLOSE_INTERNAL, "out of memory");
+        return;
     }
+    conn_send_shared(cl->conn, f, off, len);
+    sbuf_unref(f);
 }
 
 /* Tell every open device of a user that another one was refused. */
@@ -750,10 +777,12 @@ void hub_kick(struct hub *h, const char *user, uint64_t conn_id)
 }
 
 /* Find and verify the request's token. NULL and *claims filled when it is
- * valid; otherwise why it was refused. */
+ * valid; otherwise why it was refused, with *oom set when the reason is
+ * chatd's own lack of memory rather than the token. */
 static const char *authenticate(struct hub *h, const struct http_request *req,
-                                struct jwt_claims *claims)
+                                struct jwt_claims *claims, bool *oom)
 {
+    *oom = false;
     char qbuf[JWT_MAX_TOKEN + 1];
     const char *tok = NULL, *why = NULL;
     int tlen = find_token(req, qbuf, sizeof qbuf, &tok, &why);
@@ -761,8 +790,11 @@ static const char *authenticate(struct hub *h, const struct http_request *req,
         return why;
     if (tlen == 0)
         return "missing token: send 'Authorization: Bearer <token>' or ?token=";
-    if (jwt_verify(h->jwt, tok, (size_t)tlen, clock_wall_ms() / 1000, claims, &why) != 0)
+    int rc = jwt_verify(h->jwt, tok, (size_t)tlen, clock_wall_ms() / 1000, claims, &why);
+    if (rc != 0) {
+        *oom = rc == -ENOMEM;
         return why;
+    }
     return NULL;
 }
 
@@ -788,7 +820,14 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
         return;
     }
     struct jwt_claims claims;
-    const char *why = authenticate(h, req, &claims);
+    bool oom;
+    const char *why = authenticate(h, req, &claims, &oom);
+    if (why && oom) {
+        /* A valid token may be behind it: not the client's fault. */
+        count_refusal(h, HUB_REFUSED_UNAVAILABLE);
+        conn_http_error(c, 503, "unavailable", "out of memory; retry later", 1000, NULL, false);
+        return;
+    }
     if (why) {
         struct log_quoted qr;
         log_info("auth_refused", "conn=%llx reason=%s", (unsigned long long)c->id,
@@ -940,8 +979,14 @@ static void reply_json_obj(struct conn *c, const struct http_request *req, int s
 bool hub_api_auth(struct hub *h, struct conn *c, const struct http_request *req,
                   struct jwt_claims *claims, bool need_admin)
 {
-    const char *why = hub_enabled(h) ? authenticate(h, req, claims)
+    bool oom = false;
+    const char *why = hub_enabled(h) ? authenticate(h, req, claims, &oom)
                                      : "chat is disabled: no JWT key is configured";
+    if (why && oom) {
+        conn_http_error(c, 503, "unavailable", "out of memory; retry later", 1000, NULL,
+                        req->keep_alive);
+        return false;
+    }
     if (why) {
         conn_http_error(c, 401, "unauthorized", why, -1, NULL, req->keep_alive);
         return false;
