@@ -769,6 +769,12 @@ static void evict(struct hub *h, const struct reg_device *dev, const char *sub)
              (unsigned long long)dev->conn_id);
 }
 
+void hub_close_clients(struct hub *h, struct worker *w, const char *reason)
+{
+    (void)h;
+    conn_ws_close_all(w, &chat_handler, WS_CLOSE_INTERNAL, reason);
+}
+
 void hub_kick(struct hub *h, const char *user, uint64_t conn_id)
 {
     struct reg_device dev;

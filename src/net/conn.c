@@ -349,6 +349,20 @@ void conn_ws_close(struct conn *c, uint16_t code, const char *reason)
     log_debug("ws_close_sent", "conn=%llx code=%u", (unsigned long long)c->id, code);
 }
 
+void conn_ws_close_all(struct worker *w, const struct conn_handler *handler, uint16_t code,
+                       const char *reason)
+{
+    assert(worker_current() == w);
+    /* conn_ws_close queues a frame, or (no memory for it) closes the
+     * connection, which leaves the list: the next node is taken first. */
+    for (struct list_node *n = w->conns.next, *next; n != &w->conns; n = next) {
+        next = n->next;
+        struct conn *c = LIST_ENTRY(n, struct conn, node);
+        if (c->state == CONN_WS && c->handler == handler)
+            conn_ws_close(c, code, reason);
+    }
+}
+
 /* ---- HTTP -------------------------------------------------------------- */
 
 void conn_http_send(struct conn *c, int status, const char *content_type, const void *body,
