@@ -162,16 +162,21 @@ def loop(fp, path, once, check):
     assert seen > 0, "%s: no allocation counted" % path
     s = STATS.setdefault(path, {"count": 0, "rounds": 0, "injected": 0})
     s["count"] = seen
-    last = min(seen + 10, CAP)  # a few past the count: the count varies a little
+    # Up to twice the count (it varies with what runs beside the path),
+    # until ten rounds in a row end before their Nth allocation.
+    last, idle = min(2 * seen + 10, CAP), 0
     for n in range(1, last + 1, STRIDE):
         fp.arm(n)
         outcome = once(n)
         _, failed = fp.disarm()
         s["rounds"] += 1
         s["injected"] += failed
+        s["max_n"] = n
         note(path, outcome if failed else "not reached")
         check()
-    s["max_n"] = last
+        idle = 0 if failed else idle + 1
+        if idle >= 10:
+            break
     return s
 
 
@@ -227,7 +232,9 @@ def test_out_of_memory_paths():
             Chatd("--model", "fake=openai:%s,key-env=FAKE_KEY,name=Fake" % prov.base_url,
                   "--workers", "2", "--ping-interval", "600", "--pong-timeout", "900",
                   "--rate-limit", "100000", "--assistant-rate-limit", "100000",
-                  "--input-rate", "100000", "--input-byte-rate", "1000000000", env={"FAKE_KEY": KEY, "CHATD_FAILALLOC": fp.path}) as d:
+                  "--input-rate", "100000", "--input-byte-rate", "1000000000",
+                  # a failure that stalls an answer ends it soon
+                  "--assistant-first-byte-timeout", "5", "--assistant-timeout", "10", env={"FAKE_KEY": KEY, "CHATD_FAILALLOC": fp.path}) as d:
         fp.pid = d.proc.pid
         port = d.port
         acked = {}  # client id -> (session, seq): every ack chatd ever sent
@@ -272,7 +279,9 @@ def test_out_of_memory_paths():
         assert a0 and a0["type"] == "ack", a0
         sid = a0["session_id"]
         acked[mid0] = (sid, a0["seq"])
-        # The admin's join keeps the assistant silent in this session.
+        # The admin's join keeps the assistant silent in this session, once
+        # it has answered the first message.
+        assert alice.read(lambda m: m["type"] == "ai_response" and m.get("done")), "no answer"
         admin.send(type="admin_join", session_id=sid, id="join")
         assert (answer_of(admin, "join") or {}).get("type") == "ack"
         counter = [0]
@@ -434,6 +443,8 @@ def test_out_of_memory_paths():
             if n is None:
                 assert end["type"] == "ai_response", end
             if end["type"] == "error":
+                if end["code"] == "assistant_timeout":
+                    STATS["assistant"].setdefault("timeout at N", []).append(n)
                 return "answer error " + end["code"]
             return "answered"
 
