@@ -227,6 +227,10 @@ def test_out_of_memory_paths():
               "link tests/failalloc.c)")
         return
     fp = Failpoint()
+    # Contents are sealed at rest, so the seal's allocations are on the paths.
+    keyfile = os.path.join(fp.dir, "key")
+    with open(keyfile, "w") as f:
+        f.write("ab" * 32 + "\n")
     started = time.time()
     with FakeProvider(key=KEY) as prov, \
             Chatd("--model", "fake=openai:%s,key-env=FAKE_KEY,name=Fake" % prov.base_url,
@@ -234,7 +238,8 @@ def test_out_of_memory_paths():
                   "--rate-limit", "100000", "--assistant-rate-limit", "100000",
                   "--input-rate", "100000", "--input-byte-rate", "1000000000",
                   # a failure that stalls an answer ends it soon
-                  "--assistant-first-byte-timeout", "5", "--assistant-timeout", "10", env={"FAKE_KEY": KEY, "CHATD_FAILALLOC": fp.path}) as d:
+                  "--assistant-first-byte-timeout", "5", "--assistant-timeout", "10",
+                  "--encryption-key-file", keyfile, env={"FAKE_KEY": KEY, "CHATD_FAILALLOC": fp.path}) as d:
         fp.pid = d.proc.pid
         port = d.port
         acked = {}  # client id -> (session, seq): every ack chatd ever sent
