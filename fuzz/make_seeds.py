@@ -17,9 +17,14 @@ messages separated by NUL: one valid message of every type of PROTOCOL.md
 section 3 and invalid variants of each.
 fuzz_worker: two cut bytes (see fuzz_worker.c), then a whole client stream:
 a WebSocket upgrade with a valid token and chat frames, or HTTP requests.
-fuzz_row: see fuzz_row.c: rows of the events and sessions tables.
+fuzz_row: after_seq, limit, max_bytes, help_only and session bytes (see
+fuzz_row.c), then a sessions row and events rows, each column a typed
+value, contents plain, sealed, sealed for another seq or garbage.
 In fuzz_chat and fuzz_worker seeds, SID (s_ then 24 '@') stands for the
 harness's own session of fuzz-user (fuzz/server_harness.h).
+Files named found_* are inputs a fuzzer once failed on (a crash fixed in
+src/, or a false alarm of a driver's check), kept as seeds; this script
+leaves them alone.
 Run once from anywhere: /usr/bin/python3 fuzz/make_seeds.py
 """
 import base64
@@ -186,7 +191,7 @@ SSE_SEEDS = {
 
 
 def s8(b):
-    return bytes([len(b)]) + b
+    return struct.pack("<H", len(b)) + b
 
 
 def env_event(kind=1, typ=3, flags=0, worker=0, conn=7, seq=1, session=b"s_0123456789abcdef01234567",
@@ -430,6 +435,71 @@ WORKER_SEEDS = {
 }
 
 
+def rv_null():
+    return b"\x00"
+
+
+def rv_int(v):
+    return b"\x01" + bytes([v & 0xFF])
+
+
+def rv_text(t):
+    t = t.encode() if isinstance(t, str) else t
+    return b"\x03" + struct.pack("<H", len(t)) + t
+
+
+def rv_blob(t):
+    return b"\x04" + struct.pack("<H", len(t)) + t
+
+
+def row_bytes(b):
+    b = b.encode() if isinstance(b, str) else b
+    return struct.pack("<H", len(b)) + b
+
+
+def row_session(title="A title", how=0, help_=0):
+    return (rv_text("fuzz-user") + rv_int(10) + rv_int(20) + rv_int(3) + rv_int(help_)
+            + rv_text("m1") + rv_text("Fuzz user") + rv_null() + bytes([how]) + row_bytes(title))
+
+
+def row_event(seq, content, how=0, type_="user_message", sender_type="user", sender="fuzz-user",
+              name=rv_null(), client=rv_null(), meta=rv_null()):
+    return (bytes([seq + 2, 1]) + rv_text(type_) + rv_text(sender_type) + rv_text(sender) + name
+            + client + meta + bytes([how]) + row_bytes(content))
+
+
+def row_input(after=0, limit=0, max_bytes=0, help_only=0, session=None, events=()):
+    head = bytes([after + 2, limit, max_bytes, help_only, 1 if session else 0])
+    return head + (session or b"") + b"".join(events)
+
+
+ROW_SEEDS = {
+    "plain_history": row_input(session=row_session(), events=[
+        row_event(1, "hello", client=rv_text("c1"), meta=rv_text('{"lang":"en"}')),
+        row_event(2, "", type_="help_request"),
+        row_event(3, "an answer", type_="ai_response", sender_type="ai", sender="m1",
+                  client=rv_text("st_1"), meta=rv_text('{"input_tokens":"3"}'))]),
+    "sealed_history": row_input(session=row_session("sealed title \u00e9", how=1), events=[
+        row_event(1, "secret one", how=1),
+        row_event(2, "secret two \U0001F600", how=1, type_="admin_message", sender_type="admin"),
+        row_event(3, "", how=1, type_="admin_join", sender_type="admin")]),
+    "sealed_wrong_seq": row_input(after=1, session=row_session(how=1), events=[
+        row_event(1, "fine", how=1), row_event(2, "moved row", how=2)]),
+    "garbage_sealed": row_input(session=row_session(how=2), events=[
+        row_event(1, bytes(40), how=3), row_event(2, "x", how=3)]),
+    "types_confused": row_input(limit=2, max_bytes=1, session=b"\x02\x05" + rv_blob(b"\x00\xff") * 7
+                                + bytes([0]) + row_bytes(b"\xff\xfe title"), events=[
+        row_event(1, b"\xc0\x80", type_=b"x" * 40, sender_type=b"\x00", sender=b"",
+                  meta=rv_text("[1,2]")),
+        row_event(1, "dup seq"),
+        bytes([5, 0]) + rv_int(7) + rv_int(8) + rv_null() + rv_null() + rv_null() + rv_null()
+        + b"\x00" + row_bytes("null sender")]),
+    "long_title_preview": row_input(help_only=1, session=row_session("t" * 300, help_=1),
+                                    events=[row_event(1, "\u00e9" * 150),
+                                            row_event(2, "p" * 200, how=1)]),
+}
+
+
 def write(name, seeds):
     out = os.path.join(CORPUS, name)
     os.makedirs(out, exist_ok=True)
@@ -449,6 +519,7 @@ def main():
     write("fuzz_config", CONFIG_SEEDS)
     write("fuzz_chat", CHAT_SEEDS)
     write("fuzz_worker", WORKER_SEEDS)
+    write("fuzz_row", ROW_SEEDS)
 
 
 if __name__ == "__main__":

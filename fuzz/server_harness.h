@@ -31,8 +31,8 @@
  *
  * The session placeholder: the 26 bytes "s_" followed by 24 '@' in an
  * input are replaced by the id of a session the harness made at start for
- * the user "fuzz-user" (HARNESS_SID_PLACEHOLDER), so seeds can name a
- * session that exists (masked frames of the seeds use the zero mask, so
+ * the user "fuzz-user" (HARNESS_SID_PLACEHOLDER; a new one every
+ * HARNESS_RENEW inputs), so seeds can name a session that exists (masked frames of the seeds use the zero mask, so
  * the placeholder is visible in the raw bytes too).
  */
 #ifndef CHATD_FUZZ_SERVER_HARNESS_H
@@ -184,9 +184,17 @@ static void harness_subst(uint8_t *p, size_t n)
         }
 }
 
-/* Open a new connection to the worker. */
+static void harness_make_session(void);
+
+/* Open a new connection to the worker. Every HARNESS_RENEW connections
+ * the placeholder session is replaced by a new one, so that it does not
+ * grow without end over a long run (resume replays all of it). */
+#define HARNESS_RENEW 1000
 static void harness_connect(void)
 {
+    static unsigned count;
+    if (h_sid[0] && ++count % HARNESS_RENEW == 0)
+        harness_make_session();
     int sv[2];
     HCHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0);
     HCHECK(conn_fuzz_adopt(h_w, sv[0]) == 0);
@@ -338,11 +346,16 @@ static void harness_make_session(void)
     char req[2048];
     size_t n = harness_upgrade(req, sizeof req, h_user_token, false);
     HCHECK(harness_write((const uint8_t *)req, n));
-    static const char msg[] = "{\"type\":\"user_message\",\"id\":\"harness-setup\","
-                              "\"content\":\"the fuzz harness's session\"}";
+    /* A new id each time: the same one would find the same session. */
+    static unsigned made;
+    char msg[160];
+    int mlen = snprintf(msg, sizeof msg,
+                        "{\"type\":\"user_message\",\"id\":\"harness-setup-%u-%d\","
+                        "\"content\":\"the fuzz harness's session\"}",
+                        made++, (int)getpid());
     uint8_t f[256];
     static const uint8_t mask[4] = {1, 2, 3, 4};
-    n = harness_frame(f, 1, true, (const uint8_t *)msg, sizeof msg - 1, mask);
+    n = harness_frame(f, 1, true, (const uint8_t *)msg, (size_t)mlen, mask);
     HCHECK(harness_write(f, n));
     harness_settle(false);
     size_t pos = harness_frames_start();
@@ -361,6 +374,7 @@ static void harness_make_session(void)
     }
     HCHECK(strlen(h_sid) == STORE_ID_LEN);
     harness_finish();
+    h_out_len = 0;
 }
 
 static void harness_cleanup(void)
