@@ -191,7 +191,7 @@ SSE_SEEDS = {
 
 
 def s8(b):
-    return struct.pack("<H", len(b)) + b
+    return bytes([len(b)]) + b
 
 
 def env_event(kind=1, typ=3, flags=0, worker=0, conn=7, seq=1, session=b"s_0123456789abcdef01234567",
