@@ -32,8 +32,9 @@
  * The session placeholder: the 26 bytes "s_" followed by 24 '@' in an
  * input are replaced by the id of a session the harness made at start for
  * the user "fuzz-user" (HARNESS_SID_PLACEHOLDER; a new one every
- * HARNESS_RENEW inputs), so seeds can name a session that exists (masked frames of the seeds use the zero mask, so
- * the placeholder is visible in the raw bytes too).
+ * HARNESS_RENEW inputs), so seeds can name a session that exists (masked
+ * frames of the seeds use the zero mask, so the placeholder is visible in
+ * the raw bytes too).
  */
 #ifndef CHATD_FUZZ_SERVER_HARNESS_H
 #define CHATD_FUZZ_SERVER_HARNESS_H
