@@ -189,8 +189,8 @@ static void harness_make_session(void);
 
 /* Open a new connection to the worker. Every HARNESS_RENEW connections
  * the placeholder session is replaced by a new one, so that it does not
- * grow without end over a long run (resume replays all of it). */
-#define HARNESS_RENEW 1000
+ * grow without end over a long run: a resume replays all of it. */
+#define HARNESS_RENEW 100
 static void harness_connect(void)
 {
     static unsigned count;

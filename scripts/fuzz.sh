@@ -25,6 +25,8 @@ if ! cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCHATD_FUZZ=ON \
     exit 1
 fi
 
+root=$(pwd)
+abs=$(cd "$dir" && pwd)
 targets=${FUZZ_TARGETS:-$(cd fuzz && ls fuzz_*.c | sed 's/\.c$//')}
 mkdir -p "$dir/artifacts" "$dir/logs"
 failed=""
@@ -33,8 +35,8 @@ for t in $targets; do
     log=$dir/logs/$t.log
     mkdir -p "$dir/corpus/$t"
     (cd "$dir/artifacts" &&
-        FUZZ_SECONDS=$secs FUZZ_WORK_DIR=$PWD/../corpus/$t \
-        ../../../fuzz/run.sh "../$t" "../../../fuzz/corpus/$t") >"$log" 2>&1
+        FUZZ_SECONDS=$secs FUZZ_WORK_DIR=$abs/corpus/$t \
+        "$root/fuzz/run.sh" "$abs/$t" "$root/fuzz/corpus/$t") >"$log" 2>&1
     rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
