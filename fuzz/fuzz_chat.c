@@ -57,19 +57,19 @@ static bool feed(void *arg, const uint8_t *p, size_t len)
 /* What one sent message must get. */
 struct sent {
     bool bad_json, unknown_type;
-    const char *id;       /* valid id, or NULL (borrowed from msg) */
-    bool track;           /* answered exactly once (an id used once in the input) */
-    bool at_most_one;     /* answered only when refused */
-    bool message;         /* user_message or admin_message */
-    bool content_ok;      /* content within bounds, metadata of strings */
-    unsigned answers;     /* acks and errors carrying its id */
+    const char *id;   /* valid id, or NULL (borrowed from msg) */
+    bool track;       /* answered exactly once (an id used once in the input) */
+    bool at_most_one; /* answered only when refused */
+    bool message;     /* user_message or admin_message */
+    bool content_ok;  /* content within bounds, metadata of strings */
+    unsigned answers; /* acks and errors carrying its id */
     json_t *msg;
 };
 
 static const char *const server_types[] = {
-    "connection_status", "ack", "user_message", "admin_message", "ai_response", "loading",
-    "typing_indicator", "help_request", "help_resolved", "admin_join", "admin_leave", "read",
-    "notification", "refreshed", "resumed", "error"};
+    "connection_status", "ack",          "user_message",  "admin_message", "ai_response", "loading",
+    "typing_indicator",  "help_request", "help_resolved", "admin_join",    "admin_leave", "read",
+    "notification",      "refreshed",    "resumed",       "error"};
 
 static bool in_list(const char *s, const char *const *list, size_t n)
 {
@@ -105,18 +105,15 @@ static void classify(struct sent *m)
     const char *type = json_string_value(json_object_get(o, "type"));
     if (!type)
         return;
-    if (strcmp(type, "refresh") != 0 &&
-        !in_list(type, hub_chat_types, CHAT_TYPE_COUNT))
+    if (strcmp(type, "refresh") != 0 && !in_list(type, hub_chat_types, CHAT_TYPE_COUNT))
         m->unknown_type = true;
     /* docs/protocol.md, "The messages": the types answered once (ack,
      * resumed, refreshed or error); typing_indicator and read are answered
      * only when refused. */
-    static const char *const answered[] = {"user_message", "admin_message", "help_request",
-                                           "model_select", "resume", "admin_join",
-                                           "admin_leave", "resolve_help", "stop_generation",
-                                           "refresh"};
-    if (m->id && (in_list(type, answered, sizeof answered / sizeof *answered) ||
-                  m->unknown_type))
+    static const char *const answered[] = {
+        "user_message", "admin_message", "help_request", "model_select",    "resume",
+        "admin_join",   "admin_leave",   "resolve_help", "stop_generation", "refresh"};
+    if (m->id && (in_list(type, answered, sizeof answered / sizeof *answered) || m->unknown_type))
         m->track = true;
     else if (m->id)
         m->at_most_one = true;
@@ -169,8 +166,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     unsigned nsent = 0;
     uint8_t *stream = malloc(4096 + blen + 14 * MAX_MSGS);
     HCHECK(stream);
-    size_t slen = harness_upgrade((char *)stream, 4096, admin ? h_admin_token : h_user_token,
-                                  in_query);
+    size_t slen =
+        harness_upgrade((char *)stream, 4096, admin ? h_admin_token : h_user_token, in_query);
     static const uint8_t mask[4] = {0x37, 0xfa, 0x21, 0x3d};
     size_t start = 0;
     for (size_t i = 0; i <= blen && nsent < MAX_MSGS; i++) {

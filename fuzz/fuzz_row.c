@@ -148,13 +148,11 @@ static enum kind bind_value(sqlite3_stmt *s, int col, struct in *in, const uint8
     case V_NULL:
         sqlite3_bind_null(s, col);
         break;
-    case V_INT:
-    {
+    case V_INT: {
         /* small values as they are (flags, seqs), others spread wide */
         int64_t v = (int8_t)take(in);
         sqlite3_bind_int64(s, col, v >= -16 && v <= 16 ? v : v * 1000003);
-    }
-        break;
+    } break;
     case V_REAL:
         sqlite3_bind_double(s, col, (double)(int8_t)take(in) / 7.0);
         break;
@@ -173,8 +171,8 @@ static enum kind bind_value(sqlite3_stmt *s, int col, struct in *in, const uint8
 struct row {
     bool present;
     int64_t seq;
-    bool bad;            /* marked sealed but no valid seal for (SID, seq) */
-    bool json_ok;        /* UTF-8 text columns, metadata NULL or an object */
+    bool bad;     /* marked sealed but no valid seal for (SID, seq) */
+    bool json_ok; /* UTF-8 text columns, metadata NULL or an object */
     const uint8_t *plain;
     size_t plain_len;
 };
@@ -254,8 +252,7 @@ static void write_event(struct in *in, struct row *r)
     if (how == 1 || how == 2) {
         /* sealed for this seq, or for another one (a row moved) */
         int64_t seq = how == 1 ? r->seq : r->seq + 1;
-        CHECK(store_seal(KEY, SID, seq, (const char *)r->plain, r->plain_len, &sealed, &slen) ==
-              0);
+        CHECK(store_seal(KEY, SID, seq, (const char *)r->plain, r->plain_len, &sealed, &slen) == 0);
         sqlite3_bind_blob(s, 10, sealed, (int)slen, SQLITE_TRANSIENT);
     } else {
         sqlite3_bind_blob(s, 10, r->plain, (int)r->plain_len, SQLITE_TRANSIENT);

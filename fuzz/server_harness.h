@@ -123,8 +123,8 @@ static void harness_drain(void)
         uint8_t buf[16384];
         ssize_t k = read(h_fd, buf, sizeof buf);
         if (k > 0) {
-            size_t keep = h_out_len + (size_t)k <= HARNESS_OUT_MAX ? (size_t)k
-                                                                 : HARNESS_OUT_MAX - h_out_len;
+            size_t keep =
+                h_out_len + (size_t)k <= HARNESS_OUT_MAX ? (size_t)k : HARNESS_OUT_MAX - h_out_len;
             memcpy(h_out + h_out_len, buf, keep);
             h_out_len += keep;
             continue;
@@ -163,8 +163,8 @@ static void harness_settle(bool gone)
         }
         if (clock_mono_ms() > deadline) {
             fprintf(stderr, "server not idle after %d ms (pending=%ld reqs=%u conns=%u)\n",
-                    HARNESS_SETTLE_MS, (long)atomic_load(&h_pending),
-                    h_w->loop.active_reqs.count, h_w->nconns);
+                    HARNESS_SETTLE_MS, (long)atomic_load(&h_pending), h_w->loop.active_reqs.count,
+                    h_w->nconns);
             abort();
         }
         if (atomic_load(&h_pending) > 0 || h_w->loop.active_reqs.count > 0) {
@@ -247,8 +247,8 @@ static char *harness_token(const char *sub, const char *roles)
     snprintf(payload, sizeof payload,
              "{\"sub\":\"%s\",\"name\":\"Fuzz %s\",\"roles\":%s,\"exp\":4102444800}", sub, sub,
              roles);
-    char *t = jwt_sign_hs256((const unsigned char *)HARNESS_SECRET, strlen(HARNESS_SECRET),
-                             payload, strlen(payload));
+    char *t = jwt_sign_hs256((const unsigned char *)HARNESS_SECRET, strlen(HARNESS_SECRET), payload,
+                             strlen(payload));
     HCHECK(t);
     return t;
 }
@@ -398,6 +398,7 @@ static void harness_init(void)
     atexit(harness_cleanup);
     /* config_load wipes the secret in argv, as it does chatd's own. */
     static char secret[] = HARNESS_SECRET;
+    /* clang-format off */
     char *argv[] = {"chatd",
                     "--listen", "127.0.0.1:0",
                     "--workers", "1",
@@ -410,6 +411,7 @@ static void harness_init(void)
                     "--max-message-bytes", "8192",
                     "--log-level", "error",
                     NULL};
+    /* clang-format on */
     char err[512];
     FILE *devnull = fopen("/dev/null", "w");
     HCHECK(devnull);
@@ -434,11 +436,8 @@ static void harness_init(void)
     HCHECK(bus_local_open(&h_bus, &bh) == 0);
     chat_set_bus(h_chat, h_bus);
     static const unsigned char key[32] = "fuzz-key-0123456789abcdefghijklm";
-    struct store_options so = {.engine = "sqlite",
-                               .path = h_db,
-                               .key = key,
-                               .on_batch = harness_on_batch,
-                               .arg = h_chat};
+    struct store_options so = {
+        .engine = "sqlite", .path = h_db, .key = key, .on_batch = harness_on_batch, .arg = h_chat};
     if (store_open(&h_store, &so, err, sizeof err) != 0) {
         fprintf(stderr, "harness store: %s\n", err);
         abort();
