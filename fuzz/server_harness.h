@@ -39,6 +39,7 @@
 #ifndef CHATD_FUZZ_SERVER_HARNESS_H
 #define CHATD_FUZZ_SERVER_HARNESS_H
 
+#include <dirent.h>
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -388,12 +389,34 @@ static void harness_cleanup(void)
     unlink(p);
 }
 
+/* A run that failed (abort) left its database behind: remove those of
+ * processes that are gone. */
+static void harness_remove_stale(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        int pid;
+        char rest[16] = "";
+        if (sscanf(e->d_name, "chatd-fuzz-%d.db%15s", &pid, rest) >= 1 && pid > 0 &&
+            kill(pid, 0) != 0 && errno == ESRCH) {
+            char p[512];
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            unlink(p);
+        }
+    }
+    closedir(d);
+}
+
 static void harness_init(void)
 {
     signal(SIGPIPE, SIG_IGN);
     json_object_seed(1); /* the same hash order every run */
     snprintf(h_db, sizeof h_db, "%s/chatd-fuzz-%d.db",
              access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp", (int)getpid());
+    harness_remove_stale(access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
     harness_cleanup();
     atexit(harness_cleanup);
     /* config_load wipes the secret in argv, as it does chatd's own. */
