@@ -5,7 +5,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: run test build deps bench bench-peers clean
+.PHONY: run test fuzz build deps bench bench-peers clean
 
 deps:
 	@./scripts/deps.sh run
@@ -22,6 +22,13 @@ run: build
 test:
 	@./scripts/deps.sh test
 	@./scripts/test.sh
+
+# Every fuzz target for FUZZ_SECONDS each (default 300; `make test` gives
+# each 20), one after another, with executions and coverage per target
+# (scripts/fuzz.sh; docs/reliability.md, "Fuzzing").
+fuzz:
+	@./scripts/deps.sh test
+	@./scripts/fuzz.sh
 
 # Benchmarks (see docs/benchmarks.md): chatd alone, then chatd beside the
 # servers users would otherwise pick, measured in the same run.

@@ -12,9 +12,25 @@ fuzz_seal: a seq byte and a session byte (see fuzz_seal.c), then a stored
 value (read as sealed, and sealed as plain text).
 fuzz_config: a mode byte (see fuzz_config.c), then a command line (NUL
 between arguments) or a --config file.
+fuzz_chat: a client byte and a cut byte (see fuzz_chat.c), then client
+messages separated by NUL: one valid message of every type of PROTOCOL.md
+section 3 and invalid variants of each.
+fuzz_worker: two cut bytes (see fuzz_worker.c), then a whole client stream:
+a WebSocket upgrade with a valid token and chat frames, or HTTP requests.
+fuzz_row: after_seq, limit, max_bytes, help_only and session bytes (see
+fuzz_row.c), then a sessions row and events rows, each column a typed
+value, contents plain, sealed, sealed for another seq or garbage.
+In fuzz_chat and fuzz_worker seeds, SID (s_ then 24 '@') stands for the
+harness's own session of fuzz-user (fuzz/server_harness.h).
+Files named found_* are inputs a fuzzer once failed on (a crash fixed in
+src/, or a false alarm of a driver's check), kept as seeds; this script
+leaves them alone.
 Run once from anywhere: /usr/bin/python3 fuzz/make_seeds.py
 """
 import base64
+import hashlib
+import hmac
+import json
 import os
 import struct
 
@@ -272,6 +288,218 @@ CONFIG_SEEDS = {
 }
 
 
+HARNESS_SECRET = b"fuzz-secret-0123456789abcdef-0123456789abcdef"
+SID = "s_" + "@" * 24
+
+
+def hs256(payload):
+    head = b64u(b'{"alg":"HS256","typ":"JWT"}') + b"." + b64u(json.dumps(payload).encode())
+    return head + b"." + b64u(hmac.new(HARNESS_SECRET, head, hashlib.sha256).digest())
+
+
+USER_TOKEN = hs256({"sub": "fuzz-user", "name": "Fuzz user", "roles": ["user"], "exp": 4102444800})
+ADMIN_TOKEN = hs256({"sub": "fuzz-admin", "name": "Fuzz admin", "roles": ["user", "admin"],
+                     "exp": 4102444800})
+
+
+def j(**kw):
+    return json.dumps(kw, ensure_ascii=False).encode()
+
+
+def msgs(*items):
+    return b"\x00".join(items)
+
+
+CHAT_SEEDS = {
+    # one valid message of each type (user, then admin)
+    "user_every_type": b"\x00\x00" + msgs(
+        j(type="user_message", id="m1", content="hello", metadata={"lang": "en"}),
+        j(type="user_message", id="m2", session_id=SID, content="again"),
+        j(type="typing_indicator", session_id=SID, typing=True),
+        j(type="read", session_id=SID, seq=1),
+        j(type="help_request", id="h1", session_id=SID),
+        j(type="model_select", id="ms1", session_id=SID, model_id="none"),
+        j(type="resume", id="r1", session_id=SID, after_seq=0),
+        j(type="stop_generation", id="st1", session_id=SID),
+        j(type="refresh", id="rf1", token=USER_TOKEN.decode()),
+        j(type="admin_join", id="aj-no", session_id=SID)),
+    "admin_every_type": b"\x01\x00" + msgs(
+        j(type="admin_join", id="a1", session_id=SID),
+        j(type="admin_message", id="a2", session_id=SID, content="an admin here"),
+        j(type="resolve_help", id="a3", session_id=SID),
+        j(type="typing_indicator", session_id=SID, typing=False),
+        j(type="read", id="a4", session_id=SID, seq=2),
+        j(type="resume", id="a5", session_id=SID, after_seq=1),
+        j(type="stop_generation", id="a6", session_id=SID),
+        j(type="admin_leave", id="a7", session_id=SID),
+        j(type="refresh", id="a8", token=ADMIN_TOKEN.decode())),
+    "admin_query_token_chunked": b"\x07\x05" + msgs(
+        j(type="admin_join", id="b1", session_id=SID),
+        j(type="help_request", id="b2", session_id=SID),
+        j(type="admin_message", id="b3", session_id=SID, content="x" * 300),
+        j(type="admin_leave", id="b4", session_id=SID)),
+    # invalid variants
+    "bad_json": b"\x00\x00" + msgs(b"{", b"[1,2]", b"\"text\"", b"", b'{"a":1,"a":2}', b"nul"),
+    "bad_fields": b"\x04\x03" + msgs(
+        j(type="user_message", id="e1", content=""),
+        j(type="user_message", id="e2", content="y" * 2049),
+        j(type="user_message", id="e3", content=5),
+        j(type="user_message", id="e4", content="ok", session_id="s_nothex"),
+        j(type="user_message", id="e5", content="ok", session_id=7),
+        j(type="user_message", id="e6", content="ok", metadata={"n": 1}),
+        j(type="user_message", id="e7", content="ok", metadata=[1]),
+        j(type="user_message", id="", content="ok"),
+        j(type="user_message", id="i" * 65, content="ok"),
+        j(type="user_message", id=3, content="ok"),
+        j(id="e8", content="no type"),
+        j(type=1, id="e9"),
+        j(type="no_such_type", id="e10"),
+        j(type="typing_indicator", id="e11", session_id=SID, typing="yes"),
+        j(type="read", id="e12", session_id=SID, seq=-1),
+        j(type="read", id="e13", session_id=SID, seq="1"),
+        j(type="resume", id="e14", session_id=SID, after_seq=-5),
+        j(type="resume", id="e15", session_id=SID),
+        j(type="model_select", id="e16", session_id=SID),
+        j(type="help_request", id="e17"),
+        j(type="admin_join", id="e18", session_id=SID),
+        j(type="admin_message", id="e19", session_id=SID, content="not admin"),
+        j(type="resolve_help", id="e20", session_id=SID),
+        j(type="refresh", id="e21", token="a.b.c"),
+        j(type="refresh", id="e22"),
+        j(type="user_message", id="e23", content="x", session_id="s_000000000000000000000000")),
+    "admin_bad_fields": b"\x01\x01" + msgs(
+        j(type="admin_message", id="f1", session_id=SID, content="before join"),
+        j(type="admin_join", id="f2"),
+        j(type="admin_join", id="f3", session_id="s_000000000000000000000000"),
+        j(type="admin_leave", id="f4", session_id=SID),
+        j(type="resolve_help", id="f5", session_id=SID),
+        j(type="refresh", id="f6", token=USER_TOKEN.decode())),
+    "bad_utf8": b"\x00\x00" + msgs(j(type="user_message", id="u1", content="ok"),
+                                    b'{"type":"user_message","content":"\xc0\x80"}'),
+    "too_large": b"\x00\x00" + msgs(j(type="user_message", id="t1", content="z" * 9000)),
+}
+
+
+def ws_frame(payload, op=TEXT, fin=True):
+    """A masked frame with the zero mask: the payload stays readable, so the
+    harness can replace SID in it."""
+    n = len(payload)
+    b0 = (0x80 if fin else 0) | op
+    if n < 126:
+        hdr = bytes([b0, 0x80 | n])
+    elif n <= 0xFFFF:
+        hdr = bytes([b0, 0x80 | 126]) + struct.pack(">H", n)
+    else:
+        hdr = bytes([b0, 0x80 | 127]) + struct.pack(">Q", n)
+    return hdr + b"\x00\x00\x00\x00" + payload
+
+
+def upgrade(tok, query=False, extra=b""):
+    target = b"/ws?token=" + tok if query else b"/ws"
+    auth = b"" if query else b"Authorization: Bearer " + tok + b"\r\n"
+    return (b"GET " + target + b" HTTP/1.1\r\nHost: fuzz\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n" + auth + extra + b"\r\n")
+
+
+WORKER_SEEDS = {
+    "ws_user_chat": b"\x01\x07" + upgrade(USER_TOKEN)
+    + ws_frame(j(type="user_message", id="w1", content="hi", session_id=SID))
+    + ws_frame(j(type="typing_indicator", session_id=SID, typing=True))
+    + ws_frame(j(type="resume", id="w2", session_id=SID, after_seq=0))
+    + ws_frame(j(type="read", session_id=SID, seq=1))
+    + ws_frame(b"", op=PING) + ws_frame(struct.pack(">H", 1000), op=CLOSE),
+    "ws_admin_chat": b"\x00\x1f" + upgrade(ADMIN_TOKEN, query=True)
+    + ws_frame(j(type="admin_join", id="x1", session_id=SID))
+    + ws_frame(j(type="admin_message", id="x2", session_id=SID, content="hello from admin"))
+    + ws_frame(j(type="resolve_help", id="x3", session_id=SID))
+    + ws_frame(j(type="admin_leave", id="x4", session_id=SID)),
+    "ws_fragmented": b"\x02\x00" + upgrade(USER_TOKEN)
+    + ws_frame(b'{"type":"user_message",', fin=False)
+    + ws_frame(b"", op=PING)
+    + ws_frame(b'"id":"w3","content":"frag"}', op=CONT)
+    + ws_frame(b"\x01\x02", op=BINARY),
+    "ws_bad_token": b"\x00\x10" + upgrade(b"e30.e30.AAAA") + ws_frame(b"{}"),
+    "ws_no_key": b"\x03\x80" + b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Authorization: Bearer " + USER_TOKEN + b"\r\n\r\n",
+    "http_pipelined": b"\x01\x03" + b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+    b"GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n"
+    b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n",
+    "http_api": b"\x00\x40" + b"GET /api/sessions HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer "
+    + USER_TOKEN + b"\r\n\r\nGET /api/sessions/" + SID.encode()
+    + b" HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer " + USER_TOKEN + b"\r\n\r\n",
+    "http_post_body": b"\x01\x09" + b"POST /api/sessions/" + SID.encode()
+    + b"/title HTTP/1.1\r\nHost: a\r\nContent-Length: 17\r\nAuthorization: Bearer "
+    + USER_TOKEN + b"\r\n\r\n" + b'{"title":"a new"}',
+    "http_garbage": b"\x02\x00" + b"\x16\x03\x01\x00\xa5GARBAGE\r\n\r\n",
+}
+
+
+def rv_null():
+    return b"\x00"
+
+
+def rv_int(v):
+    return b"\x01" + bytes([v & 0xFF])
+
+
+def rv_text(t):
+    t = t.encode() if isinstance(t, str) else t
+    return b"\x03" + struct.pack("<H", len(t)) + t
+
+
+def rv_blob(t):
+    return b"\x04" + struct.pack("<H", len(t)) + t
+
+
+def row_bytes(b):
+    b = b.encode() if isinstance(b, str) else b
+    return struct.pack("<H", len(b)) + b
+
+
+def row_session(title="A title", how=0, help_=0):
+    return (rv_text("fuzz-user") + rv_int(10) + rv_int(20) + rv_int(3) + rv_int(help_)
+            + rv_text("m1") + rv_text("Fuzz user") + rv_null() + bytes([how]) + row_bytes(title))
+
+
+def row_event(seq, content, how=0, type_="user_message", sender_type="user", sender="fuzz-user",
+              name=rv_null(), client=rv_null(), meta=rv_null()):
+    return (bytes([seq + 2, 1]) + rv_text(type_) + rv_text(sender_type) + rv_text(sender) + name
+            + client + meta + bytes([how]) + row_bytes(content))
+
+
+def row_input(after=0, limit=0, max_bytes=0, help_only=0, session=None, events=()):
+    head = bytes([after + 2, limit, max_bytes, help_only, 1 if session else 0])
+    return head + (session or b"") + b"".join(events)
+
+
+ROW_SEEDS = {
+    "plain_history": row_input(session=row_session(), events=[
+        row_event(1, "hello", client=rv_text("c1"), meta=rv_text('{"lang":"en"}')),
+        row_event(2, "", type_="help_request"),
+        row_event(3, "an answer", type_="ai_response", sender_type="ai", sender="m1",
+                  client=rv_text("st_1"), meta=rv_text('{"input_tokens":"3"}'))]),
+    "sealed_history": row_input(session=row_session("sealed title \u00e9", how=1), events=[
+        row_event(1, "secret one", how=1),
+        row_event(2, "secret two \U0001F600", how=1, type_="admin_message", sender_type="admin"),
+        row_event(3, "", how=1, type_="admin_join", sender_type="admin")]),
+    "sealed_wrong_seq": row_input(after=1, session=row_session(how=1), events=[
+        row_event(1, "fine", how=1), row_event(2, "moved row", how=2)]),
+    "garbage_sealed": row_input(session=row_session(how=2), events=[
+        row_event(1, bytes(40), how=3), row_event(2, "x", how=3)]),
+    "types_confused": row_input(limit=2, max_bytes=1, session=b"\x02\x05" + rv_blob(b"\x00\xff") * 7
+                                + bytes([0]) + row_bytes(b"\xff\xfe title"), events=[
+        row_event(1, b"\xc0\x80", type_=b"x" * 40, sender_type=b"\x00", sender=b"",
+                  meta=rv_text("[1,2]")),
+        row_event(1, "dup seq"),
+        bytes([5, 0]) + rv_int(7) + rv_int(8) + rv_null() + rv_null() + rv_null() + rv_null()
+        + b"\x00" + row_bytes("null sender")]),
+    "long_title_preview": row_input(help_only=1, session=row_session("t" * 300, help_=1),
+                                    events=[row_event(1, "\u00e9" * 150),
+                                            row_event(2, "p" * 200, how=1)]),
+}
+
+
 def write(name, seeds):
     out = os.path.join(CORPUS, name)
     os.makedirs(out, exist_ok=True)
@@ -289,6 +517,9 @@ def main():
     write("fuzz_jwt", JWT_SEEDS)
     write("fuzz_seal", SEAL_SEEDS)
     write("fuzz_config", CONFIG_SEEDS)
+    write("fuzz_chat", CHAT_SEEDS)
+    write("fuzz_worker", WORKER_SEEDS)
+    write("fuzz_row", ROW_SEEDS)
 
 
 if __name__ == "__main__":

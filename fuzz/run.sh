@@ -1,7 +1,8 @@
 #!/bin/sh
 # run.sh BINARY CORPUS_DIR: run a libFuzzer binary for FUZZ_SECONDS (default
-# 20) over a scratch copy of the seed corpus, so that the checked-in seeds are
-# never modified, and exit with the fuzzer's status (nonzero on a crash).
+# 20, what `make test` gives each target) over a scratch copy of the seed
+# corpus, so that the checked-in seeds are never modified, and exit with the
+# fuzzer's status (nonzero on a crash).
 # Crash reproducers are written to the current directory (the ctest build
 # directory), as libFuzzer does by default.
 set -u
@@ -17,8 +18,15 @@ if [ ! -x "$bin" ]; then
     exit 2
 fi
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/fuzz-corpus.XXXXXX") || exit 2
-trap 'rm -rf "$tmp"' EXIT
+# FUZZ_WORK_DIR (make fuzz): a corpus directory kept between runs instead
+# of a scratch one; the seeds are copied into it each time.
+if [ -n "${FUZZ_WORK_DIR:-}" ]; then
+    tmp=$FUZZ_WORK_DIR
+    mkdir -p "$tmp" || exit 2
+else
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/fuzz-corpus.XXXXXX") || exit 2
+    trap 'rm -rf "$tmp"' EXIT
+fi
 trap 'exit 130' INT TERM HUP
 
 if [ -d "$seeds" ]; then

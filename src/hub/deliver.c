@@ -192,7 +192,9 @@ static void for_participants(struct chat *ch, struct worker *w, struct chat_loca
                              enum send_mode mode, bool owner_only)
 {
     bool stored = mode != SEND_RELAY;
-    const uint64_t *ids = p->ids + it->ids_off;
+    /* A post for no owner device has no ids array: NULL + 0 is undefined
+     * in C, so only index into one that exists (ids_n is 0 then). */
+    const uint64_t *ids = p->ids ? p->ids + it->ids_off : NULL;
     for (uint32_t i = 0; i < it->ids_n; i++) {
         struct conn *c = idmap_get(&w->by_id, ids[i]);
         if (!c || !c->data)

@@ -45,6 +45,8 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = WORKER_READ_BUF;
 }
 
+static void conn_start(struct worker *w, struct conn *c);
+
 void conn_accept(struct worker *w, int fd)
 {
     struct conn *c = calloc(1, sizeof *c);
@@ -59,6 +61,31 @@ void conn_accept(struct worker *w, int fd)
         uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
         return;
     }
+    conn_start(w, c);
+}
+
+#ifdef CHATD_FUZZ
+/* Fuzz builds only: a connected stream socket the caller made (one end of
+ * a socketpair) becomes a connection of w as if accepted. 0 or -errno. */
+int conn_fuzz_adopt(struct worker *w, int fd)
+{
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    uv_tcp_init(&w->loop, &c->tcp);
+    int rc = uv_tcp_open(&c->tcp, fd);
+    if (rc != 0) {
+        uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
+        return rc;
+    }
+    conn_start(w, c);
+    return 0;
+}
+#endif
+
+/* A connection w now holds (accepted): count it and start reading. */
+static void conn_start(struct worker *w, struct conn *c)
+{
     c->w = w;
     c->id = ((uint64_t)w->index << 48) | ++w->next_conn_seq;
     list_init(&c->dirty);

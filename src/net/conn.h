@@ -129,6 +129,12 @@ struct conn {
  * on failure). Worker thread. */
 void conn_accept(struct worker *w, int fd);
 
+#ifdef CHATD_FUZZ
+/* Fuzz builds only (fuzz/server_harness.h): take a connected stream socket
+ * (one end of a socketpair) as an accepted connection. 0 or -errno. */
+int conn_fuzz_adopt(struct worker *w, int fd);
+#endif
+
 /* Queue a text or binary message as one frame (copied). 0 or -errno. */
 int conn_send(struct conn *c, unsigned opcode, const void *data, size_t len);
 /* Queue a slice of a shared, already framed buffer (a broadcast). */

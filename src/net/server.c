@@ -403,6 +403,27 @@ int server_start(struct server *srv, char *err, size_t errlen)
     return 0;
 }
 
+#ifdef CHATD_FUZZ
+/* Fuzz builds only: set up every worker as server_start does but start no
+ * thread: the calling thread becomes worker 0 and runs its loop itself
+ * (fuzz/server_harness.h), feeding it connections with conn_fuzz_adopt.
+ * Its listening socket is never watched. */
+int server_fuzz_start(struct server *srv, char *err, size_t errlen)
+{
+    atomic_init(&srv->shutting_down, false);
+    atomic_init(&srv->workers_done, 0);
+    for (unsigned i = 0; i < srv->nworkers; i++) {
+        int rc = worker_init(srv, &srv->workers[i], i);
+        if (rc != 0) {
+            snprintf(err, errlen, "worker %u: %s", i, uv_strerror(rc));
+            return rc;
+        }
+    }
+    worker_set_current(&srv->workers[0]);
+    return 0;
+}
+#endif
+
 static void post_all(struct server *srv, void (*run)(struct worker *, struct inbox_msg *))
 {
     for (unsigned i = 0; i < srv->nworkers; i++) {

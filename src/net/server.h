@@ -25,6 +25,12 @@ int server_listen(struct server *srv, const struct config *cfg, char *err, size_
  * negative errno with a message in err. Main thread, once. */
 int server_start(struct server *srv, char *err, size_t errlen);
 
+#ifdef CHATD_FUZZ
+/* Fuzz builds only: server_start without threads; the caller runs worker
+ * 0's loop on its own thread. */
+int server_fuzz_start(struct server *srv, char *err, size_t errlen);
+#endif
+
 /* Begin a graceful shutdown: every worker stops accepting and closes its
  * WebSockets with 1001. Any thread. */
 void server_begin_shutdown(struct server *srv);

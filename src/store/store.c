@@ -141,6 +141,21 @@ int64_t store__now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+void store__copy_field(char *out, size_t cap, const char *text)
+{
+    size_t n = text ? strlen(text) : 0;
+    if (n >= cap) {
+        n = cap - 1;
+        /* text[n] is the first byte left out: while it continues a
+         * character, that character is left out whole. */
+        while (n > 0 && ((unsigned char)text[n] & 0xC0) == 0x80)
+            n--;
+    }
+    if (n)
+        memcpy(out, text, n);
+    out[n] = '\0';
+}
+
 static size_t take_more(struct fifo *queue, struct store_req **batch, size_t n)
 {
     for (struct fifo_node *q = fifo_take(queue, STORE_BATCH_MAX - n, NULL); q; q = q->next)

@@ -367,6 +367,11 @@ size_t store__take_batch(struct fifo *queue, struct store_req **batch, int64_t l
 int store__push(struct fifo *queue, struct store_req *r);
 /* Monotonic microseconds, for commit times and lingering. */
 int64_t store__now_us(void);
+/* Copy the text of a column (NULL: "") into out (cap bytes). Text too long
+ * for its field, which only a damaged or outside-written row holds, is cut
+ * at a UTF-8 character boundary, so what the wire sends of it stays valid
+ * UTF-8 (a cut character would make clients drop the connection). */
+void store__copy_field(char *out, size_t cap, const char *text);
 
 /* A batch of n requests committed in us microseconds. */
 void store__count_commit(struct store__counters *c, int64_t us, size_t n);

@@ -166,13 +166,13 @@ static int fill_session(struct store_postgres *s, const PGresult *r, int row,
 {
     memset(out, 0, sizeof *out);
     snprintf(out->id, sizeof out->id, "%s", PQgetvalue(r, row, 0));
-    snprintf(out->owner, sizeof out->owner, "%s", PQgetvalue(r, row, 1));
+    store__copy_field(out->owner, sizeof out->owner, PQgetvalue(r, row, 1));
     out->created_ms = col_i64(r, row, 2);
     out->updated_ms = col_i64(r, row, 3);
     out->last_seq = col_i64(r, row, 4);
     out->help = col_bool(r, row, 5);
-    snprintf(out->model, sizeof out->model, "%s", PQgetvalue(r, row, 6));
-    snprintf(out->owner_name, sizeof out->owner_name, "%s", PQgetvalue(r, row, 7));
+    store__copy_field(out->model, sizeof out->model, PQgetvalue(r, row, 6));
+    store__copy_field(out->owner_name, sizeof out->owner_name, PQgetvalue(r, row, 7));
     out->waiting_ms = col_i64(r, row, 8);
     if (PQgetisnull(r, row, 9))
         return 0;
@@ -247,8 +247,8 @@ int store_postgres__read_events(void *e, const char *id, int64_t after_seq, int6
         memset(cur, 0, sizeof *cur);
         cur->seq = col_i64(r, i, 0);
         cur->ts_ms = col_i64(r, i, 1);
-        snprintf(cur->type, sizeof cur->type, "%s", PQgetvalue(r, i, 2));
-        snprintf(cur->sender_type, sizeof cur->sender_type, "%s", PQgetvalue(r, i, 3));
+        store__copy_field(cur->type, sizeof cur->type, PQgetvalue(r, i, 2));
+        store__copy_field(cur->sender_type, sizeof cur->sender_type, PQgetvalue(r, i, 3));
         cur->sender_id = col_strdup(r, i, 4);
         cur->sender_name = col_strdup(r, i, 5);
         cur->client_id = col_strdup(r, i, 6);
@@ -309,8 +309,8 @@ static int fill_preview(struct store_postgres *s, PGconn **c, struct store_sessi
     int ret = 0;
     if (PQntuples(r)) {
         int64_t seq = col_i64(r, 0, 0);
-        snprintf(v->preview_type, sizeof v->preview_type, "%s", PQgetvalue(r, 0, 1));
-        snprintf(v->preview_sender, sizeof v->preview_sender, "%s", PQgetvalue(r, 0, 2));
+        store__copy_field(v->preview_type, sizeof v->preview_type, PQgetvalue(r, 0, 1));
+        store__copy_field(v->preview_sender, sizeof v->preview_sender, PQgetvalue(r, 0, 2));
         size_t blen = 0;
         char *blob = store_postgres__unhex(PQgetvalue(r, 0, 3), &blen);
         if (!blob) {
@@ -402,7 +402,7 @@ int store_postgres__get_reads(void *e, const char *id, struct store_read **out)
         return -ENOMEM;
     }
     for (int i = 0; i < n; i++) {
-        snprintf(v[i].reader, sizeof v[i].reader, "%s", PQgetvalue(r, i, 0));
+        store__copy_field(v[i].reader, sizeof v[i].reader, PQgetvalue(r, i, 0));
         v[i].seq = col_i64(r, i, 1);
     }
     PQclear(r);

@@ -79,15 +79,15 @@ static int fill_session(struct store_sqlite *s, sqlite3_stmt *st, struct store_s
 {
     memset(out, 0, sizeof *out);
     snprintf(out->id, sizeof out->id, "%s", (const char *)sqlite3_column_text(st, 0));
-    snprintf(out->owner, sizeof out->owner, "%s", (const char *)sqlite3_column_text(st, 1));
+    store__copy_field(out->owner, sizeof out->owner, (const char *)sqlite3_column_text(st, 1));
     out->created_ms = sqlite3_column_int64(st, 2);
     out->updated_ms = sqlite3_column_int64(st, 3);
     out->last_seq = sqlite3_column_int64(st, 4);
     out->help = sqlite3_column_int(st, 5) != 0;
     const char *model = (const char *)sqlite3_column_text(st, 6);
-    snprintf(out->model, sizeof out->model, "%s", model ? model : "");
+    store__copy_field(out->model, sizeof out->model, model);
     const char *oname = (const char *)sqlite3_column_text(st, 7);
-    snprintf(out->owner_name, sizeof out->owner_name, "%s", oname ? oname : "");
+    store__copy_field(out->owner_name, sizeof out->owner_name, oname);
     out->waiting_ms = sqlite3_column_int64(st, 8);
     const void *t = sqlite3_column_blob(st, 9);
     size_t tlen = (size_t)sqlite3_column_bytes(st, 9);
@@ -180,9 +180,10 @@ int store_sqlite__read_events(void *e, const char *id, int64_t after_seq, int64_
         memset(cur, 0, sizeof *cur);
         cur->seq = sqlite3_column_int64(st, 0);
         cur->ts_ms = sqlite3_column_int64(st, 1);
-        snprintf(cur->type, sizeof cur->type, "%s", (const char *)sqlite3_column_text(st, 2));
-        snprintf(cur->sender_type, sizeof cur->sender_type, "%s",
-                 (const char *)sqlite3_column_text(st, 3));
+        store__copy_field(cur->type, sizeof cur->type,
+                          (const char *)sqlite3_column_text(st, 2));
+        store__copy_field(cur->sender_type, sizeof cur->sender_type,
+                          (const char *)sqlite3_column_text(st, 3));
         int cr = col_strdup(st, 4, &cur->sender_id);
         cr = cr ? cr : col_strdup(st, 5, &cur->sender_name);
         cr = cr ? cr : col_strdup(st, 6, &cur->client_id);
@@ -249,10 +250,10 @@ static int fill_preview(struct store_sqlite *s, sqlite3 *db, struct store_sessio
     int r = sqlite3_step(st), ret = 0;
     if (r == SQLITE_ROW) {
         int64_t seq = sqlite3_column_int64(st, 0);
-        snprintf(v->preview_type, sizeof v->preview_type, "%s",
-                 (const char *)sqlite3_column_text(st, 1));
-        snprintf(v->preview_sender, sizeof v->preview_sender, "%s",
-                 (const char *)sqlite3_column_text(st, 2));
+        store__copy_field(v->preview_type, sizeof v->preview_type,
+                          (const char *)sqlite3_column_text(st, 1));
+        store__copy_field(v->preview_sender, sizeof v->preview_sender,
+                          (const char *)sqlite3_column_text(st, 2));
         const void *blob = sqlite3_column_blob(st, 3);
         size_t blen = (size_t)sqlite3_column_bytes(st, 3);
         if (sqlite3_column_int(st, 4)) {
@@ -350,7 +351,8 @@ int store_sqlite__get_reads(void *e, const char *id, struct store_read **out)
             ret = -ENOMEM;
             break;
         }
-        snprintf(v[n].reader, sizeof v[n].reader, "%s", (const char *)sqlite3_column_text(st, 0));
+        store__copy_field(v[n].reader, sizeof v[n].reader,
+                          (const char *)sqlite3_column_text(st, 0));
         v[n].seq = sqlite3_column_int64(st, 1);
         n++;
     }
