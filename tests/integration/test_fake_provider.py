@@ -322,9 +322,10 @@ def test_slow():
             conn.close()
             n = len(deltas(api, sse_parse(buf)))
             assert n == len(arrivals) and n >= 5, (n, len(arrivals))
-            gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-            assert min(gaps) >= 0.04, gaps
-            assert arrivals[-1] - arrivals[0] >= 0.055 * (n - 1)
+            # Paced: the deltas take at least (n - 1) pauses in all. A
+            # single gap can be short on a busy machine (two deltas read in
+            # one wake-up after a late one), so only the whole is timed.
+            assert arrivals[-1] - arrivals[0] >= 0.055 * (n - 1), arrivals
 
 
 def test_split():

@@ -336,6 +336,13 @@ async function testStopBeforeFirstPiece(d, fake) {
     await waitSent(page, 1, 'no answer will come');
     await page.waitForSelector('#assistant-bar:not([hidden])');
     assert(/thinking/i.test(await page.textContent('#assistant-state')), 'state before the first piece');
+    // The request must have reached the (hanging) provider before the stop,
+    // or the stop only takes an answer off chatd's queue: on a busy machine
+    // the click can come first.
+    for (let i = 0; (await fakeCall(fake, 'GET', '/_fake/stats')).requests < 1; i++) {
+      assert(i < 200, 'the provider never got the request');
+      await new Promise((r) => setTimeout(r, 50));
+    }
     await page.click('#stop');
     await page.waitForSelector('#assistant-bar', { state: 'hidden' });
     const stop = page.sent.find((m) => m.type === 'stop_generation');
