@@ -154,6 +154,12 @@ class History:
         with self._lock:
             conn.items.append(("resume", session, after_seq))
 
+    def resume_failed(self, conn, session):
+        """The oldest unanswered resume of session on conn was refused (an
+        `error`): it fills nothing."""
+        with self._lock:
+            conn.items.append(("resume_failed", session, None))
+
     def received(self, conn, msg):
         """A frame arrived on conn: stored events (with a seq) and `resumed`
         are kept, the rest is ignored."""
@@ -319,6 +325,10 @@ class _Checker:
         for item in c.items:
             if item[0] == "resume":
                 pending[item[1]].append(item[2])
+                continue
+            if item[0] == "resume_failed":
+                if pending[item[1]]:
+                    pending[item[1]].pop(0)
                 continue
             if item[0] == "resumed":
                 sid, last = item[1], item[2]

@@ -173,6 +173,16 @@ static void checkpointer_main(void *arg)
         return;
     }
     sqlite3_busy_timeout(db, 1000);
+    /* A connection learns that the file is in WAL mode, and opens the WAL,
+     * at its first read transaction only: until then a checkpoint on it
+     * does nothing at all and says so only by *pnLog = -1 (the WAL then
+     * grew without end and the database file was never written). */
+    char e[256] = "";
+    if (exec(db, "PRAGMA journal_mode = WAL", e, sizeof e) != 0) {
+        log_error("store_checkpointer_failed", "error=\"%s\"", e);
+        sqlite3_close(db);
+        return;
+    }
     for (;;) {
         uv_mutex_lock(&s->ckpt_lock);
         while (!s->ckpt_wanted && !s->ckpt_closing)
@@ -186,6 +196,8 @@ static void checkpointer_main(void *arg)
         int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_pages, &done);
         if (rc != SQLITE_OK && rc != SQLITE_BUSY)
             log_warn("store_checkpoint_failed", "error=\"%s\"", sqlite3_errstr(rc));
+        else if (log_pages < 0) /* not in WAL mode: nothing was copied */
+            log_warn("store_checkpoint_failed", "error=\"the connection is not in WAL mode\"");
     }
     sqlite3_close(db);
 }
