@@ -93,6 +93,7 @@ class Conn:
 class History:
     def __init__(self):
         self._lock = threading.Lock()
+        self.unknown_stored = None   # set by check(): unknown outcomes found stored
         self.ops = {}          # (user, cid) -> Op
         self.conns = []        # every Conn, in the order opened
         self.devices = {}      # device -> user
@@ -149,6 +150,13 @@ class History:
             self.conns.append(c)
             return c
 
+    def discard(self, conn):
+        """A connection that never opened (refused, server down): forgotten."""
+        with self._lock:
+            if conn.items:
+                raise ValueError("discarding a connection that received frames")
+            self.conns.remove(conn)
+
     def resume(self, conn, session, after_seq):
         """The device asked for what follows after_seq (before sending it)."""
         with self._lock:
@@ -182,7 +190,9 @@ class History:
         for a stored event no tracked client sent that is allowed. Prints
         a summary with out (None: silent); returns the anomalies."""
         with self._lock:
-            anomalies = _Checker(self, final, dict(complete or {}), untracked).run()
+            ch = _Checker(self, final, dict(complete or {}), untracked)
+            anomalies = ch.run()
+            self.unknown_stored = ch.unknown_stored
         if out:
             out(summary(self, anomalies))
         return anomalies
@@ -200,10 +210,11 @@ class History:
 def summary(history, anomalies):
     counts = collections.Counter(a.kind for a in anomalies)
     st = history.stats()
-    lines = ["checker: %d operations (%d attempts): %d acked, %d unknown, %d refused; "
+    lines = ["checker: %d operations (%d attempts): %d acked, %d unknown (%s stored), %d refused; "
              "%d connections received %d events" % (
-                 st["operations"], st["attempts"], st["acked"], st["unknown"], st["refused"],
-                 st["connections"], st["events_received"]),
+                 st["operations"], st["attempts"], st["acked"], st["unknown"],
+                 history.unknown_stored, st["refused"], st["connections"],
+                 st["events_received"]),
              "checker: anomalies " + ", ".join("%s=%d" % (k, counts[k]) for k in KINDS)]
     for a in anomalies[:20]:
         lines.append("  %s: %s" % a)
@@ -272,6 +283,8 @@ class _Checker:
                     self.flag(UNEXPECTED, "%s/%s sent to session %s, stored in %s", sender, cid,
                               op.session, sid)
         self.found = found
+        self.unknown_stored = sum(1 for k, op in self.h.ops.items()
+                                  if op.outcome() == UNKNOWN and k in found)
         for key, where in found.items():
             op = self.h.ops[key]
             if len(where) > 1:
