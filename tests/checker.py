@@ -335,6 +335,7 @@ class _Checker:
         seen = collections.defaultdict(set)      # session -> seqs on this connection
         top = {}                                 # session -> highest seq (ordered phase)
         pending = collections.defaultdict(list)  # session -> after_seq of unanswered resumes
+        resumed = {}                             # session -> its last answered resume, in words
         for item in c.items:
             if item[0] == "resume":
                 pending[item[1]].append(item[2])
@@ -350,6 +351,7 @@ class _Checker:
                               c.device, c.id, sid)
                     continue
                 after = pending[sid].pop(0)
+                resumed[sid] = "resumed after %d to %s" % (after, last)
                 if isinstance(last, int):
                     gap = set(range(after + 1, last + 1)) - seen[sid]
                     self.missing(c, sid, gap, "after resuming from %d to %d" % (after, last))
@@ -362,8 +364,9 @@ class _Checker:
             elif not pending[sid]:
                 # Ordered phase: live events follow one another without gap.
                 if sid in top and seq != top[sid] + 1:
-                    self.flag(REORDERED, "%s (conn %d): session %s seq %s after seq %s",
-                              c.device, c.id, sid, seq, top[sid])
+                    self.flag(REORDERED, "%s (conn %d): session %s seq %s after seq %s (%s)",
+                              c.device, c.id, sid, seq, top[sid],
+                              resumed.get(sid, "never resumed"))
                 top[sid] = max(top.get(sid, seq), seq)
             seen[sid].add(seq)
             self.compare(c, sid, seq, sender, cid, content)

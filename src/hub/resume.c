@@ -46,6 +46,8 @@ struct resume_job {
     bool waiting;  /* waiting for a running slot (never read yet) */
     bool listed;   /* on the client's jobs list */
     int64_t after; /* cursor: the next read starts above this seq */
+    int64_t from;  /* the client's after_seq: it holds every event up to it */
+    bool claimed;  /* 1..from is in the connection's seqset */
     /* the current page */
     int rc;
     bool more; /* the page was cut: more may follow */
@@ -176,6 +178,19 @@ static void resume_pump(struct resume_job *j)
         return;
     }
     struct sess_state *st = chat__state_get(cl, j->session, true);
+    if (st && !j->claimed) {
+        /* The client holds every event up to its after_seq: none of them
+         * goes to this connection again, replayed or live. A live one can
+         * still come: published late, or filled from storage by a node
+         * that restarted when a retry's hint names it; it would arrive
+         * after later seqs, out of order, and twice for the device. The
+         * range stops at the session's last seq, read with the first page.
+         * Out of memory, the range is missing: at worst such a late event
+         * goes through, as before. */
+        j->claimed = true;
+        int64_t upto = j->from < j->sess.last_seq ? j->from : j->sess.last_seq;
+        (void)seqset_add_range(&st->sent, 1, upto);
+    }
     uint64_t high_water = c->w->srv->cfg->send_queue_bytes / 2;
     while (st && j->next_ev < j->n) {
         if (c->out.bytes > high_water) {
@@ -309,7 +324,7 @@ static int start_job(struct chat *ch, struct client *cl, const char *sid, int64_
     if (id)
         snprintf(j->id, sizeof j->id, "%s", id);
     j->admin = cl->admin;
-    j->after = after;
+    j->after = j->from = after;
     j->waiting = cs->nrunning >= RESUME_RUNNING;
     conn_hold(cl->conn);
     if (!j->waiting &&
