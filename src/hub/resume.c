@@ -47,7 +47,7 @@ struct resume_job {
     bool listed;   /* on the client's jobs list */
     int64_t after; /* cursor: the next read starts above this seq */
     int64_t from;  /* the client's after_seq: it holds every event up to it */
-    bool claimed;  /* 1..from is in the connection's seqset */
+    bool claimed;  /* the session's `held` covers from */
     /* the current page */
     int rc;
     bool more; /* the page was cut: more may follow */
@@ -179,17 +179,18 @@ static void resume_pump(struct resume_job *j)
     }
     struct sess_state *st = chat__state_get(cl, j->session, true);
     if (st && !j->claimed) {
-        /* The client holds every event up to its after_seq: none of them
-         * goes to this connection again, replayed or live. A live one can
+        /* The client holds every event up to its after_seq: no live event
+         * up to it goes to this connection any more (deliver.c). One can
          * still come: published late, or filled from storage by a node
          * that restarted when a retry's hint names it; it would arrive
-         * after later seqs, out of order, and twice for the device. The
-         * range stops at the session's last seq, read with the first page.
-         * Out of memory, the range is missing: at worst such a late event
-         * goes through, as before. */
+         * after later seqs, out of order, and twice for the device. A
+         * later resume from lower down still replays them (the seqset is
+         * untouched). Capped at the session's last seq, read with the
+         * first page. */
         j->claimed = true;
         int64_t upto = j->from < j->sess.last_seq ? j->from : j->sess.last_seq;
-        (void)seqset_add_range(&st->sent, 1, upto);
+        if (upto > st->held)
+            st->held = upto;
     }
     uint64_t high_water = c->w->srv->cfg->send_queue_bytes / 2;
     while (st && j->next_ev < j->n) {

@@ -58,37 +58,6 @@ int seqset_add(struct seqset *s, int64_t seq)
     return 0;
 }
 
-int seqset_add_range(struct seqset *s, int64_t lo, int64_t hi)
-{
-    if (lo > hi)
-        return 0;
-    /* r[a..b) are the ranges that overlap or touch lo..hi. */
-    size_t a = 0;
-    while (a < s->n && s->r[a].hi + 1 < lo)
-        a++;
-    size_t b = a;
-    while (b < s->n && s->r[b].lo - 1 <= hi)
-        b++;
-    if (a == b) {
-        if (vec_grow(&s->r, &s->cap, s->n, 1, sizeof *s->r) != 0)
-            return -ENOMEM;
-        memmove(&s->r[a + 1], &s->r[a], (s->n - a) * sizeof *s->r);
-        s->r[a].lo = lo;
-        s->r[a].hi = hi;
-        s->n++;
-        return 0;
-    }
-    if (s->r[a].lo < lo)
-        lo = s->r[a].lo;
-    if (s->r[b - 1].hi > hi)
-        hi = s->r[b - 1].hi;
-    s->r[a].lo = lo;
-    s->r[a].hi = hi;
-    memmove(&s->r[a + 1], &s->r[b], (s->n - b) * sizeof *s->r);
-    s->n -= b - a - 1;
-    return 0;
-}
-
 void seqset_release(struct seqset *s)
 {
     free(s->r);

@@ -33,9 +33,6 @@ int64_t seqset_max(const struct seqset *s);
  * unchanged: the caller may then send the event again later, never skip
  * one. */
 int seqset_add(struct seqset *s, int64_t seq);
-/* Add every seq of lo..hi (nothing when lo > hi), merging the ranges it
- * touches. 0, or -ENOMEM with the set unchanged. */
-int seqset_add_range(struct seqset *s, int64_t lo, int64_t hi);
 /* Free the ranges; the set is empty and usable again. */
 void seqset_release(struct seqset *s);
 

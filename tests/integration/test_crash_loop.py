@@ -48,7 +48,7 @@ KIND = os.environ.get("CHATD_BUILD_KIND", "")
 # The cycle count per build kind: the debug kind runs the 200 cycles of the
 # issue; the sanitizer builds start and write several times slower, so they
 # run fewer to stay within the CI budget (see docs/reliability.md).
-CYCLES = int(os.environ.get("CHATD_CRASH_CYCLES") or {"address": 80, "thread": 50}.get(KIND, 200))
+CYCLES = int(os.environ.get("CHATD_CRASH_CYCLES") or {"address": 120, "thread": 100}.get(KIND, 200))
 WAIT = 60 if KIND in ("address", "thread") else 20
 
 LOAD_ARGS = ("--workers", "2", "--rate-limit", "1000000", "--input-rate", "1000000",

@@ -122,61 +122,6 @@ static void test_matches_a_bitmap(void **state)
     }
 }
 
-static void test_add_range_merges_what_it_touches(void **state)
-{
-    (void)state;
-    struct seqset s = {0};
-    assert_int_equal(seqset_add_range(&s, 5, 4), 0); /* empty range: nothing */
-    assert_int_equal(s.n, 0);
-    seqset_add(&s, 3);
-    seqset_add(&s, 10);
-    seqset_add(&s, 20);
-    seqset_add(&s, 40);
-    assert_int_equal(seqset_add_range(&s, 9, 21), 0); /* swallows 10 and 20 */
-    assert_int_equal(s.n, 3);
-    assert_int_equal(s.r[1].lo, 9);
-    assert_int_equal(s.r[1].hi, 21);
-    assert_int_equal(seqset_add_range(&s, 1, 2), 0); /* touches 3 */
-    assert_int_equal(s.r[0].lo, 1);
-    assert_int_equal(s.r[0].hi, 3);
-    assert_int_equal(seqset_add_range(&s, 30, 35), 0); /* between, alone */
-    assert_int_equal(s.n, 4);
-    assert_int_equal(seqset_add_range(&s, 1, 100), 0); /* everything */
-    assert_int_equal(s.n, 1);
-    assert_int_equal(s.r[0].lo, 1);
-    assert_int_equal(s.r[0].hi, 100);
-    seqset_release(&s);
-}
-
-static void test_add_range_matches_a_bitmap(void **state)
-{
-    (void)state;
-    enum { N = 200 };
-    unsigned seed = 777;
-    for (int round = 0; round < 200; round++) {
-        struct seqset s = {0};
-        char seen[N + 2] = {0};
-        for (int k = 0; k < 20; k++) {
-            seed = seed * 1103515245u + 12345u;
-            int64_t lo = 1 + (seed >> 8) % N;
-            seed = seed * 1103515245u + 12345u;
-            int64_t hi = lo + (int64_t)((seed >> 8) % 12) - 2; /* sometimes empty */
-            if (hi > N)
-                hi = N;
-            if (k % 3)
-                hi = lo; /* single seqs, through either call */
-            assert_int_equal(k % 2 ? seqset_add_range(&s, lo, hi) : seqset_add(&s, lo), 0);
-            for (int64_t q = lo; q <= (k % 2 ? hi : lo); q++)
-                seen[q] = 1;
-            for (int64_t q = 0; q <= N + 1; q++)
-                assert_int_equal(seqset_has(&s, q), seen[q]);
-            for (unsigned i = 1; i < s.n; i++)
-                assert_true(s.r[i - 1].hi + 1 < s.r[i].lo);
-        }
-        seqset_release(&s);
-    }
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -186,8 +131,6 @@ int main(void)
         cmocka_unit_test(test_adding_twice_changes_nothing),
         cmocka_unit_test(test_merges_from_both_sides),
         cmocka_unit_test(test_matches_a_bitmap),
-        cmocka_unit_test(test_add_range_merges_what_it_touches),
-        cmocka_unit_test(test_add_range_matches_a_bitmap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
