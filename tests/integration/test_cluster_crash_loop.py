@@ -86,8 +86,9 @@ def test_sigkill_of_random_nodes_under_load_loses_nothing():
                                            lambda dev: pick_rnd.choice(ports))
             st = hist.stats()
             print("     %d node SIGKILL+restart cycles in %.1fs (kind %s; nodes killed %s), "
-                  "%d messages acked, %d unknown at the end (given up; %s of them stored), %d device "
-                  "connections; node time to ready after restart: median %.0f ms, max %.0f ms" % (
+                  "%d messages acked, %d unknown at the end (given up; %s of them stored), "
+                  "%d device connections; node time to ready after restart: median %.0f ms, "
+                  "max %.0f ms" % (
                       CYCLES, loop_time, KIND or "debug",
                       "/".join(str(killed.count(k)) for k in range(len(nodes))), st["acked"],
                       st["unknown"], hist.unknown_stored, sum(x.connections for x in devs),
