@@ -155,7 +155,7 @@
 #define START_WAIT_MS 5000
 #define ORDER_BUCKETS 1024
 #define HOLD_MS 500         /* an event waits this long for the seqs below it */
-#define START_MS 100        /* the first events of an order wait this long for lower ones */
+#define START_MS 20         /* the first events of an order wait this long for lower ones */
 #define GIVE_UP_MS 30000    /* storage unreadable this long: a gap is handed on, lost */
 #define ORDER_IDLE_MS 60000 /* a session's order is forgotten when idle this long */
 #define DEVICE_TTL_MS 30000 /* a device not refreshed this long gives its slot back */
@@ -663,6 +663,21 @@ static bool hold_event(struct rbus *r, struct order_sess *os, const struct bus_e
     return true;
 }
 
+/* The start window of the order has passed: hand on what waited in it,
+ * filling from storage a gap between those events, without waiting for the
+ * tick (an event arriving after the window releases the ones before it).
+ * Storage unreadable: the tick takes over, and gives up in time. */
+static void start_due(struct rbus *r, struct order_sess *os, struct outv *o, int64_t now)
+{
+    while (os->nheld && os->held[0].until_ms <= now) {
+        if (!fill_to(r, os, o, os->held[0].ev.seq)) {
+            os->held[0].until_ms = now + HOLD_MS;
+            return;
+        }
+        release_next(r, os, o);
+    }
+}
+
 static void order_event(struct rbus *r, const struct bus_event *e, int64_t now, struct outv *o)
 {
     struct order_sess *os = e->seq > 0 ? order_get(r, e->session, e->owner) : NULL;
@@ -672,6 +687,8 @@ static void order_event(struct rbus *r, const struct bus_event *e, int64_t now, 
         return;
     }
     os->used_ms = now;
+    if (!os->started && os->nheld && now >= os->start_ms)
+        start_due(r, os, o, now);
     if (os->last == 0 && os->nheld == 0 && !os->started) {
         os->last = e->seq - 1; /* the first seen here starts the order */
         os->start_ms = now + START_MS;
