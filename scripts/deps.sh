@@ -16,10 +16,15 @@ if [ "$mode" = bench ]; then
 fi
 if [ "$mode" = test ]; then
     pkgs="$pkgs libcmocka-dev clang libclang-rt-dev python3 python3-websockets openssl util-linux strace"
+    # test_faults_time.py moves chatd's wall clock (LD_PRELOAD libfaketime).
+    pkgs="$pkgs libfaketime"
     # The PostgreSQL engine's tests start their own server (initdb, pg_ctl).
     pkgs="$pkgs postgresql"
     # The cluster tests start their own Redis.
     pkgs="$pkgs redis-server"
+    # test_cluster_faults.py puts a node in a network namespace (ip, from
+    # iproute2) and cuts it off by dropping its packets (nft).
+    pkgs="$pkgs iproute2 nftables"
     # The deployment test runs deploy/haproxy.cfg and deploy/nginx.conf.
     pkgs="$pkgs haproxy nginx"
     # The web pages' browser test (tests/interop/test_web.js) drives Debian's

@@ -41,6 +41,7 @@
 #include "util/hex.h"
 #include "util/sbuf.h"
 #include "util/log.h"
+#include "util/oom.h"
 
 extern char **environ;
 
@@ -350,12 +351,18 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(cfg.log_level);
+    /* jansson reports a failed allocation as a syntax error; through these
+     * the callers that parse can tell the two apart (util/oom.h). */
+    json_set_alloc_funcs(oom_malloc, oom_free);
     json_object_seed(0); /* before any thread builds JSON */
     if (http_client_global_init() != 0) { /* libcurl: before any thread */
         fprintf(stderr, "chatd: cannot initialise libcurl\n");
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
+    /* Past a file-size limit (RLIMIT_FSIZE) a write must fail with EFBIG,
+     * which storage turns into fail-stop, not end the process unannounced. */
+    signal(SIGXFSZ, SIG_IGN);
     raise_nofile();
 
     static struct main_state st;
@@ -424,6 +431,9 @@ int main(int argc, char **argv)
         struct store_options so = {.engine = use_pg ? "postgres" : "sqlite",
                                    .path = use_pg ? cfg.postgres_dsn : cfg.db_path,
                                    .sync_full = cfg.sync_full,
+                                   .check = cfg.db_check == DB_CHECK_ALWAYS  ? STORE_CHECK_ALWAYS
+                                            : cfg.db_check == DB_CHECK_NEVER ? STORE_CHECK_NEVER
+                                                                             : STORE_CHECK_AUTO,
                                    .key = cfg.encryption_key_file ? key : NULL,
                                    .on_batch = chat_on_batch,
                                    .arg = st.chat};

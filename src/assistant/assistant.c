@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "assistant/provider.h"
@@ -577,10 +578,14 @@ static int on_event(void *arg, const struct sse_event *ev)
     struct provider_event pe;
     enum provider_kind kind =
         kind_of(x->model);
-    if (provider_parse_event(kind, ev->name, ev->data, ev->data_len, &pe) != 0) {
+    int prc = provider_parse_event(kind, ev->name, ev->data, ev->data_len, &pe);
+    if (prc != 0) {
         x->cause = END_MALFORMED;
-        snprintf(x->error, sizeof x->error, "the model sent an event chatd cannot read (%s)",
-                 pe.error);
+        if (prc == -ENOMEM)
+            snprintf(x->error, sizeof x->error, "chatd ran out of memory reading the answer");
+        else
+            snprintf(x->error, sizeof x->error, "the model sent an event chatd cannot read (%s)",
+                     pe.error);
         return -EPROTO;
     }
     if (pe.input_tokens || pe.output_tokens) {
@@ -932,11 +937,7 @@ static void *assistant_main(void *arg)
             if (wait_ms < 0) {
                 pthread_cond_wait(&a->cond, &a->lock);
             } else {
-                struct timespec until;
-                clock_gettime(CLOCK_REALTIME, &until);
-                until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
-                until.tv_sec += wait_ms / 1000 + until.tv_nsec / 1000000000L;
-                until.tv_nsec %= 1000000000L;
+                struct timespec until = clock_cond_deadline(wait_ms);
                 pthread_cond_timedwait(&a->cond, &a->lock, &until);
             }
             continue;
@@ -976,10 +977,24 @@ int assistant_new(struct assistant **out, const struct assistant_options *opt,
     a->hooks = *hooks;
     a->store = store;
     a->jobs_tail = &a->jobs;
-    a->seed = hash_mix64((uint64_t)clock_wall_ms() ^ (uint64_t)(uintptr_t)a);
-    a->budget_seed = hash_mix64(a->seed ^ (uint64_t)clock_mono_ms());
+    /* Stream ids are the stored answers' client ids, deduplicated per
+     * model: they must differ between the nodes of a cluster and between
+     * one run and the next, so the seed is the kernel's, never the clock
+     * (nodes started in the same millisecond, with the same heap layout,
+     * drew the same ids, and one node's answer was taken for a retry of
+     * the other's). */
+    uint64_t seeds[2];
+    if (getrandom(seeds, sizeof seeds, 0) != (ssize_t)sizeof seeds) {
+        free(a);
+        return -EIO;
+    }
+    a->seed = seeds[0];
+    a->budget_seed = seeds[1];
     pthread_mutex_init(&a->lock, NULL);
-    pthread_cond_init(&a->cond, NULL);
+    /* Its timed waits (a job's not_before_ms) on the monotonic clock, as
+     * not_before_ms: the wall clock set back must not hold a retry. */
+    if (clock_cond_init(&a->cond) != 0)
+        pthread_cond_init(&a->cond, NULL);
     unsigned conns = a->opt.max_streams + 64;
     struct http_client_options ho = {
         .ca_file = opt->ca_file,

@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/oom.h"
+
 #define ANTHROPIC_VERSION "2023-06-01"
 #define ANTHROPIC_DEFAULT_MAX_TOKENS 4096 /* as conf/config.h CONF_ANTHROPIC_MAX_TOKENS */
 
@@ -276,7 +278,16 @@ int provider_parse_event(enum provider_kind kind, const char *event, const char 
         return 0;
     }
     json_error_t jerr;
+    oom_clear();
     json_t *o = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (oom_seen()) {
+        /* chatd's memory, not the provider's event; and a parse that ran
+         * out of memory is void even when it returned (util/oom.h) */
+        json_decref(o);
+        ev->type = PROVIDER_EV_ERROR;
+        snprintf(ev->error, sizeof ev->error, "out of memory");
+        return -ENOMEM;
+    }
     if (!json_is_object(o)) {
         json_decref(o);
         return malformed(ev, "not a JSON object");

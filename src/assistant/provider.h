@@ -95,8 +95,9 @@ struct provider_event {
 /*
  * Read one SSE event (its `event:` name, "" when none, and its data).
  * Returns 0 with *ev filled, or -EPROTO for an event that is not what the
- * provider sends (invalid JSON, a wrong shape): ev->error says why. Free
- * ev->text with provider_event_release.
+ * provider sends (invalid JSON, a wrong shape), or -ENOMEM when chatd
+ * had no memory to read it: ev->error says why. Free ev->text with
+ * provider_event_release.
  */
 int provider_parse_event(enum provider_kind kind, const char *event, const char *data,
                          size_t len, struct provider_event *ev);

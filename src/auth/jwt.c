@@ -1,7 +1,9 @@
 /*
  * DESIGN: JWT verification written against RFC 7515/7518/7519 with OpenSSL's
- * EVP API and jansson, instead of libjwt (see docs: libjwt 1.10 lets the token
- * choose the algorithm, accepts "none" and never checks exp/nbf/iss/aud).
+ * EVP API and chatd's own strict JSON reader (util/jread.h: the header and
+ * the claims are parsed in place, nothing allocated), instead of libjwt
+ * (see docs: libjwt 1.10 lets the token choose the algorithm, accepts
+ * "none" and never checks exp/nbf/iss/aud).
  *
  * Order of work in jwt_verify, cheapest and least trusting first:
  *   1. length cap, then exactly three dot-separated parts;
@@ -9,24 +11,29 @@
  *      equal to the configured algorithm, no "crit";
  *   3. signature over the ASCII bytes "header.payload" with the configured key;
  *   4. only then the payload JSON and the claims.
+ * Both JSON texts are refused past 16 levels of nesting or 64 members in
+ * an object, however valid.
  * Every decoded part lives in one stack buffer of JWT_MAX_TOKEN bytes: a
  * base64url text is always longer than what it decodes to, so the three
  * decoded parts together never exceed the token's length.
  *
- * The verifier is read-only after jwt_verifier_new. Per-call OpenSSL state
- * (MAC and digest contexts) is created on each call from objects fetched once,
- * so concurrent callers share nothing mutable. OpenSSL errors left on the
+ * The verifier is read-only after jwt_verifier_new. OpenSSL state is each
+ * caller's own: HS256's MAC context is kept per thread (a thread-specific
+ * key, keyed once and reset per token), the digest contexts of RS256 and
+ * ES256 are made per call from objects fetched once, so concurrent callers
+ * share nothing mutable. OpenSSL errors left on the
  * per-thread error queue by a refused signature are cleared so they cannot be
  * mistaken later for the failure of an unrelated call on the same thread.
  */
 #include "auth/jwt.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <jansson.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/decoder.h>
@@ -36,6 +43,8 @@
 #include <openssl/objects.h>
 #include <openssl/params.h>
 #include <openssl/rsa.h>
+
+#include "util/jread.h"
 
 #define HS256_LEN 32       /* HMAC-SHA256 output */
 #define ES256_SIG_LEN 64   /* JWS ECDSA P-256 signature: r || s, 32 bytes each */
@@ -48,6 +57,8 @@ struct jwt_verifier {
     unsigned char *_secret; /* owned, HS256 only; wiped on free */
     size_t _secret_len;
     EVP_MAC *_hmac;         /* owned (fetched once), HS256 only */
+    pthread_key_t _keyed;   /* HS256: each thread's MAC context, keyed once (hmac_sha256) */
+    bool _keyed_made;
     EVP_PKEY *_pkey;        /* owned, RS256/ES256 only */
     size_t _rsa_sig_len;    /* RS256: modulus size in bytes, the only valid signature length */
     char *_issuer;          /* owned or NULL */
@@ -155,6 +166,12 @@ ssize_t jwt_b64url_decode(const char *in, size_t n, unsigned char *out, size_t o
 
 /* ---- verifier --------------------------------------------------------------- */
 
+/* A thread's keyed HMAC context (hmac_sha256), at the thread's end. */
+static void keyed_free(void *ctx)
+{
+    EVP_MAC_CTX_free(ctx);
+}
+
 static int fail_cfg(char *err, size_t errlen, const char *msg, int rc)
 {
     if (err != NULL && errlen > 0)
@@ -240,6 +257,9 @@ int jwt_verifier_new(struct jwt_verifier **out, const struct jwt_config *cfg, ch
             msg = "OpenSSL has no HMAC implementation";
             goto fail;
         }
+        if (pthread_key_create(&v->_keyed, keyed_free) != 0)
+            goto oom;
+        v->_keyed_made = true;
     } else {
         v->_pkey = load_public_key(cfg->public_key_pem, cfg->public_key_len);
         if (v->_pkey == NULL) {
@@ -289,6 +309,12 @@ void jwt_verifier_free(struct jwt_verifier *v)
         OPENSSL_cleanse(v->_secret, v->_secret_len);
         free(v->_secret);
     }
+    if (v->_keyed_made) {
+        /* Other threads' contexts went with them (keyed_free); the
+         * caller's goes now. */
+        keyed_free(pthread_getspecific(v->_keyed));
+        pthread_key_delete(v->_keyed);
+    }
     EVP_MAC_free(v->_hmac);
     EVP_PKEY_free(v->_pkey);
     free(v->_issuer);
@@ -304,24 +330,41 @@ enum jwt_alg jwt_verifier_alg(const struct jwt_verifier *v)
 /* ---- signatures ------------------------------------------------------------- */
 
 /* HMAC-SHA256 of data into mac[32]. 0 or -ENOMEM (any OpenSSL failure). */
-static int hmac_sha256(EVP_MAC *hmac, const unsigned char *key, size_t keylen,
-                       const void *data, size_t len, unsigned char mac[HS256_LEN])
+/* HMAC-SHA256 of data with the verifier's secret. Each thread keeps its
+ * own context, keyed on its first call (the digest fetched and the key
+ * hashed once, not per token: a quarter of the handshake's crypto) and
+ * reset to that keyed state for each token; no thread sees another's. */
+static int hmac_sha256(const struct jwt_verifier *v, const void *data, size_t len,
+                       unsigned char mac[HS256_LEN])
 {
-    char digest[] = "SHA256";
-    OSSL_PARAM params[] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
-        OSSL_PARAM_construct_end(),
-    };
+    EVP_MAC_CTX *ctx = pthread_getspecific(v->_keyed);
+    int ok;
+    if (ctx == NULL) {
+        char digest[] = "SHA256";
+        OSSL_PARAM params[] = {
+            OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
+            OSSL_PARAM_construct_end(),
+        };
+        ctx = EVP_MAC_CTX_new(v->_hmac);
+        if (ctx == NULL)
+            return -ENOMEM;
+        if (EVP_MAC_init(ctx, v->_secret, v->_secret_len, params) != 1 ||
+            pthread_setspecific(v->_keyed, ctx) != 0) {
+            EVP_MAC_CTX_free(ctx);
+            return -ENOMEM;
+        }
+        ok = 1;
+    } else {
+        ok = EVP_MAC_init(ctx, NULL, 0, NULL); /* back to the keyed state */
+    }
     size_t outl = 0;
-    int rc = -ENOMEM;
-    EVP_MAC_CTX *ctx = EVP_MAC_CTX_new(hmac);
-    if (ctx == NULL)
-        return -ENOMEM;
-    if (EVP_MAC_init(ctx, key, keylen, params) == 1 && EVP_MAC_update(ctx, data, len) == 1
-        && EVP_MAC_final(ctx, mac, &outl, HS256_LEN) == 1 && outl == HS256_LEN)
-        rc = 0;
+    if (ok == 1 && EVP_MAC_update(ctx, data, len) == 1 &&
+        EVP_MAC_final(ctx, mac, &outl, HS256_LEN) == 1 && outl == HS256_LEN)
+        return 0;
+    /* A context left mid-way is not used again. */
+    pthread_setspecific(v->_keyed, NULL);
     EVP_MAC_CTX_free(ctx);
-    return rc;
+    return -ENOMEM;
 }
 
 /* EVP_DigestVerify with SHA-256: 0 when valid, -EACCES when not, -ENOMEM. */
@@ -387,7 +430,7 @@ static int check_signature(const struct jwt_verifier *v, const unsigned char *si
     case JWT_HS256:
         if (siglen != HS256_LEN)
             return -EACCES;
-        rc = hmac_sha256(v->_hmac, v->_secret, v->_secret_len, input, inlen, mac);
+        rc = hmac_sha256(v, input, inlen, mac);
         if (rc == 0 && CRYPTO_memcmp(mac, sig, HS256_LEN) != 0)
             rc = -EACCES;
         OPENSSL_cleanse(mac, sizeof mac);
@@ -451,25 +494,14 @@ static int printable_utf8(const unsigned char *p, size_t n)
     return 1;
 }
 
-static int string_equals(const json_t *j, const char *s, size_t len)
-{
-    return json_is_string(j) && json_string_length(j) == len
-           && memcmp(json_string_value(j), s, len) == 0;
-}
-
 /* Copy a JSON string of at most max bytes of printable UTF-8 into dst[max+1]. */
-static int copy_text(const json_t *j, size_t max, char *dst, size_t *dst_len)
+static int copy_text(const struct jr_value *j, size_t max, char *dst, size_t *dst_len)
 {
-    if (!json_is_string(j))
+    ssize_t len = jr_string(j, dst, max + 1);
+    if (len < 0 || !printable_utf8((const unsigned char *)dst, (size_t)len))
         return -1;
-    size_t len = json_string_length(j);
-    const char *s = json_string_value(j);
-    if (len > max || !printable_utf8((const unsigned char *)s, len))
-        return -1;
-    memcpy(dst, s, len);
-    dst[len] = '\0';
     if (dst_len != NULL)
-        *dst_len = len;
+        *dst_len = (size_t)len;
     return 0;
 }
 
@@ -477,45 +509,45 @@ static int copy_text(const json_t *j, size_t max, char *dst, size_t *dst_len)
  * JSON integer. Reals and strings are refused: RFC 7519 NumericDate allows
  * fractions, but chatd's issuers mint integers and a lenient parse here is
  * where verifiers have differed from each other before. */
-static int time_claim(const json_t *payload, const char *key, int64_t *val)
+static int time_claim(const struct jr_member *p, size_t np, const char *key, int64_t *val)
 {
-    const json_t *j = json_object_get(payload, key);
+    const struct jr_value *j = jr_get(p, np, key);
     if (j == NULL)
         return 0;
-    if (!json_is_integer(j))
+    if (j->type != JR_INT)
         return -1;
-    *val = (int64_t)json_integer_value(j);
+    *val = j->i;
     return 1;
 }
 
-static int check_audience(const struct jwt_verifier *v, const json_t *aud)
+static int check_audience(const struct jwt_verifier *v, const struct jr_value *aud)
 {
-    if (json_is_string(aud))
-        return string_equals(aud, v->_audience, v->_audience_len) ? 0 : -1;
-    if (!json_is_array(aud))
+    if (aud->type == JR_STRING)
+        return jr_string_is(aud, v->_audience, v->_audience_len) ? 0 : -1;
+    if (aud->type != JR_ARRAY)
         return -1;
-    size_t i;
-    const json_t *el;
+    size_t pos = 0;
+    struct jr_value el;
     int found = 0;
-    json_array_foreach(aud, i, el) {
-        if (!json_is_string(el))
+    while (jr_array_next(aud, &pos, &el)) {
+        if (el.type != JR_STRING)
             return -1;
-        if (string_equals(el, v->_audience, v->_audience_len))
+        if (jr_string_is(&el, v->_audience, v->_audience_len))
             found = 1;
     }
     return found ? 0 : -1;
 }
 
 /* Check every claim of an already authenticated payload and fill c. */
-static int check_claims(const struct jwt_verifier *v, const json_t *p, int64_t now_s,
-                        struct jwt_claims *c, const char **reason)
+static int check_claims(const struct jwt_verifier *v, const struct jr_member *p, size_t np,
+                        int64_t now_s, struct jwt_claims *c, const char **reason)
 {
     int64_t t;
     int r;
     /* now + leeway, saturated: leeway is never negative. */
     int64_t later = now_s > INT64_MAX - v->_leeway_s ? INT64_MAX : now_s + v->_leeway_s;
 
-    r = time_claim(p, "exp", &c->exp);
+    r = time_claim(p, np, "exp", &c->exp);
     if (r == 0) {
         *reason = "missing exp";
         return -EACCES;
@@ -528,7 +560,7 @@ static int check_claims(const struct jwt_verifier *v, const json_t *p, int64_t n
         *reason = "token expired";
         return -EACCES;
     }
-    r = time_claim(p, "nbf", &t);
+    r = time_claim(p, np, "nbf", &t);
     if (r < 0) {
         *reason = "nbf is not an integer";
         return -EACCES;
@@ -537,7 +569,7 @@ static int check_claims(const struct jwt_verifier *v, const json_t *p, int64_t n
         *reason = "token not yet valid";
         return -EACCES;
     }
-    r = time_claim(p, "iat", &t);
+    r = time_claim(p, np, "iat", &t);
     if (r < 0) {
         *reason = "iat is not an integer";
         return -EACCES;
@@ -547,19 +579,20 @@ static int check_claims(const struct jwt_verifier *v, const json_t *p, int64_t n
         return -EACCES;
     }
 
-    if (v->_issuer != NULL && !string_equals(json_object_get(p, "iss"), v->_issuer, v->_issuer_len)) {
+    const struct jr_value *j = jr_get(p, np, "iss");
+    if (v->_issuer != NULL && (j == NULL || !jr_string_is(j, v->_issuer, v->_issuer_len))) {
         *reason = "wrong issuer";
         return -EACCES;
     }
     if (v->_audience != NULL) {
-        const json_t *aud = json_object_get(p, "aud");
-        if (aud == NULL || check_audience(v, aud) != 0) {
+        j = jr_get(p, np, "aud");
+        if (j == NULL || check_audience(v, j) != 0) {
             *reason = "wrong audience";
             return -EACCES;
         }
     }
 
-    const json_t *j = json_object_get(p, "sub");
+    j = jr_get(p, np, "sub");
     if (j == NULL) {
         *reason = "missing sub";
         return -EACCES;
@@ -569,7 +602,7 @@ static int check_claims(const struct jwt_verifier *v, const json_t *p, int64_t n
         return -EACCES;
     }
 
-    j = json_object_get(p, "name");
+    j = jr_get(p, np, "name");
     if (j != NULL && copy_text(j, JWT_MAX_NAME, c->name, &c->name_len) != 0) {
         *reason = "bad name";
         return -EACCES;
@@ -580,55 +613,46 @@ static int check_claims(const struct jwt_verifier *v, const json_t *p, int64_t n
         c->name_len = c->sub_len;
     }
 
-    j = json_object_get(p, "roles");
+    j = jr_get(p, np, "roles");
     if (j != NULL) {
-        if (!json_is_array(j)) {
+        if (j->type != JR_ARRAY) {
             *reason = "bad roles";
             return -EACCES;
         }
-        if (json_array_size(j) > JWT_MAX_ROLES) {
-            *reason = "too many roles";
-            return -EACCES;
-        }
-        size_t i;
-        const json_t *el;
-        json_array_foreach(j, i, el) {
+        size_t pos = 0;
+        struct jr_value el;
+        unsigned n = 0;
+        while (jr_array_next(j, &pos, &el)) {
             size_t rl;
-            if (copy_text(el, JWT_MAX_ROLE, c->roles[i], &rl) != 0) {
+            if (n == JWT_MAX_ROLES) {
+                *reason = "too many roles";
+                return -EACCES;
+            }
+            if (copy_text(&el, JWT_MAX_ROLE, c->roles[n], &rl) != 0) {
                 *reason = "bad roles";
                 return -EACCES;
             }
-            if (rl == 5 && memcmp(c->roles[i], "admin", 5) == 0)
+            if (rl == 5 && memcmp(c->roles[n], "admin", 5) == 0)
                 c->is_admin = 1;
+            n++;
         }
-        c->nroles = (unsigned)json_array_size(j);
+        c->nroles = n;
     }
     return 0;
 }
 
 /* ---- verify ------------------------------------------------------------------ */
 
-/* Parse a decoded header or payload: a JSON object with no duplicate keys. */
-static int parse_object(const unsigned char *buf, size_t len, json_t **out, const char *bad,
-                        const char *dup, const char **reason)
+/* Parse a decoded header or payload: a JSON object with no duplicate keys
+ * (jread.h: strict, bounded, nothing allocated), its members in m. */
+static int parse_object(const unsigned char *buf, size_t len, struct jr_member *m, size_t *n,
+                        const char *bad, const char *dup, const char **reason)
 {
-    json_error_t jerr;
-    json_t *j = json_loadb((const char *)buf, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (j == NULL) {
-        enum json_error_code code = json_error_code(&jerr);
-        if (code == json_error_out_of_memory) {
-            *reason = "out of memory";
-            return -ENOMEM;
-        }
-        *reason = code == json_error_duplicate_key ? dup : bad;
+    int rc = jr_object((const char *)buf, len, m, JR_MAX_KEYS, n);
+    if (rc != 0) {
+        *reason = rc == -EEXIST ? dup : bad;
         return -EACCES;
     }
-    if (!json_is_object(j)) {
-        json_decref(j);
-        *reason = bad;
-        return -EACCES;
-    }
-    *out = j;
     return 0;
 }
 
@@ -663,73 +687,67 @@ int jwt_verify(const struct jwt_verifier *v, const char *token, size_t len, int6
     unsigned char buf[JWT_MAX_TOKEN];
     size_t used = 0;
     ssize_t n;
-    json_t *hdr = NULL, *payload = NULL;
+    struct jr_member m[JR_MAX_KEYS]; /* the header's members, then the payload's */
+    size_t nm;
     struct jwt_claims c;
     int rc;
 
-    /* Header: the algorithm is the configured one, or nothing. */
+    /* Header: the algorithm is the configured one, or nothing. Its members
+     * point into buf, which the signature overwrites: all read here. */
     n = jwt_b64url_decode(hdr64, hdr64_len, buf, sizeof buf);
     if (n < 0) {
         *reason = "bad encoding";
         return -EACCES;
     }
-    rc = parse_object(buf, (size_t)n, &hdr, "bad header", "duplicate header parameter", reason);
+    rc = parse_object(buf, (size_t)n, m, &nm, "bad header", "duplicate header parameter", reason);
     if (rc != 0)
         return rc;
-    const json_t *alg = json_object_get(hdr, "alg");
+    const struct jr_value *alg = jr_get(m, nm, "alg");
     const char *want = jwt_alg_name(v->_alg);
-    if (!json_is_string(alg)) {
+    if (alg == NULL || alg->type != JR_STRING) {
         *reason = "bad header";
-        rc = -EACCES;
-        goto free_hdr;
+        return -EACCES;
     }
-    if (!string_equals(alg, want, strlen(want))) {
+    if (!jr_string_is(alg, want, strlen(want))) {
         *reason = "algorithm not allowed";
-        rc = -EACCES;
-        goto free_hdr;
+        return -EACCES;
     }
     /* RFC 7515 4.1.11: extensions listed in crit must be understood; chatd
      * understands none, so any crit (even an empty or malformed one) is refused. */
-    if (json_object_get(hdr, "crit") != NULL) {
+    if (jr_get(m, nm, "crit") != NULL) {
         *reason = "unsupported critical header";
-        rc = -EACCES;
-        goto free_hdr;
+        return -EACCES;
     }
 
     /* Signature over the ASCII "header.payload", before the payload is read. */
     n = jwt_b64url_decode(sig64, sig64_len, buf, sizeof buf);
     if (n < 0) {
         *reason = "bad encoding";
-        rc = -EACCES;
-        goto free_hdr;
+        return -EACCES;
     }
     used = (size_t)n;
     rc = check_signature(v, buf, used, token, (size_t)(dot2 - token));
     if (rc != 0) {
         ERR_clear_error();
         *reason = rc == -EACCES ? "bad signature" : "out of memory";
-        goto free_hdr;
+        return rc;
     }
 
     n = jwt_b64url_decode(pay64, pay64_len, buf + used, sizeof buf - used);
     if (n < 0) {
         *reason = "bad encoding";
-        rc = -EACCES;
-        goto free_hdr;
+        return -EACCES;
     }
-    rc = parse_object(buf + used, (size_t)n, &payload, "bad payload", "duplicate claim", reason);
+    rc = parse_object(buf + used, (size_t)n, m, &nm, "bad payload", "duplicate claim", reason);
     if (rc != 0)
-        goto free_hdr;
+        return rc;
 
     memset(&c, 0, sizeof c);
-    rc = check_claims(v, payload, now_s, &c, reason);
+    rc = check_claims(v, m, nm, now_s, &c, reason);
     if (rc == 0) {
         *out = c;
         *reason = "ok";
     }
-    json_decref(payload);
-free_hdr:
-    json_decref(hdr);
     return rc;
 }
 

@@ -50,9 +50,12 @@
  * Events of seq 0 (relays, the assistant's deltas) and seqs already passed
  * go on at once; a connection drops a stored event it already has (by
  * session and seq). The first event a node sees of a session starts its
- * order; a session idle for ORDER_IDLE_MS is forgotten, and so is every
- * session when the subscription is made again after the connection to
- * Redis broke, once what was stored after it has been read.
+ * order; a session idle for ORDER_IDLE_MS is forgotten. When the
+ * subscription is made again after the connection to Redis broke, what
+ * was stored after each session's last seq is read and the order goes on
+ * from there (forgotten, the next event seen would start it afresh, and
+ * a lower seq another node published later would pass it); a session
+ * whose fill failed is forgotten.
  *
  * Devices. With --redis the device limit holds across nodes: each user has
  * a sorted set "chatd:<db>:dev:<hash of the user id>" of
@@ -126,8 +129,9 @@
  * and subscribes again;
  * then, for every session it had seen, the hub reads and delivers what was
  * stored after the last seq handed on (bus_handler.fill). A publish that fails
- * (Redis unreachable) is delivered here at once, so this node's connections
- * keep working; the others fill it from storage when they see the gap.
+ * (Redis unreachable) is ordered here as if Redis had sent it (keep_unsent),
+ * so this node's connections keep working and keep the seq order; the
+ * others fill it from storage when they see the gap.
  */
 #include "bus/redis.h"
 
@@ -142,10 +146,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "bus/envelope.h"
+#include "util/clock.h"
 #include "util/hash.h"
 #include "util/log.h"
 #include "util/sbuf.h"
@@ -194,10 +200,11 @@ struct lease {
     int64_t until_ms; /* unused past this, they are dropped */
 };
 
-/* An answer this node ended, whose mark the subscriber thread removes. */
-struct mark {
-    char key[64];
-    char value[64];
+/* An envelope whose publish failed, left for this node's own order. */
+struct unsent {
+    struct unsent *next;
+    uint8_t *p; /* owned: the envelope */
+    size_t n;
 };
 
 /* The order of one session's stored events on this node. */
@@ -250,6 +257,11 @@ struct rbus {
     unsigned want[BUS_REDIS_SHARDS];
     unsigned want_all;
     bool confirmed[BUS_REDIS_SHARDS];
+    /* Envelopes a failed publish left to this node (also under mu): the
+     * subscriber thread passes them through the order as if Redis had sent
+     * them. unsent_closed: the thread is stopping, deliver at once. */
+    struct unsent *unsent, **unsent_tail;
+    bool unsent_closed;
     /* the subscriber thread's own */
     bool requested[BUS_REDIS_SHARDS];
     bool ctl_requested;
@@ -265,7 +277,7 @@ struct rbus {
     size_t ndevs, capdevs;
     struct pres_dev *holds; /* under pres_mu: sessions held here (bus_hold) */
     size_t nholds, capholds;
-    struct mark *marks;     /* under pres_mu: answers ended, for the thread */
+    struct pres_dev *marks; /* under pres_mu: answers ended, whose marks the thread removes */
     struct pres_dev *claims; /* under pres_mu: answers running here (key: mark, member: value) */
     size_t nclaims, capclaims;
     int64_t next_markbeat_ms; /* the subscriber thread's */
@@ -399,6 +411,7 @@ static redisContext *connect_one(struct rbus *r, char *err, size_t errlen)
 }
 
 static int64_t now_ms(void);
+static bool keep_unsent(struct rbus *r, struct env_writer *msgs, size_t nmsgs);
 
 /* Connect *c again, unless the last attempt failed less than RETRY_MS ago
  * (the caller then goes on without Redis at once rather than wait for a
@@ -520,9 +533,13 @@ static int redis_publish(struct bus *b, const struct bus_event *ev, size_t n)
         atomic_fetch_add(&r->published, n);
     } else {
         /* Lost to the other nodes (they fill it from storage when they see
-         * the gap); this node's connections still get it, at once. */
+         * the gap); this node's connections still get it, through the
+         * subscriber thread's order like what Redis sends: another node's
+         * event below it may be missing here too (its publish failed as
+         * well), and delivering at once would pass it. */
         atomic_fetch_add(&r->lost, n);
-        r->base.handler.deliver(r->base.handler.app, ev, n);
+        if (!keep_unsent(r, msgs, nmsgs))
+            r->base.handler.deliver(r->base.handler.app, ev, n);
     }
 out:
     for (size_t m = 0; msgs && m < nmsgs; m++)
@@ -531,6 +548,43 @@ out:
     free(shards);
     free(evshard);
     return rc;
+}
+
+/* Hand the envelopes of a failed publish to the subscriber thread (taking
+ * their buffers), unless it is stopping or memory is short: false, and
+ * the caller delivers them at once. */
+static bool keep_unsent(struct rbus *r, struct env_writer *msgs, size_t nmsgs)
+{
+    struct unsent *head = NULL, **tail = &head;
+    for (size_t m = 0; m < nmsgs; m++) {
+        struct unsent *u = malloc(sizeof *u);
+        if (!u)
+            break;
+        *u = (struct unsent){.p = msgs[m].p, .n = msgs[m].n};
+        *tail = u;
+        tail = &u->next;
+    }
+    bool ok = false;
+    size_t made = 0;
+    for (struct unsent *u = head; u; u = u->next)
+        made++;
+    pthread_mutex_lock(&r->mu);
+    if (made == nmsgs && nmsgs && !r->unsent_closed) {
+        *r->unsent_tail = head;
+        r->unsent_tail = tail;
+        for (size_t m = 0; m < nmsgs; m++)
+            msgs[m].p = NULL;
+        uv_async_send(&r->wake); /* under mu: quiesce closes the handle after */
+        ok = true;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (!ok) /* the buffers are still the caller's */
+        while (head) {
+            struct unsent *next = head->next;
+            free(head);
+            head = next;
+        }
+    return ok;
 }
 
 /* ---- order ---- */
@@ -748,7 +802,8 @@ static void order_free(struct rbus *r, struct order_sess *os)
  * with the gap before it lost to this node's connections (their own
  * resume finds it). Idle sessions are forgotten. With all (subscribed
  * again after a break): everything stored after what was handed on is
- * read, then every session is forgotten. */
+ * read, and the order goes on from there; a session that could not be
+ * read is forgotten. */
 static void order_tick(struct rbus *r, int64_t now, bool all)
 {
     bool sweep = all || now >= r->next_sweep_ms;
@@ -775,14 +830,16 @@ static void order_tick(struct rbus *r, int64_t now, bool all)
                 }
                 release_next(r, os, &o);
             }
+            bool lost = false;
             if (all && !fill_to(r, os, &o, 0)) {
                 struct log_quoted q;
                 log_warn("redis_gap", "session=%s from=%lld reason=%s",
                          log_quotes(&q, os->session), (long long)os->last + 1,
                          "\"storage could not be read after Redis came back\"");
                 atomic_fetch_add(&r->gaps, 1);
+                lost = true;
             }
-            if (all || (sweep && !os->nheld && now - os->used_ms > ORDER_IDLE_MS)) {
+            if (lost || (sweep && !os->nheld && now - os->used_ms > ORDER_IDLE_MS)) {
                 out_flush(r, &o); /* its held events hold frame references */
                 *p = os->next;
                 order_free(r, os);
@@ -1109,9 +1166,10 @@ static void redis_release(struct bus *b, const char *session, const char *stream
     bool added = r->nmarks < MARKS_MAX &&
                  vec_grow(&r->marks, &r->capmarks, r->nmarks, 1, sizeof *r->marks) == 0;
     if (added) {
-        answer_key(r, session, r->marks[r->nmarks].key, sizeof r->marks[0].key);
-        mark_value(r, stream, r->marks[r->nmarks].value, sizeof r->marks[0].value);
-        r->nmarks++;
+        struct pres_dev *m = &r->marks[r->nmarks++];
+        memset(m, 0, sizeof *m);
+        answer_key(r, session, m->key, sizeof m->key);
+        mark_value(r, stream, m->member, sizeof m->member);
     }
     pthread_mutex_unlock(&r->pres_mu);
     if (added)
@@ -1120,37 +1178,43 @@ static void redis_release(struct bus *b, const char *session, const char *stream
      * nodes wait for an answer that has ended, up to their timeout. */
 }
 
-/* Keep the marks of the answers running here alive (the subscriber
- * thread, every MARK_BEAT_MS). */
-static void mark_beat(struct rbus *r)
+/* Run script over each (key, member) of v[0..n), in one pipeline, with
+ * ttl_ms as its last argument unless 0; the replies are read and dropped.
+ * Under pres_mu, or at the close once the thread is gone (c is the
+ * presence connection). */
+static void eval_each(redisContext *c, const char *script, const struct pres_dev *v, size_t n,
+                      unsigned ttl_ms)
 {
-    pthread_mutex_lock(&r->pres_mu);
-    redisContext *c = r->nclaims ? pres_conn(r) : NULL;
     size_t sent = 0;
-    for (size_t i = 0; c && i < r->nclaims; i++) {
-        if (redisAppendCommand(c, "EVAL %s 1 %s %s %u", mark_refresh_lua, r->claims[i].key,
-                               r->claims[i].member, (unsigned)MARK_TTL_MS) != REDIS_OK)
+    for (size_t i = 0; c && i < n; i++) {
+        int rc = ttl_ms ? redisAppendCommand(c, "EVAL %s 1 %s %s %u", script, v[i].key,
+                                             v[i].member, ttl_ms)
+                        : redisAppendCommand(c, "EVAL %s 1 %s %s", script, v[i].key, v[i].member);
+        if (rc != REDIS_OK)
             break;
         sent++;
     }
     if (c)
         read_replies(c, sent);
+}
+
+/* Keep the marks of the answers running here alive (the subscriber
+ * thread, every MARK_BEAT_MS). */
+static void mark_beat(struct rbus *r)
+{
+    pthread_mutex_lock(&r->pres_mu);
+    if (r->nclaims)
+        eval_each(pres_conn(r), mark_refresh_lua, r->claims, r->nclaims, MARK_TTL_MS);
     pthread_mutex_unlock(&r->pres_mu);
 }
 
-/* Remove the marks of the answers that ended (the subscriber thread). */
+/* Remove the marks of the answers that ended (the subscriber thread).
+ * Unreachable Redis: they expire (MARK_TTL_MS). */
 static void record_marks(struct rbus *r)
 {
     pthread_mutex_lock(&r->pres_mu);
-    redisContext *c = r->nmarks ? pres_conn(r) : NULL;
-    size_t sent = 0;
-    for (size_t i = 0; c && i < r->nmarks; i++) {
-        const struct mark *m = &r->marks[i];
-        if (redisAppendCommand(c, "EVAL %s 1 %s %s", release_lua, m->key, m->value) != REDIS_OK)
-            break;
-        sent++;
-    }
-    read_replies(c, sent);
+    if (r->nmarks)
+        eval_each(pres_conn(r), release_lua, r->marks, r->nmarks, 0);
     r->nmarks = 0;
     pthread_mutex_unlock(&r->pres_mu);
 }
@@ -1341,7 +1405,7 @@ static void heartbeat(struct rbus *r)
 
 /* ---- receiving ---- */
 
-static void on_message(struct rbus *r, const char *data, size_t len)
+static void on_message(struct rbus *r, const char *data, size_t len, bool from_redis)
 {
     uint64_t nonce;
     struct bus_event *ev;
@@ -1360,7 +1424,8 @@ static void on_message(struct rbus *r, const char *data, size_t len)
             ev[i].worker = UINT32_MAX;
         }
     }
-    atomic_fetch_add(&r->received, count);
+    if (from_redis)
+        atomic_fetch_add(&r->received, count);
     struct outv o = {0};
     int64_t now = now_ms();
     for (uint32_t i = 0; i < count; i++)
@@ -1429,7 +1494,7 @@ static void on_reply(struct rbus *r, redisReply *rep)
         if (ctl)
             on_ctl(r, rep->element[2]->str, rep->element[2]->len);
         else
-            on_message(r, rep->element[2]->str, rep->element[2]->len);
+            on_message(r, rep->element[2]->str, rep->element[2]->len, true);
         return;
     }
     if (strcmp(what, "subscribe") != 0)
@@ -1578,6 +1643,11 @@ static void on_connect(const redisAsyncContext *ac, int status)
     }
     r->ac_connected = true;
     r->backoff = 100;
+    /* This connection only receives: a Redis cut off (a partition) would
+     * go unnoticed, the subscriptions dead, for as long as the kernel
+     * keeps the socket. Keepalives find it out in about 30 s; the
+     * connection is then made again and what was missed filled. */
+    redisEnableKeepAlive(&r->ac->c);
     if (r->password[0] &&
         (r->user[0] ? redisAsyncCommand(r->ac, on_auth, r, "AUTH %s %s", r->user, r->password)
                     : redisAsyncCommand(r->ac, on_auth, r, "AUTH %s", r->password)) != REDIS_OK) {
@@ -1648,10 +1718,36 @@ static void sub_connect(struct rbus *r)
     uv_timer_start(&r->conn_timer, on_conn_timeout, CONNECT_TIMEOUT_MS, 0);
 }
 
+/* A subscribing connection that broke with an error (its keepalives found
+ * Redis silent, a reset) is not told to hiredis: its libuv adapter drops a
+ * poll error, and the connection would stay open and dead, the node
+ * receiving nothing. The socket's error is checked every tick instead;
+ * such a connection is given up and made again, and what was missed is
+ * filled, as after any break. */
+static void sub_check(struct rbus *r)
+{
+    if (!r->ac || !r->ac_connected)
+        return;
+    int e = 0;
+    socklen_t len = sizeof e;
+    if (getsockopt(r->ac->c.fd, SOL_SOCKET, SO_ERROR, &e, &len) != 0 || e == 0)
+        return;
+    redisAsyncContext *ac = r->ac;
+    r->ac = NULL; /* its callbacks, called by the free, see it is gone */
+    r->ac_connected = false;
+    struct log_quoted qn, qe;
+    log_warn("redis_connection_lost", "node=%s err=%s", log_quotes(&qn, r->node_id),
+             log_quotes(&qe, strerror(e)));
+    redisAsyncFree(ac);
+    set_connected(r, false);
+    sub_retry_later(r);
+}
+
 /* Every TICK_MS: held events whose time came, the heartbeat, the marks. */
 static void on_tick(uv_timer_t *t)
 {
     struct rbus *r = t->data;
+    sub_check(r);
     int64_t now = now_ms();
     order_tick(r, now, false);
     if (now >= r->next_heartbeat_ms) {
@@ -1664,10 +1760,29 @@ static void on_tick(uv_timer_t *t)
     }
 }
 
-/* Another thread changed what is wanted (bus_watch) or ended an answer. */
+/* What failed to publish, through this node's order (keep_unsent). */
+static void order_unsent(struct rbus *r)
+{
+    pthread_mutex_lock(&r->mu);
+    struct unsent *u = r->unsent;
+    r->unsent = NULL;
+    r->unsent_tail = &r->unsent;
+    pthread_mutex_unlock(&r->mu);
+    while (u) {
+        struct unsent *next = u->next;
+        on_message(r, (const char *)u->p, u->n, false);
+        free(u->p);
+        free(u);
+        u = next;
+    }
+}
+
+/* Another thread changed what is wanted (bus_watch), ended an answer, or
+ * left a failed publish to this node. */
 static void on_wake(uv_async_t *a)
 {
     struct rbus *r = a->data;
+    order_unsent(r);
     record_marks(r);
     if (r->ac && r->ac_connected && !reconcile(r))
         redisAsyncDisconnect(r->ac);
@@ -1719,11 +1834,7 @@ static void redis_watch(struct bus *b, const char *user, int delta)
     if ((old == 0) != (*n == 0))
         uv_async_send(&r->wake);
     if (delta > 0) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += (long)WATCH_WAIT_MS * 1000000L;
-        until.tv_sec += until.tv_nsec / 1000000000L;
-        until.tv_nsec %= 1000000000L;
+        struct timespec until = clock_cond_deadline(WATCH_WAIT_MS);
         for (;;) {
             bool ok = true;
             for (unsigned i = user ? shard : 0; i < (user ? shard + 1 : BUS_REDIS_SHARDS); i++)
@@ -1753,6 +1864,9 @@ static void *sub_main(void *arg)
 static void redis_quiesce(struct bus *b)
 {
     struct rbus *r = (struct rbus *)b;
+    pthread_mutex_lock(&r->mu);
+    r->unsent_closed = true; /* failed publishes are delivered at once from now */
+    pthread_mutex_unlock(&r->mu);
     if (r->sub_started) {
         uv_async_send(&r->stop);
         pthread_join(r->sub_thread, NULL); /* it closed the loop */
@@ -1781,11 +1895,8 @@ static void redis_close(struct bus *b)
             if (redisAppendCommand(r->pres, "ZREM %s %s", d->key, d->member) == REDIS_OK)
                 sent++;
         }
-        for (size_t i = 0; i < r->nclaims; i++)
-            if (redisAppendCommand(r->pres, "EVAL %s 1 %s %s", release_lua, r->claims[i].key,
-                                   r->claims[i].member) == REDIS_OK)
-                sent++;
         read_replies(r->pres, sent);
+        eval_each(r->pres, release_lua, r->claims, r->nclaims, 0);
     }
     if (r->pres)
         redisFree(r->pres);
@@ -1793,6 +1904,12 @@ static void redis_close(struct bus *b)
     free(r->holds);
     free(r->marks);
     free(r->claims);
+    while (r->unsent) { /* left when the thread stopped: no one to deliver to */
+        struct unsent *u = r->unsent;
+        r->unsent = u->next;
+        free(u->p);
+        free(u);
+    }
     for (unsigned k = 0; k < ORDER_BUCKETS; k++)
         while (r->order[k]) {
             struct order_sess *os = r->order[k];
@@ -1847,11 +1964,15 @@ int bus_redis_open(struct bus **out, const struct bus_handler *handler, const ch
     r->base.ops = &redis_ops;
     r->base.handler = *handler;
     r->backoff = 100;
+    r->unsent_tail = &r->unsent;
     pthread_mutex_init(&r->pub_mu, NULL);
     pthread_mutex_init(&r->pres_mu, NULL);
     pthread_mutex_init(&r->lease_mu, NULL);
     pthread_mutex_init(&r->mu, NULL);
-    pthread_cond_init(&r->cv, NULL);
+    /* Timed waits on the monotonic clock: the wall clock set back must
+     * not hold a worker waiting for Redis for as long. */
+    if (clock_cond_init(&r->cv) != 0)
+        pthread_cond_init(&r->cv, NULL);
     snprintf(r->node_id, sizeof r->node_id, "%s", node_id);
     int rc = parse_url(r, url, err, errlen);
     if (rc != 0)
@@ -1883,9 +2004,7 @@ int bus_redis_open(struct bus **out, const struct bus_handler *handler, const ch
     }
     r->sub_started = true;
     /* Connected for receiving before the first connection is admitted. */
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += START_WAIT_MS / 1000;
+    struct timespec until = clock_cond_deadline(START_WAIT_MS);
     pthread_mutex_lock(&r->mu);
     while (!r->connected && pthread_cond_timedwait(&r->cv, &r->mu, &until) == 0)
         ;

@@ -46,6 +46,7 @@ static int set_prefix(struct config *cfg, const char *v, char *err, size_t errle
 static int set_log_level(struct config *cfg, const char *v, char *err, size_t errlen);
 static int set_workers(struct config *cfg, const char *v, char *err, size_t errlen);
 static int set_device_policy(struct config *cfg, const char *v, char *err, size_t errlen);
+static int set_db_check(struct config *cfg, const char *v, char *err, size_t errlen);
 static int set_sync(struct config *cfg, const char *v, char *err, size_t errlen);
 static int set_jwt_alg(struct config *cfg, const char *v, char *err, size_t errlen);
 static int set_help_webhook(struct config *cfg, const char *v, char *err, size_t errlen);
@@ -117,6 +118,10 @@ static const struct opt options[] = {
      NULL},
     {"sync", K_SPECIAL, 0, 0, 0, "full", "M",
      "'full': an acknowledged message survives power loss; 'normal': a process crash", set_sync},
+    {"db-check", K_SPECIAL, 0, 0, 0, "auto", "M",
+     "check every page of the SQLite file at start (it reads the whole file): 'auto' after an "
+     "unclean stop, or always while the file is at most 256 MiB; 'always'; 'never'",
+     set_db_check},
     {"encryption-key-file", K_STR, F(encryption_key_file), 0, 0, NULL, "F",
      "32-byte key (raw, or 64 hex digits): message content encrypted at rest with AES-256-GCM",
      NULL},
@@ -369,6 +374,19 @@ static int set_device_policy(struct config *cfg, const char *v, char *err, size_
         cfg->device_policy = DEVICE_POLICY_EVICT_OLDEST;
     else
         return conf__errf(err, errlen, "expected refuse or evict-oldest, got '%s'", v);
+    return 0;
+}
+
+static int set_db_check(struct config *cfg, const char *v, char *err, size_t errlen)
+{
+    if (strcmp(v, "auto") == 0)
+        cfg->db_check = DB_CHECK_AUTO;
+    else if (strcmp(v, "always") == 0)
+        cfg->db_check = DB_CHECK_ALWAYS;
+    else if (strcmp(v, "never") == 0)
+        cfg->db_check = DB_CHECK_NEVER;
+    else
+        return conf__errf(err, errlen, "expected auto, always or never, got '%s'", v);
     return 0;
 }
 

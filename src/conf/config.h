@@ -30,6 +30,7 @@
 #include <stdio.h>
 
 enum device_policy { DEVICE_POLICY_REFUSE = 0, DEVICE_POLICY_EVICT_OLDEST };
+enum db_check { DB_CHECK_AUTO = 0, DB_CHECK_ALWAYS, DB_CHECK_NEVER };
 
 /* The token algorithms (--jwt-alg); the hub maps them to its verifier's. */
 enum conf_jwt_alg { CONF_JWT_HS256 = 0, CONF_JWT_RS256, CONF_JWT_ES256 };
@@ -109,6 +110,7 @@ struct config {
     char *redis_url;             /* owned, NULL when unset: --redis (may hold a password) */
     char *node_id;               /* owned, NULL when unset: --node-id */
     bool sync_full;              /* --sync full (true) or normal */
+    enum db_check db_check;      /* --db-check */
     char *encryption_key_file;   /* owned, NULL when unset */
     char *models_list;           /* owned: --models "id[:name],...", or NULL */
     struct conf_model *models;   /* owned: from --model, or else --models; in order */

@@ -37,6 +37,7 @@
 #include "net/conn.h"
 #include "util/clock.h"
 #include "util/jw.h"
+#include "util/oom.h"
 
 #define SHARE_TTL_DEFAULT_S (7 * 86400)
 #define SHARE_TTL_MAX_S (30 * 86400)
@@ -604,8 +605,17 @@ static json_t *body_object(struct conn *c, const struct http_request *req, bool 
 {
     if (!req->body_len && optional)
         return json_object();
+    oom_clear();
     json_t *o = req->body_len ? json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, NULL)
                               : NULL;
+    if (oom_seen()) {
+        /* A parse that ran out of memory is void, even one that returned
+         * an object (util/oom.h). */
+        json_decref(o);
+        conn_http_error(c, 503, "unavailable", "out of memory; retry later", 1000, NULL,
+                        req->keep_alive);
+        return NULL;
+    }
     if (!json_is_object(o)) {
         json_decref(o);
         conn_http_error(c, 400, "bad_json", "the body must be a JSON object", -1, NULL,

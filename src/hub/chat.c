@@ -348,6 +348,33 @@ const struct router_ops chat_router_ops = {
     .notify_user = chat_notify_user,
 };
 
+/* ---- deliveries lost for want of memory -------------------------------------- */
+
+static void lost_run(struct worker *w, struct inbox_msg *m)
+{
+    struct chat_lost *l = (struct chat_lost *)m;
+    /* Cleared first: a loss after this point posts the notice again. */
+    atomic_store(&l->queued, false);
+    log_warn("delivery_lost", "worker=%u reason=out_of_memory action=close_clients", w->index);
+    hub_close_clients(l->ch->hub, w, "out of memory: reconnect and resume");
+}
+
+static void lost_drop(struct inbox_msg *m)
+{
+    (void)m; /* part of the chat: nothing to free */
+}
+
+void chat__delivery_lost(struct chat *ch, unsigned worker)
+{
+    for (unsigned w = 0; w < ch->nworkers; w++) {
+        if (worker != CHAT_ALL_WORKERS && w != worker)
+            continue;
+        struct chat_lost *l = &ch->locals[w].lost;
+        if (!atomic_exchange(&l->queued, true))
+            worker_post(&ch->hub->srv->workers[w], &l->base);
+    }
+}
+
 /* ---- setup ---------------------------------------------------------------- */
 
 int chat_init(struct chat **out, struct hub *hub, unsigned nworkers, char *err, size_t errlen)
@@ -360,6 +387,12 @@ int chat_init(struct chat **out, struct hub *hub, unsigned nworkers, char *err, 
     }
     ch->hub = hub;
     ch->nworkers = nworkers;
+    for (unsigned w = 0; w < nworkers; w++) {
+        ch->locals[w].lost.ch = ch;
+        ch->locals[w].lost.base.run = lost_run;
+        ch->locals[w].lost.base.drop = lost_drop;
+        atomic_init(&ch->locals[w].lost.queued, false);
+    }
     uv_mutex_init(&ch->joined_lock);
     ch->devs_cap = hub->cfg->max_devices + 1;
     *out = ch;

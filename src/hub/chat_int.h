@@ -16,6 +16,7 @@
 #ifndef CHATD_HUB_CHAT_INT_H
 #define CHATD_HUB_CHAT_INT_H
 
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -86,7 +87,17 @@ struct local_list {
     struct client **v;
 };
 
+/* A worker's notice that a delivery meant for it was lost for want of
+ * memory (chat__delivery_lost): allocated with the chat, posted at most
+ * once at a time, so that telling the worker needs no memory. */
+struct chat_lost {
+    struct inbox_msg base;
+    struct chat *ch;
+    atomic_bool queued;
+};
+
 struct chat_local {
+    struct chat_lost lost;
     struct local_list *joins[LOCAL_BUCKETS]; /* session id -> admins joined here */
     struct local_list admins;                /* every admin client here (key unused) */
     /* written by this worker only; atomics so /metrics may read them */
@@ -176,6 +187,13 @@ void chat__count_out(struct client *cl, uint8_t type);
 /* The inbox callbacks of a struct chat_post. Worker thread. */
 void chat__post_run(struct worker *w, struct inbox_msg *m);
 void chat__post_drop(struct inbox_msg *m);
+/* An ack, error or event for worker (every worker: CHAT_ALL_WORKERS) could
+ * not be built or queued for want of memory. Delivery is never skipped in
+ * silence: that worker closes its chat connections with 1011, and each
+ * device comes back with a resume (and a retry of what it sent, whose id
+ * finds it stored). Any thread. */
+#define CHAT_ALL_WORKERS UINT_MAX
+void chat__delivery_lost(struct chat *ch, unsigned worker);
 
 /* ---- validate.c: the fields of client messages, requests to the writer -- */
 

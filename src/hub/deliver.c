@@ -139,11 +139,16 @@ static void send_frame(struct client *cl, const struct chat_item *it)
 static void send_event(struct client *cl, const struct chat_item *it)
 {
     struct sess_state *st = chat__state_get(cl, it->session, true);
-    if (!st || seqset_has(&st->sent, it->seq))
+    if (st && seqset_has(&st->sent, it->seq))
         return; /* already sent by a replay */
-    if (it->seq <= st->held)
+    if (st && it->seq <= st->held)
         return; /* the client resumed past it: it has it (resume.c) */
-    seqset_add(&st->sent, it->seq);
+    if (!st || seqset_add(&st->sent, it->seq) != 0) {
+        /* No memory to track it: skipped it would be a gap, sent untracked
+         * a replay could send it twice. The device comes back and resumes. */
+        conn_ws_close(cl->conn, WS_CLOSE_INTERNAL, "out of memory: reconnect and resume");
+        return;
+    }
     send_frame(cl, it);
 }
 
@@ -153,8 +158,10 @@ static void send_event(struct client *cl, const struct chat_item *it)
 static void send_delta(struct chat *ch, struct client *cl, const struct chat_item *it)
 {
     struct sess_state *st = chat__state_get(cl, it->session, true);
-    if (!st)
+    if (!st) {
+        conn_ws_close(cl->conn, WS_CLOSE_INTERNAL, "out of memory: reconnect and resume");
         return;
+    }
     if (strcmp(st->stream, it->stream) != 0) {
         snprintf(st->stream, sizeof st->stream, "%s", it->stream);
         st->stream_sent = -1;

@@ -46,11 +46,11 @@ static void add_op(struct batch_out *bo, uint8_t what, const struct store_req *r
 {
     if (!bo->ch->asst)
         return;
-    if (vec_grow(&bo->ops, &bo->capops, bo->nops, 1, sizeof *bo->ops) != 0) {
-        log_warn("assistant_op_lost", "what=%u", what);
-        return;
-    }
-    struct chat_asst_op *op = &bo->ops[bo->nops++];
+    struct chat_asst_op now;
+    struct chat_asst_op *op = &now;
+    bool queued = vec_grow(&bo->ops, &bo->capops, bo->nops, 1, sizeof *bo->ops) == 0;
+    if (queued)
+        op = &bo->ops[bo->nops++];
     memset(op, 0, sizeof *op);
     op->what = what;
     op->conn_id = r->conn_id;
@@ -58,6 +58,15 @@ static void add_op(struct batch_out *bo, uint8_t what, const struct store_req *r
     snprintf(op->user, sizeof op->user, "%s", user);
     snprintf(op->model, sizeof op->model, "%s", r->model);
     snprintf(op->stream, sizeof op->stream, "%.*s", ASST_STREAM_ID_LEN, stream ? stream : "");
+    if (!queued) {
+        /* No memory to queue it: run it now, before the batch's events are
+         * published, rather than lose it (a lost ASK would leave an
+         * acknowledged message unanswered in silence, a lost STORED the
+         * session's assistant busy for good). Only the order suffers: a
+         * `loading` may reach a device before the message it answers. */
+        log_warn("assistant_op_early", "what=%u reason=out_of_memory", what);
+        chat__assistant_ops(bo->ch, op, 1);
+    }
 }
 
 /* Append an item to the worker's post; returns it, or NULL when out of
@@ -70,15 +79,19 @@ static struct chat_item *add_item(struct batch_out *bo, unsigned worker, uint8_t
     struct chat_post *p = bo->posts[worker];
     if (!p) {
         p = calloc(1, sizeof *p);
-        if (!p)
+        if (!p) {
+            chat__delivery_lost(bo->ch, worker);
             return NULL;
+        }
         p->base.run = chat__post_run;
         p->base.drop = chat__post_drop;
         p->ch = bo->ch;
         bo->posts[worker] = p;
     }
-    if (vec_grow(&p->items, &p->cap, p->n, 1, sizeof *p->items) != 0)
+    if (vec_grow(&p->items, &p->cap, p->n, 1, sizeof *p->items) != 0) {
+        chat__delivery_lost(bo->ch, worker);
         return NULL;
+    }
     struct chat_item *it = &p->items[p->n++];
     memset(it, 0, offsetof(struct chat_item, session));
     it->kind = kind;
@@ -103,8 +116,10 @@ static void set_ids(struct batch_out *bo, unsigned worker, struct chat_item *it,
     for (unsigned i = 0; i < ndevs; i++) {
         if (devs[i].worker != worker)
             continue;
-        if (vec_grow(&p->ids, &p->capids, p->nids, 1, sizeof *p->ids) != 0)
+        if (vec_grow(&p->ids, &p->capids, p->nids, 1, sizeof *p->ids) != 0) {
+            chat__delivery_lost(bo->ch, worker);
             return;
+        }
         p->ids[p->nids++] = devs[i].conn_id;
         it->ids_n++;
     }
@@ -115,8 +130,12 @@ static struct bus_event *add_event(struct batch_out *bo, uint8_t kind, uint8_t t
                                    uint64_t conn_id, struct sbuf *f, uint32_t off, uint32_t len,
                                    const struct store_req *r)
 {
-    if (vec_grow(&bo->ev, &bo->capev, bo->nev, 1, sizeof *bo->ev) != 0)
-        return NULL; /* lost, never confused with another: a resume finds it */
+    if (vec_grow(&bo->ev, &bo->capev, bo->nev, 1, sizeof *bo->ev) != 0) {
+        /* lost, never confused with another: the devices that missed it
+         * are closed, and their resume finds it */
+        chat__delivery_lost(bo->ch, CHAT_ALL_WORKERS);
+        return NULL;
+    }
     struct bus_event *e = &bo->ev[bo->nev++];
     memset(e, 0, sizeof *e);
     e->kind = kind;
@@ -161,8 +180,10 @@ static void add_everywhere(struct batch_out *bo, uint8_t kind, uint64_t conn_id,
 static void add_reply_frame(struct batch_out *bo, const struct store_req *r, struct sbuf *f,
                             uint32_t off, uint32_t len, uint8_t type)
 {
-    if (!f)
+    if (!f) {
+        chat__delivery_lost(bo->ch, r->worker); /* never leave a message unanswered */
         return;
+    }
     add_item(bo, r->worker, IT_REPLY, type, r->conn_id, f, off, len, r->seq, r->session_id,
              r->owner);
     sbuf_unref(f);
@@ -234,8 +255,10 @@ static void add_session_event(struct batch_out *bo, const struct store_req *r, c
     uint32_t off, len;
     struct sbuf *f = wire_event_frame(type, r->session_id, r->seq, NULL, stype, r->user,
                                       r->sender_name, NULL, 0, NULL, r->ts_ms, &off, &len);
-    if (!f)
+    if (!f) {
+        chat__delivery_lost(bo->ch, CHAT_ALL_WORKERS);
         return;
+    }
     add_event(bo, IT_EVENT, chat__out_index(type), r->conn_id, f, off, len, r);
     if (admins)
         add_event(bo, IT_ADMINS, chat__out_index(type), 0, f, off, len, r);
@@ -261,6 +284,8 @@ static void batch_answer(struct batch_out *bo, struct store_req *r)
         if (f) {
             add_event(bo, IT_EVENT, chat__out_index("ai_response"), 0, f, off, len, r);
             sbuf_unref(f);
+        } else {
+            chat__delivery_lost(bo->ch, CHAT_ALL_WORKERS);
         }
     }
     add_op(bo, ASST_OP_STORED, r, r->owner, r->client_id);
@@ -309,6 +334,8 @@ static void batch_one(struct batch_out *bo, struct store_req *r)
             if (f) {
                 add_event(bo, IT_EVENT, chat__out_index(type), r->conn_id, f, off, len, r);
                 sbuf_unref(f);
+            } else {
+                chat__delivery_lost(bo->ch, CHAT_ALL_WORKERS);
             }
             if (r->kind == CHAT_USER_MESSAGE)
                 add_op(bo, ASST_OP_ASK, r, r->owner, NULL);
@@ -431,8 +458,10 @@ void chat_on_batch(void *arg, struct store_req **reqs, size_t n)
         store_req_free(reqs[i]);
     }
     post_all(&bo);
-    if (bo.nev && bus_publish(ch->bus, bo.ev, bo.nev) != 0)
+    if (bo.nev && bus_publish(ch->bus, bo.ev, bo.nev) != 0) {
         log_warn("bus_publish_failed", "events=%zu", bo.nev);
+        chat__delivery_lost(ch, CHAT_ALL_WORKERS);
+    }
     for (size_t i = 0; i < bo.nev; i++)
         if (bo.ev[i].frame)
             sbuf_unref(bo.ev[i].frame);
@@ -453,6 +482,8 @@ void chat_bus_deliver(void *app, const struct bus_event *ev, size_t n)
     memset(posts, 0, sizeof posts);
     struct batch_out bo = {.ch = ch, .posts = posts};
     struct reg_device *devs = malloc(ch->devs_cap * sizeof *devs);
+    if (!devs)
+        chat__delivery_lost(ch, CHAT_ALL_WORKERS); /* the owners' devices would miss them */
     for (size_t i = 0; i < n; i++) {
         const struct bus_event *e = &ev[i];
         if (e->hint)

@@ -27,6 +27,7 @@
 #include "util/clock.h"
 #include "util/file.h"
 #include "util/log.h"
+#include "util/oom.h"
 #include "ws/frame.h"
 
 #define LIMIT_RETRY_AFTER_MS 5000
@@ -89,17 +90,31 @@ int hub_init(struct hub *h, const struct config *cfg, struct server *srv, const 
     }
     /* What connection_status offers: every model's id and display name, in
      * the configured order (--model or --models). */
-    h->models = json_array();
-    for (unsigned i = 0; h->models && i < cfg->nmodels; i++) {
+    struct jw w;
+    jw_init(&w, 64, 0);
+    jw_raw(&w, "[", 1);
+    for (unsigned i = 0; i < cfg->nmodels; i++) {
         const struct conf_model *cm = &cfg->models[i];
-        if (json_array_append_new(h->models,
-                                  json_pack("{s:s, s:s}", "id", cm->id, "name", cm->name)) != 0)
-            break;
+        if (i)
+            jw_raw(&w, ",", 1);
+        jw_open(&w);
+        jw_kstr(&w, "id", cm->id);
+        jw_kstr(&w, "name", cm->name);
+        jw_close(&w);
     }
-    if (!h->models || json_array_size(h->models) != cfg->nmodels) {
+    jw_raw(&w, "]", 1);
+    struct sbuf *mb = jw_take(&w);
+    h->models_json = mb ? malloc(mb->len + 1) : NULL;
+    if (!h->models_json) {
+        if (mb)
+            sbuf_unref(mb);
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
+    memcpy(h->models_json, mb->data, mb->len);
+    h->models_json[mb->len] = '\0';
+    h->models_len = mb->len;
+    sbuf_unref(mb);
 
     static const enum jwt_alg algs[] = {
         [CONF_JWT_HS256] = JWT_HS256, [CONF_JWT_RS256] = JWT_RS256, [CONF_JWT_ES256] = JWT_ES256};
@@ -177,7 +192,7 @@ bool hub_model_known(const struct hub *h, const char *model_id)
 
 void hub_release(struct hub *h)
 {
-    json_decref(h->models);
+    free(h->models_json);
     jwt_verifier_free(h->jwt);
     registry_release(&h->registry);
 }
@@ -194,13 +209,20 @@ int client_send_json(struct client *cl, json_t *obj)
     assert(worker_current() == cl->conn->w); /* a client belongs to its worker */
     char stack[2048];
     size_t n = json_dumpb(obj, stack, sizeof stack, JSON_COMPACT);
-    if (n == 0)
-        return -EINVAL;
+    if (n == 0) {
+        /* Out of memory (chatd's objects always encode otherwise): a
+         * frame skipped in silence would leave a gap, so the device is
+         * closed and comes back with a resume. */
+        conn_ws_close(cl->conn, WS_CLOSE_INTERNAL, "out of memory");
+        return -ENOMEM;
+    }
     if (n <= sizeof stack)
         return conn_send(cl->conn, WS_OP_TEXT, stack, n);
     char *heap = malloc(n);
-    if (!heap)
+    if (!heap) {
+        conn_ws_close(cl->conn, WS_CLOSE_INTERNAL, "out of memory");
         return -ENOMEM;
+    }
     json_dumpb(obj, heap, n, JSON_COMPACT);
     int rc = conn_send(cl->conn, WS_OP_TEXT, heap, n);
     free(heap);
@@ -218,6 +240,9 @@ void client_send_error(struct client *cl, enum chat_error code, const char *mess
     if (f) {
         conn_send_shared(cl->conn, f, off, len);
         sbuf_unref(f);
+    } else {
+        /* No memory for the answer: the message must not go unanswered. */
+        conn_ws_close(cl->conn, WS_CLOSE_INTERNAL, "out of memory");
     }
 }
 
@@ -306,26 +331,34 @@ static void count_refusal(struct hub *h, enum hub_refusal why)
 
 /* ---- the chat connection ---------------------------------------------------- */
 
-static char *roles_to_json(const struct jwt_claims *cl)
+/* The roles as a JSON array text, in w (a token without roles is a
+ * "user"). */
+static void roles_to_json(const struct jwt_claims *cl, struct jw *w)
 {
-    json_t *arr = json_array();
+    jw_raw(w, "[", 1);
     if (cl->nroles == 0)
-        json_array_append_new(arr, json_string("user"));
-    for (unsigned i = 0; i < cl->nroles; i++)
-        json_array_append_new(arr, json_string(cl->roles[i]));
-    char *s = json_dumps(arr, JSON_COMPACT);
-    json_decref(arr);
-    return s;
+        jw_str(w, "user", 4);
+    for (unsigned i = 0; i < cl->nroles; i++) {
+        if (i)
+            jw_raw(w, ",", 1);
+        jw_str(w, cl->roles[i], strlen(cl->roles[i]));
+    }
+    jw_raw(w, "]", 1);
 }
 
 /* One allocation holds the client and its strings (idle memory matters:
  * every open connection has one). */
 static struct client *client_new(const struct jwt_claims *claims, struct hub *h, struct conn *c)
 {
-    char *roles = roles_to_json(claims);
-    if (!roles)
+    struct jw w;
+    jw_init(&w, 128, 0); /* grows for a long list */
+    roles_to_json(claims, &w);
+    if (w.failed) {
+        jw_release(&w);
         return NULL;
-    size_t rl = strlen(roles);
+    }
+    const char *roles = w.buf;
+    size_t rl = w.len;
     struct client *cl = calloc(1, sizeof *cl + claims->sub_len + claims->name_len + rl + 3);
     if (cl) {
         char *p = (char *)(cl + 1);
@@ -340,7 +373,7 @@ static struct client *client_new(const struct jwt_claims *claims, struct hub *h,
         cl->hub = h;
         cl->conn = c;
     }
-    free(roles);
+    jw_release(&w);
     return cl;
 }
 
@@ -353,19 +386,20 @@ static void client_free(struct client *cl)
 /* Take name and roles from a refreshed token (sub is unchanged). */
 static int client_rename(struct client *cl, const struct jwt_claims *claims)
 {
-    char *roles = roles_to_json(claims);
-    if (!roles)
-        return -ENOMEM;
-    size_t rl = strlen(roles);
-    char *p = malloc(claims->name_len + rl + 2);
+    struct jw w;
+    jw_init(&w, 128, 0); /* grows for a long list */
+    roles_to_json(claims, &w);
+    size_t rl = w.len;
+    char *p = w.failed ? NULL : malloc(claims->name_len + rl + 2);
     if (!p) {
-        free(roles);
+        jw_release(&w);
         return -ENOMEM;
     }
     memcpy(p, claims->name, claims->name_len);
     p[claims->name_len] = '\0';
-    memcpy(p + claims->name_len + 1, roles, rl + 1);
-    free(roles);
+    memcpy(p + claims->name_len + 1, w.buf, rl);
+    p[claims->name_len + 1 + rl] = '\0';
+    jw_release(&w);
     free(cl->refreshed);
     cl->refreshed = p;
     cl->name = p;
@@ -454,8 +488,9 @@ static void handle_refresh(struct client *cl, json_t *msg, const char *id)
     struct jwt_claims claims;
     const char *why = "refused";
     int64_t now = clock_wall_ms() / 1000;
-    if (jwt_verify(cl->hub->jwt, token, strlen(token), now, &claims, &why) != 0) {
-        client_send_error(cl, ERR_UNAUTHORIZED, why, -1, id);
+    int vrc = jwt_verify(cl->hub->jwt, token, strlen(token), now, &claims, &why);
+    if (vrc != 0) {
+        client_send_error(cl, vrc == -ENOMEM ? ERR_INTERNAL : ERR_UNAUTHORIZED, why, -1, id);
         return;
     }
     if (claims.sub_len != cl->sub_len || memcmp(claims.sub, cl->sub, cl->sub_len) != 0) {
@@ -478,12 +513,13 @@ static void handle_refresh(struct client *cl, json_t *msg, const char *id)
     json_t *o = json_pack("{s:s, s:I, s:s, s:o}", "type", "refreshed", "exp",
                           (json_int_t)claims.exp, "name", cl->name, "roles",
                           json_loads(cl->roles_json, 0, NULL));
-    if (o && id)
-        json_object_set_new(o, "id", json_string(id));
-    if (o) {
+    if (!o || (id && json_object_set_new(o, "id", json_string(id)) != 0)) {
+        /* The refresh took effect: its answer must not go missing. */
+        client_send_error(cl, ERR_INTERNAL, "out of memory (the token was refreshed)", -1, id);
+    } else {
         client_send_json(cl, o);
-        json_decref(o);
     }
+    json_decref(o);
     struct hub *h = cl->hub;
     if (was_admin != cl->admin && h->router_ops && h->router_ops->client_roles_changed)
         h->router_ops->client_roles_changed(h->router, cl, was_admin);
@@ -507,7 +543,16 @@ static void chat_on_message(struct conn *c, unsigned opcode, uint8_t *data, size
         return;
     }
     json_error_t jerr;
+    oom_clear();
     json_t *msg = json_loadb((const char *)data, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (oom_seen()) {
+        /* jansson calls a failed allocation a syntax error, and one while
+         * it reads a string can even cut the string short and succeed:
+         * a parse that ran out of memory is void (util/oom.h). */
+        json_decref(msg);
+        client_send_error(cl, ERR_INTERNAL, "out of memory; send it again", -1, NULL);
+        return;
+    }
     if (!msg || !json_is_object(msg)) {
         client_send_error(cl, ERR_BAD_JSON, msg ? "a message must be a JSON object" : jerr.text, -1,
                           NULL);
@@ -632,18 +677,36 @@ static void send_connection_status(struct client *cl, unsigned devices)
     char id[32], ts[32];
     snprintf(id, sizeof id, "c-%llx", (unsigned long long)cl->conn->id);
     clock_format_rfc3339(ts, clock_wall_ms());
-    json_t *roles = json_loads(cl->roles_json, 0, NULL);
-    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:o, s:i, s:i, s:I, s:s, s:[]}", "type",
-                          "connection_status", "connection_id", id, "user_id", cl->sub, "name",
-                          cl->name, "roles", roles ? roles : json_array(), "devices", devices,
-                          "max_devices", cfg->max_devices, "max_message_bytes",
-                          (json_int_t)cfg->max_message_bytes, "server_time", ts, "models");
-    if (o)
-        json_object_set_new(o, "models", json_deep_copy(cl->hub->models));
-    if (o) {
-        client_send_json(cl, o);
-        json_decref(o);
+    /* Every connection gets one: written straight into its frame. */
+    struct jw w;
+    jw_init(&w, 320 + cl->sub_len + strlen(cl->name) + strlen(cl->roles_json) +
+                    cl->hub->models_len,
+            WS_MAX_HEADER);
+    jw_open(&w);
+    jw_kstr(&w, "type", "connection_status");
+    jw_kstr(&w, "connection_id", id);
+    jw_kstr(&w, "user_id", cl->sub);
+    jw_kstr(&w, "name", cl->name);
+    jw_key(&w, "roles");
+    jw_raw(&w, cl->roles_json, strlen(cl->roles_json));
+    jw_kint(&w, "devices", devices);
+    jw_kint(&w, "max_devices", cfg->max_devices);
+    jw_kint(&w, "max_message_bytes", (int64_t)cfg->max_message_bytes);
+    jw_kstr(&w, "server_time", ts);
+    jw_key(&w, "models");
+    jw_raw(&w, cl->hub->models_json, cl->hub->models_len);
+    jw_close(&w);
+    uint32_t off, len;
+    struct sbuf *f = wire_frame_jw(&w, &off, &len);
+    if (!f) {
+        /* The first frame is always connection_status: with no memory to
+         * build it, the connection is closed (1011) rather than left open
+         * without it. */
+        conn_ws_close(cl->conn, WS_CLOSE_INTERNAL, "out of memory");
+        return;
     }
+    conn_send_shared(cl->conn, f, off, len);
+    sbuf_unref(f);
 }
 
 /* Tell every open device of a user that another one was refused. */
@@ -706,6 +769,12 @@ static void evict(struct hub *h, const struct reg_device *dev, const char *sub)
              (unsigned long long)dev->conn_id);
 }
 
+void hub_close_clients(struct hub *h, struct worker *w, const char *reason)
+{
+    (void)h;
+    conn_ws_close_all(w, &chat_handler, WS_CLOSE_INTERNAL, reason);
+}
+
 void hub_kick(struct hub *h, const char *user, uint64_t conn_id)
 {
     struct reg_device dev;
@@ -714,10 +783,12 @@ void hub_kick(struct hub *h, const char *user, uint64_t conn_id)
 }
 
 /* Find and verify the request's token. NULL and *claims filled when it is
- * valid; otherwise why it was refused. */
+ * valid; otherwise why it was refused, with *oom set when the reason is
+ * chatd's own lack of memory rather than the token. */
 static const char *authenticate(struct hub *h, const struct http_request *req,
-                                struct jwt_claims *claims)
+                                struct jwt_claims *claims, bool *oom)
 {
+    *oom = false;
     char qbuf[JWT_MAX_TOKEN + 1];
     const char *tok = NULL, *why = NULL;
     int tlen = find_token(req, qbuf, sizeof qbuf, &tok, &why);
@@ -725,8 +796,11 @@ static const char *authenticate(struct hub *h, const struct http_request *req,
         return why;
     if (tlen == 0)
         return "missing token: send 'Authorization: Bearer <token>' or ?token=";
-    if (jwt_verify(h->jwt, tok, (size_t)tlen, clock_wall_ms() / 1000, claims, &why) != 0)
+    int rc = jwt_verify(h->jwt, tok, (size_t)tlen, clock_wall_ms() / 1000, claims, &why);
+    if (rc != 0) {
+        *oom = rc == -ENOMEM;
         return why;
+    }
     return NULL;
 }
 
@@ -752,7 +826,14 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
         return;
     }
     struct jwt_claims claims;
-    const char *why = authenticate(h, req, &claims);
+    bool oom;
+    const char *why = authenticate(h, req, &claims, &oom);
+    if (why && oom) {
+        /* A valid token may be behind it: not the client's fault. */
+        count_refusal(h, HUB_REFUSED_UNAVAILABLE);
+        conn_http_error(c, 503, "unavailable", "out of memory; retry later", 1000, NULL, false);
+        return;
+    }
     if (why) {
         struct log_quoted qr;
         log_info("auth_refused", "conn=%llx reason=%s", (unsigned long long)c->id,
@@ -904,8 +985,14 @@ static void reply_json_obj(struct conn *c, const struct http_request *req, int s
 bool hub_api_auth(struct hub *h, struct conn *c, const struct http_request *req,
                   struct jwt_claims *claims, bool need_admin)
 {
-    const char *why = hub_enabled(h) ? authenticate(h, req, claims)
+    bool oom = false;
+    const char *why = hub_enabled(h) ? authenticate(h, req, claims, &oom)
                                      : "chat is disabled: no JWT key is configured";
+    if (why && oom) {
+        conn_http_error(c, 503, "unavailable", "out of memory; retry later", 1000, NULL,
+                        req->keep_alive);
+        return false;
+    }
     if (why) {
         conn_http_error(c, 401, "unauthorized", why, -1, NULL, req->keep_alive);
         return false;

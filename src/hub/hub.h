@@ -36,6 +36,7 @@
 
 struct server;
 struct conn;
+struct worker;
 
 /* The chat message types a router handles (docs/protocol.md section 3; the hub
  * answers `refresh` itself). hub_chat_types[] holds their wire names. */
@@ -135,7 +136,8 @@ struct hub {
     const struct router_ops *router_ops; /* NULL: no router attached */
     struct bus *bus;                     /* NULL, or one that counts devices across nodes */
     void *router;
-    json_t *models; /* [{"id":..,"name":..}] of cfg->models, in order */
+    char *models_json; /* [{"id":..,"name":..}] of cfg->models, in order (owned) */
+    size_t models_len;
     /* shared: atomics, any thread adds (hub_count_error), /metrics reads */
     atomic_uint_fast64_t errors[ERR_COUNT]; /* error replies by code */
     /* WebSocket upgrades refused, by reason (enum hub_refusal) */
@@ -197,5 +199,8 @@ void hub_send_to_conn(struct hub *h, uint32_t worker, uint64_t conn_id, struct s
  * for a new one (--device-policy evict-oldest across nodes): tell it and
  * close it, if it is still here. Any thread. */
 void hub_kick(struct hub *h, const char *user, uint64_t conn_id);
+/* Close every chat connection of worker w with 1011 and reason (what it
+ * missed comes back with a resume). w's thread. */
+void hub_close_clients(struct hub *h, struct worker *w, const char *reason);
 
 #endif

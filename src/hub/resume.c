@@ -178,7 +178,13 @@ static void resume_pump(struct resume_job *j)
         return;
     }
     struct sess_state *st = chat__state_get(cl, j->session, true);
-    if (st && !j->claimed) {
+    if (!st) {
+        /* Without it, `resumed` would claim events that were not sent. */
+        client_send_error(cl, ERR_INTERNAL, "out of memory", -1, id);
+        resume_finish(j);
+        return;
+    }
+    if (!j->claimed) {
         /* The client holds every event up to its after_seq: no live event
          * up to it goes to this connection any more (deliver.c). One can
          * still come: published late, or filled from storage by a node
@@ -206,15 +212,21 @@ static void resume_pump(struct resume_job *j)
         j->after = e->seq;
         if (seqset_has(&st->sent, e->seq))
             continue;
-        seqset_add(&st->sent, e->seq);
         uint32_t off, len;
         struct sbuf *f = wire_event_frame(e->type, j->session, e->seq, e->client_id, e->sender_type,
                                      e->sender_id, e->sender_name, e->content, e->content_len,
                                      e->metadata, e->ts_ms, &off, &len);
-        if (f) {
-            conn_send_shared(c, f, off, len);
-            sbuf_unref(f);
+        if (!f || seqset_add(&st->sent, e->seq) != 0) {
+            /* Out of memory part way: a gap or a later duplicate otherwise.
+             * The device comes back and resumes again. */
+            if (f)
+                sbuf_unref(f);
+            conn_ws_close(c, WS_CLOSE_INTERNAL, "out of memory: reconnect and resume");
+            resume_finish(j);
+            return;
         }
+        conn_send_shared(c, f, off, len);
+        sbuf_unref(f);
     }
     if (j->more) {
         if (resume_read(j))
@@ -233,12 +245,11 @@ static void resume_pump(struct resume_job *j)
         last_seq = seqset_max(&st->sent);
     json_t *o = json_pack("{s:s, s:s, s:I}", "type", "resumed", "session_id", j->session,
                           "last_seq", (json_int_t)last_seq);
-    if (o && id)
-        json_object_set_new(o, "id", json_string(id));
-    if (o) {
-        client_send_json(cl, o);
-        json_decref(o);
-    }
+    if (!o || (id && json_object_set_new(o, "id", json_string(id)) != 0))
+        client_send_error(cl, ERR_INTERNAL, "out of memory", -1, id); /* never unanswered */
+    else
+        client_send_json(cl, o); /* closes the connection itself when it fails */
+    json_decref(o);
     resume_finish(j);
 }
 

@@ -18,6 +18,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "http/request.h"
 #include "http/response.h"
@@ -44,15 +45,17 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = WORKER_READ_BUF;
 }
 
-void conn_accept(struct worker *w)
+void conn_accept(struct worker *w, int fd)
 {
     struct conn *c = calloc(1, sizeof *c);
     if (!c) {
         log_error("accept_failed", "reason=out_of_memory");
+        close(fd);
         return;
     }
     uv_tcp_init(&w->loop, &c->tcp);
-    if (uv_accept((uv_stream_t *)&w->listener, (uv_stream_t *)&c->tcp) != 0) {
+    if (uv_tcp_open(&c->tcp, fd) != 0) {
+        close(fd);
         uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
         return;
     }
@@ -344,6 +347,20 @@ void conn_ws_close(struct conn *c, uint16_t code, const char *reason)
     queue_frame(c, WS_OP_CLOSE, payload, n);
     c->deadline_ms = now_ms(c) + CONN_LINGER_MS;
     log_debug("ws_close_sent", "conn=%llx code=%u", (unsigned long long)c->id, code);
+}
+
+void conn_ws_close_all(struct worker *w, const struct conn_handler *handler, uint16_t code,
+                       const char *reason)
+{
+    assert(worker_current() == w);
+    /* conn_ws_close queues a frame, or (no memory for it) closes the
+     * connection, which leaves the list: the next node is taken first. */
+    for (struct list_node *n = w->conns.next, *next; n != &w->conns; n = next) {
+        next = n->next;
+        struct conn *c = LIST_ENTRY(n, struct conn, node);
+        if (c->state == CONN_WS && c->handler == handler)
+            conn_ws_close(c, code, reason);
+    }
 }
 
 /* ---- HTTP -------------------------------------------------------------- */

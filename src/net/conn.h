@@ -125,8 +125,9 @@ struct conn {
     struct rate_bucket in_bytes; /* ... and bytes */
 };
 
-/* Accept a pending connection on the worker's listener. Worker thread. */
-void conn_accept(struct worker *w);
+/* Take on a connection the worker accepted (fd: owned from here on, closed
+ * on failure). Worker thread. */
+void conn_accept(struct worker *w, int fd);
 
 /* Queue a text or binary message as one frame (copied). 0 or -errno. */
 int conn_send(struct conn *c, unsigned opcode, const void *data, size_t len);
@@ -134,6 +135,10 @@ int conn_send(struct conn *c, unsigned opcode, const void *data, size_t len);
 int conn_send_shared(struct conn *c, struct sbuf *frame, uint32_t off, uint32_t len);
 /* Start the closing handshake with code and a short reason. */
 void conn_ws_close(struct conn *c, uint16_t code, const char *reason);
+/* conn_ws_close every WebSocket of worker w that handler serves. Worker
+ * thread (w's). */
+void conn_ws_close_all(struct worker *w, const struct conn_handler *handler, uint16_t code,
+                       const char *reason);
 /* Close the socket now (on_close runs). */
 void conn_close(struct conn *c);
 /* Keep the struct alive across async work (thread pool jobs); the memory is

@@ -33,13 +33,14 @@ static void stop_listening(struct worker *w)
         uv_close((uv_handle_t *)&w->listener, NULL);
         w->listening = false;
     }
-    /* The socket itself goes now: new connections are refused at once,
-     * not left queued while this worker drains. */
-    w->relisten = false;
-    if (w->listen_keep >= 0) {
-        close(w->listen_keep);
-        w->listen_keep = -1;
+    /* The socket itself goes now (the poll handle no longer watches it):
+     * new connections are refused at once, not left queued while this
+     * worker drains. */
+    if (w->listen_fd >= 0) {
+        close(w->listen_fd);
+        w->listen_fd = -1;
     }
+    uv_timer_stop(&w->accept_retry);
 }
 
 static void on_wakeup(uv_async_t *a)
@@ -54,95 +55,83 @@ static void on_wakeup(uv_async_t *a)
     worker_maybe_finish(w);
 }
 
-/* Accepting with no descriptor left. accept() fails at once, so the
- * listener stays readable, and libuv tries again at once, in a loop on the
- * worker's thread. So the worker first gives up its reserve descriptor:
- * libuv's next try accepts one connection into it, which on_connection
- * leaves pending, and libuv stops watching the listener while one is
- * pending. When even that fails (another worker took the descriptor), the
- * worker closes its listener handle, which ends libuv's loop; the socket
- * lives on in listen_keep, its queue kept. Every ACCEPT_RETRY_MS the
- * worker tries to take a reserve again; once it can, it listens again (on
- * a copy of listen_keep) or accepts the pending connection. */
+/* Accepting. chatd accepts itself, on a poll handle over the listening
+ * socket, rather than through a libuv TCP listener: with no descriptor
+ * left, libuv's listener accepts every waiting connection into a spare
+ * descriptor and closes it at once (the client gets no answer at all),
+ * where chatd wants the connections to wait in the kernel's queue until a
+ * descriptor is free. So on EMFILE or ENFILE (or the kernel out of memory
+ * for a socket) the worker stops watching its socket, which keeps its
+ * queue, and looks again every ACCEPT_RETRY_MS: no busy loop, and what
+ * waited is served once accept works again. One line when a pause begins
+ * (accept_paused), one when it ends (accept_resumed). */
 #define ACCEPT_RETRY_MS 100
+#define ACCEPT_PER_WAKE 128 /* then back to the loop: other work is not starved */
 
-static int open_reserve(void)
-{
-    return open("/dev/null", O_RDONLY | O_CLOEXEC);
-}
+static void on_listen_readable(uv_poll_t *p, int status, int events);
 
-static void on_connection(uv_stream_t *l, int status);
-
-static void on_listener_closed(uv_handle_t *h)
-{
-    struct worker *w = h->data;
-    w->listener_closed = true;
-}
-
+/* Try at once, whether or not a connection waits: accept() runs out of
+ * descriptors before it looks for a connection, so EAGAIN too says the
+ * pause is over. */
 static void on_accept_retry(uv_timer_t *t)
 {
     struct worker *w = t->data;
-    if (w->draining) {
-        uv_timer_stop(&w->accept_retry);
+    if (w->draining || !w->listening)
         return;
-    }
-    if (w->relisten && w->listener_closed) {
-        /* F_DUPFD: a new descriptor as dup() makes (and one ThreadSanitizer
-         * does not take for a write racing the other workers' accept). */
-        int lfd = fcntl(w->listen_keep, F_DUPFD_CLOEXEC, 0);
-        if (lfd < 0)
-            return; /* still none: the next tick */
-        int rc;
-        if ((rc = uv_tcp_init(&w->loop, &w->listener)) != 0 ||
-            (rc = uv_tcp_open(&w->listener, lfd)) != 0 ||
-            (rc = uv_listen((uv_stream_t *)&w->listener, 4096, on_connection)) != 0) {
-            log_error("listen_failed", "worker=%u error=%s", w->index, uv_err_name(rc));
-            return;
-        }
-        w->listener.data = w;
-        w->listening = true;
-        w->relisten = false;
-        w->listener_closed = false;
-    }
-    int fd = open_reserve();
-    if (fd < 0)
-        return;
-    w->reserve_fd = fd;
-    w->accept_paused = false;
-    uv_timer_stop(&w->accept_retry);
-    log_info("accept_resumed", "worker=%u open_connections=%u", w->index, w->nconns);
-    if (w->listening)
-        conn_accept(w); /* the pending one, if any; watching the listener again */
+    uv_poll_start(&w->listener, UV_READABLE, on_listen_readable);
+    on_listen_readable(&w->listener, 0, UV_READABLE);
 }
 
-static void on_connection(uv_stream_t *l, int status)
+static void accept_works(struct worker *w)
 {
-    struct worker *w = l->data;
-    if (status == UV_EMFILE || status == UV_ENFILE) {
-        if (w->reserve_fd >= 0) {
-            close(w->reserve_fd);
-            w->reserve_fd = -1;
-        } else if (w->listening && w->listen_keep >= 0) {
-            /* No reserve left and still none free: end libuv's retry loop. */
-            uv_close((uv_handle_t *)&w->listener, on_listener_closed);
-            w->listening = false;
-            w->relisten = true;
-        }
-        if (!w->accept_paused) {
-            w->accept_paused = true;
-            log_warn("accept_paused", "worker=%u reason=%s open_connections=%u", w->index,
-                     uv_err_name(status), w->nconns);
-            uv_timer_start(&w->accept_retry, on_accept_retry, ACCEPT_RETRY_MS, ACCEPT_RETRY_MS);
-        }
-        return;
+    if (w->accept_paused) {
+        w->accept_paused = false;
+        log_info("accept_resumed", "worker=%u open_connections=%u", w->index, w->nconns);
     }
+}
+
+static void accept_pause(struct worker *w, int err)
+{
+    uv_poll_stop(&w->listener);
+    if (!w->accept_paused) {
+        w->accept_paused = true;
+        log_warn("accept_paused", "worker=%u reason=%s open_connections=%u", w->index,
+                 uv_err_name(uv_translate_sys_error(err)), w->nconns);
+    }
+    uv_timer_start(&w->accept_retry, on_accept_retry, ACCEPT_RETRY_MS, 0);
+}
+
+static void on_listen_readable(uv_poll_t *p, int status, int events)
+{
+    struct worker *w = p->data;
+    (void)events;
     if (status < 0) {
         log_warn("accept_failed", "worker=%u error=%s", w->index, uv_err_name(status));
+        accept_pause(w, -status);
         return;
     }
-    if (w->accept_paused)
-        return; /* left pending: libuv stops watching the listener */
-    conn_accept(w);
+    for (int i = 0; i < ACCEPT_PER_WAKE && w->listening; i++) {
+        int fd = accept4(w->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            int e = errno;
+            if (e == EAGAIN || e == EWOULDBLOCK) {
+                accept_works(w);
+                return;
+            }
+            if (e == EINTR || e == ECONNABORTED || e == EPROTO)
+                continue; /* that one connection is gone: the next */
+            if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+                accept_pause(w, e);
+                return;
+            }
+            log_warn("accept_failed", "worker=%u error=%s", w->index,
+                     uv_err_name(uv_translate_sys_error(e)));
+            accept_pause(w, e); /* not in a loop either */
+            return;
+        }
+        accept_works(w);
+        conn_accept(w, fd);
+    }
 }
 
 static void on_tick(uv_timer_t *t)
@@ -184,14 +173,6 @@ static void worker_maybe_finish(struct worker *w)
     uv_close((uv_handle_t *)&w->flush, NULL);
     uv_close((uv_handle_t *)&w->more, NULL);
     uv_close((uv_handle_t *)&w->accept_retry, NULL);
-    if (w->reserve_fd >= 0) {
-        close(w->reserve_fd);
-        w->reserve_fd = -1;
-    }
-    if (w->listen_keep >= 0) {
-        close(w->listen_keep);
-        w->listen_keep = -1;
-    }
 }
 
 static void msg_shutdown(struct worker *w, struct inbox_msg *m)
@@ -217,9 +198,9 @@ static void worker_main(void *arg)
     struct worker *w = arg;
     worker_set_current(w);
     int rc;
-    if ((rc = uv_tcp_init(&w->loop, &w->listener)) != 0 ||
-        (rc = uv_tcp_open(&w->listener, w->listen_fd)) != 0 ||
-        (rc = uv_listen((uv_stream_t *)&w->listener, 4096, on_connection)) != 0) {
+    /* open_listener made the socket listen already. */
+    if ((rc = uv_poll_init_socket(&w->loop, &w->listener, w->listen_fd)) != 0 ||
+        (rc = uv_poll_start(&w->listener, UV_READABLE, on_listen_readable)) != 0) {
         log_error("listen_failed", "worker=%u error=%s", w->index, uv_err_name(rc));
         exit(1);
     }
@@ -339,8 +320,6 @@ static int worker_init(struct server *srv, struct worker *w, unsigned index)
     w->srv = srv;
     w->index = index;
     w->listen_fd = fd;
-    w->reserve_fd = -1;
-    w->listen_keep = -1;
     list_init(&w->conns);
     list_init(&w->dirty);
     idmap_init(&w->by_id);
@@ -364,12 +343,6 @@ static int worker_init(struct server *srv, struct worker *w, unsigned index)
     w->more.data = w;
     uv_timer_init(&w->loop, &w->accept_retry);
     w->accept_retry.data = w;
-    w->reserve_fd = open_reserve();
-    if (w->reserve_fd < 0)
-        return -errno;
-    w->listen_keep = fcntl(w->listen_fd, F_DUPFD_CLOEXEC, 0);
-    if (w->listen_keep < 0)
-        return -errno;
     return 0;
 }
 

@@ -73,11 +73,12 @@ struct worker {
     struct server *srv;
     unsigned index;
     uv_thread_t thread;
-    int listen_fd;              /* bound socket, opened into `listener` by the thread */
+    int listen_fd;              /* owned: bound socket, watched by `listener` (-1 once
+                                 * closed; the worker thread closes it) */
 
     /* owned by the worker thread */
     uv_loop_t loop;
-    uv_tcp_t listener;
+    uv_poll_t listener;         /* readable: connections wait to be accepted */
     uv_async_t wakeup;
     uv_timer_t tick;            /* 1 s sweep: deadlines, pings, lingering closes */
     uv_check_t flush;           /* after each I/O phase: write what was queued */
@@ -91,13 +92,10 @@ struct worker {
     unsigned nconns;
     bool listening;
     bool draining;              /* shutdown started on this worker */
-    /* Out of file descriptors: accepting pauses (server.c on_connection)
-     * and is tried again every ACCEPT_RETRY_MS until a descriptor is free. */
-    int reserve_fd;             /* kept open to be given up when accept fails */
-    int listen_keep;            /* a second descriptor of the listening socket */
+    /* Out of file descriptors: accepting pauses (server.c accept_pause),
+     * the connections wait in the kernel's queue, and accept is tried again
+     * every ACCEPT_RETRY_MS until a descriptor is free. */
     bool accept_paused;
-    bool relisten;              /* the listener handle was closed to stop a retry loop */
-    bool listener_closed;       /* ... and its close callback has run */
     uv_timer_t accept_retry;
     struct worker_stats stats;  /* written by this worker only */
 

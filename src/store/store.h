@@ -208,12 +208,20 @@ struct store_summary {
 
 struct store;
 
+/* When the SQLite engine reads every page of its file at start. */
+enum store_check {
+    STORE_CHECK_AUTO = 0, /* after an unclean stop, or while the file is small */
+    STORE_CHECK_ALWAYS,
+    STORE_CHECK_NEVER,
+};
+
 struct store_options {
     const char *engine;             /* engine name; NULL: STORE_ENGINE_DEFAULT */
     const char *path;               /* where the engine keeps its data (SQLite: a file;
                                      * PostgreSQL: a libpq connection string, which may
                                      * hold a password: engines never log it) */
     bool sync_full;                 /* SQLite: synchronous=FULL, else NORMAL */
+    enum store_check check;         /* SQLite: the page check at start */
     const unsigned char *key;       /* 32-byte AES-256-GCM key or NULL (copied) */
     /* Called on the writer thread with each finished batch in commit order;
      * takes ownership of the requests (free each with store_req_free). It

@@ -3,9 +3,11 @@
 Every session gets its whole answer (the stored text equal to its deltas),
 and meanwhile a ping on another connection, timed by a separate process,
 keeps a short round trip: the answers stream on the assistant's own
-threads and never stall a worker. The sanitizer builds run it too (ASan
-checks for leaks at exit, TSan for races); they run several times slower,
-so there the ping bound only rules out a stall of the order of an answer.
+threads and never stall a worker. The ping bound rules out a stall (a
+worker waiting on the provider or on storage would hold pings for the
+length of a delta, 400 ms here); it is not a speed target, which belongs
+to the benchmarks (bench/assistant.sh), so it holds on a busy machine and
+in the sanitizer builds (ASan checks for leaks at exit, TSan for races).
 The test runs alone (RUN_SERIAL), and its own load generators run at a
 lower priority than chatd and the pinger.
 """
@@ -24,7 +26,7 @@ from harness import (OP_PING, OP_PONG, OP_TEXT, SLOW, WS, Chatd, frame, http_get
 
 SESSIONS = 500
 KEY = "sk-load-test"
-PING_P99_MS = 50.0 if SLOW else 5.0
+PING_P99_MS = 50.0
 
 PINGER = r"""
 import sys, time, json, os

@@ -2,6 +2,7 @@
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -356,10 +357,39 @@ def test_damaged_database_refused_naming_the_file():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def test_db_check_modes():
+    """--db-check: 'auto' checks a small file after a clean stop and any
+    file after an unclean one (the WAL left behind), 'always' checks,
+    'never' skips; each start logs which and why."""
+    folder = tempfile.mkdtemp(prefix="chatd-dbcheck-")
+    try:
+        good = filled_database(folder)
+        assert not os.path.exists(good + "-wal"), "a clean stop leaves no WAL"
+        for mode, want in ((None, 'event=store_checked ms=\\d+ why="small file"'),
+                           ("always", 'event=store_checked ms=\\d+ why="always"'),
+                           ("never", 'event=store_check_skipped why="never"')):
+            args = ["--db", good] + (["--db-check", mode] if mode else [])
+            with Chatd(*args) as d:
+                assert re.search(want, d.log()), (mode, d.log()[-2000:])
+                status, _, _ = http_get(d.port, "/readyz")
+                assert status == 200, status
+        d = Chatd("--db", good)
+        d.expect_exit = None
+        d.start()
+        d.stop(sig=signal.SIGKILL)
+        assert os.path.exists(good + "-wal"), "SIGKILL leaves the WAL"
+        with Chatd("--db", good) as d:
+            assert 'why="unclean stop"' in d.log(), d.log()[-2000:]
+        line = expect_usage_error(["--db", good, "--db-check", "sometimes"], "--db-check")
+        assert "auto, always or never" in line, line
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 if __name__ == "__main__":
     run([test_help_lists_every_flag, test_version, test_help_prefers_secret_file,
          test_secret_flag_hidden_from_process_list, test_unknown_flag_exit_2,
          test_malformed_values_exit_2, test_config_file_errors_exit_2,
          test_bad_environment_exit_2, test_address_in_use_exit_2, test_address_in_use_ipv6,
          test_prefix_precedence, test_numeric_and_bool_precedence,
-         test_damaged_database_refused_naming_the_file])
+         test_damaged_database_refused_naming_the_file, test_db_check_modes])

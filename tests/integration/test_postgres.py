@@ -29,7 +29,10 @@ WAIT = 60 if SLOW else 20
 class Postgres:
     """A PostgreSQL server of the test's own, on a Unix socket."""
 
-    def __init__(self):
+    def __init__(self, listen="", trust_from=""):
+        # listen: an address to take TCP connections on too, besides the
+        # Unix socket, from the address trust_from (trusted) only.
+        self.listen = listen
         bindir = os.environ.get("CHATD_PG_BINDIR")
         if not bindir:
             found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
@@ -47,6 +50,9 @@ class Postgres:
         self.data = os.path.join(self.dir, "data")
         self.cmd("initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "-E", "UTF8",
                  "--no-locale")
+        if listen:
+            with open(os.path.join(self.data, "pg_hba.conf"), "a") as f:
+                f.write("host all all %s/32 trust\n" % trust_from)
         self.start()
 
     def cmd(self, prog, *args):
@@ -65,7 +71,8 @@ class Postgres:
 
     def start(self):
         self.cmd("pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "server.log"), "-w",
-                 "-t", "120", "-o", "-k %s -c listen_addresses= -c fsync=off" % self.dir, "start")
+                 "-t", "120", "-o",
+                 "-k %s -c listen_addresses=%s -c fsync=off" % (self.dir, self.listen), "start")
 
     def stop(self, mode="fast"):
         self.cmd("pg_ctl", "-D", self.data, "-m", mode, "-w", "stop")

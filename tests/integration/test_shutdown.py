@@ -113,7 +113,9 @@ def test_client_ignoring_close_does_not_block_exit():
                 pass
             finally:
                 s.close()
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, ConnectionResetError):
+            # Refused, or reset: the connection reached the backlog just as
+            # the listener closed.
             pass
         # The ignorer never reads nor writes; chatd still exits in time.
         wait_exit(d, t0, timeout_s + (10.0 if SLOW else 2.5))

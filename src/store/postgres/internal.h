@@ -32,6 +32,7 @@
 #define PG_PROBE_MS 1000         /* an idle writer checks its connection this often */
 #define PG_OUTCOME_WAIT_MS 10000 /* how long a commit of unknown outcome is asked after */
 #define PG_BATCH_RETRIES 3       /* a batch chosen as a deadlock victim is run again */
+#define PG_IDLE_TX_MS 5000       /* the server ends a transaction of ours idle this long */
 
 /* An idle read connection in the pool. */
 struct pg_read_conn {

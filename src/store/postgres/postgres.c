@@ -152,6 +152,10 @@ PGconn *store_postgres__connect(struct store_postgres *s, char *err, size_t errl
         {"connect_timeout", "5"},     {"application_name", "chatd"},
         {"keepalives_idle", "15"}, /* a server gone silent is found out in about 30 s */
         {"keepalives_interval", "5"}, {"keepalives_count", "3"},
+        /* Keepalives wait for an idle line: a round trip whose bytes go
+         * unanswered (a partition mid-write) is given up after 30 s too,
+         * not after the kernel's many minutes of retransmissions. */
+        {"tcp_user_timeout", "30000"},
         {"client_encoding", "UTF8"},
     };
     enum { NDEF = sizeof defaults / sizeof defaults[0] };
@@ -171,8 +175,18 @@ PGconn *store_postgres__connect(struct store_postgres *s, char *err, size_t errl
     }
     PQsetNoticeProcessor(c, no_notices, NULL);
     /* The reads decode bytea in hex output, whatever the server's default
-     * or the DSN's options say. */
-    PGresult *r = PQexec(c, "SET bytea_output = 'hex'");
+     * or the DSN's options say. chatd never waits between the statements
+     * of a transaction: one left idle PG_IDLE_TX_MS is a node cut off
+     * mid-batch, whose row locks would stall every node's writes to those
+     * sessions until the server noticed the connection gone (its
+     * keepalives: hours). The server ends it; the node, back, finds its
+     * connection gone and runs the batch again on a new one (cut during
+     * COMMIT: it asks pg_xact_status, writer.c). */
+    char sql[128];
+    snprintf(sql, sizeof sql,
+             "SET bytea_output = 'hex'; SET idle_in_transaction_session_timeout = %d",
+             PG_IDLE_TX_MS);
+    PGresult *r = PQexec(c, sql);
     bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     PQclear(r);
     if (!ok) {

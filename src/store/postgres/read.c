@@ -253,6 +253,14 @@ int store_postgres__read_events(void *e, const char *id, int64_t after_seq, int6
         cur->sender_name = col_strdup(r, i, 5);
         cur->client_id = col_strdup(r, i, 6);
         cur->metadata = col_strdup(r, i, 8);
+        /* A value must never turn into NULL for want of memory. */
+        if ((!cur->sender_id && !PQgetisnull(r, i, 4)) ||
+            (!cur->sender_name && !PQgetisnull(r, i, 5)) ||
+            (!cur->client_id && !PQgetisnull(r, i, 6)) ||
+            (!cur->metadata && !PQgetisnull(r, i, 8))) {
+            ret = -ENOMEM;
+            break;
+        }
         size_t blen = 0;
         char *blob = store_postgres__unhex(PQgetvalue(r, i, 7), &blen);
         if (!blob) {

@@ -72,6 +72,7 @@ struct store_sqlite {
     /* writer thread only */
     sqlite3 *db;                 /* owned: the only write connection */
     sqlite3_stmt *stmt[S_COUNT]; /* owned */
+    int64_t last_wall_ms;        /* the latest time a batch was given (0: none yet) */
 
     /* the request queue (its own lock): workers push, the writer takes;
      * requests are owned by the store until handed to on_batch. No count

@@ -138,10 +138,13 @@ int store_sqlite__get_session(void *e, const char *id, struct store_session *out
     return ret;
 }
 
-static char *col_strdup(sqlite3_stmt *st, int i)
+/* A copy of text column i into *out (NULL for SQL NULL). 0, or -ENOMEM:
+ * a value must never turn into NULL for want of memory. */
+static int col_strdup(sqlite3_stmt *st, int i, char **out)
 {
     const char *v = (const char *)sqlite3_column_text(st, i);
-    return v ? strdup(v) : NULL;
+    *out = v ? strdup(v) : NULL;
+    return v && !*out ? -ENOMEM : 0;
 }
 
 int store_sqlite__read_events(void *e, const char *id, int64_t after_seq, int64_t limit,
@@ -180,16 +183,26 @@ int store_sqlite__read_events(void *e, const char *id, int64_t after_seq, int64_
         snprintf(cur->type, sizeof cur->type, "%s", (const char *)sqlite3_column_text(st, 2));
         snprintf(cur->sender_type, sizeof cur->sender_type, "%s",
                  (const char *)sqlite3_column_text(st, 3));
-        cur->sender_id = col_strdup(st, 4);
-        cur->sender_name = col_strdup(st, 5);
-        cur->client_id = col_strdup(st, 6);
-        cur->metadata = col_strdup(st, 8);
+        int cr = col_strdup(st, 4, &cur->sender_id);
+        cr = cr ? cr : col_strdup(st, 5, &cur->sender_name);
+        cr = cr ? cr : col_strdup(st, 6, &cur->client_id);
+        cr = cr ? cr : col_strdup(st, 8, &cur->metadata);
         const void *blob = sqlite3_column_blob(st, 7);
         size_t blen = (size_t)sqlite3_column_bytes(st, 7);
         n++;
+        if (cr != 0) {
+            ret = cr;
+            break;
+        }
         if (sqlite3_column_int(st, 9)) {
-            if (!s->encrypt || store_unseal(s->key, id, cur->seq, blob, blen,
-                                                    &cur->content, &cur->content_len) != 0) {
+            int ur = s->encrypt ? store_unseal(s->key, id, cur->seq, blob, blen, &cur->content,
+                                               &cur->content_len)
+                                : -EIO;
+            if (ur == -ENOMEM) {
+                ret = ur;
+                break;
+            }
+            if (ur != 0) {
                 struct log_quoted qs;
                 log_error("store_decrypt_failed", "session=%s seq=%lld", log_quotes(&qs, id),
                           (long long)cur->seq);

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "store/sqlite/internal.h"
@@ -146,6 +147,13 @@ static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
 
 #define CKPT_PAGES 4096
 
+/* When the WAL starts over (a checkpoint copied all of it and no reader
+ * still needs it), SQLite cuts the file back to this size: a WAL that grew
+ * while an outside program held a long read transaction does not keep its
+ * peak size on disk for good. Twice the checkpoint threshold (1 KiB pages),
+ * so the ordinary cycle never truncates. */
+#define WAL_KEEP_BYTES_TEXT "8388608"
+
 static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 {
     struct store_sqlite *s = arg;
@@ -173,16 +181,6 @@ static void checkpointer_main(void *arg)
         return;
     }
     sqlite3_busy_timeout(db, 1000);
-    /* A connection learns that the file is in WAL mode, and opens the WAL,
-     * at its first read transaction only: until then a checkpoint on it
-     * does nothing at all and says so only by *pnLog = -1 (the WAL then
-     * grew without end and the database file was never written). */
-    char e[256] = "";
-    if (exec(db, "PRAGMA journal_mode = WAL", e, sizeof e) != 0) {
-        log_error("store_checkpointer_failed", "error=\"%s\"", e);
-        sqlite3_close(db);
-        return;
-    }
     for (;;) {
         uv_mutex_lock(&s->ckpt_lock);
         while (!s->ckpt_wanted && !s->ckpt_closing)
@@ -192,12 +190,21 @@ static void checkpointer_main(void *arg)
         uv_mutex_unlock(&s->ckpt_lock);
         if (closing)
             break;
+        /* A connection opens the WAL only when it first reads, and until
+         * then SQLite (before 3.42) answers a checkpoint SQLITE_OK having
+         * done nothing (-1 pages): without this read the WAL was never
+         * copied back and grew with every message until chatd stopped. */
+        char e[256];
+        if (exec(db, "SELECT 1 FROM sqlite_master LIMIT 1", e, sizeof e) != 0) {
+            log_warn("store_checkpoint_failed", "error=\"%s\"", e);
+            continue;
+        }
         int log_pages = 0, done = 0;
         int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_pages, &done);
         if (rc != SQLITE_OK && rc != SQLITE_BUSY)
             log_warn("store_checkpoint_failed", "error=\"%s\"", sqlite3_errstr(rc));
-        else if (log_pages < 0) /* not in WAL mode: nothing was copied */
-            log_warn("store_checkpoint_failed", "error=\"the connection is not in WAL mode\"");
+        else if (log_pages < 0)
+            log_warn("store_checkpoint_failed", "error=\"WAL not open\"");
     }
     sqlite3_close(db);
 }
@@ -213,11 +220,38 @@ static void stop_checkpointer(struct store_sqlite *s)
 
 /* ---- open / close ----------------------------------------------------------- */
 
+#define CHECK_AUTO_MAX_BYTES (256LL << 20) /* --db-check auto: always checked up to this */
+
+/* Whether to check the file's pages at start (before it is opened). auto:
+ * after an unclean stop (a clean close checkpoints and removes the WAL, so
+ * a WAL left behind means chatd, the machine or the disk stopped mid-way,
+ * when damage is likeliest), or while the file is small enough for the
+ * check to cost well under a second. *why says which. */
+static bool check_wanted(const char *path, enum store_check mode, const char **why)
+{
+    if (mode != STORE_CHECK_AUTO) {
+        *why = mode == STORE_CHECK_ALWAYS ? "always" : "never";
+        return mode == STORE_CHECK_ALWAYS;
+    }
+    char wal[4096];
+    struct stat st;
+    if (snprintf(wal, sizeof wal, "%s-wal", path) < (int)sizeof wal && stat(wal, &st) == 0) {
+        *why = "unclean stop";
+        return true;
+    }
+    if (stat(path, &st) != 0 || st.st_size <= CHECK_AUTO_MAX_BYTES) {
+        *why = "small file";
+        return true;
+    }
+    *why = "large file, clean stop";
+    return false;
+}
+
 /* A damaged file is refused at start, naming it, rather than found by the
  * reader or the commit that meets the damaged page (which would answer its
  * client `unavailable` for ever). quick_check reads every page once: its
- * time grows with the file (it is logged). */
-static int check_file(sqlite3 *db, char *err, size_t errlen)
+ * time grows with the file (it is logged); --db-check says when. */
+static int check_file(sqlite3 *db, const char *why, char *err, size_t errlen)
 {
     int64_t t0 = clock_mono_ms();
     sqlite3_stmt *st = NULL;
@@ -235,7 +269,7 @@ static int check_file(sqlite3 *db, char *err, size_t errlen)
     }
     sqlite3_finalize(st);
     if (ok)
-        log_info("store_checked", "ms=%lld", (long long)(clock_mono_ms() - t0));
+        log_info("store_checked", "ms=%lld why=\"%s\"", (long long)(clock_mono_ms() - t0), why);
     return ok ? 0 : -1;
 }
 
@@ -300,6 +334,8 @@ static int sq_open(void **out, const struct store_options *opt, char *err, size_
     atomic_init(&s->fail_commits, 0);
     s->db_fd = s->wal_fd = -1;
 
+    const char *why;
+    bool check = check_wanted(opt->path, opt->check, &why);
     int rc = sqlite3_open_v2(opt->path, &s->db,
                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                              NULL);
@@ -324,11 +360,14 @@ static int sq_open(void **out, const struct store_options *opt, char *err, size_
         exec(s->db, s->sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL",
              e, sizeof e) ||
         exec(s->db, "PRAGMA foreign_keys = ON", e, sizeof e) ||
-        exec(s->db, "PRAGMA wal_autocheckpoint = 0", e, sizeof e)) {
+        exec(s->db, "PRAGMA wal_autocheckpoint = 0", e, sizeof e) ||
+        exec(s->db, "PRAGMA journal_size_limit = " WAL_KEEP_BYTES_TEXT, e, sizeof e)) {
         snprintf(err, errlen, "--db: '%s': %s", opt->path, e);
         goto fail;
     }
-    if (check_file(s->db, e, sizeof e) != 0 || migrate(s->db, e, sizeof e) != 0) {
+    if (!check)
+        log_info("store_check_skipped", "why=\"%s\"", why);
+    if ((check && check_file(s->db, why, e, sizeof e) != 0) || migrate(s->db, e, sizeof e) != 0) {
         snprintf(err, errlen, "--db: '%s': %s", opt->path, e);
         goto fail;
     }

@@ -69,6 +69,15 @@ static int load_session(struct store_sqlite *s, struct store_req *r, int64_t *la
     return rc == SQLITE_DONE ? 0 : -rc;
 }
 
+/* What a failed seal (or a failed draw of random bytes) makes of the
+ * batch: refused, with the file untouched. Not an I/O error: that would
+ * stop the store for good (fail_stop) over a passing shortage of memory
+ * or of random bytes. */
+static int seal_error(int rc)
+{
+    return rc == -ENOMEM ? -SQLITE_NOMEM : -SQLITE_ERROR;
+}
+
 /* Store one event of r's session at the next seq: its row, then the
  * session's last seq and time. content may be empty (session events).
  * Sets r->seq and r->ts_ms. 0 or -(SQLite code). */
@@ -78,12 +87,14 @@ static int put_event(struct store_sqlite *s, struct store_req *r, int64_t last_s
     int64_t seq = last_seq + 1;
     unsigned char *sealed = NULL;
     size_t sealed_len = 0;
-    if (s->encrypt && len &&
-        store_seal(s->key, r->session_id, seq, content, len, &sealed, &sealed_len) != 0) {
+    int src = s->encrypt && len ? store_seal(s->key, r->session_id, seq, content, len, &sealed,
+                                             &sealed_len)
+                                : 0;
+    if (src != 0) {
         struct log_quoted qs;
         log_error("store_seal_failed", "session=%s seq=%lld", log_quotes(&qs, r->session_id),
                   (long long)seq);
-        return -SQLITE_IOERR;
+        return seal_error(src);
     }
     sqlite3_stmt *st = s->stmt[S_EVENT_INSERT];
     sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
@@ -133,8 +144,9 @@ static int bind_title(struct store_sqlite *s, sqlite3_stmt *st, int i, const cha
 {
     size_t n = 0;
     *sealed = NULL;
-    if (s->encrypt && store_seal(s->key, sid, 0, title, len, sealed, &n) != 0)
-        return -SQLITE_IOERR;
+    int src = s->encrypt ? store_seal(s->key, sid, 0, title, len, sealed, &n) : 0;
+    if (src != 0)
+        return seal_error(src);
     if (*sealed)
         sqlite3_bind_blob(st, i, *sealed, (int)n, SQLITE_STATIC);
     else
@@ -191,7 +203,7 @@ static int do_append(struct store_sqlite *s, struct store_req *r, int64_t now)
         if (!r->session_id[0]) {
             if (store_new_session_id(r->session_id) != 0) {
                 log_error("store_random_failed", "what=\"session id\"");
-                return -SQLITE_IOERR;
+                return seal_error(-EIO);
             }
             st = s->stmt[S_SESSION_INSERT];
             sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
@@ -451,7 +463,14 @@ static void run_batch(struct store_sqlite *s, struct store_req **reqs, size_t n)
 {
     struct log_quoted qp;
     int64_t t0 = store__now_us();
+    /* The wall clock may be set back (by hours, by hand or by a time
+     * service): event times never go back with it, so that seq order and
+     * time order agree. They hold at the latest one given until the clock
+     * catches up, or until a restart. A forward jump is taken as it is. */
     int64_t now = clock_wall_ms();
+    if (now < s->last_wall_ms)
+        now = s->last_wall_ms;
+    s->last_wall_ms = now;
     const char *gone = atomic_load(&s->failed) ? "the store has failed" : files_gone(s);
     if (gone) {
         /* Nothing of this batch was written. */
