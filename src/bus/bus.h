@@ -102,9 +102,11 @@ struct bus;
 
 struct bus_ops {
     const char *name;
-    /* Publish n events (in order). 0, or a negative errno when they could
-     * not be published (they are then lost to every node: the caller
-     * counts it). */
+    /* Publish n events (in order). 0; -EIO when the other nodes could not
+     * be reached (this node's handler still gets them, and the other nodes
+     * fill stored events from storage when they see the gap); -ENOMEM when
+     * nobody got them (the caller must not leave its connections waiting
+     * for them). */
     int (*publish)(struct bus *b, const struct bus_event *ev, size_t n);
     void (*close)(struct bus *b);
     /* Optional: stop delivering: from its return the handler is called no

@@ -458,9 +458,12 @@ void chat_on_batch(void *arg, struct store_req **reqs, size_t n)
         store_req_free(reqs[i]);
     }
     post_all(&bo);
-    if (bo.nev && bus_publish(ch->bus, bo.ev, bo.nev) != 0) {
-        log_warn("bus_publish_failed", "events=%zu", bo.nev);
-        chat__delivery_lost(ch, CHAT_ALL_WORKERS);
+    int prc = bo.nev ? bus_publish(ch->bus, bo.ev, bo.nev) : 0;
+    if (prc != 0) {
+        log_warn("bus_publish_failed", "events=%zu rc=%d", bo.nev, prc);
+        /* -EIO: this node's connections got them all the same. */
+        if (prc == -ENOMEM)
+            chat__delivery_lost(ch, CHAT_ALL_WORKERS);
     }
     for (size_t i = 0; i < bo.nev; i++)
         if (bo.ev[i].frame)
