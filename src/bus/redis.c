@@ -43,7 +43,10 @@
  * then it goes, and the gap is counted and logged. A seq later than every
  * seq a node holds is committed after them (the session row is locked for
  * the commit), so storage always has what a gap lacks. A hint (bus.h) is
- * filled at once when its seq is new here.
+ * filled at once when its seq is new here. The first events seen of a
+ * session wait START_MS (a lower seq published later moves the start down),
+ * so that two nodes publishing seqs 5 and 6 in the other order just as
+ * this node starts the order still reach its connections as 5, 6.
  * Events of seq 0 (relays, the assistant's deltas) and seqs already passed
  * go on at once; a connection drops a stored event it already has (by
  * session and seq). The first event a node sees of a session starts its
@@ -158,6 +161,7 @@
 #define START_WAIT_MS 5000
 #define ORDER_BUCKETS 1024
 #define HOLD_MS 500         /* an event waits this long for the seqs below it */
+#define START_MS 20         /* the first events of an order wait this long for lower ones */
 #define GIVE_UP_MS 30000    /* storage unreadable this long: a gap is handed on, lost */
 #define ORDER_IDLE_MS 60000 /* a session's order is forgotten when idle this long */
 #define DEVICE_TTL_MS 30000 /* a device not refreshed this long gives its slot back */
@@ -210,6 +214,8 @@ struct order_sess {
     char owner[BUS_USER_MAX + 1];
     int64_t last;      /* the highest seq handed on */
     int64_t used_ms;   /* when it last saw an event */
+    int64_t start_ms;  /* until then the order may still start lower */
+    bool started;      /* something was handed on: the start is fixed */
     struct held *held; /* sorted by seq */
     size_t nheld, capheld;
 };
@@ -643,6 +649,7 @@ static void release_next(struct rbus *r, struct order_sess *os, struct outv *o)
         if (e->seq > os->last)
             os->last = e->seq;
         out_add(o, e);
+        os->started = true;
         if (e->frame)
             sbuf_unref(e->frame);
     }
@@ -677,12 +684,52 @@ static bool fill_to(struct rbus *r, struct order_sess *os, struct outv *o, int64
         os->last = got;
     }
     if (os->last >= from) {
+        os->started = true;
         atomic_fetch_add(&r->filled, 1);
         struct log_quoted q;
         log_info("redis_gap_filled", "session=%s from=%lld to=%lld", log_quotes(&q, os->session),
                  (long long)from, (long long)os->last);
     }
     return true;
+}
+
+/* Keep a copy of e among the session's held events (sorted by seq) until
+ * `until`. False when out of memory: the caller hands it on at once. One
+ * seq may be held more than once (its event for the owner's devices and for
+ * the admins, or one published twice): each goes on. */
+static bool hold_event(struct rbus *r, struct order_sess *os, const struct bus_event *e,
+                       int64_t now, int64_t until)
+{
+    size_t at = os->nheld;
+    while (at > 0 && os->held[at - 1].ev.seq > e->seq)
+        at--;
+    if (vec_grow(&os->held, &os->capheld, os->nheld, 1, sizeof *os->held) != 0)
+        return false;
+    memmove(os->held + at + 1, os->held + at, (os->nheld - at) * sizeof *os->held);
+    os->held[at].ev = *e;
+    os->held[at].until_ms = until;
+    os->held[at].since_ms = now;
+    if (e->frame)
+        sbuf_ref(e->frame);
+    os->nheld++;
+    r->nheld_now++;
+    atomic_fetch_add(&r->held, 1);
+    return true;
+}
+
+/* The start window of the order has passed: hand on what waited in it,
+ * filling from storage a gap between those events, without waiting for the
+ * tick (an event arriving after the window releases the ones before it).
+ * Storage unreadable: the tick takes over, and gives up in time. */
+static void start_due(struct rbus *r, struct order_sess *os, struct outv *o, int64_t now)
+{
+    while (os->nheld && os->held[0].until_ms <= now) {
+        if (!fill_to(r, os, o, os->held[0].ev.seq)) {
+            os->held[0].until_ms = now + HOLD_MS;
+            return;
+        }
+        release_next(r, os, o);
+    }
 }
 
 static void order_event(struct rbus *r, const struct bus_event *e, int64_t now, struct outv *o)
@@ -694,8 +741,29 @@ static void order_event(struct rbus *r, const struct bus_event *e, int64_t now, 
         return;
     }
     os->used_ms = now;
-    if (os->last == 0 && os->nheld == 0)
+    if (!os->started && os->nheld && now >= os->start_ms)
+        start_due(r, os, o, now);
+    if (os->last == 0 && os->nheld == 0 && !os->started) {
         os->last = e->seq - 1; /* the first seen here starts the order */
+        os->start_ms = now + START_MS;
+    }
+    if (!os->started && !e->hint && now < os->start_ms) {
+        /* The order's first moments: another node may publish a lower seq
+         * after this one (both committed just before this node started
+         * watching the session, or just before a node restarted). Until
+         * START_MS passed and nothing was handed on, a lower seq moves the
+         * start down and the events wait, so the first ones too go out in
+         * seq order (before, 1160 then 1159 reached a connection). */
+        if (e->seq <= os->last)
+            os->last = e->seq - 1;
+        if (!hold_event(r, os, e, now, os->start_ms)) { /* out of memory: at once */
+            os->started = true;
+            if (e->seq > os->last)
+                os->last = e->seq;
+            out_add(o, e);
+        }
+        return;
+    }
     if (e->hint) {
         /* seq is stored, and its own event may never come. */
         if (e->seq > os->last && !fill_to(r, os, o, e->seq + 1)) {
@@ -713,22 +781,8 @@ static void order_event(struct rbus *r, const struct bus_event *e, int64_t now, 
         release_next(r, os, o);
         return;
     }
-    if (vec_grow(&os->held, &os->capheld, os->nheld, 1, sizeof *os->held) != 0) {
+    if (!hold_event(r, os, e, now, now + HOLD_MS))
         out_add(o, e);
-        return;
-    }
-    size_t at = os->nheld;
-    while (at > 0 && os->held[at - 1].ev.seq > e->seq)
-        at--;
-    memmove(os->held + at + 1, os->held + at, (os->nheld - at) * sizeof *os->held);
-    os->held[at].ev = *e;
-    os->held[at].until_ms = now + HOLD_MS;
-    os->held[at].since_ms = now;
-    if (e->frame)
-        sbuf_ref(e->frame);
-    os->nheld++;
-    r->nheld_now++;
-    atomic_fetch_add(&r->held, 1);
 }
 
 static void order_free(struct rbus *r, struct order_sess *os)

@@ -58,6 +58,10 @@ struct sess_state {
     bool intent_joined;
     uint32_t intent_pending;
     struct seqset sent; /* seqs sent to this connection */
+    /* The highest after_seq this connection resumed from (capped at the
+     * session's last seq then): the client holds every event up to it, so
+     * a live one up to it is not sent (one published late). */
+    int64_t held;
     /* The assistant's answer streaming in this session, as far as this
      * connection has had it: its id and how many bytes (-1: none yet). */
     char stream[ASST_STREAM_ID_LEN + 1];

@@ -8,7 +8,9 @@
  *
  * Resume without gap or duplicate: each connection keeps, per session, the
  * set of seqs it has been sent (seqset.h). A live event is sent only if its
- * seq is not in the set; a replay (resume.c) likewise; either adds it.
+ * seq is not in the set, nor at or below the highest after_seq the client
+ * resumed from (it holds those); a replay (resume.c) only if not in the
+ * set; either adds it.
  */
 #include <assert.h>
 #include <errno.h>
@@ -139,6 +141,8 @@ static void send_event(struct client *cl, const struct chat_item *it)
     struct sess_state *st = chat__state_get(cl, it->session, true);
     if (st && seqset_has(&st->sent, it->seq))
         return; /* already sent by a replay */
+    if (st && it->seq <= st->held)
+        return; /* the client resumed past it: it has it (resume.c) */
     if (!st || seqset_add(&st->sent, it->seq) != 0) {
         /* No memory to track it: skipped it would be a gap, sent untracked
          * a replay could send it twice. The device comes back and resumes. */

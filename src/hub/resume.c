@@ -46,6 +46,8 @@ struct resume_job {
     bool waiting;  /* waiting for a running slot (never read yet) */
     bool listed;   /* on the client's jobs list */
     int64_t after; /* cursor: the next read starts above this seq */
+    int64_t from;  /* the client's after_seq: it holds every event up to it */
+    bool claimed;  /* the session's `held` covers from */
     /* the current page */
     int rc;
     bool more; /* the page was cut: more may follow */
@@ -181,6 +183,20 @@ static void resume_pump(struct resume_job *j)
         client_send_error(cl, ERR_INTERNAL, "out of memory", -1, id);
         resume_finish(j);
         return;
+    }
+    if (!j->claimed) {
+        /* The client holds every event up to its after_seq: no live event
+         * up to it goes to this connection any more (deliver.c). One can
+         * still come: published late, or filled from storage by a node
+         * that restarted when a retry's hint names it; it would arrive
+         * after later seqs, out of order, and twice for the device. A
+         * later resume from lower down still replays them (the seqset is
+         * untouched). Capped at the session's last seq, read with the
+         * first page. */
+        j->claimed = true;
+        int64_t upto = j->from < j->sess.last_seq ? j->from : j->sess.last_seq;
+        if (upto > st->held)
+            st->held = upto;
     }
     uint64_t high_water = c->w->srv->cfg->send_queue_bytes / 2;
     while (st && j->next_ev < j->n) {
@@ -320,7 +336,7 @@ static int start_job(struct chat *ch, struct client *cl, const char *sid, int64_
     if (id)
         snprintf(j->id, sizeof j->id, "%s", id);
     j->admin = cl->admin;
-    j->after = after;
+    j->after = j->from = after;
     j->waiting = cs->nrunning >= RESUME_RUNNING;
     conn_hold(cl->conn);
     if (!j->waiting &&
