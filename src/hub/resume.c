@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "hub/chat_int.h"
@@ -210,6 +211,16 @@ static void resume_pump(struct resume_job *j)
         }
         struct store_event *e = &j->ev[j->next_ev++];
         j->after = e->seq;
+        if (strcmp(e->type, "ai_response") == 0 && e->client_id &&
+            (st->stream[0] == '\0' || strcmp(st->stream, e->client_id) == 0)) {
+            /* A stored answer is whole. A piece of it published before it
+             * was stored may still wait in this worker's inbox (a replay
+             * read on the thread pool can overtake it): marked as had in
+             * full, that piece is skipped instead of following the answer
+             * it belongs to. */
+            snprintf(st->stream, sizeof st->stream, "%s", e->client_id);
+            st->stream_sent = INT64_MAX;
+        }
         if (seqset_has(&st->sent, e->seq))
             continue;
         uint32_t off, len;
