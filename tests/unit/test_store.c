@@ -1331,6 +1331,62 @@ static void test_long_field_cut_at_character(void **state)
     assert_string_equal(out, "");
 }
 
+/* ---- SQLite: the WAL is checkpointed into the database ------------------------
+ *
+ * The checkpointer copies the WAL into the database beside the writer once
+ * it passes its threshold (4096 pages), and makes the writer wait for a
+ * checkpoint that restarts the WAL past four times that, so the WAL is
+ * reused instead of growing with everything ever written, even when the
+ * writer never pauses, as here; the file is cut back when the WAL starts
+ * over. It fails when the checkpointer copies nothing (its connection had
+ * never read the database: the WAL grew for ever, the database file kept
+ * its first page) and when only PASSIVE checkpoints run (the WAL never
+ * starts over under this load: 26 MB of WAL for 16 MB of messages). */
+
+static long file_size(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0 ? (long)sb.st_size : -1;
+}
+
+static void test_wal_is_checkpointed(void **state)
+{
+    struct t *t = *state;
+    if (strcmp(t->eng->name, "sqlite") != 0)
+        skip();
+    open_store(t, NULL);
+    struct result first = append(t, NULL, "alice", "c0", "first");
+    char content[801];
+    memset(content, 'x', sizeof content - 1);
+    content[sizeof content - 1] = '\0';
+    long written = 0;
+    for (int round = 0; round < 50; round++) {
+        for (int i = 0; i < 1000; i++) {
+            char cid[32];
+            snprintf(cid, sizeof cid, "w%d-%d", round, i);
+            submit(t, req(t, STORE_APPEND, first.session_id, "alice", cid, content));
+        }
+        wait_results(t, t->submitted);
+        written += 1000 * (long)(sizeof content - 1);
+    }
+    char wal[sizeof t->path + 8];
+    snprintf(wal, sizeof wal, "%s-wal", t->path);
+    /* The checkpointer runs on its own thread: give it time to copy. */
+    long db = file_size(t->path);
+    for (int i = 0; i < 600 && db < written / 2; i++) {
+        usleep(50 * 1000);
+        db = file_size(t->path);
+    }
+    /* The next commit finds the WAL copied and starts it over, cut back to
+     * its size limit. */
+    append(t, first.session_id, "alice", "after", "one more");
+    long wal_size = file_size(wal);
+    if (db < written / 2 || wal_size >= written / 2)
+        fail_msg("after %ld bytes of messages: database %ld bytes, WAL %ld bytes", written, db,
+                 wal_size);
+    close_store(t);
+}
+
 #define CASE(f, eng) cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, (void *)(eng))
 
 int main(void)
@@ -1350,6 +1406,7 @@ int main(void)
             CASE(test_close_drains_queued_writes, e),
             CASE(test_unknown_engine_is_refused, e),
             CASE(test_long_field_cut_at_character, e),
+            CASE(test_wal_is_checkpointed, e),
         };
         failed += cmocka_run_group_tests_name(e->name, tests, e->start, e->stop);
     }

@@ -143,9 +143,18 @@ static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
  * copy takes). After each commit SQLite reports the WAL's size through the
  * WAL hook; past CKPT_PAGES the checkpointer thread is woken, and copies the
  * WAL into the database with a PASSIVE checkpoint on its own connection,
- * beside the writer. */
+ * beside the writer. The WAL starts over from its beginning only when a
+ * commit finds every frame of it copied, which a writer that never pauses
+ * does not let happen: past CKPT_RESTART_PAGES the checkpointer follows
+ * with a RESTART checkpoint, which makes the writer wait while it copies
+ * what the PASSIVE one left (a short wait: most is copied already, and the
+ * writer's busy timeout is 5 s), so that the WAL, and its index mapped in
+ * memory, stay bounded under any load. A burst may still grow the file
+ * before the first checkpoint ends: when the WAL starts over, SQLite cuts
+ * the file back to WAL_KEEP_BYTES_TEXT (journal_size_limit, below). */
 
 #define CKPT_PAGES 4096
+#define CKPT_RESTART_PAGES (4 * CKPT_PAGES)
 
 /* When the WAL starts over (a checkpoint copied all of it and no reader
  * still needs it), SQLite cuts the file back to this size: a WAL that grew
@@ -201,6 +210,8 @@ static void checkpointer_main(void *arg)
         }
         int log_pages = 0, done = 0;
         int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_pages, &done);
+        if (rc == SQLITE_OK && log_pages >= CKPT_RESTART_PAGES)
+            rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_RESTART, &log_pages, &done);
         if (rc != SQLITE_OK && rc != SQLITE_BUSY)
             log_warn("store_checkpoint_failed", "error=\"%s\"", sqlite3_errstr(rc));
         else if (log_pages < 0)
