@@ -5,7 +5,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: run test fuzz build deps bench bench-peers clean
+.PHONY: run test fuzz build deps bench bench-peers soak clean
 
 deps:
 	@./scripts/deps.sh run
@@ -40,6 +40,25 @@ bench:
 
 bench-peers: deps
 	@./bench/peers.sh
+
+# The long soak (docs/reliability.md, "Soak"): 1,000 clients with mixed
+# traffic for SOAK_SECONDS (default 600) against the plain debug build, or
+# SOAK_KIND=asan for the ASan build (LeakSanitizer at the exit). Figures in
+# build/soak-KIND.json; `make test` runs a two-minute one.
+SOAK_SECONDS ?= 600
+SOAK_KIND ?= debug
+
+soak:
+	@./scripts/deps.sh test
+	@case "$(SOAK_KIND)" in debug) san="" ;; asan) san="-DCHATD_SANITIZE=address" ;; \
+	  *) echo "SOAK_KIND must be debug or asan" >&2; exit 2 ;; esac; \
+	cmake -S . -B $(BUILD)/test-$(SOAK_KIND) -DCMAKE_BUILD_TYPE=Debug -DCHATD_WERROR=ON $$san >/dev/null && \
+	cmake --build $(BUILD)/test-$(SOAK_KIND) -j $(JOBS) --target chatd >/dev/null && \
+	CHATD_BIN=$(CURDIR)/$(BUILD)/test-$(SOAK_KIND)/chatd \
+	CHATD_BUILD_KIND=$$(test $(SOAK_KIND) = asan && echo address) \
+	ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:exitcode=86 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=86 \
+	/usr/bin/python3 tests/soak/soak.py --seconds $(SOAK_SECONDS) --json $(BUILD)/soak-$(SOAK_KIND).json
 
 clean:
 	rm -rf $(BUILD)

@@ -558,19 +558,50 @@ async def device_loop(run, dev, t_end):
             run.inc("help_requests")
 
 
-async def sampler(run, pid, out, t_stop):
+async def sampler(run, pid, out, t_stop, provider_port):
     while not run.stopping and time.monotonic() < t_stop:
-        out.append(sample(pid))
+        out.append(sample(pid, provider_port))
         await asyncio.sleep(run.cfg.sample)
 
 
-def sample(pid):
-    rss = 0
+def provider_inodes(port):
+    """Inodes of the loopback TCP sockets whose far end is the provider's
+    port: chatd's connections to the model provider."""
+    out = set()
+    want = ":%04X" % port
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                next(f)
+                for line in f:
+                    p = line.split()
+                    if p[2].endswith(want):
+                        out.add(p[9])
+        except OSError:
+            pass
+    return out
+
+
+def sample(pid, provider_port):
+    """(time, VmRSS kB, descriptors, RssAnon kB, RssFile kB, provider
+    connections among the descriptors)."""
+    st = {}
     with open("/proc/%d/status" % pid) as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-    return (time.monotonic(), rss, len(os.listdir("/proc/%d/fd" % pid)))
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "RssAnon", "RssFile"):
+                st[k] = int(v.split()[0])
+    fd_dir = "/proc/%d/fd" % pid
+    links = []
+    for fd in os.listdir(fd_dir):
+        try:
+            links.append(os.readlink(os.path.join(fd_dir, fd)))
+        except OSError:
+            pass  # closed meanwhile
+    prov = provider_inodes(provider_port)
+    nprov = sum(1 for ln in links if ln.startswith("socket:[") and ln[8:-1] in prov)
+    return (time.monotonic(), st.get("VmRSS", 0), len(links), st.get("RssAnon", 0),
+            st.get("RssFile", 0), nprov)
 
 
 def proc_cpu_s(pid):
@@ -591,11 +622,20 @@ async def setup(run, users, admins):
             raise AssertionError("%s could not connect" % dev.name)
 
     await asyncio.gather(*(connect(u.devices[0]) for u in users))
-    for u in users:
-        d0 = u.devices[0]
-        d0.send_message(None, "chat session of %s" % u.sub, create="chat")
-        d0.send_message(None, "ask session of %s" % u.sub, create="ask")
-    await asyncio.wait_for(asyncio.gather(*(u.ready for u in users)), 120)
+    # A few users at a time: each first message is answered, and a burst of
+    # hundreds of answers would leave chatd as many idle connections to the
+    # provider for its first two minutes.
+    for i in range(0, len(users), 16):
+        group = users[i:i + 16]
+        for u in group:
+            d0 = u.devices[0]
+            d0.send_message(None, "chat session of %s" % u.sub, create="chat")
+            d0.send_message(None, "ask session of %s" % u.sub, create="ask")
+        await asyncio.wait_for(asyncio.gather(*(u.ready for u in group)), 120)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all(
+                2 in u.devices[0].seen.get(sid, ()) for u in group for sid in u.sessions()):
+            await asyncio.sleep(0.05)
     for u in users:
         run.questions.setdefault(u.ask, []).append("ask session of %s" % u.sub)
     for i, u in enumerate(users):
@@ -606,7 +646,7 @@ async def setup(run, users, admins):
         await d.after_connect()
 
 
-async def drive(cfg, port, pid, provider_pid):
+async def drive(cfg, port, pid, provider_pid, provider_port):
     random.seed(cfg.seed)
     run = Run(cfg, port)
     users = [User(run, i) for i in range(cfg.users)]
@@ -625,7 +665,7 @@ async def drive(cfg, port, pid, provider_pid):
     t_end = t_start + cfg.seconds
     samples = []
     devs = [d for u in users for d in u.devices] + admins
-    samp = asyncio.ensure_future(sampler(run, pid, samples, t_end))
+    samp = asyncio.ensure_future(sampler(run, pid, samples, t_end, provider_port))
     await asyncio.gather(*(device_loop(run, d, t_end) for d in devs))
     traffic_s = time.monotonic() - t_start
     await samp
@@ -643,7 +683,7 @@ async def drive(cfg, port, pid, provider_pid):
     while time.monotonic() - run.last_rx < 3.0 and time.monotonic() < deadline + 60:
         await asyncio.sleep(0.2)
     run.stopping = True
-    final = sample(pid)
+    final = sample(pid, provider_port)
     await verify(run, users)
     for d in devs:
         if d.proto is not None:
@@ -728,12 +768,16 @@ def median_in(samples, lo, hi):
 
 def report(run, cfg, samples, final, setup_s, traffic_s, gen_cpu, chatd_cpu, prov_cpu):
     t0 = samples[0][0] if samples else 0
-    rel = [(t - t0, rss, fds) for t, rss, fds in samples]
+    rel = [(t - t0,) + tuple(x[1:]) for x in samples for t in (x[0],)]
     dur = cfg.seconds
     w_start = cfg.warmup * dur
     win = cfg.window * dur
-    rss = [(t, r) for t, r, _ in rel]
-    fds = [(t, f) for t, _, f in rel]
+    rss = [(x[0], x[1]) for x in rel]
+    # The descriptors less chatd's connections to the model provider: those
+    # are a keep-alive pool that follows how many answers stream at once
+    # (idle ones close after a while), reported apart.
+    fds = [(x[0], x[2] - x[5]) for x in rel]
+    prov = [x[5] for x in rel if x[0] >= w_start]
     first = median_in(rss, w_start, w_start + win)
     last = median_in(rss, dur - win, dur)
     fd_after = [f for t, f in fds if t >= w_start]
@@ -748,7 +792,13 @@ def report(run, cfg, samples, final, setup_s, traffic_s, gen_cpu, chatd_cpu, pro
         "fd_max": max(fd_after) if fd_after else None,
         "fd_first_median": median_in(fds, w_start, w_start + win),
         "fd_last_median": median_in(fds, dur - win, dur),
-        "fd_final": final[2], "rss_kb_final": final[1],
+        "fd_final": final[2] - final[5], "rss_kb_final": final[1],
+        "provider_conns_min": min(prov) if prov else None,
+        "provider_conns_max": max(prov) if prov else None,
+        "rss_anon_kb_warmup_end": median_in([(x[0], x[3]) for x in rel], w_start, w_start + win),
+        "rss_anon_kb_end": median_in([(x[0], x[3]) for x in rel], dur - win, dur),
+        "rss_file_kb_warmup_end": median_in([(x[0], x[4]) for x in rel], w_start, w_start + win),
+        "rss_file_kb_end": median_in([(x[0], x[4]) for x in rel], dur - win, dur),
         "generator_cpu_pct": round(100 * gen_cpu / traffic_s, 1),
         "chatd_cpu_pct": round(100 * chatd_cpu / traffic_s, 1),
         "provider_cpu_pct": round(100 * prov_cpu / traffic_s, 1),
@@ -756,7 +806,7 @@ def report(run, cfg, samples, final, setup_s, traffic_s, gen_cpu, chatd_cpu, pro
     }
     res.update(sorted(run.count.items()))
     res["failures"] = run.failures
-    res["rss_series_kb"] = [(round(t, 1), r, f) for t, r, f in rel]
+    res["rss_series_kb"] = [(round(x[0], 1),) + tuple(x[1:]) for x in rel]
     return res
 
 
@@ -800,7 +850,7 @@ def soak(cfg, chatd_args=(), log=print):
             log("soak: chatd pid %d port %d, %d clients (%d users x %d devices + %d admins), "
                 "%d s" % (d.proc.pid, d.port, cfg.clients, cfg.users, cfg.devices, cfg.admins,
                           cfg.seconds))
-            res = asyncio.run(drive(cfg, d.port, d.proc.pid, fp.proc.pid))
+            res = asyncio.run(drive(cfg, d.port, d.proc.pid, fp.proc.pid, fp.port))
             t = time.monotonic()
             d.stop(timeout=120)
             res["stop_s"] = round(time.monotonic() - t, 1)
