@@ -8,11 +8,12 @@ joined, so the assistant stays silent there, and an ask session that the
 assistant answers (tests/fake_provider.py streams every answer in paced
 deltas). ADMINS admin connections each hold the chat sessions of a share of
 the users. Every device does one action every INTERVAL seconds on average
-(exponential gaps): a chat message (most), a question in the ask session,
-a typing indicator, a read marker, a resume of part of the history, an
-HTTP history page, now and then a help request (which the session's admin
-resolves). Every device reconnects every RECONNECT seconds on average: most
-close cleanly after their messages are acknowledged, the rest hang up with
+(exponential gaps): a chat message (most), a typing indicator, a read
+marker, a resume of part of the history, an HTTP history page, now and
+then a help request (which the session's admin resolves); admins write
+and type too. Each user asks a question in its ask session every ASK
+seconds (a steady pace, phases spread over the users). Every device
+reconnects every RECONNECT seconds on average: most close cleanly after their messages are acknowledged, the rest hang up with
 messages in flight and send them again with the same ids on the new
 connection; every new connection resumes its sessions from the last seq it
 holds in order. Admins reconnect too and join their sessions again.
@@ -21,17 +22,19 @@ The generator is one asyncio loop with a minimal WebSocket client of its
 own (asyncio.Protocol, no thread per connection), so that its CPU stays
 well below chatd's; the figure is reported.
 
-What is checked (run() returns the figures and the list of failures):
+What is checked (soak() returns the figures, check() the failures):
   - memory: chatd's VmRSS is sampled every SAMPLE seconds. After the
     warm-up (the first WARMUP fraction of the traffic time), the drift is
     median(RSS over the last WINDOW fraction) / median(RSS over the first
     WINDOW fraction after the warm-up) - 1; it must stay under 5 % (checked
     in the plain build only: ASan's quarantine and shadow memory grow on
     their own terms);
-  - descriptors: /proc/PID/fd counted at the same times; after the warm-up
-    the count must stay within a band of max(20, 2 % of the connections)
-    (reconnects in progress move it a little), and its median must not
-    climb from the first window to the last by more than 5;
+  - descriptors: /proc/PID/fd counted at the same times, less chatd's
+    connections to the model provider (a keep-alive pool that follows the
+    answers streaming at once; reported apart); after the warm-up the
+    count must stay within a band of max(20, 2 % of the connections)
+    (reconnects and HTTP requests in progress move it a little), and its
+    median must not climb from the first window to the last by more than 5;
   - accounting: every message sent is acknowledged (a message sent again
     after a hang-up is acknowledged with its first seq); every
     acknowledged (seq, id) is in the session's stored history over HTTP;
@@ -78,13 +81,14 @@ class Cfg:
     """The knobs; defaults are the 10-minute soak's."""
 
     def __init__(self, seconds=600.0, clients=1000, devices=4, admins=40, interval=2.0,
-                 reconnect=60.0, sample=2.0, warmup=0.25, window=0.10, seed=1):
+                 reconnect=60.0, sample=2.0, warmup=0.25, window=0.10, seed=1, ask=8.0):
         self.seconds = seconds
         self.devices = devices
         self.admins = admins
         self.users = max(1, (clients - admins) // devices)
         self.clients = self.users * devices + admins
         self.interval = interval
+        self.ask = ask
         self.reconnect = reconnect
         self.sample = sample
         self.warmup = warmup
@@ -525,12 +529,8 @@ async def device_loop(run, dev, t_end):
             continue
         u = dev.user
         r = random.random()
-        if r < 0.55:
+        if r < 0.62:
             dev.send_message(u.chat, content_for(dev, "chat"))
-        elif r < 0.62:
-            c = content_for(dev, "question")
-            run.questions.setdefault(u.ask, []).append(c)
-            dev.send_message(u.ask, c)
         elif r < 0.77:
             dev.send({"type": "typing_indicator", "session_id": u.chat,
                       "typing": random.random() < 0.5})
@@ -556,6 +556,30 @@ async def device_loop(run, dev, t_end):
         else:
             dev.request({"type": "help_request", "session_id": u.chat})
             run.inc("help_requests")
+
+
+async def asker(run, u, t_end, phase):
+    """The user's questions: one every ASK seconds from one of its devices
+    in turn. A steady pace rather than random gaps: the answers streaming
+    at once, and so chatd's pool of provider connections and the memory
+    its buffers take, stay level instead of reaching a new peak now and
+    then, which the drift would count."""
+    cfg = run.cfg
+    k = 0
+    t_next = time.monotonic() + phase
+    while not run.stopping:
+        await asyncio.sleep(max(0.0, t_next - time.monotonic()))
+        if time.monotonic() >= t_end or run.stopping:
+            break
+        t_next += cfg.ask
+        for _ in range(len(u.devices)):
+            dev = u.devices[k % len(u.devices)]
+            k += 1
+            if dev.proto is not None:
+                c = content_for(dev, "question")
+                run.questions.setdefault(u.ask, []).append(c)
+                dev.send_message(u.ask, c)
+                break
 
 
 async def sampler(run, pid, out, t_stop, provider_port):
@@ -666,7 +690,9 @@ async def drive(cfg, port, pid, provider_pid, provider_port):
     samples = []
     devs = [d for u in users for d in u.devices] + admins
     samp = asyncio.ensure_future(sampler(run, pid, samples, t_end, provider_port))
-    await asyncio.gather(*(device_loop(run, d, t_end) for d in devs))
+    await asyncio.gather(*(device_loop(run, d, t_end) for d in devs),
+                         *(asker(run, u, t_end, cfg.ask * i / len(users))
+                           for i, u in enumerate(users)))
     traffic_s = time.monotonic() - t_start
     await samp
     cpu1 = os.times()
