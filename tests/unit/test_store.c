@@ -1341,7 +1341,7 @@ static void test_long_field_cut_at_character(void **state)
  * over. It fails when the checkpointer copies nothing (its connection had
  * never read the database: the WAL grew for ever, the database file kept
  * its first page) and when only PASSIVE checkpoints run (the WAL never
- * starts over under this load: 26 MB of WAL for 16 MB of messages). */
+ * starts over under this load: 67 MB of WAL for 40 MB of messages). */
 
 static long file_size(const char *path)
 {
