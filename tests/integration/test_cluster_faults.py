@@ -47,6 +47,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from harness import run  # noqa: E402
+from checker import History  # noqa: E402
 from chatload import ChatClient, check_gapless, first_anomaly, history  # noqa: E402
 from test_postgres import Postgres, ack, readyz, user_message  # noqa: E402
 import test_cluster  # noqa: E402
@@ -186,6 +187,52 @@ def check_session(reader, sid, devs, acked, wait=WAIT, nodes=(), others=None):
         assert not d.dup_replies, (d.label, d.dup_replies[:3])
         assert d.read_error is None, (d.label, d.read_error)
     return total
+
+
+def check_history(port, sessions, writers, devices, firsts):
+    """The history checker (tests/checker.py) over the whole run, recorded
+    after the fact from what the writers and devices kept: each attempt of
+    each message with its answer, and every frame each device got, in
+    arrival order. sessions: {session id: token that may read it}; firsts:
+    [(client, id, content, session id, seq)] sent before the writers. Every
+    device must end holding every event of the sessions it writes or
+    watches. Returns the number of events checked."""
+    h = History()
+    for c, cid, content, sid, seq in firsts:
+        h.send(c.sub, cid, content, sid)
+        h.ack(c.sub, cid, sid, seq)
+    for w in writers:
+        refusals = {}
+        for cid, _, reply in w.refused:
+            refusals.setdefault(cid, []).append(reply)
+        acked = w.acked()
+        n = len(acked) + len([cid for cid in refusals if cid not in acked])
+        for i in range(n):
+            cid = "%s%d" % (w.tag, i)
+            content = "%s says %d" % (w.tag, i)
+            for reply in refusals.get(cid, []):
+                h.send(w.c.sub, cid, content, w.sid)
+                h.refused(w.c.sub, cid,
+                          maybe_stored="nothing was stored" not in reply.get("message", ""))
+            if cid in acked:
+                h.send(w.c.sub, cid, content, w.sid)
+                h.ack(w.c.sub, cid, w.sid, acked[cid])
+    complete = {}
+    for d, sids in devices:
+        conn = h.connect(d.label, d.sub)
+        with d.cond:
+            frames = list(d.log)
+        for m in frames:
+            h.received(conn, m)
+        complete[d.label] = sids
+    final = {}
+    for sid, token in sessions.items():
+        events, _ = history(port, sid, token)
+        check_gapless(sid, events)
+        final[sid] = events
+    anomalies = h.check(final, complete=complete, out=lambda s: print("     " + s))
+    assert not anomalies, "the history checker found: %s" % anomalies[:10]
+    return sum(len(v) for v in final.values())
 
 
 def first_message(client, cid="first"):
@@ -694,6 +741,9 @@ def test_partition_of_one_node():
         oacked = {"o-first": 1}
         oacked.update(wb.acked())
         ototal = check_session((b.port, other[1].token), osid, other, oacked)
+        check_history(a.port, {sid: adev.token, osid: other[1].token}, writers,
+                      [(adev, [sid]), (cdev, [sid]), (other[0], [osid]), (other[1], [osid])],
+                      [(adev, "first", "first", sid, 1), (other[1], "o-first", "o-first", osid, 1)])
         print("     C cut off %.1f s (try %d) inside a transaction, which the server ended "
               "after %.1f s: %d + %d events; during the cut B acked %d, C 0, A %d; "
               "worst ack C %.2f s, A %.2f s, B %.2f s; C ran %d batch again, refused %d; "
@@ -767,6 +817,8 @@ def test_long_partition_of_one_node():
         for w in writers:
             acked.update(w.acked())
         total = check_session((a.port, devs[0].token), sid, devs, acked, nodes=nodes)
+        check_history(a.port, {sid: devs[0].token}, writers, [(d, [sid]) for d in devs],
+                      [(devs[0], "first", "first", sid, 1)])
         print("     C cut off %.1f s: %d events; C's first refusal after %.1f s, /readyz 503 "
               "after %.1f s, its subscription found dead before healing; ready %.1f s after "
               "healing" % (healed - cut_at, total, min(c_refused), unready_at, ready_after))
