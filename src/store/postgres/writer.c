@@ -838,11 +838,41 @@ static int simple(struct store_postgres *s, const char *sql)
     return rc;
 }
 
+/* pg_xact_status said the batch's transaction committed: check it on an
+ * event the batch wrote. After a crash the server may hand an id again
+ * that a transaction had used without its WAL reaching the disk (nothing
+ * of that transaction survives), so "committed" may be another node's
+ * transaction under the same id. 1 the batch's first new event is there
+ * (or it wrote none to check), 0 it is not, -1 the question failed. */
+static int batch_is_stored(struct store_postgres *s, struct store_req **reqs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const struct store_req *r = reqs[i];
+        if (r->op != STORE_APPEND || r->status != STORE_OK || r->duplicate || r->seq <= 0)
+            continue;
+        struct params p = {0};
+        p_text(&p, r->session_id);
+        p_int(&p, r->seq);
+        p_text(&p, r->user);
+        p_int(&p, r->ts_ms);
+        PGresult *res = PQexecParams(s->conn,
+                                     "SELECT 1 FROM events WHERE session_id = $1 AND seq = $2 "
+                                     "AND sender_id = $3 AND created_at = $4",
+                                     p.n, NULL, p.v, p.len, p.fmt, 0);
+        int found = PQresultStatus(res) == PGRES_TUPLES_OK ? PQntuples(res) == 1 : -1;
+        PQclear(res);
+        return found;
+    }
+    return 1;
+}
+
 /* The COMMIT's answer was lost with the connection: reconnect and ask the
- * server what became of transaction xid. STORE_OK (committed),
- * STORE_UNAVAILABLE (rolled back) or STORE_UNKNOWN (could not tell in
- * PG_OUTCOME_WAIT_MS). */
-static enum store_status settle_commit(struct store_postgres *s, const char *xid)
+ * server what became of transaction xid (and, when it says committed,
+ * whether the batch's first new event is there: batch_is_stored).
+ * STORE_OK (committed), STORE_UNAVAILABLE (rolled back) or STORE_UNKNOWN
+ * (could not tell in PG_OUTCOME_WAIT_MS). */
+static enum store_status settle_commit(struct store_postgres *s, const char *xid,
+                                       struct store_req **reqs, size_t n)
 {
     int64_t deadline = store__now_us() + (int64_t)PG_OUTCOME_WAIT_MS * 1000;
     drop_conn(s, "connection lost during COMMIT");
@@ -859,6 +889,22 @@ static enum store_status settle_commit(struct store_postgres *s, const char *xid
             PQclear(r);
             /* "in progress": the server is still finishing it; ask again. */
             bool settled = strcmp(outcome, "committed") == 0 || strcmp(outcome, "aborted") == 0;
+            if (conn_ok && strcmp(outcome, "committed") == 0) {
+                int stored = batch_is_stored(s, reqs, n);
+                if (stored == 0) {
+                    log_warn("store_commit_settled", "engine=postgres xid=%s "
+                             "outcome=\"committed under a reused id: this batch is not stored\"",
+                             xid);
+                    return STORE_UNAVAILABLE;
+                }
+                if (stored < 0) {
+                    conn_ok = PQstatus(s->conn) == CONNECTION_OK;
+                    settled = false; /* ask again */
+                    outcome[0] = '\0';
+                    if (conn_ok)
+                        strcpy(outcome, "in progress");
+                }
+            }
             if (settled || (conn_ok && strcmp(outcome, "in progress") != 0)) {
                 /* no answer on a good connection: too old to tell */
                 enum store_status st = strcmp(outcome, "committed") == 0 ? STORE_OK
@@ -918,7 +964,7 @@ static enum batch_error try_batch_once(struct store_postgres *s, struct store_re
     PQclear(r);
     if (PQstatus(s->conn) != CONNECTION_OK) {
         /* Sent, but no answer: it may or may not have committed. */
-        *status = settle_commit(s, xid);
+        *status = settle_commit(s, xid, reqs, n);
         return B_OK;
     }
     err = retry ? B_RETRY : B_SERVER; /* the server answered: rolled back */
