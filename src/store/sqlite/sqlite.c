@@ -147,14 +147,21 @@ static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
  * commit finds every frame of it copied, which a writer that never pauses
  * does not let happen: past CKPT_RESTART_PAGES the checkpointer follows
  * with a RESTART checkpoint, which makes the writer wait while it copies
- * what the PASSIVE one left (a short wait: most is copied already, and the
- * writer's busy timeout is 5 s), so that the WAL, and its index mapped in
+ * what the PASSIVE one left (a short wait: most is copied already; bounded
+ * by CKPT_RESTART_BUSY_MS when a reader holds it up), so that the WAL, and its index mapped in
  * memory, stay bounded under any load. A burst may still grow the file
  * before the first checkpoint ends: when the WAL starts over, SQLite cuts
  * the file back to WAL_KEEP_BYTES_TEXT (journal_size_limit, below). */
 
 #define CKPT_PAGES 4096
 #define CKPT_RESTART_PAGES (4 * CKPT_PAGES)
+/* A RESTART checkpoint holds new writers back while it waits for the
+ * current one and for readers of older snapshots: it gives up after
+ * CKPT_RESTART_BUSY_MS (an outside program holding a read transaction
+ * would otherwise stall every commit for the checkpointer's whole busy
+ * timeout) and is not tried again for CKPT_RESTART_BACKOFF_MS. */
+#define CKPT_RESTART_BUSY_MS 50
+#define CKPT_RESTART_BACKOFF_MS 1000
 
 /* When the WAL starts over (a checkpoint copied all of it and no reader
  * still needs it), SQLite cuts the file back to this size: a WAL that grew
@@ -190,6 +197,7 @@ static void checkpointer_main(void *arg)
         return;
     }
     sqlite3_busy_timeout(db, 1000);
+    int64_t restart_after_ms = 0;
     for (;;) {
         uv_mutex_lock(&s->ckpt_lock);
         while (!s->ckpt_wanted && !s->ckpt_closing)
@@ -210,8 +218,14 @@ static void checkpointer_main(void *arg)
         }
         int log_pages = 0, done = 0;
         int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_pages, &done);
-        if (rc == SQLITE_OK && log_pages >= CKPT_RESTART_PAGES)
+        if (rc == SQLITE_OK && log_pages >= CKPT_RESTART_PAGES &&
+            clock_mono_ms() >= restart_after_ms) {
+            sqlite3_busy_timeout(db, CKPT_RESTART_BUSY_MS);
             rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_RESTART, &log_pages, &done);
+            sqlite3_busy_timeout(db, 1000);
+            if (rc == SQLITE_BUSY)
+                restart_after_ms = clock_mono_ms() + CKPT_RESTART_BACKOFF_MS;
+        }
         if (rc != SQLITE_OK && rc != SQLITE_BUSY)
             log_warn("store_checkpoint_failed", "error=\"%s\"", sqlite3_errstr(rc));
         else if (log_pages < 0)
