@@ -170,14 +170,21 @@ def test_resume_on_another_node_gets_exactly_what_was_missed():
         dev = device(a, "rae", "'")
         n3 = 60 if SLOW else 120
         out = {}
-        writer = threading.Thread(target=lambda: out.update(
-            r=send_all(w, sid, "during", n3, contents)))
+        resume_sent = threading.Event()
+
+        def write_during():
+            # Half before the resume, half once it is sent: B writes during
+            # the resume however fast the first half went.
+            r = send_all(w, sid, "during", n3 // 2, contents)
+            assert resume_sent.wait(WAIT), "the resume was never sent"
+            out["r"] = r + send_all(w, sid, "duringb", n3 - n3 // 2, contents)
+        writer = threading.Thread(target=write_during)
         writer.start()
         # Some live events first, so that the replay has to fill in below them.
         dev.wait_until(lambda: sum(1 for e in dev.events if e.get("session_id") == sid) >= 5,
                        WAIT)
         dev.send({"type": "resume", "session_id": sid, "after_seq": dev_last, "id": "res2"})
-        assert writer.is_alive(), "the writer ended before the resume: not a resume under traffic"
+        resume_sent.set()
         writer.join(WAIT * 3)
         assert not writer.is_alive() and "r" in out, "the writer did not finish"
         last += n3
