@@ -668,6 +668,10 @@ def test_commit_answer_lost_while_its_node_is_cut_off():
             d.wait_count(sid, 2, WAIT)
         pg.psql("ALTER SYSTEM SET synchronous_standby_names = 'nowhere'")
         pg.psql("SELECT pg_reload_conf()")
+        # A backend takes a reload in only after its next command: B's
+        # writer sends an empty query every idle second, so after 1.5 s its
+        # COMMIT waits for the standby (it once committed at once in CI).
+        time.sleep(1.5)
         waiting = ("SELECT pid FROM pg_stat_activity WHERE usename = '%s' AND "
                    "wait_event = 'SyncRep'" % role)
         try:
