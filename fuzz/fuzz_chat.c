@@ -40,20 +40,6 @@
 
 #define MAX_MSGS 64
 
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-    (void)argc;
-    (void)argv;
-    harness_init();
-    return 0;
-}
-
-static bool feed(void *arg, const uint8_t *p, size_t len)
-{
-    (void)arg;
-    return harness_write(p, len);
-}
-
 /* What one sent message must get. */
 struct sent {
     bool bad_json, unknown_type;
@@ -189,7 +175,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 sent[i].track = sent[i].at_most_one = false;
 
     harness_connect();
-    fuzz_feed_chunked(mode, data[1], stream, slen, 700, feed, NULL);
+    fuzz_feed_chunked(mode, data[1], stream, slen, 700, harness_feed, NULL);
     harness_settle(false);
     size_t end_before_eof = h_out_len;
     harness_finish();

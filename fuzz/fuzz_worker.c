@@ -24,20 +24,6 @@
 #include "chunks.h"
 #include "server_harness.h"
 
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-    (void)argc;
-    (void)argv;
-    harness_init();
-    return 0;
-}
-
-static bool feed(void *arg, const uint8_t *p, size_t len)
-{
-    (void)arg;
-    return harness_write(p, len);
-}
-
 static void check_output(void)
 {
     if (h_out_len == 0)
@@ -70,7 +56,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(s, data + 2, size - 2);
     harness_subst(s, size - 2);
     harness_connect();
-    fuzz_feed_chunked(data[0] % 4, data[1], s, size - 2, 600, feed, NULL);
+    fuzz_feed_chunked(data[0] % 4, data[1], s, size - 2, 600, harness_feed, NULL);
     harness_settle(false);
     harness_finish();
     check_output();

@@ -205,6 +205,15 @@ static void harness_connect(void)
     h_eof = false;
 }
 
+static bool harness_write(const uint8_t *p, size_t n);
+
+/* harness_write in the shape fuzz_feed_chunked (chunks.h) calls. */
+static bool harness_feed(void *arg, const uint8_t *p, size_t len)
+{
+    (void)arg;
+    return harness_write(p, len);
+}
+
 /* Write p[0..n) as the client; false once the server has closed. */
 static bool harness_write(const uint8_t *p, size_t n)
 {
@@ -475,6 +484,15 @@ static void harness_init(void)
     h_user_token = harness_token("fuzz-user", "[\"user\"]");
     h_admin_token = harness_token("fuzz-admin", "[\"user\",\"admin\"]");
     harness_make_session();
+}
+
+/* Both whole-worker drivers start the same chatd once. */
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    harness_init();
+    return 0;
 }
 
 #endif
