@@ -41,7 +41,10 @@ struct jwt_config {
     int leeway_s;          /* applied to nbf and iat only; exp is strict; must be >= 0 */
 };
 
-/* Immutable after creation: any number of threads may call jwt_verify at once. */
+/* Immutable after creation: any number of threads may call jwt_verify at once.
+ * HS256 keeps one keyed MAC context per calling thread (a thread-specific
+ * key the verifier owns; each thread's context is freed when the thread
+ * ends, the freeing thread's in jwt_verifier_free): nothing is shared. */
 struct jwt_verifier;
 
 /* Build a verifier. 0 on success; -EINVAL with a one-line reason in err

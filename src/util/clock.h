@@ -21,7 +21,8 @@ int clock_cond_init(pthread_cond_t *cond);
  * condition variable made by clock_cond_init. */
 struct timespec clock_cond_deadline(int64_t ms);
 /* Format ms since the epoch as "2026-11-26T10:00:00.000Z" (24 chars + NUL).
- * out must hold at least 25 bytes. Returns the length written (24). */
+ * out must hold at least 25 bytes. Returns the length written (24). Any
+ * thread: the date to the second is cached per thread (thread-local). */
 size_t clock_format_rfc3339(char *out, int64_t wall_ms);
 
 #endif
