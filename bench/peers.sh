@@ -12,6 +12,21 @@
 #                  (GOPATH=/usr/share/gocode, GO111MODULE=off): /echo and a
 #                  PreparedMessage /fanout
 #   ws             bench/peers/ws_echo.js, npm ws: /echo and a /fanout room
+#   uws            uWebSockets v20, the C++ library on uSockets' epoll loop:
+#                  bench/peers/uws_peer.cpp, /echo and a pub/sub /fanout
+#                  (the library's publish). Optional, as neither registry
+#                  carries the C++ sources: built here with g++ -O2 -flto
+#                  when UWS_SRC names a uWebSockets tree (uSockets in
+#                  UWS_SRC/uSockets, or UWS_USOCKETS), or a server of your
+#                  own build run as UWS_PEER (PORT as its argument, /echo
+#                  and /fanout as above); otherwise its row says why it was
+#                  skipped (bench/README.md, "uWebSockets")
+#   uws-node       the same library through its Node binding: a prebuilt
+#                  native module from npm (UWS_NPM, a pinned version whose
+#                  digest is checked), fetched with `npm pack` into the build
+#                  folder, loaded by bench/peers/uws_echo.js: /echo and a
+#                  pub/sub /fanout. Skipped, with the reason in its row,
+#                  when the package has no module for this Node's ABI
 #   socket.io      bench/peers/socketio_fanout.js, npm socket.io: room
 #                  fan-out only, driven by chatd-bench --proto socketio
 #                  (Engine.IO v4 / Socket.IO v5 framing over WebSocket)
@@ -33,7 +48,7 @@
 # Output: $BUILD/bench/peers.jsonl (one line per run, with its round) and a
 # table of medians over ROUNDS interleaved rounds (default 3, each scenario
 # DURATION=6 seconds after WARMUP=2) whose "x lws" column is the server CPU
-# per operation divided by libwebsockets' for the same mode. About 8 minutes
+# per operation divided by libwebsockets' for the same mode. About 9 minutes
 # with the defaults; ROUNDS=1 DURATION=10 gives one longer pass.
 set -euo pipefail
 
@@ -74,6 +89,92 @@ if [ ! -d "$PEERS/node_modules/ws" ] || [ ! -d "$PEERS/node_modules/socket.io" ]
     (cd "$PEERS" && npm install --no-audit --no-fund --silent >/dev/null)
 fi
 
+# ---- uWebSockets (optional) ------------------------------------------------
+# UWS_BIN / UWS_ADDON: the C++ server and the Node module to measure, or
+# empty with the reason in UWS_WHY / UWS_NODE_WHY (printed, and written as
+# the skipped row of the table).
+: "${UWS_NPM:=@trufflesuite/uws-js-unofficial@20.30.0-unofficial.0}"
+UWS_NPM_SHA512=af95f468e41cb93ea92f04d12c3fa63e700cfe794ab6f20ae19f8ccbef80f2d4ce474a938cd471f1407c8f3463dc3fa9f4f300a792e7a425141a6cfbfd3a69c0
+UWS_BIN='' UWS_WHY='' UWS_ADDON='' UWS_NODE_WHY=''
+
+# build_uws: bench/peers/uws_peer.cpp against UWS_SRC (uSockets compiled
+# from its C sources with the epoll backend, no TLS; no zlib), or UWS_PEER.
+build_uws() {
+    if [ -n "${UWS_PEER:-}" ]; then
+        if [ -x "$UWS_PEER" ]; then
+            UWS_BIN=$UWS_PEER
+            log "uws: using UWS_PEER=$UWS_PEER"
+        else
+            UWS_WHY="UWS_PEER=$UWS_PEER is not an executable file"
+        fi
+        return 0
+    fi
+    if [ -z "${UWS_SRC:-}" ]; then
+        UWS_WHY="no uWebSockets C++ source (neither Debian nor npm has it): set UWS_SRC=/path/to/uWebSockets or UWS_PEER=/path/to/server, see bench/README.md"
+        return 0
+    fi
+    local us=${UWS_USOCKETS:-$UWS_SRC/uSockets}
+    if [ ! -f "$UWS_SRC/src/App.h" ] || [ ! -f "$us/src/libusockets.h" ]; then
+        UWS_WHY="UWS_SRC=$UWS_SRC has no src/App.h, or $us no src/libusockets.h"
+        return 0
+    fi
+    local obj=$POUT/uws-obj blog=$OUT/logs/uws-build.log
+    rm -rf "$obj"
+    mkdir -p "$obj"
+    log "building the uWebSockets peer from $UWS_SRC (log: $blog)"
+    # shellcheck disable=SC2046
+    if (cd "$obj" && cc -O2 -flto -DLIBUS_NO_SSL -I"$us/src" -c \
+            $(find "$us/src" -maxdepth 1 -name '*.c') $(find "$us/src/eventing" "$us/src/crypto" -maxdepth 1 -name '*.c') &&
+        g++ -O2 -flto -std=c++20 -DLIBUS_NO_SSL -DUWS_NO_ZLIB -I"$UWS_SRC/src" -I"$us/src" \
+            -o "$POUT/uws-peer" "$PEERS/uws_peer.cpp" "$obj"/*.o) >"$blog" 2>&1; then
+        UWS_BIN=$POUT/uws-peer
+    else
+        UWS_WHY="building against UWS_SRC failed: see $blog"
+    fi
+}
+
+# fetch_uws_node: the pinned npm package into $POUT/uws-npm (once; its
+# digest checked), and its native module for this Node's platform and ABI.
+fetch_uws_node() {
+    local dir=$POUT/uws-npm name tgz
+    name=$(node -p '"uws_" + process.platform + "_" + process.arch + "_" + process.versions.modules + ".node"')
+    mkdir -p "$dir"
+    tgz=$(find "$dir" -maxdepth 1 -name '*.tgz' | head -n 1)
+    if [ -z "$tgz" ] || ! echo "$UWS_NPM_SHA512  $tgz" | sha512sum -c --status; then
+        rm -rf "$dir"
+        mkdir -p "$dir"
+        log "fetching $UWS_NPM (npm pack) into $dir"
+        if ! (cd "$dir" && npm pack --silent "$UWS_NPM" >/dev/null 2>"$OUT/logs/uws-npm.log"); then
+            UWS_NODE_WHY="npm pack $UWS_NPM failed: see $OUT/logs/uws-npm.log"
+            return 0
+        fi
+        tgz=$(find "$dir" -maxdepth 1 -name '*.tgz' | head -n 1)
+        if [ -z "$tgz" ] || ! echo "$UWS_NPM_SHA512  $tgz" | sha512sum -c --status; then
+            UWS_NODE_WHY="$UWS_NPM: the tarball's sha512 is not the one peers.sh pins"
+            return 0
+        fi
+    fi
+    rm -rf "$dir/package"
+    if ! tar xzf "$tgz" -C "$dir" "package/binaries/$name" 2>/dev/null; then
+        UWS_NODE_WHY="$UWS_NPM has no $name (Node $(node --version)): try another UWS_NPM"
+        return 0
+    fi
+    if ! node -e 'require(process.argv[1])' "$dir/package/binaries/$name" >"$OUT/logs/uws-npm.log" 2>&1; then
+        UWS_NODE_WHY="$name does not load in Node $(node --version): see $OUT/logs/uws-npm.log"
+        return 0
+    fi
+    UWS_ADDON=$dir/package/binaries/$name
+}
+
+# skip_row LABEL REASON: the table's row for a peer that is not measured
+# (written in the first round only).
+skip_row() {
+    [ "${BENCH_ROUND:-1}" = 1 ] || return 0
+    log "$1 skipped: $2"
+    python3 -c 'import json, sys; print(json.dumps({"mode": "-", "label": sys.argv[1], "skipped": "skipped: " + sys.argv[2]}))' \
+        "$1" "$2" >>"$RESULTS"
+}
+
 # ---- build -----------------------------------------------------------------
 build_release
 log "building the libwebsockets peer"
@@ -82,6 +183,10 @@ cc -O2 -o "$POUT/lws-echo" "$PEERS/lws_echo.c" $(pkg-config --cflags --libs libw
 log "building the gorilla peer (offline, from /usr/share/gocode)"
 (cd "$PEERS/gorilla" && env GOPATH=/usr/share/gocode GO111MODULE=off GOFLAGS= GOPROXY=off \
     GOCACHE="$POUT/gocache" go build -o "$POUT/gorilla-peer" .)
+build_uws
+fetch_uws_node
+[ -n "$UWS_BIN" ] || log "uws (C++) will be skipped: $UWS_WHY"
+[ -n "$UWS_ADDON" ] || log "uws-node will be skipped: $UWS_NODE_WHY"
 
 ECHO_ARGS=(--connections 100 --inflight 8 --size 64)
 FAN_ARGS=(--watchers 1000 --inflight 32 --size 64)
@@ -116,12 +221,34 @@ one_round() {
         stop_server
     fi
 
+    # ---- uWebSockets (C++) -----------------------------------------------------
+    port=$(free_port)
+    if [ -z "$UWS_BIN" ]; then
+        skip_row uws "$UWS_WHY"
+    elif start_server peer-uws "$port" "$UWS_BIN" "$port"; then
+        bench_run "$RESULTS" uws echo "${ECHO_ARGS[@]}" --path /echo
+        bench_run "$RESULTS" uws fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
+        bench_run "$RESULTS" uws connect --proto plain --path /echo --connections 50
+        stop_server
+    fi
+
     # ---- Node ws ---------------------------------------------------------------
     port=$(free_port)
     if start_server peer-ws "$port" node "$PEERS/ws_echo.js" "$port"; then
         bench_run "$RESULTS" node-ws echo "${ECHO_ARGS[@]}" --path /echo
         bench_run "$RESULTS" node-ws fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
         bench_run "$RESULTS" node-ws connect --proto plain --path /echo --connections 50
+        stop_server
+    fi
+
+    # ---- uWebSockets through Node ------------------------------------------------
+    port=$(free_port)
+    if [ -z "$UWS_ADDON" ]; then
+        skip_row uws-node "$UWS_NODE_WHY"
+    elif start_server peer-uws-node "$port" node "$PEERS/uws_echo.js" "$port" "$UWS_ADDON"; then
+        bench_run "$RESULTS" uws-node echo "${ECHO_ARGS[@]}" --path /echo
+        bench_run "$RESULTS" uws-node fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
+        bench_run "$RESULTS" uws-node connect --proto plain --path /echo --connections 50
         stop_server
     fi
 
