@@ -23,10 +23,11 @@
 #                  skipped (bench/README.md, "uWebSockets")
 #   uws-node       the same library through its Node binding: a prebuilt
 #                  native module from npm (UWS_NPM, a pinned version whose
-#                  digest is checked), fetched with `npm pack` into the build
-#                  folder, loaded by bench/peers/uws_echo.js: /echo and a
-#                  pub/sub /fanout. Skipped, with the reason in its row,
-#                  when the package has no module for this Node's ABI
+#                  digest, UWS_NPM_SHA512, is checked), fetched with
+#                  `npm pack` into the build folder, loaded by
+#                  bench/peers/uws_echo.js: /echo and a pub/sub /fanout.
+#                  Skipped, with the reason in its row, when the package
+#                  has no module for this Node's ABI
 #   socket.io      bench/peers/socketio_fanout.js, npm socket.io: room
 #                  fan-out only, driven by chatd-bench --proto socketio
 #                  (Engine.IO v4 / Socket.IO v5 framing over WebSocket)
@@ -94,7 +95,7 @@ fi
 # empty with the reason in UWS_WHY / UWS_NODE_WHY (printed, and written as
 # the skipped row of the table).
 : "${UWS_NPM:=@trufflesuite/uws-js-unofficial@20.30.0-unofficial.0}"
-UWS_NPM_SHA512=af95f468e41cb93ea92f04d12c3fa63e700cfe794ab6f20ae19f8ccbef80f2d4ce474a938cd471f1407c8f3463dc3fa9f4f300a792e7a425141a6cfbfd3a69c0
+: "${UWS_NPM_SHA512:=af95f468e41cb93ea92f04d12c3fa63e700cfe794ab6f20ae19f8ccbef80f2d4ce474a938cd471f1407c8f3463dc3fa9f4f300a792e7a425141a6cfbfd3a69c0}"
 UWS_BIN='' UWS_WHY='' UWS_ADDON='' UWS_NODE_WHY=''
 
 # build_uws: bench/peers/uws_peer.cpp against UWS_SRC (uSockets compiled

@@ -33,9 +33,10 @@ const common = {
   compression: uWS.DISABLED,
   maxPayloadLength: 64 * 1024,
   idleTimeout: 120,
-  // A fan-out subscriber that falls behind keeps its queue instead of
-  // losing messages (chatd-bench counts every delivery); the generator's
-  // window bounds it to a few kilobytes.
+  // The library drops messages for a subscriber only past this many bytes
+  // queued for it (and never closes it for that): far beyond the few
+  // kilobytes chatd-bench's window lets pile up, since it counts every
+  // delivery.
   maxBackpressure: 64 * 1024 * 1024,
   closeOnBackpressureLimit: false,
 };

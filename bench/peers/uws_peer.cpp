@@ -6,9 +6,10 @@
  *            it opens, and every message received is published to that
  *            topic by the app, so the library writes it to every
  *            subscriber, the sender included (its corked, batched path).
- * A fan-out subscriber that falls behind keeps its queue (no drop, no
- * close): chatd-bench counts every delivery, and its window bounds the
- * queue to a few kilobytes.
+ * The library drops messages for a subscriber only past maxBackpressure
+ * bytes queued for it (and never closes it for that): 64 MiB, far beyond
+ * the few kilobytes chatd-bench's window lets pile up, since it counts
+ * every delivery.
  *
  * Not built from anything in this tree: bench/peers.sh compiles it against a
  * uWebSockets source tree given as UWS_SRC (see bench/README.md).
