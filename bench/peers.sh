@@ -141,7 +141,7 @@ fetch_uws_node() {
     name=$(node -p '"uws_" + process.platform + "_" + process.arch + "_" + process.versions.modules + ".node"')
     mkdir -p "$dir"
     tgz=$(find "$dir" -maxdepth 1 -name '*.tgz' | head -n 1)
-    if [ -z "$tgz" ] || ! echo "$UWS_NPM_SHA512  $tgz" | sha512sum -c --status; then
+    if [ -z "$tgz" ] || ! echo "$UWS_NPM_SHA512  $tgz" | sha512sum -c --status 2>/dev/null; then
         rm -rf "$dir"
         mkdir -p "$dir"
         log "fetching $UWS_NPM (npm pack) into $dir"
@@ -150,8 +150,8 @@ fetch_uws_node() {
             return 0
         fi
         tgz=$(find "$dir" -maxdepth 1 -name '*.tgz' | head -n 1)
-        if [ -z "$tgz" ] || ! echo "$UWS_NPM_SHA512  $tgz" | sha512sum -c --status; then
-            UWS_NODE_WHY="$UWS_NPM: the tarball's sha512 is not the one peers.sh pins"
+        if [ -z "$tgz" ] || ! echo "$UWS_NPM_SHA512  $tgz" | sha512sum -c --status 2>/dev/null; then
+            UWS_NODE_WHY="$UWS_NPM: the tarball's SHA-512 is not UWS_NPM_SHA512"
             return 0
         fi
     fi
