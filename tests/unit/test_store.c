@@ -21,6 +21,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -210,6 +211,7 @@ struct result {
     char session_id[STORE_ID_LEN + 1];
     char user[STORE_MAX_USER + 1];
     char owner[STORE_MAX_USER + 1];
+    char model[65];
     char client_id[65];
     unsigned batch;   /* which on_batch call (from 1) */
     size_t batch_len; /* how many requests that call had */
@@ -308,6 +310,7 @@ static void on_batch(void *arg, struct store_req **reqs, size_t n)
         memcpy(o->session_id, r->session_id, sizeof o->session_id);
         memcpy(o->user, r->user, sizeof o->user);
         memcpy(o->owner, r->owner, sizeof o->owner);
+        memcpy(o->model, r->model, sizeof o->model);
         memcpy(o->client_id, r->client_id, sizeof o->client_id);
         o->batch = t->batches;
         o->batch_len = n;
@@ -1251,6 +1254,167 @@ static void test_session_state(void **state)
     close_store(t);
 }
 
+/* ---- one batch, many events of one session ------------------------------------
+ * The writer loads a session once per batch and writes its row once, before
+ * COMMIT: every request in the batch must still see what the ones before it
+ * did (seqs, a model set, a title given, a wait started and ended), and the
+ * row must end as if each had been written alone. */
+static void test_one_batch_one_session(void **state)
+{
+    struct t *t = *state;
+    open_store(t, NULL);
+    struct result a = append(t, NULL, "alice", "c1", "Opening question");
+    const char *sid = a.session_id;
+    struct store_session ss;
+    assert_int_equal(store_get_session(t->st, sid, &ss), 0);
+    assert_int_equal(ss.waiting_ms, a.ts_ms);
+
+    sleep_ms(3); /* the batch's time differs from the first message's */
+    gate_hold(t, sid, "alice");
+    uint64_t tags[8];
+    tags[0] = submit(t, req(t, STORE_APPEND, sid, "alice", "c2", "two"));
+    tags[1] = submit(t, req(t, STORE_APPEND, sid, "alice", "c2", "two, again"));
+    struct store_req *m = req(t, STORE_APPEND, sid, "sam", "s1", "an answer");
+    m->any_session = true;
+    snprintf(m->sender_type, sizeof m->sender_type, "admin");
+    tags[2] = submit(t, m);
+    tags[3] = submit(t, req(t, STORE_APPEND, sid, "alice", "c3", "after the answer"));
+    struct store_req *md = req(t, STORE_MODEL, sid, "alice", NULL, NULL);
+    md->arg = strdup("model-b");
+    tags[4] = submit(t, md);
+    tags[5] = submit(t, req(t, STORE_APPEND, sid, "alice", "c4", "four"));
+    tags[6] = submit(t, req(t, STORE_APPEND, sid, "eve", "e1", "not hers"));
+    tags[7] = submit(t, req(t, STORE_HELP, sid, "alice", NULL, NULL));
+    gate_open(t);
+    wait_results(t, t->submitted);
+
+    struct result r[8];
+    for (int i = 0; i < 8; i++) {
+        r[i] = get(t, tags[i]);
+        assert_int_equal(r[i].batch, get(t, tags[0]).batch);
+    }
+    assert_int_equal(r[0].seq, 2);
+    assert_false(r[0].duplicate);
+    assert_true(r[1].duplicate); /* the retry within the batch */
+    assert_int_equal(r[1].seq, 2);
+    assert_int_equal(r[1].ts_ms, r[0].ts_ms);
+    assert_int_equal(r[2].seq, 3);
+    assert_int_equal(r[3].seq, 4);
+    assert_int_equal(r[4].status, STORE_OK);
+    assert_int_equal(r[4].seq, 4); /* other ops answer with the last seq */
+    assert_string_equal(r[3].model, "");
+    assert_string_equal(r[5].model, "model-b"); /* set earlier in the batch */
+    assert_int_equal(r[5].seq, 5);
+    assert_int_equal(r[6].status, STORE_NOT_FOUND);
+    assert_int_equal(r[7].status, STORE_OK);
+    assert_int_equal(r[7].seq, 6);
+
+    struct store_event *ev;
+    int n = read_all(t, sid, &ev);
+    assert_int_equal(n, 6);
+    assert_events_gapless(ev, n);
+    assert_string_equal(ev[1].content, "two");
+    assert_string_equal(ev[2].sender_id, "sam");
+    assert_string_equal(ev[5].type, "help_request");
+    store_events_free(ev, n);
+
+    /* The row as if written request by request: the answer ended the
+     * first wait, the message after it started another, at the batch's
+     * time; the title is the first message's; the last seq and model are
+     * the batch's last. */
+    assert_int_equal(store_get_session(t->st, sid, &ss), 0);
+    assert_int_equal(ss.last_seq, 6);
+    assert_int_equal(ss.waiting_ms, r[3].ts_ms);
+    assert_true(ss.waiting_ms > a.ts_ms);
+    assert_string_equal(ss.model, "model-b");
+    assert_string_equal(ss.title, "Opening question");
+    assert_true(ss.help);
+
+    /* A new session's first message titles it, once, in the same batch
+     * as its next. */
+    struct result b = append(t, NULL, "bob", "b0", "");
+    gate_hold(t, b.session_id, "bob");
+    uint64_t t1 = submit(t, req(t, STORE_APPEND, b.session_id, "bob", "b1", "First words"));
+    uint64_t t2 = submit(t, req(t, STORE_APPEND, b.session_id, "bob", "b2", "Second words"));
+    gate_open(t);
+    wait_results(t, t->submitted);
+    assert_int_equal(get(t, t2).seq, get(t, t1).seq + 1);
+    assert_int_equal(store_get_session(t->st, b.session_id, &ss), 0);
+    assert_string_equal(ss.title, "First words");
+
+    /* The summary counts each message once (the retry is not one). */
+    struct store_summary sum;
+    assert_int_equal(store_get_summary(t->st, &sum), 0);
+    assert_int_equal(sum.messages_user, 4 + 3);
+    assert_int_equal(sum.messages_admin, 1);
+    free(sum.help_waits);
+    close_store(t);
+}
+
+/* A database of schema 2 (messages counted from a type index over every
+ * event) opened by this chatd: the counts move onto the sessions, the
+ * index becomes the partial one, and nothing else changes. The old file is
+ * made from a new one by undoing migration 3 by hand. */
+static void test_schema_2_upgrades(void **state)
+{
+    struct t *t = *state;
+    if (strcmp(t->eng->name, "sqlite") != 0)
+        skip();
+    open_store(t, NULL);
+    struct result a = append(t, NULL, "alice", "a1", "one");
+    append(t, a.session_id, "alice", "a2", "two");
+    struct store_req *m = req(t, STORE_APPEND, a.session_id, "sam", "s1", "answer");
+    m->any_session = true;
+    snprintf(m->sender_type, sizeof m->sender_type, "admin");
+    run(t, m);
+    struct result b = append(t, NULL, "bob", "b1", "bob's");
+    (void)b;
+    close_store(t);
+
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(t->path, &db), SQLITE_OK);
+    char *e = NULL;
+    int rc = sqlite3_exec(db,
+                          "BEGIN; DROP INDEX events_by_kind;"
+                          "CREATE INDEX events_by_type ON events(type, session_id);"
+                          "ALTER TABLE sessions DROP COLUMN n_user;"
+                          "ALTER TABLE sessions DROP COLUMN n_admin;"
+                          "PRAGMA user_version = 2; COMMIT;",
+                          NULL, NULL, &e);
+    if (rc != SQLITE_OK)
+        fail_msg("making a schema 2 file: %s", e ? e : "?");
+    sqlite3_close(db);
+
+    open_store(t, NULL);
+    struct store_summary sum;
+    assert_int_equal(store_get_summary(t->st, &sum), 0);
+    assert_int_equal(sum.sessions, 2);
+    assert_int_equal(sum.messages_user, 3);
+    assert_int_equal(sum.messages_admin, 1);
+    free(sum.help_waits);
+    append(t, a.session_id, "alice", "a3", "three");
+    assert_int_equal(store_get_summary(t->st, &sum), 0);
+    assert_int_equal(sum.messages_user, 4);
+    free(sum.help_waits);
+    close_store(t);
+
+    assert_int_equal(sqlite3_open(t->path, &db), SQLITE_OK);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT (SELECT user_version FROM pragma_user_version),"
+                                        " (SELECT COUNT(*) FROM sqlite_master WHERE name ="
+                                        " 'events_by_type'), (SELECT COUNT(*) FROM sqlite_master"
+                                        " WHERE name = 'events_by_kind')",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 3);
+    assert_int_equal(sqlite3_column_int(st, 1), 0);
+    assert_int_equal(sqlite3_column_int(st, 2), 1);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
 /* ---- G2: close drains the queue --------------------------------------------- */
 
 #define DRAIN 500
@@ -1411,6 +1575,8 @@ int main(void)
             CASE(test_encryption_round_trips, e),
             CASE(test_help_is_coalesced, e),
             CASE(test_session_state, e),
+            CASE(test_one_batch_one_session, e),
+            CASE(test_schema_2_upgrades, e),
             CASE(test_close_drains_queued_writes, e),
             CASE(test_unknown_engine_is_refused, e),
             CASE(test_long_field_cut_at_character, e),

@@ -644,7 +644,13 @@ static int do_session_op(struct store_postgres *s, struct store_req *r, int64_t 
     case STORE_MODEL:
         p_text(&p, r->session_id);
         p_text(&p, r->arg ? r->arg : "");
-        return run_done(s, W_MODEL, &p, err);
+        if (run_done(s, W_MODEL, &p, err) != 0)
+            return -1;
+        /* later requests of the batch read the session from the batch */
+        struct pg_sess *x = batch_sess(s->batch, r->session_id);
+        if (x)
+            snprintf(x->model, sizeof x->model, "%s", r->arg ? r->arg : "");
+        return 0;
     case STORE_READ:
         p_text(&p, r->session_id);
         p_text(&p, r->user);

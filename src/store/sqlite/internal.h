@@ -28,19 +28,22 @@
 
 #include "store/store.h"
 
+/* The condition of the partial index events_by_kind (schema 3): every
+ * event but the messages of users and admins. A query that may use the
+ * index says it word for word (SQLite matches the text of the terms). */
+#define EVENTS_BY_KIND "type <> 'user_message' AND type <> 'admin_message'"
+
 /* The writer's prepared statements (SQL text in sqlite.c). */
 enum {
     S_SESSION_GET = 0,
     S_SESSION_BY_ORIGIN,
     S_SESSION_INSERT,
-    S_SESSION_BUMP,
     S_SESSION_HELP,
     S_SESSION_MODEL,
     S_SESSION_TITLE_INIT,
     S_SESSION_TITLE_GET,
     S_SESSION_RENAME,
-    S_SESSION_BUMP_USER,
-    S_SESSION_BUMP_ANSWER,
+    S_SESSION_FLUSH,
     S_SESSION_RESOLVE,
     S_READ_PUT,
     S_SHARE_PUT,
@@ -52,6 +55,27 @@ enum {
     S_ROLLBACK,
     S_COUNT
 };
+
+/* A session as one batch sees it (writer thread only, valid for one
+ * batch): loaded once, then each event of the batch takes its seq from here,
+ * and the session row is written once, before COMMIT (flush_sessions). */
+enum batch_wait {
+    WAIT_KEEP = 0,  /* no message: waiting_since unchanged */
+    WAIT_START,     /* a user message: start a wait unless one runs */
+    WAIT_RESTART,   /* an answer, then a user message: a wait from now */
+    WAIT_END,       /* an answer last: no wait */
+};
+struct batch_session {
+    char id[STORE_ID_LEN + 1];
+    char owner[STORE_MAX_USER + 1];
+    char model[65];
+    int64_t last_seq;
+    bool untitled;
+    bool bumped;          /* an event was stored: the row needs its update */
+    enum batch_wait wait;
+    int n_user, n_admin;  /* messages stored this batch, for the counters */
+};
+#define BATCH_SLOTS (2 * STORE_BATCH_MAX) /* open addressing, at most half full */
 
 /* An idle read-only connection in the pool. */
 struct read_conn {
@@ -73,6 +97,9 @@ struct store_sqlite {
     sqlite3 *db;                 /* owned: the only write connection */
     sqlite3_stmt *stmt[S_COUNT]; /* owned */
     int64_t last_wall_ms;        /* the latest time a batch was given (0: none yet) */
+    struct batch_session *bs;    /* owned: STORE_BATCH_MAX entries, the batch's sessions */
+    uint16_t *bs_slot;           /* owned: BATCH_SLOTS, index + 1 into bs (0: free) */
+    size_t nbs;                  /* entries of bs in use this batch */
 
     /* the request queue (its own lock): workers push, the writer takes;
      * requests are owned by the store until handed to on_batch. No count

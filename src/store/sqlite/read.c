@@ -403,16 +403,18 @@ int store_sqlite__get_summary(void *e, struct store_summary *out)
         return -EIO;
     static const char *const sql[] = {
         "SELECT COUNT(*), COALESCE(SUM(help), 0) FROM sessions",
-        "SELECT COALESCE(SUM(type = 'user_message'), 0), COALESCE(SUM(type = 'admin_message'), 0),"
-        " COALESCE(SUM(type = 'ai_response'), 0) FROM events"
-        " WHERE type IN ('user_message', 'admin_message', 'ai_response')",
+        /* messages are counted on their session (schema 3); answers are
+         * in the partial index, whose condition the queries repeat */
+        "SELECT COALESCE(SUM(n_user), 0), COALESCE(SUM(n_admin), 0),"
+        " (SELECT COUNT(*) FROM events WHERE type = 'ai_response' AND " EVENTS_BY_KIND ")"
+        " FROM sessions",
         "SELECT COALESCE(SUM(json_extract(metadata, '$.input_tokens')), 0),"
         " COALESCE(SUM(json_extract(metadata, '$.output_tokens')), 0) FROM events"
-        " WHERE type = 'ai_response' AND json_valid(metadata)",
+        " WHERE type = 'ai_response' AND " EVENTS_BY_KIND " AND json_valid(metadata)",
         /* each help request to the first admin message after it */
         "SELECT (SELECT MIN(a.created_at) FROM events a WHERE a.session_id = h.session_id"
         " AND a.seq > h.seq AND a.type = 'admin_message') - h.created_at"
-        " FROM events h WHERE h.type = 'help_request'",
+        " FROM events h WHERE h.type = 'help_request' AND " EVENTS_BY_KIND,
     };
     int ret = 0;
     size_t cap = 0;

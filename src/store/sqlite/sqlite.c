@@ -83,10 +83,25 @@ static const char *const migrations[] = {
     ");"
     "CREATE INDEX shares_by_session ON shares(session_id);"
     "CREATE INDEX events_by_type ON events(type, session_id);",
+    /* 2 -> 3: messages are counted on their session, and the type index
+     * leaves them out: it was a third b-tree written for every message,
+     * kept only for the summary's counts. The summary's queries repeat
+     * the index's condition word for word, which is how SQLite knows it
+     * may use a partial index. */
+    "ALTER TABLE sessions ADD COLUMN n_user INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE sessions ADD COLUMN n_admin INTEGER NOT NULL DEFAULT 0;"
+    "UPDATE sessions SET"
+    "  n_user = (SELECT COUNT(*) FROM events e WHERE e.session_id = sessions.id"
+    "            AND e.type = 'user_message'),"
+    "  n_admin = (SELECT COUNT(*) FROM events e WHERE e.session_id = sessions.id"
+    "             AND e.type = 'admin_message');"
+    "DROP INDEX events_by_type;"
+    "CREATE INDEX events_by_kind ON events(type, session_id)"
+    "  WHERE " EVENTS_BY_KIND ";",
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
-#define SCHEMA_VERSION_TEXT "2" /* the same, for SQL text */
-_Static_assert(sizeof migrations / sizeof migrations[0] == 2, "update SCHEMA_VERSION_TEXT");
+#define SCHEMA_VERSION_TEXT "3" /* the same, for SQL text */
+_Static_assert(sizeof migrations / sizeof migrations[0] == 3, "update SCHEMA_VERSION_TEXT");
 
 
 /* The writer's statements, prepared once at open (see internal.h). */
@@ -100,26 +115,30 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_SESSION_TITLE_GET] = "SELECT title, title_enc FROM sessions WHERE id = ?1",
     [S_SESSION_RENAME] = "UPDATE sessions SET title = ?2, title_enc = ?3, title_set = 1,"
                          " updated_at = ?4 WHERE id = ?1",
-    /* S_SESSION_BUMP's siblings for messages: a user message starts a
-     * wait (unless one runs), an answer ends it. */
-    [S_SESSION_BUMP_USER] = "UPDATE sessions SET last_seq = ?2, updated_at = ?3,"
-                            " waiting_since = COALESCE(waiting_since, ?3) WHERE id = ?1",
-    [S_SESSION_BUMP_ANSWER] = "UPDATE sessions SET last_seq = ?2, updated_at = ?3,"
-                              " waiting_since = NULL WHERE id = ?1",
+    /* A batch's events of one session, written once (writer.c,
+     * flush_sessions): its last seq and time, the wait a user message
+     * starts and an answer ends (?4, enum batch_wait), and the message
+     * counters the summary adds up. */
+    [S_SESSION_FLUSH] = "UPDATE sessions SET last_seq = ?2, updated_at = ?3,"
+                        " waiting_since = CASE ?4 WHEN 0 THEN waiting_since"
+                        " WHEN 1 THEN COALESCE(waiting_since, ?3) WHEN 2 THEN ?3 ELSE NULL END,"
+                        " n_user = n_user + ?5, n_admin = n_admin + ?6 WHERE id = ?1",
     [S_SESSION_RESOLVE] = "UPDATE sessions SET help = 0 WHERE id = ?1 AND help = 1",
     [S_READ_PUT] = "INSERT INTO reads (session_id, reader, seq) VALUES (?1, ?2, ?3)"
                    " ON CONFLICT (session_id, reader) DO UPDATE SET seq = excluded.seq"
                    " WHERE excluded.seq > reads.seq",
     [S_SHARE_PUT] = "INSERT INTO shares (token, session_id, expires_at) VALUES (?1, ?2, ?3)",
     [S_SHARE_REVOKE] = "DELETE FROM shares WHERE session_id = ?1",
-    [S_SESSION_BUMP] = "UPDATE sessions SET last_seq = ?2, updated_at = ?3 WHERE id = ?1",
     [S_SESSION_HELP] = "UPDATE sessions SET help = 1 WHERE id = ?1 AND help = 0",
     [S_SESSION_MODEL] = "UPDATE sessions SET model = ?2 WHERE id = ?1",
     [S_EVENT_BY_CLIENT] = "SELECT seq, created_at FROM events"
                           " WHERE session_id = ?1 AND sender_id = ?2 AND client_id = ?3",
+    /* A retry's client id is already stored: nothing is written, and
+     * sqlite3_changes() says so (writer.c, put_event). */
     [S_EVENT_INSERT] = "INSERT INTO events (session_id, seq, type, sender_type, sender_id,"
                        " sender_name, client_id, content, metadata, enc, created_at)"
-                       " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                       " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                       " ON CONFLICT DO NOTHING",
     [S_BEGIN] = "BEGIN IMMEDIATE",
     [S_COMMIT] = "COMMIT",
     [S_ROLLBACK] = "ROLLBACK",
@@ -325,8 +344,19 @@ static int migrate(sqlite3 *db, char *err, size_t errlen)
     return 0;
 }
 
+/* SQLite keeps allocation statistics under a global lock by default:
+ * every allocation of every connection took it. chatd reads none of them.
+ * Once per process, before SQLite first starts (later it is refused, and
+ * harmless). */
+static uv_once_t sqlite_setup_once = UV_ONCE_INIT;
+static void sqlite_setup(void)
+{
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
 static int sq_open(void **out, const struct store_options *opt, char *err, size_t errlen)
 {
+    uv_once(&sqlite_setup_once, sqlite_setup);
     struct store_sqlite *s = calloc(1, sizeof *s);
     if (!s) {
         snprintf(err, errlen, "out of memory");
@@ -426,6 +456,12 @@ static int sq_open(void **out, const struct store_options *opt, char *err, size_
     }
     s->ckpt_started = true;
     sqlite3_wal_hook(s->db, wal_hook, s);
+    s->bs = malloc(STORE_BATCH_MAX * sizeof *s->bs);
+    s->bs_slot = calloc(BATCH_SLOTS, sizeof *s->bs_slot);
+    if (!s->bs || !s->bs_slot) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     if (uv_thread_create(&s->thread, store_sqlite__writer_main, s) != 0) {
         snprintf(err, errlen, "cannot start the storage thread");
         goto fail;
@@ -447,6 +483,8 @@ fail:
     uv_mutex_destroy(&s->ckpt_lock);
     uv_cond_destroy(&s->ckpt_cond);
     OPENSSL_cleanse(s->key, sizeof s->key);
+    free(s->bs);
+    free(s->bs_slot);
     free(s->path);
     free(s);
     return -EINVAL;
@@ -473,6 +511,8 @@ static void sq_close(void *e)
     fifo_release(&s->queue);
     uv_mutex_destroy(&s->read_lock);
     OPENSSL_cleanse(s->key, sizeof s->key);
+    free(s->bs);
+    free(s->bs_slot);
     free(s->path);
     free(s);
 }

@@ -32,6 +32,7 @@
 #include "store/seal.h"
 #include "store/sqlite/internal.h"
 #include "util/clock.h"
+#include "util/hash.h"
 #include "util/log.h"
 #include "util/sbuf.h"
 #include "util/title.h"
@@ -43,30 +44,86 @@ static int step_done(sqlite3_stmt *st)
     return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : rc;
 }
 
-/* Load a session and check the requester may use it. 1 found+allowed,
- * 0 not found/not allowed, <0 SQLite error. *untitled (may be NULL): the
- * session has no title yet. */
-static int load_session(struct store_sqlite *s, struct store_req *r, int64_t *last_seq,
-                        bool *untitled)
+/* The batch's entry for session id: found, or loaded from the database
+ * (the first request of the batch to name it). 1 found, 0 no such
+ * session, <0 SQLite error. */
+static int batch_session(struct store_sqlite *s, const char *id, struct batch_session **out)
 {
-    sqlite3_stmt *st = s->stmt[S_SESSION_GET];
-    sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        const char *owner = (const char *)sqlite3_column_text(st, 0);
-        snprintf(r->owner, sizeof r->owner, "%s", owner ? owner : "");
-        *last_seq = sqlite3_column_int64(st, 1);
-        const char *model = (const char *)sqlite3_column_text(st, 2);
-        snprintf(r->model, sizeof r->model, "%s", model ? model : "");
-        if (untitled)
-            *untitled = sqlite3_column_int(st, 3) != 0;
-        sqlite3_reset(st);
-        if (!r->any_session && strcmp(r->owner, r->user) != 0)
-            return 0;
-        return 1;
+    size_t mask = BATCH_SLOTS - 1, i = (size_t)hash_str(id) & mask;
+    for (; s->bs_slot[i]; i = (i + 1) & mask) {
+        struct batch_session *b = &s->bs[s->bs_slot[i] - 1];
+        if (strcmp(b->id, id) == 0) {
+            *out = b;
+            return 1;
+        }
     }
+    assert(s->nbs < STORE_BATCH_MAX); /* one entry per request at most */
+    sqlite3_stmt *st = s->stmt[S_SESSION_GET];
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        sqlite3_reset(st);
+        return rc == SQLITE_DONE ? 0 : -rc;
+    }
+    struct batch_session *b = &s->bs[s->nbs];
+    memset(b, 0, sizeof *b);
+    snprintf(b->id, sizeof b->id, "%s", id);
+    const char *owner = (const char *)sqlite3_column_text(st, 0);
+    snprintf(b->owner, sizeof b->owner, "%s", owner ? owner : "");
+    b->last_seq = sqlite3_column_int64(st, 1);
+    const char *model = (const char *)sqlite3_column_text(st, 2);
+    snprintf(b->model, sizeof b->model, "%s", model ? model : "");
+    b->untitled = sqlite3_column_int(st, 3) != 0;
     sqlite3_reset(st);
-    return rc == SQLITE_DONE ? 0 : -rc;
+    s->bs_slot[i] = (uint16_t)(++s->nbs);
+    *out = b;
+    return 1;
+}
+
+/* Write each session the batch stored events in: once per session, however
+ * many events. Before COMMIT. 0 or -(SQLite code). */
+static int flush_sessions(struct store_sqlite *s, int64_t now)
+{
+    sqlite3_stmt *st = s->stmt[S_SESSION_FLUSH];
+    for (size_t i = 0; i < s->nbs; i++) {
+        struct batch_session *b = &s->bs[i];
+        if (!b->bumped)
+            continue;
+        sqlite3_bind_text(st, 1, b->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, b->last_seq);
+        sqlite3_bind_int64(st, 3, now);
+        sqlite3_bind_int(st, 4, (int)b->wait);
+        sqlite3_bind_int(st, 5, b->n_user);
+        sqlite3_bind_int(st, 6, b->n_admin);
+        int rc = step_done(st);
+        if (rc != 0)
+            return -rc;
+    }
+    return 0;
+}
+
+/* Forget the batch's sessions (at the start of each batch). */
+static void batch_sessions_reset(struct store_sqlite *s)
+{
+    if (s->nbs)
+        memset(s->bs_slot, 0, BATCH_SLOTS * sizeof *s->bs_slot);
+    s->nbs = 0;
+}
+
+/* Load r's session and check the requester may use it. 1 found+allowed,
+ * 0 not found/not allowed, <0 SQLite error. */
+static int load_session(struct store_sqlite *s, struct store_req *r, struct batch_session **out)
+{
+    struct batch_session *b = NULL;
+    int rc = batch_session(s, r->session_id, &b);
+    if (rc <= 0)
+        return rc;
+    snprintf(r->owner, sizeof r->owner, "%s", b->owner);
+    snprintf(r->model, sizeof r->model, "%s", b->model);
+    *out = b;
+    if (!r->any_session && strcmp(b->owner, r->user) != 0)
+        return 0;
+    return 1;
 }
 
 /* What a failed seal (or a failed draw of random bytes) makes of the
@@ -78,13 +135,34 @@ static int seal_error(int rc)
     return rc == -ENOMEM ? -SQLITE_NOMEM : -SQLITE_ERROR;
 }
 
-/* Store one event of r's session at the next seq: its row, then the
- * session's last seq and time. content may be empty (session events).
- * Sets r->seq and r->ts_ms. 0 or -(SQLite code). */
-static int put_event(struct store_sqlite *s, struct store_req *r, int64_t last_seq,
-                     const char *type, const char *content, size_t len, int64_t now, int bump)
+/* Is r's client id stored in its session already? 1 (r then carries the
+ * stored seq and time, as a duplicate), 0, or -(SQLite code). */
+static int find_retry(struct store_sqlite *s, struct store_req *r)
 {
-    int64_t seq = last_seq + 1;
+    sqlite3_stmt *st = s->stmt[S_EVENT_BY_CLIENT];
+    sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, r->user, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, r->client_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        r->seq = sqlite3_column_int64(st, 0);
+        r->ts_ms = sqlite3_column_int64(st, 1);
+        r->duplicate = true;
+        r->created = false;
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -rc;
+}
+
+/* Store one event of r's session at the next seq (the session's row is
+ * written once per batch, by flush_sessions). content may be empty
+ * (session events). An append whose client id is stored already writes
+ * nothing and is answered as the duplicate it is. Sets r->seq and
+ * r->ts_ms. 0 or -(SQLite code). */
+static int put_event(struct store_sqlite *s, struct store_req *r, struct batch_session *b,
+                     const char *type, const char *content, size_t len, int64_t now)
+{
+    int64_t seq = b->last_seq + 1;
     unsigned char *sealed = NULL;
     size_t sealed_len = 0;
     int src = s->encrypt && len ? store_seal(s->key, r->session_id, seq, content, len, &sealed,
@@ -96,6 +174,7 @@ static int put_event(struct store_sqlite *s, struct store_req *r, int64_t last_s
                   (long long)seq);
         return seal_error(src);
     }
+    bool with_client_id = r->client_id[0] && r->op == STORE_APPEND;
     sqlite3_stmt *st = s->stmt[S_EVENT_INSERT];
     sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, seq);
@@ -106,7 +185,7 @@ static int put_event(struct store_sqlite *s, struct store_req *r, int64_t last_s
         sqlite3_bind_text(st, 6, r->sender_name, -1, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, 6);
-    if (r->client_id[0] && r->op == STORE_APPEND)
+    if (with_client_id)
         sqlite3_bind_text(st, 7, r->client_id, -1, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, 7);
@@ -125,12 +204,16 @@ static int put_event(struct store_sqlite *s, struct store_req *r, int64_t last_s
     free(sealed);
     if (rc != 0)
         return -rc;
-    st = s->stmt[bump];
-    sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, seq);
-    sqlite3_bind_int64(st, 3, now);
-    if ((rc = step_done(st)) != 0)
-        return -rc;
+    if (sqlite3_changes(s->db) == 0) {
+        /* ON CONFLICT DO NOTHING: the client id (or, in a damaged file
+         * only, the seq) is taken. */
+        rc = with_client_id ? find_retry(s, r) : 0;
+        if (rc < 0)
+            return rc;
+        return rc == 1 ? 0 : -SQLITE_CONSTRAINT;
+    }
+    b->last_seq = seq;
+    b->bumped = true;
     r->seq = seq;
     r->ts_ms = now;
     return 0;
@@ -224,42 +307,33 @@ static int do_append(struct store_sqlite *s, struct store_req *r, int64_t now)
             r->created = true;
         }
     }
-    int64_t last_seq;
-    bool untitled = false;
-    rc = load_session(s, r, &last_seq, &untitled);
+    struct batch_session *b;
+    rc = load_session(s, r, &b);
     if (rc <= 0) {
         r->status = STORE_NOT_FOUND;
         return rc;
-    }
-    if (r->client_id[0]) {
-        st = s->stmt[S_EVENT_BY_CLIENT];
-        sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, r->user, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 3, r->client_id, -1, SQLITE_STATIC);
-        rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW) {
-            r->seq = sqlite3_column_int64(st, 0);
-            r->ts_ms = sqlite3_column_int64(st, 1);
-            r->duplicate = true;
-            r->created = false;
-            sqlite3_reset(st);
-            r->status = STORE_OK;
-            return 0;
-        }
-        sqlite3_reset(st);
-        if (rc != SQLITE_DONE)
-            return -rc;
     }
     const char *type = strcmp(r->sender_type, "admin") == 0 ? "admin_message"
                        : strcmp(r->sender_type, "ai") == 0  ? "ai_response"
                                                             : "user_message";
     bool user = strcmp(r->sender_type, "user") == 0;
-    if ((rc = put_event(s, r, last_seq, type, r->content, r->content_len, now,
-                        user ? S_SESSION_BUMP_USER : S_SESSION_BUMP_ANSWER)) != 0)
+    if ((rc = put_event(s, r, b, type, r->content, r->content_len, now)) != 0)
         return rc;
-    if (user && untitled && (rc = set_first_title(s, r)) != 0)
-        return -rc;
     r->status = STORE_OK;
+    if (r->duplicate)
+        return 0;
+    if (user) {
+        b->n_user++;
+        b->wait = b->wait == WAIT_END || b->wait == WAIT_RESTART ? WAIT_RESTART : WAIT_START;
+    } else {
+        b->n_admin += strcmp(r->sender_type, "admin") == 0;
+        b->wait = WAIT_END;
+    }
+    if (user && b->untitled) {
+        if ((rc = set_first_title(s, r)) != 0)
+            return -rc;
+        b->untitled = false;
+    }
     return 0;
 }
 
@@ -292,10 +366,11 @@ static int fetch_title(struct store_sqlite *s, struct store_req *r)
 }
 
 /* The ops that change the session without a message. r's session is
- * loaded (its last seq in last_seq, r->seq). */
-static int do_session_op(struct store_sqlite *s, struct store_req *r, int64_t last_seq,
+ * loaded (b; its last seq in r->seq). */
+static int do_session_op(struct store_sqlite *s, struct store_req *r, struct batch_session *b,
                          int64_t now)
 {
+    int64_t last_seq = b->last_seq;
     sqlite3_stmt *st;
     int rc;
     switch (r->op) {
@@ -312,15 +387,18 @@ static int do_session_op(struct store_sqlite *s, struct store_req *r, int64_t la
             return 0;
         if (r->op == STORE_HELP && (rc = fetch_title(s, r)) != 0)
             return -rc;
-        return put_event(s, r, last_seq, r->op == STORE_HELP ? "help_request" : "help_resolved",
-                         NULL, 0, now, S_SESSION_BUMP);
+        return put_event(s, r, b, r->op == STORE_HELP ? "help_request" : "help_resolved", NULL,
+                         0, now);
     case STORE_EVENT:
-        return put_event(s, r, last_seq, r->event_type, NULL, 0, now, S_SESSION_BUMP);
+        return put_event(s, r, b, r->event_type, NULL, 0, now);
     case STORE_MODEL:
         st = s->stmt[S_SESSION_MODEL];
         sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, r->arg ? r->arg : "", -1, SQLITE_STATIC);
-        return (rc = step_done(st)) ? -rc : 0;
+        if ((rc = step_done(st)) != 0)
+            return -rc;
+        snprintf(b->model, sizeof b->model, "%s", r->arg ? r->arg : ""); /* later requests */
+        return 0;
     case STORE_READ:
         st = s->stmt[S_READ_PUT];
         sqlite3_bind_text(st, 1, r->session_id, -1, SQLITE_STATIC);
@@ -338,6 +416,7 @@ static int do_session_op(struct store_sqlite *s, struct store_req *r, int64_t la
         rc = step_done(st);
         sqlite3_clear_bindings(st);
         free(sealed);
+        b->untitled = false;
         return rc ? -rc : 0;
     }
     case STORE_SHARE:
@@ -359,14 +438,14 @@ static int do_request(struct store_sqlite *s, struct store_req *r, int64_t now)
     r->ts_ms = now;
     if (r->op == STORE_APPEND)
         return do_append(s, r, now);
-    int64_t last_seq;
-    int rc = load_session(s, r, &last_seq, NULL);
+    struct batch_session *b;
+    int rc = load_session(s, r, &b);
     if (rc <= 0) {
         r->status = STORE_NOT_FOUND;
         return rc;
     }
-    r->seq = last_seq;
-    return do_session_op(s, r, last_seq, now);
+    r->seq = b->last_seq;
+    return do_session_op(s, r, b, now);
 }
 
 /* Is the file behind fd (opened as path) still the one at path, and linked?
@@ -482,11 +561,13 @@ static void run_batch(struct store_sqlite *s, struct store_req **reqs, size_t n)
     }
     int rc = step_done(s->stmt[S_BEGIN]);
     bool at_commit = false;
-    size_t i = 0;
+    batch_sessions_reset(s);
     if (rc == 0) {
-        for (; i < n; i++)
+        for (size_t i = 0; i < n; i++)
             if ((rc = do_request(s, reqs[i], now)) != 0)
                 break;
+        if (rc == 0)
+            rc = flush_sessions(s, now);
         if (rc == 0) {
             at_commit = true;
             rc = injected_commit_failure(s) ? SQLITE_FULL : step_done(s->stmt[S_COMMIT]);
@@ -537,6 +618,8 @@ void store_sqlite__writer_main(void *arg)
     struct store_sqlite *s = arg;
     struct store_req *batch[STORE_BATCH_MAX];
     int64_t last_end_us = 0;
+    static_assert(STORE_BATCH_MAX <= UINT16_MAX && (BATCH_SLOTS & (BATCH_SLOTS - 1)) == 0,
+                  "bs_slot holds an index + 1 in 16 bits, and is a power of two");
     /* fifo_wait returns -ESHUTDOWN only once the queue is shut and every
      * accepted request has been taken: close finishes queued writes. */
     while (fifo_wait(&s->queue, FIFO_FOREVER) == 0) {
