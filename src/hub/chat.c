@@ -49,38 +49,35 @@ static const struct {
     [CHAT_RESOLVE] = {60, 10},
 };
 
-static void handle_message(struct chat *ch, struct client *cl, json_t *msg, const char *id,
-                           bool admin)
+/* The checks and the write of a user_message or admin_message whose
+ * session and content were read and checked, however the message was read:
+ * msg is the parsed message (its metadata is read here), or NULL for one
+ * the hub read itself (hub.c, chat_read_message: no metadata). content is
+ * msg's, copied, or else owned: a malloc'd buffer the request takes (freed
+ * here when it does not). */
+static void post_message(struct chat *ch, struct client *cl, const char *id, bool admin,
+                         const char *sid, const char *content, size_t len, char *owned,
+                         json_t *msg)
 {
-    const char *sid, *content;
-    size_t len;
-    if (admin && !cl->admin) {
-        client_send_error(cl, ERR_FORBIDDEN, "admin role required", -1, id);
-        return;
+    char *meta_text = NULL;
+    struct store_req *r = NULL;
+    if (admin && !chat__admin_in(chat__state_get(cl, sid, false))) {
+        client_send_error(cl, ERR_FORBIDDEN, "join the session (admin_join) first", -1, id);
+        goto done;
     }
-    if (!chat__get_session(ch, cl, msg, admin, id, &sid) || !chat__get_content(ch, cl, msg, id, &content, &len))
-        return;
-    if (admin) {
-        if (!chat__admin_in(chat__state_get(cl, sid, false))) {
-            client_send_error(cl, ERR_FORBIDDEN, "join the session (admin_join) first", -1, id);
-            return;
-        }
-    }
-    char *meta_text;
-    if (!chat__get_metadata(cl, msg, id, &meta_text))
-        return;
-    if (!chat__rate_ok(ch, cl, id)) {
-        free(meta_text);
-        return;
-    }
-    struct store_req *r =
-        chat__new_req(cl, STORE_APPEND, admin ? CHAT_ADMIN_MESSAGE : CHAT_USER_MESSAGE, sid, id);
+    if (msg && !chat__get_metadata(cl, msg, id, &meta_text))
+        goto done;
+    if (!chat__rate_ok(ch, cl, id))
+        goto done;
+    r = chat__new_req(cl, STORE_APPEND, admin ? CHAT_ADMIN_MESSAGE : CHAT_USER_MESSAGE, sid, id);
     if (r) {
         r->any_session = admin;
         snprintf(r->sender_type, sizeof r->sender_type, "%s", admin ? "admin" : "user");
-        r->content = malloc(len + 1);
+        r->content = owned ? owned : malloc(len + 1);
+        owned = NULL;
         if (r->content) {
-            memcpy(r->content, content, len + 1);
+            if (r->content != content)
+                memcpy(r->content, content, len + 1);
             r->content_len = len;
         }
         r->metadata = meta_text;
@@ -90,8 +87,52 @@ static void handle_message(struct chat *ch, struct client *cl, json_t *msg, cons
             r = NULL;
         }
     }
-    free(meta_text);
     chat__submit(ch, cl, r, id);
+done:
+    free(meta_text);
+    free(owned);
+}
+
+static void handle_message(struct chat *ch, struct client *cl, json_t *msg, const char *id,
+                           bool admin)
+{
+    const char *sid, *content;
+    size_t len;
+    if (admin && !cl->admin) {
+        client_send_error(cl, ERR_FORBIDDEN, "admin role required", -1, id);
+        return;
+    }
+    if (!chat__get_session(ch, cl, msg, admin, id, &sid) ||
+        !chat__get_content(ch, cl, msg, id, &content, &len))
+        return;
+    post_message(ch, cl, id, admin, sid, content, len, NULL, msg);
+}
+
+/* router_ops.handle_message: the same checks as handle_message, in the
+ * same order with the same answers, on fields the hub read. */
+static void chat_handle_read_message(void *router, struct client *cl, bool admin, const char *id,
+                                     const char *sid, char *content, size_t len)
+{
+    struct chat *ch = router;
+    enum chat_type k = admin ? CHAT_ADMIN_MESSAGE : CHAT_USER_MESSAGE;
+    assert(worker_current() == cl->conn->w);
+    if (!chat__cstate(cl)) {
+        client_send_error(cl, ERR_INTERNAL, "out of memory", -1, id);
+        free(content);
+        return;
+    }
+    atomic_fetch_add_explicit(&ch->in_by_kind[k], 1, memory_order_relaxed);
+    assert(type_budget[k].per_min == 0); /* the user's --rate-limit is their budget */
+    if (admin && !cl->admin) {
+        client_send_error(cl, ERR_FORBIDDEN, "admin role required", -1, id);
+    } else if (!sid && admin) {
+        client_send_error(cl, ERR_INVALID_FIELD, "missing string field 'session_id'", -1, id);
+    } else if ((!sid || chat__check_session_id(cl, sid, id)) &&
+               chat__check_content_len(ch, cl, len, id)) {
+        post_message(ch, cl, id, admin, sid, content, len, content, NULL);
+        return;
+    }
+    free(content);
 }
 
 static void chat_client_opened(void *router, struct client *cl)
@@ -343,6 +384,7 @@ const struct router_ops chat_router_ops = {
     .client_opened = chat_client_opened,
     .client_drained = chat__client_drained,
     .handle = chat_handle,
+    .handle_message = chat_handle_read_message,
     .client_closed = chat_client_closed,
     .client_roles_changed = chat_client_roles_changed,
     .notify_user = chat_notify_user,

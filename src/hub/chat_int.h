@@ -203,6 +203,10 @@ bool chat__get_session(struct chat *ch, struct client *cl, json_t *msg, bool req
                        const char *id, const char **out);
 bool chat__get_content(struct chat *ch, struct client *cl, json_t *msg, const char *id,
                        const char **out, size_t *len);
+/* The checks of those two on values already read (a session id that is
+ * present; a content's length); false after answering. */
+bool chat__check_session_id(struct client *cl, const char *sid, const char *id);
+bool chat__check_content_len(struct chat *ch, struct client *cl, size_t len, const char *id);
 /* 'metadata': absent/null (NULL), or an object of strings as compact text
  * (malloc'd, *out). Returns false after answering. */
 bool chat__get_metadata(struct client *cl, json_t *msg, const char *id, char **out);

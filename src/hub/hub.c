@@ -26,6 +26,7 @@
 #include "net/worker.h"
 #include "util/clock.h"
 #include "util/file.h"
+#include "util/jread.h"
 #include "util/log.h"
 #include "util/oom.h"
 #include "ws/frame.h"
@@ -533,6 +534,62 @@ static bool valid_id(json_t *v)
     return n >= 1 && n <= 64;
 }
 
+/* The message almost every client sends most: a user_message or
+ * admin_message of string members type, id, session_id and content alone.
+ * Read here with the strict reader (util/jread.h), which accepts exactly
+ * the texts the general path's parser does, and handed to the router as
+ * fields: no tree is built. True when it was handed on; false for anything
+ * else (another type or member, a value of another kind, an id too long,
+ * a key written with escapes, no memory...), which the general path then
+ * reads and answers as always. */
+static bool chat_read_message(struct client *cl, const uint8_t *data, size_t len)
+{
+    struct hub *h = cl->hub;
+    if (!h->router_ops || !h->router_ops->handle_message)
+        return false;
+    struct jr_member m[4];
+    size_t n;
+    if (jr_object((const char *)data, len, m, 4, &n) != 0)
+        return false;
+    const struct jr_value *type = NULL, *idv = NULL, *sidv = NULL, *content = NULL;
+    for (size_t i = 0; i < n; i++) {
+        const struct jr_value **slot = NULL;
+        if (m[i].key_len == 4 && memcmp(m[i].key, "type", 4) == 0)
+            slot = &type;
+        else if (m[i].key_len == 2 && memcmp(m[i].key, "id", 2) == 0)
+            slot = &idv;
+        else if (m[i].key_len == 10 && memcmp(m[i].key, "session_id", 10) == 0)
+            slot = &sidv;
+        else if (m[i].key_len == 7 && memcmp(m[i].key, "content", 7) == 0)
+            slot = &content;
+        if (!slot || m[i].v.type != JR_STRING)
+            return false;
+        *slot = &m[i].v; /* keys are unique: jr_object refuses duplicates */
+    }
+    bool admin;
+    if (!type || !content)
+        return false;
+    if (jr_string_is(type, "user_message", 12))
+        admin = false;
+    else if (jr_string_is(type, "admin_message", 13))
+        admin = true;
+    else
+        return false;
+    char id[65], sid[32]; /* a session id has 26 bytes: longer is refused by the general path */
+    if (idv && jr_string(idv, id, sizeof id) < 1) /* 1 to 64 bytes, as valid_id */
+        return false;
+    if (sidv && jr_string(sidv, sid, sizeof sid) < 0)
+        return false;
+    char *text = malloc(content->n); /* the quotes make room for the NUL */
+    if (!text)
+        return false;
+    ssize_t tl = jr_string(content, text, content->n);
+    assert(tl >= 0);
+    h->router_ops->handle_message(h->router, cl, admin, idv ? id : NULL, sidv ? sid : NULL, text,
+                                  (size_t)tl);
+    return true;
+}
+
 static void chat_on_message(struct conn *c, unsigned opcode, uint8_t *data, size_t len)
 {
     struct client *cl = c->data;
@@ -542,6 +599,8 @@ static void chat_on_message(struct conn *c, unsigned opcode, uint8_t *data, size
         conn_ws_close(c, WS_CLOSE_UNSUPPORTED, "binary frames are not supported");
         return;
     }
+    if (chat_read_message(cl, data, len))
+        return;
     json_error_t jerr;
     oom_clear();
     json_t *msg = json_loadb((const char *)data, len, JSON_REJECT_DUPLICATES, &jerr);

@@ -116,6 +116,13 @@ struct router_ops {
     /* A message of a chat type; id is its validated "id" or NULL. */
     void (*handle)(void *router, struct client *cl, enum chat_type type, const char *id,
                    json_t *msg);
+    /* A user_message (admin false) or admin_message the hub read without
+     * parsing it into a tree (the common shape: string members type, id,
+     * session_id and content, nothing else): id and sid are NULL when
+     * absent, content (len bytes, NUL-terminated) is malloc'd and the
+     * router's. May be NULL: then every message goes to handle. */
+    void (*handle_message)(void *router, struct client *cl, bool admin, const char *id,
+                           const char *sid, char *content, size_t len);
     /* The client's send queue became empty (may be NULL). */
     void (*client_drained)(void *router, struct client *cl);
     /* The client is closing (router_state must be released). */

@@ -79,13 +79,19 @@ bool chat__get_session(struct chat *ch, struct client *cl, json_t *msg, bool req
         client_send_error(cl, ERR_INVALID_FIELD, "'session_id' must be a string", -1, id);
         return false;
     }
-    if (!chat__valid_session_id(json_string_value(v))) {
-        /* Not even the shape of an id: it cannot exist. */
-        client_send_error(cl, ERR_SESSION_NOT_FOUND, "no such session", -1, id);
+    if (!chat__check_session_id(cl, json_string_value(v), id))
         return false;
-    }
     *out = json_string_value(v);
     return true;
+}
+
+bool chat__check_session_id(struct client *cl, const char *sid, const char *id)
+{
+    if (chat__valid_session_id(sid))
+        return true;
+    /* Not even the shape of an id: it cannot exist. */
+    client_send_error(cl, ERR_SESSION_NOT_FOUND, "no such session", -1, id);
+    return false;
 }
 
 bool chat__get_content(struct chat *ch, struct client *cl, json_t *msg, const char *id,
@@ -98,11 +104,16 @@ bool chat__get_content(struct chat *ch, struct client *cl, json_t *msg, const ch
     }
     *len = json_string_length(v);
     *out = json_string_value(v);
-    if (*len == 0) {
+    return chat__check_content_len(ch, cl, *len, id);
+}
+
+bool chat__check_content_len(struct chat *ch, struct client *cl, size_t len, const char *id)
+{
+    if (len == 0) {
         client_send_error(cl, ERR_INVALID_FIELD, "'content' must not be empty", -1, id);
         return false;
     }
-    if (*len > ch->hub->cfg->max_content_bytes) {
+    if (len > ch->hub->cfg->max_content_bytes) {
         char m[96];
         snprintf(m, sizeof m, "'content' is larger than %llu bytes",
                  (unsigned long long)ch->hub->cfg->max_content_bytes);

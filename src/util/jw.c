@@ -134,9 +134,17 @@ void jw_str(struct jw *w, const char *s, size_t n)
 
 void jw_int(struct jw *w, int64_t v)
 {
-    char b[24];
-    int n = snprintf(b, sizeof b, "%lld", (long long)v);
-    put(w, b, (size_t)n);
+    /* Digits from the right, without printf (every event and ack carries
+     * a seq or two). The magnitude as unsigned: INT64_MIN has no positive. */
+    char b[24], *e = b + sizeof b, *p = e;
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *--p = '-';
+    put(w, p, (size_t)(e - p));
 }
 
 void jw_bool(struct jw *w, bool v) { put(w, v ? "true" : "false", v ? 4 : 5); }

@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -52,6 +53,24 @@ static void test_object_with_nesting(void **state)
     assert_string_equal(json_string_value(json_object_get(json_object_get(o, "meta"), "a")), "b");
     json_decref(o);
     jw_release(&w);
+}
+
+/* Integers are written as printf writes them, at the edges too. */
+static void test_integers_as_printf(void **state)
+{
+    (void)state;
+    const int64_t v[] = {0, 1, -1, 9, 10, -10, 99, 100, 1234567890, INT32_MAX, INT32_MIN,
+                         INT64_MAX, INT64_MIN, INT64_MIN + 1, 1000000000000000000LL};
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        struct jw w;
+        jw_init(&w, 1, 0);
+        jw_int(&w, v[i]);
+        char want[32];
+        int n = snprintf(want, sizeof want, "%lld", (long long)v[i]);
+        assert_int_equal(w.len, (size_t)n);
+        assert_memory_equal(w.buf, want, (size_t)n);
+        jw_release(&w);
+    }
 }
 
 static void test_string_escaping_round_trips(void **state)
@@ -115,6 +134,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_object_with_nesting),
+        cmocka_unit_test(test_integers_as_printf),
         cmocka_unit_test(test_string_escaping_round_trips),
         cmocka_unit_test(test_take_as_shared_buffer),
     };
