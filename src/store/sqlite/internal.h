@@ -144,6 +144,13 @@ bool store_sqlite__failed(void *e);
 void store_sqlite__stats(void *e, struct store_stats *out);
 void store_sqlite__fail_next_commits(void *e, unsigned n);
 
+/* ---- walbuf.c: the writer's VFS (one write per commit into the WAL) ---- */
+
+#define STORE_SQLITE_WALBUF_VFS "chatd-walbuf"
+/* Register the VFS (not as the default). Once per process, before any
+ * connection opens with it. SQLITE_OK or an SQLite code. */
+int store_sqlite__walbuf_register(void);
+
 /* ---- read.c: the reads (thread pool) and the pool's end (close) ---- */
 
 int store_sqlite__get_session(void *e, const char *id, struct store_session *out);

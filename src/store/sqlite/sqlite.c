@@ -349,9 +349,13 @@ static int migrate(sqlite3 *db, char *err, size_t errlen)
  * Once per process, before SQLite first starts (later it is refused, and
  * harmless). */
 static uv_once_t sqlite_setup_once = UV_ONCE_INIT;
+static bool walbuf_ok; /* written once, in sqlite_setup */
 static void sqlite_setup(void)
 {
     sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+    walbuf_ok = store_sqlite__walbuf_register() == SQLITE_OK;
+    if (!walbuf_ok)
+        log_warn("store_walbuf_unavailable", "action=\"writing the WAL frame by frame\"");
 }
 
 static int sq_open(void **out, const struct store_options *opt, char *err, size_t errlen)
@@ -393,7 +397,7 @@ static int sq_open(void **out, const struct store_options *opt, char *err, size_
     bool check = check_wanted(opt->path, opt->check, &why);
     int rc = sqlite3_open_v2(opt->path, &s->db,
                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                             NULL);
+                             walbuf_ok ? STORE_SQLITE_WALBUF_VFS : NULL);
     if (rc != SQLITE_OK) {
         snprintf(err, errlen, "--db: cannot open '%s': %s", opt->path,
                  s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
