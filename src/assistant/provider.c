@@ -168,9 +168,9 @@ static int malformed(struct provider_event *ev, const char *why)
     return -EPROTO;
 }
 
-/* The members of an object value (nested in text already checked: it
- * cannot fail but for a value that is not an object, which lists none).
- * JR_MAX_KEYS members, so no object that jr_object accepted is too big. */
+/* The members of an object value nested in the event (checked already
+ * with the whole: this cannot fail but for a value that is not an object,
+ * which lists none). Room for JR_MAX_KEYS, as jr_object allows. */
 struct members {
     struct jr_member m[JR_MAX_KEYS];
     size_t n;
@@ -179,7 +179,7 @@ struct members {
 static void members_of(const struct jr_value *v, struct members *o)
 {
     o->n = 0;
-    if (v && v->type == JR_OBJECT && jr_object(v->p, v->n, o->m, JR_MAX_KEYS, &o->n) != 0)
+    if (v && jr_members(v, o->m, JR_MAX_KEYS, &o->n) != 0)
         o->n = 0;
 }
 

@@ -143,9 +143,9 @@ static void hook_delta(void *app, struct asst_stream *s, const char *owner, uint
     memset(e, 0, sizeof *e);
     e->kind = IT_DELTA;
     e->type = chat__out_index("ai_response");
-    snprintf(e->session, sizeof e->session, "%s", s->session);
-    snprintf(e->owner, sizeof e->owner, "%s", owner);
-    snprintf(e->stream, sizeof e->stream, "%s", s->id);
+    chat__copy_id(e->session, sizeof e->session, s->session);
+    chat__copy_id(e->owner, sizeof e->owner, owner);
+    chat__copy_id(e->stream, sizeof e->stream, s->id);
     e->stream_off = off;
     e->stream_len = (uint32_t)len;
     e->frame = wire_frame_jw(&w, &e->off, &e->len);

@@ -8,7 +8,6 @@
  */
 #include "util/jw.h"
 
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -134,9 +133,17 @@ void jw_str(struct jw *w, const char *s, size_t n)
 
 void jw_int(struct jw *w, int64_t v)
 {
+    /* By hand: every delta of an answer carries its offset. */
     char b[24];
-    int n = snprintf(b, sizeof b, "%lld", (long long)v);
-    put(w, b, (size_t)n);
+    char *o = b + sizeof b;
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do {
+        *--o = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *--o = '-';
+    put(w, o, (size_t)(b + sizeof b - o));
 }
 
 void jw_bool(struct jw *w, bool v) { put(w, v ? "true" : "false", v ? 4 : 5); }
