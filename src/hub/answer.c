@@ -75,6 +75,14 @@ static void write_piece(struct jw *w, const char *session, const char *stream, u
     jw_close(w);
 }
 
+/* Room for write_piece's text: jw_str makes room for the worst escape (6
+ * bytes a byte) of each string before it writes it, so this much never
+ * grows the buffer (a realloc per delta otherwise). */
+static size_t piece_cap(const char *session, const char *stream, size_t len)
+{
+    return WS_MAX_HEADER + 112 + 6 * (strlen(session) + strlen(stream) + len);
+}
+
 /* The error that tells a session its answer failed or was refused. */
 static void publish_error(struct chat *ch, const char *session, const char *owner,
                           enum chat_error code, const char *stream, const char *message,
@@ -137,7 +145,7 @@ static void hook_delta(void *app, struct asst_stream *s, const char *owner, uint
     if (vec_grow(&ch->deltas, &ch->capdeltas, ch->ndeltas, 1, sizeof *ch->deltas) != 0)
         return; /* lost here; the connections catch up at the next one */
     struct jw w;
-    jw_init(&w, len + 160, WS_MAX_HEADER);
+    jw_init(&w, piece_cap(s->session, s->id, len), WS_MAX_HEADER);
     write_piece(&w, s->session, s->id, off, text, len);
     struct bus_event *e = &ch->deltas[ch->ndeltas];
     memset(e, 0, sizeof *e);
@@ -315,7 +323,7 @@ static void send_piece(struct client *cl, const char *session, const char *id, s
                        const char *text, size_t len)
 {
     struct jw w;
-    jw_init(&w, len - from + 160, WS_MAX_HEADER);
+    jw_init(&w, piece_cap(session, id, len - from), WS_MAX_HEADER);
     write_piece(&w, session, id, from, text + from, len - from);
     uint32_t off, flen;
     struct sbuf *f = wire_frame_jw(&w, &off, &flen);

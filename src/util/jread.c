@@ -272,6 +272,8 @@ static bool raw_equal(const char *a, size_t an, const char *b, size_t bn)
 /* Does the text of a checked string decode to exactly s[0..n)? */
 static bool raw_is(const char *raw, size_t rn, const char *s, size_t n)
 {
+    if (rn < n)
+        return false; /* an escape is longer than the bytes it stands for */
     if (!memchr(raw, '\\', rn))
         return rn == n && memcmp(raw, s, n) == 0;
     struct dec d;
