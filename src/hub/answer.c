@@ -58,21 +58,23 @@ static void publish(struct chat *ch, uint8_t kind, const char *type, const char 
     sbuf_unref(e.frame);
 }
 
+#define LIT(s) s, sizeof s - 1
+
 /* `{"type":"ai_response","session_id",..,"stream_id",..,"offset":N,
- * "delta":..,"done":false}` into w (initialised by the caller). */
+ * "delta":..,"done":false}` into w (initialised by the caller): every
+ * delta of every answer, so the fixed text goes in whole pieces. */
 static void write_piece(struct jw *w, const char *session, const char *stream, uint64_t off,
                         const char *text, size_t len)
 {
-    jw_open(w);
-    jw_kstr(w, "type", "ai_response");
-    jw_kstr(w, "session_id", session);
-    jw_kstr(w, "stream_id", stream);
-    jw_kint(w, "offset", (int64_t)off);
-    jw_key(w, "delta");
+    jw_raw(w, LIT("{\"type\":\"ai_response\",\"session_id\":"));
+    jw_str(w, session, strlen(session));
+    jw_raw(w, LIT(",\"stream_id\":"));
+    jw_str(w, stream, strlen(stream));
+    jw_raw(w, LIT(",\"offset\":"));
+    jw_int(w, (int64_t)off);
+    jw_raw(w, LIT(",\"delta\":"));
     jw_str(w, text, len);
-    jw_key(w, "done");
-    jw_bool(w, false);
-    jw_close(w);
+    jw_raw(w, LIT(",\"done\":false}"));
 }
 
 /* Room for write_piece's text: jw_str makes room for the worst escape (6
@@ -150,7 +152,7 @@ static void hook_delta(void *app, struct asst_stream *s, const char *owner, uint
     struct bus_event *e = &ch->deltas[ch->ndeltas];
     memset(e, 0, sizeof *e);
     e->kind = IT_DELTA;
-    e->type = chat__out_index("ai_response");
+    e->type = ch->out_ai_response;
     chat__copy_id(e->session, sizeof e->session, s->session);
     chat__copy_id(e->owner, sizeof e->owner, owner);
     chat__copy_id(e->stream, sizeof e->stream, s->id);
@@ -330,7 +332,7 @@ static void send_piece(struct client *cl, const char *session, const char *id, s
     if (!f)
         return;
     if (conn_send_shared(cl->conn, f, off, flen) == 0)
-        chat__count_out(cl, chat__out_index("ai_response"));
+        chat__count_out(cl, ((struct chat *)cl->hub->router)->out_ai_response);
     sbuf_unref(f);
 }
 

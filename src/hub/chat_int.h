@@ -125,6 +125,7 @@ struct chat {
      * thread only, published at its flush hook, each holding a frame. */
     struct bus_event *deltas;
     size_t ndeltas, capdeltas;
+    uint8_t out_ai_response; /* chat__out_index("ai_response"), read-only after chat_new */
     unsigned nworkers;
     unsigned devs_cap; /* devices one user may hold, plus one */
     struct chat_local *locals; /* [nworkers], each owned by its worker */
