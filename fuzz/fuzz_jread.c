@@ -38,7 +38,26 @@ static void same_value(const struct jr_value *v, json_t *j)
     case JR_FALSE: CHECK(json_is_false(j)); break;
     case JR_INT: CHECK(json_is_integer(j) && json_integer_value(j) == v->i); break;
     case JR_REAL: CHECK(json_is_real(j)); break;
-    case JR_OBJECT: CHECK(json_is_object(j)); break;
+    case JR_OBJECT: {
+        /* Its members, walked as the checked text they are. */
+        CHECK(json_is_object(j));
+        struct jr_member m[JR_MAX_KEYS];
+        size_t n;
+        CHECK(jr_members(v, m, JR_MAX_KEYS, &n) == 0);
+        CHECK(n == json_object_size(j));
+        for (size_t i = 0; i < n; i++) {
+            struct jr_value kv = {.type = JR_STRING, .p = m[i].key - 1, .n = m[i].key_len + 2};
+            char *key = malloc(kv.n);
+            CHECK(key != NULL);
+            ssize_t kl = jr_string(&kv, key, kv.n);
+            CHECK(kl >= 0);
+            json_t *mj = json_object_getn(j, key, (size_t)kl);
+            free(key);
+            CHECK(mj != NULL);
+            same_value(&m[i].v, mj);
+        }
+        break;
+    }
     case JR_STRING: {
         CHECK(json_is_string(j));
         ssize_t n = jr_string(v, buf, sizeof buf);

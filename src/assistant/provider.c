@@ -3,18 +3,23 @@
  * are: a system prompt, alternating turns, a token limit; then a stream of
  * text deltas, token counts and an end. Everything provider-specific is in
  * this file, so the assistant's streaming logic never looks at a field
- * name. Bodies are built and events read with jansson: these are small
- * JSON texts, and a malformed event must be refused, not guessed at.
+ * name. Bodies are built with jansson. Events are read with util/jread.h,
+ * which checks each one whole as strictly (a malformed event is refused,
+ * not guessed at) and allocates nothing: an answer is hundreds of events,
+ * each read once on the HTTP client's thread, and building a tree of
+ * values per event was most of what a delta cost chatd. A delta's text is
+ * decoded into the event itself when it is short, as deltas are.
  */
 #include "assistant/provider.h"
 
 #include <errno.h>
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "util/oom.h"
+#include "util/jread.h"
 
 #define ANTHROPIC_VERSION "2023-06-01"
 #define ANTHROPIC_DEFAULT_MAX_TOKENS 4096 /* as conf/config.h CONF_ANTHROPIC_MAX_TOKENS */
@@ -163,107 +168,176 @@ static int malformed(struct provider_event *ev, const char *why)
     return -EPROTO;
 }
 
-static int set_delta(struct provider_event *ev, json_t *s)
+/* The members of an object value nested in the event (checked already
+ * with the whole: this cannot fail but for a value that is not an object,
+ * which lists none). Room for JR_MAX_KEYS, as jr_object allows. */
+struct members {
+    struct jr_member m[JR_MAX_KEYS];
+    size_t n;
+};
+
+static void members_of(const struct jr_value *v, struct members *o)
 {
-    size_t n = json_string_length(s);
-    if (n == 0)
-        return 0; /* an empty delta says nothing */
-    ev->text = malloc(n + 1);
-    if (!ev->text)
-        return -ENOMEM;
-    memcpy(ev->text, json_string_value(s), n + 1);
-    ev->len = n;
+    o->n = 0;
+    if (v && jr_members(v, o->m, JR_MAX_KEYS, &o->n) != 0)
+        o->n = 0;
+}
+
+static const struct jr_value *get(const struct members *o, const char *key)
+{
+    return jr_get(o->m, o->n, key);
+}
+
+/* Decode a string value into dst[0..cap), cut (at a byte) when it is
+ * longer, as the fixed fields of an event are. */
+static void copy_string(const struct jr_value *v, char *dst, size_t cap)
+{
+    dst[0] = '\0';
+    if (v->type != JR_STRING || jr_string(v, dst, cap) >= 0)
+        return;
+    char *all = malloc(v->n); /* the decoded text is shorter than its quoted form */
+    if (all && jr_string(v, all, v->n) >= 0)
+        snprintf(dst, cap, "%s", all);
+    free(all);
+}
+
+static int set_delta(struct provider_event *ev, const struct jr_value *s)
+{
+    /* A string decodes to fewer bytes than its quoted text: s->n is room
+     * for it and its NUL. Short ones (a model's deltas are a few tokens)
+     * stay in the event. */
+    char *dst = ev->inline_text;
+    if (s->n > sizeof ev->inline_text) {
+        dst = malloc(s->n);
+        if (!dst)
+            return -ENOMEM;
+    }
+    ssize_t n = jr_string(s, dst, s->n > sizeof ev->inline_text ? s->n : sizeof ev->inline_text);
+    if (n <= 0) {
+        if (dst != ev->inline_text)
+            free(dst);
+        return 0; /* an empty delta says nothing (and a string always decodes) */
+    }
+    ev->text = dst;
+    ev->len = (size_t)n;
     ev->type = PROVIDER_EV_DELTA;
     return 0;
 }
 
-static void error_text(struct provider_event *ev, json_t *err)
+static void error_text(struct provider_event *ev, const struct jr_value *err)
 {
-    const char *m = json_string_value(json_object_get(err, "message"));
+    struct members e;
+    members_of(err, &e);
+    const struct jr_value *m = get(&e, "message");
+    char msg[sizeof ev->error - sizeof "the provider reported an error: " + 1];
+    if (m && m->type == JR_STRING)
+        copy_string(m, msg, sizeof msg);
+    else
+        snprintf(msg, sizeof msg, "(no message)");
     ev->type = PROVIDER_EV_ERROR;
-    snprintf(ev->error, sizeof ev->error, "the provider reported an error: %s",
-             m ? m : "(no message)");
+    snprintf(ev->error, sizeof ev->error, "the provider reported an error: %s", msg);
 }
 
-static uint64_t count(json_t *o, const char *key)
+static uint64_t count(const struct jr_value *obj, const char *key)
 {
-    json_t *v = json_object_get(o, key);
-    return json_is_integer(v) && json_integer_value(v) > 0 ? (uint64_t)json_integer_value(v) : 0;
+    struct members o;
+    members_of(obj, &o);
+    const struct jr_value *v = get(&o, key);
+    return v && v->type == JR_INT && v->i > 0 ? (uint64_t)v->i : 0;
 }
 
-static int parse_openai(json_t *o, struct provider_event *ev)
+static int parse_openai(const struct members *o, struct provider_event *ev)
 {
-    json_t *err = json_object_get(o, "error");
+    const struct jr_value *err = get(o, "error");
     if (err) {
         error_text(ev, err);
         return 0;
     }
-    json_t *usage = json_object_get(o, "usage");
-    if (json_is_object(usage)) {
+    const struct jr_value *usage = get(o, "usage");
+    bool has_usage = usage && usage->type == JR_OBJECT;
+    if (has_usage) {
         ev->input_tokens = count(usage, "prompt_tokens");
         ev->output_tokens = count(usage, "completion_tokens");
         ev->type = PROVIDER_EV_USAGE;
     }
-    json_t *choices = json_object_get(o, "choices");
-    if (!json_is_array(choices))
-        return json_is_object(usage) ? 0 : malformed(ev, "no 'choices'");
-    json_t *c = json_array_get(choices, 0);
-    if (!c)
+    const struct jr_value *choices = get(o, "choices");
+    if (!choices || choices->type != JR_ARRAY)
+        return has_usage ? 0 : malformed(ev, "no 'choices'");
+    struct jr_value c;
+    size_t pos = 0;
+    if (!jr_array_next(choices, &pos, &c))
         return 0; /* the usage chunk has no choice */
-    const char *fin = json_string_value(json_object_get(c, "finish_reason"));
-    if (fin)
-        snprintf(ev->stop_reason, sizeof ev->stop_reason, "%s", fin);
-    json_t *delta = json_object_get(c, "delta");
-    if (delta && !json_is_object(delta))
+    struct members cm;
+    members_of(&c, &cm);
+    const struct jr_value *fin = get(&cm, "finish_reason");
+    if (fin && fin->type == JR_STRING)
+        copy_string(fin, ev->stop_reason, sizeof ev->stop_reason);
+    const struct jr_value *delta = get(&cm, "delta");
+    if (delta && delta->type != JR_OBJECT)
         return malformed(ev, "'delta' is not an object");
-    json_t *content = json_object_get(delta, "content");
-    if (content && !json_is_null(content)) {
-        if (!json_is_string(content))
+    struct members dm;
+    members_of(delta, &dm);
+    const struct jr_value *content = get(&dm, "content");
+    if (content && content->type != JR_NULL) {
+        if (content->type != JR_STRING)
             return malformed(ev, "'content' is not a string");
         return set_delta(ev, content);
     }
     return 0;
 }
 
-static int parse_anthropic(const char *event, json_t *o, struct provider_event *ev)
+/* Is the event's type lit? The SSE event name when there is one, else the
+ * data's "type". */
+static bool type_is(const char *event, const struct jr_value *type, const char *lit)
 {
-    const char *type = event && *event ? event : json_string_value(json_object_get(o, "type"));
-    if (!type)
+    if (event && *event)
+        return strcmp(event, lit) == 0;
+    return jr_string_is(type, lit, strlen(lit));
+}
+
+static int parse_anthropic(const char *event, const struct members *o, struct provider_event *ev)
+{
+    const struct jr_value *type = get(o, "type");
+    if (!(event && *event) && !(type && type->type == JR_STRING))
         return malformed(ev, "no event type");
-    if (strcmp(type, "content_block_delta") == 0) {
-        json_t *d = json_object_get(o, "delta");
-        const char *dt = json_string_value(json_object_get(d, "type"));
-        if (!dt)
+    if (type_is(event, type, "content_block_delta")) {
+        struct members d;
+        members_of(get(o, "delta"), &d);
+        const struct jr_value *dt = get(&d, "type");
+        if (!dt || dt->type != JR_STRING)
             return malformed(ev, "a delta without a type");
-        if (strcmp(dt, "text_delta") != 0)
+        if (!jr_string_is(dt, "text_delta", 10))
             return 0; /* not text (a tool call's JSON, thinking): not shown */
-        json_t *t = json_object_get(d, "text");
-        if (!json_is_string(t))
+        const struct jr_value *t = get(&d, "text");
+        if (!t || t->type != JR_STRING)
             return malformed(ev, "a text delta without text");
         return set_delta(ev, t);
     }
-    if (strcmp(type, "message_start") == 0) {
-        json_t *usage = json_object_get(json_object_get(o, "message"), "usage");
+    if (type_is(event, type, "message_start")) {
+        struct members m;
+        members_of(get(o, "message"), &m);
+        const struct jr_value *usage = get(&m, "usage");
         ev->input_tokens = count(usage, "input_tokens");
         ev->output_tokens = count(usage, "output_tokens");
         ev->type = PROVIDER_EV_USAGE;
         return 0;
     }
-    if (strcmp(type, "message_delta") == 0) {
-        ev->output_tokens = count(json_object_get(o, "usage"), "output_tokens");
-        const char *stop = json_string_value(json_object_get(json_object_get(o, "delta"),
-                                                             "stop_reason"));
-        if (stop)
-            snprintf(ev->stop_reason, sizeof ev->stop_reason, "%s", stop);
+    if (type_is(event, type, "message_delta")) {
+        ev->output_tokens = count(get(o, "usage"), "output_tokens");
+        struct members d;
+        members_of(get(o, "delta"), &d);
+        const struct jr_value *stop = get(&d, "stop_reason");
+        if (stop && stop->type == JR_STRING)
+            copy_string(stop, ev->stop_reason, sizeof ev->stop_reason);
         ev->type = PROVIDER_EV_USAGE;
         return 0;
     }
-    if (strcmp(type, "message_stop") == 0) {
+    if (type_is(event, type, "message_stop")) {
         ev->type = PROVIDER_EV_DONE;
         return 0;
     }
-    if (strcmp(type, "error") == 0) {
-        error_text(ev, json_object_get(o, "error"));
+    if (type_is(event, type, "error")) {
+        error_text(ev, get(o, "error"));
         return 0;
     }
     return 0; /* ping, content_block_start, content_block_stop, ... */
@@ -272,34 +346,30 @@ static int parse_anthropic(const char *event, json_t *o, struct provider_event *
 int provider_parse_event(enum provider_kind kind, const char *event, const char *data,
                          size_t len, struct provider_event *ev)
 {
-    memset(ev, 0, sizeof *ev);
+    /* Not a memset: the event's inline text need not be cleared. */
+    ev->type = PROVIDER_EV_NONE;
+    ev->text = NULL;
+    ev->len = 0;
+    ev->input_tokens = ev->output_tokens = 0;
+    ev->stop_reason[0] = '\0';
+    ev->error[0] = '\0';
     if (kind == PROVIDER_OPENAI && len == 6 && memcmp(data, "[DONE]", 6) == 0) {
         ev->type = PROVIDER_EV_DONE;
         return 0;
     }
-    json_error_t jerr;
-    oom_clear();
-    json_t *o = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (oom_seen()) {
-        /* chatd's memory, not the provider's event; and a parse that ran
-         * out of memory is void even when it returned (util/oom.h) */
-        json_decref(o);
-        ev->type = PROVIDER_EV_ERROR;
-        snprintf(ev->error, sizeof ev->error, "out of memory");
-        return -ENOMEM;
-    }
-    if (!json_is_object(o)) {
-        json_decref(o);
+    struct members o;
+    int rc = jr_object(data, len, o.m, JR_MAX_KEYS, &o.n);
+    if (rc == -E2BIG)
+        return malformed(ev, "a JSON object nested too deep or with too many members");
+    if (rc != 0)
         return malformed(ev, "not a JSON object");
-    }
-    int rc = kind == PROVIDER_ANTHROPIC ? parse_anthropic(event, o, ev) : parse_openai(o, ev);
-    json_decref(o);
-    return rc;
+    return kind == PROVIDER_ANTHROPIC ? parse_anthropic(event, &o, ev) : parse_openai(&o, ev);
 }
 
 void provider_event_release(struct provider_event *ev)
 {
-    free(ev->text);
+    if (ev->text != ev->inline_text)
+        free(ev->text);
     ev->text = NULL;
     ev->len = 0;
 }

@@ -82,10 +82,14 @@ enum provider_event_type {
     PROVIDER_EV_ERROR,    /* the provider reported an error in the stream */
 };
 
+#define PROVIDER_INLINE_TEXT 192 /* a delta this long or shorter (quoted) stays in the event */
+
 struct provider_event {
     enum provider_event_type type;
-    char *text; /* DELTA: malloc'd text (owned by the event), else NULL */
+    char *text; /* DELTA: the text, NUL-terminated: inline_text, or malloc'd
+                 * when longer (owned by the event), else NULL */
     size_t len;
+    char inline_text[PROVIDER_INLINE_TEXT];
     /* token counts seen in this event, 0 when absent */
     uint64_t input_tokens, output_tokens;
     char stop_reason[32]; /* DONE: why the model stopped ("stop", "end_turn", "max_tokens", ...) */
@@ -96,8 +100,10 @@ struct provider_event {
  * Read one SSE event (its `event:` name, "" when none, and its data).
  * Returns 0 with *ev filled, or -EPROTO for an event that is not what the
  * provider sends (invalid JSON, a wrong shape), or -ENOMEM when chatd
- * had no memory to read it: ev->error says why. Free ev->text with
- * provider_event_release.
+ * had no memory to read it: ev->error says why. Release the text with
+ * provider_event_release (ev must not be copied while it holds text: the
+ * text may point into it). Objects nested deeper than JR_MAX_DEPTH or of
+ * more than JR_MAX_KEYS members are refused (util/jread.h).
  */
 int provider_parse_event(enum provider_kind kind, const char *event, const char *data,
                          size_t len, struct provider_event *ev);

@@ -58,21 +58,31 @@ static void publish(struct chat *ch, uint8_t kind, const char *type, const char 
     sbuf_unref(e.frame);
 }
 
+#define LIT(s) s, sizeof s - 1
+
 /* `{"type":"ai_response","session_id",..,"stream_id",..,"offset":N,
- * "delta":..,"done":false}` into w (initialised by the caller). */
+ * "delta":..,"done":false}` into w (initialised by the caller): every
+ * delta of every answer, so the fixed text goes in whole pieces. */
 static void write_piece(struct jw *w, const char *session, const char *stream, uint64_t off,
                         const char *text, size_t len)
 {
-    jw_open(w);
-    jw_kstr(w, "type", "ai_response");
-    jw_kstr(w, "session_id", session);
-    jw_kstr(w, "stream_id", stream);
-    jw_kint(w, "offset", (int64_t)off);
-    jw_key(w, "delta");
+    jw_raw(w, LIT("{\"type\":\"ai_response\",\"session_id\":"));
+    jw_str(w, session, strlen(session));
+    jw_raw(w, LIT(",\"stream_id\":"));
+    jw_str(w, stream, strlen(stream));
+    jw_raw(w, LIT(",\"offset\":"));
+    jw_int(w, (int64_t)off);
+    jw_raw(w, LIT(",\"delta\":"));
     jw_str(w, text, len);
-    jw_key(w, "done");
-    jw_bool(w, false);
-    jw_close(w);
+    jw_raw(w, LIT(",\"done\":false}"));
+}
+
+/* Room for write_piece's text: jw_str makes room for the worst escape (6
+ * bytes a byte) of each string before it writes it, so this much never
+ * grows the buffer (a realloc per delta otherwise). */
+static size_t piece_cap(const char *session, const char *stream, size_t len)
+{
+    return WS_MAX_HEADER + 112 + 6 * (strlen(session) + strlen(stream) + len);
 }
 
 /* The error that tells a session its answer failed or was refused. */
@@ -137,15 +147,15 @@ static void hook_delta(void *app, struct asst_stream *s, const char *owner, uint
     if (vec_grow(&ch->deltas, &ch->capdeltas, ch->ndeltas, 1, sizeof *ch->deltas) != 0)
         return; /* lost here; the connections catch up at the next one */
     struct jw w;
-    jw_init(&w, len + 160, WS_MAX_HEADER);
+    jw_init(&w, piece_cap(s->session, s->id, len), WS_MAX_HEADER);
     write_piece(&w, s->session, s->id, off, text, len);
     struct bus_event *e = &ch->deltas[ch->ndeltas];
     memset(e, 0, sizeof *e);
     e->kind = IT_DELTA;
-    e->type = chat__out_index("ai_response");
-    snprintf(e->session, sizeof e->session, "%s", s->session);
-    snprintf(e->owner, sizeof e->owner, "%s", owner);
-    snprintf(e->stream, sizeof e->stream, "%s", s->id);
+    e->type = ch->out_ai_response;
+    chat__copy_id(e->session, sizeof e->session, s->session);
+    chat__copy_id(e->owner, sizeof e->owner, owner);
+    chat__copy_id(e->stream, sizeof e->stream, s->id);
     e->stream_off = off;
     e->stream_len = (uint32_t)len;
     e->frame = wire_frame_jw(&w, &e->off, &e->len);
@@ -315,14 +325,14 @@ static void send_piece(struct client *cl, const char *session, const char *id, s
                        const char *text, size_t len)
 {
     struct jw w;
-    jw_init(&w, len - from + 160, WS_MAX_HEADER);
+    jw_init(&w, piece_cap(session, id, len - from), WS_MAX_HEADER);
     write_piece(&w, session, id, from, text + from, len - from);
     uint32_t off, flen;
     struct sbuf *f = wire_frame_jw(&w, &off, &flen);
     if (!f)
         return;
     if (conn_send_shared(cl->conn, f, off, flen) == 0)
-        chat__count_out(cl, chat__out_index("ai_response"));
+        chat__count_out(cl, ((struct chat *)cl->hub->router)->out_ai_response);
     sbuf_unref(f);
 }
 

@@ -428,6 +428,7 @@ int chat_init(struct chat **out, struct hub *hub, unsigned nworkers, char *err, 
         return -ENOMEM;
     }
     ch->hub = hub;
+    ch->out_ai_response = chat__out_index("ai_response");
     ch->nworkers = nworkers;
     for (unsigned w = 0; w < nworkers; w++) {
         ch->locals[w].lost.ch = ch;

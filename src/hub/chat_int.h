@@ -20,6 +20,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "assistant/assistant.h"
 #include "bus/bus.h"
@@ -124,6 +125,7 @@ struct chat {
      * thread only, published at its flush hook, each holding a frame. */
     struct bus_event *deltas;
     size_t ndeltas, capdeltas;
+    uint8_t out_ai_response; /* chat__out_index("ai_response"), read-only after chat_new */
     unsigned nworkers;
     unsigned devs_cap; /* devices one user may hold, plus one */
     struct chat_local *locals; /* [nworkers], each owned by its worker */
@@ -170,6 +172,16 @@ struct chat_post {
     size_t nids, capids;
     uint64_t *ids; /* connection ids referenced by items */
 };
+
+/* Copy the string src into dst[cap], cut at cap - 1 bytes as
+ * snprintf(dst, cap, "%s", src) would, for a fraction of its cost: the
+ * ids an answer's every delta carries are copied this way. */
+static inline void chat__copy_id(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
 
 struct local_list *chat__list_find(struct local_list **tab, const char *key, bool create);
 int chat__list_add(struct local_list *l, struct client *cl);

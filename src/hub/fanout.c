@@ -101,7 +101,7 @@ static struct chat_item *add_item(struct batch_out *bo, unsigned worker, uint8_t
     it->off = off;
     it->len = len;
     it->seq = seq;
-    snprintf(it->session, sizeof it->session, "%s", session);
+    chat__copy_id(it->session, sizeof it->session, session);
     it->owner_hash = hash_str(owner);
     return it;
 }
@@ -513,7 +513,7 @@ void chat_bus_deliver(void *app, const struct bus_event *ev, size_t n)
             set_ids(&bo, w, it, devs, nd);
             if (e->kind == IT_DELTA) {
                 it->remote = e->remote;
-                snprintf(it->stream, sizeof it->stream, "%s", e->stream);
+                chat__copy_id(it->stream, sizeof it->stream, e->stream);
                 it->stream_off = e->stream_off;
                 it->stream_len = e->stream_len;
             }

@@ -17,6 +17,7 @@
 
 struct rd {
     const char *p, *end;
+    bool checked; /* the text was checked already: walk it, check nothing */
 };
 
 static void skip_ws(struct rd *r)
@@ -137,6 +138,23 @@ static int string(struct rd *r, uint64_t *hash)
 {
     uint64_t h = FNV_OFFSET;
     const char *p = r->p + 1;
+    if (r->checked) {
+        /* The closing quote is the first one not escaped: after an even
+         * run of backslashes (each pair is one escaped backslash). */
+        for (const char *q;; p = q + 1) {
+            q = memchr(p, '"', (size_t)(r->end - p));
+            if (!q)
+                return -EINVAL;
+            size_t bs = 0;
+            while (q - bs > r->p + 1 && q[-1 - (ptrdiff_t)bs] == '\\')
+                bs++;
+            if (bs % 2 == 0) {
+                r->p = q + 1;
+                *hash = 0;
+                return 0;
+            }
+        }
+    }
     for (;;) {
         if (p >= r->end)
             return -EINVAL;
@@ -254,6 +272,8 @@ static bool raw_equal(const char *a, size_t an, const char *b, size_t bn)
 /* Does the text of a checked string decode to exactly s[0..n)? */
 static bool raw_is(const char *raw, size_t rn, const char *s, size_t n)
 {
+    if (rn < n)
+        return false; /* an escape is longer than the bytes it stands for */
     if (!memchr(raw, '\\', rn))
         return rn == n && memcmp(raw, s, n) == 0;
     struct dec d;
@@ -358,7 +378,7 @@ static int object(struct rd *r, int depth, struct jr_member *m, size_t max, size
             return rc;
         key[k] = kp;
         klen[k] = (size_t)(r->p - 1 - kp);
-        for (size_t j = 0; j < k; j++)
+        for (size_t j = 0; j < k && !r->checked; j++)
             if (khash[j] == khash[k] && raw_equal(key[j], klen[j], key[k], klen[k]))
                 return -EEXIST;
         skip_ws(r);
@@ -468,7 +488,7 @@ static int value(struct rd *r, int depth, struct jr_value *v)
 
 int jr_object(const char *s, size_t n, struct jr_member *m, size_t max, size_t *count)
 {
-    struct rd r = {s, s + n};
+    struct rd r = {s, s + n, false};
     *count = 0;
     skip_ws(&r);
     if (r.p >= r.end || *r.p != '{')
@@ -482,6 +502,19 @@ int jr_object(const char *s, size_t n, struct jr_member *m, size_t max, size_t *
         return -EINVAL;
     *count = k;
     return 0;
+}
+
+int jr_members(const struct jr_value *obj, struct jr_member *m, size_t max, size_t *count)
+{
+    *count = 0;
+    if (obj->type != JR_OBJECT)
+        return -EINVAL;
+    struct rd r = {obj->p, obj->p + obj->n, true};
+    size_t k;
+    int rc = object(&r, 1, m, max, &k);
+    if (rc == 0)
+        *count = k;
+    return rc;
 }
 
 const struct jr_value *jr_get(const struct jr_member *m, size_t count, const char *key)
@@ -518,7 +551,7 @@ int jr_array_next(const struct jr_value *arr, size_t *pos, struct jr_value *el)
 {
     if (arr->type != JR_ARRAY)
         return 0;
-    struct rd r = {arr->p + (*pos ? *pos : 1), arr->p + arr->n};
+    struct rd r = {arr->p + (*pos ? *pos : 1), arr->p + arr->n, true};
     skip_ws(&r);
     if (r.p >= r.end || *r.p == ']')
         return 0;

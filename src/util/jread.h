@@ -48,6 +48,12 @@ struct jr_member {
  * JR_MAX_DEPTH, JR_MAX_KEYS or max members). */
 int jr_object(const char *s, size_t n, struct jr_member *m, size_t max, size_t *count);
 
+/* The members of an object value that jr_object, jr_members or
+ * jr_array_next returned (its text is checked already, so it is only
+ * walked: a fraction of jr_object's cost), as jr_object lists them. 0, or
+ * -EINVAL (v is not an object), -E2BIG (more than max members). */
+int jr_members(const struct jr_value *obj, struct jr_member *m, size_t max, size_t *count);
+
 /* The member whose decoded key is key (NUL-terminated), or NULL. */
 const struct jr_value *jr_get(const struct jr_member *m, size_t count, const char *key);
 

@@ -8,7 +8,6 @@
  */
 #include "util/jw.h"
 
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -135,7 +134,8 @@ void jw_str(struct jw *w, const char *s, size_t n)
 void jw_int(struct jw *w, int64_t v)
 {
     /* Digits from the right, without printf (every event and ack carries
-     * a seq or two). The magnitude as unsigned: INT64_MIN has no positive. */
+     * a seq, every answer delta its offset). The magnitude as unsigned:
+     * INT64_MIN has no positive. */
     char b[24], *e = b + sizeof b, *p = e;
     uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
     do {

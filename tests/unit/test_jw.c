@@ -34,6 +34,9 @@ static void test_object_with_nesting(void **state)
     jw_kstr(&w, "type", "ack");
     jw_kint(&w, "seq", 9007199254740993LL);
     jw_kint(&w, "neg", -5);
+    jw_kint(&w, "zero", 0);
+    jw_kint(&w, "min", INT64_MIN);
+    jw_kint(&w, "max", INT64_MAX);
     jw_key(&w, "sender");
     jw_open(&w);
     jw_kstr(&w, "id", "u1");
@@ -47,6 +50,9 @@ static void test_object_with_nesting(void **state)
     assert_string_equal(json_string_value(json_object_get(o, "type")), "ack");
     assert_int_equal(json_integer_value(json_object_get(o, "seq")), 9007199254740993LL);
     assert_int_equal(json_integer_value(json_object_get(o, "neg")), -5);
+    assert_int_equal(json_integer_value(json_object_get(o, "zero")), 0);
+    assert_true(json_integer_value(json_object_get(o, "min")) == INT64_MIN);
+    assert_true(json_integer_value(json_object_get(o, "max")) == INT64_MAX);
     assert_string_equal(json_string_value(json_object_get(json_object_get(o, "sender"), "id")),
                         "u1");
     assert_true(json_is_true(json_object_get(o, "ok")));

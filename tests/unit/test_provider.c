@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -146,6 +147,52 @@ static void test_openai_events(void **state)
     parse(PROVIDER_OPENAI, "", "{not json", &ev, -EPROTO);
     assert_non_null(strstr(ev.error, "malformed"));
     parse(PROVIDER_OPENAI, "", "{\"object\":\"x\"}", &ev, -EPROTO);
+    /* Escapes decoded; a duplicate key, a bad escape or bad UTF-8 refused. */
+    parse(PROVIDER_OPENAI, "",
+          "{\"choices\":[{\"delta\":{\"content\":\"a\\\"b\\\\c\\n\\u00e9\\ud83d\\ude00\"}}]}", &ev, 0);
+    assert_int_equal(ev.type, PROVIDER_EV_DELTA);
+    assert_string_equal(ev.text, "a\"b\\c\n\xc3\xa9\xf0\x9f\x98\x80");
+    provider_event_release(&ev);
+    parse(PROVIDER_OPENAI, "", "{\"choices\":[{\"delta\":{\"content\":\"a\",\"content\":\"b\"}}]}",
+          &ev, -EPROTO);
+    parse(PROVIDER_OPENAI, "", "{\"choices\":[{\"delta\":{\"content\":\"\\u0000\"}}]}", &ev,
+          -EPROTO);
+    parse(PROVIDER_OPENAI, "", "{\"choices\":[{\"delta\":{\"content\":\"\xc3\"}}]}", &ev, -EPROTO);
+    parse(PROVIDER_OPENAI, "", "{\"choices\":[{\"delta\":{\"content\":\"x\"}}]} x", &ev, -EPROTO);
+    /* An empty delta is nothing; a null one too; a non-object choice too. */
+    parse(PROVIDER_OPENAI, "", "{\"choices\":[{\"delta\":{\"content\":\"\"}}]}", &ev, 0);
+    assert_int_equal(ev.type, PROVIDER_EV_NONE);
+    parse(PROVIDER_OPENAI, "", "{\"choices\":[{\"delta\":{\"content\":null}}]}", &ev, 0);
+    assert_int_equal(ev.type, PROVIDER_EV_NONE);
+    parse(PROVIDER_OPENAI, "", "{\"choices\":[7]}", &ev, 0);
+    assert_int_equal(ev.type, PROVIDER_EV_NONE);
+    parse(PROVIDER_OPENAI, "", "{\"choices\":[{\"delta\":[]}]}", &ev, -EPROTO);
+    /* A long delta (past what the event holds inline), whole. */
+    char big[4200], want[4100];
+    memset(want, 'w', 4096);
+    want[4096] = '\0';
+    snprintf(big, sizeof big, "{\"choices\":[{\"delta\":{\"content\":\"%s\"}}]}", want);
+    parse(PROVIDER_OPENAI, "", big, &ev, 0);
+    assert_int_equal(ev.type, PROVIDER_EV_DELTA);
+    assert_int_equal(ev.len, 4096);
+    assert_string_equal(ev.text, want);
+    provider_event_release(&ev);
+    /* A long finish reason and error message are cut, not refused. */
+    snprintf(big, sizeof big, "{\"choices\":[{\"delta\":{},\"finish_reason\":\"%.100s\"}]}",
+             want);
+    parse(PROVIDER_OPENAI, "", big, &ev, 0);
+    assert_int_equal(strlen(ev.stop_reason), sizeof ev.stop_reason - 1);
+    snprintf(big, sizeof big, "{\"error\":{\"message\":\"%.1000s\"}}", want);
+    parse(PROVIDER_OPENAI, "", big, &ev, 0);
+    assert_int_equal(ev.type, PROVIDER_EV_ERROR);
+    assert_int_equal(strlen(ev.error), sizeof ev.error - 1);
+    parse(PROVIDER_OPENAI, "", "{\"error\":\"x\"}", &ev, 0);
+    assert_int_equal(ev.type, PROVIDER_EV_ERROR);
+    assert_non_null(strstr(ev.error, "(no message)"));
+    /* Deeper than the reader goes: refused. */
+    parse(PROVIDER_OPENAI, "",
+          "{\"choices\":[],\"x\":[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]}", &ev, -EPROTO);
+    assert_non_null(strstr(ev.error, "malformed"));
 }
 
 static void test_anthropic_events(void **state)
