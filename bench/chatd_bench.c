@@ -119,6 +119,7 @@ struct opts {
     const char *secret;
     unsigned connections;      /* 0: mode default */
     unsigned inflight;         /* 0: mode default */
+    unsigned rate;             /* chat: messages/s sent in all (0: as fast as acks allow) */
     unsigned size;
     unsigned threads;
     unsigned users, devices, user_offset;
@@ -188,6 +189,10 @@ static const char usage[] =
     "  --inflight N         echo: messages in flight per connection (default 8); chat and\n"
     "                       cross: unacked messages per sending device (default 1); fanout:\n"
     "                       messages sent and not yet delivered to every watcher (default 4)\n"
+    "  --rate N             chat: send N messages a second in all, spread evenly over the\n"
+    "                       senders (each still at most --inflight unacked): latency at a\n"
+    "                       given load rather than at the most the server takes (default:\n"
+    "                       no pacing)\n"
     "  --size N             echo/plain payload bytes, chat content bytes (default 64; echo and\n"
     "                       plain fanout need at least 16)\n"
     "  --users U            chat, cross: users (default 50); assistant: users, one\n"
@@ -810,6 +815,9 @@ struct worker {
     uint32_t pending;          /* handshakes in progress */
     int phase_seen;
     bool started;              /* traffic was kicked off */
+    uint64_t pace_t0;          /* chat --rate: when sending began (ns) */
+    uint64_t paced;            /* chat --rate: messages this worker sent since pace_t0 */
+    uint32_t pace_next;        /* chat --rate: the connection to offer the next send */
     uint64_t rng;
     struct conn **dirty;       /* owned: connections with output to flush */
     uint32_t ndirty;
@@ -1157,6 +1165,17 @@ static void count_sent(struct conn *c)
         c->w->sent++;
 }
 
+/* chat --rate: may this worker send one more now? Its share of the rate,
+ * counted from when sending began. */
+static bool pace_allows(struct worker *w)
+{
+    if (!o.rate || o.mode != M_CHAT)
+        return true;
+    uint64_t elapsed = now_ns() - w->pace_t0;
+    double due = (double)elapsed * o.rate / o.threads / 1e9 + 1;
+    return (double)w->paced < due;
+}
+
 /* Top the connection's window up (echo, chat). */
 static void fill(struct conn *c)
 {
@@ -1165,12 +1184,26 @@ static void fill(struct conn *c)
     int ph = phase_now();
     if (ph != PH_WARMUP && ph != PH_MEASURE)
         return;
-    while (c->inflight < o.inflight) {
+    while (c->inflight < o.inflight && pace_allows(c->w)) {
+        c->w->paced++;
         if (o.mode == M_ECHO)
             send_stamped(c);
         else
             send_chat(c);
         count_sent(c);
+    }
+}
+
+/* chat --rate: offer the sends now due to the connections in turn (a
+ * connection with its window full passes). */
+static void pump_paced(struct worker *w)
+{
+    if (!o.rate || o.mode != M_CHAT || !w->started || w->n == 0)
+        return;
+    for (uint32_t tried = 0; tried < w->n && pace_allows(w); tried++) {
+        struct conn *c = &w->conns[w->pace_next];
+        w->pace_next = (w->pace_next + 1) % w->n;
+        fill(c);
     }
 }
 
@@ -1776,6 +1809,7 @@ static void on_phase(struct worker *w, int ph)
 {
     if ((ph == PH_WARMUP || ph == PH_MEASURE) && !w->started) {
         w->started = true;
+        w->pace_t0 = now_ns();
         if (o.mode == M_CONNECT) {
             for (uint32_t i = 0; i < w->n; i++)
                 conn_open(&w->conns[i]);
@@ -1826,8 +1860,9 @@ static void *worker_main(void *arg)
             }
         }
         pump_sender(w);
+        pump_paced(w);
         flush_dirty(w);
-        int timeout = (o.mode == M_FANOUT && w->id == 0) || o.mode == M_CONNECT ? 1 : 10;
+        int timeout = (o.mode == M_FANOUT && w->id == 0) || o.mode == M_CONNECT || o.rate ? 1 : 10;
         int n = epoll_wait(w->ep, evs, MAX_EVENTS, timeout);
         for (int i = 0; i < n; i++)
             conn_event(evs[i].data.ptr, evs[i].events);
@@ -1905,7 +1940,7 @@ static int usage_error(const char *what, const char *arg)
 
 enum {
     OPT_HOST = 256, OPT_PORT, OPT_PATH, OPT_PROTO, OPT_SUBPROTO, OPT_SECRET, OPT_CONNS,
-    OPT_INFLIGHT, OPT_SIZE, OPT_USERS, OPT_DEVICES, OPT_USER_OFFSET, OPT_WATCHERS,
+    OPT_INFLIGHT, OPT_RATE, OPT_SIZE, OPT_USERS, OPT_DEVICES, OPT_USER_OFFSET, OPT_WATCHERS,
     OPT_MAXDEV, OPT_THREADS, OPT_CONC, OPT_WARMUP, OPT_DURATION, OPT_SETUP, OPT_PID,
     OPT_LABEL, OPT_JSON, OPT_HELP, OPT_PPID, OPT_ANSWER, OPT_REMOTE, OPT_BACKEND,
 };
@@ -1921,6 +1956,7 @@ static int parse_args(int argc, char **argv)
         {"secret", required_argument, 0, OPT_SECRET},
         {"connections", required_argument, 0, OPT_CONNS},
         {"inflight", required_argument, 0, OPT_INFLIGHT},
+        {"rate", required_argument, 0, OPT_RATE},
         {"size", required_argument, 0, OPT_SIZE},
         {"users", required_argument, 0, OPT_USERS},
         {"devices", required_argument, 0, OPT_DEVICES},
@@ -1986,6 +2022,7 @@ static int parse_args(int argc, char **argv)
             break;
         case OPT_CONNS: rc = parse_uint(a, 1, 1000000, &o.connections); break;
         case OPT_INFLIGHT: rc = parse_uint(a, 1, 100000, &o.inflight); break;
+        case OPT_RATE: rc = parse_uint(a, 1, 100000000, &o.rate); break;
         case OPT_SIZE: rc = parse_uint(a, 1, 16u << 20, &o.size); break;
         case OPT_USERS: rc = parse_uint(a, 1, 1000000, &o.users); users_set = true; break;
         case OPT_DEVICES: rc = parse_uint(a, 1, 100000, &o.devices); devices_set = true; break;
@@ -2536,6 +2573,8 @@ int main(int argc, char **argv)
     json_object_set_new(j, "connections", json_integer(g_total));
     if (o.mode == M_ECHO || o.mode == M_CHAT || o.mode == M_FANOUT || o.mode == M_CROSS) {
         json_object_set_new(j, "inflight", json_integer(o.inflight));
+        if (o.rate)
+            json_object_set_new(j, "rate", json_integer(o.rate));
         json_object_set_new(j, "size", json_integer(o.size));
     }
     if (o.mode == M_CHAT || o.mode == M_CROSS) {
