@@ -8,7 +8,9 @@
 #   idle      10,000 and 19,000 authenticated connections held open, each on
 #             a fresh chatd: RSS growth per connection
 #   chat      50 users x 2 devices = 100 senders, 1 message in flight each,
-#             then the same with 16 in flight (throughput)
+#             then the same with 16 in flight (throughput), then 16 in flight
+#             paced to 50,000 messages/s in all (latency at half the 100k
+#             target)
 #   fanout    one session watched by 1,000 connections (1 sender, 499 owner
 #             devices, 500 admins that admin_join), one sender, 32 messages
 #             in flight; chat and fanout run with --sync normal and with
@@ -73,6 +75,8 @@ for sync in normal full; do
     bench_run "$RESULTS" "chatd sync=$sync" fanout --secret "$SECRET" --watchers 1000 --max-devices 1000 --inflight 32
     bench_run "$RESULTS" "chatd sync=$sync" chat --secret "$SECRET" --users 50 --devices 2 --inflight 1 --size 64
     bench_run "$RESULTS" "chatd sync=$sync pipelined" chat --secret "$SECRET" --users 50 --devices 2 --inflight 16 --size 64
+    # Latency at half the target load (100k acked/s): sends paced to 50k/s.
+    bench_run "$RESULTS" "chatd sync=$sync at 50k/s" chat --secret "$SECRET" --users 50 --devices 2 --inflight 16 --size 64 --rate 50000
     stop_server
 done
 
