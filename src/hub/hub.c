@@ -346,8 +346,27 @@ static void roles_to_json(const struct jwt_claims *cl, struct jw *w)
     jw_raw(w, "]", 1);
 }
 
+/* What a client keeps only once it has asked to refresh its token. */
+struct client_refresh {
+    struct rate_bucket budget; /* REFRESH_PER_MIN, REFRESH_BURST */
+    char *text;                /* owned: name and roles of the last refreshed token */
+};
+
+/* The roles texts most tokens have, shared by every client that has them. */
+static const char *const common_roles[] = {"[\"user\"]", "[\"admin\"]", "[\"admin\",\"user\"]",
+                                           "[\"user\",\"admin\"]"};
+
+static const char *common_roles_json(const char *roles, size_t len)
+{
+    for (size_t i = 0; i < sizeof common_roles / sizeof *common_roles; i++)
+        if (strlen(common_roles[i]) == len && memcmp(common_roles[i], roles, len) == 0)
+            return common_roles[i];
+    return NULL;
+}
+
 /* One allocation holds the client and its strings (idle memory matters:
- * every open connection has one). */
+ * every open connection has one): the name only when it differs from sub,
+ * the roles only when they are not one of the common texts. */
 static struct client *client_new(const struct jwt_claims *claims, struct hub *h, struct conn *c)
 {
     struct jw w;
@@ -357,16 +376,22 @@ static struct client *client_new(const struct jwt_claims *claims, struct hub *h,
         jw_release(&w);
         return NULL;
     }
-    const char *roles = w.buf;
-    size_t rl = w.len;
-    struct client *cl = calloc(1, sizeof *cl + claims->sub_len + claims->name_len + rl + 3);
+    const char *roles = common_roles_json(w.buf, w.len);
+    size_t rl = roles ? 0 : w.len + 1;
+    bool own_name = claims->name_len != claims->sub_len ||
+                    memcmp(claims->name, claims->sub, claims->sub_len) != 0;
+    size_t nl = own_name ? claims->name_len + 1 : 0;
+    struct client *cl = calloc(1, sizeof *cl + claims->sub_len + 1 + nl + rl);
     if (cl) {
-        char *p = (char *)(cl + 1);
-        cl->sub = memcpy(p, claims->sub, claims->sub_len);
+        char *p = cl->sub;
+        memcpy(p, claims->sub, claims->sub_len);
         p += claims->sub_len + 1;
-        cl->name = memcpy(p, claims->name, claims->name_len);
-        p += claims->name_len + 1;
-        cl->roles_json = memcpy(p, roles, rl);
+        cl->name = cl->sub;
+        if (own_name) {
+            cl->name = memcpy(p, claims->name, claims->name_len);
+            p += nl;
+        }
+        cl->roles_json = roles ? roles : memcpy(p, w.buf, w.len);
         cl->sub_len = (uint8_t)claims->sub_len;
         cl->admin = claims->is_admin;
         cl->exp = claims->exp;
@@ -379,11 +404,15 @@ static struct client *client_new(const struct jwt_claims *claims, struct hub *h,
 
 static void client_free(struct client *cl)
 {
-    free(cl->refreshed);
+    if (cl->refresh) {
+        free(cl->refresh->text);
+        free(cl->refresh);
+    }
     free(cl);
 }
 
-/* Take name and roles from a refreshed token (sub is unchanged). */
+/* Take name and roles from a refreshed token (sub is unchanged); cl->refresh
+ * exists (handle_refresh made it). */
 static int client_rename(struct client *cl, const struct jwt_claims *claims)
 {
     struct jw w;
@@ -400,8 +429,8 @@ static int client_rename(struct client *cl, const struct jwt_claims *claims)
     memcpy(p + claims->name_len + 1, w.buf, rl);
     p[claims->name_len + 1 + rl] = '\0';
     jw_release(&w);
-    free(cl->refreshed);
-    cl->refreshed = p;
+    free(cl->refresh->text);
+    cl->refresh->text = p;
     cl->name = p;
     cl->roles_json = p + claims->name_len + 1;
     return 0;
@@ -473,8 +502,12 @@ static void chat_on_tick(struct conn *c, int64_t now_ms, int64_t wall_ms)
 
 static void handle_refresh(struct client *cl, json_t *msg, const char *id)
 {
+    if (!cl->refresh && !(cl->refresh = calloc(1, sizeof *cl->refresh))) {
+        client_send_error(cl, ERR_INTERNAL, "out of memory", -1, id);
+        return;
+    }
     int64_t wait =
-        rate_take(&cl->refresh_budget, clock_mono_ms(), REFRESH_PER_MIN, REFRESH_BURST, 1);
+        rate_take(&cl->refresh->budget, clock_mono_ms(), REFRESH_PER_MIN, REFRESH_BURST, 1);
     if (wait) {
         client_send_error(cl, ERR_RATE_LIMITED, "too many 'refresh' messages; slow down", wait,
                           id);

@@ -17,17 +17,23 @@
 
 #include "util/hash.h"
 
+/* One per user online (or with a partly used bucket): idle memory matters,
+ * so the record is packed and allocated at the exact size of its id (at most
+ * USER_ID_MAX bytes; a user id of up to 11 bytes makes it a 96-byte chunk). */
 struct reg_user {
     struct reg_user *next; /* bucket chain */
-    uint64_t hash;
-    unsigned ndevs, cap;
     struct reg_device *devs; /* oldest first; &one until a second device comes */
     struct reg_device one;   /* room for the first device: most users have one */
     struct rate_bucket bucket; /* chat rate limit; t_ms == 0: never used */
     int64_t full_at_ms;      /* when the bucket will be full again */
-    size_t len;
+    uint32_t hash;           /* bits 8..39 of the user's hash (bucket_of) */
+    unsigned ndevs, cap;
+    uint8_t len;
     char id[];
 };
+
+#define USER_ID_MAX UINT8_MAX
+#define USER_SIZE(len) (offsetof(struct reg_user, id) + (len))
 
 /* User ids come from tokens, so the hash is seeded per process: nobody can
  * choose ids that all land in one bucket. */
@@ -85,16 +91,21 @@ static struct registry_stripe *stripe_of(struct registry *r, uint64_t h)
 }
 
 /* Bucket index inside a stripe: the stripe used the low bits, use higher. */
+static uint32_t short_hash(uint64_t h)
+{
+    return (uint32_t)(h >> 8);
+}
+
 static size_t bucket_of(const struct registry_stripe *s, uint64_t h)
 {
-    return (size_t)(h >> 8) & (s->nbuckets - 1);
+    return (size_t)short_hash(h) & (s->nbuckets - 1);
 }
 
 static struct reg_user **find(struct registry_stripe *s, uint64_t h, const char *id, size_t len)
 {
     struct reg_user **p = &s->buckets[bucket_of(s, h)];
     for (; *p; p = &(*p)->next)
-        if ((*p)->hash == h && (*p)->len == len && memcmp((*p)->id, id, len) == 0)
+        if ((*p)->hash == short_hash(h) && (*p)->len == len && memcmp((*p)->id, id, len) == 0)
             return p;
     return p;
 }
@@ -111,7 +122,7 @@ static void maybe_grow(struct registry_stripe *s)
         struct reg_user *u = s->buckets[i];
         while (u) {
             struct reg_user *next = u->next;
-            size_t j = (size_t)(u->hash >> 8) & (n - 1);
+            size_t j = (size_t)u->hash & (n - 1);
             u->next = b[j];
             b[j] = u;
             u = next;
@@ -153,15 +164,15 @@ int registry_admit(struct registry *r, const char *user, size_t len, const struc
     struct reg_user **slot = find(s, h, user, len);
     struct reg_user *u = *slot;
     if (!u) {
-        u = calloc(1, sizeof *u + len);
+        u = len <= USER_ID_MAX ? calloc(1, USER_SIZE(len)) : NULL;
         if (!u) {
             uv_mutex_unlock(&s->lock);
             return -ENOMEM;
         }
-        u->hash = h;
+        u->hash = short_hash(h);
         u->devs = &u->one;
         u->cap = 1;
-        u->len = len;
+        u->len = (uint8_t)len;
         memcpy(u->id, user, len);
         *slot = u;
         s->nusers++;
