@@ -206,7 +206,7 @@ bool hub_enabled(const struct hub *h)
 
 int client_send_json(struct client *cl, json_t *obj)
 {
-    assert(worker_current() == cl->conn->w); /* a client belongs to its worker */
+    assert(worker_current() == conn_worker(cl->conn)); /* a client belongs to its worker */
     char stack[2048];
     size_t n = json_dumpb(obj, stack, sizeof stack, JSON_COMPACT);
     if (n == 0) {
@@ -232,7 +232,7 @@ int client_send_json(struct client *cl, json_t *obj)
 void client_send_error(struct client *cl, enum chat_error code, const char *message,
                        int64_t retry_after_ms, const char *id)
 {
-    assert(worker_current() == cl->conn->w);
+    assert(worker_current() == conn_worker(cl->conn));
     hub_count_error(cl->hub, code);
     uint32_t off, len;
     struct sbuf *f = wire_error_frame(hub_error_codes[code], message, code != ERR_INTERNAL,
@@ -442,7 +442,7 @@ static int client_rename(struct client *cl, const struct jwt_claims *claims)
 static void chat_on_closing(struct conn *c)
 {
     struct client *cl = c->data;
-    assert(cl && cl->conn == c && worker_current() == c->w);
+    assert(cl && cl->conn == c && worker_current() == conn_worker(c));
     if (cl->registered) {
         registry_remove(&cl->hub->registry, cl->sub, cl->sub_len, c->id);
         cl->registered = false;
@@ -464,12 +464,12 @@ static void chat_on_closing(struct conn *c)
 static void chat_on_close(struct conn *c)
 {
     struct client *cl = c->data;
-    assert(cl && cl->conn == c && worker_current() == c->w);
+    assert(cl && cl->conn == c && worker_current() == conn_worker(c));
     struct hub *h = cl->hub;
     if (h->router_ops && h->router_ops->client_closed)
         h->router_ops->client_closed(h->router, cl);
     assert(!cl->registered); /* chat_on_closing removed the device */
-    idmap_del(&c->w->by_id, c->id);
+    idmap_del(&conn_worker(c)->by_id, c->id);
     struct log_quoted qu;
     log_info("ws_close", "conn=%llx user=%s", (unsigned long long)c->id,
              log_quote(&qu, cl->sub, cl->sub_len));
@@ -569,7 +569,7 @@ static bool valid_id(json_t *v)
 static void chat_on_message(struct conn *c, unsigned opcode, uint8_t *data, size_t len)
 {
     struct client *cl = c->data;
-    assert(cl && cl->conn == c && worker_current() == c->w);
+    assert(cl && cl->conn == c && worker_current() == conn_worker(c));
     struct hub *h = cl->hub;
     if (opcode != WS_OP_TEXT) {
         conn_ws_close(c, WS_CLOSE_UNSUPPORTED, "binary frames are not supported");
@@ -886,7 +886,7 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
         return;
     }
     struct reg_device dev = {
-        .conn_id = c->id, .worker = c->w->index, .opened_at_ms = clock_wall_ms()};
+        .conn_id = c->id, .worker = conn_worker(c)->index, .opened_at_ms = clock_wall_ms()};
     struct reg_device others[64], evicted;
     unsigned count = 0, nothers = 0;
     int r = registry_admit(&h->registry, cl->sub, cl->sub_len, &dev, h->cfg->max_devices,
@@ -955,11 +955,11 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
             count = total;
         }
     }
-    if (idmap_put(&c->w->by_id, c->id, c) < 0 || conn_upgrade(c, req, &chat_handler, cl) < 0) {
+    if (idmap_put(&conn_worker(c)->by_id, c->id, c) < 0 || conn_upgrade(c, req, &chat_handler, cl) < 0) {
         if (cl->counted)
             bus_leave(h->bus, cl->sub, c->id);
         registry_remove(&h->registry, cl->sub, cl->sub_len, c->id);
-        idmap_del(&c->w->by_id, c->id);
+        idmap_del(&conn_worker(c)->by_id, c->id);
         net_give_ws_slot(c);
         client_free(cl);
         conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);

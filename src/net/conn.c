@@ -31,7 +31,7 @@
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void ws_feed(struct conn *c, uint8_t *p, size_t n);
 
-static int64_t now_ms(struct conn *c) { return (int64_t)uv_now(&c->w->loop); }
+static int64_t now_ms(struct conn *c) { return (int64_t)uv_now(&conn_worker(c)->loop); }
 
 /* ---- accept ------------------------------------------------------------ */
 
@@ -41,7 +41,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     (void)suggested;
     /* The shared buffer is free again by the time the next read is made:
      * on_read consumes or copies every byte before it returns. */
-    buf->base = (char *)c->w->read_buf;
+    buf->base = (char *)conn_worker(c)->read_buf;
     buf->len = WORKER_READ_BUF;
 }
 
@@ -86,7 +86,6 @@ int conn_fuzz_adopt(struct worker *w, int fd)
 /* A connection w now holds (accepted): count it and start reading. */
 static void conn_start(struct worker *w, struct conn *c)
 {
-    c->w = w;
     c->id = ((uint64_t)w->index << 48) | ++w->next_conn_seq;
     list_init(&c->dirty);
     list_append(&w->conns, &c->node);
@@ -121,7 +120,7 @@ static void conn_free(struct conn *c)
 static void on_closed(uv_handle_t *h)
 {
     struct conn *c = (struct conn *)h;
-    assert(worker_current() == c->w);
+    assert(worker_current() == conn_worker(c));
     assert(c->state == CONN_CLOSED);
     c->handle_closed = true;
     if (c->notify_close) {
@@ -134,13 +133,13 @@ static void on_closed(uv_handle_t *h)
 
 void conn_hold(struct conn *c)
 {
-    assert(worker_current() == c->w);
+    assert(worker_current() == conn_worker(c));
     c->holds++;
 }
 
 void conn_release(struct conn *c)
 {
-    assert(worker_current() == c->w);
+    assert(worker_current() == conn_worker(c));
     assert(c->holds > 0);
     if (--c->holds == 0 && c->handle_closed)
         conn_free(c);
@@ -150,10 +149,10 @@ void conn_release(struct conn *c)
  * the close callback (see on_closed). */
 void conn_close(struct conn *c)
 {
-    assert(worker_current() == c->w);
+    assert(worker_current() == conn_worker(c));
     if (c->state == CONN_CLOSED)
         return;
-    struct worker *w = c->w;
+    struct worker *w = conn_worker(c);
     bool was_ws = c->state == CONN_WS;
     c->state = CONN_CLOSED;
     if (was_ws && c->handler && c->handler->on_closing)
@@ -173,7 +172,7 @@ void conn_close(struct conn *c)
 static void mark_dirty(struct conn *c)
 {
     if (!list_linked(&c->dirty))
-        list_append(&c->w->dirty, &c->dirty);
+        list_append(&conn_worker(c)->dirty, &c->dirty);
 }
 
 /* ---- output ------------------------------------------------------------ */
@@ -297,10 +296,10 @@ bool conn_flush_dirty(struct worker *w, unsigned max)
 /* The send queue passed its limit: the client is not reading. */
 static void overflow(struct conn *c)
 {
-    stat_inc(&c->w->stats.send_queue_drops);
+    stat_inc(&conn_worker(c)->stats.send_queue_drops);
     log_warn("send_queue_full", "conn=%llx queued=%llu limit=%llu", (unsigned long long)c->id,
              (unsigned long long)c->out.bytes,
-             (unsigned long long)c->w->srv->cfg->send_queue_bytes);
+             (unsigned long long)conn_worker(c)->srv->cfg->send_queue_bytes);
     outq_drop_pending(&c->out);
     conn_ws_close(c, WS_CLOSE_TRY_AGAIN, "send queue full");
     c->discard_input = true;
@@ -324,7 +323,7 @@ static int queue2(struct conn *c, const void *a, size_t alen, const void *b, siz
 static int check_limit(struct conn *c)
 {
     if (c->state == CONN_WS && !c->close_sent &&
-        c->out.bytes > c->w->srv->cfg->send_queue_bytes) {
+        c->out.bytes > conn_worker(c)->srv->cfg->send_queue_bytes) {
         overflow(c);
         return -ENOBUFS;
     }
@@ -341,16 +340,16 @@ static int queue_frame(struct conn *c, unsigned opcode, const void *data, size_t
 
 int conn_send(struct conn *c, unsigned opcode, const void *data, size_t len)
 {
-    assert(worker_current() == c->w); /* only its own worker touches a conn */
+    assert(worker_current() == conn_worker(c)); /* only its own worker touches a conn */
     if (c->state != CONN_WS || c->close_sent)
         return -EPIPE;
-    stat_inc(&c->w->stats.ws_messages_out);
+    stat_inc(&conn_worker(c)->stats.ws_messages_out);
     return queue_frame(c, opcode, data, len);
 }
 
 int conn_send_shared(struct conn *c, struct sbuf *frame, uint32_t off, uint32_t len)
 {
-    assert(worker_current() == c->w); /* only its own worker touches a conn */
+    assert(worker_current() == conn_worker(c)); /* only its own worker touches a conn */
     if (c->state != CONN_WS || c->close_sent)
         return -EPIPE;
     if (outq_push_ref(&c->out, frame, off, len) < 0) {
@@ -358,13 +357,13 @@ int conn_send_shared(struct conn *c, struct sbuf *frame, uint32_t off, uint32_t 
         return -ENOMEM;
     }
     mark_dirty(c);
-    stat_inc(&c->w->stats.ws_messages_out);
+    stat_inc(&conn_worker(c)->stats.ws_messages_out);
     return check_limit(c);
 }
 
 void conn_ws_close(struct conn *c, uint16_t code, const char *reason)
 {
-    assert(worker_current() == c->w); /* only its own worker touches a conn */
+    assert(worker_current() == conn_worker(c)); /* only its own worker touches a conn */
     if (c->state != CONN_WS || c->close_sent)
         return;
     uint8_t payload[WS_MAX_CONTROL];
@@ -396,7 +395,7 @@ void conn_http_send(struct conn *c, int status, const char *content_type, const 
                     size_t len, bool keep_alive, bool head_only, const char *cache_control,
                     const char *extra_headers)
 {
-    assert(worker_current() == c->w);
+    assert(worker_current() == conn_worker(c));
     char head[2048];
     size_t hlen = http_format_head(head, sizeof head, status, content_type, len, keep_alive,
                                    cache_control, extra_headers);
@@ -434,8 +433,8 @@ static void http_fail(struct conn *c, int status, const char *code, const char *
 int conn_upgrade(struct conn *c, const struct http_request *req,
                  const struct conn_handler *handler, void *data)
 {
-    assert(worker_current() == c->w); /* only its own worker touches a conn */
-    const struct config *cfg = c->w->srv->cfg;
+    assert(worker_current() == conn_worker(c)); /* only its own worker touches a conn */
+    const struct config *cfg = conn_worker(c)->srv->cfg;
     const struct http_header *key = http_request_header(req, "sec-websocket-key");
     char accept[WS_ACCEPT_LEN + 1];
     if (!key || ws_accept_key(key->value, key->value_len, accept) < 0)
@@ -516,8 +515,8 @@ static size_t http_process(struct conn *c, const char *buf, size_t len, size_t s
             req.body_len = body_len;
         }
         c->http_body_wait = false;
-        stat_inc(&c->w->stats.http_requests);
-        c->w->srv->ops->on_request(c->w->srv->app, c, &req);
+        stat_inc(&conn_worker(c)->stats.http_requests);
+        conn_worker(c)->srv->ops->on_request(conn_worker(c)->srv->app, c, &req);
         used += end + body_len;
         if (c->state == CONN_CLOSED)
             return len;
@@ -581,14 +580,14 @@ static void http_process_kept(struct conn *c)
 
 void conn_http_async_begin(struct conn *c)
 {
-    assert(worker_current() == c->w); /* only its own worker touches a conn */
+    assert(worker_current() == conn_worker(c)); /* only its own worker touches a conn */
     c->http_busy = true;
     conn_hold(c);
 }
 
 void conn_http_async_end(struct conn *c)
 {
-    assert(worker_current() == c->w); /* only its own worker touches a conn */
+    assert(worker_current() == conn_worker(c)); /* only its own worker touches a conn */
     c->http_busy = false;
     if (c->state == CONN_HTTP && !c->discard_input) {
         c->deadline_ms = now_ms(c) + CONN_HEAD_TIMEOUT_MS;
@@ -642,16 +641,16 @@ static void http_feed(struct conn *c, const char *p, size_t n)
 static void over_budget(struct conn *c, const char *what)
 {
     log_warn("input_budget_exceeded", "conn=%llx budget=%s", (unsigned long long)c->id, what);
-    stat_inc(&c->w->stats.input_budget_closes);
+    stat_inc(&conn_worker(c)->stats.input_budget_closes);
     conn_ws_close(c, WS_CLOSE_POLICY, "input rate exceeded");
     c->discard_input = true;
 }
 
 static void ws_message(struct conn *c, unsigned opcode, uint8_t *data, size_t len)
 {
-    stat_inc(&c->w->stats.ws_messages_in);
+    stat_inc(&conn_worker(c)->stats.ws_messages_in);
     if (c->handler && c->handler->metered) {
-        const struct config *cfg = c->w->srv->cfg;
+        const struct config *cfg = conn_worker(c)->srv->cfg;
         if (!rate_charge(&c->in_msgs, now_ms(c), (uint64_t)cfg->input_rate * 60,
                          (uint64_t)cfg->input_rate * 4, 1)) {
             over_budget(c, "messages");
@@ -771,8 +770,8 @@ static void ws_feed(struct conn *c, uint8_t *p, size_t n)
 {
     struct ws_decoder *d = c->dec;
     if (!d) {
-        d = &c->w->scratch_dec;
-        ws_decoder_init(d, c->w->srv->cfg->max_message_bytes, true);
+        d = &conn_worker(c)->scratch_dec;
+        ws_decoder_init(d, conn_worker(c)->srv->cfg->max_message_bytes, true);
     }
     ws_run(c, d, p, n);
     if (c->state != CONN_WS || c->discard_input) {
@@ -816,7 +815,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (c->handler && c->handler->metered && !c->close_sent) {
-        const struct config *cfg = c->w->srv->cfg;
+        const struct config *cfg = conn_worker(c)->srv->cfg;
         if (!rate_charge(&c->in_bytes, now_ms(c), cfg->input_byte_rate * 60,
                          2 * cfg->max_message_bytes + cfg->input_byte_rate, (uint64_t)nread)) {
             over_budget(c, "bytes");
@@ -830,7 +829,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 static void sweep_one(struct conn *c, int64_t now, int64_t wall)
 {
-    const struct config *cfg = c->w->srv->cfg;
+    const struct config *cfg = conn_worker(c)->srv->cfg;
     if (c->state == CONN_HTTP) {
         if (now >= c->deadline_ms && !c->http_busy) {
             log_debug("http_head_timeout", "conn=%llx", (unsigned long long)c->id);

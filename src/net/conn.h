@@ -85,35 +85,37 @@ struct conn_handler {
 
 enum conn_state { CONN_HTTP = 0, CONN_WS, CONN_CLOSED };
 
+/* Fields are ordered (and flags packed) for size: every open connection
+ * holds one, idle or not (a 480-byte allocation, 248 of them libuv's). */
 struct conn {
-    uv_tcp_t tcp;               /* first member: handle pointers cast back to conn */
+    uv_tcp_t tcp;               /* first member: handle pointers cast back to conn;
+                                 * tcp.loop is the owning worker's (conn_worker) */
     /* read-only after accept */
-    struct worker *w;           /* owning worker (borrowed) */
     uint64_t id;                /* unique in the process: worker index << 48 | sequence */
     /* private to the worker thread */
     struct list_node node;      /* on w->conns */
     struct list_node dirty;     /* on w->dirty while output waits to be flushed */
-    uint8_t state;              /* enum conn_state */
-    bool close_sent;            /* our close frame is queued */
-    bool close_received;        /* the peer's close frame arrived */
-    bool discard_input;         /* the stream is broken: read and drop */
-    bool shut_down;             /* write side shut down (FIN sent) */
-    bool close_after_flush;     /* HTTP: answered with Connection: close */
-    bool counted_ws;            /* holds a slot in stats.ws_open */
-    bool http_busy;             /* an async HTTP answer is pending: hold later heads */
-    bool http_body_wait;        /* a whole head is in c->in, its body is not yet */
-    bool handle_closed;         /* the libuv close callback ran */
-    bool notify_close;          /* closed: the handler's on_close is still to run */
-    uint16_t pings_in_window;
-    uint16_t holds;             /* async work that will come back to this conn */
     int64_t deadline_ms;        /* HTTP: head deadline; closing: linger deadline */
     int64_t ping_wait_ms;       /* when the oldest unanswered ping went out, 0: none */
     int64_t next_ping_ms;
     int64_t ping_window_ms;     /* start of the current ping-flood window */
     char *in;                   /* HTTP: bytes of the request head (owned) */
-    uint32_t in_len, in_cap, in_scanned;
     uint8_t *msg;               /* WebSocket: a message being assembled (owned) */
+    uint32_t in_len, in_cap, in_scanned;
     uint32_t msg_len, msg_cap;  /* messages are at most 1 GiB (config limit) */
+    uint16_t pings_in_window;
+    uint16_t holds;             /* async work that will come back to this conn */
+    uint8_t state;              /* enum conn_state */
+    bool close_sent : 1;        /* our close frame is queued */
+    bool close_received : 1;    /* the peer's close frame arrived */
+    bool discard_input : 1;     /* the stream is broken: read and drop */
+    bool shut_down : 1;         /* write side shut down (FIN sent) */
+    bool close_after_flush : 1; /* HTTP: answered with Connection: close */
+    bool counted_ws : 1;        /* holds a slot in stats.ws_open */
+    bool http_busy : 1;         /* an async HTTP answer is pending: hold later heads */
+    bool http_body_wait : 1;    /* a whole head is in c->in, its body is not yet */
+    bool handle_closed : 1;     /* the libuv close callback ran */
+    bool notify_close : 1;      /* closed: the handler's on_close is still to run */
     struct outq out;
     struct conn_write *wreq;    /* pending write (owned), NULL when none */
     uv_shutdown_t *sreq;        /* pending shutdown (owned) */
@@ -124,6 +126,13 @@ struct conn {
     struct rate_bucket in_msgs;  /* input budget (metered handlers): messages */
     struct rate_bucket in_bytes; /* ... and bytes */
 };
+
+/* The worker that owns c (it accepted it): the one whose loop c's handle
+ * is on. Read-only after accept, like the id. */
+static inline struct worker *conn_worker(const struct conn *c)
+{
+    return (struct worker *)((char *)c->tcp.loop - offsetof(struct worker, loop));
+}
 
 /* Take on a connection the worker accepted (fd: owned from here on, closed
  * on failure). Worker thread. */
