@@ -233,7 +233,7 @@ void client_send_error(struct client *cl, enum chat_error code, const char *mess
                        int64_t retry_after_ms, const char *id)
 {
     assert(worker_current() == conn_worker(cl->conn));
-    hub_count_error(cl->hub, code);
+    hub_count_error(client_hub(cl), code);
     uint32_t off, len;
     struct sbuf *f = wire_error_frame(hub_error_codes[code], message, code != ERR_INTERNAL,
                                       retry_after_ms, id, &off, &len);
@@ -367,7 +367,7 @@ static const char *common_roles_json(const char *roles, size_t len)
 /* One allocation holds the client and its strings (idle memory matters:
  * every open connection has one): the name only when it differs from sub,
  * the roles only when they are not one of the common texts. */
-static struct client *client_new(const struct jwt_claims *claims, struct hub *h, struct conn *c)
+static struct client *client_new(const struct jwt_claims *claims, struct conn *c)
 {
     struct jw w;
     jw_init(&w, 128, 0); /* grows for a long list */
@@ -381,7 +381,7 @@ static struct client *client_new(const struct jwt_claims *claims, struct hub *h,
     bool own_name = claims->name_len != claims->sub_len ||
                     memcmp(claims->name, claims->sub, claims->sub_len) != 0;
     size_t nl = own_name ? claims->name_len + 1 : 0;
-    struct client *cl = calloc(1, sizeof *cl + claims->sub_len + 1 + nl + rl);
+    struct client *cl = calloc(1, offsetof(struct client, sub) + claims->sub_len + 1 + nl + rl);
     if (cl) {
         char *p = cl->sub;
         memcpy(p, claims->sub, claims->sub_len);
@@ -395,7 +395,6 @@ static struct client *client_new(const struct jwt_claims *claims, struct hub *h,
         cl->sub_len = (uint8_t)claims->sub_len;
         cl->admin = claims->is_admin;
         cl->exp = claims->exp;
-        cl->hub = h;
         cl->conn = c;
     }
     jw_release(&w);
@@ -444,19 +443,19 @@ static void chat_on_closing(struct conn *c)
     struct client *cl = c->data;
     assert(cl && cl->conn == c && worker_current() == conn_worker(c));
     if (cl->registered) {
-        registry_remove(&cl->hub->registry, cl->sub, cl->sub_len, c->id);
+        registry_remove(&client_hub(cl)->registry, cl->sub, cl->sub_len, c->id);
         cl->registered = false;
     }
     if (cl->counted) {
-        bus_leave(cl->hub->bus, cl->sub, c->id);
+        bus_leave(client_hub(cl)->bus, cl->sub, c->id);
         cl->counted = false;
     }
     if (cl->watching) {
-        bus_watch(cl->hub->bus, cl->sub, -1);
+        bus_watch(client_hub(cl)->bus, cl->sub, -1);
         cl->watching = false;
     }
     if (cl->watching_all) {
-        bus_watch(cl->hub->bus, NULL, -1);
+        bus_watch(client_hub(cl)->bus, NULL, -1);
         cl->watching_all = false;
     }
 }
@@ -465,7 +464,7 @@ static void chat_on_close(struct conn *c)
 {
     struct client *cl = c->data;
     assert(cl && cl->conn == c && worker_current() == conn_worker(c));
-    struct hub *h = cl->hub;
+    struct hub *h = client_hub(cl);
     if (h->router_ops && h->router_ops->client_closed)
         h->router_ops->client_closed(h->router, cl);
     assert(!cl->registered); /* chat_on_closing removed the device */
@@ -521,7 +520,7 @@ static void handle_refresh(struct client *cl, json_t *msg, const char *id)
     struct jwt_claims claims;
     const char *why = "refused";
     int64_t now = clock_wall_ms() / 1000;
-    int vrc = jwt_verify(cl->hub->jwt, token, strlen(token), now, &claims, &why);
+    int vrc = jwt_verify(client_hub(cl)->jwt, token, strlen(token), now, &claims, &why);
     if (vrc != 0) {
         client_send_error(cl, vrc == -ENOMEM ? ERR_INTERNAL : ERR_UNAUTHORIZED, why, -1, id);
         return;
@@ -540,7 +539,7 @@ static void handle_refresh(struct client *cl, json_t *msg, const char *id)
     cl->exp = claims.exp;
     cl->admin = claims.is_admin;
     if (cl->watching && cl->admin != cl->watching_all) {
-        bus_watch(cl->hub->bus, NULL, cl->admin ? 1 : -1);
+        bus_watch(client_hub(cl)->bus, NULL, cl->admin ? 1 : -1);
         cl->watching_all = cl->admin;
     }
     json_t *o = json_pack("{s:s, s:I, s:s, s:o}", "type", "refreshed", "exp",
@@ -553,7 +552,7 @@ static void handle_refresh(struct client *cl, json_t *msg, const char *id)
         client_send_json(cl, o);
     }
     json_decref(o);
-    struct hub *h = cl->hub;
+    struct hub *h = client_hub(cl);
     if (was_admin != cl->admin && h->router_ops && h->router_ops->client_roles_changed)
         h->router_ops->client_roles_changed(h->router, cl, was_admin);
 }
@@ -570,7 +569,7 @@ static void chat_on_message(struct conn *c, unsigned opcode, uint8_t *data, size
 {
     struct client *cl = c->data;
     assert(cl && cl->conn == c && worker_current() == conn_worker(c));
-    struct hub *h = cl->hub;
+    struct hub *h = client_hub(cl);
     if (opcode != WS_OP_TEXT) {
         conn_ws_close(c, WS_CLOSE_UNSUPPORTED, "binary frames are not supported");
         return;
@@ -630,7 +629,7 @@ static void chat_on_message(struct conn *c, unsigned opcode, uint8_t *data, size
 static void chat_on_drain(struct conn *c)
 {
     struct client *cl = c->data;
-    struct hub *h = cl->hub;
+    struct hub *h = client_hub(cl);
     if (h->router_ops && h->router_ops->client_drained)
         h->router_ops->client_drained(h->router, cl);
 }
@@ -706,14 +705,14 @@ static int find_token(const struct http_request *req, char *buf, size_t cap, con
 
 static void send_connection_status(struct client *cl, unsigned devices)
 {
-    const struct config *cfg = cl->hub->cfg;
+    const struct config *cfg = client_hub(cl)->cfg;
     char id[32], ts[32];
     snprintf(id, sizeof id, "c-%llx", (unsigned long long)cl->conn->id);
     clock_format_rfc3339(ts, clock_wall_ms());
     /* Every connection gets one: written straight into its frame. */
     struct jw w;
     jw_init(&w, 320 + cl->sub_len + strlen(cl->name) + strlen(cl->roles_json) +
-                    cl->hub->models_len,
+                    client_hub(cl)->models_len,
             WS_MAX_HEADER);
     jw_open(&w);
     jw_kstr(&w, "type", "connection_status");
@@ -727,7 +726,7 @@ static void send_connection_status(struct client *cl, unsigned devices)
     jw_kint(&w, "max_message_bytes", (int64_t)cfg->max_message_bytes);
     jw_kstr(&w, "server_time", ts);
     jw_key(&w, "models");
-    jw_raw(&w, cl->hub->models_json, cl->hub->models_len);
+    jw_raw(&w, client_hub(cl)->models_json, client_hub(cl)->models_len);
     jw_close(&w);
     uint32_t off, len;
     struct sbuf *f = wire_frame_jw(&w, &off, &len);
@@ -879,7 +878,7 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
     if (!net_take_ws_slot(c))
         return;
 
-    struct client *cl = client_new(&claims, h, c);
+    struct client *cl = client_new(&claims, c);
     if (!cl) {
         net_give_ws_slot(c);
         conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);

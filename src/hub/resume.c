@@ -248,7 +248,7 @@ static void resume_pump(struct resume_job *j)
     }
     /* An answer streaming now: what the connection lacks of it, before
      * `resumed` (a reloaded page shows it at once). */
-    if (st && !chat__stream_catch_up(cl->hub->router, cl, st, NULL, true) && j->rtext &&
+    if (st && !chat__stream_catch_up(client_hub(cl)->router, cl, st, NULL, true) && j->rtext &&
         !page_has_answer(j, j->rstream))
         chat__stream_send_text(cl, st, j->rstream, j->rtext, j->rlen); /* another node's */
     int64_t last_seq = j->sess.last_seq;
