@@ -454,7 +454,7 @@ int conn_upgrade(struct conn *c, const struct http_request *req,
     int64_t now = now_ms(c);
     c->ping_wait_ms = 0;
     c->next_ping_ms = now + (int64_t)cfg->ping_interval_s * 1000;
-    c->ping_window_ms = now;
+    c->ping_window_ms = (uint32_t)now;
     c->deadline_ms = 0;
     c->dec = NULL;
     return 0;
@@ -535,47 +535,71 @@ static size_t http_process(struct conn *c, const char *buf, size_t len, size_t s
     return used;
 }
 
-/* Keep buf[0..n) in c->in (replacing what was there). */
+/* Bytes kept in c->in. */
+static uint32_t in_len(const struct conn *c)
+{
+    return c->in ? c->in->len : 0;
+}
+
+static void in_free(struct conn *c)
+{
+    free(c->in);
+    c->in = NULL;
+}
+
+/* Make room for n bytes in c->in (kept bytes stay). 0 or -ENOMEM. */
+static int in_reserve(struct conn *c, size_t n)
+{
+    size_t old = c->in ? c->in->cap : 0;
+    if (n <= old)
+        return 0;
+    size_t cap = old ? old : 1024;
+    while (cap < n)
+        cap *= 2;
+    struct conn_in *in = realloc(c->in, sizeof *in + cap);
+    if (!in)
+        return -ENOMEM;
+    if (!c->in)
+        in->len = in->scanned = 0;
+    in->cap = (uint32_t)cap;
+    c->in = in;
+    return 0;
+}
+
+/* Keep buf[0..n) in c->in (replacing what was there; buf may lie in it). */
 static int http_keep(struct conn *c, const char *buf, size_t n)
 {
     if (n == 0) {
         /* Idle keep-alive connections hold no buffer. */
-        free(c->in);
-        c->in = NULL;
-        c->in_len = c->in_cap = c->in_scanned = 0;
+        in_free(c);
         return 0;
     }
-    if (n > c->in_cap) {
-        size_t cap = c->in_cap ? c->in_cap : 1024;
-        while (cap < n)
-            cap *= 2;
-        char *in = realloc(c->in, cap);
-        if (!in)
+    if (c->in && buf >= c->in->data && buf < c->in->data + c->in->cap) {
+        memmove(c->in->data, buf, n); /* n <= what was kept: it fits */
+    } else {
+        if (in_reserve(c, n) < 0)
             return -ENOMEM;
-        c->in = in;
-        c->in_cap = (uint32_t)cap;
+        memcpy(c->in->data, buf, n);
     }
-    memmove(c->in, buf, n);
-    c->in_len = (uint32_t)n;
+    c->in->len = (uint32_t)n;
     return 0;
 }
 
 /* Run http_process over c->in and keep what is left. */
 static void http_process_kept(struct conn *c)
 {
-    size_t used = http_process(c, c->in, c->in_len, c->in_scanned);
+    size_t used = http_process(c, c->in->data, c->in->len, c->in->scanned);
     if (c->state != CONN_HTTP || c->discard_input) {
-        free(c->in);
-        c->in = NULL;
-        c->in_len = c->in_cap = c->in_scanned = 0;
+        in_free(c);
         return;
     }
-    size_t left = c->in_len - used;
-    if (http_keep(c, c->in + used, left) < 0) {
+    size_t left = c->in->len - used;
+    if (http_keep(c, c->in->data + used, left) < 0) {
         conn_close(c);
         return;
     }
-    c->in_scanned = left > 3 && used == 0 && !c->http_body_wait ? (uint32_t)left - 3 : 0;
+    if (c->in)
+        c->in->scanned = left > 3 && used == 0 && !c->http_body_wait ? (uint32_t)left - 3 : 0;
 }
 
 void conn_http_async_begin(struct conn *c)
@@ -591,7 +615,7 @@ void conn_http_async_end(struct conn *c)
     c->http_busy = false;
     if (c->state == CONN_HTTP && !c->discard_input) {
         c->deadline_ms = now_ms(c) + CONN_HEAD_TIMEOUT_MS;
-        if (c->in_len)
+        if (in_len(c))
             http_process_kept(c);
     }
     conn_release(c);
@@ -599,7 +623,7 @@ void conn_http_async_end(struct conn *c)
 
 static void http_feed(struct conn *c, const char *p, size_t n)
 {
-    if (c->in_len == 0 && !c->http_busy) {
+    if (in_len(c) == 0 && !c->http_busy) {
         /* The common case: whole heads in this read. Parse them where they
          * lie and copy only an unfinished tail. */
         size_t used = http_process(c, p, n, 0);
@@ -609,27 +633,20 @@ static void http_feed(struct conn *c, const char *p, size_t n)
             conn_close(c);
             return;
         }
-        c->in_scanned = n - used > 3 && !c->http_body_wait ? (uint32_t)(n - used) - 3 : 0;
+        c->in->scanned = n - used > 3 && !c->http_body_wait ? (uint32_t)(n - used) - 3 : 0;
         return;
     }
-    if (c->in_len + n > HTTP_MAX_HEAD * 2 + WORKER_READ_BUF) {
+    size_t kept = in_len(c);
+    if (kept + n > HTTP_MAX_HEAD * 2 + WORKER_READ_BUF) {
         conn_close(c); /* a client pipelining without limit */
         return;
     }
-    if (c->in_len + n > c->in_cap) {
-        size_t cap = c->in_cap ? c->in_cap : 1024;
-        while (cap < c->in_len + n)
-            cap *= 2;
-        char *in = realloc(c->in, cap);
-        if (!in) {
-            conn_close(c);
-            return;
-        }
-        c->in = in;
-        c->in_cap = (uint32_t)cap;
+    if (in_reserve(c, kept + n) < 0) {
+        conn_close(c);
+        return;
     }
-    memcpy(c->in + c->in_len, p, n);
-    c->in_len += (uint32_t)n;
+    memcpy(c->in->data + kept, p, n);
+    c->in->len = (uint32_t)(kept + n);
     if (!c->http_busy)
         http_process_kept(c);
 }
@@ -703,8 +720,8 @@ static void ws_control(struct conn *c, const struct ws_event *ev)
     switch (ev->opcode) {
     case WS_OP_PING: {
         int64_t now = now_ms(c);
-        if (now - c->ping_window_ms >= 1000) {
-            c->ping_window_ms = now;
+        if ((uint32_t)now - c->ping_window_ms >= 1000) {
+            c->ping_window_ms = (uint32_t)now;
             c->pings_in_window = 0;
         }
         if (++c->pings_in_window > CONN_PING_FLOOD) {

@@ -47,6 +47,14 @@
 struct conn;
 struct http_request;
 
+/* HTTP: bytes of a request head that came in pieces (or of pipelined
+ * requests held while an answer is pending); owned by the conn. */
+struct conn_in {
+    uint32_t len, cap;
+    uint32_t scanned; /* bytes already searched for the end of the head */
+    char data[];      /* cap bytes */
+};
+
 /* A pending write: the libuv request and how many queued bytes it covers. */
 struct conn_write {
     uv_write_t req;
@@ -86,7 +94,7 @@ struct conn_handler {
 enum conn_state { CONN_HTTP = 0, CONN_WS, CONN_CLOSED };
 
 /* Fields are ordered (and flags packed) for size: every open connection
- * holds one, idle or not (a 480-byte allocation, 248 of them libuv's). */
+ * holds one, idle or not (a 464-byte allocation, 248 of them libuv's). */
 struct conn {
     uv_tcp_t tcp;               /* first member: handle pointers cast back to conn;
                                  * tcp.loop is the owning worker's (conn_worker) */
@@ -98,12 +106,13 @@ struct conn {
     int64_t deadline_ms;        /* HTTP: head deadline; closing: linger deadline */
     int64_t ping_wait_ms;       /* when the oldest unanswered ping went out, 0: none */
     int64_t next_ping_ms;
-    int64_t ping_window_ms;     /* start of the current ping-flood window */
-    char *in;                   /* HTTP: bytes of the request head (owned) */
+    struct conn_in *in;         /* HTTP: a request head kept between reads (owned),
+                                 * NULL when none */
     uint8_t *msg;               /* WebSocket: a message being assembled (owned) */
-    uint32_t in_len, in_cap, in_scanned;
     uint32_t msg_len, msg_cap;  /* messages are at most 1 GiB (config limit) */
-    uint16_t pings_in_window;
+    uint32_t ping_window_ms;    /* start of the current ping-flood window: the low
+                                 * 32 bits of the loop's time (compared modulo 2^32) */
+    uint8_t pings_in_window;    /* at most CONN_PING_FLOOD + 1 */
     uint16_t holds;             /* async work that will come back to this conn */
     uint8_t state;              /* enum conn_state */
     bool close_sent : 1;        /* our close frame is queued */
