@@ -33,6 +33,14 @@ static void ws_feed(struct conn *c, uint8_t *p, size_t n);
 
 static int64_t now_ms(struct conn *c) { return (int64_t)uv_now(&conn_worker(c)->loop); }
 
+/* A time as a conn keeps it (struct conn): the low 32 bits of the loop's
+ * time, never 0 (0 means none; a stamp may read 1 ms late). Timeouts are at
+ * most a day (ping-interval, pong-timeout), far below the 24 days modular
+ * comparison covers. */
+static uint32_t stamp(int64_t t) { return (uint32_t)t | 1; }
+/* now is at or past the stamped time t. */
+static bool reached(int64_t now, uint32_t t) { return (int32_t)((uint32_t)now - t) >= 0; }
+
 /* ---- accept ------------------------------------------------------------ */
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -92,7 +100,7 @@ static void conn_start(struct worker *w, struct conn *c)
     w->nconns++;
     outq_init(&c->out);
     c->state = CONN_HTTP;
-    c->deadline_ms = now_ms(c) + CONN_HEAD_TIMEOUT_MS;
+    c->deadline_ms = stamp(now_ms(c) + CONN_HEAD_TIMEOUT_MS);
     uv_tcp_nodelay(&c->tcp, 1);
     atomic_fetch_add(&w->srv->stats.conns_open, 1);
     atomic_fetch_add(&w->srv->stats.conns_total, 1);
@@ -201,7 +209,7 @@ static void drained(struct conn *c)
         if (c->shut_down)
             return;
         c->discard_input = true;
-        c->deadline_ms = now_ms(c) + 2000;
+        c->deadline_ms = stamp(now_ms(c) + 2000);
         goto shut;
     }
     if (!c->close_sent || c->shut_down)
@@ -371,7 +379,7 @@ void conn_ws_close(struct conn *c, uint16_t code, const char *reason)
     /* Marked first: a close frame never counts against the queue limit. */
     c->close_sent = true;
     queue_frame(c, WS_OP_CLOSE, payload, n);
-    c->deadline_ms = now_ms(c) + CONN_LINGER_MS;
+    c->deadline_ms = stamp(now_ms(c) + CONN_LINGER_MS);
     log_debug("ws_close_sent", "conn=%llx code=%u", (unsigned long long)c->id, code);
 }
 
@@ -453,7 +461,7 @@ int conn_upgrade(struct conn *c, const struct http_request *req,
     c->data = data;
     int64_t now = now_ms(c);
     c->ping_wait_ms = 0;
-    c->next_ping_ms = now + (int64_t)cfg->ping_interval_s * 1000;
+    c->next_ping_ms = stamp(now + (int64_t)cfg->ping_interval_s * 1000);
     c->ping_window_ms = (uint32_t)now;
     c->deadline_ms = 0;
     c->dec = NULL;
@@ -530,7 +538,7 @@ static size_t http_process(struct conn *c, const char *buf, size_t len, size_t s
             c->discard_input = true;
             return len;
         }
-        c->deadline_ms = now_ms(c) + CONN_HEAD_TIMEOUT_MS;
+        c->deadline_ms = stamp(now_ms(c) + CONN_HEAD_TIMEOUT_MS);
     }
     return used;
 }
@@ -614,7 +622,7 @@ void conn_http_async_end(struct conn *c)
     assert(worker_current() == conn_worker(c)); /* only its own worker touches a conn */
     c->http_busy = false;
     if (c->state == CONN_HTTP && !c->discard_input) {
-        c->deadline_ms = now_ms(c) + CONN_HEAD_TIMEOUT_MS;
+        c->deadline_ms = stamp(now_ms(c) + CONN_HEAD_TIMEOUT_MS);
         if (in_len(c))
             http_process_kept(c);
     }
@@ -848,32 +856,33 @@ static void sweep_one(struct conn *c, int64_t now, int64_t wall)
 {
     const struct config *cfg = conn_worker(c)->srv->cfg;
     if (c->state == CONN_HTTP) {
-        if (now >= c->deadline_ms && !c->http_busy) {
+        if (reached(now, c->deadline_ms) && !c->http_busy) {
             log_debug("http_head_timeout", "conn=%llx", (unsigned long long)c->id);
             conn_close(c);
         }
         return;
     }
     if (c->close_sent || c->discard_input) {
-        if (c->deadline_ms && now >= c->deadline_ms)
+        if (c->deadline_ms && reached(now, c->deadline_ms))
             conn_close(c);
         return;
     }
     /* The deadline runs from the first unanswered ping, so however late the
      * once-a-second sweep sends it, the peer has the whole pong timeout. */
-    if (c->ping_wait_ms && now - c->ping_wait_ms >= (int64_t)cfg->pong_timeout_s * 1000) {
-        log_info("ws_pong_timeout", "conn=%llx waited_ms=%lld", (unsigned long long)c->id,
-                 (long long)(now - c->ping_wait_ms));
+    int32_t waited = (int32_t)((uint32_t)now - c->ping_wait_ms); /* -1 just after stamp() */
+    if (c->ping_wait_ms && waited >= (int32_t)cfg->pong_timeout_s * 1000) {
+        log_info("ws_pong_timeout", "conn=%llx waited_ms=%ld", (unsigned long long)c->id,
+                 (long)waited);
         conn_close(c);
         return;
     }
     /* Pings go out on the sweep nearest their due time (half a tick early
      * at most), so they are at most half a second off either way. */
-    if (now + CONN_SWEEP_MS / 2 >= c->next_ping_ms) {
+    if (reached(now + CONN_SWEEP_MS / 2, c->next_ping_ms)) {
         queue_frame(c, WS_OP_PING, NULL, 0);
         if (!c->ping_wait_ms)
-            c->ping_wait_ms = now;
-        c->next_ping_ms = now + (int64_t)cfg->ping_interval_s * 1000;
+            c->ping_wait_ms = stamp(now);
+        c->next_ping_ms = stamp(now + (int64_t)cfg->ping_interval_s * 1000);
     }
     if (c->state == CONN_WS && c->handler && c->handler->on_tick)
         c->handler->on_tick(c, now, wall);

@@ -94,7 +94,7 @@ struct conn_handler {
 enum conn_state { CONN_HTTP = 0, CONN_WS, CONN_CLOSED };
 
 /* Fields are ordered (and flags packed) for size: every open connection
- * holds one, idle or not (a 464-byte allocation, 248 of them libuv's). */
+ * holds one, idle or not (a 448-byte allocation, 248 of them libuv's). */
 struct conn {
     uv_tcp_t tcp;               /* first member: handle pointers cast back to conn;
                                  * tcp.loop is the owning worker's (conn_worker) */
@@ -103,15 +103,17 @@ struct conn {
     /* private to the worker thread */
     struct list_node node;      /* on w->conns */
     struct list_node dirty;     /* on w->dirty while output waits to be flushed */
-    int64_t deadline_ms;        /* HTTP: head deadline; closing: linger deadline */
-    int64_t ping_wait_ms;       /* when the oldest unanswered ping went out, 0: none */
-    int64_t next_ping_ms;
     struct conn_in *in;         /* HTTP: a request head kept between reads (owned),
                                  * NULL when none */
     uint8_t *msg;               /* WebSocket: a message being assembled (owned) */
     uint32_t msg_len, msg_cap;  /* messages are at most 1 GiB (config limit) */
-    uint32_t ping_window_ms;    /* start of the current ping-flood window: the low
-                                 * 32 bits of the loop's time (compared modulo 2^32) */
+    /* Times are the low 32 bits of the loop's time in ms, compared modulo
+     * 2^32 (every one lies within a day of now; see conn.c's stamp()); a set
+     * one is never 0, which means none. */
+    uint32_t deadline_ms;       /* HTTP: head deadline; closing: linger deadline */
+    uint32_t ping_wait_ms;      /* when the oldest unanswered ping went out */
+    uint32_t next_ping_ms;
+    uint32_t ping_window_ms;    /* start of the current ping-flood window */
     uint8_t pings_in_window;    /* at most CONN_PING_FLOOD + 1 */
     uint16_t holds;             /* async work that will come back to this conn */
     uint8_t state;              /* enum conn_state */
