@@ -166,8 +166,10 @@ void conn_close(struct conn *c)
     if (was_ws && c->handler && c->handler->on_closing)
         c->handler->on_closing(c);
     c->notify_close = was_ws && c->handler && c->handler->on_close;
-    if (c->counted_ws)
+    if (c->counted_ws) {
         atomic_fetch_sub(&w->srv->stats.ws_open, 1);
+        c->counted_ws = false; /* a later net_give_ws_slot gives nothing back */
+    }
     atomic_fetch_sub(&w->srv->stats.conns_open, 1);
     if (list_linked(&c->dirty))
         list_remove(&c->dirty);
@@ -455,7 +457,10 @@ int conn_upgrade(struct conn *c, const struct http_request *req,
                      "Sec-WebSocket-Accept: %s\r\n"
                      "\r\n",
                      accept);
-    queue2(c, resp, (size_t)n, NULL, 0);
+    /* Out of memory closes the connection (still in the HTTP state: no
+     * handler callback runs); it must not become a WebSocket after that. */
+    if (queue2(c, resp, (size_t)n, NULL, 0) < 0)
+        return -ENOMEM;
     c->state = CONN_WS;
     c->handler = handler;
     c->data = data;

@@ -186,7 +186,9 @@ void conn_http_send(struct conn *c, int status, const char *content_type, const 
 void conn_http_respond(struct conn *c, int status, const char *content_type, const char *body,
                        size_t len, bool keep_alive, bool head_only);
 /* Answer 101 and switch to the WebSocket state with this handler. The
- * request must have passed net_check_upgrade. 0 or -EINVAL. */
+ * request must have passed net_check_upgrade. 0, -EINVAL, or -ENOMEM (the
+ * 101 could not be queued: the connection is closed, and no handler
+ * callback runs for it). */
 int conn_upgrade(struct conn *c, const struct http_request *req,
                  const struct conn_handler *handler, void *data);
 
