@@ -676,13 +676,35 @@ static void over_budget(struct conn *c, const char *what)
     c->discard_input = true;
 }
 
+/* Charge the input budget: one message (bytes false) or cost bytes read;
+ * true when within it. Both buckets are brought up to now first so that
+ * they keep one time (refilling in two steps adds what one step would, up
+ * to the burst), which is what lets struct conn keep a single in_t_ms. */
+static bool charge_input(struct conn *c, bool bytes, uint64_t cost)
+{
+    const struct config *cfg = conn_worker(c)->srv->cfg;
+    int64_t now = now_ms(c);
+    uint64_t msg_per_min = (uint64_t)cfg->input_rate * 60;
+    uint64_t msg_burst = (uint64_t)cfg->input_rate * 4;
+    uint64_t byte_per_min = cfg->input_byte_rate * 60;
+    uint64_t byte_burst = 2 * cfg->max_message_bytes + cfg->input_byte_rate;
+    struct rate_bucket m = {c->in_msgs_level, c->in_t_ms};
+    struct rate_bucket b = {c->in_bytes_level, c->in_t_ms};
+    rate_refill(&m, now, msg_per_min, msg_burst);
+    rate_refill(&b, now, byte_per_min, byte_burst);
+    bool ok = bytes ? rate_charge(&b, now, byte_per_min, byte_burst, cost)
+                    : rate_charge(&m, now, msg_per_min, msg_burst, cost);
+    c->in_msgs_level = m.level;
+    c->in_bytes_level = b.level;
+    c->in_t_ms = m.t_ms; /* == b.t_ms */
+    return ok;
+}
+
 static void ws_message(struct conn *c, unsigned opcode, uint8_t *data, size_t len)
 {
     stat_inc(&conn_worker(c)->stats.ws_messages_in);
     if (c->handler && c->handler->metered) {
-        const struct config *cfg = conn_worker(c)->srv->cfg;
-        if (!rate_charge(&c->in_msgs, now_ms(c), (uint64_t)cfg->input_rate * 60,
-                         (uint64_t)cfg->input_rate * 4, 1)) {
+        if (!charge_input(c, false, 1)) {
             over_budget(c, "messages");
             return;
         }
@@ -699,33 +721,31 @@ static void ws_data(struct conn *c, const struct ws_event *ev)
         ws_message(c, ev->opcode, ev->data, ev->len);
         return;
     }
-    if ((size_t)c->msg_len + ev->len > c->msg_cap) {
-        size_t cap = c->msg_cap ? c->msg_cap : 4096;
-        while (cap < (size_t)c->msg_len + ev->len)
+    size_t have = c->msg ? c->msg->len : 0;
+    if (!c->msg || have + ev->len > c->msg->cap) {
+        size_t cap = c->msg ? c->msg->cap : 4096;
+        while (cap < have + ev->len)
             cap *= 2;
-        uint8_t *m = realloc(c->msg, cap);
+        struct conn_msg *m = realloc(c->msg, sizeof *m + cap);
         if (!m) {
             conn_close(c);
             return;
         }
+        m->len = (uint32_t)have;
+        m->cap = (uint32_t)cap;
         c->msg = m;
-        c->msg_cap = (uint32_t)cap;
     }
     if (ev->len) {
-        memcpy(c->msg + c->msg_len, ev->data, ev->len);
-        c->msg_len += (uint32_t)ev->len;
+        memcpy(c->msg->data + have, ev->data, ev->len);
+        c->msg->len += (uint32_t)ev->len;
     }
     if (!ev->last)
         return;
-    size_t len = c->msg_len;
-    c->msg_len = 0;
-    ws_message(c, ev->opcode, c->msg, len);
-    if (c->msg_cap > 65536) {
-        /* Do not keep a large buffer on a connection that may go idle. */
-        free(c->msg);
-        c->msg = NULL;
-        c->msg_cap = 0;
-    }
+    /* Whole: no buffer stays on a connection that may now go idle. */
+    struct conn_msg *m = c->msg;
+    c->msg = NULL;
+    ws_message(c, ev->opcode, m->data, m->len);
+    free(m);
 }
 
 static void ws_control(struct conn *c, const struct ws_event *ev)
@@ -845,9 +865,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (c->handler && c->handler->metered && !c->close_sent) {
-        const struct config *cfg = conn_worker(c)->srv->cfg;
-        if (!rate_charge(&c->in_bytes, now_ms(c), cfg->input_byte_rate * 60,
-                         2 * cfg->max_message_bytes + cfg->input_byte_rate, (uint64_t)nread)) {
+        if (!charge_input(c, true, (uint64_t)nread)) {
             over_budget(c, "bytes");
             return;
         }

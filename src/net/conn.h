@@ -55,6 +55,13 @@ struct conn_in {
     char data[];      /* cap bytes */
 };
 
+/* WebSocket: a fragmented message being assembled; owned by the conn, made
+ * at its first fragment and freed once it is whole. */
+struct conn_msg {
+    uint32_t len, cap; /* messages are at most 1 GiB (config limit) */
+    uint8_t data[];    /* cap bytes */
+};
+
 /* A pending write: the libuv request and how many queued bytes it covers. */
 struct conn_write {
     uv_write_t req;
@@ -94,7 +101,7 @@ struct conn_handler {
 enum conn_state { CONN_HTTP = 0, CONN_WS, CONN_CLOSED };
 
 /* Fields are ordered (and flags packed) for size: every open connection
- * holds one, idle or not (a 448-byte allocation, 248 of them libuv's). */
+ * holds one, idle or not (a 432-byte allocation, 248 of them libuv's). */
 struct conn {
     uv_tcp_t tcp;               /* first member: handle pointers cast back to conn;
                                  * tcp.loop is the owning worker's (conn_worker) */
@@ -105,8 +112,8 @@ struct conn {
     struct list_node dirty;     /* on w->dirty while output waits to be flushed */
     struct conn_in *in;         /* HTTP: a request head kept between reads (owned),
                                  * NULL when none */
-    uint8_t *msg;               /* WebSocket: a message being assembled (owned) */
-    uint32_t msg_len, msg_cap;  /* messages are at most 1 GiB (config limit) */
+    struct conn_msg *msg;       /* WebSocket: a message being assembled (owned),
+                                 * NULL between messages */
     /* Times are the low 32 bits of the loop's time in ms, compared modulo
      * 2^32 (every one lies within a day of now; see conn.c's stamp()); a set
      * one is never 0, which means none. */
@@ -134,8 +141,12 @@ struct conn {
     void *data;                 /* the handler's per-connection state (handler-owned) */
     struct ws_decoder *dec;     /* owned; NULL while the stream is between frames (the
                                  * worker's scratch decoder serves then) */
-    struct rate_bucket in_msgs;  /* input budget (metered handlers): messages */
-    struct rate_bucket in_bytes; /* ... and bytes */
+    /* Input budget (metered handlers): two token buckets, messages and
+     * bytes, as struct rate_bucket's level, refilled together to one time
+     * (in_t_ms; 0: never used); see charge_input in conn.c. */
+    uint64_t in_msgs_level;
+    uint64_t in_bytes_level;
+    int64_t in_t_ms;
 };
 
 /* The worker that owns c (it accepted it): the one whose loop c's handle
