@@ -711,8 +711,9 @@ static void send_connection_status(struct client *cl, unsigned devices)
     clock_format_rfc3339(ts, clock_wall_ms());
     /* Every connection gets one: written straight into its frame. */
     struct jw w;
-    jw_init(&w, 320 + cl->sub_len + strlen(cl->name) + strlen(cl->roles_json) +
-                    client_hub(cl)->models_len,
+    jw_init(&w,
+            320 + cl->sub_len + strlen(cl->name) + strlen(cl->roles_json) +
+                client_hub(cl)->models_len,
             WS_MAX_HEADER);
     jw_open(&w);
     jw_kstr(&w, "type", "connection_status");
@@ -954,7 +955,8 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
             count = total;
         }
     }
-    if (idmap_put(&conn_worker(c)->by_id, c->id, c) < 0 || conn_upgrade(c, req, &chat_handler, cl) < 0) {
+    if (idmap_put(&conn_worker(c)->by_id, c->id, c) < 0 ||
+        conn_upgrade(c, req, &chat_handler, cl) < 0) {
         if (cl->counted)
             bus_leave(h->bus, cl->sub, c->id);
         registry_remove(&h->registry, cl->sub, cl->sub_len, c->id);

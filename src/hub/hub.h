@@ -98,18 +98,18 @@ struct client {
     const char *name;  /* NUL-terminated: in the client's allocation (or its sub
                         * itself when the token names no one else), or in
                         * refresh->text after a refresh */
-    const char *roles_json; /* likewise (or a constant for the usual roles): the
-                             * roles as a JSON array text */
+    const char *roles_json;         /* likewise (or a constant for the usual roles): the
+                                     * roles as a JSON array text */
     struct client_refresh *refresh; /* owned; NULL until the first refresh message */
     void *router_state; /* owned by the router */
     uint64_t sub_hash;  /* the router's hash of sub */
     uint8_t sub_len;
     bool admin : 1;
-    bool registered : 1; /* holds a registry entry */
-    bool counted : 1;    /* counted by the bus across nodes (bus_admit) */
-    bool watching : 1;   /* the bus brings this node the user's events (bus_watch) */
+    bool registered : 1;   /* holds a registry entry */
+    bool counted : 1;      /* counted by the bus across nodes (bus_admit) */
+    bool watching : 1;     /* the bus brings this node the user's events (bus_watch) */
     bool watching_all : 1; /* ... and every session's (an admin) */
-    char sub[];      /* NUL-terminated; name and roles follow it when not shared */
+    char sub[];            /* NUL-terminated; name and roles follow it when not shared */
 };
 
 /* The client's hub: the app of its connection's server (main attaches the

@@ -31,15 +31,24 @@
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void ws_feed(struct conn *c, uint8_t *p, size_t n);
 
-static int64_t now_ms(struct conn *c) { return (int64_t)uv_now(&conn_worker(c)->loop); }
+static int64_t now_ms(struct conn *c)
+{
+    return (int64_t)uv_now(&conn_worker(c)->loop);
+}
 
 /* A time as a conn keeps it (struct conn): the low 32 bits of the loop's
  * time, never 0 (0 means none; a stamp may read 1 ms late). Timeouts are at
  * most a day (ping-interval, pong-timeout), far below the 24 days modular
  * comparison covers. */
-static uint32_t stamp(int64_t t) { return (uint32_t)t | 1; }
+static uint32_t stamp(int64_t t)
+{
+    return (uint32_t)t | 1;
+}
 /* now is at or past the stamped time t. */
-static bool reached(int64_t now, uint32_t t) { return (int32_t)((uint32_t)now - t) >= 0; }
+static bool reached(int64_t now, uint32_t t)
+{
+    return (int32_t)((uint32_t)now - t) >= 0;
+}
 
 /* ---- accept ------------------------------------------------------------ */
 

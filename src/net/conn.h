@@ -103,8 +103,8 @@ enum conn_state { CONN_HTTP = 0, CONN_WS, CONN_CLOSED };
 /* Fields are ordered (and flags packed) for size: every open connection
  * holds one, idle or not (a 432-byte allocation, 248 of them libuv's). */
 struct conn {
-    uv_tcp_t tcp;               /* first member: handle pointers cast back to conn;
-                                 * tcp.loop is the owning worker's (conn_worker) */
+    uv_tcp_t tcp; /* first member: handle pointers cast back to conn;
+                   * tcp.loop is the owning worker's (conn_worker) */
     /* read-only after accept */
     uint64_t id;                /* unique in the process: worker index << 48 | sequence */
     /* private to the worker thread */
@@ -117,8 +117,8 @@ struct conn {
     /* Times are the low 32 bits of the loop's time in ms, compared modulo
      * 2^32 (every one lies within a day of now; see conn.c's stamp()); a set
      * one is never 0, which means none. */
-    uint32_t deadline_ms;       /* HTTP: head deadline; closing: linger deadline */
-    uint32_t ping_wait_ms;      /* when the oldest unanswered ping went out */
+    uint32_t deadline_ms;  /* HTTP: head deadline; closing: linger deadline */
+    uint32_t ping_wait_ms; /* when the oldest unanswered ping went out */
     uint32_t next_ping_ms;
     uint32_t ping_window_ms;    /* start of the current ping-flood window */
     uint8_t pings_in_window;    /* at most CONN_PING_FLOOD + 1 */
