@@ -339,7 +339,7 @@ static void send_piece(struct client *cl, const char *session, const char *id, s
 bool chat__stream_catch_up(struct chat *ch, struct client *cl, struct sess_state *st,
                            const char *stream_id, bool only_live)
 {
-    assert(worker_current() == cl->conn->w);
+    assert(worker_current() == conn_worker(cl->conn));
     if (!ch->asst)
         return false;
     struct asst_stream *s = assistant_stream(ch->asst, st->id);
@@ -369,8 +369,8 @@ bool chat__stream_catch_up(struct chat *ch, struct client *cl, struct sess_state
 void chat__stream_catch_up_remote(struct chat *ch, struct client *cl, struct sess_state *st,
                                   const struct chat_item *it)
 {
-    assert(worker_current() == cl->conn->w);
-    struct chat_local *loc = &ch->locals[cl->conn->w->index];
+    assert(worker_current() == conn_worker(cl->conn));
+    struct chat_local *loc = &ch->locals[conn_worker(cl->conn)->index];
     uint64_t need = it->stream_off + it->stream_len;
     if (strcmp(loc->rstream, it->stream) != 0 || loc->rlen < need) {
         /* A round trip on this worker, once per piece at most: the
@@ -391,7 +391,7 @@ void chat__stream_catch_up_remote(struct chat *ch, struct client *cl, struct ses
 void chat__stream_send_text(struct client *cl, struct sess_state *st, const char *stream,
                             const char *text, size_t len)
 {
-    assert(worker_current() == cl->conn->w);
+    assert(worker_current() == conn_worker(cl->conn));
     if (strcmp(st->stream, stream) != 0) {
         snprintf(st->stream, sizeof st->stream, "%s", stream);
         st->stream_sent = -1;

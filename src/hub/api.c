@@ -722,7 +722,7 @@ bool chat_route_api(struct chat *ch, struct conn *c, const struct http_request *
     }
     j->help_only = help == 1;
     conn_http_async_begin(c);
-    if (uv_queue_work(&c->w->loop, &j->req, api_work, api_done) != 0) {
+    if (uv_queue_work(&conn_worker(c)->loop, &j->req, api_work, api_done) != 0) {
         free(j->title);
         free(j);
         conn_http_error(c, 500, "internal", "cannot schedule the work", -1, NULL, false);

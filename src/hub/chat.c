@@ -139,7 +139,7 @@ static void chat_client_opened(void *router, struct client *cl)
 {
     struct chat *ch = router;
     cl->sub_hash = hash_str(cl->sub);
-    struct chat_local *loc = &ch->locals[cl->conn->w->index];
+    struct chat_local *loc = &ch->locals[conn_worker(cl->conn)->index];
     if (cl->admin)
         chat__list_add(&loc->admins, cl);
 }
@@ -150,7 +150,7 @@ static void chat_client_opened(void *router, struct client *cl)
 static bool leave_for_client(struct chat *ch, struct client *cl, struct sess_state *st)
 {
     bool in = st->joined || (st->intent_pending && st->intent_joined);
-    chat__unjoin(&ch->locals[cl->conn->w->index], cl, st);
+    chat__unjoin(&ch->locals[conn_worker(cl->conn)->index], cl, st);
     if (!in)
         return false;
     struct store_req *r = chat__new_req(cl, STORE_EVENT, CHAT_LEAVE, st->id, NULL);
@@ -169,7 +169,7 @@ static bool leave_for_client(struct chat *ch, struct client *cl, struct sess_sta
 static void chat_client_closed(void *router, struct client *cl)
 {
     struct chat *ch = router;
-    struct chat_local *loc = &ch->locals[cl->conn->w->index];
+    struct chat_local *loc = &ch->locals[conn_worker(cl->conn)->index];
     struct client_state *cs = cl->router_state;
     if (cl->admin)
         chat__list_del(NULL, &loc->admins, cl);
@@ -195,8 +195,8 @@ static void chat_client_closed(void *router, struct client *cl)
 static void chat_client_roles_changed(void *router, struct client *cl, bool was_admin)
 {
     struct chat *ch = router;
-    struct chat_local *loc = &ch->locals[cl->conn->w->index];
-    assert(worker_current() == cl->conn->w);
+    struct chat_local *loc = &ch->locals[conn_worker(cl->conn)->index];
+    assert(worker_current() == conn_worker(cl->conn));
     if (!was_admin) {
         chat__list_add(&loc->admins, cl);
         return;
@@ -222,7 +222,7 @@ static void chat_handle(void *router, struct client *cl, enum chat_type k, const
 {
     struct chat *ch = router;
     const char *sid;
-    assert(worker_current() == cl->conn->w);
+    assert(worker_current() == conn_worker(cl->conn));
     if (!chat__cstate(cl)) {
         client_send_error(cl, ERR_INTERNAL, "out of memory", -1, id);
         return;

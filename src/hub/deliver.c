@@ -125,8 +125,9 @@ bool chat__admin_in(const struct sess_state *st)
 
 void chat__count_out(struct client *cl, uint8_t type)
 {
-    struct chat *ch = cl->hub->router;
-    atomic_fetch_add_explicit(&ch->locals[cl->conn->w->index].out[type], 1, memory_order_relaxed);
+    struct chat *ch = client_hub(cl)->router;
+    atomic_fetch_add_explicit(&ch->locals[conn_worker(cl->conn)->index].out[type], 1,
+                              memory_order_relaxed);
 }
 
 static void send_frame(struct client *cl, const struct chat_item *it)

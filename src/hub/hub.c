@@ -207,7 +207,7 @@ bool hub_enabled(const struct hub *h)
 
 int client_send_json(struct client *cl, json_t *obj)
 {
-    assert(worker_current() == cl->conn->w); /* a client belongs to its worker */
+    assert(worker_current() == conn_worker(cl->conn)); /* a client belongs to its worker */
     char stack[2048];
     size_t n = json_dumpb(obj, stack, sizeof stack, JSON_COMPACT);
     if (n == 0) {
@@ -233,8 +233,8 @@ int client_send_json(struct client *cl, json_t *obj)
 void client_send_error(struct client *cl, enum chat_error code, const char *message,
                        int64_t retry_after_ms, const char *id)
 {
-    assert(worker_current() == cl->conn->w);
-    hub_count_error(cl->hub, code);
+    assert(worker_current() == conn_worker(cl->conn));
+    hub_count_error(client_hub(cl), code);
     uint32_t off, len;
     struct sbuf *f = wire_error_frame(hub_error_codes[code], message, code != ERR_INTERNAL,
                                       retry_after_ms, id, &off, &len);
@@ -347,9 +347,28 @@ static void roles_to_json(const struct jwt_claims *cl, struct jw *w)
     jw_raw(w, "]", 1);
 }
 
+/* What a client keeps only once it has asked to refresh its token. */
+struct client_refresh {
+    struct rate_bucket budget; /* REFRESH_PER_MIN, REFRESH_BURST */
+    char *text;                /* owned: name and roles of the last refreshed token */
+};
+
+/* The roles texts most tokens have, shared by every client that has them. */
+static const char *const common_roles[] = {"[\"user\"]", "[\"admin\"]", "[\"admin\",\"user\"]",
+                                           "[\"user\",\"admin\"]"};
+
+static const char *common_roles_json(const char *roles, size_t len)
+{
+    for (size_t i = 0; i < sizeof common_roles / sizeof *common_roles; i++)
+        if (strlen(common_roles[i]) == len && memcmp(common_roles[i], roles, len) == 0)
+            return common_roles[i];
+    return NULL;
+}
+
 /* One allocation holds the client and its strings (idle memory matters:
- * every open connection has one). */
-static struct client *client_new(const struct jwt_claims *claims, struct hub *h, struct conn *c)
+ * every open connection has one): the name only when it differs from sub,
+ * the roles only when they are not one of the common texts. */
+static struct client *client_new(const struct jwt_claims *claims, struct conn *c)
 {
     struct jw w;
     jw_init(&w, 128, 0); /* grows for a long list */
@@ -358,20 +377,25 @@ static struct client *client_new(const struct jwt_claims *claims, struct hub *h,
         jw_release(&w);
         return NULL;
     }
-    const char *roles = w.buf;
-    size_t rl = w.len;
-    struct client *cl = calloc(1, sizeof *cl + claims->sub_len + claims->name_len + rl + 3);
+    const char *roles = common_roles_json(w.buf, w.len);
+    size_t rl = roles ? 0 : w.len + 1;
+    bool own_name = claims->name_len != claims->sub_len ||
+                    memcmp(claims->name, claims->sub, claims->sub_len) != 0;
+    size_t nl = own_name ? claims->name_len + 1 : 0;
+    struct client *cl = calloc(1, offsetof(struct client, sub) + claims->sub_len + 1 + nl + rl);
     if (cl) {
-        char *p = (char *)(cl + 1);
-        cl->sub = memcpy(p, claims->sub, claims->sub_len);
+        char *p = cl->sub;
+        memcpy(p, claims->sub, claims->sub_len);
         p += claims->sub_len + 1;
-        cl->name = memcpy(p, claims->name, claims->name_len);
-        p += claims->name_len + 1;
-        cl->roles_json = memcpy(p, roles, rl);
+        cl->name = cl->sub;
+        if (own_name) {
+            cl->name = memcpy(p, claims->name, claims->name_len);
+            p += nl;
+        }
+        cl->roles_json = roles ? roles : memcpy(p, w.buf, w.len);
         cl->sub_len = (uint8_t)claims->sub_len;
         cl->admin = claims->is_admin;
         cl->exp = claims->exp;
-        cl->hub = h;
         cl->conn = c;
     }
     jw_release(&w);
@@ -380,11 +404,15 @@ static struct client *client_new(const struct jwt_claims *claims, struct hub *h,
 
 static void client_free(struct client *cl)
 {
-    free(cl->refreshed);
+    if (cl->refresh) {
+        free(cl->refresh->text);
+        free(cl->refresh);
+    }
     free(cl);
 }
 
-/* Take name and roles from a refreshed token (sub is unchanged). */
+/* Take name and roles from a refreshed token (sub is unchanged); cl->refresh
+ * exists (handle_refresh made it). */
 static int client_rename(struct client *cl, const struct jwt_claims *claims)
 {
     struct jw w;
@@ -401,8 +429,8 @@ static int client_rename(struct client *cl, const struct jwt_claims *claims)
     memcpy(p + claims->name_len + 1, w.buf, rl);
     p[claims->name_len + 1 + rl] = '\0';
     jw_release(&w);
-    free(cl->refreshed);
-    cl->refreshed = p;
+    free(cl->refresh->text);
+    cl->refresh->text = p;
     cl->name = p;
     cl->roles_json = p + claims->name_len + 1;
     return 0;
@@ -414,21 +442,21 @@ static int client_rename(struct client *cl, const struct jwt_claims *claims)
 static void chat_on_closing(struct conn *c)
 {
     struct client *cl = c->data;
-    assert(cl && cl->conn == c && worker_current() == c->w);
+    assert(cl && cl->conn == c && worker_current() == conn_worker(c));
     if (cl->registered) {
-        registry_remove(&cl->hub->registry, cl->sub, cl->sub_len, c->id);
+        registry_remove(&client_hub(cl)->registry, cl->sub, cl->sub_len, c->id);
         cl->registered = false;
     }
     if (cl->counted) {
-        bus_leave(cl->hub->bus, cl->sub, c->id);
+        bus_leave(client_hub(cl)->bus, cl->sub, c->id);
         cl->counted = false;
     }
     if (cl->watching) {
-        bus_watch(cl->hub->bus, cl->sub, -1);
+        bus_watch(client_hub(cl)->bus, cl->sub, -1);
         cl->watching = false;
     }
     if (cl->watching_all) {
-        bus_watch(cl->hub->bus, NULL, -1);
+        bus_watch(client_hub(cl)->bus, NULL, -1);
         cl->watching_all = false;
     }
 }
@@ -436,12 +464,12 @@ static void chat_on_closing(struct conn *c)
 static void chat_on_close(struct conn *c)
 {
     struct client *cl = c->data;
-    assert(cl && cl->conn == c && worker_current() == c->w);
-    struct hub *h = cl->hub;
+    assert(cl && cl->conn == c && worker_current() == conn_worker(c));
+    struct hub *h = client_hub(cl);
     if (h->router_ops && h->router_ops->client_closed)
         h->router_ops->client_closed(h->router, cl);
     assert(!cl->registered); /* chat_on_closing removed the device */
-    idmap_del(&c->w->by_id, c->id);
+    idmap_del(&conn_worker(c)->by_id, c->id);
     struct log_quoted qu;
     log_info("ws_close", "conn=%llx user=%s", (unsigned long long)c->id,
              log_quote(&qu, cl->sub, cl->sub_len));
@@ -474,8 +502,12 @@ static void chat_on_tick(struct conn *c, int64_t now_ms, int64_t wall_ms)
 
 static void handle_refresh(struct client *cl, json_t *msg, const char *id)
 {
+    if (!cl->refresh && !(cl->refresh = calloc(1, sizeof *cl->refresh))) {
+        client_send_error(cl, ERR_INTERNAL, "out of memory", -1, id);
+        return;
+    }
     int64_t wait =
-        rate_take(&cl->refresh_budget, clock_mono_ms(), REFRESH_PER_MIN, REFRESH_BURST, 1);
+        rate_take(&cl->refresh->budget, clock_mono_ms(), REFRESH_PER_MIN, REFRESH_BURST, 1);
     if (wait) {
         client_send_error(cl, ERR_RATE_LIMITED, "too many 'refresh' messages; slow down", wait,
                           id);
@@ -489,7 +521,7 @@ static void handle_refresh(struct client *cl, json_t *msg, const char *id)
     struct jwt_claims claims;
     const char *why = "refused";
     int64_t now = clock_wall_ms() / 1000;
-    int vrc = jwt_verify(cl->hub->jwt, token, strlen(token), now, &claims, &why);
+    int vrc = jwt_verify(client_hub(cl)->jwt, token, strlen(token), now, &claims, &why);
     if (vrc != 0) {
         client_send_error(cl, vrc == -ENOMEM ? ERR_INTERNAL : ERR_UNAUTHORIZED, why, -1, id);
         return;
@@ -508,7 +540,7 @@ static void handle_refresh(struct client *cl, json_t *msg, const char *id)
     cl->exp = claims.exp;
     cl->admin = claims.is_admin;
     if (cl->watching && cl->admin != cl->watching_all) {
-        bus_watch(cl->hub->bus, NULL, cl->admin ? 1 : -1);
+        bus_watch(client_hub(cl)->bus, NULL, cl->admin ? 1 : -1);
         cl->watching_all = cl->admin;
     }
     json_t *o = json_pack("{s:s, s:I, s:s, s:o}", "type", "refreshed", "exp",
@@ -521,7 +553,7 @@ static void handle_refresh(struct client *cl, json_t *msg, const char *id)
         client_send_json(cl, o);
     }
     json_decref(o);
-    struct hub *h = cl->hub;
+    struct hub *h = client_hub(cl);
     if (was_admin != cl->admin && h->router_ops && h->router_ops->client_roles_changed)
         h->router_ops->client_roles_changed(h->router, cl, was_admin);
 }
@@ -593,8 +625,8 @@ static bool chat_read_message(struct client *cl, const uint8_t *data, size_t len
 static void chat_on_message(struct conn *c, unsigned opcode, uint8_t *data, size_t len)
 {
     struct client *cl = c->data;
-    assert(cl && cl->conn == c && worker_current() == c->w);
-    struct hub *h = cl->hub;
+    assert(cl && cl->conn == c && worker_current() == conn_worker(c));
+    struct hub *h = client_hub(cl);
     if (opcode != WS_OP_TEXT) {
         conn_ws_close(c, WS_CLOSE_UNSUPPORTED, "binary frames are not supported");
         return;
@@ -656,7 +688,7 @@ static void chat_on_message(struct conn *c, unsigned opcode, uint8_t *data, size
 static void chat_on_drain(struct conn *c)
 {
     struct client *cl = c->data;
-    struct hub *h = cl->hub;
+    struct hub *h = client_hub(cl);
     if (h->router_ops && h->router_ops->client_drained)
         h->router_ops->client_drained(h->router, cl);
 }
@@ -732,14 +764,15 @@ static int find_token(const struct http_request *req, char *buf, size_t cap, con
 
 static void send_connection_status(struct client *cl, unsigned devices)
 {
-    const struct config *cfg = cl->hub->cfg;
+    const struct config *cfg = client_hub(cl)->cfg;
     char id[32], ts[32];
     snprintf(id, sizeof id, "c-%llx", (unsigned long long)cl->conn->id);
     clock_format_rfc3339(ts, clock_wall_ms());
     /* Every connection gets one: written straight into its frame. */
     struct jw w;
-    jw_init(&w, 320 + cl->sub_len + strlen(cl->name) + strlen(cl->roles_json) +
-                    cl->hub->models_len,
+    jw_init(&w,
+            320 + cl->sub_len + strlen(cl->name) + strlen(cl->roles_json) +
+                client_hub(cl)->models_len,
             WS_MAX_HEADER);
     jw_open(&w);
     jw_kstr(&w, "type", "connection_status");
@@ -753,7 +786,7 @@ static void send_connection_status(struct client *cl, unsigned devices)
     jw_kint(&w, "max_message_bytes", (int64_t)cfg->max_message_bytes);
     jw_kstr(&w, "server_time", ts);
     jw_key(&w, "models");
-    jw_raw(&w, cl->hub->models_json, cl->hub->models_len);
+    jw_raw(&w, client_hub(cl)->models_json, client_hub(cl)->models_len);
     jw_close(&w);
     uint32_t off, len;
     struct sbuf *f = wire_frame_jw(&w, &off, &len);
@@ -905,14 +938,14 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
     if (!net_take_ws_slot(c))
         return;
 
-    struct client *cl = client_new(&claims, h, c);
+    struct client *cl = client_new(&claims, c);
     if (!cl) {
         net_give_ws_slot(c);
         conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);
         return;
     }
     struct reg_device dev = {
-        .conn_id = c->id, .worker = c->w->index, .opened_at_ms = clock_wall_ms()};
+        .conn_id = c->id, .worker = conn_worker(c)->index, .opened_at_ms = clock_wall_ms()};
     struct reg_device others[64], evicted;
     unsigned count = 0, nothers = 0;
     int r = registry_admit(&h->registry, cl->sub, cl->sub_len, &dev, h->cfg->max_devices,
@@ -981,11 +1014,12 @@ void hub_route_ws(struct hub *h, struct conn *c, const struct http_request *req)
             count = total;
         }
     }
-    if (idmap_put(&c->w->by_id, c->id, c) < 0 || conn_upgrade(c, req, &chat_handler, cl) < 0) {
+    if (idmap_put(&conn_worker(c)->by_id, c->id, c) < 0 ||
+        conn_upgrade(c, req, &chat_handler, cl) < 0) {
         if (cl->counted)
             bus_leave(h->bus, cl->sub, c->id);
         registry_remove(&h->registry, cl->sub, cl->sub_len, c->id);
-        idmap_del(&c->w->by_id, c->id);
+        idmap_del(&conn_worker(c)->by_id, c->id);
         net_give_ws_slot(c);
         client_free(cl);
         conn_http_error(c, 500, "internal", "out of memory", -1, NULL, false);

@@ -31,6 +31,7 @@
 #include "bus/bus.h"
 #include "conf/config.h"
 #include "hub/registry.h"
+#include "net/conn.h"
 #include "util/rate.h"
 #include "util/sbuf.h"
 
@@ -89,24 +90,34 @@ struct hub;
 
 /* One chat connection's identity and state. Owned by its conn (conn->data)
  * and its worker thread. */
+struct client_refresh;
+
 struct client {
-    struct conn *conn; /* borrowed; valid while the client lives */
-    struct hub *hub;   /* borrowed */
+    struct conn *conn; /* borrowed; valid while the client lives (client_hub) */
     int64_t exp;       /* token expiry, unix seconds */
-    bool admin;
-    bool registered; /* holds a registry entry */
-    bool counted;    /* counted by the bus across nodes (bus_admit) */
-    bool watching;   /* the bus brings this node the user's events (bus_watch) */
-    bool watching_all; /* ... and every session's (an admin) */
-    uint8_t sub_len;
-    char *sub;          /* NUL-terminated, in the same allocation as the client */
-    char *name;         /* likewise, or in `refreshed` after a refresh */
-    char *roles_json;   /* likewise: the roles as a JSON array text */
-    char *refreshed;    /* owned: name and roles taken from a refreshed token */
-    struct rate_bucket refresh_budget; /* REFRESH_PER_MIN, REFRESH_BURST */
+    const char *name;  /* NUL-terminated: in the client's allocation (or its sub
+                        * itself when the token names no one else), or in
+                        * refresh->text after a refresh */
+    const char *roles_json;         /* likewise (or a constant for the usual roles): the
+                                     * roles as a JSON array text */
+    struct client_refresh *refresh; /* owned; NULL until the first refresh message */
     void *router_state; /* owned by the router */
     uint64_t sub_hash;  /* the router's hash of sub */
+    uint8_t sub_len;
+    bool admin : 1;
+    bool registered : 1;   /* holds a registry entry */
+    bool counted : 1;      /* counted by the bus across nodes (bus_admit) */
+    bool watching : 1;     /* the bus brings this node the user's events (bus_watch) */
+    bool watching_all : 1; /* ... and every session's (an admin) */
+    char sub[];            /* NUL-terminated; name and roles follow it when not shared */
 };
+
+/* The client's hub: the app of its connection's server (main attaches the
+ * hub there), so that no client carries a pointer of its own. */
+static inline struct hub *client_hub(const struct client *cl)
+{
+    return conn_worker(cl->conn)->srv->app;
+}
 
 /* What a router does with the messages of the types it knows. Called on the
  * client's worker thread with the parsed message (borrowed). */

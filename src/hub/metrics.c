@@ -164,7 +164,7 @@ static void dev_hist_add(void *arg, const char *user, size_t len, unsigned n)
 
 void metrics_respond(struct hub *hub, struct conn *c, const struct http_request *req)
 {
-    struct server *srv = c->w->srv;
+    struct server *srv = conn_worker(c)->srv;
     struct server_stats *st = &srv->stats;
     struct worker_stats ws;
     server_sum_stats(srv, &ws);

@@ -17,17 +17,27 @@
 
 #include "util/hash.h"
 
+/* One per user online (or with a partly used bucket): idle memory matters,
+ * so the record is packed and allocated at the exact size of its id (at most
+ * USER_ID_MAX bytes): with an id of up to 10 bytes it is an 80-byte chunk.
+ * The hash is not kept: chains are short and ids are compared directly, and
+ * maybe_grow hashes the ids again. */
 struct reg_user {
     struct reg_user *next; /* bucket chain */
-    uint64_t hash;
-    unsigned ndevs, cap;
-    struct reg_device *devs; /* oldest first; &one until a second device comes */
-    struct reg_device one;   /* room for the first device: most users have one */
+    union {
+        struct reg_device one;   /* cap_log2 == 0: the only room (most users have one) */
+        struct reg_device *many; /* cap_log2 > 0: an array of 1 << cap_log2 (owned) */
+    } d;                         /* oldest first: use devs_of */
     struct rate_bucket bucket; /* chat rate limit; t_ms == 0: never used */
     int64_t full_at_ms;      /* when the bucket will be full again */
-    size_t len;
+    uint32_t ndevs;
+    uint8_t cap_log2;
+    uint8_t len;
     char id[];
 };
+
+#define USER_ID_MAX UINT8_MAX
+#define USER_SIZE(len) (offsetof(struct reg_user, id) + (len))
 
 /* User ids come from tokens, so the hash is seeded per process: nobody can
  * choose ids that all land in one bucket. */
@@ -55,10 +65,15 @@ int registry_init(struct registry *r)
     return 0;
 }
 
+static struct reg_device *devs_of(struct reg_user *u)
+{
+    return u->cap_log2 ? u->d.many : &u->d.one;
+}
+
 static void free_user(struct reg_user *u)
 {
-    if (u->devs != &u->one)
-        free(u->devs);
+    if (u->cap_log2)
+        free(u->d.many);
     free(u);
 }
 
@@ -94,12 +109,12 @@ static struct reg_user **find(struct registry_stripe *s, uint64_t h, const char 
 {
     struct reg_user **p = &s->buckets[bucket_of(s, h)];
     for (; *p; p = &(*p)->next)
-        if ((*p)->hash == h && (*p)->len == len && memcmp((*p)->id, id, len) == 0)
+        if ((*p)->len == len && memcmp((*p)->id, id, len) == 0)
             return p;
     return p;
 }
 
-static void maybe_grow(struct registry_stripe *s)
+static void maybe_grow(const struct registry *r, struct registry_stripe *s)
 {
     if (s->nusers < s->nbuckets * 2)
         return;
@@ -111,7 +126,7 @@ static void maybe_grow(struct registry_stripe *s)
         struct reg_user *u = s->buckets[i];
         while (u) {
             struct reg_user *next = u->next;
-            size_t j = (size_t)(u->hash >> 8) & (n - 1);
+            size_t j = (size_t)(hash_id(r, u->id, u->len) >> 8) & (n - 1);
             u->next = b[j];
             b[j] = u;
             u = next;
@@ -124,18 +139,18 @@ static void maybe_grow(struct registry_stripe *s)
 
 static int push_device(struct reg_user *u, const struct reg_device *dev)
 {
-    if (u->ndevs == u->cap) {
-        unsigned cap = u->cap * 2;
-        struct reg_device *d = malloc(cap * sizeof *d);
+    if (u->ndevs == 1u << u->cap_log2) {
+        /* max_devices is at most 100,000: cap_log2 stays under 18 */
+        struct reg_device *d = malloc(((size_t)2 << u->cap_log2) * sizeof *d);
         if (!d)
             return -ENOMEM;
-        memcpy(d, u->devs, u->ndevs * sizeof *d);
-        if (u->devs != &u->one)
-            free(u->devs);
-        u->devs = d;
-        u->cap = cap;
+        memcpy(d, devs_of(u), u->ndevs * sizeof *d);
+        if (u->cap_log2)
+            free(u->d.many);
+        u->d.many = d;
+        u->cap_log2++;
     }
-    u->devs[u->ndevs++] = *dev;
+    devs_of(u)[u->ndevs++] = *dev;
     return 0;
 }
 
@@ -153,15 +168,12 @@ int registry_admit(struct registry *r, const char *user, size_t len, const struc
     struct reg_user **slot = find(s, h, user, len);
     struct reg_user *u = *slot;
     if (!u) {
-        u = calloc(1, sizeof *u + len);
+        u = len <= USER_ID_MAX ? calloc(1, USER_SIZE(len)) : NULL;
         if (!u) {
             uv_mutex_unlock(&s->lock);
             return -ENOMEM;
         }
-        u->hash = h;
-        u->devs = &u->one;
-        u->cap = 1;
-        u->len = len;
+        u->len = (uint8_t)len;
         memcpy(u->id, user, len);
         *slot = u;
         s->nusers++;
@@ -169,15 +181,16 @@ int registry_admit(struct registry *r, const char *user, size_t len, const struc
     if (u->ndevs >= max) {
         if (policy == DEVICE_POLICY_REFUSE || u->ndevs == 0) {
             unsigned n = u->ndevs < max_others ? u->ndevs : max_others;
-            memcpy(others, u->devs, n * sizeof *others);
+            memcpy(others, devs_of(u), n * sizeof *others);
             *nothers = n;
             *count = u->ndevs;
             uv_mutex_unlock(&s->lock);
             return REG_REFUSED;
         }
         /* Evict the oldest: shift the rest down, keeping admission order. */
-        *evicted = u->devs[0];
-        memmove(u->devs, u->devs + 1, (u->ndevs - 1) * sizeof *u->devs);
+        struct reg_device *devs = devs_of(u);
+        *evicted = devs[0];
+        memmove(devs, devs + 1, (u->ndevs - 1) * sizeof *devs);
         u->ndevs--;
         atomic_fetch_sub(&r->devices, 1);
         result = REG_EVICTED;
@@ -192,7 +205,7 @@ int registry_admit(struct registry *r, const char *user, size_t len, const struc
         atomic_fetch_add(&r->users, 1);
     atomic_fetch_add(&r->devices, 1);
     *count = u->ndevs;
-    maybe_grow(s);
+    maybe_grow(r, s);
     uv_mutex_unlock(&s->lock);
     return result;
 }
@@ -206,10 +219,11 @@ int registry_remove(struct registry *r, const char *user, size_t len, uint64_t c
     struct reg_user **slot = find(s, h, user, len);
     struct reg_user *u = *slot;
     if (u) {
+        struct reg_device *devs = devs_of(u);
         for (unsigned i = 0; i < u->ndevs; i++) {
-            if (u->devs[i].conn_id != conn_id)
+            if (devs[i].conn_id != conn_id)
                 continue;
-            memmove(u->devs + i, u->devs + i + 1, (u->ndevs - i - 1) * sizeof *u->devs);
+            memmove(devs + i, devs + i + 1, (u->ndevs - i - 1) * sizeof *devs);
             u->ndevs--;
             atomic_fetch_sub(&r->devices, 1);
             rc = 0;
@@ -273,7 +287,7 @@ unsigned registry_devices(struct registry *r, const char *user, size_t len, stru
     unsigned n = 0;
     if (u) {
         n = u->ndevs < cap ? u->ndevs : cap;
-        memcpy(out, u->devs, n * sizeof *out);
+        memcpy(out, devs_of(u), n * sizeof *out);
     }
     uv_mutex_unlock(&s->lock);
     return n;

@@ -158,7 +158,7 @@ static void resume_finish(struct resume_job *j)
 static bool resume_read(struct resume_job *j)
 {
     drop_page(j);
-    return uv_queue_work(&j->conn->w->loop, &j->req, resume_work, resume_done) == 0;
+    return uv_queue_work(&conn_worker(j->conn)->loop, &j->req, resume_work, resume_done) == 0;
 }
 
 /* Send what the page still holds; read the next page, park, or finish. */
@@ -170,7 +170,7 @@ static void resume_pump(struct resume_job *j)
         resume_finish(j);
         return;
     }
-    assert(worker_current() == c->w);
+    assert(worker_current() == conn_worker(c));
     const char *id = j->id[0] ? j->id : NULL;
     if (j->admin && !cl->admin && strcmp(j->sess.owner, cl->sub) != 0) {
         /* A refresh took the admin role away while this replay ran. */
@@ -199,7 +199,7 @@ static void resume_pump(struct resume_job *j)
         if (upto > st->held)
             st->held = upto;
     }
-    uint64_t high_water = c->w->srv->cfg->send_queue_bytes / 2;
+    uint64_t high_water = conn_worker(c)->srv->cfg->send_queue_bytes / 2;
     while (st && j->next_ev < j->n) {
         if (c->out.bytes > high_water) {
             /* Park with the cursor only: what is left of the page is read
@@ -248,7 +248,7 @@ static void resume_pump(struct resume_job *j)
     }
     /* An answer streaming now: what the connection lacks of it, before
      * `resumed` (a reloaded page shows it at once). */
-    if (st && !chat__stream_catch_up(cl->hub->router, cl, st, NULL, true) && j->rtext &&
+    if (st && !chat__stream_catch_up(client_hub(cl)->router, cl, st, NULL, true) && j->rtext &&
         !page_has_answer(j, j->rstream))
         chat__stream_send_text(cl, st, j->rstream, j->rtext, j->rlen); /* another node's */
     int64_t last_seq = j->sess.last_seq;
@@ -351,7 +351,7 @@ static int start_job(struct chat *ch, struct client *cl, const char *sid, int64_
     j->waiting = cs->nrunning >= RESUME_RUNNING;
     conn_hold(cl->conn);
     if (!j->waiting &&
-        uv_queue_work(&cl->conn->w->loop, &j->req, resume_work, resume_done) != 0) {
+        uv_queue_work(&conn_worker(cl->conn)->loop, &j->req, resume_work, resume_done) != 0) {
         conn_release(cl->conn);
         free(j);
         return -EAGAIN;

@@ -33,7 +33,7 @@ static void route_echo(struct conn *c, const struct http_request *req)
 {
     if (!net_check_upgrade(c, req))
         return;
-    if (atomic_load(&c->w->srv->shutting_down)) {
+    if (atomic_load(&conn_worker(c)->srv->shutting_down)) {
         conn_http_error(c, 503, "unavailable", "server is shutting down", -1, NULL, false);
         return;
     }
@@ -52,7 +52,7 @@ static void reply_json(struct conn *c, const struct http_request *req, int statu
 
 static void routes_dispatch(void *app, struct conn *c, const struct http_request *req)
 {
-    struct server *srv = c->w->srv;
+    struct server *srv = conn_worker(c)->srv;
     const char *prefix = srv->cfg->prefix;
     size_t pl = strlen(prefix);
     bool get = http_request_is_get(req) || http_request_is_head(req);

@@ -34,7 +34,7 @@ struct store_req *chat__new_req(struct client *cl, enum store_op op, enum chat_t
         return NULL;
     r->op = op;
     r->kind = kind;
-    r->worker = cl->conn->w->index;
+    r->worker = conn_worker(cl->conn)->index;
     r->conn_id = cl->conn->id;
     if (sid)
         snprintf(r->session_id, sizeof r->session_id, "%s", sid);

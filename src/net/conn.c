@@ -31,7 +31,24 @@
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void ws_feed(struct conn *c, uint8_t *p, size_t n);
 
-static int64_t now_ms(struct conn *c) { return (int64_t)uv_now(&c->w->loop); }
+static int64_t now_ms(struct conn *c)
+{
+    return (int64_t)uv_now(&conn_worker(c)->loop);
+}
+
+/* A time as a conn keeps it (struct conn): the low 32 bits of the loop's
+ * time, never 0 (0 means none; a stamp may read 1 ms late). Timeouts are at
+ * most a day (ping-interval, pong-timeout), far below the 24 days modular
+ * comparison covers. */
+static uint32_t stamp(int64_t t)
+{
+    return (uint32_t)t | 1;
+}
+/* now is at or past the stamped time t. */
+static bool reached(int64_t now, uint32_t t)
+{
+    return (int32_t)((uint32_t)now - t) >= 0;
+}
 
 /* ---- accept ------------------------------------------------------------ */
 
@@ -41,7 +58,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     (void)suggested;
     /* The shared buffer is free again by the time the next read is made:
      * on_read consumes or copies every byte before it returns. */
-    buf->base = (char *)c->w->read_buf;
+    buf->base = (char *)conn_worker(c)->read_buf;
     buf->len = WORKER_READ_BUF;
 }
 
@@ -86,14 +103,13 @@ int conn_fuzz_adopt(struct worker *w, int fd)
 /* A connection w now holds (accepted): count it and start reading. */
 static void conn_start(struct worker *w, struct conn *c)
 {
-    c->w = w;
     c->id = ((uint64_t)w->index << 48) | ++w->next_conn_seq;
     list_init(&c->dirty);
     list_append(&w->conns, &c->node);
     w->nconns++;
     outq_init(&c->out);
     c->state = CONN_HTTP;
-    c->deadline_ms = now_ms(c) + CONN_HEAD_TIMEOUT_MS;
+    c->deadline_ms = stamp(now_ms(c) + CONN_HEAD_TIMEOUT_MS);
     uv_tcp_nodelay(&c->tcp, 1);
     atomic_fetch_add(&w->srv->stats.conns_open, 1);
     atomic_fetch_add(&w->srv->stats.conns_total, 1);
@@ -121,7 +137,7 @@ static void conn_free(struct conn *c)
 static void on_closed(uv_handle_t *h)
 {
     struct conn *c = (struct conn *)h;
-    assert(worker_current() == c->w);
+    assert(worker_current() == conn_worker(c));
     assert(c->state == CONN_CLOSED);
     c->handle_closed = true;
     if (c->notify_close) {
@@ -134,13 +150,13 @@ static void on_closed(uv_handle_t *h)
 
 void conn_hold(struct conn *c)
 {
-    assert(worker_current() == c->w);
+    assert(worker_current() == conn_worker(c));
     c->holds++;
 }
 
 void conn_release(struct conn *c)
 {
-    assert(worker_current() == c->w);
+    assert(worker_current() == conn_worker(c));
     assert(c->holds > 0);
     if (--c->holds == 0 && c->handle_closed)
         conn_free(c);
@@ -150,17 +166,19 @@ void conn_release(struct conn *c)
  * the close callback (see on_closed). */
 void conn_close(struct conn *c)
 {
-    assert(worker_current() == c->w);
+    assert(worker_current() == conn_worker(c));
     if (c->state == CONN_CLOSED)
         return;
-    struct worker *w = c->w;
+    struct worker *w = conn_worker(c);
     bool was_ws = c->state == CONN_WS;
     c->state = CONN_CLOSED;
     if (was_ws && c->handler && c->handler->on_closing)
         c->handler->on_closing(c);
     c->notify_close = was_ws && c->handler && c->handler->on_close;
-    if (c->counted_ws)
+    if (c->counted_ws) {
         atomic_fetch_sub(&w->srv->stats.ws_open, 1);
+        c->counted_ws = false; /* a later net_give_ws_slot gives nothing back */
+    }
     atomic_fetch_sub(&w->srv->stats.conns_open, 1);
     if (list_linked(&c->dirty))
         list_remove(&c->dirty);
@@ -173,7 +191,7 @@ void conn_close(struct conn *c)
 static void mark_dirty(struct conn *c)
 {
     if (!list_linked(&c->dirty))
-        list_append(&c->w->dirty, &c->dirty);
+        list_append(&conn_worker(c)->dirty, &c->dirty);
 }
 
 /* ---- output ------------------------------------------------------------ */
@@ -202,7 +220,7 @@ static void drained(struct conn *c)
         if (c->shut_down)
             return;
         c->discard_input = true;
-        c->deadline_ms = now_ms(c) + 2000;
+        c->deadline_ms = stamp(now_ms(c) + 2000);
         goto shut;
     }
     if (!c->close_sent || c->shut_down)
@@ -297,10 +315,10 @@ bool conn_flush_dirty(struct worker *w, unsigned max)
 /* The send queue passed its limit: the client is not reading. */
 static void overflow(struct conn *c)
 {
-    stat_inc(&c->w->stats.send_queue_drops);
+    stat_inc(&conn_worker(c)->stats.send_queue_drops);
     log_warn("send_queue_full", "conn=%llx queued=%llu limit=%llu", (unsigned long long)c->id,
              (unsigned long long)c->out.bytes,
-             (unsigned long long)c->w->srv->cfg->send_queue_bytes);
+             (unsigned long long)conn_worker(c)->srv->cfg->send_queue_bytes);
     outq_drop_pending(&c->out);
     conn_ws_close(c, WS_CLOSE_TRY_AGAIN, "send queue full");
     c->discard_input = true;
@@ -324,7 +342,7 @@ static int queue2(struct conn *c, const void *a, size_t alen, const void *b, siz
 static int check_limit(struct conn *c)
 {
     if (c->state == CONN_WS && !c->close_sent &&
-        c->out.bytes > c->w->srv->cfg->send_queue_bytes) {
+        c->out.bytes > conn_worker(c)->srv->cfg->send_queue_bytes) {
         overflow(c);
         return -ENOBUFS;
     }
@@ -341,16 +359,16 @@ static int queue_frame(struct conn *c, unsigned opcode, const void *data, size_t
 
 int conn_send(struct conn *c, unsigned opcode, const void *data, size_t len)
 {
-    assert(worker_current() == c->w); /* only its own worker touches a conn */
+    assert(worker_current() == conn_worker(c)); /* only its own worker touches a conn */
     if (c->state != CONN_WS || c->close_sent)
         return -EPIPE;
-    stat_inc(&c->w->stats.ws_messages_out);
+    stat_inc(&conn_worker(c)->stats.ws_messages_out);
     return queue_frame(c, opcode, data, len);
 }
 
 int conn_send_shared(struct conn *c, struct sbuf *frame, uint32_t off, uint32_t len)
 {
-    assert(worker_current() == c->w); /* only its own worker touches a conn */
+    assert(worker_current() == conn_worker(c)); /* only its own worker touches a conn */
     if (c->state != CONN_WS || c->close_sent)
         return -EPIPE;
     if (outq_push_ref(&c->out, frame, off, len) < 0) {
@@ -358,13 +376,13 @@ int conn_send_shared(struct conn *c, struct sbuf *frame, uint32_t off, uint32_t 
         return -ENOMEM;
     }
     mark_dirty(c);
-    stat_inc(&c->w->stats.ws_messages_out);
+    stat_inc(&conn_worker(c)->stats.ws_messages_out);
     return check_limit(c);
 }
 
 void conn_ws_close(struct conn *c, uint16_t code, const char *reason)
 {
-    assert(worker_current() == c->w); /* only its own worker touches a conn */
+    assert(worker_current() == conn_worker(c)); /* only its own worker touches a conn */
     if (c->state != CONN_WS || c->close_sent)
         return;
     uint8_t payload[WS_MAX_CONTROL];
@@ -372,7 +390,7 @@ void conn_ws_close(struct conn *c, uint16_t code, const char *reason)
     /* Marked first: a close frame never counts against the queue limit. */
     c->close_sent = true;
     queue_frame(c, WS_OP_CLOSE, payload, n);
-    c->deadline_ms = now_ms(c) + CONN_LINGER_MS;
+    c->deadline_ms = stamp(now_ms(c) + CONN_LINGER_MS);
     log_debug("ws_close_sent", "conn=%llx code=%u", (unsigned long long)c->id, code);
 }
 
@@ -396,7 +414,7 @@ void conn_http_send(struct conn *c, int status, const char *content_type, const 
                     size_t len, bool keep_alive, bool head_only, const char *cache_control,
                     const char *extra_headers)
 {
-    assert(worker_current() == c->w);
+    assert(worker_current() == conn_worker(c));
     char head[2048];
     size_t hlen = http_format_head(head, sizeof head, status, content_type, len, keep_alive,
                                    cache_control, extra_headers);
@@ -434,8 +452,8 @@ static void http_fail(struct conn *c, int status, const char *code, const char *
 int conn_upgrade(struct conn *c, const struct http_request *req,
                  const struct conn_handler *handler, void *data)
 {
-    assert(worker_current() == c->w); /* only its own worker touches a conn */
-    const struct config *cfg = c->w->srv->cfg;
+    assert(worker_current() == conn_worker(c)); /* only its own worker touches a conn */
+    const struct config *cfg = conn_worker(c)->srv->cfg;
     const struct http_header *key = http_request_header(req, "sec-websocket-key");
     char accept[WS_ACCEPT_LEN + 1];
     if (!key || ws_accept_key(key->value, key->value_len, accept) < 0)
@@ -448,14 +466,17 @@ int conn_upgrade(struct conn *c, const struct http_request *req,
                      "Sec-WebSocket-Accept: %s\r\n"
                      "\r\n",
                      accept);
-    queue2(c, resp, (size_t)n, NULL, 0);
+    /* Out of memory closes the connection (still in the HTTP state: no
+     * handler callback runs); it must not become a WebSocket after that. */
+    if (queue2(c, resp, (size_t)n, NULL, 0) < 0)
+        return -ENOMEM;
     c->state = CONN_WS;
     c->handler = handler;
     c->data = data;
     int64_t now = now_ms(c);
     c->ping_wait_ms = 0;
-    c->next_ping_ms = now + (int64_t)cfg->ping_interval_s * 1000;
-    c->ping_window_ms = now;
+    c->next_ping_ms = stamp(now + (int64_t)cfg->ping_interval_s * 1000);
+    c->ping_window_ms = (uint32_t)now;
     c->deadline_ms = 0;
     c->dec = NULL;
     return 0;
@@ -516,8 +537,8 @@ static size_t http_process(struct conn *c, const char *buf, size_t len, size_t s
             req.body_len = body_len;
         }
         c->http_body_wait = false;
-        stat_inc(&c->w->stats.http_requests);
-        c->w->srv->ops->on_request(c->w->srv->app, c, &req);
+        stat_inc(&conn_worker(c)->stats.http_requests);
+        conn_worker(c)->srv->ops->on_request(conn_worker(c)->srv->app, c, &req);
         used += end + body_len;
         if (c->state == CONN_CLOSED)
             return len;
@@ -531,68 +552,92 @@ static size_t http_process(struct conn *c, const char *buf, size_t len, size_t s
             c->discard_input = true;
             return len;
         }
-        c->deadline_ms = now_ms(c) + CONN_HEAD_TIMEOUT_MS;
+        c->deadline_ms = stamp(now_ms(c) + CONN_HEAD_TIMEOUT_MS);
     }
     return used;
 }
 
-/* Keep buf[0..n) in c->in (replacing what was there). */
+/* Bytes kept in c->in. */
+static uint32_t in_len(const struct conn *c)
+{
+    return c->in ? c->in->len : 0;
+}
+
+static void in_free(struct conn *c)
+{
+    free(c->in);
+    c->in = NULL;
+}
+
+/* Make room for n bytes in c->in (kept bytes stay). 0 or -ENOMEM. */
+static int in_reserve(struct conn *c, size_t n)
+{
+    size_t old = c->in ? c->in->cap : 0;
+    if (n <= old)
+        return 0;
+    size_t cap = old ? old : 1024;
+    while (cap < n)
+        cap *= 2;
+    struct conn_in *in = realloc(c->in, sizeof *in + cap);
+    if (!in)
+        return -ENOMEM;
+    if (!c->in)
+        in->len = in->scanned = 0;
+    in->cap = (uint32_t)cap;
+    c->in = in;
+    return 0;
+}
+
+/* Keep buf[0..n) in c->in (replacing what was there; buf may lie in it). */
 static int http_keep(struct conn *c, const char *buf, size_t n)
 {
     if (n == 0) {
         /* Idle keep-alive connections hold no buffer. */
-        free(c->in);
-        c->in = NULL;
-        c->in_len = c->in_cap = c->in_scanned = 0;
+        in_free(c);
         return 0;
     }
-    if (n > c->in_cap) {
-        size_t cap = c->in_cap ? c->in_cap : 1024;
-        while (cap < n)
-            cap *= 2;
-        char *in = realloc(c->in, cap);
-        if (!in)
+    if (c->in && buf >= c->in->data && buf < c->in->data + c->in->cap) {
+        memmove(c->in->data, buf, n); /* n <= what was kept: it fits */
+    } else {
+        if (in_reserve(c, n) < 0)
             return -ENOMEM;
-        c->in = in;
-        c->in_cap = (uint32_t)cap;
+        memcpy(c->in->data, buf, n);
     }
-    memmove(c->in, buf, n);
-    c->in_len = (uint32_t)n;
+    c->in->len = (uint32_t)n;
     return 0;
 }
 
 /* Run http_process over c->in and keep what is left. */
 static void http_process_kept(struct conn *c)
 {
-    size_t used = http_process(c, c->in, c->in_len, c->in_scanned);
+    size_t used = http_process(c, c->in->data, c->in->len, c->in->scanned);
     if (c->state != CONN_HTTP || c->discard_input) {
-        free(c->in);
-        c->in = NULL;
-        c->in_len = c->in_cap = c->in_scanned = 0;
+        in_free(c);
         return;
     }
-    size_t left = c->in_len - used;
-    if (http_keep(c, c->in + used, left) < 0) {
+    size_t left = c->in->len - used;
+    if (http_keep(c, c->in->data + used, left) < 0) {
         conn_close(c);
         return;
     }
-    c->in_scanned = left > 3 && used == 0 && !c->http_body_wait ? (uint32_t)left - 3 : 0;
+    if (c->in)
+        c->in->scanned = left > 3 && used == 0 && !c->http_body_wait ? (uint32_t)left - 3 : 0;
 }
 
 void conn_http_async_begin(struct conn *c)
 {
-    assert(worker_current() == c->w); /* only its own worker touches a conn */
+    assert(worker_current() == conn_worker(c)); /* only its own worker touches a conn */
     c->http_busy = true;
     conn_hold(c);
 }
 
 void conn_http_async_end(struct conn *c)
 {
-    assert(worker_current() == c->w); /* only its own worker touches a conn */
+    assert(worker_current() == conn_worker(c)); /* only its own worker touches a conn */
     c->http_busy = false;
     if (c->state == CONN_HTTP && !c->discard_input) {
-        c->deadline_ms = now_ms(c) + CONN_HEAD_TIMEOUT_MS;
-        if (c->in_len)
+        c->deadline_ms = stamp(now_ms(c) + CONN_HEAD_TIMEOUT_MS);
+        if (in_len(c))
             http_process_kept(c);
     }
     conn_release(c);
@@ -600,7 +645,7 @@ void conn_http_async_end(struct conn *c)
 
 static void http_feed(struct conn *c, const char *p, size_t n)
 {
-    if (c->in_len == 0 && !c->http_busy) {
+    if (in_len(c) == 0 && !c->http_busy) {
         /* The common case: whole heads in this read. Parse them where they
          * lie and copy only an unfinished tail. */
         size_t used = http_process(c, p, n, 0);
@@ -610,27 +655,20 @@ static void http_feed(struct conn *c, const char *p, size_t n)
             conn_close(c);
             return;
         }
-        c->in_scanned = n - used > 3 && !c->http_body_wait ? (uint32_t)(n - used) - 3 : 0;
+        c->in->scanned = n - used > 3 && !c->http_body_wait ? (uint32_t)(n - used) - 3 : 0;
         return;
     }
-    if (c->in_len + n > HTTP_MAX_HEAD * 2 + WORKER_READ_BUF) {
+    size_t kept = in_len(c);
+    if (kept + n > HTTP_MAX_HEAD * 2 + WORKER_READ_BUF) {
         conn_close(c); /* a client pipelining without limit */
         return;
     }
-    if (c->in_len + n > c->in_cap) {
-        size_t cap = c->in_cap ? c->in_cap : 1024;
-        while (cap < c->in_len + n)
-            cap *= 2;
-        char *in = realloc(c->in, cap);
-        if (!in) {
-            conn_close(c);
-            return;
-        }
-        c->in = in;
-        c->in_cap = (uint32_t)cap;
+    if (in_reserve(c, kept + n) < 0) {
+        conn_close(c);
+        return;
     }
-    memcpy(c->in + c->in_len, p, n);
-    c->in_len += (uint32_t)n;
+    memcpy(c->in->data + kept, p, n);
+    c->in->len = (uint32_t)(kept + n);
     if (!c->http_busy)
         http_process_kept(c);
 }
@@ -642,18 +680,40 @@ static void http_feed(struct conn *c, const char *p, size_t n)
 static void over_budget(struct conn *c, const char *what)
 {
     log_warn("input_budget_exceeded", "conn=%llx budget=%s", (unsigned long long)c->id, what);
-    stat_inc(&c->w->stats.input_budget_closes);
+    stat_inc(&conn_worker(c)->stats.input_budget_closes);
     conn_ws_close(c, WS_CLOSE_POLICY, "input rate exceeded");
     c->discard_input = true;
 }
 
+/* Charge the input budget: one message (bytes false) or cost bytes read;
+ * true when within it. Both buckets are brought up to now first so that
+ * they keep one time (refilling in two steps adds what one step would, up
+ * to the burst), which is what lets struct conn keep a single in_t_ms. */
+static bool charge_input(struct conn *c, bool bytes, uint64_t cost)
+{
+    const struct config *cfg = conn_worker(c)->srv->cfg;
+    int64_t now = now_ms(c);
+    uint64_t msg_per_min = (uint64_t)cfg->input_rate * 60;
+    uint64_t msg_burst = (uint64_t)cfg->input_rate * 4;
+    uint64_t byte_per_min = cfg->input_byte_rate * 60;
+    uint64_t byte_burst = 2 * cfg->max_message_bytes + cfg->input_byte_rate;
+    struct rate_bucket m = {c->in_msgs_level, c->in_t_ms};
+    struct rate_bucket b = {c->in_bytes_level, c->in_t_ms};
+    rate_refill(&m, now, msg_per_min, msg_burst);
+    rate_refill(&b, now, byte_per_min, byte_burst);
+    bool ok = bytes ? rate_charge(&b, now, byte_per_min, byte_burst, cost)
+                    : rate_charge(&m, now, msg_per_min, msg_burst, cost);
+    c->in_msgs_level = m.level;
+    c->in_bytes_level = b.level;
+    c->in_t_ms = m.t_ms; /* == b.t_ms */
+    return ok;
+}
+
 static void ws_message(struct conn *c, unsigned opcode, uint8_t *data, size_t len)
 {
-    stat_inc(&c->w->stats.ws_messages_in);
+    stat_inc(&conn_worker(c)->stats.ws_messages_in);
     if (c->handler && c->handler->metered) {
-        const struct config *cfg = c->w->srv->cfg;
-        if (!rate_charge(&c->in_msgs, now_ms(c), (uint64_t)cfg->input_rate * 60,
-                         (uint64_t)cfg->input_rate * 4, 1)) {
+        if (!charge_input(c, false, 1)) {
             over_budget(c, "messages");
             return;
         }
@@ -670,33 +730,31 @@ static void ws_data(struct conn *c, const struct ws_event *ev)
         ws_message(c, ev->opcode, ev->data, ev->len);
         return;
     }
-    if ((size_t)c->msg_len + ev->len > c->msg_cap) {
-        size_t cap = c->msg_cap ? c->msg_cap : 4096;
-        while (cap < (size_t)c->msg_len + ev->len)
+    size_t have = c->msg ? c->msg->len : 0;
+    if (!c->msg || have + ev->len > c->msg->cap) {
+        size_t cap = c->msg ? c->msg->cap : 4096;
+        while (cap < have + ev->len)
             cap *= 2;
-        uint8_t *m = realloc(c->msg, cap);
+        struct conn_msg *m = realloc(c->msg, sizeof *m + cap);
         if (!m) {
             conn_close(c);
             return;
         }
+        m->len = (uint32_t)have;
+        m->cap = (uint32_t)cap;
         c->msg = m;
-        c->msg_cap = (uint32_t)cap;
     }
     if (ev->len) {
-        memcpy(c->msg + c->msg_len, ev->data, ev->len);
-        c->msg_len += (uint32_t)ev->len;
+        memcpy(c->msg->data + have, ev->data, ev->len);
+        c->msg->len += (uint32_t)ev->len;
     }
     if (!ev->last)
         return;
-    size_t len = c->msg_len;
-    c->msg_len = 0;
-    ws_message(c, ev->opcode, c->msg, len);
-    if (c->msg_cap > 65536) {
-        /* Do not keep a large buffer on a connection that may go idle. */
-        free(c->msg);
-        c->msg = NULL;
-        c->msg_cap = 0;
-    }
+    /* Whole: no buffer stays on a connection that may now go idle. */
+    struct conn_msg *m = c->msg;
+    c->msg = NULL;
+    ws_message(c, ev->opcode, m->data, m->len);
+    free(m);
 }
 
 static void ws_control(struct conn *c, const struct ws_event *ev)
@@ -704,8 +762,8 @@ static void ws_control(struct conn *c, const struct ws_event *ev)
     switch (ev->opcode) {
     case WS_OP_PING: {
         int64_t now = now_ms(c);
-        if (now - c->ping_window_ms >= 1000) {
-            c->ping_window_ms = now;
+        if ((uint32_t)now - c->ping_window_ms >= 1000) {
+            c->ping_window_ms = (uint32_t)now;
             c->pings_in_window = 0;
         }
         if (++c->pings_in_window > CONN_PING_FLOOD) {
@@ -771,8 +829,8 @@ static void ws_feed(struct conn *c, uint8_t *p, size_t n)
 {
     struct ws_decoder *d = c->dec;
     if (!d) {
-        d = &c->w->scratch_dec;
-        ws_decoder_init(d, c->w->srv->cfg->max_message_bytes, true);
+        d = &conn_worker(c)->scratch_dec;
+        ws_decoder_init(d, conn_worker(c)->srv->cfg->max_message_bytes, true);
     }
     ws_run(c, d, p, n);
     if (c->state != CONN_WS || c->discard_input) {
@@ -816,9 +874,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (c->handler && c->handler->metered && !c->close_sent) {
-        const struct config *cfg = c->w->srv->cfg;
-        if (!rate_charge(&c->in_bytes, now_ms(c), cfg->input_byte_rate * 60,
-                         2 * cfg->max_message_bytes + cfg->input_byte_rate, (uint64_t)nread)) {
+        if (!charge_input(c, true, (uint64_t)nread)) {
             over_budget(c, "bytes");
             return;
         }
@@ -830,34 +886,35 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 static void sweep_one(struct conn *c, int64_t now, int64_t wall)
 {
-    const struct config *cfg = c->w->srv->cfg;
+    const struct config *cfg = conn_worker(c)->srv->cfg;
     if (c->state == CONN_HTTP) {
-        if (now >= c->deadline_ms && !c->http_busy) {
+        if (reached(now, c->deadline_ms) && !c->http_busy) {
             log_debug("http_head_timeout", "conn=%llx", (unsigned long long)c->id);
             conn_close(c);
         }
         return;
     }
     if (c->close_sent || c->discard_input) {
-        if (c->deadline_ms && now >= c->deadline_ms)
+        if (c->deadline_ms && reached(now, c->deadline_ms))
             conn_close(c);
         return;
     }
     /* The deadline runs from the first unanswered ping, so however late the
      * once-a-second sweep sends it, the peer has the whole pong timeout. */
-    if (c->ping_wait_ms && now - c->ping_wait_ms >= (int64_t)cfg->pong_timeout_s * 1000) {
-        log_info("ws_pong_timeout", "conn=%llx waited_ms=%lld", (unsigned long long)c->id,
-                 (long long)(now - c->ping_wait_ms));
+    int32_t waited = (int32_t)((uint32_t)now - c->ping_wait_ms); /* -1 just after stamp() */
+    if (c->ping_wait_ms && waited >= (int32_t)cfg->pong_timeout_s * 1000) {
+        log_info("ws_pong_timeout", "conn=%llx waited_ms=%ld", (unsigned long long)c->id,
+                 (long)waited);
         conn_close(c);
         return;
     }
     /* Pings go out on the sweep nearest their due time (half a tick early
      * at most), so they are at most half a second off either way. */
-    if (now + CONN_SWEEP_MS / 2 >= c->next_ping_ms) {
+    if (reached(now + CONN_SWEEP_MS / 2, c->next_ping_ms)) {
         queue_frame(c, WS_OP_PING, NULL, 0);
         if (!c->ping_wait_ms)
-            c->ping_wait_ms = now;
-        c->next_ping_ms = now + (int64_t)cfg->ping_interval_s * 1000;
+            c->ping_wait_ms = stamp(now);
+        c->next_ping_ms = stamp(now + (int64_t)cfg->ping_interval_s * 1000);
     }
     if (c->state == CONN_WS && c->handler && c->handler->on_tick)
         c->handler->on_tick(c, now, wall);

@@ -47,6 +47,21 @@
 struct conn;
 struct http_request;
 
+/* HTTP: bytes of a request head that came in pieces (or of pipelined
+ * requests held while an answer is pending); owned by the conn. */
+struct conn_in {
+    uint32_t len, cap;
+    uint32_t scanned; /* bytes already searched for the end of the head */
+    char data[];      /* cap bytes */
+};
+
+/* WebSocket: a fragmented message being assembled; owned by the conn, made
+ * at its first fragment and freed once it is whole. */
+struct conn_msg {
+    uint32_t len, cap; /* messages are at most 1 GiB (config limit) */
+    uint8_t data[];    /* cap bytes */
+};
+
 /* A pending write: the libuv request and how many queued bytes it covers. */
 struct conn_write {
     uv_write_t req;
@@ -85,35 +100,40 @@ struct conn_handler {
 
 enum conn_state { CONN_HTTP = 0, CONN_WS, CONN_CLOSED };
 
+/* Fields are ordered (and flags packed) for size: every open connection
+ * holds one, idle or not (a 432-byte allocation, 248 of them libuv's). */
 struct conn {
-    uv_tcp_t tcp;               /* first member: handle pointers cast back to conn */
+    uv_tcp_t tcp; /* first member: handle pointers cast back to conn;
+                   * tcp.loop is the owning worker's (conn_worker) */
     /* read-only after accept */
-    struct worker *w;           /* owning worker (borrowed) */
     uint64_t id;                /* unique in the process: worker index << 48 | sequence */
     /* private to the worker thread */
     struct list_node node;      /* on w->conns */
     struct list_node dirty;     /* on w->dirty while output waits to be flushed */
-    uint8_t state;              /* enum conn_state */
-    bool close_sent;            /* our close frame is queued */
-    bool close_received;        /* the peer's close frame arrived */
-    bool discard_input;         /* the stream is broken: read and drop */
-    bool shut_down;             /* write side shut down (FIN sent) */
-    bool close_after_flush;     /* HTTP: answered with Connection: close */
-    bool counted_ws;            /* holds a slot in stats.ws_open */
-    bool http_busy;             /* an async HTTP answer is pending: hold later heads */
-    bool http_body_wait;        /* a whole head is in c->in, its body is not yet */
-    bool handle_closed;         /* the libuv close callback ran */
-    bool notify_close;          /* closed: the handler's on_close is still to run */
-    uint16_t pings_in_window;
+    struct conn_in *in;         /* HTTP: a request head kept between reads (owned),
+                                 * NULL when none */
+    struct conn_msg *msg;       /* WebSocket: a message being assembled (owned),
+                                 * NULL between messages */
+    /* Times are the low 32 bits of the loop's time in ms, compared modulo
+     * 2^32 (every one lies within a day of now; see conn.c's stamp()); a set
+     * one is never 0, which means none. */
+    uint32_t deadline_ms;  /* HTTP: head deadline; closing: linger deadline */
+    uint32_t ping_wait_ms; /* when the oldest unanswered ping went out */
+    uint32_t next_ping_ms;
+    uint32_t ping_window_ms;    /* start of the current ping-flood window */
+    uint8_t pings_in_window;    /* at most CONN_PING_FLOOD + 1 */
     uint16_t holds;             /* async work that will come back to this conn */
-    int64_t deadline_ms;        /* HTTP: head deadline; closing: linger deadline */
-    int64_t ping_wait_ms;       /* when the oldest unanswered ping went out, 0: none */
-    int64_t next_ping_ms;
-    int64_t ping_window_ms;     /* start of the current ping-flood window */
-    char *in;                   /* HTTP: bytes of the request head (owned) */
-    uint32_t in_len, in_cap, in_scanned;
-    uint8_t *msg;               /* WebSocket: a message being assembled (owned) */
-    uint32_t msg_len, msg_cap;  /* messages are at most 1 GiB (config limit) */
+    uint8_t state;              /* enum conn_state */
+    bool close_sent : 1;        /* our close frame is queued */
+    bool close_received : 1;    /* the peer's close frame arrived */
+    bool discard_input : 1;     /* the stream is broken: read and drop */
+    bool shut_down : 1;         /* write side shut down (FIN sent) */
+    bool close_after_flush : 1; /* HTTP: answered with Connection: close */
+    bool counted_ws : 1;        /* holds a slot in stats.ws_open */
+    bool http_busy : 1;         /* an async HTTP answer is pending: hold later heads */
+    bool http_body_wait : 1;    /* a whole head is in c->in, its body is not yet */
+    bool handle_closed : 1;     /* the libuv close callback ran */
+    bool notify_close : 1;      /* closed: the handler's on_close is still to run */
     struct outq out;
     struct conn_write *wreq;    /* pending write (owned), NULL when none */
     uv_shutdown_t *sreq;        /* pending shutdown (owned) */
@@ -121,9 +141,20 @@ struct conn {
     void *data;                 /* the handler's per-connection state (handler-owned) */
     struct ws_decoder *dec;     /* owned; NULL while the stream is between frames (the
                                  * worker's scratch decoder serves then) */
-    struct rate_bucket in_msgs;  /* input budget (metered handlers): messages */
-    struct rate_bucket in_bytes; /* ... and bytes */
+    /* Input budget (metered handlers): two token buckets, messages and
+     * bytes, as struct rate_bucket's level, refilled together to one time
+     * (in_t_ms; 0: never used); see charge_input in conn.c. */
+    uint64_t in_msgs_level;
+    uint64_t in_bytes_level;
+    int64_t in_t_ms;
 };
+
+/* The worker that owns c (it accepted it): the one whose loop c's handle
+ * is on. Read-only after accept, like the id. */
+static inline struct worker *conn_worker(const struct conn *c)
+{
+    return (struct worker *)((char *)c->tcp.loop - offsetof(struct worker, loop));
+}
 
 /* Take on a connection the worker accepted (fd: owned from here on, closed
  * on failure). Worker thread. */
@@ -166,7 +197,9 @@ void conn_http_send(struct conn *c, int status, const char *content_type, const 
 void conn_http_respond(struct conn *c, int status, const char *content_type, const char *body,
                        size_t len, bool keep_alive, bool head_only);
 /* Answer 101 and switch to the WebSocket state with this handler. The
- * request must have passed net_check_upgrade. 0 or -EINVAL. */
+ * request must have passed net_check_upgrade. 0, -EINVAL, or -ENOMEM (the
+ * 101 could not be queued: the connection is closed, and no handler
+ * callback runs for it). */
 int conn_upgrade(struct conn *c, const struct http_request *req,
                  const struct conn_handler *handler, void *data);
 

@@ -56,7 +56,7 @@ bool net_check_upgrade(struct conn *c, const struct http_request *req)
 
 bool net_take_ws_slot(struct conn *c)
 {
-    struct server *srv = c->w->srv;
+    struct server *srv = conn_worker(c)->srv;
     uint64_t n = atomic_fetch_add(&srv->stats.ws_open, 1) + 1;
     if (n > srv->cfg->max_connections) {
         atomic_fetch_sub(&srv->stats.ws_open, 1);
@@ -73,7 +73,7 @@ bool net_take_ws_slot(struct conn *c)
 void net_give_ws_slot(struct conn *c)
 {
     if (c->counted_ws) {
-        atomic_fetch_sub(&c->w->srv->stats.ws_open, 1);
+        atomic_fetch_sub(&conn_worker(c)->srv->stats.ws_open, 1);
         c->counted_ws = false;
     }
 }
