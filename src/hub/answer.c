@@ -332,7 +332,7 @@ static void send_piece(struct client *cl, const char *session, const char *id, s
     if (!f)
         return;
     if (conn_send_shared(cl->conn, f, off, flen) == 0)
-        chat__count_out(cl, ((struct chat *)cl->hub->router)->out_ai_response);
+        chat__count_out(cl, ((struct chat *)client_hub(cl)->router)->out_ai_response);
     sbuf_unref(f);
 }
 

@@ -115,7 +115,7 @@ static void chat_handle_read_message(void *router, struct client *cl, bool admin
 {
     struct chat *ch = router;
     enum chat_type k = admin ? CHAT_ADMIN_MESSAGE : CHAT_USER_MESSAGE;
-    assert(worker_current() == cl->conn->w);
+    assert(worker_current() == conn_worker(cl->conn));
     if (!chat__cstate(cl)) {
         client_send_error(cl, ERR_INTERNAL, "out of memory", -1, id);
         free(content);

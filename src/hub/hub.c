@@ -576,7 +576,7 @@ static bool valid_id(json_t *v)
  * reads and answers as always. */
 static bool chat_read_message(struct client *cl, const uint8_t *data, size_t len)
 {
-    struct hub *h = cl->hub;
+    struct hub *h = client_hub(cl);
     if (!h->router_ops || !h->router_ops->handle_message)
         return false;
     struct jr_member m[4];
