@@ -13,7 +13,8 @@
  *
  * It does nothing unless CHATD_FAILALLOC names a control file. Then
  * SIGUSR2 (sent by the test once chatd has started, so that start-up is
- * never hit) re-arms it:
+ * never hit) re-arms it when the control file exists (a signal without one
+ * is a repeat and changes nothing):
  *   1. it writes "<path>.out": "seen S failed F\n", the allocations counted
  *      and the failures injected since the previous arming;
  *   2. it reads the control file, "N [COUNT]": from now on the Nth
@@ -154,6 +155,17 @@ static void on_usr2(int sig)
 {
     (void)sig;
     int saved = errno;
+    /* No control file: a repeated signal for an arming already taken (the
+     * test sends it again when an arming is slow to show). */
+    char in[64] = {0};
+    int cfd = open(ctl_path, O_RDONLY | O_CLOEXEC);
+    if (cfd < 0) {
+        errno = saved;
+        return;
+    }
+    ssize_t r = read(cfd, in, sizeof in - 1);
+    (void)r;
+    close(cfd);
     atomic_store_explicit(&armed, false, memory_order_release);
     char b[96];
     size_t o = put_str(b, "seen ");
@@ -165,13 +177,6 @@ static void on_usr2(int sig)
     if (fd >= 0) {
         ssize_t w = write(fd, b, o);
         (void)w;
-        close(fd);
-    }
-    char in[64] = {0};
-    fd = open(ctl_path, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        ssize_t r = read(fd, in, sizeof in - 1);
-        (void)r;
         close(fd);
     }
     const char *p = in;

@@ -58,6 +58,16 @@ def has_failpoint():
         return False
 
 
+def signal_state(pid):
+    """What the kernel says of the process and its signals (for a failure)."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            keep = ("State", "SigPnd", "ShdPnd", "SigBlk", "SigCgt", "Threads")
+            return " ".join(l.strip() for l in f if l.split(":")[0] in keep)
+    except OSError as e:
+        return "no status (%s)" % e
+
+
 class Failpoint:
     """The control file of tests/failalloc.c in one chatd."""
 
@@ -73,9 +83,16 @@ class Failpoint:
         os.rename(self.path + ".tmp", self.path)
         os.kill(self.pid, signal.SIGUSR2)
         deadline = time.time() + T
+        resend = time.time() + 2.0
         while os.path.exists(self.path):
-            if time.time() > deadline:
-                raise AssertionError("the failure point did not take the arming")
+            now = time.time()
+            if now > deadline:
+                raise AssertionError("the failure point did not take the arming; chatd: %s"
+                                     % signal_state(self.pid))
+            if now > resend:
+                # a repeat is harmless: without a control file it changes nothing
+                os.kill(self.pid, signal.SIGUSR2)
+                resend = now + 2.0
             time.sleep(0.002)
         with open(self.path + ".out") as f:
             words = f.read().split()
