@@ -663,7 +663,7 @@ int http_client_new(struct http_client **out, const struct http_client_options *
     atomic_init(&c->cancels, 0);
     atomic_init(&c->next_id, 1);
     c->stop_msg.kind = MSG_STOP;
-    idmap_init(&c->by_id);
+    idmap_init(&c->by_id, offsetof(struct req, id));
     list_init(&c->running);
     list_init(&c->waiting);
     list_init(&c->socks);

@@ -322,7 +322,7 @@ static int worker_init(struct server *srv, struct worker *w, unsigned index)
     w->listen_fd = fd;
     list_init(&w->conns);
     list_init(&w->dirty);
-    idmap_init(&w->by_id);
+    idmap_init(&w->by_id, offsetof(struct conn, id));
     w->read_buf = malloc(WORKER_READ_BUF);
     if (!w->read_buf)
         return -ENOMEM;

@@ -1,34 +1,80 @@
 /*
  * DESIGN: linear probing at a load of at most 3/4 (ids are mixed well, so
- * probe runs stay short), and deletion by shifting
- * later entries of the same probe run back, so there are no tombstones and
- * lookups stay short however many connections come and go.
+ * probe runs stay short), and deletion by shifting later entries of the
+ * same probe run back, so there are no tombstones and lookups stay short
+ * however many connections come and go.
+ *
+ * A slot is one word: the object's address, whose top 16 bits are zero in
+ * user space on the 64-bit targets chatd runs on (47- or 48-bit addresses;
+ * idmap_put checks), carrying 16 bits of the id's hash there. A probe
+ * compares the tag first and reads the id from the object only when the
+ * tags match, so a probe past other entries touches only the slot array
+ * (one in 65,536 mismatches reads an object). Half the bytes of a slot that
+ * keeps the id beside the pointer: 8 bytes per connection at 10,000.
  */
 #include "util/idmap.h"
 
+#include <assert.h>
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "util/hash.h"
 
-static size_t slot_of(uint64_t key, size_t mask)
+_Static_assert(sizeof(uintptr_t) == 8, "idmap keeps a tag in a pointer's top 16 bits");
+
+#define TAG_SHIFT 48
+#define ADDR_MASK (((uintptr_t)1 << TAG_SHIFT) - 1)
+
+/* Mixed bits of key: the slot from the low bits, the tag from the top. */
+static inline uint64_t mix(uint64_t key)
 {
-    /* Mix the bits: ids are sequential within a worker. */
-    return (size_t)hash_mix64(key) & mask;
+    return hash_mix64(key); /* ids are sequential within a worker */
+}
+
+static inline uintptr_t tag_of(uint64_t h)
+{
+    return (uintptr_t)(h >> TAG_SHIFT) << TAG_SHIFT;
+}
+
+static inline void *obj_of(uintptr_t slot)
+{
+    return (void *)(slot & ADDR_MASK);
+}
+
+static inline uint64_t key_of(const struct idmap *m, uintptr_t slot)
+{
+    uint64_t k;
+    memcpy(&k, (const char *)obj_of(slot) + m->key_off, sizeof k);
+    return k;
+}
+
+/* The slot holding key, or the empty slot ending its probe run. */
+static size_t find(const struct idmap *m, uint64_t key, uint64_t h)
+{
+    uintptr_t tag = tag_of(h);
+    size_t i = (size_t)h & m->mask;
+    for (;;) {
+        uintptr_t s = m->slots[i];
+        if (!s || ((s & ~ADDR_MASK) == tag && key_of(m, s) == key))
+            return i;
+        i = (i + 1) & m->mask;
+    }
 }
 
 static int resize(struct idmap *m, size_t cap)
 {
-    struct idmap_slot *slots = calloc(cap, sizeof *slots);
+    uintptr_t *slots = calloc(cap, sizeof *slots);
     if (!slots)
         return -ENOMEM;
     size_t mask = cap - 1;
     if (m->slots) {
         for (size_t i = 0; i <= m->mask; i++) {
-            if (!m->slots[i].key)
+            if (!m->slots[i])
                 continue;
-            size_t j = slot_of(m->slots[i].key, mask);
-            while (slots[j].key)
+            size_t j = (size_t)mix(key_of(m, m->slots[i])) & mask;
+            while (slots[j])
                 j = (j + 1) & mask;
             slots[j] = m->slots[i];
         }
@@ -41,18 +87,22 @@ static int resize(struct idmap *m, size_t cap)
 
 int idmap_put(struct idmap *m, uint64_t key, void *val)
 {
+    assert(key != 0 && val != NULL);
+    /* the address must leave the tag's bits free, and the object hold key */
+    assert(((uintptr_t)val & ~ADDR_MASK) == 0);
+    assert(memcmp((const char *)val + m->key_off, &key, sizeof key) == 0);
+    if (((uintptr_t)val & ~ADDR_MASK) != 0)
+        return -EINVAL;
     if (!m->slots || (m->count + 1) * 4 > (m->mask + 1) * 3) {
         int rc = resize(m, m->slots ? (m->mask + 1) * 2 : 16);
         if (rc)
             return rc;
     }
-    size_t i = slot_of(key, m->mask);
-    while (m->slots[i].key && m->slots[i].key != key)
-        i = (i + 1) & m->mask;
-    if (!m->slots[i].key)
+    uint64_t h = mix(key);
+    size_t i = find(m, key, h);
+    if (!m->slots[i])
         m->count++;
-    m->slots[i].key = key;
-    m->slots[i].val = val;
+    m->slots[i] = tag_of(h) | (uintptr_t)val;
     return 0;
 }
 
@@ -60,42 +110,34 @@ void *idmap_get(const struct idmap *m, uint64_t key)
 {
     if (!m->slots)
         return NULL;
-    size_t i = slot_of(key, m->mask);
-    while (m->slots[i].key) {
-        if (m->slots[i].key == key)
-            return m->slots[i].val;
-        i = (i + 1) & m->mask;
-    }
-    return NULL;
+    uintptr_t s = m->slots[find(m, key, mix(key))];
+    return s ? obj_of(s) : NULL;
 }
 
 void *idmap_del(struct idmap *m, uint64_t key)
 {
     if (!m->slots)
         return NULL;
-    size_t i = slot_of(key, m->mask);
-    while (m->slots[i].key && m->slots[i].key != key)
-        i = (i + 1) & m->mask;
-    if (!m->slots[i].key)
+    size_t i = find(m, key, mix(key));
+    if (!m->slots[i])
         return NULL;
-    void *val = m->slots[i].val;
+    void *val = obj_of(m->slots[i]);
     /* Shift back every later entry whose home slot is not between the hole
      * and its position. */
     size_t hole = i;
     size_t j = i;
     for (;;) {
         j = (j + 1) & m->mask;
-        if (!m->slots[j].key)
+        if (!m->slots[j])
             break;
-        size_t home = slot_of(m->slots[j].key, m->mask);
+        size_t home = (size_t)mix(key_of(m, m->slots[j])) & m->mask;
         int between = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
         if (between)
             continue;
         m->slots[hole] = m->slots[j];
         hole = j;
     }
-    m->slots[hole].key = 0;
-    m->slots[hole].val = NULL;
+    m->slots[hole] = 0;
     m->count--;
     return val;
 }
@@ -103,5 +145,5 @@ void *idmap_del(struct idmap *m, uint64_t key)
 void idmap_release(struct idmap *m)
 {
     free(m->slots);
-    idmap_init(m);
+    idmap_init(m, m->key_off);
 }
