@@ -4,8 +4,9 @@
  * binary only, never into a user's build. docs/reliability.md, "Out of
  * memory", says what the test drives with it.
  *
- * The link wraps malloc, calloc, realloc, strdup and strndup of every chatd
- * object (-Wl,--wrap=...), jansson's too (chatd hands it util/oom's
+ * The link wraps malloc, calloc, realloc, strdup, strndup and mmap (anonymous
+ * mappings: the send chunks of util/sbuf) of every chatd object
+ * (-Wl,--wrap=...), jansson's too (chatd hands it util/oom's
  * malloc), and the constructor below routes libuv's allocations through
  * the same wrappers. SQLite, libcurl, hiredis,
  * libpq and OpenSSL keep their own allocators: their out-of-memory paths
@@ -34,6 +35,8 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/types.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -47,6 +50,10 @@ void *__wrap_calloc(size_t k, size_t n);
 void *__wrap_realloc(void *p, size_t n);
 char *__wrap_strdup(const char *s);
 char *__wrap_strndup(const char *s, size_t n);
+void *__real_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
+void *__wrap_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
+void *__real_mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off);
+void *__wrap_mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off);
 
 static atomic_bool armed;
 static atomic_llong seen;     /* allocations since the last arming */
@@ -113,6 +120,26 @@ char *__wrap_strndup(const char *s, size_t n)
         return NULL;
     }
     return __real_strndup(s, n);
+}
+
+/* true when this anonymous mapping must fail (errno set); files map as usual */
+static bool mapping_fails(int flags)
+{
+    if (!(flags & MAP_ANONYMOUS) || !should_fail())
+        return false;
+    errno = ENOMEM;
+    return true;
+}
+
+void *__wrap_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+    return mapping_fails(flags) ? MAP_FAILED : __real_mmap(addr, len, prot, flags, fd, off);
+}
+
+/* What a call to mmap becomes with 64-bit file offsets (_FILE_OFFSET_BITS). */
+void *__wrap_mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+    return mapping_fails(flags) ? MAP_FAILED : __real_mmap64(addr, len, prot, flags, fd, off);
 }
 
 /* decimal of v into b (no libc formatting: this runs in a signal handler) */

@@ -138,6 +138,7 @@ static void on_tick(uv_timer_t *t)
 {
     struct worker *w = t->data;
     conn_sweep(w, (int64_t)uv_now(&w->loop));
+    sbuf_thread_trim(); /* send chunks left over from a burst */
     worker_maybe_finish(w);
 }
 

@@ -87,8 +87,7 @@ int outq_append2(struct outq *q, const void *a, size_t alen, const void *b, size
     if (!t) {
         if (grow(q) < 0)
             return -ENOMEM;
-        uint32_t cap = len > OUTQ_CHUNK ? (uint32_t)len : OUTQ_CHUNK;
-        struct sbuf *nb = sbuf_new(cap);
+        struct sbuf *nb = len > OUTQ_CHUNK ? sbuf_new((uint32_t)len) : sbuf_new_chunk();
         if (!nb)
             return -ENOMEM;
         t = ent(q, q->count++);

@@ -16,17 +16,24 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SBUF_CACHED_CAP 4096  /* chunk size recycled per thread (see sbuf.c) */
+/* The send chunk: one page, header included, recycled per thread (sbuf.c). */
+#define SBUF_CHUNK_BYTES 4096
+#define SBUF_CACHED_CAP (SBUF_CHUNK_BYTES - 16) /* its bytes: 4080 */
 
 struct sbuf {
     atomic_uint refs;
     uint32_t len; /* bytes used */
     uint32_t cap; /* bytes allocated in data */
+    uint32_t chunk; /* 1: a send chunk (sbuf_new_chunk), 0: malloc'd */
     uint8_t data[];
 };
 
-/* New buffer with one reference and room for cap bytes; NULL on OOM. */
+/* New buffer with one reference and room for cap bytes; NULL on OOM. Its
+ * holder may grow it with realloc while it has no other reference. */
 struct sbuf *sbuf_new(uint32_t cap);
+/* New send chunk (SBUF_CACHED_CAP bytes) with one reference, from this
+ * thread's list when it has one; NULL on OOM. Never to be realloc'd. */
+struct sbuf *sbuf_new_chunk(void);
 static inline struct sbuf *sbuf_ref(struct sbuf *b)
 {
     /* Only a holder may add a reference: the count cannot be 0 here. */
@@ -36,6 +43,10 @@ static inline struct sbuf *sbuf_ref(struct sbuf *b)
 }
 /* Drop a reference; the last one frees the buffer. */
 void sbuf_unref(struct sbuf *b);
+/* Free the cached buffers this thread did not use since the last call,
+ * keeping a few; call it periodically (the worker's tick). Returns how
+ * many were freed. */
+unsigned sbuf_thread_trim(void);
 /* Free this thread's cached buffers (call before a thread exits). */
 void sbuf_thread_cleanup(void);
 /* True when the caller holds the only reference (it may then append). */

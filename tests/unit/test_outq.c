@@ -206,6 +206,43 @@ static void test_large_append_and_ring_wraparound(void **state)
     cleanup(&q);
 }
 
+/* Take n send chunks, then give them all back (to this thread's list). */
+static void churn(unsigned n)
+{
+    struct sbuf *b[64];
+    assert_true(n <= 64);
+    for (unsigned i = 0; i < n; i++) {
+        b[i] = sbuf_new_chunk();
+        assert_non_null(b[i]);
+        b[i]->data[SBUF_CACHED_CAP - 1] = (uint8_t)i; /* the whole chunk is usable */
+    }
+    for (unsigned i = 0; i < n; i++)
+        sbuf_unref(b[i]);
+}
+
+/* The per-thread chunk list gives back what a whole interval left unused,
+ * keeps a floor of 16, and keeps everything a busy interval dipped into. */
+static void test_chunk_list_trims_what_stayed_unused(void **state)
+{
+    (void)state;
+    sbuf_thread_cleanup();
+    churn(60); /* a burst: 60 chunks made, all 60 cached afterwards */
+    /* The burst's interval drew the list down to empty: nothing spare. */
+    assert_int_equal(sbuf_thread_trim(), 0);
+    /* An interval without any use: all but 16 go. */
+    assert_int_equal(sbuf_thread_trim(), 60 - 16);
+    assert_int_equal(sbuf_thread_trim(), 0);
+    /* A busy interval that needed 26 at once (10 more than were kept)
+     * keeps all 26; the next one needs 5: 21 stay unused, 5 of them go. */
+    churn(26);
+    assert_int_equal(sbuf_thread_trim(), 0);
+    churn(5);
+    assert_int_equal(sbuf_thread_trim(), 5); /* 21 spare, 16 kept */
+    churn(5);
+    assert_int_equal(sbuf_thread_trim(), 0); /* 21 -> 16 spare: at the floor */
+    sbuf_thread_cleanup();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -214,6 +251,7 @@ int main(void)
         cmocka_unit_test(test_partial_writes_resume_mid_entry),
         cmocka_unit_test(test_in_flight_entries_stay_unchanged),
         cmocka_unit_test(test_large_append_and_ring_wraparound),
+        cmocka_unit_test(test_chunk_list_trims_what_stayed_unused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
