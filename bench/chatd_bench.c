@@ -79,6 +79,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -152,7 +153,8 @@ static const char usage[] =
     "  fanout   --watchers connections watch one session; one device sends: deliveries/s\n"
     "           and send->delivery latency\n"
     "  idle     --connections authenticated connections held open for --duration: the\n"
-    "           server's RSS growth per connection (needs --server-pid)\n"
+    "           server's RSS growth per connection (needs --server-pid), measured from\n"
+    "           after one warm-up connection so that first-use costs are not counted\n"
     "  connect  --connections slots each open, authenticate and drop a connection in a\n"
     "           loop: handshakes/s and handshake latency\n"
     "  assistant --users connections (one user each) each send one user_message in a new\n"
@@ -1099,20 +1101,68 @@ static void conn_open(struct conn *c)
     }
 }
 
-static int send_upgrade(struct conn *c)
+#define UPGRADE_MAX (JWT_MAX_TOKEN + 1024)
+
+/* The upgrade request to server target with token (NULL: none) into req
+ * (UPGRADE_MAX bytes); its length, or -ENOBUFS. */
+static int format_upgrade(char *req, unsigned target, const char *token)
 {
-    char req[JWT_MAX_TOKEN + 1024];
-    int n = snprintf(req, sizeof req,
+    int n = snprintf(req, UPGRADE_MAX,
                      "GET %s HTTP/1.1\r\nHost: %s:%u\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                      "Sec-WebSocket-Version: 13\r\n%s%s%s%s%s%s\r\n",
-                     o.path, o.host, g_port[c->target], c->token ? "Authorization: Bearer " : "",
-                     c->token ? c->token : "", c->token ? "\r\n" : "",
+                     o.path, o.host, g_port[target], token ? "Authorization: Bearer " : "",
+                     token ? token : "", token ? "\r\n" : "",
                      o.subprotocol ? "Sec-WebSocket-Protocol: " : "",
                      o.subprotocol ? o.subprotocol : "", o.subprotocol ? "\r\n" : "");
-    if (n < 0 || (size_t)n >= sizeof req)
-        return -ENOBUFS;
-    return out_raw(c, req, (size_t)n);
+    return n < 0 || n >= UPGRADE_MAX ? -ENOBUFS : n;
+}
+
+static int send_upgrade(struct conn *c)
+{
+    char req[UPGRADE_MAX];
+    int n = format_upgrade(req, c->target, c->token);
+    return n < 0 ? n : out_raw(c, req, (size_t)n);
+}
+
+/* idle: one connection opened, upgraded and closed before the first RSS
+ * reading, so that what the server sets up once (the first HMAC's library
+ * pages, buffers made on first use) is not counted per connection. The
+ * server's answer is read until its first frame has begun, at most 5 s. */
+static void warm_up_server(void)
+{
+    char req[UPGRADE_MAX];
+    int n = format_upgrade(req, 0, g_tokens[0]);
+    int fd = socket(g_addr[0].ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (n < 0 || fd < 0) {
+        fputs("chatd-bench: warm-up connection: cannot start\n", stderr);
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char in[4096];
+    size_t got = 0;
+    bool ok = connect(fd, (const struct sockaddr *)&g_addr[0], g_addrlen[0]) == 0 &&
+              send(fd, req, (size_t)n, MSG_NOSIGNAL) == n;
+    while (ok) {
+        ssize_t r = recv(fd, in + got, sizeof in - 1 - got, 0);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+        in[got] = '\0';
+        char *end = strstr(in, "\r\n\r\n");
+        if (end && in + got > end + 4) /* the head and a first frame's bytes */
+            break;
+        if (got == sizeof in - 1)
+            break;
+    }
+    if (!ok || strncmp(in, "HTTP/1.1 101", 12) != 0)
+        fputs("chatd-bench: warm-up connection was not upgraded (figures include first-use costs)\n",
+              stderr);
+    close(fd);
+    sleep_s(0.3); /* the server closes its end and frees what it held */
 }
 
 /* ---- traffic ------------------------------------------------------------ */
@@ -2421,6 +2471,8 @@ int main(int argc, char **argv)
     uint64_t cpu_setup0 = 0, cpu_setup1 = 0, cpu0 = 0, cpu1 = 0;
     long rss_before = -1, rss_after = -1;
     if (have_pid) {
+        if (o.mode == M_IDLE)
+            warm_up_server();
         if (pids_cpu_us(&o.server, &cpu_setup0) != 0) {
             fprintf(stderr, "chatd-bench: cannot read /proc/PID/stat of every --server-pid\n");
             return 1;
