@@ -16,8 +16,11 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "http/request.h"
@@ -110,7 +113,16 @@ static void conn_start(struct worker *w, struct conn *c)
     outq_init(&c->out);
     c->state = CONN_HTTP;
     c->deadline_ms = stamp(now_ms(c) + CONN_HEAD_TIMEOUT_MS);
-    uv_tcp_nodelay(&c->tcp, 1);
+#ifndef NDEBUG
+    /* TCP_NODELAY comes from the listener (open_listener): small frames
+     * leave at once. A fuzz build's socketpair is no TCP socket. */
+    int nodelay = 0;
+    socklen_t optlen = sizeof nodelay;
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0 &&
+        getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, &optlen) == 0)
+        assert(nodelay == 1);
+#endif
     atomic_fetch_add(&w->srv->stats.conns_open, 1);
     atomic_fetch_add(&w->srv->stats.conns_total, 1);
     int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
@@ -264,6 +276,7 @@ static void flush(struct conn *c)
 {
     if (c->state == CONN_CLOSED || c->wreq)
         return;
+    log_thread_flush(); /* what this thread logged reaches the log before the peer */
     while (c->out.count > 0) {
         uv_buf_t iov[CONN_IOV_MAX];
         size_t total;

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,6 +143,13 @@ static void on_tick(uv_timer_t *t)
     worker_maybe_finish(w);
 }
 
+/* Before the loop may block: the log lines of this iteration go out. */
+static void on_prepare(uv_prepare_t *h)
+{
+    (void)h;
+    log_thread_flush();
+}
+
 static void on_more(uv_idle_t *h)
 {
     (void)h; /* runs only so that the next poll does not block */
@@ -172,6 +180,7 @@ static void worker_maybe_finish(struct worker *w)
     uv_close((uv_handle_t *)&w->wakeup, NULL);
     uv_close((uv_handle_t *)&w->tick, NULL);
     uv_close((uv_handle_t *)&w->flush, NULL);
+    uv_close((uv_handle_t *)&w->logs, NULL);
     uv_close((uv_handle_t *)&w->more, NULL);
     uv_close((uv_handle_t *)&w->accept_retry, NULL);
 }
@@ -207,7 +216,9 @@ static void worker_main(void *arg)
     }
     w->listener.data = w;
     w->listening = true;
+    log_thread_batch();
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    log_thread_unbatch();
     /* Closing callbacks of the last handles ran inside uv_run. */
     sbuf_thread_cleanup();
     outq_thread_cleanup();
@@ -277,6 +288,15 @@ static int open_listener(const struct config *cfg, int port, bool first, int *ou
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    /* Linux gives an accepted socket the listener's TCP_NODELAY: one call
+     * here instead of one per connection (conn_start checks it in debug
+     * builds). */
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) != 0) {
+        int e = errno;
+        close(fd);
+        snprintf(err, errlen, "TCP_NODELAY: %s", strerror(e));
+        return -e;
+    }
     if (!first && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
         int e = errno;
         close(fd);
@@ -340,6 +360,8 @@ static int worker_init(struct server *srv, struct worker *w, unsigned index)
     uv_check_init(&w->loop, &w->flush);
     w->flush.data = w;
     uv_check_start(&w->flush, on_check);
+    uv_prepare_init(&w->loop, &w->logs);
+    uv_prepare_start(&w->logs, on_prepare);
     uv_idle_init(&w->loop, &w->more);
     w->more.data = w;
     uv_timer_init(&w->loop, &w->accept_retry);

@@ -82,6 +82,7 @@ struct worker {
     uv_async_t wakeup;
     uv_timer_t tick;            /* 1 s sweep: deadlines, pings, lingering closes */
     uv_check_t flush;           /* after each I/O phase: write what was queued */
+    uv_prepare_t logs;          /* before each poll: write the batched log lines */
     uv_idle_t more;             /* active while queued output waits for a pass */
     struct list_node conns;     /* every connection of this worker */
     struct list_node dirty;     /* connections with output not yet flushed */

@@ -1,7 +1,14 @@
 /*
- * DESIGN: one stack buffer per call, one write(2) per line. The level is a
- * plain int written once before threads start and only read afterwards, so it
- * needs no lock. Lines longer than the buffer are cut and end with "...".
+ * DESIGN: a line is formatted in a stack buffer and leaves in one write(2).
+ * A thread that batches (a worker) appends its lines to a per-thread
+ * buffer of at most LOG_BATCH_MAX bytes instead, written in one write(2)
+ * by log_thread_flush, when the next line would not fit, or at once after a
+ * line of level warn or above: one write for a loop iteration's lines
+ * (ws_open/ws_close cost two system calls per handshake before). Whole
+ * lines only, and at most PIPE_BUF bytes per write, so lines from different
+ * threads never interleave even on a pipe. The level is a plain int written
+ * once before threads start and only read afterwards, so it needs no lock.
+ * Lines longer than the buffer are cut and end with "...".
  */
 #include "util/log.h"
 
@@ -14,7 +21,42 @@
 
 #include "util/clock.h"
 
+#define LOG_BATCH_MAX 4096 /* PIPE_BUF on Linux: a write of it is never split */
+#define LOG_LINE_MAX 1024
+
+_Static_assert(LOG_LINE_MAX <= LOG_BATCH_MAX, "a line fits a batch");
+
 static int min_level = LOG_INFO;
+
+/* The batching thread's pending lines: only that thread touches them. */
+static _Thread_local bool batching;
+static _Thread_local size_t batch_len;
+static _Thread_local char batch[LOG_BATCH_MAX];
+
+static void out(const char *b, size_t n)
+{
+    ssize_t w = write(STDERR_FILENO, b, n);
+    (void)w; /* nowhere to report a failing stderr */
+}
+
+void log_thread_batch(void)
+{
+    batching = true;
+}
+
+void log_thread_flush(void)
+{
+    if (batch_len > 0) {
+        out(batch, batch_len);
+        batch_len = 0;
+    }
+}
+
+void log_thread_unbatch(void)
+{
+    log_thread_flush();
+    batching = false;
+}
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
 int log_level_parse(const char *s)
@@ -94,7 +136,7 @@ void log_event_always(enum log_level lvl, const char *event, const char *fmt, ..
 
 static void log_write(enum log_level lvl, const char *event, const char *fmt, va_list ap)
 {
-    char line[1024];
+    char line[LOG_LINE_MAX];
     char ts[32];
     clock_format_rfc3339(ts, clock_wall_ms());
     int n = snprintf(line, sizeof line, "ts=%s level=%s event=%s", ts, level_names[lvl], event);
@@ -112,6 +154,14 @@ static void log_write(enum log_level lvl, const char *event, const char *fmt, va
         memcpy(line + len - 3, "...", 3);
     }
     line[len++] = '\n';
-    ssize_t w = write(STDERR_FILENO, line, len);
-    (void)w;
+    if (!batching) {
+        out(line, len);
+        return;
+    }
+    if (batch_len + len > sizeof batch)
+        log_thread_flush();
+    memcpy(batch + batch_len, line, len);
+    batch_len += len;
+    if (lvl >= LOG_WARN)
+        log_thread_flush();
 }

@@ -7,6 +7,11 @@
  * never interleave. Any thread may call these functions; the level is set once
  * at start (log_set_level) before threads exist.
  *
+ * A thread that runs a loop may batch its lines (log_thread_batch): they
+ * are then written together when it calls log_thread_flush (before it
+ * blocks, and before it writes to a peer, so a line never comes after
+ * what it led to), when the batch is full, and at once from level warn up.
+ *
  * Never pass a credential (token, secret, key) to these functions.
  */
 #ifndef CHATD_UTIL_LOG_H
@@ -17,6 +22,11 @@
 
 enum log_level { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR };
 
+/* This thread's lines wait in its batch until log_thread_flush (see
+ * above); log_thread_unbatch writes what waits and ends batching. */
+void log_thread_batch(void);
+void log_thread_flush(void);
+void log_thread_unbatch(void);
 /* Parse "debug", "info", "warn", "error"; returns the level or -1. */
 int log_level_parse(const char *s);
 /* Set the lowest level written. Call before starting threads. */
