@@ -92,19 +92,27 @@ const char *jwt_alg_name(enum jwt_alg alg)
 static const char b64url_chars[] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-static int b64url_value(unsigned char c)
+/* Each byte's 6-bit value in the URL-safe alphabet plus one; 0 for any
+ * other byte (the table's default). */
+#define V(ch, v) [(unsigned char)(ch)] = (v) + 1
+static const unsigned char b64url_plus1[256] = {
+    V('A', 0), V('B', 1), V('C', 2), V('D', 3), V('E', 4), V('F', 5), V('G', 6),
+    V('H', 7), V('I', 8), V('J', 9), V('K', 10), V('L', 11), V('M', 12), V('N', 13),
+    V('O', 14), V('P', 15), V('Q', 16), V('R', 17), V('S', 18), V('T', 19), V('U', 20),
+    V('V', 21), V('W', 22), V('X', 23), V('Y', 24), V('Z', 25), V('a', 26), V('b', 27),
+    V('c', 28), V('d', 29), V('e', 30), V('f', 31), V('g', 32), V('h', 33), V('i', 34),
+    V('j', 35), V('k', 36), V('l', 37), V('m', 38), V('n', 39), V('o', 40), V('p', 41),
+    V('q', 42), V('r', 43), V('s', 44), V('t', 45), V('u', 46), V('v', 47), V('w', 48),
+    V('x', 49), V('y', 50), V('z', 51), V('0', 52), V('1', 53), V('2', 54), V('3', 55),
+    V('4', 56), V('5', 57), V('6', 58), V('7', 59), V('8', 60), V('9', 61), V('-', 62),
+    V('_', 63),
+};
+#undef V
+
+/* The 6-bit value of c, -1 when c is not in the alphabet. */
+static inline int b64url_value(unsigned char c)
 {
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '-')
-        return 62;
-    if (c == '_')
-        return 63;
-    return -1;
+    return (int)b64url_plus1[c] - 1;
 }
 
 ssize_t jwt_b64url_encode(const unsigned char *in, size_t n, char *out, size_t outlen)
@@ -142,25 +150,42 @@ ssize_t jwt_b64url_decode(const char *in, size_t n, unsigned char *out, size_t o
     size_t need = n / 4 * 3 + (n % 4 ? n % 4 - 1 : 0);
     if (need > outlen)
         return -ENOBUFS;
-    uint32_t acc = 0;
-    unsigned bits = 0;
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        int d = b64url_value((unsigned char)in[i]);
-        if (d < 0)
+    const unsigned char *p = (const unsigned char *)in;
+    size_t o = 0, i = 0;
+    /* Four characters make three bytes; an invalid one makes some value
+     * negative, and so their OR. */
+    for (; i + 4 <= n; i += 4) {
+        int a = b64url_value(p[i]), b = b64url_value(p[i + 1]);
+        int c = b64url_value(p[i + 2]), d = b64url_value(p[i + 3]);
+        if ((a | b | c | d) < 0)
             return -EINVAL;
-        acc = acc << 6 | (uint32_t)d;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (unsigned char)(acc >> bits);
-            acc &= (1u << bits) - 1;
+        uint32_t v = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)c << 6 | (uint32_t)d;
+        out[o++] = (unsigned char)(v >> 16);
+        out[o++] = (unsigned char)(v >> 8);
+        out[o++] = (unsigned char)v;
+    }
+    if (i < n) {
+        /* Two or three left: 12 or 18 bits for one or two bytes. Unused
+         * trailing bits must be zero, so each byte string has exactly one
+         * accepted encoding and a token cannot be altered without breaking
+         * it. */
+        size_t rem = n - i;
+        int a = b64url_value(p[i]), b = b64url_value(p[i + 1]);
+        int c = rem == 3 ? b64url_value(p[i + 2]) : 0;
+        if ((a | b | c) < 0)
+            return -EINVAL;
+        uint32_t v = (uint32_t)a << 12 | (uint32_t)b << 6 | (uint32_t)c;
+        if (rem == 2) {
+            if (v & 0x3ff) /* b's low 4 bits (c is 0) */
+                return -EINVAL;
+            out[o++] = (unsigned char)(v >> 10);
+        } else {
+            if (v & 0x3) /* c's low 2 bits */
+                return -EINVAL;
+            out[o++] = (unsigned char)(v >> 10);
+            out[o++] = (unsigned char)(v >> 2);
         }
     }
-    /* Unused trailing bits must be zero, so each byte string has exactly one
-     * accepted encoding and a token cannot be altered without breaking it. */
-    if (acc != 0)
-        return -EINVAL;
     return (ssize_t)o;
 }
 
