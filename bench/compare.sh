@@ -5,7 +5,7 @@
 # For ROUNDS rounds (default 3), each binary in turn gets a fresh server for
 # echo (100 connections x 8 in flight), fan-out (1,000 watchers, 32 in
 # flight, --sync normal) and chat (100 senders x 16 in flight, --sync
-# normal). The table keeps each scenario's median round and a column with
+# normal), then handshakes (50 slots, JWT checked). The table keeps each scenario's median round and a column with
 # this tree's server CPU per operation divided by the other's.
 # Example: bench/compare.sh /path/to/old/build/release/chatd
 set -euo pipefail
@@ -38,6 +38,7 @@ run_group() {
     bench_run "$RESULTS" "$label" echo --connections 100 --inflight 8 --size 64
     bench_run "$RESULTS" "$label" fanout --secret "$SECRET" --watchers 1000 --max-devices 1000 --inflight 32
     bench_run "$RESULTS" "$label" chat --secret "$SECRET" --users 50 --devices 2 --inflight 16 --size 64
+    bench_run "$RESULTS" "$label" connect --secret "$SECRET" --connections 50
     stop_server
 }
 
