@@ -16,13 +16,16 @@
 
 size_t http_head_end(const char *buf, size_t len, size_t from)
 {
-    for (size_t i = from; i < len; i++) {
-        if (buf[i] != '\n')
-            continue;
+    /* From line end to line end (memchr: a head is a few hundred bytes,
+     * a dozen lines). */
+    const char *p = from < len ? memchr(buf + from, '\n', len - from) : NULL;
+    while (p) {
+        size_t i = (size_t)(p - buf);
         if (i + 1 < len && buf[i + 1] == '\n')
             return i + 2;
         if (i + 2 < len && buf[i + 1] == '\r' && buf[i + 2] == '\n')
             return i + 3;
+        p = memchr(p + 1, '\n', len - i - 1);
     }
     return 0;
 }

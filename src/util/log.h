@@ -61,8 +61,13 @@ const char *log_quotes(struct log_quoted *q, const char *s);
 
 #define log_debug(ev, ...) \
     do { if (log_enabled(LOG_DEBUG)) log_event(LOG_DEBUG, ev, __VA_ARGS__); } while (0)
-#define log_info(ev, ...) log_event(LOG_INFO, ev, __VA_ARGS__)
-#define log_warn(ev, ...) log_event(LOG_WARN, ev, __VA_ARGS__)
-#define log_error(ev, ...) log_event(LOG_ERROR, ev, __VA_ARGS__)
+/* Each checks the level before its arguments are evaluated: a value
+ * quoted or formatted for a line that is not written costs nothing. */
+#define log_info(ev, ...) \
+    do { if (log_enabled(LOG_INFO)) log_event(LOG_INFO, ev, __VA_ARGS__); } while (0)
+#define log_warn(ev, ...) \
+    do { if (log_enabled(LOG_WARN)) log_event(LOG_WARN, ev, __VA_ARGS__); } while (0)
+#define log_error(ev, ...) \
+    do { if (log_enabled(LOG_ERROR)) log_event(LOG_ERROR, ev, __VA_ARGS__); } while (0)
 
 #endif

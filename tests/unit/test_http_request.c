@@ -641,10 +641,45 @@ static void test_query_param_zero_capacity(void **state)
     assert_int_equal(out[0], 'z'); /* nothing written */
 }
 
+/* The end of a head as defined: just past the first blank line (LF LF or
+ * LF CR LF) at or after from, 0 when there is none. */
+static size_t head_end_reference(const char *buf, size_t len, size_t from)
+{
+    for (size_t i = from; i < len; i++) {
+        if (buf[i] != '\n')
+            continue;
+        if (i + 1 < len && buf[i + 1] == '\n')
+            return i + 2;
+        if (i + 2 < len && buf[i + 1] == '\r' && buf[i + 2] == '\n')
+            return i + 3;
+    }
+    return 0;
+}
+
+/* Buffers of 'a', CR and LF in every mix (a fixed generator), every start
+ * and every cut: the scan agrees with the definition. */
+static void test_head_end_against_reference(void **state)
+{
+    (void)state;
+    static const char alphabet[] = {'a', '\r', '\n', '\n'};
+    char buf[40];
+    uint32_t x = 88172645u;
+    for (int round = 0; round < 4000; round++) {
+        for (size_t i = 0; i < sizeof buf; i++) {
+            x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+            buf[i] = alphabet[x & 3];
+        }
+        for (size_t len = 0; len <= sizeof buf; len++)
+            for (size_t from = 0; from <= len + 1; from++)
+                assert_int_equal(http_head_end(buf, len, from), head_end_reference(buf, len, from));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_complete_get),
+        cmocka_unit_test(test_head_end_against_reference),
         cmocka_unit_test(test_path_without_query_or_fragment),
         cmocka_unit_test(test_parse_resets_previous_result),
         cmocka_unit_test(test_headers_case_insensitive),
