@@ -5,8 +5,9 @@
 # For ROUNDS rounds (default 3), each binary in turn gets a fresh server for
 # echo (100 connections x 8 in flight), fan-out (1,000 watchers, 32 in
 # flight, --sync normal) and chat (100 senders x 16 in flight, --sync
-# normal), then handshakes (50 slots, JWT checked). The table keeps each scenario's median round and a column with
-# this tree's server CPU per operation divided by the other's.
+# normal), then handshakes (50 slots, JWT checked). The table keeps each
+# scenario's median round and a column with this tree's server CPU per
+# operation divided by the other's.
 # Example: bench/compare.sh /path/to/old/build/release/chatd
 set -euo pipefail
 

@@ -30,7 +30,8 @@ static inline void idmap_init(struct idmap *m, size_t key_off)
     m->key_off = key_off;
 }
 /* Insert val, whose id (at key_off) is key, or replace the object with
- * that id. 0 or -ENOMEM. key must not be 0. */
+ * that id. 0, -ENOMEM, or -EINVAL for an address using the top 16 bits
+ * (never on Linux's 47/48-bit user space). key must not be 0. */
 int idmap_put(struct idmap *m, uint64_t key, void *val);
 /* The object with id key, or NULL. */
 void *idmap_get(const struct idmap *m, uint64_t key);

@@ -16,6 +16,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -28,10 +29,11 @@ _Static_assert(LOG_LINE_MAX <= LOG_BATCH_MAX, "a line fits a batch");
 
 static int min_level = LOG_INFO;
 
-/* The batching thread's pending lines: only that thread touches them. */
-static _Thread_local bool batching;
+/* The batching thread's pending lines (LOG_BATCH_MAX bytes, made by
+ * log_thread_batch, so threads that never batch hold no buffer): only
+ * that thread touches them. NULL: this thread writes each line at once. */
+static _Thread_local char *batch;
 static _Thread_local size_t batch_len;
-static _Thread_local char batch[LOG_BATCH_MAX];
 
 static void out(const char *b, size_t n)
 {
@@ -41,7 +43,8 @@ static void out(const char *b, size_t n)
 
 void log_thread_batch(void)
 {
-    batching = true;
+    if (!batch)
+        batch = malloc(LOG_BATCH_MAX); /* without it, lines go out one by one */
 }
 
 void log_thread_flush(void)
@@ -55,7 +58,8 @@ void log_thread_flush(void)
 void log_thread_unbatch(void)
 {
     log_thread_flush();
-    batching = false;
+    free(batch);
+    batch = NULL;
 }
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
@@ -154,11 +158,11 @@ static void log_write(enum log_level lvl, const char *event, const char *fmt, va
         memcpy(line + len - 3, "...", 3);
     }
     line[len++] = '\n';
-    if (!batching) {
+    if (!batch) {
         out(line, len);
         return;
     }
-    if (batch_len + len > sizeof batch)
+    if (batch_len + len > LOG_BATCH_MAX)
         log_thread_flush();
     memcpy(batch + batch_len, line, len);
     batch_len += len;

@@ -46,15 +46,12 @@ static _Thread_local struct sbuf *cache[CACHE_MAX];
 static _Thread_local unsigned ncache;
 static _Thread_local unsigned ncache_low; /* fewest cached since the last trim */
 
-/* Chunks are pages when pages are SBUF_CHUNK_BYTES (checked once per thread:
- * sysconf is cheap and the answer the same everywhere). */
-static _Thread_local signed char chunk_is_page = -1;
-
+/* Chunks are pages when pages are SBUF_CHUNK_BYTES. Asked on each call
+ * (off the fast path: only when the list is empty or full; glibc answers
+ * from memory), so no state says it and every thread agrees. */
 static bool pages(void)
 {
-    if (chunk_is_page < 0)
-        chunk_is_page = sysconf(_SC_PAGESIZE) == SBUF_CHUNK_BYTES;
-    return chunk_is_page;
+    return sysconf(_SC_PAGESIZE) == SBUF_CHUNK_BYTES;
 }
 
 static struct sbuf *chunk_new(void)
