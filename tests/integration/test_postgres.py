@@ -219,6 +219,110 @@ def test_commit_cut_off_is_settled():
         c.close()
 
 
+# ---- 3a. events sent ahead of their answers (pipeline mode) ---------------------------
+
+def batch_sizes(port):
+    """(batches committed, of which at most 256 requests) from /metrics."""
+    text = http_get(port, "/metrics")[2].decode()
+    count = small = None
+    for line in text.splitlines():
+        if line.startswith("chatd_store_batch_size_count "):
+            count = int(line.split()[1])
+        elif line.startswith('chatd_store_batch_size_bucket{le="256"} '):
+            small = int(line.split()[1])
+    return count, small
+
+
+def forget(client, ids):
+    """Drop the replies already received for ids: their retries get new ones."""
+    with client.cond:
+        for i in ids:
+            client.replies.pop(i, None)
+
+
+def test_pipelined_events_and_a_refused_one():
+    """The writer sends a batch's events without waiting for each answer
+    (at most 256 ahead, then it reads them). A batch of more than 256
+    messages is stored whole and gapless; a statement the server refuses
+    in the middle of a batch (a trigger raises for one client id) refuses
+    that batch and no other, leaves nothing of it stored, and every
+    refused message is stored once when retried."""
+    dsn = PG.new_db("pipelined")
+    with Chatd("--postgres", dsn, *LOAD_ARGS) as d:
+        clients = [ChatClient(d.port, "pipe%d" % k) for k in range(4)]
+        sids = [ack(c.request(user_message("p%d-0" % k, "first")), "first")["session_id"]
+                for k, c in enumerate(clients)]
+        # 4 x 300 messages with 300 in flight each: batches of hundreds.
+        n = 300
+        results = [None] * len(clients)
+
+        def send_all(k):
+            msgs = [user_message("p%d-%d" % (k, i), "message %d" % i, sids[k])
+                    for i in range(1, n + 1)]
+            results[k] = pipeline(clients[k], msgs, window=n)
+
+        threads = [threading.Thread(target=send_all, args=(k,)) for k in range(len(clients))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for k, got in enumerate(results):
+            assert len(got) == n and all(r["type"] == "ack" for r in got.values()), \
+                [r for r in got.values() if r["type"] != "ack"][:3]
+            assert sorted(r["seq"] for r in got.values()) == list(range(2, n + 2))
+            events, last = history(d.port, sids[k], clients[k].token)
+            check_gapless(sids[k], events)
+            assert last == n + 1 and [e["content"] for e in events[1:]] == \
+                ["message %d" % i for i in range(1, n + 1)]
+        count, small = batch_sizes(d.port)
+        assert count is not None and small is not None and count > small, \
+            "no batch of more than 256 requests: %s of %s" % (small, count)
+
+        PG.psql("CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$; "
+                "CREATE TRIGGER refuse_one BEFORE INSERT ON events FOR EACH ROW "
+                "WHEN (NEW.client_id = 'poison') EXECUTE FUNCTION refuse_one()", "pipelined")
+        c = clients[0]
+        msgs = [user_message("q%d" % i, "second %d" % i, sids[0]) for i in range(40)]
+        msgs[20] = user_message("poison", "refused", sids[0])
+        got = pipeline(c, msgs, window=40)
+        assert len(got) == 40, got
+        refused = sorted(m for m, r in got.items() if r["type"] != "ack")
+        assert "poison" in refused, got["poison"]
+        for m in refused:
+            assert got[m].get("code") == "unavailable", got[m]
+        acked = sorted(r["seq"] for r in got.values() if r["type"] == "ack")
+        # Acked ones follow the first round without a gap; nothing refused is stored.
+        assert acked == list(range(n + 2, n + 2 + len(acked))), acked
+        events, last = history(d.port, sids[0], c.token)
+        check_gapless(sids[0], events)
+        contents = {e["content"] for e in events}
+        by_id = {m["id"]: m["content"] for m in msgs}
+        assert not [m for m in refused if by_id[m] in contents], "a refused message is stored"
+        assert last == n + 1 + len(acked), (last, len(acked))
+        assert "refused by the test" in d.log(), d.log()[-2000:]
+
+        PG.psql("DROP TRIGGER refuse_one ON events", "pipelined")
+        forget(c, refused)
+        again = pipeline(c, [m for m in msgs if m["id"] in refused], window=40)
+        assert all(r["type"] == "ack" for r in again.values()) and len(again) == len(refused), \
+            again
+        assert readyz(d.port) == 200, "not ready after a batch wrote again"
+        retried = sorted(r["seq"] for r in again.values())
+        assert retried == list(range(last + 1, last + 1 + len(refused))), retried
+        # A second retry of everything is answered from what is stored.
+        forget(c, [m["id"] for m in msgs])
+        twice = pipeline(c, msgs, window=40)
+        assert {m: r["seq"] for m, r in twice.items()} == \
+            {**{m: r["seq"] for m, r in got.items() if r["type"] == "ack"},
+             **{m: r["seq"] for m, r in again.items()}}
+        events, last = history(d.port, sids[0], c.token)
+        check_gapless(sids[0], events)
+        assert last == n + 1 + 40 and len(events) == last, (last, len(events))
+        for x in clients:
+            x.close()
+
+
 # ---- 3b. a restart in the middle of traffic ---------------------------------------------
 
 def test_restart_mid_traffic_loses_nothing_acked():
@@ -353,6 +457,7 @@ def main():
         run([test_acked_messages_survive_a_restart,
              test_unreachable_server_refuses_then_recovers,
              test_commit_cut_off_is_settled,
+             test_pipelined_events_and_a_refused_one,
              test_restart_mid_traffic_loses_nothing_acked,
              test_two_nodes_share_one_database,
              test_unreachable_at_start_exits_2])

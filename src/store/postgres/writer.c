@@ -24,8 +24,17 @@
  * with a client id are stored already (a message of the batch is added as
  * it is stored: a retry in the same batch is a duplicate too). A message
  * to an existing session then costs one statement (the event), where it
- * cost three. NEEDSWORK: those statements still wait for each other's
- * answer; libpq's pipeline mode could send them together.
+ * cost three.
+ *
+ * Pipelined events. An event's statement needs no answer before the next
+ * statement: its seq is known (the row is locked, the batch keeps the
+ * counter), and any failure rolls the whole batch back. So put_event sends
+ * it in libpq's pipeline mode and goes on; the answers are read (and each
+ * seq checked) by pipe_drain before anything that needs an answer: another
+ * statement, the COMMIT, at most PG_PIPE_MAX events later. A batch of N
+ * messages to existing sessions then waits for the server about N /
+ * PG_PIPE_MAX + 4 times instead of N + 3, and the server reads the events
+ * as a stream instead of one message per wake-up.
  *
  * Health is `connected && writes_ok`: a refused write (a server error, the
  * tests' fault hook) clears writes_ok until a batch that wrote; a lost
@@ -132,6 +141,10 @@ enum batch_error {
 
 #define MAXP 12
 
+/* Events sent ahead of their answers at most (pipelined). The answers wait
+ * in the socket and in libpq's buffer meanwhile: ~100 bytes each. */
+#define PG_PIPE_MAX 256
+
 /* A statement's parameters: text, or binary (bytea), NULL for SQL NULL. */
 struct params {
     int n;
@@ -222,17 +235,10 @@ static bool writer_connect(struct store_postgres *s)
     return true;
 }
 
-/* Run prepared statement `which`. The result, or NULL with *err set (the
- * transaction is then aborted, or the connection gone). */
-static PGresult *run(struct store_postgres *s, int which, const struct params *p,
-                     enum batch_error *err)
+/* Why statement result r (NULL: none came) failed, into *err; logged
+ * unless the batch is to run again. */
+static void failed_result(struct store_postgres *s, const PGresult *r, enum batch_error *err)
 {
-    char name[8];
-    snprintf(name, sizeof name, "w%d", which);
-    PGresult *r = PQexecPrepared(s->conn, name, p->n, p->v, p->len, p->fmt, 0);
-    ExecStatusType st = PQresultStatus(r);
-    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
-        return r;
     const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
     if (PQstatus(s->conn) != CONNECTION_OK)
         *err = B_LOST;
@@ -247,6 +253,25 @@ static PGresult *run(struct store_postgres *s, int which, const struct params *p
         log_error("store_write_failed", "engine=postgres sqlstate=%s error=%s", state ? state : "-",
                   log_quotes(&qm, m));
     }
+}
+
+static int pipe_drain(struct store_postgres *s, enum batch_error *err);
+
+/* Run prepared statement `which` (after the answers of any events sent
+ * ahead). The result, or NULL with *err set (the transaction is then
+ * aborted, or the connection gone). */
+static PGresult *run(struct store_postgres *s, int which, const struct params *p,
+                     enum batch_error *err)
+{
+    if (pipe_drain(s, err) != 0)
+        return NULL;
+    char name[8];
+    snprintf(name, sizeof name, "w%d", which);
+    PGresult *r = PQexecPrepared(s->conn, name, p->n, p->v, p->len, p->fmt, 0);
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+        return r;
+    failed_result(s, r, err);
     PQclear(r);
     return NULL;
 }
@@ -287,6 +312,10 @@ struct pg_batch {
     struct pg_dup *dups;
     size_t ndups, capdups;
     bool dedup_read; /* the dedup look-up covered every request with a session and a client id */
+    /* Events sent and not yet answered (pipeline mode is on while npend >
+     * 0): the seq each must answer, in the order sent. */
+    int64_t pend[PG_PIPE_MAX];
+    unsigned npend;
 };
 
 static void batch_free(struct pg_batch *b)
@@ -351,6 +380,92 @@ static const struct pg_dup *batch_dup(const struct pg_batch *b, const char *sess
             strcmp(b->dups[i].session, session) == 0 && strcmp(b->dups[i].sender, sender) == 0)
             return &b->dups[i];
     return NULL;
+}
+
+/* ---- events sent ahead ---------------------------------------------------- */
+
+/* Send one event statement without waiting for its answer, expected to
+ * give seq. 0, or -1 with *err set. */
+static int pipe_send(struct store_postgres *s, const struct params *p, int64_t seq,
+                     enum batch_error *err)
+{
+    struct pg_batch *b = s->batch;
+    assert(b); /* events are written by batches only */
+    if (b->npend == PG_PIPE_MAX && pipe_drain(s, err) != 0)
+        return -1;
+    if (b->npend == 0 && PQenterPipelineMode(s->conn) != 1) {
+        *err = PQstatus(s->conn) != CONNECTION_OK ? B_LOST : B_INTERNAL;
+        return -1;
+    }
+    char name[8];
+    snprintf(name, sizeof name, "w%d", W_EVENT_PUT);
+    if (PQsendQueryPrepared(s->conn, name, p->n, p->v, p->len, p->fmt, 0) != 1) {
+        /* Nothing of this one was queued; what was is read by the drain
+         * of the failure path. */
+        *err = PQstatus(s->conn) != CONNECTION_OK ? B_LOST : B_INTERNAL;
+        if (b->npend == 0)
+            PQexitPipelineMode(s->conn);
+        return -1;
+    }
+    b->pend[b->npend++] = seq;
+    return 0;
+}
+
+/* Read the answers of the events sent ahead, check each gave its seq, and
+ * leave pipeline mode. 0, or -1 with *err set (the first failure; the
+ * server skips every statement after a failed one up to the sync). Also
+ * the failure path's way out of pipeline mode: it then reads and drops. */
+static int pipe_drain(struct store_postgres *s, enum batch_error *err)
+{
+    struct pg_batch *b = s->batch;
+    if (!b || b->npend == 0)
+        return 0;
+    assert(PQpipelineStatus(s->conn) != PQ_PIPELINE_OFF);
+    enum batch_error e = B_OK;
+    unsigned n = b->npend;
+    b->npend = 0;
+    if (PQpipelineSync(s->conn) != 1)
+        e = B_LOST;
+    for (unsigned i = 0; i < n && e != B_LOST; i++) {
+        PGresult *r = PQgetResult(s->conn);
+        ExecStatusType st = PQresultStatus(r);
+        if (!r) {
+            e = B_LOST; /* no answer at all: the connection is gone */
+        } else if (st == PGRES_TUPLES_OK) {
+            int64_t got = PQntuples(r) == 1 ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : -1;
+            if (got != b->pend[i] && e == B_OK) {
+                /* As in put_event's note: never ack a seq other than the
+                 * one the content was sealed for. */
+                log_error("store_seq_mismatch", "expected=%lld got=%lld",
+                          (long long)b->pend[i], (long long)got);
+                e = B_INTERNAL;
+            }
+        } else if (st != PGRES_PIPELINE_ABORTED && e == B_OK) {
+            failed_result(s, r, &e);
+        }
+        PQclear(r);
+        /* Each statement's answers end with a NULL. */
+        while (e != B_LOST && (r = PQgetResult(s->conn)) != NULL) {
+            PQclear(r);
+            if (PQstatus(s->conn) != CONNECTION_OK)
+                e = B_LOST;
+        }
+    }
+    if (e != B_LOST) {
+        PGresult *r = PQgetResult(s->conn);
+        if (PQresultStatus(r) != PGRES_PIPELINE_SYNC)
+            e = B_LOST; /* out of step with the server: start afresh */
+        PQclear(r);
+    }
+    if (e != B_LOST && PQexitPipelineMode(s->conn) != 1)
+        e = B_LOST;
+    if (e == B_LOST && PQstatus(s->conn) == CONNECTION_OK)
+        log_error("store_write_failed", "engine=postgres error=\"pipeline out of step\"");
+    if (e == B_OK)
+        return 0;
+    if (*err == B_OK)
+        *err = e;
+    return -1;
 }
 
 /* ---- the requests --------------------------------------------------------- */
@@ -423,19 +538,13 @@ static int put_event(struct store_postgres *s, struct store_req *r, int64_t last
         p_bytes(&p, content, len);
     p_text(&p, r->op == STORE_APPEND ? r->metadata : NULL);
     p_text(&p, sealed ? "true" : "false");
-    PGresult *res = run(s, W_EVENT_PUT, &p, err);
+    /* Sent ahead (pipe_send): libpq has copied the parameters once the
+     * statement is queued; its answer is checked by pipe_drain before the
+     * COMMIT, and a failure there refuses the whole batch. */
+    int rc = pipe_send(s, &p, seq, err);
     free(sealed);
-    if (!res)
+    if (rc != 0)
         return -1;
-    int64_t got = PQntuples(res) == 1 ? strtoll(PQgetvalue(res, 0, 0), NULL, 10) : -1;
-    PQclear(res);
-    if (got != seq) {
-        /* Cannot happen under the row lock; never ack a seq that differs
-         * from the one the content was sealed for. */
-        log_error("store_seq_mismatch", "expected=%lld got=%lld", (long long)seq, (long long)got);
-        *err = B_INTERNAL;
-        return -1;
-    }
     r->seq = seq;
     r->ts_ms = now;
     struct pg_sess *x = batch_sess(s->batch, r->session_id);
@@ -953,6 +1062,8 @@ static enum batch_error try_batch_once(struct store_postgres *s, struct store_re
     for (size_t i = 0; i < n; i++)
         if (do_request(s, reqs[i], now, &err) != 0)
             goto failed;
+    if (pipe_drain(s, &err) != 0)
+        goto failed;
     if (injected_commit_failure(s)) {
         /* As if the server refused the COMMIT: rolled back, known. */
         simple(s, "ROLLBACK");
@@ -975,6 +1086,13 @@ static enum batch_error try_batch_once(struct store_postgres *s, struct store_re
     }
     err = retry ? B_RETRY : B_SERVER; /* the server answered: rolled back */
 failed:
+    /* Out of pipeline mode (the answers are dropped: err stands) before
+     * ROLLBACK, which libpq refuses in it. */
+    if (err != B_LOST && s->batch->npend) {
+        enum batch_error ignored = B_OK;
+        if (pipe_drain(s, &ignored) != 0 && ignored == B_LOST)
+            err = B_LOST;
+    }
     if (err == B_LOST) {
         drop_conn(s, "connection lost");
     } else if (s->conn && PQtransactionStatus(s->conn) != PQTRANS_IDLE && simple(s, "ROLLBACK")) {
