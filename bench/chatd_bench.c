@@ -44,14 +44,15 @@
  * streamed for the seed written in the question.
  *
  * `cross` mode drives several nodes of one cluster: a user's sending
- * devices connect to --port (node A) and behave as in `chat`; the user has
- * one more device on each --remote-ports node (B, C...), which sends
- * nothing. The deliveries those receive are the operations, timed like
- * chat's from the send time in the client id: the generator is one process
- * with one clock, so no clocks need agreeing. With a list of --server-pid
- * (the nodes) the server figures are sums; --backend-pids (Redis,
- * PostgreSQL's postmaster, whose backends are found among its children
- * when the measured interval starts) are reported apart.
+ * devices connect to --port (node A) and behave as in `chat` (--rate paces
+ * them the same way); the user has --remote-devices more devices on each
+ * --remote-ports node (B, C...), which send nothing. The deliveries those
+ * receive are the operations, timed like chat's from the send time in the
+ * client id: the generator is one process with one clock, so no clocks
+ * need agreeing. With a list of --server-pid (the nodes) the server
+ * figures are sums; --backend-pids (Redis, PostgreSQL's postmaster, whose
+ * backends are found among its children when the measured interval
+ * starts) are reported apart.
  *
  * Usage errors exit 2; run-time failures exit 1; a run exits 0 even when some
  * connections failed (they are reported).
@@ -120,7 +121,7 @@ struct opts {
     const char *secret;
     unsigned connections;      /* 0: mode default */
     unsigned inflight;         /* 0: mode default */
-    unsigned rate;             /* chat: messages/s sent in all (0: as fast as acks allow) */
+    unsigned rate;             /* chat, cross: messages/s sent in all (0: as fast as acks allow) */
     unsigned size;
     unsigned threads;
     unsigned users, devices, user_offset;
@@ -131,6 +132,7 @@ struct opts {
     struct pidlist backend;    /* Redis, PostgreSQL...: CPU reported apart, children included */
     unsigned remote_ports[MAX_REMOTE]; /* cross: where the receiving devices connect */
     unsigned nremote;
+    unsigned remote_devices;   /* cross: receiving devices per user on each remote node */
     int provider_pid;          /* assistant: the provider's CPU is reported too */
     unsigned answer_bytes;     /* assistant: the provider's answer size, 0: unknown */
     bool json;
@@ -139,7 +141,7 @@ struct opts {
 static struct opts o = {
     .mode = M_ECHO, .proto = P_CHATD, .host = "127.0.0.1", .port = 8080, .size = 64,
     .threads = 1, .users = 50, .devices = 2, .watchers = 1000, .max_devices = 10,
-    .concurrency = 256, .duration = 10, .warmup = 2, .setup_timeout = 30,
+    .concurrency = 256, .duration = 10, .warmup = 2, .setup_timeout = 30, .remote_devices = 1,
 };
 
 static const char usage[] =
@@ -165,15 +167,19 @@ static const char usage[] =
     "           chatd-fake-provider streamed, when --answer-bytes is given)\n"
     "  cross    several chatd nodes as one (a cluster): every user has --devices sending\n"
     "           devices on --port, each keeping --inflight user_messages in flight in a\n"
-    "           session of its own, and one device on each --remote-ports node that only\n"
-    "           receives: deliveries on the other nodes per second (the ops) and\n"
-    "           send->delivery latency there, beside acks and local deliveries\n"
+    "           session of its own, and --remote-devices devices on each --remote-ports\n"
+    "           node that only receive: deliveries on the other nodes per second (the\n"
+    "           ops) and send->delivery latency there, beside acks and local deliveries\n"
     "\n"
     "Target:\n"
     "  --host H             server address (default 127.0.0.1)\n"
     "  --port P             server port (default 8080)\n"
     "  --remote-ports LIST  cross: comma-separated ports of the other nodes (same --host),\n"
     "                       at most 8\n"
+    "  --remote-devices D   cross: receiving devices per user on each --remote-ports node\n"
+    "                       (default 1, at most 64): every message is delivered D x (remote\n"
+    "                       ports) times there. The server counts all of a user's devices,\n"
+    "                       on every node, against its --max-devices\n"
     "  --path P             request path (default: /echo for echo, /ws for chatd,\n"
     "                       / for plain, /socket.io/?EIO=4&transport=websocket for socketio)\n"
     "  --proto P            chatd (JSON chat protocol, JWT in Authorization), plain (raw text\n"
@@ -191,10 +197,10 @@ static const char usage[] =
     "  --inflight N         echo: messages in flight per connection (default 8); chat and\n"
     "                       cross: unacked messages per sending device (default 1); fanout:\n"
     "                       messages sent and not yet delivered to every watcher (default 4)\n"
-    "  --rate N             chat: send N messages a second in all, spread evenly over the\n"
-    "                       senders (each still at most --inflight unacked): latency at a\n"
-    "                       given load rather than at the most the server takes (default:\n"
-    "                       no pacing)\n"
+    "  --rate N             chat, cross: send N messages a second in all, spread evenly over\n"
+    "                       the sending devices (each still at most --inflight unacked):\n"
+    "                       latency at a given load rather than at the most the server\n"
+    "                       takes (default: no pacing)\n"
     "  --size N             echo/plain payload bytes, chat content bytes (default 64; echo and\n"
     "                       plain fanout need at least 16)\n"
     "  --users U            chat, cross: users (default 50); assistant: users, one\n"
@@ -817,9 +823,10 @@ struct worker {
     uint32_t pending;          /* handshakes in progress */
     int phase_seen;
     bool started;              /* traffic was kicked off */
-    uint64_t pace_t0;          /* chat --rate: when sending began (ns) */
-    uint64_t paced;            /* chat --rate: messages this worker sent since pace_t0 */
-    uint32_t pace_next;        /* chat --rate: the connection to offer the next send */
+    uint64_t pace_t0;          /* --rate: when sending began (ns) */
+    uint64_t paced;            /* --rate: messages this worker sent since pace_t0 */
+    uint32_t pace_next;        /* --rate: the connection to offer the next send */
+    uint32_t nsenders;         /* --rate: sending devices among conns */
     uint64_t rng;
     struct conn **dirty;       /* owned: connections with output to flush */
     uint32_t ndirty;
@@ -876,6 +883,7 @@ static char **g_tokens;             /* per connection index; entries may be shar
 static char g_nonce[9];             /* per run: makes client ids unique across runs */
 static char *g_pad;                 /* o.size bytes of 'x' */
 static uint32_t g_total;            /* connections (slots in connect mode) */
+static uint32_t g_senders;          /* --rate: sending devices, all workers */
 static uint32_t g_nsrc = 1;         /* loopback source addresses to spread over */
 static struct ask *g_asks;          /* assistant: per connection index */
 static _Atomic uint32_t g_answered; /* assistant: questions whose answer ended (or failed) */
@@ -1215,14 +1223,16 @@ static void count_sent(struct conn *c)
         c->w->sent++;
 }
 
-/* chat --rate: may this worker send one more now? Its share of the rate,
- * counted from when sending began. */
+/* --rate: may this worker send one more now? Its share of the rate is its
+ * share of the sending devices (in cross mode a thread may hold more of
+ * them than another: a user's receivers sit between its senders), counted
+ * from when sending began. */
 static bool pace_allows(struct worker *w)
 {
-    if (!o.rate || o.mode != M_CHAT)
+    if (!o.rate)
         return true;
     uint64_t elapsed = now_ns() - w->pace_t0;
-    double due = (double)elapsed * o.rate / o.threads / 1e9 + 1;
+    double due = (double)elapsed * o.rate * w->nsenders / g_senders / 1e9 + 1;
     return (double)w->paced < due;
 }
 
@@ -1244,11 +1254,11 @@ static void fill(struct conn *c)
     }
 }
 
-/* chat --rate: offer the sends now due to the connections in turn (a
- * connection with its window full passes). */
+/* --rate: offer the sends now due to the connections in turn (a
+ * connection with its window full, or a receiver, passes). */
 static void pump_paced(struct worker *w)
 {
-    if (!o.rate || o.mode != M_CHAT || !w->started || w->n == 0)
+    if (!o.rate || !w->started || w->nsenders == 0)
         return;
     for (uint32_t tried = 0; tried < w->n && pace_allows(w); tried++) {
         struct conn *c = &w->conns[w->pace_next];
@@ -1988,11 +1998,18 @@ static int usage_error(const char *what, const char *arg)
     return EXIT_USAGE;
 }
 
+/* Connections per user in chat and cross: the sending devices, then (cross)
+ * --remote-devices receivers on each remote node. */
+static uint32_t user_conns(void)
+{
+    return o.devices + o.nremote * o.remote_devices;
+}
+
 enum {
     OPT_HOST = 256, OPT_PORT, OPT_PATH, OPT_PROTO, OPT_SUBPROTO, OPT_SECRET, OPT_CONNS,
     OPT_INFLIGHT, OPT_RATE, OPT_SIZE, OPT_USERS, OPT_DEVICES, OPT_USER_OFFSET, OPT_WATCHERS,
     OPT_MAXDEV, OPT_THREADS, OPT_CONC, OPT_WARMUP, OPT_DURATION, OPT_SETUP, OPT_PID,
-    OPT_LABEL, OPT_JSON, OPT_HELP, OPT_PPID, OPT_ANSWER, OPT_REMOTE, OPT_BACKEND,
+    OPT_LABEL, OPT_JSON, OPT_HELP, OPT_PPID, OPT_ANSWER, OPT_REMOTE, OPT_BACKEND, OPT_REMOTE_DEV,
 };
 
 static int parse_args(int argc, char **argv)
@@ -2026,9 +2043,10 @@ static int parse_args(int argc, char **argv)
         {"answer-bytes", required_argument, 0, OPT_ANSWER},
         {"remote-ports", required_argument, 0, OPT_REMOTE},
         {"backend-pids", required_argument, 0, OPT_BACKEND},
+        {"remote-devices", required_argument, 0, OPT_REMOTE_DEV},
         {0, 0, 0, 0},
     };
-    bool devices_set = false, users_set = false, duration_set = false;
+    bool devices_set = false, users_set = false, duration_set = false, remote_devices_set = false;
     unsigned pid = 0;
     opterr = 0;
     for (;;) {
@@ -2087,6 +2105,10 @@ static int parse_args(int argc, char **argv)
         case OPT_PID: rc = parse_pids(a, &o.server); break;
         case OPT_BACKEND: rc = parse_pids(a, &o.backend); break;
         case OPT_REMOTE: rc = parse_list(a, 1, 65535, MAX_REMOTE, o.remote_ports, &o.nremote); break;
+        case OPT_REMOTE_DEV:
+            rc = parse_uint(a, 1, 64, &o.remote_devices);
+            remote_devices_set = true;
+            break;
         case OPT_LABEL: o.label = a; break;
         case OPT_PPID: rc = parse_uint(a, 1, 1u << 30, &pid); o.provider_pid = (int)pid; break;
         case OPT_ANSWER: rc = parse_uint(a, 0, 64u << 20, &o.answer_bytes); break;
@@ -2121,6 +2143,10 @@ static int parse_args(int argc, char **argv)
         return usage_error("cross mode needs --remote-ports", NULL);
     if (o.mode != M_CROSS && o.nremote > 0)
         return usage_error("--remote-ports is for cross mode", NULL);
+    if (o.mode != M_CROSS && remote_devices_set)
+        return usage_error("--remote-devices is for cross mode", NULL);
+    if (o.rate && o.mode != M_CHAT && o.mode != M_CROSS)
+        return usage_error("--rate is for chat and cross modes", NULL);
     if (o.mode == M_ASSISTANT) {
         if (!users_set)
             o.users = 500;
@@ -2144,8 +2170,8 @@ static int parse_args(int argc, char **argv)
     }
     if (o.mode == M_FANOUT && o.watchers < 1)
         return usage_error("--watchers must be at least 1", NULL);
-    if ((o.mode == M_CHAT || o.mode == M_CROSS) && (uint64_t)o.users * (o.devices + o.nremote) > 1000000)
-        return usage_error("--users x --devices is too large", NULL);
+    if ((o.mode == M_CHAT || o.mode == M_CROSS) && (uint64_t)o.users * user_conns() > 1000000)
+        return usage_error("--users x devices per user is too large (at most 1000000 connections)", NULL);
     if (o.path == NULL) {
         if (o.mode == M_ECHO)
             o.path = "/echo";
@@ -2193,8 +2219,8 @@ static int plan(enum role *roles)
         case M_ASSISTANT: roles[i] = R_ASKER; user = i; break;
         case M_CROSS:
             /* a user's senders, then its receivers, at adjacent indexes */
-            user = i / (o.devices + o.nremote);
-            roles[i] = i % (o.devices + o.nremote) < o.devices ? R_DEVICE : R_REMOTE;
+            user = i / user_conns();
+            roles[i] = i % user_conns() < o.devices ? R_DEVICE : R_REMOTE;
             break;
         case M_FANOUT:
             if (i == 0) {
@@ -2226,13 +2252,14 @@ static int plan(enum role *roles)
 }
 
 /* The node a connection index talks to: 0 (--port), or in cross mode
- * 1 + n for a receiver on the n-th of --remote-ports. */
+ * 1 + n for a receiver on the n-th of --remote-ports (a user's receivers
+ * are grouped by node). */
 static uint8_t target_of(uint32_t idx)
 {
     if (o.mode != M_CROSS)
         return 0;
-    uint32_t k = idx % (o.devices + o.nremote);
-    return k < o.devices ? 0 : (uint8_t)(1 + k - o.devices);
+    uint32_t k = idx % user_conns();
+    return k < o.devices ? 0 : (uint8_t)(1 + (k - o.devices) / o.remote_devices);
 }
 
 static int resolve(void)
@@ -2400,7 +2427,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     g_total = o.mode == M_CHAT ? o.users * o.devices
-              : o.mode == M_CROSS ? o.users * (o.devices + o.nremote)
+              : o.mode == M_CROSS ? o.users * user_conns()
               : o.mode == M_FANOUT ? o.watchers
               : o.mode == M_ASSISTANT ? o.users
               : o.connections;
@@ -2458,6 +2485,10 @@ int main(int argc, char **argv)
             c->role = (uint8_t)roles[c->idx];
             c->target = target_of(c->idx);
             c->token = g_tokens[c->idx];
+            if (c->role == R_DEVICE) {
+                w->nsenders++;
+                g_senders++;
+            }
             c->rcap = RBUF_INIT;
             c->rbuf = malloc(c->rcap);
             if (c->rbuf == NULL) {
@@ -2638,6 +2669,7 @@ int main(int argc, char **argv)
         for (unsigned i = 0; i < o.nremote; i++)
             json_array_append_new(rp, json_integer(o.remote_ports[i]));
         json_object_set_new(j, "remote_ports", rp);
+        json_object_set_new(j, "remote_devices", json_integer(o.remote_devices));
     }
     if (o.mode == M_FANOUT) {
         json_object_set_new(j, "watchers", json_integer(o.watchers));
@@ -2668,8 +2700,9 @@ int main(int argc, char **argv)
         json_object_set_new(j, "deliveries_per_s", json_real(r1(secs > 0 ? (double)deliveries / secs : 0)));
     }
     if (o.mode == M_CROSS) {
-        /* every acked message should reach each remote node's device once:
-         * remote_deliveries_per_ack near nremote (the interval's edges blur it) */
+        /* every acked message should reach each remote device once:
+         * remote_deliveries_per_ack near nremote x remote_devices (the
+         * interval's edges blur it) */
         json_object_set_new(j, "acks_per_s", json_real(r1(secs > 0 ? (double)acks / secs : 0)));
         json_object_set_new(j, "remote_deliveries", json_integer((json_int_t)ops));
         json_object_set_new(j, "local_deliveries", json_integer((json_int_t)(deliveries - ops)));
@@ -2800,9 +2833,12 @@ int main(int argc, char **argv)
         fprintf(human, ", rss %ld -> %ld kB = %ld B/conn", rss_before, rss_after,
                 (rss_after - rss_before) * 1024 / (long)ready);
     if (o.mode == M_CROSS)
-        fprintf(human, "; %.1f acks/s (p50 %.1f p99 %.1f us), local delivery p50 %.1f p99 %.1f us",
+        fprintf(human,
+                "; %.1f acks/s (p50 %.1f p99 %.1f us), local delivery p50 %.1f p99 %.1f us, %.2f other-node "
+                "deliveries per ack (%u when none is lost)",
                 secs > 0 ? (double)acks / secs : 0, hist_quantile(ha, 0.5) / 1e3, hist_quantile(ha, 0.99) / 1e3,
-                hist_quantile(hl, 0.5) / 1e3, hist_quantile(hl, 0.99) / 1e3);
+                hist_quantile(hl, 0.5) / 1e3, hist_quantile(hl, 0.99) / 1e3,
+                acks ? (double)ops / (double)acks : 0, o.nremote * o.remote_devices);
     if (o.mode == M_ASSISTANT) {
         fprintf(human, "; %" PRIu64 " questions, %" PRIu64 " answers (%" PRIu64 " ok, %" PRIu64 " failed, %" PRIu64
                        " partial), last at %.3f s, at most %u streaming at once",
