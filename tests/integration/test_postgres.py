@@ -323,6 +323,65 @@ def test_pipelined_events_and_a_refused_one():
             x.close()
 
 
+# ---- 3c. a session's row, updated by every message, stays cheap -----------------------
+
+def session_indexes(db):
+    return PG.psql("SELECT string_agg(indexdef, ' | ' ORDER BY indexname) FROM pg_indexes "
+                   "WHERE tablename = 'sessions'", db)
+
+
+def test_session_updates_are_heap_only():
+    """Every message updates its session's row (seq counter, activity
+    time). No index covers a column a message changes, so PostgreSQL
+    updates the row in place (HOT): no new index entries, nothing for the
+    next look-up by id to wade through."""
+    dsn = PG.new_db("hot")
+    with Chatd("--postgres", dsn, *LOAD_ARGS) as d:
+        c = ChatClient(d.port, "erin")
+        sid = ack(c.request(user_message("h0", "first")), "h0")["session_id"]
+        # One at a time: each message its own batch, its own activity time
+        # (in a batch they share one, and an unchanged value is no change).
+        n = 150
+        got = pipeline(c, [user_message("h%d" % i, "message %d" % i, sid)
+                           for i in range(1, n + 1)], window=1)
+        assert len(got) == n and all(r["type"] == "ack" for r in got.values())
+        c.close()
+        stats = "SELECT n_tup_upd || ' ' || n_tup_hot_upd FROM pg_stat_user_tables " \
+                "WHERE relname = 'sessions'"
+        # The server publishes a backend's counts within a second or so.
+        wait_for(lambda: int(PG.psql(stats, "hot").split()[0]) >= n, "the updates counted")
+        upd, hot = map(int, PG.psql(stats, "hot").split())
+    assert hot >= 0.9 * upd, "only %d of %d session updates were heap-only" % (hot, upd)
+    assert "updated_at" not in session_indexes("hot"), session_indexes("hot")
+
+
+def test_schema_1_is_migrated():
+    """A database made by a chatd of schema 1 (updated_at indexed) is
+    brought to schema 2 at start, its messages kept."""
+    dsn = PG.new_db("upgrade")
+    with Chatd("--postgres", dsn, *LOAD_ARGS) as d:
+        c = ChatClient(d.port, "fay")
+        sid = ack(c.request(user_message("u0", "kept")), "u0")["session_id"]
+        c.close()
+    PG.psql("DROP INDEX sessions_by_owner; "
+            "CREATE INDEX sessions_by_owner ON sessions(owner, updated_at); "
+            "CREATE INDEX sessions_by_updated ON sessions(updated_at); "
+            "ALTER TABLE sessions RESET (fillfactor); "
+            "UPDATE chatd_schema SET version = 1", "upgrade")
+    assert "updated_at" in session_indexes("upgrade")
+    with Chatd("--postgres", dsn, *LOAD_ARGS) as d:
+        assert "event=store_migrated engine=postgres version=2" in d.log(), d.log()[-2000:]
+        c = ChatClient(d.port, "fay")
+        events, last = history(d.port, sid, c.token)
+        assert [e["content"] for e in events] == ["kept"] and last == 1, events
+        assert ack(c.request(user_message("u1", "after", sid)), "u1")["seq"] == 2
+        c.close()
+    assert PG.psql("SELECT version FROM chatd_schema", "upgrade") == "2"
+    assert "updated_at" not in session_indexes("upgrade"), session_indexes("upgrade")
+    assert "fillfactor=70" in PG.psql("SELECT reloptions::text FROM pg_class "
+                                      "WHERE relname = 'sessions'", "upgrade")
+
+
 # ---- 3b. a restart in the middle of traffic ---------------------------------------------
 
 def test_restart_mid_traffic_loses_nothing_acked():
@@ -389,7 +448,7 @@ def test_two_nodes_share_one_database():
         t.join()
     try:
         assert a.port and b.port, (a.log()[-2000:], b.log()[-2000:])
-        assert PG.psql("SELECT version FROM chatd_schema", "twonodes") == "1"
+        assert PG.psql("SELECT version FROM chatd_schema", "twonodes") == "2"
         ca, cb = ChatClient(a.port, "carol", label="node-a"), ChatClient(b.port, "carol",
                                                                           label="node-b")
         sid = ack(ca.request(user_message("start", "first")), "start")["session_id"]
@@ -458,6 +517,8 @@ def main():
              test_unreachable_server_refuses_then_recovers,
              test_commit_cut_off_is_settled,
              test_pipelined_events_and_a_refused_one,
+             test_session_updates_are_heap_only,
+             test_schema_1_is_migrated,
              test_restart_mid_traffic_loses_nothing_acked,
              test_two_nodes_share_one_database,
              test_unreachable_at_start_exits_2])
