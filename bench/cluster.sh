@@ -31,6 +31,10 @@
 # PostgreSQL keeps its default durability (fsync on, synchronous_commit on):
 # an ack means the WAL is on disk, as with chatd's default --sync full.
 # CLUSTER_PG_SYNC=off runs it with synchronous_commit=off instead.
+# CLUSTER_ONLY=REGEX runs only the scenarios whose label matches (e.g.
+# CLUSTER_ONLY='deliv/s' for the paced runs). CLUSTER_CPUS=LIST pins the
+# nodes, Redis and PostgreSQL to those cores instead (e.g. 0,1: what a
+# second core changes; the generator keeps core $GEN_CPU).
 #
 # With RESULTS (bench/run.sh passes its results.jsonl) the JSON lines are
 # appended there and no table is printed. Alone, the results go to
@@ -55,6 +59,9 @@ else
 fi
 REFERENCE=${CLUSTER_REFERENCE:-$ALONE}
 PG_SYNC=${CLUSTER_PG_SYNC:-on}
+if [ -n "${CLUSTER_CPUS:-}" ] && [ -n "$PIN_SERVER" ]; then
+    PIN_SERVER="taskset -c $CLUSTER_CPUS"
+fi
 
 skip() {
     log "cluster: skipped: $1"
@@ -211,39 +218,15 @@ start_nodes() {
 # cluster_run LABEL MODE [chatd-bench options]: one scenario against node A,
 # the three nodes' CPU summed, Redis's and PostgreSQL's reported apart.
 cluster_run() {
+    if [ -n "${CLUSTER_ONLY:-}" ] && ! printf '%s\n' "$1" | grep -Eq -- "$CLUSTER_ONLY"; then
+        return 0
+    fi
     local SRV_PORT=${NODE_PORTS[0]}
     local SRV_PID
     SRV_PID=$(IFS=,; echo "${NODE_PIDS[*]}")
     local label=$1 mode=$2
     shift 2
     bench_run "$RESULTS" "$label" "$mode" --backend-pids "$REDIS_PID,$PG_PID" "$@"
-}
-
-# paced_summary RESULTS: the paced cross runs (those with a --rate), as
-# cluster_summary's "Cross-node:" lines, with the rate asked and whether
-# the target (p99 under 5 ms) was met.
-paced_summary() {
-    python3 - "$1" <<'PYEOF' || true
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-paced = [r for r in rows if r["mode"] == "cross" and "rate" in r and "error" not in r]
-if paced:
-    print("Cross-node, paced (target: send -> delivery on another node p99 under 5 ms at 50,000 deliveries/s)")
-for x in paced:
-    per_msg = len(x["remote_ports"]) * x["remote_devices"]
-    asked = x["rate"] * per_msg
-    c = x.get("server_cpu_us_per_op")
-    cost = "-" if c is None else "%.1f+%.1f us" % (c, x.get("backend_cpu_us_per_op", 0))
-    print("  %3d senders x %2d in flight, %d devices on each of %d nodes, paced at %d msg/s (%d deliveries/s): "
-          "%.0f deliveries/s on B+C%s (%.0f acked msg/s, %.2f per ack of %d), send -> delivery on another node "
-          "p50 %.2f ms, p99 %.2f ms (same node: %.2f / %.2f ms): p99 %s; %s per delivery on B+C" % (
-              x["users"] * x["devices"], x["inflight"], x["remote_devices"], len(x["remote_ports"]),
-              x["rate"], asked, x["ops_per_s"], "" if x["ops_per_s"] >= 0.97 * asked else " (short of the rate)",
-              x["acks_per_s"], x["remote_deliveries_per_ack"], per_msg,
-              x["latency_p50_us"] / 1e3, x["latency_p99_us"] / 1e3,
-              x["local_delivery_p50_us"] / 1e3, x["local_delivery_p99_us"] / 1e3,
-              "under 5 ms" if x["latency_p99_us"] < 5000 else "over 5 ms", cost))
-PYEOF
 }
 
 build_release

@@ -378,3 +378,30 @@ for suffix in (" 10 senders", "", " pipelined"):
               x["local_delivery_p50_us"] / 1e3, x["local_delivery_p99_us"] / 1e3, cost(x)))
 PYEOF
 }
+
+# paced_summary RESULTS: the paced cross runs (those with a --rate), as
+# cluster_summary's "Cross-node:" lines, with the rate asked and whether
+# the target (p99 under 5 ms) was met.
+paced_summary() {
+    python3 - "$1" <<'PYEOF' || true
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+paced = [r for r in rows if r["mode"] == "cross" and "rate" in r and "error" not in r]
+if paced:
+    print("Cross-node, paced (target: send -> delivery on another node p99 under 5 ms at 50,000 deliveries/s)")
+for x in paced:
+    per_msg = len(x["remote_ports"]) * x["remote_devices"]
+    asked = x["rate"] * per_msg
+    c = x.get("server_cpu_us_per_op")
+    cost = "-" if c is None else "%.1f+%.1f us" % (c, x.get("backend_cpu_us_per_op", 0))
+    print("  %3d senders x %2d in flight, %d devices on each of %d nodes, paced at %d msg/s (%d deliveries/s): "
+          "%.0f deliveries/s on B+C%s (%.0f acked msg/s, %.2f per ack of %d), send -> delivery on another node "
+          "p50 %.2f ms, p99 %.2f ms (same node: %.2f / %.2f ms): p99 %s; %s per delivery on B+C" % (
+              x["users"] * x["devices"], x["inflight"], x["remote_devices"], len(x["remote_ports"]),
+              x["rate"], asked, x["ops_per_s"], "" if x["ops_per_s"] >= 0.97 * asked else " (short of the rate)",
+              x["acks_per_s"], x["remote_deliveries_per_ack"], per_msg,
+              x["latency_p50_us"] / 1e3, x["latency_p99_us"] / 1e3,
+              x["local_delivery_p50_us"] / 1e3, x["local_delivery_p99_us"] / 1e3,
+              "under 5 ms" if x["latency_p99_us"] < 5000 else "over 5 ms", cost))
+PYEOF
+}

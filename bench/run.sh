@@ -90,5 +90,6 @@ echo "ops: echo = messages echoed, fanout = deliveries, connect = handshakes, id
 print_table "$RESULTS"
 echo
 cluster_summary "$RESULTS"
+paced_summary "$RESULTS"
 echo
 echo "JSON lines: $RESULTS"
