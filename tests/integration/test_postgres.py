@@ -384,6 +384,54 @@ def test_batches_find_rows_by_key():
     assert seq1 == seq0, "sessions or events scanned %d times for 150 messages" % (seq1 - seq0)
 
 
+def test_dedup_reads_by_client_id():
+    """A retry is recognised by its client id through events_by_client,
+    not by reading its session's events, however long the sessions have
+    grown since the first batches (the cluster benchmark caught a plan
+    kept from a nearly empty table that read them all; the writer now has
+    each batch's look-up planned afresh)."""
+    dsn = PG.new_db("dedup")
+    db = "dedup"
+    with Chatd("--postgres", dsn, *LOAD_ARGS) as d:
+        c = ChatClient(d.port, "hal")
+        sids = [ack(c.request(user_message("new%d" % k, "first")), "new")["session_id"]
+                for k in range(12)]
+
+        def round_(tag):
+            got = pipeline(c, [user_message("%s-%d" % (tag, k), tag, sid)
+                               for k, sid in enumerate(sids)], window=12)
+            assert len(got) == 12 and all(x["type"] == "ack" for x in got.values()), got
+            return got
+
+        for r in range(10):  # batches of about 12 look-ups, on a nearly empty table
+            round_("early%d" % r)
+        # 20,000 events more in each session, behind chatd's back (seqs far
+        # above the ones chatd gives next).
+        PG.psql("ALTER TABLE events SET (autovacuum_enabled = false); "
+                "INSERT INTO events (session_id, seq, type, sender_type, sender_id, client_id, "
+                "content, created_at) SELECT s, 1000 + g, 'user_message', 'user', 'bulk', "
+                "'b' || g, 'x', 0 FROM generate_series(1, 20000) AS g, "
+                "unnest(ARRAY['%s']) AS s" % "','".join(sids), db)
+        reads = "SELECT idx_tup_read FROM pg_stat_user_indexes WHERE indexrelname = 'events_pkey'"
+        counted = "SELECT COALESCE(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'events'"
+        time.sleep(1.5)  # let every backend's counts reach the server's
+        read0, scans0 = int(PG.psql(reads, db)), int(PG.psql(counted, db))
+        for r in range(5):
+            round_("later%d" % r)
+        wait_for(lambda: int(PG.psql(counted, db)) >= scans0 + 60, "the look-ups counted")
+        time.sleep(1.5)
+        read1 = int(PG.psql(reads, db))
+        # A retry is still answered with its first ack's seq.
+        first = round_("again")
+        forget(c, ["again-%d" % k for k in range(12)])
+        second = round_("again")
+        assert {m: x["seq"] for m, x in first.items()} == \
+            {m: x["seq"] for m, x in second.items()}
+        c.close()
+    assert read1 - read0 < 1000, "60 messages read %d index entries of their sessions' events" % (
+        read1 - read0)
+
+
 def test_schema_1_is_migrated():
     """A database made by a chatd of schema 1 (updated_at indexed) is
     brought to schema 2 at start, its messages kept."""
@@ -549,6 +597,7 @@ def main():
              test_session_updates_are_heap_only,
              test_schema_1_is_migrated,
              test_batches_find_rows_by_key,
+             test_dedup_reads_by_client_id,
              test_restart_mid_traffic_loses_nothing_acked,
              test_two_nodes_share_one_database,
              test_unreachable_at_start_exits_2])
