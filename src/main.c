@@ -35,6 +35,7 @@
 #include "store/postgres/postgres.h"
 #include "store/store.h"
 #include "net/http_client.h"
+#include "net/loop.h"
 #include "net/server.h"
 #include "util/clock.h"
 #include "util/file.h"
@@ -364,6 +365,10 @@ int main(int argc, char **argv)
      * which storage turns into fail-stop, not end the process unannounced. */
     signal(SIGXFSZ, SIG_IGN);
     raise_nofile();
+    /* Every loop's descriptor table is made now for this many (net/loop.h):
+     * the connections, and the storage, Redis, provider and file
+     * descriptors beside them. */
+    net_fd_budget(cfg.max_connections + 4096);
 
     static struct main_state st;
     char secret[65] = "";

@@ -151,6 +151,7 @@
 #include <unistd.h>
 
 #include "bus/envelope.h"
+#include "net/loop.h"
 #include "util/clock.h"
 #include "util/hash.h"
 #include "util/log.h"
@@ -1987,6 +1988,11 @@ int bus_redis_open(struct bus **out, const struct bus_handler *handler, const ch
         goto fail;
     }
     if ((rc = uv_loop_init(&r->loop)) != 0) {
+        snprintf(err, errlen, "cannot start the Redis bus: %s", uv_strerror(rc));
+        goto fail;
+    }
+    if ((rc = net_loop_reserve_fds(&r->loop)) != 0) {
+        uv_loop_close(&r->loop);
         snprintf(err, errlen, "cannot start the Redis bus: %s", uv_strerror(rc));
         goto fail;
     }

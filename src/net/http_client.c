@@ -26,6 +26,7 @@
  */
 #include "net/http_client.h"
 #include "net/http_client_int.h"
+#include "net/loop.h"
 
 #include <assert.h>
 #include <curl/curl.h>
@@ -673,6 +674,8 @@ int http_client_new(struct http_client **out, const struct http_client_options *
         goto free_strings;
     if ((rc = uv_loop_init(&c->loop)) != 0)
         goto release_fifo;
+    if ((rc = net_loop_reserve_fds(&c->loop)) != 0)
+        goto close_loop;
     c->loop.data = c;
     rc = -EIO;
     if (!(c->multi = curl_multi_init()))

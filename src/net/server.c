@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "net/conn.h"
+#include "net/loop.h"
 #include "util/log.h"
 #include "util/outq.h"
 #include "util/sbuf.h"
@@ -349,6 +350,8 @@ static int worker_init(struct server *srv, struct worker *w, unsigned index)
         return -ENOMEM;
     int rc;
     if ((rc = uv_loop_init(&w->loop)) != 0)
+        return rc;
+    if ((rc = net_loop_reserve_fds(&w->loop)) != 0)
         return rc;
     if ((rc = fifo_init(&w->inbox, 0)) != 0)
         return rc;

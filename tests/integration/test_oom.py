@@ -75,6 +75,7 @@ class Failpoint:
         self.dir = tempfile.mkdtemp(prefix="chatd-oom-")
         self.path = os.path.join(self.dir, "ctl")
         self.pid = None
+        self.proc = None  # chatd's Popen: its exit status when it died
 
     def arm(self, n, count=1):
         """Arm N (0 disarms); return (seen, failed) of the previous arming."""
@@ -87,8 +88,9 @@ class Failpoint:
         while os.path.exists(self.path):
             now = time.time()
             if now > deadline:
-                raise AssertionError("the failure point did not take the arming; chatd: %s"
-                                     % signal_state(self.pid))
+                raise AssertionError("the failure point did not take the arming; chatd: %s, "
+                                     "exit status %s" % (signal_state(self.pid),
+                                                         self.proc.poll() if self.proc else "?"))
             if now > resend:
                 # a repeat is harmless: without a control file it changes nothing
                 os.kill(self.pid, signal.SIGUSR2)
@@ -258,6 +260,7 @@ def test_out_of_memory_paths():
                   "--assistant-first-byte-timeout", "5", "--assistant-timeout", "10",
                   "--encryption-key-file", keyfile, env={"FAKE_KEY": KEY, "CHATD_FAILALLOC": fp.path}) as d:
         fp.pid = d.proc.pid
+        fp.proc = d.proc
         port = d.port
         acked = {}  # client id -> (session, seq): every ack chatd ever sent
 

@@ -1,0 +1,34 @@
+/*
+ * net/loop.h: one allocation libuv cannot fail gracefully, made at start.
+ *
+ * A uv loop keeps a table indexed by descriptor number of what it watches,
+ * and grows it (to the next power of two) when a descriptor beyond it is
+ * watched; if that growth cannot be allocated libuv aborts the process,
+ * having no error to return. Descriptor numbers are the process's, so a
+ * loop that watches new descriptors while chatd serves (a worker, the
+ * outbound HTTP client, the Redis subscriber) may need it at any time. But
+ * past start chatd refuses only the operation that lacks memory (README,
+ * "Out of memory"), so each such loop has its table made at start for
+ * every descriptor the process may use: net_loop_reserve_fds.
+ *
+ * Threads: net_fd_budget once in main before any loop exists;
+ * net_loop_reserve_fds by the loop's owner right after uv_loop_init, before
+ * any other handle is made on the loop (it runs the loop once).
+ */
+#ifndef CHATD_NET_LOOP_H
+#define CHATD_NET_LOOP_H
+
+#include <uv.h>
+
+/* How many descriptors chatd plans for (its connections and then some);
+ * the reservation is this or the descriptor limit, whichever is lower.
+ * Unset: NET_FD_BUDGET_DEFAULT. */
+#define NET_FD_BUDGET_DEFAULT 65536
+void net_fd_budget(unsigned n);
+
+/* Make loop's descriptor table cover every descriptor number below the
+ * budget (or the limit), by watching one descriptor of that number for a
+ * moment. 0, or a negative errno (out of memory: libuv aborts instead). */
+int net_loop_reserve_fds(uv_loop_t *loop);
+
+#endif
