@@ -208,8 +208,12 @@ def test_concurrent_writers_on_several_nodes_deliver_each_event_once():
         check_devices(devs, sid, 1 + 2 * n)
         for d in devs:
             d.close()
+        # No event was handed on past a missing seq (a redis_gap warning).
+        # A node may still read seqs from storage (redis_gap_filled): the
+        # other node's publish can come more than the start window later
+        # on a busy machine, and that is filling, not losing.
         for x in nodes:
-            assert "event=redis_gap" not in x.log(), x.log()[-3000:]
+            assert "event=redis_gap " not in x.log(), x.log()[-3000:]
 
 
 # ---- 2. admins on other nodes -----------------------------------------------------------
