@@ -74,26 +74,25 @@ class Failpoint:
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="chatd-oom-")
         self.path = os.path.join(self.dir, "ctl")
-        self.pid = None
-        self.proc = None  # chatd's Popen: its exit status when it died
+        self.proc = None  # chatd's Popen (its pid; its exit status when it died)
 
     def arm(self, n, count=1):
         """Arm N (0 disarms); return (seen, failed) of the previous arming."""
         with open(self.path + ".tmp", "w") as f:
             f.write("%d %d\n" % (n, count))
         os.rename(self.path + ".tmp", self.path)
-        os.kill(self.pid, signal.SIGUSR2)
+        os.kill(self.proc.pid, signal.SIGUSR2)
         deadline = time.time() + T
         resend = time.time() + 2.0
         while os.path.exists(self.path):
             now = time.time()
             if now > deadline:
                 raise AssertionError("the failure point did not take the arming; chatd: %s, "
-                                     "exit status %s" % (signal_state(self.pid),
-                                                         self.proc.poll() if self.proc else "?"))
+                                     "exit status %s" % (signal_state(self.proc.pid),
+                                                         self.proc.poll()))
             if now > resend:
                 # a repeat is harmless: without a control file it changes nothing
-                os.kill(self.pid, signal.SIGUSR2)
+                os.kill(self.proc.pid, signal.SIGUSR2)
                 resend = now + 2.0
             time.sleep(0.002)
         with open(self.path + ".out") as f:
@@ -259,7 +258,6 @@ def test_out_of_memory_paths():
                   # a failure that stalls an answer ends it soon
                   "--assistant-first-byte-timeout", "5", "--assistant-timeout", "10",
                   "--encryption-key-file", keyfile, env={"FAKE_KEY": KEY, "CHATD_FAILALLOC": fp.path}) as d:
-        fp.pid = d.proc.pid
         fp.proc = d.proc
         port = d.port
         acked = {}  # client id -> (session, seq): every ack chatd ever sent

@@ -355,6 +355,19 @@ def test_session_updates_are_heap_only():
     assert "updated_at" not in session_indexes("hot"), session_indexes("hot")
 
 
+def new_sessions(client, n):
+    """n sessions of the client's user, each made by a first message."""
+    return [ack(client.request(user_message("new%d" % k, "first")), "new")["session_id"]
+            for k in range(n)]
+
+
+def settled(sql, db):
+    """A statistics query's answer once every backend's counts reached the
+    server (it publishes them within a second or so)."""
+    time.sleep(1.5)
+    return PG.psql(sql, db)
+
+
 def test_batches_find_rows_by_key():
     """The writer finds a batch's rows by key, never by scanning a table,
     even where the planner would find a scan cheaper: a small table of
@@ -366,20 +379,17 @@ def test_batches_find_rows_by_key():
     db = "bykey"
     with Chatd("--postgres", dsn, *LOAD_ARGS) as d:
         c = ChatClient(d.port, "gus")
-        sids = [ack(c.request(user_message("new%d" % k, "first")), "new")["session_id"]
-                for k in range(30)]
+        sids = new_sessions(c, 30)
         counts = "SELECT sum(seq_scan) || ' ' || sum(COALESCE(idx_scan, 0)) " \
                  "FROM pg_stat_user_tables WHERE relname IN ('sessions', 'events')"
-        time.sleep(1.5)  # let every backend's counts reach the server's
-        seq0, idx0 = map(int, PG.psql(counts, db).split())
+        seq0, idx0 = map(int, settled(counts, db).split())
         for r in range(5):  # batches of messages to many sessions at once
             got = pipeline(c, [user_message("r%d-%d" % (r, k), "round %d" % r, sid)
                                for k, sid in enumerate(sids)], window=30)
             assert len(got) == 30 and all(x["type"] == "ack" for x in got.values()), got
         wait_for(lambda: int(PG.psql(counts, db).split()[1]) >= idx0 + 150,
                  "the look-ups counted")
-        time.sleep(1.5)
-        seq1, idx1 = map(int, PG.psql(counts, db).split())
+        seq1, idx1 = map(int, settled(counts, db).split())
         c.close()
     assert seq1 == seq0, "sessions or events scanned %d times for 150 messages" % (seq1 - seq0)
 
@@ -394,8 +404,7 @@ def test_dedup_reads_by_client_id():
     db = "dedup"
     with Chatd("--postgres", dsn, *LOAD_ARGS) as d:
         c = ChatClient(d.port, "hal")
-        sids = [ack(c.request(user_message("new%d" % k, "first")), "new")["session_id"]
-                for k in range(12)]
+        sids = new_sessions(c, 12)
 
         def round_(tag):
             got = pipeline(c, [user_message("%s-%d" % (tag, k), tag, sid)
@@ -414,13 +423,11 @@ def test_dedup_reads_by_client_id():
                 "unnest(ARRAY['%s']) AS s" % "','".join(sids), db)
         reads = "SELECT idx_tup_read FROM pg_stat_user_indexes WHERE indexrelname = 'events_pkey'"
         counted = "SELECT COALESCE(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'events'"
-        time.sleep(1.5)  # let every backend's counts reach the server's
-        read0, scans0 = int(PG.psql(reads, db)), int(PG.psql(counted, db))
+        read0, scans0 = int(settled(reads, db)), int(PG.psql(counted, db))
         for r in range(5):
             round_("later%d" % r)
         wait_for(lambda: int(PG.psql(counted, db)) >= scans0 + 60, "the look-ups counted")
-        time.sleep(1.5)
-        read1 = int(PG.psql(reads, db))
+        read1 = int(settled(reads, db))
         # A retry is still answered with its first ack's seq.
         first = round_("again")
         forget(c, ["again-%d" % k for k in range(12)])

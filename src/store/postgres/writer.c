@@ -141,6 +141,13 @@ static const char *const stmt_sql[W_COUNT] = {
  * a batch costs less than that by far. */
 static const bool stmt_replanned[W_COUNT] = {[W_DEDUP] = true, [W_EVENT_BY_CLIENT] = true};
 
+/* The name statement `which` is prepared under on the write connection. */
+static const char *stmt_name(int which, char name[8])
+{
+    snprintf(name, 8, "w%d", which);
+    return name;
+}
+
 /* Why a batch stopped (writer thread only). */
 enum batch_error {
     B_OK = 0,
@@ -236,8 +243,7 @@ static bool writer_connect(struct store_postgres *s)
         if (stmt_replanned[i])
             continue;
         char name[8];
-        snprintf(name, sizeof name, "w%d", i);
-        PGresult *r = PQprepare(c, name, stmt_sql[i], 0, NULL);
+        PGresult *r = PQprepare(c, stmt_name(i, name), stmt_sql[i], 0, NULL);
         if (PQresultStatus(r) != PGRES_COMMAND_OK) {
             store_postgres__error_line(c, err, sizeof err);
             PQfinish(c);
@@ -296,10 +302,10 @@ static PGresult *run(struct store_postgres *s, int which, const struct params *p
     if (pipe_drain(s, err) != 0)
         return NULL;
     char name[8];
-    snprintf(name, sizeof name, "w%d", which);
     PGresult *r = stmt_replanned[which]
                       ? PQexecParams(s->conn, stmt_sql[which], p->n, NULL, p->v, p->len, p->fmt, 0)
-                      : PQexecPrepared(s->conn, name, p->n, p->v, p->len, p->fmt, 0);
+                      : PQexecPrepared(s->conn, stmt_name(which, name), p->n, p->v, p->len,
+                                       p->fmt, 0);
     ExecStatusType st = PQresultStatus(r);
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
         return r;
@@ -430,8 +436,8 @@ static int pipe_send(struct store_postgres *s, const struct params *p, int64_t s
         return -1;
     }
     char name[8];
-    snprintf(name, sizeof name, "w%d", W_EVENT_PUT);
-    if (PQsendQueryPrepared(s->conn, name, p->n, p->v, p->len, p->fmt, 0) != 1) {
+    if (PQsendQueryPrepared(s->conn, stmt_name(W_EVENT_PUT, name), p->n, p->v, p->len, p->fmt,
+                            0) != 1) {
         /* Nothing of this one was queued; what was is read by the drain
          * of the failure path. */
         *err = PQstatus(s->conn) != CONNECTION_OK ? B_LOST : B_INTERNAL;
