@@ -184,39 +184,59 @@ def test_unreachable_server_refuses_then_recovers():
 
 # ---- 3. a COMMIT cut off mid-way is settled by asking the server ---------------------
 
+def held_and_cut_off(db, user, trigger, held_query, what):
+    """A message held in the server by a trigger ("CREATE ... TRIGGER
+    hold ..." calling hold(), which sleeps), its connection ended while
+    held_query shows it active: the batch is settled by pg_xact_status
+    ('aborted': the reply is 'unavailable'), and once the trigger is gone
+    the retry with the same id is stored once."""
+    dsn = PG.new_db(db)
+    with Chatd("--postgres", dsn, *LOAD_ARGS) as d:
+        c = ChatClient(d.port, user)
+        sid = ack(c.request(user_message("m0", "before")), "m0")["session_id"]
+        PG.psql("CREATE FUNCTION hold() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep(30); RETURN NEW; END $$; " + trigger, db)
+        c.send(user_message("held", "held", sid))
+        active = ("SELECT pid FROM pg_stat_activity WHERE datname = '%s' AND "
+                  "application_name = 'chatd' AND state = 'active' AND %s" % (db, held_query))
+        wait_for(lambda: PG.psql(active, db) != "", "chatd's statement is held: " + what)
+        PG.psql("SELECT pg_terminate_backend(pid) FROM (%s) AS c" % active, db)
+        r = c.wait_reply("held", WAIT)
+        assert r.get("type") == "error" and r.get("code") == "unavailable", r
+        assert "event=store_commit_settled" in d.log() and "outcome=aborted" in d.log(), \
+            d.log()[-3000:]
+        PG.psql("DROP TRIGGER hold ON events", db)
+        wait_for(lambda: readyz(d.port) == 200, "/readyz 200 after the reconnection")
+        r1 = ack(c.request(user_message("held", "held", sid)), "held retried")
+        r2 = ack(c.request(user_message("held", "held", sid)), "held twice")
+        assert r1["seq"] == r2["seq"] == 2, (r1, r2)
+        events, last = history(d.port, sid, c.token)
+        check_gapless(sid, events)
+        assert [e["content"] for e in events] == ["before", "held"], events
+        c.close()
+
+
 def test_commit_cut_off_is_settled():
     """The connection is lost while COMMIT runs (a deferred trigger holds
     the COMMIT; the test ends that backend): chatd cannot know from the
     connection whether it committed, reconnects, asks pg_xact_status, and
     answers by what the server says (here: rolled back, so 'unavailable',
     and the retry with the same id is stored once)."""
-    dsn = PG.new_db("cutoff")
-    with Chatd("--postgres", dsn, *LOAD_ARGS) as d:
-        c = ChatClient(d.port, "dave")
-        sid = ack(c.request(user_message("d0", "before")), "d0")["session_id"]
-        PG.psql("CREATE FUNCTION hold_commit() RETURNS trigger LANGUAGE plpgsql AS "
-                "$$ BEGIN PERFORM pg_sleep(30); RETURN NULL; END $$; "
-                "CREATE CONSTRAINT TRIGGER hold_commit AFTER INSERT ON events "
-                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.client_id = 'held') "
-                "EXECUTE FUNCTION hold_commit()", "cutoff")
-        c.send(user_message("held", "held at commit", sid))
-        in_commit = ("SELECT pid FROM pg_stat_activity WHERE datname = 'cutoff' AND "
-                     "application_name = 'chatd' AND state = 'active' AND query = 'COMMIT'")
-        wait_for(lambda: PG.psql(in_commit, "cutoff") != "", "chatd's COMMIT is held")
-        PG.psql("SELECT pg_terminate_backend(pid) FROM (%s) AS c" % in_commit, "cutoff")
-        r = c.wait_reply("held", WAIT)
-        assert r.get("type") == "error" and r.get("code") == "unavailable", r
-        assert "event=store_commit_settled" in d.log() and "outcome=aborted" in d.log(), \
-            d.log()[-3000:]
-        PG.psql("DROP TRIGGER hold_commit ON events", "cutoff")
-        wait_for(lambda: readyz(d.port) == 200, "/readyz 200 after the reconnection")
-        r1 = ack(c.request(user_message("held", "held at commit", sid)), "held retried")
-        r2 = ack(c.request(user_message("held", "held at commit", sid)), "held twice")
-        assert r1["seq"] == r2["seq"] == 2, (r1, r2)
-        events, last = history(d.port, sid, c.token)
-        check_gapless(sid, events)
-        assert [e["content"] for e in events] == ["before", "held at commit"], events
-        c.close()
+    held_and_cut_off("cutoff", "dave",
+                     "CREATE CONSTRAINT TRIGGER hold AFTER INSERT ON events "
+                     "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.client_id = 'held') "
+                     "EXECUTE FUNCTION hold()", "query = 'COMMIT'", "COMMIT")
+
+
+def test_lost_before_a_queued_commit_is_settled():
+    """The connection is lost while an event statement runs, with the
+    COMMIT already sent behind it: chatd cannot tell from the connection
+    whether the server reached the COMMIT, so it settles the batch the
+    same way."""
+    held_and_cut_off("queued", "fay",
+                     "CREATE TRIGGER hold BEFORE INSERT ON events FOR EACH ROW "
+                     "WHEN (NEW.client_id = 'held') EXECUTE FUNCTION hold()",
+                     "query LIKE 'WITH s AS%'", "the event")
 
 
 # ---- 3a. events sent ahead of their answers (pipeline mode) ---------------------------
@@ -321,6 +341,39 @@ def test_pipelined_events_and_a_refused_one():
         assert last == n + 1 + 40 and len(events) == last, (last, len(events))
         for x in clients:
             x.close()
+
+
+def test_event_statement_checks_its_seq():
+    """The COMMIT goes behind a batch's events without waiting for their
+    answers, so each event statement checks its own seq: the one the
+    writer expects (and sealed the content for), or the statement fails
+    and the COMMIT behind it with it. A trigger that moves a session's
+    counter a step further than chatd expects refuses that message's
+    batch whole (nothing stored, logged); the retry once it is gone is
+    stored at the seq expected."""
+    dsn = PG.new_db("seqcheck")
+    with Chatd("--postgres", dsn, *LOAD_ARGS) as d:
+        c = ChatClient(d.port, "erin")
+        sid = ack(c.request(user_message("e1", "first")), "e1")["session_id"]
+        assert ack(c.request(user_message("e2", "second", sid)), "e2")["seq"] == 2
+        PG.psql("CREATE FUNCTION skew() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN NEW.last_seq := NEW.last_seq + 1; RETURN NEW; END $$; "
+                "CREATE TRIGGER skew BEFORE UPDATE ON sessions FOR EACH ROW "
+                "WHEN (OLD.last_seq = 2 AND NEW.last_seq = 3) EXECUTE FUNCTION skew()",
+                "seqcheck")
+        r = c.request(user_message("e3", "third", sid))
+        assert r.get("type") == "error" and r.get("code") == "unavailable", r
+        assert "event=store_seq_mismatch" in d.log(), d.log()[-2000:]
+        assert PG.psql("SELECT last_seq FROM sessions WHERE id = '%s'" % sid, "seqcheck") == "2"
+        events, last = history(d.port, sid, c.token)
+        assert last == 2 and [e["content"] for e in events] == ["first", "second"], events
+        PG.psql("DROP TRIGGER skew ON sessions", "seqcheck")
+        forget(c, ["e3"])
+        assert ack(c.request(user_message("e3", "third", sid)), "e3 retried")["seq"] == 3
+        events, last = history(d.port, sid, c.token)
+        check_gapless(sid, events)
+        assert [e["content"] for e in events] == ["first", "second", "third"], events
+        c.close()
 
 
 # ---- 3c. a session's row, updated by every message, stays cheap -----------------------
@@ -601,6 +654,8 @@ def main():
              test_unreachable_server_refuses_then_recovers,
              test_commit_cut_off_is_settled,
              test_pipelined_events_and_a_refused_one,
+             test_event_statement_checks_its_seq,
+             test_lost_before_a_queued_commit_is_settled,
              test_session_updates_are_heap_only,
              test_schema_1_is_migrated,
              test_batches_find_rows_by_key,

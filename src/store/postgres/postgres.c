@@ -26,7 +26,8 @@
  * Commits of unknown outcome (G7): the writer records the transaction id
  * (pg_current_xact_id()) at BEGIN. A connection lost before COMMIT was
  * sent leaves nothing (the server rolls back): STORE_UNAVAILABLE. A
- * connection lost while COMMIT was in flight leaves the outcome unknown;
+ * connection lost once COMMIT was sent (it goes behind the batch's last
+ * events, unanswered yet: writer.c) leaves the outcome unknown;
  * the writer then reconnects (for up to PG_OUTCOME_WAIT_MS) and asks
  * pg_xact_status(): "committed" answers the batch with its results as
  * computed, "aborted" answers STORE_UNAVAILABLE, and when the server stays

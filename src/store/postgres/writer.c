@@ -24,17 +24,23 @@
  * with a client id are stored already (a message of the batch is added as
  * it is stored: a retry in the same batch is a duplicate too). A message
  * to an existing session then costs one statement (the event), where it
- * cost three.
+ * cost three. BEGIN, the transaction id, the lock and the look-up go in
+ * one pipeline (begin_batch): one wait.
  *
  * Pipelined events. An event's statement needs no answer before the next
  * statement: its seq is known (the row is locked, the batch keeps the
  * counter), and any failure rolls the whole batch back. So put_event sends
- * it in libpq's pipeline mode and goes on; the answers are read (and each
- * seq checked) by pipe_drain before anything that needs an answer: another
- * statement, the COMMIT, at most PG_PIPE_MAX events later. A batch of N
- * messages to existing sessions then waits for the server about N /
- * PG_PIPE_MAX + 4 times instead of N + 3, and the server reads the events
- * as a stream instead of one message per wake-up.
+ * it in libpq's pipeline mode and goes on; the answers are read by
+ * pipe_drain before anything that needs an answer (another statement), at
+ * most PG_PIPE_MAX events later, and the COMMIT goes behind the last ones
+ * (pipe_finish). Each event statement checks its own seq (its $12: the
+ * seq the writer expects and sealed the content for), so that a wrong one
+ * fails the statement, and the COMMIT after it, before anything commits.
+ * A batch of N messages to existing sessions then waits for the server
+ * about N / PG_PIPE_MAX + 2 times (it was N + 3, then N / PG_PIPE_MAX +
+ * 4), and the server reads the events as a stream. A connection lost after
+ * the COMMIT was queued is settled (settle_commit) whatever statement it
+ * was lost in: the server may have reached the COMMIT.
  *
  * Health is `connected && writes_ok`: a refused write (a server error, the
  * tests' fault hook) clears writes_ok until a batch that wrote; a lost
@@ -105,14 +111,19 @@ static const char *const stmt_sql[W_COUNT] = {
     /* The session row is the seq counter: its UPDATE ... RETURNING gives
      * the event its seq under the row lock. $4: 1 a user message (a wait
      * starts unless one runs), 2 an answer (the wait ends), 0 neither. */
+    /* $12 is the seq the writer expects (and sealed the content for):
+     * any other, and the event's seq is NULL, which the table refuses
+     * (23502), so the batch fails before its COMMIT, which is sent behind
+     * the events without waiting for their answers (pipe_finish). */
     [W_EVENT_PUT] = "WITH s AS (UPDATE sessions SET last_seq = last_seq + 1,"
                     " updated_at = $3::bigint, waiting_since = CASE $4::integer"
                     " WHEN 1 THEN COALESCE(waiting_since, $3::bigint) WHEN 2 THEN NULL"
                     " ELSE waiting_since END WHERE id = $1::text RETURNING last_seq)"
                     " INSERT INTO events (session_id, seq, type, sender_type, sender_id,"
                     " sender_name, client_id, content, metadata, enc, created_at)"
-                    " SELECT $1::text, s.last_seq, $2::text, $5::text, $6::text, $7::text,"
-                    " $8::text, $9::bytea, $10::text, $11::boolean, $3::bigint FROM s"
+                    " VALUES ($1::text, (SELECT last_seq FROM s WHERE last_seq = $12::bigint),"
+                    " $2::text, $5::text, $6::text, $7::text,"
+                    " $8::text, $9::bytea, $10::text, $11::boolean, $3::bigint)"
                     " RETURNING seq",
     [W_TITLE_INIT] = "UPDATE sessions SET title = $2::bytea, title_enc = $3::boolean"
                      " WHERE id = $1::text AND title IS NULL",
@@ -282,6 +293,15 @@ static void failed_result(struct store_postgres *s, const PGresult *r, enum batc
         *err = B_RETRY;
     else
         *err = B_SERVER;
+    const char *table = r ? PQresultErrorField(r, PG_DIAG_TABLE_NAME) : NULL;
+    const char *column = r ? PQresultErrorField(r, PG_DIAG_COLUMN_NAME) : NULL;
+    if (*err == B_SERVER && strcmp(state ? state : "", "23502") == 0 &&
+        strcmp(table ? table : "", "events") == 0 && strcmp(column ? column : "", "seq") == 0) {
+        /* W_EVENT_PUT's own check: the counter gave another seq. */
+        log_error("store_seq_mismatch", "engine=postgres action=\"batch refused\"");
+        *err = B_INTERNAL;
+        return;
+    }
     if (*err != B_RETRY) {
         char m[256];
         struct log_quoted qm;
@@ -354,6 +374,7 @@ struct pg_batch {
      * 0): the seq each must answer, in the order sent. */
     int64_t pend[PG_PIPE_MAX];
     unsigned npend;
+    bool commit_sent; /* the COMMIT is queued: a lost answer is settled, not retried */
 };
 
 static void batch_free(struct pg_batch *b)
@@ -449,61 +470,118 @@ static int pipe_send(struct store_postgres *s, const struct params *p, int64_t s
     return 0;
 }
 
-/* Read the answers of the events sent ahead, check each gave its seq, and
- * leave pipeline mode. 0, or -1 with *err set (the first failure; the
- * server skips every statement after a failed one up to the sync). Also
- * the failure path's way out of pipeline mode: it then reads and drops. */
-static int pipe_drain(struct store_postgres *s, enum batch_error *err)
+/* One statement's answer in pipeline mode: its result when it succeeded
+ * (to PQclear), else NULL with *e set by the first failure, or B_LOST
+ * when the connection is gone. The server skips every statement after a
+ * failed one up to the sync (PGRES_PIPELINE_ABORTED): NULL, *e kept. */
+static PGresult *pipe_result(struct store_postgres *s, enum batch_error *e)
+{
+    PGresult *r = PQgetResult(s->conn);
+    if (!r) {
+        *e = B_LOST; /* no answer at all: the connection is gone */
+        return NULL;
+    }
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+        /* Each statement's answers end with a NULL. */
+        PGresult *end = PQgetResult(s->conn);
+        if (end) {
+            PQclear(end); /* more than one answer: out of step */
+            PQclear(r);
+            *e = B_LOST;
+            return NULL;
+        }
+        return r;
+    }
+    if (st != PGRES_PIPELINE_ABORTED && *e == B_OK)
+        failed_result(s, r, e);
+    PQclear(r);
+    if (PQstatus(s->conn) != CONNECTION_OK) {
+        *e = B_LOST;
+        return NULL;
+    }
+    while ((r = PQgetResult(s->conn)) != NULL) {
+        PQclear(r);
+        if (PQstatus(s->conn) != CONNECTION_OK) {
+            *e = B_LOST;
+            break;
+        }
+    }
+    return NULL;
+}
+
+/* After a pipeline's last answer: its sync, then out of pipeline mode.
+ * B_LOST in *e when anything else came (out of step with the server: the
+ * connection is started afresh). */
+static void pipe_end(struct store_postgres *s, enum batch_error *e)
+{
+    if (*e == B_LOST)
+        return;
+    PGresult *r = PQgetResult(s->conn);
+    if (PQresultStatus(r) != PGRES_PIPELINE_SYNC)
+        *e = B_LOST;
+    PQclear(r);
+    if (*e != B_LOST && PQexitPipelineMode(s->conn) != 1)
+        *e = B_LOST;
+    if (*e == B_LOST && PQstatus(s->conn) == CONNECTION_OK)
+        log_error("store_write_failed", "engine=postgres error=\"pipeline out of step\"");
+}
+
+/* Read the answers of the events sent ahead (each must give its seq) and
+ * leave pipeline mode; with commit, send the COMMIT behind them first and
+ * read its answer too (b->commit_sent is then set: a lost connection
+ * leaves the outcome to settle_commit). 0, or -1 with *err set (the
+ * first failure). Also the failure path's way out of pipeline mode: it
+ * then reads and drops. */
+static int pipe_finish(struct store_postgres *s, bool commit, enum batch_error *err)
 {
     struct pg_batch *b = s->batch;
-    if (!b || b->npend == 0)
+    if (!b || (b->npend == 0 && !commit))
         return 0;
-    assert(PQpipelineStatus(s->conn) != PQ_PIPELINE_OFF);
     enum batch_error e = B_OK;
     unsigned n = b->npend;
     b->npend = 0;
-    if (PQpipelineSync(s->conn) != 1)
+    if (n == 0 && PQenterPipelineMode(s->conn) != 1) {
+        *err = PQstatus(s->conn) != CONNECTION_OK ? B_LOST : B_INTERNAL;
+        return -1;
+    }
+    assert(PQpipelineStatus(s->conn) != PQ_PIPELINE_OFF);
+    if (commit) {
+        if (PQsendQueryParams(s->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1)
+            b->commit_sent = true;
+        else
+            e = B_LOST; /* not queued: the server rolls back with the connection */
+    }
+    if (e == B_OK && PQpipelineSync(s->conn) != 1)
         e = B_LOST;
     for (unsigned i = 0; i < n && e != B_LOST; i++) {
-        PGresult *r = PQgetResult(s->conn);
-        ExecStatusType st = PQresultStatus(r);
-        if (!r) {
-            e = B_LOST; /* no answer at all: the connection is gone */
-        } else if (st == PGRES_TUPLES_OK) {
-            int64_t got = PQntuples(r) == 1 ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : -1;
-            if (got != b->pend[i] && e == B_OK) {
-                /* As in put_event's note: never ack a seq other than the
-                 * one the content was sealed for. */
-                log_error("store_seq_mismatch", "expected=%lld got=%lld",
-                          (long long)b->pend[i], (long long)got);
-                e = B_INTERNAL;
-            }
-        } else if (st != PGRES_PIPELINE_ABORTED && e == B_OK) {
-            failed_result(s, r, &e);
+        PGresult *r = pipe_result(s, &e);
+        int64_t got = r && PQntuples(r) == 1 ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : -1;
+        if (r && got != b->pend[i] && e == B_OK) {
+            /* Refused by the statement itself (its $12); never acked. */
+            log_error("store_seq_mismatch", "expected=%lld got=%lld", (long long)b->pend[i],
+                      (long long)got);
+            e = B_INTERNAL;
         }
         PQclear(r);
-        /* Each statement's answers end with a NULL. */
-        while (e != B_LOST && (r = PQgetResult(s->conn)) != NULL) {
-            PQclear(r);
-            if (PQstatus(s->conn) != CONNECTION_OK)
-                e = B_LOST;
-        }
     }
-    if (e != B_LOST) {
-        PGresult *r = PQgetResult(s->conn);
-        if (PQresultStatus(r) != PGRES_PIPELINE_SYNC)
-            e = B_LOST; /* out of step with the server: start afresh */
+    if (commit && e != B_LOST) {
+        PGresult *r = pipe_result(s, &e);
+        if (r && strcmp(PQcmdStatus(r), "COMMIT") != 0 && e == B_OK)
+            e = B_SERVER; /* rolled back */
         PQclear(r);
     }
-    if (e != B_LOST && PQexitPipelineMode(s->conn) != 1)
-        e = B_LOST;
-    if (e == B_LOST && PQstatus(s->conn) == CONNECTION_OK)
-        log_error("store_write_failed", "engine=postgres error=\"pipeline out of step\"");
+    pipe_end(s, &e);
     if (e == B_OK)
         return 0;
-    if (*err == B_OK)
+    if (*err == B_OK || e == B_LOST)
         *err = e;
     return -1;
+}
+
+static int pipe_drain(struct store_postgres *s, enum batch_error *err)
+{
+    return pipe_finish(s, false, err);
 }
 
 /* ---- the requests --------------------------------------------------------- */
@@ -576,6 +654,7 @@ static int put_event(struct store_postgres *s, struct store_req *r, int64_t last
         p_bytes(&p, content, len);
     p_text(&p, r->op == STORE_APPEND ? r->metadata : NULL);
     p_text(&p, sealed ? "true" : "false");
+    p_int(&p, seq);
     /* Sent ahead (pipe_send): libpq has copied the parameters once the
      * statement is queued; its answer is checked by pipe_drain before the
      * COMMIT, and a failure there refuses the whole batch. */
@@ -873,12 +952,25 @@ static char *text_array(const char *const *v, size_t n)
     return a;
 }
 
-/* Lock the rows of every existing session the batch names, in id order
- * (see the DESIGN note of postgres.c), keeping what the requests need of
- * them; then look up at once which of the batch's messages are stored
- * already. 0 or -1. */
-static int read_first(struct store_postgres *s, struct store_req **reqs, size_t n,
-                      enum batch_error *err)
+/* Queue statement `which` in pipeline mode: 1, or 0 when libpq could not. */
+static int pipe_queue(struct store_postgres *s, int which, const struct params *p)
+{
+    char name[8];
+    return stmt_replanned[which]
+               ? PQsendQueryParams(s->conn, stmt_sql[which], p->n, NULL, p->v, p->len, p->fmt, 0)
+               : PQsendQueryPrepared(s->conn, stmt_name(which, name), p->n, p->v, p->len, p->fmt,
+                                     0);
+}
+
+/* Open the batch's transaction (its id into xid), lock the rows of every
+ * existing session the batch names, in id order (see the DESIGN note of
+ * postgres.c), keeping what the requests need of them, and look up which
+ * of the batch's messages are stored already: four statements sent at
+ * once, one wait for the server. The look-up runs after the lock, so it
+ * sees any message another node stored in these sessions before. 0 or
+ * -1. */
+static int begin_batch(struct store_postgres *s, struct store_req **reqs, size_t n, char xid[32],
+                       enum batch_error *err)
 {
     const char **ids = malloc(3 * n * sizeof *ids + 1);
     if (!ids) {
@@ -890,28 +982,7 @@ static int read_first(struct store_postgres *s, struct store_req **reqs, size_t 
     for (size_t i = 0; i < n; i++)
         if (reqs[i]->session_id[0])
             ids[nids++] = reqs[i]->session_id;
-    int rc = 0;
-    char *a = NULL, *b = NULL, *c = NULL;
-    if (nids) {
-        struct params p = {0};
-        a = text_array(ids, nids);
-        if (!a) {
-            *err = B_INTERNAL;
-            rc = -1;
-            goto out;
-        }
-        p_text(&p, a);
-        PGresult *res = run(s, W_LOCK, &p, err);
-        if (!res) {
-            rc = -1;
-            goto out;
-        }
-        for (int i = 0; i < PQntuples(res); i++)
-            batch_add_sess(s->batch, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
-                           strtoll(PQgetvalue(res, i, 2), NULL, 10), PQgetvalue(res, i, 3),
-                           PQgetvalue(res, i, 4)[0] == 't');
-        PQclear(res);
-    }
+    char *a = nids ? text_array(ids, nids) : NULL;
     for (size_t i = 0; i < n; i++) {
         const struct store_req *r = reqs[i];
         if (r->op == STORE_APPEND && r->session_id[0] && r->client_id[0]) {
@@ -920,41 +991,68 @@ static int read_first(struct store_postgres *s, struct store_req **reqs, size_t 
             cids[nkeys++] = r->client_id;
         }
     }
+    char *k[3] = {NULL, NULL, NULL};
     if (nkeys) {
-        struct params p = {0};
-        free(a);
-        a = text_array(ids, nkeys);
-        b = text_array(users, nkeys);
-        c = text_array(cids, nkeys);
-        if (!a || !b || !c) {
-            *err = B_INTERNAL;
-            rc = -1;
-            goto out;
-        }
-        p_text(&p, a);
-        p_text(&p, b);
-        p_text(&p, c);
-        PGresult *res = run(s, W_DEDUP, &p, err);
-        if (!res) {
-            rc = -1;
-            goto out;
-        }
-        for (int i = 0; i < PQntuples(res) && rc == 0; i++)
-            if (!batch_add_dup(s->batch, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
-                               PQgetvalue(res, i, 2), strtoll(PQgetvalue(res, i, 3), NULL, 10),
-                               strtoll(PQgetvalue(res, i, 4), NULL, 10))) {
-                *err = B_INTERNAL;
-                rc = -1;
-            }
-        PQclear(res);
+        k[0] = text_array(ids, nkeys);
+        k[1] = text_array(users, nkeys);
+        k[2] = text_array(cids, nkeys);
     }
-    s->batch->dedup_read = rc == 0;
+    free(ids);
+    enum batch_error e = B_OK;
+    if ((nids && !a) || (nkeys && (!k[0] || !k[1] || !k[2]))) {
+        e = B_INTERNAL;
+        goto out;
+    }
+    if (PQenterPipelineMode(s->conn) != 1) {
+        e = PQstatus(s->conn) != CONNECTION_OK ? B_LOST : B_INTERNAL;
+        goto out;
+    }
+    struct params lock = {0}, keys = {0};
+    p_text(&lock, a);
+    for (int i = 0; i < 3; i++)
+        p_text(&keys, k[i]);
+    if (PQsendQueryParams(s->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) != 1 ||
+        PQsendQueryParams(s->conn, "SELECT pg_current_xact_id()", 0, NULL, NULL, NULL, NULL, 0) !=
+            1 ||
+        (nids && pipe_queue(s, W_LOCK, &lock) != 1) ||
+        (nkeys && pipe_queue(s, W_DEDUP, &keys) != 1) || PQpipelineSync(s->conn) != 1) {
+        e = B_LOST; /* libpq refuses only when the connection is gone */
+        goto out;
+    }
+    PGresult *r = pipe_result(s, &e); /* BEGIN */
+    PQclear(r);
+    if (e != B_LOST && (r = pipe_result(s, &e)) != NULL) {
+        if (PQntuples(r) == 1)
+            snprintf(xid, 32, "%s", PQgetvalue(r, 0, 0));
+        PQclear(r);
+    }
+    if (nids && e != B_LOST && (r = pipe_result(s, &e)) != NULL) {
+        for (int i = 0; i < PQntuples(r); i++)
+            batch_add_sess(s->batch, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
+                           strtoll(PQgetvalue(r, i, 2), NULL, 10), PQgetvalue(r, i, 3),
+                           PQgetvalue(r, i, 4)[0] == 't');
+        PQclear(r);
+    }
+    if (nkeys && e != B_LOST && (r = pipe_result(s, &e)) != NULL) {
+        for (int i = 0; i < PQntuples(r) && e == B_OK; i++)
+            if (!batch_add_dup(s->batch, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
+                               PQgetvalue(r, i, 2), strtoll(PQgetvalue(r, i, 3), NULL, 10),
+                               strtoll(PQgetvalue(r, i, 4), NULL, 10)))
+                e = B_INTERNAL;
+        PQclear(r);
+    }
+    pipe_end(s, &e);
+    if (e == B_OK && !xid[0])
+        e = B_SERVER;
 out:
     free(a);
-    free(b);
-    free(c);
-    free(ids);
-    return rc;
+    for (int i = 0; i < 3; i++)
+        free(k[i]);
+    s->batch->dedup_read = e == B_OK;
+    if (e == B_OK)
+        return 0;
+    *err = e;
+    return -1;
 }
 
 /* Answer every request of a batch that was not (or may not have been)
@@ -1087,42 +1185,29 @@ static enum batch_error try_batch_once(struct store_postgres *s, struct store_re
 {
     enum batch_error err = B_OK;
     char xid[32] = "";
-    PGresult *r = PQexec(s->conn, "BEGIN; SELECT pg_current_xact_id()");
-    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
-        snprintf(xid, sizeof xid, "%s", PQgetvalue(r, 0, 0));
-    PQclear(r);
-    if (!xid[0]) {
-        err = PQstatus(s->conn) != CONNECTION_OK ? B_LOST : B_SERVER;
-        goto failed;
-    }
-    if (read_first(s, reqs, n, &err) != 0)
+    if (begin_batch(s, reqs, n, xid, &err) != 0)
         goto failed;
     for (size_t i = 0; i < n; i++)
         if (do_request(s, reqs[i], now, &err) != 0)
             goto failed;
-    if (pipe_drain(s, &err) != 0)
-        goto failed;
     if (injected_commit_failure(s)) {
         /* As if the server refused the COMMIT: rolled back, known. */
-        simple(s, "ROLLBACK");
-        err = B_SERVER;
+        if (pipe_drain(s, &err) == 0) {
+            simple(s, "ROLLBACK");
+            err = B_SERVER;
+        }
         goto failed;
     }
-    r = PQexec(s->conn, "COMMIT");
-    if (PQresultStatus(r) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(r), "COMMIT") == 0) {
-        PQclear(r);
+    /* The COMMIT goes behind the events still unanswered: one wait. */
+    if (pipe_finish(s, true, &err) == 0) {
         *status = STORE_OK;
         return B_OK;
     }
-    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
-    bool retry = state && (strcmp(state, "40P01") == 0 || strcmp(state, "40001") == 0);
-    PQclear(r);
-    if (PQstatus(s->conn) != CONNECTION_OK) {
+    if (err == B_LOST && s->batch->commit_sent) {
         /* Sent, but no answer: it may or may not have committed. */
         *status = settle_commit(s, xid, reqs, n);
         return B_OK;
     }
-    err = retry ? B_RETRY : B_SERVER; /* the server answered: rolled back */
 failed:
     /* Out of pipeline mode (the answers are dropped: err stands) before
      * ROLLBACK, which libpq refuses in it. */
