@@ -34,7 +34,9 @@
 # CLUSTER_ONLY=REGEX runs only the scenarios whose label matches (e.g.
 # CLUSTER_ONLY='deliv/s' for the paced runs). CLUSTER_CPUS=LIST pins the
 # nodes, Redis and PostgreSQL to those cores instead (e.g. 0,1: what a
-# second core changes; the generator keeps core $GEN_CPU).
+# second core changes; the generator keeps core $GEN_CPU). CLUSTER_CHATD=PATH
+# runs the three nodes with another chatd binary (an earlier build, to
+# compare; the single-node reference keeps this tree's).
 #
 # With RESULTS (bench/run.sh passes its results.jsonl) the JSON lines are
 # appended there and no table is printed. Alone, the results go to
@@ -199,7 +201,7 @@ start_nodes() {
     for name in "${NODE_NAMES[@]}"; do
         port=$(free_port)
         # shellcheck disable=SC2086
-        $PIN_SERVER "$CHATD" --listen "127.0.0.1:$port" "${CHATD_LOAD_FLAGS[@]}" --postgres "$PG_DSN" \
+        $PIN_SERVER "${CLUSTER_CHATD:-$CHATD}" --listen "127.0.0.1:$port" "${CHATD_LOAD_FLAGS[@]}" --postgres "$PG_DSN" \
             --redis "$REDIS_URL" --node-id "$name" >"$OUT/logs/cluster-$name.log" 2>&1 &
         pid=$!
         NODE_PIDS+=("$pid")
