@@ -1987,12 +1987,7 @@ int bus_redis_open(struct bus **out, const struct bus_handler *handler, const ch
         rc = -EHOSTUNREACH;
         goto fail;
     }
-    if ((rc = uv_loop_init(&r->loop)) != 0) {
-        snprintf(err, errlen, "cannot start the Redis bus: %s", uv_strerror(rc));
-        goto fail;
-    }
-    if ((rc = net_loop_reserve_fds(&r->loop)) != 0) {
-        uv_loop_close(&r->loop);
+    if ((rc = net_loop_init(&r->loop)) != 0) {
         snprintf(err, errlen, "cannot start the Redis bus: %s", uv_strerror(rc));
         goto fail;
     }

@@ -672,10 +672,8 @@ int http_client_new(struct http_client **out, const struct http_client_options *
      * number (http_client_cancel), and one stop. */
     if ((rc = fifo_init(&c->inbox, 0)) != 0)
         goto free_strings;
-    if ((rc = uv_loop_init(&c->loop)) != 0)
+    if ((rc = net_loop_init(&c->loop)) != 0)
         goto release_fifo;
-    if ((rc = net_loop_reserve_fds(&c->loop)) != 0)
-        goto close_loop;
     c->loop.data = c;
     rc = -EIO;
     if (!(c->multi = curl_multi_init()))

@@ -29,7 +29,7 @@ static void on_poll(uv_poll_t *p, int status, int events)
     (void)events; /* never called: the loop has not run while it was watched */
 }
 
-int net_loop_reserve_fds(uv_loop_t *loop)
+static int reserve_fds(uv_loop_t *loop)
 {
     struct rlimit rl;
     unsigned want = budget;
@@ -59,5 +59,15 @@ int net_loop_reserve_fds(uv_loop_t *loop)
         uv_run(loop, UV_RUN_NOWAIT); /* the close ends here: p may go */
     }
     close(fd);
+    return rc;
+}
+
+int net_loop_init(uv_loop_t *loop)
+{
+    int rc = uv_loop_init(loop);
+    if (rc != 0)
+        return rc;
+    if ((rc = reserve_fds(loop)) != 0)
+        uv_loop_close(loop);
     return rc;
 }

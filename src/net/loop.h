@@ -9,11 +9,11 @@
  * outbound HTTP client, the Redis subscriber) may need it at any time. But
  * past start chatd refuses only the operation that lacks memory (README,
  * "Out of memory"), so each such loop has its table made at start for
- * every descriptor the process may use: net_loop_reserve_fds.
+ * every descriptor the process may use: net_loop_init.
  *
  * Threads: net_fd_budget once in main before any loop exists;
- * net_loop_reserve_fds by the loop's owner right after uv_loop_init, before
- * any other handle is made on the loop (it runs the loop once).
+ * net_loop_init by the loop's owner in place of uv_loop_init (it runs the
+ * new loop once, before any other handle is made on it).
  */
 #ifndef CHATD_NET_LOOP_H
 #define CHATD_NET_LOOP_H
@@ -26,9 +26,10 @@
 #define NET_FD_BUDGET_DEFAULT 65536
 void net_fd_budget(unsigned n);
 
-/* Make loop's descriptor table cover every descriptor number below the
- * budget (or the limit), by watching one descriptor of that number for a
- * moment. 0, or a negative errno (out of memory: libuv aborts instead). */
-int net_loop_reserve_fds(uv_loop_t *loop);
+/* uv_loop_init, then make the loop's descriptor table cover every
+ * descriptor number below the budget (or the limit), by watching one
+ * descriptor of that number for a moment. 0, or a negative errno with the
+ * loop closed again (out of memory here; libuv would abort later). */
+int net_loop_init(uv_loop_t *loop);
 
 #endif

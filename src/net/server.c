@@ -349,9 +349,7 @@ static int worker_init(struct server *srv, struct worker *w, unsigned index)
     if (!w->read_buf)
         return -ENOMEM;
     int rc;
-    if ((rc = uv_loop_init(&w->loop)) != 0)
-        return rc;
-    if ((rc = net_loop_reserve_fds(&w->loop)) != 0)
+    if ((rc = net_loop_init(&w->loop)) != 0)
         return rc;
     if ((rc = fifo_init(&w->inbox, 0)) != 0)
         return rc;

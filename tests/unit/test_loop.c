@@ -1,5 +1,5 @@
 /*
- * Unit tests for net/loop.c: after net_loop_reserve_fds a loop watches a
+ * Unit tests for net/loop.c: a loop made by net_loop_init watches a
  * descriptor numbered up to its budget without allocating (a failing
  * allocator then changes nothing), where without it libuv grows its table
  * and, the growth failing, aborts the process; the reservation leaves every
@@ -48,10 +48,8 @@ static int watch_high(bool reserve)
         return 10;
     net_fd_budget(BUDGET);
     uv_loop_t loop;
-    if (uv_loop_init(&loop) != 0)
+    if ((reserve ? net_loop_init(&loop) : uv_loop_init(&loop)) != 0)
         return 11;
-    if (reserve && net_loop_reserve_fds(&loop) != 0)
-        return 12;
     int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     int fd = efd < 0 ? -1 : fcntl(efd, F_DUPFD_CLOEXEC, HIGH_FD);
     if (fd < HIGH_FD)
@@ -129,8 +127,7 @@ static void test_reservation_leaves_open_descriptors(void **state)
     assert_int_equal(high, BUDGET - 1);
     net_fd_budget(BUDGET);
     uv_loop_t loop;
-    assert_int_equal(uv_loop_init(&loop), 0);
-    assert_int_equal(net_loop_reserve_fds(&loop), 0);
+    assert_int_equal(net_loop_init(&loop), 0);
     assert_int_equal(write(high, "x", 1), 1);
     char c = 0;
     assert_int_equal(read(pipefd[0], &c, 1), 1);
