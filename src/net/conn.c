@@ -900,6 +900,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 static void sweep_one(struct conn *c, int64_t now, int64_t wall)
 {
     const struct config *cfg = conn_worker(c)->srv->cfg;
+    outq_trim(&c->out);
     if (c->state == CONN_HTTP) {
         if (reached(now, c->deadline_ms) && !c->http_busy) {
             log_debug("http_head_timeout", "conn=%llx", (unsigned long long)c->id);

@@ -33,14 +33,16 @@ struct outq {
     uint32_t inflight;  /* entries at the head given to a pending write */
     /* private */
     uint32_t _head;
-    uint32_t _cap;      /* power of two, 0 when nothing is allocated */
+    uint32_t _cap : 31; /* power of two, 0 when nothing is allocated */
+    uint32_t _used : 1; /* a grown ring held empty was used since outq_trim */
     struct outq_ent *_ents;
 };
 
 static inline void outq_init(struct outq *q)
 {
     q->bytes = 0;
-    q->count = q->inflight = q->_head = q->_cap = 0;
+    q->count = q->inflight = q->_head = 0;
+    q->_cap = q->_used = 0;
     q->_ents = 0;
 }
 
@@ -58,6 +60,9 @@ void outq_consume(struct outq *q, size_t n);
 void outq_drop_pending(struct outq *q);
 /* Drop everything and free the entry array. */
 void outq_release(struct outq *q);
+/* Once in a while (the worker's tick): an empty queue gives back a grown
+ * ring it has not used since the last call. */
+void outq_trim(struct outq *q);
 /* Free the calling thread's cache of entry rings (before the thread exits). */
 void outq_thread_cleanup(void);
 

@@ -206,6 +206,46 @@ static void test_large_append_and_ring_wraparound(void **state)
     cleanup(&q);
 }
 
+/* A ring grown by a burst stays with the emptied queue, so the next burst
+ * reuses it; a tick that finds it unused since the last one gives it back.
+ * A ring of the smallest size goes back as soon as the queue empties. */
+static void test_grown_ring_kept_until_a_tick_finds_it_unused(void **state)
+{
+    (void)state;
+    struct sbuf *f = sbuf_with("x", 1);
+    struct outq q;
+    outq_init(&q);
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(outq_push_ref(&q, f, 0, 1), 0);
+    assert_int_equal(q._cap, 32);
+    const struct outq_ent *ring = q._ents;
+    outq_consume(&q, 20);
+    assert_int_equal(q.count, 0);
+    assert_ptr_equal(q._ents, ring); /* kept */
+    outq_trim(&q);                    /* used since the last tick: kept */
+    assert_ptr_equal(q._ents, ring);
+    for (int i = 0; i < 30; i++)
+        assert_int_equal(outq_push_ref(&q, f, 0, 1), 0);
+    assert_ptr_equal(q._ents, ring); /* the next burst fits: no new ring */
+    assert_int_equal(q._cap, 32);
+    outq_trim(&q); /* not empty: untouched */
+    assert_ptr_equal(q._ents, ring);
+    outq_consume(&q, 30);
+    outq_trim(&q); /* used since the last tick */
+    assert_ptr_equal(q._ents, ring);
+    outq_trim(&q); /* a whole tick unused: given back */
+    assert_null(q._ents);
+    assert_int_equal(q._cap, 0);
+    /* Smallest size: back when emptied, no tick needed. */
+    assert_int_equal(outq_push_ref(&q, f, 0, 1), 0);
+    assert_int_equal(q._cap, 4);
+    outq_consume(&q, 1);
+    assert_null(q._ents);
+    assert_int_equal(refs(f), 1);
+    sbuf_unref(f);
+    cleanup(&q);
+}
+
 /* Take n send chunks, then give them all back (to this thread's list). */
 static void churn(unsigned n)
 {
@@ -251,6 +291,7 @@ int main(void)
         cmocka_unit_test(test_partial_writes_resume_mid_entry),
         cmocka_unit_test(test_in_flight_entries_stay_unchanged),
         cmocka_unit_test(test_large_append_and_ring_wraparound),
+        cmocka_unit_test(test_grown_ring_kept_until_a_tick_finds_it_unused),
         cmocka_unit_test(test_chunk_list_trims_what_stayed_unused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
