@@ -836,6 +836,7 @@ struct worker {
     uint64_t fan_skipped;      /* fanout sender: messages refused by the server */
     /* counted during MEASURE only, read by main after join */
     uint64_t ops, sent, acks, deliveries, handshakes;
+    uint64_t op_bytes; /* fan-out and cross: the delivered messages' payload bytes */
     struct hist h_main, h_aux;
     struct hist h_local;       /* cross: send->delivery on the sender's own node */
     /* counted always */
@@ -1295,7 +1296,8 @@ static void pump_sender(struct worker *w)
     }
 }
 
-static void on_delivery_ts(struct conn *c, uint64_t ts)
+/* A delivery of a message of n bytes (the frame's payload) sent at ts. */
+static void on_delivery_ts(struct conn *c, uint64_t ts, size_t n)
 {
     struct worker *w = c->w;
     atomic_store_explicit(&w->deliv_all, atomic_load_explicit(&w->deliv_all, memory_order_relaxed) + 1,
@@ -1305,6 +1307,7 @@ static void on_delivery_ts(struct conn *c, uint64_t ts)
         uint64_t now = now_ns(), lat = now > ts ? now - ts : 0;
         if (o.mode == M_FANOUT || (o.mode == M_CROSS && c->role == R_REMOTE)) {
             w->ops++;
+            w->op_bytes += n;
             hist_add(&w->h_main, lat);
         } else {
             hist_add(o.mode == M_CROSS ? &w->h_local : &w->h_aux, lat);
@@ -1503,7 +1506,7 @@ static void on_chatd(struct conn *c, const uint8_t *p, size_t n)
     } else if (str_is(t.type, t.type_len, "user_message")) {
         uint64_t ts;
         if (t.id_len > 17 && t.id[0] == 'm' && unhex16(t.id + 1, t.id_len - 1, &ts) == 0)
-            on_delivery_ts(c, ts);
+            on_delivery_ts(c, ts, n);
     } else if (str_is(t.type, t.type_len, "ack")) {
         if (t.id_len == 0)
             return;
@@ -1604,7 +1607,7 @@ static void on_socketio(struct conn *c, const uint8_t *p, size_t n)
     } else if (n >= 2 && p[0] == '4' && p[1] == '2') {
         uint64_t ts;
         if (n >= 26 && memcmp(p + 2, "[\"msg\",\"", 8) == 0 && unhex16((const char *)p + 10, n - 10, &ts) == 0)
-            on_delivery_ts(c, ts);
+            on_delivery_ts(c, ts, n);
         else
             w->proto_errors++;
     } else if (n >= 2 && p[0] == '4' && (p[1] == '1' || p[1] == '4')) {
@@ -1624,7 +1627,7 @@ static void on_message(struct conn *c, uint8_t *p, size_t n)
     } else {
         uint64_t ts;
         if (unhex16((const char *)p, n, &ts) == 0)
-            on_delivery_ts(c, ts);
+            on_delivery_ts(c, ts, n);
         else
             c->w->proto_errors++;
     }
@@ -2601,11 +2604,12 @@ int main(int argc, char **argv)
     if (hm == NULL || ha == NULL || hl == NULL)
         return 1;
     uint64_t ops = 0, sent = 0, acks = 0, deliveries = 0, cerr = 0, herr = 0, closed = 0, perr = 0,
-             errs = 0, rl = 0;
+             errs = 0, rl = 0, op_bytes = 0;
     int last_status = 0, last_errno = 0;
     for (unsigned t = 0; t < o.threads; t++) {
         struct worker *w = &g_workers[t];
         ops += w->ops;
+        op_bytes += w->op_bytes;
         sent += w->sent;
         acks += w->acks;
         deliveries += w->deliveries;
@@ -2674,6 +2678,10 @@ int main(int argc, char **argv)
     if (o.mode == M_FANOUT) {
         json_object_set_new(j, "watchers", json_integer(o.watchers));
         json_object_set_new(j, "deliveries_per_msg", json_integer(g_fan_expect));
+        /* What the server wrote per delivery, frame header aside: a floor
+         * relaying messages of this size pays the kernel for the same bytes
+         * (bench/peers.sh's "floor, same bytes"). */
+        json_object_set_new(j, "bytes_per_delivery", json_real(r1(ops ? (double)op_bytes / (double)ops : 0)));
     }
     json_object_set_new(j, "duration_s", json_real(r3(o.mode == M_IDLE ? o.duration : secs)));
     json_object_set_new(j, "warmup_s", json_real(o.mode == M_ASSISTANT ? 0 : o.warmup));

@@ -38,6 +38,12 @@
 #                  checks, no storage). Its figure is what the kernel charges
 #                  for the scenario on this machine: no server can go much
 #                  below it, so its "x lws" is the most any server can reach.
+#                  Its fan-out runs twice: with the 64-byte messages every
+#                  peer relays, and ("floor, chatd's bytes") with messages
+#                  the size of the events chatd delivered in the same round
+#                  (chatd-bench's bytes_per_delivery: ~290 bytes, as a
+#                  chatd event carries the protocol's fields around the 64
+#                  bytes of content)
 #
 # Scenarios, as in bench/run.sh: echo = 100 connections x 8 in flight,
 # 64-byte text; fanout = 1,000 connections on one room/session, one sender
@@ -196,6 +202,19 @@ FAN_ARGS=(--watchers 1000 --inflight 32 --size 64)
 # interleaved (chatd, lws, ..., floor, then again) so that a slow spell of
 # the shared machine lands on all servers alike; the table reports the
 # median of the rounds.
+# The payload bytes per delivery of chatd's fan-out in this round's results
+# (nothing when it did not run).
+chatd_event_bytes() {
+    python3 - "$RESULTS" "${BENCH_ROUND:-}" <<'EOF' 2>/dev/null || true
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if r.get("label") == "chatd" and r.get("mode") == "fanout" and \
+            str(r.get("round", "")) == sys.argv[2] and r.get("bytes_per_delivery"):
+        print(round(r["bytes_per_delivery"]))
+EOF
+}
+
 one_round() {
     # ---- chatd -----------------------------------------------------------------
     start_chatd peer-chatd --sync normal
@@ -265,6 +284,16 @@ one_round() {
     if start_server floor "$port" "$CHATD_FLOOR" "$port"; then
         bench_run "$RESULTS" floor echo "${ECHO_ARGS[@]}" --path /echo
         bench_run "$RESULTS" floor fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
+        # The same relay with messages the size of chatd's events (its
+        # fan-out of this round: bytes_per_delivery), where the 64 bytes of
+        # the other peers' messages are ~290 in chatd's user_message event:
+        # what the kernel charges for chatd's bytes.
+        local same
+        same=$(chatd_event_bytes)
+        if [ -n "$same" ]; then
+            bench_run "$RESULTS" "floor, chatd's bytes" fanout --watchers 1000 --inflight 32 \
+                --size "$same" --proto plain --path /fanout
+        fi
         stop_server
     fi
 }
