@@ -558,7 +558,11 @@ static int pipe_finish(struct store_postgres *s, bool commit, enum batch_error *
         PGresult *r = pipe_result(s, &e);
         int64_t got = r && PQntuples(r) == 1 ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : -1;
         if (r && got != b->pend[i] && e == B_OK) {
-            /* Refused by the statement itself (its $12); never acked. */
+            /* The statement's $12 refuses any other seq, so this does not
+             * happen; were it to, the COMMIT behind may have stored the
+             * batch, which is then answered as refused: nothing is acked
+             * at a seq it was not sealed for, and retries find what was
+             * stored. */
             log_error("store_seq_mismatch", "expected=%lld got=%lld", (long long)b->pend[i],
                       (long long)got);
             e = B_INTERNAL;
