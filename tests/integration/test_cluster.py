@@ -615,13 +615,15 @@ def test_a_high_rate_limit_taken_in_leases_still_holds():
     meanwhile) is acked."""
     with Cluster("lease", n=2, extra=("--rate-limit", "2400")) as nodes:
         devs = [ChatClient(x.port, "quin", label="quin@" + x.args[5]) for x in nodes]
+        # The shared bucket refills from when q0 takes its token, before
+        # q0 is stored and acked: the window starts before q0 is sent.
+        t0 = time.time()
         sid = ack(devs[0].request(user_message("q0", "first")), "q0")["session_id"]
         out = {}
 
         def spend(d, tag):
             out[tag] = pipeline(d, [user_message("%s%d" % (tag, i), "q", sid)
                                     for i in range(2000)], window=32, timeout=WAIT * 3)
-        t0 = time.time()
         ts = [threading.Thread(target=spend, args=(d, t)) for d, t in zip(devs, ("a", "b"))]
         for t in ts:
             t.start()
