@@ -13,8 +13,9 @@
 # delta, 8), ASSISTANT_INTERVAL_MS (pause between two deltas of an answer,
 # 10), ASSISTANT_UNPACED (1: also a run with no pause; 0: not),
 # ASSISTANT_PROVIDER (c: bench/chatd_fake_provider.c; python:
-# tests/fake_provider.py) and ASSISTANT_LIMIT (the longest a run waits for
-# its answers, 45 s).
+# tests/fake_provider.py), ASSISTANT_LIMIT (the longest a run waits for
+# its answers, 45 s) and ASSISTANT_CHATD (another chatd binary to run, to
+# compare two builds side by side).
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=${BUILD:-build}
@@ -128,7 +129,7 @@ assistant_run() {
     fi
     # A key, as a real provider needs: chatd sends it, tests/fake_provider.py
     # wants the header (and accepts any key), chatd-fake-provider ignores it.
-    if ! BENCH_PROVIDER_KEY=bench-provider-key start_chatd "chatd-assistant" \
+    if ! CHATD=${ASSISTANT_CHATD:-$CHATD} BENCH_PROVIDER_KEY=bench-provider-key start_chatd "chatd-assistant" \
         --model "fake=openai:http://127.0.0.1:$PROV_PORT/v1,name=Fake,key-env=BENCH_PROVIDER_KEY" \
         --assistant-max-streams $((ASSISTANT_USERS * 2)); then
         printf '{"mode":"assistant","label":"%s","error":"chatd did not start"}\n' "$label" >>"$results"

@@ -198,9 +198,13 @@ static int scan(struct sse_parser *p, const char *s, size_t n, sse_event_cb cb, 
             continue;
         }
         if (p->_state == ST_VALUE) {
-            size_t j = i;
-            while (j < n && s[j] != '\r' && s[j] != '\n')
-                j++;
+            /* The value runs to the first CR or LF: two vectorised
+             * searches rather than a test per byte. */
+            const char *lf = memchr(s + i, '\n', n - i);
+            size_t j = lf ? (size_t)(lf - s) : n;
+            const char *cr = memchr(s + i, '\r', j - i);
+            if (cr)
+                j = (size_t)(cr - s);
             if (j - i > p->max_line - p->_line_len)
                 return fail(p, -EMSGSIZE);
             p->_line_len += j - i;

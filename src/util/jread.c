@@ -132,30 +132,92 @@ static uint64_t fnv(uint64_t h, const unsigned char *b, size_t n)
     return h;
 }
 
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+/* Word-at-a-time tests of 8 bytes. A byte below k (k <= 0x80) sets its
+ * high bit in x - k * ONES; a borrow only ever comes from a byte that
+ * matched and goes to the more significant ones, so the least significant
+ * byte whose high bit is set in the result is the first that matched, and
+ * a word with none that matches gives 0. */
+static inline uint64_t word_at(const char *p)
+{
+    uint64_t x;
+    memcpy(&x, p, sizeof x);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    x = __builtin_bswap64(x); /* the first byte the least significant */
+#endif
+    return x;
+}
+
+/* The high bits of the quotes and backslashes in x. */
+static inline uint64_t quote_or_bs(uint64_t x)
+{
+    uint64_t q = x ^ (ONES * '"'), b = x ^ (ONES * '\\');
+    return (((q - ONES) & ~q) | ((b - ONES) & ~b)) & HIGHS;
+}
+
+/* The high bits of the bytes of x that need a look of their own in a
+ * string: a quote, a backslash, a control byte, or a byte of a multi-byte
+ * character. Past the first such byte the bits say nothing. */
+static inline uint64_t special(uint64_t x)
+{
+    uint64_t q = x ^ (ONES * '"'), b = x ^ (ONES * '\\');
+    /* Up to the first byte with its high bit set, q and b have none. */
+    return (x | (x - ONES * 0x20) | (q - ONES) | (b - ONES)) & HIGHS;
+}
+
+/* Where the first byte a non-zero mask marks is, in bytes from the word's
+ * first (the lowest address, the least significant in word_at's value). */
+static inline size_t first_marked(uint64_t m)
+{
+    return (size_t)__builtin_ctzll(m) / 8;
+}
+
+/* p moved on by whole words to the word holding the first quote or
+ * backslash (or, when any, the first byte special() marks), at that byte;
+ * fewer than 8 bytes before end, it stops. */
+static inline const char *skip_words(const char *p, const char *end, bool any)
+{
+    while (end - p >= 8) {
+        uint64_t x = word_at(p), m = any ? special(x) : quote_or_bs(x);
+        if (m)
+            return p + first_marked(m);
+        p += 8;
+    }
+    return p;
+}
+
 /* The string at r->p (its opening quote), checked; r->p ends after the
- * closing quote and *hash is that of its decoded bytes. */
+ * closing quote and, when hash is not NULL, *hash is that of its decoded
+ * bytes (a key's, for the duplicate check; a value needs none). */
 static int string(struct rd *r, uint64_t *hash)
 {
     uint64_t h = FNV_OFFSET;
     const char *p = r->p + 1;
     if (r->checked) {
-        /* The closing quote is the first one not escaped: after an even
-         * run of backslashes (each pair is one escaped backslash). */
-        for (const char *q;; p = q + 1) {
-            q = memchr(p, '"', (size_t)(r->end - p));
-            if (!q)
-                return -EINVAL;
-            size_t bs = 0;
-            while (q - bs > r->p + 1 && q[-1 - (ptrdiff_t)bs] == '\\')
-                bs++;
-            if (bs % 2 == 0) {
-                r->p = q + 1;
-                *hash = 0;
+        /* The closing quote is the first one not escaped; an escape is a
+         * backslash and one more byte (the four hex digits of \u hold no
+         * quote and no backslash). */
+        for (;;) {
+            p = skip_words(p, r->end, false);
+            while (p < r->end && *p != '"' && *p != '\\')
+                p++;
+            if (p >= r->end)
+                break;
+            if (*p == '"') {
+                r->p = p + 1;
+                if (hash)
+                    *hash = 0;
                 return 0;
             }
+            p += 2;
         }
+        return -EINVAL;
     }
     for (;;) {
+        if (!hash) /* a value: nothing to hash, plain bytes go eight at a time */
+            p = skip_words(p, r->end, true);
         if (p >= r->end)
             return -EINVAL;
         unsigned char c = (unsigned char)*p;
@@ -205,7 +267,8 @@ static int string(struct rd *r, uint64_t *hash)
         p++;
     }
     r->p = p + 1;
-    *hash = h;
+    if (hash)
+        *hash = h;
     return 0;
 }
 
@@ -274,8 +337,10 @@ static bool raw_is(const char *raw, size_t rn, const char *s, size_t n)
 {
     if (rn < n)
         return false; /* an escape is longer than the bytes it stands for */
+    if (rn == n) /* no escape, or it decodes shorter than n */
+        return memcmp(raw, s, n) == 0 && !memchr(s, '\\', n);
     if (!memchr(raw, '\\', rn))
-        return rn == n && memcmp(raw, s, n) == 0;
+        return false;
     struct dec d;
     dec_init(&d, raw, rn);
     size_t i = 0;
@@ -457,7 +522,6 @@ static int value(struct rd *r, int depth, struct jr_value *v)
     const char *start = r->p;
     int rc;
     size_t unused;
-    uint64_t h;
     switch (*r->p) {
     case '{':
         rc = object(r, depth + 1, NULL, 0, &unused);
@@ -468,7 +532,7 @@ static int value(struct rd *r, int depth, struct jr_value *v)
         v->type = JR_ARRAY;
         break;
     case '"':
-        rc = string(r, &h);
+        rc = string(r, NULL);
         v->type = JR_STRING;
         break;
     case 't':
@@ -530,8 +594,16 @@ ssize_t jr_string(const struct jr_value *v, char *dst, size_t cap)
 {
     if (v->type != JR_STRING || cap == 0)
         return v->type != JR_STRING ? -EINVAL : -ENOBUFS;
+    size_t rn = v->n - 2;
+    if (!memchr(v->p + 1, '\\', rn)) { /* no escape: the text is its bytes */
+        if (rn >= cap)
+            return -ENOBUFS;
+        memcpy(dst, v->p + 1, rn);
+        dst[rn] = '\0';
+        return (ssize_t)rn;
+    }
     struct dec d;
-    dec_init(&d, v->p + 1, v->n - 2);
+    dec_init(&d, v->p + 1, rn);
     size_t o = 0;
     for (int c; (c = dec_byte(&d)) >= 0;) {
         if (o + 1 >= cap)

@@ -176,6 +176,57 @@ static void test_bounds(void **state)
     assert_int_equal(jr_object("{\"a\":1,\"b\":2}", 13, m, 1, &n), -E2BIG);
 }
 
+/* Plain bytes are tested eight at a time: put each kind of byte that needs
+ * a look of its own at every position of a word, in a value at the top
+ * (checked) and in one nested (walked by jr_members, after the check). */
+static void test_special_bytes_at_every_position(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *raw;    /* as written in the JSON text */
+        const char *dec;    /* decoded, or NULL: the text is refused */
+    } kinds[] = {
+        {"\\\"", "\""}, {"\\\\", "\\"}, {"\\n", "\n"}, {"\\/", "/"},
+        {"\\u00e9", "\xc3\xa9"}, {"\xc3\xa9", "\xc3\xa9"}, {"\xf0\x9f\x98\x80", "\xf0\x9f\x98\x80"},
+        {"\x7f", "\x7f"}, {" ", " "}, {"\x01", NULL}, {"\x1f", NULL}, {"\xff", NULL},
+        {"\xc3", NULL}, {"\\x", NULL}, {"\"", NULL},
+    };
+    for (size_t k = 0; k < sizeof kinds / sizeof *kinds; k++) {
+        for (size_t at = 0; at < 20; at++) {
+            char val[64], want[64], text[256];
+            memset(val, 'a', at);
+            snprintf(val + at, sizeof val - at, "%s%s", kinds[k].raw, "bcdefghijklmnop");
+            snprintf(text, sizeof text, "{\"v\":\"%s\",\"o\":{\"w\":\"%s\",\"after\":7},\"z\":1}", val,
+                     val);
+            struct jr_member m[JR_MAX_KEYS];
+            size_t n;
+            int rc = parse(text, m, &n);
+            if (!kinds[k].dec) {
+                if (rc != -EINVAL)
+                    fail_msg("kind %zu at %zu: %d, expected -EINVAL", k, at, rc);
+                continue;
+            }
+            if (rc != 0)
+                fail_msg("kind %zu at %zu: %d, expected 0", k, at, rc);
+            memset(want, 'a', at);
+            snprintf(want + at, sizeof want - at, "%s%s", kinds[k].dec, "bcdefghijklmnop");
+            char got[64];
+            assert_int_equal(n, 3);
+            assert_int_equal(jr_string(jr_get(m, n, "v"), got, sizeof got), (ssize_t)strlen(want));
+            assert_string_equal(got, want);
+            assert_int_equal(jr_get(m, n, "z")->i, 1);
+            struct jr_member o[JR_MAX_KEYS];
+            size_t on;
+            assert_int_equal(jr_members(jr_get(m, n, "o"), o, JR_MAX_KEYS, &on), 0);
+            assert_int_equal(on, 2);
+            assert_int_equal(jr_string(jr_get(o, on, "w"), got, sizeof got), (ssize_t)strlen(want));
+            assert_string_equal(got, want);
+            assert_true(jr_string_is(jr_get(o, on, "w"), want, strlen(want)));
+            assert_int_equal(jr_get(o, on, "after")->i, 7);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -183,6 +234,7 @@ int main(void)
         cmocka_unit_test(test_refused),
         cmocka_unit_test(test_duplicates),
         cmocka_unit_test(test_bounds),
+        cmocka_unit_test(test_special_bytes_at_every_position),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
