@@ -1,8 +1,10 @@
 /*
  * DESIGN: one recursive descent over the text that checks everything the
  * header promises and records nothing but the outer object's members. A
- * string is checked (and its key hashed) in the same pass; decoding is
- * redone on demand by a small iterator (struct dec) that yields the
+ * string is checked in one pass, plain bytes a word at a time (values are
+ * most of the text: an assistant's streamed chunks); a key is then hashed
+ * for the duplicate check, a word at a time unless it holds an escape.
+ * Decoding is redone on demand by a small iterator (struct dec) that yields the
  * decoded bytes of text already known to be valid, so comparisons and
  * copies need no buffer. Each object keeps its keys' spans and hashes on
  * the stack (JR_MAX_KEYS of them) for the duplicate check.
@@ -125,12 +127,6 @@ static size_t utf8_len(const unsigned char *p, const unsigned char *end)
 #define FNV_OFFSET 0xcbf29ce484222325ULL
 #define FNV_PRIME 0x100000001b3ULL
 
-static uint64_t fnv(uint64_t h, const unsigned char *b, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ b[i]) * FNV_PRIME;
-    return h;
-}
 
 #define ONES 0x0101010101010101ULL
 #define HIGHS 0x8080808080808080ULL
@@ -188,12 +184,10 @@ static inline const char *skip_words(const char *p, const char *end, bool any)
     return p;
 }
 
-/* The string at r->p (its opening quote), checked; r->p ends after the
- * closing quote and, when hash is not NULL, *hash is that of its decoded
- * bytes (a key's, for the duplicate check; a value needs none). */
-static int string(struct rd *r, uint64_t *hash)
+/* The string at r->p (its opening quote), checked (or, in checked text,
+ * walked); r->p ends after the closing quote. */
+static int string(struct rd *r)
 {
-    uint64_t h = FNV_OFFSET;
     const char *p = r->p + 1;
     if (r->checked) {
         /* The closing quote is the first one not escaped; an escape is a
@@ -207,8 +201,6 @@ static int string(struct rd *r, uint64_t *hash)
                 break;
             if (*p == '"') {
                 r->p = p + 1;
-                if (hash)
-                    *hash = 0;
                 return 0;
             }
             p += 2;
@@ -216,8 +208,7 @@ static int string(struct rd *r, uint64_t *hash)
         return -EINVAL;
     }
     for (;;) {
-        if (!hash) /* a value: nothing to hash, plain bytes go eight at a time */
-            p = skip_words(p, r->end, true);
+        p = skip_words(p, r->end, true); /* plain bytes eight at a time */
         if (p >= r->end)
             return -EINVAL;
         unsigned char c = (unsigned char)*p;
@@ -226,7 +217,6 @@ static int string(struct rd *r, uint64_t *hash)
         if (c < 0x20)
             return -EINVAL;
         if (c < 0x80 && c != '\\') {
-            h = (h ^ c) * FNV_PRIME;
             p++;
             continue;
         }
@@ -234,41 +224,27 @@ static int string(struct rd *r, uint64_t *hash)
             size_t n = utf8_len((const unsigned char *)p, (const unsigned char *)r->end);
             if (!n)
                 return -EINVAL;
-            h = fnv(h, (const unsigned char *)p, n);
             p += n;
             continue;
         }
         if (++p >= r->end)
             return -EINVAL;
-        unsigned char d;
         switch (*p) {
-        case '"': d = '"'; break;
-        case '\\': d = '\\'; break;
-        case '/': d = '/'; break;
-        case 'b': d = '\b'; break;
-        case 'f': d = '\f'; break;
-        case 'n': d = '\n'; break;
-        case 'r': d = '\r'; break;
-        case 't': d = '\t'; break;
+        case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+            p++;
+            continue;
         case 'u': {
             size_t used;
-            long cp = escape_u(p + 1, r->end, &used);
-            if (cp < 0)
+            if (escape_u(p + 1, r->end, &used) < 0)
                 return -EINVAL;
-            unsigned char u[4];
-            h = fnv(h, u, (size_t)utf8_put((unsigned)cp, u));
             p += 1 + used;
             continue;
         }
         default:
             return -EINVAL;
         }
-        h = (h ^ d) * FNV_PRIME;
-        p++;
     }
     r->p = p + 1;
-    if (hash)
-        *hash = h;
     return 0;
 }
 
@@ -348,6 +324,35 @@ static bool raw_is(const char *raw, size_t rn, const char *s, size_t n)
         if (i == n || (unsigned char)s[i] != c)
             return false;
     return i == n;
+}
+
+/* A hash of a checked key's decoded bytes, for the duplicate check: the
+ * same for two spellings of one key. A key without a backslash is its own
+ * bytes, taken a word at a time; one with is decoded byte by byte into the
+ * same words. */
+static uint64_t key_hash(const char *raw, size_t n)
+{
+    uint64_t h = FNV_OFFSET, w = 0;
+    size_t len = 0;
+    if (!memchr(raw, '\\', n)) {
+        for (; n - len >= 8; len += 8)
+            h = (h ^ word_at(raw + len)) * FNV_PRIME;
+        for (unsigned i = 0; len < n; len++, i++)
+            w |= (uint64_t)(unsigned char)raw[len] << (8 * i);
+    } else {
+        struct dec d;
+        dec_init(&d, raw, n);
+        unsigned i = 0;
+        for (int c; (c = dec_byte(&d)) >= 0; len++) {
+            w |= (uint64_t)c << (8 * i);
+            if (++i == 8) {
+                h = (h ^ w) * FNV_PRIME;
+                w = 0;
+                i = 0;
+            }
+        }
+    }
+    return (((h ^ w) * FNV_PRIME) ^ len) * FNV_PRIME;
 }
 
 static int value(struct rd *r, int depth, struct jr_value *v);
@@ -438,11 +443,13 @@ static int object(struct rd *r, int depth, struct jr_member *m, size_t max, size
         if (k == JR_MAX_KEYS || (m && k == max))
             return -E2BIG;
         const char *kp = r->p + 1;
-        int rc = string(r, &khash[k]);
+        int rc = string(r);
         if (rc)
             return rc;
         key[k] = kp;
         klen[k] = (size_t)(r->p - 1 - kp);
+        if (!r->checked)
+            khash[k] = key_hash(kp, klen[k]);
         for (size_t j = 0; j < k && !r->checked; j++)
             if (khash[j] == khash[k] && raw_equal(key[j], klen[j], key[k], klen[k]))
                 return -EEXIST;
@@ -532,7 +539,7 @@ static int value(struct rd *r, int depth, struct jr_value *v)
         v->type = JR_ARRAY;
         break;
     case '"':
-        rc = string(r, NULL);
+        rc = string(r);
         v->type = JR_STRING;
         break;
     case 't':

@@ -147,6 +147,14 @@ static void test_duplicates(void **state)
     assert_int_equal(parse("{\"o\":{\"k\":1,\"k\":1}}", m, &n), -EEXIST);
     assert_int_equal(parse("{\"o\":[{\"k\":1},{\"k\":1}]}", m, &n), 0); /* two objects */
     assert_int_equal(parse("{\"a\":1,\"A\":2,\"a \":3}", m, &n), 0);
+    /* Keys longer than a word, one spelled with an escape in each place. */
+    assert_int_equal(parse("{\"abcdefghijklmnopq\":1,\"abcdefghijklmnop\\u0071\":2}", m, &n), -EEXIST);
+    assert_int_equal(parse("{\"abcdefghijklmnopq\":1,\"\\u0061bcdefghijklmnopq\":2}", m, &n), -EEXIST);
+    assert_int_equal(parse("{\"abcdefgh\\/\":1,\"abcdefgh/\":2}", m, &n), -EEXIST);
+    assert_int_equal(parse("{\"abcdefgh\\u00e9\":1,\"abcdefgh\xc3\xa9\":2}", m, &n), -EEXIST);
+    assert_int_equal(parse("{\"abcdefghijklmnopq\":1,\"abcdefghijklmnopr\":2,"
+                           "\"abcdefghijklmnop\":3,\"bbcdefghijklmnopq\":4}", m, &n), 0);
+    assert_int_equal(n, 4);
 }
 
 static void test_bounds(void **state)
