@@ -135,6 +135,7 @@ struct opts {
     unsigned remote_devices;   /* cross: receiving devices per user on each remote node */
     int provider_pid;          /* assistant: the provider's CPU is reported too */
     unsigned answer_bytes;     /* assistant: the provider's answer size, 0: unknown */
+    unsigned delta_bytes;      /* assistant: the provider's delta size, 0: unknown */
     bool json;
 };
 
@@ -207,6 +208,10 @@ static const char usage[] =
     "                       connection and one question each (default 500)\n"
     "  --answer-bytes N     assistant: chatd-fake-provider's --answer-bytes; answers are\n"
     "                       then checked against its text too (default 0: not checked)\n"
+    "  --delta-bytes N      assistant: chatd-fake-provider's --delta-bytes (with\n"
+    "                       --answer-bytes): the provider's deltas are counted, and the\n"
+    "                       server's CPU reported per provider delta too (chatd sends the\n"
+    "                       deltas it reads together as one piece)\n"
     "  --devices D          chat: devices per user (default 2); cross: sending devices per\n"
     "                       user (default 1); idle/connect: connections per user (default 1)\n"
     "  --user-offset N      number users from N (two generators against one server)\n"
@@ -844,7 +849,7 @@ struct worker {
     int last_http_status;
     int last_errno;
     /* assistant, counted always (the whole run is measured) */
-    uint64_t a_sent, a_deltas, a_delta_bytes, a_loading, a_done, a_ok, a_mismatch, a_unexpected,
+    uint64_t a_sent, a_deltas, a_delta_bytes, a_provider_deltas, a_loading, a_done, a_ok, a_mismatch, a_unexpected,
         a_partial, a_failed, a_gaps, a_dup_bytes, a_conflicts, a_snapshots, a_wrong_session,
         a_wrong_stream, a_late;
     uint64_t a_err_assistant, a_err_timeout, a_err_rate, a_err_unavailable, a_err_other;
@@ -1456,6 +1461,10 @@ static void on_ai_response(struct conn *c, const struct jtop *t)
     if (o.answer_bytes > 0) {
         fake_answer(a->seed, w->expect, o.answer_bytes);
         expected = (uint64_t)cl == o.answer_bytes && memcmp(w->ubuf, w->expect, o.answer_bytes) == 0;
+        /* The deltas the provider streamed for it: chatd may have sent
+         * several of them as one piece (those it read together). */
+        for (size_t off = 0; o.delta_bytes && off < o.answer_bytes; w->a_provider_deltas++)
+            off += fake_delta_len(w->expect, o.answer_bytes, off, o.delta_bytes);
     }
     bool partial = t->meta != NULL && memmem(t->meta, t->meta_len, "\"partial\":true", 14) != NULL;
     w->a_done++;
@@ -2012,7 +2021,7 @@ enum {
     OPT_HOST = 256, OPT_PORT, OPT_PATH, OPT_PROTO, OPT_SUBPROTO, OPT_SECRET, OPT_CONNS,
     OPT_INFLIGHT, OPT_RATE, OPT_SIZE, OPT_USERS, OPT_DEVICES, OPT_USER_OFFSET, OPT_WATCHERS,
     OPT_MAXDEV, OPT_THREADS, OPT_CONC, OPT_WARMUP, OPT_DURATION, OPT_SETUP, OPT_PID,
-    OPT_LABEL, OPT_JSON, OPT_HELP, OPT_PPID, OPT_ANSWER, OPT_REMOTE, OPT_BACKEND, OPT_REMOTE_DEV,
+    OPT_LABEL, OPT_JSON, OPT_HELP, OPT_PPID, OPT_ANSWER, OPT_DELTA, OPT_REMOTE, OPT_BACKEND, OPT_REMOTE_DEV,
 };
 
 static int parse_args(int argc, char **argv)
@@ -2044,6 +2053,7 @@ static int parse_args(int argc, char **argv)
         {"help", no_argument, 0, OPT_HELP},
         {"provider-pid", required_argument, 0, OPT_PPID},
         {"answer-bytes", required_argument, 0, OPT_ANSWER},
+        {"delta-bytes", required_argument, 0, OPT_DELTA},
         {"remote-ports", required_argument, 0, OPT_REMOTE},
         {"backend-pids", required_argument, 0, OPT_BACKEND},
         {"remote-devices", required_argument, 0, OPT_REMOTE_DEV},
@@ -2115,6 +2125,7 @@ static int parse_args(int argc, char **argv)
         case OPT_LABEL: o.label = a; break;
         case OPT_PPID: rc = parse_uint(a, 1, 1u << 30, &pid); o.provider_pid = (int)pid; break;
         case OPT_ANSWER: rc = parse_uint(a, 0, 64u << 20, &o.answer_bytes); break;
+        case OPT_DELTA: rc = parse_uint(a, 1, 64u << 20, &o.delta_bytes); break;
         case OPT_JSON: o.json = true; break;
         case OPT_HELP: fputs(usage, stdout); exit(0);
         case ':': return usage_error("option needs a value", argv[optind - 1]);
@@ -2352,7 +2363,7 @@ static void ask_totals(struct worker *a)
     for (unsigned t = 0; t < o.threads; t++) {
         const struct worker *w = &g_workers[t];
 #define SUM(f) a->f += w->f
-        SUM(a_sent); SUM(a_deltas); SUM(a_delta_bytes); SUM(a_loading); SUM(a_done); SUM(a_ok);
+        SUM(a_sent); SUM(a_deltas); SUM(a_delta_bytes); SUM(a_provider_deltas); SUM(a_loading); SUM(a_done); SUM(a_ok);
         SUM(a_mismatch); SUM(a_unexpected); SUM(a_partial); SUM(a_failed); SUM(a_gaps);
         SUM(a_dup_bytes); SUM(a_conflicts); SUM(a_snapshots); SUM(a_wrong_session);
         SUM(a_wrong_stream); SUM(a_late); SUM(a_err_assistant); SUM(a_err_timeout); SUM(a_err_rate);
@@ -2736,6 +2747,8 @@ int main(int argc, char **argv)
         json_object_set_new(j, "deltas", json_integer((json_int_t)asum.a_deltas));
         json_object_set_new(j, "deltas_per_s", json_real(r1(secs > 0 ? (double)asum.a_deltas / secs : 0)));
         json_object_set_new(j, "delta_bytes", json_integer((json_int_t)asum.a_delta_bytes));
+        if (asum.a_provider_deltas)
+            json_object_set_new(j, "provider_deltas", json_integer((json_int_t)asum.a_provider_deltas));
         json_object_set_new(j, "deltas_per_answer",
                             json_real(r1(asum.a_done ? (double)asum.a_deltas / (double)asum.a_done : 0)));
         json_object_set_new(j, "offset_gaps", json_integer((json_int_t)asum.a_gaps));
@@ -2784,6 +2797,9 @@ int main(int argc, char **argv)
             json_object_set_new(j, "server_cpu_us_per_msg", json_real(r3(cpu_us / (double)sent)));
         if (o.mode == M_ASSISTANT) {
             json_object_set_new(j, "server_cpu_us_per_delta", json_real(r3(cpu_per_op)));
+            if (asum.a_provider_deltas)
+                json_object_set_new(j, "server_cpu_us_per_provider_delta",
+                                    json_real(r3(cpu_us / (double)asum.a_provider_deltas)));
             if (asum.a_done)
                 json_object_set_new(j, "server_cpu_us_per_answer", json_real(r1(cpu_us / (double)asum.a_done)));
             json_object_set_new(j, "server_rss_kb_peak", json_integer(rss_peak));

@@ -136,8 +136,12 @@ assistant_run() {
         stop_provider
         return 0
     fi
+    # With the C provider the generator counts its deltas (chatd joins the
+    # ones it reads together into one piece).
+    local deltas=()
+    [ "$check" != 0 ] && deltas=(--delta-bytes "$ASSISTANT_DELTA")
     bench_run "$results" "$label" assistant --secret "$SECRET" --users "$ASSISTANT_USERS" \
-        --answer-bytes "$check" --provider-pid "$PROV_PID" --duration "$ASSISTANT_LIMIT" --setup-timeout 10
+        --answer-bytes "$check" ${deltas[@]+"${deltas[@]}"} --provider-pid "$PROV_PID" --duration "$ASSISTANT_LIMIT" --setup-timeout 10
     stop_server
     stop_provider
 }
@@ -292,6 +296,9 @@ for r in rows:
         notes.append("%d/%d answers ok, last at %.2f s, %.0f deltas of %.1f B each, at most %d at once" % (
             r["answers_ok"], r["questions"], r["time_to_last_answer_s"], r["deltas_per_answer"],
             r["delta_bytes"] / r["deltas"] if r["deltas"] else 0, r.get("answers_streaming_peak", 0)))
+        if r.get("provider_deltas"):
+            notes.append("%.3f us per provider delta (%d pieces for %d deltas)" % (
+                r["server_cpu_us_per_provider_delta"], r["deltas"], r["provider_deltas"]))
         if r.get("final_lag_p50_us"):
             notes.append("final %.0f/%.0f ms after the last delta (p50/p99)" % (
                 r["final_lag_p50_us"] / 1e3, r["final_lag_p99_us"] / 1e3))

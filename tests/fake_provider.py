@@ -48,6 +48,8 @@ Behaviour. A mode is a list of tokens separated by commas or spaces:
   slow[=MS]        sleep MS (default --delay-ms, 50) before each delta
   split            write every event in pieces of 1 to 7 bytes, each its own
                    chunk and TCP segment (TCP_NODELAY, a short sleep apart)
+  burst            write the whole stream's events at once: one chunk, one
+                   write (a provider running ahead of its reader)
   cut              stop mid-stream: after half the deltas, close the
                    connection (no final events, no final chunk)
   stall            send the head and half the deltas, then nothing
@@ -60,7 +62,7 @@ Behaviour. A mode is a list of tokens separated by commas or spaces:
   400..599         answer with that status and the API's error body (429
                    and 503 carry Retry-After)
   crlf             end lines with CRLF instead of LF
-  fast, complete   undo slow or split; undo cut, stall, hang, malformed,
+  fast, complete   undo slow, split or burst; undo cut, stall, hang, malformed,
                    error-event or a status
   delay=MS  chunk=BYTES  retry-after=SECONDS
 The default mode comes from --mode (then POST /_fake/mode); a request
@@ -198,7 +200,7 @@ class Plan:
 
     def normal(self):
         self.text = "answer"       # answer, echo, huge
-        self.pace = "fast"         # fast, slow, split
+        self.pace = "fast"         # fast, slow, split, burst
         self.end = "complete"      # complete, cut, stall, hang, malformed, error-event, status
         self.status = None
         self.crlf = False
@@ -235,7 +237,7 @@ class Plan:
             self.pace = "slow"
             if eq:
                 self.delay_ms = number(0)
-        elif name in ("fast", "split") and not eq:
+        elif name in ("fast", "split", "burst") and not eq:
             self.pace = name
         elif name in ("complete", "cut", "stall", "hang", "malformed", "error-event") and not eq:
             self.end = name
@@ -617,6 +619,7 @@ class Handler(BaseHTTPRequestHandler):
         nl = "\r\n" if plan.crlf else "\n"
         half = max(1, ndeltas // 2)
         seen, piece = 0, 0
+        held = []  # burst: the events not written yet
         for is_delta, name, data in events:
             if is_delta:
                 if plan.pace == "slow":
@@ -633,10 +636,15 @@ class Handler(BaseHTTPRequestHandler):
                     self.write_chunk(raw[pos:pos + n])
                     pos += n
                     time.sleep(SPLIT_PAUSE)
+            elif plan.pace == "burst":
+                held.append(raw)
             else:
                 self.write_chunk(raw)
             if not (is_delta and seen == half):
                 continue
+            if held and plan.end != "complete":
+                self.write_chunk(b"".join(held))
+                held = []
             if plan.end == "cut":
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_WR)
@@ -652,6 +660,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.write_chunk((("event: %s%s" % (name, nl) if name else "") + "data: " + data +
                                   nl + nl).encode("utf-8"))
                 break
+        if held:
+            self.write_chunk(b"".join(held))
         self.wfile.write(b"0\r\n\r\n")
 
 

@@ -4,8 +4,10 @@
  * its place in storage, through the hooks it calls up with:
  *
  *   started   -> `loading` to the session's participants (bus, IT_RELAY);
- *   delta     -> `ai_response` {stream_id, offset, delta, done:false}, framed
- *                once and published (IT_DELTA); each worker then plans it
+ *   delta     -> `ai_response` {stream_id, offset, delta, done:false}:
+ *                gathered until the HTTP client's turn ends (contiguous
+ *                pieces of one answer joined into one), framed once and
+ *                published (IT_DELTA); each worker then plans it
  *                per connection (chat__stream_catch_up and asst_plan), so a
  *                connection that came mid-answer first gets everything so
  *                far at offset 0, and no byte twice;
@@ -120,36 +122,73 @@ static void hook_started(void *app, const char *session, const char *owner)
     publish(ch, IT_RELAY, "loading", session, owner, &w, NULL, 0, 0);
 }
 
-/* Publish the gathered deltas in one go: one post per worker for all of
- * them, not one per delta. HTTP client thread. */
+#define DELTAS_MAX 256        /* deltas gathered before they go out anyway */
+#define DTEXT_MAX (64 * 1024) /* bytes of their text gathered before they go out */
+#define JOIN_MAX (16 * 1024)  /* contiguous deltas are joined up to this many bytes */
+
+/* Frame the gathered deltas and publish them in one go: one post per
+ * worker for all of them, not one per delta. HTTP client thread. */
 static void hook_flush(void *app)
 {
     struct chat *ch = app;
     if (!ch->ndeltas)
         return;
-    if (bus_publish(ch->bus, ch->deltas, ch->ndeltas) != 0)
-        log_warn("bus_publish_failed", "events=%zu type=ai_response", ch->ndeltas);
+    bool keep_text = bus_keeps_streams(ch->bus);
+    size_t n = 0, at = 0;
     for (size_t i = 0; i < ch->ndeltas; i++) {
-        sbuf_unref(ch->deltas[i].frame);
-        free((char *)ch->deltas[i].text);
+        struct bus_event e = ch->deltas[i];
+        const char *text = ch->dtext + at;
+        at += e.stream_len;
+        struct jw w;
+        jw_init(&w, piece_cap(e.session, e.stream, e.stream_len), WS_MAX_HEADER);
+        write_piece(&w, e.session, e.stream, e.stream_off, text, e.stream_len);
+        e.frame = wire_frame_jw(&w, &e.off, &e.len);
+        if (!e.frame)
+            continue; /* lost here; the connections catch up at the next one */
+        /* A bus that keeps the answers' text where every node reads it (a
+         * device on another node may come mid-answer) borrows it. */
+        e.text = keep_text ? text : NULL;
+        ch->deltas[n++] = e;
     }
+    assert(at == ch->dtext_len);
+    if (n && bus_publish(ch->bus, ch->deltas, n) != 0)
+        log_warn("bus_publish_failed", "events=%zu type=ai_response", n);
+    for (size_t i = 0; i < n; i++)
+        sbuf_unref(ch->deltas[i].frame);
     ch->ndeltas = 0;
+    ch->dtext_len = 0;
+    if (ch->dtext_cap > 2 * DTEXT_MAX) { /* one huge delta: not kept for good */
+        free(ch->dtext);
+        ch->dtext = NULL;
+        ch->dtext_cap = 0;
+    }
 }
 
-#define DELTAS_MAX 256 /* gathered before they go out anyway */
-
+/* A piece of an answer, gathered until the HTTP client's turn ends (the
+ * flush hook). Joined to the piece gathered just before it when that one
+ * is of the same answer and ends where it starts: the deltas a turn read
+ * of one answer (a provider, or chatd, running ahead) become one event of
+ * the same bytes, so a busy chatd frames, delivers and writes fewer. */
 static void hook_delta(void *app, struct asst_stream *s, const char *owner, uint64_t off,
                        const char *text, size_t len)
 {
     struct chat *ch = app;
-    if (ch->ndeltas >= DELTAS_MAX)
+    struct bus_event *last = ch->ndeltas ? &ch->deltas[ch->ndeltas - 1] : NULL;
+    bool join = last && last->stream_off + last->stream_len == off &&
+                last->stream_len + len <= JOIN_MAX && ch->dtext_len + len <= DTEXT_MAX &&
+                strcmp(last->stream, s->id) == 0;
+    if (!join && (ch->ndeltas >= DELTAS_MAX || ch->dtext_len + len > DTEXT_MAX))
         hook_flush(ch);
-    if (vec_grow(&ch->deltas, &ch->capdeltas, ch->ndeltas, 1, sizeof *ch->deltas) != 0)
+    if (vec_grow(&ch->dtext, &ch->dtext_cap, ch->dtext_len, len, 1) != 0 ||
+        (!join && vec_grow(&ch->deltas, &ch->capdeltas, ch->ndeltas, 1, sizeof *ch->deltas) != 0))
         return; /* lost here; the connections catch up at the next one */
-    struct jw w;
-    jw_init(&w, piece_cap(s->session, s->id, len), WS_MAX_HEADER);
-    write_piece(&w, s->session, s->id, off, text, len);
-    struct bus_event *e = &ch->deltas[ch->ndeltas];
+    memcpy(ch->dtext + ch->dtext_len, text, len);
+    ch->dtext_len += len;
+    if (join) {
+        last->stream_len += (uint32_t)len;
+        return;
+    }
+    struct bus_event *e = &ch->deltas[ch->ndeltas++];
     memset(e, 0, sizeof *e);
     e->kind = IT_DELTA;
     e->type = ch->out_ai_response;
@@ -158,21 +197,6 @@ static void hook_delta(void *app, struct asst_stream *s, const char *owner, uint
     chat__copy_id(e->stream, sizeof e->stream, s->id);
     e->stream_off = off;
     e->stream_len = (uint32_t)len;
-    e->frame = wire_frame_jw(&w, &e->off, &e->len);
-    if (!e->frame)
-        return;
-    if (bus_keeps_streams(ch->bus)) {
-        /* The bus keeps the text where every node reads it (a device on
-         * another node may come mid-answer): a copy until flush. */
-        char *copy = malloc(len ? len : 1);
-        if (!copy) {
-            sbuf_unref(e->frame);
-            return;
-        }
-        memcpy(copy, text, len);
-        e->text = copy;
-    }
-    ch->ndeltas++;
 }
 
 static void hook_failed(void *app, const char *session, const char *owner, const char *stream_id,

@@ -481,6 +481,7 @@ void chat_free(struct chat *ch)
     chat__joined_free(ch);
     uv_mutex_destroy(&ch->joined_lock);
     free(ch->deltas);
+    free(ch->dtext);
     free(ch);
 }
 

@@ -122,9 +122,13 @@ struct chat {
     uv_mutex_t joined_lock;
     struct joined_admin *joined[JOINED_BUCKETS];
     /* Deltas gathered for the bus (answer.c): the assistant's HTTP client
-     * thread only, published at its flush hook, each holding a frame. */
+     * thread only, framed and published at its flush hook. Their text, in
+     * their order, is in dtext; contiguous deltas of one answer gathered
+     * in one turn are joined into one. */
     struct bus_event *deltas;
     size_t ndeltas, capdeltas;
+    char *dtext;
+    size_t dtext_len, dtext_cap;
     uint8_t out_ai_response; /* chat__out_index("ai_response"), read-only after chat_new */
     unsigned nworkers;
     unsigned devs_cap; /* devices one user may hold, plus one */

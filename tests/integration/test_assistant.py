@@ -4,7 +4,8 @@ streaming APIs), observed by real WebSocket clients and the HTTP API.
 
 Covered: deltas reach every device of the owner and a joined admin, the
 same bytes and the same final seq; the stored answer equals the deltas; a
-device that reconnects mid-answer ends with the same text; takeover (no
+device that reconnects mid-answer ends with the same text; deltas read
+together go out joined, deltas that come apart one by one; takeover (no
 request while an admin has joined, back after admin_leave, and after the
 admin disconnects); stop_generation; one answer at a time per session;
 provider failures (401, 429 with Retry-After, 500, a cut stream, a
@@ -21,7 +22,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from fake_provider import FakeProvider, answer_for, assemble, huge_text  # noqa: E402
+from fake_provider import FakeProvider, answer_for, assemble, huge_text, split_deltas  # noqa: E402
 from harness import SLOW, WS, Chatd, WSClosed, http_get, make_token, run  # noqa: E402
 
 KEY = "sk-test-assistant-0123"
@@ -204,6 +205,40 @@ def test_device_reconnecting_mid_answer_ends_with_the_same_text():
         got = [m for m in e.seen if m["type"] == "ai_response" and not m["done"]]
         assert got and got[0]["offset"] == 0, got[:2]
         assert e.streamed(f2["stream_id"]) == f2["content"] == answer_for("again, slowly [fake:slow=150]")
+
+
+def pieces_of(dev, sid):
+    return [m for m in dev.seen if m["type"] == "ai_response" and not m.get("done") and
+            m["session_id"] == sid]
+
+
+def test_deltas_read_together_go_out_joined():
+    with FakeProvider(key=KEY) as fp, start(fp) as d:
+        a, b = Dev(d.port, "alice"), Dev(d.port, "alice")
+        # The provider writes every event of the answer at once: chatd
+        # reads them in one go and sends their text in fewer, larger
+        # pieces, each byte once, in order.
+        q = "everything at once, please [fake:burst,chunk=4]"
+        sid = ask(a, q)["session_id"]
+        want = answer_for(q)
+        n = len(split_deltas(want, 4))
+        for x in (a, b):
+            f = x.final(sid)
+            assert f["content"] == want
+            pieces = pieces_of(x, sid)
+            off = 0
+            for p in pieces:
+                assert p["offset"] == off and p["stream_id"] == f["stream_id"], (p, off)
+                off += len(p["delta"].encode())
+            assert off == len(want.encode())
+            assert 1 <= len(pieces) < n, (len(pieces), n)
+        # Deltas that come apart go out as they come, one piece each.
+        q2 = "one piece at a time [fake:slow=200,chunk=8]"
+        sid2 = ask(a, q2)["session_id"]
+        want2 = answer_for(q2)
+        f2 = a.final(sid2)
+        pieces = [p for p in pieces_of(a, sid2) if p["stream_id"] == f2["stream_id"]]
+        assert [p["delta"] for p in pieces] == split_deltas(want2, 8), pieces
 
 
 def test_page_of_history_and_resume_show_the_answer_like_live():
@@ -503,6 +538,7 @@ def test_without_models_nothing_answers():
 run([
     test_every_device_and_a_joined_admin_get_the_same_answer,
     test_device_reconnecting_mid_answer_ends_with_the_same_text,
+    test_deltas_read_together_go_out_joined,
     test_page_of_history_and_resume_show_the_answer_like_live,
     test_no_request_while_an_admin_has_joined,
     test_stop_generation_stores_the_partial_answer,
