@@ -6,11 +6,11 @@
  * refused, as the JWT verifier asks) must agree on whether it is a JSON
  * object, except where the reader's bounds refuse it first (-E2BIG: depth,
  * member count, a real number's length). When both accept, every member
- * must match: same keys in the same order, same types, same integers, the
- * same decoded strings, the same array lengths and, for arrays of strings,
- * the same elements. A disagreement calls abort(). Text with a NUL byte
- * is refused by the reader and not given to jansson, which reads past
- * some NULs as if they were not there.
+ * must match, at every depth: same keys in the same order (each found by
+ * jr_get with its decoded text), same types, same integers, the same
+ * decoded strings, the same array lengths and elements. A disagreement
+ * calls abort(). Text with a NUL byte is refused by the reader and not
+ * given to jansson, which reads past some NULs as if they were not there.
  */
 #include <errno.h>
 #include <stddef.h>
@@ -51,6 +51,7 @@ static void same_value(const struct jr_value *v, json_t *j)
             CHECK(key != NULL);
             ssize_t kl = jr_string(&kv, key, kv.n);
             CHECK(kl >= 0);
+            CHECK(jr_get(m, n, key) == &m[i].v); /* found by its decoded key */
             json_t *mj = json_object_getn(j, key, (size_t)kl);
             free(key);
             CHECK(mj != NULL);
@@ -72,9 +73,7 @@ static void same_value(const struct jr_value *v, json_t *j)
         struct jr_value el;
         while (jr_array_next(v, &pos, &el)) {
             CHECK(i < json_array_size(j));
-            json_t *je = json_array_get(j, i++);
-            if (el.type == JR_STRING || el.type == JR_INT || el.type == JR_NULL)
-                same_value(&el, je);
+            same_value(&el, json_array_get(j, i++));
         }
         CHECK(i == json_array_size(j));
         break;

@@ -4,9 +4,11 @@
  * string is checked in one pass, plain bytes a word at a time (values are
  * most of the text: an assistant's streamed chunks); a key is then hashed
  * for the duplicate check, a word at a time unless it holds an escape.
- * Decoding is redone on demand by a small iterator (struct dec) that yields the
- * decoded bytes of text already known to be valid, so comparisons and
- * copies need no buffer. Each object keeps its keys' spans and hashes on
+ * Text checked already (jr_members, jr_array_next) is walked, not checked
+ * again: a string to its closing quote, a nested object or array to its
+ * closing bracket. Decoding is redone on demand by a small iterator
+ * (struct dec) that yields the decoded bytes of text already known to be
+ * valid, so comparisons and copies need no buffer. Each object keeps its keys' spans and hashes on
  * the stack (JR_MAX_KEYS of them) for the duplicate check.
  */
 #include "util/jread.h"
@@ -185,10 +187,12 @@ static inline const char *skip_words(const char *p, const char *end, bool any)
 }
 
 /* The string at r->p (its opening quote), checked (or, in checked text,
- * walked); r->p ends after the closing quote. */
+ * walked); r->p ends after the closing quote. 1 when it holds an escape,
+ * 0 when not, or -EINVAL. */
 static int string(struct rd *r)
 {
     const char *p = r->p + 1;
+    int esc = 0;
     if (r->checked) {
         /* The closing quote is the first one not escaped; an escape is a
          * backslash and one more byte (the four hex digits of \u hold no
@@ -201,8 +205,9 @@ static int string(struct rd *r)
                 break;
             if (*p == '"') {
                 r->p = p + 1;
-                return 0;
+                return esc;
             }
+            esc = 1;
             p += 2;
         }
         return -EINVAL;
@@ -227,6 +232,7 @@ static int string(struct rd *r)
             p += n;
             continue;
         }
+        esc = 1;
         if (++p >= r->end)
             return -EINVAL;
         switch (*p) {
@@ -245,7 +251,7 @@ static int string(struct rd *r)
         }
     }
     r->p = p + 1;
-    return 0;
+    return esc;
 }
 
 /* The decoded bytes of a checked string's text (between its quotes). */
@@ -330,11 +336,11 @@ static bool raw_is(const char *raw, size_t rn, const char *s, size_t n)
  * same for two spellings of one key. A key without a backslash is its own
  * bytes, taken a word at a time; one with is decoded byte by byte into the
  * same words. */
-static uint64_t key_hash(const char *raw, size_t n)
+static uint64_t key_hash(const char *raw, size_t n, bool esc)
 {
     uint64_t h = FNV_OFFSET, w = 0;
     size_t len = 0;
-    if (!memchr(raw, '\\', n)) {
+    if (!esc) {
         for (; n - len >= 8; len += 8)
             h = (h ^ word_at(raw + len)) * FNV_PRIME;
         for (unsigned i = 0; len < n; len++, i++)
@@ -443,13 +449,13 @@ static int object(struct rd *r, int depth, struct jr_member *m, size_t max, size
         if (k == JR_MAX_KEYS || (m && k == max))
             return -E2BIG;
         const char *kp = r->p + 1;
-        int rc = string(r);
-        if (rc)
-            return rc;
+        int esc = string(r);
+        if (esc < 0)
+            return esc;
         key[k] = kp;
         klen[k] = (size_t)(r->p - 1 - kp);
         if (!r->checked)
-            khash[k] = key_hash(kp, klen[k]);
+            khash[k] = key_hash(kp, klen[k], esc);
         for (size_t j = 0; j < k && !r->checked; j++)
             if (khash[j] == khash[k] && raw_equal(key[j], klen[j], key[k], klen[k]))
                 return -EEXIST;
@@ -459,10 +465,11 @@ static int object(struct rd *r, int depth, struct jr_member *m, size_t max, size
         r->p++;
         skip_ws(r);
         struct jr_value v;
-        if ((rc = value(r, depth, &v)) != 0)
+        int rc = value(r, depth, &v);
+        if (rc)
             return rc;
         if (m)
-            m[k] = (struct jr_member){.key = key[k], .key_len = klen[k], .v = v};
+            m[k] = (struct jr_member){.key = key[k], .key_len = klen[k], .key_esc = esc, .v = v};
         k++;
         skip_ws(r);
         if (r->p < r->end && *r->p == ',') {
@@ -477,6 +484,29 @@ static int object(struct rd *r, int depth, struct jr_member *m, size_t max, size
         }
         return -EINVAL;
     }
+}
+
+/* The object or array at r->p in checked text, passed over: to its
+ * closing bracket, strings walked so that no bracket in one counts. */
+static int skip_checked(struct rd *r)
+{
+    int depth = 0;
+    while (r->p < r->end) {
+        char c = *r->p;
+        if (c == '"') {
+            if (string(r) < 0)
+                return -EINVAL;
+            continue;
+        }
+        if (c == '{' || c == '[') {
+            depth++;
+        } else if ((c == '}' || c == ']') && --depth == 0) {
+            r->p++;
+            return 0;
+        }
+        r->p++;
+    }
+    return -EINVAL;
 }
 
 static int array(struct rd *r, int depth)
@@ -531,15 +561,15 @@ static int value(struct rd *r, int depth, struct jr_value *v)
     size_t unused;
     switch (*r->p) {
     case '{':
-        rc = object(r, depth + 1, NULL, 0, &unused);
+        rc = r->checked ? skip_checked(r) : object(r, depth + 1, NULL, 0, &unused);
         v->type = JR_OBJECT;
         break;
     case '[':
-        rc = array(r, depth + 1);
+        rc = r->checked ? skip_checked(r) : array(r, depth + 1);
         v->type = JR_ARRAY;
         break;
     case '"':
-        rc = string(r);
+        rc = string(r) < 0 ? -EINVAL : 0;
         v->type = JR_STRING;
         break;
     case 't':
@@ -591,9 +621,12 @@ int jr_members(const struct jr_value *obj, struct jr_member *m, size_t max, size
 const struct jr_value *jr_get(const struct jr_member *m, size_t count, const char *key)
 {
     size_t n = strlen(key);
-    for (size_t i = 0; i < count; i++)
-        if (raw_is(m[i].key, m[i].key_len, key, n))
+    for (size_t i = 0; i < count; i++) {
+        /* A key without an escape is its own bytes. */
+        if (m[i].key_esc ? raw_is(m[i].key, m[i].key_len, key, n)
+                         : m[i].key_len == n && memcmp(m[i].key, key, n) == 0)
             return &m[i].v;
+    }
     return NULL;
 }
 

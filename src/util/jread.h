@@ -20,6 +20,7 @@
 #ifndef CHATD_UTIL_JREAD_H
 #define CHATD_UTIL_JREAD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -39,6 +40,7 @@ struct jr_value {
 struct jr_member {
     const char *key; /* the key's text between its quotes, escapes not decoded */
     size_t key_len;
+    bool key_esc; /* the key's text holds an escape */
     struct jr_value v;
 };
 
