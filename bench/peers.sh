@@ -43,7 +43,9 @@
 #                  the size of the events chatd delivered in the same round
 #                  (chatd-bench's bytes_per_delivery: ~290 bytes, as a
 #                  chatd event carries the protocol's fields around the 64
-#                  bytes of content)
+#                  bytes of content). uWebSockets' fan-out runs at chatd's
+#                  bytes too ("uws-node, chatd's bytes", "uws, chatd's
+#                  bytes"): the same relay, byte for byte
 #
 # Scenarios, as in bench/run.sh: echo = 100 connections x 8 in flight,
 # 64-byte text; fanout = 1,000 connections on one room/session, one sender
@@ -215,6 +217,19 @@ for line in open(sys.argv[1]):
 EOF
 }
 
+# same_bytes_fanout LABEL: the running plain server's fan-out again, with
+# messages the size of the events chatd delivered in this round (its
+# bytes_per_delivery), where the 64 bytes of the peers' messages are ~290
+# in chatd's user_message event: the same relay at chatd's bytes.
+same_bytes_fanout() {
+    local same
+    same=$(chatd_event_bytes)
+    if [ -n "$same" ]; then
+        bench_run "$RESULTS" "$1" fanout --watchers 1000 --inflight 32 \
+            --size "$same" --proto plain --path /fanout
+    fi
+}
+
 one_round() {
     # ---- chatd -----------------------------------------------------------------
     start_chatd peer-chatd --sync normal
@@ -249,6 +264,7 @@ one_round() {
         bench_run "$RESULTS" uws echo "${ECHO_ARGS[@]}" --path /echo
         bench_run "$RESULTS" uws fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
         bench_run "$RESULTS" uws connect --proto plain --path /echo --connections 50
+        same_bytes_fanout "uws, chatd's bytes"
         stop_server
     fi
 
@@ -269,6 +285,7 @@ one_round() {
         bench_run "$RESULTS" uws-node echo "${ECHO_ARGS[@]}" --path /echo
         bench_run "$RESULTS" uws-node fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
         bench_run "$RESULTS" uws-node connect --proto plain --path /echo --connections 50
+        same_bytes_fanout "uws-node, chatd's bytes"
         stop_server
     fi
 
@@ -284,16 +301,7 @@ one_round() {
     if start_server floor "$port" "$CHATD_FLOOR" "$port"; then
         bench_run "$RESULTS" floor echo "${ECHO_ARGS[@]}" --path /echo
         bench_run "$RESULTS" floor fanout "${FAN_ARGS[@]}" --proto plain --path /fanout
-        # The same relay with messages the size of chatd's events (its
-        # fan-out of this round: bytes_per_delivery), where the 64 bytes of
-        # the other peers' messages are ~290 in chatd's user_message event:
-        # what the kernel charges for chatd's bytes.
-        local same
-        same=$(chatd_event_bytes)
-        if [ -n "$same" ]; then
-            bench_run "$RESULTS" "floor, chatd's bytes" fanout --watchers 1000 --inflight 32 \
-                --size "$same" --proto plain --path /fanout
-        fi
+        same_bytes_fanout "floor, chatd's bytes"
         stop_server
     fi
 }
