@@ -2691,7 +2691,7 @@ int main(int argc, char **argv)
         json_object_set_new(j, "deliveries_per_msg", json_integer(g_fan_expect));
         /* What the server wrote per delivery, frame header aside: a floor
          * relaying messages of this size pays the kernel for the same bytes
-         * (bench/peers.sh's "floor, same bytes"). */
+         * (bench/peers.sh's rows "..., chatd's bytes"). */
         json_object_set_new(j, "bytes_per_delivery", json_real(r1(ops ? (double)op_bytes / (double)ops : 0)));
     }
     json_object_set_new(j, "duration_s", json_real(r3(o.mode == M_IDLE ? o.duration : secs)));

@@ -136,19 +136,21 @@ static void hook_flush(void *app)
     bool keep_text = bus_keeps_streams(ch->bus);
     size_t n = 0, at = 0;
     for (size_t i = 0; i < ch->ndeltas; i++) {
-        struct bus_event e = ch->deltas[i];
+        struct bus_event *e = &ch->deltas[i];
         const char *text = ch->dtext + at;
-        at += e.stream_len;
+        at += e->stream_len;
         struct jw w;
-        jw_init(&w, piece_cap(e.session, e.stream, e.stream_len), WS_MAX_HEADER);
-        write_piece(&w, e.session, e.stream, e.stream_off, text, e.stream_len);
-        e.frame = wire_frame_jw(&w, &e.off, &e.len);
-        if (!e.frame)
+        jw_init(&w, piece_cap(e->session, e->stream, e->stream_len), WS_MAX_HEADER);
+        write_piece(&w, e->session, e->stream, e->stream_off, text, e->stream_len);
+        e->frame = wire_frame_jw(&w, &e->off, &e->len);
+        if (!e->frame)
             continue; /* lost here; the connections catch up at the next one */
         /* A bus that keeps the answers' text where every node reads it (a
          * device on another node may come mid-answer) borrows it. */
-        e.text = keep_text ? text : NULL;
-        ch->deltas[n++] = e;
+        e->text = keep_text ? text : NULL;
+        if (n != i)
+            ch->deltas[n] = *e;
+        n++;
     }
     assert(at == ch->dtext_len);
     if (n && bus_publish(ch->bus, ch->deltas, n) != 0)

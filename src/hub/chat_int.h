@@ -5,8 +5,8 @@
  * Ownership: struct chat is read-only once traffic starts (store, bus,
  * asst and webhook are set before) except: the counters (atomics); the
  * joined-admins table, guarded by joined_lock (joined.c: the writer writes,
- * the HTTP API reads); and `deltas`, which belongs to the assistant's HTTP
- * client thread (answer.c). struct chat_local belongs to one worker thread;
+ * the HTTP API reads); and `deltas` with their text `dtext`, which belong to
+ * the assistant's HTTP client thread (answer.c). struct chat_local belongs to one worker thread;
  * struct client_state and struct sess_state belong to their client's worker
  * thread. Calls that cross threads: the writer calls into the assistant
  * (assistant_ask/hold/stop/stored, its own lock) and the webhook (its own

@@ -8,8 +8,9 @@
  * again: a string to its closing quote, a nested object or array to its
  * closing bracket. Decoding is redone on demand by a small iterator
  * (struct dec) that yields the decoded bytes of text already known to be
- * valid, so comparisons and copies need no buffer. Each object keeps its keys' spans and hashes on
- * the stack (JR_MAX_KEYS of them) for the duplicate check.
+ * valid, so comparisons and copies need no buffer. Each object keeps its
+ * keys' spans and hashes on the stack (JR_MAX_KEYS of them) for the
+ * duplicate check.
  */
 #include "util/jread.h"
 
@@ -128,7 +129,6 @@ static size_t utf8_len(const unsigned char *p, const unsigned char *end)
 
 #define FNV_OFFSET 0xcbf29ce484222325ULL
 #define FNV_PRIME 0x100000001b3ULL
-
 
 #define ONES 0x0101010101010101ULL
 #define HIGHS 0x8080808080808080ULL

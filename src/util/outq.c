@@ -47,6 +47,16 @@ void outq_thread_cleanup(void)
         free(ring_cache[--nring]);
 }
 
+/* An empty queue gives its ring back. */
+static void drop_ring(struct outq *q)
+{
+    assert(q->count == 0);
+    ring_free(q->_ents, q->_cap);
+    q->_ents = NULL;
+    q->_cap = 0;
+    q->_head = 0;
+}
+
 static int grow(struct outq *q)
 {
     q->_used = 1;
@@ -172,11 +182,8 @@ void outq_consume(struct outq *q, size_t n)
     }
     if (q->count == 0) {
         q->_head = 0;
-        if (q->_cap == RING_MIN) { /* a grown one waits for outq_trim */
-            ring_free(q->_ents, q->_cap);
-            q->_ents = NULL;
-            q->_cap = 0;
-        }
+        if (q->_cap == RING_MIN) /* a grown one waits for outq_trim */
+            drop_ring(q);
     }
 }
 
@@ -188,10 +195,7 @@ void outq_trim(struct outq *q)
         q->_used = 0;
         return;
     }
-    ring_free(q->_ents, q->_cap);
-    q->_ents = NULL;
-    q->_cap = 0;
-    q->_head = 0;
+    drop_ring(q);
 }
 
 void outq_drop_pending(struct outq *q)
