@@ -17,6 +17,9 @@ messages separated by NUL: one valid message of every type of PROTOCOL.md
 section 3 and invalid variants of each.
 fuzz_worker: two cut bytes (see fuzz_worker.c), then a whole client stream:
 a WebSocket upgrade with a valid token and chat frames, or HTTP requests.
+fuzz_provider: a flags byte and the first event's length (see
+fuzz_provider.c), then two events' data, or one and the text spliced into
+the first one's shape.
 fuzz_row: after_seq, limit, max_bytes, help_only and session bytes (see
 fuzz_row.c), then a sessions row and events rows, each column a typed
 value, contents plain, sealed, sealed for another seq or garbage.
@@ -500,6 +503,32 @@ ROW_SEEDS = {
 }
 
 
+def provider_seed(first, second, anthropic=False, splice=False, name1=0, name2=0):
+    b0 = (1 if anthropic else 0) | (2 if splice else 0) | (name1 << 2) | (name2 << 4)
+    assert len(first) < 256
+    return bytes([b0, len(first)]) + first + second
+
+
+OA_CHUNK = (b'{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m",'
+            b'"choices":[{"index":0,"delta":{"content":"%s"},"finish_reason":null}],"usage":null}')
+AN_CHUNK = b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"%s"}}'
+
+PROVIDER_SEEDS = {
+    "openai_next": provider_seed(OA_CHUNK % b"Hel", OA_CHUNK % b'lo \\"x\\u00e9\\"\\n'),
+    "openai_splice": provider_seed(OA_CHUNK % b"Hel", b"lo w\xc3\xa9rld", splice=True),
+    "openai_splice_quote": provider_seed(OA_CHUNK % b"a", b'b","content":"c', splice=True),
+    "openai_splice_escape": provider_seed(OA_CHUNK % b"a", b"b\\", splice=True),
+    "openai_stop": provider_seed(OA_CHUNK % b"a", (OA_CHUNK % b"b").replace(b"null}]", b'"stop"}]')),
+    "openai_done": provider_seed(OA_CHUNK % b"a", b"[DONE]"),
+    "anthropic_next": provider_seed(AN_CHUNK % b"Bon", AN_CHUNK % b"jour", anthropic=True,
+                                    name1=1, name2=1),
+    "anthropic_renamed": provider_seed(AN_CHUNK % b"Bon", b"jour", anthropic=True, splice=True,
+                                       name1=1, name2=2),
+    "anthropic_unnamed": provider_seed(AN_CHUNK % b"Bon", b"\\ud83d\\ude00", anthropic=True,
+                                       splice=True, name1=0, name2=0),
+}
+
+
 def write(name, seeds):
     out = os.path.join(CORPUS, name)
     os.makedirs(out, exist_ok=True)
@@ -520,6 +549,7 @@ def main():
     write("fuzz_chat", CHAT_SEEDS)
     write("fuzz_worker", WORKER_SEEDS)
     write("fuzz_row", ROW_SEEDS)
+    write("fuzz_provider", PROVIDER_SEEDS)
 
 
 if __name__ == "__main__":

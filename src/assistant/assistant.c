@@ -73,6 +73,7 @@ struct answer {
     /* HTTP client thread only, from submit to on_done */
     struct sse_parser sse;
     bool sse_ready;
+    struct provider_shape shape; /* how this answer's deltas come (provider.h) */
     int status;
     char *errbody;
     size_t errlen;
@@ -576,9 +577,8 @@ static int on_event(void *arg, const struct sse_event *ev)
     struct answer *x = arg;
     struct assistant *a = x->a;
     struct provider_event pe;
-    enum provider_kind kind =
-        kind_of(x->model);
-    int prc = provider_parse_event(kind, ev->name, ev->data, ev->data_len, &pe);
+    int prc = provider_parse_event(kind_of(x->model), &x->shape, ev->name, ev->data,
+                                   ev->data_len, &pe);
     if (prc != 0) {
         x->cause = END_MALFORMED;
         if (prc == -ENOMEM)
@@ -835,6 +835,7 @@ static void run_job(struct assistant *a, struct answer *x)
     if (rc == 0) {
         rc = sse_init(&x->sse, SSE_MAX_LINE, SSE_MAX_LINE);
         x->sse_ready = rc == 0;
+        x->shape.pre = 0; /* a retry learns its own */
     }
     if (rc == 0) {
         char url[HTTP_CLIENT_MAX_URL];

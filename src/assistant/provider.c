@@ -8,7 +8,13 @@
  * not guessed at) and allocates nothing: an answer is hundreds of events,
  * each read once on the HTTP client's thread, and building a tree of
  * values per event was most of what a delta cost chatd. A delta's text is
- * decoded into the event itself when it is short, as deltas are.
+ * decoded into the event itself when it is short, as deltas are. A
+ * provider sends the deltas of an answer alike but for their text, so the
+ * bytes around the last delta's text are kept (struct provider_shape): an
+ * event with the same bytes there is read by checking its string alone.
+ * That reads as reading it whole would (fuzz_provider compares the two): a
+ * quote or an escape that would change the object's structure fails the
+ * string check, and the event is then read whole.
  */
 #include "assistant/provider.h"
 
@@ -246,7 +252,7 @@ static uint64_t count(const struct jr_value *obj, const char *key)
     return v && v->type == JR_INT && v->i > 0 ? (uint64_t)v->i : 0;
 }
 
-static int parse_openai(const struct members *o, struct provider_event *ev)
+static int parse_openai(const struct members *o, struct provider_event *ev, struct jr_value *text)
 {
     const struct jr_value *err = get(o, "error");
     if (err) {
@@ -281,6 +287,7 @@ static int parse_openai(const struct members *o, struct provider_event *ev)
     if (content && content->type != JR_NULL) {
         if (content->type != JR_STRING)
             return malformed(ev, "'content' is not a string");
+        *text = *content; /* copied: content is in a frame of this call */
         return set_delta(ev, content);
     }
     return 0;
@@ -295,7 +302,8 @@ static bool type_is(const char *event, const struct jr_value *type, const char *
     return jr_string_is(type, lit, strlen(lit));
 }
 
-static int parse_anthropic(const char *event, const struct members *o, struct provider_event *ev)
+static int parse_anthropic(const char *event, const struct members *o, struct provider_event *ev,
+                           struct jr_value *text)
 {
     const struct jr_value *type = get(o, "type");
     if (!(event && *event) && !(type && type->type == JR_STRING))
@@ -311,6 +319,7 @@ static int parse_anthropic(const char *event, const struct members *o, struct pr
         const struct jr_value *t = get(&d, "text");
         if (!t || t->type != JR_STRING)
             return malformed(ev, "a text delta without text");
+        *text = *t;
         return set_delta(ev, t);
     }
     if (type_is(event, type, "message_start")) {
@@ -343,8 +352,49 @@ static int parse_anthropic(const char *event, const struct members *o, struct pr
     return 0; /* ping, content_block_start, content_block_stop, ... */
 }
 
-int provider_parse_event(enum provider_kind kind, const char *event, const char *data,
-                         size_t len, struct provider_event *ev)
+/* Read data by its stream's shape: 1 when the shape fits (*ev is what
+ * reading it whole would have made of it, a delta or nothing when its text
+ * is empty), 0 when it does not (read it whole), or -ENOMEM. */
+static int read_shaped(const struct provider_shape *sh, const char *event, const char *data,
+                       size_t len, struct provider_event *ev)
+{
+    if (!sh || sh->pre == 0 || len < (size_t)sh->pre + sh->post)
+        return 0;
+    if (strcmp(event, sh->name) != 0 || memcmp(data, sh->bytes, sh->pre) != 0 ||
+        memcmp(data + len - sh->post, sh->bytes + sh->pre, sh->post) != 0)
+        return 0;
+    /* From the text's opening quote (the last byte of pre) to its closing
+     * one (the first of post): one whole string, or the event is not this
+     * shape (a quote inside it ends it early, an escape eats the last). */
+    struct jr_value s;
+    if (jr_string_value(data + sh->pre - 1, len - sh->pre - sh->post + 2, &s) != 0)
+        return 0;
+    return set_delta(ev, &s) == 0 ? 1 : -ENOMEM;
+}
+
+/* Keep the shape of a delta read whole, text its string in data. Only a
+ * delta that carries nothing else (no count, no stop reason) is kept: a
+ * fitting event reads as the text alone. */
+static void keep_shape(struct provider_shape *sh, const char *event, const char *data, size_t len,
+                       const struct provider_event *ev, const struct jr_value *text)
+{
+    if (!sh || text->type != JR_STRING || ev->type != PROVIDER_EV_DELTA || ev->input_tokens ||
+        ev->output_tokens || ev->stop_reason[0])
+        return;
+    size_t name = strlen(event);
+    size_t pre = (size_t)(text->p - data) + 1, post = len - (size_t)(text->p + text->n - 1 - data);
+    if (name >= sizeof sh->name || pre + post > sizeof sh->bytes)
+        return;
+    memcpy(sh->name, event, name + 1);
+    memcpy(sh->bytes, data, pre);
+    memcpy(sh->bytes + pre, data + len - post, post);
+    sh->pre = (uint16_t)pre;
+    sh->post = (uint16_t)post;
+}
+
+int provider_parse_event(enum provider_kind kind, struct provider_shape *shape,
+                         const char *event, const char *data, size_t len,
+                         struct provider_event *ev)
 {
     /* Not a memset: the event's inline text need not be cleared. */
     ev->type = PROVIDER_EV_NONE;
@@ -353,17 +403,27 @@ int provider_parse_event(enum provider_kind kind, const char *event, const char 
     ev->input_tokens = ev->output_tokens = 0;
     ev->stop_reason[0] = '\0';
     ev->error[0] = '\0';
+    if (!event)
+        event = "";
     if (kind == PROVIDER_OPENAI && len == 6 && memcmp(data, "[DONE]", 6) == 0) {
         ev->type = PROVIDER_EV_DONE;
         return 0;
     }
+    int rc = read_shaped(shape, event, data, len, ev);
+    if (rc != 0)
+        return rc < 0 ? rc : 0;
     struct members o;
-    int rc = jr_object(data, len, o.m, JR_MAX_KEYS, &o.n);
+    rc = jr_object(data, len, o.m, JR_MAX_KEYS, &o.n);
     if (rc == -E2BIG)
         return malformed(ev, "a JSON object nested too deep or with too many members");
     if (rc != 0)
         return malformed(ev, "not a JSON object");
-    return kind == PROVIDER_ANTHROPIC ? parse_anthropic(event, &o, ev) : parse_openai(&o, ev);
+    struct jr_value text = {.type = JR_NULL};
+    rc = kind == PROVIDER_ANTHROPIC ? parse_anthropic(event, &o, ev, &text)
+                                    : parse_openai(&o, ev, &text);
+    if (rc == 0)
+        keep_shape(shape, event, data, len, ev, &text);
+    return rc;
 }
 
 void provider_event_release(struct provider_event *ev)

@@ -96,6 +96,28 @@ struct provider_event {
     char error[256];      /* ERROR, or a malformed event: what was wrong */
 };
 
+#define PROVIDER_SHAPE_MAX 512 /* bytes around a delta's text that a shape keeps */
+#define PROVIDER_SHAPE_NAME 32 /* an event name this long or longer is not kept */
+
+/*
+ * How the last delta of a stream was sent, but for its text: the event's
+ * name, its bytes up to the text's opening quote and from its closing
+ * quote on. A provider sends every delta of an answer alike (the same id,
+ * model and fields; only the text differs), so an event with the same
+ * name and bytes around a valid JSON string is that same object with
+ * another string in it: it reads as the delta it carries, with nothing
+ * else in it, and only that string needs checking. Any event the shape
+ * does not fit is read whole, so a shape changes what reading costs, never
+ * what an event means. Owned by the caller, one per stream (answers may
+ * differ), zeroed to start; written by provider_parse_event only.
+ */
+struct provider_shape {
+    uint16_t pre, post; /* bytes before the text (through its quote) and after
+                         * (from its quote); pre 0: nothing kept yet */
+    char name[PROVIDER_SHAPE_NAME];
+    char bytes[PROVIDER_SHAPE_MAX]; /* pre bytes, then post bytes */
+};
+
 /*
  * Read one SSE event (its `event:` name, "" when none, and its data).
  * Returns 0 with *ev filled, or -EPROTO for an event that is not what the
@@ -103,10 +125,13 @@ struct provider_event {
  * had no memory to read it: ev->error says why. Release the text with
  * provider_event_release (ev must not be copied while it holds text: the
  * text may point into it). Objects nested deeper than JR_MAX_DEPTH or of
- * more than JR_MAX_KEYS members are refused (util/jread.h).
+ * more than JR_MAX_KEYS members are refused (util/jread.h). shape, when
+ * not NULL, is the stream's: tried first, and kept from each delta read
+ * whole.
  */
-int provider_parse_event(enum provider_kind kind, const char *event, const char *data,
-                         size_t len, struct provider_event *ev);
+int provider_parse_event(enum provider_kind kind, struct provider_shape *shape,
+                         const char *event, const char *data, size_t len,
+                         struct provider_event *ev);
 void provider_event_release(struct provider_event *ev);
 
 /*

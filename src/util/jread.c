@@ -659,6 +659,18 @@ ssize_t jr_string(const struct jr_value *v, char *dst, size_t cap)
     return (ssize_t)o;
 }
 
+int jr_string_value(const char *s, size_t n, struct jr_value *v)
+{
+    struct rd r = {s, s + n, false};
+    if (n < 2 || *s != '"' || string(&r) < 0 || r.p != r.end)
+        return -EINVAL; /* not a string, or one that ends before s + n */
+    v->type = JR_STRING;
+    v->p = s;
+    v->n = n;
+    v->i = 0;
+    return 0;
+}
+
 int jr_string_is(const struct jr_value *v, const char *s, size_t len)
 {
     return v->type == JR_STRING && raw_is(v->p + 1, v->n - 2, s, len);

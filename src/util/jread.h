@@ -64,6 +64,11 @@ const struct jr_value *jr_get(const struct jr_member *m, size_t count, const cha
  * not a string. The text may hold no NUL (\u0000 is refused). */
 ssize_t jr_string(const struct jr_value *v, char *dst, size_t cap);
 
+/* Check that s[0..n) is exactly one JSON string, its quotes included and
+ * no white space around it, under the rules above, and make *v of it (a
+ * JR_STRING for jr_string and jr_string_is). 0, or -EINVAL. */
+int jr_string_value(const char *s, size_t n, struct jr_value *v);
+
 /* Does a JR_STRING value decode to exactly s[0..len)? */
 int jr_string_is(const struct jr_value *v, const char *s, size_t len);
 

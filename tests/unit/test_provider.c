@@ -111,7 +111,7 @@ static void test_context_budget(void **state)
 static void parse(enum provider_kind k, const char *event, const char *data,
                   struct provider_event *ev, int want_rc)
 {
-    assert_int_equal(provider_parse_event(k, event, data, strlen(data), ev), want_rc);
+    assert_int_equal(provider_parse_event(k, NULL, event, data, strlen(data), ev), want_rc);
 }
 
 static void test_openai_events(void **state)
@@ -247,6 +247,113 @@ static void test_anthropic_events(void **state)
     parse(PROVIDER_ANTHROPIC, "", "[1,2]", &ev, -EPROTO);
 }
 
+/* Read data (named name2) after a stream's shape was taken from prime
+ * (named name1), and again without a shape: both must read the same. */
+static void same_with_shape(enum provider_kind k, const char *name1, const char *prime,
+                            const char *name2, const char *data)
+{
+    struct provider_shape sh = {0};
+    struct provider_event a, b;
+    assert_int_equal(provider_parse_event(k, &sh, name1, prime, strlen(prime), &a), 0);
+    assert_int_equal(a.type, PROVIDER_EV_DELTA);
+    provider_event_release(&a);
+    assert_true(sh.pre > 0);
+    int ra = provider_parse_event(k, &sh, name2, data, strlen(data), &a);
+    int rb = provider_parse_event(k, NULL, name2, data, strlen(data), &b);
+    assert_int_equal(ra, rb);
+    assert_int_equal(a.type, b.type);
+    assert_int_equal(a.len, b.len);
+    if (a.len)
+        assert_memory_equal(a.text, b.text, a.len);
+    assert_int_equal(a.input_tokens, b.input_tokens);
+    assert_int_equal(a.output_tokens, b.output_tokens);
+    assert_string_equal(a.stop_reason, b.stop_reason);
+    assert_string_equal(a.error, b.error);
+    provider_event_release(&a);
+    provider_event_release(&b);
+}
+
+#define OA_PRE                                                                                     \
+    "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\","                                \
+    "\"choices\":[{\"index\":0,\"delta\":{\"content\":\""
+#define OA_POST "\"},\"finish_reason\":null}],\"usage\":null}"
+#define AN_PRE                                                                                     \
+    "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\","            \
+    "\"text\":\""
+#define AN_POST "\"}}"
+
+static void test_shaped_events(void **state)
+{
+    (void)state;
+    /* The shape is the bytes around the text of the last delta read whole. */
+    struct provider_shape sh = {0};
+    struct provider_event ev;
+    const char *first = OA_PRE "Hel" OA_POST;
+    assert_int_equal(provider_parse_event(PROVIDER_OPENAI, &sh, "", first, strlen(first), &ev), 0);
+    provider_event_release(&ev);
+    assert_int_equal(sh.pre, strlen(OA_PRE));
+    assert_int_equal(sh.post, strlen(OA_POST));
+    assert_memory_equal(sh.bytes, OA_PRE, sh.pre);
+    assert_memory_equal(sh.bytes + sh.pre, OA_POST, sh.post);
+    /* A fitting event reads as its text. */
+    const char *next = OA_PRE "lo \\\"w\\u00e9rld\\\"\\n" OA_POST;
+    assert_int_equal(provider_parse_event(PROVIDER_OPENAI, &sh, "", next, strlen(next), &ev), 0);
+    assert_int_equal(ev.type, PROVIDER_EV_DELTA);
+    assert_string_equal(ev.text, "lo \"w\xc3\xa9rld\"\n");
+    provider_event_release(&ev);
+    /* A delta carrying a stop reason is not kept as a shape. */
+    const char *stop = OA_PRE "!" "\"},\"finish_reason\":\"stop\"}]}";
+    assert_int_equal(provider_parse_event(PROVIDER_OPENAI, &sh, "", stop, strlen(stop), &ev), 0);
+    assert_string_equal(ev.stop_reason, "stop");
+    provider_event_release(&ev);
+    assert_int_equal(sh.post, strlen(OA_POST));
+
+    /* Whatever follows, the shape reads it as reading it whole does. */
+    const char *oa[] = {
+        OA_PRE "plain" OA_POST,
+        OA_PRE "" OA_POST,                         /* empty: nothing */
+        OA_PRE "\xe2\x82\xac \\ud83d\\ude00" OA_POST, /* UTF-8 and a surrogate pair */
+        OA_PRE "a\",\"content\":\"b" OA_POST,       /* a quote ends the text: a duplicate key */
+        OA_PRE "a\",\"role\":\"b" OA_POST,          /* ... or another member */
+        OA_PRE "a\\" OA_POST,                       /* the closing quote escaped */
+        OA_PRE "a\\\\" OA_POST,                     /* an escaped backslash before it */
+        OA_PRE "a\\q" OA_POST,                      /* no such escape */
+        OA_PRE "a\\u0000" OA_POST,                  /* \u0000 */
+        OA_PRE "a\\ud800" OA_POST,                  /* a lone surrogate */
+        OA_PRE "a\x01" OA_POST,                     /* a control byte */
+        OA_PRE "a\xc0\xaf" OA_POST,                 /* an overlong form */
+        OA_PRE "a\xed\xa0\x80" OA_POST,             /* an encoded surrogate */
+        OA_PRE "a\xe2\x82" OA_POST,                 /* a character cut short */
+        OA_PRE "a" "\"},\"finish_reason\":\"stop\"}],\"usage\":null}", /* another end */
+        OA_PRE "a" OA_POST " ",                     /* white space after it */
+        OA_PRE "a" OA_POST "}",                     /* text after the object */
+        OA_PRE "a" "\"},\"finish_reason\":null}],\"usage\":{\"prompt_tokens\":3}}",
+        "{\"id\":\"chatcmpl-2\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,"
+        "\"delta\":{\"content\":\"a" OA_POST,           /* another id */
+        OA_POST,                                    /* shorter than the shape */
+        "\"" OA_POST,
+        "[DONE]",
+    };
+    for (size_t i = 0; i < sizeof oa / sizeof oa[0]; i++)
+        same_with_shape(PROVIDER_OPENAI, "", first, "", oa[i]);
+    const char *an_first = AN_PRE "Bon" AN_POST;
+    const char *an[] = {
+        AN_PRE "jour" AN_POST,
+        AN_PRE "x\",\"text\":\"y" AN_POST,
+        AN_PRE "x\",\"type\":\"y" AN_POST,
+        AN_PRE "\\" AN_POST,
+        AN_PRE "x\xff" AN_POST,
+    };
+    for (size_t i = 0; i < sizeof an / sizeof an[0]; i++) {
+        same_with_shape(PROVIDER_ANTHROPIC, "content_block_delta", an_first, "content_block_delta",
+                        an[i]);
+        /* Another event name is another shape: the name says the type. */
+        same_with_shape(PROVIDER_ANTHROPIC, "content_block_delta", an_first, "message_stop",
+                        an[i]);
+        same_with_shape(PROVIDER_ANTHROPIC, "content_block_delta", an_first, "", an[i]);
+    }
+}
+
 static void test_error_answers(void **state)
 {
     (void)state;
@@ -272,7 +379,7 @@ int main(void)
         cmocka_unit_test(test_paths_and_headers), cmocka_unit_test(test_openai_body),
         cmocka_unit_test(test_anthropic_body),    cmocka_unit_test(test_context_budget),
         cmocka_unit_test(test_openai_events),     cmocka_unit_test(test_anthropic_events),
-        cmocka_unit_test(test_error_answers),
+        cmocka_unit_test(test_error_answers),     cmocka_unit_test(test_shaped_events),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
