@@ -1036,6 +1036,49 @@ static void test_reads_see_what_was_committed(void **state)
 
 /* ---- G6: encryption at rest ------------------------------------------------- */
 
+/* Reads that stop before their statement's last row (a page cut by
+ * bytes, one session looked up) leave nothing open: the next reads of the
+ * same connection see what was committed after them, again and again. */
+static void test_reads_after_an_unfinished_read(void **state)
+{
+    struct t *t = *state;
+    open_store(t, NULL);
+    struct result a = append(t, NULL, "alice", "u0", "zero");
+    char sid[STORE_ID_LEN + 1];
+    memcpy(sid, a.session_id, sizeof sid);
+    append(t, sid, "alice", "u1", "one");
+    append(t, sid, "alice", "u2", "two");
+    for (int round = 0; round < 3; round++) {
+        struct store_event *ev;
+        int n = store_read_events(t->st, sid, 0, 0, 1, &ev); /* one of several rows */
+        assert_int_equal(n, 1);
+        store_events_free(ev, n);
+        struct store_session ss;
+        assert_int_equal(store_get_session(t->st, sid, &ss), 0);
+        assert_int_equal(ss.last_seq, 3 + round);
+        struct store_session *v;
+        n = store_list_sessions(t->st, "alice", false, 10, &v);
+        assert_int_equal(n, 1);
+        free(v);
+
+        char cid[16], text[16];
+        snprintf(cid, sizeof cid, "v%d", round);
+        snprintf(text, sizeof text, "after %d", round);
+        assert_int_equal(append(t, sid, "alice", cid, text).seq, 4 + round);
+        n = store_read_events(t->st, sid, 0, 0, 0, &ev);
+        assert_int_equal(n, 4 + round);
+        assert_string_equal(ev[n - 1].content, text);
+        store_events_free(ev, n);
+        assert_int_equal(store_get_session(t->st, sid, &ss), 0);
+        assert_int_equal(ss.last_seq, 4 + round);
+        n = store_list_sessions(t->st, "alice", false, 10, &v);
+        assert_int_equal(n, 1);
+        assert_string_equal(v[0].preview, text);
+        free(v);
+    }
+    close_store(t);
+}
+
 static void test_encryption_round_trips(void **state)
 {
     struct t *t = *state;
@@ -1572,6 +1615,7 @@ int main(void)
             CASE(test_dedup_by_client_id, e),
             CASE(test_failed_commit_consumes_no_seq, e),
             CASE(test_reads_see_what_was_committed, e),
+            CASE(test_reads_after_an_unfinished_read, e),
             CASE(test_encryption_round_trips, e),
             CASE(test_help_is_coalesced, e),
             CASE(test_session_state, e),

@@ -77,10 +77,25 @@ struct batch_session {
 };
 #define BATCH_SLOTS (2 * STORE_BATCH_MAX) /* open addressing, at most half full */
 
-/* An idle read-only connection in the pool. */
+/* The reads' statements, prepared once per read connection (read.c). */
+enum read_q {
+    READ_Q_SESSION,
+    READ_Q_EVENTS,
+    READ_Q_PREVIEW,
+    READ_Q_LIST_OWNER,
+    READ_Q_LIST_HELP,
+    READ_Q_LIST_ALL,
+    READ_Q_READS,
+    READ_Q_SHARE,
+    READ_Q_N
+};
+
+/* A read-only connection of the pool: used by one thread at a time, the
+ * one that took it (read_get); idle ones under read_lock. */
 struct read_conn {
     struct read_conn *next;
-    sqlite3 *db; /* owned */
+    sqlite3 *db;                  /* owned */
+    sqlite3_stmt *st[READ_Q_N];   /* owned: prepared on first use, reset after each */
 };
 
 struct store_sqlite {

@@ -4,8 +4,13 @@
  * close); WAL lets readers run beside the writer, so a read never waits
  * for a commit and sees only committed transactions. A connection is used
  * by one thread at a time. Reads run on the libuv thread pool, never on a
- * worker's loop.
+ * worker's loop. Each connection keeps its statements prepared (the
+ * admins' summary, rare, excepted); a statement is reset as soon as its
+ * read is done, so that no idle connection holds a read transaction (a
+ * snapshot the next read would see, and a WAL the checkpoint could not
+ * reset).
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +20,34 @@
 #include "store/sqlite/internal.h"
 #include "util/vec.h"
 #include "util/log.h"
+
+/* fill_session reads these, in this order */
+#define SESSION_COLS                                                                               \
+    "id, owner, created_at, updated_at, last_seq, help, model, owner_name,"                       \
+    " COALESCE(waiting_since, 0), title, title_enc"
+
+static const char *const read_sql[READ_Q_N] = {
+    [READ_Q_SESSION] = "SELECT " SESSION_COLS " FROM sessions WHERE id = ?1",
+    [READ_Q_EVENTS] = "SELECT seq, created_at, type, sender_type, sender_id, sender_name,"
+                      " client_id, content, metadata, enc FROM events"
+                      " WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    [READ_Q_PREVIEW] = "SELECT seq, type, COALESCE(sender_name, sender_id), content, enc"
+                       " FROM events WHERE session_id = ?1 AND type IN"
+                       " ('user_message', 'admin_message', 'ai_response')"
+                       " ORDER BY seq DESC LIMIT 1",
+    [READ_Q_LIST_OWNER] = "SELECT " SESSION_COLS " FROM sessions WHERE owner = ?1"
+                          " ORDER BY updated_at DESC LIMIT ?2",
+    /* The admins' triage: help asked first, then the longest wait, then
+     * the latest activity. */
+    [READ_Q_LIST_HELP] = "SELECT " SESSION_COLS " FROM sessions WHERE help = 1"
+                         " ORDER BY waiting_since IS NULL, waiting_since,"
+                         " updated_at DESC LIMIT ?2",
+    [READ_Q_LIST_ALL] = "SELECT " SESSION_COLS " FROM sessions"
+                        " ORDER BY help DESC, waiting_since IS NULL, waiting_since,"
+                        " updated_at DESC LIMIT ?2",
+    [READ_Q_READS] = "SELECT reader, seq FROM reads WHERE session_id = ?1 ORDER BY reader",
+    [READ_Q_SHARE] = "SELECT session_id, expires_at FROM shares WHERE token = ?1",
+};
 
 static struct read_conn *read_get(struct store_sqlite *s)
 {
@@ -40,10 +73,35 @@ static struct read_conn *read_get(struct store_sqlite *s)
 
 static void read_put(struct store_sqlite *s, struct read_conn *rc)
 {
+    /* Every statement was reset: none holds a read transaction open, so
+     * the connection's next read sees what was committed meanwhile. */
+    for (int q = 0; q < READ_Q_N; q++)
+        assert(!rc->st[q] || !sqlite3_stmt_busy(rc->st[q]));
     uv_mutex_lock(&s->read_lock);
     rc->next = s->idle;
     s->idle = rc;
     uv_mutex_unlock(&s->read_lock);
+}
+
+/* rc's statement for q, prepared on its first use and kept with the
+ * connection (a read prepared each time spent as long preparing as
+ * running); NULL if it cannot be prepared. Give it back with stmt_done. */
+static sqlite3_stmt *stmt(struct read_conn *rc, enum read_q q)
+{
+    if (!rc->st[q] && sqlite3_prepare_v3(rc->db, read_sql[q], -1, SQLITE_PREPARE_PERSISTENT,
+                                         &rc->st[q], NULL) != SQLITE_OK) {
+        sqlite3_finalize(rc->st[q]);
+        rc->st[q] = NULL;
+    }
+    return rc->st[q];
+}
+
+/* Done with a statement, whether or not it ran to its end: reset, it holds
+ * no read transaction, and no binding points at the caller's memory. */
+static void stmt_done(sqlite3_stmt *st)
+{
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
 }
 
 void store_sqlite__read_pool_free(struct store_sqlite *s)
@@ -51,11 +109,12 @@ void store_sqlite__read_pool_free(struct store_sqlite *s)
     while (s->idle) {
         struct read_conn *rc = s->idle;
         s->idle = rc->next;
+        for (int q = 0; q < READ_Q_N; q++)
+            sqlite3_finalize(rc->st[q]);
         sqlite3_close(rc->db);
         free(rc);
     }
 }
-
 
 /* Copy at most max characters of UTF-8 text into out (max * 4 + 1 bytes). */
 static void copy_chars(char *out, const char *text, size_t len, size_t max)
@@ -111,20 +170,15 @@ static int fill_session(struct store_sqlite *s, sqlite3_stmt *st, struct store_s
     return 0;
 }
 
-#define SESSION_COLS                                                                               \
-    "id, owner, created_at, updated_at, last_seq, help, model, owner_name,"                       \
-    " COALESCE(waiting_since, 0), title, title_enc"
-
 int store_sqlite__get_session(void *e, const char *id, struct store_session *out)
 {
     struct store_sqlite *s = e;
     struct read_conn *rc = read_get(s);
     if (!rc)
         return -EIO;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = stmt(rc, READ_Q_SESSION);
     int ret = -EIO;
-    if (sqlite3_prepare_v2(rc->db, "SELECT " SESSION_COLS " FROM sessions WHERE id = ?1", -1,
-                           &st, NULL) == SQLITE_OK) {
+    if (st) {
         sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
         int r = sqlite3_step(st);
         if (r == SQLITE_ROW) {
@@ -132,7 +186,7 @@ int store_sqlite__get_session(void *e, const char *id, struct store_session *out
         } else if (r == SQLITE_DONE) {
             ret = -ENOENT;
         }
-        sqlite3_finalize(st);
+        stmt_done(st);
     }
     read_put(s, rc);
     return ret;
@@ -155,12 +209,8 @@ int store_sqlite__read_events(void *e, const char *id, int64_t after_seq, int64_
     *out = NULL;
     if (!rc)
         return -EIO;
-    sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(rc->db,
-                           "SELECT seq, created_at, type, sender_type, sender_id, sender_name,"
-                           " client_id, content, metadata, enc FROM events"
-                           " WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-                           -1, &st, NULL) != SQLITE_OK) {
+    sqlite3_stmt *st = stmt(rc, READ_Q_EVENTS);
+    if (!st) {
         read_put(s, rc);
         return -EIO;
     }
@@ -225,7 +275,7 @@ int store_sqlite__read_events(void *e, const char *id, int64_t after_seq, int64_
     }
     if (ret == 0 && r != SQLITE_DONE && r != SQLITE_ROW)
         ret = -EIO;
-    sqlite3_finalize(st);
+    stmt_done(st);
     read_put(s, rc);
     if (ret < 0) {
         store_events_free(ev, n);
@@ -236,15 +286,10 @@ int store_sqlite__read_events(void *e, const char *id, int64_t after_seq, int64_
 }
 
 /* The session's last message, for a list. */
-static int fill_preview(struct store_sqlite *s, sqlite3 *db, struct store_session *v)
+static int fill_preview(struct store_sqlite *s, struct read_conn *rc, struct store_session *v)
 {
-    sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(db,
-                           "SELECT seq, type, COALESCE(sender_name, sender_id), content, enc"
-                           " FROM events WHERE session_id = ?1 AND type IN"
-                           " ('user_message', 'admin_message', 'ai_response')"
-                           " ORDER BY seq DESC LIMIT 1",
-                           -1, &st, NULL) != SQLITE_OK)
+    sqlite3_stmt *st = stmt(rc, READ_Q_PREVIEW);
+    if (!st)
         return -EIO;
     sqlite3_bind_text(st, 1, v->id, -1, SQLITE_STATIC);
     int r = sqlite3_step(st), ret = 0;
@@ -272,7 +317,7 @@ static int fill_preview(struct store_sqlite *s, sqlite3 *db, struct store_sessio
     } else if (r != SQLITE_DONE) {
         ret = -EIO;
     }
-    sqlite3_finalize(st);
+    stmt_done(st);
     return ret;
 }
 
@@ -284,18 +329,9 @@ int store_sqlite__list_sessions(void *e, const char *owner, bool help_only, int 
     *out = NULL;
     if (!rc)
         return -EIO;
-    const char *sql = owner ? "SELECT " SESSION_COLS " FROM sessions WHERE owner = ?1"
-                              " ORDER BY updated_at DESC LIMIT ?2"
-                    /* The admins' triage: help asked first, then the
-                     * longest wait, then the latest activity. */
-                    : help_only ? "SELECT " SESSION_COLS " FROM sessions WHERE help = 1"
-                                  " ORDER BY waiting_since IS NULL, waiting_since,"
-                                  " updated_at DESC LIMIT ?2"
-                                : "SELECT " SESSION_COLS " FROM sessions"
-                                  " ORDER BY help DESC, waiting_since IS NULL, waiting_since,"
-                                  " updated_at DESC LIMIT ?2";
-    sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(rc->db, sql, -1, &st, NULL) != SQLITE_OK) {
+    sqlite3_stmt *st =
+        stmt(rc, owner ? READ_Q_LIST_OWNER : help_only ? READ_Q_LIST_HELP : READ_Q_LIST_ALL);
+    if (!st) {
         read_put(s, rc);
         return -EIO;
     }
@@ -315,9 +351,9 @@ int store_sqlite__list_sessions(void *e, const char *owner, bool help_only, int 
     }
     if (ret == 0 && r != SQLITE_DONE && r != SQLITE_ROW)
         ret = -EIO;
-    sqlite3_finalize(st);
+    stmt_done(st);
     for (int i = 0; ret == 0 && i < n; i++)
-        ret = fill_preview(s, rc->db, &v[i]);
+        ret = fill_preview(s, rc, &v[i]);
     read_put(s, rc);
     if (ret < 0) {
         free(v);
@@ -335,10 +371,8 @@ int store_sqlite__get_reads(void *e, const char *id, struct store_read **out)
     *out = NULL;
     if (!rc)
         return -EIO;
-    sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(rc->db,
-                           "SELECT reader, seq FROM reads WHERE session_id = ?1 ORDER BY reader",
-                           -1, &st, NULL) != SQLITE_OK) {
+    sqlite3_stmt *st = stmt(rc, READ_Q_READS);
+    if (!st) {
         read_put(s, rc);
         return -EIO;
     }
@@ -358,7 +392,7 @@ int store_sqlite__get_reads(void *e, const char *id, struct store_read **out)
     }
     if (ret == 0 && r != SQLITE_DONE)
         ret = -EIO;
-    sqlite3_finalize(st);
+    stmt_done(st);
     read_put(s, rc);
     if (ret < 0) {
         free(v);
@@ -375,10 +409,9 @@ int store_sqlite__get_share(void *e, const char *token, char session[STORE_ID_LE
     struct read_conn *rc = read_get(s);
     if (!rc)
         return -EIO;
-    sqlite3_stmt *st;
+    sqlite3_stmt *st = stmt(rc, READ_Q_SHARE);
     int ret = -EIO;
-    if (sqlite3_prepare_v2(rc->db, "SELECT session_id, expires_at FROM shares WHERE token = ?1",
-                           -1, &st, NULL) == SQLITE_OK) {
+    if (st) {
         sqlite3_bind_text(st, 1, token, -1, SQLITE_STATIC);
         int r = sqlite3_step(st);
         if (r == SQLITE_ROW) {
@@ -388,7 +421,7 @@ int store_sqlite__get_share(void *e, const char *token, char session[STORE_ID_LE
         } else if (r == SQLITE_DONE) {
             ret = -ENOENT;
         }
-        sqlite3_finalize(st);
+        stmt_done(st);
     }
     read_put(s, rc);
     return ret;
