@@ -271,6 +271,10 @@ if any("round" in r for r in rows):
         merged.append(med)
     rows = merged
 refcost = {r["mode"]: r.get("server_cpu_us_per_op") for r in rows if r.get("label") == ref}
+# The assistant's target is set against chatd's fan-out (--sync normal) of
+# the same run, when the run has one (make bench; not bench/assistant.sh).
+fan = [r["server_cpu_us_per_op"] for r in rows if r["mode"] == "fanout" and
+       r.get("label") == "chatd sync=normal" and r.get("server_cpu_us_per_op")]
 hdr = ["server", "mode", "conns", "ops/s", "p50 us", "p99 us", "p999 us", "srv us/op", "srv cpu", "notes"]
 if ref:
     hdr.insert(8, "x " + ref)
@@ -299,6 +303,9 @@ for r in rows:
         if r.get("provider_deltas"):
             notes.append("%.3f us per provider delta (%d pieces for %d deltas)" % (
                 r["server_cpu_us_per_provider_delta"], r["deltas"], r["provider_deltas"]))
+            if fan:
+                notes.append("%.1fx the fan-out's us per delivery (target: at most 2x)" % (
+                    r["server_cpu_us_per_provider_delta"] / fan[0]))
         if r.get("final_lag_p50_us"):
             notes.append("final %.0f/%.0f ms after the last delta (p50/p99)" % (
                 r["final_lag_p50_us"] / 1e3, r["final_lag_p99_us"] / 1e3))
