@@ -19,13 +19,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "conf/config.h"
+#include "check.h"
 
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond))                                                                               \
-            abort();                                                                               \
-    } while (0)
+#include "conf/config.h"
 
 #define MAX_ARGS 32
 

@@ -18,13 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bus/envelope.h"
+#include "check.h"
 
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond))                                                                               \
-            abort();                                                                               \
-    } while (0)
+#include "bus/envelope.h"
 
 static void check_event(const struct bus_event *e, const struct sbuf *frames)
 {

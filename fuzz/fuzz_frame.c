@@ -21,18 +21,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "chunks.h"
 
 #include "ws/frame.h"
 #include "ws/utf8.h"
 
 #define MAX_MSG 4096 /* largest max_message the settings can choose */
-
-#define CHECK(cond)                                                                            \
-    do {                                                                                       \
-        if (!(cond))                                                                           \
-            abort();                                                                           \
-    } while (0)
 
 /* What one decoding of the stream reported, folded into a digest. */
 struct fz_run {

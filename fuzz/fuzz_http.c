@@ -19,13 +19,9 @@
 #include <string.h>
 #include <strings.h>
 
-#include "http/request.h"
+#include "check.h"
 
-#define CHECK(cond)                                                                            \
-    do {                                                                                       \
-        if (!(cond))                                                                           \
-            abort();                                                                           \
-    } while (0)
+#include "http/request.h"
 
 /* [p, p + n) lies inside [base, base + len). */
 static bool inside(const char *p, size_t n, const char *base, size_t len)

@@ -20,13 +20,9 @@
 
 #include <jansson.h>
 
-#include "util/jread.h"
+#include "check.h"
 
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond))                                                                               \
-            abort();                                                                               \
-    } while (0)
+#include "util/jread.h"
 
 static char buf[1 << 16];
 

@@ -20,13 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "auth/jwt.h"
+#include "check.h"
 
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond))                                                                               \
-            abort();                                                                               \
-    } while (0)
+#include "auth/jwt.h"
 
 #define NOW 1800000000 /* a fixed "now": exp and nbf around it are both reachable */
 

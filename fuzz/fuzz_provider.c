@@ -26,13 +26,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "assistant/provider.h"
+#include "check.h"
 
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond))                                                                               \
-            abort();                                                                               \
-    } while (0)
+#include "assistant/provider.h"
 
 static const char *const names[4] = {"", "content_block_delta", "message_delta", "ping"};
 

@@ -18,13 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "store/seal.h"
+#include "check.h"
 
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond))                                                                               \
-            abort();                                                                               \
-    } while (0)
+#include "store/seal.h"
 
 static const unsigned char KEY[32] = "fuzz-key-0123456789abcdefghijklm";
 static const char *const SIDS[] = {"s_000000000000000000000000", "s_ffffffffffffffffffffffff",

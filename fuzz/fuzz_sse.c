@@ -25,18 +25,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "chunks.h"
 
 #include "http/sse.h"
 
 #define MAX_LINE 511
 #define MAX_EVENT 1021
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond))                                                                               \
-            abort();                                                                               \
-    } while (0)
 
 /* What one parse of the stream reported, folded into a digest. */
 struct fz_run {

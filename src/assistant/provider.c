@@ -293,11 +293,11 @@ static int parse_openai(const struct members *o, struct provider_event *ev, stru
     return 0;
 }
 
-/* Is the event's type lit? The SSE event name when there is one, else the
- * data's "type". */
+/* Is the event's type lit? The SSE event name when there is one (event is
+ * "" when not), else the data's "type". */
 static bool type_is(const char *event, const struct jr_value *type, const char *lit)
 {
-    if (event && *event)
+    if (*event)
         return strcmp(event, lit) == 0;
     return jr_string_is(type, lit, strlen(lit));
 }
@@ -306,7 +306,7 @@ static int parse_anthropic(const char *event, const struct members *o, struct pr
                            struct jr_value *text)
 {
     const struct jr_value *type = get(o, "type");
-    if (!(event && *event) && !(type && type->type == JR_STRING))
+    if (!*event && !(type && type->type == JR_STRING))
         return malformed(ev, "no event type");
     if (type_is(event, type, "content_block_delta")) {
         struct members d;

@@ -6,12 +6,12 @@
  * asst and webhook are set before) except: the counters (atomics); the
  * joined-admins table, guarded by joined_lock (joined.c: the writer writes,
  * the HTTP API reads); and `deltas` with their text `dtext`, which belong to
- * the assistant's HTTP client thread (answer.c). struct chat_local belongs to one worker thread;
- * struct client_state and struct sess_state belong to their client's worker
- * thread. Calls that cross threads: the writer calls into the assistant
- * (assistant_ask/hold/stop/stored, its own lock) and the webhook (its own
- * queue); workers call assistant_stream (its lock); the registry lookups
- * take the registry's stripe locks. joined_lock is a leaf.
+ * the assistant's HTTP client thread (answer.c). struct chat_local belongs
+ * to one worker thread; struct client_state and struct sess_state belong to
+ * their client's worker thread. Calls that cross threads: the writer calls
+ * into the assistant (assistant_ask/hold/stop/stored, its own lock) and the
+ * webhook (its own queue); workers call assistant_stream (its lock); the
+ * registry lookups take the registry's stripe locks. joined_lock is a leaf.
  */
 #ifndef CHATD_HUB_CHAT_INT_H
 #define CHATD_HUB_CHAT_INT_H

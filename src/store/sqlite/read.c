@@ -88,11 +88,9 @@ static void read_put(struct store_sqlite *s, struct read_conn *rc)
  * running); NULL if it cannot be prepared. Give it back with stmt_done. */
 static sqlite3_stmt *stmt(struct read_conn *rc, enum read_q q)
 {
-    if (!rc->st[q] && sqlite3_prepare_v3(rc->db, read_sql[q], -1, SQLITE_PREPARE_PERSISTENT,
-                                         &rc->st[q], NULL) != SQLITE_OK) {
-        sqlite3_finalize(rc->st[q]);
-        rc->st[q] = NULL;
-    }
+    /* A failed prepare leaves rc->st[q] NULL: tried again next time. */
+    if (!rc->st[q])
+        sqlite3_prepare_v3(rc->db, read_sql[q], -1, SQLITE_PREPARE_PERSISTENT, &rc->st[q], NULL);
     return rc->st[q];
 }
 
