@@ -4,8 +4,8 @@
  * walks what it took after unlocking. The condition variable runs on
  * CLOCK_MONOTONIC, so a wall clock step (NTP, an operator) neither shortens
  * nor stretches the storage writer's linger. Pushes signal it only when a
- * thread is actually waiting: the worker inboxes, which nobody waits on,
- * pay nothing for it.
+ * thread is actually waiting (the worker inboxes, which nobody waits on,
+ * pay nothing for it), and after letting go of the lock.
  */
 #include "util/fifo.h"
 
@@ -48,9 +48,11 @@ void fifo_release(struct fifo *f)
     pthread_mutex_destroy(&f->_lock);
 }
 
-/* Append under _lock; the caller holds it. Same returns as fifo_push. */
-static int push_locked(struct fifo *f, struct fifo_node *n)
+/* Append under _lock; the caller holds it. Same returns as fifo_push.
+ * *wake: a consumer waits in fifo_wait and must be signalled. */
+static int push_locked(struct fifo *f, struct fifo_node *n, bool *wake)
 {
+    *wake = false;
     if (f->_closed)
         return -ESHUTDOWN;
     if (f->_limit && f->_count >= f->_limit)
@@ -63,23 +65,33 @@ static int push_locked(struct fifo *f, struct fifo_node *n)
         f->_tail->next = n;
     f->_tail = n;
     f->_count++;
-    if (f->_waiters)
-        pthread_cond_signal(&f->_ready);
+    *wake = f->_waiters > 0;
     return was_empty;
 }
 
 int fifo_push(struct fifo *f, struct fifo_node *n)
 {
+    bool wake;
     pthread_mutex_lock(&f->_lock);
-    int rc = push_locked(f, n);
+    int rc = push_locked(f, n, &wake);
     pthread_mutex_unlock(&f->_lock);
+    /* Signalled once the lock is free. Signalled under it, the woken
+     * consumer, run at once on the pusher's core, would find the lock
+     * still held and sleep again until the pusher let go of it: two more
+     * context switches per push. A waiter that wakes for nothing (the node
+     * taken meanwhile) looks again under the lock (fifo_wait's loop). */
+    if (wake)
+        pthread_cond_signal(&f->_ready);
     return rc;
 }
 
 int fifo_push_notify(struct fifo *f, struct fifo_node *n, void (*notify)(void *arg), void *arg)
 {
+    bool wake;
     pthread_mutex_lock(&f->_lock);
-    int rc = push_locked(f, n);
+    int rc = push_locked(f, n, &wake);
+    if (wake) /* (inboxes have no waiter; a signal under the lock is rare) */
+        pthread_cond_signal(&f->_ready);
     /* Under the lock: fifo_close cannot slip in between the push and the
      * notification, so the owner may tear down what notify touches as soon
      * as its close returns. */

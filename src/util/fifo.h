@@ -15,10 +15,12 @@
  * chain linked by `next`, oldest first, owned by the caller from then on.
  *
  * Threads. Every function may be called from any thread, except init and
- * release (the owner, when no other thread can reach the fifo). All fields are
- * guarded by the fifo's own mutex, `_lock`. Lock order: `_lock` is a leaf:
- * nothing else is locked while it is held, except what a notify callback does
- * (see fifo_push_notify), which must itself take no lock.
+ * release (the owner, when no other thread can reach the fifo and every push
+ * has returned: fifo_push signals a waiter after letting go of the lock).
+ * All fields are guarded by the fifo's own mutex, `_lock`. Lock order:
+ * `_lock` is a leaf: nothing else is locked while it is held, except what a
+ * notify callback does (see fifo_push_notify), which must itself take no
+ * lock.
  *
  * Closing. A fifo ends in one of two ways, both refusing every later push
  * with -ESHUTDOWN (the caller drops what it wanted to queue):
