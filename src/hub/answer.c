@@ -79,9 +79,9 @@ static void write_piece(struct jw *w, const char *session, const char *stream, u
     jw_raw(w, LIT(",\"done\":false}"));
 }
 
-/* Room for write_piece's text: jw_str makes room for the worst escape (6
- * bytes a byte) of each string before it writes it, so this much never
- * grows the buffer (a realloc per delta otherwise). */
+/* Room for write_piece's text at its worst escape (6 bytes a byte), so
+ * the buffer never grows (a realloc per delta otherwise), whatever the
+ * text holds. */
 static size_t piece_cap(const char *session, const char *stream, size_t len)
 {
     return WS_MAX_HEADER + 112 + 6 * (strlen(session) + strlen(stream) + len);

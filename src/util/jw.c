@@ -8,6 +8,7 @@
  */
 #include "util/jw.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -96,38 +97,62 @@ void jw_key(struct jw *w, const char *key)
     put(w, "\":", 2);
 }
 
+/* The length of s[0..n) as a JSON string's inside: a quote, a backslash
+ * and the control bytes with a short escape take 2 bytes, the other
+ * control bytes 6 (\u00XX), every other byte 1. */
+static size_t escaped_len(const unsigned char *s, size_t n)
+{
+    size_t len = n;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c < 0x20)
+            len += c == '\n' || c == '\r' || c == '\t' || c == '\b' || c == '\f' ? 1 : 5;
+        else if (c == '"' || c == '\\')
+            len++;
+    }
+    return len;
+}
+
 void jw_str(struct jw *w, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    /* Worst case every byte becomes \u00XX. */
-    if (!room(w, n * 6 + 2))
+    /* Reserved exactly: a frame sized for its content (wire.c) then never
+     * grows, and a string with nothing to escape is one copy. */
+    size_t m = escaped_len((const unsigned char *)s, n);
+    if (!room(w, m + 2))
         return;
     char *o = w->buf + w->len;
     *o++ = '"';
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') {
-            *o++ = (char)c;
-            continue;
-        }
-        *o++ = '\\';
-        switch (c) {
-        case '"': *o++ = '"'; break;
-        case '\\': *o++ = '\\'; break;
-        case '\n': *o++ = 'n'; break;
-        case '\r': *o++ = 'r'; break;
-        case '\t': *o++ = 't'; break;
-        case '\b': *o++ = 'b'; break;
-        case '\f': *o++ = 'f'; break;
-        default:
-            *o++ = 'u';
-            *o++ = '0';
-            *o++ = '0';
-            *o++ = hex[c >> 4];
-            *o++ = hex[c & 15];
+    if (m == n && n) {
+        memcpy(o, s, n);
+        o += n;
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            unsigned char c = (unsigned char)s[i];
+            if (c >= 0x20 && c != '"' && c != '\\') {
+                *o++ = (char)c;
+                continue;
+            }
+            *o++ = '\\';
+            switch (c) {
+            case '"': *o++ = '"'; break;
+            case '\\': *o++ = '\\'; break;
+            case '\n': *o++ = 'n'; break;
+            case '\r': *o++ = 'r'; break;
+            case '\t': *o++ = 't'; break;
+            case '\b': *o++ = 'b'; break;
+            case '\f': *o++ = 'f'; break;
+            default:
+                *o++ = 'u';
+                *o++ = '0';
+                *o++ = '0';
+                *o++ = hex[c >> 4];
+                *o++ = hex[c & 15];
+            }
         }
     }
     *o++ = '"';
+    assert((size_t)(o - w->buf) == w->len + m + 2);
     w->len = (size_t)(o - w->buf);
 }
 

@@ -105,6 +105,45 @@ static void test_string_escaping_round_trips(void **state)
     jw_release(&w);
 }
 
+/* A string takes exactly its escaped length: a buffer sized for the text
+ * (wire.c sizes each event's frame for its content) does not grow, with or
+ * without escapes, and an empty string is "". */
+static void test_string_reserves_exactly(void **state)
+{
+    (void)state;
+    char plain[150], mixed[150];
+    memset(plain, 'a', sizeof plain);
+    memset(mixed, 'b', sizeof mixed);
+    mixed[0] = '"';   /* 2 bytes */
+    mixed[10] = '\n'; /* 2 */
+    mixed[20] = 0x01; /* 6: \u0001 */
+    mixed[149] = '\\'; /* 2 */
+    struct {
+        const char *s;
+        size_t n, out; /* out: the bytes written, quotes included */
+    } cases[] = {
+        {plain, sizeof plain, sizeof plain + 2},
+        {mixed, sizeof mixed, sizeof mixed + 1 + 1 + 5 + 1 + 2},
+        {"", 0, 2},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct jw w;
+        jw_init(&w, 160, 0);
+        size_t cap = w.cap;
+        jw_str(&w, cases[i].s, cases[i].n);
+        assert_false(w.failed);
+        assert_int_equal(w.len, cases[i].out);
+        assert_int_equal(w.cap, cap); /* the worst case (6 a byte) would have grown it */
+        json_error_t err;
+        json_t *v = json_loadb(w.buf, w.len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &err);
+        assert_non_null(v);
+        assert_int_equal(json_string_length(v), cases[i].n);
+        assert_memory_equal(json_string_value(v), cases[i].s, cases[i].n);
+        json_decref(v);
+        jw_release(&w);
+    }
+}
+
 /* jw_take hands over the text as a shared buffer: reserve bytes first, the
  * text after them, one reference, and it survives growth far past the
  * initial size. */
@@ -142,6 +181,7 @@ int main(void)
         cmocka_unit_test(test_object_with_nesting),
         cmocka_unit_test(test_integers_as_printf),
         cmocka_unit_test(test_string_escaping_round_trips),
+        cmocka_unit_test(test_string_reserves_exactly),
         cmocka_unit_test(test_take_as_shared_buffer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
