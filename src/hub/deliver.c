@@ -123,9 +123,8 @@ bool chat__admin_in(const struct sess_state *st)
     return st && (st->intent_pending ? st->intent_joined : st->joined);
 }
 
-/* Per delivery: the worker's own counter, so a plain increment (stat_inc),
- * not a locked one. A locked add here also waited for the stores into the
- * receiver's queue before it, one receiver after another. */
+/* Per delivery: the worker's own counter, written by no other thread, so a
+ * plain increment (stat_inc) rather than a locked add. */
 void chat__count_out(struct client *cl, uint8_t type)
 {
     struct chat *ch = client_hub(cl)->router;
