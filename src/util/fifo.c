@@ -48,32 +48,30 @@ void fifo_release(struct fifo *f)
     pthread_mutex_destroy(&f->_lock);
 }
 
-/* Append under _lock; the caller holds it. Same returns as fifo_push.
- * *wake: a consumer waits in fifo_wait and must be signalled. */
-static int push_locked(struct fifo *f, struct fifo_node *n, bool *wake)
+int fifo_push_notify(struct fifo *f, struct fifo_node *n, void (*notify)(void *arg), void *arg)
 {
-    *wake = false;
-    if (f->_closed)
-        return -ESHUTDOWN;
-    if (f->_limit && f->_count >= f->_limit)
-        return -ENOBUFS;
-    n->next = NULL;
-    int was_empty = f->_head == NULL;
-    if (was_empty)
-        f->_head = n;
-    else
-        f->_tail->next = n;
-    f->_tail = n;
-    f->_count++;
-    *wake = f->_waiters > 0;
-    return was_empty;
-}
-
-int fifo_push(struct fifo *f, struct fifo_node *n)
-{
-    bool wake;
+    int rc;
     pthread_mutex_lock(&f->_lock);
-    int rc = push_locked(f, n, &wake);
+    if (f->_closed) {
+        rc = -ESHUTDOWN;
+    } else if (f->_limit && f->_count >= f->_limit) {
+        rc = -ENOBUFS;
+    } else {
+        n->next = NULL;
+        rc = f->_head == NULL;
+        if (rc)
+            f->_head = n;
+        else
+            f->_tail->next = n;
+        f->_tail = n;
+        f->_count++;
+        /* Under the lock: fifo_close cannot slip in between the push and
+         * the notification, so the owner may tear down what notify touches
+         * as soon as its close returns. */
+        if (notify)
+            notify(arg);
+    }
+    bool wake = rc >= 0 && f->_waiters > 0;
     pthread_mutex_unlock(&f->_lock);
     /* Signalled once the lock is free. Signalled under it, the woken
      * consumer, run at once on the pusher's core, would find the lock
@@ -85,20 +83,9 @@ int fifo_push(struct fifo *f, struct fifo_node *n)
     return rc;
 }
 
-int fifo_push_notify(struct fifo *f, struct fifo_node *n, void (*notify)(void *arg), void *arg)
+int fifo_push(struct fifo *f, struct fifo_node *n)
 {
-    bool wake;
-    pthread_mutex_lock(&f->_lock);
-    int rc = push_locked(f, n, &wake);
-    if (wake) /* (inboxes have no waiter; a signal under the lock is rare) */
-        pthread_cond_signal(&f->_ready);
-    /* Under the lock: fifo_close cannot slip in between the push and the
-     * notification, so the owner may tear down what notify touches as soon
-     * as its close returns. */
-    if (rc >= 0)
-        notify(arg);
-    pthread_mutex_unlock(&f->_lock);
-    return rc;
+    return fifo_push_notify(f, n, NULL, NULL);
 }
 
 /* Unlink up to max of the oldest nodes; the caller holds _lock. */

@@ -128,7 +128,8 @@ int fifo_push(struct fifo *f, struct fifo_node *n);
 
 /* fifo_push, then notify(arg) before the lock is released, only when the push
  * was accepted. notify must be short and must take no lock nor call into this
- * fifo: uv_async_send is the intended one (see "Waking a libuv loop" above). */
+ * fifo: uv_async_send is the intended one (see "Waking a libuv loop" above).
+ * NULL: none (fifo_push). */
 int fifo_push_notify(struct fifo *f, struct fifo_node *n, void (*notify)(void *arg), void *arg);
 
 /* Take every queued node in one lock: the chain, oldest first, or NULL when

@@ -97,28 +97,35 @@ void jw_key(struct jw *w, const char *key)
     put(w, "\":", 2);
 }
 
-/* The length of s[0..n) as a JSON string's inside: a quote, a backslash
- * and the control bytes with a short escape take 2 bytes, the other
- * control bytes 6 (\u00XX), every other byte 1. */
-static size_t escaped_len(const unsigned char *s, size_t n)
+/* How c goes into a JSON string: 0 as itself, a letter for a two-byte
+ * escape (\n, \" ...), 'u' for \u00XX (the other control bytes). */
+static char escape_of(unsigned char c)
 {
-    size_t len = n;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = s[i];
-        if (c < 0x20)
-            len += c == '\n' || c == '\r' || c == '\t' || c == '\b' || c == '\f' ? 1 : 5;
-        else if (c == '"' || c == '\\')
-            len++;
+    if (c >= 0x20 && c != '"' && c != '\\')
+        return 0;
+    switch (c) {
+    case '"': return '"';
+    case '\\': return '\\';
+    case '\n': return 'n';
+    case '\r': return 'r';
+    case '\t': return 't';
+    case '\b': return 'b';
+    case '\f': return 'f';
+    default: return 'u';
     }
-    return len;
 }
 
 void jw_str(struct jw *w, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
+    const unsigned char *u = (const unsigned char *)s;
     /* Reserved exactly: a frame sized for its content (wire.c) then never
      * grows, and a string with nothing to escape is one copy. */
-    size_t m = escaped_len((const unsigned char *)s, n);
+    size_t m = n;
+    for (size_t i = 0; i < n; i++) {
+        char e = escape_of(u[i]);
+        m += e == 0 ? 0 : e == 'u' ? 5 : 1;
+    }
     if (!room(w, m + 2))
         return;
     char *o = w->buf + w->len;
@@ -128,26 +135,18 @@ void jw_str(struct jw *w, const char *s, size_t n)
         o += n;
     } else {
         for (size_t i = 0; i < n; i++) {
-            unsigned char c = (unsigned char)s[i];
-            if (c >= 0x20 && c != '"' && c != '\\') {
-                *o++ = (char)c;
+            char e = escape_of(u[i]);
+            if (e == 0) {
+                *o++ = (char)u[i];
                 continue;
             }
             *o++ = '\\';
-            switch (c) {
-            case '"': *o++ = '"'; break;
-            case '\\': *o++ = '\\'; break;
-            case '\n': *o++ = 'n'; break;
-            case '\r': *o++ = 'r'; break;
-            case '\t': *o++ = 't'; break;
-            case '\b': *o++ = 'b'; break;
-            case '\f': *o++ = 'f'; break;
-            default:
-                *o++ = 'u';
+            *o++ = e;
+            if (e == 'u') {
                 *o++ = '0';
                 *o++ = '0';
-                *o++ = hex[c >> 4];
-                *o++ = hex[c & 15];
+                *o++ = hex[u[i] >> 4];
+                *o++ = hex[u[i] & 15];
             }
         }
     }
