@@ -12,6 +12,7 @@ KINDS=${TEST_KINDS:-"debug asan tsan fuzz"}
 passed=0
 failed=0
 failed_names=""
+reasons=""
 
 # TSan needs a memory layout that high ASLR entropy can break; running
 # without ASLR is the documented workaround and harmless for tests.
@@ -52,6 +53,13 @@ run_kind() {
         sed -n '/The following tests FAILED/,$p' "$log"
         # Show the failing output in full for CI readers.
         grep -E -A60 "\*\*\*Failed|\*\*\*Timeout|\*\*\*Exception" "$log" | head -300
+        # And why, in a few lines, for the summary at the very end (a
+        # reader who sees only the tail of a long run still sees them).
+        why=$(grep -E -A3 "^FAIL |Error: |ERROR: [A-Za-z]*Sanitizer|WARNING: ThreadSanitizer|\*\*\*Timeout" "$log" |
+              grep -v -E "^ *[0-9]+/[0-9]+ Test|^ *Start +[0-9]+:|^--$" | cut -c1-300 | head -20)
+        reasons="$reasons
+-- $kind:
+$why"
     fi
     total=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\2/p' "$log")
     bad=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\1/p' "$log")
@@ -71,6 +79,9 @@ for k in $KINDS; do
     run_kind "$k"
 done
 
-[ -n "$failed_names" ] && echo "failed in:$failed_names"
+if [ -n "$failed_names" ]; then
+    [ -n "$reasons" ] && printf '== why (the first lines of each failure; the full output is above)%s\n' "$reasons"
+    echo "failed in:$failed_names"
+fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
