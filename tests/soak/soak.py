@@ -444,12 +444,15 @@ class Device:
                     run.fail("%s: closed with %s" % (self.name, code))
                 run.inc("reconnects_clean")
             self.proto = None
+        # Messages in flight on the old connection go again with the same
+        # id: stored once, acknowledged with their first seq. Taken before
+        # connecting: once the new connection is up, the asker may send a
+        # question on it before this resumes, and that one is in flight
+        # there, not lost (sent again, it would be acked twice).
+        again = list(self.pending.items())
         if not await self.connect():
             return False
-        again = list(self.pending.items())
         await self.after_connect()
-        # Messages in flight on a dropped connection go again with the same
-        # id: stored once, acknowledged with their first seq.
         for cid, (msg, sid) in again:
             wire = {k: v for k, v in msg.items() if not k.startswith("_")}
             self.send(wire)
