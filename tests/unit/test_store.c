@@ -1541,7 +1541,7 @@ static void test_long_field_cut_at_character(void **state)
 /* ---- SQLite: the WAL is checkpointed into the database ------------------------
  *
  * The checkpointer copies the WAL into the database beside the writer once
- * it passes its threshold (4096 pages), and makes the writer wait for a
+ * it passes its threshold (4 MiB of pages), and makes the writer wait for a
  * checkpoint that restarts the WAL past four times that, so the WAL is
  * reused instead of growing with everything ever written, even when the
  * writer never pauses, as here; the file is cut back when the WAL starts
@@ -1556,11 +1556,45 @@ static long file_size(const char *path)
     return stat(path, &sb) == 0 ? (long)sb.st_size : -1;
 }
 
-static void test_wal_is_checkpointed(void **state)
+/* The page size in a database file's header (1 stands for 65536). */
+static int file_page_size(const char *path)
 {
-    struct t *t = *state;
+    unsigned char h[100];
+    FILE *f = fopen(path, "rb");
+    size_t n = f ? fread(h, 1, sizeof h, f) : 0;
+    if (f)
+        fclose(f);
+    if (n != sizeof h)
+        return -1;
+    int v = h[16] << 8 | h[17];
+    return v == 1 ? 65536 : v;
+}
+
+/* A database file made with pages of size bytes, before chatd opens it:
+ * a file from a chatd that made its databases so. */
+static void make_file_with_pages(struct t *t, int size)
+{
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(t->path, &db), SQLITE_OK);
+    char sql[128];
+    snprintf(sql, sizeof sql, "PRAGMA page_size = %d; CREATE TABLE made(x); DROP TABLE made;",
+             size);
+    char *e = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &e) != SQLITE_OK)
+        fail_msg("making a file of %d-byte pages: %s", size, e ? e : "?");
+    sqlite3_close(db);
+    assert_int_equal(file_page_size(t->path), size);
+}
+
+/* page_size: 0 for a new file (chatd's own pages), or the pages of a file
+ * made before chatd opens it. The thresholds are in bytes of pages, so
+ * the WAL is bounded the same either way. */
+static void wal_is_checkpointed(struct t *t, int page_size)
+{
     if (strcmp(t->eng->name, "sqlite") != 0)
         skip();
+    if (page_size)
+        make_file_with_pages(t, page_size);
     open_store(t, NULL);
     struct result first = append(t, NULL, "alice", "c0", "first");
     char content[801];
@@ -1600,6 +1634,18 @@ static void test_wal_is_checkpointed(void **state)
         fail_msg("after %ld bytes of messages: database %ld bytes, WAL %ld bytes", written, db,
                  wal_size);
     close_store(t);
+    /* A new file has chatd's pages; one made before keeps its own. */
+    assert_int_equal(file_page_size(t->path), page_size ? page_size : 2048);
+}
+
+static void test_wal_is_checkpointed(void **state)
+{
+    wal_is_checkpointed(*state, 0);
+}
+
+static void test_wal_of_1k_pages_is_checkpointed(void **state)
+{
+    wal_is_checkpointed(*state, 1024);
 }
 
 #define CASE(f, eng) cmocka_unit_test_prestate_setup_teardown(f, setup, teardown, (void *)(eng))
@@ -1625,6 +1671,7 @@ int main(void)
             CASE(test_unknown_engine_is_refused, e),
             CASE(test_long_field_cut_at_character, e),
             CASE(test_wal_is_checkpointed, e),
+            CASE(test_wal_of_1k_pages_is_checkpointed, e),
         };
         failed += cmocka_run_group_tests_name(e->name, tests, e->start, e->stop);
     }

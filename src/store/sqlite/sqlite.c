@@ -160,11 +160,11 @@ static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
  *
  * The writer never checkpoints (that would stall commits for as long as the
  * copy takes). After each commit SQLite reports the WAL's size through the
- * WAL hook; past CKPT_PAGES the checkpointer thread is woken, and copies the
+ * WAL hook; past CKPT_BYTES of pages the checkpointer thread is woken, and copies the
  * WAL into the database with a PASSIVE checkpoint on its own connection,
  * beside the writer. The WAL starts over from its beginning only when a
  * commit finds every frame of it copied, which a writer that never pauses
- * does not let happen: past CKPT_RESTART_PAGES the checkpointer follows
+ * does not let happen: past CKPT_RESTART_TIMES that the checkpointer follows
  * with a RESTART checkpoint, which makes the writer wait while it copies
  * what the PASSIVE one left (a short wait: most is copied already; bounded
  * by CKPT_RESTART_BUSY_MS when a reader holds it up), so that the WAL, and its index mapped in
@@ -172,8 +172,15 @@ static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
  * before the first checkpoint ends: when the WAL starts over, SQLite cuts
  * the file back to WAL_KEEP_BYTES_TEXT (journal_size_limit, below). */
 
-#define CKPT_PAGES 4096
-#define CKPT_RESTART_PAGES (4 * CKPT_PAGES)
+#define CKPT_BYTES (4 << 20)
+#define CKPT_RESTART_TIMES 4
+/* The page size of a new database. 2 KiB against 1 KiB, measured in
+ * interleaved pairs: pipelined chat x0.85-0.9 server CPU per message with
+ * --sync normal and --sync full, the assistant's 4 KiB answers x0.94 per
+ * delta, the fan-out unchanged (docs/benchmarks.md, "Pages of 2 KiB"). A
+ * database keeps the page size it was made with; the checkpoint's
+ * thresholds are in bytes of pages, the same for either. */
+#define PAGE_SIZE_TEXT "2048"
 /* A RESTART checkpoint holds new writers back while it waits for the
  * current one and for readers of older snapshots: it gives up after
  * CKPT_RESTART_BUSY_MS (an outside program holding a read transaction
@@ -185,7 +192,7 @@ static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
 /* When the WAL starts over (a checkpoint copied all of it and no reader
  * still needs it), SQLite cuts the file back to this size: a WAL that grew
  * while an outside program held a long read transaction does not keep its
- * peak size on disk for good. Twice the checkpoint threshold (1 KiB pages),
+ * peak size on disk for good. Twice the checkpoint threshold (CKPT_BYTES),
  * so the ordinary cycle never truncates. */
 #define WAL_KEEP_BYTES_TEXT "8388608"
 
@@ -194,7 +201,7 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
     struct store_sqlite *s = arg;
     (void)db;
     (void)name;
-    if (pages >= CKPT_PAGES) {
+    if (pages >= s->ckpt_pages) {
         uv_mutex_lock(&s->ckpt_lock);
         if (!s->ckpt_wanted) {
             s->ckpt_wanted = true;
@@ -237,7 +244,7 @@ static void checkpointer_main(void *arg)
         }
         int log_pages = 0, done = 0;
         int rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_pages, &done);
-        if (rc == SQLITE_OK && log_pages >= CKPT_RESTART_PAGES &&
+        if (rc == SQLITE_OK && log_pages >= CKPT_RESTART_TIMES * s->ckpt_pages &&
             clock_mono_ms() >= restart_after_ms) {
             sqlite3_busy_timeout(db, CKPT_RESTART_BUSY_MS);
             rc = sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_RESTART, &log_pages, &done);
@@ -317,15 +324,22 @@ static int check_file(sqlite3 *db, const char *why, char *err, size_t errlen)
     return ok ? 0 : -1;
 }
 
-static int migrate(sqlite3 *db, char *err, size_t errlen)
+/* The integer a one-value statement (a PRAGMA) gives; 0 if none. */
+static int pragma_int(sqlite3 *db, const char *sql)
 {
     sqlite3_stmt *st;
-    int version = 0;
-    if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK) {
+    int v = 0;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
         if (sqlite3_step(st) == SQLITE_ROW)
-            version = sqlite3_column_int(st, 0);
+            v = sqlite3_column_int(st, 0);
         sqlite3_finalize(st);
     }
+    return v;
+}
+
+static int migrate(sqlite3 *db, char *err, size_t errlen)
+{
+    int version = pragma_int(db, "PRAGMA user_version");
     if (version > SCHEMA_VERSION) {
         snprintf(err, errlen, "database schema version %d is newer than this chatd (%d)",
                  version, SCHEMA_VERSION);
@@ -414,7 +428,7 @@ static int sq_open(void **out, const struct store_options *opt, char *err, size_
         goto fail;
     }
     char e[256] = "";
-    if (exec(s->db, "PRAGMA page_size = 1024", e, sizeof e) ||
+    if (exec(s->db, "PRAGMA page_size = " PAGE_SIZE_TEXT, e, sizeof e) ||
         exec(s->db, "PRAGMA journal_mode = WAL", e, sizeof e) ||
         exec(s->db, s->sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL",
              e, sizeof e) ||
@@ -424,6 +438,10 @@ static int sq_open(void **out, const struct store_options *opt, char *err, size_
         snprintf(err, errlen, "--db: '%s': %s", opt->path, e);
         goto fail;
     }
+    /* The size the file has: set above if it is new, its own otherwise. */
+    int page_size = pragma_int(s->db, "PRAGMA page_size");
+    s->ckpt_pages = page_size > 0 ? CKPT_BYTES / page_size : CKPT_BYTES / 1024;
+    assert(s->ckpt_pages > 0);
     if (!check)
         log_info("store_check_skipped", "why=\"%s\"", why);
     if ((check && check_file(s->db, why, e, sizeof e) != 0) || migrate(s->db, e, sizeof e) != 0) {
