@@ -107,7 +107,7 @@ struct store_sqlite {
     void (*on_batch)(void *arg, struct store_req **reqs, size_t n);
     void *arg; /* borrowed: on_batch's */
     uv_thread_t thread;
-    int ckpt_pages; /* the WAL's pages that call for a checkpoint (CKPT_BYTES of this file's pages) */
+    int ckpt_pages; /* the WAL pages that call for a checkpoint: CKPT_BYTES of the file's pages */
 
     /* writer thread only */
     sqlite3 *db;                 /* owned: the only write connection */

@@ -160,26 +160,28 @@ static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
  *
  * The writer never checkpoints (that would stall commits for as long as the
  * copy takes). After each commit SQLite reports the WAL's size through the
- * WAL hook; past CKPT_BYTES of pages the checkpointer thread is woken, and copies the
- * WAL into the database with a PASSIVE checkpoint on its own connection,
- * beside the writer. The WAL starts over from its beginning only when a
- * commit finds every frame of it copied, which a writer that never pauses
- * does not let happen: past CKPT_RESTART_TIMES that the checkpointer follows
- * with a RESTART checkpoint, which makes the writer wait while it copies
- * what the PASSIVE one left (a short wait: most is copied already; bounded
- * by CKPT_RESTART_BUSY_MS when a reader holds it up), so that the WAL, and its index mapped in
- * memory, stay bounded under any load. A burst may still grow the file
+ * WAL hook; past CKPT_BYTES of pages the checkpointer thread is woken, and
+ * copies the WAL into the database with a PASSIVE checkpoint on its own
+ * connection, beside the writer. The WAL starts over from its beginning
+ * only when a commit finds every frame of it copied, which a writer that
+ * never pauses does not let happen: past CKPT_RESTART_TIMES that the
+ * checkpointer follows with a RESTART checkpoint, which makes the writer
+ * wait while it copies what the PASSIVE one left (a short wait: most is
+ * copied already; bounded by CKPT_RESTART_BUSY_MS when a reader holds it
+ * up), so that the WAL, and its index mapped in memory, stay bounded under
+ * any load. A burst may still grow the file
  * before the first checkpoint ends: when the WAL starts over, SQLite cuts
  * the file back to WAL_KEEP_BYTES_TEXT (journal_size_limit, below). */
 
 #define CKPT_BYTES (4 << 20)
 #define CKPT_RESTART_TIMES 4
 /* The page size of a new database. 2 KiB against 1 KiB, measured in
- * interleaved pairs: pipelined chat x0.85-0.9 server CPU per message with
- * --sync normal and --sync full, the assistant's 4 KiB answers x0.94 per
- * delta, the fan-out unchanged (docs/benchmarks.md, "Pages of 2 KiB"). A
- * database keeps the page size it was made with; the checkpoint's
- * thresholds are in bytes of pages, the same for either. */
+ * interleaved pairs: pipelined chat x0.90 server CPU per message with
+ * --sync normal and x0.92 with --sync full (medians), the assistant's
+ * 4 KiB answers x0.91-0.93 per delta, the fan-out unchanged
+ * (docs/benchmarks.md, "Pages of 2 KiB"). A database keeps the page size
+ * it was made with; the checkpoint's thresholds are in bytes of pages, the
+ * same for either. */
 #define PAGE_SIZE_TEXT "2048"
 /* A RESTART checkpoint holds new writers back while it waits for the
  * current one and for readers of older snapshots: it gives up after
