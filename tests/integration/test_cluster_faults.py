@@ -49,7 +49,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from harness import run  # noqa: E402
 from checker import History  # noqa: E402
 from chatload import ChatClient, check_gapless, first_anomaly, history  # noqa: E402
-from test_postgres import Postgres, ack, readyz, user_message  # noqa: E402
+from test_postgres import Postgres, ack, commits_settled, readyz, user_message  # noqa: E402
 import test_cluster  # noqa: E402
 from test_cluster import WAIT, Redis  # noqa: E402
 from test_cluster_recovery import DEVS, Nodes, device, node_name, wait_all  # noqa: E402
@@ -506,8 +506,7 @@ def test_postgres_killed_and_restarted():
         # was away, or the kill cut a COMMIT, which that node's writer
         # settled once the server was back while the writes behind it
         # waited in its queue (acked late, not refused).
-        logs = [x.log() for x in nodes]
-        settled = any("event=store_commit_settled" in log for log in logs)
+        settled = commits_settled(*(x.log() for x in nodes))
         assert refused_down > 0 or settled, "nothing refused while PostgreSQL was down"
         for w in writers:
             for cid, _, r in w.refused:
@@ -523,7 +522,7 @@ def test_postgres_killed_and_restarted():
         print("     PostgreSQL killed, down %.1f s: %d events, %d refusals, ready %.1f s "
               "after it started, %d commits settled" % (
                   started - killed, total, sum(len(w.refused) for w in writers), ready_after,
-                  sum(log.count("event=store_commit_settled") for log in logs)))
+                  commits_settled(*logs)))
 
 
 # ---- 5. a network partition -------------------------------------------------------------------

@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from harness import SLOW, run  # noqa: E402
 from chatload import ChatClient, check_gapless, first_anomaly, history, pipeline  # noqa: E402
 from fake_provider import FakeProvider, answer_for  # noqa: E402
-from test_postgres import Postgres, ack, readyz, user_message  # noqa: E402
+from test_postgres import Postgres, ack, commits_settled, readyz, user_message  # noqa: E402
 import test_cluster  # noqa: E402
 from test_cluster import WAIT, Cluster, Redis, check_devices  # noqa: E402
 
@@ -391,7 +391,7 @@ def test_postgres_restart_mid_traffic_with_three_nodes():
             # server was back while the writes behind it waited in its
             # queue (acked late, not refused).
             refused = sum(w.refused for w in writers)
-            settled = any("event=store_commit_settled" in x.log() for x in nodes)
+            settled = commits_settled(*(x.log() for x in nodes))
             assert refused > 0 or settled, "nothing refused by the %s stop: not mid-traffic" % mode
         # Traffic goes on after the restarts, then the writers finish.
         base = [w.acked_count() for w in writers]
@@ -456,7 +456,7 @@ def test_postgres_restart_mid_traffic_with_three_nodes():
         print("     %d messages, %d refusals, %d resent unanswered, %d commits settled, "
               "down for %s s" % (total, sum(w.refused for w in writers),
                                  sum(w.resent_unanswered for w in writers),
-                                 sum(log.count("event=store_commit_settled") for log in logs),
+                                 commits_settled(*logs),
                                  "/".join("%.1f" % t for t in downs)))
     for x, log in zip(nodes, logs):
         assert "event=store_unhealthy" in log and "event=store_healthy" in log, \

@@ -352,8 +352,8 @@ def test_the_wal_is_copied_into_the_database_under_load():
             assert len(out) == n, "%d of %d answered" % (len(out), n)
             c.close()
             # Without checkpoints these 8000 commits leave a WAL of about
-            # 17 MB and a database file of 1 KiB.
-            # Three thresholds' worth of 1 KiB frames (each with its
+            # 17 MB and a database file of one page. The WAL's limit:
+            # three thresholds' worth of 1 KiB frames (each with its
             # 24-byte header; 2 KiB pages have half as many headers).
             limit = 3 * 4096 * (1024 + 24)
             deadline = time.time() + WAIT

@@ -169,9 +169,9 @@ static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
  * wait while it copies what the PASSIVE one left (a short wait: most is
  * copied already; bounded by CKPT_RESTART_BUSY_MS when a reader holds it
  * up), so that the WAL, and its index mapped in memory, stay bounded under
- * any load. A burst may still grow the file
- * before the first checkpoint ends: when the WAL starts over, SQLite cuts
- * the file back to WAL_KEEP_BYTES_TEXT (journal_size_limit, below). */
+ * any load. A burst may still grow the file before the first checkpoint
+ * ends: when the WAL starts over, SQLite cuts the file back to
+ * WAL_KEEP_BYTES_TEXT (journal_size_limit, below). */
 
 #define CKPT_BYTES (4 << 20)
 #define CKPT_RESTART_TIMES 4
@@ -197,6 +197,7 @@ static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
  * peak size on disk for good. Twice the checkpoint threshold (CKPT_BYTES),
  * so the ordinary cycle never truncates. */
 #define WAL_KEEP_BYTES_TEXT "8388608"
+_Static_assert(2 * CKPT_BYTES == 8388608, "update WAL_KEEP_BYTES_TEXT");
 
 static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
 {
@@ -440,10 +441,10 @@ static int sq_open(void **out, const struct store_options *opt, char *err, size_
         snprintf(err, errlen, "--db: '%s': %s", opt->path, e);
         goto fail;
     }
-    /* The size the file has: set above if it is new, its own otherwise. */
+    /* The size the file has: set above if it is new, its own otherwise
+     * (512 to 65536 bytes; 0 only if the pragma could not run). */
     int page_size = pragma_int(s->db, "PRAGMA page_size");
-    s->ckpt_pages = page_size > 0 ? CKPT_BYTES / page_size : CKPT_BYTES / 1024;
-    assert(s->ckpt_pages > 0);
+    s->ckpt_pages = CKPT_BYTES / (page_size > 0 ? page_size : 1024);
     if (!check)
         log_info("store_check_skipped", "why=\"%s\"", why);
     if ((check && check_file(s->db, why, e, sizeof e) != 0) || migrate(s->db, e, sizeof e) != 0) {
