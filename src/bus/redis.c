@@ -21,6 +21,10 @@
  * rather than a channel per user keeps the subscriptions bounded; a node
  * may receive the events of another user of the same shard, which its hub
  * finds no recipient for.
+ * A shard's messages that come before its last SUBSCRIBE is confirmed or
+ * after its UNSUBSCRIBE was sent are dropped (subs_out): they were
+ * published while this node was not watching, and the orders below never
+ * start from a seq whose predecessors this node may not have seen.
  *
  * Envelope. One PUBLISH carries the events of one published batch that
  * fall in one shard, in order (bus/envelope.h has the layout). The nonce is drawn at start: a node knows its own events when they come
@@ -265,10 +269,21 @@ struct rbus {
     bool unsent_closed;
     /* the subscriber thread's own */
     bool requested[BUS_REDIS_SHARDS];
+    /* SUBSCRIBEs sent per shard and not yet confirmed. A shard's messages
+     * are handed on only while it is requested and none is out: Redis
+     * answers in order, so a message that comes before the confirmation of
+     * the last SUBSCRIBE was published before it, or while an UNSUBSCRIBE
+     * was on its way, when this node was not watching the shard. Handed
+     * on, it would start the order of its session at a seq this node's
+     * connections never get the rest after, and the next event would have
+     * the whole gap filled from storage into them (seqs below a resume's
+     * after_seq reached a device that way). */
+    unsigned subs_out[BUS_REDIS_SHARDS];
     bool ctl_requested;
     unsigned pending; /* confirmations awaited since the connection was made */
     bool resync;      /* after them, every session's order starts again */
     atomic_ullong received, published, lost;
+    atomic_ullong unwatched; /* messages of shards not watched (subs_out), dropped */
     bool opened; /* bus_redis_open succeeded */
     /* Devices counted across nodes: this node's, refreshed by heartbeat. */
     pthread_mutex_t pres_mu;
@@ -1491,24 +1506,28 @@ static void on_reply(struct rbus *r, redisReply *rep)
     const char *what = rep->element[0]->str;
     const char *ch = rep->element[1]->str;
     bool ctl = strcmp(ch, r->ctl) == 0;
+    size_t plen = strlen(r->prefix);
+    unsigned shard = BUS_REDIS_SHARDS;
+    if (!ctl && strncmp(ch, r->prefix, plen) == 0)
+        shard = (unsigned)strtoul(ch + plen, NULL, 10);
     if (strcmp(what, "message") == 0 && rep->element[2]->type == REDIS_REPLY_STRING) {
         if (ctl)
             on_ctl(r, rep->element[2]->str, rep->element[2]->len);
-        else
+        else if (shard < BUS_REDIS_SHARDS && r->requested[shard] && !r->subs_out[shard])
             on_message(r, rep->element[2]->str, rep->element[2]->len, true);
+        else
+            atomic_fetch_add(&r->unwatched, 1); /* see subs_out */
         return;
     }
     if (strcmp(what, "subscribe") != 0)
         return;
-    size_t plen = strlen(r->prefix);
     if (!ctl) {
-        if (strncmp(ch, r->prefix, plen) != 0)
-            return;
-        unsigned shard = (unsigned)strtoul(ch + plen, NULL, 10);
         if (shard >= BUS_REDIS_SHARDS)
             return;
+        if (r->subs_out[shard])
+            r->subs_out[shard]--;
         pthread_mutex_lock(&r->mu);
-        if (r->requested[shard])
+        if (r->requested[shard] && !r->subs_out[shard])
             r->confirmed[shard] = true;
         pthread_cond_broadcast(&r->cv);
         pthread_mutex_unlock(&r->mu);
@@ -1573,6 +1592,8 @@ static bool reconcile(struct rbus *r)
     pthread_mutex_unlock(&r->mu);
     for (unsigned i = 0; i < nunsub; i++)
         order_forget_shard(r, unsub[i]);
+    for (unsigned i = 0; i < nsub; i++)
+        r->subs_out[sub[i]]++;
     r->pending += nsub;
     if (!r->ctl_requested) {
         /* The control channel, before the shards (its confirmation counts
@@ -1598,6 +1619,7 @@ static void set_connected(struct rbus *r, bool on)
     for (unsigned i = 0; i < BUS_REDIS_SHARDS; i++) {
         r->requested[i] = false;
         r->confirmed[i] = false;
+        r->subs_out[i] = 0; /* a new connection: nothing sent on it yet */
     }
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
@@ -1920,9 +1942,11 @@ static void redis_close(struct bus *b)
     struct log_quoted q;
     if (r->opened)
         log_info("redis_bus_closed",
-                 "node=%s published=%llu received=%llu lost=%llu held=%llu filled=%llu gaps=%llu",
+                 "node=%s published=%llu received=%llu unwatched=%llu lost=%llu held=%llu "
+                 "filled=%llu gaps=%llu",
                  log_quotes(&q, r->node_id), (unsigned long long)atomic_load(&r->published),
                  (unsigned long long)atomic_load(&r->received),
+                 (unsigned long long)atomic_load(&r->unwatched),
                  (unsigned long long)atomic_load(&r->lost),
                  (unsigned long long)atomic_load(&r->held),
                  (unsigned long long)atomic_load(&r->filled),
