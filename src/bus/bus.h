@@ -170,6 +170,13 @@ struct bus_ops {
     /* Optional: answer `stream` of session, claimed here, has ended. Does
      * not block (the bus records it on a thread of its own). Any thread. */
     void (*release)(struct bus *b, const char *session, const char *stream);
+    /* Optional: a read of storage on this node just found session (of
+     * owner) stored through seq (a resume's). A bus that orders what it
+     * receives and has not begun to order the session starts there, so
+     * that an event above seq + 1 waits for the ones between (filled from
+     * storage when they do not come) instead of starting the order itself
+     * and passing them. Does not block. Any thread. */
+    void (*stored)(struct bus *b, const char *session, const char *owner, int64_t seq);
     /* Optional: ask the node answering session to stop (its handler's
      * stop): 1 when some node is answering it, 0 when none is, negative
      * when that could not be learnt. Any thread; it blocks for a round
@@ -248,6 +255,13 @@ static inline void bus_release(struct bus *b, const char *session, const char *s
 {
     if (b && b->ops->release)
         b->ops->release(b, session, stream);
+}
+
+static inline void bus_stored(struct bus *b, const char *session, const char *owner,
+                              int64_t seq)
+{
+    if (b && b->ops->stored)
+        b->ops->stored(b, session, owner, seq);
 }
 
 /* Does this bus keep the answers streaming (bus_stream_read)? */

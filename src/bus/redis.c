@@ -181,6 +181,7 @@
 #define MARK_TTL_MS 10000    /* an answer's mark, refreshed while it runs: a dead node's */
 #define MARK_BEAT_MS 2000    /* answers free their sessions within MARK_TTL_MS */
 #define MARKS_MAX 4096       /* marks waiting for the thread; past it they are dropped */
+#define NOTES_MAX 1024       /* bus_stored notes waiting for the thread; past it dropped */
 
 /* A held event: its own copy, holding a frame reference. */
 struct held {
@@ -210,6 +211,14 @@ struct unsent {
     struct unsent *next;
     uint8_t *p; /* owned: the envelope */
     size_t n;
+};
+
+/* A read of storage found session stored through seq (bus_stored). */
+struct seq_note {
+    char session[BUS_SESSION_MAX + 1];
+    char owner[BUS_USER_MAX + 1];
+    int64_t seq;
+    int64_t at_ms; /* when it was noted */
 };
 
 /* The order of one session's stored events on this node. */
@@ -267,6 +276,9 @@ struct rbus {
      * them. unsent_closed: the thread is stopping, deliver at once. */
     struct unsent *unsent, **unsent_tail;
     bool unsent_closed;
+    /* Notes of bus_stored for the subscriber thread (also under mu). */
+    struct seq_note *notes;
+    size_t nnotes, capnotes;
     /* the subscriber thread's own */
     bool requested[BUS_REDIS_SHARDS];
     /* SUBSCRIBEs sent per shard and not yet confirmed. A shard's messages
@@ -284,6 +296,7 @@ struct rbus {
     bool resync;      /* after them, every session's order starts again */
     atomic_ullong received, published, lost;
     atomic_ullong unwatched; /* messages of shards not watched (subs_out), dropped */
+    atomic_ullong noted;     /* bus_stored notes that started an order */
     bool opened; /* bus_redis_open succeeded */
     /* Devices counted across nodes: this node's, refreshed by heartbeat. */
     pthread_mutex_t pres_mu;
@@ -1800,12 +1813,73 @@ static void order_unsent(struct rbus *r)
     }
 }
 
-/* Another thread changed what is wanted (bus_watch), ended an answer, or
- * left a failed publish to this node. */
+/* A session this node has begun no order of starts where a read of
+ * storage here found it (bus_stored): the first event seen then no longer
+ * starts it. Another node may commit seqs 2..6 and publish them after a
+ * third commits and publishes 7 (its writer paused between its commit and
+ * its publish, or killed there); a node that began with 7 passed 2..6,
+ * and a device that had resumed up to 1 there got 7 after 1, then 2..6
+ * late. Begun at 1, the order holds 7 until 2..6 come or are read from
+ * storage. An order in its first moments (START_MS) moves its start down
+ * to the seq noted; one that has handed events on is left alone, as is a
+ * shard not watched (nothing of it is received here) and a note older
+ * than HOLD_MS (an order begun since is newer than it). */
+static void order_notes(struct rbus *r)
+{
+    pthread_mutex_lock(&r->mu);
+    struct seq_note *notes = r->notes;
+    size_t n = r->nnotes;
+    r->notes = NULL;
+    r->nnotes = r->capnotes = 0;
+    pthread_mutex_unlock(&r->mu);
+    int64_t now = now_ms();
+    for (size_t i = 0; i < n; i++) {
+        const struct seq_note *nt = &notes[i];
+        unsigned shard = shard_of(nt->owner);
+        if (!r->requested[shard] || r->subs_out[shard] || now - nt->at_ms > HOLD_MS)
+            continue;
+        struct order_sess *os = order_get(r, nt->session, nt->owner);
+        if (!os || os->started)
+            continue;
+        os->used_ms = now;
+        if (!os->nheld) { /* made just now */
+            os->last = nt->seq;
+            os->started = true;
+            atomic_fetch_add(&r->noted, 1);
+        } else if (nt->seq < os->last) {
+            os->last = nt->seq; /* start_due fills up to the first held */
+            atomic_fetch_add(&r->noted, 1);
+        }
+    }
+    free(notes);
+}
+
+static void redis_stored(struct bus *b, const char *session, const char *owner, int64_t seq)
+{
+    struct rbus *r = (struct rbus *)b;
+    if (seq < 0 || strlen(session) > BUS_SESSION_MAX || strlen(owner) > BUS_USER_MAX)
+        return;
+    pthread_mutex_lock(&r->mu);
+    bool added = !r->unsent_closed && r->nnotes < NOTES_MAX &&
+                 vec_grow(&r->notes, &r->capnotes, r->nnotes, 1, sizeof *r->notes) == 0;
+    if (added) {
+        struct seq_note *nt = &r->notes[r->nnotes++];
+        snprintf(nt->session, sizeof nt->session, "%s", session);
+        snprintf(nt->owner, sizeof nt->owner, "%s", owner);
+        nt->seq = seq;
+        nt->at_ms = now_ms();
+        uv_async_send(&r->wake); /* under mu: quiesce closes the handle after */
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Another thread changed what is wanted (bus_watch), ended an answer, left
+ * a failed publish to this node, or noted a session's stored seq. */
 static void on_wake(uv_async_t *a)
 {
     struct rbus *r = a->data;
     order_unsent(r);
+    order_notes(r);
     record_marks(r);
     if (r->ac && r->ac_connected && !reconcile(r))
         redisAsyncDisconnect(r->ac);
@@ -1908,6 +1982,7 @@ static void redis_close(struct bus *b)
         uv_loop_close(&r->loop);
     }
     record_marks(r); /* the answers that ended since the thread stopped */
+    free(r->notes);
     if (r->pub)
         redisFree(r->pub);
     if (r->pres && !r->pres->err) {
@@ -1943,14 +2018,15 @@ static void redis_close(struct bus *b)
     if (r->opened)
         log_info("redis_bus_closed",
                  "node=%s published=%llu received=%llu unwatched=%llu lost=%llu held=%llu "
-                 "filled=%llu gaps=%llu",
+                 "filled=%llu gaps=%llu noted=%llu",
                  log_quotes(&q, r->node_id), (unsigned long long)atomic_load(&r->published),
                  (unsigned long long)atomic_load(&r->received),
                  (unsigned long long)atomic_load(&r->unwatched),
                  (unsigned long long)atomic_load(&r->lost),
                  (unsigned long long)atomic_load(&r->held),
                  (unsigned long long)atomic_load(&r->filled),
-                 (unsigned long long)atomic_load(&r->gaps));
+                 (unsigned long long)atomic_load(&r->gaps),
+                 (unsigned long long)atomic_load(&r->noted));
     pthread_mutex_destroy(&r->pub_mu);
     pthread_mutex_destroy(&r->pres_mu);
     pthread_mutex_destroy(&r->lease_mu);
@@ -1975,6 +2051,7 @@ static const struct bus_ops redis_ops = {
     .stream_read = redis_stream_read,
     .stream_live = redis_stream_live,
     .release = redis_release,
+    .stored = redis_stored,
     .stop = redis_stop,
 };
 

@@ -8,6 +8,8 @@ a client sees when a device moves between nodes or the database restarts.
 - A node that stopped watching a user (their last device there left mid-
   burst) gives the user's next device there nothing older than what comes
   after it arrived.
+- An event one node publishes late (held back on its way to Redis) is not
+  passed by a later one on a node whose device just resumed.
 - PostgreSQL restarts while devices on all three nodes write to one
   session and retry what is refused with the same id: every acked message
   is stored once, at its acked seq, every device has every event once in
@@ -32,6 +34,7 @@ fail the test, they never skip it.
 """
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -275,6 +278,108 @@ def test_a_node_that_stopped_watching_a_user_fills_in_nothing_old():
                     rnd, dev.label, len(got), got[:8], x["seq"])
             check_contents(dev, sid, contents)
             dev.close()
+
+
+class PublishHolder:
+    """A TCP relay between one node and Redis that, while holding, stops a
+    connection's traffic to Redis at its first PUBLISH until released: that
+    node's writer has committed and acked, and its event reaches the other
+    nodes late (a writer paused between its commit and its publish). Its
+    other connections, which publish nothing, go on."""
+
+    def __init__(self, redis_port):
+        self.redis_port = redis_port
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        self.holding = threading.Event()
+        self.released = threading.Event()
+        self.held = 0
+        self.socks = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self):
+        return "redis://127.0.0.1:%d/0" % self.port
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            s = socket.create_connection(("127.0.0.1", self.redis_port))
+            self.socks += [c, s]
+            threading.Thread(target=self._pump, args=(c, s, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(s, c, False), daemon=True).start()
+
+    def _pump(self, src, dst, to_redis):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if to_redis and self.holding.is_set() and b"\r\nPUBLISH\r\n" in data:
+                    self.held += 1
+                    self.released.wait(60)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for x in (src, dst):
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.released.set()
+        self.lsock.close()
+        for x in self.socks:
+            x.close()
+
+
+def test_an_event_published_late_is_not_passed_by_a_later_one():
+    """Node A commits and acks seq 2, and its PUBLISH is held back (above)
+    while node B commits and publishes seq 3. Node C had begun no order of
+    the session, and its device had just resumed up to 1: it must get 2
+    before 3 (C's order begins where the resume read storage, holds 3 and
+    fills 2 from storage). Before, C began its order with 3 and the device
+    got 3 right after 1, then 2 late (found by test_cluster_crash_loop,
+    where the publishing node was slow or killed)."""
+    holder = PublishHolder(test_cluster.REDIS.port)
+    try:
+        cluster = Nodes("late_publish")
+        first = cluster.nodes[0]
+        first.args = [holder.url if x == test_cluster.REDIS.url else x for x in first.args]
+        with cluster as nodes:
+            a, b, c = nodes
+            wa, wb = device(a, "lou"), device(b, "lou")
+            sid = ack(wa.request(user_message("s0", "start")), "s0")["session_id"]
+            for w in (wa, wb):  # A's publish is through: both orders began at 1
+                w.wait_count(sid, 1, WAIT)
+            dev = device(c, "lou")
+            dev.send({"type": "resume", "session_id": sid, "after_seq": 0, "id": "r"})
+            assert wait_resumed(dev, "r")["last_seq"] == 1
+            time.sleep(0.2)
+            holder.holding.set()
+            assert ack(wa.request(user_message("m2", "two", sid)), "m2")["seq"] == 2
+            deadline = time.time() + WAIT
+            while holder.held < 1 and time.time() < deadline:
+                time.sleep(0.01)
+            assert holder.held >= 1, "node A's PUBLISH of seq 2 was not held"
+            assert ack(wb.request(user_message("m3", "three", sid)), "m3")["seq"] == 3
+            time.sleep(1.0)  # more than a node waits for a missing seq (HOLD_MS)
+            holder.released.set()
+            dev.wait_count(sid, 3, WAIT)
+            time.sleep(0.3)  # the late 2, if it were to come again
+            arrived = [x.get("seq", "resumed") for x in session_log(dev, sid)]
+            assert arrived == [1, "resumed", 2, 3], \
+                "%s: %s where 1, resumed, 2, 3 was due" % (dev.label, arrived)
+            for w in (wa, wb):
+                check_devices([w], sid, 3)
+    finally:
+        holder.close()
 
 
 # ---- 2. PostgreSQL restarted mid-traffic ----------------------------------------------
@@ -774,6 +879,7 @@ def main():
         try:
             run([test_resume_on_another_node_gets_exactly_what_was_missed,
                  test_a_node_that_stopped_watching_a_user_fills_in_nothing_old,
+                 test_an_event_published_late_is_not_passed_by_a_later_one,
                  test_postgres_restart_mid_traffic_with_three_nodes,
                  test_sigkill_of_the_node_streaming_an_answer,
                  test_resume_mid_answer_on_another_node_gets_the_answer_so_far,
