@@ -50,8 +50,11 @@
  * filled at once when its seq is new here. The first events seen of a
  * session wait START_MS (a lower seq published later moves the start down),
  * so that two nodes publishing seqs 5 and 6 in the other order just as
- * this node starts the order still reach its connections as 5, 6.
- * Events of seq 0 (relays, the assistant's deltas) and seqs already passed
+ * this node starts the order still reach its connections as 5, 6 (seq 1
+ * does not wait: nothing comes below it). A resume's read of storage on
+ * this node begins an order not yet begun where storage stood
+ * (bus_stored, order_notes), so the window is not all a resumed device
+ * relies on. Events of seq 0 (relays, the assistant's deltas) and seqs already passed
  * go on at once; a connection drops a stored event it already has (by
  * session and seq). The first event a node sees of a session starts its
  * order; a session idle for ORDER_IDLE_MS is forgotten. When the
@@ -775,6 +778,9 @@ static void order_event(struct rbus *r, const struct bus_event *e, int64_t now, 
     if (os->last == 0 && os->nheld == 0 && !os->started) {
         os->last = e->seq - 1; /* the first seen here starts the order */
         os->start_ms = now + START_MS;
+        /* Nothing comes below seq 1: a new session's first event does not
+         * wait out the window (it waited 20 ms to the next tick, 50 ms). */
+        os->started = e->seq == 1;
     }
     if (!os->started && !e->hint && now < os->start_ms) {
         /* The order's first moments: another node may publish a lower seq

@@ -660,6 +660,11 @@ def test_a_node_receives_only_what_its_connections_need():
         got = [int(re.search(r"event=redis_bus_closed .*received=(\d+)", x.log()).group(1))
                for x in nodes]
         assert got[0] >= 50 and got[1] >= 50 and got[2] == 0, got
+        # One node published them all, in order: none was held on its way,
+        # not even the session's first (nothing can come below seq 1).
+        held = [int(re.search(r"event=redis_bus_closed .* held=(\d+)", x.log()).group(1))
+                for x in nodes]
+        assert held == [0, 0, 0], "events held for a lower seq, by node: %s" % held
 
 
 # ---- 5. refusals at start ---------------------------------------------------------------
