@@ -20,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/words.h"
+
 struct rd {
     const char *p, *end;
     bool checked; /* the text was checked already: walk it, check nothing */
@@ -130,31 +132,6 @@ static size_t utf8_len(const unsigned char *p, const unsigned char *end)
 #define FNV_OFFSET 0xcbf29ce484222325ULL
 #define FNV_PRIME 0x100000001b3ULL
 
-#define ONES 0x0101010101010101ULL
-#define HIGHS 0x8080808080808080ULL
-
-/* Word-at-a-time tests of 8 bytes. A byte below k (k <= 0x80) sets its
- * high bit in x - k * ONES; a borrow only ever comes from a byte that
- * matched and goes to the more significant ones, so the least significant
- * byte whose high bit is set in the result is the first that matched, and
- * a word with none that matches gives 0. */
-static inline uint64_t word_at(const char *p)
-{
-    uint64_t x;
-    memcpy(&x, p, sizeof x);
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    x = __builtin_bswap64(x); /* the first byte the least significant */
-#endif
-    return x;
-}
-
-/* The high bits of the quotes and backslashes in x. */
-static inline uint64_t quote_or_bs(uint64_t x)
-{
-    uint64_t q = x ^ (ONES * '"'), b = x ^ (ONES * '\\');
-    return (((q - ONES) & ~q) | ((b - ONES) & ~b)) & HIGHS;
-}
-
 /* The high bits of the bytes of x that need a look of their own in a
  * string: a quote, a backslash, a control byte, or a byte of a multi-byte
  * character. Past the first such byte the bits say nothing. */
@@ -163,13 +140,6 @@ static inline uint64_t special(uint64_t x)
     uint64_t q = x ^ (ONES * '"'), b = x ^ (ONES * '\\');
     /* Up to the first byte with its high bit set, q and b have none. */
     return (x | (x - ONES * 0x20) | (q - ONES) | (b - ONES)) & HIGHS;
-}
-
-/* Where the first byte a non-zero mask marks is, in bytes from the word's
- * first (the lowest address, the least significant in word_at's value). */
-static inline size_t first_marked(uint64_t m)
-{
-    return (size_t)__builtin_ctzll(m) / 8;
 }
 
 /* p moved on by whole words to the word holding the first quote or

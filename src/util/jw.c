@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "util/sbuf.h"
+#include "util/words.h"
 
 void jw_init(struct jw *w, size_t cap, size_t reserve)
 {
@@ -115,40 +116,52 @@ static char escape_of(unsigned char c)
     }
 }
 
+/* The first byte at or after i that needs an escape, or n: whole words
+ * while at least 8 bytes are left, then byte by byte. Text is mostly plain,
+ * so a string is mostly copied as it is. */
+static size_t next_escape(const unsigned char *u, size_t i, size_t n)
+{
+    for (; n - i >= 8; i += 8) {
+        uint64_t m = json_escapes(word_at(u + i));
+        if (m)
+            return i + first_marked(m);
+    }
+    while (i < n && escape_of(u[i]) == 0)
+        i++;
+    return i;
+}
+
 void jw_str(struct jw *w, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *u = (const unsigned char *)s;
     /* Reserved exactly: a frame sized for its content (wire.c) then never
-     * grows, and a string with nothing to escape is one copy. */
+     * grows. */
     size_t m = n;
-    for (size_t i = 0; i < n; i++) {
-        char e = escape_of(u[i]);
-        m += e == 0 ? 0 : e == 'u' ? 5 : 1;
-    }
+    for (size_t i = next_escape(u, 0, n); i < n; i = next_escape(u, i + 1, n))
+        m += escape_of(u[i]) == 'u' ? 5 : 1;
     if (!room(w, m + 2))
         return;
     char *o = w->buf + w->len;
     *o++ = '"';
-    if (m == n && n) {
-        memcpy(o, s, n);
-        o += n;
-    } else {
-        for (size_t i = 0; i < n; i++) {
-            char e = escape_of(u[i]);
-            if (e == 0) {
-                *o++ = (char)u[i];
-                continue;
-            }
-            *o++ = '\\';
-            *o++ = e;
-            if (e == 'u') {
-                *o++ = '0';
-                *o++ = '0';
-                *o++ = hex[u[i] >> 4];
-                *o++ = hex[u[i] & 15];
-            }
+    for (size_t i = 0;;) {
+        size_t e = m == n ? n : next_escape(u, i, n);
+        if (e > i) { /* the plain run before it (s may be NULL when n is 0) */
+            memcpy(o, s + i, e - i);
+            o += e - i;
         }
+        if (e == n)
+            break;
+        char c = escape_of(u[e]);
+        *o++ = '\\';
+        *o++ = c;
+        if (c == 'u') {
+            *o++ = '0';
+            *o++ = '0';
+            *o++ = hex[u[e] >> 4];
+            *o++ = hex[u[e] & 15];
+        }
+        i = e + 1;
     }
     *o++ = '"';
     assert((size_t)(o - w->buf) == w->len + m + 2);

@@ -144,6 +144,62 @@ static void test_string_reserves_exactly(void **state)
     }
 }
 
+/* The escape of one byte, as a reference for the word-at-a-time scan. */
+static size_t ref_escape(unsigned char c, char *out)
+{
+    static const char *two = "\"\"\\\\\nn\rr\tt\bb\ff";
+    for (const char *t = two; *t; t += 2) {
+        if ((unsigned char)t[0] == c) {
+            out[0] = '\\';
+            out[1] = t[1];
+            return 2;
+        }
+    }
+    if (c < 0x20)
+        return (size_t)snprintf(out, 7, "\\u%04x", c);
+    out[0] = (char)c;
+    return 1;
+}
+
+/* Strings of every length up to 40 at every offset in a word, with a byte
+ * that needs an escape (or none, or a high byte) at every place: the
+ * output is the escape of each byte in turn, byte for byte. */
+static void test_string_escapes_every_place(void **state)
+{
+    (void)state;
+    const unsigned char specials[] = {'"', '\\', '\n', 0x00, 0x1f, 0x01, 0x7f, 0x80, 0xff,
+                                      0x20, 0x21, 0x5b, 0x5d, 0x22 ^ 0x80, 0x5c ^ 0x80};
+    char buf[64], want[400];
+    for (size_t off = 0; off < 8; off++) {
+        for (size_t n = 0; n <= 40; n++) {
+            for (size_t k = 0; k < sizeof specials; k++) {
+                for (size_t at = 0; at <= n; at++) { /* at == n: no special byte */
+                    char *s = buf + off;
+                    for (size_t i = 0; i < n; i++)
+                        s[i] = (char)('a' + (i * 7 + k) % 26);
+                    if (at < n)
+                        s[at] = (char)specials[k];
+                    if (n > 3 && at + 3 < n)
+                        s[at + 3] = (char)specials[(k + 5) % sizeof specials];
+                    size_t wl = 0;
+                    want[wl++] = '"';
+                    for (size_t i = 0; i < n; i++)
+                        wl += ref_escape((unsigned char)s[i], want + wl);
+                    want[wl++] = '"';
+                    struct jw w;
+                    jw_init(&w, 8, 0);
+                    jw_str(&w, s, n);
+                    assert_false(w.failed);
+                    if (w.len != wl || memcmp(w.buf, want, wl) != 0)
+                        fail_msg("offset %zu, length %zu, byte 0x%02x at %zu: %.*s, not %.*s", off,
+                                 n, specials[k], at, (int)w.len, w.buf, (int)wl, want);
+                    jw_release(&w);
+                }
+            }
+        }
+    }
+}
+
 /* jw_take hands over the text as a shared buffer: reserve bytes first, the
  * text after them, one reference, and it survives growth far past the
  * initial size. */
@@ -182,6 +238,7 @@ int main(void)
         cmocka_unit_test(test_integers_as_printf),
         cmocka_unit_test(test_string_escaping_round_trips),
         cmocka_unit_test(test_string_reserves_exactly),
+        cmocka_unit_test(test_string_escapes_every_place),
         cmocka_unit_test(test_take_as_shared_buffer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
