@@ -1472,6 +1472,12 @@ static void on_message(struct rbus *r, const char *data, size_t len, bool from_r
     free(ev);
 }
 
+/* Are the shard's messages handed on (subs_out)? The subscriber thread's. */
+static bool shard_live(const struct rbus *r, unsigned shard)
+{
+    return shard < BUS_REDIS_SHARDS && r->requested[shard] && !r->subs_out[shard];
+}
+
 /* Forget the order of the sessions of shard `shard` (no longer received). */
 static void order_forget_shard(struct rbus *r, unsigned shard)
 {
@@ -1532,7 +1538,7 @@ static void on_reply(struct rbus *r, redisReply *rep)
     if (strcmp(what, "message") == 0 && rep->element[2]->type == REDIS_REPLY_STRING) {
         if (ctl)
             on_ctl(r, rep->element[2]->str, rep->element[2]->len);
-        else if (shard < BUS_REDIS_SHARDS && r->requested[shard] && !r->subs_out[shard])
+        else if (shard_live(r, shard))
             on_message(r, rep->element[2]->str, rep->element[2]->len, true);
         else
             atomic_fetch_add(&r->unwatched, 1); /* see subs_out */
@@ -1546,7 +1552,7 @@ static void on_reply(struct rbus *r, redisReply *rep)
         if (r->subs_out[shard])
             r->subs_out[shard]--;
         pthread_mutex_lock(&r->mu);
-        if (r->requested[shard] && !r->subs_out[shard])
+        if (shard_live(r, shard))
             r->confirmed[shard] = true;
         pthread_cond_broadcast(&r->cv);
         pthread_mutex_unlock(&r->mu);
@@ -1841,8 +1847,7 @@ static void order_notes(struct rbus *r)
     int64_t now = now_ms();
     for (size_t i = 0; i < n; i++) {
         const struct seq_note *nt = &notes[i];
-        unsigned shard = shard_of(nt->owner);
-        if (!r->requested[shard] || r->subs_out[shard] || now - nt->at_ms > HOLD_MS)
+        if (!shard_live(r, shard_of(nt->owner)) || now - nt->at_ms > HOLD_MS)
             continue;
         struct order_sess *os = order_get(r, nt->session, nt->owner);
         if (!os || os->started)

@@ -49,7 +49,6 @@ struct resume_job {
     int64_t after; /* cursor: the next read starts above this seq */
     int64_t from;  /* the client's after_seq: it holds every event up to it */
     bool claimed;  /* the session's `held` covers from */
-    bool noted;    /* the bus was told the session's last seq (bus_stored) */
     /* the current page */
     int rc;
     bool more; /* the page was cut: more may follow */
@@ -69,11 +68,11 @@ static void resume_work(uv_work_t *req)
     j->rc = store_get_session(j->ch->store, j->session, &j->sess);
     if (j->rc == 0 && !j->admin && strcmp(j->sess.owner, j->user) != 0)
         j->rc = -ENOENT;
-    if (j->rc == 0 && !j->noted) {
-        /* The live events above it that this node has not begun to order
-         * wait for the seqs between (bus.h stored): else one published
-         * late by another node would reach the connection after them. */
-        j->noted = true;
+    if (j->rc == 0 && !j->claimed) {
+        /* The first read (the first page's pump claims): the live events
+         * above it that this node has not begun to order wait for the
+         * seqs between (bus.h stored), else one published late by another
+         * node would reach the connection after them. */
         bus_stored(j->ch->bus, j->session, j->sess.owner, j->sess.last_seq);
     }
     j->more = false;
