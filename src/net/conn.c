@@ -381,10 +381,17 @@ int conn_send(struct conn *c, unsigned opcode, const void *data, size_t len)
 
 int conn_send_shared(struct conn *c, struct sbuf *frame, uint32_t off, uint32_t len)
 {
+    return conn_send_owned(c, sbuf_ref(frame), off, len);
+}
+
+int conn_send_owned(struct conn *c, struct sbuf *frame, uint32_t off, uint32_t len)
+{
     assert(worker_current() == conn_worker(c)); /* only its own worker touches a conn */
-    if (c->state != CONN_WS || c->close_sent)
+    if (c->state != CONN_WS || c->close_sent) {
+        sbuf_unref(frame);
         return -EPIPE;
-    if (outq_push_ref(&c->out, frame, off, len) < 0) {
+    }
+    if (outq_push_owned(&c->out, frame, off, len) < 0) {
         conn_close(c);
         return -ENOMEM;
     }

@@ -170,6 +170,9 @@ int conn_fuzz_adopt(struct worker *w, int fd);
 int conn_send(struct conn *c, unsigned opcode, const void *data, size_t len);
 /* Queue a slice of a shared, already framed buffer (a broadcast). */
 int conn_send_shared(struct conn *c, struct sbuf *frame, uint32_t off, uint32_t len);
+/* The same with a reference to frame the caller took for it (sbuf_ref_n):
+ * always taken over, and dropped when the frame is not queued. */
+int conn_send_owned(struct conn *c, struct sbuf *frame, uint32_t off, uint32_t len);
 /* Start the closing handshake with code and a short reason. */
 void conn_ws_close(struct conn *c, uint16_t code, const char *reason);
 /* conn_ws_close every WebSocket of worker w that handler serves. Worker

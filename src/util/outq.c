@@ -59,7 +59,11 @@ static void drop_ring(struct outq *q)
 
 static int grow(struct outq *q)
 {
-    q->_used = 1;
+    /* Stored only when it changes: _used shares a word with _cap, which
+     * is read next (and by every ent()), and a byte stored into a word
+     * that is then loaded whole stalls the load until the store is done. */
+    if (!q->_used)
+        q->_used = 1;
     if (q->count < q->_cap)
         return 0;
     if (q->_cap >= (1u << 30))
@@ -132,18 +136,23 @@ int outq_append(struct outq *q, const void *data, size_t len)
     return outq_append2(q, data, len, NULL, 0);
 }
 
-int outq_push_ref(struct outq *q, struct sbuf *b, uint32_t off, uint32_t len)
+int outq_push_owned(struct outq *q, struct sbuf *b, uint32_t off, uint32_t len)
 {
-    if (len == 0)
-        return 0;
-    if (grow(q) < 0)
-        return -ENOMEM;
+    if (len == 0 || grow(q) < 0) {
+        sbuf_unref(b);
+        return len == 0 ? 0 : -ENOMEM;
+    }
     struct outq_ent *t = ent(q, q->count++);
-    t->buf = sbuf_ref(b);
+    t->buf = b;
     t->off = off;
     t->len = len;
     q->bytes += len;
     return 0;
+}
+
+int outq_push_ref(struct outq *q, struct sbuf *b, uint32_t off, uint32_t len)
+{
+    return outq_push_owned(q, sbuf_ref(b), off, len);
 }
 
 unsigned outq_iov(const struct outq *q, struct iovec *iov, unsigned max, size_t *nbytes)

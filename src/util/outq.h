@@ -52,6 +52,9 @@ int outq_append(struct outq *q, const void *data, size_t len);
 int outq_append2(struct outq *q, const void *a, size_t alen, const void *b, size_t blen);
 /* Queue a slice of a shared buffer; takes a new reference. 0 or -ENOMEM. */
 int outq_push_ref(struct outq *q, struct sbuf *b, uint32_t off, uint32_t len);
+/* The same with a reference the caller took (sbuf_ref_n): the queue keeps
+ * it, or drops it when the slice is not queued (len 0, -ENOMEM). */
+int outq_push_owned(struct outq *q, struct sbuf *b, uint32_t off, uint32_t len);
 /* Fill up to max iovecs from the head; returns how many; *nbytes their sum. */
 unsigned outq_iov(const struct outq *q, struct iovec *iov, unsigned max, size_t *nbytes);
 /* n bytes from the head were written: drop them. */

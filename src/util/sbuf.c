@@ -105,9 +105,15 @@ struct sbuf *sbuf_new_chunk(void)
 
 void sbuf_unref(struct sbuf *b)
 {
-    unsigned was = atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel);
-    assert(was >= 1); /* a reference dropped twice */
-    if (was != 1)
+    sbuf_unref_n(b, 1);
+}
+
+void sbuf_unref_n(struct sbuf *b, uint32_t n)
+{
+    assert(n >= 1);
+    unsigned was = atomic_fetch_sub_explicit(&b->refs, n, memory_order_acq_rel);
+    assert(was >= n); /* a reference dropped twice */
+    if (was != n)
         return;
     if (!b->chunk)
         free(b);

@@ -41,8 +41,17 @@ static inline struct sbuf *sbuf_ref(struct sbuf *b)
     atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
     return b;
 }
+/* Add n references at once: a holder about to hand the buffer to n
+ * queues pays one atomic add rather than n (see outq_push_owned). */
+static inline void sbuf_ref_n(struct sbuf *b, uint32_t n)
+{
+    assert(atomic_load_explicit(&b->refs, memory_order_relaxed) >= 1);
+    atomic_fetch_add_explicit(&b->refs, n, memory_order_relaxed);
+}
 /* Drop a reference; the last one frees the buffer. */
 void sbuf_unref(struct sbuf *b);
+/* Drop n references (n >= 1) at once; the last one frees the buffer. */
+void sbuf_unref_n(struct sbuf *b, uint32_t n);
 /* Free the cached buffers this thread did not use since the last call,
  * keeping a few; call it periodically (the worker's tick). Returns how
  * many were freed. */

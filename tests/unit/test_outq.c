@@ -117,6 +117,42 @@ static void test_shared_buffer_is_referenced_never_written(void **state)
     cleanup(&b);
 }
 
+/* References taken ahead for several queues (sbuf_ref_n) are each kept by
+ * the queue that queues the slice, and dropped by a push that queues
+ * nothing, so the count always ends where it began. */
+static void test_owned_references_are_kept_or_dropped(void **state)
+{
+    (void)state;
+    struct sbuf *shared = sbuf_with("0123456789", 64);
+    struct outq q[3];
+    for (int i = 0; i < 3; i++)
+        outq_init(&q[i]);
+    sbuf_ref_n(shared, 4); /* three receivers and one that queues nothing */
+    assert_int_equal(refs(shared), 5);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(outq_push_owned(&q[i], shared, (uint32_t)i, 4), 0);
+    assert_int_equal(refs(shared), 5);
+    assert_int_equal(outq_push_owned(&q[0], shared, 0, 0), 0); /* empty: dropped */
+    assert_int_equal(refs(shared), 4);
+    assert_int_equal(q[0].count, 1);
+    uint8_t got[16];
+    assert_int_equal(gather(&q[2], got, sizeof got), 4);
+    assert_memory_equal(got, "2345", 4);
+    /* Written or released, each queue gives back its one reference. */
+    outq_consume(&q[0], 4);
+    assert_int_equal(refs(shared), 3);
+    outq_release(&q[1]);
+    outq_release(&q[2]);
+    assert_int_equal(refs(shared), 1);
+    /* Taken ahead and not used: given back together. */
+    sbuf_ref_n(shared, 3);
+    sbuf_unref_n(shared, 3);
+    assert_int_equal(refs(shared), 1);
+    sbuf_unref(shared);
+    for (int i = 0; i < 3; i++)
+        cleanup(&q[i]);
+}
+
 static void test_partial_writes_resume_mid_entry(void **state)
 {
     (void)state;
@@ -288,6 +324,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_small_appends_coalesce),
         cmocka_unit_test(test_shared_buffer_is_referenced_never_written),
+        cmocka_unit_test(test_owned_references_are_kept_or_dropped),
         cmocka_unit_test(test_partial_writes_resume_mid_entry),
         cmocka_unit_test(test_in_flight_entries_stay_unchanged),
         cmocka_unit_test(test_large_append_and_ring_wraparound),
