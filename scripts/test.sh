@@ -24,6 +24,7 @@ fi
 run_kind() {
     kind=$1
     dir=$BUILD/test-$kind
+    start=$(date +%s)
     case $kind in
         debug) flags="-DCMAKE_BUILD_TYPE=Debug" ;;
         asan) flags="-DCMAKE_BUILD_TYPE=Debug -DCHATD_SANITIZE=address" ;;
@@ -42,13 +43,15 @@ run_kind() {
         failed_names="$failed_names $kind/build"
         return
     fi
-    echo "== $kind tests"
+    built=$(date +%s)
+    echo "== $kind tests (built in $((built - start)) s)"
     prefix=""
     [ "$kind" = tsan ] && prefix=$norand
     log=$dir.ctest.log
     # shellcheck disable=SC2086
     (cd "$dir" && $prefix ctest --output-on-failure -j "$JOBS" --timeout 600) >"$log" 2>&1
     grep -E "^ *[0-9]+/[0-9]+ Test|tests passed|tests failed" "$log"
+    echo "== $kind tests took $(($(date +%s) - built)) s"
     total=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\2/p' "$log")
     bad=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\1/p' "$log")
     # ctest prints "0 tests failed" too: only a count above 0 is a failure.
@@ -76,10 +79,12 @@ $why"
 }
 
 mkdir -p "$BUILD"
+began=$(date +%s)
 for k in $KINDS; do
     run_kind "$k"
 done
 
+echo "== builds and tests took $(($(date +%s) - began)) s"
 if [ -n "$failed_names" ]; then
     [ -n "$reasons" ] && printf '== why (the first lines of each failure; the full output is above)%s\n' "$reasons"
     echo "failed in:$failed_names"
