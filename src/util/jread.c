@@ -137,9 +137,9 @@ static size_t utf8_len(const unsigned char *p, const unsigned char *end)
  * character. Past the first such byte the bits say nothing. */
 static inline uint64_t special(uint64_t x)
 {
-    uint64_t q = x ^ (ONES * '"'), b = x ^ (ONES * '\\');
+    uint64_t q = x ^ (WORD_ONES * '"'), b = x ^ (WORD_ONES * '\\');
     /* Up to the first byte with its high bit set, q and b have none. */
-    return (x | (x - ONES * 0x20) | (q - ONES) | (b - ONES)) & HIGHS;
+    return (x | (x - WORD_ONES * 0x20) | (q - WORD_ONES) | (b - WORD_ONES)) & WORD_HIGHS;
 }
 
 /* p moved on by whole words to the word holding the first quote or

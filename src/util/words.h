@@ -2,7 +2,7 @@
  * words: tests of 8 bytes at a time, for scanning text (JSON strings, the
  * JSON reader's and writer's hot loops).
  *
- * A byte below k (k <= 0x80) sets its high bit in x - k * ONES; a borrow
+ * A byte below k (k <= 0x80) sets its high bit in x - k * WORD_ONES; a borrow
  * only ever comes from a byte that matched and goes to the more significant
  * ones, so the least significant byte whose high bit is set in a result is
  * the first that matched, and a word with none that matches gives 0. Past
@@ -15,8 +15,8 @@
 #include <stdint.h>
 #include <string.h>
 
-#define ONES 0x0101010101010101ULL
-#define HIGHS 0x8080808080808080ULL
+#define WORD_ONES 0x0101010101010101ULL
+#define WORD_HIGHS 0x8080808080808080ULL
 
 /* The 8 bytes at p, the first the least significant. */
 static inline uint64_t word_at(const void *p)
@@ -32,8 +32,8 @@ static inline uint64_t word_at(const void *p)
 /* The high bits of the quotes and backslashes in x. */
 static inline uint64_t quote_or_bs(uint64_t x)
 {
-    uint64_t q = x ^ (ONES * '"'), b = x ^ (ONES * '\\');
-    return (((q - ONES) & ~q) | ((b - ONES) & ~b)) & HIGHS;
+    uint64_t q = x ^ (WORD_ONES * '"'), b = x ^ (WORD_ONES * '\\');
+    return (((q - WORD_ONES) & ~q) | ((b - WORD_ONES) & ~b)) & WORD_HIGHS;
 }
 
 /* The high bits of the bytes of x a JSON string must escape: a quote, a
@@ -41,7 +41,7 @@ static inline uint64_t quote_or_bs(uint64_t x)
  * are. */
 static inline uint64_t json_escapes(uint64_t x)
 {
-    return quote_or_bs(x) | ((x - ONES * 0x20) & ~x & HIGHS);
+    return quote_or_bs(x) | ((x - WORD_ONES * 0x20) & ~x & WORD_HIGHS);
 }
 
 /* Where the first byte a non-zero mask marks is, in bytes from the word's
