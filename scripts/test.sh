@@ -7,6 +7,16 @@ set -u
 cd "$(dirname "$0")/.." || exit 1
 
 JOBS=$(nproc 2>/dev/null || echo 2)
+# Tests run two per core: most of them wait on sockets, timers and child
+# processes more than they compute. On the 2-core machine, at one test per
+# core, the debug kind kept its cores 32 % busy (392 s of CPU in 608 s);
+# at two per core its tests took 472 s instead of 608 (ASan 485 s instead
+# of 646, TSan 376 instead of 512). The tests that measure or load the
+# machine (the soak, the browser tests, the user build, the assistant load
+# test) still run alone (RUN_SERIAL in CMakeLists.txt). The fuzzers are
+# the exception: each runs for a set time and computes all of it, so they
+# keep one per core, or each would make half the executions.
+TEST_JOBS=${TEST_JOBS:-$((JOBS * 2))}
 BUILD=${BUILD:-build}
 KINDS=${TEST_KINDS:-"debug asan tsan fuzz"}
 passed=0
@@ -47,9 +57,11 @@ run_kind() {
     echo "== $kind tests (built in $((built - start)) s)"
     prefix=""
     [ "$kind" = tsan ] && prefix=$norand
+    jobs=$TEST_JOBS
+    [ "$kind" = fuzz ] && jobs=$JOBS
     log=$dir.ctest.log
     # shellcheck disable=SC2086
-    (cd "$dir" && $prefix ctest --output-on-failure -j "$JOBS" --timeout 600) >"$log" 2>&1
+    (cd "$dir" && $prefix ctest --output-on-failure -j "$jobs" --timeout 600) >"$log" 2>&1
     grep -E "^ *[0-9]+/[0-9]+ Test|tests passed|tests failed" "$log"
     echo "== $kind tests took $(($(date +%s) - built)) s"
     total=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\2/p' "$log")
