@@ -4,9 +4,9 @@
  * binary only, never into a user's build. docs/reliability.md, "Out of
  * memory", says what the test drives with it.
  *
- * The link wraps malloc, calloc, realloc, strdup, strndup and mmap (anonymous
- * mappings: the send chunks of util/sbuf) of every chatd object
- * (-Wl,--wrap=...), jansson's too (chatd hands it util/oom's
+ * The link wraps malloc, calloc, realloc, aligned_alloc, strdup, strndup and
+ * mmap (anonymous mappings: the send chunks of util/sbuf) of every chatd
+ * object (-Wl,--wrap=...), jansson's too (chatd hands it util/oom's
  * malloc), and the constructor below routes libuv's allocations through
  * the same wrappers. SQLite, libcurl, hiredis,
  * libpq and OpenSSL keep their own allocators: their out-of-memory paths
@@ -43,11 +43,13 @@
 void *__real_malloc(size_t n);
 void *__real_calloc(size_t k, size_t n);
 void *__real_realloc(void *p, size_t n);
+void *__real_aligned_alloc(size_t align, size_t n);
 char *__real_strdup(const char *s);
 char *__real_strndup(const char *s, size_t n);
 void *__wrap_malloc(size_t n);
 void *__wrap_calloc(size_t k, size_t n);
 void *__wrap_realloc(void *p, size_t n);
+void *__wrap_aligned_alloc(size_t align, size_t n);
 char *__wrap_strdup(const char *s);
 char *__wrap_strndup(const char *s, size_t n);
 void *__real_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
@@ -102,6 +104,15 @@ void *__wrap_realloc(void *p, size_t n)
         return NULL;
     }
     return __real_realloc(p, n);
+}
+
+void *__wrap_aligned_alloc(size_t align, size_t n)
+{
+    if (should_fail()) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return __real_aligned_alloc(align, n);
 }
 
 char *__wrap_strdup(const char *s)

@@ -175,13 +175,13 @@ static void chat_client_closed(void *router, struct client *cl)
         chat__list_del(NULL, &loc->admins, cl);
     /* An admin that goes away leaves what it joined. */
     for (size_t i = 0; cs && i < cs->n; i++)
-        leave_for_client(ch, cl, &cs->v[i]);
+        leave_for_client(ch, cl, chat__state_at(cs, i));
     if (cs)
         chat__resume_client_closed(cs);
-    for (unsigned i = 0; cs && i < cs->n; i++)
-        seqset_release(&cs->v[i].sent);
+    for (size_t i = 0; cs && i < cs->n; i++)
+        seqset_release(&chat__state_at(cs, i)->sent);
     if (cs)
-        free(cs->v);
+        free(cs->more);
     free(cs);
     cl->router_state = NULL;
 }
@@ -204,9 +204,9 @@ static void chat_client_roles_changed(void *router, struct client *cl, bool was_
     chat__list_del(NULL, &loc->admins, cl);
     struct client_state *cs = cl->router_state;
     json_t *left = json_array();
-    for (unsigned i = 0; cs && i < cs->n; i++)
-        if (leave_for_client(ch, cl, &cs->v[i]))
-            json_array_append_new(left, json_string(cs->v[i].id));
+    for (size_t i = 0; cs && i < cs->n; i++)
+        if (leave_for_client(ch, cl, chat__state_at(cs, i)))
+            json_array_append_new(left, json_string(chat__state_at(cs, i)->id));
     json_t *o = json_pack("{s:s, s:s, s:s, s:o}", "type", "notification", "code",
                           "roles_changed", "message",
                           "the refreshed token has no admin role: every joined session was left",

@@ -19,6 +19,7 @@
 #include <limits.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -48,7 +49,14 @@ _Static_assert(BUS_STREAM_MAX == ASST_STREAM_ID_LEN, "a stream id crosses the bu
 extern const char *const chat__out_names[CHAT_OUT_COUNT];
 uint8_t chat__out_index(const char *type);
 
+/* A delivery to a connection reads the first four fields (hub/deliver.c
+ * send_event): they come first and fit one cache line, 61 bytes. */
 struct sess_state {
+    struct seqset sent; /* seqs sent to this connection */
+    /* The highest after_seq this connection resumed from (capped at the
+     * session's last seq then): the client holds every event up to it, so
+     * a live one up to it is not sent (one published late). */
+    int64_t held;
     char id[STORE_ID_LEN + 1];
     bool joined; /* an admin subscribed with admin_join */
     /* The admin's latest admin_join (true) or admin_leave (false) and how
@@ -58,27 +66,35 @@ struct sess_state {
      * processed in order). */
     bool intent_joined;
     uint32_t intent_pending;
-    struct seqset sent; /* seqs sent to this connection */
-    /* The highest after_seq this connection resumed from (capped at the
-     * session's last seq then): the client holds every event up to it, so
-     * a live one up to it is not sent (one published late). */
-    int64_t held;
     /* The assistant's answer streaming in this session, as far as this
      * connection has had it: its id and how many bytes (-1: none yet). */
     char stream[ASST_STREAM_ID_LEN + 1];
     int64_t stream_sent;
 };
+_Static_assert(offsetof(struct sess_state, intent_joined) < 64,
+               "what a delivery reads of a session's state fits one cache line");
 
 struct resume_job;
 
+/* Allocated at a cache line's start (chat__cstate) with the first session's
+ * state first: a delivery to a device in one session (the usual case) finds
+ * all it reads of this in one line, a second session's state in `more`. */
 struct client_state {
-    size_t n, cap;
-    struct sess_state *v;
+    struct sess_state first; /* when n >= 1 */
+    size_t n;                /* states: first, then more[0 .. n - 2] */
+    size_t cap;              /* of more */
+    struct sess_state *more; /* owned */
     struct resume_job *jobs; /* replays running or waiting (see struct resume_job) */
     unsigned njobs;          /* on jobs */
     unsigned nrunning;       /* on jobs and not waiting for a slot */
     struct rate_bucket budget[CHAT_TYPE_COUNT]; /* see type_budget */
 };
+
+/* The client's i-th session state (i < cs->n). */
+static inline struct sess_state *chat__state_at(struct client_state *cs, size_t i)
+{
+    return i == 0 ? &cs->first : &cs->more[i - 1];
+}
 
 /* Worker-local indexes, owned by one worker thread. */
 struct local_list {

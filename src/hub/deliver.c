@@ -81,11 +81,17 @@ void chat__free_table(struct local_list **tab)
     }
 }
 
-/* The client's router state, made on first use (idle clients have none). */
+/* The client's router state, made on first use (idle clients have none),
+ * at a cache line's start (struct client_state). */
 struct client_state *chat__cstate(struct client *cl)
 {
-    if (!cl->router_state)
-        cl->router_state = calloc(1, sizeof(struct client_state));
+    if (!cl->router_state) {
+        size_t size = (sizeof(struct client_state) + 63) & ~(size_t)63;
+        struct client_state *cs = aligned_alloc(64, size);
+        if (cs)
+            memset(cs, 0, sizeof *cs);
+        cl->router_state = cs;
+    }
     return cl->router_state;
 }
 
@@ -94,14 +100,16 @@ struct sess_state *chat__state_get(struct client *cl, const char *sid, bool crea
     struct client_state *cs = create ? chat__cstate(cl) : cl->router_state;
     if (!cs)
         return NULL;
-    for (unsigned i = 0; i < cs->n; i++)
-        if (strcmp(cs->v[i].id, sid) == 0)
-            return &cs->v[i];
+    for (size_t i = 0; i < cs->n; i++) {
+        struct sess_state *st = chat__state_at(cs, i);
+        if (strcmp(st->id, sid) == 0)
+            return st;
+    }
     if (!create)
         return NULL;
-    if (vec_grow(&cs->v, &cs->cap, cs->n, 1, sizeof *cs->v) != 0)
+    if (cs->n > 0 && vec_grow(&cs->more, &cs->cap, cs->n - 1, 1, sizeof *cs->more) != 0)
         return NULL;
-    struct sess_state *st = &cs->v[cs->n++];
+    struct sess_state *st = chat__state_at(cs, cs->n++);
     memset(st, 0, sizeof *st);
     snprintf(st->id, sizeof st->id, "%s", sid);
     return st;

@@ -20,10 +20,28 @@ struct seq_range {
     int64_t lo, hi; /* inclusive */
 };
 
+/* One range, the common case, lives in the set itself: checking a live
+ * event then reads no memory beyond the connection's session state (one
+ * cache line with the fields beside it, hub/chat_int.h struct sess_state),
+ * where a separate array was one more cache miss per delivery. Two or more
+ * live in an owned array, and the set comes back inside when they merge
+ * into one again. Zeroed is empty. */
 struct seqset {
-    size_t n, cap;
-    struct seq_range *r; /* owned; sorted by lo, no two ranges touch */
+    union {
+        struct seq_range one; /* n <= 1 */
+        struct {
+            struct seq_range *r; /* n >= 2: owned; sorted by lo, no two ranges touch */
+            size_t cap;
+        } heap;
+    } u;
+    size_t n;
 };
+
+/* The ranges, sorted by lo (n of them). Valid until the next add. */
+static inline const struct seq_range *seqset_ranges(const struct seqset *s)
+{
+    return s->n <= 1 ? &s->u.one : s->u.heap.r;
+}
 
 /* Is seq in the set? */
 bool seqset_has(const struct seqset *s, int64_t seq);

@@ -101,28 +101,20 @@ struct conn_handler {
 enum conn_state { CONN_HTTP = 0, CONN_WS, CONN_CLOSED };
 
 /* Fields are ordered (and flags packed) for size: every open connection
- * holds one, idle or not (a 432-byte allocation, 248 of them libuv's). */
+ * holds one, idle or not (a 432-byte allocation, 248 of them libuv's); and
+ * those a delivery touches are kept together (below). */
 struct conn {
     uv_tcp_t tcp; /* first member: handle pointers cast back to conn;
                    * tcp.loop is the owning worker's (conn_worker) */
-    /* read-only after accept */
-    uint64_t id;                /* unique in the process: worker index << 48 | sequence */
-    /* private to the worker thread */
-    struct list_node node;      /* on w->conns */
+    /* From here to data: what a delivery to this connection touches (the
+     * worker's idmap confirms the id, the handler's data is looked up, and
+     * conn_send_owned reads the state, queues the frame and marks the
+     * connection dirty), 72 bytes together: two cache lines wherever
+     * malloc puts the conn, where they lay across three or four. A fan-out
+     * does this for every receiver of every event. */
+    uint64_t id; /* read-only after accept: unique in the process, worker index << 48 | sequence */
+    /* Private to the worker thread from here on. */
     struct list_node dirty;     /* on w->dirty while output waits to be flushed */
-    struct conn_in *in;         /* HTTP: a request head kept between reads (owned),
-                                 * NULL when none */
-    struct conn_msg *msg;       /* WebSocket: a message being assembled (owned),
-                                 * NULL between messages */
-    /* Times are the low 32 bits of the loop's time in ms, compared modulo
-     * 2^32 (every one lies within a day of now; see conn.c's stamp()); a set
-     * one is never 0, which means none. */
-    uint32_t deadline_ms;  /* HTTP: head deadline; closing: linger deadline */
-    uint32_t ping_wait_ms; /* when the oldest unanswered ping went out */
-    uint32_t next_ping_ms;
-    uint32_t ping_window_ms;    /* start of the current ping-flood window */
-    uint8_t pings_in_window;    /* at most CONN_PING_FLOOD + 1 */
-    uint16_t holds;             /* async work that will come back to this conn */
     uint8_t state;              /* enum conn_state */
     bool close_sent : 1;        /* our close frame is queued */
     bool close_received : 1;    /* the peer's close frame arrived */
@@ -134,13 +126,28 @@ struct conn {
     bool http_body_wait : 1;    /* a whole head is in c->in, its body is not yet */
     bool handle_closed : 1;     /* the libuv close callback ran */
     bool notify_close : 1;      /* closed: the handler's on_close is still to run */
+    uint8_t pings_in_window;    /* at most CONN_PING_FLOOD + 1 (here, it fills a hole) */
+    uint16_t holds;             /* async work that will come back to this conn */
     struct outq out;
-    struct conn_write *wreq;    /* pending write (owned), NULL when none */
-    uv_shutdown_t *sreq;        /* pending shutdown (owned) */
+    void *data; /* the handler's per-connection state (handler-owned) */
+    /* The rest. */
+    struct list_node node; /* on w->conns */
+    struct conn_in *in;    /* HTTP: a request head kept between reads (owned),
+                            * NULL when none */
+    struct conn_msg *msg;  /* WebSocket: a message being assembled (owned),
+                            * NULL between messages */
+    /* Times are the low 32 bits of the loop's time in ms, compared modulo
+     * 2^32 (every one lies within a day of now; see conn.c's stamp()); a set
+     * one is never 0, which means none. */
+    uint32_t deadline_ms;  /* HTTP: head deadline; closing: linger deadline */
+    uint32_t ping_wait_ms; /* when the oldest unanswered ping went out */
+    uint32_t next_ping_ms;
+    uint32_t ping_window_ms;            /* start of the current ping-flood window */
+    struct conn_write *wreq;            /* pending write (owned), NULL when none */
+    uv_shutdown_t *sreq;                /* pending shutdown (owned) */
     const struct conn_handler *handler; /* WebSocket route, NULL in HTTP */
-    void *data;                 /* the handler's per-connection state (handler-owned) */
-    struct ws_decoder *dec;     /* owned; NULL while the stream is between frames (the
-                                 * worker's scratch decoder serves then) */
+    struct ws_decoder *dec;             /* owned; NULL while the stream is between frames (the
+                                         * worker's scratch decoder serves then) */
     /* Input budget (metered handlers): two token buckets, messages and
      * bytes, as struct rate_bucket's level, refilled together to one time
      * (in_t_ms; 0: never used); see charge_input in conn.c. */
@@ -148,6 +155,8 @@ struct conn {
     uint64_t in_bytes_level;
     int64_t in_t_ms;
 };
+_Static_assert(offsetof(struct conn, data) + sizeof(void *) - offsetof(struct conn, id) <= 72,
+               "what a delivery touches of a connection stays together");
 
 /* The worker that owns c (it accepted it): the one whose loop c's handle
  * is on. Read-only after accept, like the id. */
