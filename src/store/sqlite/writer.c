@@ -448,15 +448,17 @@ static int do_request(struct store_sqlite *s, struct store_req *r, int64_t now)
     return do_session_op(s, r, b, now);
 }
 
-/* Is the file behind fd (opened as path) still the one at path, and linked?
- * NULL, or why not. */
+/* Is the file behind fd (opened as path) still the one at path? NULL, or
+ * why not. One stat of the path answers both ways a file goes: removed
+ * (no file there, or another: "replaced"), since the inode chatd holds open
+ * cannot be freed and given to a new file meanwhile. fd itself is not
+ * looked at beyond being open: an unlinked file's link count adds nothing
+ * the path does not tell, and this runs twice a batch. */
 static const char *file_gone(int fd, const struct stat *was, const char *path)
 {
     struct stat now;
     if (fd < 0)
         return NULL;
-    if (fstat(fd, &now) == 0 && now.st_nlink == 0)
-        return "removed";
     if (stat(path, &now) != 0)
         return errno == ENOENT ? "removed" : NULL;
     if (now.st_dev != was->st_dev || now.st_ino != was->st_ino)
