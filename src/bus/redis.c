@@ -852,9 +852,9 @@ static void order_free(struct rbus *r, struct order_sess *os)
 static void order_tick(struct rbus *r, int64_t now, bool all)
 {
     bool sweep = all || now >= r->next_sweep_ms;
-    int64_t idle_ms = r->norder > ORDER_MAX ? ORDER_IDLE_MIN_MS : ORDER_IDLE_MS;
     if (!sweep && !r->nheld_now)
         return;
+    int64_t idle_ms = r->norder > ORDER_MAX ? ORDER_IDLE_MIN_MS : ORDER_IDLE_MS;
     struct outv o = {0};
     for (unsigned b = 0; b < ORDER_BUCKETS; b++) {
         struct order_sess **p = &r->order[b];

@@ -49,8 +49,14 @@ _Static_assert(BUS_STREAM_MAX == ASST_STREAM_ID_LEN, "a stream id crosses the bu
 extern const char *const chat__out_names[CHAT_OUT_COUNT];
 uint8_t chat__out_index(const char *type);
 
-/* A delivery to a connection reads the first four fields (hub/deliver.c
- * send_event): they come first and fit one cache line, 61 bytes. */
+/* The size of a cache line on the machines chatd is built for (x86-64,
+ * most arm64): struct client_state is allocated at the start of one. */
+#define CHAT_LINE 64
+
+/* A delivery to a connection reads sent, held and id (hub/deliver.c
+ * send_event), and an admin's message its join flags (chat__admin_in):
+ * they come first, 61 bytes, within the first cache line of the client's
+ * router state (struct client_state). */
 struct sess_state {
     struct seqset sent; /* seqs sent to this connection */
     /* The highest after_seq this connection resumed from (capped at the
@@ -71,7 +77,7 @@ struct sess_state {
     char stream[ASST_STREAM_ID_LEN + 1];
     int64_t stream_sent;
 };
-_Static_assert(offsetof(struct sess_state, intent_joined) < 64,
+_Static_assert(offsetof(struct sess_state, intent_joined) < CHAT_LINE,
                "what a delivery reads of a session's state fits one cache line");
 
 struct resume_job;

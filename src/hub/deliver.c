@@ -86,8 +86,9 @@ void chat__free_table(struct local_list **tab)
 struct client_state *chat__cstate(struct client *cl)
 {
     if (!cl->router_state) {
-        size_t size = (sizeof(struct client_state) + 63) & ~(size_t)63;
-        struct client_state *cs = aligned_alloc(64, size);
+        /* aligned_alloc takes a multiple of the alignment. */
+        size_t size = (sizeof(struct client_state) + CHAT_LINE - 1) / CHAT_LINE * CHAT_LINE;
+        struct client_state *cs = aligned_alloc(CHAT_LINE, size);
         if (cs)
             memset(cs, 0, sizeof *cs);
         cl->router_state = cs;

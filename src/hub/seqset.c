@@ -30,6 +30,12 @@ int64_t seqset_max(const struct seqset *s)
     return s->n ? seqset_ranges(s)[s->n - 1].hi : 0;
 }
 
+/* The ranges, to change them (seqset_ranges is the reading side). */
+static struct seq_range *ranges(struct seqset *s)
+{
+    return s->n <= 1 ? &s->u.one : s->u.heap.r;
+}
+
 /* Make room for one more range, moving the inside one out to an array
  * when it is the first to be joined by a second. */
 static int make_room(struct seqset *s)
@@ -37,12 +43,13 @@ static int make_room(struct seqset *s)
     if (s->n == 0)
         return 0;
     if (s->n == 1) {
-        struct seq_range *r = malloc(VEC_MIN_CAP * sizeof *r);
-        if (!r)
+        struct seq_range *r = NULL;
+        size_t cap = 0;
+        if (vec_grow(&r, &cap, 0, 2, sizeof *r) != 0)
             return -ENOMEM;
         r[0] = s->u.one;
         s->u.heap.r = r;
-        s->u.heap.cap = VEC_MIN_CAP;
+        s->u.heap.cap = cap;
         return 0;
     }
     return vec_grow(&s->u.heap.r, &s->u.heap.cap, s->n, 1, sizeof *s->u.heap.r);
@@ -50,7 +57,7 @@ static int make_room(struct seqset *s)
 
 int seqset_add(struct seqset *s, int64_t seq)
 {
-    struct seq_range *r = (struct seq_range *)seqset_ranges(s);
+    struct seq_range *r = ranges(s);
     size_t i = s->n;
     while (i > 0 && r[i - 1].lo > seq)
         i--;
@@ -74,7 +81,7 @@ int seqset_add(struct seqset *s, int64_t seq)
         if (make_room(s) != 0)
             return -ENOMEM;
         s->n++;
-        r = (struct seq_range *)seqset_ranges(s);
+        r = ranges(s);
         memmove(&r[i + 1], &r[i], (s->n - 1 - i) * sizeof *r);
         r[i].lo = r[i].hi = seq;
     }
