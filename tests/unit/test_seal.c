@@ -27,6 +27,7 @@
 
 #include "store/seal.h"
 #include "store/store.h"
+#include "util/clock.h"
 
 static atomic_bool rand_fail;
 static atomic_int rand_calls;
@@ -87,6 +88,34 @@ static void session_id_refused_without_random_bytes(void **state)
     atomic_store(&rand_fail, false);
     assert_int_equal(store_new_session_id(id), 0);
     assert_int_equal(strncmp(id, "s_", 2), 0);
+}
+
+/* A session id is "s_", the second it was made (8 hex digits) and 64
+ * random bits (16 hex digits): ids sort by the second they were made, and
+ * two made in the same second still differ. */
+static void session_id_leads_with_its_second(void **state)
+{
+    (void)state;
+    enum { N = 1000 };
+    static char ids[N][STORE_ID_LEN + 1];
+    uint32_t before = (uint32_t)(clock_wall_ms() / 1000);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(store_new_session_id(ids[i]), 0);
+    uint32_t after = (uint32_t)(clock_wall_ms() / 1000);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(strlen(ids[i]), STORE_ID_LEN);
+        assert_int_equal(strncmp(ids[i], "s_", 2), 0);
+        assert_int_equal(strspn(ids[i] + 2, "0123456789abcdef"), STORE_ID_LEN - 2);
+        char secs[9];
+        memcpy(secs, ids[i] + 2, 8);
+        secs[8] = '\0';
+        uint32_t made = (uint32_t)strtoul(secs, NULL, 16);
+        assert_true(made >= before && made <= after);
+        if (i > 0 && strncmp(ids[i - 1] + 2, ids[i] + 2, 8) != 0)
+            assert_true(strcmp(ids[i - 1], ids[i]) < 0); /* a later second sorts after */
+        for (int j = 0; j < i; j++)
+            assert_string_not_equal(ids[j], ids[i]);
+    }
 }
 
 /* ---- through an encrypted SQLite store -------------------------------------- */
@@ -186,6 +215,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(seal_refuses_without_random_bytes),
         cmocka_unit_test(session_id_refused_without_random_bytes),
+        cmocka_unit_test(session_id_leads_with_its_second),
         cmocka_unit_test(encrypted_store_refuses_one_write_and_goes_on),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
