@@ -183,6 +183,20 @@ static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
  * it was made with; the checkpoint's thresholds are in bytes of pages, the
  * same for either. */
 #define PAGE_SIZE_TEXT "2048"
+/* The writer's page cache, in KiB (SQLite's default is 2,000 KiB; each
+ * connection has its own). A commit touches, for each session in the
+ * batch, the last leaf of the events b-tree and of its client-id index,
+ * the neighbours a split rebalances and the interior pages above them:
+ * some 8 pages, 16 KiB, per active session. At 2,000 KiB a pipelined chat
+ * of 100 sessions read ~1.2 KB back from the file per message (pages
+ * pushed out of the cache and needed again); at 4 MiB ~0.1 KB, and the
+ * writer's CPU per message fell x0.87 (docs/benchmarks.md, "The writer's
+ * cache"). Not more: the cache fills as the database grows and is never
+ * given back, so it counts in the memory a long run settles at (the
+ * soak's 5 % drift check, tests/integration/test_soak.py, saw 16 MiB still
+ * filling after its warm-up). Readers keep SQLite's default: each read is
+ * short and starts from a cache the writer's commits have made stale. */
+#define WRITER_CACHE_KIB_TEXT "4096"
 /* A RESTART checkpoint holds new writers back while it waits for the
  * current one and for readers of older snapshots: it gives up after
  * CKPT_RESTART_BUSY_MS (an outside program holding a read transaction
@@ -437,6 +451,7 @@ static int sq_open(void **out, const struct store_options *opt, char *err, size_
              e, sizeof e) ||
         exec(s->db, "PRAGMA foreign_keys = ON", e, sizeof e) ||
         exec(s->db, "PRAGMA wal_autocheckpoint = 0", e, sizeof e) ||
+        exec(s->db, "PRAGMA cache_size = -" WRITER_CACHE_KIB_TEXT, e, sizeof e) ||
         exec(s->db, "PRAGMA journal_size_limit = " WAL_KEEP_BYTES_TEXT, e, sizeof e)) {
         snprintf(err, errlen, "--db: '%s': %s", opt->path, e);
         goto fail;
