@@ -119,12 +119,16 @@
     return !!claims && typeof claims.exp === 'number' && claims.exp * 1000 <= Date.now();
   }
 
-  // A client message id: unique, 1..64 bytes. crypto.getRandomValues works
-  // on plain http too (randomUUID needs a secure context).
+  // A client message id: unique, 1..64 bytes: 'w', the Unix second (8 hex
+  // digits), 64 random bits (16 hex digits). The server indexes ids per
+  // session and sender; ids that grow with time go to the end of that
+  // index instead of onto a random page of it. crypto.getRandomValues
+  // works on plain http too (randomUUID needs a secure context).
   function newId() {
-    const b = new Uint8Array(12);
+    const b = new Uint8Array(8);
     crypto.getRandomValues(b);
-    return 'w' + Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+    const secs = Math.floor(Date.now() / 1000).toString(16).padStart(8, '0').slice(-8);
+    return 'w' + secs + Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
   }
 
   // ---- HTTP API -------------------------------------------------------------

@@ -190,7 +190,7 @@ static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen)
  * some 8 pages, 16 KiB, per active session. At 2,000 KiB a pipelined chat
  * of 100 sessions read ~1.2 KB back from the file per message (pages
  * pushed out of the cache and needed again); at 4 MiB ~0.1 KB, and the
- * writer's CPU per message fell x0.87 (docs/benchmarks.md, "The writer's
+ * writer's CPU per message fell x0.80 (docs/benchmarks.md, "The writer's
  * cache"). Not more: the cache fills as the database grows and is never
  * given back, so it counts in the memory a long run settles at (the
  * soak's 5 % drift check, tests/integration/test_soak.py, saw 16 MiB still
