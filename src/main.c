@@ -127,8 +127,8 @@ static void random_secret(char out[65])
         fprintf(stderr, "chatd: cannot get random bytes for --dev\n");
         exit(1);
     }
-    for (int i = 0; i < 32; i++)
-        snprintf(out + 2 * i, 3, "%02x", raw[i]);
+    hex_encode(out, raw, sizeof raw);
+    out[64] = '\0';
     OPENSSL_cleanse(raw, sizeof raw);
 }
 

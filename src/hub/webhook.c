@@ -36,6 +36,7 @@
 #include "net/http_client.h"
 #include "util/clock.h"
 #include "util/hash.h"
+#include "util/hex.h"
 #include "util/log.h"
 
 #define MAX_RESPONSE (64 * 1024)  /* of a receiver's answer body (ignored) */
@@ -122,12 +123,8 @@ static struct delivery *make_delivery(struct webhook *w, const char *session_id,
             *rc = -ENOMEM; /* OpenSSL fails only for want of memory here */
             return NULL;
         }
-        static const char hex[] = "0123456789abcdef";
         memcpy(d->sig, "sha256=", 7);
-        for (unsigned i = 0; i < 32; i++) {
-            d->sig[7 + 2 * i] = hex[mac[i] >> 4];
-            d->sig[8 + 2 * i] = hex[mac[i] & 15];
-        }
+        hex_encode(d->sig + 7, mac, 32);
         d->sig[SIG_LEN] = '\0';
         OPENSSL_cleanse(mac, sizeof mac);
     }

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "util/clock.h"
+#include "util/hex.h"
 
 /* The engines store_open chooses from are listed in store/engines.c (so
  * that this interface includes no engine: the engines include it). */
@@ -220,21 +221,17 @@ int store_new_session_id(char out[STORE_ID_LEN + 1])
      * session's rows at its right-hand end, on pages just written and
      * still cached, instead of on a leaf anywhere in the file that must
      * be read first. 64 random bits keep an id unguessable. */
-    unsigned char raw[8];
+    unsigned char raw[12];
     out[0] = '\0';
     /* Session ids must not be guessable: no weaker fallback. */
-    if (RAND_bytes(raw, sizeof raw) != 1)
+    if (RAND_bytes(raw + 4, 8) != 1)
         return -EIO;
     uint32_t secs = (uint32_t)(clock_wall_ms() / 1000); /* wraps in 2106 */
-    static const char hex[] = "0123456789abcdef";
+    for (int i = 0; i < 4; i++)
+        raw[i] = (unsigned char)(secs >> (24 - 8 * i)); /* big-endian: sorts as it counts */
     out[0] = 's';
     out[1] = '_';
-    for (int i = 0; i < 8; i++)
-        out[2 + i] = hex[(secs >> (28 - 4 * i)) & 15];
-    for (int i = 0; i < 8; i++) {
-        out[10 + 2 * i] = hex[raw[i] >> 4];
-        out[11 + 2 * i] = hex[raw[i] & 15];
-    }
+    hex_encode(out + 2, raw, sizeof raw);
     out[STORE_ID_LEN] = '\0';
     return 0;
 }
