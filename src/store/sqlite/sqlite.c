@@ -269,9 +269,16 @@ static void checkpointer_main(void *arg)
             if (rc == SQLITE_BUSY)
                 restart_after_ms = clock_mono_ms() + CKPT_RESTART_BACKOFF_MS;
         }
+        /* SQLITE_BUSY is no failure: another connection held the
+         * checkpoint lock, or the writer was midway through updating the
+         * WAL's shared header when this one read it (the two copies
+         * differed and the writer's lock was taken). SQLite then answers
+         * -1 pages, having copied nothing; the writer's next commit asks
+         * again. Only a checkpoint that answered SQLITE_OK with -1 pages
+         * ran on a connection without its WAL. */
         if (rc != SQLITE_OK && rc != SQLITE_BUSY)
             log_warn("store_checkpoint_failed", "error=\"%s\"", sqlite3_errstr(rc));
-        else if (log_pages < 0)
+        else if (rc == SQLITE_OK && log_pages < 0)
             log_warn("store_checkpoint_failed", "error=\"WAL not open\"");
     }
     sqlite3_close(db);
