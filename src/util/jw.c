@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/hex.h"
 #include "util/sbuf.h"
 #include "util/words.h"
 
@@ -133,7 +134,6 @@ static size_t next_escape(const unsigned char *u, size_t i, size_t n)
 
 void jw_str(struct jw *w, const char *s, size_t n)
 {
-    static const char hex[] = "0123456789abcdef";
     const unsigned char *u = (const unsigned char *)s;
     /* Reserved exactly: a frame sized for its content (wire.c) then never
      * grows. */
@@ -158,8 +158,8 @@ void jw_str(struct jw *w, const char *s, size_t n)
         if (c == 'u') {
             *o++ = '0';
             *o++ = '0';
-            *o++ = hex[u[e] >> 4];
-            *o++ = hex[u[e] & 15];
+            hex_encode(o, &u[e], 1);
+            o += 2;
         }
         i = e + 1;
     }

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "util/clock.h"
+#include "util/hex.h"
 
 #define LOG_BATCH_MAX 4096 /* PIPE_BUF on Linux: a write of it is never split */
 #define LOG_LINE_MAX 1024
@@ -79,7 +80,6 @@ static void log_write(enum log_level lvl, const char *event, const char *fmt, va
 
 const char *log_quote(struct log_quoted *q, const char *s, size_t n)
 {
-    static const char hex[] = "0123456789abcdef";
     char *o = q->s;
     bool cut = n > LOG_QUOTE_MAX;
     if (cut)
@@ -99,8 +99,8 @@ const char *log_quote(struct log_quoted *q, const char *s, size_t n)
         } else if (ch < 0x20 || ch == 0x7f) {
             *o++ = '\\';
             *o++ = 'x';
-            *o++ = hex[ch >> 4];
-            *o++ = hex[ch & 15];
+            hex_encode(o, &ch, 1);
+            o += 2;
         } else {
             *o++ = (char)ch;
         }
