@@ -27,7 +27,7 @@
 #             latency), then a summary beside the SQLite chat figures above
 #             (see bench/cluster.sh; skipped without redis-server and
 #             postgresql)
-# Every figure is server CPU time (utime+stime from /proc/PID/stat) per
+# Every figure is server CPU time (the process's CPU clock, all threads) per
 # operation beside the rate. One JSON line per run goes to
 # $BUILD/bench/results.jsonl, then a table is printed. About 4 minutes
 # with the defaults (DURATION=10 WARMUP=2 seconds per scenario; the
