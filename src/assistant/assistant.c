@@ -38,6 +38,7 @@
 
 #define SLOT_BUCKETS 4096
 #define SSE_MAX_LINE (1u << 20)   /* one event line, at most */
+#define READ_KEEP (64u * 1024)    /* the gathered text's buffer is kept up to this size */
 #define ERROR_BODY_MAX 8192       /* of a provider's error answer, kept to read it */
 #define HOLDERS_MAX 4096          /* admin connections holding one session */
 #define BUDGET_BUCKETS 4096       /* chains of the per-user budgets */
@@ -79,7 +80,9 @@ struct answer {
     size_t errlen;
     int64_t retry_after_ms;
     int64_t t_submit_ms;
-    bool got_delta, got_done;
+    bool got_delta, got_done;      /* got_delta: the stream has text */
+    size_t text_len;               /* the stream's bytes and those gathered, not yet in it */
+    int rd_err;                    /* its gathered text was lost (-ENOMEM): the request ends */
     enum end_cause cause;
     char stop_reason[32];
     char error[320];
@@ -128,6 +131,18 @@ struct assistant {
     unsigned running; /* answers holding a slot */
     uint64_t next_stream;
     bool closing;
+
+    /* HTTP client thread only: the text of rd_x's deltas read in this
+     * turn of the HTTP client and not yet in its stream (text_gather).
+     * A provider sends each event as a chunk of its own, one on_body call
+     * each; appending them once per turn takes the stream's lock and calls
+     * the hook once for all of them. Handed on (text_done) when the turn
+     * ends, when another answer's text comes, and before the answer ends.
+     * Holds at most what one turn read. */
+    struct answer *rd_x;
+    char *rd;
+    size_t rd_len, rd_cap;
+    unsigned rd_deltas;
 
     /* statistics, any thread */
     atomic_uint_fast64_t st_started, st_completed, st_partial, st_failed, st_timeouts,
@@ -572,6 +587,50 @@ static int on_head(void *arg, uint64_t id, int status, const struct http_client_
     return 0;
 }
 
+/* rd_x's gathered text goes into its stream, then to the hook, in one
+ * piece. Only memory can fail it (the stream is finished after on_done
+ * alone, and the answer's bound was checked as the text came): the text
+ * is lost, and the answer's next on_body, or on_done, ends it with that
+ * error, cut where its stream stands. */
+static void text_done(struct assistant *a)
+{
+    struct answer *x = a->rd_x;
+    if (!x)
+        return;
+    a->rd_x = NULL;
+    int64_t off = asst_stream_append(x->stream, a->rd, a->rd_len);
+    if (off >= 0) {
+        assert((uint64_t)off + a->rd_len == x->text_len);
+        x->got_delta = true;
+        atomic_fetch_add_explicit(&a->st_deltas, a->rd_deltas, memory_order_relaxed);
+        a->hooks.delta(a->hooks.app, x->stream, x->owner, (uint64_t)off, a->rd, a->rd_len);
+    } else if (!x->rd_err) {
+        x->rd_err = (int)off;
+    }
+    a->rd_len = 0;
+    a->rd_deltas = 0;
+    if (a->rd_cap > READ_KEEP) { /* an unusually large turn: not kept for good */
+        free(a->rd);
+        a->rd = NULL;
+        a->rd_cap = 0;
+    }
+}
+
+static int text_gather(struct answer *x, const char *text, size_t len)
+{
+    struct assistant *a = x->a;
+    if (a->rd_x != x)
+        text_done(a);
+    if (vec_grow(&a->rd, &a->rd_cap, a->rd_len, len, 1) != 0)
+        return -ENOMEM;
+    a->rd_x = x;
+    memcpy(a->rd + a->rd_len, text, len);
+    a->rd_len += len;
+    a->rd_deltas++;
+    x->text_len += len;
+    return 0;
+}
+
 static int on_event(void *arg, const struct sse_event *ev)
 {
     struct answer *x = arg;
@@ -602,24 +661,17 @@ static int on_event(void *arg, const struct sse_event *ev)
     case PROVIDER_EV_DELTA: {
         if (!pe.len)
             break;
-        if (!x->got_delta && a->opt.first_byte_timeout_ms &&
+        if (!x->text_len && a->opt.first_byte_timeout_ms &&
             clock_mono_ms() - x->t_submit_ms > (int64_t)a->opt.first_byte_timeout_ms) {
             rc = -ETIMEDOUT; /* events came, but no text in time */
             break;
         }
-        int64_t off = asst_stream_append(x->stream, pe.text, pe.len);
-        if (off == -EMSGSIZE) {
-            x->cause = END_TOO_LONG;
+        if (pe.len > x->stream->max_bytes - x->text_len) {
+            x->cause = END_TOO_LONG; /* cut after the deltas before it */
             rc = -EMSGSIZE;
             break;
         }
-        if (off < 0) {
-            rc = (int)off;
-            break;
-        }
-        x->got_delta = true;
-        atomic_fetch_add_explicit(&a->st_deltas, 1, memory_order_relaxed);
-        a->hooks.delta(a->hooks.app, x->stream, x->owner, (uint64_t)off, pe.text, pe.len);
+        rc = text_gather(x, pe.text, pe.len);
         break;
     }
     case PROVIDER_EV_DONE:
@@ -656,6 +708,8 @@ static int on_body(void *arg, uint64_t id, const char *data, size_t len)
         }
         return 0;
     }
+    if (x->rd_err)
+        return x->rd_err;
     if (x->got_done)
         return 0; /* anything after the end is not part of the answer */
     int rc = sse_feed(&x->sse, data, len, on_event, x);
@@ -678,6 +732,10 @@ static void on_done(void *arg, uint64_t id, int result, int status, const char *
     if (x->cause == END_TOO_LONG)
         result = -ECANCELED;
     /* Its deltas go out before its end does. */
+    if (x->a->rd_x == x)
+        text_done(x->a);
+    if (x->rd_err && result == 0)
+        result = x->rd_err;
     if (x->a->hooks.flush)
         x->a->hooks.flush(x->a->hooks.app);
     finish(x, result, error);
@@ -962,6 +1020,7 @@ static void *assistant_main(void *arg)
 static void after_turn(void *arg)
 {
     struct assistant *a = arg;
+    text_done(a);
     if (a->hooks.flush)
         a->hooks.flush(a->hooks.app);
 }
@@ -1065,6 +1124,8 @@ void assistant_free(struct assistant *a)
             u = next;
         }
     }
+    assert(!a->rd_x); /* every answer's on_done handed its text on */
+    free(a->rd);
     pthread_cond_destroy(&a->cond);
     pthread_mutex_destroy(&a->lock);
     free(a);
