@@ -8,10 +8,11 @@
 # sends each answer (ASSISTANT_ANSWER bytes, default 4096) in deltas of
 # ASSISTANT_DELTA bytes (default 8) one every ASSISTANT_INTERVAL_MS (default
 # 10); then, with ASSISTANT_UNPACED=1 (the default), the same with no pause
-# between deltas. Each run sends its burst of questions twice to the same
-# chatd: the first burst, reported apart, also pays for a fresh chatd's
-# growing heap and its connections to the provider; the second makes the
-# run's figures (ASSISTANT_WARMUP=0: the first only). chatd runs on core 0;
+# between deltas. Each run sends its burst of questions four times to the
+# same chatd: the first burst, reported apart, also pays for a fresh
+# chatd's growing heap and its connections to the provider; of the other
+# three (ASSISTANT_BURSTS) the one with the median CPU per provider delta
+# makes the run's figures (ASSISTANT_WARMUP=0: the first only). chatd runs on core 0;
 # chatd-bench and the provider share core 1.
 #
 # Figures per run: answer deltas delivered per second, chatd's CPU time per
@@ -20,7 +21,7 @@
 # offset and compares them with the final answer's content, and that with
 # the text the provider streamed. ASSISTANT_PROVIDER=python runs the same
 # against tests/fake_provider.py (slower; see docs/benchmarks.md).
-# Results: $BUILD/bench/assistant.jsonl, then a table. ~16 s.
+# Results: $BUILD/bench/assistant.jsonl, then a table. ~27 s.
 set -euo pipefail
 
 # shellcheck source=bench/lib.sh

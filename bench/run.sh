@@ -29,9 +29,9 @@
 #             postgresql)
 # Every figure is server CPU time (the process's CPU clock, all threads) per
 # operation beside the rate. One JSON line per run goes to
-# $BUILD/bench/results.jsonl, then a table is printed. About 4 minutes
+# $BUILD/bench/results.jsonl, then a table is printed. About 5 minutes
 # with the defaults (DURATION=10 WARMUP=2 seconds per scenario; the
-# assistant runs take what their answers take, ~10 s together; the
+# assistant runs take what their answers take, ~27 s together; the
 # cluster's five runs and its start ~70 s).
 set -euo pipefail
 
