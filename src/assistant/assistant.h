@@ -25,10 +25,13 @@
  *   2. [assistant thread] reads the session's recent history from the store
  *      (a blocking read, never on a worker), builds the provider request
  *      (provider.h) and submits it to the HTTP client (net/http_client.h);
- *   3. [HTTP client thread] parses the event stream (http/sse.h), appends
- *      each delta to the answer's stream (stream.h) and then calls
- *      hooks->delta, in that order, which is what lets a connection that
- *      comes mid-answer catch up exactly (stream.h);
+ *   3. [HTTP client thread] parses the event stream (http/sse.h) and
+ *      gathers the deltas' text of each answer; at the end of each turn of
+ *      its loop (and when another answer's text comes, and before the
+ *      answer ends) it appends what it gathered to the answer's stream
+ *      (stream.h) in one piece and then calls hooks->delta with that
+ *      piece, in that order, which is what lets a connection that comes
+ *      mid-answer catch up exactly (stream.h);
  *   4. [HTTP client thread] at the end: hooks->failed when it failed, then
  *      hooks->finished with the text; the hub stores it and calls
  *      assistant_stored once the write is committed or refused, which frees
