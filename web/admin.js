@@ -66,6 +66,8 @@
   let order = []; /* session ids as the API listed them (help first, then longest waiting) */
   let views = new Map(); /* session id -> V (sessions opened on this page) */
   let helpLive = new Map(); /* session id -> name of who asked, since this page opened */
+  let listItems = new Map(); /* session id -> its <li> in the list, kept across drawings */
+  let joinedItems = new Map(); /* session id -> its <li> in the joined bar */
   let selected = null;
   const pane = new C.ConversationPane({
     current, token: () => token, me: () => me, render: renderConversation, renderTyping, putPending,
@@ -293,67 +295,82 @@
   function renderList() {
     const focused = document.activeElement && document.activeElement.dataset
       ? document.activeElement.dataset.sessionId : null;
-    const items = order.map((id) => {
-      const s = info(id);
-      const owner = ownerOf(s);
-      const V = views.get(id);
-      const live = helpLive.get(id);
-      const help = helpOpen(id);
-      const badges = C.el('span', { class: 'session__badges' });
-      if (live !== undefined) badges.append(C.el('span', { class: 'badge badge--alert' }, 'Asking for help now'));
-      else if (help) badges.append(C.el('span', { class: 'badge badge--help' }, 'Help requested'));
-      if (s.waiting_since) {
-        badges.append(C.el('span', { class: 'badge badge--waiting', title: 'Since ' + C.formatFull(s.waiting_since) },
-          'Waiting ' + waited(s.waiting_since)));
-      }
-      if (V && V.joined) badges.append(C.el('span', { class: 'badge badge--support' }, 'Joined'));
-      const others = (Array.isArray(s.admins) ? s.admins : []).filter((a) => a && a.id !== me.user_id);
-      if (others.length) {
-        badges.append(C.el('span', { class: 'badge' }, 'With ' + others.map((a) => a.name || a.id).join(', ')));
-      }
-      if (V && V.answering) badges.append(C.el('span', { class: 'badge badge--answering' }, 'Assistant answering'));
-      if (V && V.unread) badges.append(C.el('span', { class: 'badge badge--unread' }, V.unread + ' new'));
-      const p = s.preview;
-      const preview = p && p.content !== undefined
-        ? (p.sender_name ? (p.type === 'admin_message' ? C.supportName(p.sender_name, ' (support)') : p.sender_name) + ': ' : '') + p.content
-        : (s.last_seq || 0) + ' event' + (s.last_seq === 1 ? '' : 's');
-      const btn = C.el('button', {
-        type: 'button', class: 'session', dataset: { sessionId: id },
-        'aria-current': selected === id ? 'true' : null,
-      },
+    C.keyedChildren(ui.list, listItems, order, listItem);
+    if (focused && listItems.has(focused)) {
+      const b = listItems.get(focused).firstChild;
+      if (document.activeElement !== b) b.focus();
+    }
+    renderJoined();
+  }
+
+  // The list's row for session id: li (its row from the last drawing)
+  // brought up to date, or a new row.
+  function listItem(id, li) {
+    if (!li) {
+      const b = C.el('button', { type: 'button', class: 'session', dataset: { sessionId: id } });
+      b.addEventListener('click', () => select(id, true));
+      li = C.el('li', { class: 'session-list__item' }, b);
+    }
+    const btn = li.firstChild;
+    const s = info(id);
+    const owner = ownerOf(s);
+    const V = views.get(id);
+    const live = helpLive.get(id);
+    const help = helpOpen(id);
+    const badges = C.el('span', { class: 'session__badges' });
+    if (live !== undefined) badges.append(C.el('span', { class: 'badge badge--alert' }, 'Asking for help now'));
+    else if (help) badges.append(C.el('span', { class: 'badge badge--help' }, 'Help requested'));
+    if (s.waiting_since) {
+      badges.append(C.el('span', { class: 'badge badge--waiting', title: 'Since ' + C.formatFull(s.waiting_since) },
+        'Waiting ' + waited(s.waiting_since)));
+    }
+    if (V && V.joined) badges.append(C.el('span', { class: 'badge badge--support' }, 'Joined'));
+    const others = (Array.isArray(s.admins) ? s.admins : []).filter((a) => a && a.id !== me.user_id);
+    if (others.length) {
+      badges.append(C.el('span', { class: 'badge' }, 'With ' + others.map((a) => a.name || a.id).join(', ')));
+    }
+    if (V && V.answering) badges.append(C.el('span', { class: 'badge badge--answering' }, 'Assistant answering'));
+    if (V && V.unread) badges.append(C.el('span', { class: 'badge badge--unread' }, V.unread + ' new'));
+    const p = s.preview;
+    const preview = p && p.content !== undefined
+      ? (p.sender_name ? (p.type === 'admin_message' ? C.supportName(p.sender_name, ' (support)') : p.sender_name) + ': ' : '') + p.content
+      : (s.last_seq || 0) + ' event' + (s.last_seq === 1 ? '' : 's');
+    C.patchChildren(btn, [
       C.el('span', { class: 'session__title' }, owner.name || live || 'Unknown user'),
       C.el('time', { class: 'session__time', datetime: s.updated_at || '' },
         s.updated_at ? C.formatTime(s.updated_at) : ''),
       C.el('span', { class: 'session__topic' }, titleOf(id)),
       C.el('span', { class: 'session__preview' }, preview),
-      badges);
-      btn.dataset.help = help ? 'true' : 'false';
-      btn.addEventListener('click', () => select(id, true));
-      const li = C.el('li', { class: 'session-list__item' }, btn);
-      if (live !== undefined) li.classList.add('is-help-live');
-      if (help) li.classList.add('is-help');
-      return li;
-    });
-    ui.list.replaceChildren(...items);
-    if (focused) {
-      const b = ui.list.querySelector('button[data-session-id="' + CSS.escape(focused) + '"]');
-      if (b) b.focus();
-    }
-    renderJoined();
+      badges]);
+    if (selected === id) btn.setAttribute('aria-current', 'true');
+    else btn.removeAttribute('aria-current');
+    btn.dataset.help = help ? 'true' : 'false';
+    li.classList.toggle('is-help-live', live !== undefined);
+    li.classList.toggle('is-help', help);
+    return li;
   }
 
+  // The bar of joined conversations, one chip each.
   function renderJoined() {
-    const joined = Array.from(views.values()).filter((V) => V.joined);
+    const joined = Array.from(views.values()).filter((V) => V.joined).map((V) => V.id);
     ui.joinedBar.hidden = joined.length === 0;
-    ui.joinedList.replaceChildren(...joined.map((V) => {
-      const label = ownerOf(info(V.id)).name || V.id;
-      const b = C.el('button', {
-        type: 'button', class: 'chip', 'aria-current': selected === V.id ? 'true' : null,
-        title: titleOf(V.id), dataset: { sessionId: V.id },
-      }, label, V.unread ? C.el('span', { class: 'badge badge--unread' }, String(V.unread)) : null);
-      b.addEventListener('click', () => select(V.id, true));
-      return C.el('li', {}, b);
-    }));
+    C.keyedChildren(ui.joinedList, joinedItems, joined, joinedItem);
+  }
+
+  function joinedItem(id, li) {
+    if (!li) {
+      const b = C.el('button', { type: 'button', class: 'chip', dataset: { sessionId: id } });
+      b.addEventListener('click', () => select(id, true));
+      li = C.el('li', {}, b);
+    }
+    const b = li.firstChild;
+    const V = views.get(id);
+    C.patchChildren(b, [ownerOf(info(id)).name || id,
+      V.unread ? C.el('span', { class: 'badge badge--unread' }, String(V.unread)) : null]);
+    b.title = titleOf(id);
+    if (selected === id) b.setAttribute('aria-current', 'true');
+    else b.removeAttribute('aria-current');
+    return li;
   }
 
   // ---- the selected session ------------------------------------------------------------
@@ -816,8 +833,6 @@
 
   // ---- events --------------------------------------------------------------------------
 
-  // ---- events --------------------------------------------------------------------------
-
   function onHelp(ev) {
     const id = ev.session_id;
     if (!id) return;
@@ -1044,6 +1059,10 @@
     online = false;
     ui.notAdmin.hidden = true;
     ui.list.replaceChildren();
+    listItems = new Map();
+    ui.joinedList.replaceChildren();
+    ui.joinedBar.hidden = true;
+    joinedItems = new Map();
     ui.online.replaceChildren();
     ui.onlineSummary.textContent = '';
     ui.listStatus.textContent = '';

@@ -244,21 +244,7 @@
       (b.info.updated_at || '').localeCompare(a.info.updated_at || '') || (a.id < b.id ? 1 : -1));
     const focusedId = document.activeElement && document.activeElement.dataset
       ? document.activeElement.dataset.sessionId : null;
-    const keep = new Set();
-    let prev = null;
-    for (const S of order) {
-      keep.add(S.id);
-      const li = listItem(S);
-      const nextSibling = prev ? prev.nextSibling : ui.list.firstChild;
-      if (li !== nextSibling) ui.list.insertBefore(li, nextSibling);
-      prev = li;
-    }
-    for (const [id, li] of listItems) {
-      if (!keep.has(id)) {
-        li.remove();
-        listItems.delete(id);
-      }
-    }
+    C.keyedChildren(ui.list, listItems, order.map((S) => S.id), (id, li) => listItem(sessions.get(id), li));
     ui.listEmpty.hidden = sessions.size > 0;
     if (focusedId && listItems.has(focusedId)) {
       const b = listItems.get(focusedId).querySelector('button');
@@ -266,13 +252,13 @@
     }
   }
 
-  function listItem(S) {
-    let li = listItems.get(S.id);
+  // The list's row for S: li (its row from the last drawing) brought up to
+  // date, or a new row.
+  function listItem(S, li) {
     if (!li) {
       const btn = C.el('button', { type: 'button', class: 'session', dataset: { sessionId: S.id } });
       btn.addEventListener('click', () => select(S.id, true));
       li = C.el('li', { class: 'session-list__item' }, btn);
-      listItems.set(S.id, li);
     }
     const btn = li.firstChild;
     const unread = unreadCount(S);
@@ -289,12 +275,12 @@
     if (S.state.help) badges.append(C.el('span', { class: 'badge badge--help' }, 'Help requested'));
     if (S.state.admins.size) badges.append(C.el('span', { class: 'badge badge--support' }, 'Support here'));
     if (S.answering) badges.append(C.el('span', { class: 'badge badge--answering' }, 'Answering…'));
-    btn.replaceChildren(
+    C.patchChildren(btn, [
       C.el('span', { class: 'session__title' }, sessionTitle(S)),
       C.el('time', { class: 'session__time', datetime: S.info.updated_at || '' },
         S.info.updated_at ? C.formatTime(S.info.updated_at) : ''),
       C.el('span', { class: 'session__preview' }, preview),
-      badges);
+      badges]);
     if (selected === S.id) btn.setAttribute('aria-current', 'true');
     else btn.removeAttribute('aria-current');
     li.classList.toggle('is-unread', unread > 0);

@@ -23,6 +23,9 @@
  *  - Chatd.support: a conversation's help and support state, from the API
  *    and the stored session events (help_request, help_resolved,
  *    admin_join, admin_leave), and the lines those events show as;
+ *  - lists drawn again in place (keyedChildren, patchChildren): a row that
+ *    did not change stays the same element, so a click pressed on it
+ *    before a redraw still lands when released after it;
  *  - small DOM (links in messages), formatting and notice helpers (one
  *    notice per condition).
  *
@@ -975,6 +978,58 @@
       node.append(c instanceof Node ? c : String(c));
     }
     return node;
+  }
+
+  // Makes `list`'s children the elements of `ids`, in that order. items
+  // maps an id to its element; item(id, old) returns the element for id,
+  // made anew when old is undefined, else old brought up to date. An
+  // element is kept from one drawing to the next and moved only when its
+  // place changes, so a press on it, or the focus, survives a redraw.
+  function keyedChildren(list, items, ids, item) {
+    const keep = new Set(ids);
+    for (const [id, node] of items) {
+      if (!keep.has(id)) {
+        node.remove();
+        items.delete(id);
+      }
+    }
+    let prev = null;
+    for (const id of keep) {
+      const node = item(id, items.get(id));
+      items.set(id, node);
+      const next = prev ? prev.nextSibling : list.firstChild;
+      if (node !== next) list.insertBefore(node, next);
+      prev = node;
+    }
+  }
+
+  // Makes node's children look like `children` (nodes or strings; null
+  // skipped) while keeping every existing node that can stay: a text is
+  // rewritten in place, an element with the same tag and attributes is
+  // kept and its own children patched, anything else is replaced. A press
+  // of the pointer lands on an element; when that element is gone by the
+  // release, the browser sends no click, so a redraw under a pointer must
+  // leave what did not change where it was.
+  function patchChildren(node, children) {
+    const want = [];
+    for (const c of children) {
+      if (c === null || c === undefined || c === false) continue;
+      want.push(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    for (let i = 0; i < want.length; i++) {
+      const old = node.childNodes[i];
+      const w = want[i];
+      if (!old) {
+        node.append(w);
+      } else if (old.nodeType === Node.TEXT_NODE && w.nodeType === Node.TEXT_NODE) {
+        if (old.data !== w.data) old.data = w.data;
+      } else if (old.nodeType === Node.ELEMENT_NODE && old.cloneNode(false).isEqualNode(w.cloneNode(false))) {
+        patchChildren(old, Array.from(w.childNodes));
+      } else {
+        old.replaceWith(w);
+      }
+    }
+    while (node.childNodes.length > want.length) node.lastChild.remove();
   }
 
   function pad2(n) {
@@ -2142,6 +2197,8 @@
     isExpired,
     newId,
     el,
+    keyedChildren,
+    patchChildren,
     formatTime,
     formatFull,
     senderLabel,

@@ -782,6 +782,39 @@ async function testPhoneLayout(d) {
   }
 }
 
+// A click on the support list is not lost when the list is drawn again
+// between the press and the release of the button, as when a click on a
+// row follows a click on Refresh and the refreshed list comes in between:
+// the rows are updated in place, not replaced.
+async function testListClickSurvivesRedraw(d) {
+  const s = scope();
+  try {
+    const other = await userPage(s, d, mint('oli', { name: 'Oli' }));
+    await newConversation(other, 'Listed below');
+    const user = await userPage(s, d, mint('una', { name: 'Una' }));
+    const sid = await newConversation(user, 'The conversation support clicks');
+    const admin = await adminPage(s, d, mint('sol', { name: 'Sol', roles: ['admin'] }));
+    const row = `#admin-sessions button[data-session-id="${sid}"]`;
+    await admin.waitForSelector(row);
+    await admin.waitForFunction(() => /updated/.test(document.getElementById('sessions-status').textContent));
+    const box = await admin.locator(row).boundingBox();
+    await admin.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+    await admin.mouse.down();
+    // Refresh, as a second pointer would; the list is drawn again when
+    // its answer comes.
+    await admin.evaluate(() => document.getElementById('refresh-sessions').click());
+    await admin.waitForFunction(() => /updated/.test(document.getElementById('sessions-status').textContent));
+    const still = await admin.locator(row).boundingBox();
+    eq([still.x, still.y], [box.x, box.y], 'the row stays where it was pressed');
+    await admin.mouse.up();
+    await admin.waitForSelector(`${row}[aria-current="true"]`);
+    await admin.waitForSelector('#join:not([hidden])');
+    eq(await admin.textContent('#conv-title'), 'The conversation support clicks', 'the conversation opened');
+  } finally {
+    await s.close();
+  }
+}
+
 // Every control is reached with Tab, and a new message is announced
 // (a polite live region holds the messages).
 async function testKeyboard(d) {
@@ -997,6 +1030,10 @@ async function main() {
     // A chatd of their own: the support list shows this scene alone.
     [[], pick([
       ['screenshots_desktop_and_phone', testScreenshots],
+    ])],
+    // A chatd of their own: the two rows are the only ones listed.
+    [[], pick([
+      ['support_list_click_survives_redraw', testListClickSurvivesRedraw],
     ])],
     [['--rate-limit', '30'], pick([
       ['rate_limited_one_notice_order_kept', testRateLimitOrder],
