@@ -1009,7 +1009,9 @@
   // kept and its own children patched, anything else is replaced. A press
   // of the pointer lands on an element; when that element is gone by the
   // release, the browser sends no click, so a redraw under a pointer must
-  // leave what did not change where it was.
+  // leave what did not change where it was. Only markup is compared: a
+  // listener on a new node is not carried to the old one kept in its
+  // place, so rows listen on their own element (made once), not on parts.
   function patchChildren(node, children) {
     const want = [];
     for (const c of children) {
