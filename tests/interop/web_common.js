@@ -8,7 +8,7 @@
 //                            its end; its pages' uncaught exceptions and CSP
 //                            refusals fail the test
 //   assert, eq               checks that throw
-//   connected, shown, send, waitSent, waitText, texts, selectedSession,
+//   connected, shown, send, waitSent, waitText, holdsMessages, texts, selectedSession,
 //   seqsOf                   what the tests do and read on a page
 
 const crypto = require('crypto');
@@ -202,6 +202,13 @@ async function waitText(page, text, timeout) {
   return h.jsonValue();
 }
 
+// Until the page shows at least n stored messages (then compare them
+// whole: one too many is a duplicate).
+async function holdsMessages(page, n, timeout) {
+  await page.waitForFunction((k) => document.querySelectorAll('#messages .msg[data-state="sent"]').length >= k,
+    n, { timeout: timeout || T });
+}
+
 // The texts of the stored messages a page shows, in page order.
 async function texts(page) {
   return (await shown(page)).filter((m) => m.state === 'sent').map((m) => m.text);
@@ -216,6 +223,6 @@ function seqsOf(list) {
 }
 
 module.exports = {
-  mint, assert, eq, device, scope, connected, shown, send, waitSent, waitText, texts, selectedSession,
+  mint, assert, eq, device, scope, connected, shown, send, waitSent, waitText, holdsMessages, texts, selectedSession,
   seqsOf,
 };
