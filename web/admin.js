@@ -293,13 +293,7 @@
   }
 
   function renderList() {
-    const focused = document.activeElement && document.activeElement.dataset
-      ? document.activeElement.dataset.sessionId : null;
     C.keyedChildren(ui.list, listItems, order, listItem);
-    if (focused && listItems.has(focused)) {
-      const b = listItems.get(focused).firstChild;
-      if (document.activeElement !== b) b.focus();
-    }
     renderJoined();
   }
 

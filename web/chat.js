@@ -242,14 +242,8 @@
   function renderList() {
     const order = Array.from(sessions.values()).sort((a, b) =>
       (b.info.updated_at || '').localeCompare(a.info.updated_at || '') || (a.id < b.id ? 1 : -1));
-    const focusedId = document.activeElement && document.activeElement.dataset
-      ? document.activeElement.dataset.sessionId : null;
     C.keyedChildren(ui.list, listItems, order.map((S) => S.id), (id, li) => listItem(sessions.get(id), li));
     ui.listEmpty.hidden = sessions.size > 0;
-    if (focusedId && listItems.has(focusedId)) {
-      const b = listItems.get(focusedId).querySelector('button');
-      if (document.activeElement !== b) b.focus();
-    }
   }
 
   // The list's row for S: li (its row from the last drawing) brought up to

@@ -984,8 +984,10 @@
   // maps an id to its element; item(id, old) returns the element for id,
   // made anew when old is undefined, else old brought up to date. An
   // element is kept from one drawing to the next and moved only when its
-  // place changes, so a press on it, or the focus, survives a redraw.
+  // place changes, so a press on it survives a redraw; an element inside
+  // the list that had the focus has it again after a move.
   function keyedChildren(list, items, ids, item) {
+    const focused = list.contains(document.activeElement) ? document.activeElement : null;
     const keep = new Set(ids);
     for (const [id, node] of items) {
       if (!keep.has(id)) {
@@ -1001,6 +1003,7 @@
       if (node !== next) list.insertBefore(node, next);
       prev = node;
     }
+    if (focused && focused.isConnected && document.activeElement !== focused) focused.focus();
   }
 
   // Makes node's children look like `children` (nodes or strings; null

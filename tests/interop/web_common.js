@@ -202,6 +202,13 @@ async function waitText(page, text, timeout) {
   return h.jsonValue();
 }
 
+// The [name, fn] tests to run: those whose names match CHATD_WEB_ONLY
+// (a regular expression) when it is set, else all of them.
+function pick(tests) {
+  const only = process.env.CHATD_WEB_ONLY ? new RegExp(process.env.CHATD_WEB_ONLY) : null;
+  return tests.filter(([name]) => !only || only.test(name));
+}
+
 // Until the page shows at least n stored messages (then compare them
 // whole: one too many is a duplicate).
 async function holdsMessages(page, n, timeout) {
@@ -224,5 +231,5 @@ function seqsOf(list) {
 
 module.exports = {
   mint, assert, eq, device, scope, connected, shown, send, waitSent, waitText, holdsMessages, texts, selectedSession,
-  seqsOf,
+  seqsOf, pick,
 };
