@@ -144,7 +144,7 @@ def wait_acks(writers, more, what):
 
 def fault_lines(nodes):
     """What the nodes logged of Redis and storage, for a failure's message."""
-    keys = ("event=redis", "event=store", "event=catch_up", "event=bus")
+    keys = ("event=redis", "event=store", "event=catch_up", "event=bus", "event=send_queue_full")
     return "\n".join("%s: %s" % (node_name(x), line) for x in nodes
                      for line in x.log().splitlines() if any(k in line for k in keys))[-6000:]
 
@@ -179,8 +179,10 @@ def check_session(reader, sid, devs, acked, wait=WAIT, nodes=(), others=None):
             got = [(e["seq"], e.get("id")) for e in d.events if e.get("session_id") == sid]
         seqs = [s for s, _ in got]
         assert seqs == list(range(1, total + 1)), \
-            "%s: not every event once in seq order: %s\nThe nodes said:\n%s" % (
-                d.label, first_anomaly(seqs, 1), fault_lines(nodes))
+            "%s: not every event once in seq order (%d stored): %s (connection closed %s, " \
+            "code %s, read error %s)\nThe nodes said:\n%s" % (
+                d.label, total, first_anomaly(seqs, 1), d.closed, d.close_code, d.read_error,
+                fault_lines(nodes))
         wrong = [(s, i) for s, i in got if acked.get(i) != s and s not in others]
         assert not wrong, "%s: events not the messages acked at their seq: %s" % (
             d.label, wrong[:5])
@@ -744,10 +746,10 @@ def test_partition_of_one_node():
         acked = {"first": 1}
         for w in (wa, wc):
             acked.update(w.acked())
-        total = check_session((a.port, adev.token), sid, [adev, cdev], acked)
+        total = check_session((a.port, adev.token), sid, [adev, cdev], acked, nodes=nodes)
         oacked = {"o-first": 1}
         oacked.update(wb.acked())
-        ototal = check_session((b.port, other[1].token), osid, other, oacked)
+        ototal = check_session((b.port, other[1].token), osid, other, oacked, nodes=nodes)
         check_history(a.port, {sid: adev.token, osid: other[1].token}, writers,
                       [(adev, [sid]), (cdev, [sid]), (other[0], [osid]), (other[1], [osid])],
                       [(adev, "first", "first", sid, 1), (other[1], "o-first", "o-first", osid, 1)])
