@@ -931,17 +931,8 @@ function stillOpts(t0, viewport) {
         server.onMessage((m) => ws.send(shift(m)));
       });
       await page.route(/\/api\//, async (route) => {
-        // The scope closes its pages while the support page may still be
-        // fetching: that answer is wanted by nobody, and Playwright's
-        // error about it is not the test's.
-        try {
-          const res = await route.fetch();
-          await route.fulfill({ response: res, body: shift(await res.text()) });
-        } catch (e) {
-          if (!page.isClosed() && !/has been (disposed|closed)/.test(String(e && e.message))) {
-            throw e;
-          }
-        }
+        const res = await route.fetch();
+        await route.fulfill({ response: res, body: shift(await res.text()) });
       });
     },
   };
